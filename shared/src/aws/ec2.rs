@@ -1,0 +1,235 @@
+//! EC2 gateway: one function per API call; SDK types in, [`crate::model`] types out.
+//!
+//! Paginated listings use the SDK's paginators. Every error is an [`AwsError`] naming the
+//! operation and the resource.
+
+use crate::error::AwsError;
+use crate::model::{Image, ImportStatus, ImportTask, Snapshot, Tags};
+use crate::plan::spec::ImageSpec;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImdsSupportValues, ResourceType,
+    SnapshotDiskContainer, Tag, TagSpecification, TpmSupportValues, UserBucket, VolumeType,
+};
+
+/// A tag filter, `tag:<key>` = any of `values`.
+pub fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
+    Filter::builder().name(format!("tag:{key}")).set_values(Some(values.into_iter().map(Into::into).collect())).build()
+}
+
+/// A `tag-key` filter: resources carrying `key`, whatever its value.
+pub fn tag_key_filter(key: &str) -> Filter {
+    Filter::builder().name("tag-key").values(key).build()
+}
+
+fn to_sdk_tags(tags: &Tags) -> Vec<Tag> {
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+}
+
+fn from_sdk_tags(tags: &[Tag]) -> Tags {
+    tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect()
+}
+
+fn tag_spec(resource: ResourceType, tags: &Tags) -> TagSpecification {
+    TagSpecification::builder().resource_type(resource).set_tags(Some(to_sdk_tags(tags))).build()
+}
+
+/// What ImportSnapshot needs.
+#[derive(Debug, Clone)]
+pub struct ImportRequest<'a> {
+    /// Source bucket.
+    pub bucket: &'a str,
+    /// Source key.
+    pub key: &'a str,
+    /// `RAW` / `VMDK` / `VHD`.
+    pub format: &'a str,
+    /// Idempotency token (64 characters at most).
+    pub client_token: &'a str,
+    /// The VM Import service role.
+    pub role_name: &'a str,
+    /// Description of the task and snapshot.
+    pub description: &'a str,
+    /// Tags on the import task (the full spec and source).
+    pub tags: &'a Tags,
+}
+
+/// ImportSnapshot: starts importing an S3 object as a snapshot; returns the task id.
+pub async fn import_snapshot(ec2: &Client, req: ImportRequest<'_>) -> Result<String, AwsError> {
+    let resource = format!("s3://{}/{}", req.bucket, req.key);
+    let out = ec2
+        .import_snapshot()
+        .client_token(req.client_token)
+        .description(req.description)
+        .role_name(req.role_name)
+        .disk_container(
+            SnapshotDiskContainer::builder()
+                .format(req.format)
+                .description(req.description)
+                .user_bucket(UserBucket::builder().s3_bucket(req.bucket).s3_key(req.key).build())
+                .build(),
+        )
+        .tag_specifications(tag_spec(ResourceType::ImportSnapshotTask, req.tags))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:ImportSnapshot", resource.clone(), e))?;
+    out.import_task_id().map(str::to_owned).ok_or_else(|| AwsError {
+        operation: "ec2:ImportSnapshot",
+        resource,
+        kind: crate::error::ErrorKind::Other,
+        code: None,
+        message: "the response carried no ImportTaskId".into(),
+    })
+}
+
+/// DescribeImportSnapshotTasks, every page, filtered.
+pub async fn describe_import_tasks(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<ImportTask>, AwsError> {
+    let mut pages = ec2
+        .describe_import_snapshot_tasks()
+        .set_filters(Some(filters))
+        .max_results(200)
+        .into_paginator()
+        .items()
+        .send();
+    let mut tasks = Vec::new();
+    while let Some(item) = pages.next().await {
+        let t = item.map_err(|e| AwsError::from_sdk("ec2:DescribeImportSnapshotTasks", "import tasks", e))?;
+        let detail = t.snapshot_task_detail();
+        let Some(id) = t.import_task_id() else { continue };
+        tasks.push(ImportTask {
+            id: id.to_owned(),
+            status: ImportStatus::parse(detail.and_then(|d| d.status()).unwrap_or_default()),
+            status_message: detail.and_then(|d| d.status_message()).filter(|s| !s.is_empty()).map(str::to_owned),
+            progress: detail.and_then(|d| d.progress()).map(str::to_owned),
+            snapshot_id: detail.and_then(|d| d.snapshot_id()).filter(|s| !s.is_empty()).map(str::to_owned),
+            bucket: detail.and_then(|d| d.user_bucket()).and_then(|b| b.s3_bucket()).map(str::to_owned),
+            key: detail.and_then(|d| d.user_bucket()).and_then(|b| b.s3_key()).map(str::to_owned),
+            tags: from_sdk_tags(t.tags()),
+        });
+    }
+    Ok(tasks)
+}
+
+fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
+    Some(Image {
+        id: i.image_id()?.to_owned(),
+        name: i.name().unwrap_or_default().to_owned(),
+        state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        creation_date: i.creation_date().map(str::to_owned),
+        architecture: i.architecture().map(|a| a.as_str().to_owned()),
+        boot_mode: i.boot_mode().map(|b| b.as_str().to_owned()),
+        ena_support: i.ena_support(),
+        root_device_name: i.root_device_name().map(str::to_owned),
+        snapshot_ids: i
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+            .collect(),
+        tags: from_sdk_tags(i.tags()),
+    })
+}
+
+/// DescribeImages owned by this account, every page, filtered.
+pub async fn describe_own_images(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<Image>, AwsError> {
+    let mut pages =
+        ec2.describe_images().owners("self").set_filters(Some(filters)).max_results(1000).into_paginator().items().send();
+    let mut images = Vec::new();
+    while let Some(item) = pages.next().await {
+        let i = item.map_err(|e| AwsError::from_sdk("ec2:DescribeImages", "own images", e))?;
+        images.extend(to_image(&i));
+    }
+    Ok(images)
+}
+
+/// DescribeSnapshots for one snapshot id.
+pub async fn describe_snapshot(ec2: &Client, snapshot_id: &str) -> Result<Snapshot, AwsError> {
+    let out = ec2
+        .describe_snapshots()
+        .snapshot_ids(snapshot_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_id, e))?;
+    let s = out.snapshots().first().ok_or_else(|| AwsError {
+        operation: "ec2:DescribeSnapshots",
+        resource: snapshot_id.to_owned(),
+        kind: crate::error::ErrorKind::NotFound,
+        code: None,
+        message: "no such snapshot".into(),
+    })?;
+    Ok(Snapshot {
+        id: s.snapshot_id().unwrap_or(snapshot_id).to_owned(),
+        volume_size_gib: s.volume_size(),
+        state: s.state().map(|st| st.as_str().to_owned()),
+        tags: from_sdk_tags(s.tags()),
+    })
+}
+
+/// What RegisterImage needs.
+#[derive(Debug, Clone)]
+pub struct RegisterRequest<'a> {
+    /// Image name.
+    pub name: &'a str,
+    /// Root snapshot.
+    pub snapshot_id: &'a str,
+    /// Root volume size in GiB.
+    pub volume_size_gib: i32,
+    /// Settings.
+    pub spec: &'a ImageSpec,
+    /// Tags for the image and the snapshot (applied atomically at creation).
+    pub tags: &'a Tags,
+}
+
+/// RegisterImage from a snapshot, tagging image and snapshot at creation; returns the image id.
+pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<String, AwsError> {
+    let spec = req.spec;
+    let mut call = ec2
+        .register_image()
+        .name(req.name)
+        .architecture(ArchitectureValues::from(spec.architecture.as_str()))
+        .boot_mode(BootModeValues::from(spec.boot_mode.as_str()))
+        .virtualization_type("hvm")
+        .ena_support(spec.ena)
+        .root_device_name(&spec.root_device)
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(&spec.root_device)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(req.snapshot_id)
+                        .volume_size(req.volume_size_gib)
+                        .volume_type(VolumeType::from(spec.volume_type.as_str()))
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(tag_spec(ResourceType::Image, req.tags))
+        .tag_specifications(tag_spec(ResourceType::Snapshot, req.tags));
+    if let Some(d) = &spec.description {
+        call = call.description(d);
+    }
+    if spec.imds_v2 {
+        call = call.imds_support(ImdsSupportValues::V20);
+    }
+    if spec.tpm {
+        call = call.tpm_support(TpmSupportValues::V20);
+    }
+    let out = call.send().await.map_err(|e| AwsError::from_sdk("ec2:RegisterImage", req.name, e))?;
+    out.image_id().map(str::to_owned).ok_or_else(|| AwsError {
+        operation: "ec2:RegisterImage",
+        resource: req.name.to_owned(),
+        kind: crate::error::ErrorKind::Other,
+        code: None,
+        message: "the response carried no ImageId".into(),
+    })
+}
+
+/// CreateTags on any EC2 resources (images, snapshots, import tasks).
+pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Result<(), AwsError> {
+    ec2.create_tags()
+        .set_resources(Some(resource_ids.iter().map(|s| s.to_string()).collect()))
+        .set_tags(Some(to_sdk_tags(tags)))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:CreateTags", resource_ids.join(","), e))?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Gateways: one function per AWS call, SDK types converted to [`crate::model`] types at the
+//! edge and SDK errors classified once into [`crate::error::AwsError`].
+
+pub mod clients;
+pub mod ec2;
+pub mod s3;
+pub mod sns;

@@ -1,0 +1,82 @@
+//! S3 gateway: HeadObject, ranged GetObject, object tagging.
+
+use crate::error::{AwsError, ErrorKind};
+use crate::model::{ObjectInfo, ObjectRef, Tags};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::types::{Tag, Tagging};
+use chrono::{DateTime, Utc};
+
+/// HeadObject: size, ETag, version and user metadata of the object (of its `version_id` when
+/// given).
+pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, AwsError> {
+    let out = s3
+        .head_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .set_version_id(obj.version_id.clone())
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("s3:GetObject", obj.uri(), e))?;
+    Ok(ObjectInfo {
+        size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        etag: out.e_tag().map(|e| e.trim_matches('"').to_owned()),
+        version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
+        metadata: out.metadata().map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default(),
+        last_modified: out.last_modified().and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+    })
+}
+
+/// GetObject with `Range: bytes=<range>` (e.g. `0-511`, `-512`); returns the bytes.
+pub async fn get_range(s3: &Client, obj: &ObjectRef, range: &str) -> Result<Vec<u8>, AwsError> {
+    let out = s3
+        .get_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .set_version_id(obj.version_id.clone())
+        .range(format!("bytes={range}"))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("s3:GetObject", obj.uri(), e))?;
+    let bytes = out.body.collect().await.map_err(|e| AwsError {
+        operation: "s3:GetObject",
+        resource: obj.uri(),
+        kind: ErrorKind::Other,
+        code: None,
+        message: format!("reading the body failed: {e}"),
+    })?;
+    Ok(bytes.into_bytes().to_vec())
+}
+
+/// GetObjectTagging.
+pub async fn get_tags(s3: &Client, obj: &ObjectRef) -> Result<Tags, AwsError> {
+    let out = s3
+        .get_object_tagging()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .set_version_id(obj.version_id.clone())
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("s3:GetObjectTagging", obj.uri(), e))?;
+    Ok(out.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect())
+}
+
+/// PutObjectTagging: replaces the object's whole tag set with `tags`.
+pub async fn put_tags(s3: &Client, obj: &ObjectRef, tags: &Tags) -> Result<(), AwsError> {
+    let set: Result<Vec<Tag>, _> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+    let tagging = set.and_then(|s| Tagging::builder().set_tag_set(Some(s)).build()).map_err(|e| AwsError {
+        operation: "s3:PutObjectTagging",
+        resource: obj.uri(),
+        kind: ErrorKind::InvalidInput,
+        code: None,
+        message: e.to_string(),
+    })?;
+    s3.put_object_tagging()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .set_version_id(obj.version_id.clone())
+        .tagging(tagging)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("s3:PutObjectTagging", obj.uri(), e))?;
+    Ok(())
+}

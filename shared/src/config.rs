@@ -1,0 +1,135 @@
+//! Configuration, parsed once from a lookup function.
+//!
+//! Production passes `|k| std::env::var(k).ok()`; tests pass a map. A [`Reader`] collects
+//! every missing or invalid variable so that one [`ConfigError`] lists them all. Variable names
+//! match `template.yaml` one for one; each function's config lists the names it reads.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Every problem found in the environment, listed together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// One line per bad or missing variable.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}", self.problems.join("; "))
+    }
+}
+
+/// Reads variables through a lookup function and remembers every problem.
+pub struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `lookup`.
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Reader { lookup, problems: Vec::new() }
+    }
+
+    /// The raw value, trimmed; empty counts as unset.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    /// A variable that must be set.
+    pub fn required(&mut self, name: &str) -> String {
+        self.optional(name).unwrap_or_else(|| {
+            self.problems.push(format!("{name} is required but not set"));
+            String::new()
+        })
+    }
+
+    /// A parsed value, or `default` when unset; `what` describes the allowed values.
+    pub fn parse_or<T: FromStr>(&mut self, name: &str, default: T, what: &str) -> T {
+        match self.optional(name) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.problems.push(format!("{name}={v:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    /// An integer within `min..=max`, or `default` when unset.
+    pub fn int_in(&mut self, name: &str, default: i64, min: i64, max: i64) -> i64 {
+        let v = self.parse_or(name, default, &format!("an integer from {min} to {max}"));
+        if !(min..=max).contains(&v) {
+            self.problems.push(format!("{name}={v} is out of range {min}..={max}"));
+            return default;
+        }
+        v
+    }
+
+    /// `true`/`false`, or `default` when unset.
+    pub fn bool_or(&mut self, name: &str, default: bool) -> bool {
+        match self.optional(name).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => {
+                self.problems.push(format!("{name}={v:?} is not true or false"));
+                default
+            }
+        }
+    }
+
+    /// Records a problem found by the caller's own validation.
+    pub fn problem(&mut self, text: String) {
+        self.problems.push(text);
+    }
+
+    /// Ends reading: `Err` lists every problem met.
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+    }
+}
+
+/// Settings every function shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonConfig {
+    /// The pipeline's SNS topic (`TOPIC_ARN`).
+    pub topic_arn: String,
+    /// Use path-style S3 addressing (`S3_FORCE_PATH_STYLE`), for S3-compatible endpoints.
+    pub s3_force_path_style: bool,
+}
+
+impl CommonConfig {
+    /// Variables read by [`CommonConfig::read`].
+    pub const VARS: [&'static str; 2] = ["TOPIC_ARN", "S3_FORCE_PATH_STYLE"];
+
+    /// Reads the shared settings.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let topic_arn = r.required("TOPIC_ARN");
+        if !topic_arn.is_empty() && !topic_arn.starts_with("arn:") {
+            r.problem(format!("TOPIC_ARN={topic_arn:?} is not an SNS topic ARN"));
+        }
+        CommonConfig { topic_arn, s3_force_path_style: r.bool_or("S3_FORCE_PATH_STYLE", false) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let env: HashMap<&str, &str> = HashMap::from([("S3_FORCE_PATH_STYLE", "yes"), ("N", "500")]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let mut r = Reader::new(&lookup);
+        let common = CommonConfig::read(&mut r);
+        assert!(!common.s3_force_path_style);
+        assert_eq!(r.int_in("N", 5, 1, 100), 5);
+        let err = r.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            err,
+            "invalid configuration: TOPIC_ARN is required but not set; S3_FORCE_PATH_STYLE=\"yes\" is not true or false; N=500 is out of range 1..=100"
+        );
+    }
+}

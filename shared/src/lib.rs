@@ -1,0 +1,19 @@
+//! The common crate of the ami-pipeline functions.
+//!
+//! - [`config`]: typed settings parsed once from a lookup function.
+//! - [`telemetry`]: logging setup.
+//! - [`error`]: AWS error classification (not found / throttled / conflict / access denied / …).
+//! - [`model`]: the domain model, free of SDK types.
+//! - [`plan`]: pure planners (naming, lineage, specs, the import sweep) — no I/O.
+//! - [`aws`]: thin gateways, one function per AWS call, and client construction.
+//! - [`notify`]: the SNS message format.
+//! - [`events`]: parsing of the S3 event shapes the functions receive.
+
+pub mod aws;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod model;
+pub mod notify;
+pub mod plan;
+pub mod telemetry;

@@ -1,0 +1,187 @@
+//! The domain model: plain data the planners decide on. No SDK types live here; gateways in
+//! [`crate::aws`] convert SDK output into these structs at the edge.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Resource tags, ordered by key so that output and comparisons are deterministic.
+pub type Tags = BTreeMap<String, String>;
+
+/// A disk image format that EC2 ImportSnapshot accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DiskFormat {
+    /// A raw disk (`.raw`, `.img`): no header, any content.
+    #[serde(rename = "RAW")]
+    Raw,
+    /// A VMware sparse/stream-optimized disk (`.vmdk`), starting with the `KDMV` magic.
+    #[serde(rename = "VMDK")]
+    Vmdk,
+    /// A Microsoft VHD (`.vhd`), ending with a 512-byte `conectix` footer.
+    #[serde(rename = "VHD")]
+    Vhd,
+}
+
+impl DiskFormat {
+    /// The value ImportSnapshot's `DiskContainer.Format` takes.
+    pub fn as_api(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "RAW",
+            DiskFormat::Vmdk => "VMDK",
+            DiskFormat::Vhd => "VHD",
+        }
+    }
+
+    /// The format named by a file extension (case-insensitive), if it is one we import.
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        match ext.to_ascii_lowercase().as_str() {
+            "raw" | "img" => Some(DiskFormat::Raw),
+            "vmdk" => Some(DiskFormat::Vmdk),
+            "vhd" => Some(DiskFormat::Vhd),
+            _ => None,
+        }
+    }
+
+    /// Parses the API spelling back (used when reading task tags).
+    pub fn from_api(s: &str) -> Option<Self> {
+        Self::from_extension(s)
+    }
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_api())
+    }
+}
+
+/// An S3 object as an event names it (key already decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectRef {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object key, decoded (a real key, not the URL-encoded form S3 notifications carry).
+    pub key: String,
+    /// The version the event is about, when the bucket is versioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+impl ObjectRef {
+    /// `s3://bucket/key`, with `?versionId=` when known.
+    pub fn uri(&self) -> String {
+        match &self.version_id {
+            Some(v) => format!("s3://{}/{}?versionId={}", self.bucket, self.key, v),
+            None => format!("s3://{}/{}", self.bucket, self.key),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+/// What HeadObject told us about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: Option<String>,
+    /// Version id of the object that was read (None on unversioned buckets).
+    pub version_id: Option<String>,
+    /// User metadata (`x-amz-meta-*`), keys lowercased without the prefix, as S3 returns them.
+    pub metadata: BTreeMap<String, String>,
+    /// When the object was last written.
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// The status of an import-snapshot task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImportStatus {
+    /// Still running.
+    Active,
+    /// Finished: the snapshot exists.
+    Completed,
+    /// Being cancelled or failed (AWS reports failures as `deleting`/`deleted`).
+    Deleting,
+    /// Failed or cancelled; `StatusMessage` says why.
+    Deleted,
+    /// A status this code does not know; treated as still running.
+    Unknown(String),
+}
+
+impl ImportStatus {
+    /// Parses the API's status string.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "active" => ImportStatus::Active,
+            "completed" => ImportStatus::Completed,
+            "deleting" => ImportStatus::Deleting,
+            "deleted" => ImportStatus::Deleted,
+            other => ImportStatus::Unknown(other.to_owned()),
+        }
+    }
+}
+
+/// An ImportSnapshot task as DescribeImportSnapshotTasks reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportTask {
+    /// `import-snap-…`.
+    pub id: String,
+    /// Where the task is.
+    pub status: ImportStatus,
+    /// AWS's message (progress stage, or the failure reason).
+    pub status_message: Option<String>,
+    /// Percent done, while active.
+    pub progress: Option<String>,
+    /// The snapshot, once completed (AWS returns "" while running; that becomes None).
+    pub snapshot_id: Option<String>,
+    /// Source bucket, from the task's UserBucket.
+    pub bucket: Option<String>,
+    /// Source key, from the task's UserBucket.
+    pub key: Option<String>,
+    /// The task's tags: the pipeline stores the validated spec here.
+    pub tags: Tags,
+}
+
+/// An AMI as DescribeImages reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// `ami-…`.
+    pub id: String,
+    /// The image name.
+    pub name: String,
+    /// `pending`, `available`, `failed`, `deregistered`, `disabled`, …
+    pub state: String,
+    /// CreationDate as reported.
+    pub creation_date: Option<String>,
+    /// Architecture (`x86_64`, `arm64`).
+    pub architecture: Option<String>,
+    /// Boot mode, when set.
+    pub boot_mode: Option<String>,
+    /// ENA support flag.
+    pub ena_support: Option<bool>,
+    /// Root device name.
+    pub root_device_name: Option<String>,
+    /// Snapshot ids in the block device mappings, in mapping order.
+    pub snapshot_ids: Vec<String>,
+    /// Tags.
+    pub tags: Tags,
+}
+
+/// An EBS snapshot as DescribeSnapshots reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// `snap-…`.
+    pub id: String,
+    /// Size in GiB.
+    pub volume_size_gib: Option<i32>,
+    /// State (`pending`, `completed`, `error`, …).
+    pub state: Option<String>,
+    /// Tags.
+    pub tags: Tags,
+}

@@ -1,0 +1,163 @@
+//! The pipeline's notification messages (format version 1).
+//!
+//! One SNS topic carries every event as a JSON message with an `event_type` message attribute,
+//! so subscribers filter with a subscription filter policy. The format is documented in the
+//! README ("Notifications"); fields are only ever added within a version.
+
+use crate::error::AwsError;
+use crate::model::Tags;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// Version of the message format.
+pub const FORMAT_VERSION: &str = "1";
+/// SNS limits subjects to 100 characters; awspub keeps them under 99.
+pub const MAX_SUBJECT: usize = 99;
+/// SNS's payload limit is 256 KiB; messages are kept well under it.
+pub const MAX_MESSAGE_BYTES: usize = 200 * 1024;
+
+/// Kinds of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    /// An AMI was registered from an upload.
+    #[serde(rename = "image.registered")]
+    ImageRegistered,
+    /// An upload was rejected or its import/registration failed.
+    #[serde(rename = "image.failed")]
+    ImageFailed,
+    /// An import has been running longer than the configured limit (sent once per task).
+    #[serde(rename = "image.import-stalled")]
+    ImportStalled,
+}
+
+impl EventType {
+    /// The `event_type` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ImageRegistered => "image.registered",
+            EventType::ImageFailed => "image.failed",
+            EventType::ImportStalled => "image.import-stalled",
+        }
+    }
+}
+
+/// A notification message. Empty fields are left out of the JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Message {
+    /// Format version ([`FORMAT_VERSION`]).
+    pub version: &'static str,
+    /// The event type (same as the message attribute).
+    pub event_type: &'static str,
+    /// When the event was produced (RFC 3339, UTC).
+    pub time: String,
+    /// The region of the image or upload.
+    pub region: String,
+    /// The image, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The image name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// The image's snapshots.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_ids: Vec<String>,
+    /// The retention family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// The source object, `s3://bucket/key[?versionId=…]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_uri: Option<String>,
+    /// The import task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_task_id: Option<String>,
+    /// What went wrong (image.failed) or what is slow (image.import-stalled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Each problem of a rejected upload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// How many problems were left out to fit SNS's size limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub problems_omitted: usize,
+    /// The lineage tags of the image.
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub lineage: Tags,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Message {
+    /// A message of `event_type` at `now` in `region`; fill the rest with struct update syntax.
+    pub fn new(event_type: EventType, now: DateTime<Utc>, region: &str) -> Self {
+        Message {
+            version: FORMAT_VERSION,
+            event_type: event_type.as_str(),
+            time: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+            region: region.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// The JSON body, shrunk under [`MAX_MESSAGE_BYTES`] by dropping problems past the first
+    /// ones and truncating the error text.
+    pub fn to_json(&self) -> String {
+        let mut m = self.clone();
+        loop {
+            let text = serde_json::to_string(&m).unwrap_or_else(|e| format!("{{\"error\":\"unserialisable message: {e}\"}}"));
+            if text.len() <= MAX_MESSAGE_BYTES {
+                return text;
+            }
+            if m.problems.len() > 1 {
+                let keep = m.problems.len() / 2;
+                m.problems_omitted += m.problems.len() - keep;
+                m.problems.truncate(keep);
+            } else if let Some(e) = m.error.as_mut() {
+                let cut: String = e.chars().take(e.chars().count() / 2).collect();
+                *e = format!("{cut}…");
+            } else {
+                m.lineage.clear();
+            }
+        }
+    }
+
+    /// A subject line under [`MAX_SUBJECT`] characters.
+    pub fn subject(&self) -> String {
+        let what = self.image_name.as_deref().or(self.image_id.as_deref()).or(self.source_uri.as_deref()).unwrap_or("");
+        let s = format!("ami-pipeline {} {what}", self.event_type);
+        let s: String = s.chars().filter(|c| !c.is_control()).take(MAX_SUBJECT).collect();
+        s.trim_end().to_owned()
+    }
+}
+
+/// Publishes `message` to `topic_arn`.
+pub async fn send(sns: &aws_sdk_sns::Client, topic_arn: &str, message: &Message) -> Result<String, AwsError> {
+    crate::aws::sns::publish(sns, topic_arn, message.event_type, &message.subject(), &message.to_json()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn messages_stay_under_the_sns_limit_and_subjects_are_short() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().expect("valid");
+        let m = Message {
+            problems: (0..20_000).map(|i| format!("problem number {i} with a long explanation")).collect(),
+            error: Some("x".repeat(300_000)),
+            source_uri: Some(format!("s3://b/{}", "k".repeat(500))),
+            ..Message::new(EventType::ImageFailed, now, "us-east-1")
+        };
+        let json = m.to_json();
+        assert!(json.len() <= MAX_MESSAGE_BYTES, "{}", json.len());
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid json");
+        assert_eq!(v["event_type"], "image.failed");
+        assert_eq!(v["version"], "1");
+        assert_eq!(v["time"], "2026-01-02T03:04:05Z");
+        assert!(v["problems_omitted"].as_u64().unwrap_or(0) > 0);
+        assert!(m.subject().chars().count() <= MAX_SUBJECT);
+        assert!(m.subject().starts_with("ami-pipeline image.failed s3://b/"));
+    }
+}

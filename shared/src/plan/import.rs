@@ -1,0 +1,376 @@
+//! The import sweep planner: from the pipeline's import tasks and the images already made from
+//! them, decide what to do next for each task.
+//!
+//! State lives in AWS: the import task's tags hold the spec and the outcome
+//! ([`lineage::OUTCOME`]), and a registered image carries its task id ([`lineage::IMPORT_TASK`]).
+//! The planner is therefore re-runnable at any point: a crash between two calls leaves facts
+//! from which the next sweep computes the remaining steps, never a duplicate.
+
+use super::lineage::{self, IMPORT_TASK, OUTCOME, STALE_WARNED, STARTED_AT};
+use super::naming;
+use super::spec::ImageSpec;
+use crate::model::{Image, ImportStatus, ImportTask, ObjectRef, Tags};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Settings of the sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepPolicy {
+    /// An import still active after this long gets one warning event.
+    pub stale_after: Duration,
+}
+
+/// What to register for a completed import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registration {
+    /// The name to try first.
+    pub name: String,
+    /// Whether the user chose the name (then a foreign image holding it is a failure, not a
+    /// reason to pick another).
+    pub name_is_explicit: bool,
+    /// The imported snapshot.
+    pub snapshot_id: String,
+    /// The validated spec, from the task's tags.
+    pub spec: ImageSpec,
+    /// Tags for the image and its snapshot (lineage, managed marker, the user's extra tags).
+    pub tags: Tags,
+    /// Deterministic identity of the upload, for alternative names.
+    pub source_token: String,
+    /// When the import started (the timestamp in automatic names).
+    pub started_at: DateTime<Utc>,
+}
+
+/// The next step for one import task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum SweepAction {
+    /// Register the AMI, then announce `image.registered` and record the outcome.
+    Register {
+        /// Task id.
+        task_id: String,
+        /// What to register.
+        registration: Box<Registration>,
+    },
+    /// The AMI exists (an earlier run stopped before recording it): announce and record.
+    Announce {
+        /// Task id.
+        task_id: String,
+        /// The existing image.
+        image_id: String,
+    },
+    /// The import failed (or its spec is unusable): announce `image.failed`, tag the object,
+    /// record the outcome.
+    ReportFailure {
+        /// Task id.
+        task_id: String,
+        /// Why, as precise as AWS said.
+        message: String,
+        /// The source object, to tag with the failure.
+        object: Option<ObjectRef>,
+    },
+    /// Still running for longer than the policy allows: one warning event.
+    WarnStale {
+        /// Task id.
+        task_id: String,
+        /// Minutes since the import started.
+        age_minutes: i64,
+    },
+    /// Nothing to do now.
+    Skip {
+        /// Task id.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SweepAction {
+    /// The task this action is about.
+    pub fn task_id(&self) -> &str {
+        match self {
+            SweepAction::Register { task_id, .. }
+            | SweepAction::Announce { task_id, .. }
+            | SweepAction::ReportFailure { task_id, .. }
+            | SweepAction::WarnStale { task_id, .. }
+            | SweepAction::Skip { task_id, .. } => task_id,
+        }
+    }
+
+    /// Whether the action changes anything in AWS.
+    pub fn mutates(&self) -> bool {
+        !matches!(self, SweepAction::Skip { .. })
+    }
+}
+
+/// Tag keys copied from the import task onto the image and snapshot.
+const INHERITED: [&str; 6] = [
+    lineage::SOURCE_URI,
+    lineage::SOURCE_ETAG,
+    lineage::SOURCE_VERSION,
+    lineage::SOURCE_TOKEN,
+    lineage::SOURCE_FORMAT,
+    lineage::FAMILY,
+];
+
+/// Plans the next step for every task. `images_by_task` maps a task id to the image already
+/// registered from it (found by the [`IMPORT_TASK`] tag).
+pub fn plan_sweep(
+    tasks: &[ImportTask],
+    images_by_task: &BTreeMap<String, Image>,
+    policy: SweepPolicy,
+    now: DateTime<Utc>,
+) -> Vec<SweepAction> {
+    tasks.iter().map(|task| plan_task(task, images_by_task.get(&task.id), policy, now)).collect()
+}
+
+fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now: DateTime<Utc>) -> SweepAction {
+    let task_id = task.id.clone();
+    if let Some(outcome) = task.tags.get(OUTCOME) {
+        return SweepAction::Skip { task_id, reason: format!("already concluded: {outcome}") };
+    }
+    let object = match (&task.bucket, &task.key) {
+        (Some(bucket), Some(key)) => Some(ObjectRef {
+            bucket: bucket.clone(),
+            key: key.clone(),
+            version_id: task.tags.get(lineage::SOURCE_VERSION).cloned(),
+        }),
+        _ => None,
+    };
+    let started_at = task
+        .tags
+        .get(STARTED_AT)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc));
+    match &task.status {
+        ImportStatus::Completed => {
+            if let Some(image) = image {
+                return SweepAction::Announce { task_id, image_id: image.id.clone() };
+            }
+            let Some(snapshot_id) = task.snapshot_id.clone() else {
+                return SweepAction::Skip { task_id, reason: "completed but no snapshot id reported yet".into() };
+            };
+            let spec = match ImageSpec::from_tags(&task.tags) {
+                Ok(spec) => spec,
+                Err(problems) => {
+                    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    return SweepAction::ReportFailure {
+                        task_id,
+                        message: format!("the import task's settings are invalid: {}", list.join("; ")),
+                        object,
+                    };
+                }
+            };
+            let Some(source_token) = task.tags.get(lineage::SOURCE_TOKEN).cloned() else {
+                return SweepAction::ReportFailure {
+                    task_id,
+                    message: format!("the import task lacks its {} tag", lineage::SOURCE_TOKEN),
+                    object,
+                };
+            };
+            let started_at = started_at.unwrap_or(now);
+            let (name, name_is_explicit) = match &spec.name {
+                Some(n) => (n.clone(), true),
+                None => (naming::auto_name(&spec.name_prefix, started_at, &source_token, 0), false),
+            };
+            let tags = registration_tags(task, &spec, now);
+            SweepAction::Register {
+                task_id,
+                registration: Box::new(Registration {
+                    name,
+                    name_is_explicit,
+                    snapshot_id,
+                    spec,
+                    tags,
+                    source_token,
+                    started_at,
+                }),
+            }
+        }
+        ImportStatus::Deleted | ImportStatus::Deleting => {
+            let why = task.status_message.clone().unwrap_or_else(|| "no status message".into());
+            SweepAction::ReportFailure { task_id, message: format!("import failed: {why}"), object }
+        }
+        ImportStatus::Active | ImportStatus::Unknown(_) => {
+            let age = started_at.map(|t| now - t);
+            match age {
+                Some(age) if age > policy.stale_after && !task.tags.contains_key(STALE_WARNED) => {
+                    SweepAction::WarnStale { task_id, age_minutes: age.num_minutes() }
+                }
+                _ => SweepAction::Skip {
+                    task_id,
+                    reason: format!(
+                        "import in progress ({}%{})",
+                        task.progress.as_deref().unwrap_or("?"),
+                        task.status_message.as_deref().map(|m| format!(", {m}")).unwrap_or_default()
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// Tags for a registered image and its snapshot: the AMITools date pair (registration time),
+/// the upload's lineage copied from the task, the task id, the managed marker, and the user's
+/// extra tags.
+pub fn registration_tags(task: &ImportTask, spec: &ImageSpec, now: DateTime<Utc>) -> Tags {
+    let mut tags = spec.extra_tags.clone();
+    for key in INHERITED {
+        if let Some(v) = task.tags.get(key) {
+            tags.insert(key.to_owned(), v.clone());
+        }
+    }
+    tags.extend(lineage::date_tags(now));
+    tags.insert(lineage::MANAGED.to_owned(), "true".to_owned());
+    tags.insert(lineage::FAMILY.to_owned(), spec.family.clone());
+    tags.insert(IMPORT_TASK.to_owned(), task.id.clone());
+    tags.insert(lineage::UPLOAD_METHOD.to_owned(), "import-snapshot".to_owned());
+    tags.insert(lineage::GENERATION.to_owned(), "0".to_owned());
+    tags
+}
+
+/// What to do when RegisterImage says the name is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// The image holding the name was made from this task by an earlier run: use it.
+    Adopt(String),
+    /// A foreign image holds an automatic name: try the next candidate.
+    TryAnotherName,
+    /// A foreign image holds the name the user chose.
+    Fail(String),
+}
+
+/// Most alternative automatic names tried before giving up.
+pub const MAX_NAME_ATTEMPTS: u32 = 3;
+
+/// Decides about a duplicate name, given the image that holds it (if it could be found).
+pub fn on_duplicate(task_id: &str, holder: Option<&Image>, registration: &Registration) -> OnDuplicate {
+    match holder {
+        Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => OnDuplicate::Adopt(img.id.clone()),
+        Some(img) if registration.name_is_explicit => OnDuplicate::Fail(format!(
+            "image name {:?} is already used by {}, which this upload did not create; choose another name",
+            registration.name, img.id
+        )),
+        None if registration.name_is_explicit => {
+            OnDuplicate::Fail(format!("image name {:?} is already in use", registration.name))
+        }
+        _ => OnDuplicate::TryAnotherName,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::spec::{self, ImageSpec};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).single().expect("valid date")
+    }
+
+    fn policy() -> SweepPolicy {
+        SweepPolicy { stale_after: Duration::minutes(90) }
+    }
+
+    fn task(id: &str, status: ImportStatus, extra: &[(&str, &str)]) -> ImportTask {
+        let spec = spec::resolve(&[], "team/disk.raw").expect("valid");
+        let mut tags = spec.to_tags();
+        tags.insert(lineage::SOURCE_TOKEN.into(), "tok".into());
+        tags.insert(lineage::SOURCE_URI.into(), "s3://b/team/disk.raw".into());
+        tags.insert(STARTED_AT.into(), "2026-11-22T11:00:00Z".into());
+        for (k, v) in extra {
+            tags.insert(k.to_string(), v.to_string());
+        }
+        ImportTask {
+            id: id.into(),
+            status,
+            status_message: None,
+            progress: None,
+            snapshot_id: Some("snap-1".into()),
+            bucket: Some("b".into()),
+            key: Some("team/disk.raw".into()),
+            tags,
+        }
+    }
+
+    fn image(id: &str, task: &str) -> Image {
+        Image {
+            id: id.into(),
+            name: "n".into(),
+            state: "available".into(),
+            creation_date: None,
+            architecture: None,
+            boot_mode: None,
+            ena_support: None,
+            root_device_name: None,
+            snapshot_ids: vec![],
+            tags: Tags::from([(IMPORT_TASK.to_string(), task.to_string())]),
+        }
+    }
+
+    #[test]
+    fn completed_task_is_registered_with_lineage_tags() {
+        let actions = plan_sweep(&[task("t1", ImportStatus::Completed, &[])], &BTreeMap::new(), policy(), now());
+        let SweepAction::Register { registration, .. } = &actions[0] else { panic!("{actions:?}") };
+        assert_eq!(registration.snapshot_id, "snap-1");
+        assert!(registration.name.starts_with("team-20261122T110000Z-"), "{}", registration.name);
+        assert!(!registration.name_is_explicit);
+        let t = &registration.tags;
+        assert_eq!(t[lineage::MANAGED], "true");
+        assert_eq!(t[lineage::FAMILY], "team");
+        assert_eq!(t[IMPORT_TASK], "t1");
+        assert_eq!(t[lineage::SOURCE_URI], "s3://b/team/disk.raw");
+        assert_eq!(t[lineage::CREATE_DATE], "20261122T120000Z");
+        assert_eq!(t[lineage::CREATE_TIMESTAMP], now().timestamp().to_string());
+        assert!(!t.keys().any(|k| k.starts_with(spec::SPEC_TAG_PREFIX)), "spec tags stay on the task");
+    }
+
+    #[test]
+    fn each_status_gets_its_step() {
+        let mut failed = task("t2", ImportStatus::Deleted, &[]);
+        failed.status_message = Some("ClientError: Unknown object".into());
+        let mut young = task("t3", ImportStatus::Active, &[(STARTED_AT, "2026-11-22T11:30:00Z")]);
+        young.progress = Some("40".into());
+        let old = task("t4", ImportStatus::Active, &[]);
+        let warned = task("t5", ImportStatus::Active, &[(STALE_WARNED, "x")]);
+        let done = task("t6", ImportStatus::Completed, &[(OUTCOME, "registered:ami-1")]);
+        let crashed = task("t7", ImportStatus::Completed, &[]);
+        let images = BTreeMap::from([("t7".to_string(), image("ami-7", "t7"))]);
+        let actions = plan_sweep(&[failed, young, old, warned, done, crashed], &images, policy(), now());
+        assert!(matches!(&actions[0], SweepAction::ReportFailure { message, object: Some(o), .. }
+            if message == "import failed: ClientError: Unknown object" && o.key == "team/disk.raw"));
+        assert!(matches!(&actions[1], SweepAction::Skip { reason, .. } if reason.starts_with("import in progress (40%")));
+        assert_eq!(actions[2], SweepAction::Skip { task_id: "t4".into(), reason: "import in progress (?%)".into() });
+        assert!(matches!(&actions[4], SweepAction::Skip { reason, .. } if reason == "already concluded: registered:ami-1"));
+        assert_eq!(actions[5], SweepAction::Announce { task_id: "t7".into(), image_id: "ami-7".into() });
+        let stale_policy = SweepPolicy { stale_after: Duration::minutes(30) };
+        let actions = plan_sweep(&[task("t4", ImportStatus::Active, &[]), task("t5", ImportStatus::Active, &[(STALE_WARNED, "x")])], &BTreeMap::new(), stale_policy, now());
+        assert_eq!(actions[0], SweepAction::WarnStale { task_id: "t4".into(), age_minutes: 60 });
+        assert!(matches!(actions[1], SweepAction::Skip { .. }), "warned once only");
+    }
+
+    #[test]
+    fn tampered_spec_tags_are_reported_not_registered() {
+        let t = task("t8", ImportStatus::Completed, &[("ami-pipeline:spec:architecture", "sparc")]);
+        let actions = plan_sweep(&[t], &BTreeMap::new(), policy(), now());
+        assert!(matches!(&actions[0], SweepAction::ReportFailure { message, .. } if message.contains("architecture")));
+    }
+
+    #[test]
+    fn duplicate_names_adopt_our_image_or_fail_for_explicit_names() {
+        let spec = ImageSpec { name: Some("fixed".into()), ..spec::resolve(&[], "k").expect("valid") };
+        let mut reg = Registration {
+            name: "fixed".into(),
+            name_is_explicit: true,
+            snapshot_id: "s".into(),
+            spec,
+            tags: Tags::new(),
+            source_token: "tok".into(),
+            started_at: now(),
+        };
+        assert_eq!(on_duplicate("t1", Some(&image("ami-1", "t1")), &reg), OnDuplicate::Adopt("ami-1".into()));
+        assert!(matches!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::Fail(m) if m.contains("ami-2")));
+        reg.name_is_explicit = false;
+        assert_eq!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::TryAnotherName);
+    }
+}

@@ -1,0 +1,112 @@
+//! Lineage tag keys and values.
+//!
+//! The AMITools keys (`source_image`, `source_instance`, `source_region`, `create_date`,
+//! `create_timestamp`) are kept verbatim so existing tooling reads them. The pipeline's own keys
+//! live under the `ami-pipeline:` namespace and are documented in the README ("Tags").
+
+use crate::model::Tags;
+use chrono::{DateTime, Utc};
+
+/// AMITools: the image this one was made from.
+pub const SOURCE_IMAGE: &str = "source_image";
+/// AMITools: the instance this image was made from.
+pub const SOURCE_INSTANCE: &str = "source_instance";
+/// AMITools: the region of `source_image`.
+pub const SOURCE_REGION: &str = "source_region";
+/// AMITools: creation time, UTC, `20110909T233600Z`.
+pub const CREATE_DATE: &str = "create_date";
+/// AMITools: creation time, seconds since the epoch (always agrees with `create_date`).
+pub const CREATE_TIMESTAMP: &str = "create_timestamp";
+
+/// Namespace of the pipeline's own tags.
+pub const NS: &str = "ami-pipeline:";
+/// Marker: the pipeline manages this resource (`true`). Cleanup and the sweep select on it.
+pub const MANAGED: &str = "ami-pipeline:managed";
+/// The retention group.
+pub const FAMILY: &str = "ami-pipeline:family";
+/// `s3://bucket/key[?versionId=…]` of the uploaded disk (shortened in the middle past 256 chars).
+pub const SOURCE_URI: &str = "ami-pipeline:source-uri";
+/// ETag of the uploaded object.
+pub const SOURCE_ETAG: &str = "ami-pipeline:source-etag";
+/// Version id of the uploaded object (absent on unversioned buckets).
+pub const SOURCE_VERSION: &str = "ami-pipeline:source-version";
+/// Deterministic identity of the upload (sha256 of bucket, key, version or ETag).
+pub const SOURCE_TOKEN: &str = "ami-pipeline:source-token";
+/// Disk format of the upload (`RAW`, `VMDK`, `VHD`).
+pub const SOURCE_FORMAT: &str = "ami-pipeline:source-format";
+/// The import-snapshot task that made the snapshot.
+pub const IMPORT_TASK: &str = "ami-pipeline:import-task";
+/// How the snapshot was made (`import-snapshot`).
+pub const UPLOAD_METHOD: &str = "ami-pipeline:upload-method";
+/// The snapshot a copy was made from.
+pub const SOURCE_SNAPSHOT: &str = "ami-pipeline:source-snapshot";
+/// Number of ancestors (0 for an image made from an upload).
+pub const GENERATION: &str = "ami-pipeline:generation";
+/// When the import was started (RFC 3339), on import tasks.
+pub const STARTED_AT: &str = "ami-pipeline:started-at";
+/// On import tasks: what the sweep concluded (`registered:ami-…` or `failed`), so each
+/// conclusion is announced once.
+pub const OUTCOME: &str = "ami-pipeline:outcome";
+/// On import tasks: when the one "still running" warning was sent.
+pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
+/// On S3 objects: why the upload was rejected or failed.
+pub const OBJECT_STATUS: &str = "ami-pipeline-status";
+/// On S3 objects: the reason text of [`OBJECT_STATUS`].
+pub const OBJECT_REASON: &str = "ami-pipeline-reason";
+
+/// Formats a time as AMITools' `create_date` (`20110909T233600Z`).
+pub fn create_date(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// The AMITools date pair for `t`: `create_date` and `create_timestamp`, which always agree.
+pub fn date_tags(t: DateTime<Utc>) -> Tags {
+    Tags::from([
+        (CREATE_DATE.to_owned(), create_date(t)),
+        (CREATE_TIMESTAMP.to_owned(), t.timestamp().to_string()),
+    ])
+}
+
+/// Longest value EC2 and S3 accept for a tag.
+pub const MAX_TAG_VALUE: usize = 256;
+
+/// Shortens `value` to at most [`MAX_TAG_VALUE`] characters by cutting the middle, so that both
+/// the start (bucket) and the end (file name) of a long URI stay readable.
+pub fn fit_tag_value(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    if chars.len() <= MAX_TAG_VALUE {
+        return value.to_owned();
+    }
+    let keep = MAX_TAG_VALUE - 1;
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn create_date_and_timestamp_agree() {
+        let t = Utc.with_ymd_and_hms(2011, 9, 9, 23, 36, 0).single().expect("valid date");
+        let tags = date_tags(t);
+        assert_eq!(tags[CREATE_DATE], "20110909T233600Z");
+        assert_eq!(tags[CREATE_TIMESTAMP], "1315611360");
+    }
+
+    #[test]
+    fn long_values_are_cut_in_the_middle() {
+        assert_eq!(fit_tag_value("s3://b/k"), "s3://b/k");
+        let long = format!("s3://bucket/{}/disk.raw", "d".repeat(400));
+        let fitted = fit_tag_value(&long);
+        assert_eq!(fitted.chars().count(), MAX_TAG_VALUE);
+        assert!(fitted.starts_with("s3://bucket/"));
+        assert!(fitted.ends_with("/disk.raw"));
+        assert!(fitted.contains('…'));
+    }
+}

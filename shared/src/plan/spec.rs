@@ -1,0 +1,447 @@
+//! The image spec: every setting of an upload, validated.
+//!
+//! Settings come from three layers, later ones winning: the function's defaults (environment,
+//! set by template parameters), the object's user metadata (`x-amz-meta-<key>`), and the
+//! overrides of a manual invoke. [`resolve`] validates the merged result and lists **every**
+//! problem at once. The spec is stored on the import task as tags ([`ImageSpec::to_tags`]) and
+//! read back by the sweep ([`ImageSpec::from_tags`]), so the sweep needs nothing else.
+
+use super::lineage::{self, FAMILY, MAX_TAG_VALUE, NS};
+use super::naming::{self, check_image_name};
+use crate::model::Tags;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// CPU architecture of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Architecture {
+    /// `x86_64`
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// `arm64`
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+/// Boot mode of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMode {
+    /// `legacy-bios`
+    LegacyBios,
+    /// `uefi`
+    Uefi,
+    /// `uefi-preferred`
+    UefiPreferred,
+}
+
+/// Root volume type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    /// General purpose SSD, gp3 (the default).
+    Gp3,
+    /// General purpose SSD, gp2.
+    Gp2,
+    /// Provisioned IOPS io1.
+    Io1,
+    /// Provisioned IOPS io2.
+    Io2,
+    /// Magnetic.
+    Standard,
+}
+
+macro_rules! str_enum {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// The API spelling.
+            pub fn as_str(self) -> &'static str { match self { $(Self::$v => $s),+ } }
+            /// Parses the API spelling (case-insensitive).
+            pub fn parse(s: &str) -> Option<Self> {
+                $(if s.eq_ignore_ascii_case($s) { return Some(Self::$v); })+
+                None
+            }
+            /// Every accepted spelling, for error messages.
+            pub fn allowed() -> &'static str { concat!($($s, " "),+) }
+        }
+    };
+}
+str_enum!(Architecture { X86_64 => "x86_64", Arm64 => "arm64" });
+str_enum!(BootMode { LegacyBios => "legacy-bios", Uefi => "uefi", UefiPreferred => "uefi-preferred" });
+str_enum!(VolumeType { Gp3 => "gp3", Gp2 => "gp2", Io1 => "io1", Io2 => "io2", Standard => "standard" });
+
+/// The setting keys, as metadata keys (`x-amz-meta-<key>`), manual-invoke fields and, under
+/// `ami-pipeline:spec:`, import-task tags.
+pub mod keys {
+    /// `x86_64` | `arm64`
+    pub const ARCHITECTURE: &str = "architecture";
+    /// `legacy-bios` | `uefi` | `uefi-preferred`
+    pub const BOOT_MODE: &str = "boot-mode";
+    /// `true` | `false`
+    pub const ENA: &str = "ena";
+    /// `true` | `false`: require IMDSv2.
+    pub const IMDS_V2: &str = "imds-v2";
+    /// `true` | `false`: NitroTPM 2.0.
+    pub const TPM: &str = "tpm";
+    /// e.g. `/dev/xvda`
+    pub const ROOT_DEVICE: &str = "root-device";
+    /// Root volume size in GiB (default: the snapshot's size).
+    pub const VOLUME_SIZE: &str = "volume-size";
+    /// `gp3` | `gp2` | `io1` | `io2` | `standard`
+    pub const VOLUME_TYPE: &str = "volume-type";
+    /// Exact image name (else automatic).
+    pub const NAME: &str = "name";
+    /// Prefix of the automatic name (default: the family).
+    pub const NAME_PREFIX: &str = "name-prefix";
+    /// Image description.
+    pub const DESCRIPTION: &str = "description";
+    /// Retention group (default: from the key prefix).
+    pub const FAMILY: &str = "family";
+    /// Extra tags, URL-query encoded: `team=web&env=prod`.
+    pub const TAGS: &str = "tags";
+    /// Every key, in documentation order.
+    pub const ALL: [&str; 13] = [
+        ARCHITECTURE, BOOT_MODE, ENA, IMDS_V2, TPM, ROOT_DEVICE, VOLUME_SIZE, VOLUME_TYPE, NAME, NAME_PREFIX,
+        DESCRIPTION, FAMILY, TAGS,
+    ];
+}
+
+/// Tag-key prefix of the spec on an import task.
+pub const SPEC_TAG_PREFIX: &str = "ami-pipeline:spec:";
+/// Tag-key prefix of the user's extra tags on an import task.
+pub const EXTRA_TAG_PREFIX: &str = "ami-pipeline:extra:";
+/// Most extra tags per upload: EC2 allows 50 tags per resource and the pipeline uses up to 20.
+pub const MAX_EXTRA_TAGS: usize = 25;
+/// Largest root volume, GiB (gp3/io2 limit).
+pub const MAX_VOLUME_GIB: u32 = 16_384;
+/// Longest description RegisterImage accepts.
+pub const MAX_DESCRIPTION: usize = 255;
+
+/// Every setting of an image, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSpec {
+    /// CPU architecture.
+    pub architecture: Architecture,
+    /// Boot mode.
+    pub boot_mode: BootMode,
+    /// ENA support.
+    pub ena: bool,
+    /// Require IMDSv2 (`ImdsSupport: v2.0`).
+    pub imds_v2: bool,
+    /// NitroTPM (`TpmSupport: v2.0`).
+    pub tpm: bool,
+    /// Root device name.
+    pub root_device: String,
+    /// Root volume size; None = the snapshot's size.
+    pub volume_size_gib: Option<u32>,
+    /// Root volume type.
+    pub volume_type: VolumeType,
+    /// Exact name; None = automatic.
+    pub name: Option<String>,
+    /// Prefix of the automatic name.
+    pub name_prefix: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Retention group.
+    pub family: String,
+    /// The user's extra tags for the image and its snapshot.
+    pub extra_tags: Tags,
+}
+
+/// One thing wrong with an upload's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The setting (metadata key) at fault.
+    pub setting: String,
+    /// What is wrong, and what is allowed.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)
+    }
+}
+
+/// Merges settings (later maps win) and validates them into an [`ImageSpec`].
+///
+/// `key` is the object key, used for the default family. Returns every problem found.
+pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageSpec, Vec<Problem>> {
+    let mut merged: BTreeMap<&str, &str> = BTreeMap::new();
+    for layer in layers {
+        for (k, v) in layer.iter() {
+            if let Some(known) = keys::ALL.iter().find(|known| **known == k.as_str()) {
+                merged.insert(known, v.as_str());
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut bad = |setting: &str, message: String| problems.push(Problem { setting: setting.to_owned(), message });
+    let get = |k: &str| merged.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+    let architecture = match get(keys::ARCHITECTURE) {
+        None => Architecture::X86_64,
+        Some(v) => Architecture::parse(v).unwrap_or_else(|| {
+            bad(keys::ARCHITECTURE, format!("{v:?} is not one of: {}", Architecture::allowed().trim()));
+            Architecture::X86_64
+        }),
+    };
+    let boot_mode_given = get(keys::BOOT_MODE);
+    let boot_mode = match boot_mode_given {
+        None if architecture == Architecture::Arm64 => BootMode::Uefi,
+        None => BootMode::LegacyBios,
+        Some(v) => BootMode::parse(v).unwrap_or_else(|| {
+            bad(keys::BOOT_MODE, format!("{v:?} is not one of: {}", BootMode::allowed().trim()));
+            BootMode::Uefi
+        }),
+    };
+    let mut flag = |k: &str, default: bool| match get(k) {
+        None => default,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => true,
+            "false" | "no" | "0" => false,
+            _ => {
+                bad(k, format!("{v:?} is not a boolean (true or false)"));
+                default
+            }
+        },
+    };
+    let ena = flag(keys::ENA, true);
+    let imds_v2 = flag(keys::IMDS_V2, true);
+    let tpm = flag(keys::TPM, false);
+    if architecture == Architecture::Arm64 && boot_mode == BootMode::LegacyBios {
+        bad(keys::BOOT_MODE, "arm64 images must boot with uefi; legacy-bios is x86_64 only".into());
+    }
+    if tpm && boot_mode != BootMode::Uefi {
+        bad(keys::TPM, format!("NitroTPM requires boot-mode uefi, not {}", boot_mode.as_str()));
+    }
+    let root_device = get(keys::ROOT_DEVICE).unwrap_or("/dev/xvda").to_owned();
+    if !is_device_name(&root_device) {
+        bad(keys::ROOT_DEVICE, format!("{root_device:?} is not a device name like /dev/xvda or /dev/sda1"));
+    }
+    let volume_size_gib = get(keys::VOLUME_SIZE).and_then(|v| match v.parse::<u32>() {
+        Ok(n) if (1..=MAX_VOLUME_GIB).contains(&n) => Some(n),
+        _ => {
+            bad(keys::VOLUME_SIZE, format!("{v:?} is not a whole number of GiB from 1 to {MAX_VOLUME_GIB}"));
+            None
+        }
+    });
+    let volume_type = match get(keys::VOLUME_TYPE) {
+        None => VolumeType::Gp3,
+        Some(v) => VolumeType::parse(v).unwrap_or_else(|| {
+            bad(keys::VOLUME_TYPE, format!("{v:?} is not one of: {}", VolumeType::allowed().trim()));
+            VolumeType::Gp3
+        }),
+    };
+    let name = get(keys::NAME).map(str::to_owned);
+    if let Some(n) = &name {
+        if let Err(e) = check_image_name(n) {
+            bad(keys::NAME, e);
+        }
+    }
+    let family = match get(keys::FAMILY) {
+        None => naming::family_from_key(key),
+        Some(v) => {
+            let s = naming::slug(v, 64);
+            if s != v {
+                bad(keys::FAMILY, format!("{v:?} must be lowercase letters, digits and single dashes, at most 64 (e.g. {s:?})"));
+            }
+            s
+        }
+    };
+    let name_prefix = get(keys::NAME_PREFIX).map(str::to_owned).unwrap_or_else(|| family.clone());
+    if let Some(bad_chars) = Some(name_prefix.chars().filter(|c| !naming::is_name_char(*c)).collect::<String>())
+        .filter(|s| !s.is_empty())
+    {
+        bad(keys::NAME_PREFIX, format!("{name_prefix:?} contains characters EC2 does not allow in names ({bad_chars:?})"));
+    } else if name_prefix.chars().count() > 96 {
+        bad(keys::NAME_PREFIX, "must be at most 96 characters (the timestamp and suffix take the rest)".into());
+    }
+    let description = get(keys::DESCRIPTION).map(str::to_owned);
+    if let Some(d) = &description {
+        if d.chars().count() > MAX_DESCRIPTION {
+            bad(keys::DESCRIPTION, format!("must be at most {MAX_DESCRIPTION} characters, got {}", d.chars().count()));
+        }
+    }
+    let mut extra_tags = Tags::new();
+    if let Some(v) = get(keys::TAGS) {
+        for (k, val) in form_urlencoded::parse(v.as_bytes()) {
+            if k.is_empty() || k.chars().count() > 128 - EXTRA_TAG_PREFIX.len() {
+                bad(keys::TAGS, format!("tag key {k:?} must be 1–{} characters", 128 - EXTRA_TAG_PREFIX.len()));
+            } else if k.starts_with("aws:") || k.starts_with(NS) || lineage_key(&k) {
+                bad(keys::TAGS, format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"));
+            } else if val.chars().count() > MAX_TAG_VALUE {
+                bad(keys::TAGS, format!("value of tag {k:?} is longer than {MAX_TAG_VALUE} characters"));
+            } else {
+                extra_tags.insert(k.into_owned(), val.into_owned());
+            }
+        }
+        if extra_tags.len() > MAX_EXTRA_TAGS {
+            bad(keys::TAGS, format!("at most {MAX_EXTRA_TAGS} extra tags, got {}", extra_tags.len()));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ImageSpec {
+        architecture,
+        boot_mode,
+        ena,
+        imds_v2,
+        tpm,
+        root_device,
+        volume_size_gib,
+        volume_type,
+        name,
+        name_prefix,
+        description,
+        family,
+        extra_tags,
+    })
+}
+
+fn lineage_key(k: &str) -> bool {
+    [lineage::SOURCE_IMAGE, lineage::SOURCE_INSTANCE, lineage::SOURCE_REGION, lineage::CREATE_DATE, lineage::CREATE_TIMESTAMP]
+        .contains(&k)
+}
+
+fn is_device_name(s: &str) -> bool {
+    s.strip_prefix("/dev/")
+        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 16 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+impl ImageSpec {
+    /// The spec as settings (the inverse of [`resolve`]'s input).
+    pub fn to_settings(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            m.insert(k.to_owned(), v);
+        };
+        put(keys::ARCHITECTURE, self.architecture.as_str().into());
+        put(keys::BOOT_MODE, self.boot_mode.as_str().into());
+        put(keys::ENA, self.ena.to_string());
+        put(keys::IMDS_V2, self.imds_v2.to_string());
+        put(keys::TPM, self.tpm.to_string());
+        put(keys::ROOT_DEVICE, self.root_device.clone());
+        if let Some(n) = self.volume_size_gib {
+            put(keys::VOLUME_SIZE, n.to_string());
+        }
+        put(keys::VOLUME_TYPE, self.volume_type.as_str().into());
+        if let Some(n) = &self.name {
+            put(keys::NAME, n.clone());
+        }
+        put(keys::NAME_PREFIX, self.name_prefix.clone());
+        if let Some(d) = &self.description {
+            put(keys::DESCRIPTION, d.clone());
+        }
+        put(keys::FAMILY, self.family.clone());
+        m
+    }
+
+    /// The spec as import-task tags: settings under [`SPEC_TAG_PREFIX`], extra tags under
+    /// [`EXTRA_TAG_PREFIX`], and the family under its lineage key.
+    pub fn to_tags(&self) -> Tags {
+        let mut tags: Tags =
+            self.to_settings().into_iter().map(|(k, v)| (format!("{SPEC_TAG_PREFIX}{k}"), v)).collect();
+        for (k, v) in &self.extra_tags {
+            tags.insert(format!("{EXTRA_TAG_PREFIX}{k}"), v.clone());
+        }
+        tags.insert(FAMILY.to_owned(), self.family.clone());
+        tags
+    }
+
+    /// Reads a spec back from import-task tags, validating it again (tags can be edited by
+    /// hand between import and registration).
+    pub fn from_tags(tags: &Tags) -> Result<ImageSpec, Vec<Problem>> {
+        let mut settings: BTreeMap<String, String> = tags
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(SPEC_TAG_PREFIX).map(|k| (k.to_owned(), v.clone())))
+            .collect();
+        let extra: Vec<(String, String)> = tags
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(EXTRA_TAG_PREFIX).map(|k| (k.to_owned(), v.clone())))
+            .collect();
+        if !extra.is_empty() {
+            let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(extra).finish();
+            settings.insert(keys::TAGS.to_owned(), encoded);
+        }
+        resolve(&[&settings], "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let spec = resolve(&[], "images/web/disk.raw").expect("valid");
+        assert_eq!(spec.architecture, Architecture::X86_64);
+        assert_eq!(spec.boot_mode, BootMode::LegacyBios);
+        assert!(spec.ena && spec.imds_v2 && !spec.tpm);
+        assert_eq!(spec.root_device, "/dev/xvda");
+        assert_eq!(spec.family, "images-web");
+        assert_eq!(spec.name_prefix, "images-web");
+        assert_eq!(spec.volume_type, VolumeType::Gp3);
+    }
+
+    #[test]
+    fn later_layers_win_and_arm64_defaults_to_uefi() {
+        let defaults = map(&[("architecture", "x86_64"), ("family", "base")]);
+        let metadata = map(&[("architecture", "ARM64"), ("unrelated", "ignored")]);
+        let spec = resolve(&[&defaults, &metadata], "k.raw").expect("valid");
+        assert_eq!(spec.architecture, Architecture::Arm64);
+        assert_eq!(spec.boot_mode, BootMode::Uefi);
+        assert_eq!(spec.family, "base");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let metadata = map(&[
+            ("architecture", "sparc"),
+            ("boot-mode", "bios"),
+            ("ena", "maybe"),
+            ("volume-size", "-3"),
+            ("volume-type", "ssd"),
+            ("name", "bad*name"),
+            ("root-device", "xvda"),
+            ("family", "Not A Slug"),
+            ("tags", "aws:x=1&ok=2"),
+        ]);
+        let problems = resolve(&[&metadata], "k.raw").err().unwrap_or_default();
+        let settings: Vec<&str> = problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            ["architecture", "boot-mode", "ena", "root-device", "volume-size", "volume-type", "name", "family", "tags"]
+        );
+    }
+
+    #[test]
+    fn arm64_with_legacy_bios_and_tpm_without_uefi_are_rejected() {
+        let p = resolve(&[&map(&[("architecture", "arm64"), ("boot-mode", "legacy-bios")])], "k").err();
+        assert_eq!(p.map(|p| p[0].message.clone()), Some("arm64 images must boot with uefi; legacy-bios is x86_64 only".into()));
+        let p = resolve(&[&map(&[("tpm", "true"), ("boot-mode", "uefi-preferred")])], "k").err();
+        assert_eq!(p.map(|p| p[0].setting.clone()), Some("tpm".into()));
+        assert!(resolve(&[&map(&[("tpm", "true"), ("boot-mode", "uefi")])], "k").is_ok());
+    }
+
+    #[test]
+    fn spec_round_trips_through_tags() {
+        let metadata = map(&[
+            ("architecture", "arm64"),
+            ("tpm", "true"),
+            ("volume-size", "20"),
+            ("name", "my image (1)"),
+            ("description", "hello, world & more"),
+            ("tags", "team=web&cost+center=a%26b"),
+        ]);
+        let spec = resolve(&[&metadata], "x/y.raw").expect("valid");
+        assert_eq!(spec.extra_tags.get("cost center").map(String::as_str), Some("a&b"));
+        let back = ImageSpec::from_tags(&spec.to_tags()).expect("round trip");
+        assert_eq!(back, spec);
+    }
+}

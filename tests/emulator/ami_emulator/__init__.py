@@ -1,0 +1,51 @@
+"""Fidelity extensions of moto's EC2 emulation for the ami-pipeline tests.
+
+moto 5.2.5 lacks or stubs the AMI operations the pipeline depends on (ImportSnapshot,
+RegisterImage's block device mappings, deprecation, block public access, pagination, ...; see
+/work/shared/reference/emulator.md). ``apply_extensions()`` patches moto's EC2 backend and
+response classes in the current process; ``python -m ami_emulator`` applies them and then serves
+moto on one port, together with the control endpoints of ``ami_emulator.control``.
+
+Modules:
+  common          shared lock, per-account config, per account+region state, pagination
+  disk_images     RAW / VMDK / VHD probing for ImportSnapshot
+  import_snapshot ImportSnapshot, DescribeImportSnapshotTasks
+  images          RegisterImage, DescribeImages, CopyImage, DeregisterImage, image attributes,
+                  deprecation, image block public access, deregistration protection
+  snapshots       DeleteSnapshot in-use check, DescribeSnapshots owners/paging,
+                  ModifySnapshotAttribute structured form
+  tags            CreateTags / DeleteTags / DescribeTags on import-snap task ids
+  faults          per-account fault injection (WSGI middleware) and its rule store
+  control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
+"""
+
+from __future__ import annotations
+
+import threading
+
+EXPECTED_MOTO_VERSION = "5.2.5"
+
+_applied = False
+_apply_lock = threading.Lock()
+
+
+def apply_extensions() -> None:
+    """Patch moto (idempotent). Must run in the server process before requests arrive."""
+    global _applied
+    with _apply_lock:
+        if _applied:
+            return
+        import moto
+
+        if moto.__version__ != EXPECTED_MOTO_VERSION:
+            raise RuntimeError(
+                f"ami_emulator patches moto internals and was written for moto "
+                f"{EXPECTED_MOTO_VERSION}, but moto {moto.__version__} is installed"
+            )
+        from . import images, import_snapshot, snapshots, tags
+
+        snapshots.install()
+        images.install()
+        import_snapshot.install()
+        tags.install()
+        _applied = True

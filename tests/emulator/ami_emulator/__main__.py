@@ -1,0 +1,70 @@
+"""``python -m ami_emulator --host 127.0.0.1 --port PORT``: moto's server plus the extensions.
+
+Mirrors ``moto.server.main`` (werkzeug ``run_simple`` with moto's ``DomainDispatcherApplication``
+and ``MotoRequestHandler``, threaded) with three differences: the extensions are applied first,
+the app is wrapped in ``FaultMiddleware`` (per-account fault injection) and ``ControlMiddleware``
+(the ``/ami-pipeline-emulator/`` routes), and the EC2/S3/STS/EBS backends are loaded before the
+port is bound, so the first request is fast and a successful TCP connect means the emulator is
+ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+WARM_BACKENDS = ("ec2", "s3", "sts", "ebs")
+
+
+def _exit(signum: int, frame: Any) -> None:
+    sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ami_emulator", description=__doc__)
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+    from werkzeug.serving import run_simple
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+
+    from . import apply_extensions
+    from .common import default_config
+    from .control import ControlMiddleware
+    from .faults import FaultMiddleware
+
+    default_config()  # fail fast on a malformed AMI_EMULATOR_*_DELAY_SECONDS
+    apply_extensions()
+
+    dispatcher = DomainDispatcherApplication(create_backend_app)
+    dispatcher.debug = True  # type: ignore[attr-defined]
+    for name in WARM_BACKENDS:
+        dispatcher.app_instances[name] = create_backend_app(name)  # type: ignore[arg-type]
+
+    signal.signal(signal.SIGINT, _exit)
+    signal.signal(signal.SIGTERM, _exit)
+    print(f"ami_emulator: serving on http://{args.host}:{args.port}", flush=True)
+    run_simple(
+        args.host,
+        args.port,
+        ControlMiddleware(FaultMiddleware(dispatcher)),
+        threaded=True,
+        use_reloader=False,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,523 @@
+"""Per-account fault injection: make chosen AWS calls of one account fail with a chosen error.
+
+Error bodies follow each protocol's wire format so SDKs parse the code:
+
+* EC2 query (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html,
+  "Example error response"): ``<Response><Errors><Error><Code/><Message/></Error></Errors>
+  <RequestID/></Response>``.
+* S3 (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html, "REST error
+  responses"): ``<Error><Code/><Message/><RequestId/><HostId/></Error>``; a HEAD response has no
+  body, so SDKs only see the status (botocore: ``Code`` "403", "404", "503", ...).
+* AWS query APIs (SNS, STS, IAM, ...; e.g. https://docs.aws.amazon.com/sns/latest/api/CommonErrors.html):
+  ``<ErrorResponse><Error><Type>Sender|Receiver</Type><Code/><Message/></Error><RequestId/>
+  </ErrorResponse>`` (``Receiver`` for 5xx).
+* JSON / REST-JSON APIs (SQS, EventBridge, EBS, ...): ``{"__type": code, "message": ...}`` with
+  the ``x-amzn-ErrorType`` header.
+
+A rule (``POST /ami-pipeline-emulator/faults``) names the account, the service (moto's backend
+name: ``ec2``, ``s3``, ``sns``, ``sts``, ``ebs``, ``sqs``, ``events``, ...), optionally the
+action, the HTTP status, the error code and message, how many times it fires (``count``; null =
+until cleared) and optionally a ``resource`` substring that must occur in the request (path,
+query string, body or Host header, raw or URL-decoded). The first live rule that matches a
+request answers it in place of moto: the request never reaches moto, so it has no side effect.
+
+How a request is attributed (the same rules moto uses, so a fault follows the account moto
+serves):
+
+* account: ``MOTO_ACCOUNT_ID`` in the environment, else the ``x-moto-account-id`` header, else
+  the access key id of the ``Authorization`` header (or the ``AWSAccessKeyId`` query parameter)
+  mapped through moto's IAM/STS key table (STS AssumeRole keys map to the role's account), else
+  123456789012;
+* service: moto's own dispatch (``DomainDispatcherApplication.infer_service_region_host``,
+  i.e. the SigV4 credential scope, else body/path heuristics);
+* action: for S3 see ``s3_action``; for every other service moto's botocore-model router
+  (query ``Action`` parameter for EC2/SNS/STS/IAM, ``X-Amz-Target`` for JSON APIs, method + path
+  for REST APIs), falling back to the raw ``Action`` parameter.
+
+Rules are process-wide state kept here (not on a moto backend), cleared per account through
+``DELETE /ami-pipeline-emulator/faults?account_id=...`` and all together on
+``POST /moto-api/reset``. With no rule defined the middleware passes requests straight through.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import sys
+import threading
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, unquote_plus
+from xml.sax.saxutils import escape
+
+from werkzeug.wrappers import Request, Response
+
+DEFAULT_ACCOUNT = "123456789012"
+CONTROL_PREFIX = "/ami-pipeline-emulator/"
+RULE_FIELDS = ("account_id", "service", "action", "status", "code", "message", "count", "resource")
+
+_QUERY_XMLNS = {
+    "sns": "https://sns.amazonaws.com/doc/2010-03-31/",
+    "sts": "https://sts.amazonaws.com/doc/2011-06-15/",
+    "iam": "https://iam.amazonaws.com/doc/2010-05-08/",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule store
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultRule:
+    id: str
+    account_id: str
+    service: str
+    action: str | None
+    status: int
+    code: str
+    message: str
+    count: int | None
+    resource: str | None
+    fired: int = 0
+
+    def live(self) -> bool:
+        return self.count is None or self.fired < self.count
+
+    def matches(self, service: str, action: str | None, haystack: list[str]) -> bool:
+        if not self.live() or self.service != service:
+            return False
+        if self.action is not None and (action is None or self.action.lower() != action.lower()):
+            return False
+        if self.resource is not None and not any(self.resource in text for text in haystack):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "account_id": self.account_id,
+            "service": self.service,
+            "action": self.action,
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "count": self.count,
+            "resource": self.resource,
+            "fired": self.fired,
+            "remaining": None if self.count is None else max(0, self.count - self.fired),
+        }
+
+
+_LOCK = threading.Lock()
+# account id -> rules in creation order (first live match wins)
+_RULES: dict[str, list[FaultRule]] = {}
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name} must be an integer")
+    try:
+        number = int(str(value))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer") from exc
+    return number
+
+
+def _optional_text(payload: dict[str, Any], name: str) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string or null")
+    return value
+
+
+def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
+    """Validate ``payload`` (the POST body) and add the rule. ValueError for bad input."""
+    unknown = set(payload) - set(RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    service = payload.get("service")
+    if not isinstance(service, str) or not service.strip():
+        raise ValueError("missing field 'service' (moto's service name: ec2, s3, sns, sts, ...)")
+    code = payload.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise ValueError("missing field 'code' (the AWS error code, e.g. UnauthorizedOperation)")
+    status = 400 if payload.get("status") is None else _int(payload["status"], "status")
+    if not 400 <= status <= 599:
+        raise ValueError("status must be an HTTP error status (400-599)")
+    count = None if payload.get("count") is None else _int(payload["count"], "count")
+    if count is not None and count < 1:
+        raise ValueError("count must be >= 1 or null (until cleared)")
+    message = payload.get("message")
+    if message is None:
+        message = f"{code.strip()} (fault injected by ami-pipeline-emulator)"
+    elif not isinstance(message, str):
+        raise ValueError("message must be a string")
+    rule = FaultRule(
+        id="fault-" + secrets.token_hex(8),
+        account_id=account_id,
+        service=service.strip().lower(),
+        action=_optional_text(payload, "action"),
+        status=status,
+        code=code.strip(),
+        message=message,
+        count=count,
+        resource=_optional_text(payload, "resource"),
+    )
+    with _LOCK:
+        _RULES.setdefault(account_id, []).append(rule)
+    return rule
+
+
+def list_rules(account_id: str) -> list[dict[str, Any]]:
+    with _LOCK:
+        return [rule.to_json() for rule in _RULES.get(account_id, [])]
+
+
+def clear_rules(account_id: str) -> int:
+    with _LOCK:
+        return len(_RULES.pop(account_id, []))
+
+
+def reset_faults() -> None:
+    """Forget every rule of every account (called on ``POST /moto-api/reset``)."""
+    with _LOCK:
+        _RULES.clear()
+
+
+def _has_live_rules(account_id: str | None = None) -> bool:
+    with _LOCK:
+        if account_id is None:
+            return any(rule.live() for rules in _RULES.values() for rule in rules)
+        return any(rule.live() for rule in _RULES.get(account_id, []))
+
+
+def _fire(account_id: str, service: str, action: str | None, haystack: list[str]) -> FaultRule | None:
+    with _LOCK:
+        for rule in _RULES.get(account_id, []):
+            if rule.matches(service, action, haystack):
+                rule.fired += 1
+                return rule
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Request attribution
+# ---------------------------------------------------------------------------------------------
+
+
+def request_account(environ: dict[str, Any]) -> str:
+    """The account moto would serve this request from (``BaseResponse.get_current_account``)."""
+    import os
+
+    if "MOTO_ACCOUNT_ID" in os.environ:
+        return os.environ["MOTO_ACCOUNT_ID"]
+    header = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
+    if header:
+        return str(header)
+    from moto.core.responses import BaseResponse
+    from moto.iam.models import get_account_id_from
+
+    access_key = "AKIAEXAMPLE"
+    auth = environ.get("HTTP_AUTHORIZATION")
+    match = BaseResponse.access_key_regex.search(auth) if auth else None
+    if match:
+        access_key = match.group(1)
+    else:
+        query_key = parse_qs(environ.get("QUERY_STRING", "")).get("AWSAccessKeyId")
+        if query_key:
+            access_key = query_key[0]
+    return str(get_account_id_from(access_key) or DEFAULT_ACCOUNT)
+
+
+def _wsgi_text(value: str) -> str:
+    """PATH_INFO is latin-1 decoded bytes under WSGI; recover the UTF-8 text."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def _buffer_body(environ: dict[str, Any]) -> bytes:
+    """Read the whole body and put it back as a fresh stream for moto."""
+    data = Request(environ, populate_request=False).get_data(cache=False, parse_form_data=False)
+    environ["wsgi.input"] = io.BytesIO(data)
+    return data
+
+
+def _query_keys(environ: dict[str, Any]) -> dict[str, list[str]]:
+    return parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+
+
+def s3_bucket_and_key(environ: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Bucket and key of an S3 request, path style or virtual-hosted (moto's host rules)."""
+    from moto.s3.responses import S3Response
+    from moto.s3.utils import bucket_name_from_url
+
+    request = Request(environ, populate_request=False)
+    path = _wsgi_text(environ.get("PATH_INFO", "") or "/")
+    if S3Response.subdomain_based_buckets(request):
+        bucket = bucket_name_from_url(request.url)
+        key = path.lstrip("/") or None
+        return bucket, key
+    parts = path.lstrip("/").split("/", 1)
+    bucket = parts[0] or None
+    key = parts[1] if len(parts) > 1 and parts[1] != "" else None
+    return bucket, key
+
+
+# (method, has key) -> [(query parameter or header test, action)], first hit wins, then default
+_S3_OBJECT_ACTIONS: dict[str, tuple[list[tuple[str, str]], str]] = {
+    "HEAD": ([], "HeadObject"),
+    "GET": (
+        [
+            ("?tagging", "GetObjectTagging"),
+            ("?acl", "GetObjectAcl"),
+            ("?attributes", "GetObjectAttributes"),
+            ("?retention", "GetObjectRetention"),
+            ("?legal-hold", "GetObjectLegalHold"),
+            ("?uploadId", "ListParts"),
+        ],
+        "GetObject",
+    ),
+    "PUT": (
+        [
+            ("?tagging", "PutObjectTagging"),
+            ("?acl", "PutObjectAcl"),
+            ("?retention", "PutObjectRetention"),
+            ("?legal-hold", "PutObjectLegalHold"),
+            ("?uploadId+x-amz-copy-source", "UploadPartCopy"),
+            ("?uploadId", "UploadPart"),
+            ("x-amz-copy-source", "CopyObject"),
+        ],
+        "PutObject",
+    ),
+    "DELETE": ([("?tagging", "DeleteObjectTagging"), ("?uploadId", "AbortMultipartUpload")], "DeleteObject"),
+    "POST": (
+        [
+            ("?uploads", "CreateMultipartUpload"),
+            ("?uploadId", "CompleteMultipartUpload"),
+            ("?restore", "RestoreObject"),
+            ("?select", "SelectObjectContent"),
+        ],
+        "PostObject",
+    ),
+}
+
+_S3_BUCKET_SUBRESOURCES = (
+    # query parameter, GET action, PUT action, DELETE action
+    ("tagging", "GetBucketTagging", "PutBucketTagging", "DeleteBucketTagging"),
+    ("policy", "GetBucketPolicy", "PutBucketPolicy", "DeleteBucketPolicy"),
+    ("notification", "GetBucketNotificationConfiguration", "PutBucketNotificationConfiguration", None),
+    ("versioning", "GetBucketVersioning", "PutBucketVersioning", None),
+    ("lifecycle", "GetBucketLifecycleConfiguration", "PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"),
+    ("encryption", "GetBucketEncryption", "PutBucketEncryption", "DeleteBucketEncryption"),
+    ("cors", "GetBucketCors", "PutBucketCors", "DeleteBucketCors"),
+    ("acl", "GetBucketAcl", "PutBucketAcl", None),
+    ("ownershipControls", "GetBucketOwnershipControls", "PutBucketOwnershipControls", "DeleteBucketOwnershipControls"),
+    ("publicAccessBlock", "GetPublicAccessBlock", "PutPublicAccessBlock", "DeletePublicAccessBlock"),
+    ("location", "GetBucketLocation", None, None),
+    ("uploads", "ListMultipartUploads", None, None),
+    ("versions", "ListObjectVersions", None, None),
+)
+
+
+def s3_action(environ: dict[str, Any]) -> str:
+    """The S3 operation name of a request, from method, bucket/key, query string and headers."""
+    method = environ.get("REQUEST_METHOD", "GET").upper()
+    bucket, key = s3_bucket_and_key(environ)
+    query = _query_keys(environ)
+    if bucket is None:
+        return "ListBuckets"
+    if key is not None:
+        rules, default = _S3_OBJECT_ACTIONS.get(method, ([], method.title() + "Object"))
+        for test, action in rules:
+            if all(_s3_test(environ, query, part) for part in test.split("+")):
+                return action
+        return default
+    if method == "POST" and "delete" in query:
+        return "DeleteObjects"
+    for param, get_action, put_action, delete_action in _S3_BUCKET_SUBRESOURCES:
+        if param in query:
+            chosen = {"GET": get_action, "PUT": put_action, "DELETE": delete_action}.get(method)
+            if chosen:
+                return chosen
+    if method == "HEAD":
+        return "HeadBucket"
+    if method == "PUT":
+        return "CreateBucket"
+    if method == "DELETE":
+        return "DeleteBucket"
+    if method == "GET":
+        return "ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"
+    return method.title() + "Bucket"
+
+
+def _s3_test(environ: dict[str, Any], query: dict[str, list[str]], test: str) -> bool:
+    if test.startswith("?"):
+        return test[1:] in query
+    return bool(environ.get("HTTP_" + test.upper().replace("-", "_")))
+
+
+def _form(environ: dict[str, Any], body: bytes) -> dict[str, list[str]]:
+    params = _query_keys(environ)
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded") and body:
+        for name, values in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items():
+            params.setdefault(name, []).extend(values)
+    return params
+
+
+def other_action(service: str, environ: dict[str, Any], body: bytes) -> str | None:
+    """Operation name of a non-S3 request through moto's botocore-model router."""
+    try:
+        from moto.core.request import Request as MotoRequest
+        from moto.core.routing import get_service_router
+
+        copy = dict(environ)
+        copy["wsgi.input"] = io.BytesIO(body)
+        operation, _ = get_service_router(service).match(MotoRequest(copy))
+        return str(operation.name)
+    except Exception:  # noqa: BLE001 - unknown service model or no route: fall back below
+        pass
+    action = _form(environ, body).get("Action")
+    if action:
+        return action[0]
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return str(target).rsplit(".", 1)[-1]
+    return None
+
+
+def _haystack(environ: dict[str, Any], body: bytes) -> list[str]:
+    path = _wsgi_text(environ.get("PATH_INFO", ""))
+    query = environ.get("QUERY_STRING", "")
+    text = body.decode("utf-8", "replace")
+    return [
+        path,
+        unquote(path),
+        query,
+        unquote_plus(query),
+        text,
+        unquote_plus(text),
+        environ.get("HTTP_HOST", ""),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Error responses
+# ---------------------------------------------------------------------------------------------
+
+
+def _protocol(service: str) -> str:
+    try:
+        from moto.core.utils import get_service_model
+
+        return str(get_service_model(service).protocol)
+    except Exception:  # noqa: BLE001 - no botocore model under that name
+        return "query"
+
+
+def fault_response(rule: FaultRule, service: str, method: str) -> Response:
+    request_id = str(uuid.uuid4())
+    code, message = escape(rule.code), escape(rule.message)
+    protocol = _protocol(service)
+    headers: dict[str, str] = {}
+    if service == "s3":
+        headers["x-amz-request-id"] = request_id.replace("-", "")[:16].upper()
+        headers["x-amz-id-2"] = secrets.token_urlsafe(48)
+        mimetype = "application/xml"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<RequestId>{headers['x-amz-request-id']}</RequestId>"
+            f"<HostId>{headers['x-amz-id-2']}</HostId></Error>"
+        )
+    elif protocol == "ec2":
+        headers["x-amzn-RequestId"] = request_id
+        mimetype = "text/xml"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        )
+    elif protocol in ("json", "rest-json"):
+        headers["x-amzn-RequestId"] = request_id
+        headers["x-amzn-ErrorType"] = rule.code
+        mimetype = "application/x-amz-json-1.1" if protocol == "json" else "application/json"
+        body = json.dumps({"__type": rule.code, "message": rule.message})
+    else:  # query, and rest-xml services other than S3
+        headers["x-amzn-RequestId"] = request_id
+        mimetype = "text/xml"
+        xmlns = _QUERY_XMLNS.get(service)
+        opening = f'<ErrorResponse xmlns="{xmlns}">' if xmlns else "<ErrorResponse>"
+        error_type = "Receiver" if rule.status >= 500 else "Sender"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"{opening}<Error><Type>{error_type}</Type><Code>{code}</Code><Message>{message}</Message>"
+            f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+    if method == "HEAD":
+        body = ""  # HEAD responses carry no body: SDKs only see the status
+    return Response(body, status=rule.status, headers=headers, mimetype=mimetype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Middleware
+# ---------------------------------------------------------------------------------------------
+
+
+class FaultMiddleware:
+    """WSGI app: answers requests matched by a fault rule, passes every other one to ``app``.
+
+    ``dispatcher`` is moto's ``DomainDispatcherApplication`` (used to tell the service the way
+    moto routes the request); by default ``app`` itself.
+    """
+
+    def __init__(self, app: Any, dispatcher: Any = None) -> None:
+        self.app = app
+        self.dispatcher = dispatcher if dispatcher is not None else app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith(("/moto-api", CONTROL_PREFIX)) and _has_live_rules():
+            try:
+                hit = self._match(environ)
+            except Exception:  # noqa: BLE001 - never turn a matching bug into a broken request
+                traceback.print_exc(file=sys.stderr)
+                hit = None
+            if hit is not None:
+                rule, service = hit
+                response = fault_response(rule, service, environ.get("REQUEST_METHOD", "GET").upper())
+                return response(environ, start_response)
+        return self.app(environ, start_response)
+
+    def _service(self, environ: dict[str, Any]) -> str | None:
+        path = _wsgi_text(environ.get("PATH_INFO", ""))
+        host = self.dispatcher.infer_service_region_host(environ, path)
+        if host is None:
+            host = "s3.us-east-1.amazonaws.com"  # moto's DEFAULT_SERVICE_REGION
+        backend = self.dispatcher.get_backend_for_host(host)
+        return str(backend) if backend else None
+
+    def _match(self, environ: dict[str, Any]) -> tuple[FaultRule, str] | None:
+        account = request_account(environ)
+        if not _has_live_rules(account):
+            return None
+        service = self._service(environ)
+        if service is None:
+            return None
+        with _LOCK:
+            wanted = any(r.live() and r.service == service for r in _RULES.get(account, []))
+        if not wanted:
+            return None
+        body = _buffer_body(environ)
+        action = s3_action(environ) if service == "s3" else other_action(service, environ, body)
+        rule = _fire(account, service, action, _haystack(environ, body))
+        if rule is None:
+            return None
+        return rule, service

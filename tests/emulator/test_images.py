@@ -1,0 +1,357 @@
+"""DescribeImages paging, CopyImage, deprecation, block public access, image attributes,
+deregistration protection and the image control endpoints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from emu_helpers import aws_error, image, make_snapshot, register, tags_of, wait_for
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------------- paging
+
+
+def test_describe_images_pagination(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    created = {register(ec2, f"paged-{i}", snap) for i in range(7)}
+
+    page1 = ec2.describe_images(Owners=["self"], MaxResults=3)
+    page2 = ec2.describe_images(Owners=["self"], MaxResults=3, NextToken=page1["NextToken"])
+    page3 = ec2.describe_images(Owners=["self"], MaxResults=3, NextToken=page2["NextToken"])
+    assert [len(p["Images"]) for p in (page1, page2, page3)] == [3, 3, 1]
+    assert "NextToken" not in page3
+    seen = [i["ImageId"] for p in (page1, page2, page3) for i in p["Images"]]
+    assert len(seen) == 7 and set(seen) == created
+
+    # The same query gives the same pages (stable order).
+    assert [i["ImageId"] for i in ec2.describe_images(Owners=["self"], MaxResults=3)["Images"]] == [
+        i["ImageId"] for i in page1["Images"]
+    ]
+    paginator = ec2.get_paginator("describe_images")
+    pages = list(paginator.paginate(Owners=["self"], PaginationConfig={"PageSize": 2}))
+    assert [len(p["Images"]) for p in pages] == [2, 2, 2, 1]
+    filtered = list(
+        paginator.paginate(
+            Owners=["self"],
+            Filters=[{"Name": "name", "Values": ["paged-[0-3]"]}],
+            PaginationConfig={"PageSize": 3},
+        )
+    )
+    assert sum(len(p["Images"]) for p in filtered) == 4
+    all_at_once = ec2.describe_images(Owners=["self"])
+    assert len(all_at_once["Images"]) == 7 and "NextToken" not in all_at_once
+    with aws_error("InvalidPaginationToken"):
+        ec2.describe_images(Owners=["self"], MaxResults=3, NextToken="not-a-token")
+
+
+def test_describe_images_unknown_id_among_known_ones(account):
+    ec2 = account.ec2()
+    known = register(ec2, "known", make_snapshot(ec2, 1))
+    with aws_error("InvalidAMIID.NotFound", "ami-0123456789abcdef0"):
+        ec2.describe_images(ImageIds=[known, "ami-0123456789abcdef0"])
+    with aws_error("InvalidAMIID.Malformed"):
+        ec2.describe_images(ImageIds=["notanami"])
+
+
+# --------------------------------------------------------------------------------- CopyImage
+
+
+def test_copy_image_lineage_tags_snapshots_and_idempotency(account):
+    east, west = account.ec2("us-east-1"), account.ec2("us-west-2")
+    root = make_snapshot(east, 12)
+    source = register(
+        east,
+        "to-copy",
+        root,
+        Architecture="arm64",
+        BootMode="uefi",
+        ImdsSupport="v2.0",
+        Description="source image",
+        TagSpecifications=[
+            {"ResourceType": "image", "Tags": [{"Key": "lineage:id", "Value": "L1"}, {"Key": "team", "Value": "x"}]}
+        ],
+    )
+
+    copy_id = west.copy_image(
+        SourceImageId=source,
+        SourceRegion="us-east-1",
+        Name="copied",
+        CopyImageTags=True,
+        ClientToken="copy-token-1",
+        TagSpecifications=[
+            {"ResourceType": "image", "Tags": [{"Key": "team", "Value": "y"}]},
+            {"ResourceType": "snapshot", "Tags": [{"Key": "copied-from", "Value": source}]},
+        ],
+    )["ImageId"]
+    again = west.copy_image(
+        SourceImageId=source, SourceRegion="us-east-1", Name="copied", CopyImageTags=True, ClientToken="copy-token-1",
+        TagSpecifications=[
+            {"ResourceType": "image", "Tags": [{"Key": "team", "Value": "y"}]},
+            {"ResourceType": "snapshot", "Tags": [{"Key": "copied-from", "Value": source}]},
+        ],
+    )["ImageId"]
+    assert again == copy_id
+    assert len(west.describe_images(Owners=["self"])["Images"]) == 1
+    with aws_error("InvalidAMIID.NotFound"):
+        east.describe_images(ImageIds=[copy_id])  # the copy lives in the destination only
+
+    copied = image(west, copy_id)
+    assert copied["SourceImageId"] == source
+    assert copied["SourceImageRegion"] == "us-east-1"
+    assert copied["Name"] == "copied"
+    assert copied["Architecture"] == "arm64"
+    assert copied["BootMode"] == "uefi"
+    assert copied["EnaSupport"] is True
+    assert copied["ImdsSupport"] == "v2.0"
+    assert copied["RootDeviceName"] == "/dev/xvda"
+    assert copied["State"] == "available"
+    assert tags_of(copied) == {"lineage:id": "L1", "team": "y"}  # TagSpecifications win over copied tags
+    (mapping,) = copied["BlockDeviceMappings"]
+    assert mapping["DeviceName"] == "/dev/xvda"
+    new_snap = mapping["Ebs"]["SnapshotId"]
+    assert new_snap != root
+    assert mapping["Ebs"]["VolumeSize"] == 12 and mapping["Ebs"]["VolumeType"] == "gp3"
+    snapshot = west.describe_snapshots(SnapshotIds=[new_snap])["Snapshots"][0]
+    assert snapshot["VolumeSize"] == 12
+    assert snapshot["OwnerId"] == account.id
+    assert tags_of(snapshot) == {"copied-from": source}
+    assert source in snapshot["Description"] and root in snapshot["Description"]
+    with aws_error("InvalidSnapshot.InUse"):
+        west.delete_snapshot(SnapshotId=new_snap)
+
+    plain = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="copied-no-tags")["ImageId"]
+    assert tags_of(image(west, plain)) == {}
+    assert image(west, plain)["Description"] == "source image"
+    with aws_error("InvalidAMIName.Duplicate"):
+        west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="copied")
+    with aws_error("IdempotentParameterMismatch"):
+        west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="other", ClientToken="copy-token-1")
+    with aws_error("InvalidAMIID.NotFound"):
+        west.copy_image(SourceImageId="ami-0123456789abcdef0", SourceRegion="us-east-1", Name="missing-src")
+
+
+def test_copy_is_pending_until_copy_delay_passes(account):
+    account.configure(copy_delay_seconds=1.0)
+    east, west = account.ec2("us-east-1"), account.ec2("us-west-2")
+    source = register(east, "slow-copy-src", make_snapshot(east, 3))
+    start = time.monotonic()
+    copy_id = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="slow-copy")["ImageId"]
+    described = image(west, copy_id)
+    if time.monotonic() - start < 0.9:
+        assert described["State"] == "pending"
+        snap = described["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        assert west.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]["State"] == "pending"
+        pending = west.describe_images(Owners=["self"], Filters=[{"Name": "state", "Values": ["pending"]}])
+        assert [i["ImageId"] for i in pending["Images"]] == [copy_id]
+    wait_for(lambda: image(west, copy_id)["State"] == "available", timeout=10)
+    assert time.monotonic() - start >= 1.0
+    west.get_waiter("image_available").wait(ImageIds=[copy_id], WaiterConfig={"Delay": 1, "MaxAttempts": 5})
+
+
+# ------------------------------------------------------------------------------ deprecation
+
+
+def test_enable_and_disable_image_deprecation(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "to-deprecate", make_snapshot(ec2, 1))
+    base = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)).replace(microsecond=0, tzinfo=None)
+
+    up = base.replace(second=40)
+    assert ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=up)["Return"] is True
+    expected = up.replace(second=0) + dt.timedelta(minutes=1)
+    assert image(ec2, image_id)["DeprecationTime"] == expected.strftime("%Y-%m-%dT%H:%M:00.000Z")
+
+    down = base.replace(second=10)
+    ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=down)
+    assert image(ec2, image_id)["DeprecationTime"] == down.strftime("%Y-%m-%dT%H:%M:00.000Z")
+
+    filtered = ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "deprecation-time", "Values": [down.strftime("%Y-%m-%dT*")]}]
+    )["Images"]
+    assert [i["ImageId"] for i in filtered] == [image_id]
+
+    assert ec2.disable_image_deprecation(ImageId=image_id)["Return"] is True
+    assert "DeprecationTime" not in image(ec2, image_id)
+
+    with aws_error("InvalidParameterValue"):
+        ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=dt.datetime(2001, 1, 1))
+    with aws_error("InvalidParameterValue"):
+        ec2.enable_image_deprecation(
+            ImageId=image_id, DeprecateAt=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3660 + 5)
+        )
+    ec2.enable_image_deprecation(
+        ImageId=image_id, DeprecateAt=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3600)
+    )
+    with aws_error("InvalidAMIID.NotFound"):
+        ec2.enable_image_deprecation(ImageId="ami-0123456789abcdef0", DeprecateAt=up)
+
+
+# ------------------------------------------------------------------- block public access
+
+
+def test_image_block_public_access(account):
+    ec2, west = account.ec2(), account.ec2("us-west-2")
+    snap = make_snapshot(ec2, 1)
+    already_public = register(ec2, "already-public", snap)
+    ec2.modify_image_attribute(ImageId=already_public, LaunchPermission={"Add": [{"Group": "all"}]})
+    private = register(ec2, "private", snap)
+
+    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "unblocked"
+    enabled = ec2.enable_image_block_public_access(ImageBlockPublicAccessState="block-new-sharing")
+    assert enabled["ImageBlockPublicAccessState"] == "block-new-sharing"
+    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
+    assert west.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "unblocked"
+
+    with aws_error("OperationNotPermitted", "block public access for AMIs is enabled"):
+        ec2.modify_image_attribute(ImageId=private, LaunchPermission={"Add": [{"Group": "all"}]})
+    with aws_error("OperationNotPermitted", "DisableImageBlockPublicAccess"):
+        ec2.modify_image_attribute(
+            ImageId=private, Attribute="launchPermission", OperationType="add", UserGroups=["all"]
+        )
+    assert image(ec2, private)["Public"] is False
+    assert image(ec2, already_public)["Public"] is True  # existing public AMIs stay public
+
+    # Sharing with an account is still allowed.
+    ec2.modify_image_attribute(ImageId=private, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    perms = ec2.describe_image_attribute(ImageId=private, Attribute="launchPermission")["LaunchPermissions"]
+    assert perms == [{"UserId": "111122223333"}]
+
+    with aws_error("InvalidParameterValue"):
+        ec2.enable_image_block_public_access(ImageBlockPublicAccessState="unblocked")
+
+    disabled = ec2.disable_image_block_public_access()
+    assert disabled["ImageBlockPublicAccessState"] == "unblocked"
+    ec2.modify_image_attribute(ImageId=private, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert image(ec2, private)["Public"] is True
+
+
+# ------------------------------------------------------------------------ image attributes
+
+
+def test_describe_and_modify_image_attributes(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "attrs", make_snapshot(ec2, 1), Description="before")
+    ec2.modify_image_attribute(ImageId=image_id, Description={"Value": "after"})
+    assert image(ec2, image_id)["Description"] == "after"
+    assert ec2.describe_image_attribute(ImageId=image_id, Attribute="description")["Description"]["Value"] == "after"
+    with aws_error("InvalidAMIID.NotFound"):
+        ec2.describe_image_attribute(ImageId="ami-0123456789abcdef0", Attribute="description")
+
+
+# ------------------------------------------------------------------------ control endpoints
+
+
+def test_backdated_creation_date(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "old-image", make_snapshot(ec2, 1))
+    status, body = account.control(
+        "image-creation-date",
+        {"account_id": account.id, "region": "us-east-1", "image_id": image_id, "creation_date": "2025-01-02T03:04:05.123Z"},
+    )
+    assert status == 200, body
+    assert image(ec2, image_id)["CreationDate"] == "2025-01-02T03:04:05.123Z"
+    by_date = ec2.describe_images(Owners=["self"], Filters=[{"Name": "creation-date", "Values": ["2025-01-02T*"]}])
+    assert [i["ImageId"] for i in by_date["Images"]] == [image_id]
+
+    status, body = account.control(
+        "image-creation-date",
+        {"account_id": account.id, "region": "us-west-2", "image_id": image_id, "creation_date": "2025-01-02T00:00:00Z"},
+    )
+    assert status == 404 and "not found" in body["error"]
+    status, body = account.control(
+        "image-creation-date", {"account_id": account.id, "image_id": image_id, "creation_date": "yesterday"}
+    )
+    assert status == 400
+    status, body = account.control("no-such-endpoint", {})
+    assert status == 404
+
+
+def test_snapshot_start_time(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    status, body = account.control(
+        "snapshot-start-time",
+        {"account_id": account.id, "region": "us-east-1", "snapshot_id": snap, "start_time": "2024-06-01T12:00:00Z"},
+    )
+    assert status == 200, body
+    start = ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]["StartTime"]
+    assert start.astimezone(dt.timezone.utc) == dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def test_config_endpoint_is_per_account_and_validated(account, other_account):
+    body = account.configure(import_delay_seconds=7, copy_delay_seconds=3)
+    assert body == {"account_id": account.id, "import_delay_seconds": 7.0, "copy_delay_seconds": 3.0}
+    status, other = other_account.control("config?account_id=" + other_account.id, method="GET")
+    assert status == 200 and other["copy_delay_seconds"] == 0.0
+    status, body = account.control("config", {"account_id": account.id, "import_delay_seconds": -1})
+    assert status == 400
+    status, body = account.control("config", {"account_id": "12", "import_delay_seconds": 1})
+    assert status == 400
+    # null removes the override.
+    body = account.configure(copy_delay_seconds=None)
+    assert body["copy_delay_seconds"] == 0.0 and body["import_delay_seconds"] == 7.0
+    # A body sent with a form content type (curl -d, urllib's default) is still read as JSON.
+    request = urllib.request.Request(
+        f"{account.endpoint}/ami-pipeline-emulator/config",
+        data=json.dumps({"account_id": account.id, "import_delay_seconds": 0.25}).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["import_delay_seconds"] == 0.25
+    status, body = account.control("config?account_id=" + account.id, method="GET")
+    assert body["import_delay_seconds"] == 0.25
+    bad = urllib.request.Request(f"{account.endpoint}/ami-pipeline-emulator/config", data=b"nope", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(bad, timeout=30)
+    assert excinfo.value.code == 400
+
+
+# ------------------------------------------------------------- stretch: protection, launch
+
+
+def test_deregistration_protection(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "protected", make_snapshot(ec2, 1))
+    assert image(ec2, image_id)["DeregistrationProtection"] == "disabled"
+    result = ec2.enable_image_deregistration_protection(ImageId=image_id)
+    assert result["Return"] == "enabled-without-cooldown"
+    assert image(ec2, image_id)["DeregistrationProtection"] == "enabled-without-cooldown"
+    with aws_error("OperationNotPermitted"):
+        ec2.deregister_image(ImageId=image_id)
+    ec2.disable_image_deregistration_protection(ImageId=image_id)
+    assert image(ec2, image_id)["DeregistrationProtection"] == "disabled"
+    ec2.deregister_image(ImageId=image_id)
+
+    cooled = register(ec2, "cooldown", make_snapshot(ec2, 1))
+    assert ec2.enable_image_deregistration_protection(ImageId=cooled, WithCooldown=True)["Return"] == (
+        "enabled-with-cooldown"
+    )
+    ec2.disable_image_deregistration_protection(ImageId=cooled)
+    assert image(ec2, cooled)["DeregistrationProtection"].startswith("disabled-until ")
+    with aws_error("OperationNotPermitted"):
+        ec2.deregister_image(ImageId=cooled)
+
+
+def test_last_launched_time(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "launched", make_snapshot(ec2, 1))
+    assert "LastLaunchedTime" not in image(ec2, image_id)
+    status, body = account.control(
+        "image-last-launched-time",
+        {"account_id": account.id, "region": "us-east-1", "image_id": image_id, "last_launched_time": "2025-03-04T05:06:07Z"},
+    )
+    assert status == 200, body
+    assert image(ec2, image_id)["LastLaunchedTime"] == "2025-03-04T05:06:07.000Z"
+    attr = ec2.describe_image_attribute(ImageId=image_id, Attribute="lastLaunchedTime")
+    assert attr["LastLaunchedTime"]["Value"] == "2025-03-04T05:06:07.000Z"

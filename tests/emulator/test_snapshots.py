@@ -1,0 +1,131 @@
+"""Snapshot extensions: in-use protection, DeleteAssociatedSnapshots, DescribeSnapshots owners
+and paging, ModifySnapshotAttribute structured form."""
+
+from __future__ import annotations
+
+from emu_helpers import aws_error, make_snapshot, register
+
+
+def test_snapshot_used_by_an_image_cannot_be_deleted(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 4)
+    image_id = register(ec2, "in-use", snap)
+    with aws_error("InvalidSnapshot.InUse", f"The snapshot {snap} is currently in use by {image_id}"):
+        ec2.delete_snapshot(SnapshotId=snap)
+    ec2.disable_image(ImageId=image_id)  # a disabled image still uses it
+    with aws_error("InvalidSnapshot.InUse"):
+        ec2.delete_snapshot(SnapshotId=snap)
+    ec2.deregister_image(ImageId=image_id)
+    ec2.delete_snapshot(SnapshotId=snap)
+    with aws_error("InvalidSnapshot.NotFound"):
+        ec2.describe_snapshots(SnapshotIds=[snap])
+
+
+def test_deregister_with_delete_associated_snapshots(account):
+    ec2 = account.ec2()
+    shared = make_snapshot(ec2, 8)
+    own = make_snapshot(ec2, 2)
+    keep = make_snapshot(ec2, 1)
+    first = ec2.register_image(
+        Name="first",
+        RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": shared}},
+            {"DeviceName": "/dev/xvdb", "Ebs": {"SnapshotId": own}},
+        ],
+    )["ImageId"]
+    second = register(ec2, "second", shared)
+
+    result = ec2.deregister_image(ImageId=first, DeleteAssociatedSnapshots=True)
+    assert result["Return"] is True
+    codes = {r["SnapshotId"]: r["ReturnCode"] for r in result["DeleteSnapshotResults"]}
+    assert codes == {shared: "skipped", own: "success"}
+    remaining = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert remaining == {shared, keep}
+
+    result = ec2.deregister_image(ImageId=second, DeleteAssociatedSnapshots=True)
+    assert result["DeleteSnapshotResults"] == [{"SnapshotId": shared, "ReturnCode": "success"}]
+    remaining = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert remaining == {keep}
+
+    # Without the flag the snapshots stay and no results are reported.
+    third = register(ec2, "third", keep)
+    result = ec2.deregister_image(ImageId=third)
+    assert "DeleteSnapshotResults" not in result or result["DeleteSnapshotResults"] == []
+    assert ec2.describe_snapshots(SnapshotIds=[keep])["Snapshots"][0]["SnapshotId"] == keep
+    with aws_error("InvalidAMIID.Unavailable"):
+        ec2.deregister_image(ImageId=third)
+
+
+def test_describe_snapshots_owner_ids(account, other_account):
+    ec2 = account.ec2()
+    mine = {make_snapshot(ec2, 1) for _ in range(3)}
+    make_snapshot(other_account.ec2(), 1)
+    assert {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]} == mine
+    assert {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=[account.id])["Snapshots"]} == mine
+    assert ec2.describe_snapshots(OwnerIds=["amazon"])["Snapshots"] == []
+    assert ec2.describe_snapshots(OwnerIds=["111122223333"])["Snapshots"] == []
+
+
+def test_describe_snapshots_pagination(account):
+    ec2 = account.ec2()
+    created = {make_snapshot(ec2, 1) for _ in range(12)}
+    page1 = ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5)
+    page2 = ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5, NextToken=page1["NextToken"])
+    page3 = ec2.describe_snapshots(OwnerIds=["self"], MaxResults=5, NextToken=page2["NextToken"])
+    sizes = [len(p["Snapshots"]) for p in (page1, page2, page3)]
+    assert sizes == [5, 5, 2]
+    assert "NextToken" not in page3
+    seen = [s["SnapshotId"] for p in (page1, page2, page3) for s in p["Snapshots"]]
+    assert len(seen) == len(set(seen)) and set(seen) == created
+
+    exact = ec2.describe_snapshots(OwnerIds=["self"], MaxResults=12)
+    assert len(exact["Snapshots"]) == 12 and "NextToken" not in exact
+
+    paginator = ec2.get_paginator("describe_snapshots")
+    pages = list(paginator.paginate(OwnerIds=["self"], PaginationConfig={"PageSize": 5}))
+    assert [len(p["Snapshots"]) for p in pages] == [5, 5, 2]
+
+    with aws_error("InvalidParameterValue"):
+        ec2.describe_snapshots(OwnerIds=["self"], MaxResults=4)
+    with aws_error("InvalidParameterCombination"):
+        ec2.describe_snapshots(SnapshotIds=[next(iter(created))], MaxResults=5)
+
+
+def test_modify_snapshot_attribute_structured_form(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap,
+        Attribute="createVolumePermission",
+        CreateVolumePermission={"Add": [{"UserId": "111122223333"}, {"UserId": "444455556666"}]},
+    )
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")[
+        "CreateVolumePermissions"
+    ]
+    assert sorted(p["UserId"] for p in perms) == ["111122223333", "444455556666"]
+
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap,
+        Attribute="createVolumePermission",
+        CreateVolumePermission={"Remove": [{"UserId": "111122223333"}], "Add": [{"Group": "all"}]},
+    )
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")[
+        "CreateVolumePermissions"
+    ]
+    assert sorted(perms, key=str) == sorted([{"UserId": "444455556666"}, {"Group": "all"}], key=str)
+    assert [s["SnapshotId"] for s in ec2.describe_snapshots(RestorableByUserIds=["all"])["Snapshots"]] == [snap]
+
+    # The OperationType form keeps working.
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap, Attribute="createVolumePermission", OperationType="remove", GroupNames=["all"]
+    )
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")[
+        "CreateVolumePermissions"
+    ]
+    assert perms == [{"UserId": "444455556666"}]
+    with aws_error("InvalidSnapshot.NotFound"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId="snap-0123456789abcdef0",
+            CreateVolumePermission={"Add": [{"UserId": "111122223333"}]},
+        )
