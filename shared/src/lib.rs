@@ -1,6 +1,7 @@
 //! The common crate of the ami-pipeline functions.
 //!
 //! - [`config`]: typed settings parsed once from a lookup function.
+//! - [`deadline`]: stop starting work near the Lambda deadline.
 //! - [`telemetry`]: logging setup.
 //! - [`error`]: AWS error classification (not found / throttled / conflict / access denied / …).
 //! - [`model`]: the domain model, free of SDK types.
@@ -11,6 +12,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod model;

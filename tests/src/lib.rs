@@ -1,1 +1,331 @@
-//! placeholder
+//! Test support: the local AWS emulator, one isolated AWS account per test, and helpers to
+//! build real inputs (disk images made with `qemu-img`, S3 uploads, SNS→SQS subscribers).
+//!
+//! The emulator is `tests/emulator/serve` (moto + our fidelity extensions). When
+//! `AWS_ENDPOINT_URL` is set (the README's test command starts one emulator for the whole run)
+//! it is used; otherwise one is started for this test process on a free port and stopped when
+//! the process ends. If it cannot start, the test **fails** with the reason — it never skips.
+//! SDK clients are built through the production code path (`shared::aws::clients`).
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sts::config::Credentials;
+use serde_json::Value;
+use shared::aws::clients::{self, ClientSettings, Clients};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Region every test works in unless it says otherwise.
+pub const REGION: &str = "us-east-1";
+/// How long the emulator may take to start (a first start installs its virtualenv).
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+
+static ENDPOINT: OnceLock<Result<String, String>> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The emulator's endpoint, starting one if none is configured. Panics (fails the test) with
+/// the reason if it cannot be reached.
+pub fn endpoint() -> String {
+    let result = ENDPOINT.get_or_init(|| match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url) if !url.is_empty() => wait_healthy(&url, Duration::from_secs(60)).map(|()| url),
+        _ => start_emulator(),
+    });
+    match result {
+        Ok(url) => url.clone(),
+        Err(e) => panic!("the local AWS emulator is not available: {e}"),
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn start_emulator() -> Result<String, String> {
+    let port = free_port()?;
+    let serve = repo_root().join("tests/emulator/serve");
+    // A watchdog shell keeps the emulator only as long as this test process lives.
+    let script = format!(
+        "\"{}\" --port {port} & child=$!; while kill -0 {pid} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 1; done; kill $child 2>/dev/null",
+        serve.display(),
+        pid = std::process::id()
+    );
+    let log = std::env::temp_dir().join(format!("ami-pipeline-emulator-{port}.log"));
+    let file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", serve.display()))?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_healthy(&url, START_TIMEOUT).map_err(|e| {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        format!("{e}; emulator log {}:\n{tail}", log.display())
+    })?;
+    Ok(url)
+}
+
+fn wait_healthy(url: &str, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match http(url, "GET", "/ami-pipeline-emulator/health", None) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("health answered {status}: {body}"),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(format!("no healthy emulator at {url} after {timeout:?} ({last})"))
+}
+
+/// A minimal HTTP/1.1 request to the emulator's control API; returns status and body.
+pub fn http(url: &str, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), String> {
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport).map_err(|e| format!("connect {hostport}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A fresh 12-digit account id, unique within this machine's test runs.
+pub fn fresh_account_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
+    let n = (nanos / 1000 + u64::from(std::process::id()) * 7919 + COUNTER.fetch_add(1, Ordering::SeqCst) * 104_729)
+        % 900_000_000_000;
+    format!("{}", 100_000_000_000 + n)
+}
+
+/// One test's own AWS account on the emulator, with clients built by the production code.
+pub struct TestAccount {
+    /// The emulator endpoint.
+    pub endpoint: String,
+    /// The account id.
+    pub account_id: String,
+    /// Clients for [`REGION`].
+    pub clients: Clients,
+    /// SQS, for subscribing to the topic.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Loaded SDK config (for other clients / regions).
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl TestAccount {
+    /// Assumes a role into a fresh account and builds the clients.
+    pub async fn new() -> Self {
+        let endpoint = endpoint();
+        let account_id = fresh_account_id();
+        let base = clients::sdk_config(ClientSettings {
+            region: Some(REGION.into()),
+            endpoint_url: Some(endpoint.clone()),
+            credentials: Some(Credentials::new("testing", "testing", None, None, "tests")),
+        })
+        .await;
+        let sts = aws_sdk_sts::Client::new(&base);
+        let assumed = sts
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account_id}:role/ami-pipeline-test"))
+            .role_session_name("test")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("sts:AssumeRole into {account_id} failed: {e:?}"));
+        let c = assumed.credentials().unwrap_or_else(|| panic!("AssumeRole returned no credentials"));
+        let creds = Credentials::new(c.access_key_id(), c.secret_access_key(), Some(c.session_token().to_owned()), None, "assumed");
+        let sdk = clients::sdk_config(ClientSettings {
+            region: Some(REGION.into()),
+            endpoint_url: Some(endpoint.clone()),
+            credentials: Some(creds),
+        })
+        .await;
+        let clients = Clients::new(&sdk, true);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        TestAccount { endpoint, account_id, clients, sqs, sdk }
+    }
+
+    /// Sets this account's emulator config (e.g. `{"import_delay_seconds": 0}`).
+    pub fn emulator_config(&self, settings: Value) {
+        let mut body = settings;
+        body["account_id"] = Value::String(self.account_id.clone());
+        let (status, text) = http(&self.endpoint, "POST", "/ami-pipeline-emulator/config", Some(&body))
+            .unwrap_or_else(|e| panic!("emulator config call failed: {e}"));
+        assert_eq!(status, 200, "emulator config answered {status}: {text}");
+    }
+
+    /// Adds a fault rule for this account (see tests/emulator/README.md).
+    pub fn inject_fault(&self, rule: Value) {
+        let mut body = rule;
+        body["account_id"] = Value::String(self.account_id.clone());
+        let (status, text) = http(&self.endpoint, "POST", "/ami-pipeline-emulator/faults", Some(&body))
+            .unwrap_or_else(|e| panic!("fault call failed: {e}"));
+        assert!((200..300).contains(&status), "fault call answered {status}: {text}");
+    }
+
+    /// Removes this account's fault rules.
+    pub fn clear_faults(&self) {
+        let path = format!("/ami-pipeline-emulator/faults?account_id={}", self.account_id);
+        let (status, text) = http(&self.endpoint, "DELETE", &path, None).unwrap_or_else(|e| panic!("fault call failed: {e}"));
+        assert!((200..300).contains(&status), "fault clear answered {status}: {text}");
+    }
+
+    /// Creates a bucket (optionally versioned).
+    pub async fn bucket(&self, name: &str, versioned: bool) {
+        let s3 = &self.clients.s3;
+        s3.create_bucket().bucket(name).send().await.unwrap_or_else(|e| panic!("create bucket {name}: {e:?}"));
+        if versioned {
+            s3.put_bucket_versioning()
+                .bucket(name)
+                .versioning_configuration(
+                    aws_sdk_s3::types::VersioningConfiguration::builder()
+                        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("enable versioning on {name}: {e:?}"));
+        }
+    }
+
+    /// Uploads `body` with user metadata; returns (etag, version id).
+    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, metadata: &[(&str, &str)]) -> (String, Option<String>) {
+        let mut req = self.clients.s3.put_object().bucket(bucket).key(key).body(body.into());
+        for (k, v) in metadata {
+            req = req.metadata(*k, *v);
+        }
+        let out = req.send().await.unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
+        (out.e_tag().unwrap_or_default().trim_matches('"').to_owned(), out.version_id().map(str::to_owned))
+    }
+
+    /// Creates the pipeline topic and an SQS queue subscribed to it (raw delivery); returns
+    /// (topic ARN, queue URL).
+    pub async fn topic_with_queue(&self, name: &str) -> (String, String) {
+        let topic = self.clients.sns.create_topic().name(name).send().await.unwrap_or_else(|e| panic!("create topic: {e:?}"));
+        let topic_arn = topic.topic_arn().unwrap_or_default().to_owned();
+        let q = self.sqs.create_queue().queue_name(name).send().await.unwrap_or_else(|e| panic!("create queue: {e:?}"));
+        let queue_url = q.queue_url().unwrap_or_default().to_owned();
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("queue attributes: {e:?}"));
+        let queue_arn = attrs.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned().unwrap_or_default();
+        self.clients
+            .sns
+            .subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("subscribe: {e:?}"));
+        (topic_arn, queue_url)
+    }
+
+    /// Every message waiting on the queue, parsed as JSON, with its `event_type` attribute
+    /// checked against the body.
+    pub async fn drain(&self, queue_url: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("receive: {e:?}"));
+            let msgs = out.messages();
+            if msgs.is_empty() {
+                return all;
+            }
+            for m in msgs {
+                let body: Value = serde_json::from_str(m.body().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("message is not JSON ({e}): {:?}", m.body()));
+                let attr = m.message_attributes().and_then(|a| a.get("event_type")).and_then(|v| v.string_value());
+                assert_eq!(attr, body["event_type"].as_str(), "event_type attribute must match the body");
+                all.push(body);
+                if let Some(h) = m.receipt_handle() {
+                    let _ = self.sqs.delete_message().queue_url(queue_url).receipt_handle(h).send().await;
+                }
+            }
+        }
+    }
+}
+
+/// Real disk images, made with the tools a platform team uses.
+pub mod disks {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// A raw disk of `mib` MiB with an MBR partition table and one Linux partition.
+    pub fn raw_disk(mib: u64) -> Vec<u8> {
+        let mut disk = vec![0u8; (mib * 1024 * 1024) as usize];
+        // MBR partition entry 1: type 0x83 (Linux), LBA start 2048, rest of the disk.
+        let start: u32 = 2048;
+        let sectors = (mib * 2048) as u32 - start;
+        let e = 446;
+        disk[e + 4] = 0x83;
+        disk[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        disk[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        disk
+    }
+
+    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized, `vpc`
+    /// fixed VHD); fails the test with the tool's message if `qemu-img` is missing or fails.
+    pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("ami-pipeline-disk-{}-{}", std::process::id(), super::fresh_account_id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let src = dir.join("disk.raw");
+        let dst = dir.join("disk.out");
+        std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["convert", "-f", "raw", "-O", format]);
+        match format {
+            "vmdk" => {
+                cmd.args(["-o", "subformat=streamOptimized"]);
+            }
+            "vpc" => {
+                cmd.args(["-o", "subformat=fixed,force_size=on"]);
+            }
+            _ => {}
+        }
+        let out = cmd
+            .arg(&src)
+            .arg(&dst)
+            .output()
+            .unwrap_or_else(|e| panic!("qemu-img is required to build test disks (apt-get install qemu-utils): {e}"));
+        assert!(out.status.success(), "qemu-img failed: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
+        let _ = std::fs::remove_dir_all(Path::new(&dir));
+        bytes
+    }
+}

@@ -110,3 +110,45 @@ mod tests {
         assert!(fitted.contains('…'));
     }
 }
+
+/// Most tags S3 allows on an object.
+pub const MAX_OBJECT_TAGS: usize = 10;
+
+/// The object's tag set after recording `status` and `reason` on it: existing tags are kept
+/// (PutObjectTagging replaces the whole set), the reason is cut to 256 characters and
+/// stripped of characters S3 tags do not allow. `None` when the object already has
+/// [`MAX_OBJECT_TAGS`] other tags, so ours cannot be added without dropping the owner's.
+pub fn object_status_tags(existing: &Tags, status: &str, reason: &str) -> Option<Tags> {
+    let mut tags = existing.clone();
+    tags.remove(OBJECT_STATUS);
+    tags.remove(OBJECT_REASON);
+    if tags.len() + 2 > MAX_OBJECT_TAGS {
+        return None;
+    }
+    let clean: String = reason
+        .chars()
+        .map(|c| if c.is_alphanumeric() || " +-=._:/@".contains(c) { c } else { ' ' })
+        .collect();
+    let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
+    tags.insert(OBJECT_STATUS.to_owned(), status.to_owned());
+    tags.insert(OBJECT_REASON.to_owned(), clean.chars().take(MAX_TAG_VALUE).collect());
+    Some(tags)
+}
+
+#[cfg(test)]
+mod object_tag_tests {
+    use super::*;
+
+    #[test]
+    fn status_tags_keep_the_owners_tags_and_fit_s3_rules() {
+        let existing = Tags::from([("owner".to_string(), "web".to_string())]);
+        let tags = object_status_tags(&existing, "rejected", "architecture: \"sparc\" is not one of (x86_64, arm64)")
+            .expect("room");
+        assert_eq!(tags["owner"], "web");
+        assert_eq!(tags[OBJECT_STATUS], "rejected");
+        assert_eq!(tags[OBJECT_REASON], "architecture: sparc is not one of x86_64 arm64");
+        let full: Tags = (0..9).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        assert_eq!(object_status_tags(&full, "rejected", "x"), None);
+        assert_eq!(object_status_tags(&tags, "failed", &"y".repeat(400)).map(|t| t[OBJECT_REASON].len()), Some(256));
+    }
+}
