@@ -29,18 +29,24 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader over `lookup`.
     pub fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
-        Reader { lookup, problems: Vec::new() }
+        Reader {
+            lookup,
+            problems: Vec::new(),
+        }
     }
 
     /// The raw value, trimmed; empty counts as unset.
     pub fn optional(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     /// A variable that must be set.
     pub fn required(&mut self, name: &str) -> String {
         self.optional(name).unwrap_or_else(|| {
-            self.problems.push(format!("{name} is required but not set"));
+            self.problems
+                .push(format!("{name} is required but not set"));
             String::new()
         })
     }
@@ -60,7 +66,8 @@ impl<'a> Reader<'a> {
     pub fn int_in(&mut self, name: &str, default: i64, min: i64, max: i64) -> i64 {
         let v = self.parse_or(name, default, &format!("an integer from {min} to {max}"));
         if !(min..=max).contains(&v) {
-            self.problems.push(format!("{name}={v} is out of range {min}..={max}"));
+            self.problems
+                .push(format!("{name}={v} is out of range {min}..={max}"));
             return default;
         }
         v
@@ -73,7 +80,8 @@ impl<'a> Reader<'a> {
             Some(v) if v == "true" => true,
             Some(v) if v == "false" => false,
             Some(v) => {
-                self.problems.push(format!("{name}={v:?} is not true or false"));
+                self.problems
+                    .push(format!("{name}={v:?} is not true or false"));
                 default
             }
         }
@@ -86,7 +94,13 @@ impl<'a> Reader<'a> {
 
     /// Ends reading: `Err` lists every problem met.
     pub fn finish(self) -> Result<(), ConfigError> {
-        if self.problems.is_empty() { Ok(()) } else { Err(ConfigError { problems: self.problems }) }
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
     }
 }
 
@@ -109,7 +123,10 @@ impl CommonConfig {
         if !topic_arn.is_empty() && !topic_arn.starts_with("arn:") {
             r.problem(format!("TOPIC_ARN={topic_arn:?} is not an SNS topic ARN"));
         }
-        CommonConfig { topic_arn, s3_force_path_style: r.bool_or("S3_FORCE_PATH_STYLE", false) }
+        CommonConfig {
+            topic_arn,
+            s3_force_path_style: r.bool_or("S3_FORCE_PATH_STYLE", false),
+        }
     }
 }
 
@@ -120,7 +137,8 @@ mod tests {
 
     #[test]
     fn every_problem_is_listed_at_once() {
-        let env: HashMap<&str, &str> = HashMap::from([("S3_FORCE_PATH_STYLE", "yes"), ("N", "500")]);
+        let env: HashMap<&str, &str> =
+            HashMap::from([("S3_FORCE_PATH_STYLE", "yes"), ("N", "500")]);
         let lookup = |k: &str| env.get(k).map(|v| v.to_string());
         let mut r = Reader::new(&lookup);
         let common = CommonConfig::read(&mut r);

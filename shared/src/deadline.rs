@@ -14,7 +14,10 @@ pub struct Deadline(Instant);
 impl Deadline {
     /// From the Lambda context's deadline (milliseconds since the epoch).
     pub fn from_epoch_millis(ms: u64) -> Self {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Deadline(Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms)))
     }
 

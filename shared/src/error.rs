@@ -42,20 +42,35 @@ impl ErrorKind {
 pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     if let Some(code) = code {
         let kind = match code {
-            "NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchTagSet" | "ResourceNotFoundException" => {
-                Some(ErrorKind::NotFound)
-            }
-            "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "SlowDown"
-            | "TooManyRequestsException" | "RequestThrottled" | "RequestThrottledException"
-            | "ResourceLimitExceeded" | "ProvisionedThroughputExceededException" => Some(ErrorKind::Throttled),
-            "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "AuthFailure"
-            | "AuthorizationError" | "InvalidClientTokenId" | "SignatureDoesNotMatch" | "AllAccessDisabled" => {
-                Some(ErrorKind::AccessDenied)
-            }
-            "IdempotentParameterMismatch" | "ConflictException" | "IncorrectState" | "OperationNotPermitted"
-            | "InvalidSnapshot.InUse" | "InvalidAMIName.Duplicate" | "InvalidAMIID.Unavailable" => {
-                Some(ErrorKind::Conflict)
-            }
+            "NoSuchKey"
+            | "NoSuchBucket"
+            | "NotFound"
+            | "NoSuchTagSet"
+            | "ResourceNotFoundException" => Some(ErrorKind::NotFound),
+            "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "SlowDown"
+            | "TooManyRequestsException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "ResourceLimitExceeded"
+            | "ProvisionedThroughputExceededException" => Some(ErrorKind::Throttled),
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "AuthFailure"
+            | "AuthorizationError"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "AllAccessDisabled" => Some(ErrorKind::AccessDenied),
+            "IdempotentParameterMismatch"
+            | "ConflictException"
+            | "IncorrectState"
+            | "OperationNotPermitted"
+            | "InvalidSnapshot.InUse"
+            | "InvalidAMIName.Duplicate"
+            | "InvalidAMIID.Unavailable" => Some(ErrorKind::Conflict),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -64,8 +79,11 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         if code.ends_with(".NotFound") || code.ends_with("NotFound") {
             return ErrorKind::NotFound;
         }
-        if code.ends_with(".Malformed") || code.starts_with("Invalid") || code.starts_with("Missing")
-            || code == "ValidationError" || code == "ValidationException"
+        if code.ends_with(".Malformed")
+            || code.starts_with("Invalid")
+            || code.starts_with("Missing")
+            || code == "ValidationError"
+            || code == "ValidationException"
         {
             return ErrorKind::InvalidInput;
         }
@@ -104,7 +122,11 @@ impl fmt::Display for AwsError {
             write!(f, ": {}", self.message)?;
         }
         if self.kind == ErrorKind::AccessDenied {
-            write!(f, " — the function's role needs permission `{}`", self.operation)?;
+            write!(
+                f,
+                " — the function's role needs permission `{}`",
+                self.operation
+            )?;
         }
         Ok(())
     }
@@ -112,7 +134,11 @@ impl fmt::Display for AwsError {
 
 impl AwsError {
     /// Converts any SDK error into an [`AwsError`] for `operation` on `resource`.
-    pub fn from_sdk<E, R>(operation: &'static str, resource: impl Into<String>, err: SdkError<E, R>) -> Self
+    pub fn from_sdk<E, R>(
+        operation: &'static str,
+        resource: impl Into<String>,
+        err: SdkError<E, R>,
+    ) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: fmt::Debug + HttpStatus,
@@ -121,11 +147,20 @@ impl AwsError {
         let (code, message) = match &err {
             SdkError::ServiceError(service) => {
                 let e = service.err();
-                (e.code().map(str::to_owned), e.message().unwrap_or_default().to_owned())
+                (
+                    e.code().map(str::to_owned),
+                    e.message().unwrap_or_default().to_owned(),
+                )
             }
             other => (None, describe_chain(other)),
         };
-        AwsError { operation, resource: resource.into(), kind: classify(code.as_deref(), status), code, message }
+        AwsError {
+            operation,
+            resource: resource.into(),
+            kind: classify(code.as_deref(), status),
+            code,
+            message,
+        }
     }
 
     /// True when the resource the call was about does not exist.
@@ -174,22 +209,42 @@ mod tests {
             (Some("NoSuchKey"), Some(404), ErrorKind::NotFound),
             (Some("NoSuchBucket"), Some(404), ErrorKind::NotFound),
             (None, Some(404), ErrorKind::NotFound),
-            (Some("RequestLimitExceeded"), Some(503), ErrorKind::Throttled),
+            (
+                Some("RequestLimitExceeded"),
+                Some(503),
+                ErrorKind::Throttled,
+            ),
             (Some("ThrottlingException"), Some(400), ErrorKind::Throttled),
             (Some("SlowDown"), Some(503), ErrorKind::Throttled),
-            (Some("UnauthorizedOperation"), Some(403), ErrorKind::AccessDenied),
+            (
+                Some("UnauthorizedOperation"),
+                Some(403),
+                ErrorKind::AccessDenied,
+            ),
             (Some("AccessDenied"), Some(403), ErrorKind::AccessDenied),
             (None, Some(403), ErrorKind::AccessDenied),
             (Some("InvalidAMIName.Duplicate"), None, ErrorKind::Conflict),
             (Some("InvalidSnapshot.InUse"), None, ErrorKind::Conflict),
-            (Some("IdempotentParameterMismatch"), None, ErrorKind::Conflict),
-            (Some("InvalidAMIID.Malformed"), None, ErrorKind::InvalidInput),
+            (
+                Some("IdempotentParameterMismatch"),
+                None,
+                ErrorKind::Conflict,
+            ),
+            (
+                Some("InvalidAMIID.Malformed"),
+                None,
+                ErrorKind::InvalidInput,
+            ),
             (Some("InvalidParameterValue"), None, ErrorKind::InvalidInput),
             (Some("InternalError"), Some(500), ErrorKind::Other),
             (None, None, ErrorKind::Other),
         ];
         for (code, status, want) in cases {
-            assert_eq!(classify(code, status), want, "code {code:?} status {status:?}");
+            assert_eq!(
+                classify(code, status),
+                want,
+                "code {code:?} status {status:?}"
+            );
         }
     }
 
@@ -203,8 +258,14 @@ mod tests {
             message: "You are not authorized".into(),
         };
         let text = e.to_string();
-        assert!(text.contains("ec2:ImportSnapshot on s3://b/k.raw failed (UnauthorizedOperation)"), "{text}");
-        assert!(text.contains("needs permission `ec2:ImportSnapshot`"), "{text}");
+        assert!(
+            text.contains("ec2:ImportSnapshot on s3://b/k.raw failed (UnauthorizedOperation)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("needs permission `ec2:ImportSnapshot`"),
+            "{text}"
+        );
         assert!(!ErrorKind::AccessDenied.is_transient());
         assert!(ErrorKind::Throttled.is_transient());
     }

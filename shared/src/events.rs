@@ -117,30 +117,42 @@ pub fn is_eventbridge_s3(v: &Value) -> bool {
 /// Parses an S3 notification (direct or SNS-wrapped). `TestEvent` records that S3 sends when a
 /// notification is configured are skipped. Errors name the record at fault.
 pub fn parse_notification(v: &Value) -> Result<Vec<ObjectEvent>, EventError> {
-    let n: Notification = serde_json::from_value(v.clone())
-        .map_err(|e| EventError::Malformed { shape: "S3 notification", detail: e.to_string() })?;
+    let n: Notification = serde_json::from_value(v.clone()).map_err(|e| EventError::Malformed {
+        shape: "S3 notification",
+        detail: e.to_string(),
+    })?;
     let mut out = Vec::new();
     for (i, record) in n.records.iter().enumerate() {
-        if let Some(message) = record.get("Sns").and_then(|s| s.get("Message")).and_then(Value::as_str) {
-            let inner: Value = serde_json::from_str(message).map_err(|e| EventError::Malformed {
-                shape: "SNS-wrapped S3 notification",
-                detail: format!("Records[{i}].Sns.Message is not JSON: {e}"),
-            })?;
+        if let Some(message) = record
+            .get("Sns")
+            .and_then(|s| s.get("Message"))
+            .and_then(Value::as_str)
+        {
+            let inner: Value =
+                serde_json::from_str(message).map_err(|e| EventError::Malformed {
+                    shape: "SNS-wrapped S3 notification",
+                    detail: format!("Records[{i}].Sns.Message is not JSON: {e}"),
+                })?;
             if inner.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
                 continue;
             }
             out.extend(parse_notification(&inner)?);
             continue;
         }
-        let r: S3Record = serde_json::from_value(record.clone()).map_err(|e| EventError::Malformed {
-            shape: "S3 notification",
-            detail: format!("Records[{i}]: {e}"),
-        })?;
+        let r: S3Record =
+            serde_json::from_value(record.clone()).map_err(|e| EventError::Malformed {
+                shape: "S3 notification",
+                detail: format!("Records[{i}]: {e}"),
+            })?;
         out.push(ObjectEvent {
             object: ObjectRef {
                 bucket: r.s3.bucket.name,
                 key: decode_notification_key(&r.s3.object.key)?,
-                version_id: r.s3.object.version_id.filter(|v| !v.is_empty() && v != "null"),
+                version_id: r
+                    .s3
+                    .object
+                    .version_id
+                    .filter(|v| !v.is_empty() && v != "null"),
             },
             created: r.event_name.starts_with("ObjectCreated:"),
             event_name: r.event_name,
@@ -153,9 +165,16 @@ pub fn parse_notification(v: &Value) -> Result<Vec<ObjectEvent>, EventError> {
 
 /// Parses an EventBridge event from S3.
 pub fn parse_eventbridge(v: &Value) -> Result<ObjectEvent, EventError> {
-    let detail_type = v.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let detail_type = v
+        .get("detail-type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let d: EbDetail = serde_json::from_value(v.get("detail").cloned().unwrap_or(Value::Null))
-        .map_err(|e| EventError::Malformed { shape: "EventBridge S3", detail: format!("detail: {e}") })?;
+        .map_err(|e| EventError::Malformed {
+            shape: "EventBridge S3",
+            detail: format!("detail: {e}"),
+        })?;
     Ok(ObjectEvent {
         object: ObjectRef {
             bucket: d.bucket.name,
@@ -185,7 +204,10 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(decode_notification_key(raw).as_deref(), Ok(want), "{raw}");
         }
-        assert!(matches!(decode_notification_key("%FF%FE"), Err(EventError::BadKeyEncoding(_))));
+        assert!(matches!(
+            decode_notification_key("%FF%FE"),
+            Err(EventError::BadKeyEncoding(_))
+        ));
     }
 
     #[test]
@@ -202,8 +224,14 @@ mod tests {
             assert!(events[0].created);
         }
         let bad = json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {}}}]});
-        let err = parse_notification(&bad).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("malformed S3 notification event: Records[0]:"), "{err}");
+        let err = parse_notification(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("malformed S3 notification event: Records[0]:"),
+            "{err}"
+        );
     }
 
     #[test]

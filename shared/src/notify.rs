@@ -105,7 +105,8 @@ impl Message {
     pub fn to_json(&self) -> String {
         let mut m = self.clone();
         loop {
-            let text = serde_json::to_string(&m).unwrap_or_else(|e| format!("{{\"error\":\"unserialisable message: {e}\"}}"));
+            let text = serde_json::to_string(&m)
+                .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable message: {e}\"}}"));
             if text.len() <= MAX_MESSAGE_BYTES {
                 return text;
             }
@@ -124,16 +125,36 @@ impl Message {
 
     /// A subject line under [`MAX_SUBJECT`] characters.
     pub fn subject(&self) -> String {
-        let what = self.image_name.as_deref().or(self.image_id.as_deref()).or(self.source_uri.as_deref()).unwrap_or("");
+        let what = self
+            .image_name
+            .as_deref()
+            .or(self.image_id.as_deref())
+            .or(self.source_uri.as_deref())
+            .unwrap_or("");
         let s = format!("ami-pipeline {} {what}", self.event_type);
-        let s: String = s.chars().filter(|c| !c.is_control()).take(MAX_SUBJECT).collect();
+        let s: String = s
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_SUBJECT)
+            .collect();
         s.trim_end().to_owned()
     }
 }
 
 /// Publishes `message` to `topic_arn`.
-pub async fn send(sns: &aws_sdk_sns::Client, topic_arn: &str, message: &Message) -> Result<String, AwsError> {
-    crate::aws::sns::publish(sns, topic_arn, message.event_type, &message.subject(), &message.to_json()).await
+pub async fn send(
+    sns: &aws_sdk_sns::Client,
+    topic_arn: &str,
+    message: &Message,
+) -> Result<String, AwsError> {
+    crate::aws::sns::publish(
+        sns,
+        topic_arn,
+        message.event_type,
+        &message.subject(),
+        &message.to_json(),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -143,9 +164,14 @@ mod tests {
 
     #[test]
     fn messages_stay_under_the_sns_limit_and_subjects_are_short() {
-        let now = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().expect("valid");
+        let now = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid");
         let m = Message {
-            problems: (0..20_000).map(|i| format!("problem number {i} with a long explanation")).collect(),
+            problems: (0..20_000)
+                .map(|i| format!("problem number {i} with a long explanation"))
+                .collect(),
             error: Some("x".repeat(300_000)),
             source_uri: Some(format!("s3://b/{}", "k".repeat(500))),
             ..Message::new(EventType::ImageFailed, now, "us-east-1")

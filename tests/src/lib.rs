@@ -28,7 +28,10 @@ static ENDPOINT: OnceLock<Result<String, String>> = OnceLock::new();
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The emulator's endpoint, starting one if none is configured. Panics (fails the test) with
@@ -59,7 +62,8 @@ fn start_emulator() -> Result<String, String> {
         pid = std::process::id()
     );
     let log = std::env::temp_dir().join(format!("ami-pipeline-emulator-{port}.log"));
-    let file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let file =
+        std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
     Command::new("bash")
         .arg("-c")
@@ -72,7 +76,15 @@ fn start_emulator() -> Result<String, String> {
     let url = format!("http://127.0.0.1:{port}");
     wait_healthy(&url, START_TIMEOUT).map_err(|e| {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = tail
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         format!("{e}; emulator log {}:\n{tail}", log.display())
     })?;
     Ok(url)
@@ -89,14 +101,22 @@ fn wait_healthy(url: &str, timeout: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    Err(format!("no healthy emulator at {url} after {timeout:?} ({last})"))
+    Err(format!(
+        "no healthy emulator at {url} after {timeout:?} ({last})"
+    ))
 }
 
 /// A minimal HTTP/1.1 request to the emulator's control API; returns status and body.
-pub fn http(url: &str, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), String> {
+pub fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), String> {
     let hostport = url.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).map_err(|e| format!("connect {hostport}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -105,16 +125,28 @@ pub fn http(url: &str, method: &str, path: &str, body: Option<&Value>) -> Result
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// A fresh 12-digit account id, unique within this machine's test runs.
 pub fn fresh_account_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
-    let n = (nanos / 1000 + u64::from(std::process::id()) * 7919 + COUNTER.fetch_add(1, Ordering::SeqCst) * 104_729)
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0) as u64;
+    let n = (nanos / 1000
+        + u64::from(std::process::id()) * 7919
+        + COUNTER.fetch_add(1, Ordering::SeqCst) * 104_729)
         % 900_000_000_000;
     format!("{}", 100_000_000_000 + n)
 }
@@ -152,8 +184,16 @@ impl TestAccount {
             .send()
             .await
             .unwrap_or_else(|e| panic!("sts:AssumeRole into {account_id} failed: {e:?}"));
-        let c = assumed.credentials().unwrap_or_else(|| panic!("AssumeRole returned no credentials"));
-        let creds = Credentials::new(c.access_key_id(), c.secret_access_key(), Some(c.session_token().to_owned()), None, "assumed");
+        let c = assumed
+            .credentials()
+            .unwrap_or_else(|| panic!("AssumeRole returned no credentials"));
+        let creds = Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_owned()),
+            None,
+            "assumed",
+        );
         let sdk = clients::sdk_config(ClientSettings {
             region: Some(REGION.into()),
             endpoint_url: Some(endpoint.clone()),
@@ -162,15 +202,26 @@ impl TestAccount {
         .await;
         let clients = Clients::new(&sdk, true);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        TestAccount { endpoint, account_id, clients, sqs, sdk }
+        TestAccount {
+            endpoint,
+            account_id,
+            clients,
+            sqs,
+            sdk,
+        }
     }
 
     /// Sets this account's emulator config (e.g. `{"import_delay_seconds": 0}`).
     pub fn emulator_config(&self, settings: Value) {
         let mut body = settings;
         body["account_id"] = Value::String(self.account_id.clone());
-        let (status, text) = http(&self.endpoint, "POST", "/ami-pipeline-emulator/config", Some(&body))
-            .unwrap_or_else(|e| panic!("emulator config call failed: {e}"));
+        let (status, text) = http(
+            &self.endpoint,
+            "POST",
+            "/ami-pipeline-emulator/config",
+            Some(&body),
+        )
+        .unwrap_or_else(|e| panic!("emulator config call failed: {e}"));
         assert_eq!(status, 200, "emulator config answered {status}: {text}");
     }
 
@@ -178,22 +229,41 @@ impl TestAccount {
     pub fn inject_fault(&self, rule: Value) {
         let mut body = rule;
         body["account_id"] = Value::String(self.account_id.clone());
-        let (status, text) = http(&self.endpoint, "POST", "/ami-pipeline-emulator/faults", Some(&body))
-            .unwrap_or_else(|e| panic!("fault call failed: {e}"));
-        assert!((200..300).contains(&status), "fault call answered {status}: {text}");
+        let (status, text) = http(
+            &self.endpoint,
+            "POST",
+            "/ami-pipeline-emulator/faults",
+            Some(&body),
+        )
+        .unwrap_or_else(|e| panic!("fault call failed: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "fault call answered {status}: {text}"
+        );
     }
 
     /// Removes this account's fault rules.
     pub fn clear_faults(&self) {
-        let path = format!("/ami-pipeline-emulator/faults?account_id={}", self.account_id);
-        let (status, text) = http(&self.endpoint, "DELETE", &path, None).unwrap_or_else(|e| panic!("fault call failed: {e}"));
-        assert!((200..300).contains(&status), "fault clear answered {status}: {text}");
+        let path = format!(
+            "/ami-pipeline-emulator/faults?account_id={}",
+            self.account_id
+        );
+        let (status, text) = http(&self.endpoint, "DELETE", &path, None)
+            .unwrap_or_else(|e| panic!("fault call failed: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "fault clear answered {status}: {text}"
+        );
     }
 
     /// Creates a bucket (optionally versioned).
     pub async fn bucket(&self, name: &str, versioned: bool) {
         let s3 = &self.clients.s3;
-        s3.create_bucket().bucket(name).send().await.unwrap_or_else(|e| panic!("create bucket {name}: {e:?}"));
+        s3.create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {name}: {e:?}"));
         if versioned {
             s3.put_bucket_versioning()
                 .bucket(name)
@@ -209,21 +279,52 @@ impl TestAccount {
     }
 
     /// Uploads `body` with user metadata; returns (etag, version id).
-    pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>, metadata: &[(&str, &str)]) -> (String, Option<String>) {
-        let mut req = self.clients.s3.put_object().bucket(bucket).key(key).body(body.into());
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, &str)],
+    ) -> (String, Option<String>) {
+        let mut req = self
+            .clients
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.into());
         for (k, v) in metadata {
             req = req.metadata(*k, *v);
         }
-        let out = req.send().await.unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
-        (out.e_tag().unwrap_or_default().trim_matches('"').to_owned(), out.version_id().map(str::to_owned))
+        let out = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
+        (
+            out.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
+            out.version_id().map(str::to_owned),
+        )
     }
 
     /// Creates the pipeline topic and an SQS queue subscribed to it (raw delivery); returns
     /// (topic ARN, queue URL).
     pub async fn topic_with_queue(&self, name: &str) -> (String, String) {
-        let topic = self.clients.sns.create_topic().name(name).send().await.unwrap_or_else(|e| panic!("create topic: {e:?}"));
+        let topic = self
+            .clients
+            .sns
+            .create_topic()
+            .name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create topic: {e:?}"));
         let topic_arn = topic.topic_arn().unwrap_or_default().to_owned();
-        let q = self.sqs.create_queue().queue_name(name).send().await.unwrap_or_else(|e| panic!("create queue: {e:?}"));
+        let q = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create queue: {e:?}"));
         let queue_url = q.queue_url().unwrap_or_default().to_owned();
         let attrs = self
             .sqs
@@ -233,7 +334,11 @@ impl TestAccount {
             .send()
             .await
             .unwrap_or_else(|e| panic!("queue attributes: {e:?}"));
-        let queue_arn = attrs.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned().unwrap_or_default();
+        let queue_arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
         self.clients
             .sns
             .subscribe()
@@ -268,11 +373,24 @@ impl TestAccount {
             for m in msgs {
                 let body: Value = serde_json::from_str(m.body().unwrap_or_default())
                     .unwrap_or_else(|e| panic!("message is not JSON ({e}): {:?}", m.body()));
-                let attr = m.message_attributes().and_then(|a| a.get("event_type")).and_then(|v| v.string_value());
-                assert_eq!(attr, body["event_type"].as_str(), "event_type attribute must match the body");
+                let attr = m
+                    .message_attributes()
+                    .and_then(|a| a.get("event_type"))
+                    .and_then(|v| v.string_value());
+                assert_eq!(
+                    attr,
+                    body["event_type"].as_str(),
+                    "event_type attribute must match the body"
+                );
                 all.push(body);
                 if let Some(h) = m.receipt_handle() {
-                    let _ = self.sqs.delete_message().queue_url(queue_url).receipt_handle(h).send().await;
+                    let _ = self
+                        .sqs
+                        .delete_message()
+                        .queue_url(queue_url)
+                        .receipt_handle(h)
+                        .send()
+                        .await;
                 }
             }
         }
@@ -302,7 +420,11 @@ pub mod disks {
     /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized, `vpc`
     /// fixed VHD); fails the test with the tool's message if `qemu-img` is missing or fails.
     pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!("ami-pipeline-disk-{}-{}", std::process::id(), super::fresh_account_id()));
+        let dir = std::env::temp_dir().join(format!(
+            "ami-pipeline-disk-{}-{}",
+            std::process::id(),
+            super::fresh_account_id()
+        ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         let src = dir.join("disk.raw");
         let dst = dir.join("disk.out");
@@ -318,12 +440,14 @@ pub mod disks {
             }
             _ => {}
         }
-        let out = cmd
-            .arg(&src)
-            .arg(&dst)
-            .output()
-            .unwrap_or_else(|e| panic!("qemu-img is required to build test disks (apt-get install qemu-utils): {e}"));
-        assert!(out.status.success(), "qemu-img failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = cmd.arg(&src).arg(&dst).output().unwrap_or_else(|e| {
+            panic!("qemu-img is required to build test disks (apt-get install qemu-utils): {e}")
+        });
+        assert!(
+            out.status.success(),
+            "qemu-img failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
         let _ = std::fs::remove_dir_all(Path::new(&dir));
         bytes

@@ -25,10 +25,21 @@ async fn world(import_delay: u64, versioned: bool) -> World {
     let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
     let bucket = format!("uploads-{}", acct.account_id);
     acct.bucket(&bucket, versioned).await;
-    let env = BTreeMap::from([("TOPIC_ARN", topic.as_str()), ("S3_FORCE_PATH_STYLE", "true")]);
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic.as_str()),
+        ("S3_FORCE_PATH_STYLE", "true"),
+    ]);
     let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
-    let deps = Deps { clients: acct.clients.clone(), config };
-    World { acct, deps, queue, bucket }
+    let deps = Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    World {
+        acct,
+        deps,
+        queue,
+        bucket,
+    }
 }
 
 /// An S3 bucket notification as AWS delivers it (key form-encoded by the caller).
@@ -64,7 +75,9 @@ fn deadline() -> Deadline {
 
 async fn run(w: &World, event: &Value) -> Output {
     let cmd = Command::from_event(event).unwrap_or_else(|e| panic!("event did not parse: {e}"));
-    handle(cmd, &w.deps, Utc::now(), deadline()).await.unwrap_or_else(|e| panic!("handler failed: {e}"))
+    handle(cmd, &w.deps, Utc::now(), deadline())
+        .await
+        .unwrap_or_else(|e| panic!("handler failed: {e}"))
 }
 
 async fn sweep(w: &World) -> Output {
@@ -79,17 +92,25 @@ fn started_task(out: &Output) -> String {
 }
 
 async fn tasks(w: &World) -> Vec<ImportTask> {
-    shared::aws::ec2::describe_import_tasks(&w.acct.clients.ec2, vec![]).await.expect("describe tasks")
+    shared::aws::ec2::describe_import_tasks(&w.acct.clients.ec2, vec![])
+        .await
+        .expect("describe tasks")
 }
 
 async fn images(w: &World) -> Vec<Image> {
-    shared::aws::ec2::describe_own_images(&w.acct.clients.ec2, vec![]).await.expect("describe images")
+    shared::aws::ec2::describe_own_images(&w.acct.clients.ec2, vec![])
+        .await
+        .expect("describe images")
 }
 
 /// Polls the task until it reaches `status` (the emulator completes imports after a delay).
 async fn wait_task(w: &World, id: &str, status: ImportStatus) -> ImportTask {
     for _ in 0..150 {
-        if let Some(t) = tasks(w).await.into_iter().find(|t| t.id == id && t.status == status) {
+        if let Some(t) = tasks(w)
+            .await
+            .into_iter()
+            .find(|t| t.id == id && t.status == status)
+        {
             return t;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -98,8 +119,14 @@ async fn wait_task(w: &World, id: &str, status: ImportStatus) -> ImportTask {
 }
 
 async fn object_tags(w: &World, key: &str) -> BTreeMap<String, String> {
-    let obj = shared::model::ObjectRef { bucket: w.bucket.clone(), key: key.into(), version_id: None };
-    shared::aws::s3::get_tags(&w.acct.clients.s3, &obj).await.expect("object tags")
+    let obj = shared::model::ObjectRef {
+        bucket: w.bucket.clone(),
+        key: key.into(),
+        version_id: None,
+    };
+    shared::aws::s3::get_tags(&w.acct.clients.s3, &obj)
+        .await
+        .expect("object tags")
 }
 
 fn of_type<'a>(msgs: &'a [Value], t: &str) -> Vec<&'a Value> {
@@ -111,12 +138,20 @@ async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
     let w = world(1, false).await;
     let key = "images/web base/disk+1.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(3), &[]).await;
-    let out = run(&w, &s3_event(&w.bucket, "images/web+base/disk%2B1.raw", &etag, None)).await;
+    let out = run(
+        &w,
+        &s3_event(&w.bucket, "images/web+base/disk%2B1.raw", &etag, None),
+    )
+    .await;
     let task_id = started_task(&out);
     // The import takes a while: the sweep in the same invocation only waits.
     assert_eq!(out.sweep.steps.len(), 1);
     assert_eq!(out.sweep.steps[0].action, "skip");
-    assert!(out.sweep.steps[0].result.starts_with("import in progress"), "{:?}", out.sweep.steps);
+    assert!(
+        out.sweep.steps[0].result.starts_with("import in progress"),
+        "{:?}",
+        out.sweep.steps
+    );
     assert!(images(&w).await.is_empty());
 
     let task = wait_task(&w, &task_id, ImportStatus::Completed).await;
@@ -136,7 +171,10 @@ async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
     assert_eq!(img.boot_mode.as_deref(), Some("legacy-bios"));
     assert_eq!(img.ena_support, Some(true));
     assert_eq!(img.root_device_name.as_deref(), Some("/dev/xvda"));
-    assert_eq!(img.snapshot_ids, vec![task.snapshot_id.clone().expect("snapshot")]);
+    assert_eq!(
+        img.snapshot_ids,
+        vec![task.snapshot_id.clone().expect("snapshot")]
+    );
     let t = &img.tags;
     assert_eq!(t[lineage::MANAGED], "true");
     assert_eq!(t[lineage::FAMILY], "images-web-base");
@@ -148,8 +186,16 @@ async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
     let date = chrono::DateTime::from_timestamp(ts, 0).expect("valid");
     assert_eq!(t[lineage::CREATE_DATE], lineage::create_date(date));
     // The snapshot carries the same lineage.
-    let snap = shared::aws::ec2::describe_snapshot(&w.acct.clients.ec2, &img.snapshot_ids[0]).await.expect("snapshot");
-    for k in [lineage::MANAGED, lineage::SOURCE_URI, lineage::IMPORT_TASK, lineage::CREATE_DATE, lineage::FAMILY] {
+    let snap = shared::aws::ec2::describe_snapshot(&w.acct.clients.ec2, &img.snapshot_ids[0])
+        .await
+        .expect("snapshot");
+    for k in [
+        lineage::MANAGED,
+        lineage::SOURCE_URI,
+        lineage::IMPORT_TASK,
+        lineage::CREATE_DATE,
+        lineage::FAMILY,
+    ] {
         assert_eq!(snap.tags.get(k), t.get(k), "snapshot tag {k}");
     }
     assert_eq!(snap.volume_size_gib, Some(1));
@@ -159,13 +205,19 @@ async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
     assert_eq!(registered.len(), 1, "{msgs:?}");
     assert_eq!(registered[0]["image_id"], image_id);
     assert_eq!(registered[0]["import_task_id"], task_id);
-    assert_eq!(registered[0]["source_uri"], format!("s3://{}/{key}", w.bucket));
+    assert_eq!(
+        registered[0]["source_uri"],
+        format!("s3://{}/{key}", w.bucket)
+    );
     assert_eq!(registered[0]["version"], "1");
 
     // The outcome is recorded on the task: another sweep changes nothing.
     let again = sweep(&w).await;
     assert_eq!(again.sweep.steps[0].action, "skip");
-    assert_eq!(again.sweep.steps[0].result, format!("already concluded: registered:{image_id}"));
+    assert_eq!(
+        again.sweep.steps[0].result,
+        format!("already concluded: registered:{image_id}")
+    );
     assert_eq!(images(&w).await.len(), 1);
     assert!(w.acct.drain(&w.queue).await.is_empty());
 }
@@ -200,7 +252,15 @@ async fn vmdk_from_eventbridge_with_metadata_settings() {
     assert_eq!(img.tags["cost center"], "a&b");
     assert_eq!(img.tags[lineage::FAMILY], "arm");
     assert_eq!(img.tags[lineage::SOURCE_FORMAT], "VMDK");
-    let raw = w.acct.clients.ec2.describe_images().image_ids(&img.id).send().await.expect("describe");
+    let raw = w
+        .acct
+        .clients
+        .ec2
+        .describe_images()
+        .image_ids(&img.id)
+        .send()
+        .await
+        .expect("describe");
     let i = &raw.images()[0];
     assert_eq!(i.tpm_support().map(|t| t.as_str()), Some("v2.0"));
     assert_eq!(i.imds_support().map(|t| t.as_str()), Some("v2.0"));
@@ -214,13 +274,19 @@ async fn vmdk_from_eventbridge_with_metadata_settings() {
 async fn vhd_by_manual_invoke_with_overrides() {
     let w = world(0, false).await;
     let vhd = disks::convert(&disks::raw_disk(2), "vpc");
-    w.acct.put(&w.bucket, "disk.vhd", vhd, &[("architecture", "arm64")]).await;
+    w.acct
+        .put(&w.bucket, "disk.vhd", vhd, &[("architecture", "arm64")])
+        .await;
     let out = run(&w, &json!({"bucket": w.bucket, "key": "disk.vhd", "architecture": "x86_64", "family": "manual", "ena": false})).await;
     let task_id = started_task(&out);
     wait_task(&w, &task_id, ImportStatus::Completed).await;
     sweep(&w).await;
     let img = images(&w).await.pop().expect("one image");
-    assert_eq!(img.architecture.as_deref(), Some("x86_64"), "manual overrides win over metadata");
+    assert_eq!(
+        img.architecture.as_deref(),
+        Some("x86_64"),
+        "manual overrides win over metadata"
+    );
     assert_eq!(img.ena_support, Some(false));
     assert_eq!(img.tags[lineage::FAMILY], "manual");
     assert_eq!(img.tags[lineage::SOURCE_FORMAT], "VHD");
@@ -254,7 +320,11 @@ async fn the_same_upload_delivered_many_times_gives_one_import_and_one_ami() {
     assert_eq!(images(&w).await.len(), 1, "concurrent sweeps register once");
     // A late duplicate after registration finds the image.
     let late = run(&w, &event).await;
-    assert!(matches!(&late.ingested[0], IngestOutcome::AlreadyImported { .. }), "{:?}", late.ingested);
+    assert!(
+        matches!(&late.ingested[0], IngestOutcome::AlreadyImported { .. }),
+        "{:?}",
+        late.ingested
+    );
     assert_eq!(tasks(&w).await.len(), 1);
 }
 
@@ -283,20 +353,36 @@ async fn a_new_version_of_the_key_is_a_new_image_and_an_old_event_is_superseded(
     sweep(&w).await;
     let imgs = images(&w).await;
     assert_eq!(imgs.len(), 2);
-    let versions: Vec<&str> = imgs.iter().map(|i| i.tags[lineage::SOURCE_VERSION].as_str()).collect();
-    assert!(versions.contains(&v1.as_str()) && versions.contains(&v2.as_str()), "{versions:?}");
+    let versions: Vec<&str> = imgs
+        .iter()
+        .map(|i| i.tags[lineage::SOURCE_VERSION].as_str())
+        .collect();
+    assert!(
+        versions.contains(&v1.as_str()) && versions.contains(&v2.as_str()),
+        "{versions:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
     let w = world(0, false).await;
-    let (etag, _) = w.acct.put(&w.bucket, "crash/disk.raw", disks::raw_disk(1), &[]).await;
+    let (etag, _) = w
+        .acct
+        .put(&w.bucket, "crash/disk.raw", disks::raw_disk(1), &[])
+        .await;
     let task_id = started_task(&run(&w, &s3_event(&w.bucket, "crash/disk.raw", &etag, None)).await);
     wait_task(&w, &task_id, ImportStatus::Completed).await;
     // SNS refuses: RegisterImage succeeds, the announcement and the outcome tag do not happen.
     w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
-    let err = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("sns:Publish") && err.contains("AuthorizationError"), "{err}");
+    let err = handle(Command::Sweep, &w.deps, Utc::now(), deadline())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("sns:Publish") && err.contains("AuthorizationError"),
+        "{err}"
+    );
     assert_eq!(images(&w).await.len(), 1);
     w.acct.clear_faults();
     let out = sweep(&w).await;
@@ -311,23 +397,53 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
 async fn invalid_uploads_are_rejected_with_every_problem_and_nothing_imported() {
     let w = world(0, false).await;
     let raw = disks::raw_disk(1);
-    w.acct.put(&w.bucket, "bad/disk.qcow2", raw.clone(), &[]).await;
+    w.acct
+        .put(&w.bucket, "bad/disk.qcow2", raw.clone(), &[])
+        .await;
     w.acct.put(&w.bucket, "bad/empty.raw", vec![], &[]).await;
-    w.acct.put(&w.bucket, "bad/lying.vmdk", raw.clone(), &[]).await;
-    w.acct.put(&w.bucket, "bad/qcow.raw", b"QFI\xfb\x00\x00\x00\x03".repeat(64), &[]).await;
+    w.acct
+        .put(&w.bucket, "bad/lying.vmdk", raw.clone(), &[])
+        .await;
+    w.acct
+        .put(
+            &w.bucket,
+            "bad/qcow.raw",
+            b"QFI\xfb\x00\x00\x00\x03".repeat(64),
+            &[],
+        )
+        .await;
     w.acct
         .put(
             &w.bucket,
             "bad/settings.raw",
             raw.clone(),
-            &[("architecture", "arm64"), ("boot-mode", "legacy-bios"), ("tpm", "true"), ("name", "bad:name*"), ("ena", "maybe")],
+            &[
+                ("architecture", "arm64"),
+                ("boot-mode", "legacy-bios"),
+                ("tpm", "true"),
+                ("name", "bad:name*"),
+                ("ena", "maybe"),
+            ],
         )
         .await;
     let cases: [(&str, &[&str]); 5] = [
-        ("bad/disk.qcow2", &["file: unsupported file extension .qcow2; expected .raw, .img, .vmdk or .vhd"]),
+        (
+            "bad/disk.qcow2",
+            &["file: unsupported file extension .qcow2; expected .raw, .img, .vmdk or .vhd"],
+        ),
         ("bad/empty.raw", &["content: the object is empty (0 bytes)"]),
-        ("bad/lying.vmdk", &["content: the extension says VMDK but the content is not a VMDK (no KDMV sparse-extent header; flat or descriptor-only VMDKs are not importable)"]),
-        ("bad/qcow.raw", &["content: the extension says raw but the content is a qcow2 image; use the matching extension"]),
+        (
+            "bad/lying.vmdk",
+            &[
+                "content: the extension says VMDK but the content is not a VMDK (no KDMV sparse-extent header; flat or descriptor-only VMDKs are not importable)",
+            ],
+        ),
+        (
+            "bad/qcow.raw",
+            &[
+                "content: the extension says raw but the content is a qcow2 image; use the matching extension",
+            ],
+        ),
         (
             "bad/settings.raw",
             &[
@@ -352,7 +468,11 @@ async fn invalid_uploads_are_rejected_with_every_problem_and_nothing_imported() 
     let msgs = w.acct.drain(&w.queue).await;
     let failed = of_type(&msgs, "image.failed");
     assert_eq!(failed.len(), 5);
-    assert!(failed.iter().any(|m| m["problems"].as_array().is_some_and(|p| p.len() == 4)));
+    assert!(
+        failed
+            .iter()
+            .any(|m| m["problems"].as_array().is_some_and(|p| p.len() == 4))
+    );
 }
 
 #[tokio::test]
@@ -369,9 +489,18 @@ async fn a_missing_object_or_bucket_is_rejected_precisely() {
             )],
         }]
     );
-    let out = run(&w, &json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"})).await;
-    assert!(matches!(&out.ingested[0], IngestOutcome::Rejected { problems, .. } if problems[0].starts_with("s3://no-such-bucket-anywhere/x.raw does not exist")));
-    assert_eq!(of_type(&w.acct.drain(&w.queue).await, "image.failed").len(), 2);
+    let out = run(
+        &w,
+        &json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}),
+    )
+    .await;
+    assert!(
+        matches!(&out.ingested[0], IngestOutcome::Rejected { problems, .. } if problems[0].starts_with("s3://no-such-bucket-anywhere/x.raw does not exist"))
+    );
+    assert_eq!(
+        of_type(&w.acct.drain(&w.queue).await, "image.failed").len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -381,13 +510,24 @@ async fn a_failed_import_is_reported_once_and_the_object_tagged() {
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let task_id = started_task(&run(&w, &s3_event(&w.bucket, key, &etag, None)).await);
     // Deleting the source before the import reads it makes the import fail, as on AWS.
-    w.acct.clients.s3.delete_object().bucket(&w.bucket).key(key).send().await.expect("delete");
+    w.acct
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&w.bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("delete");
     let task = wait_task(&w, &task_id, ImportStatus::Deleted).await;
     let status = task.status_message.clone().unwrap_or_default();
     assert!(status.starts_with("ClientError:"), "{status}");
     let out = sweep(&w).await;
     assert_eq!(out.sweep.steps[0].action, "report-failure");
-    assert_eq!(out.sweep.steps[0].result, format!("import failed: {status}"));
+    assert_eq!(
+        out.sweep.steps[0].result,
+        format!("import failed: {status}")
+    );
     let msgs = w.acct.drain(&w.queue).await;
     let failed = of_type(&msgs, "image.failed");
     assert_eq!(failed.len(), 1);
@@ -405,15 +545,35 @@ async fn access_denied_names_the_permission_and_the_event_is_safe_to_retry() {
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let event = s3_event(&w.bucket, key, &etag, None);
     w.acct.inject_fault(json!({"service": "s3", "action": "HeadObject", "status": 403, "code": "AccessDenied", "message": "Access Denied"}));
-    let err = handle(Command::from_event(&event).expect("parses"), &w.deps, Utc::now(), deadline()).await.err();
+    let err = handle(
+        Command::from_event(&event).expect("parses"),
+        &w.deps,
+        Utc::now(),
+        deadline(),
+    )
+    .await
+    .err();
     let text = err.map(|e| e.to_string()).unwrap_or_default();
-    assert!(text.contains(&format!("s3:GetObject on s3://{}/{key} failed", w.bucket)), "{text}");
+    assert!(
+        text.contains(&format!("s3:GetObject on s3://{}/{key} failed", w.bucket)),
+        "{text}"
+    );
     assert!(text.contains("needs permission `s3:GetObject`"), "{text}");
     w.acct.clear_faults();
     w.acct.inject_fault(json!({"service": "ec2", "action": "ImportSnapshot", "status": 403, "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
-    let err = handle(Command::from_event(&event).expect("parses"), &w.deps, Utc::now(), deadline()).await.err();
+    let err = handle(
+        Command::from_event(&event).expect("parses"),
+        &w.deps,
+        Utc::now(),
+        deadline(),
+    )
+    .await
+    .err();
     let text = err.map(|e| e.to_string()).unwrap_or_default();
-    assert!(text.contains("ec2:ImportSnapshot") && text.contains("UnauthorizedOperation"), "{text}");
+    assert!(
+        text.contains("ec2:ImportSnapshot") && text.contains("UnauthorizedOperation"),
+        "{text}"
+    );
     assert!(tasks(&w).await.is_empty());
     let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
     assert_eq!(failed, 2, "each failure reported on SNS");
@@ -425,12 +585,19 @@ async fn access_denied_names_the_permission_and_the_event_is_safe_to_retry() {
 #[tokio::test]
 async fn a_slow_import_is_warned_about_once() {
     let w = world(3600, false).await;
-    let (etag, _) = w.acct.put(&w.bucket, "slow/disk.raw", disks::raw_disk(1), &[]).await;
+    let (etag, _) = w
+        .acct
+        .put(&w.bucket, "slow/disk.raw", disks::raw_disk(1), &[])
+        .await;
     let task_id = started_task(&run(&w, &s3_event(&w.bucket, "slow/disk.raw", &etag, None)).await);
     let later = Utc::now() + chrono::Duration::hours(3);
-    let out = handle(Command::Sweep, &w.deps, later, deadline()).await.expect("sweep");
+    let out = handle(Command::Sweep, &w.deps, later, deadline())
+        .await
+        .expect("sweep");
     assert_eq!(out.sweep.steps[0].action, "warn-stale");
-    let out = handle(Command::Sweep, &w.deps, later, deadline()).await.expect("sweep");
+    let out = handle(Command::Sweep, &w.deps, later, deadline())
+        .await
+        .expect("sweep");
     assert_eq!(out.sweep.steps[0].action, "skip");
     let msgs = w.acct.drain(&w.queue).await;
     let stalled = of_type(&msgs, "image.import-stalled");
@@ -443,7 +610,11 @@ async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
     let w = world(0, false).await;
     let long_key = format!("long/{}/disk.raw", "d".repeat(900));
     let keys = ["odd/ünï cødé 100% +plus.raw".to_string(), long_key.clone()];
-    let encode = |k: &str| form_urlencoded::byte_serialize(k.as_bytes()).collect::<String>().replace("%2F", "/");
+    let encode = |k: &str| {
+        form_urlencoded::byte_serialize(k.as_bytes())
+            .collect::<String>()
+            .replace("%2F", "/")
+    };
     for key in &keys {
         let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
         let task = started_task(&run(&w, &s3_event(&w.bucket, &encode(key), &etag, None)).await);
@@ -455,7 +626,14 @@ async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
     for img in &imgs {
         let uri = &img.tags[lineage::SOURCE_URI];
         assert!(uri.chars().count() <= 256);
-        assert!(shared::plan::naming::check_image_name(&img.name).is_ok(), "{}", img.name);
+        assert!(
+            shared::plan::naming::check_image_name(&img.name).is_ok(),
+            "{}",
+            img.name
+        );
     }
-    assert!(imgs.iter().any(|i| i.tags[lineage::SOURCE_URI] == format!("s3://{}/odd/ünï cødé 100% +plus.raw", w.bucket)));
+    assert!(
+        imgs.iter().any(|i| i.tags[lineage::SOURCE_URI]
+            == format!("s3://{}/odd/ünï cødé 100% +plus.raw", w.bucket))
+    );
 }

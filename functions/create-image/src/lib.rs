@@ -64,7 +64,11 @@ impl Config {
     /// Every variable this function reads.
     pub fn vars() -> Vec<&'static str> {
         let mut v = CommonConfig::VARS.to_vec();
-        v.extend(["IMPORT_ROLE_NAME", "STALE_IMPORT_MINUTES", "SWEEP_CONCURRENCY"]);
+        v.extend([
+            "IMPORT_ROLE_NAME",
+            "STALE_IMPORT_MINUTES",
+            "SWEEP_CONCURRENCY",
+        ]);
         v.extend(DEFAULT_VARS);
         v
     }
@@ -73,23 +77,38 @@ impl Config {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader::new(lookup);
         let common = CommonConfig::read(&mut r);
-        let import_role_name = r.optional("IMPORT_ROLE_NAME").unwrap_or_else(|| "vmimport".to_owned());
+        let import_role_name = r
+            .optional("IMPORT_ROLE_NAME")
+            .unwrap_or_else(|| "vmimport".to_owned());
         let stale_import_minutes = r.int_in("STALE_IMPORT_MINUTES", 120, 15, 7 * 24 * 60);
         let concurrency = r.int_in("SWEEP_CONCURRENCY", 4, 1, 32) as usize;
         let mut defaults = BTreeMap::new();
         for var in DEFAULT_VARS {
             if let Some(v) = r.optional(var) {
-                let key = var.trim_start_matches("DEFAULT_").to_ascii_lowercase().replace('_', "-");
+                let key = var
+                    .trim_start_matches("DEFAULT_")
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
                 defaults.insert(key, v);
             }
         }
         if let Err(problems) = spec::resolve(&[&defaults], "") {
             for p in problems {
-                r.problem(format!("DEFAULT_{}: {}", p.setting.to_ascii_uppercase().replace('-', "_"), p.message));
+                r.problem(format!(
+                    "DEFAULT_{}: {}",
+                    p.setting.to_ascii_uppercase().replace('-', "_"),
+                    p.message
+                ));
             }
         }
         r.finish()?;
-        Ok(Config { common, import_role_name, stale_import_minutes, concurrency, defaults })
+        Ok(Config {
+            common,
+            import_role_name,
+            stale_import_minutes,
+            concurrency,
+            defaults,
+        })
     }
 }
 
@@ -160,7 +179,10 @@ impl InvocationError {
 
 impl From<InvocationError> for lambda_runtime::Diagnostic {
     fn from(e: InvocationError) -> Self {
-        lambda_runtime::Diagnostic { error_type: e.error_type().to_owned(), error_message: e.to_string() }
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type().to_owned(),
+            error_message: e.to_string(),
+        }
     }
 }
 
@@ -176,20 +198,26 @@ const MANUAL_FIELDS: [&str; 3] = ["bucket", "key", "version_id"];
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| InvocationError::InvalidEvent(format!("the event is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            InvocationError::InvalidEvent(format!("the event is not valid JSON: {e}"))
+        })?;
         Self::from_event(&v)
     }
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
         if !v.is_object() {
-            return Err(InvocationError::InvalidEvent(format!("expected a JSON object, got {}", kind_of(v))));
+            return Err(InvocationError::InvalidEvent(format!(
+                "expected a JSON object, got {}",
+                kind_of(v)
+            )));
         }
         if events::is_notification(v) {
             let records = events::parse_notification(v)?;
             if records.is_empty() && v["Records"].as_array().is_none_or(|r| r.is_empty()) {
-                return Err(InvocationError::InvalidEvent("the S3 notification has no Records".into()));
+                return Err(InvocationError::InvalidEvent(
+                    "the S3 notification has no Records".into(),
+                ));
             }
             return Ok(ingest_from(records));
         }
@@ -229,16 +257,35 @@ fn kind_of(v: &Value) -> &'static str {
 fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
     let (created, other): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.created);
     Command::Ingest {
-        items: created.into_iter().map(|r| IngestItem { object: r.object, overrides: BTreeMap::new() }).collect(),
-        ignored: other.into_iter().map(|r| format!("{} ({}): not an upload", r.object, r.event_name)).collect(),
+        items: created
+            .into_iter()
+            .map(|r| IngestItem {
+                object: r.object,
+                overrides: BTreeMap::new(),
+            })
+            .collect(),
+        ignored: other
+            .into_iter()
+            .map(|r| format!("{} ({}): not an upload", r.object, r.event_name))
+            .collect(),
     }
 }
 
 fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationError> {
     let mut problems = Vec::new();
-    let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     let bucket = text("bucket");
-    let key = map.get("key").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let key = map
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     if bucket.is_none() {
         problems.push("\"bucket\" must be a non-empty string".to_owned());
     }
@@ -251,7 +298,10 @@ fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationErr
             continue;
         }
         if !spec::keys::ALL.contains(&k.as_str()) {
-            problems.push(format!("unknown field {k:?}; settings are: {}", spec::keys::ALL.join(", ")));
+            problems.push(format!(
+                "unknown field {k:?}; settings are: {}",
+                spec::keys::ALL.join(", ")
+            ));
             continue;
         }
         match v {
@@ -259,21 +309,46 @@ fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationErr
             Value::Bool(b) => overrides.insert(k.clone(), b.to_string()),
             Value::Number(n) => overrides.insert(k.clone(), n.to_string()),
             Value::Object(tags) if k == spec::keys::TAGS => {
-                let pairs = tags.iter().map(|(tk, tv)| (tk.clone(), tv.as_str().map(str::to_owned).unwrap_or_else(|| tv.to_string())));
-                overrides.insert(k.clone(), form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish())
+                let pairs = tags.iter().map(|(tk, tv)| {
+                    (
+                        tk.clone(),
+                        tv.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| tv.to_string()),
+                    )
+                });
+                overrides.insert(
+                    k.clone(),
+                    form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(pairs)
+                        .finish(),
+                )
             }
             other => {
-                problems.push(format!("field {k:?} must be a string, number or boolean, got {}", kind_of(other)));
+                problems.push(format!(
+                    "field {k:?} must be a string, number or boolean, got {}",
+                    kind_of(other)
+                ));
                 None
             }
         };
     }
     match (bucket, key) {
         (Some(bucket), Some(key)) if problems.is_empty() => Ok(Command::Ingest {
-            items: vec![IngestItem { object: ObjectRef { bucket, key, version_id: text("version_id") }, overrides }],
+            items: vec![IngestItem {
+                object: ObjectRef {
+                    bucket,
+                    key,
+                    version_id: text("version_id"),
+                },
+                overrides,
+            }],
             ignored: vec![],
         }),
-        _ => Err(InvocationError::InvalidEvent(format!("manual invoke: {}", problems.join("; ")))),
+        _ => Err(InvocationError::InvalidEvent(format!(
+            "manual invoke: {}",
+            problems.join("; ")
+        ))),
     }
 }
 
@@ -359,7 +434,12 @@ pub struct Output {
 ///
 /// Returns the full report, or — when any AWS call failed — [`InvocationError::Partial`] after
 /// everything else was done.
-pub async fn handle(cmd: Command, deps: &Deps, now: DateTime<Utc>, deadline: Deadline) -> Result<Output, InvocationError> {
+pub async fn handle(
+    cmd: Command,
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
     let mut out = Output::default();
     if let Command::Ingest { items, ignored } = cmd {
         out.ignored = ignored;
@@ -372,7 +452,12 @@ pub async fn handle(cmd: Command, deps: &Deps, now: DateTime<Utc>, deadline: Dea
     out.sweep = match sweep(deps, now, deadline).await {
         Ok(report) => report,
         Err(e) => SweepReport {
-            steps: vec![StepReport { task_id: "-".into(), action: "list".into(), result: e.to_string(), failed: true }],
+            steps: vec![StepReport {
+                task_id: "-".into(),
+                action: "list".into(),
+                result: e.to_string(),
+                failed: true,
+            }],
             ..Default::default()
         },
     };
@@ -384,8 +469,20 @@ pub async fn handle(cmd: Command, deps: &Deps, now: DateTime<Utc>, deadline: Dea
             _ => None,
         })
         .collect();
-    errors.extend(out.sweep.steps.iter().filter(|s| s.failed).map(|s| format!("{}: {}", s.task_id, s.result)));
-    let total = out.ingested.len() + out.sweep.steps.iter().filter(|s| s.action != "skip").count();
+    errors.extend(
+        out.sweep
+            .steps
+            .iter()
+            .filter(|s| s.failed)
+            .map(|s| format!("{}: {}", s.task_id, s.result)),
+    );
+    let total = out.ingested.len()
+        + out
+            .sweep
+            .steps
+            .iter()
+            .filter(|s| s.action != "skip")
+            .count();
     info!(
         ingested = out.ingested.len(),
         ignored = out.ignored.len(),
@@ -397,7 +494,11 @@ pub async fn handle(cmd: Command, deps: &Deps, now: DateTime<Utc>, deadline: Dea
     if errors.is_empty() {
         Ok(out)
     } else {
-        Err(InvocationError::Partial { failed: errors.len(), total: total.max(errors.len()), errors })
+        Err(InvocationError::Partial {
+            failed: errors.len(),
+            total: total.max(errors.len()),
+            errors,
+        })
     }
 }
 
@@ -407,11 +508,20 @@ async fn ingest(deps: &Deps, item: IngestItem, now: DateTime<Utc>) -> IngestOutc
         Ok(outcome) => outcome,
         Err(e) => {
             warn!(object = %uri, error = %e, "ingest failed");
-            let msg = Message { source_uri: Some(uri.clone()), error: Some(e.to_string()), ..failed_message(deps, now) };
-            if let Err(sns_err) = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await {
+            let msg = Message {
+                source_uri: Some(uri.clone()),
+                error: Some(e.to_string()),
+                ..failed_message(deps, now)
+            };
+            if let Err(sns_err) =
+                notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await
+            {
                 warn!(object = %uri, error = %sns_err, "could not report the failure on SNS");
             }
-            IngestOutcome::Error { object: uri, error: e.to_string() }
+            IngestOutcome::Error {
+                object: uri,
+                error: e.to_string(),
+            }
         }
     }
 }
@@ -420,25 +530,41 @@ fn failed_message(deps: &Deps, now: DateTime<Utc>) -> Message {
     Message::new(EventType::ImageFailed, now, &deps.clients.region)
 }
 
-async fn try_ingest(deps: &Deps, item: &IngestItem, now: DateTime<Utc>) -> Result<IngestOutcome, AwsError> {
+async fn try_ingest(
+    deps: &Deps,
+    item: &IngestItem,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, AwsError> {
     let c = &deps.clients;
     // Always look at the latest version: ImportSnapshot imports the key's current content.
-    let latest = ObjectRef { version_id: None, ..item.object.clone() };
+    let latest = ObjectRef {
+        version_id: None,
+        ..item.object.clone()
+    };
     let info = match s3::head_object(&c.s3, &latest).await {
         Ok(info) => info,
         Err(e) if e.is_not_found() => {
-            let problem = format!("{} does not exist (deleted before the import could start, or the bucket is missing)", latest.uri());
+            let problem = format!(
+                "{} does not exist (deleted before the import could start, or the bucket is missing)",
+                latest.uri()
+            );
             return reject(deps, &item.object, vec![problem], now, false).await;
         }
         Err(e) => return Err(e),
     };
-    if let (Some(wanted), Some(current)) = (&item.object.version_id, &info.version_id) {
-        if wanted != current {
-            info!(object = %item.object, current_version = %current, "superseded by a newer version");
-            return Ok(IngestOutcome::Superseded { object: item.object.uri(), current_version: current.clone() });
-        }
+    if let (Some(wanted), Some(current)) = (&item.object.version_id, &info.version_id)
+        && wanted != current
+    {
+        info!(object = %item.object, current_version = %current, "superseded by a newer version");
+        return Ok(IngestOutcome::Superseded {
+            object: item.object.uri(),
+            current_version: current.clone(),
+        });
     }
-    let object = ObjectRef { version_id: info.version_id.clone(), ..latest };
+    let object = ObjectRef {
+        version_id: info.version_id.clone(),
+        ..latest
+    };
     let mut problems = Vec::new();
     let format = match disk::format_from_key(&object.key) {
         Ok(f) => Some(f),
@@ -447,12 +573,15 @@ async fn try_ingest(deps: &Deps, item: &IngestItem, now: DateTime<Utc>) -> Resul
             None
         }
     };
-    if let Some(format) = format {
-        if let Err(e) = check_disk(c, &object, &info, format).await? {
-            problems.push(format!("content: {e}"));
-        }
+    if let Some(format) = format
+        && let Err(e) = check_disk(c, &object, &info, format).await?
+    {
+        problems.push(format!("content: {e}"));
     }
-    let spec = match spec::resolve(&[&deps.config.defaults, &info.metadata, &item.overrides], &object.key) {
+    let spec = match spec::resolve(
+        &[&deps.config.defaults, &info.metadata, &item.overrides],
+        &object.key,
+    ) {
         Ok(spec) => Some(spec),
         Err(ps) => {
             problems.extend(ps.iter().map(Problem::to_string));
@@ -462,19 +591,36 @@ async fn try_ingest(deps: &Deps, item: &IngestItem, now: DateTime<Utc>) -> Resul
     let (Some(format), Some(spec), true) = (format, spec, problems.is_empty()) else {
         return reject(deps, &object, problems, now, true).await;
     };
-    let version_or_etag = info.version_id.clone().or_else(|| info.etag.clone()).unwrap_or_default();
+    let version_or_etag = info
+        .version_id
+        .clone()
+        .or_else(|| info.etag.clone())
+        .unwrap_or_default();
     let token = naming::source_token(&object.bucket, &object.key, &version_or_etag);
-    let existing = ec2::describe_own_images(&c.ec2, vec![ec2::tag_filter(lineage::SOURCE_TOKEN, [token.as_str()])]).await?;
+    let existing = ec2::describe_own_images(
+        &c.ec2,
+        vec![ec2::tag_filter(lineage::SOURCE_TOKEN, [token.as_str()])],
+    )
+    .await?;
     if let Some(image) = existing.first() {
         info!(object = %object, image_id = %image.id, "already imported");
-        return Ok(IngestOutcome::AlreadyImported { object: object.uri(), image_id: image.id.clone() });
+        return Ok(IngestOutcome::AlreadyImported {
+            object: object.uri(),
+            image_id: image.id.clone(),
+        });
     }
     let mut tags = spec.to_tags();
     tags.insert(lineage::MANAGED.into(), "true".into());
-    tags.insert(lineage::SOURCE_URI.into(), lineage::fit_tag_value(&object.uri()));
+    tags.insert(
+        lineage::SOURCE_URI.into(),
+        lineage::fit_tag_value(&object.uri()),
+    );
     tags.insert(lineage::SOURCE_TOKEN.into(), token.clone());
     tags.insert(lineage::SOURCE_FORMAT.into(), format.as_api().into());
-    tags.insert(lineage::STARTED_AT.into(), now.to_rfc3339_opts(SecondsFormat::Secs, true));
+    tags.insert(
+        lineage::STARTED_AT.into(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
     if let Some(etag) = &info.etag {
         tags.insert(lineage::SOURCE_ETAG.into(), etag.clone());
     }
@@ -496,7 +642,11 @@ async fn try_ingest(deps: &Deps, item: &IngestItem, now: DateTime<Utc>) -> Resul
     )
     .await?;
     info!(object = %object, import_task_id = %task_id, format = %format, family = %spec.family, "import started");
-    Ok(IngestOutcome::ImportStarted { object: object.uri(), import_task_id: task_id, spec: Box::new(spec) })
+    Ok(IngestOutcome::ImportStarted {
+        object: object.uri(),
+        import_task_id: task_id,
+        spec: Box::new(spec),
+    })
 }
 
 /// Reads both ends of the object and checks its magic numbers. The outer error is an AWS
@@ -534,10 +684,18 @@ async fn reject(
         ..failed_message(deps, now)
     };
     notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
-    Ok(IngestOutcome::Rejected { object: object.uri(), problems })
+    Ok(IngestOutcome::Rejected {
+        object: object.uri(),
+        problems,
+    })
 }
 
-async fn tag_object(c: &Clients, object: &ObjectRef, status: &str, reason: &str) -> Result<(), AwsError> {
+async fn tag_object(
+    c: &Clients,
+    object: &ObjectRef,
+    status: &str,
+    reason: &str,
+) -> Result<(), AwsError> {
     let existing = match s3::get_tags(&c.s3, object).await {
         Ok(t) => t,
         Err(e) if e.is_not_found() => return Ok(()),
@@ -553,23 +711,38 @@ async fn tag_object(c: &Clients, object: &ObjectRef, status: &str, reason: &str)
 }
 
 /// Lists the pipeline's import tasks, plans, and executes.
-pub async fn sweep(deps: &Deps, now: DateTime<Utc>, deadline: Deadline) -> Result<SweepReport, AwsError> {
+pub async fn sweep(
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<SweepReport, AwsError> {
     let c = &deps.clients;
-    let tasks = ec2::describe_import_tasks(&c.ec2, vec![ec2::tag_key_filter(lineage::MANAGED)]).await?;
+    let tasks =
+        ec2::describe_import_tasks(&c.ec2, vec![ec2::tag_key_filter(lineage::MANAGED)]).await?;
     let pending: Vec<&str> = tasks
         .iter()
-        .filter(|t| t.status == shared::model::ImportStatus::Completed && !t.tags.contains_key(lineage::OUTCOME))
+        .filter(|t| {
+            t.status == shared::model::ImportStatus::Completed
+                && !t.tags.contains_key(lineage::OUTCOME)
+        })
         .map(|t| t.id.as_str())
         .collect();
     let mut images_by_task = BTreeMap::new();
     for chunk in pending.chunks(100) {
-        for image in ec2::describe_own_images(&c.ec2, vec![ec2::tag_filter(lineage::IMPORT_TASK, chunk.iter().copied())]).await? {
+        for image in ec2::describe_own_images(
+            &c.ec2,
+            vec![ec2::tag_filter(lineage::IMPORT_TASK, chunk.iter().copied())],
+        )
+        .await?
+        {
             if let Some(task) = image.tags.get(lineage::IMPORT_TASK) {
                 images_by_task.insert(task.clone(), image);
             }
         }
     }
-    let policy = SweepPolicy { stale_after: chrono::Duration::minutes(deps.config.stale_import_minutes) };
+    let policy = SweepPolicy {
+        stale_after: chrono::Duration::minutes(deps.config.stale_import_minutes),
+    };
     let actions = import::plan_sweep(&tasks, &images_by_task, policy, now);
     info!(
         tasks = tasks.len(),
@@ -590,7 +763,11 @@ pub async fn sweep(deps: &Deps, now: DateTime<Utc>, deadline: Deadline) -> Resul
     let deferred = steps.iter().filter(|s| s.is_none()).count();
     let mut steps: Vec<StepReport> = steps.into_iter().flatten().collect();
     steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    Ok(SweepReport { tasks_seen: tasks.len(), steps, deferred })
+    Ok(SweepReport {
+        tasks_seen: tasks.len(),
+        steps,
+        deferred,
+    })
 }
 
 fn action_name(a: &SweepAction) -> &'static str {
@@ -603,31 +780,63 @@ fn action_name(a: &SweepAction) -> &'static str {
     }
 }
 
-async fn execute(deps: &Deps, action: SweepAction, images: &BTreeMap<String, Image>, now: DateTime<Utc>) -> StepReport {
+async fn execute(
+    deps: &Deps,
+    action: SweepAction,
+    images: &BTreeMap<String, Image>,
+    now: DateTime<Utc>,
+) -> StepReport {
     let task_id = action.task_id().to_owned();
     let name = action_name(&action);
     let result = match action {
         SweepAction::Skip { reason, .. } => Ok(reason),
-        SweepAction::Register { task_id, registration } => register(deps, &task_id, &registration, now).await,
+        SweepAction::Register {
+            task_id,
+            registration,
+        } => register(deps, &task_id, &registration, now).await,
         SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
-            Some(image) => announce(deps, &task_id, image, now).await.map(|()| image_id),
+            Some(image) => announce(deps, &task_id, image, now)
+                .await
+                .map(|()| image_id),
             None => Ok(format!("{image_id} no longer listed")),
         },
-        SweepAction::ReportFailure { task_id, message, object } => {
-            report_failure(deps, &task_id, &message, object.as_ref(), now).await.map(|()| message)
-        }
-        SweepAction::WarnStale { task_id, age_minutes } => warn_stale(deps, &task_id, age_minutes, now).await,
+        SweepAction::ReportFailure {
+            task_id,
+            message,
+            object,
+        } => report_failure(deps, &task_id, &message, object.as_ref(), now)
+            .await
+            .map(|()| message),
+        SweepAction::WarnStale {
+            task_id,
+            age_minutes,
+        } => warn_stale(deps, &task_id, age_minutes, now).await,
     };
     match result {
-        Ok(result) => StepReport { task_id, action: name.into(), result, failed: false },
+        Ok(result) => StepReport {
+            task_id,
+            action: name.into(),
+            result,
+            failed: false,
+        },
         Err(e) => {
             warn!(import_task_id = %task_id, action = name, error = %e, "sweep step failed");
-            StepReport { task_id, action: name.into(), result: e.to_string(), failed: true }
+            StepReport {
+                task_id,
+                action: name.into(),
+                result: e.to_string(),
+                failed: true,
+            }
         }
     }
 }
 
-async fn register(deps: &Deps, task_id: &str, reg: &Registration, now: DateTime<Utc>) -> Result<String, AwsError> {
+async fn register(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+    now: DateTime<Utc>,
+) -> Result<String, AwsError> {
     let c = &deps.clients;
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id).await?;
     let snapshot_gib = snapshot.volume_size_gib.unwrap_or(1).max(1);
@@ -648,9 +857,20 @@ async fn register(deps: &Deps, task_id: &str, reg: &Registration, now: DateTime<
         let name = if attempt == 0 {
             reg.name.clone()
         } else {
-            naming::auto_name(&reg.spec.name_prefix, reg.started_at, &reg.source_token, attempt)
+            naming::auto_name(
+                &reg.spec.name_prefix,
+                reg.started_at,
+                &reg.source_token,
+                attempt,
+            )
         };
-        let req = ec2::RegisterRequest { name: &name, snapshot_id: &reg.snapshot_id, volume_size_gib: size, spec: &reg.spec, tags: &reg.tags };
+        let req = ec2::RegisterRequest {
+            name: &name,
+            snapshot_id: &reg.snapshot_id,
+            volume_size_gib: size,
+            spec: &reg.spec,
+            tags: &reg.tags,
+        };
         match ec2::register_image(&c.ec2, req).await {
             Ok(id) => {
                 info!(import_task_id = task_id, image_id = %id, name = %name, "registered image");
@@ -663,14 +883,21 @@ async fn register(deps: &Deps, task_id: &str, reg: &Registration, now: DateTime<
                         info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
                         break id;
                     }
-                    OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => attempt += 1,
+                    OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => {
+                        attempt += 1
+                    }
                     OnDuplicate::TryAnotherName => {
-                        let message = format!("no free image name after {} attempts (last: {name:?})", import::MAX_NAME_ATTEMPTS);
-                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
+                        let message = format!(
+                            "no free image name after {} attempts (last: {name:?})",
+                            import::MAX_NAME_ATTEMPTS
+                        );
+                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now)
+                            .await?;
                         return Ok(message);
                     }
                     OnDuplicate::Fail(message) => {
-                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
+                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now)
+                            .await?;
                         return Ok(message);
                     }
                 }
@@ -695,13 +922,20 @@ async fn register(deps: &Deps, task_id: &str, reg: &Registration, now: DateTime<
         snapshot_ids: vec![reg.snapshot_id.clone()],
         tags: reg.tags.clone(),
     };
-    let listed = ec2::describe_own_images(&c.ec2, vec![ec2::tag_filter(lineage::IMPORT_TASK, [task_id])]).await?;
+    let listed = ec2::describe_own_images(
+        &c.ec2,
+        vec![ec2::tag_filter(lineage::IMPORT_TASK, [task_id])],
+    )
+    .await?;
     announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
     Ok(image_id)
 }
 
 fn name_filter(name: &str) -> aws_sdk_ec2::types::Filter {
-    aws_sdk_ec2::types::Filter::builder().name("name").values(name).build()
+    aws_sdk_ec2::types::Filter::builder()
+        .name("name")
+        .values(name)
+        .build()
 }
 
 fn object_of(reg: &Registration) -> Option<ObjectRef> {
@@ -712,12 +946,21 @@ fn object_of(reg: &Registration) -> Option<ObjectRef> {
     if uri.contains('…') {
         return None;
     }
-    Some(ObjectRef { bucket: bucket.into(), key: key.into(), version_id: reg.tags.get(lineage::SOURCE_VERSION).cloned() })
+    Some(ObjectRef {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: reg.tags.get(lineage::SOURCE_VERSION).cloned(),
+    })
 }
 
 /// Sends `image.registered` and records the outcome on the task (after the message, so a
 /// crash in between repeats the message rather than losing it).
-async fn announce(deps: &Deps, task_id: &str, image: &Image, now: DateTime<Utc>) -> Result<(), AwsError> {
+async fn announce(
+    deps: &Deps,
+    task_id: &str,
+    image: &Image,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
     let c = &deps.clients;
     let msg = Message {
         image_id: Some(image.id.clone()),
@@ -730,7 +973,10 @@ async fn announce(deps: &Deps, task_id: &str, image: &Image, now: DateTime<Utc>)
         ..Message::new(EventType::ImageRegistered, now, &c.region)
     };
     notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
-    let outcome = Tags::from([(lineage::OUTCOME.to_owned(), format!("registered:{}", image.id))]);
+    let outcome = Tags::from([(
+        lineage::OUTCOME.to_owned(),
+        format!("registered:{}", image.id),
+    )]);
     ec2::create_tags(&c.ec2, &[task_id], &outcome).await
 }
 
@@ -753,10 +999,20 @@ async fn report_failure(
         ..failed_message(deps, now)
     };
     notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
-    ec2::create_tags(&c.ec2, &[task_id], &Tags::from([(lineage::OUTCOME.to_owned(), "failed".to_owned())])).await
+    ec2::create_tags(
+        &c.ec2,
+        &[task_id],
+        &Tags::from([(lineage::OUTCOME.to_owned(), "failed".to_owned())]),
+    )
+    .await
 }
 
-async fn warn_stale(deps: &Deps, task_id: &str, age_minutes: i64, now: DateTime<Utc>) -> Result<String, AwsError> {
+async fn warn_stale(
+    deps: &Deps,
+    task_id: &str,
+    age_minutes: i64,
+    now: DateTime<Utc>,
+) -> Result<String, AwsError> {
     let c = &deps.clients;
     let text = format!("import still running after {age_minutes} minutes");
     let msg = Message {
@@ -765,7 +1021,10 @@ async fn warn_stale(deps: &Deps, task_id: &str, age_minutes: i64, now: DateTime<
         ..Message::new(EventType::ImportStalled, now, &c.region)
     };
     notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
-    let tag = Tags::from([(lineage::STALE_WARNED.to_owned(), now.to_rfc3339_opts(SecondsFormat::Secs, true))]);
+    let tag = Tags::from([(
+        lineage::STALE_WARNED.to_owned(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )]);
     ec2::create_tags(&c.ec2, &[task_id], &tag).await?;
     Ok(text)
 }
@@ -784,15 +1043,24 @@ mod tests {
             ("SWEEP_CONCURRENCY", "0"),
         ]);
         let lookup = |k: &str| env.get(k).map(|v| v.to_string());
-        let err = Config::from_lookup(&lookup).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Config::from_lookup(&lookup)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert_eq!(
             err,
             "invalid configuration: SWEEP_CONCURRENCY=0 is out of range 1..=32; DEFAULT_BOOT_MODE: arm64 images must boot with uefi; legacy-bios is x86_64 only"
         );
-        let env = BTreeMap::from([("TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"), ("DEFAULT_IMDS_V2", "false")]);
+        let env = BTreeMap::from([
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"),
+            ("DEFAULT_IMDS_V2", "false"),
+        ]);
         let lookup = |k: &str| env.get(k).map(|v| v.to_string());
         let cfg = Config::from_lookup(&lookup).expect("valid");
-        assert_eq!(cfg.defaults.get("imds-v2").map(String::as_str), Some("false"));
+        assert_eq!(
+            cfg.defaults.get("imds-v2").map(String::as_str),
+            Some("false")
+        );
         assert_eq!(cfg.import_role_name, "vmimport");
         assert_eq!(cfg.concurrency, 4);
     }
@@ -801,9 +1069,14 @@ mod tests {
     fn recognises_each_trigger() {
         let sched = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
         assert_eq!(Command::from_event(&sched).ok(), Some(Command::Sweep));
-        assert_eq!(Command::from_event(&json!({"sweep": true})).ok(), Some(Command::Sweep));
+        assert_eq!(
+            Command::from_event(&json!({"sweep": true})).ok(),
+            Some(Command::Sweep)
+        );
         let manual = json!({"bucket": "b", "key": "k.raw", "architecture": "arm64", "tpm": true, "volume-size": 8, "tags": {"team": "web"}});
-        let Ok(Command::Ingest { items, .. }) = Command::from_event(&manual) else { panic!("manual") };
+        let Ok(Command::Ingest { items, .. }) = Command::from_event(&manual) else {
+            panic!("manual")
+        };
         assert_eq!(items[0].overrides["tpm"], "true");
         assert_eq!(items[0].overrides["volume-size"], "8");
         assert_eq!(items[0].overrides["tags"], "team=web");
@@ -812,14 +1085,29 @@ mod tests {
     #[test]
     fn bad_events_get_precise_errors() {
         let cases = [
-            ("not json", "invalid event: the event is not valid JSON: expected ident at line 1 column 2"),
+            (
+                "not json",
+                "invalid event: the event is not valid JSON: expected ident at line 1 column 2",
+            ),
             ("[]", "invalid event: expected a JSON object, got an array"),
-            ("{\"Records\": []}", "invalid event: the S3 notification has no Records"),
-            ("{\"hello\": 1}", "invalid event: unrecognised event: expected an S3 notification, an EventBridge S3 \"Object Created\" event, a scheduled event, {\"sweep\": true} or {\"bucket\", \"key\", …settings}"),
-            ("{\"bucket\": \"b\", \"arch\": \"x\"}", "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags"),
+            (
+                "{\"Records\": []}",
+                "invalid event: the S3 notification has no Records",
+            ),
+            (
+                "{\"hello\": 1}",
+                "invalid event: unrecognised event: expected an S3 notification, an EventBridge S3 \"Object Created\" event, a scheduled event, {\"sweep\": true} or {\"bucket\", \"key\", …settings}",
+            ),
+            (
+                "{\"bucket\": \"b\", \"arch\": \"x\"}",
+                "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags",
+            ),
         ];
         for (text, want) in cases {
-            let got = Command::from_json(text).err().map(|e| e.to_string()).unwrap_or_default();
+            let got = Command::from_json(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert_eq!(got, want, "{text}");
         }
     }
@@ -827,8 +1115,13 @@ mod tests {
     #[test]
     fn removed_objects_are_ignored_with_a_reason() {
         let v = json!({"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "k.raw"}}}]});
-        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&v) else { panic!("parses") };
+        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&v) else {
+            panic!("parses")
+        };
         assert!(items.is_empty());
-        assert_eq!(ignored, ["s3://b/k.raw (ObjectRemoved:Delete): not an upload"]);
+        assert_eq!(
+            ignored,
+            ["s3://b/k.raw (ObjectRemoved:Delete): not an upload"]
+        );
     }
 }

@@ -10,7 +10,10 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = Config::from_lookup(&|k| std::env::var(k).ok())?;
     let sdk = clients::sdk_config(Default::default()).await;
-    let deps = Deps { clients: Clients::new(&sdk, config.common.s3_force_path_style), config };
+    let deps = Deps {
+        clients: Clients::new(&sdk, config.common.s3_force_path_style),
+        config,
+    };
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         let deps = &deps;
         async move {

@@ -73,7 +73,9 @@ pub struct Clients {
 impl Clients {
     /// Builds the clients from a loaded configuration.
     pub fn new(config: &SdkConfig, s3_force_path_style: bool) -> Self {
-        let s3_conf = aws_sdk_s3::config::Builder::from(config).force_path_style(s3_force_path_style).build();
+        let s3_conf = aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(s3_force_path_style)
+            .build();
         Clients {
             region: config.region().map(|r| r.to_string()).unwrap_or_default(),
             ec2: aws_sdk_ec2::Client::new(config),
@@ -86,7 +88,11 @@ impl Clients {
 
     /// The same clients for another region (same credentials, endpoint and policy).
     pub fn for_region(&self, region: &str) -> Self {
-        let config = self.config.to_builder().region(Region::new(region.to_owned())).build();
+        let config = self
+            .config
+            .to_builder()
+            .region(Region::new(region.to_owned()))
+            .build();
         Clients::new(&config, self.s3_force_path_style)
     }
 }

@@ -8,13 +8,17 @@ use crate::model::{Image, ImportStatus, ImportTask, Snapshot, Tags};
 use crate::plan::spec::ImageSpec;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImdsSupportValues, ResourceType,
-    SnapshotDiskContainer, Tag, TagSpecification, TpmSupportValues, UserBucket, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
+    ImdsSupportValues, ResourceType, SnapshotDiskContainer, Tag, TagSpecification,
+    TpmSupportValues, UserBucket, VolumeType,
 };
 
 /// A tag filter, `tag:<key>` = any of `values`.
 pub fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
-    Filter::builder().name(format!("tag:{key}")).set_values(Some(values.into_iter().map(Into::into).collect())).build()
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .set_values(Some(values.into_iter().map(Into::into).collect()))
+        .build()
 }
 
 /// A `tag-key` filter: resources carrying `key`, whatever its value.
@@ -23,15 +27,27 @@ pub fn tag_key_filter(key: &str) -> Filter {
 }
 
 fn to_sdk_tags(tags: &Tags) -> Vec<Tag> {
-    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
 }
 
 fn from_sdk_tags(tags: &[Tag]) -> Tags {
-    tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect()
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect()
 }
 
 fn tag_spec(resource: ResourceType, tags: &Tags) -> TagSpecification {
-    TagSpecification::builder().resource_type(resource).set_tags(Some(to_sdk_tags(tags))).build()
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(to_sdk_tags(tags)))
+        .build()
 }
 
 /// What ImportSnapshot needs.
@@ -65,24 +81,34 @@ pub async fn import_snapshot(ec2: &Client, req: ImportRequest<'_>) -> Result<Str
             SnapshotDiskContainer::builder()
                 .format(req.format)
                 .description(req.description)
-                .user_bucket(UserBucket::builder().s3_bucket(req.bucket).s3_key(req.key).build())
+                .user_bucket(
+                    UserBucket::builder()
+                        .s3_bucket(req.bucket)
+                        .s3_key(req.key)
+                        .build(),
+                )
                 .build(),
         )
         .tag_specifications(tag_spec(ResourceType::ImportSnapshotTask, req.tags))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk("ec2:ImportSnapshot", resource.clone(), e))?;
-    out.import_task_id().map(str::to_owned).ok_or_else(|| AwsError {
-        operation: "ec2:ImportSnapshot",
-        resource,
-        kind: crate::error::ErrorKind::Other,
-        code: None,
-        message: "the response carried no ImportTaskId".into(),
-    })
+    out.import_task_id()
+        .map(str::to_owned)
+        .ok_or_else(|| AwsError {
+            operation: "ec2:ImportSnapshot",
+            resource,
+            kind: crate::error::ErrorKind::Other,
+            code: None,
+            message: "the response carried no ImportTaskId".into(),
+        })
 }
 
 /// DescribeImportSnapshotTasks, every page, filtered.
-pub async fn describe_import_tasks(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<ImportTask>, AwsError> {
+pub async fn describe_import_tasks(
+    ec2: &Client,
+    filters: Vec<Filter>,
+) -> Result<Vec<ImportTask>, AwsError> {
     let mut pages = ec2
         .describe_import_snapshot_tasks()
         .set_filters(Some(filters))
@@ -92,17 +118,33 @@ pub async fn describe_import_tasks(ec2: &Client, filters: Vec<Filter>) -> Result
         .send();
     let mut tasks = Vec::new();
     while let Some(item) = pages.next().await {
-        let t = item.map_err(|e| AwsError::from_sdk("ec2:DescribeImportSnapshotTasks", "import tasks", e))?;
+        let t = item.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeImportSnapshotTasks", "import tasks", e)
+        })?;
         let detail = t.snapshot_task_detail();
-        let Some(id) = t.import_task_id() else { continue };
+        let Some(id) = t.import_task_id() else {
+            continue;
+        };
         tasks.push(ImportTask {
             id: id.to_owned(),
             status: ImportStatus::parse(detail.and_then(|d| d.status()).unwrap_or_default()),
-            status_message: detail.and_then(|d| d.status_message()).filter(|s| !s.is_empty()).map(str::to_owned),
+            status_message: detail
+                .and_then(|d| d.status_message())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
             progress: detail.and_then(|d| d.progress()).map(str::to_owned),
-            snapshot_id: detail.and_then(|d| d.snapshot_id()).filter(|s| !s.is_empty()).map(str::to_owned),
-            bucket: detail.and_then(|d| d.user_bucket()).and_then(|b| b.s3_bucket()).map(str::to_owned),
-            key: detail.and_then(|d| d.user_bucket()).and_then(|b| b.s3_key()).map(str::to_owned),
+            snapshot_id: detail
+                .and_then(|d| d.snapshot_id())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            bucket: detail
+                .and_then(|d| d.user_bucket())
+                .and_then(|b| b.s3_bucket())
+                .map(str::to_owned),
+            key: detail
+                .and_then(|d| d.user_bucket())
+                .and_then(|b| b.s3_key())
+                .map(str::to_owned),
             tags: from_sdk_tags(t.tags()),
         });
     }
@@ -129,9 +171,18 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
 }
 
 /// DescribeImages owned by this account, every page, filtered.
-pub async fn describe_own_images(ec2: &Client, filters: Vec<Filter>) -> Result<Vec<Image>, AwsError> {
-    let mut pages =
-        ec2.describe_images().owners("self").set_filters(Some(filters)).max_results(1000).into_paginator().items().send();
+pub async fn describe_own_images(
+    ec2: &Client,
+    filters: Vec<Filter>,
+) -> Result<Vec<Image>, AwsError> {
+    let mut pages = ec2
+        .describe_images()
+        .owners("self")
+        .set_filters(Some(filters))
+        .max_results(1000)
+        .into_paginator()
+        .items()
+        .send();
     let mut images = Vec::new();
     while let Some(item) = pages.next().await {
         let i = item.map_err(|e| AwsError::from_sdk("ec2:DescribeImages", "own images", e))?;
@@ -213,7 +264,10 @@ pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<St
     if spec.tpm {
         call = call.tpm_support(TpmSupportValues::V20);
     }
-    let out = call.send().await.map_err(|e| AwsError::from_sdk("ec2:RegisterImage", req.name, e))?;
+    let out = call
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:RegisterImage", req.name, e))?;
     out.image_id().map(str::to_owned).ok_or_else(|| AwsError {
         operation: "ec2:RegisterImage",
         resource: req.name.to_owned(),

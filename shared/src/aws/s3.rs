@@ -18,11 +18,23 @@ pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, Aws
         .await
         .map_err(|e| AwsError::from_sdk("s3:GetObject", obj.uri(), e))?;
     Ok(ObjectInfo {
-        size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        size: out
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
         etag: out.e_tag().map(|e| e.trim_matches('"').to_owned()),
         version_id: out.version_id().filter(|v| *v != "null").map(str::to_owned),
-        metadata: out.metadata().map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()).unwrap_or_default(),
-        last_modified: out.last_modified().and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+        metadata: out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        last_modified: out
+            .last_modified()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
     })
 }
 
@@ -57,19 +69,28 @@ pub async fn get_tags(s3: &Client, obj: &ObjectRef) -> Result<Tags, AwsError> {
         .send()
         .await
         .map_err(|e| AwsError::from_sdk("s3:GetObjectTagging", obj.uri(), e))?;
-    Ok(out.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect())
+    Ok(out
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect())
 }
 
 /// PutObjectTagging: replaces the object's whole tag set with `tags`.
 pub async fn put_tags(s3: &Client, obj: &ObjectRef, tags: &Tags) -> Result<(), AwsError> {
-    let set: Result<Vec<Tag>, _> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
-    let tagging = set.and_then(|s| Tagging::builder().set_tag_set(Some(s)).build()).map_err(|e| AwsError {
-        operation: "s3:PutObjectTagging",
-        resource: obj.uri(),
-        kind: ErrorKind::InvalidInput,
-        code: None,
-        message: e.to_string(),
-    })?;
+    let set: Result<Vec<Tag>, _> = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    let tagging = set
+        .and_then(|s| Tagging::builder().set_tag_set(Some(s)).build())
+        .map_err(|e| AwsError {
+            operation: "s3:PutObjectTagging",
+            resource: obj.uri(),
+            kind: ErrorKind::InvalidInput,
+            code: None,
+            message: e.to_string(),
+        })?;
     s3.put_object_tagging()
         .bucket(&obj.bucket)
         .key(&obj.key)

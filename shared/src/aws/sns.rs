@@ -6,14 +6,24 @@ use aws_sdk_sns::types::MessageAttributeValue;
 
 /// Publish to `topic_arn`, with the `event_type` attribute that subscription filter policies
 /// select on; returns the message id.
-pub async fn publish(sns: &Client, topic_arn: &str, event_type: &str, subject: &str, message: &str) -> Result<String, AwsError> {
-    let attr = MessageAttributeValue::builder().data_type("String").string_value(event_type).build().map_err(|e| AwsError {
-        operation: "sns:Publish",
-        resource: topic_arn.to_owned(),
-        kind: crate::error::ErrorKind::InvalidInput,
-        code: None,
-        message: e.to_string(),
-    })?;
+pub async fn publish(
+    sns: &Client,
+    topic_arn: &str,
+    event_type: &str,
+    subject: &str,
+    message: &str,
+) -> Result<String, AwsError> {
+    let attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(event_type)
+        .build()
+        .map_err(|e| AwsError {
+            operation: "sns:Publish",
+            resource: topic_arn.to_owned(),
+            kind: crate::error::ErrorKind::InvalidInput,
+            code: None,
+            message: e.to_string(),
+        })?;
     let out = sns
         .publish()
         .topic_arn(topic_arn)

@@ -16,15 +16,18 @@ const QCOW_MAGIC: &[u8] = b"QFI\xfb";
 /// The extension of the key's last path segment, if any.
 pub fn extension(key: &str) -> Option<&str> {
     let file = key.rsplit('/').next().unwrap_or(key);
-    file.rsplit_once('.').map(|(_, ext)| ext).filter(|e| !e.is_empty())
+    file.rsplit_once('.')
+        .map(|(_, ext)| ext)
+        .filter(|e| !e.is_empty())
 }
 
 /// The format the extension promises, or why the key is unsupported.
 pub fn format_from_key(key: &str) -> Result<DiskFormat, String> {
     match extension(key) {
         None => Err("the key has no file extension; expected .raw, .img, .vmdk or .vhd".into()),
-        Some(ext) => DiskFormat::from_extension(ext)
-            .ok_or_else(|| format!("unsupported file extension .{ext}; expected .raw, .img, .vmdk or .vhd")),
+        Some(ext) => DiskFormat::from_extension(ext).ok_or_else(|| {
+            format!("unsupported file extension .{ext}; expected .raw, .img, .vmdk or .vhd")
+        }),
     }
 }
 
@@ -43,13 +46,20 @@ fn sniff(head: &[u8], tail: &[u8]) -> Option<&'static str> {
 
 /// Checks that the content (`head` = first bytes, `tail` = last [`PROBE_BYTES`]) is a disk of
 /// `format`; the error says what it is instead.
-pub fn check_content(format: DiskFormat, size: u64, head: &[u8], tail: &[u8]) -> Result<(), String> {
+pub fn check_content(
+    format: DiskFormat,
+    size: u64,
+    head: &[u8],
+    tail: &[u8],
+) -> Result<(), String> {
     if size == 0 {
         return Err("the object is empty (0 bytes)".into());
     }
     let seen = sniff(head, tail);
     match (format, seen) {
-        (DiskFormat::Vmdk, Some("VMDK")) | (DiskFormat::Vhd, Some("VHD")) | (DiskFormat::Raw, None) => Ok(()),
+        (DiskFormat::Vmdk, Some("VMDK"))
+        | (DiskFormat::Vhd, Some("VHD"))
+        | (DiskFormat::Raw, None) => Ok(()),
         (DiskFormat::Vmdk, other) => Err(format!(
             "the extension says VMDK but the content is {} (no KDMV sparse-extent header; flat or descriptor-only VMDKs are not importable)",
             other.unwrap_or("not a VMDK")
@@ -58,9 +68,9 @@ pub fn check_content(format: DiskFormat, size: u64, head: &[u8], tail: &[u8]) ->
             "the extension says VHD but the content is {} (no conectix footer in the last 512 bytes)",
             other.unwrap_or("not a VHD")
         )),
-        (DiskFormat::Raw, Some(other)) => {
-            Err(format!("the extension says raw but the content is a {other} image; use the matching extension"))
-        }
+        (DiskFormat::Raw, Some(other)) => Err(format!(
+            "the extension says raw but the content is a {other} image; use the matching extension"
+        )),
     }
 }
 
@@ -87,13 +97,33 @@ mod tests {
         let mut vhd_footer = [0u8; 512];
         vhd_footer[..8].copy_from_slice(VHD_COOKIE);
         assert_eq!(check_content(DiskFormat::Raw, 512, &zeros, &zeros), Ok(()));
-        assert_eq!(check_content(DiskFormat::Vmdk, 512, b"KDMV\x01\x00", &zeros), Ok(()));
-        assert_eq!(check_content(DiskFormat::Vhd, 1024, &zeros, &vhd_footer), Ok(()));
+        assert_eq!(
+            check_content(DiskFormat::Vmdk, 512, b"KDMV\x01\x00", &zeros),
+            Ok(())
+        );
+        assert_eq!(
+            check_content(DiskFormat::Vhd, 1024, &zeros, &vhd_footer),
+            Ok(())
+        );
         assert!(check_content(DiskFormat::Raw, 0, &[], &[]).is_err_and(|e| e.contains("empty")));
-        assert!(check_content(DiskFormat::Vmdk, 512, &zeros, &zeros).is_err_and(|e| e.contains("no KDMV")));
-        assert!(check_content(DiskFormat::Vhd, 512, &zeros, &zeros).is_err_and(|e| e.contains("conectix")));
-        assert!(check_content(DiskFormat::Raw, 512, b"QFI\xfb\x00", &zeros).is_err_and(|e| e.contains("qcow2")));
-        assert!(check_content(DiskFormat::Raw, 512, b"KDMV", &zeros).is_err_and(|e| e.contains("VMDK")));
-        assert!(check_content(DiskFormat::Vmdk, 512, &zeros, &vhd_footer).is_err_and(|e| e.contains("content is VHD")));
+        assert!(
+            check_content(DiskFormat::Vmdk, 512, &zeros, &zeros)
+                .is_err_and(|e| e.contains("no KDMV"))
+        );
+        assert!(
+            check_content(DiskFormat::Vhd, 512, &zeros, &zeros)
+                .is_err_and(|e| e.contains("conectix"))
+        );
+        assert!(
+            check_content(DiskFormat::Raw, 512, b"QFI\xfb\x00", &zeros)
+                .is_err_and(|e| e.contains("qcow2"))
+        );
+        assert!(
+            check_content(DiskFormat::Raw, 512, b"KDMV", &zeros).is_err_and(|e| e.contains("VMDK"))
+        );
+        assert!(
+            check_content(DiskFormat::Vmdk, 512, &zeros, &vhd_footer)
+                .is_err_and(|e| e.contains("content is VHD"))
+        );
     }
 }

@@ -121,13 +121,24 @@ pub fn plan_sweep(
     policy: SweepPolicy,
     now: DateTime<Utc>,
 ) -> Vec<SweepAction> {
-    tasks.iter().map(|task| plan_task(task, images_by_task.get(&task.id), policy, now)).collect()
+    tasks
+        .iter()
+        .map(|task| plan_task(task, images_by_task.get(&task.id), policy, now))
+        .collect()
 }
 
-fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now: DateTime<Utc>) -> SweepAction {
+fn plan_task(
+    task: &ImportTask,
+    image: Option<&Image>,
+    policy: SweepPolicy,
+    now: DateTime<Utc>,
+) -> SweepAction {
     let task_id = task.id.clone();
     if let Some(outcome) = task.tags.get(OUTCOME) {
-        return SweepAction::Skip { task_id, reason: format!("already concluded: {outcome}") };
+        return SweepAction::Skip {
+            task_id,
+            reason: format!("already concluded: {outcome}"),
+        };
     }
     let object = match (&task.bucket, &task.key) {
         (Some(bucket), Some(key)) => Some(ObjectRef {
@@ -145,10 +156,16 @@ fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now:
     match &task.status {
         ImportStatus::Completed => {
             if let Some(image) = image {
-                return SweepAction::Announce { task_id, image_id: image.id.clone() };
+                return SweepAction::Announce {
+                    task_id,
+                    image_id: image.id.clone(),
+                };
             }
             let Some(snapshot_id) = task.snapshot_id.clone() else {
-                return SweepAction::Skip { task_id, reason: "completed but no snapshot id reported yet".into() };
+                return SweepAction::Skip {
+                    task_id,
+                    reason: "completed but no snapshot id reported yet".into(),
+                };
             };
             let spec = match ImageSpec::from_tags(&task.tags) {
                 Ok(spec) => spec,
@@ -156,7 +173,10 @@ fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now:
                     let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
                     return SweepAction::ReportFailure {
                         task_id,
-                        message: format!("the import task's settings are invalid: {}", list.join("; ")),
+                        message: format!(
+                            "the import task's settings are invalid: {}",
+                            list.join("; ")
+                        ),
                         object,
                     };
                 }
@@ -171,7 +191,10 @@ fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now:
             let started_at = started_at.unwrap_or(now);
             let (name, name_is_explicit) = match &spec.name {
                 Some(n) => (n.clone(), true),
-                None => (naming::auto_name(&spec.name_prefix, started_at, &source_token, 0), false),
+                None => (
+                    naming::auto_name(&spec.name_prefix, started_at, &source_token, 0),
+                    false,
+                ),
             };
             let tags = registration_tags(task, &spec, now);
             SweepAction::Register {
@@ -188,21 +211,34 @@ fn plan_task(task: &ImportTask, image: Option<&Image>, policy: SweepPolicy, now:
             }
         }
         ImportStatus::Deleted | ImportStatus::Deleting => {
-            let why = task.status_message.clone().unwrap_or_else(|| "no status message".into());
-            SweepAction::ReportFailure { task_id, message: format!("import failed: {why}"), object }
+            let why = task
+                .status_message
+                .clone()
+                .unwrap_or_else(|| "no status message".into());
+            SweepAction::ReportFailure {
+                task_id,
+                message: format!("import failed: {why}"),
+                object,
+            }
         }
         ImportStatus::Active | ImportStatus::Unknown(_) => {
             let age = started_at.map(|t| now - t);
             match age {
                 Some(age) if age > policy.stale_after && !task.tags.contains_key(STALE_WARNED) => {
-                    SweepAction::WarnStale { task_id, age_minutes: age.num_minutes() }
+                    SweepAction::WarnStale {
+                        task_id,
+                        age_minutes: age.num_minutes(),
+                    }
                 }
                 _ => SweepAction::Skip {
                     task_id,
                     reason: format!(
                         "import in progress ({}%{})",
                         task.progress.as_deref().unwrap_or("?"),
-                        task.status_message.as_deref().map(|m| format!(", {m}")).unwrap_or_default()
+                        task.status_message
+                            .as_deref()
+                            .map(|m| format!(", {m}"))
+                            .unwrap_or_default()
                     ),
                 },
             }
@@ -224,7 +260,10 @@ pub fn registration_tags(task: &ImportTask, spec: &ImageSpec, now: DateTime<Utc>
     tags.insert(lineage::MANAGED.to_owned(), "true".to_owned());
     tags.insert(lineage::FAMILY.to_owned(), spec.family.clone());
     tags.insert(IMPORT_TASK.to_owned(), task.id.clone());
-    tags.insert(lineage::UPLOAD_METHOD.to_owned(), "import-snapshot".to_owned());
+    tags.insert(
+        lineage::UPLOAD_METHOD.to_owned(),
+        "import-snapshot".to_owned(),
+    );
     tags.insert(lineage::GENERATION.to_owned(), "0".to_owned());
     tags
 }
@@ -244,16 +283,23 @@ pub enum OnDuplicate {
 pub const MAX_NAME_ATTEMPTS: u32 = 3;
 
 /// Decides about a duplicate name, given the image that holds it (if it could be found).
-pub fn on_duplicate(task_id: &str, holder: Option<&Image>, registration: &Registration) -> OnDuplicate {
+pub fn on_duplicate(
+    task_id: &str,
+    holder: Option<&Image>,
+    registration: &Registration,
+) -> OnDuplicate {
     match holder {
-        Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => OnDuplicate::Adopt(img.id.clone()),
+        Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => {
+            OnDuplicate::Adopt(img.id.clone())
+        }
         Some(img) if registration.name_is_explicit => OnDuplicate::Fail(format!(
             "image name {:?} is already used by {}, which this upload did not create; choose another name",
             registration.name, img.id
         )),
-        None if registration.name_is_explicit => {
-            OnDuplicate::Fail(format!("image name {:?} is already in use", registration.name))
-        }
+        None if registration.name_is_explicit => OnDuplicate::Fail(format!(
+            "image name {:?} is already in use",
+            registration.name
+        )),
         _ => OnDuplicate::TryAnotherName,
     }
 }
@@ -265,11 +311,15 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).single().expect("valid date")
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .single()
+            .expect("valid date")
     }
 
     fn policy() -> SweepPolicy {
-        SweepPolicy { stale_after: Duration::minutes(90) }
+        SweepPolicy {
+            stale_after: Duration::minutes(90),
+        }
     }
 
     fn task(id: &str, status: ImportStatus, extra: &[(&str, &str)]) -> ImportTask {
@@ -310,10 +360,21 @@ mod tests {
 
     #[test]
     fn completed_task_is_registered_with_lineage_tags() {
-        let actions = plan_sweep(&[task("t1", ImportStatus::Completed, &[])], &BTreeMap::new(), policy(), now());
-        let SweepAction::Register { registration, .. } = &actions[0] else { panic!("{actions:?}") };
+        let actions = plan_sweep(
+            &[task("t1", ImportStatus::Completed, &[])],
+            &BTreeMap::new(),
+            policy(),
+            now(),
+        );
+        let SweepAction::Register { registration, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
         assert_eq!(registration.snapshot_id, "snap-1");
-        assert!(registration.name.starts_with("team-20261122T110000Z-"), "{}", registration.name);
+        assert!(
+            registration.name.starts_with("team-20261122T110000Z-"),
+            "{}",
+            registration.name
+        );
         assert!(!registration.name_is_explicit);
         let t = &registration.tags;
         assert_eq!(t[lineage::MANAGED], "true");
@@ -322,43 +383,105 @@ mod tests {
         assert_eq!(t[lineage::SOURCE_URI], "s3://b/team/disk.raw");
         assert_eq!(t[lineage::CREATE_DATE], "20261122T120000Z");
         assert_eq!(t[lineage::CREATE_TIMESTAMP], now().timestamp().to_string());
-        assert!(!t.keys().any(|k| k.starts_with(spec::SPEC_TAG_PREFIX)), "spec tags stay on the task");
+        assert!(
+            !t.keys().any(|k| k.starts_with(spec::SPEC_TAG_PREFIX)),
+            "spec tags stay on the task"
+        );
     }
 
     #[test]
     fn each_status_gets_its_step() {
         let mut failed = task("t2", ImportStatus::Deleted, &[]);
         failed.status_message = Some("ClientError: Unknown object".into());
-        let mut young = task("t3", ImportStatus::Active, &[(STARTED_AT, "2026-11-22T11:30:00Z")]);
+        let mut young = task(
+            "t3",
+            ImportStatus::Active,
+            &[(STARTED_AT, "2026-11-22T11:30:00Z")],
+        );
         young.progress = Some("40".into());
         let old = task("t4", ImportStatus::Active, &[]);
         let warned = task("t5", ImportStatus::Active, &[(STALE_WARNED, "x")]);
-        let done = task("t6", ImportStatus::Completed, &[(OUTCOME, "registered:ami-1")]);
+        let done = task(
+            "t6",
+            ImportStatus::Completed,
+            &[(OUTCOME, "registered:ami-1")],
+        );
         let crashed = task("t7", ImportStatus::Completed, &[]);
         let images = BTreeMap::from([("t7".to_string(), image("ami-7", "t7"))]);
-        let actions = plan_sweep(&[failed, young, old, warned, done, crashed], &images, policy(), now());
-        assert!(matches!(&actions[0], SweepAction::ReportFailure { message, object: Some(o), .. }
-            if message == "import failed: ClientError: Unknown object" && o.key == "team/disk.raw"));
-        assert!(matches!(&actions[1], SweepAction::Skip { reason, .. } if reason.starts_with("import in progress (40%")));
-        assert_eq!(actions[2], SweepAction::Skip { task_id: "t4".into(), reason: "import in progress (?%)".into() });
-        assert!(matches!(&actions[4], SweepAction::Skip { reason, .. } if reason == "already concluded: registered:ami-1"));
-        assert_eq!(actions[5], SweepAction::Announce { task_id: "t7".into(), image_id: "ami-7".into() });
-        let stale_policy = SweepPolicy { stale_after: Duration::minutes(30) };
-        let actions = plan_sweep(&[task("t4", ImportStatus::Active, &[]), task("t5", ImportStatus::Active, &[(STALE_WARNED, "x")])], &BTreeMap::new(), stale_policy, now());
-        assert_eq!(actions[0], SweepAction::WarnStale { task_id: "t4".into(), age_minutes: 60 });
-        assert!(matches!(actions[1], SweepAction::Skip { .. }), "warned once only");
+        let actions = plan_sweep(
+            &[failed, young, old, warned, done, crashed],
+            &images,
+            policy(),
+            now(),
+        );
+        assert!(
+            matches!(&actions[0], SweepAction::ReportFailure { message, object: Some(o), .. }
+            if message == "import failed: ClientError: Unknown object" && o.key == "team/disk.raw")
+        );
+        assert!(
+            matches!(&actions[1], SweepAction::Skip { reason, .. } if reason.starts_with("import in progress (40%"))
+        );
+        assert_eq!(
+            actions[2],
+            SweepAction::Skip {
+                task_id: "t4".into(),
+                reason: "import in progress (?%)".into()
+            }
+        );
+        assert!(
+            matches!(&actions[4], SweepAction::Skip { reason, .. } if reason == "already concluded: registered:ami-1")
+        );
+        assert_eq!(
+            actions[5],
+            SweepAction::Announce {
+                task_id: "t7".into(),
+                image_id: "ami-7".into()
+            }
+        );
+        let stale_policy = SweepPolicy {
+            stale_after: Duration::minutes(30),
+        };
+        let actions = plan_sweep(
+            &[
+                task("t4", ImportStatus::Active, &[]),
+                task("t5", ImportStatus::Active, &[(STALE_WARNED, "x")]),
+            ],
+            &BTreeMap::new(),
+            stale_policy,
+            now(),
+        );
+        assert_eq!(
+            actions[0],
+            SweepAction::WarnStale {
+                task_id: "t4".into(),
+                age_minutes: 60
+            }
+        );
+        assert!(
+            matches!(actions[1], SweepAction::Skip { .. }),
+            "warned once only"
+        );
     }
 
     #[test]
     fn tampered_spec_tags_are_reported_not_registered() {
-        let t = task("t8", ImportStatus::Completed, &[("ami-pipeline:spec:architecture", "sparc")]);
+        let t = task(
+            "t8",
+            ImportStatus::Completed,
+            &[("ami-pipeline:spec:architecture", "sparc")],
+        );
         let actions = plan_sweep(&[t], &BTreeMap::new(), policy(), now());
-        assert!(matches!(&actions[0], SweepAction::ReportFailure { message, .. } if message.contains("architecture")));
+        assert!(
+            matches!(&actions[0], SweepAction::ReportFailure { message, .. } if message.contains("architecture"))
+        );
     }
 
     #[test]
     fn duplicate_names_adopt_our_image_or_fail_for_explicit_names() {
-        let spec = ImageSpec { name: Some("fixed".into()), ..spec::resolve(&[], "k").expect("valid") };
+        let spec = ImageSpec {
+            name: Some("fixed".into()),
+            ..spec::resolve(&[], "k").expect("valid")
+        };
         let mut reg = Registration {
             name: "fixed".into(),
             name_is_explicit: true,
@@ -368,9 +491,17 @@ mod tests {
             source_token: "tok".into(),
             started_at: now(),
         };
-        assert_eq!(on_duplicate("t1", Some(&image("ami-1", "t1")), &reg), OnDuplicate::Adopt("ami-1".into()));
-        assert!(matches!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::Fail(m) if m.contains("ami-2")));
+        assert_eq!(
+            on_duplicate("t1", Some(&image("ami-1", "t1")), &reg),
+            OnDuplicate::Adopt("ami-1".into())
+        );
+        assert!(
+            matches!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::Fail(m) if m.contains("ami-2"))
+        );
         reg.name_is_explicit = false;
-        assert_eq!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::TryAnotherName);
+        assert_eq!(
+            on_duplicate("t1", Some(&image("ami-2", "other")), &reg),
+            OnDuplicate::TryAnotherName
+        );
     }
 }

@@ -93,7 +93,10 @@ mod tests {
 
     #[test]
     fn create_date_and_timestamp_agree() {
-        let t = Utc.with_ymd_and_hms(2011, 9, 9, 23, 36, 0).single().expect("valid date");
+        let t = Utc
+            .with_ymd_and_hms(2011, 9, 9, 23, 36, 0)
+            .single()
+            .expect("valid date");
         let tags = date_tags(t);
         assert_eq!(tags[CREATE_DATE], "20110909T233600Z");
         assert_eq!(tags[CREATE_TIMESTAMP], "1315611360");
@@ -127,11 +130,20 @@ pub fn object_status_tags(existing: &Tags, status: &str, reason: &str) -> Option
     }
     let clean: String = reason
         .chars()
-        .map(|c| if c.is_alphanumeric() || " +-=._:/@".contains(c) { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || " +-=._:/@".contains(c) {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect();
     let clean = clean.split_whitespace().collect::<Vec<_>>().join(" ");
     tags.insert(OBJECT_STATUS.to_owned(), status.to_owned());
-    tags.insert(OBJECT_REASON.to_owned(), clean.chars().take(MAX_TAG_VALUE).collect());
+    tags.insert(
+        OBJECT_REASON.to_owned(),
+        clean.chars().take(MAX_TAG_VALUE).collect(),
+    );
     Some(tags)
 }
 
@@ -142,13 +154,23 @@ mod object_tag_tests {
     #[test]
     fn status_tags_keep_the_owners_tags_and_fit_s3_rules() {
         let existing = Tags::from([("owner".to_string(), "web".to_string())]);
-        let tags = object_status_tags(&existing, "rejected", "architecture: \"sparc\" is not one of (x86_64, arm64)")
-            .expect("room");
+        let tags = object_status_tags(
+            &existing,
+            "rejected",
+            "architecture: \"sparc\" is not one of (x86_64, arm64)",
+        )
+        .expect("room");
         assert_eq!(tags["owner"], "web");
         assert_eq!(tags[OBJECT_STATUS], "rejected");
-        assert_eq!(tags[OBJECT_REASON], "architecture: sparc is not one of x86_64 arm64");
+        assert_eq!(
+            tags[OBJECT_REASON],
+            "architecture: sparc is not one of x86_64 arm64"
+        );
         let full: Tags = (0..9).map(|i| (format!("k{i}"), "v".to_string())).collect();
         assert_eq!(object_status_tags(&full, "rejected", "x"), None);
-        assert_eq!(object_status_tags(&tags, "failed", &"y".repeat(400)).map(|t| t[OBJECT_REASON].len()), Some(256));
+        assert_eq!(
+            object_status_tags(&tags, "failed", &"y".repeat(400)).map(|t| t[OBJECT_REASON].len()),
+            Some(256)
+        );
     }
 }

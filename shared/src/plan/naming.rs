@@ -21,7 +21,9 @@ pub fn is_name_char(c: char) -> bool {
 pub fn check_image_name(name: &str) -> Result<(), String> {
     let len = name.chars().count();
     if !(NAME_MIN..=NAME_MAX).contains(&len) {
-        return Err(format!("image name must be {NAME_MIN}–{NAME_MAX} characters, got {len}"));
+        return Err(format!(
+            "image name must be {NAME_MIN}–{NAME_MAX} characters, got {len}"
+        ));
     }
     let bad: String = name.chars().filter(|c| !is_name_char(*c)).collect();
     if !bad.is_empty() {
@@ -74,7 +76,11 @@ pub fn family_from_key(key: &str) -> String {
     }
     let stem = file.split('.').next().unwrap_or_default();
     let from_file = slug(stem, 64);
-    if from_file.is_empty() { "image".to_owned() } else { from_file }
+    if from_file.is_empty() {
+        "image".to_owned()
+    } else {
+        from_file
+    }
 }
 
 /// AMITools-style automatic name `<prefix>-<YYYYMMDDTHHMMSSZ>-<8 hex>`.
@@ -90,7 +96,11 @@ pub fn auto_name(prefix: &str, at: DateTime<Utc>, token: &str, attempt: u32) -> 
     let suffix = &hex::encode(h.finalize())[..8];
     let stamp = at.format("%Y%m%dT%H%M%SZ").to_string();
     let room = NAME_MAX - stamp.len() - suffix.len() - 2;
-    let clean: String = prefix.chars().filter(|c| is_name_char(*c)).take(room).collect();
+    let clean: String = prefix
+        .chars()
+        .filter(|c| is_name_char(*c))
+        .take(room)
+        .collect();
     let clean = clean.trim();
     let clean = if clean.is_empty() { "image" } else { clean };
     format!("{clean}-{stamp}-{suffix}")
@@ -102,7 +112,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn t() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 22, 13, 5, 9).single().expect("valid date")
+        Utc.with_ymd_and_hms(2026, 11, 22, 13, 5, 9)
+            .single()
+            .expect("valid date")
     }
 
     #[test]

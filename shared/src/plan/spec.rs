@@ -101,8 +101,19 @@ pub mod keys {
     pub const TAGS: &str = "tags";
     /// Every key, in documentation order.
     pub const ALL: [&str; 13] = [
-        ARCHITECTURE, BOOT_MODE, ENA, IMDS_V2, TPM, ROOT_DEVICE, VOLUME_SIZE, VOLUME_TYPE, NAME, NAME_PREFIX,
-        DESCRIPTION, FAMILY, TAGS,
+        ARCHITECTURE,
+        BOOT_MODE,
+        ENA,
+        IMDS_V2,
+        TPM,
+        ROOT_DEVICE,
+        VOLUME_SIZE,
+        VOLUME_TYPE,
+        NAME,
+        NAME_PREFIX,
+        DESCRIPTION,
+        FAMILY,
+        TAGS,
     ];
 }
 
@@ -176,13 +187,21 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
         }
     }
     let mut problems = Vec::new();
-    let mut bad = |setting: &str, message: String| problems.push(Problem { setting: setting.to_owned(), message });
+    let mut bad = |setting: &str, message: String| {
+        problems.push(Problem {
+            setting: setting.to_owned(),
+            message,
+        })
+    };
     let get = |k: &str| merged.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
 
     let architecture = match get(keys::ARCHITECTURE) {
         None => Architecture::X86_64,
         Some(v) => Architecture::parse(v).unwrap_or_else(|| {
-            bad(keys::ARCHITECTURE, format!("{v:?} is not one of: {}", Architecture::allowed().trim()));
+            bad(
+                keys::ARCHITECTURE,
+                format!("{v:?} is not one of: {}", Architecture::allowed().trim()),
+            );
             Architecture::X86_64
         }),
     };
@@ -191,7 +210,10 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
         None if architecture == Architecture::Arm64 => BootMode::Uefi,
         None => BootMode::LegacyBios,
         Some(v) => BootMode::parse(v).unwrap_or_else(|| {
-            bad(keys::BOOT_MODE, format!("{v:?} is not one of: {}", BootMode::allowed().trim()));
+            bad(
+                keys::BOOT_MODE,
+                format!("{v:?} is not one of: {}", BootMode::allowed().trim()),
+            );
             BootMode::Uefi
         }),
     };
@@ -210,74 +232,135 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
     let imds_v2 = flag(keys::IMDS_V2, true);
     let tpm = flag(keys::TPM, false);
     if architecture == Architecture::Arm64 && boot_mode == BootMode::LegacyBios {
-        bad(keys::BOOT_MODE, "arm64 images must boot with uefi; legacy-bios is x86_64 only".into());
+        bad(
+            keys::BOOT_MODE,
+            "arm64 images must boot with uefi; legacy-bios is x86_64 only".into(),
+        );
     }
     if tpm && boot_mode != BootMode::Uefi {
-        bad(keys::TPM, format!("NitroTPM requires boot-mode uefi, not {}", boot_mode.as_str()));
+        bad(
+            keys::TPM,
+            format!(
+                "NitroTPM requires boot-mode uefi, not {}",
+                boot_mode.as_str()
+            ),
+        );
     }
     let root_device = get(keys::ROOT_DEVICE).unwrap_or("/dev/xvda").to_owned();
     if !is_device_name(&root_device) {
-        bad(keys::ROOT_DEVICE, format!("{root_device:?} is not a device name like /dev/xvda or /dev/sda1"));
+        bad(
+            keys::ROOT_DEVICE,
+            format!("{root_device:?} is not a device name like /dev/xvda or /dev/sda1"),
+        );
     }
     let volume_size_gib = get(keys::VOLUME_SIZE).and_then(|v| match v.parse::<u32>() {
         Ok(n) if (1..=MAX_VOLUME_GIB).contains(&n) => Some(n),
         _ => {
-            bad(keys::VOLUME_SIZE, format!("{v:?} is not a whole number of GiB from 1 to {MAX_VOLUME_GIB}"));
+            bad(
+                keys::VOLUME_SIZE,
+                format!("{v:?} is not a whole number of GiB from 1 to {MAX_VOLUME_GIB}"),
+            );
             None
         }
     });
     let volume_type = match get(keys::VOLUME_TYPE) {
         None => VolumeType::Gp3,
         Some(v) => VolumeType::parse(v).unwrap_or_else(|| {
-            bad(keys::VOLUME_TYPE, format!("{v:?} is not one of: {}", VolumeType::allowed().trim()));
+            bad(
+                keys::VOLUME_TYPE,
+                format!("{v:?} is not one of: {}", VolumeType::allowed().trim()),
+            );
             VolumeType::Gp3
         }),
     };
     let name = get(keys::NAME).map(str::to_owned);
-    if let Some(n) = &name {
-        if let Err(e) = check_image_name(n) {
-            bad(keys::NAME, e);
-        }
+    if let Some(Err(e)) = name.as_deref().map(check_image_name) {
+        bad(keys::NAME, e);
     }
     let family = match get(keys::FAMILY) {
         None => naming::family_from_key(key),
         Some(v) => {
             let s = naming::slug(v, 64);
             if s != v {
-                bad(keys::FAMILY, format!("{v:?} must be lowercase letters, digits and single dashes, at most 64 (e.g. {s:?})"));
+                bad(
+                    keys::FAMILY,
+                    format!(
+                        "{v:?} must be lowercase letters, digits and single dashes, at most 64 (e.g. {s:?})"
+                    ),
+                );
             }
             s
         }
     };
-    let name_prefix = get(keys::NAME_PREFIX).map(str::to_owned).unwrap_or_else(|| family.clone());
-    if let Some(bad_chars) = Some(name_prefix.chars().filter(|c| !naming::is_name_char(*c)).collect::<String>())
-        .filter(|s| !s.is_empty())
+    let name_prefix = get(keys::NAME_PREFIX)
+        .map(str::to_owned)
+        .unwrap_or_else(|| family.clone());
+    if let Some(bad_chars) = Some(
+        name_prefix
+            .chars()
+            .filter(|c| !naming::is_name_char(*c))
+            .collect::<String>(),
+    )
+    .filter(|s| !s.is_empty())
     {
-        bad(keys::NAME_PREFIX, format!("{name_prefix:?} contains characters EC2 does not allow in names ({bad_chars:?})"));
+        bad(
+            keys::NAME_PREFIX,
+            format!(
+                "{name_prefix:?} contains characters EC2 does not allow in names ({bad_chars:?})"
+            ),
+        );
     } else if name_prefix.chars().count() > 96 {
-        bad(keys::NAME_PREFIX, "must be at most 96 characters (the timestamp and suffix take the rest)".into());
+        bad(
+            keys::NAME_PREFIX,
+            "must be at most 96 characters (the timestamp and suffix take the rest)".into(),
+        );
     }
     let description = get(keys::DESCRIPTION).map(str::to_owned);
-    if let Some(d) = &description {
-        if d.chars().count() > MAX_DESCRIPTION {
-            bad(keys::DESCRIPTION, format!("must be at most {MAX_DESCRIPTION} characters, got {}", d.chars().count()));
-        }
+    if let Some(d) = description
+        .as_ref()
+        .filter(|d| d.chars().count() > MAX_DESCRIPTION)
+    {
+        bad(
+            keys::DESCRIPTION,
+            format!(
+                "must be at most {MAX_DESCRIPTION} characters, got {}",
+                d.chars().count()
+            ),
+        );
     }
     let mut extra_tags = Tags::new();
     if let Some(v) = get(keys::TAGS) {
         for (k, val) in form_urlencoded::parse(v.as_bytes()) {
             if k.is_empty() || k.chars().count() > 128 - EXTRA_TAG_PREFIX.len() {
-                bad(keys::TAGS, format!("tag key {k:?} must be 1–{} characters", 128 - EXTRA_TAG_PREFIX.len()));
+                bad(
+                    keys::TAGS,
+                    format!(
+                        "tag key {k:?} must be 1–{} characters",
+                        128 - EXTRA_TAG_PREFIX.len()
+                    ),
+                );
             } else if k.starts_with("aws:") || k.starts_with(NS) || lineage_key(&k) {
-                bad(keys::TAGS, format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"));
+                bad(
+                    keys::TAGS,
+                    format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"),
+                );
             } else if val.chars().count() > MAX_TAG_VALUE {
-                bad(keys::TAGS, format!("value of tag {k:?} is longer than {MAX_TAG_VALUE} characters"));
+                bad(
+                    keys::TAGS,
+                    format!("value of tag {k:?} is longer than {MAX_TAG_VALUE} characters"),
+                );
             } else {
                 extra_tags.insert(k.into_owned(), val.into_owned());
             }
         }
         if extra_tags.len() > MAX_EXTRA_TAGS {
-            bad(keys::TAGS, format!("at most {MAX_EXTRA_TAGS} extra tags, got {}", extra_tags.len()));
+            bad(
+                keys::TAGS,
+                format!(
+                    "at most {MAX_EXTRA_TAGS} extra tags, got {}",
+                    extra_tags.len()
+                ),
+            );
         }
     }
     if !problems.is_empty() {
@@ -301,13 +384,20 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
 }
 
 fn lineage_key(k: &str) -> bool {
-    [lineage::SOURCE_IMAGE, lineage::SOURCE_INSTANCE, lineage::SOURCE_REGION, lineage::CREATE_DATE, lineage::CREATE_TIMESTAMP]
-        .contains(&k)
+    [
+        lineage::SOURCE_IMAGE,
+        lineage::SOURCE_INSTANCE,
+        lineage::SOURCE_REGION,
+        lineage::CREATE_DATE,
+        lineage::CREATE_TIMESTAMP,
+    ]
+    .contains(&k)
 }
 
 fn is_device_name(s: &str) -> bool {
-    s.strip_prefix("/dev/")
-        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 16 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+    s.strip_prefix("/dev/").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 16 && rest.chars().all(|c| c.is_ascii_alphanumeric())
+    })
 }
 
 impl ImageSpec {
@@ -341,8 +431,11 @@ impl ImageSpec {
     /// The spec as import-task tags: settings under [`SPEC_TAG_PREFIX`], extra tags under
     /// [`EXTRA_TAG_PREFIX`], and the family under its lineage key.
     pub fn to_tags(&self) -> Tags {
-        let mut tags: Tags =
-            self.to_settings().into_iter().map(|(k, v)| (format!("{SPEC_TAG_PREFIX}{k}"), v)).collect();
+        let mut tags: Tags = self
+            .to_settings()
+            .into_iter()
+            .map(|(k, v)| (format!("{SPEC_TAG_PREFIX}{k}"), v))
+            .collect();
         for (k, v) in &self.extra_tags {
             tags.insert(format!("{EXTRA_TAG_PREFIX}{k}"), v.clone());
         }
@@ -355,14 +448,22 @@ impl ImageSpec {
     pub fn from_tags(tags: &Tags) -> Result<ImageSpec, Vec<Problem>> {
         let mut settings: BTreeMap<String, String> = tags
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix(SPEC_TAG_PREFIX).map(|k| (k.to_owned(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(SPEC_TAG_PREFIX)
+                    .map(|k| (k.to_owned(), v.clone()))
+            })
             .collect();
         let extra: Vec<(String, String)> = tags
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix(EXTRA_TAG_PREFIX).map(|k| (k.to_owned(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(EXTRA_TAG_PREFIX)
+                    .map(|k| (k.to_owned(), v.clone()))
+            })
             .collect();
         if !extra.is_empty() {
-            let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(extra).finish();
+            let encoded = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(extra)
+                .finish();
             settings.insert(keys::TAGS.to_owned(), encoded);
         }
         resolve(&[&settings], "")
@@ -374,7 +475,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -416,15 +520,39 @@ mod tests {
         let settings: Vec<&str> = problems.iter().map(|p| p.setting.as_str()).collect();
         assert_eq!(
             settings,
-            ["architecture", "boot-mode", "ena", "root-device", "volume-size", "volume-type", "name", "family", "tags"]
+            [
+                "architecture",
+                "boot-mode",
+                "ena",
+                "root-device",
+                "volume-size",
+                "volume-type",
+                "name",
+                "family",
+                "tags"
+            ]
         );
     }
 
     #[test]
     fn arm64_with_legacy_bios_and_tpm_without_uefi_are_rejected() {
-        let p = resolve(&[&map(&[("architecture", "arm64"), ("boot-mode", "legacy-bios")])], "k").err();
-        assert_eq!(p.map(|p| p[0].message.clone()), Some("arm64 images must boot with uefi; legacy-bios is x86_64 only".into()));
-        let p = resolve(&[&map(&[("tpm", "true"), ("boot-mode", "uefi-preferred")])], "k").err();
+        let p = resolve(
+            &[&map(&[
+                ("architecture", "arm64"),
+                ("boot-mode", "legacy-bios"),
+            ])],
+            "k",
+        )
+        .err();
+        assert_eq!(
+            p.map(|p| p[0].message.clone()),
+            Some("arm64 images must boot with uefi; legacy-bios is x86_64 only".into())
+        );
+        let p = resolve(
+            &[&map(&[("tpm", "true"), ("boot-mode", "uefi-preferred")])],
+            "k",
+        )
+        .err();
         assert_eq!(p.map(|p| p[0].setting.clone()), Some("tpm".into()));
         assert!(resolve(&[&map(&[("tpm", "true"), ("boot-mode", "uefi")])], "k").is_ok());
     }
@@ -440,7 +568,10 @@ mod tests {
             ("tags", "team=web&cost+center=a%26b"),
         ]);
         let spec = resolve(&[&metadata], "x/y.raw").expect("valid");
-        assert_eq!(spec.extra_tags.get("cost center").map(String::as_str), Some("a&b"));
+        assert_eq!(
+            spec.extra_tags.get("cost center").map(String::as_str),
+            Some("a&b")
+        );
         let back = ImageSpec::from_tags(&spec.to_tags()).expect("round trip");
         assert_eq!(back, spec);
     }

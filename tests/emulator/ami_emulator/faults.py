@@ -496,9 +496,13 @@ class FaultMiddleware:
                 return response(environ, start_response)
         return self.app(environ, start_response)
 
-    def _service(self, environ: dict[str, Any]) -> str | None:
-        path = _wsgi_text(environ.get("PATH_INFO", ""))
-        host = self.dispatcher.infer_service_region_host(environ, path)
+    def _service(self, environ: dict[str, Any], body: bytes) -> str | None:
+        path = environ.get("PATH_INFO", "")  # as moto's get_application passes it
+        try:
+            host = self.dispatcher.infer_service_region_host(environ, path)
+        finally:
+            # moto's body sniffing (unsigned requests) does not rewind a body it cannot decode.
+            environ["wsgi.input"] = io.BytesIO(body)
         if host is None:
             host = "s3.us-east-1.amazonaws.com"  # moto's DEFAULT_SERVICE_REGION
         backend = self.dispatcher.get_backend_for_host(host)
@@ -508,14 +512,14 @@ class FaultMiddleware:
         account = request_account(environ)
         if not _has_live_rules(account):
             return None
-        service = self._service(environ)
+        body = _buffer_body(environ)
+        service = self._service(environ, body)
         if service is None:
             return None
         with _LOCK:
             wanted = any(r.live() and r.service == service for r in _RULES.get(account, []))
         if not wanted:
             return None
-        body = _buffer_body(environ)
         action = s3_action(environ) if service == "s3" else other_action(service, environ, body)
         rule = _fire(account, service, action, _haystack(environ, body))
         if rule is None:

@@ -1,0 +1,226 @@
+//! The demo: the main job end to end on the local emulator.
+//!
+//! Makes a real disk image (MBR partition table + ext4 filesystem) and its stream-optimized
+//! VMDK conversion with `qemu-img`, uploads both with settings in their metadata, invokes
+//! create-image with the S3 notification AWS would send, lets the imports finish, runs the
+//! sweep, and prints what came out. Exits non-zero if anything is missing.
+
+use chrono::Utc;
+use create_image::{Command, Config, Deps, IngestOutcome, handle};
+use serde_json::json;
+use shared::deadline::Deadline;
+use shared::model::ImportStatus;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+use support::{TestAccount, disks};
+
+const BUCKET: &str = "ami-uploads";
+
+fn disk_with_filesystem() -> Vec<u8> {
+    let mut disk = disks::raw_disk(64);
+    let path = std::env::temp_dir().join(format!("ami-pipeline-demo-{}.raw", std::process::id()));
+    if std::fs::write(&path, &disk).is_ok() {
+        // ext4 inside partition 1 (starts at 1 MiB), when mkfs.ext4 is there.
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "demo-root", "-E", "offset=1048576"])
+            .arg(&path)
+            .arg("63M")
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            if let Ok(bytes) = std::fs::read(&path) {
+                disk = bytes;
+                println!("  made a 64 MiB raw disk: MBR + ext4 partition labelled demo-root");
+            }
+        } else {
+            println!(
+                "  made a 64 MiB raw disk: MBR partition table (mkfs.ext4 not found, no filesystem)"
+            );
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    disk
+}
+
+fn notification(records: &[(&str, &str)]) -> serde_json::Value {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(key, etag)| {
+            json!({"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+                "eventTime": Utc::now().to_rfc3339(), "eventName": "ObjectCreated:Put",
+                "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"}, "requestParameters": {"sourceIPAddress": "203.0.113.7"},
+                "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "example"},
+                "s3": {"s3SchemaVersion": "1.0", "configurationId": "ami-uploads",
+                    "bucket": {"name": BUCKET, "ownerIdentity": {"principalId": "EXAMPLE"}, "arn": format!("arn:aws:s3:::{BUCKET}")},
+                    "object": {"key": form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>().replace("%2F", "/"), "size": 1, "eTag": etag, "sequencer": "0A1B2C3D4E5F678901"}}})
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    println!("== ami-pipeline demo: S3 upload -> import -> registered AMI (local emulator)");
+    let acct = TestAccount::new().await;
+    acct.emulator_config(json!({"import_delay_seconds": 3}));
+    let (topic, queue) = acct.topic_with_queue("ami-pipeline-events").await;
+    acct.bucket(BUCKET, true).await;
+    println!(
+        "  account {} at {}, bucket s3://{BUCKET}, topic {topic}",
+        acct.account_id, acct.endpoint
+    );
+
+    let raw = disk_with_filesystem();
+    let vmdk = disks::convert(&raw, "vmdk");
+    println!(
+        "  converted it to a stream-optimized VMDK with qemu-img ({} bytes)",
+        vmdk.len()
+    );
+    let raw_key = "platform/web base/disk 2026.raw";
+    let vmdk_key = "platform/arm/disk.vmdk";
+    let (raw_etag, _) = acct
+        .put(
+            BUCKET,
+            raw_key,
+            raw,
+            &[
+                ("tags", "team=platform&env=demo"),
+                ("description", "web base from raw"),
+            ],
+        )
+        .await;
+    let (vmdk_etag, _) = acct
+        .put(
+            BUCKET,
+            vmdk_key,
+            vmdk,
+            &[
+                ("architecture", "arm64"),
+                ("tpm", "true"),
+                ("name-prefix", "arm-base"),
+                ("family", "arm-base"),
+            ],
+        )
+        .await;
+
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic.as_str()),
+        ("S3_FORCE_PATH_STYLE", "true"),
+    ]);
+    let config = match Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deps = Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    let deadline = || Deadline::after(Duration::from_secs(900));
+
+    println!("\n== invoking create-image with the S3 notification (2 records)");
+    let event = notification(&[(raw_key, &raw_etag), (vmdk_key, &vmdk_etag)]);
+    let out = match Command::from_event(&event) {
+        Ok(cmd) => handle(cmd, &deps, Utc::now(), deadline()).await,
+        Err(e) => Err(e),
+    };
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut task_ids = Vec::new();
+    for o in &out.ingested {
+        println!("  {}", serde_json::to_string(o).unwrap_or_default());
+        if let IngestOutcome::ImportStarted { import_task_id, .. } = o {
+            task_ids.push(import_task_id.clone());
+        }
+    }
+    if task_ids.len() != 2 {
+        eprintln!("FAIL: expected 2 imports, got {}", task_ids.len());
+        return ExitCode::FAILURE;
+    }
+
+    println!("\n== waiting for the imports (the scheduled sweep would pick them up)");
+    for _ in 0..100 {
+        let tasks = shared::aws::ec2::describe_import_tasks(&acct.clients.ec2, vec![])
+            .await
+            .unwrap_or_default();
+        let done = tasks
+            .iter()
+            .filter(|t| t.status == ImportStatus::Completed)
+            .count();
+        if done == task_ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("== running the sweep (scheduled event)");
+    let sweep = json!({"version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": acct.account_id, "time": Utc::now().to_rfc3339(), "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/create-image-sweep"], "detail": {}});
+    let out = match Command::from_event(&sweep) {
+        Ok(cmd) => handle(cmd, &deps, Utc::now(), deadline()).await,
+        Err(e) => Err(e),
+    };
+    match out {
+        Ok(o) => {
+            for s in &o.sweep.steps {
+                println!("  {} {} -> {}", s.task_id, s.action, s.result);
+            }
+        }
+        Err(e) => {
+            eprintln!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    println!("\n== what came out");
+    let images = shared::aws::ec2::describe_own_images(&acct.clients.ec2, vec![])
+        .await
+        .unwrap_or_default();
+    for img in &images {
+        println!("  {}  {}", img.id, img.name);
+        println!(
+            "    architecture={} boot-mode={} ena={} root={} snapshots={:?}",
+            img.architecture.as_deref().unwrap_or("?"),
+            img.boot_mode.as_deref().unwrap_or("?"),
+            img.ena_support.unwrap_or(false),
+            img.root_device_name.as_deref().unwrap_or("?"),
+            img.snapshot_ids
+        );
+        for (k, v) in &img.tags {
+            println!("    tag {k} = {v}");
+        }
+    }
+    let msgs = acct.drain(&queue).await;
+    println!("\n== SNS messages received by a subscriber");
+    for m in &msgs {
+        println!(
+            "  {} {} {}",
+            m["event_type"], m["image_id"], m["image_name"]
+        );
+    }
+    let registered = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.registered")
+        .count();
+    let tagged = images
+        .iter()
+        .all(|i| i.tags.contains_key("create_date") && !i.snapshot_ids.is_empty());
+    if images.len() == 2 && registered == 2 && tagged {
+        println!("\nOK: 2 uploads -> 2 registered, tagged AMIs, 2 image.registered events");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "\nFAIL: {} images, {registered} image.registered events, all tagged: {tagged}",
+            images.len()
+        );
+        ExitCode::FAILURE
+    }
+}
