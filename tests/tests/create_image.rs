@@ -365,7 +365,7 @@ async fn a_new_version_of_the_key_is_a_new_image_and_an_old_event_is_superseded(
 
 #[tokio::test]
 async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
-    let w = world(0, false).await;
+    let w = world(1, false).await;
     let (etag, _) = w
         .acct
         .put(&w.bucket, "crash/disk.raw", disks::raw_disk(1), &[])
