@@ -9,6 +9,7 @@
 //! - [`aws`]: thin gateways, one function per AWS call, and client construction.
 //! - [`notify`]: the SNS message format.
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
+//! - [`placeholder`]: the refusal of functions not built yet.
 
 pub mod aws;
 pub mod config;
@@ -17,5 +18,6 @@ pub mod error;
 pub mod events;
 pub mod model;
 pub mod notify;
+pub mod placeholder;
 pub mod plan;
 pub mod telemetry;
