@@ -637,3 +637,100 @@ async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
             == format!("s3://{}/odd/ünï cødé 100% +plus.raw", w.bucket))
     );
 }
+
+#[tokio::test]
+async fn near_the_deadline_no_new_registration_starts_and_the_next_sweep_does_it() {
+    let w = world(1, false).await;
+    let (etag, _) = w
+        .acct
+        .put(&w.bucket, "late/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let task_id = started_task(&run(&w, &s3_event(&w.bucket, "late/disk.raw", &etag, None)).await);
+    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    // 10 s left is inside the safety margin: the registration is deferred, not half-done.
+    let out = handle(
+        Command::Sweep,
+        &w.deps,
+        Utc::now(),
+        Deadline::after(Duration::from_secs(10)),
+    )
+    .await
+    .expect("sweep");
+    assert_eq!(out.sweep.deferred, 1);
+    assert!(out.sweep.steps.is_empty());
+    assert!(images(&w).await.is_empty());
+    let out = sweep(&w).await;
+    assert_eq!(out.sweep.steps[0].action, "register");
+    assert_eq!(images(&w).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_chosen_name_held_by_a_foreign_image_is_reported_not_overwritten() {
+    let w = world(1, false).await;
+    // A foreign image (not made by the pipeline) already holds the name.
+    let ec2 = &w.acct.clients.ec2;
+    let vol = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(1)
+        .send()
+        .await
+        .expect("volume");
+    let snap = ec2
+        .create_snapshot()
+        .volume_id(vol.volume_id().unwrap_or_default())
+        .send()
+        .await
+        .expect("snapshot");
+    let foreign = ec2
+        .register_image()
+        .name("golden-web")
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(
+                    aws_sdk_ec2::types::EbsBlockDevice::builder()
+                        .snapshot_id(snap.snapshot_id().unwrap_or_default())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("foreign image");
+    let foreign_id = foreign.image_id().unwrap_or_default().to_owned();
+    let (etag, _) = w
+        .acct
+        .put(
+            &w.bucket,
+            "named/disk.raw",
+            disks::raw_disk(1),
+            &[("name", "golden-web")],
+        )
+        .await;
+    let task_id = started_task(&run(&w, &s3_event(&w.bucket, "named/disk.raw", &etag, None)).await);
+    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    let out = sweep(&w).await;
+    assert_eq!(out.sweep.steps[0].action, "register");
+    assert_eq!(
+        out.sweep.steps[0].result,
+        format!(
+            "image name \"golden-web\" is already used by {foreign_id}, which this upload did not create; choose another name"
+        )
+    );
+    let all = images(&w).await;
+    assert_eq!(all.len(), 1, "only the foreign image");
+    assert_eq!(all[0].id, foreign_id);
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
+    assert_eq!(failed, 1);
+    assert_eq!(
+        object_tags(&w, "named/disk.raw").await[lineage::OBJECT_STATUS],
+        "failed"
+    );
+    assert_eq!(
+        sweep(&w).await.sweep.steps[0].action,
+        "skip",
+        "reported once"
+    );
+}
