@@ -734,3 +734,56 @@ async fn a_chosen_name_held_by_a_foreign_image_is_reported_not_overwritten() {
         "reported once"
     );
 }
+
+#[tokio::test]
+async fn bad_events_are_refused_with_exact_errors_and_touch_nothing() {
+    let w = world(0, false).await;
+    w.acct
+        .put(
+            &w.bucket,
+            "arch/disk.raw",
+            disks::raw_disk(1),
+            &[("architecture", "sparc")],
+        )
+        .await;
+    let cases = [
+        (
+            "{not json",
+            "invalid event: the event is not valid JSON: key must be a string at line 1 column 2",
+        ),
+        (
+            "{\"source\": \"aws.ec2\", \"detail-type\": \"EC2 AMI State Change\", \"detail\": {}}",
+            "invalid event: unrecognised event: expected an S3 notification, an EventBridge S3 \"Object Created\" event, a scheduled event, {\"sweep\": true} or {\"bucket\", \"key\", …settings}",
+        ),
+        (
+            "{\"Records\": []}",
+            "invalid event: the S3 notification has no Records",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = Command::from_json(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(got, want, "{text}");
+    }
+    let removed = json!({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete",
+        "s3": {"bucket": {"name": w.bucket}, "object": {"key": "arch/disk.raw"}}}]});
+    let out = run(&w, &removed).await;
+    assert!(out.ingested.is_empty());
+    assert_eq!(
+        out.ignored,
+        [format!(
+            "s3://{}/arch/disk.raw (ObjectRemoved:Delete): not an upload",
+            w.bucket
+        )]
+    );
+    let out = run(&w, &s3_event(&w.bucket, "arch/disk.raw", "e", None)).await;
+    assert!(
+        matches!(&out.ingested[..], [IngestOutcome::Rejected { problems, .. }] if problems == &["architecture: \"sparc\" is not one of: x86_64 arm64"]),
+        "{:?}",
+        out.ingested
+    );
+    assert!(tasks(&w).await.is_empty());
+    assert!(images(&w).await.is_empty());
+}
