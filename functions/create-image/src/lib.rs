@@ -1091,14 +1091,6 @@ mod tests {
             ),
             ("[]", "invalid event: expected a JSON object, got an array"),
             (
-                "{\"Records\": []}",
-                "invalid event: the S3 notification has no Records",
-            ),
-            (
-                "{\"hello\": 1}",
-                "invalid event: unrecognised event: expected an S3 notification, an EventBridge S3 \"Object Created\" event, a scheduled event, {\"sweep\": true} or {\"bucket\", \"key\", …settings}",
-            ),
-            (
                 "{\"bucket\": \"b\", \"arch\": \"x\"}",
                 "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags",
             ),
