@@ -51,6 +51,31 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A comma-separated list (blanks around items ignored, empty items dropped).
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.optional(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A list of AWS region names, each checked against [`crate::plan::ids::KNOWN_REGIONS`].
+    pub fn regions(&mut self, name: &str) -> Vec<String> {
+        let regions = self.list(name);
+        for r in &regions {
+            if !crate::plan::ids::is_region(r) {
+                self.problems
+                    .push(format!("{name}: {r:?} is not an AWS region"));
+            }
+        }
+        regions
+    }
+
     /// A parsed value, or `default` when unset; `what` describes the allowed values.
     pub fn parse_or<T: FromStr>(&mut self, name: &str, default: T, what: &str) -> T {
         match self.optional(name) {

@@ -9,6 +9,7 @@
 //! - [`aws`]: thin gateways, one function per AWS call, and client construction.
 //! - [`notify`]: the SNS message format.
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
+//! - [`invocation`]: the error a function returns to Lambda, with stable error types.
 //! - [`placeholder`]: the refusal of functions not built yet.
 
 pub mod aws;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod events;
+pub mod invocation;
 pub mod model;
 pub mod notify;
 pub mod placeholder;

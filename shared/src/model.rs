@@ -149,7 +149,7 @@ pub struct ImportTask {
 }
 
 /// An AMI as DescribeImages reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Image {
     /// `ami-…`.
     pub id: String,
@@ -171,6 +171,22 @@ pub struct Image {
     pub snapshot_ids: Vec<String>,
     /// Tags.
     pub tags: Tags,
+    /// The instance CreateImage made it from (EC2's own record).
+    pub source_instance_id: Option<String>,
+    /// The image CopyImage copied it from (EC2's own record).
+    pub source_image_id: Option<String>,
+    /// The region of [`Image::source_image_id`].
+    pub source_image_region: Option<String>,
+    /// Launchable by everyone.
+    pub public: bool,
+    /// When it is (or was) deprecated, as reported.
+    pub deprecation_time: Option<String>,
+    /// Last launch, as reported (24 h delay in AWS).
+    pub last_launched_time: Option<String>,
+    /// `disabled`, `enabled`, `enabled-with-cooldown`, … as reported.
+    pub deregistration_protection: Option<String>,
+    /// The owning account.
+    pub owner_id: Option<String>,
 }
 
 /// An EBS snapshot as DescribeSnapshots reports it.

@@ -28,6 +28,12 @@ pub enum EventType {
     /// An import has been running longer than the configured limit (sent once per task).
     #[serde(rename = "image.import-stalled")]
     ImportStalled,
+    /// A pipeline image is available and fully stamped with its lineage (publish listens).
+    #[serde(rename = "image.ready")]
+    ImageReady,
+    /// A lineage tag holds another value than the inferred one; left for a person.
+    #[serde(rename = "image.lineage-conflict")]
+    LineageConflict,
 }
 
 impl EventType {
@@ -37,6 +43,8 @@ impl EventType {
             EventType::ImageRegistered => "image.registered",
             EventType::ImageFailed => "image.failed",
             EventType::ImportStalled => "image.import-stalled",
+            EventType::ImageReady => "image.ready",
+            EventType::LineageConflict => "image.lineage-conflict",
         }
     }
 }

@@ -24,7 +24,7 @@ use shared::aws::{ec2, s3};
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
-use shared::events::{self, EventError};
+use shared::events;
 use shared::model::{Image, ObjectInfo, ObjectRef, Tags};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import::{self, OnDuplicate, Registration, SweepAction, SweepPolicy};
@@ -145,52 +145,7 @@ pub enum Command {
     Sweep,
 }
 
-/// Why an invocation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InvocationError {
-    /// The event is not one this function understands; retrying cannot help.
-    #[error("invalid event: {0}")]
-    InvalidEvent(String),
-    /// The function's configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Some AWS calls failed (each named); everything else was done.
-    #[error("{failed} of {total} steps failed: {}", .errors.join(" | "))]
-    Partial {
-        /// Steps that failed.
-        failed: usize,
-        /// Steps attempted.
-        total: usize,
-        /// Each failure.
-        errors: Vec<String>,
-    },
-}
-
-impl InvocationError {
-    /// Stable `errorType` reported to Lambda (documented in the README).
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            InvocationError::InvalidEvent(_) => "InvalidEvent",
-            InvocationError::Config(_) => "InvalidConfiguration",
-            InvocationError::Partial { .. } => "AwsCallsFailed",
-        }
-    }
-}
-
-impl From<InvocationError> for lambda_runtime::Diagnostic {
-    fn from(e: InvocationError) -> Self {
-        lambda_runtime::Diagnostic {
-            error_type: e.error_type().to_owned(),
-            error_message: e.to_string(),
-        }
-    }
-}
-
-impl From<EventError> for InvocationError {
-    fn from(e: EventError) -> Self {
-        InvocationError::InvalidEvent(e.to_string())
-    }
-}
+pub use shared::invocation::InvocationError;
 
 /// Manual-invoke fields besides the settings.
 const MANUAL_FIELDS: [&str; 3] = ["bucket", "key", "version_id"];
@@ -921,6 +876,7 @@ async fn register(
         root_device_name: Some(reg.spec.root_device.clone()),
         snapshot_ids: vec![reg.snapshot_id.clone()],
         tags: reg.tags.clone(),
+        ..Image::default()
     };
     let listed = ec2::describe_own_images(
         &c.ec2,

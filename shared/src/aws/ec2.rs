@@ -167,7 +167,112 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
             .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
             .collect(),
         tags: from_sdk_tags(i.tags()),
+        source_instance_id: i.source_instance_id().map(str::to_owned),
+        source_image_id: i.source_image_id().map(str::to_owned),
+        source_image_region: i.source_image_region().map(str::to_owned),
+        public: i.public().unwrap_or(false),
+        deprecation_time: i.deprecation_time().map(str::to_owned),
+        last_launched_time: i.last_launched_time().map(str::to_owned),
+        deregistration_protection: i.deregistration_protection().map(str::to_owned),
+        owner_id: i.owner_id().map(str::to_owned),
     })
+}
+
+/// DescribeImages for one image id, whoever owns it; `None` when EC2 does not know it (never
+/// existed, deregistered, or not visible to this account).
+pub async fn describe_image(ec2: &Client, image_id: &str) -> Result<Option<Image>, AwsError> {
+    match ec2
+        .describe_images()
+        .image_ids(image_id)
+        .include_deprecated(true)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.images().iter().find_map(to_image)),
+        Err(e) => {
+            let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e);
+            if e.kind == crate::error::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// This account's image `image_id`; `None` when it does not exist (yet), is deregistered or
+/// belongs to someone else.
+pub async fn describe_own_image(ec2: &Client, image_id: &str) -> Result<Option<Image>, AwsError> {
+    match ec2
+        .describe_images()
+        .owners("self")
+        .image_ids(image_id)
+        .include_deprecated(true)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.images().iter().find_map(to_image)),
+        Err(e) => {
+            let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e);
+            if e.kind == crate::error::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The image an instance was launched from; `None` when the instance is unknown.
+pub async fn instance_image(ec2: &Client, instance_id: &str) -> Result<Option<String>, AwsError> {
+    match ec2.describe_instances().instance_ids(instance_id).send().await {
+        Ok(out) => Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.image_id().map(str::to_owned))),
+        Err(e) => {
+            let e = AwsError::from_sdk("ec2:DescribeInstances", instance_id, e);
+            if e.kind == crate::error::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+fn to_snapshot(s: &aws_sdk_ec2::types::Snapshot) -> Option<Snapshot> {
+    Some(Snapshot {
+        id: s.snapshot_id()?.to_owned(),
+        volume_size_gib: s.volume_size(),
+        state: s.state().map(|st| st.as_str().to_owned()),
+        tags: from_sdk_tags(s.tags()),
+    })
+}
+
+/// DescribeSnapshots of this account's snapshots among `snapshot_ids` (a `snapshot-id` filter,
+/// so ids that no longer exist are simply absent instead of failing the call).
+pub async fn describe_own_snapshots(
+    ec2: &Client,
+    snapshot_ids: &[String],
+) -> Result<Vec<Snapshot>, AwsError> {
+    if snapshot_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("snapshot-id")
+                .set_values(Some(snapshot_ids.to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_ids.join(","), e))?;
+    Ok(out.snapshots().iter().filter_map(to_snapshot).collect())
 }
 
 /// DescribeImages owned by this account, every page, filtered.
@@ -206,12 +311,12 @@ pub async fn describe_snapshot(ec2: &Client, snapshot_id: &str) -> Result<Snapsh
         code: None,
         message: "no such snapshot".into(),
     })?;
-    Ok(Snapshot {
-        id: s.snapshot_id().unwrap_or(snapshot_id).to_owned(),
+    Ok(to_snapshot(s).unwrap_or(Snapshot {
+        id: snapshot_id.to_owned(),
         volume_size_gib: s.volume_size(),
-        state: s.state().map(|st| st.as_str().to_owned()),
-        tags: from_sdk_tags(s.tags()),
-    })
+        state: None,
+        tags: Tags::new(),
+    }))
 }
 
 /// What RegisterImage needs.

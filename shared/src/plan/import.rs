@@ -355,6 +355,7 @@ mod tests {
             root_device_name: None,
             snapshot_ids: vec![],
             tags: Tags::from([(IMPORT_TASK.to_string(), task.to_string())]),
+            ..Image::default()
         }
     }
 

@@ -42,6 +42,11 @@ pub const UPLOAD_METHOD: &str = "ami-pipeline:upload-method";
 pub const SOURCE_SNAPSHOT: &str = "ami-pipeline:source-snapshot";
 /// Number of ancestors (0 for an image made from an upload).
 pub const GENERATION: &str = "ami-pipeline:generation";
+/// Up to eight further ancestors beyond the parent, nearest first, as `region/ami-…` separated by
+/// spaces (cut to 256 characters), so that "ancestors" can walk past a deregistered ancestor.
+pub const ANCESTRY: &str = "ami-pipeline:ancestry";
+/// When `image.ready` was announced for this image (RFC 3339); it is announced once.
+pub const READY_AT: &str = "ami-pipeline:ready-at";
 /// When the import was started (RFC 3339), on import tasks.
 pub const STARTED_AT: &str = "ami-pipeline:started-at";
 /// On import tasks: what the sweep concluded (`registered:ami-…` or `failed`), so each
@@ -53,6 +58,34 @@ pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
 pub const OBJECT_STATUS: &str = "ami-pipeline-status";
 /// On S3 objects: the reason text of [`OBJECT_STATUS`].
 pub const OBJECT_REASON: &str = "ami-pipeline-reason";
+
+/// The tags that make up an image's lineage; its snapshots carry the same ones.
+pub const LINEAGE_KEYS: [&str; 17] = [
+    SOURCE_IMAGE,
+    SOURCE_INSTANCE,
+    SOURCE_REGION,
+    CREATE_DATE,
+    CREATE_TIMESTAMP,
+    MANAGED,
+    FAMILY,
+    SOURCE_URI,
+    SOURCE_ETAG,
+    SOURCE_VERSION,
+    SOURCE_TOKEN,
+    SOURCE_FORMAT,
+    IMPORT_TASK,
+    UPLOAD_METHOD,
+    SOURCE_SNAPSHOT,
+    GENERATION,
+    ANCESTRY,
+];
+
+/// Parses AMITools' `create_date` (`20110909T233600Z`).
+pub fn parse_create_date(s: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
 
 /// Formats a time as AMITools' `create_date` (`20110909T233600Z`).
 pub fn create_date(t: DateTime<Utc>) -> String {

@@ -3,7 +3,9 @@
 //! one is table-tested on its own.
 
 pub mod disk;
+pub mod ids;
 pub mod import;
 pub mod lineage;
 pub mod naming;
 pub mod spec;
+pub mod stamp;

@@ -1,0 +1,179 @@
+//! Validation of the identifiers users type: image, instance and snapshot ids, account ids,
+//! organization / OU ARNs, and region names.
+//!
+//! Regions are checked against a fixed list of the AWS regions that exist (commercial, GovCloud
+//! and China) so that a typo (`us-east1`) is refused instead of becoming an API call to a
+//! region that does not exist — or, worse, a default region. A region AWS opens later needs a
+//! line in [`KNOWN_REGIONS`].
+
+/// Every AWS region this build knows (November 2026).
+pub const KNOWN_REGIONS: [&str; 39] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-west-1",
+    "us-west-2",
+    "eusc-de-east-1",
+];
+
+/// Whether `region` is a region AWS has.
+pub fn is_region(region: &str) -> bool {
+    KNOWN_REGIONS.contains(&region)
+}
+
+fn hex_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|rest| {
+        (rest.len() == 8 || rest.len() == 17)
+            && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// `ami-` + 8 or 17 lower-case hex digits.
+pub fn is_image_id(s: &str) -> bool {
+    hex_id(s, "ami-")
+}
+
+/// `i-` + 8 or 17 lower-case hex digits.
+pub fn is_instance_id(s: &str) -> bool {
+    hex_id(s, "i-")
+}
+
+/// `snap-` + 8 or 17 lower-case hex digits.
+pub fn is_snapshot_id(s: &str) -> bool {
+    hex_id(s, "snap-")
+}
+
+/// Twelve digits.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `arn:aws:organizations::<account>:organization/o-<10–32 lower-case alphanumerics>`.
+pub fn is_organization_arn(s: &str) -> bool {
+    let Some(rest) = org_arn_rest(s) else {
+        return false;
+    };
+    rest.strip_prefix("organization/")
+        .is_some_and(|id| org_id(id, "o-"))
+}
+
+/// `arn:aws:organizations::<account>:ou/o-<org id>/ou-<4–32 chars>-<8–32 chars>`.
+pub fn is_ou_arn(s: &str) -> bool {
+    let Some(rest) = org_arn_rest(s) else {
+        return false;
+    };
+    let Some(path) = rest.strip_prefix("ou/") else {
+        return false;
+    };
+    let mut parts = path.split('/');
+    let (Some(org), Some(ou), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Some(ou) = ou.strip_prefix("ou-") else {
+        return false;
+    };
+    let mut halves = ou.split('-');
+    let (Some(a), Some(b), None) = (halves.next(), halves.next(), halves.next()) else {
+        return false;
+    };
+    org_id(org, "o-") && alnum(a, 4, 32) && alnum(b, 8, 32)
+}
+
+fn org_arn_rest(s: &str) -> Option<&str> {
+    let rest = ["arn:aws:", "arn:aws-us-gov:", "arn:aws-cn:"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))?;
+    let rest = rest.strip_prefix("organizations::")?;
+    let (account, rest) = rest.split_once(':')?;
+    is_account_id(account).then_some(rest)
+}
+
+fn org_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|id| alnum(id, 10, 32))
+}
+
+fn alnum(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_for_shape() {
+        assert!(is_image_id("ami-12345678"));
+        assert!(is_image_id("ami-0123456789abcdef0"));
+        assert!(!is_image_id("ami-0123456789ABCDEF0"));
+        assert!(!is_image_id("ami-123"));
+        assert!(!is_image_id("i-12345678"));
+        assert!(is_instance_id("i-0123456789abcdef0"));
+        assert!(is_snapshot_id("snap-0123456789abcdef0"));
+        assert!(is_account_id("123456789012"));
+        assert!(!is_account_id("12345678901"));
+        assert!(!is_account_id("12345678901a"));
+    }
+
+    #[test]
+    fn regions_must_exist() {
+        assert!(is_region("us-east-1"));
+        assert!(is_region("eu-central-2"));
+        assert!(!is_region("us-east1"));
+        assert!(!is_region("moon-1"));
+        assert!(!is_region(""));
+    }
+
+    #[test]
+    fn organization_and_ou_arns() {
+        assert!(is_organization_arn(
+            "arn:aws:organizations::123456789012:organization/o-abcde12345"
+        ));
+        assert!(!is_organization_arn(
+            "arn:aws:organizations::123456789012:organization/o-abc"
+        ));
+        assert!(is_ou_arn(
+            "arn:aws:organizations::123456789012:ou/o-abcde12345/ou-ab12-abcdefgh"
+        ));
+        assert!(!is_ou_arn(
+            "arn:aws:organizations::123456789012:ou/o-abcde12345/ou-ab12"
+        ));
+        assert!(!is_ou_arn(
+            "arn:aws:organizations::123456789012:organization/o-abcde12345"
+        ));
+    }
+}
