@@ -355,3 +355,194 @@ def test_last_launched_time(account):
     assert image(ec2, image_id)["LastLaunchedTime"] == "2025-03-04T05:06:07.000Z"
     attr = ec2.describe_image_attribute(ImageId=image_id, Attribute="lastLaunchedTime")
     assert attr["LastLaunchedTime"]["Value"] == "2025-03-04T05:06:07.000Z"
+
+
+# ------------------------------------------------- what cleanup and lineage read from images
+
+
+def test_describe_images_shows_cleanup_and_lineage_fields(account):
+    ec2, west = account.ec2(), account.ec2("us-west-2")
+    snap = make_snapshot(ec2, 2)
+    base = register(ec2, "lineage-base", snap)
+    deprecate_at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=10)).replace(second=0, microsecond=0)
+    ec2.enable_image_deprecation(ImageId=base, DeprecateAt=deprecate_at)
+    ec2.enable_image_deregistration_protection(ImageId=base, WithCooldown=True)
+    ec2.modify_image_attribute(ImageId=base, LaunchPermission={"Add": [{"Group": "all"}]})
+    status, _ = account.control(
+        "image-last-launched-time",
+        {"account_id": account.id, "image_id": base, "last_launched_time": "2025-05-06T07:08:09Z"},
+    )
+    assert status == 200
+    status, _ = account.control(
+        "image-creation-date", {"account_id": account.id, "image_id": base, "creation_date": "2024-01-02T03:04:05.678Z"}
+    )
+    assert status == 200
+
+    instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    baked = ec2.create_image(InstanceId=instance, Name="baked-from-instance")["ImageId"]
+    copied = west.copy_image(SourceImageId=base, SourceRegion="us-east-1", Name="lineage-copy")["ImageId"]
+
+    listed = {i["ImageId"]: i for i in ec2.describe_images(Owners=["self"])["Images"]}
+    assert set(listed) == {base, baked}
+    described = listed[base]
+    assert described["DeprecationTime"] == deprecate_at.strftime("%Y-%m-%dT%H:%M:00.000Z")
+    assert described["DeregistrationProtection"] == "enabled-with-cooldown"
+    assert described["LastLaunchedTime"] == "2025-05-06T07:08:09.000Z"
+    assert described["Public"] is True
+    assert described["CreationDate"] == "2024-01-02T03:04:05.678Z"
+    assert "SourceImageId" not in described and "SourceInstanceId" not in described
+    assert listed[baked]["SourceInstanceId"] == instance
+    assert listed[baked]["Public"] is False
+    assert listed[baked]["DeregistrationProtection"] == "disabled"
+    assert "DeprecationTime" not in listed[baked] and "LastLaunchedTime" not in listed[baked]
+    (copy_described,) = west.describe_images(Owners=["self"])["Images"]
+    assert copy_described["ImageId"] == copied
+    assert (copy_described["SourceImageId"], copy_described["SourceImageRegion"]) == (base, "us-east-1")
+
+
+def test_describe_images_include_flags_and_filters_page_together(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    managed_tags = [{"ResourceType": "image", "Tags": [{"Key": "ami-pipeline:managed", "Value": "true"}]}]
+    managed = [register(ec2, f"managed-{n}", snap, TagSpecifications=managed_tags) for n in range(9)]
+    other = [
+        register(ec2, f"other-{n}", snap, TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "team", "Value": "x"}]}])
+        for n in range(3)
+    ]
+    public, disabled, deprecated = managed[0], managed[1], managed[2]
+    ec2.modify_image_attribute(ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
+    ec2.disable_image(ImageId=disabled)
+    ec2.enable_image_deprecation(
+        ImageId=deprecated, DeprecateAt=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)
+    )
+
+    def walk(**kwargs):
+        pages = list(ec2.get_paginator("describe_images").paginate(Owners=["self"], PaginationConfig={"PageSize": 3}, **kwargs))
+        assert all(len(p["Images"]) <= 3 for p in pages)
+        return [i["ImageId"] for p in pages for i in p["Images"]]
+
+    tagged = [{"Name": "tag:ami-pipeline:managed", "Values": ["true"]}]
+    # The owner sees its deprecated AMIs whatever IncludeDeprecated says; disabled ones only
+    # with IncludeDisabled.
+    assert sorted(walk(Filters=tagged)) == sorted(set(managed) - {disabled})
+    assert sorted(walk(Filters=tagged, IncludeDeprecated=False)) == sorted(set(managed) - {disabled})
+    assert sorted(walk(Filters=tagged, IncludeDeprecated=True, IncludeDisabled=True)) == sorted(managed)
+    assert walk(Filters=tagged + [{"Name": "state", "Values": ["disabled"]}], IncludeDisabled=True) == [disabled]
+    private_available = walk(
+        Filters=[
+            {"Name": "tag-key", "Values": ["ami-pipeline:managed"]},
+            {"Name": "state", "Values": ["available"]},
+            {"Name": "is-public", "Values": ["false"]},
+        ]
+    )
+    assert sorted(private_available) == sorted(set(managed) - {public, disabled})
+    assert walk(Filters=tagged + [{"Name": "is-public", "Values": ["true"]}]) == [public]
+    assert sorted(walk(Filters=[{"Name": "tag:team", "Values": ["x"]}])) == sorted(other)
+
+    west = account.ec2("us-west-2")
+    copies = [
+        west.copy_image(SourceImageId=managed[3], SourceRegion="us-east-1", Name=f"copy-{n}")["ImageId"] for n in range(4)
+    ]
+    west.copy_image(SourceImageId=managed[4], SourceRegion="us-east-1", Name="copy-of-another")
+    page1 = west.describe_images(
+        Owners=["self"], Filters=[{"Name": "source-image-id", "Values": [managed[3]]}], MaxResults=3
+    )
+    page2 = west.describe_images(
+        Owners=["self"], Filters=[{"Name": "source-image-id", "Values": [managed[3]]}], MaxResults=3,
+        NextToken=page1["NextToken"],
+    )
+    assert sorted(i["ImageId"] for i in page1["Images"] + page2["Images"]) == sorted(copies)
+    assert "NextToken" not in page2
+
+
+def test_launch_permissions_with_organizations_and_units(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    image_id = register(ec2, "shared-with-org", snap)
+    org = "arn:aws:organizations::123456789012:organization/o-abcde12345"
+    ou = "arn:aws:organizations::123456789012:ou/o-abcde12345/ou-ab12-cdef3456"
+    ec2.modify_image_attribute(
+        ImageId=image_id,
+        LaunchPermission={
+            "Add": [{"UserId": "111122223333"}, {"OrganizationArn": org}, {"OrganizationalUnitArn": ou}, {"Group": "all"}]
+        },
+    )
+    perms = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+    assert sorted(perms, key=str) == sorted(
+        [{"UserId": "111122223333"}, {"OrganizationArn": org}, {"OrganizationalUnitArn": ou}, {"Group": "all"}], key=str
+    )
+    assert image(ec2, image_id)["Public"] is True
+
+    # The OperationType form with OrganizationArns / OrganizationalUnitArns (plain moto ignores them).
+    ec2.modify_image_attribute(
+        ImageId=image_id, Attribute="launchPermission", OperationType="remove",
+        OrganizationArns=[org], OrganizationalUnitArns=[ou], UserGroups=["all"],
+    )
+    perms = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+    assert perms == [{"UserId": "111122223333"}]
+    assert image(ec2, image_id)["Public"] is False
+    ec2.modify_image_attribute(
+        ImageId=image_id, Attribute="launchPermission", OperationType="add", OrganizationalUnitArns=[ou]
+    )
+    perms = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+    assert sorted(perms, key=str) == sorted([{"UserId": "111122223333"}, {"OrganizationalUnitArn": ou}], key=str)
+
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap, Attribute="createVolumePermission", CreateVolumePermission={"Add": [{"UserId": "111122223333"}]}
+    )
+    volume_perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
+    assert volume_perms["CreateVolumePermissions"] == [{"UserId": "111122223333"}]
+
+
+def test_bulk_backdated_creation_dates_are_all_or_nothing(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    images = [register(ec2, f"bulk-{n}", snap) for n in range(3)]
+    original = {i: image(ec2, i)["CreationDate"] for i in images}
+
+    status, body = account.control(
+        "image-creation-date",
+        {
+            "account_id": account.id,
+            "region": "us-east-1",
+            "images": [
+                {"image_id": images[0], "creation_date": "2023-01-01T00:00:00Z"},
+                {"image_id": images[1], "creation_date": "2023-02-03T04:05:06.789+00:00"},
+            ],
+        },
+    )
+    assert status == 200, body
+    assert body == {
+        "updated": 2,
+        "images": [
+            {"image_id": images[0], "creation_date": "2023-01-01T00:00:00.000Z"},
+            {"image_id": images[1], "creation_date": "2023-02-03T04:05:06.789Z"},
+        ],
+    }
+    assert image(ec2, images[0])["CreationDate"] == "2023-01-01T00:00:00.000Z"
+    assert image(ec2, images[1])["CreationDate"] == "2023-02-03T04:05:06.789Z"
+    assert image(ec2, images[2])["CreationDate"] == original[images[2]]
+    old = ec2.describe_images(Owners=["self"], Filters=[{"Name": "creation-date", "Values": ["2023-*"]}])["Images"]
+    assert sorted(i["ImageId"] for i in old) == sorted(images[:2])
+
+    unknown = {"image_id": "ami-0123456789abcdef0", "creation_date": "2020-01-01T00:00:00Z"}
+    change = {"image_id": images[2], "creation_date": "2020-01-01T00:00:00Z"}
+    for entries, expected in (
+        ([change, unknown], 404),
+        ([change, {"image_id": images[0], "creation_date": "last tuesday"}], 400),
+        ([change, {"creation_date": "2020-01-01T00:00:00Z"}], 400),
+        ([change, "ami-0123"], 400),
+    ):
+        status, body = account.control("image-creation-date", {"account_id": account.id, "images": entries})
+        assert status == expected, body
+        assert "error" in body
+    status, body = account.control("image-creation-date", {"account_id": account.id, "images": "nope"})
+    assert status == 400
+    status, body = account.control(
+        "image-creation-date", {"account_id": account.id, "region": "us-west-2", "images": [change]}
+    )
+    assert status == 404
+    assert image(ec2, images[2])["CreationDate"] == original[images[2]]  # nothing changed
+    assert image(ec2, images[0])["CreationDate"] == "2023-01-01T00:00:00.000Z"
+    status, body = account.control("image-creation-date", {"account_id": account.id, "images": []})
+    assert status == 200 and body == {"updated": 0, "images": []}

@@ -42,6 +42,14 @@ def test_deregister_with_delete_associated_snapshots(account):
     assert codes == {shared: "skipped", own: "success"}
     remaining = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
     assert remaining == {shared, keep}
+    # The other AMI keeps working: still available with its snapshot, still launchable, and
+    # the snapshot is still protected by it.
+    (survivor,) = ec2.describe_images(ImageIds=[second])["Images"]
+    assert survivor["State"] == "available"
+    assert survivor["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == shared
+    ec2.run_instances(ImageId=second, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    with aws_error("InvalidSnapshot.InUse", second):
+        ec2.delete_snapshot(SnapshotId=shared)
 
     result = ec2.deregister_image(ImageId=second, DeleteAssociatedSnapshots=True)
     assert result["DeleteSnapshotResults"] == [{"SnapshotId": shared, "ReturnCode": "success"}]

@@ -453,3 +453,185 @@ pub mod disks {
         bytes
     }
 }
+
+/// EC2 fixtures made with plain SDK calls, the way a user's own tooling would make them.
+pub mod fixtures {
+    use aws_sdk_ec2::Client;
+    use aws_sdk_ec2::types::{
+        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
+    };
+    use serde_json::{Value, json};
+
+    fn tag_specs(resource: ResourceType, tags: &[(&str, &str)]) -> Option<TagSpecification> {
+        (!tags.is_empty()).then(|| {
+            TagSpecification::builder()
+                .resource_type(resource)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .build()
+        })
+    }
+
+    /// A 1 GiB snapshot (CreateVolume + CreateSnapshot), tagged at creation.
+    pub async fn snapshot(ec2: &Client, tags: &[(&str, &str)]) -> String {
+        let region = ec2
+            .config()
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| super::REGION.to_owned());
+        let vol = ec2
+            .create_volume()
+            .availability_zone(format!("{region}a"))
+            .size(1)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create volume: {e:?}"));
+        let snap = ec2
+            .create_snapshot()
+            .volume_id(vol.volume_id().unwrap_or_default())
+            .set_tag_specifications(tag_specs(ResourceType::Snapshot, tags).map(|t| vec![t]))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create snapshot: {e:?}"));
+        snap.snapshot_id().unwrap_or_default().to_owned()
+    }
+
+    /// RegisterImage from `snapshot`, tagged at creation; returns the image id.
+    pub async fn register(
+        ec2: &Client,
+        name: &str,
+        snapshot: &str,
+        tags: &[(&str, &str)],
+    ) -> String {
+        let out = ec2
+            .register_image()
+            .name(name)
+            .architecture("x86_64".into())
+            .virtualization_type("hvm")
+            .root_device_name("/dev/xvda")
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(EbsBlockDevice::builder().snapshot_id(snapshot).build())
+                    .build(),
+            )
+            .set_tag_specifications(tag_specs(ResourceType::Image, tags).map(|t| vec![t]))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("register {name}: {e:?}"));
+        out.image_id().unwrap_or_default().to_owned()
+    }
+
+    /// A new snapshot and an image registered from it, both tagged; returns (image, snapshot).
+    pub async fn image(ec2: &Client, name: &str, tags: &[(&str, &str)]) -> (String, String) {
+        let snap = snapshot(ec2, tags).await;
+        (register(ec2, name, &snap, tags).await, snap)
+    }
+
+    /// CopyImage into `to` (with CopyImageTags); returns the copy's id.
+    pub async fn copy(to: &Client, source: &str, source_region: &str, name: &str) -> String {
+        let out = to
+            .copy_image()
+            .source_image_id(source)
+            .source_region(source_region)
+            .name(name)
+            .copy_image_tags(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("copy {source}: {e:?}"));
+        out.image_id().unwrap_or_default().to_owned()
+    }
+
+    /// Launches an instance from `image`; returns its id.
+    pub async fn instance(ec2: &Client, image: &str) -> String {
+        let out = ec2
+            .run_instances()
+            .image_id(image)
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("run instance of {image}: {e:?}"));
+        out.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// CreateImage from an instance; returns the image id.
+    pub async fn image_from_instance(ec2: &Client, instance: &str, name: &str) -> String {
+        let out = ec2
+            .create_image()
+            .instance_id(instance)
+            .name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create image from {instance}: {e:?}"));
+        out.image_id().unwrap_or_default().to_owned()
+    }
+
+    /// The tags of an image or snapshot, as a JSON object.
+    pub async fn tags_of(ec2: &Client, resource: &str) -> Value {
+        let out = ec2
+            .describe_tags()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("resource-id")
+                    .values(resource)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("describe tags of {resource}: {e:?}"));
+        let mut m = serde_json::Map::new();
+        for t in out.tags() {
+            m.insert(
+                t.key().unwrap_or_default().to_owned(),
+                json!(t.value().unwrap_or_default()),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// Sample events as AWS delivers them.
+pub mod aws_events {
+    use serde_json::{Value, json};
+
+    /// EventBridge "EC2 AMI State Change" (shape from the EC2 user guide, "Monitor AMI events").
+    pub fn ami_state_change(region: &str, image_id: &str, state: &str, error: &str) -> Value {
+        json!({
+            "version": "0",
+            "id": "7c0dbc04-89f8-4a43-8c87-0e5c23e7e6b2",
+            "detail-type": "EC2 AMI State Change",
+            "source": "aws.ec2",
+            "account": "123456789012",
+            "time": "2026-11-22T12:00:00Z",
+            "region": region,
+            "resources": [format!("arn:aws:ec2:{region}::image/{image_id}")],
+            "detail": {"RequestId": "2bd8a9b8-1b2f-4a7a-9d3e-3e1f0f5a1c11", "ImageId": image_id, "State": state, "ErrorMessage": error}
+        })
+    }
+
+    /// The SNS → Lambda event carrying `message` (a pipeline message body).
+    pub fn sns(topic_arn: &str, message: &Value) -> Value {
+        json!({"Records": [{
+            "EventSource": "aws:sns", "EventVersion": "1.0",
+            "EventSubscriptionArn": format!("{topic_arn}:2bcfbf39-05c3-41de-beaa-fcfcc21c8f55"),
+            "Sns": {
+                "Type": "Notification", "MessageId": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
+                "TopicArn": topic_arn, "Subject": "ami-pipeline",
+                "Message": message.to_string(), "Timestamp": "2026-11-22T12:00:00.000Z",
+                "SignatureVersion": "1", "Signature": "EXAMPLE",
+                "SigningCertUrl": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem",
+                "UnsubscribeUrl": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+                "MessageAttributes": {"event_type": {"Type": "String", "Value": message["event_type"]}}
+            }
+        }]})
+    }
+}

@@ -267,7 +267,11 @@ fn sns(records: &Value) -> Result<Command, InvocationError> {
         let text = r
             .pointer("/Sns/Message")
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("Records[{i}] is not an SNS record (no Sns.Message)")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Records[{i}] is not an SNS record (no Sns.Message)"
+                ))
+            })?;
         let msg: Value = serde_json::from_str(text).map_err(|e| {
             invalid(format!(
                 "Records[{i}]: the SNS message is not an ami-pipeline JSON message: {e}"
@@ -352,7 +356,9 @@ fn manual_tag(map: &Map<String, Value>) -> Result<Command, InvocationError> {
     if let Some(s) = &source_instance
         && !ids::is_instance_id(s)
     {
-        problems.push(format!("source_instance: {s:?} is not an instance id (i-…)"));
+        problems.push(format!(
+            "source_instance: {s:?} is not an instance id (i-…)"
+        ));
     }
     let source_region = opt_str(map, "source_region", &mut problems);
     check_region("source_region", &source_region, &mut problems);
@@ -379,7 +385,10 @@ fn manual_tag(map: &Map<String, Value>) -> Result<Command, InvocationError> {
             let secs = t
                 .as_i64()
                 .or_else(|| t.as_str().and_then(|s| s.parse().ok()));
-            match secs.filter(|s| *s >= 0).and_then(|s| DateTime::from_timestamp(s, 0)) {
+            match secs
+                .filter(|s| *s >= 0)
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+            {
                 Some(t) => Some(t),
                 None => {
                     problems.push(format!(
@@ -431,7 +440,9 @@ fn query(map: &Map<String, Value>) -> Result<Command, InvocationError> {
     let allowed = ["ancestors", "children", "region", "regions"];
     for key in map.keys() {
         if !allowed.contains(&key.as_str()) {
-            problems.push(format!("unknown field {key:?} (allowed: {kind}, region, regions)"));
+            problems.push(format!(
+                "unknown field {key:?} (allowed: {kind}, region, regions)"
+            ));
         }
     }
     if map.contains_key("ancestors") && map.contains_key("children") {
@@ -456,7 +467,9 @@ fn query(map: &Map<String, Value>) -> Result<Command, InvocationError> {
             Some(out)
         }
         Some(other) => {
-            problems.push(format!("regions must be a list of region names, not {other}"));
+            problems.push(format!(
+                "regions must be a list of region names, not {other}"
+            ));
             None
         }
     };
@@ -893,7 +906,11 @@ async fn stamp_one(
     }
     // Snapshots first, the image last: the image (what people query) is complete only once
     // its snapshots are; a crash in between is finished by the next event.
-    let mut order: Vec<(&String, &Tags)> = plan.writes.iter().filter(|(r, _)| **r != image.id).collect();
+    let mut order: Vec<(&String, &Tags)> = plan
+        .writes
+        .iter()
+        .filter(|(r, _)| **r != image.id)
+        .collect();
     if let Some(w) = plan.writes.get_key_value(&image.id) {
         order.push(w);
     }
@@ -1049,7 +1066,11 @@ async fn children(
                 }
             }
             kids.sort_by(|a, b| {
-                (&a.create_date, &a.region, &a.image_id).cmp(&(&b.create_date, &b.region, &b.image_id))
+                (&a.create_date, &a.region, &a.image_id).cmp(&(
+                    &b.create_date,
+                    &b.region,
+                    &b.image_id,
+                ))
             });
             found.insert((node_region, node_id), kids);
         }

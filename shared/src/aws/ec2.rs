@@ -225,7 +225,12 @@ pub async fn describe_own_image(ec2: &Client, image_id: &str) -> Result<Option<I
 
 /// The image an instance was launched from; `None` when the instance is unknown.
 pub async fn instance_image(ec2: &Client, instance_id: &str) -> Result<Option<String>, AwsError> {
-    match ec2.describe_instances().instance_ids(instance_id).send().await {
+    match ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+    {
         Ok(out) => Ok(out
             .reservations()
             .iter()

@@ -339,8 +339,7 @@ pub fn plan_stamp(facts: &Facts<'_>) -> StampPlan {
             match snapshot.tags.get(key) {
                 Some(existing) if existing == value => {}
                 Some(existing)
-                    if !overwritable(key, existing)
-                        && image.tags.get(key) != Some(existing) =>
+                    if !overwritable(key, existing) && image.tags.get(key) != Some(existing) =>
                 {
                     conflicts.push(Conflict {
                         resource: snapshot.id.clone(),
@@ -455,7 +454,13 @@ mod tests {
             (CREATE_DATE, "20261101T000000Z"),
             (CREATE_TIMESTAMP, "1793491200"),
         ]);
-        let mut img = image("ami-00000002", &parent_tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+        let mut img = image(
+            "ami-00000002",
+            &parent_tags
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        );
         img.source_image_id = Some("ami-00000001".into());
         img.source_image_region = Some("us-west-2".into());
         let parent = Parent {
@@ -571,7 +576,10 @@ mod tests {
 
     #[test]
     fn only_uncopied_managed_images_are_announced_once() {
-        let img = image("ami-00000005", &[(MANAGED, "true"), (IMPORT_TASK, "import-snap-1")]);
+        let img = image(
+            "ami-00000005",
+            &[(MANAGED, "true"), (IMPORT_TASK, "import-snap-1")],
+        );
         let plan = plan_stamp(&facts(&img, &[]));
         assert_eq!(plan.origin, Origin::Upload);
         assert!(plan.ready_to_announce(&img));

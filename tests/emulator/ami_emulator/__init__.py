@@ -15,6 +15,10 @@ Modules:
   snapshots       DeleteSnapshot in-use check, DescribeSnapshots owners/paging,
                   ModifySnapshotAttribute structured form
   tags            CreateTags / DeleteTags / DescribeTags on import-snap task ids
+  instances       DescribeInstances paging counted in instances
+  launch_templates DescribeLaunchTemplateVersions (account-wide $Latest/$Default, filters,
+                  paging), DescribeLaunchTemplates paging
+  fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
   control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
 """
@@ -42,10 +46,13 @@ def apply_extensions() -> None:
                 f"ami_emulator patches moto internals and was written for moto "
                 f"{EXPECTED_MOTO_VERSION}, but moto {moto.__version__} is installed"
             )
-        from . import images, import_snapshot, snapshots, tags
+        from . import fast_tags, images, import_snapshot, instances, launch_templates, snapshots, tags
 
+        fast_tags.install()
         snapshots.install()
         images.install()
         import_snapshot.install()
         tags.install()
+        instances.install()
+        launch_templates.install()
         _applied = True

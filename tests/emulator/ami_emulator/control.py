@@ -11,6 +11,7 @@ us-east-1.
   GET  /ami-pipeline-emulator/config?account_id=...
   POST /ami-pipeline-emulator/config                  {"account_id", "import_delay_seconds"?, "copy_delay_seconds"?}
   POST /ami-pipeline-emulator/image-creation-date     {"account_id", "region", "image_id", "creation_date"}
+                                                      or {"account_id", "region", "images": [{"image_id", "creation_date"}, ...]}
   POST /ami-pipeline-emulator/image-last-launched-time {"account_id", "region", "image_id", "last_launched_time"}
   POST /ami-pipeline-emulator/snapshot-start-time     {"account_id", "region", "snapshot_id", "start_time"}
   POST   /ami-pipeline-emulator/faults                 {"account_id", "service", "action"?, "status"?, "code",
@@ -134,11 +135,52 @@ def handle_config(request: Request) -> Response:
 
 def handle_image_creation_date(request: Request) -> Response:
     payload = _body(request)
+    if "images" in payload:
+        return _bulk_image_creation_date(payload)
     when = _timestamp(payload, "creation_date")
     with LOCK:
         image = _image(payload)
         image.creation_date = when
     return _json(200, {"image_id": image.id, "creation_date": iso_millis(when)})
+
+
+def _bulk_image_creation_date(payload: dict[str, Any]) -> Response:
+    """``{"account_id", "region", "images": [{"image_id", "creation_date"}, ...]}``: all or
+    nothing. Every entry is parsed first (400 on the first malformed one), then every image is
+    looked up (404 on the first unknown one); only then are the dates set."""
+    if "image_id" in payload or "creation_date" in payload:
+        raise ControlError(400, "give either image_id/creation_date or images, not both")
+    entries = payload["images"]
+    if not isinstance(entries, list):
+        raise ControlError(400, "images must be a list of {image_id, creation_date} objects")
+    account, region = _account(payload), _region(payload)
+    parsed: list[tuple[str, Any]] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ControlError(400, f"images[{index}] must be an object")
+        try:
+            image_id = str(_required(entry, "image_id"))
+            when = _timestamp(entry, "creation_date")
+        except ControlError as exc:
+            raise ControlError(400, f"images[{index}]: {exc.message}") from exc
+        parsed.append((image_id, when))
+    with LOCK:
+        backend = ec2_backend_for(account, region)
+        found = []
+        for image_id, when in parsed:
+            image = backend.amis.get(image_id)
+            if image is None:
+                raise ControlError(404, f"image {image_id} not found in {account}/{region}; nothing changed")
+            found.append((image, when))
+        for image, when in found:
+            image.creation_date = when
+    return _json(
+        200,
+        {
+            "updated": len(found),
+            "images": [{"image_id": image.id, "creation_date": iso_millis(when)} for image, when in found],
+        },
+    )
 
 
 def handle_image_last_launched_time(request: Request) -> Response:

@@ -171,50 +171,64 @@ class EmulatorImage(Ami):
         return copy.deepcopy(self._bdm)
 
 
+def _mappings(image: Any) -> list[dict[str, Any]]:
+    """The image's block device mappings, read-only (no defensive copy for ours)."""
+    own = image.__dict__.get("_bdm")
+    if own is not None:
+        return own
+    return getattr(image, "block_device_mappings", None) or []
+
+
+def _ebs(image: Any) -> list[dict[str, Any]]:
+    return [m.get("Ebs") or {} for m in _mappings(image)]
+
+
+# DescribeImages filters (API_DescribeImages.html) other than the tag ones: name -> getter.
+_IMAGE_FILTERS: dict[str, Any] = {
+    "architecture": lambda i: i.architecture,
+    "block-device-mapping.delete-on-termination": lambda i: [
+        str(e.get("DeleteOnTermination")).lower() for e in _ebs(i) if "DeleteOnTermination" in e
+    ],
+    "block-device-mapping.device-name": lambda i: [m.get("DeviceName") for m in _mappings(i)],
+    "block-device-mapping.encrypted": lambda i: [str(bool(e.get("Encrypted"))).lower() for e in _ebs(i)],
+    "block-device-mapping.snapshot-id": lambda i: [e["SnapshotId"] for e in _ebs(i) if e.get("SnapshotId")],
+    "block-device-mapping.volume-size": lambda i: [str(e["VolumeSize"]) for e in _ebs(i) if "VolumeSize" in e],
+    "block-device-mapping.volume-type": lambda i: [e["VolumeType"] for e in _ebs(i) if "VolumeType" in e],
+    "boot-mode": lambda i: getattr(i, "boot_mode", None) or "",
+    "creation-date": lambda i: iso_millis(i.creation_date)
+    if isinstance(i.creation_date, _dt.datetime)
+    else str(i.creation_date),
+    "deprecation-time": lambda i: getattr(i, "deprecation_time", None) or "",
+    "description": lambda i: i.description or "",
+    "ena-support": lambda i: bool(getattr(i, "ena_support", None)),
+    "hypervisor": lambda i: getattr(i, "hypervisor", None) or "",
+    "image-id": lambda i: i.id,
+    "image-type": lambda i: i.image_type,
+    "is-public": lambda i: i.is_public,
+    "kernel-id": lambda i: i.kernel_id or "",
+    "name": lambda i: i.name or "",
+    "owner-alias": lambda i: i.owner_alias or "",
+    "owner-id": lambda i: i.owner_id,
+    "platform": lambda i: i.platform or "",
+    "product-code": lambda i: i.product_codes,
+    "product-code.type": lambda i: "marketplace",
+    "ramdisk-id": lambda i: getattr(i, "ramdisk_id", None) or "",
+    "root-device-name": lambda i: i.root_device_name or "",
+    "root-device-type": lambda i: i.root_device_type or "",
+    "source-image-id": lambda i: getattr(i, "source_image_id", None) or "",
+    "source-image-region": lambda i: getattr(i, "source_image_region", None) or "",
+    "source-instance-id": lambda i: i.source_instance_id or "",
+    "sriov-net-support": lambda i: getattr(i, "sriov_net_support", None) or "",
+    "state": lambda i: i.state,
+    "virtualization-type": lambda i: i.virtualization_type or "",
+}
+
+
 def image_filter_value(self: Any, filter_name: str, method_name: str | None = None) -> Any:
     """DescribeImages filters (API_DescribeImages.html), for plain moto AMIs and ours."""
-    bdm = getattr(self, "block_device_mappings", None) or []
-    ebs = [m.get("Ebs") or {} for m in bdm]
-    simple = {
-        "architecture": lambda: self.architecture,
-        "block-device-mapping.delete-on-termination": lambda: [
-            str(e.get("DeleteOnTermination")).lower() for e in ebs if "DeleteOnTermination" in e
-        ],
-        "block-device-mapping.device-name": lambda: [m.get("DeviceName") for m in bdm],
-        "block-device-mapping.encrypted": lambda: [str(bool(e.get("Encrypted"))).lower() for e in ebs],
-        "block-device-mapping.snapshot-id": lambda: [e["SnapshotId"] for e in ebs if e.get("SnapshotId")],
-        "block-device-mapping.volume-size": lambda: [str(e["VolumeSize"]) for e in ebs if "VolumeSize" in e],
-        "block-device-mapping.volume-type": lambda: [e["VolumeType"] for e in ebs if "VolumeType" in e],
-        "boot-mode": lambda: getattr(self, "boot_mode", None) or "",
-        "creation-date": lambda: iso_millis(self.creation_date)
-        if isinstance(self.creation_date, _dt.datetime)
-        else str(self.creation_date),
-        "deprecation-time": lambda: getattr(self, "deprecation_time", None) or "",
-        "description": lambda: self.description or "",
-        "ena-support": lambda: bool(getattr(self, "ena_support", None)),
-        "hypervisor": lambda: getattr(self, "hypervisor", None) or "",
-        "image-id": lambda: self.id,
-        "image-type": lambda: self.image_type,
-        "is-public": lambda: self.is_public,
-        "kernel-id": lambda: self.kernel_id or "",
-        "name": lambda: self.name or "",
-        "owner-alias": lambda: self.owner_alias or "",
-        "owner-id": lambda: self.owner_id,
-        "platform": lambda: self.platform or "",
-        "product-code": lambda: self.product_codes,
-        "product-code.type": lambda: "marketplace",
-        "ramdisk-id": lambda: getattr(self, "ramdisk_id", None) or "",
-        "root-device-name": lambda: self.root_device_name or "",
-        "root-device-type": lambda: self.root_device_type or "",
-        "source-image-id": lambda: getattr(self, "source_image_id", None) or "",
-        "source-image-region": lambda: getattr(self, "source_image_region", None) or "",
-        "source-instance-id": lambda: self.source_instance_id or "",
-        "sriov-net-support": lambda: getattr(self, "sriov_net_support", None) or "",
-        "state": lambda: self.state,
-        "virtualization-type": lambda: self.virtualization_type or "",
-    }
-    if filter_name in simple:
-        return simple[filter_name]()
+    getter = _IMAGE_FILTERS.get(filter_name)
+    if getter is not None:
+        return getter(self)
     if filter_name.startswith("tag:") or filter_name in ("tag-key", "tag-value"):
         return super(Ami, self).get_filter_value(filter_name, "DescribeImages")
     raise client_error("InvalidParameterValue", f"The filter '{filter_name}' is invalid")
@@ -789,6 +803,17 @@ def disable_image_deregistration_protection(self: Any) -> ActionResult:
     return ActionResult({"Return": "disabled"})
 
 
+_PLAIN_AMI_DEFAULTS: dict[str, Any] = {
+    "deprecation_time": None,
+    "deregistration_protection": "disabled",
+    "deregistration_cooldown": False,
+    "protected_until": None,
+    "last_launched_time": None,
+    "source_image_id": None,
+    "source_image_region": None,
+}
+
+
 def _creation_date_transformer(value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         return iso_millis(value)
@@ -801,6 +826,11 @@ def install() -> None:
     from moto.ec2.responses._base_response import EC2BaseResponse
 
     Ami.get_filter_value = image_filter_value  # type: ignore[method-assign]
+    # Images moto makes itself (CreateImage from an instance, MOTO_AMIS_PATH seeds) get the same
+    # defaults as ours, so DescribeImages shows e.g. DeregistrationProtection "disabled" for them.
+    for attribute, default in _PLAIN_AMI_DEFAULTS.items():
+        if not hasattr(Ami, attribute):
+            setattr(Ami, attribute, default)
     # CreationDate with real milliseconds (moto zeroes them), so a backdated
     # "2025-01-02T03:04:05.123Z" round-trips.
     EC2BaseResponse.RESPONSE_KEY_PATH_TO_TRANSFORMER["Image.CreationDate"] = _creation_date_transformer

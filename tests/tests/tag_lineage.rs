@@ -1,0 +1,515 @@
+//! tag-lineage against the local emulator, through the real handler: each trigger, the manual
+//! tag contract and its validation, ancestry over three generations in two regions, children,
+//! a deregistered middle ancestor, a conflict, snapshots carrying the tags, and `image.ready`
+//! received by an SQS subscriber of the topic.
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{TestAccount, aws_events, fixtures};
+use tag_lineage::{Command, Config, Deps, handle};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "us-west-2";
+
+struct World {
+    acct: TestAccount,
+    deps: Deps,
+    topic: String,
+    queue: String,
+}
+
+async fn world() -> World {
+    let acct = TestAccount::new().await;
+    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic.as_str()),
+        ("S3_FORCE_PATH_STYLE", "true"),
+        ("LINEAGE_REGIONS", "us-east-1,us-west-2"),
+        ("VISIBILITY_WAIT_SECONDS", "1"),
+    ]);
+    let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
+    let deps = Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    World {
+        acct,
+        deps,
+        topic,
+        queue,
+    }
+}
+
+impl World {
+    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.acct.clients.for_region(region).ec2
+    }
+
+    async fn try_run(&self, event: Value) -> Result<Value, InvocationError> {
+        let cmd = Command::from_event(&event)?;
+        let out = handle(
+            cmd,
+            &self.deps,
+            Utc::now(),
+            Deadline::after(Duration::from_secs(900)),
+        )
+        .await?;
+        Ok(serde_json::to_value(out).expect("output serializes"))
+    }
+
+    async fn run(&self, event: Value) -> Value {
+        self.try_run(event)
+            .await
+            .unwrap_or_else(|e| panic!("handler failed: {e}"))
+    }
+
+    /// Stamps `image` in `region` through the EventBridge trigger; returns its one result.
+    async fn available(&self, region: &str, image: &str) -> Value {
+        let out = self
+            .run(aws_events::ami_state_change(region, image, "available", ""))
+            .await;
+        out["results"][0].clone()
+    }
+}
+
+#[tokio::test]
+async fn state_change_stamps_a_root_and_its_snapshot_once() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let (image, snap) = fixtures::image(&ec2, "plain-root", &[("team", "web")]).await;
+
+    let first = w.available(EAST, &image).await;
+    assert_eq!(first["outcome"], "stamped", "{first}");
+    assert_eq!(first["origin"], "unknown");
+    let tags = fixtures::tags_of(&ec2, &image).await;
+    let date = tags["create_date"].as_str().expect("create_date");
+    let ts: i64 = tags["create_timestamp"]
+        .as_str()
+        .expect("ts")
+        .parse()
+        .expect("number");
+    assert_eq!(
+        chrono::DateTime::from_timestamp(ts, 0)
+            .expect("valid")
+            .format("%Y%m%dT%H%M%SZ")
+            .to_string(),
+        date,
+        "create_date and create_timestamp agree"
+    );
+    assert_eq!(tags["ami-pipeline:generation"], "0");
+    assert_eq!(tags["team"], "web", "the owner's tags are kept");
+    assert!(tags.get("source_image").is_none(), "a root has no parent");
+    let snap_tags = fixtures::tags_of(&ec2, &snap).await;
+    for key in ["create_date", "create_timestamp", "ami-pipeline:generation"] {
+        assert_eq!(snap_tags[key], tags[key], "snapshot carries {key}");
+    }
+
+    let again = w.available(EAST, &image).await;
+    assert_eq!(again["outcome"], "unchanged", "{again}");
+    assert!(again.get("written").is_none());
+    assert_eq!(fixtures::tags_of(&ec2, &image).await, tags);
+    assert!(
+        w.acct.drain(&w.queue).await.is_empty(),
+        "a foreign image is not announced as ready"
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_image_is_announced_ready_once_from_either_trigger() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let (image, snap) = fixtures::image(
+        &ec2,
+        "web-20261122",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-uri", "s3://uploads/web/disk.raw"),
+        ],
+    )
+    .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-20261122"});
+    let out = w.run(aws_events::sns(&w.topic, &registered)).await;
+    assert_eq!(out["trigger"], "registered");
+    assert_eq!(out["results"][0]["origin"], "upload");
+    assert_eq!(out["results"][0]["ready_announced"], true, "{out}");
+    // The state-change event for the same image arrives too: nothing new, no second message.
+    let again = w.available(EAST, &image).await;
+    assert_eq!(again["outcome"], "unchanged", "{again}");
+    assert_eq!(again["ready_announced"], false);
+
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let m = &msgs[0];
+    assert_eq!(m["event_type"], "image.ready");
+    assert_eq!(m["version"], "1");
+    assert_eq!(m["image_id"], image.as_str());
+    assert_eq!(m["region"], EAST);
+    assert_eq!(m["family"], "web");
+    assert_eq!(m["source_uri"], "s3://uploads/web/disk.raw");
+    assert_eq!(m["snapshot_ids"], json!([snap]));
+    assert_eq!(m["lineage"]["ami-pipeline:generation"], "0");
+    assert!(m["lineage"]["create_date"].is_string());
+    let tags = fixtures::tags_of(&ec2, &image).await;
+    assert!(tags["ami-pipeline:ready-at"].is_string());
+    let snap_tags = fixtures::tags_of(&ec2, &snap).await;
+    assert_eq!(snap_tags["ami-pipeline:family"], "web");
+    assert_eq!(snap_tags["create_date"], tags["create_date"]);
+}
+
+/// root (registered, us-east-1) → copy (us-west-2) → image of an instance of the copy.
+async fn three_generations(w: &World) -> (String, String, String, String) {
+    let east = w.ec2(EAST);
+    let west = w.ec2(WEST);
+    let (root, _) = fixtures::image(
+        &east,
+        "base",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "base"),
+        ],
+    )
+    .await;
+    assert_eq!(w.available(EAST, &root).await["outcome"], "stamped");
+    let copy = fixtures::copy(&west, &root, EAST, "base-west").await;
+    let stamped = w.available(WEST, &copy).await;
+    assert_eq!(stamped["outcome"], "stamped", "{stamped}");
+    assert_eq!(stamped["origin"], "copy");
+    let instance = fixtures::instance(&west, &copy).await;
+    let child = fixtures::image_from_instance(&west, &instance, "app").await;
+    let stamped = w.available(WEST, &child).await;
+    assert_eq!(stamped["outcome"], "stamped", "{stamped}");
+    assert_eq!(stamped["origin"], "instance");
+    (root, copy, instance, child)
+}
+
+#[tokio::test]
+async fn ancestry_over_three_generations_and_two_regions() {
+    let w = world().await;
+    let (root, copy, instance, child) = three_generations(&w).await;
+    let west = w.ec2(WEST);
+
+    let copy_tags = fixtures::tags_of(&west, &copy).await;
+    assert_eq!(copy_tags["source_image"], root.as_str());
+    assert_eq!(copy_tags["source_region"], EAST);
+    assert_eq!(copy_tags["ami-pipeline:generation"], "1");
+    assert_eq!(copy_tags["ami-pipeline:family"], "base");
+    let child_tags = fixtures::tags_of(&west, &child).await;
+    assert_eq!(child_tags["source_image"], copy.as_str());
+    assert_eq!(child_tags["source_region"], WEST);
+    assert_eq!(child_tags["source_instance"], instance.as_str());
+    assert_eq!(child_tags["ami-pipeline:generation"], "2");
+    assert_eq!(child_tags["ami-pipeline:family"], "base");
+    assert_eq!(
+        child_tags["ami-pipeline:ancestry"],
+        format!("{EAST}/{root}")
+    );
+
+    let out = w.run(json!({"ancestors": child, "region": WEST})).await;
+    assert_eq!(out["command"], "ancestors");
+    assert_eq!(out["image"]["image_id"], child.as_str());
+    assert_eq!(out["stopped"], "root");
+    let chain: Vec<(String, String)> = out["ancestors"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|e| {
+            (
+                e["image_id"].as_str().unwrap_or("").to_owned(),
+                e["region"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        vec![
+            (copy.clone(), WEST.to_owned()),
+            (root.clone(), EAST.to_owned())
+        ]
+    );
+    assert_eq!(out["ancestors"][0]["name"], "base-west");
+    assert_eq!(out["ancestors"][0]["state"], "available");
+    assert_eq!(out["ancestors"][1]["generation"], "0");
+    assert!(out["ancestors"][1]["create_date"].is_string());
+    assert_eq!(out["image"]["source_instance"], instance.as_str());
+}
+
+#[tokio::test]
+async fn children_of_a_root_with_several_descendants() {
+    let w = world().await;
+    let (root, copy, _, grandchild) = three_generations(&w).await;
+    let east = w.ec2(EAST);
+    let copy2 = fixtures::copy(&east, &root, EAST, "base-east-copy").await;
+    assert_eq!(w.available(EAST, &copy2).await["outcome"], "stamped");
+    let instance = fixtures::instance(&east, &root).await;
+    let direct = fixtures::image_from_instance(&east, &instance, "direct").await;
+    assert_eq!(w.available(EAST, &direct).await["outcome"], "stamped");
+    // An unrelated image is not a child.
+    let (other, _) = fixtures::image(&east, "other", &[]).await;
+    assert_eq!(w.available(EAST, &other).await["outcome"], "stamped");
+
+    let out = w.run(json!({"children": root})).await;
+    assert_eq!(out["command"], "children");
+    assert_eq!(out["descendants"], 4, "{out}");
+    assert_eq!(out["truncated"], false);
+    assert_eq!(out["regions"], json!([EAST, WEST]));
+    let tree = &out["tree"];
+    assert_eq!(tree["image_id"], root.as_str());
+    let mut kids: Vec<&str> = tree["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|c| c["image_id"].as_str().unwrap_or(""))
+        .collect();
+    kids.sort();
+    let mut want = vec![copy.as_str(), copy2.as_str(), direct.as_str()];
+    want.sort();
+    assert_eq!(kids, want);
+    let west_copy = tree["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .find(|c| c["image_id"] == copy.as_str())
+        .expect("the west copy");
+    assert_eq!(west_copy["region"], WEST);
+    assert_eq!(west_copy["children"][0]["image_id"], grandchild.as_str());
+
+    // Asking with one region only finds what lives there.
+    let east_only = w.run(json!({"children": root, "regions": [EAST]})).await;
+    assert_eq!(east_only["descendants"], 2, "{east_only}");
+}
+
+#[tokio::test]
+async fn a_deregistered_middle_ancestor_is_a_gap_and_the_walk_goes_on() {
+    let w = world().await;
+    let (root, copy, _, child) = three_generations(&w).await;
+    w.ec2(WEST)
+        .deregister_image()
+        .image_id(&copy)
+        .send()
+        .await
+        .expect("deregister the middle");
+    let out = w.run(json!({"ancestors": child, "region": WEST})).await;
+    assert_eq!(out["ancestors"][0]["image_id"], copy.as_str());
+    assert_eq!(out["ancestors"][0]["gap"], true, "{out}");
+    assert_eq!(out["ancestors"][0]["state"], "deregistered");
+    assert_eq!(out["ancestors"][1]["image_id"], root.as_str());
+    assert_eq!(out["ancestors"][1]["region"], EAST);
+    assert!(out["ancestors"][1].get("gap").is_none());
+    assert_eq!(out["stopped"], "root");
+}
+
+#[tokio::test]
+async fn a_conflict_is_reported_and_nothing_changes_until_forced() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let (parent, _) = fixtures::image(&ec2, "parent", &[]).await;
+    let (image, snap) = fixtures::image(
+        &ec2,
+        "claimed",
+        &[("source_image", "ami-0aaaaaaaaaaaaaaaa"), ("team", "x")],
+    )
+    .await;
+    let before = fixtures::tags_of(&ec2, &image).await;
+    let snap_before = fixtures::tags_of(&ec2, &snap).await;
+
+    let err = w
+        .try_run(json!({"image_id": image, "source_image": parent}))
+        .await
+        .expect_err("a conflict refuses the manual stamp");
+    assert_eq!(err.error_type(), "LineageConflict");
+    let text = err.to_string();
+    assert!(
+        text.contains(&image) && text.contains("ami-0aaaaaaaaaaaaaaaa") && text.contains(&parent),
+        "{text}"
+    );
+    assert_eq!(
+        fixtures::tags_of(&ec2, &image).await,
+        before,
+        "nothing written"
+    );
+    assert_eq!(fixtures::tags_of(&ec2, &snap).await, snap_before);
+
+    // The event path infers nothing against the tagged parent: it only adds the dates.
+    let out = w.available(EAST, &image).await;
+    assert_eq!(out["outcome"], "stamped", "{out}");
+    assert_eq!(
+        fixtures::tags_of(&ec2, &image).await["source_image"],
+        "ami-0aaaaaaaaaaaaaaaa"
+    );
+
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["event_type"], "image.lineage-conflict");
+    assert_eq!(msgs[0]["image_id"], image.as_str());
+    assert!(
+        msgs[0]["problems"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("source_image")
+    );
+
+    let forced = w
+        .run(json!({"image_id": image, "source_image": parent, "force": true}))
+        .await;
+    assert_eq!(forced["results"][0]["outcome"], "stamped", "{forced}");
+    assert_eq!(
+        fixtures::tags_of(&ec2, &image).await["source_image"],
+        parent.as_str()
+    );
+    assert_eq!(
+        fixtures::tags_of(&ec2, &snap).await["source_image"],
+        parent.as_str()
+    );
+}
+
+#[tokio::test]
+async fn manual_tag_contract_computes_the_other_date() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let (parent, _) = fixtures::image(&ec2, "parent", &[]).await;
+    let (image, snap) = fixtures::image(&ec2, "child", &[]).await;
+    let out = w
+        .run(json!({"image_id": image, "source_image": parent, "source_instance": "i-0123456789abcdef0",
+                    "create_timestamp": 1315611360}))
+        .await;
+    assert_eq!(out["results"][0]["origin"], "manual");
+    let tags = fixtures::tags_of(&ec2, &image).await;
+    assert_eq!(tags["create_date"], "20110909T233600Z");
+    assert_eq!(tags["create_timestamp"], "1315611360");
+    assert_eq!(tags["source_image"], parent.as_str());
+    assert_eq!(tags["source_region"], EAST);
+    assert_eq!(tags["source_instance"], "i-0123456789abcdef0");
+    assert_eq!(
+        fixtures::tags_of(&ec2, &snap).await["create_date"],
+        "20110909T233600Z"
+    );
+
+    let (other, _) = fixtures::image(&ec2, "dated", &[]).await;
+    w.run(json!({"image_id": other, "create_date": "20200101T000000Z"}))
+        .await;
+    assert_eq!(
+        fixtures::tags_of(&ec2, &other).await["create_timestamp"],
+        "1577836800"
+    );
+}
+
+#[tokio::test]
+async fn manual_tag_validation_lists_every_problem_and_changes_nothing() {
+    let w = world().await;
+    let cases = [
+        (
+            json!({"image_id": "ami-12", "source_image": "img-1", "source_instance": "i-xyz",
+                   "source_region": "us-east1", "create_date": "2011-09-09", "colour": "red"}),
+            vec![
+                "unknown field \"colour\"",
+                "image_id: \"ami-12\" is not an image id",
+                "source_image: \"img-1\" is not an image id",
+                "source_instance: \"i-xyz\" is not an instance id",
+                "source_region: \"us-east1\" is not an AWS region",
+                "create_date: \"2011-09-09\" is not a UTC time like \"20110909T233600Z\"",
+            ],
+        ),
+        (
+            json!({"image_id": "ami-0123456789abcdef0", "create_date": "20110909T233600Z", "create_timestamp": 1}),
+            vec!["give create_date or create_timestamp, not both"],
+        ),
+        (
+            json!({"image_id": "ami-0123456789abcdef0", "create_timestamp": "soon", "force": "yes"}),
+            vec![
+                "create_timestamp: \"soon\" is not a number of seconds since 1970",
+                "force must be true or false",
+            ],
+        ),
+        (
+            json!({"image_id": "ami-0123456789abcdef0", "source_region": "us-west-2"}),
+            vec!["source_region is given without source_image"],
+        ),
+        (
+            json!({"ancestors": "ami-1", "regions": ["mars-1"]}),
+            vec![
+                "ancestors: \"ami-1\" is not an image id",
+                "regions: \"mars-1\" is not an AWS region",
+            ],
+        ),
+    ];
+    for (event, wanted) in cases {
+        let err = w.try_run(event.clone()).await.expect_err("refused");
+        assert_eq!(err.error_type(), "InvalidEvent", "{event}");
+        let text = err.to_string();
+        for piece in wanted {
+            assert!(text.contains(piece), "{event}: {text:?} lacks {piece:?}");
+        }
+    }
+    let err = w
+        .try_run(json!({"image_id": "ami-0123456789abcdef0"}))
+        .await
+        .expect_err("not ours");
+    assert_eq!(err.error_type(), "ImageNotFound");
+    assert!(err.to_string().contains("ami-0123456789abcdef0"));
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+}
+
+#[tokio::test]
+async fn failed_and_other_states_and_unseen_images() {
+    let w = world().await;
+    let (image, _) = fixtures::image(&w.ec2(EAST), "broken", &[]).await;
+    let out = w
+        .run(aws_events::ami_state_change(
+            EAST,
+            &image,
+            "failed",
+            "Snapshot is not in a valid state",
+        ))
+        .await;
+    assert_eq!(out["command"], "failed");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["event_type"], "image.failed");
+    assert_eq!(msgs[0]["image_id"], image.as_str());
+    assert!(
+        msgs[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Snapshot is not in a valid state")
+    );
+
+    let out = w
+        .run(aws_events::ami_state_change(
+            EAST,
+            &image,
+            "deregistered",
+            "",
+        ))
+        .await;
+    assert_eq!(out["command"], "ignored");
+
+    let other =
+        json!({"version": "1", "event_type": "image.ready", "image_id": image, "region": EAST});
+    let out = w.run(aws_events::sns(&w.topic, &other)).await;
+    assert_eq!(out["command"], "ignored");
+
+    // Not visible (yet): looked up again for VISIBILITY_WAIT_SECONDS, then left for later.
+    let out = w
+        .run(aws_events::ami_state_change(
+            EAST,
+            "ami-0fedcba9876543210",
+            "available",
+            "",
+        ))
+        .await;
+    assert_eq!(out["results"][0]["outcome"], "not-visible", "{out}");
+
+    let err = w
+        .try_run(json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {}}))
+        .await
+        .expect_err("wrong event");
+    assert_eq!(err.error_type(), "InvalidEvent");
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+}
