@@ -183,7 +183,7 @@ def describe_launch_template_versions(self: Any) -> ActionResult:
         unique: dict[tuple[str, int], tuple[Any, Any]] = {}
         for template, version in pairs:
             unique.setdefault((template.id, version.number), (template, version))
-        pairs = list(unique.values())
+        pairs = sorted(unique.values(), key=lambda p: (p[0].id, p[1].number))
         if filters:
             pairs = [(t, v) for t, v in pairs if _matches(t, v, filters)]
         page, token = paginate(
@@ -215,6 +215,7 @@ def describe_launch_templates(self: Any) -> ActionResult:
         templates = self.ec2_backend.describe_launch_templates(
             template_names=template_names, template_ids=template_ids, filters=filters
         )
+        templates = sorted(templates, key=lambda t: t.id)
         page, token = paginate(
             templates,
             key=lambda t: t.id,

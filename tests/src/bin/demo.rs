@@ -206,21 +206,110 @@ async fn main() -> ExitCode {
             m["event_type"], m["image_id"], m["image_name"]
         );
     }
-    let registered = msgs
+    let registered: Vec<&serde_json::Value> = msgs
         .iter()
         .filter(|m| m["event_type"] == "image.registered")
-        .count();
+        .collect();
     let tagged = images
         .iter()
         .all(|i| i.tags.contains_key("create_date") && !i.snapshot_ids.is_empty());
-    if images.len() == 2 && registered == 2 && tagged {
-        println!("\nOK: 2 uploads -> 2 registered, tagged AMIs, 2 image.registered events");
-        ExitCode::SUCCESS
-    } else {
+    if images.len() != 2 || registered.len() != 2 || !tagged {
         eprintln!(
-            "\nFAIL: {} images, {registered} image.registered events, all tagged: {tagged}",
-            images.len()
+            "\nFAIL: {} images, {} image.registered events, all tagged: {tagged}",
+            images.len(),
+            registered.len()
         );
-        ExitCode::FAILURE
+        return ExitCode::FAILURE;
     }
+    println!("\nOK: 2 uploads -> 2 registered, tagged AMIs, 2 image.registered events");
+    match lineage(&acct, &topic, &queue, &registered).await {
+        Ok(()) => {
+            println!("\nOK: lineage stamped, 2 image.ready events, ancestry and children answered");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\nFAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// tag-lineage: the image.registered messages go to tag-lineage as SNS delivers them; a copy to
+/// another region (what publish will do) is stamped from its "EC2 AMI State Change" event;
+/// then the two queries.
+async fn lineage(
+    acct: &TestAccount,
+    topic: &str,
+    queue: &str,
+    registered: &[&serde_json::Value],
+) -> Result<(), String> {
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic),
+        ("LINEAGE_REGIONS", "us-east-1,eu-west-1"),
+    ]);
+    let config = tag_lineage::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
+        .map_err(|e| e.to_string())?;
+    let deps = tag_lineage::Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    let invoke = |event: serde_json::Value| {
+        let deps = &deps;
+        async move {
+            let cmd = tag_lineage::Command::from_event(&event).map_err(|e| e.to_string())?;
+            let out = tag_lineage::handle(
+                cmd,
+                deps,
+                chrono::Utc::now(),
+                Deadline::after(Duration::from_secs(900)),
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", e.error_type()))?;
+            serde_json::to_value(out).map_err(|e| e.to_string())
+        }
+    };
+    println!("\n== invoking tag-lineage with each image.registered (SNS)");
+    for m in registered {
+        let out = invoke(support::aws_events::sns(topic, m)).await?;
+        println!("  {}", out["results"][0]);
+    }
+    let root = registered[0]["image_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let west = acct.clients.for_region("eu-west-1");
+    let copy = support::fixtures::copy(&west.ec2, &root, "us-east-1", "web-base-eu").await;
+    println!("\n== copied {root} to eu-west-1 as {copy}; its EC2 AMI State Change event:");
+    let out = invoke(support::aws_events::ami_state_change(
+        "eu-west-1",
+        &copy,
+        "available",
+        "",
+    ))
+    .await?;
+    println!("  {}", out["results"][0]);
+
+    println!("\n== {{\"ancestors\": \"{copy}\", \"region\": \"eu-west-1\"}}");
+    let anc = invoke(json!({"ancestors": copy, "region": "eu-west-1"})).await?;
+    println!("{}", serde_json::to_string_pretty(&anc).unwrap_or_default());
+    println!("\n== {{\"children\": \"{root}\"}}");
+    let kids = invoke(json!({"children": root})).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&kids).unwrap_or_default()
+    );
+
+    let ready = acct
+        .drain(queue)
+        .await
+        .into_iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .count();
+    if ready != 2 {
+        return Err(format!("expected 2 image.ready events, got {ready}"));
+    }
+    if anc["ancestors"][0]["image_id"] != root.as_str() || kids["descendants"] != 1 {
+        return Err("the copy's lineage does not lead back to its source".into());
+    }
+    Ok(())
 }
