@@ -190,7 +190,7 @@ pub struct Image {
 }
 
 /// An EBS snapshot as DescribeSnapshots reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Snapshot {
     /// `snap-…`.
     pub id: String,
@@ -200,4 +200,6 @@ pub struct Snapshot {
     pub state: Option<String>,
     /// Tags.
     pub tags: Tags,
+    /// When the snapshot was started (RFC 3339), as reported.
+    pub start_time: Option<String>,
 }

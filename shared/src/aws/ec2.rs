@@ -253,6 +253,9 @@ fn to_snapshot(s: &aws_sdk_ec2::types::Snapshot) -> Option<Snapshot> {
         volume_size_gib: s.volume_size(),
         state: s.state().map(|st| st.as_str().to_owned()),
         tags: from_sdk_tags(s.tags()),
+        start_time: s
+            .start_time()
+            .and_then(|t| t.fmt(aws_smithy_types::date_time::Format::DateTime).ok()),
     })
 }
 
@@ -321,6 +324,7 @@ pub async fn describe_snapshot(ec2: &Client, snapshot_id: &str) -> Result<Snapsh
         volume_size_gib: s.volume_size(),
         state: None,
         tags: Tags::new(),
+        start_time: None,
     }))
 }
 

@@ -7,5 +7,6 @@ pub mod ids;
 pub mod import;
 pub mod lineage;
 pub mod naming;
+pub mod retention;
 pub mod spec;
 pub mod stamp;

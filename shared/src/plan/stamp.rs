@@ -397,6 +397,7 @@ mod tests {
             volume_size_gib: Some(1),
             state: Some("completed".into()),
             tags: tags(t),
+            start_time: None,
         }
     }
 
