@@ -34,6 +34,9 @@ pub enum EventType {
     /// A lineage tag holds another value than the inferred one; left for a person.
     #[serde(rename = "image.lineage-conflict")]
     LineageConflict,
+    /// A cleanup run's report.
+    #[serde(rename = "cleanup.report")]
+    CleanupReport,
 }
 
 impl EventType {
@@ -45,6 +48,7 @@ impl EventType {
             EventType::ImportStalled => "image.import-stalled",
             EventType::ImageReady => "image.ready",
             EventType::LineageConflict => "image.lineage-conflict",
+            EventType::CleanupReport => "cleanup.report",
         }
     }
 }
@@ -90,6 +94,15 @@ pub struct Message {
     /// The lineage tags of the image.
     #[serde(skip_serializing_if = "Tags::is_empty")]
     pub lineage: Tags,
+    /// A report's summary (cleanup: counts per region and family, cap, dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<serde_json::Value>,
+    /// A report's items (cleanup: one decision per image); halved until the message fits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<serde_json::Value>,
+    /// How many items were left out to fit SNS's size limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub decisions_omitted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -118,7 +131,11 @@ impl Message {
             if text.len() <= MAX_MESSAGE_BYTES {
                 return text;
             }
-            if m.problems.len() > 1 {
+            if !m.decisions.is_empty() {
+                let keep = m.decisions.len() / 2;
+                m.decisions_omitted += m.decisions.len() - keep;
+                m.decisions.truncate(keep);
+            } else if m.problems.len() > 1 {
                 let keep = m.problems.len() / 2;
                 m.problems_omitted += m.problems.len() - keep;
                 m.problems.truncate(keep);

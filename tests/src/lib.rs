@@ -225,6 +225,37 @@ impl TestAccount {
         assert_eq!(status, 200, "emulator config answered {status}: {text}");
     }
 
+    /// Calls one of the emulator's control endpoints for this account (`account_id` is added to
+    /// the body); returns the answer as JSON.
+    pub fn control(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|mut b| {
+            b["account_id"] = Value::String(self.account_id.clone());
+            b
+        });
+        let (status, text) = http(&self.endpoint, method, path, body.as_ref())
+            .unwrap_or_else(|e| panic!("control call {path} failed: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "control call {path} answered {status}: {text}"
+        );
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Backdates an image's CreationDate (emulator control endpoint).
+    pub fn backdate_image(
+        &self,
+        region: &str,
+        image_id: &str,
+        when: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.control(
+            "POST",
+            "/ami-pipeline-emulator/image-creation-date",
+            Some(serde_json::json!({"region": region, "image_id": image_id,
+                "creation_date": when.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+        );
+    }
+
     /// Adds a fault rule for this account (see tests/emulator/README.md).
     pub fn inject_fault(&self, rule: Value) {
         let mut body = rule;

@@ -401,3 +401,166 @@ pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Re
         .map_err(|e| AwsError::from_sdk("ec2:CreateTags", resource_ids.join(","), e))?;
     Ok(())
 }
+
+/// The images used by this account's instances that are not terminated (DescribeInstances,
+/// every page).
+pub async fn images_in_use(ec2: &Client) -> Result<std::collections::BTreeSet<String>, AwsError> {
+    let mut pages = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(
+                    ["pending", "running", "shutting-down", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut used = std::collections::BTreeSet::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", "instances", e))?;
+        for r in page.reservations() {
+            for i in r.instances() {
+                if let Some(id) = i.image_id() {
+                    used.insert(id.to_owned());
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// The images referenced by launch templates: for each template (DescribeLaunchTemplates, every
+/// page), its `$Default` and `$Latest` versions, or every version when `all_versions`. Returns
+/// image id → `template-name (version n)`.
+pub async fn images_in_launch_templates(
+    ec2: &Client,
+    all_versions: bool,
+) -> Result<std::collections::BTreeMap<String, String>, AwsError> {
+    let mut templates = Vec::new();
+    let mut pages = ec2
+        .describe_launch_templates()
+        .max_results(200)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeLaunchTemplates", "launch templates", e)
+        })?;
+        for t in page.launch_templates() {
+            if let Some(id) = t.launch_template_id() {
+                templates.push(id.to_owned());
+            }
+        }
+    }
+    let mut used = std::collections::BTreeMap::new();
+    for t in templates {
+        let mut call = ec2
+            .describe_launch_template_versions()
+            .launch_template_id(&t)
+            .max_results(200);
+        if !all_versions {
+            call = call.versions("$Default").versions("$Latest");
+        }
+        let mut pages = call.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| AwsError::from_sdk("ec2:DescribeLaunchTemplateVersions", &t, e))?;
+            for v in page.launch_template_versions() {
+                if let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) {
+                    used.entry(image.to_owned()).or_insert_with(|| {
+                        format!(
+                            "{} (version {})",
+                            v.launch_template_name().unwrap_or(&t),
+                            v.version_number().unwrap_or_default()
+                        )
+                    });
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Who an image is shared with (DescribeImageAttribute `launchPermission`): account ids,
+/// organization and OU ARNs, and `all` for public.
+pub async fn launch_permissions(ec2: &Client, image_id: &str) -> Result<Vec<String>, AwsError> {
+    let out = ec2
+        .describe_image_attribute()
+        .image_id(image_id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeImageAttribute", image_id, e))?;
+    Ok(out
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| {
+            p.user_id()
+                .map(str::to_owned)
+                .or_else(|| p.organization_arn().map(str::to_owned))
+                .or_else(|| p.organizational_unit_arn().map(str::to_owned))
+                .or_else(|| p.group().map(|g| g.as_str().to_owned()))
+        })
+        .collect())
+}
+
+/// This account's snapshots matching `filters` (DescribeSnapshots, every page).
+pub async fn describe_own_snapshots_filtered(
+    ec2: &Client,
+    filters: Vec<Filter>,
+) -> Result<Vec<Snapshot>, AwsError> {
+    let mut pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .set_filters(Some(filters))
+        .max_results(1000)
+        .into_paginator()
+        .items()
+        .send();
+    let mut out = Vec::new();
+    while let Some(s) = pages.next().await {
+        let s = s.map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", "own snapshots", e))?;
+        out.extend(to_snapshot(&s));
+    }
+    Ok(out)
+}
+
+/// EnableImageDeprecation at `at` (AWS rejects past times).
+pub async fn enable_image_deprecation(
+    ec2: &Client,
+    image_id: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), AwsError> {
+    ec2.enable_image_deprecation()
+        .image_id(image_id)
+        .deprecate_at(aws_smithy_types::DateTime::from_secs(at.timestamp()))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:EnableImageDeprecation", image_id, e))?;
+    Ok(())
+}
+
+/// DeregisterImage, keeping its snapshots (the caller deletes the ones no other image uses).
+pub async fn deregister_image(ec2: &Client, image_id: &str) -> Result<(), AwsError> {
+    ec2.deregister_image()
+        .image_id(image_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DeregisterImage", image_id, e))?;
+    Ok(())
+}
+
+/// DeleteSnapshot.
+pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsError> {
+    ec2.delete_snapshot()
+        .snapshot_id(snapshot_id)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DeleteSnapshot", snapshot_id, e))?;
+    Ok(())
+}

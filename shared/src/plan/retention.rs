@@ -49,7 +49,9 @@ impl Selector {
             match rest.split_once('=') {
                 Some((k, v)) if !k.is_empty() => Ok(Selector::TagEquals(k.into(), v.into())),
                 None if !rest.is_empty() => Ok(Selector::TagKey(rest.into())),
-                _ => Err(format!("{s:?}: a tag selector needs a key (tag:KEY or tag:KEY=VALUE)")),
+                _ => Err(format!(
+                    "{s:?}: a tag selector needs a key (tag:KEY or tag:KEY=VALUE)"
+                )),
             }
         } else if let Some(glob) = s.strip_prefix("name:").filter(|g| !g.is_empty()) {
             Ok(Selector::Name(glob.into()))
@@ -222,7 +224,12 @@ fn protected(tags: &crate::model::Tags) -> bool {
 }
 
 /// Why an image may not be touched (empty: it may).
-fn exclusions(image: &Image, facts: &RegionFacts, policy: &Policy, now: DateTime<Utc>) -> Vec<String> {
+fn exclusions(
+    image: &Image,
+    facts: &RegionFacts,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Vec<String> {
     let mut why = Vec::new();
     if image.state != "available" {
         why.push(format!("state is {}", image.state));
@@ -307,8 +314,9 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                     rank += 1;
                 }
                 match created {
-                    Some(t) if now - t < Duration::days(policy.min_age_days) => keep_reasons
-                        .push(format!("younger than {} days", policy.min_age_days)),
+                    Some(t) if now - t < Duration::days(policy.min_age_days) => {
+                        keep_reasons.push(format!("younger than {} days", policy.min_age_days))
+                    }
                     None => keep_reasons.push("creation date unknown".into()),
                     _ => {}
                 }
@@ -330,7 +338,8 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                     d.action = Action::Skip;
                     d.reasons = excluded;
                 } else {
-                    let deprecated = parse_time(img.deprecation_time.as_deref()).filter(|t| *t <= now);
+                    let deprecated =
+                        parse_time(img.deprecation_time.as_deref()).filter(|t| *t <= now);
                     match deprecated {
                         None => {
                             d.action = Action::Deprecate;
@@ -544,7 +553,11 @@ mod tests {
         i.tags.clear();
         i.name = "legacy-web-2024".into();
         i.tags.insert("team".into(), "web".into());
-        assert!(Selector::parse("name:legacy-*-20??").expect("ok").matches(&i));
+        assert!(
+            Selector::parse("name:legacy-*-20??")
+                .expect("ok")
+                .matches(&i)
+        );
         assert!(Selector::parse("tag:team=web").expect("ok").matches(&i));
         assert!(Selector::parse("tag:team").expect("ok").matches(&i));
         assert!(!Selector::parse("tag:team=db").expect("ok").matches(&i));
@@ -656,11 +669,20 @@ mod tests {
                         .iter()
                         .find(|i| i.id == d.image_id)
                         .expect("decided images exist");
-                    assert_eq!(im.tags.get(MANAGED).map(String::as_str), Some("true"), "case {case}: out of scope");
+                    assert_eq!(
+                        im.tags.get(MANAGED).map(String::as_str),
+                        Some("true"),
+                        "case {case}: out of scope"
+                    );
                     if matches!(d.action, Action::Deprecate | Action::Deregister) {
                         removals += 1;
                         let ex = exclusions(im, rf, &pol, now());
-                        assert!(ex.is_empty(), "case {case}: {} excluded by {ex:?} yet {:?}", im.id, d.action);
+                        assert!(
+                            ex.is_empty(),
+                            "case {case}: {} excluded by {ex:?} yet {:?}",
+                            im.id,
+                            d.action
+                        );
                         assert_eq!(im.state, "available");
                         assert!(!rf.used_by_instances.contains(&im.id));
                         assert!(!rf.used_by_templates.contains_key(&im.id));
@@ -680,7 +702,11 @@ mod tests {
                 // Every family keeps at least one available image that is not removed.
                 let mut fams: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
                 for d in p.decisions.iter().filter(|d| d.region == rf.region) {
-                    let im = rf.images.iter().find(|i| i.id == d.image_id).expect("exists");
+                    let im = rf
+                        .images
+                        .iter()
+                        .find(|i| i.id == d.image_id)
+                        .expect("exists");
                     let e = fams.entry(d.family.as_str()).or_default();
                     if im.state == "available" {
                         e.0 += 1;
@@ -693,12 +719,23 @@ mod tests {
                     assert!(avail == 0 || left >= 1, "case {case}: family {f} emptied");
                 }
                 for o in p.orphans.iter().filter(|o| o.region == rf.region) {
-                    assert!(!rf.images.iter().any(|i| i.snapshot_ids.contains(&o.snapshot_id)));
+                    assert!(
+                        !rf.images
+                            .iter()
+                            .any(|i| i.snapshot_ids.contains(&o.snapshot_id))
+                    );
                 }
             }
-            let deregs = p.decisions.iter().filter(|d| d.action == Action::Deregister).count();
+            let deregs = p
+                .decisions
+                .iter()
+                .filter(|d| d.action == Action::Deregister)
+                .count();
             assert!(deregs <= pol.max_deletions, "case {case}: cap exceeded");
         }
-        assert!(removals > 1000, "the generator must exercise removals, got {removals}");
+        assert!(
+            removals > 1000,
+            "the generator must exercise removals, got {removals}"
+        );
     }
 }

@@ -20,6 +20,7 @@ Modules:
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
+  request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
   control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
 """
 

@@ -2,10 +2,10 @@
 
 Mirrors ``moto.server.main`` (werkzeug ``run_simple`` with moto's ``DomainDispatcherApplication``
 and ``MotoRequestHandler``, threaded) with three differences: the extensions are applied first,
-the app is wrapped in ``FaultMiddleware`` (per-account fault injection) and ``ControlMiddleware``
-(the ``/ami-pipeline-emulator/`` routes), and the EC2/S3/STS/EBS backends are loaded before the
-port is bound, so the first request is fast and a successful TCP connect means the emulator is
-ready.
+the app is wrapped in ``FaultMiddleware`` (per-account fault injection and request counts) and
+``ControlMiddleware`` (the ``/ami-pipeline-emulator/`` routes), and the EC2/S3/STS/EBS backends
+are loaded before the port is bound, so the first request is fast and a successful TCP connect
+means the emulator is ready.
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ us-east-1.
                                                         "message"?, "count"?, "resource"?}  (see ami_emulator.faults)
   GET    /ami-pipeline-emulator/faults?account_id=...  the account's rules with how often each fired
   DELETE /ami-pipeline-emulator/faults?account_id=...  clears the account's rules
+  GET    /ami-pipeline-emulator/requests?account_id=... the account's AWS request counts by "service:action"
+  DELETE /ami-pipeline-emulator/requests?account_id=... resets them (see ami_emulator.request_counts)
 
-``POST /moto-api/reset`` additionally forgets the per-account configuration and every fault rule.
+``POST /moto-api/reset`` additionally forgets the per-account configuration, every fault rule and
+every request count.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Callable
 
 from werkzeug.wrappers import Request, Response
 
-from . import faults
+from . import faults, request_counts
 from .common import (
     LOCK,
     account_config,
@@ -223,6 +226,13 @@ def handle_faults(request: Request) -> Response:
     return _json(200, {"account_id": account, "faults": faults.list_rules(account)})
 
 
+def handle_requests(request: Request) -> Response:
+    account = _account(dict(request.args))
+    if request.method == "DELETE":
+        return _json(200, {"account_id": account, "cleared": request_counts.clear(account)})
+    return _json(200, request_counts.snapshot(account))
+
+
 def handle_health(request: Request) -> Response:
     import moto
 
@@ -236,6 +246,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Callable[[Request], Response]]] = {
     "image-last-launched-time": (("POST",), handle_image_last_launched_time),
     "snapshot-start-time": (("POST",), handle_snapshot_start_time),
     "faults": (("GET", "POST", "DELETE"), handle_faults),
+    "requests": (("GET", "DELETE"), handle_requests),
 }
 
 
@@ -252,6 +263,7 @@ class ControlMiddleware:
         if path.rstrip("/") == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
             reset_config()
             faults.reset_faults()
+            request_counts.reset_counts()
         return self.app(environ, start_response)
 
     def _control(self, environ: dict[str, Any], start_response: Any, name: str) -> Any:

@@ -37,6 +37,9 @@ serves):
 Rules are process-wide state kept here (not on a moto backend), cleared per account through
 ``DELETE /ami-pipeline-emulator/faults?account_id=...`` and all together on
 ``POST /moto-api/reset``. With no rule defined the middleware passes requests straight through.
+
+The same middleware also counts every AWS API request per account under its (service, action)
+attribution, faulted ones included (``ami_emulator.request_counts``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from urllib.parse import parse_qs, unquote, unquote_plus
 from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Request, Response
+
+from . import request_counts
 
 DEFAULT_ACCOUNT = "123456789012"
 CONTROL_PREFIX = "/ami-pipeline-emulator/"
@@ -472,7 +477,8 @@ def fault_response(rule: FaultRule, service: str, method: str) -> Response:
 
 
 class FaultMiddleware:
-    """WSGI app: answers requests matched by a fault rule, passes every other one to ``app``.
+    """WSGI app: attributes every AWS API request to (account, service, action), counts it
+    (``request_counts``), answers it if a fault rule matches, and passes every other one to ``app``.
 
     ``dispatcher`` is moto's ``DomainDispatcherApplication`` (used to tell the service the way
     moto routes the request); by default ``app`` itself.
@@ -484,10 +490,10 @@ class FaultMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
-        if not path.startswith(("/moto-api", CONTROL_PREFIX)) and _has_live_rules():
+        if not path.startswith(("/moto-api", CONTROL_PREFIX)):
             try:
-                hit = self._match(environ)
-            except Exception:  # noqa: BLE001 - never turn a matching bug into a broken request
+                hit = self._attribute(environ)
+            except Exception:  # noqa: BLE001 - never turn an attribution bug into a broken request
                 traceback.print_exc(file=sys.stderr)
                 hit = None
             if hit is not None:
@@ -496,31 +502,45 @@ class FaultMiddleware:
                 return response(environ, start_response)
         return self.app(environ, start_response)
 
-    def _service(self, environ: dict[str, Any], body: bytes) -> str | None:
+    def _service(self, environ: dict[str, Any], body: bytes | None) -> str | None:
         path = environ.get("PATH_INFO", "")  # as moto's get_application passes it
         try:
             host = self.dispatcher.infer_service_region_host(environ, path)
         finally:
-            # moto's body sniffing (unsigned requests) does not rewind a body it cannot decode.
-            environ["wsgi.input"] = io.BytesIO(body)
+            if body is not None:
+                # moto's body sniffing (unsigned requests) does not rewind a body it cannot decode.
+                environ["wsgi.input"] = io.BytesIO(body)
         if host is None:
             host = "s3.us-east-1.amazonaws.com"  # moto's DEFAULT_SERVICE_REGION
         backend = self.dispatcher.get_backend_for_host(host)
         return str(backend) if backend else None
 
-    def _match(self, environ: dict[str, Any]) -> tuple[FaultRule, str] | None:
+    def _attribute(self, environ: dict[str, Any]) -> tuple[FaultRule, str] | None:
+        """Count the request and return the fault rule that answers it, if any."""
         account = request_account(environ)
-        if not _has_live_rules(account):
-            return None
-        body = _buffer_body(environ)
-        service = self._service(environ, body)
-        if service is None:
+        service: str | None = None
+        action: str | None = None
+        try:
+            # moto sniffs the body of unsigned requests to find their service; signed ones are
+            # routed by the credential scope, so an S3 upload is not read here (no copy).
+            body = None if environ.get("HTTP_AUTHORIZATION") else _buffer_body(environ)
+            service = self._service(environ, body)
+            if service == "s3":
+                action = s3_action(environ)
+            elif service is not None:
+                if body is None:
+                    body = _buffer_body(environ)
+                action = other_action(service, environ, body)
+        finally:
+            request_counts.record(account, service, action)
+        if service is None or not _has_live_rules(account):
             return None
         with _LOCK:
             wanted = any(r.live() and r.service == service for r in _RULES.get(account, []))
         if not wanted:
             return None
-        action = s3_action(environ) if service == "s3" else other_action(service, environ, body)
+        if body is None:
+            body = _buffer_body(environ)
         rule = _fire(account, service, action, _haystack(environ, body))
         if rule is None:
             return None

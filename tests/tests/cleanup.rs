@@ -1,0 +1,530 @@
+//! cleanup against the local emulator, through the real handler: keep-N and min-age with ties,
+//! the staged deprecate → deregister, every exclusion with its reason, a snapshot shared by two
+//! images, the orphan sweep, the cap, dry run = real run, two regions, and bad input.
+//! The clock is a parameter of the handler, so "a later run" is the same code at a later `now`.
+
+use chrono::{DateTime, Duration as Days, Utc};
+use cleanup::{Command, Config, Deps, Report, handle};
+use serde_json::{Value, json};
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{TestAccount, fixtures};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "us-west-2";
+
+struct World {
+    acct: TestAccount,
+    deps: Deps,
+    queue: String,
+}
+
+async fn world() -> World {
+    let acct = TestAccount::new().await;
+    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic.as_str()),
+        ("KEEP_NEWEST", "2"),
+        ("MIN_AGE_DAYS", "30"),
+        ("GRACE_DAYS", "7"),
+        ("MAX_DELETIONS", "10"),
+    ]);
+    let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
+    let deps = Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    World { acct, deps, queue }
+}
+
+impl World {
+    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.acct.clients.for_region(region).ec2
+    }
+
+    /// A managed image of `family` created `days` ago; returns (image, snapshot).
+    async fn managed(&self, region: &str, family: &str, name: &str, days: i64) -> (String, String) {
+        let (image, snap) = fixtures::image(
+            &self.ec2(region),
+            name,
+            &[
+                ("ami-pipeline:managed", "true"),
+                ("ami-pipeline:family", family),
+            ],
+        )
+        .await;
+        self.acct
+            .backdate_image(region, &image, Utc::now() - Days::days(days));
+        (image, snap)
+    }
+
+    async fn try_run(&self, event: Value, now: DateTime<Utc>) -> Result<Report, InvocationError> {
+        let cmd = Command::from_event(&event)?;
+        handle(
+            cmd,
+            &self.deps,
+            now,
+            Deadline::after(Duration::from_secs(900)),
+        )
+        .await
+    }
+
+    async fn run(&self, event: Value, now: DateTime<Utc>) -> Report {
+        self.try_run(event, now)
+            .await
+            .unwrap_or_else(|e| panic!("cleanup failed: {e}"))
+    }
+
+    async fn exists(&self, region: &str, image: &str) -> bool {
+        shared::aws::ec2::describe_own_image(&self.ec2(region), image)
+            .await
+            .expect("describe")
+            .is_some()
+    }
+
+    async fn snapshot_exists(&self, region: &str, snap: &str) -> bool {
+        !shared::aws::ec2::describe_own_snapshots(&self.ec2(region), &[snap.to_owned()])
+            .await
+            .expect("describe snapshots")
+            .is_empty()
+    }
+}
+
+fn decision<'a>(r: &'a Report, image: &str) -> &'a shared::plan::retention::Decision {
+    r.decisions
+        .iter()
+        .find(|d| d.image_id == image)
+        .unwrap_or_else(|| panic!("{image} not in the report: {:#?}", r.decisions))
+}
+
+fn action(r: &Report, image: &str) -> String {
+    serde_json::to_value(decision(r, image).action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn keep_newest_and_min_age_then_deprecate_then_deregister_later() {
+    let w = world().await;
+    let (young, _) = w.managed(EAST, "web", "web-young", 1).await;
+    let (second, _) = w.managed(EAST, "web", "web-second", 70).await;
+    let (old1, s1) = w.managed(EAST, "web", "web-old1", 80).await;
+    let (old2, s2) = w.managed(EAST, "web", "web-old2", 90).await;
+    let (recent, _) = w.managed(EAST, "web", "web-recent", 10).await;
+    // Three images created at the very same instant: the greater ids count as newer.
+    let when = Utc::now() - Days::days(200);
+    let mut ties = Vec::new();
+    for n in 0..3 {
+        let (i, _) = w.managed(EAST, "tie", &format!("tie-{n}"), 0).await;
+        w.acct.backdate_image(EAST, &i, when);
+        ties.push(i);
+    }
+    ties.sort();
+
+    let now = Utc::now();
+    let r = w.run(json!({"dry_run": false}), now).await;
+    assert!(!r.dry_run);
+    assert_eq!(action(&r, &young), "keep");
+    assert_eq!(action(&r, &recent), "keep");
+    assert!(
+        decision(&r, &recent)
+            .reasons
+            .iter()
+            .any(|x| x.contains("among the newest 2"))
+    );
+    assert_eq!(
+        action(&r, &second),
+        "deprecate",
+        "beyond the newest 2 and older than 30 days"
+    );
+    assert_eq!(action(&r, &old1), "deprecate");
+    assert_eq!(action(&r, &old2), "deprecate");
+    assert_eq!(action(&r, &ties[2]), "keep");
+    assert_eq!(action(&r, &ties[1]), "keep");
+    assert_eq!(action(&r, &ties[0]), "deprecate");
+    let desc = shared::aws::ec2::describe_own_image(&w.ec2(EAST), &old1)
+        .await
+        .expect("describe")
+        .expect("still there");
+    assert!(desc.deprecation_time.is_some(), "deprecated, not deleted");
+    assert!(w.exists(EAST, &old2).await);
+
+    // A day later: still in the grace period.
+    let r = w.run(json!({"dry_run": false}), now + Days::days(1)).await;
+    assert_eq!(action(&r, &old1), "keep");
+    assert!(decision(&r, &old1).reasons[0].contains("grace period"));
+
+    // Eight days later: deregistered, and their snapshots deleted.
+    let r = w.run(json!({"dry_run": false}), now + Days::days(8)).await;
+    assert_eq!(action(&r, &old1), "deregister");
+    assert_eq!(decision(&r, &old1).delete_snapshots, vec![s1.clone()]);
+    assert!(!w.exists(EAST, &old1).await && !w.exists(EAST, &old2).await);
+    assert!(!w.snapshot_exists(EAST, &s1).await && !w.snapshot_exists(EAST, &s2).await);
+    assert!(w.exists(EAST, &young).await && w.exists(EAST, &recent).await);
+    assert!(!w.exists(EAST, &second).await);
+    assert!(
+        r.steps.iter().all(|s| s.result.starts_with("done")),
+        "{:#?}",
+        r.steps
+    );
+
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 3, "one cleanup.report per run");
+    let last = &msgs[2];
+    assert_eq!(last["event_type"], "cleanup.report");
+    assert_eq!(last["summary"]["counts"]["us-east-1/web"]["deregister"], 3);
+    assert_eq!(last["summary"]["dry_run"], false);
+    assert_eq!(
+        last["decisions"][0]["action"], "deregister",
+        "removals come first"
+    );
+}
+
+#[tokio::test]
+async fn every_exclusion_is_respected_and_named() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "ex", "ex-newest", 1).await;
+    w.managed(EAST, "ex", "ex-second", 2).await;
+    let mut stale = BTreeMap::new();
+    for (n, what) in [
+        "running",
+        "stopped",
+        "terminated",
+        "template",
+        "public",
+        "shared",
+        "protect-tag",
+        "dereg-protection",
+        "launched",
+        "publishing",
+        "plain",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (image, _) = w
+            .managed(EAST, "ex", &format!("ex-{what}"), 100 + n as i64)
+            .await;
+        stale.insert(*what, image);
+    }
+    let running = fixtures::instance(&ec2, &stale["running"]).await;
+    let stopped = fixtures::instance(&ec2, &stale["stopped"]).await;
+    ec2.stop_instances()
+        .instance_ids(&stopped)
+        .send()
+        .await
+        .expect("stop");
+    let terminated = fixtures::instance(&ec2, &stale["terminated"]).await;
+    ec2.terminate_instances()
+        .instance_ids(&terminated)
+        .send()
+        .await
+        .expect("terminate");
+    let _ = running;
+    ec2.create_launch_template()
+        .launch_template_name("web-lt")
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id(&stale["template"])
+                .build(),
+        )
+        .send()
+        .await
+        .expect("launch template");
+    ec2.modify_image_attribute()
+        .image_id(&stale["public"])
+        .launch_permission(
+            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                .add(
+                    aws_sdk_ec2::types::LaunchPermission::builder()
+                        .group("all".into())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("make public");
+    ec2.modify_image_attribute()
+        .image_id(&stale["shared"])
+        .launch_permission(
+            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                .add(
+                    aws_sdk_ec2::types::LaunchPermission::builder()
+                        .user_id("111122223333")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("share");
+    ec2.create_tags()
+        .resources(&stale["protect-tag"])
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ami-pipeline:protect")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag");
+    ec2.enable_image_deregistration_protection()
+        .image_id(&stale["dereg-protection"])
+        .send()
+        .await
+        .expect("protect");
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/image-last-launched-time",
+        Some(json!({"region": EAST, "image_id": stale["launched"],
+                    "last_launched_time": (Utc::now() - Days::days(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+    );
+    ec2.create_tags()
+        .resources(&stale["publishing"])
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ami-pipeline:publish-state")
+                .value("in-progress")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag");
+    // Not managed and not selected: never considered.
+    let (foreign, _) = fixtures::image(&ec2, "foreign-old", &[]).await;
+    w.acct
+        .backdate_image(EAST, &foreign, Utc::now() - Days::days(500));
+
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    let reason = |what: &str| decision(&r, &stale[what]).reasons.join("; ");
+    for (what, expected) in [
+        ("running", "in use by an instance"),
+        ("stopped", "in use by an instance"),
+        ("template", "referenced by launch template web-lt"),
+        ("public", "public"),
+        ("shared", "shared with 111122223333"),
+        ("protect-tag", "protected by tag ami-pipeline:protect"),
+        ("dereg-protection", "deregistration protection is enabled"),
+        ("launched", "launched within 30 days"),
+        ("publishing", "publish in progress"),
+    ] {
+        assert_eq!(action(&r, &stale[what]), "skip", "{what}: {}", reason(what));
+        assert!(
+            reason(what).contains(expected),
+            "{what}: {:?}",
+            reason(what)
+        );
+    }
+    assert_eq!(
+        action(&r, &stale["terminated"]),
+        "deprecate",
+        "a terminated instance does not protect"
+    );
+    assert_eq!(action(&r, &stale["plain"]), "deprecate");
+    assert!(r.decisions.iter().all(|d| d.image_id != foreign));
+
+    // Eight days later nothing protected has been touched, and only the two unprotected go.
+    let r = w
+        .run(json!({"dry_run": false}), Utc::now() + Days::days(8))
+        .await;
+    for (what, image) in &stale {
+        let gone = !w.exists(EAST, image).await;
+        assert_eq!(
+            gone,
+            ["terminated", "plain"].contains(what),
+            "{what}: {:?}",
+            decision(&r, image)
+        );
+    }
+    assert!(w.exists(EAST, &foreign).await);
+}
+
+#[tokio::test]
+async fn a_shared_snapshot_survives_and_orphans_are_swept() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "snap", "snap-newest", 1).await;
+    w.managed(EAST, "snap", "snap-second", 2).await;
+    let (stale, shared_snap) = w.managed(EAST, "snap", "snap-stale", 100).await;
+    // A kept image registered from the same snapshot.
+    let other = fixtures::register(&ec2, "snap-other", &shared_snap, &[]).await;
+    // An orphan: a managed snapshot no image uses, 20 days old; and a young one.
+    let orphan = fixtures::snapshot(&ec2, &[("ami-pipeline:managed", "true")]).await;
+    let young_orphan = fixtures::snapshot(&ec2, &[("ami-pipeline:managed", "true")]).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/snapshot-start-time",
+        Some(json!({"region": EAST, "snapshot_id": orphan,
+                    "start_time": (Utc::now() - Days::days(20)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+    );
+    let now = Utc::now();
+    let first = w.run(json!({"dry_run": false}), now).await;
+    let swept: Vec<&str> = first
+        .orphans
+        .iter()
+        .map(|o| o.snapshot_id.as_str())
+        .collect();
+    assert_eq!(
+        swept,
+        vec![orphan.as_str()],
+        "only the old orphan, not the young one"
+    );
+    assert!(!w.snapshot_exists(EAST, &orphan).await, "orphan swept");
+    assert!(w.snapshot_exists(EAST, &young_orphan).await);
+    assert!(!swept.contains(&shared_snap.as_str()));
+
+    let r = w.run(json!({"dry_run": false}), now + Days::days(8)).await;
+    assert_eq!(action(&r, &stale), "deregister");
+    assert_eq!(
+        decision(&r, &stale).keep_snapshots,
+        vec![shared_snap.clone()]
+    );
+    assert!(decision(&r, &stale).delete_snapshots.is_empty());
+    assert!(!w.exists(EAST, &stale).await);
+    assert!(
+        w.snapshot_exists(EAST, &shared_snap).await,
+        "still used by {other}"
+    );
+    assert!(w.exists(EAST, &other).await);
+}
+
+#[tokio::test]
+async fn the_cap_holds_and_a_dry_run_is_exactly_the_real_run() {
+    let w = world().await;
+    w.managed(EAST, "cap", "cap-newest", 1).await;
+    w.managed(EAST, "cap", "cap-second", 2).await;
+    let mut stale = Vec::new();
+    for n in 0..5 {
+        stale.push(
+            w.managed(EAST, "cap", &format!("cap-old-{n}"), 100 + n)
+                .await
+                .0,
+        );
+    }
+    let now = Utc::now();
+    w.run(json!({"dry_run": false}), now).await;
+    let later = now + Days::days(8);
+    let dry = w.run(json!({"max_deletions": 2}), later).await;
+    assert!(dry.dry_run, "manual runs are dry unless told otherwise");
+    assert_eq!(dry.capped, 3);
+    for i in &stale {
+        assert!(w.exists(EAST, i).await, "a dry run changes nothing");
+    }
+    let real = w
+        .run(json!({"max_deletions": 2, "dry_run": false}), later)
+        .await;
+    assert_eq!(
+        real.decisions, dry.decisions,
+        "the dry run printed exactly the plan"
+    );
+    assert_eq!(real.orphans, dry.orphans);
+    let planned: Vec<(&str, &str)> = dry
+        .steps
+        .iter()
+        .map(|s| (s.resource.as_str(), s.action))
+        .collect();
+    let mut done: Vec<(&str, &str)> = real
+        .steps
+        .iter()
+        .map(|s| (s.resource.as_str(), s.action))
+        .collect();
+    let mut planned = planned;
+    planned.sort();
+    done.sort();
+    assert_eq!(done, planned);
+    assert_eq!(real.capped, 3);
+    // The two oldest went.
+    assert!(!w.exists(EAST, &stale[4]).await && !w.exists(EAST, &stale[3]).await);
+    for i in &stale[..3] {
+        assert!(w.exists(EAST, i).await);
+        assert!(decision(&real, i).reasons[0].contains("per-run cap of 2"));
+    }
+}
+
+#[tokio::test]
+async fn two_regions_in_one_run() {
+    let w = world().await;
+    for region in [EAST, WEST] {
+        w.managed(region, "multi", "multi-new", 1).await;
+        w.managed(region, "multi", "multi-mid", 2).await;
+        w.managed(region, "multi", "multi-old", 100).await;
+    }
+    let r = w
+        .run(
+            json!({"regions": [EAST, WEST], "dry_run": false}),
+            Utc::now(),
+        )
+        .await;
+    assert_eq!(r.regions, vec![EAST, WEST]);
+    for region in [EAST, WEST] {
+        let c = &r.summary[&format!("{region}/multi")];
+        assert_eq!((c.keep, c.deprecate), (2, 1), "{region}");
+    }
+    assert_eq!(r.steps.iter().filter(|s| s.result == "done").count(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_changes() {
+    let w = world().await;
+    w.managed(EAST, "web", "web-new", 1).await;
+    let (old, _) = w.managed(EAST, "web", "web-old", 100).await;
+    let (older, _) = w.managed(EAST, "web", "web-older", 120).await;
+    for (event, expected) in [
+        (
+            json!({"families": ["wbe"], "dry_run": false}),
+            "unknown family \"wbe\" (families in scope: web)",
+        ),
+        (
+            json!({"keep_newest": -1, "dry_run": false}),
+            "keep_newest must be a whole number from 0 to 1000, not -1",
+        ),
+        (
+            json!({"max_deletions": "5", "dry_run": false}),
+            "max_deletions must be a whole number",
+        ),
+        (json!({"dry_run": "no"}), "dry_run must be true or false"),
+        (
+            json!({"regions": ["us-east1"], "dry_run": false}),
+            "regions: \"us-east1\" is not an AWS region",
+        ),
+        (
+            json!({"keep": 1, "dry_run": false}),
+            "unknown field \"keep\"",
+        ),
+        (
+            json!({"detail-type": "Object Created", "source": "aws.s3"}),
+            "is not a \"Scheduled Event\"",
+        ),
+        (json!([1, 2]), "must be a JSON object"),
+    ] {
+        let err = w
+            .try_run(event.clone(), Utc::now())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.error_type(), "InvalidEvent", "{event}");
+        assert!(err.to_string().contains(expected), "{event}: {err}");
+    }
+    // A manual invoke without dry_run only reports.
+    let r = w.run(json!({}), Utc::now() + Days::days(30)).await;
+    assert!(r.dry_run);
+    assert_eq!(r.steps.iter().filter(|s| s.result == "planned").count(), 1);
+    for i in [&old, &older] {
+        let d = shared::aws::ec2::describe_own_image(&w.ec2(EAST), i)
+            .await
+            .expect("describe")
+            .expect("still there");
+        assert!(d.deprecation_time.is_none(), "nothing was deprecated");
+    }
+    // The scheduled run follows DRY_RUN (default true).
+    let r = w
+        .run(json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}), Utc::now())
+        .await;
+    assert!(r.dry_run);
+    assert!(w.exists(EAST, &older).await);
+}
