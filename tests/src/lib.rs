@@ -168,8 +168,12 @@ pub struct TestAccount {
 impl TestAccount {
     /// Assumes a role into a fresh account and builds the clients.
     pub async fn new() -> Self {
+        Self::for_account(fresh_account_id()).await
+    }
+
+    /// Assumes a role into `account_id` (e.g. one a parent process set up) and builds the clients.
+    pub async fn for_account(account_id: String) -> Self {
         let endpoint = endpoint();
-        let account_id = fresh_account_id();
         let base = clients::sdk_config(ClientSettings {
             region: Some(REGION.into()),
             endpoint_url: Some(endpoint.clone()),

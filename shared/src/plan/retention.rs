@@ -293,16 +293,16 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                 families.entry(f).or_default().push(img);
             }
         }
-        for (family, mut images) in families {
+        for (family, images) in families {
             // Newest first; equal creation times: the greater image id counts as newer.
-            images.sort_by(|a, b| {
-                let ta = parse_time(a.creation_date.as_deref());
-                let tb = parse_time(b.creation_date.as_deref());
-                tb.cmp(&ta).then_with(|| b.id.cmp(&a.id))
-            });
+            // (Times are parsed once, not in the comparator.)
+            let mut images: Vec<(Option<DateTime<Utc>>, &Image)> = images
+                .into_iter()
+                .map(|i| (parse_time(i.creation_date.as_deref()), i))
+                .collect();
+            images.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| b.id.cmp(&a.id)));
             let mut rank = 0usize;
-            for img in images {
-                let created = parse_time(img.creation_date.as_deref());
+            for (created, img) in images {
                 let is_available = img.state == "available";
                 let mut keep_reasons = Vec::new();
                 if is_available {
@@ -320,7 +320,11 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                     None => keep_reasons.push("creation date unknown".into()),
                     _ => {}
                 }
-                let excluded = exclusions(img, rf, policy, now);
+                let excluded = if keep_reasons.is_empty() {
+                    exclusions(img, rf, policy, now)
+                } else {
+                    Vec::new()
+                };
                 let mut d = Decision {
                     region: rf.region.clone(),
                     family: family.clone(),
@@ -407,20 +411,18 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
         }
     }
     // The cap: the oldest deregistrations go first; the rest wait for the next run.
-    let mut order: Vec<usize> = decisions
+    let mut order: Vec<(Option<DateTime<Utc>>, usize)> = decisions
         .iter()
         .enumerate()
         .filter(|(_, d)| d.action == Action::Deregister)
-        .map(|(i, _)| i)
+        .map(|(i, d)| (parse_time(Some(&d.created)), i))
         .collect();
-    order.sort_by(|a, b| {
-        let (da, db) = (&decisions[*a], &decisions[*b]);
-        parse_time(Some(&da.created))
-            .cmp(&parse_time(Some(&db.created)))
-            .then_with(|| da.image_id.cmp(&db.image_id))
+    order.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then_with(|| decisions[*a].image_id.cmp(&decisions[*b].image_id))
     });
     let mut capped = 0;
-    for i in order.into_iter().skip(policy.max_deletions) {
+    for (_, i) in order.into_iter().skip(policy.max_deletions) {
         let d = &mut decisions[i];
         d.action = Action::Keep;
         d.reasons = vec![format!(

@@ -30,9 +30,10 @@ serves):
   123456789012;
 * service: moto's own dispatch (``DomainDispatcherApplication.infer_service_region_host``,
   i.e. the SigV4 credential scope, else body/path heuristics);
-* action: for S3 see ``s3_action``; for every other service moto's botocore-model router
-  (query ``Action`` parameter for EC2/SNS/STS/IAM, ``X-Amz-Target`` for JSON APIs, method + path
-  for REST APIs), falling back to the raw ``Action`` parameter.
+* action: for S3 see ``s3_action``; for every other service what moto's botocore-model router
+  matches (query ``Action`` parameter for EC2/SNS/STS/IAM and ``X-Amz-Target`` for JSON APIs,
+  read directly; method + path through the router for REST APIs), falling back to the raw
+  ``Action`` parameter.
 
 Rules are process-wide state kept here (not on a moto backend), cleared per account through
 ``DELETE /ami-pipeline-emulator/faults?account_id=...`` and all together on
@@ -44,6 +45,7 @@ attribution, faulted ones included (``ami_emulator.request_counts``).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import secrets
@@ -377,8 +379,41 @@ def _form(environ: dict[str, Any], body: bytes) -> dict[str, list[str]]:
     return params
 
 
+@functools.lru_cache(maxsize=256)
+def _request_protocol(service: str, content_type: str) -> str | None:
+    """The protocol moto's router picks for this service and content type (None: unknown)."""
+    try:
+        from moto.core.request import determine_request_protocol
+        from moto.core.utils import get_service_model
+
+        return determine_request_protocol(get_service_model(service), content_type)
+    except Exception:  # noqa: BLE001 - no botocore model, or a protocol the service lacks
+        return None
+
+
 def other_action(service: str, environ: dict[str, Any], body: bytes) -> str | None:
-    """Operation name of a non-S3 request through moto's botocore-model router."""
+    """Operation name of a non-S3 request, as moto's botocore-model router names it.
+
+    For the RPC protocols the router's answer is a parameter, read here directly (it runs for
+    every request, see ``request_counts``): Query/EC2 (``QueryRouter``) the ``Action`` parameter
+    of query string or form body, JSON (``JSONRouter``) the operation part of ``X-Amz-Target``.
+    REST protocols (method + path) go through the router itself. If nothing matches: the raw
+    ``Action`` parameter, else the ``X-Amz-Target`` operation, else None.
+    """
+
+    def param_action() -> str | None:
+        action = _form(environ, body).get("Action")
+        return action[0] if action and action[0] else None
+
+    def target_action() -> str | None:
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        return str(target).rsplit(".", 1)[-1] if target else None
+
+    protocol = _request_protocol(service, environ.get("CONTENT_TYPE") or "")
+    if protocol in ("query", "ec2"):
+        return param_action() or target_action()
+    if protocol == "json":
+        return target_action() or param_action()
     try:
         from moto.core.request import Request as MotoRequest
         from moto.core.routing import get_service_router
@@ -389,13 +424,7 @@ def other_action(service: str, environ: dict[str, Any], body: bytes) -> str | No
         return str(operation.name)
     except Exception:  # noqa: BLE001 - unknown service model or no route: fall back below
         pass
-    action = _form(environ, body).get("Action")
-    if action:
-        return action[0]
-    target = environ.get("HTTP_X_AMZ_TARGET")
-    if target:
-        return str(target).rsplit(".", 1)[-1]
-    return None
+    return param_action() or target_action()
 
 
 def _haystack(environ: dict[str, Any], body: bytes) -> list[str]:
@@ -487,6 +516,7 @@ class FaultMiddleware:
     def __init__(self, app: Any, dispatcher: Any = None) -> None:
         self.app = app
         self.dispatcher = dispatcher if dispatcher is not None else app
+        self._backends: dict[str, str | None] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -512,8 +542,20 @@ class FaultMiddleware:
                 environ["wsgi.input"] = io.BytesIO(body)
         if host is None:
             host = "s3.us-east-1.amazonaws.com"  # moto's DEFAULT_SERVICE_REGION
+        return self._backend_for_host(host)
+
+    def _backend_for_host(self, host: str) -> str | None:
+        """``dispatcher.get_backend_for_host``, remembered per host: moto's version lists and
+        stats its package folders on every call (~1.5 ms), and the answer never changes."""
+        try:
+            return self._backends[host]
+        except KeyError:
+            pass
         backend = self.dispatcher.get_backend_for_host(host)
-        return str(backend) if backend else None
+        answer = str(backend) if backend else None
+        if len(self._backends) < 4096:  # hosts are service+region names; bound it anyway
+            self._backends[host] = answer
+        return answer
 
     def _attribute(self, environ: dict[str, Any]) -> tuple[FaultRule, str] | None:
         """Count the request and return the fault rule that answers it, if any."""

@@ -1,0 +1,246 @@
+//! Cleanup benchmark (prints its figures; not a test). `scripts/bench-cleanup` runs it.
+//!
+//! - `bench_cleanup planner [N]`: the pure planner alone on N synthetic images (default
+//!   100,000) in 50 families: wall time of `retention::plan`.
+//! - `bench_cleanup emulator [N]`: N managed images (default 10,000), each with its own
+//!   snapshot, backdated across a year in 50 families, in one region of a fresh emulator account;
+//!   then a dry run and a real run of the cleanup handler, each in a child process
+//!   (`bench_cleanup run <account> <dry|real>`) that prints its wall time, its peak RSS (VmHWM)
+//!   and the AWS calls by operation (the emulator's request counter).
+
+use chrono::{Duration as Days, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+use shared::deadline::Deadline;
+use shared::model::{Image, Tags};
+use shared::plan::lineage::{FAMILY, MANAGED};
+use shared::plan::retention::{self, Policy, RegionFacts};
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use support::{TestAccount, fixtures};
+
+fn policy() -> Policy {
+    Policy {
+        keep_newest: 3,
+        min_age_days: 30,
+        grace_days: 7,
+        max_deletions: 10_000,
+        families: BTreeSet::new(),
+        selectors: vec![],
+        allow_public: false,
+        allow_shared: false,
+        orphan_sweep: true,
+    }
+}
+
+fn planner(n: usize) {
+    let now = Utc::now();
+    let images: Vec<Image> = (0..n)
+        .map(|i| Image {
+            id: format!("ami-{i:017x}"),
+            name: format!("f{}-{i}", i % 50),
+            state: "available".into(),
+            creation_date: Some((now - Days::days((i % 365) as i64)).to_rfc3339()),
+            snapshot_ids: vec![format!("snap-{i:017x}")],
+            tags: Tags::from([
+                (MANAGED.to_string(), "true".to_string()),
+                (FAMILY.to_string(), format!("f{}", i % 50)),
+            ]),
+            deprecation_time: (i % 3 == 0).then(|| (now - Days::days(10)).to_rfc3339()),
+            ..Image::default()
+        })
+        .collect();
+    let facts = [RegionFacts {
+        region: "us-east-1".into(),
+        images,
+        ..RegionFacts::default()
+    }];
+    let mut times = Vec::new();
+    let mut decided = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let plan = retention::plan(&facts, &policy(), now);
+        times.push(t.elapsed());
+        decided = plan.decisions.len();
+    }
+    times.sort();
+    println!(
+        "planner: {n} images, 50 families -> {decided} decisions; median {:.1} ms, min {:.1} ms (5 runs, {} build)",
+        times[2].as_secs_f64() * 1000.0,
+        times[0].as_secs_f64() * 1000.0,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn setup(n: usize) -> Result<String, String> {
+    let acct = TestAccount::new().await;
+    let ec2 = acct.clients.ec2.clone();
+    let t = Instant::now();
+    let ids: Vec<String> = stream::iter(0..n)
+        .map(|i| {
+            let ec2 = ec2.clone();
+            async move {
+                let family = format!("f{}", i % 50);
+                fixtures::image(
+                    &ec2,
+                    &format!("{family}-{i:05}"),
+                    &[
+                        ("ami-pipeline:managed", "true"),
+                        ("ami-pipeline:family", &family),
+                    ],
+                )
+                .await
+                .0
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    println!(
+        "setup: registered {n} images with their snapshots in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let now = Utc::now();
+    let images: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            json!({"image_id": id, "creation_date": (now - Days::days((i % 365) as i64) - Days::minutes(i as i64))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})
+        })
+        .collect();
+    acct.control(
+        "POST",
+        "/ami-pipeline-emulator/image-creation-date",
+        Some(json!({"region": "us-east-1", "images": images})),
+    );
+    Ok(acct.account_id)
+}
+
+async fn run(account: String, dry: bool) -> Result<(), String> {
+    let acct = TestAccount::for_account(account).await;
+    let (topic, _queue) = acct.topic_with_queue("bench").await;
+    let _ = acct.control(
+        "DELETE",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            acct.account_id
+        ),
+        None,
+    );
+    let env = [
+        ("TOPIC_ARN", topic.as_str()),
+        ("MAX_DELETIONS", "10000"),
+        ("GRACE_DAYS", "0"),
+    ];
+    let config = cleanup::Config::from_lookup(&|k| {
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    })
+    .map_err(|e| e.to_string())?;
+    let deps = cleanup::Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    let event = json!({"dry_run": dry, "orphan_sweep": false});
+    let cmd = cleanup::Command::from_event(&event).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let report = cleanup::handle(
+        cmd,
+        &deps,
+        Utc::now(),
+        Deadline::after(Duration::from_secs(3600)),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let wall = t.elapsed();
+    let counts = acct.control(
+        "GET",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            acct.account_id
+        ),
+        None,
+    );
+    let mut actions = std::collections::BTreeMap::new();
+    for d in &report.decisions {
+        *actions.entry(format!("{:?}", d.action)).or_insert(0usize) += 1;
+    }
+    println!(
+        "{} run: {} decisions {:?}, {} steps; wall {:.1} s; peak RSS {:.1} MiB; AWS calls {}",
+        if dry { "dry" } else { "real" },
+        report.decisions.len(),
+        actions,
+        report.steps.len(),
+        wall.as_secs_f64(),
+        peak_rss_mib(),
+        counts["requests"]
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    let result = match args.first().map(String::as_str) {
+        Some("planner") => {
+            planner(n(1, 100_000));
+            Ok(())
+        }
+        Some("emulator") => match setup(n(1, 10_000)).await {
+            Ok(account) => {
+                let me = std::env::current_exe().map_err(|e| e.to_string());
+                let mut r = Ok(());
+                for mode in ["dry", "real"] {
+                    r = me.as_ref().map_err(Clone::clone).and_then(|exe| {
+                        let status = std::process::Command::new(exe)
+                            .args(["run", &account, mode])
+                            .status()
+                            .map_err(|e| e.to_string())?;
+                        status
+                            .success()
+                            .then_some(())
+                            .ok_or(format!("{mode} run failed"))
+                    });
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        },
+        Some("run") => match (args.get(1), args.get(2)) {
+            (Some(a), Some(mode)) => run(a.clone(), mode == "dry").await,
+            _ => Err("usage: bench_cleanup run <account> <dry|real>".into()),
+        },
+        _ => Err("usage: bench_cleanup planner [N] | emulator [N]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("FAIL: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
