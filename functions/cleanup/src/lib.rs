@@ -380,7 +380,7 @@ pub async fn handle(
     for r in &regions {
         facts.push(gather(deps, r, &policy).await.map_err(partial)?);
     }
-    check_families(&facts, &policy)?;
+    check_families(&facts, &policy, now)?;
 
     // Sharing is read only for the images the plan would remove.
     let first = retention::plan(&facts, &policy, now);
@@ -505,7 +505,11 @@ async fn gather(deps: &Deps, region: &str, policy: &Policy) -> Result<RegionFact
 
 /// A family asked for that no image in scope has is a mistake (a typo would otherwise clean
 /// nothing and say nothing).
-fn check_families(facts: &[RegionFacts], policy: &Policy) -> Result<(), InvocationError> {
+fn check_families(
+    facts: &[RegionFacts],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<(), InvocationError> {
     if policy.families.is_empty() {
         return Ok(());
     }
@@ -515,7 +519,7 @@ fn check_families(facts: &[RegionFacts], policy: &Policy) -> Result<(), Invocati
         orphan_sweep: false,
         ..policy.clone()
     };
-    let known: BTreeSet<String> = retention::plan(facts, &everything, Utc::now())
+    let known: BTreeSet<String> = retention::plan(facts, &everything, now)
         .decisions
         .into_iter()
         .map(|d| d.family)

@@ -181,36 +181,28 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
 /// DescribeImages for one image id, whoever owns it; `None` when EC2 does not know it (never
 /// existed, deregistered, or not visible to this account).
 pub async fn describe_image(ec2: &Client, image_id: &str) -> Result<Option<Image>, AwsError> {
-    match ec2
-        .describe_images()
-        .image_ids(image_id)
-        .include_deprecated(true)
-        .send()
-        .await
-    {
-        Ok(out) => Ok(out.images().iter().find_map(to_image)),
-        Err(e) => {
-            let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e);
-            if e.kind == crate::error::ErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-    }
+    describe_one_image(ec2, image_id, false).await
 }
 
 /// This account's image `image_id`; `None` when it does not exist (yet), is deregistered or
 /// belongs to someone else.
 pub async fn describe_own_image(ec2: &Client, image_id: &str) -> Result<Option<Image>, AwsError> {
-    match ec2
+    describe_one_image(ec2, image_id, true).await
+}
+
+async fn describe_one_image(
+    ec2: &Client,
+    image_id: &str,
+    own: bool,
+) -> Result<Option<Image>, AwsError> {
+    let mut call = ec2
         .describe_images()
-        .owners("self")
         .image_ids(image_id)
-        .include_deprecated(true)
-        .send()
-        .await
-    {
+        .include_deprecated(true);
+    if own {
+        call = call.owners("self");
+    }
+    match call.send().await {
         Ok(out) => Ok(out.images().iter().find_map(to_image)),
         Err(e) => {
             let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e);
