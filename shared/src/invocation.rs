@@ -8,6 +8,9 @@
 use crate::config::ConfigError;
 use crate::events::EventError;
 
+/// Failures listed by name in [`InvocationError::Partial`]; the rest are counted.
+pub const MAX_LISTED_ERRORS: usize = 20;
+
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
@@ -50,10 +53,17 @@ impl InvocationError {
     }
 
     /// `Partial` from the errors collected over a run of `total` steps; `None` when none failed.
-    pub fn from_failures(total: usize, errors: Vec<String>) -> Option<Self> {
-        (!errors.is_empty()).then(|| InvocationError::Partial {
-            failed: errors.len(),
-            total: total.max(errors.len()),
+    /// Only the first [`MAX_LISTED_ERRORS`] are listed (Lambda error messages must stay small);
+    /// the count says how many failed.
+    pub fn from_failures(total: usize, mut errors: Vec<String>) -> Option<Self> {
+        let failed = errors.len();
+        if failed > MAX_LISTED_ERRORS {
+            errors.truncate(MAX_LISTED_ERRORS);
+            errors.push(format!("… and {} more", failed - MAX_LISTED_ERRORS));
+        }
+        (failed > 0).then(|| InvocationError::Partial {
+            failed,
+            total: total.max(failed),
             errors,
         })
     }
@@ -65,6 +75,25 @@ impl From<InvocationError> for lambda_runtime::Diagnostic {
             error_type: e.error_type().to_owned(),
             error_message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_failures_is_counted_not_listed() {
+        let errors: Vec<String> = (0..9000).map(|i| format!("step {i} failed")).collect();
+        let e = InvocationError::from_failures(9244, errors).expect("failures");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("9000 of 9244 steps failed: step 0 failed"),
+            "{text}"
+        );
+        assert!(text.ends_with("… and 8980 more"), "{text}");
+        assert!(text.len() < 1000);
+        assert!(InvocationError::from_failures(3, vec![]).is_none());
     }
 }
 

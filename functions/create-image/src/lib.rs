@@ -446,14 +446,9 @@ pub async fn handle(
         failed = errors.len(),
         "create-image run finished"
     );
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(InvocationError::Partial {
-            failed: errors.len(),
-            total: total.max(errors.len()),
-            errors,
-        })
+    match InvocationError::from_failures(total, errors) {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
 }
 
