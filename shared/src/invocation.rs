@@ -78,6 +78,12 @@ impl From<InvocationError> for lambda_runtime::Diagnostic {
     }
 }
 
+impl From<EventError> for InvocationError {
+    fn from(e: EventError) -> Self {
+        InvocationError::InvalidEvent(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,11 +100,5 @@ mod tests {
         assert!(text.ends_with("… and 8980 more"), "{text}");
         assert!(text.len() < 1000);
         assert!(InvocationError::from_failures(3, vec![]).is_none());
-    }
-}
-
-impl From<EventError> for InvocationError {
-    fn from(e: EventError) -> Self {
-        InvocationError::InvalidEvent(e.to_string())
     }
 }
