@@ -10,7 +10,6 @@
 //! - [`notify`]: the SNS message format.
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
 //! - [`invocation`]: the error a function returns to Lambda, with stable error types.
-//! - [`placeholder`]: the refusal of functions not built yet.
 
 pub mod aws;
 pub mod config;
@@ -20,6 +19,5 @@ pub mod events;
 pub mod invocation;
 pub mod model;
 pub mod notify;
-pub mod placeholder;
 pub mod plan;
 pub mod telemetry;

@@ -37,6 +37,16 @@ pub enum EventType {
     /// A cleanup run's report.
     #[serde(rename = "cleanup.report")]
     CleanupReport,
+    /// An image is copied, shared and verified in every target region (publish).
+    #[serde(rename = "image.published")]
+    ImagePublished,
+    /// Some target regions failed; the others are published, the failed ones are retried by
+    /// the schedule (sent once per change of the failed set).
+    #[serde(rename = "image.publish-partial")]
+    PublishPartial,
+    /// Shares or the public flag were removed (publish's revoke).
+    #[serde(rename = "image.revoked")]
+    ImageRevoked,
 }
 
 impl EventType {
@@ -49,6 +59,9 @@ impl EventType {
             EventType::ImageReady => "image.ready",
             EventType::LineageConflict => "image.lineage-conflict",
             EventType::CleanupReport => "cleanup.report",
+            EventType::ImagePublished => "image.published",
+            EventType::PublishPartial => "image.publish-partial",
+            EventType::ImageRevoked => "image.revoked",
         }
     }
 }
@@ -103,6 +116,10 @@ pub struct Message {
     /// How many items were left out to fit SNS's size limit.
     #[serde(skip_serializing_if = "is_zero")]
     pub decisions_omitted: usize,
+    /// publish: the image in each region with its outcome, the shares, the public flag and
+    /// the deprecation time (bounded: at most one entry per AWS region).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publication: Option<serde_json::Value>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -142,8 +159,26 @@ impl Message {
             } else if let Some(e) = m.error.as_mut() {
                 let cut: String = e.chars().take(e.chars().count() / 2).collect();
                 *e = format!("{cut}…");
-            } else {
+            } else if !m.lineage.is_empty() {
                 m.lineage.clear();
+            } else if m
+                .publication
+                .as_ref()
+                .is_some_and(|p| p.get("omitted").is_none())
+            {
+                m.publication = Some(serde_json::json!({
+                    "omitted": "too large for SNS; the function's output has it in full"
+                }));
+            } else {
+                let bare = Message {
+                    version: m.version,
+                    event_type: m.event_type,
+                    time: m.time.clone(),
+                    region: m.region.clone(),
+                    image_id: m.image_id.clone(),
+                    ..Message::default()
+                };
+                return serde_json::to_string(&bare).unwrap_or_default();
             }
         }
     }

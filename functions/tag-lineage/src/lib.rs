@@ -904,17 +904,7 @@ async fn stamp_one(
         notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
         return Ok(report);
     }
-    // Snapshots first, the image last: the image (what people query) is complete only once
-    // its snapshots are; a crash in between is finished by the next event.
-    let mut order: Vec<(&String, &Tags)> = plan
-        .writes
-        .iter()
-        .filter(|(r, _)| **r != image.id)
-        .collect();
-    if let Some(w) = plan.writes.get_key_value(&image.id) {
-        order.push(w);
-    }
-    for (resource, tags) in order {
+    for (resource, tags) in plan.ordered_writes(&image.id) {
         ec2::create_tags(&c.ec2, &[resource.as_str()], tags).await?;
     }
     if !plan.writes.is_empty() {

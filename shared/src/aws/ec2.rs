@@ -5,6 +5,7 @@
 
 use crate::error::AwsError;
 use crate::model::{Image, ImportStatus, ImportTask, Snapshot, Tags};
+use crate::plan::publish::Grants;
 use crate::plan::spec::ImageSpec;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{
@@ -17,6 +18,14 @@ use aws_sdk_ec2::types::{
 pub fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
     Filter::builder()
         .name(format!("tag:{key}"))
+        .set_values(Some(values.into_iter().map(Into::into).collect()))
+        .build()
+}
+
+/// A filter on an attribute (`state`, `source-image-id`, …) = any of `values`.
+pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
+    Filter::builder()
+        .name(name)
         .set_values(Some(values.into_iter().map(Into::into).collect()))
         .build()
 }
@@ -555,4 +564,167 @@ pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsE
         .await
         .map_err(|e| AwsError::from_sdk("ec2:DeleteSnapshot", snapshot_id, e))?;
     Ok(())
+}
+
+/// What CopyImage needs (the client is the destination region's).
+#[derive(Debug, Clone)]
+pub struct CopyRequest<'a> {
+    /// The image to copy.
+    pub source_image_id: &'a str,
+    /// Its region.
+    pub source_region: &'a str,
+    /// The copy's name (names are unique per account and region).
+    pub name: &'a str,
+    /// Idempotency token (64 characters at most).
+    pub client_token: &'a str,
+    /// Tags on the new image and its snapshots, on top of the source's user tags
+    /// (`CopyImageTags`).
+    pub tags: &'a Tags,
+}
+
+/// CopyImage into the client's region, with the source's tags and `req.tags` on the copy and
+/// its snapshots; returns the new image id (the same one again for a repeated token).
+pub async fn copy_image(ec2: &Client, req: CopyRequest<'_>) -> Result<String, AwsError> {
+    let out = ec2
+        .copy_image()
+        .source_image_id(req.source_image_id)
+        .source_region(req.source_region)
+        .name(req.name)
+        .client_token(req.client_token)
+        .copy_image_tags(true)
+        .tag_specifications(tag_spec(ResourceType::Image, req.tags))
+        .tag_specifications(tag_spec(ResourceType::Snapshot, req.tags))
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:CopyImage", req.source_image_id, e))?;
+    out.image_id().map(str::to_owned).ok_or_else(|| AwsError {
+        operation: "ec2:CopyImage",
+        resource: req.source_image_id.to_owned(),
+        kind: crate::error::ErrorKind::Other,
+        code: None,
+        message: "the response carried no ImageId".into(),
+    })
+}
+
+/// Whether a permission change adds or removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Grant.
+    Add,
+    /// Revoke.
+    Remove,
+}
+
+/// ModifyImageAttribute `launchPermission`: adds or removes accounts, organizations, OUs and
+/// the `all` group in one call.
+pub async fn modify_launch_permission(
+    ec2: &Client,
+    image_id: &str,
+    change: Change,
+    grants: &Grants,
+) -> Result<(), AwsError> {
+    use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, PermissionGroup};
+    let mut perms: Vec<LaunchPermission> = Vec::new();
+    perms.extend(
+        grants
+            .accounts
+            .iter()
+            .map(|a| LaunchPermission::builder().user_id(a).build()),
+    );
+    perms.extend(
+        grants
+            .organizations
+            .iter()
+            .map(|o| LaunchPermission::builder().organization_arn(o).build()),
+    );
+    perms.extend(grants.ous.iter().map(|o| {
+        LaunchPermission::builder()
+            .organizational_unit_arn(o)
+            .build()
+    }));
+    if grants.public {
+        perms.push(
+            LaunchPermission::builder()
+                .group(PermissionGroup::All)
+                .build(),
+        );
+    }
+    let mods = match change {
+        Change::Add => LaunchPermissionModifications::builder().set_add(Some(perms)),
+        Change::Remove => LaunchPermissionModifications::builder().set_remove(Some(perms)),
+    }
+    .build();
+    ec2.modify_image_attribute()
+        .image_id(image_id)
+        .launch_permission(mods)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:ModifyImageAttribute", image_id, e))?;
+    Ok(())
+}
+
+/// ModifySnapshotAttribute `createVolumePermission` for accounts and the `all` group
+/// (snapshots have no organization form). Uses the `OperationType` + `UserIds`/`GroupNames`
+/// form, which every EC2 implementation honours.
+pub async fn modify_create_volume_permission(
+    ec2: &Client,
+    snapshot_id: &str,
+    change: Change,
+    grants: &Grants,
+) -> Result<(), AwsError> {
+    use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
+    let mut call = ec2
+        .modify_snapshot_attribute()
+        .snapshot_id(snapshot_id)
+        .attribute(SnapshotAttributeName::CreateVolumePermission)
+        .operation_type(match change {
+            Change::Add => OperationType::Add,
+            Change::Remove => OperationType::Remove,
+        })
+        .set_user_ids(Some(grants.accounts.iter().cloned().collect()));
+    if grants.public {
+        call = call.group_names("all");
+    }
+    call.send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:ModifySnapshotAttribute", snapshot_id, e))?;
+    Ok(())
+}
+
+/// Who may create volumes from a snapshot (DescribeSnapshotAttribute
+/// `createVolumePermission`): account ids, and `all` for public.
+pub async fn create_volume_permissions(
+    ec2: &Client,
+    snapshot_id: &str,
+) -> Result<Vec<String>, AwsError> {
+    let out = ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(snapshot_id)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshotAttribute", snapshot_id, e))?;
+    Ok(out
+        .create_volume_permissions()
+        .iter()
+        .filter_map(|p| {
+            p.user_id()
+                .map(str::to_owned)
+                .or_else(|| p.group().map(|g| g.as_str().to_owned()))
+        })
+        .collect())
+}
+
+/// GetImageBlockPublicAccessState of the client's region: `unblocked` or
+/// `block-new-sharing`.
+pub async fn image_block_public_access_state(ec2: &Client) -> Result<String, AwsError> {
+    let out = ec2
+        .get_image_block_public_access_state()
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:GetImageBlockPublicAccessState", "account", e))?;
+    Ok(out
+        .image_block_public_access_state()
+        .unwrap_or("unblocked")
+        .to_owned())
 }

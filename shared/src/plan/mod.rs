@@ -7,6 +7,7 @@ pub mod ids;
 pub mod import;
 pub mod lineage;
 pub mod naming;
+pub mod publish;
 pub mod retention;
 pub mod spec;
 pub mod stamp;

@@ -112,6 +112,21 @@ pub struct StampPlan {
 }
 
 impl StampPlan {
+    /// The writes in the order to make them: the snapshots first, the image last, so the image
+    /// (what people query) is complete only once its snapshots are; a crash in between is
+    /// finished by the next event.
+    pub fn ordered_writes(&self, image_id: &str) -> Vec<(&String, &Tags)> {
+        let mut order: Vec<(&String, &Tags)> = self
+            .writes
+            .iter()
+            .filter(|(r, _)| r.as_str() != image_id)
+            .collect();
+        if let Some(w) = self.writes.get_key_value(image_id) {
+            order.push(w);
+        }
+        order
+    }
+
     /// Whether the pipeline should announce `image.ready` for this image now: it is a pipeline
     /// image (managed marker) that is not a copy, fully stamped, and not announced before.
     pub fn ready_to_announce(&self, image: &Image) -> bool {

@@ -1,0 +1,718 @@
+//! Publish planning: which policy applies to an image, and the next step in each region.
+//!
+//! **Policy** ([`resolve`]): the function's defaults (environment, set by template
+//! parameters), overridden per image by the `publish:*` tags set at upload time (through the
+//! upload's `tags` setting) or written by a manual invoke ([`override_tags`]). Lists are space-
+//! or comma-separated. Target regions are an explicit allow list minus a deny list: an empty
+//! list publishes in the image's own region only, never "all regions"; a region on both lists
+//! is an error. Public sharing needs the deployment's [`PublicMode`] to allow it.
+//!
+//! **State** lives on the source image: [`PUBLISH_STATE`] `in-progress` while copies or shares
+//! are outstanding (cleanup never touches it), then `published`. Copies carry
+//! [`PUBLISH_SOURCE`] (the source image id), which is how a later run finds them.
+//!
+//! **Steps** per target region ([`copy_step`]) and per region's permissions ([`Grants`]):
+//! pure functions of what was read, table-tested below.
+
+use super::ids;
+use super::lineage::MAX_TAG_VALUE;
+use crate::model::{Image, Tags};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+pub use super::retention::PUBLISH_STATE;
+
+/// [`PUBLISH_STATE`] while copies or shares are outstanding.
+pub const IN_PROGRESS: &str = "in-progress";
+/// [`PUBLISH_STATE`] once every region is published and verified.
+pub const PUBLISHED: &str = "published";
+/// [`PUBLISH_STATE`] on a copy (a copy is never itself a publish source).
+pub const COPY: &str = "copy";
+/// On a copy: the id of the image it was published from.
+pub const PUBLISH_SOURCE: &str = "ami-pipeline:publish-source";
+/// On the source: when `image.published` was sent (RFC 3339).
+pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
+/// On the source: the regions that failed at the last run (space-separated; empty when none),
+/// so `image.publish-partial` is sent once per change, not on every schedule.
+pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
+
+/// Per-image policy tags (set at upload time through the `tags` setting, or by a manual invoke).
+pub mod tags {
+    /// Target regions (replaces the default list).
+    pub const REGIONS: &str = "publish:regions";
+    /// Account ids to share with (replaces the default list).
+    pub const ACCOUNTS: &str = "publish:accounts";
+    /// Organization ARNs to share with (replaces the default list).
+    pub const ORGANIZATIONS: &str = "publish:organizations";
+    /// OU ARNs to share with (replaces the default list).
+    pub const OUS: &str = "publish:ous";
+    /// `true` / `false`: make public (only where [`super::PublicMode::OptIn`] or `Always`).
+    pub const PUBLIC: &str = "publish:public";
+    /// Days until deprecation, `0` for none (replaces the default).
+    pub const DEPRECATE_AFTER_DAYS: &str = "publish:deprecate-after-days";
+    /// Every key.
+    pub const ALL: [&str; 6] = [
+        REGIONS,
+        ACCOUNTS,
+        ORGANIZATIONS,
+        OUS,
+        PUBLIC,
+        DEPRECATE_AFTER_DAYS,
+    ];
+}
+
+/// EC2 refuses a deprecation time more than 10 years ahead.
+pub const MAX_DEPRECATE_DAYS: i64 = 3650;
+/// …and, for a public image, more than 2 years after its creation.
+pub const MAX_PUBLIC_DEPRECATE_DAYS: i64 = 730;
+
+/// Whether images may be made public.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublicMode {
+    /// Never (the default): a request for public is refused.
+    Never,
+    /// Only images that ask for it (`publish:public=true` or a manual `"public": true`).
+    OptIn,
+    /// Every image, unless it says `publish:public=false`.
+    Always,
+}
+
+impl PublicMode {
+    /// Parses `never` / `opt-in` / `always`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "never" => Some(PublicMode::Never),
+            "opt-in" => Some(PublicMode::OptIn),
+            "always" => Some(PublicMode::Always),
+            _ => None,
+        }
+    }
+}
+
+/// The function's defaults (from the environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Target regions.
+    pub regions: Vec<String>,
+    /// Regions never published to, whatever an image asks.
+    pub deny_regions: BTreeSet<String>,
+    /// Account ids.
+    pub accounts: Vec<String>,
+    /// Organization ARNs.
+    pub organizations: Vec<String>,
+    /// OU ARNs.
+    pub ous: Vec<String>,
+    /// Public sharing.
+    pub public: PublicMode,
+    /// Days until deprecation (0: none).
+    pub deprecate_after_days: i64,
+}
+
+impl Defaults {
+    /// Every problem of the defaults themselves (a config error).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        check_principals(
+            &self.regions,
+            &self.accounts,
+            &self.organizations,
+            &self.ous,
+            &mut p,
+        );
+        for r in &self.deny_regions {
+            if !ids::is_region(r) {
+                p.push(format!("deny region {r:?} is not an AWS region"));
+            }
+        }
+        for r in &self.regions {
+            if self.deny_regions.contains(r) {
+                p.push(format!("region {r} is both a target and denied"));
+            }
+        }
+        check_days(
+            self.deprecate_after_days,
+            self.public == PublicMode::Always,
+            &mut p,
+        );
+        p
+    }
+}
+
+/// The effective policy of one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Regions to copy to (the image's own region excluded).
+    pub regions: BTreeSet<String>,
+    /// Account ids.
+    pub accounts: BTreeSet<String>,
+    /// Organization ARNs.
+    pub organizations: BTreeSet<String>,
+    /// OU ARNs.
+    pub ous: BTreeSet<String>,
+    /// Public.
+    pub public: bool,
+    /// Days until deprecation (0: none).
+    pub deprecate_after_days: i64,
+}
+
+/// Splits a list written with spaces and/or commas.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split([',', ' '])
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn check_principals(
+    regions: &[String],
+    accounts: &[String],
+    organizations: &[String],
+    ous: &[String],
+    p: &mut Vec<String>,
+) {
+    for r in regions {
+        if !ids::is_region(r) {
+            p.push(format!("region {r:?} is not an AWS region"));
+        }
+    }
+    for a in accounts {
+        if !ids::is_account_id(a) {
+            p.push(format!("account {a:?} is not a 12-digit account id"));
+        }
+    }
+    for o in organizations {
+        if !ids::is_organization_arn(o) {
+            p.push(format!(
+                "organization {o:?} is not an organization ARN (arn:aws:organizations::<account>:organization/o-…)"
+            ));
+        }
+    }
+    for o in ous {
+        if !ids::is_ou_arn(o) {
+            p.push(format!(
+                "OU {o:?} is not an OU ARN (arn:aws:organizations::<account>:ou/o-…/ou-…)"
+            ));
+        }
+    }
+}
+
+fn check_days(days: i64, public: bool, p: &mut Vec<String>) {
+    if !(0..=MAX_DEPRECATE_DAYS).contains(&days) {
+        p.push(format!(
+            "deprecate-after-days {days} is outside 0..={MAX_DEPRECATE_DAYS} (EC2 accepts at most 10 years)"
+        ));
+    } else if public && days > MAX_PUBLIC_DEPRECATE_DAYS {
+        p.push(format!(
+            "deprecate-after-days {days} is more than {MAX_PUBLIC_DEPRECATE_DAYS}: EC2 limits a public image's deprecation to 2 years after its creation"
+        ));
+    }
+}
+
+fn parse_bool(key: &str, v: &str, p: &mut Vec<String>) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => {
+            p.push(format!("{key}={v:?} is not true or false"));
+            None
+        }
+    }
+}
+
+/// The policy of an image in `home` with `image_tags`: defaults, then its `publish:*` tags.
+/// Every problem is listed (`Err`); nothing may be changed when there is one.
+pub fn resolve(defaults: &Defaults, image_tags: &Tags, home: &str) -> Result<Policy, Vec<String>> {
+    let mut p = Vec::new();
+    let list = |key: &str, default: &[String]| -> Vec<String> {
+        image_tags
+            .get(key)
+            .map(|v| split_list(v))
+            .unwrap_or_else(|| default.to_vec())
+    };
+    let regions = list(tags::REGIONS, &defaults.regions);
+    let accounts = list(tags::ACCOUNTS, &defaults.accounts);
+    let organizations = list(tags::ORGANIZATIONS, &defaults.organizations);
+    let ous = list(tags::OUS, &defaults.ous);
+    check_principals(&regions, &accounts, &organizations, &ous, &mut p);
+    for r in &regions {
+        if defaults.deny_regions.contains(r) {
+            p.push(format!("region {r} is denied by PUBLISH_DENY_REGIONS"));
+        }
+    }
+    let asked = image_tags
+        .get(tags::PUBLIC)
+        .and_then(|v| parse_bool(tags::PUBLIC, v, &mut p));
+    let public = match (defaults.public, asked) {
+        (PublicMode::Never, Some(true)) => {
+            p.push("public sharing was asked for but PUBLIC=never forbids it".to_owned());
+            false
+        }
+        (PublicMode::Never, _) => false,
+        (PublicMode::OptIn, asked) => asked.unwrap_or(false),
+        (PublicMode::Always, asked) => asked.unwrap_or(true),
+    };
+    let days = match image_tags.get(tags::DEPRECATE_AFTER_DAYS) {
+        None => defaults.deprecate_after_days,
+        Some(v) => v.trim().parse::<i64>().unwrap_or_else(|_| {
+            p.push(format!(
+                "{}={v:?} is not a whole number of days",
+                tags::DEPRECATE_AFTER_DAYS
+            ));
+            0
+        }),
+    };
+    check_days(days, public, &mut p);
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(Policy {
+        regions: regions.into_iter().filter(|r| r != home).collect(),
+        accounts: accounts.into_iter().collect(),
+        organizations: organizations.into_iter().collect(),
+        ous: ous.into_iter().collect(),
+        public,
+        deprecate_after_days: days,
+    })
+}
+
+/// A manual invoke's overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `regions`.
+    pub regions: Option<Vec<String>>,
+    /// `accounts`.
+    pub accounts: Option<Vec<String>>,
+    /// `organizations`.
+    pub organizations: Option<Vec<String>>,
+    /// `ous`.
+    pub ous: Option<Vec<String>>,
+    /// `public`.
+    pub public: Option<bool>,
+    /// `deprecate_after_days`.
+    pub deprecate_after_days: Option<i64>,
+}
+
+impl Overrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == Overrides::default()
+    }
+}
+
+/// The `publish:*` tags that record `overrides` on the image (so the schedule, which only sees
+/// the image, continues with them). `Err` lists every value too long for a tag.
+pub fn override_tags(overrides: &Overrides) -> Result<Tags, Vec<String>> {
+    let mut out = Tags::new();
+    let mut p = Vec::new();
+    let mut put = |key: &str, value: String| {
+        if value.chars().count() > MAX_TAG_VALUE {
+            p.push(format!(
+                "{key}: {} characters do not fit a tag value ({MAX_TAG_VALUE}); set long lists in the function's environment",
+                value.chars().count()
+            ));
+        } else {
+            out.insert(key.to_owned(), value);
+        }
+    };
+    for (key, list) in [
+        (tags::REGIONS, &overrides.regions),
+        (tags::ACCOUNTS, &overrides.accounts),
+        (tags::ORGANIZATIONS, &overrides.organizations),
+        (tags::OUS, &overrides.ous),
+    ] {
+        if let Some(l) = list {
+            put(key, l.join(" "));
+        }
+    }
+    if let Some(b) = overrides.public {
+        put(tags::PUBLIC, b.to_string());
+    }
+    if let Some(d) = overrides.deprecate_after_days {
+        put(tags::DEPRECATE_AFTER_DAYS, d.to_string());
+    }
+    if p.is_empty() { Ok(out) } else { Err(p) }
+}
+
+/// The CopyImage idempotency token of `source` (in `home`) copied to `destination`: the same
+/// request always carries the same token, so a retried call returns the first copy.
+pub fn client_token(home: &str, source: &str, destination: &str) -> String {
+    let digest = Sha256::digest(format!(
+        "ami-pipeline/publish/{home}/{source}/{destination}"
+    ));
+    format!("publish-{}", &hex::encode(digest)[..40])
+}
+
+/// The next step of one target region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum CopyStep {
+    /// No copy yet: start one.
+    Start,
+    /// Wait for the next run.
+    Wait {
+        /// Why.
+        reason: String,
+    },
+    /// The copy failed: deregister it (it is useless), report, and copy again next run.
+    Failed {
+        /// EC2's reason.
+        reason: String,
+    },
+    /// The copy is available: stamp its lineage and share it.
+    Ready,
+}
+
+/// The next step for a target region, from the copy found there (if any) and how many of the
+/// pipeline's copies are already in flight to that region (`limit` at most).
+pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopyStep {
+    match copy {
+        None if in_flight >= limit => CopyStep::Wait {
+            reason: format!(
+                "{in_flight} copies already in flight to this region (limit {limit}); started by a later run"
+            ),
+        },
+        None => CopyStep::Start,
+        Some(c) => match c.state.as_str() {
+            "available" => CopyStep::Ready,
+            "pending" | "transient" => CopyStep::Wait {
+                reason: format!("copy {} is {}", c.id, c.state),
+            },
+            other => CopyStep::Failed {
+                reason: format!("copy {} is {other}", c.id),
+            },
+        },
+    }
+}
+
+/// Principals of a launch permission or a create-volume permission.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Grants {
+    /// Account ids.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub accounts: BTreeSet<String>,
+    /// Organization ARNs.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub organizations: BTreeSet<String>,
+    /// OU ARNs.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub ous: BTreeSet<String>,
+    /// Group `all`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
+}
+
+impl Grants {
+    /// What the image's launch permission must hold.
+    pub fn launch(policy: &Policy) -> Self {
+        Grants {
+            accounts: policy.accounts.clone(),
+            organizations: policy.organizations.clone(),
+            ous: policy.ous.clone(),
+            public: policy.public,
+        }
+    }
+
+    /// What the snapshots' create-volume permission must hold: EC2 shares snapshots with
+    /// accounts and `all` only (there is no organization form), so organizations and OUs get
+    /// the image alone — enough to launch it.
+    pub fn create_volume(policy: &Policy) -> Self {
+        Grants {
+            accounts: policy.accounts.clone(),
+            public: policy.public,
+            ..Grants::default()
+        }
+    }
+
+    /// Parses a permission list as the gateways return it (ids, ARNs, `all`).
+    pub fn from_entries(entries: &[String]) -> Self {
+        let mut g = Grants::default();
+        for e in entries {
+            if e == "all" {
+                g.public = true;
+            } else if ids::is_organization_arn(e) {
+                g.organizations.insert(e.clone());
+            } else if e.contains(":ou/") {
+                g.ous.insert(e.clone());
+            } else {
+                g.accounts.insert(e.clone());
+            }
+        }
+        g
+    }
+
+    /// What `self` holds that `current` lacks.
+    pub fn missing_from(&self, current: &Grants) -> Grants {
+        Grants {
+            accounts: self
+                .accounts
+                .difference(&current.accounts)
+                .cloned()
+                .collect(),
+            organizations: self
+                .organizations
+                .difference(&current.organizations)
+                .cloned()
+                .collect(),
+            ous: self.ous.difference(&current.ous).cloned().collect(),
+            public: self.public && !current.public,
+        }
+    }
+
+    /// What `self` and `other` both hold (what a revoke can remove).
+    pub fn common(&self, other: &Grants) -> Grants {
+        Grants {
+            accounts: self
+                .accounts
+                .intersection(&other.accounts)
+                .cloned()
+                .collect(),
+            organizations: self
+                .organizations
+                .intersection(&other.organizations)
+                .cloned()
+                .collect(),
+            ous: self.ous.intersection(&other.ous).cloned().collect(),
+            public: self.public && other.public,
+        }
+    }
+
+    /// Nothing to grant.
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+            && self.organizations.is_empty()
+            && self.ous.is_empty()
+            && !self.public
+    }
+
+    /// Drops `removed` from the policy's lists (after a revoke, so a later run does not share
+    /// again); returns the `publish:*` tags to write for each list that changed.
+    pub fn revoked_tags(&self, policy: &Policy) -> Tags {
+        let mut t = Tags::new();
+        let keep = |all: &BTreeSet<String>, gone: &BTreeSet<String>| {
+            all.difference(gone).cloned().collect::<Vec<_>>().join(" ")
+        };
+        if !self.accounts.is_empty() {
+            t.insert(
+                tags::ACCOUNTS.into(),
+                keep(&policy.accounts, &self.accounts),
+            );
+        }
+        if !self.organizations.is_empty() {
+            t.insert(
+                tags::ORGANIZATIONS.into(),
+                keep(&policy.organizations, &self.organizations),
+            );
+        }
+        if !self.ous.is_empty() {
+            t.insert(tags::OUS.into(), keep(&policy.ous, &self.ous));
+        }
+        if self.public {
+            t.insert(tags::PUBLIC.into(), "false".into());
+        }
+        t
+    }
+}
+
+/// Parses revoke principals: account ids, organization / OU ARNs, and `public` (or `all`).
+pub fn parse_principals(items: &[String]) -> Result<Grants, Vec<String>> {
+    let mut g = Grants::default();
+    let mut p = Vec::new();
+    for i in items {
+        if i == "public" || i == "all" {
+            g.public = true;
+        } else if ids::is_account_id(i) {
+            g.accounts.insert(i.clone());
+        } else if ids::is_organization_arn(i) {
+            g.organizations.insert(i.clone());
+        } else if ids::is_ou_arn(i) {
+            g.ous.insert(i.clone());
+        } else {
+            p.push(format!(
+                "{i:?} is not an account id, an organization ARN, an OU ARN or \"public\""
+            ));
+        }
+    }
+    if p.is_empty() { Ok(g) } else { Err(p) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORG: &str = "arn:aws:organizations::111122223333:organization/o-exampleorg1";
+    const OU: &str = "arn:aws:organizations::111122223333:ou/o-exampleorg1/ou-ab12-cdef3456";
+
+    fn defaults() -> Defaults {
+        Defaults {
+            regions: vec!["us-west-2".into(), "eu-west-1".into()],
+            deny_regions: BTreeSet::from(["cn-north-1".to_owned()]),
+            accounts: vec!["111122223333".into()],
+            organizations: vec![],
+            ous: vec![],
+            public: PublicMode::OptIn,
+            deprecate_after_days: 0,
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_and_the_home_region_is_not_a_target() {
+        let p = resolve(&defaults(), &Tags::new(), "us-west-2").expect("valid");
+        assert_eq!(p.regions, BTreeSet::from(["eu-west-1".to_owned()]));
+        assert_eq!(p.accounts, BTreeSet::from(["111122223333".to_owned()]));
+        assert!(!p.public);
+    }
+
+    #[test]
+    fn image_tags_replace_defaults() {
+        let t = tags(&[
+            (tags::REGIONS, "ap-south-1, eu-central-1"),
+            (tags::ACCOUNTS, "444455556666 777788889999"),
+            (tags::OUS, OU),
+            (tags::PUBLIC, "true"),
+            (tags::DEPRECATE_AFTER_DAYS, "90"),
+        ]);
+        let p = resolve(&defaults(), &t, "us-east-1").expect("valid");
+        assert_eq!(p.regions.len(), 2);
+        assert!(p.accounts.contains("777788889999") && !p.accounts.contains("111122223333"));
+        assert_eq!(p.ous.len(), 1);
+        assert!(p.public);
+        assert_eq!(p.deprecate_after_days, 90);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let t = tags(&[
+            (tags::REGIONS, "us-east1 cn-north-1"),
+            (tags::ACCOUNTS, "12345"),
+            (tags::ORGANIZATIONS, "o-abc"),
+            (tags::OUS, "ou-x"),
+            (tags::PUBLIC, "yes"),
+            (tags::DEPRECATE_AFTER_DAYS, "5000"),
+        ]);
+        let p = resolve(&defaults(), &t, "us-east-1").expect_err("invalid");
+        assert_eq!(p.len(), 7, "{p:#?}");
+        assert!(p.iter().any(|x| x.contains("us-east1")));
+        assert!(p.iter().any(|x| x.contains("denied")));
+    }
+
+    #[test]
+    fn public_follows_the_mode() {
+        let ask = tags(&[(tags::PUBLIC, "true")]);
+        let mut d = defaults();
+        d.public = PublicMode::Never;
+        assert!(resolve(&d, &ask, "us-east-1").is_err());
+        assert!(!resolve(&d, &Tags::new(), "us-east-1").expect("ok").public);
+        d.public = PublicMode::Always;
+        assert!(resolve(&d, &Tags::new(), "us-east-1").expect("ok").public);
+        let no = tags(&[(tags::PUBLIC, "false")]);
+        assert!(!resolve(&d, &no, "us-east-1").expect("ok").public);
+        let long = tags(&[(tags::DEPRECATE_AFTER_DAYS, "800")]);
+        assert!(resolve(&d, &long, "us-east-1").is_err());
+    }
+
+    #[test]
+    fn defaults_with_a_region_both_allowed_and_denied_are_refused() {
+        let mut d = defaults();
+        d.deny_regions.insert("eu-west-1".into());
+        assert_eq!(d.problems().len(), 1);
+        assert!(defaults().problems().is_empty());
+    }
+
+    #[test]
+    fn override_tags_round_trip_and_refuse_long_lists() {
+        let o = Overrides {
+            regions: Some(vec!["eu-west-1".into()]),
+            accounts: Some(vec!["444455556666".into(), "777788889999".into()]),
+            public: Some(false),
+            ..Overrides::default()
+        };
+        let t = override_tags(&o).expect("fits");
+        let p = resolve(&defaults(), &t, "us-east-1").expect("valid");
+        assert_eq!(p.accounts.len(), 2);
+        assert!(!p.public);
+        let many = Overrides {
+            accounts: Some(vec!["444455556666".into(); 30]),
+            ..Overrides::default()
+        };
+        assert!(override_tags(&many).is_err());
+    }
+
+    #[test]
+    fn tokens_are_stable_and_distinct() {
+        let a = client_token("us-east-1", "ami-1", "eu-west-1");
+        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1"));
+        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2"));
+        assert!(a.len() <= 64);
+    }
+
+    #[test]
+    fn copy_steps() {
+        let img = |state: &str| Image {
+            id: "ami-1".into(),
+            state: state.into(),
+            ..Image::default()
+        };
+        assert_eq!(copy_step(None, 0, 20), CopyStep::Start);
+        assert!(matches!(copy_step(None, 20, 20), CopyStep::Wait { .. }));
+        assert!(matches!(
+            copy_step(Some(&img("pending")), 0, 20),
+            CopyStep::Wait { .. }
+        ));
+        assert_eq!(copy_step(Some(&img("available")), 99, 20), CopyStep::Ready);
+        assert!(matches!(
+            copy_step(Some(&img("failed")), 0, 20),
+            CopyStep::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn grants_missing_and_common() {
+        let policy = Policy {
+            accounts: BTreeSet::from(["111122223333".to_owned(), "444455556666".to_owned()]),
+            organizations: BTreeSet::from([ORG.to_owned()]),
+            ous: BTreeSet::from([OU.to_owned()]),
+            public: true,
+            ..Policy::default()
+        };
+        let current = Grants::from_entries(&["111122223333".into(), ORG.into()]);
+        let missing = Grants::launch(&policy).missing_from(&current);
+        assert_eq!(
+            missing.accounts,
+            BTreeSet::from(["444455556666".to_owned()])
+        );
+        assert!(missing.organizations.is_empty());
+        assert_eq!(missing.ous.len(), 1);
+        assert!(missing.public);
+        let vol = Grants::create_volume(&policy);
+        assert!(vol.organizations.is_empty() && vol.ous.is_empty());
+        let everything =
+            Grants::from_entries(&["111122223333".into(), ORG.into(), OU.into(), "all".into()]);
+        assert!(
+            Grants::launch(&policy)
+                .missing_from(&everything)
+                .accounts
+                .len()
+                == 1
+        );
+        let revoke = parse_principals(&["111122223333".into(), "public".into()]).expect("ok");
+        let gone = revoke.common(&everything);
+        assert!(gone.public && gone.accounts.len() == 1);
+        let t = revoke.revoked_tags(&policy);
+        assert_eq!(
+            t.get(tags::ACCOUNTS).map(String::as_str),
+            Some("444455556666")
+        );
+        assert_eq!(t.get(tags::PUBLIC).map(String::as_str), Some("false"));
+        assert!(parse_principals(&["bob".into()]).is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! publish against the local emulator, through the real handler: copies to three regions with
+//! their lineage, shares with accounts and an OU (images and snapshots, read back), public
+//! with and without image block public access, a region that refuses and its retry by the
+//! schedule, duplicate events, the schedule finishing what an event started, manual overrides
+//! recorded on the image, deprecation, revoke, the `image.published` message on an SQS
+//! subscriber, and bad input that changes nothing.
+
+use aws_sdk_ec2::types::ImageBlockPublicAccessEnabledState;
+use chrono::Utc;
+use publish::{Command, Config, Deps, Output, handle};
+use serde_json::{Value, json};
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use shared::plan::publish::{self as plan, Grants};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{TestAccount, aws_events, fixtures};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "us-west-2";
+const EU: &str = "eu-west-1";
+const SYD: &str = "ap-southeast-2";
+const PARTNER: &str = "111122223333";
+const OU: &str = "arn:aws:organizations::123456789012:ou/o-exampleorg1/ou-ab12-cdef3456";
+
+struct World {
+    acct: TestAccount,
+    deps: Deps,
+    topic: String,
+    queue: String,
+}
+
+async fn world(env: &[(&str, &str)]) -> World {
+    let acct = TestAccount::new().await;
+    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
+    let mut vars: BTreeMap<&str, String> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    vars.insert("TOPIC_ARN", topic.clone());
+    let config =
+        Config::from_lookup(&|k| vars.get(k).cloned()).unwrap_or_else(|e| panic!("config: {e}"));
+    let deps = Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    World {
+        acct,
+        deps,
+        topic,
+        queue,
+    }
+}
+
+impl World {
+    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.acct.clients.for_region(region).ec2
+    }
+
+    /// A managed, stamped source image in us-east-1 with extra tags; returns (image, snapshot).
+    async fn source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String) {
+        let mut tags = vec![
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:generation", "0"),
+            ("create_date", "20261122T120000Z"),
+            ("create_timestamp", "1795435200"),
+        ];
+        tags.extend_from_slice(extra);
+        fixtures::image(&self.ec2(EAST), name, &tags).await
+    }
+
+    async fn try_run(&self, event: Value) -> Result<Output, InvocationError> {
+        let cmd = Command::from_event(&event)?;
+        handle(
+            cmd,
+            &self.deps,
+            Utc::now(),
+            Deadline::after(Duration::from_secs(900)),
+        )
+        .await
+    }
+
+    async fn run(&self, event: Value) -> Output {
+        self.try_run(event.clone())
+            .await
+            .unwrap_or_else(|e| panic!("publish failed on {event}: {e}"))
+    }
+
+    fn ready_event(&self, image: &str) -> Value {
+        aws_events::sns(
+            &self.topic,
+            &json!({"version": "1", "event_type": "image.ready", "time": "2026-11-22T12:00:00Z",
+                    "region": EAST, "image_id": image}),
+        )
+    }
+
+    fn schedule() -> Value {
+        json!({"version": "0", "id": "5e0b1c2d-0000-4000-8000-000000000001",
+               "detail-type": "Scheduled Event", "source": "aws.events",
+               "account": "123456789012", "time": "2026-11-22T12:05:00Z", "region": EAST,
+               "resources": ["arn:aws:events:us-east-1:123456789012:rule/publish-advance"], "detail": {}})
+    }
+
+    async fn image(&self, region: &str, id: &str) -> shared::model::Image {
+        shared::aws::ec2::describe_own_image(&self.ec2(region), id)
+            .await
+            .expect("describe")
+            .unwrap_or_else(|| panic!("{id} not found in {region}"))
+    }
+
+    async fn launch(&self, region: &str, id: &str) -> Grants {
+        Grants::from_entries(
+            &shared::aws::ec2::launch_permissions(&self.ec2(region), id)
+                .await
+                .expect("launch permissions"),
+        )
+    }
+
+    async fn volume(&self, region: &str, snap: &str) -> Grants {
+        Grants::from_entries(
+            &shared::aws::ec2::create_volume_permissions(&self.ec2(region), snap)
+                .await
+                .expect("create volume permissions"),
+        )
+    }
+
+    async fn copies(&self, region: &str, source: &str) -> Vec<shared::model::Image> {
+        shared::aws::ec2::describe_own_images(
+            &self.ec2(region),
+            vec![shared::aws::ec2::tag_filter(plan::PUBLISH_SOURCE, [source])],
+        )
+        .await
+        .expect("describe copies")
+    }
+
+    async fn messages(&self, event_type: &str) -> Vec<Value> {
+        self.acct
+            .drain(&self.queue)
+            .await
+            .into_iter()
+            .filter(|m| m["event_type"] == event_type)
+            .collect()
+    }
+
+    async fn block_public(&self, region: &str, on: bool) {
+        let ec2 = self.ec2(region);
+        if on {
+            ec2.enable_image_block_public_access()
+                .image_block_public_access_state(
+                    ImageBlockPublicAccessEnabledState::BlockNewSharing,
+                )
+                .send()
+                .await
+                .expect("enable block public access");
+        } else {
+            ec2.disable_image_block_public_access()
+                .send()
+                .await
+                .expect("disable block public access");
+        }
+    }
+}
+
+fn result(out: &Output) -> &publish::ImageReport {
+    match out {
+        Output::Publish { result, .. } => result,
+        other => panic!("expected a publish result, got {other:?}"),
+    }
+}
+
+fn advanced(out: &Output) -> &[publish::ImageReport] {
+    match out {
+        Output::Advance { results, .. } => results,
+        other => panic!("expected an advance result, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn copies_to_three_regions_with_lineage_shares_and_announces_once() {
+    let w = world(&[
+        ("PUBLISH_REGIONS", "us-west-2, eu-west-1, ap-southeast-2"),
+        ("SHARE_ACCOUNTS", PARTNER),
+        ("SHARE_OUS", OU),
+        ("DEPRECATE_AFTER_DAYS", "30"),
+    ])
+    .await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 2}));
+    let (src, src_snap) = w.source("web-base-1", &[]).await;
+
+    // The event starts the copies; nothing is shared while any copy is in flight.
+    let first = w.run(w.ready_event(&src)).await;
+    let r = result(&first);
+    assert_eq!(r.status, "copying", "{r:#?}");
+    for region in [WEST, EU, SYD] {
+        assert_eq!(r.regions[region].outcome, "copying", "{region}: {r:#?}");
+    }
+    assert!(w.launch(EAST, &src).await.is_empty(), "shared too early");
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags[plan::PUBLISH_STATE], "in-progress");
+    assert!(w.messages("image.published").await.is_empty());
+
+    // A duplicate event while copying starts no second copy (found by tag; same ClientToken).
+    let again = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&again).status, "copying");
+    for region in [WEST, EU, SYD] {
+        assert_eq!(w.copies(region, &src).await.len(), 1, "{region}");
+    }
+
+    // The schedule finishes it once the copies are available.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let sched = w.run(World::schedule()).await;
+    let done = advanced(&sched);
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!(done[0].status, "published", "{:#?}", done[0]);
+    assert_eq!(done[0].announced, Some("image.published"));
+
+    let src_image = w.image(EAST, &src).await;
+    let deprecation = src_image
+        .deprecation_time
+        .clone()
+        .expect("deprecation set on the source");
+    let in_30_days = Utc::now() + chrono::Duration::days(30);
+    assert!(
+        deprecation.starts_with(&in_30_days.format("%Y-%m-%d").to_string())
+            || deprecation.starts_with(
+                &(in_30_days - chrono::Duration::days(1))
+                    .format("%Y-%m-%d")
+                    .to_string()
+            ),
+        "{deprecation}"
+    );
+    let want = Grants {
+        accounts: [PARTNER.to_owned()].into(),
+        ous: [OU.to_owned()].into(),
+        ..Grants::default()
+    };
+    assert_eq!(w.launch(EAST, &src).await, want);
+    assert_eq!(
+        w.volume(EAST, &src_snap).await.accounts,
+        want.accounts,
+        "the source snapshot is shared with the account (snapshots have no OU form)"
+    );
+    for region in [WEST, EU, SYD] {
+        let copies = w.copies(region, &src).await;
+        assert_eq!(copies.len(), 1, "{region}");
+        let copy = w.image(region, &copies[0].id).await;
+        assert_eq!(copy.state, "available");
+        assert_eq!(copy.source_image_id.as_deref(), Some(src.as_str()));
+        assert_eq!(copy.tags["source_image"], src, "{region} lineage");
+        assert_eq!(copy.tags["source_region"], EAST);
+        assert_eq!(copy.tags["ami-pipeline:generation"], "1");
+        assert_eq!(copy.tags["ami-pipeline:family"], "web");
+        assert_eq!(copy.tags[plan::PUBLISH_STATE], "copy");
+        assert_eq!(copy.deprecation_time.as_deref(), Some(deprecation.as_str()));
+        assert_eq!(w.launch(region, &copy.id).await, want, "{region}");
+        for snap in &copy.snapshot_ids {
+            let snap_tags = fixtures::tags_of(&w.ec2(region), snap).await;
+            assert_eq!(snap_tags["source_image"], src, "{region} snapshot lineage");
+            assert_eq!(w.volume(region, snap).await.accounts, want.accounts);
+        }
+    }
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags[plan::PUBLISH_STATE], "published");
+
+    // The message, as a subscriber receives it.
+    let msgs = w.messages("image.published").await;
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    let m = &msgs[0];
+    assert_eq!(m["image_id"], src.as_str());
+    assert_eq!(m["region"], EAST);
+    assert_eq!(m["family"], "web");
+    assert_eq!(m["lineage"]["create_date"], "20261122T120000Z");
+    let p = &m["publication"];
+    assert_eq!(p["regions"].as_object().map(|o| o.len()), Some(4), "{p}");
+    for region in [EAST, WEST, EU, SYD] {
+        assert_eq!(p["regions"][region]["outcome"], "published", "{region}");
+        assert!(
+            p["regions"][region]["image_id"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("ami-"))
+        );
+    }
+    assert_eq!(p["shares"]["accounts"], json!([PARTNER]));
+    assert_eq!(p["shares"]["ous"], json!([OU]));
+    assert_eq!(p["public"], false);
+    assert_eq!(p["deprecation_time"], deprecation.as_str());
+    assert_eq!(p["failed_regions"], json!([]));
+
+    // Duplicates change nothing and announce nothing.
+    let dup = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&dup).status, "already-published");
+    let idle = w.run(World::schedule()).await;
+    assert!(advanced(&idle).is_empty());
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    for region in [WEST, EU, SYD] {
+        assert_eq!(w.copies(region, &src).await.len(), 1, "{region}");
+    }
+}
+
+#[tokio::test]
+async fn the_schedule_completes_slow_copies_and_manual_overrides_are_recorded() {
+    let w = world(&[("PUBLISH_REGIONS", "eu-west-1")]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 3}));
+    let (src, _) = w.source("web-slow-1", &[]).await;
+    // A manual publish to another region and an account than the defaults say.
+    let out = w
+        .run(json!({"image_id": src, "regions": [WEST], "accounts": [PARTNER]}))
+        .await;
+    assert_eq!(result(&out).status, "copying");
+    assert!(
+        !result(&out).regions.contains_key(EU),
+        "the override replaced the default regions"
+    );
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags["publish:regions"], WEST);
+    assert_eq!(tags["publish:accounts"], PARTNER);
+
+    // Still pending: the schedule waits and shares nothing.
+    let waiting = w.run(World::schedule()).await;
+    assert_eq!(advanced(&waiting)[0].status, "copying");
+    assert_eq!(advanced(&waiting)[0].regions[WEST].outcome, "copying");
+    assert!(w.launch(EAST, &src).await.is_empty());
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    let copy = &w.copies(WEST, &src).await[0];
+    assert_eq!(
+        w.launch(WEST, &copy.id).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+    assert_eq!(w.messages("image.published").await.len(), 1);
+}
+
+#[tokio::test]
+async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
+    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
+    let (src, snap) = w
+        .source("web-public-1", &[("publish:public", "true")])
+        .await;
+    w.block_public(WEST, true).await;
+
+    // A manual request is refused outright, with nothing changed.
+    let err = w
+        .try_run(json!({"image_id": src}))
+        .await
+        .expect_err("blocked");
+    assert_eq!(err.error_type(), "PublicAccessBlocked");
+    assert!(
+        err.to_string().contains(WEST) && err.to_string().contains(&src),
+        "{err}"
+    );
+    assert!(w.copies(WEST, &src).await.is_empty());
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert!(tags.get(plan::PUBLISH_STATE).is_none(), "{tags}");
+
+    // The event path publishes where it can and names the blocked region.
+    w.run(w.ready_event(&src)).await;
+    let partial = w.run(World::schedule()).await;
+    let r = &advanced(&partial)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    assert_eq!(r.regions[EAST].outcome, "published");
+    assert_eq!(r.regions[WEST].outcome, "failed");
+    assert!(
+        r.regions[WEST]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("block public access")),
+        "{r:#?}"
+    );
+    assert!(w.image(EAST, &src).await.public);
+    assert!(w.volume(EAST, &snap).await.public);
+    let copy = w.copies(WEST, &src).await[0].id.clone();
+    assert!(!w.image(WEST, &copy).await.public);
+    let partials = w.messages("image.publish-partial").await;
+    assert_eq!(partials.len(), 1);
+    assert_eq!(partials[0]["publication"]["failed_regions"], json!([WEST]));
+    // The same failure again is not announced again.
+    w.run(World::schedule()).await;
+    assert!(w.messages("image.publish-partial").await.is_empty());
+
+    w.block_public(WEST, false).await;
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert!(w.image(WEST, &copy).await.public);
+    let msgs = w.messages("image.published").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["publication"]["public"], true);
+
+    // PUBLIC=never refuses an image that asks for it.
+    let strict = world(&[("PUBLIC", "never")]).await;
+    let (other, _) = strict
+        .source("web-public-2", &[("publish:public", "true")])
+        .await;
+    let err = strict
+        .try_run(strict.ready_event(&other))
+        .await
+        .expect_err("never");
+    assert_eq!(err.error_type(), "InvalidPolicy");
+    assert!(!strict.image(EAST, &other).await.public);
+}
+
+#[tokio::test]
+async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
+    let w = world(&[
+        ("PUBLISH_REGIONS", "us-west-2,eu-west-1"),
+        ("SHARE_ACCOUNTS", PARTNER),
+    ])
+    .await;
+    let (src, _) = w.source("web-refused-1", &[]).await;
+    // eu-west-1 refuses exactly this copy (matched by its deterministic ClientToken).
+    w.acct.inject_fault(json!({"service": "ec2", "action": "CopyImage", "status": 400,
+        "code": "OperationNotPermitted", "message": "Copying to this Region is not permitted for this account.",
+        "resource": plan::client_token(EAST, &src, EU)}));
+
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).regions[EU].outcome, "failed");
+    assert!(
+        result(&first).regions[EU]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("OperationNotPermitted")),
+        "{first:#?}"
+    );
+    let second = w.run(World::schedule()).await;
+    let r = &advanced(&second)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    assert_eq!(r.regions[WEST].outcome, "published");
+    assert_eq!(r.regions[EAST].outcome, "published");
+    let west_copy = w.copies(WEST, &src).await[0].id.clone();
+    assert_eq!(
+        w.launch(WEST, &west_copy).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+    let partial = w.messages("image.publish-partial").await;
+    assert_eq!(partial.len(), 1, "{partial:#?}");
+    assert_eq!(partial[0]["publication"]["failed_regions"], json!([EU]));
+    assert!(partial[0]["publication"]["retry"].as_str().is_some());
+    assert!(
+        w.messages("image.published").await.is_empty(),
+        "never announced half-published"
+    );
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(
+        tags[plan::PUBLISH_STATE],
+        "in-progress",
+        "cleanup must leave it alone"
+    );
+
+    // The region recovers; the schedule copies, then publishes and announces.
+    w.acct.clear_faults();
+    let copying = w.run(World::schedule()).await;
+    assert_eq!(advanced(&copying)[0].regions[EU].outcome, "copying");
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    let msgs = w.messages("image.published").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0]["publication"]["regions"][EU]["outcome"],
+        "published"
+    );
+}
+
+#[tokio::test]
+async fn revoke_removes_image_then_snapshot_permissions_and_is_recorded() {
+    let w = world(&[("SHARE_ACCOUNTS", PARTNER), ("PUBLIC", "opt-in")]).await;
+    let (src, snap) = w.source("web-revoke-1", &[]).await;
+    let out = w.run(json!({"image_id": src, "public": true})).await;
+    assert_eq!(result(&out).status, "published", "{out:#?}");
+    assert!(w.image(EAST, &src).await.public);
+    assert!(w.volume(EAST, &snap).await.public);
+    assert_eq!(
+        w.launch(EAST, &src).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+    w.acct.drain(&w.queue).await;
+
+    let out = w
+        .run(json!({"image_id": src, "revoke": [PARTNER, "public"]}))
+        .await;
+    let Output::Revoke {
+        regions, announced, ..
+    } = &out
+    else {
+        panic!("{out:#?}")
+    };
+    assert_eq!(regions[EAST].outcome, "revoked");
+    assert!(regions[EAST].revoked.public);
+    assert_eq!(*announced, Some("image.revoked"));
+    assert!(w.launch(EAST, &src).await.is_empty());
+    assert!(w.volume(EAST, &snap).await.is_empty());
+    assert!(!w.image(EAST, &src).await.public);
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags["publish:accounts"], "");
+    assert_eq!(tags["publish:public"], "false");
+    let msgs = w.messages("image.revoked").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0]["publication"]["revoked"]["accounts"],
+        json!([PARTNER])
+    );
+
+    // Publishing again does not share what was revoked; unpublishing twice is harmless.
+    w.run(json!({"image_id": src, "regions": []})).await;
+    assert!(w.launch(EAST, &src).await.is_empty());
+    w.run(json!({"image_id": src, "public": false})).await;
+    assert!(!w.image(EAST, &src).await.public);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_nothing_changed() {
+    let w = world(&[
+        ("PUBLISH_REGIONS", WEST),
+        ("PUBLISH_DENY_REGIONS", "ap-south-1"),
+    ])
+    .await;
+    let (src, _) = w.source("web-bad-1", &[]).await;
+    let before = fixtures::tags_of(&w.ec2(EAST), &src).await;
+
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"image_id": "ami-0000000000000dead"}),
+            "ImageNotFound",
+            "ami-0000000000000dead",
+        ),
+        (json!({"image_id": "ami-nope"}), "InvalidEvent", "ami-nope"),
+        (
+            json!({"image_id": src, "regions": ["us-east-9"]}),
+            "InvalidEvent",
+            "us-east-9",
+        ),
+        (
+            json!({"image_id": src, "accounts": ["12345"]}),
+            "InvalidEvent",
+            "12345",
+        ),
+        (
+            json!({"image_id": src, "organizations": ["o-123"]}),
+            "InvalidEvent",
+            "o-123",
+        ),
+        (
+            json!({"image_id": src, "ous": ["ou-1"]}),
+            "InvalidEvent",
+            "ou-1",
+        ),
+        (
+            json!({"image_id": src, "regions": ["ap-south-1"]}),
+            "InvalidPolicy",
+            "ap-south-1",
+        ),
+        (
+            json!({"image_id": src, "public": true}),
+            "InvalidPolicy",
+            "PUBLIC=never",
+        ),
+        (
+            json!({"image_id": src, "deprecate_after_days": 99999}),
+            "InvalidEvent",
+            "deprecate_after_days",
+        ),
+        (
+            json!({"image_id": src, "revoke": ["someone"]}),
+            "InvalidEvent",
+            "someone",
+        ),
+        (
+            json!({"image_id": src, "colour": "blue"}),
+            "InvalidEvent",
+            "colour",
+        ),
+        (
+            json!({"detail-type": "EC2 AMI State Change"}),
+            "InvalidEvent",
+            "Scheduled Event",
+        ),
+        (json!([1, 2]), "InvalidEvent", "JSON object"),
+    ];
+    for (event, error_type, needle) in cases {
+        let err = w
+            .try_run(event.clone())
+            .await
+            .expect_err(&format!("{event} must be refused"));
+        assert_eq!(err.error_type(), error_type, "{event}: {err}");
+        assert!(err.to_string().contains(needle), "{event}: {err}");
+    }
+    assert_eq!(fixtures::tags_of(&w.ec2(EAST), &src).await, before);
+    assert!(w.copies(WEST, &src).await.is_empty());
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+
+    // A copy publish made is not itself a source; an image still pending is not published.
+    w.acct.emulator_config(json!({"copy_delay_seconds": 30}));
+    w.run(json!({"image_id": src})).await;
+    let copy = w.copies(WEST, &src).await[0].id.clone();
+    let err = w
+        .try_run(json!({"image_id": copy, "region": WEST}))
+        .await
+        .expect_err("pending copy");
+    assert_eq!(err.error_type(), "ImageNotAvailable", "{err}");
+    w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
+    let copy2 = fixtures::copy(&w.ec2(EU), &src, EAST, "web-bad-1-manual-copy").await;
+    shared::aws::ec2::create_tags(
+        &w.ec2(EU),
+        &[copy2.as_str()],
+        &[(plan::PUBLISH_SOURCE.to_owned(), src.clone())].into(),
+    )
+    .await
+    .expect("tag");
+    let err = w
+        .try_run(json!({"image_id": copy2, "region": EU}))
+        .await
+        .expect_err("a copy");
+    assert_eq!(err.error_type(), "ImageIsCopy", "{err}");
+    // Other event types on the topic are ignored.
+    let other = aws_events::sns(
+        &w.topic,
+        &json!({"event_type": "image.registered", "image_id": src}),
+    );
+    assert!(matches!(w.run(other).await, Output::Ignored { .. }));
+}
