@@ -648,6 +648,22 @@ mod tests {
     }
 
     #[test]
+    fn upload_tags_carry_the_policy() {
+        // What a platform team writes as `x-amz-meta-tags` reaches the image as its tags.
+        let metadata = tags(&[(
+            crate::plan::spec::keys::TAGS,
+            "publish:regions=eu-west-1+ap-south-1&publish:accounts=444455556666",
+        )]);
+        let spec = crate::plan::spec::resolve(&[&metadata], "web/disk.raw").expect("valid upload");
+        let p = resolve(&defaults(), &spec.extra_tags, "us-east-1").expect("valid policy");
+        assert_eq!(
+            p.regions,
+            BTreeSet::from(["ap-south-1".to_owned(), "eu-west-1".to_owned()])
+        );
+        assert_eq!(p.accounts, BTreeSet::from(["444455556666".to_owned()]));
+    }
+
+    #[test]
     fn tokens_are_stable_and_distinct() {
         let a = client_token("us-east-1", "ami-1", "eu-west-1");
         assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1"));
