@@ -224,7 +224,9 @@ async fn main() -> ExitCode {
     println!("\nOK: 2 uploads -> 2 registered, tagged AMIs, 2 image.registered events");
     match lineage(&acct, &topic, &queue, &registered).await {
         Ok(()) => {
-            println!("\nOK: lineage stamped, 2 image.ready events, ancestry and children answered");
+            println!(
+                "\nOK: lineage stamped, 2 image.ready events, published to eu-west-1 (image.published), ancestry and children answered"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -234,9 +236,9 @@ async fn main() -> ExitCode {
     }
 }
 
-/// tag-lineage: the image.registered messages go to tag-lineage as SNS delivers them; a copy to
-/// another region (what publish will do) is stamped from its "EC2 AMI State Change" event;
-/// then the two queries.
+/// tag-lineage: the image.registered messages go to tag-lineage as SNS delivers them; the first
+/// image.ready goes to publish (copy to eu-west-1, share, announce); the copy's "EC2 AMI State
+/// Change" event goes back to tag-lineage; then the two queries.
 async fn lineage(
     acct: &TestAccount,
     topic: &str,
@@ -273,13 +275,23 @@ async fn lineage(
         let out = invoke(support::aws_events::sns(topic, m)).await?;
         println!("  {}", out["results"][0]);
     }
-    let root = registered[0]["image_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let west = acct.clients.for_region("eu-west-1");
-    let copy = support::fixtures::copy(&west.ec2, &root, "us-east-1", "web-base-eu").await;
-    println!("\n== copied {root} to eu-west-1 as {copy}; its EC2 AMI State Change event:");
+    let ready: Vec<serde_json::Value> = acct
+        .drain(queue)
+        .await
+        .into_iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .collect();
+    if ready.len() != 2 {
+        return Err(format!(
+            "expected 2 image.ready events, got {}",
+            ready.len()
+        ));
+    }
+    let root = ready[0]["image_id"].as_str().unwrap_or_default().to_owned();
+    let copy = publish(acct, topic, queue, &ready[0]).await?;
+    println!(
+        "\n== the copy's EC2 AMI State Change event in eu-west-1 (publish already stamped it):"
+    );
     let out = invoke(support::aws_events::ami_state_change(
         "eu-west-1",
         &copy,
@@ -299,17 +311,82 @@ async fn lineage(
         serde_json::to_string_pretty(&kids).unwrap_or_default()
     );
 
-    let ready = acct
-        .drain(queue)
-        .await
-        .into_iter()
-        .filter(|m| m["event_type"] == "image.ready")
-        .count();
-    if ready != 2 {
-        return Err(format!("expected 2 image.ready events, got {ready}"));
-    }
     if anc["ancestors"][0]["image_id"] != root.as_str() || kids["descendants"] != 1 {
         return Err("the copy's lineage does not lead back to its source".into());
     }
     Ok(())
+}
+
+/// publish: the image.ready message as SNS delivers it (starts the copy), then the schedule
+/// (finishes it: lineage in eu-west-1, shares, read back, `image.published`). Returns the copy.
+async fn publish(
+    acct: &TestAccount,
+    topic: &str,
+    queue: &str,
+    ready: &serde_json::Value,
+) -> Result<String, String> {
+    let env = BTreeMap::from([
+        ("TOPIC_ARN", topic),
+        ("PUBLISH_REGIONS", "eu-west-1"),
+        ("SHARE_ACCOUNTS", "111122223333"),
+        ("DEPRECATE_AFTER_DAYS", "365"),
+    ]);
+    let config = publish::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
+        .map_err(|e| e.to_string())?;
+    let deps = publish::Deps {
+        clients: acct.clients.clone(),
+        config,
+    };
+    let invoke = |event: serde_json::Value| {
+        let deps = &deps;
+        async move {
+            let cmd = publish::Command::from_event(&event).map_err(|e| e.to_string())?;
+            let out = publish::handle(
+                cmd,
+                deps,
+                chrono::Utc::now(),
+                Deadline::after(Duration::from_secs(900)),
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", e.error_type()))?;
+            serde_json::to_value(out).map_err(|e| e.to_string())
+        }
+    };
+    println!(
+        "\n== invoking publish with {} image.ready (SNS)",
+        ready["image_id"]
+    );
+    let out = invoke(support::aws_events::sns(topic, ready)).await?;
+    println!(
+        "  status {} {}",
+        out["result"]["status"], out["result"]["regions"]
+    );
+    println!("== the publish schedule (EventBridge Scheduled Event) advances it");
+    let out = invoke(
+        json!({"detail-type": "Scheduled Event", "source": "aws.events",
+        "region": "us-east-1", "resources": [], "detail": {}}),
+    )
+    .await?;
+    println!("  status {}", out["results"][0]["status"]);
+    let published: Vec<serde_json::Value> = acct
+        .drain(queue)
+        .await
+        .into_iter()
+        .filter(|m| m["event_type"] == "image.published")
+        .collect();
+    let [msg] = published.as_slice() else {
+        return Err(format!(
+            "expected 1 image.published, got {}",
+            published.len()
+        ));
+    };
+    println!("== image.published received by the subscriber:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&msg["publication"]).unwrap_or_default()
+    );
+    msg["publication"]["regions"]["eu-west-1"]["image_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "image.published names no eu-west-1 image".to_owned())
 }
