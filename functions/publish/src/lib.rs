@@ -690,6 +690,17 @@ async fn publish_one(
 ) -> Result<ImageReport, InvocationError> {
     let home = c.region.clone();
     let state = source.tags.get(PUBLISH_STATE).map(String::as_str);
+    if trigger == Trigger::ImageReady && state == Some(PUBLISHED) {
+        info!(image = %source.id, "already published; duplicate image.ready ignored");
+        return Ok(ImageReport {
+            policy: plan::resolve(&deps.config.defaults, &source.tags, &home).unwrap_or_default(),
+            image_id: source.id,
+            region: home,
+            status: "already-published",
+            regions: BTreeMap::new(),
+            announced: None,
+        });
+    }
     let extra = plan::override_tags(overrides).map_err(|p| {
         refused(
             "InvalidPolicy",
@@ -708,17 +719,6 @@ async fn publish_one(
             ),
         )
     })?;
-    if trigger == Trigger::ImageReady && state == Some(PUBLISHED) {
-        info!(image = %source.id, "already published; duplicate image.ready ignored");
-        return Ok(ImageReport {
-            image_id: source.id,
-            region: home,
-            status: "already-published",
-            policy,
-            regions: BTreeMap::new(),
-            announced: None,
-        });
-    }
     // Public sharing is checked in every region before anything changes: a manual request is
     // refused outright; an event or the schedule reports those regions as failed.
     let mut blocked = BTreeSet::new();
@@ -1246,8 +1246,11 @@ async fn revoke(
 ) -> Result<Output, InvocationError> {
     let home = c.region.clone();
     // Where the image lives: its own region and every copy publish made in the policy's
-    // regions (an invalid policy still names regions to look in: fall back to the defaults).
-    let policy = plan::resolve(&deps.config.defaults, &source.tags, &home).unwrap_or_default();
+    // regions. A revoke must work even when the image's policy no longer resolves (say, a
+    // region was denied since): then the defaults name the regions to look in.
+    let policy = plan::resolve(&deps.config.defaults, &source.tags, &home)
+        .or_else(|_| plan::resolve(&deps.config.defaults, &Tags::new(), &home))
+        .unwrap_or_default();
     let mut images = vec![(home.clone(), source.clone())];
     for r in &policy.regions {
         let rc = clients_for(deps, Some(r));
