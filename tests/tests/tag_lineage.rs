@@ -480,6 +480,23 @@ async fn failed_and_other_states_and_unseen_images() {
             .contains("Snapshot is not in a valid state")
     );
 
+    // An image of another region: the message still goes to the topic in the function's
+    // region (an SNS client of the image's region cannot reach it).
+    let (far, _) = fixtures::image(&w.ec2("eu-west-1"), "broken-far", &[]).await;
+    let out = w
+        .run(aws_events::ami_state_change(
+            "eu-west-1",
+            &far,
+            "failed",
+            "Copy failed",
+        ))
+        .await;
+    assert_eq!(out["command"], "failed", "{out}");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["image_id"], far.as_str());
+    assert_eq!(msgs[0]["region"], "eu-west-1");
+
     let out = w
         .run(aws_events::ami_state_change(
             EAST,

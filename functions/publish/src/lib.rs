@@ -843,7 +843,7 @@ async fn publish_one(
                 &regions,
                 now,
             );
-            notify::send(&c.sns, &deps.config.common.topic_arn, &msg)
+            notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
                 .await
                 .map_err(aws_failed)?;
             announced = Some(EventType::ImagePublished.as_str());
@@ -869,7 +869,7 @@ async fn publish_one(
                 &regions,
                 now,
             );
-            notify::send(&c.sns, &deps.config.common.topic_arn, &msg)
+            notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
                 .await
                 .map_err(aws_failed)?;
             announced = Some(EventType::PublishPartial.as_str());
@@ -1301,7 +1301,7 @@ async fn revoke(
     if let Some(Value::Object(p)) = msg.publication.as_mut() {
         p.insert("revoked".into(), json!(principals));
     }
-    notify::send(&c.sns, &deps.config.common.topic_arn, &msg)
+    notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
         .await
         .map_err(aws_failed)?;
     if !failures.is_empty() {

@@ -702,7 +702,7 @@ pub async fn handle(
                 ..Message::new(EventType::ImageFailed, now, &c.region)
             };
             warn!(image = %image_id, error = ?msg.error, "image failed");
-            let message_id = notify::send(&c.sns, &deps.config.common.topic_arn, &msg)
+            let message_id = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
                 .await
                 .map_err(partial)?;
             Ok(Output::Failed {
@@ -901,7 +901,7 @@ async fn stamp_one(
             lineage: plan.lineage.clone(),
             ..Message::new(EventType::LineageConflict, now, &c.region)
         };
-        notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         return Ok(report);
     }
     for (resource, tags) in plan.ordered_writes(&image.id) {
@@ -923,7 +923,7 @@ async fn stamp_one(
             lineage: plan.lineage.clone(),
             ..Message::new(EventType::ImageReady, now, &c.region)
         };
-        notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         let marker = Tags::from([(
             READY_AT.to_owned(),
             now.to_rfc3339_opts(SecondsFormat::Secs, true),
