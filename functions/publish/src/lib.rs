@@ -1115,6 +1115,22 @@ async fn share_region(
     }
 }
 
+/// Who may launch `image_id`, read back.
+async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, String> {
+    ec2::launch_permissions(&rc.ec2, image_id)
+        .await
+        .map(|e| Grants::from_entries(&e))
+        .map_err(|e| e.to_string())
+}
+
+/// Who may create volumes from `snapshot_id`, read back.
+async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Grants, String> {
+    ec2::create_volume_permissions(&rc.ec2, snapshot_id)
+        .await
+        .map(|e| Grants::from_entries(&e))
+        .map_err(|e| e.to_string())
+}
+
 async fn share_checked(
     rc: &Clients,
     image: &Image,
@@ -1140,22 +1156,14 @@ async fn share_checked(
     let volume = Grants::create_volume(policy);
     if !volume.is_empty() {
         for snap in &image.snapshot_ids {
-            let current = Grants::from_entries(
-                &ec2::create_volume_permissions(&rc.ec2, snap)
-                    .await
-                    .map_err(s)?,
-            );
+            let current = volume_grants(rc, snap).await?;
             let missing = volume.missing_from(&current);
             if !missing.is_empty() {
                 ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
                     .await
                     .map_err(s)?;
             }
-            let after = Grants::from_entries(
-                &ec2::create_volume_permissions(&rc.ec2, snap)
-                    .await
-                    .map_err(s)?,
-            );
+            let after = volume_grants(rc, snap).await?;
             let still = volume.missing_from(&after);
             if !still.is_empty() {
                 return Err(format!(
@@ -1166,11 +1174,7 @@ async fn share_checked(
         }
     }
     let launch = Grants::launch(policy);
-    let current = Grants::from_entries(
-        &ec2::launch_permissions(&rc.ec2, &image.id)
-            .await
-            .map_err(s)?,
-    );
+    let current = launch_grants(rc, &image.id).await?;
     let missing = launch.missing_from(&current);
     if !missing.is_empty() {
         ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &missing)
@@ -1178,11 +1182,7 @@ async fn share_checked(
             .map_err(s)?;
         rep.granted = missing;
     }
-    let after = Grants::from_entries(
-        &ec2::launch_permissions(&rc.ec2, &image.id)
-            .await
-            .map_err(s)?,
-    );
+    let after = launch_grants(rc, &image.id).await?;
     let still = launch.missing_from(&after);
     if !still.is_empty() {
         return Err(format!(
@@ -1328,22 +1328,14 @@ async fn revoke_checked(
     rep: &mut RegionReport,
 ) -> Result<(), String> {
     let s = |e: AwsError| e.to_string();
-    let current = Grants::from_entries(
-        &ec2::launch_permissions(&rc.ec2, &image.id)
-            .await
-            .map_err(s)?,
-    );
+    let current = launch_grants(rc, &image.id).await?;
     let remove = principals.common(&current);
     if !remove.is_empty() {
         ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Remove, &remove)
             .await
             .map_err(s)?;
     }
-    let after = Grants::from_entries(
-        &ec2::launch_permissions(&rc.ec2, &image.id)
-            .await
-            .map_err(s)?,
-    );
+    let after = launch_grants(rc, &image.id).await?;
     let left = principals.common(&after);
     if !left.is_empty() {
         return Err(format!(
@@ -1362,22 +1354,14 @@ async fn revoke_checked(
         return Ok(());
     }
     for snap in &image.snapshot_ids {
-        let current = Grants::from_entries(
-            &ec2::create_volume_permissions(&rc.ec2, snap)
-                .await
-                .map_err(s)?,
-        );
+        let current = volume_grants(rc, snap).await?;
         let remove = volume.common(&current);
         if !remove.is_empty() {
             ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Remove, &remove)
                 .await
                 .map_err(s)?;
         }
-        let after = Grants::from_entries(
-            &ec2::create_volume_permissions(&rc.ec2, snap)
-                .await
-                .map_err(s)?,
-        );
+        let after = volume_grants(rc, snap).await?;
         if !volume.common(&after).is_empty() {
             return Err(format!(
                 "snapshot {snap}: create-volume permission still holds {} after removing it",
