@@ -681,6 +681,30 @@ async fn execute(
 
 async fn announce(deps: &Deps, report: &Report, now: DateTime<Utc>) -> Result<String, AwsError> {
     let c = &deps.clients;
+    // Removals first, then what is kept; only as many as fit the message (the rest are
+    // counted), so a 10,000-image report is not copied into 10,000 JSON trees to send 200 KiB.
+    let budget = notify::MAX_MESSAGE_BYTES - 16 * 1024;
+    let mut used = 0;
+    let mut decisions = Vec::new();
+    let mut omitted = 0;
+    for d in report
+        .decisions
+        .iter()
+        .filter(|d| d.action != Action::Keep)
+        .chain(report.decisions.iter().filter(|d| d.action == Action::Keep))
+    {
+        if omitted > 0 {
+            omitted += 1;
+            continue;
+        }
+        let size = serde_json::to_string(d).map(|t| t.len() + 1).unwrap_or(0);
+        if used + size <= budget {
+            used += size;
+            decisions.extend(serde_json::to_value(d).ok());
+        } else {
+            omitted += 1;
+        }
+    }
     let msg = Message {
         summary: Some(serde_json::json!({
             "dry_run": report.dry_run,
@@ -691,13 +715,8 @@ async fn announce(deps: &Deps, report: &Report, now: DateTime<Utc>) -> Result<St
             "steps": report.steps.len(),
             "failed_steps": report.steps.iter().filter(|s| s.result.starts_with("error")).count(),
         })),
-        decisions: report
-            .decisions
-            .iter()
-            .filter(|d| d.action != Action::Keep)
-            .chain(report.decisions.iter().filter(|d| d.action == Action::Keep))
-            .filter_map(|d| serde_json::to_value(d).ok())
-            .collect(),
+        decisions,
+        decisions_omitted: omitted,
         ..Message::new(EventType::CleanupReport, now, &c.region)
     };
     notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await
