@@ -42,6 +42,13 @@ pub enum InvocationError {
 }
 
 impl InvocationError {
+    /// Parses an event's raw JSON text (what `cargo lambda invoke --data-file` sends); every
+    /// function's `Command::from_json` starts here.
+    pub fn parse_json(text: &str) -> Result<serde_json::Value, Self> {
+        serde_json::from_str(text)
+            .map_err(|e| InvocationError::InvalidEvent(format!("the event is not valid JSON: {e}")))
+    }
+
     /// Stable `errorType` reported to Lambda (documented in the README).
     pub fn error_type(&self) -> &'static str {
         match self {

@@ -153,10 +153,7 @@ const MANUAL_FIELDS: [&str; 3] = ["bucket", "key", "version_id"];
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
-        let v: Value = serde_json::from_str(text).map_err(|e| {
-            InvocationError::InvalidEvent(format!("the event is not valid JSON: {e}"))
-        })?;
-        Self::from_event(&v)
+        Self::from_event(&InvocationError::parse_json(text)?)
     }
 
     /// Recognises the trigger and turns it into a command.

@@ -203,9 +203,7 @@ fn aws_failed(e: AwsError) -> InvocationError {
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| invalid(format!("the event is not valid JSON: {e}")))?;
-        Self::from_event(&v)
+        Self::from_event(&InvocationError::parse_json(text)?)
     }
 
     /// Recognises the trigger and turns it into a command.
@@ -829,56 +827,41 @@ async fn publish_one(
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(" ");
-    let mut announced = None;
-    let status;
-    if failed.is_empty() {
-        status = "published";
+    // Decide what to announce and record, then do it: the message first, then the tags, so a
+    // failed send leaves the state as it was and the next run sends again.
+    let (status, event, record) = if failed.is_empty() {
         let changed = regions.values().any(|r| !r.granted.is_empty());
-        if state != Some(PUBLISHED) || changed {
-            let msg = publication_message(
-                EventType::ImagePublished,
-                &source,
-                &home,
-                &policy,
-                &regions,
-                now,
-            );
-            notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
-                .await
-                .map_err(aws_failed)?;
-            announced = Some(EventType::ImagePublished.as_str());
-        }
         let done = Tags::from([
             (PUBLISH_STATE.to_owned(), PUBLISHED.to_owned()),
             (PUBLISHED_AT.to_owned(), stamp_time(now)),
             (FAILED_REGIONS.to_owned(), String::new()),
         ]);
-        ec2::create_tags(&c.ec2, &[source.id.as_str()], &done)
+        let event = (state != Some(PUBLISHED) || changed).then_some(EventType::ImagePublished);
+        info!(image = %source.id, regions = regions.len(), "published");
+        ("published", event, Some(done))
+    } else {
+        warn!(image = %source.id, failed = %failed_list, "some regions failed; the schedule retries them");
+        let new_failures =
+            source.tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
+        let record = Tags::from([(FAILED_REGIONS.to_owned(), failed_list)]);
+        (
+            "partial",
+            new_failures.then_some(EventType::PublishPartial),
+            new_failures.then_some(record),
+        )
+    };
+    if let Some(event) = event {
+        let msg = publication_message(event, &source, &home, &policy, &regions, now);
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
             .await
             .map_err(aws_failed)?;
-        info!(image = %source.id, regions = regions.len(), "published");
-    } else {
-        status = "partial";
-        warn!(image = %source.id, failed = %failed_list, "some regions failed; the schedule retries them");
-        if source.tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str()) {
-            let msg = publication_message(
-                EventType::PublishPartial,
-                &source,
-                &home,
-                &policy,
-                &regions,
-                now,
-            );
-            notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
-                .await
-                .map_err(aws_failed)?;
-            announced = Some(EventType::PublishPartial.as_str());
-            let t = Tags::from([(FAILED_REGIONS.to_owned(), failed_list)]);
-            ec2::create_tags(&c.ec2, &[source.id.as_str()], &t)
-                .await
-                .map_err(aws_failed)?;
-        }
     }
+    if let Some(tags) = record {
+        ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)
+            .await
+            .map_err(aws_failed)?;
+    }
+    let announced = event.map(EventType::as_str);
     Ok(ImageReport {
         image_id: source.id,
         region: home,

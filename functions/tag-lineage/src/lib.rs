@@ -170,9 +170,7 @@ fn invalid(msg: impl Into<String>) -> InvocationError {
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| invalid(format!("the event is not valid JSON: {e}")))?;
-        Self::from_event(&v)
+        Self::from_event(&InvocationError::parse_json(text)?)
     }
 
     /// Recognises the trigger and turns it into a command.
