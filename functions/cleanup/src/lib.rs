@@ -386,7 +386,7 @@ pub async fn handle(
         .decisions
         .iter()
         .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
-        .map(|d| (d.region.clone(), d.image_id.clone()))
+        .map(|d| (d.region.to_string(), d.image_id.clone()))
         .collect();
     let shares = stream::iter(candidates)
         .map(|(region, image)| async move {
@@ -520,7 +520,7 @@ fn check_families(
     let known: BTreeSet<String> = retention::plan(facts, &everything, now)
         .decisions
         .into_iter()
-        .map(|d| d.family)
+        .map(|d| d.family.to_string())
         .collect();
     let unknown: Vec<&String> = policy
         .families
@@ -627,7 +627,7 @@ async fn execute(
             let mut out = Vec::new();
             if !deadline.may_start() {
                 out.push(Step {
-                    region: d.region.clone(),
+                    region: d.region.to_string(),
                     resource: d.image_id.clone(),
                     action,
                     result: "deferred: the Lambda deadline is near; next run".into(),
@@ -641,7 +641,7 @@ async fn execute(
             };
             let ok = r.is_ok();
             out.push(Step {
-                region: d.region.clone(),
+                region: d.region.to_string(),
                 resource: d.image_id.clone(),
                 action,
                 result: match r {
@@ -663,7 +663,7 @@ async fn execute(
     for o in &plan.orphans {
         if !deadline.may_start() {
             steps.push(Step {
-                region: o.region.clone(),
+                region: o.region.to_string(),
                 resource: o.snapshot_id.clone(),
                 action: "delete-snapshot",
                 result: "deferred: the Lambda deadline is near; next run".into(),
