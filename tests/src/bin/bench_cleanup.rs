@@ -1,7 +1,7 @@
 //! Cleanup benchmark (prints its figures; not a test). `scripts/bench-cleanup` runs it.
 //!
 //! - `bench_cleanup planner [N]`: the pure planner alone on N synthetic images (default
-//!   100,000) in 50 families: wall time of `retention::plan`.
+//!   100,000) in 50 families: wall time of `retention::plan`, median and minimum of 15 runs.
 //! - `bench_cleanup emulator [N]`: N managed images (default 10,000), each with its own
 //!   snapshot, backdated across a year in 50 families, in one region of a fresh emulator account;
 //!   then a dry run and a real run of the cleanup handler, each in a child process
