@@ -49,6 +49,23 @@ impl InvocationError {
             .map_err(|e| InvocationError::InvalidEvent(format!("the event is not valid JSON: {e}")))
     }
 
+    /// An event the function cannot act on (`InvalidEvent`).
+    pub fn invalid_event(msg: impl Into<String>) -> Self {
+        InvocationError::InvalidEvent(msg.into())
+    }
+
+    /// The event as a JSON object, or `InvalidEvent` naming what the function accepts
+    /// (`accepts`, e.g. "a Scheduled Event or manual overrides"); every function's
+    /// `Command::from_event` starts here.
+    pub fn event_object<'a>(
+        event: &'a serde_json::Value,
+        accepts: &str,
+    ) -> Result<&'a serde_json::Map<String, serde_json::Value>, Self> {
+        event.as_object().ok_or_else(|| {
+            Self::invalid_event(format!("the event must be a JSON object ({accepts})"))
+        })
+    }
+
     /// Stable `errorType` reported to Lambda (documented in the README).
     pub fn error_type(&self) -> &'static str {
         match self {

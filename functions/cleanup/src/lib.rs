@@ -178,10 +178,6 @@ const MANUAL_FIELDS: [&str; 10] = [
     "orphan_sweep",
 ];
 
-fn invalid(msg: impl Into<String>) -> InvocationError {
-    InvocationError::InvalidEvent(msg.into())
-}
-
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
@@ -190,16 +186,12 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let Some(map) = v.as_object() else {
-            return Err(invalid(
-                "the event must be a JSON object (a Scheduled Event or manual overrides)",
-            ));
-        };
+        let map = InvocationError::event_object(v, "a Scheduled Event or manual overrides")?;
         if let Some(dt) = map.get("detail-type").and_then(Value::as_str) {
             if dt == "Scheduled Event" {
                 return Ok(Command::Scheduled);
             }
-            return Err(invalid(format!(
+            return Err(InvocationError::invalid_event(format!(
                 "EventBridge event {dt:?} is not a \"Scheduled Event\""
             )));
         }
@@ -272,7 +264,7 @@ fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationError> {
         }
     }
     if !problems.is_empty() {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "cleanup request refused, nothing changed: {}",
             problems.join("; ")
         )));
@@ -530,7 +522,7 @@ fn check_families(
     if unknown.is_empty() {
         return Ok(());
     }
-    Err(invalid(format!(
+    Err(InvocationError::invalid_event(format!(
         "cleanup request refused, nothing changed: unknown famil{} {} (families in scope: {})",
         if unknown.len() == 1 { "y" } else { "ies" },
         unknown

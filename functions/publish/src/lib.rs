@@ -181,10 +181,6 @@ const MANUAL_FIELDS: [&str; 9] = [
     "revoke",
 ];
 
-fn invalid(msg: impl Into<String>) -> InvocationError {
-    InvocationError::InvalidEvent(msg.into())
-}
-
 fn refused(error_type: &'static str, message: String) -> InvocationError {
     InvocationError::Refused {
         error_type,
@@ -208,11 +204,7 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let Some(map) = v.as_object() else {
-            return Err(invalid(
-                "the event must be a JSON object (SNS, a Scheduled Event or a manual request)",
-            ));
-        };
+        let map = InvocationError::event_object(v, "SNS, a Scheduled Event or a manual request")?;
         if let Some(records) = map.get("Records") {
             return sns(records);
         }
@@ -220,7 +212,7 @@ impl Command {
             if dt == "Scheduled Event" {
                 return Ok(Command::Advance);
             }
-            return Err(invalid(format!(
+            return Err(InvocationError::invalid_event(format!(
                 "EventBridge event {dt:?} is not a \"Scheduled Event\""
             )));
         }
@@ -230,15 +222,17 @@ impl Command {
 
 fn sns(records: &Value) -> Result<Command, InvocationError> {
     let [record] = records.as_array().map(Vec::as_slice).unwrap_or_default() else {
-        return Err(invalid(
+        return Err(InvocationError::invalid_event(
             "an SNS event must carry exactly one record (Lambda delivers SNS messages one at a time)",
         ));
     };
     let Some(message) = record.pointer("/Sns/Message").and_then(Value::as_str) else {
-        return Err(invalid("the SNS record has no Sns.Message"));
+        return Err(InvocationError::invalid_event(
+            "the SNS record has no Sns.Message",
+        ));
     };
     let body: Value = serde_json::from_str(message)
-        .map_err(|e| invalid(format!("the SNS message is not JSON: {e}")))?;
+        .map_err(|e| InvocationError::invalid_event(format!("the SNS message is not JSON: {e}")))?;
     let event_type = record
         .pointer("/Sns/MessageAttributes/event_type/Value")
         .and_then(Value::as_str)
@@ -261,7 +255,7 @@ fn sns(records: &Value) -> Result<Command, InvocationError> {
         problems.push(format!("region {r:?} is not an AWS region"));
     }
     if !problems.is_empty() {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "image.ready message refused: {}",
             problems.join("; ")
         )));
@@ -400,7 +394,7 @@ fn manual(map: &Map<String, Value>) -> Result<Command, InvocationError> {
         None => None,
     };
     if !problems.is_empty() {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "publish request refused, nothing changed: {}",
             problems.join("; ")
         )));

@@ -163,10 +163,6 @@ const TAG_FIELDS: [&str; 8] = [
     "force",
 ];
 
-fn invalid(msg: impl Into<String>) -> InvocationError {
-    InvocationError::InvalidEvent(msg.into())
-}
-
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
     pub fn from_json(text: &str) -> Result<Self, InvocationError> {
@@ -175,11 +171,10 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let Some(map) = v.as_object() else {
-            return Err(invalid(
-                "the event must be a JSON object (an EventBridge event, an SNS event or a manual request)",
-            ));
-        };
+        let map = InvocationError::event_object(
+            v,
+            "an EventBridge event, an SNS event or a manual request",
+        )?;
         if map.contains_key("detail-type") {
             return state_change(map);
         }
@@ -192,7 +187,7 @@ impl Command {
         if map.contains_key("image_id") {
             return manual_tag(map);
         }
-        Err(invalid(format!(
+        Err(InvocationError::invalid_event(format!(
             "unrecognised event with keys [{}]: expected an EventBridge \"EC2 AMI State Change\" event, an SNS event, {{\"image_id\": …}}, {{\"ancestors\": …}} or {{\"children\": …}}",
             map.keys().cloned().collect::<Vec<_>>().join(", ")
         )))
@@ -206,7 +201,7 @@ fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 fn state_change(map: &Map<String, Value>) -> Result<Command, InvocationError> {
     let detail_type = str_field(map, "detail-type").unwrap_or_default();
     if detail_type != "EC2 AMI State Change" || str_field(map, "source") != Some("aws.ec2") {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "EventBridge event {detail_type:?} from {:?} is not an \"EC2 AMI State Change\" from aws.ec2",
             str_field(map, "source").unwrap_or_default()
         )));
@@ -214,11 +209,13 @@ fn state_change(map: &Map<String, Value>) -> Result<Command, InvocationError> {
     let detail = map
         .get("detail")
         .and_then(Value::as_object)
-        .ok_or_else(|| invalid("EC2 AMI State Change event without a detail object"))?;
+        .ok_or_else(|| {
+            InvocationError::invalid_event("EC2 AMI State Change event without a detail object")
+        })?;
     let image_id = str_field(detail, "ImageId")
         .filter(|s| ids::is_image_id(s))
         .ok_or_else(|| {
-            invalid(format!(
+            InvocationError::invalid_event(format!(
                 "EC2 AMI State Change: detail.ImageId {} is not an image id",
                 detail.get("ImageId").unwrap_or(&Value::Null)
             ))
@@ -228,7 +225,7 @@ fn state_change(map: &Map<String, Value>) -> Result<Command, InvocationError> {
     if let Some(r) = &region
         && !ids::is_region(r)
     {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "EC2 AMI State Change for {image_id}: region {r:?} is not an AWS region"
         )));
     }
@@ -258,7 +255,7 @@ fn sns(records: &Value) -> Result<Command, InvocationError> {
     let records = records
         .as_array()
         .filter(|r| !r.is_empty())
-        .ok_or_else(|| invalid("Records must be a non-empty array"))?;
+        .ok_or_else(|| InvocationError::invalid_event("Records must be a non-empty array"))?;
     let mut targets = Vec::new();
     let mut ignored = Vec::new();
     for (i, r) in records.iter().enumerate() {
@@ -266,12 +263,12 @@ fn sns(records: &Value) -> Result<Command, InvocationError> {
             .pointer("/Sns/Message")
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                invalid(format!(
+                InvocationError::invalid_event(format!(
                     "Records[{i}] is not an SNS record (no Sns.Message)"
                 ))
             })?;
         let msg: Value = serde_json::from_str(text).map_err(|e| {
-            invalid(format!(
+            InvocationError::invalid_event(format!(
                 "Records[{i}]: the SNS message is not an ami-pipeline JSON message: {e}"
             ))
         })?;
@@ -284,7 +281,7 @@ fn sns(records: &Value) -> Result<Command, InvocationError> {
             .as_str()
             .filter(|s| ids::is_image_id(s))
             .ok_or_else(|| {
-                invalid(format!(
+                InvocationError::invalid_event(format!(
                     "Records[{i}]: image.registered without a valid image_id ({})",
                     msg["image_id"]
                 ))
@@ -407,7 +404,7 @@ fn manual_tag(map: &Map<String, Value>) -> Result<Command, InvocationError> {
         }
     };
     if !problems.is_empty() {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "manual tag request refused, nothing changed: {}",
             problems.join("; ")
         )));
@@ -475,7 +472,7 @@ fn query(map: &Map<String, Value>) -> Result<Command, InvocationError> {
         problems.push("regions applies to children only (ancestors follow source_region)".into());
     }
     if !problems.is_empty() {
-        return Err(invalid(format!(
+        return Err(InvocationError::invalid_event(format!(
             "lineage query refused: {}",
             problems.join("; ")
         )));
