@@ -250,6 +250,21 @@ ROUTES: dict[str, tuple[tuple[str, ...], Callable[[Request], Response]]] = {
 }
 
 
+_RESET_HOOKS: list[Callable[[], None]] = []
+
+
+def register_route(name: str, methods: tuple[str, ...], handler: Callable[[Request], Response]) -> None:
+    """Add ``/ami-pipeline-emulator/<name>`` (modules with their own state register theirs)."""
+    if name in ROUTES:
+        raise ValueError(f"control route {name!r} is already registered")
+    ROUTES[name] = (methods, handler)
+
+
+def register_reset(hook: Callable[[], None]) -> None:
+    """Run ``hook`` on ``POST /moto-api/reset`` (forget a module's emulator-only state)."""
+    _RESET_HOOKS.append(hook)
+
+
 class ControlMiddleware:
     """WSGI app: control routes here, every other request to the wrapped moto app."""
 
@@ -264,6 +279,8 @@ class ControlMiddleware:
             reset_config()
             faults.reset_faults()
             request_counts.reset_counts()
+            for hook in _RESET_HOOKS:
+                hook()
         return self.app(environ, start_response)
 
     def _control(self, environ: dict[str, Any], start_response: Any, name: str) -> Any:

@@ -60,7 +60,7 @@ from xml.sax.saxutils import escape
 
 from werkzeug.wrappers import Request, Response
 
-from . import request_counts
+from . import gates, request_counts
 
 DEFAULT_ACCOUNT = "123456789012"
 CONTROL_PREFIX = "/ami-pipeline-emulator/"
@@ -457,8 +457,13 @@ def _protocol(service: str) -> str:
 
 
 def fault_response(rule: FaultRule, service: str, method: str) -> Response:
+    return error_response(service, method, rule.status, rule.code, rule.message)
+
+
+def error_response(service: str, method: str, status: int, error_code: str, error_message: str) -> Response:
+    """An AWS error answer in ``service``'s wire format (used by every gate, see ``gates``)."""
     request_id = str(uuid.uuid4())
-    code, message = escape(rule.code), escape(rule.message)
+    code, message = escape(error_code), escape(error_message)
     protocol = _protocol(service)
     headers: dict[str, str] = {}
     if service == "s3":
@@ -481,15 +486,15 @@ def fault_response(rule: FaultRule, service: str, method: str) -> Response:
         )
     elif protocol in ("json", "rest-json"):
         headers["x-amzn-RequestId"] = request_id
-        headers["x-amzn-ErrorType"] = rule.code
+        headers["x-amzn-ErrorType"] = error_code
         mimetype = "application/x-amz-json-1.1" if protocol == "json" else "application/json"
-        body = json.dumps({"__type": rule.code, "message": rule.message})
+        body = json.dumps({"__type": error_code, "message": error_message})
     else:  # query, and rest-xml services other than S3
         headers["x-amzn-RequestId"] = request_id
         mimetype = "text/xml"
         xmlns = _QUERY_XMLNS.get(service)
         opening = f'<ErrorResponse xmlns="{xmlns}">' if xmlns else "<ErrorResponse>"
-        error_type = "Receiver" if rule.status >= 500 else "Sender"
+        error_type = "Receiver" if status >= 500 else "Sender"
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"{opening}<Error><Type>{error_type}</Type><Code>{code}</Code><Message>{message}</Message>"
@@ -497,7 +502,7 @@ def fault_response(rule: FaultRule, service: str, method: str) -> Response:
         )
     if method == "HEAD":
         body = ""  # HEAD responses carry no body: SDKs only see the status
-    return Response(body, status=rule.status, headers=headers, mimetype=mimetype)
+    return Response(body, status=status, headers=headers, mimetype=mimetype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,13 +527,12 @@ class FaultMiddleware:
         path = environ.get("PATH_INFO", "")
         if not path.startswith(("/moto-api", CONTROL_PREFIX)):
             try:
-                hit = self._attribute(environ)
-            except Exception:  # noqa: BLE001 - never turn an attribution bug into a broken request
+                ctx = self._attribute(environ)
+                response = gates.run(ctx)
+            except Exception:  # noqa: BLE001 - never turn a gate bug into a broken request
                 traceback.print_exc(file=sys.stderr)
-                hit = None
-            if hit is not None:
-                rule, service = hit
-                response = fault_response(rule, service, environ.get("REQUEST_METHOD", "GET").upper())
+                response = None
+            if response is not None:
                 return response(environ, start_response)
         return self.app(environ, start_response)
 
@@ -557,11 +561,12 @@ class FaultMiddleware:
             self._backends[host] = answer
         return answer
 
-    def _attribute(self, environ: dict[str, Any]) -> tuple[FaultRule, str] | None:
-        """Count the request and return the fault rule that answers it, if any."""
+    def _attribute(self, environ: dict[str, Any]) -> gates.RequestContext:
+        """Attribute the request to (account, service, action) and count it."""
         account = request_account(environ)
         service: str | None = None
         action: str | None = None
+        body: bytes | None = None
         try:
             # moto sniffs the body of unsigned requests to find their service; signed ones are
             # routed by the credential scope, so an S3 upload is not read here (no copy).
@@ -575,15 +580,21 @@ class FaultMiddleware:
                 action = other_action(service, environ, body)
         finally:
             request_counts.record(account, service, action)
-        if service is None or not _has_live_rules(account):
-            return None
-        with _LOCK:
-            wanted = any(r.live() and r.service == service for r in _RULES.get(account, []))
-        if not wanted:
-            return None
-        if body is None:
-            body = _buffer_body(environ)
-        rule = _fire(account, service, action, _haystack(environ, body))
-        if rule is None:
-            return None
-        return rule, service
+        return gates.RequestContext(environ, account, service, action, _body=body)
+
+
+def fault_gate(ctx: gates.RequestContext) -> Response | None:
+    """The ``faults`` gate: the first live rule of the account that matches answers."""
+    if ctx.service is None or not _has_live_rules(ctx.account):
+        return None
+    with _LOCK:
+        wanted = any(r.live() and r.service == ctx.service for r in _RULES.get(ctx.account, []))
+    if not wanted:
+        return None
+    rule = _fire(ctx.account, ctx.service, ctx.action, _haystack(ctx.environ, ctx.body()))
+    if rule is None:
+        return None
+    return fault_response(rule, ctx.service, ctx.method)
+
+
+gates.register("faults", fault_gate)
