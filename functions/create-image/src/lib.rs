@@ -799,6 +799,11 @@ async fn register(
         Some(n) => n as i32,
         None => snapshot_gib,
     };
+    // The snapshot's lineage first, with its own CreateTags (RegisterImage cannot tag it): a
+    // crash after this and before RegisterImage leaves a tagged snapshot and an unfinished
+    // task, which the next sweep registers; the other order could leave an AMI whose snapshot
+    // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
+    ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let mut attempt = 0;
     let image_id = loop {
         let name = if attempt == 0 {
@@ -824,8 +829,8 @@ async fn register(
                 break id;
             }
             Err(e) if e.has_code("InvalidAMIName.Duplicate") => {
-                let holder = ec2::describe_own_images(&c.ec2, vec![name_filter(&name)]).await?;
-                match import::on_duplicate(task_id, holder.first(), reg) {
+                let holder = ec2::image_holding_name(&c.ec2, &name).await?;
+                match import::on_duplicate(task_id, holder.as_ref(), reg) {
                     OnDuplicate::Adopt(id) => {
                         info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
                         break id;
@@ -846,6 +851,15 @@ async fn register(
                         report_failure(deps, task_id, &message, object_of(reg).as_ref(), now)
                             .await?;
                         return Ok(message);
+                    }
+                    OnDuplicate::HolderNotVisible => {
+                        return Err(AwsError {
+                            operation: "ec2:RegisterImage",
+                            resource: name,
+                            kind: ErrorKind::Conflict,
+                            code: e.code.clone(),
+                            message: "the name is taken but no image holding it is listed yet (DescribeImages is eventually consistent); the next sweep retries".into(),
+                        });
                     }
                 }
             }
@@ -877,13 +891,6 @@ async fn register(
     .await?;
     announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
     Ok(image_id)
-}
-
-fn name_filter(name: &str) -> aws_sdk_ec2::types::Filter {
-    aws_sdk_ec2::types::Filter::builder()
-        .name("name")
-        .values(name)
-        .build()
 }
 
 fn object_of(reg: &Registration) -> Option<ObjectRef> {

@@ -305,6 +305,21 @@ pub async fn describe_own_images(
     Ok(images)
 }
 
+/// The own image holding AMI name `name` in this region, if DescribeImages lists it (disabled
+/// and deprecated images hold names too, so both are included).
+pub async fn image_holding_name(ec2: &Client, name: &str) -> Result<Option<Image>, AwsError> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("name", [name]))
+        .include_disabled(true)
+        .include_deprecated(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("ec2:DescribeImages", name, e))?;
+    Ok(out.images().iter().filter_map(to_image).next())
+}
+
 /// DescribeSnapshots for one snapshot id.
 pub async fn describe_snapshot(ec2: &Client, snapshot_id: &str) -> Result<Snapshot, AwsError> {
     let out = ec2
@@ -340,11 +355,16 @@ pub struct RegisterRequest<'a> {
     pub volume_size_gib: i32,
     /// Settings.
     pub spec: &'a ImageSpec,
-    /// Tags for the image and the snapshot (applied atomically at creation).
+    /// Tags for the image (applied atomically at creation).
     pub tags: &'a Tags,
 }
 
-/// RegisterImage from a snapshot, tagging image and snapshot at creation; returns the image id.
+/// RegisterImage from a snapshot, tagging the image at creation; returns the image id.
+///
+/// RegisterImage's `TagSpecifications` accept the `image` resource type only: "To tag the AMI,
+/// the value for ResourceType must be image. If you specify another value for ResourceType,
+/// the request fails" (API reference / botocore model, RegisterImage → TagSpecifications). The
+/// snapshot is tagged by the caller with its own CreateTags, before this call.
 pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<String, AwsError> {
     let spec = req.spec;
     let mut call = ec2
@@ -368,8 +388,7 @@ pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<St
                 )
                 .build(),
         )
-        .tag_specifications(tag_spec(ResourceType::Image, req.tags))
-        .tag_specifications(tag_spec(ResourceType::Snapshot, req.tags));
+        .tag_specifications(tag_spec(ResourceType::Image, req.tags));
     if let Some(d) = &spec.description {
         call = call.description(d);
     }

@@ -277,6 +277,12 @@ pub enum OnDuplicate {
     TryAnotherName,
     /// A foreign image holds the name the user chose.
     Fail(String),
+    /// EC2 says the name is taken but no image holding it is visible yet (DescribeImages is
+    /// eventually consistent: an image registered moments ago, perhaps by this very task in a
+    /// run that crashed, may not be listed). Neither adopting, renaming nor failing is safe:
+    /// renaming could register a second AMI for one upload. Fail this step; the next sweep
+    /// retries and then sees the holder.
+    HolderNotVisible,
 }
 
 /// Most alternative automatic names tried before giving up.
@@ -296,11 +302,8 @@ pub fn on_duplicate(
             "image name {:?} is already used by {}, which this upload did not create; choose another name",
             registration.name, img.id
         )),
-        None if registration.name_is_explicit => OnDuplicate::Fail(format!(
-            "image name {:?} is already in use",
-            registration.name
-        )),
-        _ => OnDuplicate::TryAnotherName,
+        None => OnDuplicate::HolderNotVisible,
+        Some(_) => OnDuplicate::TryAnotherName,
     }
 }
 
@@ -499,10 +502,20 @@ mod tests {
         assert!(
             matches!(on_duplicate("t1", Some(&image("ami-2", "other")), &reg), OnDuplicate::Fail(m) if m.contains("ami-2"))
         );
+        assert_eq!(
+            on_duplicate("t1", None, &reg),
+            OnDuplicate::HolderNotVisible
+        );
         reg.name_is_explicit = false;
         assert_eq!(
             on_duplicate("t1", Some(&image("ami-2", "other")), &reg),
             OnDuplicate::TryAnotherName
+        );
+        // An automatic name whose holder is not listed yet may be this task's own image: never
+        // rename (that could register a second AMI), retry later.
+        assert_eq!(
+            on_duplicate("t1", None, &reg),
+            OnDuplicate::HolderNotVisible
         );
     }
 }
