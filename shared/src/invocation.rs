@@ -10,6 +10,11 @@ use crate::events::EventError;
 
 /// Failures listed by name in [`InvocationError::Partial`]; the rest are counted.
 pub const MAX_LISTED_ERRORS: usize = 20;
+/// Longest error message returned to Lambda, in bytes. Lambda's response limit (6 MB,
+/// error responses included) must never be what decides whether a failure is reported: an
+/// event of junk keys would otherwise be answered with every key listed. Beyond this the
+/// message is cut on a character boundary and says how much was left out.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 
 /// Why an invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +98,29 @@ impl InvocationError {
     }
 }
 
+impl InvocationError {
+    /// The message as returned to Lambda: at most [`MAX_ERROR_MESSAGE_BYTES`] bytes (plus the
+    /// note that says how many were left out).
+    pub fn bounded_message(&self) -> String {
+        let mut text = self.to_string();
+        if text.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut cut = MAX_ERROR_MESSAGE_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let left_out = text.len() - cut;
+            text.truncate(cut);
+            text.push_str(&format!(" … ({left_out} more bytes left out)"));
+        }
+        text
+    }
+}
+
 impl From<InvocationError> for lambda_runtime::Diagnostic {
     fn from(e: InvocationError) -> Self {
         lambda_runtime::Diagnostic {
             error_type: e.error_type().to_owned(),
-            error_message: e.to_string(),
+            error_message: e.bounded_message(),
         }
     }
 }
@@ -124,5 +147,28 @@ mod tests {
         assert!(text.ends_with("… and 8980 more"), "{text}");
         assert!(text.len() < 1000);
         assert!(InvocationError::from_failures(3, vec![]).is_none());
+    }
+
+    #[test]
+    fn messages_returned_to_lambda_are_bounded_on_a_character_boundary() {
+        let e = InvocationError::invalid_event(format!("unknown fields: {}", "é".repeat(600_000)));
+        let d = lambda_runtime::Diagnostic::from(e);
+        assert!(
+            d.error_message.len() < MAX_ERROR_MESSAGE_BYTES + 64,
+            "{}",
+            d.error_message.len()
+        );
+        assert!(
+            d.error_message
+                .starts_with("invalid event: unknown fields: éé")
+        );
+        assert!(
+            d.error_message.ends_with("more bytes left out)"),
+            "{}",
+            &d.error_message[4000..]
+        );
+        assert_eq!(d.error_type, "InvalidEvent");
+        let short = InvocationError::invalid_event("x");
+        assert_eq!(short.bounded_message(), "invalid event: x");
     }
 }

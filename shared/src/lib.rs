@@ -10,6 +10,7 @@
 //! - [`notify`]: the SNS message format.
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
 //! - [`invocation`]: the error a function returns to Lambda, with stable error types.
+//! - [`runner`]: the one Lambda runner every `main.rs` calls, and the one way to invoke a function.
 
 pub mod aws;
 pub mod config;
@@ -20,4 +21,5 @@ pub mod invocation;
 pub mod model;
 pub mod notify;
 pub mod plan;
+pub mod runner;
 pub mod telemetry;

@@ -12,7 +12,9 @@ For every function (create-image, tag-lineage, publish, cleanup):
 3. The prebuilt binary is started with the environment `template.yaml` gives it (parameter
    defaults, `TOPIC_ARN` = a topic created in the emulator) plus what Lambda itself sets
    (`AWS_LAMBDA_RUNTIME_API`, `AWS_LAMBDA_FUNCTION_*`, `AWS_LAMBDA_LOG_FORMAT=JSON`, ...), its AWS
-   calls going to the local emulator through `AWS_ENDPOINT_URL`, in a fresh account of its own.
+   calls going to the local emulator through `AWS_ENDPOINT_URL`, in a fresh account of its own,
+   with the credentials of its own role: the emulator enforces the IAM policies template.yaml
+   gives that role.
 4. Every `events/<function>.*.json` is sent with `cargo lambda invoke --data-file`, and the answer
    is compared with the expectation in `events/README.md` (its table is the single source): `ok`
    (with optional JSON-pointer checks, `` `/a/0/b` = `value` ``) or `error <errorType>`.
@@ -41,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,25 +329,60 @@ def start_emulator(log_dir: Path) -> tuple[str, subprocess.Popen]:
     raise SystemExit("runtime test: the emulator did not become healthy")
 
 
+SAMPLE_BUCKET = "ami-pipeline-uploads-example"  # the uploads bucket the events/ samples name
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (loopback only)
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"runtime test: {url} answered {exc.code}: {exc.read().decode(errors='replace')}")
+
+
 def fresh_account(endpoint: str, function: str) -> tuple[str, dict[str, str], str]:
-    """A new, empty 12-digit account (STS AssumeRole, as the Rust tests do) and its topic."""
+    """A new, empty 12-digit account (STS AssumeRole, as the Rust tests do), its topic, and the
+    credentials of the function's own role: the emulator is given the IAM policies
+    template.yaml grants that role (parameters at their defaults), so the binary runs under
+    its real role, as deployed."""
     import boto3
 
     account = "".join(random.choice("0123456789") for _ in range(12))
     base = dict(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION, endpoint_url=endpoint)
-    creds = boto3.client("sts", **base).assume_role(
-        RoleArn=f"arn:aws:iam::{account}:role/runtime-test", RoleSessionName=f"runtime-test-{function}"
-    )["Credentials"]
-    env = {
-        "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
-        "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
-        "AWS_SESSION_TOKEN": creds["SessionToken"],
-    }
+    sts = boto3.client("sts", **base)
+
+    def assume(role: str) -> dict[str, str]:
+        creds = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{role}", RoleSessionName=f"runtime-test-{function}"
+        )["Credentials"]
+        return {
+            "AWS_ACCESS_KEY_ID": creds["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": creds["SessionToken"],
+        }
+
+    setup = assume("runtime-test")  # no policies in the emulator: the set-up identity
     sns = boto3.client(
-        "sns", region_name=REGION, endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], aws_session_token=env["AWS_SESSION_TOKEN"],
+        "sns", region_name=REGION, endpoint_url=endpoint, aws_access_key_id=setup["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=setup["AWS_SECRET_ACCESS_KEY"], aws_session_token=setup["AWS_SESSION_TOKEN"],
     )
     topic = sns.create_topic(Name="ami-pipeline")["TopicArn"]
+    _post_json(f"{endpoint}/ami-pipeline-emulator/iam/template-roles", {
+        "account_id": account,
+        "region": REGION,
+        "template_path": str(ROOT / "template.yaml"),
+        "parameters": {},
+        "resources": {
+            "UploadsBucket": {"Ref": SAMPLE_BUCKET},
+            "Topic": {"Ref": topic},
+            "DeadLetterQueue": {"Ref": f"https://sqs.{REGION}.amazonaws.com/{account}/ami-pipeline-dlq",
+                                "Arn": f"arn:aws:sqs:{REGION}:{account}:ami-pipeline-dlq"},
+            "ImportRole": {"Ref": "vmimport"},
+        },
+    })
+    env = assume(f"{FUNCTIONS[function]}Role")
     return account, env, topic
 
 

@@ -5,13 +5,11 @@
 //! message must contain. A file without a documented outcome, a documented file that is missing,
 //! and an unknown function prefix all fail the test.
 
-use chrono::Utc;
 use serde_json::Value;
-use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use std::collections::BTreeMap;
-use std::time::Duration;
 use support::TestAccount;
+use support::roles::Function;
 
 const FUNCTIONS: [&str; 4] = ["create-image", "tag-lineage", "publish", "cleanup"];
 
@@ -74,6 +72,9 @@ fn expectations() -> BTreeMap<String, Expect> {
     out
 }
 
+/// The uploads bucket the create-image samples name (the template's `UploadsBucket` here).
+const SAMPLE_BUCKET: &str = "ami-pipeline-uploads-example";
+
 struct World {
     acct: TestAccount,
     topic: String,
@@ -90,42 +91,41 @@ impl World {
         move |k| m.get(k).cloned()
     }
 
-    async fn run(&self, function: &str, event: &Value) -> Result<Value, InvocationError> {
-        let now = Utc::now();
-        let deadline = Deadline::after(Duration::from_secs(900));
-        let clients = self.acct.clients.clone();
-        let json = |v: Result<Value, serde_json::Error>| v.expect("outputs serialize");
+    /// Runs `event_text` through `function` as the Lambda runtime would (`shared::runner`),
+    /// under the function's template role.
+    async fn run(&self, function: &str, event_text: &str) -> Result<Value, InvocationError> {
+        fn json(v: Result<Value, serde_json::Error>) -> Value {
+            v.expect("outputs serialize")
+        }
+        let a = &self.acct;
+        let env = self.env(&[]);
         match function {
-            "create-image" => {
-                let config = create_image::Config::from_lookup(&self.env(&[]))?;
-                let deps = create_image::Deps { clients, config };
-                let cmd = create_image::Command::from_event(event)?;
-                let out = create_image::handle(cmd, &deps, now, deadline).await?;
-                Ok(json(serde_json::to_value(out)))
-            }
-            "tag-lineage" => {
-                let config = tag_lineage::Config::from_lookup(
+            "create-image" => a
+                .invoke::<create_image::Deps>(
+                    Function::CreateImage,
+                    &env,
+                    SAMPLE_BUCKET,
+                    event_text,
+                )
+                .await
+                .map(|o| json(serde_json::to_value(o))),
+            "tag-lineage" => a
+                .invoke::<tag_lineage::Deps>(
+                    Function::TagLineage,
                     &self.env(&[("VISIBILITY_WAIT_SECONDS", "0")]),
-                )?;
-                let deps = tag_lineage::Deps { clients, config };
-                let cmd = tag_lineage::Command::from_event(event)?;
-                let out = tag_lineage::handle(cmd, &deps, now, deadline).await?;
-                Ok(json(serde_json::to_value(out)))
-            }
-            "publish" => {
-                let config = publish::Config::from_lookup(&self.env(&[]))?;
-                let deps = publish::Deps { clients, config };
-                let cmd = publish::Command::from_event(event)?;
-                let out = publish::handle(cmd, &deps, now, deadline).await?;
-                Ok(json(serde_json::to_value(out)))
-            }
-            "cleanup" => {
-                let config = cleanup::Config::from_lookup(&self.env(&[]))?;
-                let deps = cleanup::Deps { clients, config };
-                let cmd = cleanup::Command::from_event(event)?;
-                let out = cleanup::handle(cmd, &deps, now, deadline).await?;
-                Ok(json(serde_json::to_value(out)))
-            }
+                    SAMPLE_BUCKET,
+                    event_text,
+                )
+                .await
+                .map(|o| json(serde_json::to_value(o))),
+            "publish" => a
+                .invoke::<publish::Deps>(Function::Publish, &env, SAMPLE_BUCKET, event_text)
+                .await
+                .map(|o| json(serde_json::to_value(o))),
+            "cleanup" => a
+                .invoke::<cleanup::Deps>(Function::Cleanup, &env, SAMPLE_BUCKET, event_text)
+                .await
+                .map(|o| json(serde_json::to_value(o))),
             other => panic!("unknown function {other}"),
         }
     }
@@ -157,9 +157,7 @@ async fn every_sample_event_runs_through_its_handler_with_its_documented_outcome
         };
         let text = std::fs::read_to_string(support::repo_root().join("events").join(file))
             .expect("read event");
-        let event: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{file} is not JSON (sam local invoke needs JSON): {e}"));
-        let got = w.run(function, &event).await;
+        let got = w.run(function, &text).await;
         match (&expect, got) {
             (Expect::Ok(pairs), Ok(out)) => {
                 for (ptr, want) in pairs {

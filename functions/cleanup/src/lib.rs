@@ -332,6 +332,30 @@ pub struct Report {
     pub steps: Vec<Step>,
 }
 
+impl shared::runner::Function for Deps {
+    type Output = Report;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Report, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
 /// Runs cleanup. AWS failures are collected; the report is still logged and sent, then the
 /// invocation fails with [`InvocationError::Partial`] naming each.
 pub async fn handle(

@@ -382,6 +382,30 @@ pub struct Output {
     pub sweep: SweepReport,
 }
 
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
 /// Runs a command. `now` is the clock; `deadline` bounds the work started.
 ///
 /// Returns the full report, or — when any AWS call failed — [`InvocationError::Partial`] after

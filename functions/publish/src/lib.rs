@@ -519,6 +519,30 @@ pub enum Output {
     },
 }
 
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
 /// Runs a command. A request about an image that is missing, not ours, not available or a copy,
 /// or whose policy is invalid, is refused with nothing changed; AWS failures are returned as
 /// `AwsCallsFailed` (the same event is safe to retry); a region that fails is reported in the

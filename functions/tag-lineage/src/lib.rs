@@ -646,6 +646,30 @@ pub enum Output {
     Children(ChildrenReport),
 }
 
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
 /// Runs a command. AWS failures are collected and returned as
 /// [`InvocationError::Partial`] (the same event is safe to retry); a manual stamp that meets a
 /// conflict returns `LineageConflict`, one for an image that is not ours `ImageNotFound`.
