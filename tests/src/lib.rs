@@ -151,6 +151,147 @@ pub fn fresh_account_id() -> String {
     format!("{}", 100_000_000_000 + n)
 }
 
+/// SDK configuration for STS AssumeRole credentials of `role` in `account_id` (the emulator
+/// puts the returned keys in that account, and its IAM gate evaluates the role's policies).
+pub async fn assume_role(endpoint: &str, account_id: &str, role: &str) -> aws_config::SdkConfig {
+    let base = clients::sdk_config(ClientSettings {
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint.to_owned()),
+        credentials: Some(Credentials::new("testing", "testing", None, None, "tests")),
+    })
+    .await;
+    let sts = aws_sdk_sts::Client::new(&base);
+    let assumed = sts
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account_id}:role/{role}"))
+        .role_session_name("test")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sts:AssumeRole into {account_id} as {role} failed: {e:?}"));
+    let c = assumed
+        .credentials()
+        .unwrap_or_else(|| panic!("AssumeRole returned no credentials"));
+    let creds = Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_owned()),
+        None,
+        "assumed",
+    );
+    clients::sdk_config(ClientSettings {
+        region: Some(REGION.into()),
+        endpoint_url: Some(endpoint.to_owned()),
+        credentials: Some(creds),
+    })
+    .await
+}
+
+/// The functions' IAM roles as `template.yaml` defines them (the emulator enforces them).
+pub mod roles {
+    use serde_json::{Map, Value, json};
+    use std::sync::OnceLock;
+
+    /// A function of the pipeline, as template.yaml names it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Function {
+        /// functions/create-image
+        CreateImage,
+        /// functions/tag-lineage
+        TagLineage,
+        /// functions/publish
+        Publish,
+        /// functions/cleanup
+        Cleanup,
+    }
+
+    impl Function {
+        /// Every function.
+        pub const ALL: [Function; 4] = [
+            Function::CreateImage,
+            Function::TagLineage,
+            Function::Publish,
+            Function::Cleanup,
+        ];
+
+        /// The function's logical id in template.yaml.
+        pub fn logical_id(self) -> &'static str {
+            match self {
+                Function::CreateImage => "CreateImageFunction",
+                Function::TagLineage => "TagLineageFunction",
+                Function::Publish => "PublishFunction",
+                Function::Cleanup => "CleanupFunction",
+            }
+        }
+
+        /// The role SAM generates for it (logical id `<Function>Role`).
+        pub fn role_name(self) -> String {
+            format!("{}Role", self.logical_id())
+        }
+
+        /// The function whose crate is `functions/<dir>`.
+        pub fn from_dir(dir: &str) -> Option<Function> {
+            Some(match dir {
+                "create-image" => Function::CreateImage,
+                "tag-lineage" => Function::TagLineage,
+                "publish" => Function::Publish,
+                "cleanup" => Function::Cleanup,
+                _ => return None,
+            })
+        }
+    }
+
+    /// template.yaml, parsed once.
+    pub fn template() -> &'static serde_yaml::Value {
+        static T: OnceLock<serde_yaml::Value> = OnceLock::new();
+        T.get_or_init(|| {
+            let path = super::repo_root().join("template.yaml");
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("template.yaml: {e}"))
+        })
+    }
+
+    /// The template parameters a function environment implies: each variable the template
+    /// sets to `!Ref <Parameter>` gives that parameter the value `env` has for the variable.
+    pub fn parameters(
+        function: Function,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Map<String, Value> {
+        let vars = &template()["Resources"][function.logical_id()]["Properties"]["Environment"]["Variables"];
+        let mut out = Map::new();
+        if let Some(vars) = vars.as_mapping() {
+            for (name, value) in vars {
+                let (Some(name), serde_yaml::Value::Tagged(tagged)) = (name.as_str(), value) else {
+                    continue;
+                };
+                if tagged.tag != "Ref" {
+                    continue;
+                }
+                if let (Some(param), Some(v)) = (tagged.value.as_str(), env(name)) {
+                    if template()["Parameters"].get(param).is_some() {
+                        out.insert(param.to_owned(), Value::String(v));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The template's resources as they exist in a test account: the uploads bucket, the
+    /// topic, a dead-letter queue and the VM Import role.
+    pub fn resources(account_id: &str, bucket: &str, topic_arn: &str) -> Value {
+        json!({
+            "UploadsBucket": {"Ref": bucket},
+            "Topic": {"Ref": topic_arn},
+            "DeadLetterQueue": {
+                "Ref": format!("https://sqs.{}.amazonaws.com/{account_id}/ami-pipeline-dlq", super::REGION),
+                "Arn": format!("arn:aws:sqs:{}:{account_id}:ami-pipeline-dlq", super::REGION),
+            },
+            "ImportRole": {"Ref": "vmimport"},
+        })
+    }
+}
+
 /// One test's own AWS account on the emulator, with clients built by the production code.
 pub struct TestAccount {
     /// The emulator endpoint.
@@ -172,38 +313,12 @@ impl TestAccount {
     }
 
     /// Assumes a role into `account_id` (e.g. one a parent process set up) and builds the clients.
+    /// This identity has no IAM policies in the emulator, so it may do anything: it is the test
+    /// set-up's identity. The functions under test run as their template roles
+    /// ([`TestAccount::clients_as`]).
     pub async fn for_account(account_id: String) -> Self {
         let endpoint = endpoint();
-        let base = clients::sdk_config(ClientSettings {
-            region: Some(REGION.into()),
-            endpoint_url: Some(endpoint.clone()),
-            credentials: Some(Credentials::new("testing", "testing", None, None, "tests")),
-        })
-        .await;
-        let sts = aws_sdk_sts::Client::new(&base);
-        let assumed = sts
-            .assume_role()
-            .role_arn(format!("arn:aws:iam::{account_id}:role/ami-pipeline-test"))
-            .role_session_name("test")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("sts:AssumeRole into {account_id} failed: {e:?}"));
-        let c = assumed
-            .credentials()
-            .unwrap_or_else(|| panic!("AssumeRole returned no credentials"));
-        let creds = Credentials::new(
-            c.access_key_id(),
-            c.secret_access_key(),
-            Some(c.session_token().to_owned()),
-            None,
-            "assumed",
-        );
-        let sdk = clients::sdk_config(ClientSettings {
-            region: Some(REGION.into()),
-            endpoint_url: Some(endpoint.clone()),
-            credentials: Some(creds),
-        })
-        .await;
+        let sdk = assume_role(&endpoint, &account_id, "ami-pipeline-test").await;
         let clients = Clients::new(&sdk, true);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         TestAccount {
@@ -213,6 +328,76 @@ impl TestAccount {
             sqs,
             sdk,
         }
+    }
+
+    /// Clients acting as `function`'s IAM role: the emulator is given the policies that
+    /// `template.yaml` grants that role in this account (rendered with the template parameters
+    /// that `env` — the function's environment — implies, this account's uploads bucket
+    /// `uploads-<account>` and the topic in `TOPIC_ARN`), and every call these clients make is
+    /// authorized against them, as on AWS.
+    pub async fn clients_as(
+        &self,
+        function: roles::Function,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Clients {
+        let bucket = format!("uploads-{}", self.account_id);
+        self.clients_as_with_bucket(function, env, &bucket).await
+    }
+
+    /// [`TestAccount::clients_as`] with another uploads bucket (the template's `UploadsBucket`).
+    pub async fn clients_as_with_bucket(
+        &self,
+        function: roles::Function,
+        env: &dyn Fn(&str) -> Option<String>,
+        bucket: &str,
+    ) -> Clients {
+        Clients::new(&self.sdk_as(function, env, bucket).await, true)
+    }
+
+    /// The SDK configuration of `function`'s role (see [`TestAccount::clients_as`]).
+    pub async fn sdk_as(
+        &self,
+        function: roles::Function,
+        env: &dyn Fn(&str) -> Option<String>,
+        bucket: &str,
+    ) -> aws_config::SdkConfig {
+        let parameters = roles::parameters(function, env);
+        let topic = env("TOPIC_ARN")
+            .unwrap_or_else(|| format!("arn:aws:sns:{REGION}:{}:ami-pipeline", self.account_id));
+        let body = serde_json::json!({
+            "region": REGION,
+            "template_path": repo_root().join("template.yaml").to_string_lossy(),
+            "parameters": parameters,
+            "resources": roles::resources(&self.account_id, bucket, &topic),
+        });
+        self.control(
+            "POST",
+            "/ami-pipeline-emulator/iam/template-roles",
+            Some(body),
+        );
+        assume_role(&self.endpoint, &self.account_id, &function.role_name()).await
+    }
+
+    /// Invokes function `F` (its `Deps`) the way the Lambda runtime does
+    /// (`shared::runner`): the event's JSON text parsed by `parse_payload`, the dependencies
+    /// built from `env` by `Function::from_env` under the function's template role, then
+    /// `Function::invoke`.
+    pub async fn invoke<F: shared::runner::Function>(
+        &self,
+        function: roles::Function,
+        env: &dyn Fn(&str) -> Option<String>,
+        bucket: &str,
+        event_text: &str,
+    ) -> Result<F::Output, shared::invocation::InvocationError> {
+        let event = shared::runner::parse_payload(event_text)?;
+        let sdk = self.sdk_as(function, env, bucket).await;
+        let deps = F::from_env(env, &sdk)?;
+        deps.invoke(
+            &event,
+            chrono::Utc::now(),
+            shared::deadline::Deadline::after(Duration::from_secs(900)),
+        )
+        .await
     }
 
     /// Sets this account's emulator config (e.g. `{"import_delay_seconds": 0}`).

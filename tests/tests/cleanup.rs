@@ -10,6 +10,7 @@ use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::roles::Function;
 use support::{TestAccount, fixtures};
 
 const EAST: &str = "us-east-1";
@@ -33,7 +34,9 @@ async fn world() -> World {
     ]);
     let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
     let deps = Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::Cleanup, &|k| env.get(k).map(|v| v.to_string()))
+            .await,
         config,
     };
     World { acct, deps, queue }

@@ -10,6 +10,7 @@ use shared::model::{Image, ImportStatus, ImportTask};
 use shared::plan::lineage;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::roles::Function;
 use support::{TestAccount, disks};
 
 struct World {
@@ -31,7 +32,11 @@ async fn world(import_delay: u64, versioned: bool) -> World {
     ]);
     let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
     let deps = Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::CreateImage, &|k| {
+                env.get(k).map(|v| v.to_string())
+            })
+            .await,
         config,
     };
     World {

@@ -14,6 +14,7 @@ use shared::invocation::InvocationError;
 use shared::plan::publish::{self as plan, Grants};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::roles::Function;
 use support::{TestAccount, aws_events, fixtures};
 
 const EAST: &str = "us-east-1";
@@ -38,7 +39,9 @@ async fn world(env: &[(&str, &str)]) -> World {
     let config =
         Config::from_lookup(&|k| vars.get(k).cloned()).unwrap_or_else(|e| panic!("config: {e}"));
     let deps = Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::Publish, &|k| vars.get(k).cloned())
+            .await,
         config,
     };
     World {

@@ -9,6 +9,7 @@ use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use support::roles::Function;
 use support::{TestAccount, aws_events, fixtures};
 use tag_lineage::{Command, Config, Deps, handle};
 
@@ -33,7 +34,9 @@ async fn world() -> World {
     ]);
     let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
     let deps = Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::TagLineage, &|k| env.get(k).map(|v| v.to_string()))
+            .await,
         config,
     };
     World {

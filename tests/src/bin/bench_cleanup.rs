@@ -161,7 +161,13 @@ async fn run(account: String, dry: bool) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let deps = cleanup::Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(support::roles::Function::Cleanup, &|k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .await,
         config,
     };
     let event = json!({"dry_run": dry, "orphan_sweep": false});

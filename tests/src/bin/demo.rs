@@ -13,6 +13,7 @@ use shared::model::ImportStatus;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
+use support::roles::Function;
 use support::{TestAccount, disks};
 
 const BUCKET: &str = "ami-uploads";
@@ -115,8 +116,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // create-image runs as its template role (the emulator enforces its IAM policies).
     let deps = Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as_with_bucket(
+                Function::CreateImage,
+                &|k| env.get(k).map(|v| v.to_string()),
+                BUCKET,
+            )
+            .await,
         config,
     };
     let deadline = || Deadline::after(Duration::from_secs(900));
@@ -252,7 +260,9 @@ async fn lineage(
     let config = tag_lineage::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
         .map_err(|e| e.to_string())?;
     let deps = tag_lineage::Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::TagLineage, &|k| env.get(k).map(|v| v.to_string()))
+            .await,
         config,
     };
     let invoke = |event: serde_json::Value| {
@@ -334,7 +344,9 @@ async fn publish(
     let config = publish::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
         .map_err(|e| e.to_string())?;
     let deps = publish::Deps {
-        clients: acct.clients.clone(),
+        clients: acct
+            .clients_as(Function::Publish, &|k| env.get(k).map(|v| v.to_string()))
+            .await,
         config,
     };
     let invoke = |event: serde_json::Value| {
