@@ -9,8 +9,8 @@
 use super::lineage::{self, IMPORT_TASK, OUTCOME, STALE_WARNED, STARTED_AT};
 use super::naming;
 use super::spec::ImageSpec;
-use crate::model::{Image, ImportStatus, ImportTask, ObjectRef, Tags};
-use chrono::{DateTime, Duration, Utc};
+use crate::model::{DiskFormat, Image, ImportStatus, ImportTask, ObjectRef, Tags};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -265,6 +265,53 @@ pub fn registration_tags(task: &ImportTask, spec: &ImageSpec, now: DateTime<Utc>
         "import-snapshot".to_owned(),
     );
     tags.insert(lineage::GENERATION.to_owned(), "0".to_owned());
+    tags
+}
+
+/// The ingest rule for an older version: when the event names a version and the key's current
+/// version is another one, the upload is superseded (ImportSnapshot would import the current
+/// content; that version's own event imports it). Returns the current version.
+pub fn superseded<'a>(wanted: Option<&str>, current: Option<&'a str>) -> Option<&'a str> {
+    match (wanted, current) {
+        (Some(wanted), Some(current)) if wanted != current => Some(current),
+        _ => None,
+    }
+}
+
+/// The idempotency key of an upload: bucket, key and version (or ETag when unversioned).
+pub fn upload_token(object: &ObjectRef, etag: Option<&str>) -> String {
+    let version_or_etag = object.version_id.as_deref().or(etag).unwrap_or_default();
+    naming::source_token(&object.bucket, &object.key, version_or_etag)
+}
+
+/// The import task's tag set: the full validated spec, the managed marker and the upload's
+/// lineage (URI, token, format, start time, ETag, version), so a sweep can register the task's
+/// snapshot from the task alone. `object` carries the version that was validated.
+pub fn import_task_tags(
+    spec: &ImageSpec,
+    object: &ObjectRef,
+    etag: Option<&str>,
+    format: DiskFormat,
+    now: DateTime<Utc>,
+) -> Tags {
+    let mut tags = spec.to_tags();
+    tags.insert(lineage::MANAGED.into(), "true".into());
+    tags.insert(
+        lineage::SOURCE_URI.into(),
+        lineage::fit_tag_value(&object.uri()),
+    );
+    tags.insert(lineage::SOURCE_TOKEN.into(), upload_token(object, etag));
+    tags.insert(lineage::SOURCE_FORMAT.into(), format.as_api().into());
+    tags.insert(
+        STARTED_AT.into(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
+    if let Some(etag) = etag {
+        tags.insert(lineage::SOURCE_ETAG.into(), etag.to_owned());
+    }
+    if let Some(v) = &object.version_id {
+        tags.insert(lineage::SOURCE_VERSION.into(), v.clone());
+    }
     tags
 }
 

@@ -1,0 +1,101 @@
+//! cleanup's settings, read once from the environment, and what a run needs (`Deps`).
+
+use shared::aws::clients::Clients;
+use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::plan::retention::{Policy, Selector};
+
+/// Settings of cleanup, from the environment (names as in `template.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Topic and S3 addressing.
+    pub common: CommonConfig,
+    /// Regions cleaned (`CLEANUP_REGIONS`; default the function's own).
+    pub regions: Vec<String>,
+    /// The policy of scheduled runs.
+    pub policy: Policy,
+    /// Scheduled runs only report (`DRY_RUN`, default `true` until you have read a report).
+    pub dry_run: bool,
+    /// Every launch template version protects its image, not only `$Default`/`$Latest`
+    /// (`LAUNCH_TEMPLATE_VERSIONS=all`).
+    pub all_template_versions: bool,
+    /// Images handled in parallel (`CLEANUP_CONCURRENCY`).
+    pub concurrency: usize,
+}
+
+impl Config {
+    /// Every variable this function reads.
+    pub fn vars() -> Vec<&'static str> {
+        let mut v = CommonConfig::VARS.to_vec();
+        v.extend([
+            "CLEANUP_REGIONS",
+            "KEEP_NEWEST",
+            "MIN_AGE_DAYS",
+            "GRACE_DAYS",
+            "MAX_DELETIONS",
+            "FAMILIES",
+            "FOREIGN_SELECTORS",
+            "ALLOW_PUBLIC",
+            "ALLOW_SHARED",
+            "ORPHAN_SWEEP",
+            "DRY_RUN",
+            "LAUNCH_TEMPLATE_VERSIONS",
+            "CLEANUP_CONCURRENCY",
+        ]);
+        v
+    }
+
+    /// Reads and validates the configuration; the error lists every problem.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(lookup);
+        let common = CommonConfig::read(&mut r);
+        let regions = r.regions("CLEANUP_REGIONS");
+        let mut selectors = Vec::new();
+        for s in r.list("FOREIGN_SELECTORS") {
+            match Selector::parse(&s) {
+                Ok(sel) => selectors.push(sel),
+                Err(e) => r.problem(format!("FOREIGN_SELECTORS: {e}")),
+            }
+        }
+        let policy = Policy {
+            keep_newest: r.int_in("KEEP_NEWEST", 3, 0, 1000) as usize,
+            min_age_days: r.int_in("MIN_AGE_DAYS", 30, 0, 3650),
+            grace_days: r.int_in("GRACE_DAYS", 7, 0, 365),
+            max_deletions: r.int_in("MAX_DELETIONS", 10, 0, 10_000) as usize,
+            families: r.list("FAMILIES").into_iter().collect(),
+            selectors,
+            allow_public: r.bool_or("ALLOW_PUBLIC", false),
+            allow_shared: r.bool_or("ALLOW_SHARED", false),
+            orphan_sweep: r.bool_or("ORPHAN_SWEEP", true),
+        };
+        let dry_run = r.bool_or("DRY_RUN", true);
+        let all_template_versions = match r.optional("LAUNCH_TEMPLATE_VERSIONS").as_deref() {
+            None | Some("default-and-latest") => false,
+            Some("all") => true,
+            Some(other) => {
+                r.problem(format!(
+                    "LAUNCH_TEMPLATE_VERSIONS={other:?} is not default-and-latest or all"
+                ));
+                false
+            }
+        };
+        let concurrency = r.int_in("CLEANUP_CONCURRENCY", 4, 1, 16) as usize;
+        r.finish()?;
+        Ok(Config {
+            common,
+            regions,
+            policy,
+            dry_run,
+            all_template_versions,
+            concurrency,
+        })
+    }
+}
+
+/// What the function needs to run.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// AWS clients of the function's region.
+    pub clients: Clients,
+    /// Settings.
+    pub config: Config,
+}

@@ -1,0 +1,181 @@
+//! The run: gather → plan (twice) → execute → report, per region, failures reported once.
+
+use crate::config::{Config, Deps};
+use crate::event::Command;
+use crate::execute::{announce, execute};
+use crate::gather::{check_families, gather, planned_steps};
+use crate::output::{Counts, Report};
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use shared::aws::clients::Clients;
+use shared::aws::ec2;
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::invocation::InvocationError;
+use shared::plan::retention::{self, Action};
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+impl shared::runner::Function for Deps {
+    type Output = Report;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Report, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
+/// Runs cleanup. AWS failures are collected; the report is still logged and sent, then the
+/// invocation fails with [`InvocationError::Partial`] naming each.
+pub async fn handle(
+    cmd: Command,
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Report, InvocationError> {
+    let cfg = &deps.config;
+    let mut policy = cfg.policy.clone();
+    let mut regions = cfg.regions.clone();
+    let dry_run = match &cmd {
+        Command::Scheduled => cfg.dry_run,
+        Command::Manual(o) => {
+            if let Some(f) = &o.families {
+                policy.families = f.clone();
+            }
+            if let Some(r) = &o.regions {
+                regions = r.clone();
+            }
+            policy.max_deletions = o.max_deletions.unwrap_or(policy.max_deletions);
+            policy.keep_newest = o.keep_newest.unwrap_or(policy.keep_newest);
+            policy.min_age_days = o.min_age_days.unwrap_or(policy.min_age_days);
+            policy.grace_days = o.grace_days.unwrap_or(policy.grace_days);
+            policy.allow_public = o.allow_public.unwrap_or(policy.allow_public);
+            policy.allow_shared = o.allow_shared.unwrap_or(policy.allow_shared);
+            policy.orphan_sweep = o.orphan_sweep.unwrap_or(policy.orphan_sweep);
+            o.dry_run.unwrap_or(true)
+        }
+    };
+    if regions.is_empty() {
+        regions.push(deps.clients.region.clone());
+    }
+
+    let mut facts = Vec::new();
+    for r in &regions {
+        facts.push(gather(deps, r, &policy).await.map_err(partial)?);
+    }
+    check_families(&facts, &policy, now)?;
+
+    // Sharing is read only for the images the plan would remove.
+    let first = retention::plan(&facts, &policy, now);
+    let candidates: Vec<(String, String)> = first
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
+        .map(|d| (d.region.to_string(), d.image_id.clone()))
+        .collect();
+    let shares = stream::iter(candidates)
+        .map(|(region, image)| async move {
+            let c = clients_for(deps, &region);
+            let who = ec2::launch_permissions(&c.ec2, &image).await;
+            (region, image, who)
+        })
+        .buffer_unordered(cfg.concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    for (region, image, who) in shares {
+        let who: Vec<String> = who
+            .map_err(partial)?
+            .into_iter()
+            .filter(|w| w != "all")
+            .collect();
+        if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
+            && !who.is_empty()
+        {
+            rf.shared.insert(image, who);
+        }
+    }
+    let plan = retention::plan(&facts, &policy, now);
+
+    let steps = if dry_run {
+        planned_steps(&plan)
+    } else {
+        execute(deps, &plan, now, deadline).await
+    };
+    let mut summary: BTreeMap<String, Counts> = BTreeMap::new();
+    for d in &plan.decisions {
+        let c = summary
+            .entry(format!("{}/{}", d.region, d.family))
+            .or_default();
+        match d.action {
+            Action::Keep => c.keep += 1,
+            Action::Deprecate => c.deprecate += 1,
+            Action::Deregister => c.deregister += 1,
+            Action::Skip => c.skip += 1,
+        }
+    }
+    let report = Report {
+        dry_run,
+        now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        regions,
+        policy,
+        summary,
+        capped: plan.capped,
+        decisions: plan.decisions,
+        orphans: plan.orphans,
+        steps,
+    };
+    info!(
+        dry_run,
+        decisions = report.decisions.len(),
+        capped = report.capped,
+        "cleanup planned"
+    );
+    let errors: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| s.result.starts_with("error"))
+        .map(|s| format!("{} {} in {}: {}", s.action, s.resource, s.region, s.result))
+        .collect();
+    let sent = announce(deps, &report, now).await;
+    let mut all_errors = errors;
+    if let Err(e) = sent {
+        all_errors.push(e.to_string());
+    }
+    if let Some(e) = InvocationError::from_failures(report.steps.len().max(1), all_errors) {
+        warn!(error = %e, "cleanup finished with failures");
+        return Err(e);
+    }
+    Ok(report)
+}
+
+pub(crate) fn partial(e: AwsError) -> InvocationError {
+    InvocationError::Partial {
+        failed: 1,
+        total: 1,
+        errors: vec![format!("nothing was changed: {e}")],
+    }
+}
+
+pub(crate) fn clients_for(deps: &Deps, region: &str) -> Clients {
+    if region == deps.clients.region {
+        deps.clients.clone()
+    } else {
+        deps.clients.for_region(region)
+    }
+}

@@ -1,0 +1,130 @@
+//! create-image's settings, read once from the environment, and what a run needs (`Deps`).
+
+use shared::aws::clients::Clients;
+use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::plan::spec::{self};
+use std::collections::BTreeMap;
+
+/// Settings of create-image, from the environment (names as in `template.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Topic and S3 addressing.
+    pub common: CommonConfig,
+    /// The VM Import service role (`IMPORT_ROLE_NAME`, default `vmimport`).
+    pub import_role_name: String,
+    /// Minutes after which a running import gets one warning (`STALE_IMPORT_MINUTES`).
+    pub stale_import_minutes: i64,
+    /// Imports advanced in parallel by the sweep (`SWEEP_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Function-wide defaults of the per-upload settings (`DEFAULT_<SETTING>`).
+    pub defaults: BTreeMap<String, String>,
+}
+
+/// Default-setting variables: `DEFAULT_` + the setting key upper-cased with `_`.
+pub const DEFAULT_VARS: [&str; 8] = [
+    "DEFAULT_ARCHITECTURE",
+    "DEFAULT_BOOT_MODE",
+    "DEFAULT_ENA",
+    "DEFAULT_IMDS_V2",
+    "DEFAULT_TPM",
+    "DEFAULT_ROOT_DEVICE",
+    "DEFAULT_VOLUME_TYPE",
+    "DEFAULT_TAGS",
+];
+
+impl Config {
+    /// Every variable this function reads.
+    pub fn vars() -> Vec<&'static str> {
+        let mut v = CommonConfig::VARS.to_vec();
+        v.extend([
+            "IMPORT_ROLE_NAME",
+            "STALE_IMPORT_MINUTES",
+            "SWEEP_CONCURRENCY",
+        ]);
+        v.extend(DEFAULT_VARS);
+        v
+    }
+
+    /// Reads and validates the configuration; the error lists every problem.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(lookup);
+        let common = CommonConfig::read(&mut r);
+        let import_role_name = r
+            .optional("IMPORT_ROLE_NAME")
+            .unwrap_or_else(|| "vmimport".to_owned());
+        let stale_import_minutes = r.int_in("STALE_IMPORT_MINUTES", 120, 15, 7 * 24 * 60);
+        let concurrency = r.int_in("SWEEP_CONCURRENCY", 4, 1, 32) as usize;
+        let mut defaults = BTreeMap::new();
+        for var in DEFAULT_VARS {
+            if let Some(v) = r.optional(var) {
+                let key = var
+                    .trim_start_matches("DEFAULT_")
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
+                defaults.insert(key, v);
+            }
+        }
+        if let Err(problems) = spec::resolve(&[&defaults], "") {
+            for p in problems {
+                r.problem(format!(
+                    "DEFAULT_{}: {}",
+                    p.setting.to_ascii_uppercase().replace('-', "_"),
+                    p.message
+                ));
+            }
+        }
+        r.finish()?;
+        Ok(Config {
+            common,
+            import_role_name,
+            stale_import_minutes,
+            concurrency,
+            defaults,
+        })
+    }
+}
+
+/// What the function needs to run.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// AWS clients of the function's region.
+    pub clients: Clients,
+    /// Settings.
+    pub config: Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_lists_every_problem_and_maps_defaults() {
+        let env = BTreeMap::from([
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("DEFAULT_ARCHITECTURE", "arm64"),
+            ("DEFAULT_BOOT_MODE", "legacy-bios"),
+            ("SWEEP_CONCURRENCY", "0"),
+        ]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let err = Config::from_lookup(&lookup)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "invalid configuration: SWEEP_CONCURRENCY=0 is out of range 1..=32; DEFAULT_BOOT_MODE: arm64 images must boot with uefi; legacy-bios is x86_64 only"
+        );
+        let env = BTreeMap::from([
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"),
+            ("DEFAULT_IMDS_V2", "false"),
+        ]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let cfg = Config::from_lookup(&lookup).expect("valid");
+        assert_eq!(
+            cfg.defaults.get("imds-v2").map(String::as_str),
+            Some("false")
+        );
+        assert_eq!(cfg.import_role_name, "vmimport");
+        assert_eq!(cfg.concurrency, 4);
+    }
+}

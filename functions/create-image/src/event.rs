@@ -1,0 +1,248 @@
+//! Trigger → [`Command`]: S3 notifications, EventBridge "Object Created", the schedule and
+//! manual invokes; one place decides which trigger an event is.
+
+use serde_json::Value;
+use shared::events;
+use shared::invocation::InvocationError;
+use shared::model::ObjectRef;
+use shared::plan::spec::{self};
+use std::collections::BTreeMap;
+
+/// One object to ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestItem {
+    /// The object.
+    pub object: ObjectRef,
+    /// Settings given in a manual invoke (win over metadata and defaults).
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// What an invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Validate and import these objects, then sweep. `ignored` lists records that are not
+    /// uploads (e.g. `ObjectRemoved:*`), reported in the output.
+    Ingest {
+        /// Objects to import.
+        items: Vec<IngestItem>,
+        /// Records skipped, with why.
+        ignored: Vec<String>,
+    },
+    /// Advance every import in flight.
+    Sweep,
+}
+
+/// Manual-invoke fields besides the settings.
+pub(crate) const MANUAL_FIELDS: [&str; 3] = ["bucket", "key", "version_id"];
+
+impl Command {
+    /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
+    pub fn from_json(text: &str) -> Result<Self, InvocationError> {
+        Self::from_event(&InvocationError::parse_json(text)?)
+    }
+
+    /// Recognises the trigger and turns it into a command.
+    pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
+        if !v.is_object() {
+            return Err(InvocationError::InvalidEvent(format!(
+                "expected a JSON object, got {}",
+                kind_of(v)
+            )));
+        }
+        if events::is_notification(v) {
+            let records = events::parse_notification(v)?;
+            if records.is_empty() && v["Records"].as_array().is_none_or(|r| r.is_empty()) {
+                return Err(InvocationError::InvalidEvent(
+                    "the S3 notification has no Records".into(),
+                ));
+            }
+            return Ok(ingest_from(records));
+        }
+        if events::is_eventbridge_s3(v) {
+            return Ok(ingest_from(vec![events::parse_eventbridge(v)?]));
+        }
+        if v.get("source").and_then(Value::as_str) == Some("aws.events")
+            && v.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        {
+            return Ok(Command::Sweep);
+        }
+        if let Some(map) = v.as_object() {
+            if map.get("sweep").and_then(Value::as_bool) == Some(true) && map.len() == 1 {
+                return Ok(Command::Sweep);
+            }
+            if map.contains_key("bucket") || map.contains_key("key") {
+                return manual(map);
+            }
+        }
+        Err(InvocationError::InvalidEvent(
+            "unrecognised event: expected an S3 notification, an EventBridge S3 \"Object Created\" event, a scheduled event, {\"sweep\": true} or {\"bucket\", \"key\", …settings}".into(),
+        ))
+    }
+}
+
+pub(crate) fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub(crate) fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
+    let (created, other): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.created);
+    Command::Ingest {
+        items: created
+            .into_iter()
+            .map(|r| IngestItem {
+                object: r.object,
+                overrides: BTreeMap::new(),
+            })
+            .collect(),
+        ignored: other
+            .into_iter()
+            .map(|r| format!("{} ({}): not an upload", r.object, r.event_name))
+            .collect(),
+    }
+}
+
+pub(crate) fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationError> {
+    let mut problems = Vec::new();
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let bucket = text("bucket");
+    let key = map
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if bucket.is_none() {
+        problems.push("\"bucket\" must be a non-empty string".to_owned());
+    }
+    if key.is_none() {
+        problems.push("\"key\" must be a non-empty string".to_owned());
+    }
+    let mut overrides = BTreeMap::new();
+    for (k, v) in map {
+        if MANUAL_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        if !spec::keys::ALL.contains(&k.as_str()) {
+            problems.push(format!(
+                "unknown field {k:?}; settings are: {}",
+                spec::keys::ALL.join(", ")
+            ));
+            continue;
+        }
+        match v {
+            Value::String(s) => overrides.insert(k.clone(), s.clone()),
+            Value::Bool(b) => overrides.insert(k.clone(), b.to_string()),
+            Value::Number(n) => overrides.insert(k.clone(), n.to_string()),
+            Value::Object(tags) if k == spec::keys::TAGS => {
+                let pairs = tags.iter().map(|(tk, tv)| {
+                    (
+                        tk.clone(),
+                        tv.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| tv.to_string()),
+                    )
+                });
+                overrides.insert(
+                    k.clone(),
+                    form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(pairs)
+                        .finish(),
+                )
+            }
+            other => {
+                problems.push(format!(
+                    "field {k:?} must be a string, number or boolean, got {}",
+                    kind_of(other)
+                ));
+                None
+            }
+        };
+    }
+    match (bucket, key) {
+        (Some(bucket), Some(key)) if problems.is_empty() => Ok(Command::Ingest {
+            items: vec![IngestItem {
+                object: ObjectRef {
+                    bucket,
+                    key,
+                    version_id: text("version_id"),
+                },
+                overrides,
+            }],
+            ignored: vec![],
+        }),
+        _ => Err(InvocationError::InvalidEvent(format!(
+            "manual invoke: {}",
+            problems.join("; ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn recognises_each_trigger() {
+        let sched = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+        assert_eq!(Command::from_event(&sched).ok(), Some(Command::Sweep));
+        assert_eq!(
+            Command::from_event(&json!({"sweep": true})).ok(),
+            Some(Command::Sweep)
+        );
+        let manual = json!({"bucket": "b", "key": "k.raw", "architecture": "arm64", "tpm": true, "volume-size": 8, "tags": {"team": "web"}});
+        let Ok(Command::Ingest { items, .. }) = Command::from_event(&manual) else {
+            panic!("manual")
+        };
+        assert_eq!(items[0].overrides["tpm"], "true");
+        assert_eq!(items[0].overrides["volume-size"], "8");
+        assert_eq!(items[0].overrides["tags"], "team=web");
+    }
+
+    #[test]
+    fn bad_events_get_precise_errors() {
+        let cases = [
+            (
+                "not json",
+                "invalid event: the event is not valid JSON: expected ident at line 1 column 2",
+            ),
+            ("[]", "invalid event: expected a JSON object, got an array"),
+            (
+                "{\"bucket\": \"b\", \"arch\": \"x\"}",
+                "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = Command::from_json(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn removed_objects_are_ignored_with_a_reason() {
+        let v = json!({"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "k.raw"}}}]});
+        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&v) else {
+            panic!("parses")
+        };
+        assert!(items.is_empty());
+        assert_eq!(
+            ignored,
+            ["s3://b/k.raw (ObjectRemoved:Delete): not an upload"]
+        );
+    }
+}

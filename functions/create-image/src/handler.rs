@@ -1,0 +1,105 @@
+//! The run: ingest the uploads, sweep the imports in flight, report every failure once.
+
+use crate::config::{Config, Deps};
+use crate::event::Command;
+use crate::ingest::ingest;
+use crate::output::{IngestOutcome, Output, StepReport, SweepReport};
+use crate::sweep::sweep;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use shared::aws::clients::Clients;
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use tracing::info;
+
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
+/// Runs a command. `now` is the clock; `deadline` bounds the work started.
+///
+/// Returns the full report, or — when any AWS call failed — [`InvocationError::Partial`] after
+/// everything else was done.
+pub async fn handle(
+    cmd: Command,
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
+    let mut out = Output::default();
+    if let Command::Ingest { items, ignored } = cmd {
+        out.ignored = ignored;
+        out.ingested = stream::iter(items)
+            .map(|item| ingest(deps, item, now))
+            .buffer_unordered(deps.config.concurrency)
+            .collect()
+            .await;
+    }
+    out.sweep = match sweep(deps, now, deadline).await {
+        Ok(report) => report,
+        Err(e) => SweepReport {
+            steps: vec![StepReport {
+                task_id: "-".into(),
+                action: "list".into(),
+                result: e.to_string(),
+                failed: true,
+            }],
+            ..Default::default()
+        },
+    };
+    let mut errors: Vec<String> = out
+        .ingested
+        .iter()
+        .filter_map(|o| match o {
+            IngestOutcome::Error { object, error } => Some(format!("{object}: {error}")),
+            _ => None,
+        })
+        .collect();
+    errors.extend(
+        out.sweep
+            .steps
+            .iter()
+            .filter(|s| s.failed)
+            .map(|s| format!("{}: {}", s.task_id, s.result)),
+    );
+    let total = out.ingested.len()
+        + out
+            .sweep
+            .steps
+            .iter()
+            .filter(|s| s.action != "skip")
+            .count();
+    info!(
+        ingested = out.ingested.len(),
+        ignored = out.ignored.len(),
+        tasks = out.sweep.tasks_seen,
+        deferred = out.sweep.deferred,
+        failed = errors.len(),
+        "create-image run finished"
+    );
+    match InvocationError::from_failures(total, errors) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}

@@ -1,0 +1,223 @@
+//! Ingest one upload: validate it (object, extension, magic bytes, settings), reject it with every
+//! problem listed, or start its ImportSnapshot.
+
+use crate::config::Deps;
+use crate::event::IngestItem;
+use crate::output::IngestOutcome;
+use chrono::{DateTime, SecondsFormat, Utc};
+use shared::aws::clients::Clients;
+use shared::aws::{ec2, s3};
+use shared::error::AwsError;
+use shared::model::{ObjectInfo, ObjectRef};
+use shared::notify::{self, EventType, Message};
+use shared::plan::spec::{self, Problem};
+use shared::plan::{disk, lineage, naming};
+use tracing::{info, warn};
+
+pub(crate) async fn ingest(deps: &Deps, item: IngestItem, now: DateTime<Utc>) -> IngestOutcome {
+    let uri = item.object.uri();
+    match try_ingest(deps, &item, now).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            warn!(object = %uri, error = %e, "ingest failed");
+            let msg = Message {
+                source_uri: Some(uri.clone()),
+                error: Some(e.to_string()),
+                ..failed_message(deps, now)
+            };
+            if let Err(sns_err) =
+                notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await
+            {
+                warn!(object = %uri, error = %sns_err, "could not report the failure on SNS");
+            }
+            IngestOutcome::Error {
+                object: uri,
+                error: e.to_string(),
+            }
+        }
+    }
+}
+
+pub(crate) fn failed_message(deps: &Deps, now: DateTime<Utc>) -> Message {
+    Message::new(EventType::ImageFailed, now, &deps.clients.region)
+}
+
+pub(crate) async fn try_ingest(
+    deps: &Deps,
+    item: &IngestItem,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, AwsError> {
+    let c = &deps.clients;
+    // Always look at the latest version: ImportSnapshot imports the key's current content.
+    let latest = ObjectRef {
+        version_id: None,
+        ..item.object.clone()
+    };
+    let info = match s3::head_object(&c.s3, &latest).await {
+        Ok(info) => info,
+        Err(e) if e.is_not_found() => {
+            let problem = format!(
+                "{} does not exist (deleted before the import could start, or the bucket is missing)",
+                latest.uri()
+            );
+            return reject(deps, &item.object, vec![problem], now, false).await;
+        }
+        Err(e) => return Err(e),
+    };
+    if let (Some(wanted), Some(current)) = (&item.object.version_id, &info.version_id)
+        && wanted != current
+    {
+        info!(object = %item.object, current_version = %current, "superseded by a newer version");
+        return Ok(IngestOutcome::Superseded {
+            object: item.object.uri(),
+            current_version: current.clone(),
+        });
+    }
+    let object = ObjectRef {
+        version_id: info.version_id.clone(),
+        ..latest
+    };
+    let mut problems = Vec::new();
+    let format = match disk::format_from_key(&object.key) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            problems.push(format!("file: {e}"));
+            None
+        }
+    };
+    if let Some(format) = format
+        && let Err(e) = check_disk(c, &object, &info, format).await?
+    {
+        problems.push(format!("content: {e}"));
+    }
+    let spec = match spec::resolve(
+        &[&deps.config.defaults, &info.metadata, &item.overrides],
+        &object.key,
+    ) {
+        Ok(spec) => Some(spec),
+        Err(ps) => {
+            problems.extend(ps.iter().map(Problem::to_string));
+            None
+        }
+    };
+    let (Some(format), Some(spec), true) = (format, spec, problems.is_empty()) else {
+        return reject(deps, &object, problems, now, true).await;
+    };
+    let version_or_etag = info
+        .version_id
+        .clone()
+        .or_else(|| info.etag.clone())
+        .unwrap_or_default();
+    let token = naming::source_token(&object.bucket, &object.key, &version_or_etag);
+    let existing = ec2::describe_own_images(
+        &c.ec2,
+        vec![ec2::tag_filter(lineage::SOURCE_TOKEN, [token.as_str()])],
+    )
+    .await?;
+    if let Some(image) = existing.first() {
+        info!(object = %object, image_id = %image.id, "already imported");
+        return Ok(IngestOutcome::AlreadyImported {
+            object: object.uri(),
+            image_id: image.id.clone(),
+        });
+    }
+    let mut tags = spec.to_tags();
+    tags.insert(lineage::MANAGED.into(), "true".into());
+    tags.insert(
+        lineage::SOURCE_URI.into(),
+        lineage::fit_tag_value(&object.uri()),
+    );
+    tags.insert(lineage::SOURCE_TOKEN.into(), token.clone());
+    tags.insert(lineage::SOURCE_FORMAT.into(), format.as_api().into());
+    tags.insert(
+        lineage::STARTED_AT.into(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
+    if let Some(etag) = &info.etag {
+        tags.insert(lineage::SOURCE_ETAG.into(), etag.clone());
+    }
+    if let Some(v) = &info.version_id {
+        tags.insert(lineage::SOURCE_VERSION.into(), v.clone());
+    }
+    let description = lineage::fit_tag_value(&format!("ami-pipeline import of {}", object.uri()));
+    let task_id = ec2::import_snapshot(
+        &c.ec2,
+        ec2::ImportRequest {
+            bucket: &object.bucket,
+            key: &object.key,
+            format: format.as_api(),
+            client_token: &token,
+            role_name: &deps.config.import_role_name,
+            description: &description,
+            tags: &tags,
+        },
+    )
+    .await?;
+    info!(object = %object, import_task_id = %task_id, format = %format, family = %spec.family, "import started");
+    Ok(IngestOutcome::ImportStarted {
+        object: object.uri(),
+        import_task_id: task_id,
+        spec: Box::new(spec),
+    })
+}
+
+/// Reads both ends of the object and checks its magic numbers. The outer error is an AWS
+/// failure; the inner one a content problem.
+pub(crate) async fn check_disk(
+    c: &Clients,
+    object: &ObjectRef,
+    info: &ObjectInfo,
+    format: shared::model::DiskFormat,
+) -> Result<Result<(), String>, AwsError> {
+    if info.size == 0 {
+        return Ok(disk::check_content(format, 0, &[], &[]));
+    }
+    let head = s3::get_range(&c.s3, object, &format!("0-{}", disk::PROBE_BYTES - 1)).await?;
+    let tail = s3::get_range(&c.s3, object, &format!("-{}", disk::PROBE_BYTES)).await?;
+    Ok(disk::check_content(format, info.size, &head, &tail))
+}
+
+/// Rejects an upload: tags the object (when it exists), sends `image.failed`, reports.
+pub(crate) async fn reject(
+    deps: &Deps,
+    object: &ObjectRef,
+    problems: Vec<String>,
+    now: DateTime<Utc>,
+    object_exists: bool,
+) -> Result<IngestOutcome, AwsError> {
+    warn!(object = %object, problems = ?problems, "upload rejected");
+    if object_exists {
+        tag_object(&deps.clients, object, "rejected", &problems.join("; ")).await?;
+    }
+    let msg = Message {
+        source_uri: Some(object.uri()),
+        error: Some(format!("upload rejected: {} problem(s)", problems.len())),
+        problems: problems.clone(),
+        ..failed_message(deps, now)
+    };
+    notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
+    Ok(IngestOutcome::Rejected {
+        object: object.uri(),
+        problems,
+    })
+}
+
+pub(crate) async fn tag_object(
+    c: &Clients,
+    object: &ObjectRef,
+    status: &str,
+    reason: &str,
+) -> Result<(), AwsError> {
+    let existing = match s3::get_tags(&c.s3, object).await {
+        Ok(t) => t,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match lineage::object_status_tags(&existing, status, reason) {
+        Some(tags) => s3::put_tags(&c.s3, object, &tags).await,
+        None => {
+            warn!(object = %object, "object already has 10 tags; status not recorded on it");
+            Ok(())
+        }
+    }
+}

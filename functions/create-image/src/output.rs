@@ -1,0 +1,82 @@
+//! The invocation's JSON output: one outcome per uploaded object and the sweep's steps.
+
+use serde::Serialize;
+use shared::plan::spec::ImageSpec;
+
+/// What happened to one uploaded object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum IngestOutcome {
+    /// ImportSnapshot started (or was already running: same ClientToken, same task).
+    ImportStarted {
+        /// The object.
+        object: String,
+        /// The task.
+        import_task_id: String,
+        /// The validated settings.
+        spec: Box<ImageSpec>,
+    },
+    /// An image made from this exact upload already exists.
+    AlreadyImported {
+        /// The object.
+        object: String,
+        /// The image.
+        image_id: String,
+    },
+    /// A newer version of the key exists; its own event imports it.
+    Superseded {
+        /// The object.
+        object: String,
+        /// The current version.
+        current_version: String,
+    },
+    /// The upload is invalid; nothing was imported.
+    Rejected {
+        /// The object.
+        object: String,
+        /// Every problem.
+        problems: Vec<String>,
+    },
+    /// An AWS call failed; the same event can be retried safely.
+    Error {
+        /// The object.
+        object: String,
+        /// The failure.
+        error: String,
+    },
+}
+
+/// What one sweep step did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepReport {
+    /// The task.
+    pub task_id: String,
+    /// The planned action (`register`, `announce`, `report-failure`, `warn-stale`, `skip`).
+    pub action: String,
+    /// What came of it: an image id, a reason, `deferred`, or the error.
+    pub result: String,
+    /// Whether it failed.
+    pub failed: bool,
+}
+
+/// The sweep's summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct SweepReport {
+    /// Import tasks of the pipeline seen.
+    pub tasks_seen: usize,
+    /// One entry per task.
+    pub steps: Vec<StepReport>,
+    /// Steps not started because the deadline was near.
+    pub deferred: usize,
+}
+
+/// The invocation's JSON output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Output {
+    /// One entry per uploaded object.
+    pub ingested: Vec<IngestOutcome>,
+    /// Records that were not uploads.
+    pub ignored: Vec<String>,
+    /// The sweep.
+    pub sweep: SweepReport,
+}

@@ -1,0 +1,230 @@
+//! The sweep: plan over the pipeline's import tasks and execute each step (announce, report a
+//! failure, warn about a slow import).
+
+use crate::config::Deps;
+use crate::ingest::{failed_message, tag_object};
+use crate::output::{StepReport, SweepReport};
+use crate::register::register;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::{self, StreamExt};
+use shared::aws::ec2;
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::model::{Image, ObjectRef, Tags};
+use shared::notify::{self, EventType, Message};
+use shared::plan::import::{self, Registration, SweepAction, SweepPolicy};
+use shared::plan::lineage;
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+/// Lists the pipeline's import tasks, plans, and executes.
+pub async fn sweep(
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<SweepReport, AwsError> {
+    let c = &deps.clients;
+    let tasks =
+        ec2::describe_import_tasks(&c.ec2, vec![ec2::tag_key_filter(lineage::MANAGED)]).await?;
+    let pending: Vec<&str> = tasks
+        .iter()
+        .filter(|t| {
+            t.status == shared::model::ImportStatus::Completed
+                && !t.tags.contains_key(lineage::OUTCOME)
+        })
+        .map(|t| t.id.as_str())
+        .collect();
+    let mut images_by_task = BTreeMap::new();
+    for chunk in pending.chunks(100) {
+        for image in ec2::describe_own_images(
+            &c.ec2,
+            vec![ec2::tag_filter(lineage::IMPORT_TASK, chunk.iter().copied())],
+        )
+        .await?
+        {
+            if let Some(task) = image.tags.get(lineage::IMPORT_TASK) {
+                images_by_task.insert(task.clone(), image);
+            }
+        }
+    }
+    let policy = SweepPolicy {
+        stale_after: chrono::Duration::minutes(deps.config.stale_import_minutes),
+    };
+    let actions = import::plan_sweep(&tasks, &images_by_task, policy, now);
+    info!(
+        tasks = tasks.len(),
+        to_do = actions.iter().filter(|a| a.mutates()).count(),
+        "sweep planned"
+    );
+    let images_by_task = &images_by_task;
+    let steps: Vec<Option<StepReport>> = stream::iter(actions)
+        .map(|action| async move {
+            if action.mutates() && !deadline.may_start() {
+                return None;
+            }
+            Some(execute(deps, action, images_by_task, now).await)
+        })
+        .buffer_unordered(deps.config.concurrency)
+        .collect()
+        .await;
+    let deferred = steps.iter().filter(|s| s.is_none()).count();
+    let mut steps: Vec<StepReport> = steps.into_iter().flatten().collect();
+    steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    Ok(SweepReport {
+        tasks_seen: tasks.len(),
+        steps,
+        deferred,
+    })
+}
+
+pub(crate) fn action_name(a: &SweepAction) -> &'static str {
+    match a {
+        SweepAction::Register { .. } => "register",
+        SweepAction::Announce { .. } => "announce",
+        SweepAction::ReportFailure { .. } => "report-failure",
+        SweepAction::WarnStale { .. } => "warn-stale",
+        SweepAction::Skip { .. } => "skip",
+    }
+}
+
+pub(crate) async fn execute(
+    deps: &Deps,
+    action: SweepAction,
+    images: &BTreeMap<String, Image>,
+    now: DateTime<Utc>,
+) -> StepReport {
+    let task_id = action.task_id().to_owned();
+    let name = action_name(&action);
+    let result = match action {
+        SweepAction::Skip { reason, .. } => Ok(reason),
+        SweepAction::Register {
+            task_id,
+            registration,
+        } => register(deps, &task_id, &registration, now).await,
+        SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
+            Some(image) => announce(deps, &task_id, image, now)
+                .await
+                .map(|()| image_id),
+            None => Ok(format!("{image_id} no longer listed")),
+        },
+        SweepAction::ReportFailure {
+            task_id,
+            message,
+            object,
+        } => report_failure(deps, &task_id, &message, object.as_ref(), now)
+            .await
+            .map(|()| message),
+        SweepAction::WarnStale {
+            task_id,
+            age_minutes,
+        } => warn_stale(deps, &task_id, age_minutes, now).await,
+    };
+    match result {
+        Ok(result) => StepReport {
+            task_id,
+            action: name.into(),
+            result,
+            failed: false,
+        },
+        Err(e) => {
+            warn!(import_task_id = %task_id, action = name, error = %e, "sweep step failed");
+            StepReport {
+                task_id,
+                action: name.into(),
+                result: e.to_string(),
+                failed: true,
+            }
+        }
+    }
+}
+
+pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {
+    let uri = reg.tags.get(lineage::SOURCE_URI)?;
+    let rest = uri.strip_prefix("s3://")?;
+    let rest = rest.split("?versionId=").next()?;
+    let (bucket, key) = rest.split_once('/')?;
+    if uri.contains('…') {
+        return None;
+    }
+    Some(ObjectRef {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: reg.tags.get(lineage::SOURCE_VERSION).cloned(),
+    })
+}
+
+/// Sends `image.registered` and records the outcome on the task (after the message, so a
+/// crash in between repeats the message rather than losing it).
+pub(crate) async fn announce(
+    deps: &Deps,
+    task_id: &str,
+    image: &Image,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let c = &deps.clients;
+    let msg = Message {
+        image_id: Some(image.id.clone()),
+        image_name: Some(image.name.clone()),
+        snapshot_ids: image.snapshot_ids.clone(),
+        family: image.tags.get(lineage::FAMILY).cloned(),
+        source_uri: image.tags.get(lineage::SOURCE_URI).cloned(),
+        import_task_id: Some(task_id.to_owned()),
+        lineage: image.tags.clone(),
+        ..Message::new(EventType::ImageRegistered, now, &c.region)
+    };
+    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    let outcome = Tags::from([(
+        lineage::OUTCOME.to_owned(),
+        format!("registered:{}", image.id),
+    )]);
+    ec2::create_tags(&c.ec2, &[task_id], &outcome).await
+}
+
+pub(crate) async fn report_failure(
+    deps: &Deps,
+    task_id: &str,
+    message: &str,
+    object: Option<&ObjectRef>,
+    now: DateTime<Utc>,
+) -> Result<(), AwsError> {
+    let c = &deps.clients;
+    warn!(import_task_id = task_id, error = message, "import failed");
+    if let Some(object) = object {
+        tag_object(c, object, "failed", message).await?;
+    }
+    let msg = Message {
+        source_uri: object.map(ObjectRef::uri),
+        import_task_id: Some(task_id.to_owned()),
+        error: Some(message.to_owned()),
+        ..failed_message(deps, now)
+    };
+    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    ec2::create_tags(
+        &c.ec2,
+        &[task_id],
+        &Tags::from([(lineage::OUTCOME.to_owned(), "failed".to_owned())]),
+    )
+    .await
+}
+
+pub(crate) async fn warn_stale(
+    deps: &Deps,
+    task_id: &str,
+    age_minutes: i64,
+    now: DateTime<Utc>,
+) -> Result<String, AwsError> {
+    let c = &deps.clients;
+    let text = format!("import still running after {age_minutes} minutes");
+    let msg = Message {
+        import_task_id: Some(task_id.to_owned()),
+        error: Some(text.clone()),
+        ..Message::new(EventType::ImportStalled, now, &c.region)
+    };
+    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    let tag = Tags::from([(
+        lineage::STALE_WARNED.to_owned(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )]);
+    ec2::create_tags(&c.ec2, &[task_id], &tag).await?;
+    Ok(text)
+}

@@ -1,0 +1,117 @@
+//! publish's settings, read once from the environment, and what a run needs (`Deps`).
+
+use shared::aws::clients::Clients;
+use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::plan::publish::{self as plan, Defaults, PublicMode};
+
+/// Settings of publish, from the environment (names as in `template.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Topic and S3 addressing.
+    pub common: CommonConfig,
+    /// The default policy.
+    pub defaults: Defaults,
+    /// Regions whose in-flight publishes the schedule advances (`SOURCE_REGIONS`; default the
+    /// function's own).
+    pub source_regions: Vec<String>,
+    /// Copies in flight per destination region (`COPY_CONCURRENCY`).
+    pub copy_concurrency: usize,
+}
+
+impl Config {
+    /// Every variable this function reads.
+    pub fn vars() -> Vec<&'static str> {
+        let mut v = CommonConfig::VARS.to_vec();
+        v.extend([
+            "PUBLISH_REGIONS",
+            "PUBLISH_DENY_REGIONS",
+            "SOURCE_REGIONS",
+            "SHARE_ACCOUNTS",
+            "SHARE_ORGANIZATIONS",
+            "SHARE_OUS",
+            "PUBLIC",
+            "DEPRECATE_AFTER_DAYS",
+            "COPY_CONCURRENCY",
+        ]);
+        v
+    }
+
+    /// Reads and validates the configuration; the error lists every problem.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(lookup);
+        let common = CommonConfig::read(&mut r);
+        let public = match r.optional("PUBLIC") {
+            None => PublicMode::Never,
+            Some(v) => PublicMode::parse(&v).unwrap_or_else(|| {
+                r.problem(format!("PUBLIC={v:?} is not never, opt-in or always"));
+                PublicMode::Never
+            }),
+        };
+        let defaults = Defaults {
+            regions: r.list("PUBLISH_REGIONS"),
+            deny_regions: r.list("PUBLISH_DENY_REGIONS").into_iter().collect(),
+            accounts: r.list("SHARE_ACCOUNTS"),
+            organizations: r.list("SHARE_ORGANIZATIONS"),
+            ous: r.list("SHARE_OUS"),
+            public,
+            deprecate_after_days: r.int_in("DEPRECATE_AFTER_DAYS", 0, 0, plan::MAX_DEPRECATE_DAYS),
+        };
+        for p in defaults.problems() {
+            r.problem(format!("publish defaults: {p}"));
+        }
+        let source_regions = r.regions("SOURCE_REGIONS");
+        let copy_concurrency = r.int_in("COPY_CONCURRENCY", 20, 1, 50) as usize;
+        r.finish()?;
+        Ok(Config {
+            common,
+            defaults,
+            source_regions,
+            copy_concurrency,
+        })
+    }
+}
+
+/// What the function needs to run.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// AWS clients of the function's region.
+    pub clients: Clients,
+    /// Settings.
+    pub config: Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn config_lists_every_problem() {
+        let err = Config::from_lookup(&lookup(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("PUBLISH_REGIONS", "eu-west-1,us-west-2"),
+            ("PUBLISH_DENY_REGIONS", "eu-west-1"),
+            ("SHARE_ACCOUNTS", "123"),
+            ("PUBLIC", "sometimes"),
+            ("COPY_CONCURRENCY", "0"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(err.problems.len(), 4, "{err}");
+        let ok = Config::from_lookup(&lookup(&[(
+            "TOPIC_ARN",
+            "arn:aws:sns:us-east-1:123456789012:t",
+        )]))
+        .expect("defaults are valid");
+        assert_eq!(ok.defaults.public, PublicMode::Never);
+        assert!(ok.defaults.regions.is_empty());
+        assert_eq!(ok.copy_concurrency, 20);
+    }
+}

@@ -1,0 +1,192 @@
+//! The run: find the images to work on, publish or revoke each, report every failure once.
+
+use crate::config::{Config, Deps};
+use crate::event::{Command, Trigger, aws_failed, refused};
+use crate::image::publish_one;
+use crate::output::Output;
+use crate::revoke::revoke;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use shared::aws::clients::Clients;
+use shared::aws::ec2::{self};
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use shared::model::Image;
+use shared::plan::publish::{IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STATE};
+use tracing::info;
+
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
+/// Runs a command. A request about an image that is missing, not ours, not available or a copy,
+/// or whose policy is invalid, is refused with nothing changed; AWS failures are returned as
+/// `AwsCallsFailed` (the same event is safe to retry); a region that fails is reported in the
+/// output and in `image.publish-partial`, and retried by the schedule.
+pub async fn handle(
+    cmd: Command,
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
+    match cmd {
+        Command::Ignore(reason) => {
+            info!(%reason, "ignored");
+            Ok(Output::Ignored { reason })
+        }
+        Command::Publish {
+            trigger,
+            image_id,
+            region,
+            overrides,
+        } => {
+            let c = clients_for(deps, region.as_deref());
+            let source = source_image(&c, &image_id).await?;
+            let result = publish_one(deps, &c, source, trigger, &overrides, now, deadline).await?;
+            Ok(Output::Publish { trigger, result })
+        }
+        Command::Advance => {
+            let regions = if deps.config.source_regions.is_empty() {
+                vec![deps.clients.region.clone()]
+            } else {
+                deps.config.source_regions.clone()
+            };
+            let mut results = Vec::new();
+            let mut errors = Vec::new();
+            let mut total = 0;
+            for r in &regions {
+                let c = clients_for(deps, Some(r));
+                let sources = match ec2::describe_own_images(
+                    &c.ec2,
+                    vec![ec2::tag_filter(PUBLISH_STATE, [IN_PROGRESS])],
+                )
+                .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        total += 1;
+                        errors.push(e.to_string());
+                        continue;
+                    }
+                };
+                for s in sources
+                    .into_iter()
+                    .filter(|s| !s.tags.contains_key(PUBLISH_SOURCE))
+                {
+                    total += 1;
+                    if !deadline.may_start() {
+                        errors.push(format!(
+                            "{} in {r}: not started, the invocation's deadline is near; the next run continues",
+                            s.id
+                        ));
+                        continue;
+                    }
+                    let id = s.id.clone();
+                    match publish_one(
+                        deps,
+                        &c,
+                        s,
+                        Trigger::Schedule,
+                        &Overrides::default(),
+                        now,
+                        deadline,
+                    )
+                    .await
+                    {
+                        Ok(rep) => results.push(rep),
+                        Err(e) => errors.push(format!("{id} in {r}: {e}")),
+                    }
+                }
+            }
+            if let Some(e) = InvocationError::from_failures(total, errors) {
+                return Err(e);
+            }
+            Ok(Output::Advance { regions, results })
+        }
+        Command::Revoke {
+            image_id,
+            region,
+            principals,
+        } => {
+            let c = clients_for(deps, region.as_deref());
+            let source = source_image(&c, &image_id).await?;
+            revoke(deps, &c, &source, &principals, now).await
+        }
+    }
+}
+
+pub(crate) fn clients_for(deps: &Deps, region: Option<&str>) -> Clients {
+    match region {
+        Some(r) if r != deps.clients.region => deps.clients.for_region(r),
+        _ => deps.clients.clone(),
+    }
+}
+
+/// The source image: ours, available, and not itself a copy made by publish.
+pub(crate) async fn source_image(c: &Clients, image_id: &str) -> Result<Image, InvocationError> {
+    let Some(image) = ec2::describe_own_image(&c.ec2, image_id)
+        .await
+        .map_err(aws_failed)?
+    else {
+        let other = ec2::describe_image(&c.ec2, image_id)
+            .await
+            .map_err(aws_failed)?;
+        return Err(match other {
+            Some(i) => refused(
+                "ImageNotOwned",
+                format!(
+                    "{image_id} in {} belongs to account {}, not this one; only the owner can publish it",
+                    c.region,
+                    i.owner_id.as_deref().unwrap_or("unknown")
+                ),
+            ),
+            None => refused(
+                "ImageNotFound",
+                format!("{image_id} is not an image of this account in {}", c.region),
+            ),
+        });
+    };
+    if image.state != "available" {
+        return Err(refused(
+            "ImageNotAvailable",
+            format!(
+                "{image_id} in {} is {}; it can be published once it is available",
+                c.region, image.state
+            ),
+        ));
+    }
+    if let Some(src) = image.tags.get(PUBLISH_SOURCE) {
+        return Err(refused(
+            "ImageIsCopy",
+            format!(
+                "{image_id} in {} is a copy publish made of {src}; publish {src} instead",
+                c.region
+            ),
+        ));
+    }
+    Ok(image)
+}
+
+pub(crate) fn stamp_time(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(SecondsFormat::Secs, true)
+}

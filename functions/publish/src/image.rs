@@ -1,0 +1,325 @@
+//! Publish one image: mark it, advance its copies, share every region, announce once.
+
+use crate::config::Deps;
+use crate::copy::{CopyProgress, advance_copy};
+use crate::event::{Trigger, aws_failed, refused};
+use crate::handler::{clients_for, stamp_time};
+use crate::output::{ImageReport, RegionReport};
+use crate::share::share_region;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+use shared::aws::clients::Clients;
+use shared::aws::ec2::{self};
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::invocation::InvocationError;
+use shared::model::{Image, Tags};
+use shared::notify::{self, EventType, Message};
+use shared::plan::lineage::FAMILY;
+use shared::plan::publish::{
+    self as plan, FAILED_REGIONS, Grants, IN_PROGRESS, Overrides, PUBLISH_STATE, PUBLISHED,
+    PUBLISHED_AT, Policy,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::{info, warn};
+
+/// Regions worked on in parallel for one image.
+pub(crate) const REGION_CONCURRENCY: usize = 4;
+pub(crate) async fn publish_one(
+    deps: &Deps,
+    c: &Clients,
+    source: Image,
+    trigger: Trigger,
+    overrides: &Overrides,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<ImageReport, InvocationError> {
+    let home = c.region.clone();
+    let state = source.tags.get(PUBLISH_STATE).map(String::as_str);
+    if trigger == Trigger::ImageReady && state == Some(PUBLISHED) {
+        info!(image = %source.id, "already published; duplicate image.ready ignored");
+        return Ok(ImageReport {
+            policy: plan::resolve(&deps.config.defaults, &source.tags, &home).unwrap_or_default(),
+            image_id: source.id,
+            region: home,
+            status: "already-published",
+            regions: BTreeMap::new(),
+            announced: None,
+        });
+    }
+    let extra = plan::override_tags(overrides).map_err(|p| {
+        refused(
+            "InvalidPolicy",
+            format!("{} in {home}: nothing changed: {}", source.id, p.join("; ")),
+        )
+    })?;
+    let mut wanted_tags = source.tags.clone();
+    wanted_tags.extend(extra.clone());
+    let policy = plan::resolve(&deps.config.defaults, &wanted_tags, &home).map_err(|p| {
+        refused(
+            "InvalidPolicy",
+            format!(
+                "{} in {home}: nothing changed, its publish policy is invalid: {}",
+                source.id,
+                p.join("; ")
+            ),
+        )
+    })?;
+    // Public sharing is checked in every region before anything changes: a manual request is
+    // refused outright; an event or the schedule reports those regions as failed.
+    let mut blocked = BTreeSet::new();
+    if policy.public {
+        for r in std::iter::once(&home).chain(&policy.regions) {
+            let rc = clients_for(deps, Some(r));
+            let st = ec2::image_block_public_access_state(&rc.ec2)
+                .await
+                .map_err(aws_failed)?;
+            if st != "unblocked" {
+                blocked.insert(r.clone());
+            }
+        }
+        if trigger == Trigger::Manual && !blocked.is_empty() {
+            return Err(refused(
+                "PublicAccessBlocked",
+                format!(
+                    "{} in {home}: nothing changed: public sharing was asked for, but image block public access is on in {} (DisableImageBlockPublicAccess there, or publish without \"public\")",
+                    source.id,
+                    blocked.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let mut mark = extra;
+    if state != Some(IN_PROGRESS) {
+        mark.insert(PUBLISH_STATE.to_owned(), IN_PROGRESS.to_owned());
+    }
+    if !mark.is_empty() {
+        ec2::create_tags(&c.ec2, &[source.id.as_str()], &mark)
+            .await
+            .map_err(aws_failed)?;
+    }
+
+    // Copies.
+    let copies: Vec<(String, Result<CopyProgress, AwsError>)> =
+        stream::iter(policy.regions.iter().cloned())
+            .map(|r| async {
+                let res = advance_copy(deps, &source, &home, &r, deadline).await;
+                (r, res)
+            })
+            .buffer_unordered(REGION_CONCURRENCY)
+            .collect()
+            .await;
+    let mut regions = BTreeMap::new();
+    let mut ready: Vec<(String, Image)> = vec![(home.clone(), source.clone())];
+    for (r, res) in copies {
+        match res {
+            Ok((rep, Some(copy))) => {
+                regions.insert(r.clone(), rep);
+                ready.push((r, copy));
+            }
+            Ok((rep, None)) => {
+                regions.insert(r, rep);
+            }
+            Err(e) => {
+                regions.insert(r, RegionReport::failed(None, e.to_string()));
+            }
+        }
+    }
+    let pending = regions
+        .values()
+        .any(|r| matches!(r.outcome, "copying" | "waiting"));
+    if pending {
+        regions.insert(
+            home.clone(),
+            RegionReport {
+                image_id: Some(source.id.clone()),
+                outcome: "waiting",
+                detail: Some("shared once every copy is available".into()),
+                ..RegionReport::default()
+            },
+        );
+        info!(image = %source.id, "copies in flight; the schedule continues");
+        return Ok(ImageReport {
+            image_id: source.id,
+            region: home,
+            status: "copying",
+            policy,
+            regions,
+            announced: None,
+        });
+    }
+
+    // Shares, region by region, each verified by reading it back.
+    let deprecate_at = deprecation_time(&source, &policy, now);
+    let shared: Vec<(String, RegionReport)> = stream::iter(ready)
+        .map(|(r, image)| {
+            let blocked = blocked.contains(&r);
+            let policy = &policy;
+            let deprecate_at = deprecate_at.as_deref();
+            async move {
+                let rep = share_region(deps, &r, &image, policy, blocked, deprecate_at).await;
+                (r, rep)
+            }
+        })
+        .buffer_unordered(REGION_CONCURRENCY)
+        .collect()
+        .await;
+    regions.extend(shared);
+
+    let failed: BTreeMap<&String, &RegionReport> = regions
+        .iter()
+        .filter(|(_, r)| r.outcome == "failed")
+        .collect();
+    let failed_list = failed
+        .keys()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Decide what to announce and record, then do it: the message first, then the tags, so a
+    // failed send leaves the state as it was and the next run sends again.
+    let (status, event, record) = if failed.is_empty() {
+        let changed = regions.values().any(|r| !r.granted.is_empty());
+        let done = Tags::from([
+            (PUBLISH_STATE.to_owned(), PUBLISHED.to_owned()),
+            (PUBLISHED_AT.to_owned(), stamp_time(now)),
+            (FAILED_REGIONS.to_owned(), String::new()),
+        ]);
+        let event = (state != Some(PUBLISHED) || changed).then_some(EventType::ImagePublished);
+        info!(image = %source.id, regions = regions.len(), "published");
+        ("published", event, Some(done))
+    } else {
+        warn!(image = %source.id, failed = %failed_list, "some regions failed; the schedule retries them");
+        let new_failures =
+            source.tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
+        let record = Tags::from([(FAILED_REGIONS.to_owned(), failed_list)]);
+        (
+            "partial",
+            new_failures.then_some(EventType::PublishPartial),
+            new_failures.then_some(record),
+        )
+    };
+    if let Some(event) = event {
+        let msg = publication_message(event, &source, &home, &policy, &regions, now);
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
+            .await
+            .map_err(aws_failed)?;
+    }
+    if let Some(tags) = record {
+        ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)
+            .await
+            .map_err(aws_failed)?;
+    }
+    let announced = event.map(EventType::as_str);
+    Ok(ImageReport {
+        image_id: source.id,
+        region: home,
+        status,
+        policy,
+        regions,
+        announced,
+    })
+}
+
+/// The deprecation time every region gets: the source's own if it has one (a retry keeps the
+/// first run's), else `now` + the policy's days; `None` when the policy sets none.
+pub(crate) fn deprecation_time(
+    source: &Image,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if policy.deprecate_after_days == 0 {
+        return None;
+    }
+    // Whole minutes, written as EC2 writes DeprecationTime (it rounds seconds to the minute),
+    // so the time reported is exactly the one every region shows.
+    source.deprecation_time.clone().or_else(|| {
+        Some(
+            (now + ChronoDuration::days(policy.deprecate_after_days))
+                .format("%Y-%m-%dT%H:%M:00.000Z")
+                .to_string(),
+        )
+    })
+}
+pub(crate) fn publication_message(
+    event: EventType,
+    source: &Image,
+    home: &str,
+    policy: &Policy,
+    regions: &BTreeMap<String, RegionReport>,
+    now: DateTime<Utc>,
+) -> Message {
+    let images: BTreeMap<&String, Value> = regions
+        .iter()
+        .map(|(r, rep)| {
+            (
+                r,
+                json!({"image_id": rep.image_id, "outcome": rep.outcome, "detail": rep.detail}),
+            )
+        })
+        .collect();
+    let failed: Vec<&String> = regions
+        .iter()
+        .filter(|(_, r)| r.outcome == "failed")
+        .map(|(k, _)| k)
+        .collect();
+    Message {
+        image_id: Some(source.id.clone()),
+        image_name: Some(source.name.clone()),
+        snapshot_ids: source.snapshot_ids.clone(),
+        family: source.tags.get(FAMILY).cloned(),
+        lineage: shared::plan::lineage::LINEAGE_KEYS
+            .iter()
+            .filter_map(|k| source.tags.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect(),
+        publication: Some(json!({
+            "regions": images,
+            "shares": Grants::launch(policy),
+            "public": policy.public,
+            "deprecation_time": regions.get(home).and_then(|r| r.deprecation_time.clone()),
+            "failed_regions": failed,
+            "retry": if failed.is_empty() { Value::Null } else { json!("the failed regions are retried by the publish schedule") },
+        })),
+        ..Message::new(event, now, home)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::plan::ids;
+
+    #[test]
+    fn the_message_stays_under_the_sns_limit_with_every_region() {
+        let source = Image {
+            id: "ami-0123456789abcdef0".into(),
+            name: "n".into(),
+            ..Image::default()
+        };
+        let policy = Policy {
+            accounts: (0..5000).map(|i| format!("{i:012}")).collect(),
+            ..Policy::default()
+        };
+        let regions: BTreeMap<String, RegionReport> = ids::KNOWN_REGIONS
+            .iter()
+            .map(|r| {
+                (
+                    r.to_string(),
+                    RegionReport::failed(Some("ami-0123456789abcdef0".into()), "x".repeat(6000)),
+                )
+            })
+            .collect();
+        let m = publication_message(
+            EventType::PublishPartial,
+            &source,
+            "us-east-1",
+            &policy,
+            &regions,
+            Utc::now(),
+        );
+        let text = m.to_json();
+        assert!(text.len() <= notify::MAX_MESSAGE_BYTES, "{}", text.len());
+        let v: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["event_type"], "image.publish-partial");
+    }
+}

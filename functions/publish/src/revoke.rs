@@ -1,0 +1,155 @@
+//! Revoke a publication: launch permissions first, then the snapshots', in every region, read back.
+
+use crate::config::Deps;
+use crate::event::aws_failed;
+use crate::handler::clients_for;
+use crate::image::{REGION_CONCURRENCY, publication_message};
+use crate::output::{Output, RegionReport};
+use crate::share::{launch_grants, volume_grants};
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+use shared::aws::clients::Clients;
+use shared::aws::ec2::{self, Change};
+use shared::error::AwsError;
+use shared::invocation::InvocationError;
+use shared::model::{Image, Tags};
+use shared::notify::{self, EventType};
+use shared::plan::publish::{self as plan, Grants, PUBLISH_SOURCE};
+use std::collections::BTreeMap;
+use tracing::info;
+
+pub(crate) async fn revoke(
+    deps: &Deps,
+    c: &Clients,
+    source: &Image,
+    principals: &Grants,
+    now: DateTime<Utc>,
+) -> Result<Output, InvocationError> {
+    let home = c.region.clone();
+    // Where the image lives: its own region and every copy publish made in the policy's
+    // regions. A revoke must work even when the image's policy no longer resolves (say, a
+    // region was denied since): then the defaults name the regions to look in.
+    let policy = plan::resolve(&deps.config.defaults, &source.tags, &home)
+        .or_else(|_| plan::resolve(&deps.config.defaults, &Tags::new(), &home))
+        .unwrap_or_default();
+    let mut images = vec![(home.clone(), source.clone())];
+    for r in &policy.regions {
+        let rc = clients_for(deps, Some(r));
+        let found = ec2::describe_own_images(
+            &rc.ec2,
+            vec![ec2::tag_filter(PUBLISH_SOURCE, [source.id.as_str()])],
+        )
+        .await
+        .map_err(aws_failed)?;
+        images.extend(found.into_iter().map(|i| (r.clone(), i)));
+    }
+    let results: Vec<(String, RegionReport)> = stream::iter(images)
+        .map(|(r, image)| async move {
+            let rc = clients_for(deps, Some(&r));
+            let mut rep = RegionReport {
+                image_id: Some(image.id.clone()),
+                outcome: "revoked",
+                ..RegionReport::default()
+            };
+            if let Err(e) = revoke_checked(&rc, &image, principals, &mut rep).await {
+                rep.outcome = "failed";
+                rep.detail = Some(e);
+            }
+            (r, rep)
+        })
+        .buffer_unordered(REGION_CONCURRENCY)
+        .collect()
+        .await;
+    let regions: BTreeMap<String, RegionReport> = results.into_iter().collect();
+    // Recorded on the image, so neither the schedule nor a later publish shares again.
+    let t = principals.revoked_tags(&policy);
+    ec2::create_tags(&c.ec2, &[source.id.as_str()], &t)
+        .await
+        .map_err(aws_failed)?;
+    let failures: Vec<String> = regions
+        .iter()
+        .filter(|(_, r)| r.outcome == "failed")
+        .map(|(k, r)| format!("{k}: {}", r.detail.as_deref().unwrap_or("failed")))
+        .collect();
+    let mut msg = publication_message(
+        EventType::ImageRevoked,
+        source,
+        &home,
+        &policy,
+        &regions,
+        now,
+    );
+    if let Some(Value::Object(p)) = msg.publication.as_mut() {
+        p.insert("revoked".into(), json!(principals));
+    }
+    notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
+        .await
+        .map_err(aws_failed)?;
+    if !failures.is_empty() {
+        return Err(InvocationError::Partial {
+            failed: failures.len(),
+            total: regions.len(),
+            errors: failures,
+        });
+    }
+    info!(image = %source.id, "revoked");
+    Ok(Output::Revoke {
+        image_id: source.id.clone(),
+        region: home,
+        regions,
+        announced: Some(EventType::ImageRevoked.as_str()),
+    })
+}
+
+/// Image first (no new launches), then its snapshots; each read back.
+pub(crate) async fn revoke_checked(
+    rc: &Clients,
+    image: &Image,
+    principals: &Grants,
+    rep: &mut RegionReport,
+) -> Result<(), String> {
+    let s = |e: AwsError| e.to_string();
+    let current = launch_grants(rc, &image.id).await?;
+    let remove = principals.common(&current);
+    if !remove.is_empty() {
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Remove, &remove)
+            .await
+            .map_err(s)?;
+    }
+    let after = launch_grants(rc, &image.id).await?;
+    let left = principals.common(&after);
+    if !left.is_empty() {
+        return Err(format!(
+            "{}: launch permission still holds {} after removing it",
+            image.id,
+            json!(left)
+        ));
+    }
+    rep.revoked = remove;
+    let volume = Grants {
+        accounts: principals.accounts.clone(),
+        public: principals.public,
+        ..Grants::default()
+    };
+    if volume.is_empty() {
+        return Ok(());
+    }
+    for snap in &image.snapshot_ids {
+        let current = volume_grants(rc, snap).await?;
+        let remove = volume.common(&current);
+        if !remove.is_empty() {
+            ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Remove, &remove)
+                .await
+                .map_err(s)?;
+        }
+        let after = volume_grants(rc, snap).await?;
+        if !volume.common(&after).is_empty() {
+            return Err(format!(
+                "snapshot {snap}: create-volume permission still holds {} after removing it",
+                json!(volume.common(&after))
+            ));
+        }
+    }
+    Ok(())
+}

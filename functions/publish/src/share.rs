@@ -1,0 +1,128 @@
+//! Share one region's image and snapshots (snapshots first), then read every grant back.
+
+use crate::config::Deps;
+use crate::handler::clients_for;
+use crate::output::RegionReport;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::aws::clients::Clients;
+use shared::aws::ec2::{self, Change};
+use shared::error::AwsError;
+use shared::model::Image;
+use shared::plan::publish::{Grants, Policy};
+
+/// Deprecation, snapshot permissions, then launch permissions for one region's image, each read
+/// back. Never fails the invocation: a failure is that region's outcome.
+pub(crate) async fn share_region(
+    deps: &Deps,
+    region: &str,
+    image: &Image,
+    policy: &Policy,
+    public_blocked: bool,
+    deprecate_at: Option<&str>,
+) -> RegionReport {
+    let rc = clients_for(deps, Some(region));
+    let mut rep = RegionReport {
+        image_id: Some(image.id.clone()),
+        outcome: "published",
+        ..RegionReport::default()
+    };
+    let mut policy = policy.clone();
+    if public_blocked {
+        policy.public = false;
+    }
+    match share_checked(&rc, image, &policy, deprecate_at, &mut rep).await {
+        Ok(()) if public_blocked => RegionReport {
+            outcome: "failed",
+            detail: Some(format!(
+                "public sharing was asked for, but image block public access is on in {region} (shared with the other principals; DisableImageBlockPublicAccess there and the schedule finishes it)"
+            )),
+            ..rep
+        },
+        Ok(()) => rep,
+        Err(e) => RegionReport {
+            outcome: "failed",
+            detail: Some(e),
+            ..rep
+        },
+    }
+}
+
+/// Who may launch `image_id`, read back.
+pub(crate) async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, String> {
+    ec2::launch_permissions(&rc.ec2, image_id)
+        .await
+        .map(|e| Grants::from_entries(&e))
+        .map_err(|e| e.to_string())
+}
+
+/// Who may create volumes from `snapshot_id`, read back.
+pub(crate) async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Grants, String> {
+    ec2::create_volume_permissions(&rc.ec2, snapshot_id)
+        .await
+        .map(|e| Grants::from_entries(&e))
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) async fn share_checked(
+    rc: &Clients,
+    image: &Image,
+    policy: &Policy,
+    deprecate_at: Option<&str>,
+    rep: &mut RegionReport,
+) -> Result<(), String> {
+    let s = |e: AwsError| e.to_string();
+    if let Some(at) = deprecate_at {
+        match &image.deprecation_time {
+            Some(t) => rep.deprecation_time = Some(t.clone()),
+            None => {
+                let when = DateTime::parse_from_rfc3339(at)
+                    .map_err(|e| format!("deprecation time {at}: {e}"))?
+                    .with_timezone(&Utc);
+                ec2::enable_image_deprecation(&rc.ec2, &image.id, when)
+                    .await
+                    .map_err(s)?;
+                rep.deprecation_time = Some(at.to_owned());
+            }
+        }
+    }
+    let volume = Grants::create_volume(policy);
+    if !volume.is_empty() {
+        for snap in &image.snapshot_ids {
+            let current = volume_grants(rc, snap).await?;
+            let missing = volume.missing_from(&current);
+            if !missing.is_empty() {
+                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
+                    .await
+                    .map_err(s)?;
+            }
+            let after = volume_grants(rc, snap).await?;
+            let still = volume.missing_from(&after);
+            if !still.is_empty() {
+                return Err(format!(
+                    "snapshot {snap}: create-volume permission still lacks {} after granting it",
+                    json!(still)
+                ));
+            }
+        }
+    }
+    let launch = Grants::launch(policy);
+    let current = launch_grants(rc, &image.id).await?;
+    let missing = launch.missing_from(&current);
+    if !missing.is_empty() {
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &missing)
+            .await
+            .map_err(s)?;
+        rep.granted = missing;
+    }
+    let after = launch_grants(rc, &image.id).await?;
+    let still = launch.missing_from(&after);
+    if !still.is_empty() {
+        return Err(format!(
+            "{}: launch permission still lacks {} after granting it",
+            image.id,
+            json!(still)
+        ));
+    }
+    Ok(())
+}

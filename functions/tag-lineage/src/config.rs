@@ -1,0 +1,57 @@
+//! tag-lineage's settings, read once from the environment, and what a run needs (`Deps`).
+
+use shared::aws::clients::Clients;
+use shared::config::{CommonConfig, ConfigError, Reader};
+use std::time::Duration;
+
+/// Settings of tag-lineage, from the environment (names as in `template.yaml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Topic and S3 addressing.
+    pub common: CommonConfig,
+    /// Regions searched for children besides the image's own (`LINEAGE_REGIONS`).
+    pub regions: Vec<String>,
+    /// Longest chain or deepest tree a query follows (`LINEAGE_MAX_DEPTH`, default 50, as EC2's
+    /// own ancestry).
+    pub max_depth: usize,
+    /// How long an image that is not visible yet is looked up again (`VISIBILITY_WAIT_SECONDS`).
+    pub visibility_wait: Duration,
+}
+
+impl Config {
+    /// Every variable this function reads.
+    pub fn vars() -> Vec<&'static str> {
+        let mut v = CommonConfig::VARS.to_vec();
+        v.extend([
+            "LINEAGE_REGIONS",
+            "LINEAGE_MAX_DEPTH",
+            "VISIBILITY_WAIT_SECONDS",
+        ]);
+        v
+    }
+
+    /// Reads and validates the configuration; the error lists every problem.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader::new(lookup);
+        let common = CommonConfig::read(&mut r);
+        let regions = r.regions("LINEAGE_REGIONS");
+        let max_depth = r.int_in("LINEAGE_MAX_DEPTH", 50, 1, 200) as usize;
+        let wait = r.int_in("VISIBILITY_WAIT_SECONDS", 8, 0, 60) as u64;
+        r.finish()?;
+        Ok(Config {
+            common,
+            regions,
+            max_depth,
+            visibility_wait: Duration::from_secs(wait),
+        })
+    }
+}
+
+/// What the function needs to run.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// AWS clients of the function's region.
+    pub clients: Clients,
+    /// Settings.
+    pub config: Config,
+}

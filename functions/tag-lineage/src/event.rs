@@ -1,0 +1,413 @@
+//! Trigger → [`Command`]: EventBridge "EC2 AMI State Change", SNS `image.registered` and manual
+//! invokes (stamp, ancestors, children); one place decides which trigger an event is.
+
+use chrono::DateTime;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use shared::invocation::InvocationError;
+use shared::notify::EventType;
+use shared::plan::ids;
+use shared::plan::lineage::{self};
+use shared::plan::stamp::Assertion;
+
+/// What triggered a stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// EventBridge "EC2 AMI State Change", state `available`.
+    StateChange,
+    /// SNS `image.registered` from create-image.
+    Registered,
+    /// A manual invoke.
+    Manual,
+}
+
+/// One image to stamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `ami-…`.
+    pub image_id: String,
+    /// Its region (`None`: the function's).
+    pub region: Option<String>,
+    /// A manual invoke's assertion.
+    pub assertion: Option<Assertion>,
+}
+
+/// What an invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Stamp these images.
+    Stamp {
+        /// Why.
+        trigger: Trigger,
+        /// The images.
+        targets: Vec<Target>,
+    },
+    /// An image failed to become available: announce it.
+    Failed {
+        /// `ami-…`.
+        image_id: String,
+        /// Its region.
+        region: Option<String>,
+        /// EC2's `ErrorMessage`.
+        error: Option<String>,
+    },
+    /// Nothing to do (another state, another SNS event type), with why.
+    Ignore(String),
+    /// The chain of ancestors.
+    Ancestors {
+        /// Start.
+        image_id: String,
+        /// Its region.
+        region: Option<String>,
+    },
+    /// The tree of descendants.
+    Children {
+        /// Root of the query.
+        image_id: String,
+        /// Its region.
+        region: Option<String>,
+        /// Regions to search (`None`: the configured ones).
+        regions: Option<Vec<String>>,
+    },
+}
+
+pub(crate) const TAG_FIELDS: [&str; 8] = [
+    "image_id",
+    "region",
+    "source_image",
+    "source_instance",
+    "source_region",
+    "create_date",
+    "create_timestamp",
+    "force",
+];
+
+impl Command {
+    /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
+    pub fn from_json(text: &str) -> Result<Self, InvocationError> {
+        Self::from_event(&InvocationError::parse_json(text)?)
+    }
+
+    /// Recognises the trigger and turns it into a command.
+    pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
+        let map = InvocationError::event_object(
+            v,
+            "an EventBridge event, an SNS event or a manual request",
+        )?;
+        if map.contains_key("detail-type") {
+            return state_change(map);
+        }
+        if let Some(records) = map.get("Records") {
+            return sns(records);
+        }
+        if map.contains_key("ancestors") || map.contains_key("children") {
+            return query(map);
+        }
+        if map.contains_key("image_id") {
+            return manual_tag(map);
+        }
+        Err(InvocationError::invalid_event(format!(
+            "unrecognised event with keys [{}]: expected an EventBridge \"EC2 AMI State Change\" event, an SNS event, {{\"image_id\": …}}, {{\"ancestors\": …}} or {{\"children\": …}}",
+            map.keys().cloned().collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
+pub(crate) fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Value::as_str)
+}
+
+pub(crate) fn state_change(map: &Map<String, Value>) -> Result<Command, InvocationError> {
+    let detail_type = str_field(map, "detail-type").unwrap_or_default();
+    if detail_type != "EC2 AMI State Change" || str_field(map, "source") != Some("aws.ec2") {
+        return Err(InvocationError::invalid_event(format!(
+            "EventBridge event {detail_type:?} from {:?} is not an \"EC2 AMI State Change\" from aws.ec2",
+            str_field(map, "source").unwrap_or_default()
+        )));
+    }
+    let detail = map
+        .get("detail")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            InvocationError::invalid_event("EC2 AMI State Change event without a detail object")
+        })?;
+    let image_id = str_field(detail, "ImageId")
+        .filter(|s| ids::is_image_id(s))
+        .ok_or_else(|| {
+            InvocationError::invalid_event(format!(
+                "EC2 AMI State Change: detail.ImageId {} is not an image id",
+                detail.get("ImageId").unwrap_or(&Value::Null)
+            ))
+        })?
+        .to_owned();
+    let region = str_field(map, "region").map(str::to_owned);
+    if let Some(r) = &region
+        && !ids::is_region(r)
+    {
+        return Err(InvocationError::invalid_event(format!(
+            "EC2 AMI State Change for {image_id}: region {r:?} is not an AWS region"
+        )));
+    }
+    match str_field(detail, "State").unwrap_or_default() {
+        "available" => Ok(Command::Stamp {
+            trigger: Trigger::StateChange,
+            targets: vec![Target {
+                image_id,
+                region,
+                assertion: None,
+            }],
+        }),
+        "failed" => Ok(Command::Failed {
+            image_id,
+            region,
+            error: str_field(detail, "ErrorMessage")
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        }),
+        other => Ok(Command::Ignore(format!(
+            "{image_id} is now {other:?}: only available and failed are acted on"
+        ))),
+    }
+}
+
+pub(crate) fn sns(records: &Value) -> Result<Command, InvocationError> {
+    let records = records
+        .as_array()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| InvocationError::invalid_event("Records must be a non-empty array"))?;
+    let mut targets = Vec::new();
+    let mut ignored = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let text = r
+            .pointer("/Sns/Message")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                InvocationError::invalid_event(format!(
+                    "Records[{i}] is not an SNS record (no Sns.Message)"
+                ))
+            })?;
+        let msg: Value = serde_json::from_str(text).map_err(|e| {
+            InvocationError::invalid_event(format!(
+                "Records[{i}]: the SNS message is not an ami-pipeline JSON message: {e}"
+            ))
+        })?;
+        let event_type = msg["event_type"].as_str().unwrap_or_default();
+        if event_type != EventType::ImageRegistered.as_str() {
+            ignored.push(format!("Records[{i}]: event_type {event_type:?}"));
+            continue;
+        }
+        let image_id = msg["image_id"]
+            .as_str()
+            .filter(|s| ids::is_image_id(s))
+            .ok_or_else(|| {
+                InvocationError::invalid_event(format!(
+                    "Records[{i}]: image.registered without a valid image_id ({})",
+                    msg["image_id"]
+                ))
+            })?;
+        let region = msg["region"].as_str().filter(|r| ids::is_region(r));
+        targets.push(Target {
+            image_id: image_id.to_owned(),
+            region: region.map(str::to_owned),
+            assertion: None,
+        });
+    }
+    if targets.is_empty() {
+        return Ok(Command::Ignore(format!(
+            "no image.registered message: {}",
+            ignored.join(", ")
+        )));
+    }
+    Ok(Command::Stamp {
+        trigger: Trigger::Registered,
+        targets,
+    })
+}
+
+/// Reads an optional string field, recording a problem when it has another type.
+pub(crate) fn opt_str(
+    map: &Map<String, Value>,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    match map.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            problems.push(format!("{key} must be a string, not {other}"));
+            None
+        }
+    }
+}
+
+pub(crate) fn check_region(field: &str, region: &Option<String>, problems: &mut Vec<String>) {
+    if let Some(r) = region
+        && !ids::is_region(r)
+    {
+        problems.push(format!("{field}: {r:?} is not an AWS region"));
+    }
+}
+
+pub(crate) fn manual_tag(map: &Map<String, Value>) -> Result<Command, InvocationError> {
+    let mut problems = Vec::new();
+    for key in map.keys() {
+        if !TAG_FIELDS.contains(&key.as_str()) {
+            problems.push(format!(
+                "unknown field {key:?} (allowed: {})",
+                TAG_FIELDS.join(", ")
+            ));
+        }
+    }
+    let image_id = opt_str(map, "image_id", &mut problems).unwrap_or_default();
+    if !ids::is_image_id(&image_id) {
+        problems.push(format!("image_id: {image_id:?} is not an image id (ami-…)"));
+    }
+    let region = opt_str(map, "region", &mut problems);
+    check_region("region", &region, &mut problems);
+    let source_image = opt_str(map, "source_image", &mut problems);
+    if let Some(s) = &source_image
+        && !ids::is_image_id(s)
+    {
+        problems.push(format!("source_image: {s:?} is not an image id (ami-…)"));
+    }
+    let source_instance = opt_str(map, "source_instance", &mut problems);
+    if let Some(s) = &source_instance
+        && !ids::is_instance_id(s)
+    {
+        problems.push(format!(
+            "source_instance: {s:?} is not an instance id (i-…)"
+        ));
+    }
+    let source_region = opt_str(map, "source_region", &mut problems);
+    check_region("source_region", &source_region, &mut problems);
+    if source_region.is_some() && source_image.is_none() {
+        problems.push("source_region is given without source_image".into());
+    }
+    let created = match (map.get("create_date"), map.get("create_timestamp")) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "give create_date or create_timestamp, not both (the other is computed)".into(),
+            );
+            None
+        }
+        (Some(d), None) => match d.as_str().and_then(lineage::parse_create_date) {
+            Some(t) => Some(t),
+            None => {
+                problems.push(format!(
+                    "create_date: {d} is not a UTC time like \"20110909T233600Z\""
+                ));
+                None
+            }
+        },
+        (None, Some(t)) => {
+            let secs = t
+                .as_i64()
+                .or_else(|| t.as_str().and_then(|s| s.parse().ok()));
+            match secs
+                .filter(|s| *s >= 0)
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+            {
+                Some(t) => Some(t),
+                None => {
+                    problems.push(format!(
+                        "create_timestamp: {t} is not a number of seconds since 1970"
+                    ));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let force = match map.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            problems.push(format!("force must be true or false, not {other}"));
+            false
+        }
+    };
+    if !problems.is_empty() {
+        return Err(InvocationError::invalid_event(format!(
+            "manual tag request refused, nothing changed: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok(Command::Stamp {
+        trigger: Trigger::Manual,
+        targets: vec![Target {
+            image_id,
+            region,
+            assertion: Some(Assertion {
+                source_image,
+                source_instance,
+                source_region,
+                created,
+                force,
+            }),
+        }],
+    })
+}
+
+pub(crate) fn query(map: &Map<String, Value>) -> Result<Command, InvocationError> {
+    let mut problems = Vec::new();
+    let kind = if map.contains_key("ancestors") {
+        "ancestors"
+    } else {
+        "children"
+    };
+    let allowed = ["ancestors", "children", "region", "regions"];
+    for key in map.keys() {
+        if !allowed.contains(&key.as_str()) {
+            problems.push(format!(
+                "unknown field {key:?} (allowed: {kind}, region, regions)"
+            ));
+        }
+    }
+    if map.contains_key("ancestors") && map.contains_key("children") {
+        problems.push("ask for ancestors or children, not both".into());
+    }
+    let image_id = opt_str(map, kind, &mut problems).unwrap_or_default();
+    if !ids::is_image_id(&image_id) {
+        problems.push(format!("{kind}: {image_id:?} is not an image id (ami-…)"));
+    }
+    let region = opt_str(map, "region", &mut problems);
+    check_region("region", &region, &mut problems);
+    let regions = match map.get("regions") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for item in items {
+                match item.as_str() {
+                    Some(r) if ids::is_region(r) => out.push(r.to_owned()),
+                    _ => problems.push(format!("regions: {item} is not an AWS region")),
+                }
+            }
+            Some(out)
+        }
+        Some(other) => {
+            problems.push(format!(
+                "regions must be a list of region names, not {other}"
+            ));
+            None
+        }
+    };
+    if kind == "ancestors" && regions.is_some() {
+        problems.push("regions applies to children only (ancestors follow source_region)".into());
+    }
+    if !problems.is_empty() {
+        return Err(InvocationError::invalid_event(format!(
+            "lineage query refused: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok(if kind == "ancestors" {
+        Command::Ancestors { image_id, region }
+    } else {
+        Command::Children {
+            image_id,
+            region,
+            regions,
+        }
+    })
+}

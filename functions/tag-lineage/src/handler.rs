@@ -1,0 +1,197 @@
+//! The run: dispatch the command, look images up (waiting briefly for visibility), report once.
+
+use crate::config::{Config, Deps};
+use crate::event::{Command, Trigger};
+use crate::output::{Output, StampReport};
+use crate::query::{ancestors, children};
+use crate::stamp::stamp_one;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use shared::aws::clients::Clients;
+use shared::aws::ec2;
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::invocation::InvocationError;
+use shared::model::Image;
+use shared::notify::{self, EventType, Message};
+use shared::plan::lineage::FAMILY;
+use std::time::Duration;
+use tracing::{info, warn};
+
+impl shared::runner::Function for Deps {
+    type Output = Output;
+
+    fn from_env(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &shared::runner::SdkConfig,
+    ) -> Result<Self, InvocationError> {
+        let config = Config::from_lookup(lookup)?;
+        Ok(Deps {
+            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            config,
+        })
+    }
+
+    async fn invoke(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline: Deadline,
+    ) -> Result<Output, InvocationError> {
+        handle(Command::from_event(event)?, self, now, deadline).await
+    }
+}
+
+/// Runs a command. AWS failures are collected and returned as
+/// [`InvocationError::Partial`] (the same event is safe to retry); a manual stamp that meets a
+/// conflict returns `LineageConflict`, one for an image that is not ours `ImageNotFound`.
+pub async fn handle(
+    cmd: Command,
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
+    match cmd {
+        Command::Stamp { trigger, targets } => {
+            let total = targets.len();
+            let mut results = Vec::new();
+            let mut errors = Vec::new();
+            for t in targets {
+                match stamp_one(deps, &t, now, deadline).await {
+                    Ok(r) => results.push(r),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            if let Some(e) = InvocationError::from_failures(total, errors) {
+                return Err(e);
+            }
+            if trigger == Trigger::Manual
+                && let Some(r) = results.first()
+            {
+                refuse_manual(r)?;
+            }
+            Ok(Output::Stamp { trigger, results })
+        }
+        Command::Failed {
+            image_id,
+            region,
+            error,
+        } => {
+            let c = clients_for(deps, region.as_deref());
+            let image = ec2::describe_image(&c.ec2, &image_id)
+                .await
+                .map_err(partial)?;
+            let msg = Message {
+                image_id: Some(image_id.clone()),
+                image_name: image.as_ref().map(|i| i.name.clone()),
+                family: image.as_ref().and_then(|i| i.tags.get(FAMILY).cloned()),
+                error: Some(format!(
+                    "{image_id} failed to become available: {}",
+                    error.as_deref().unwrap_or("EC2 gave no reason")
+                )),
+                lineage: image.map(|i| i.tags).unwrap_or_default(),
+                ..Message::new(EventType::ImageFailed, now, &c.region)
+            };
+            warn!(image = %image_id, error = ?msg.error, "image failed");
+            let message_id = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
+                .await
+                .map_err(partial)?;
+            Ok(Output::Failed {
+                image_id,
+                message_id,
+            })
+        }
+        Command::Ignore(reason) => {
+            info!(%reason, "ignored");
+            Ok(Output::Ignored { reason })
+        }
+        Command::Ancestors { image_id, region } => ancestors(deps, &image_id, region.as_deref())
+            .await
+            .map(Output::Ancestors)
+            .map_err(partial),
+        Command::Children {
+            image_id,
+            region,
+            regions,
+        } => children(deps, &image_id, region.as_deref(), regions)
+            .await
+            .map(Output::Children)
+            .map_err(partial),
+    }
+}
+
+pub(crate) fn partial(e: AwsError) -> InvocationError {
+    InvocationError::Partial {
+        failed: 1,
+        total: 1,
+        errors: vec![e.to_string()],
+    }
+}
+
+/// A manual stamp is a request: refusing it is an error the caller sees.
+pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
+    match r.outcome {
+        "conflict" => Err(InvocationError::Refused {
+            error_type: "LineageConflict",
+            message: format!(
+                "{} in {}: nothing changed, lineage tags hold other values ({}); pass \"force\": true to overwrite",
+                r.image_id,
+                r.region,
+                r.conflicts
+                    .iter()
+                    .map(|c| format!(
+                        "{} {}={:?}, inferred {:?}",
+                        c.resource, c.key, c.existing, c.inferred
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }),
+        "not-visible" => Err(InvocationError::Refused {
+            error_type: "ImageNotFound",
+            message: format!(
+                "{} is not an image of this account in {}",
+                r.image_id, r.region
+            ),
+        }),
+        "not-available" => Err(InvocationError::Refused {
+            error_type: "ImageNotAvailable",
+            message: format!(
+                "{} in {}: {}",
+                r.image_id,
+                r.region,
+                r.detail.as_deref().unwrap_or("not available")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn clients_for(deps: &Deps, region: Option<&str>) -> Clients {
+    match region {
+        Some(r) if r != deps.clients.region => deps.clients.for_region(r),
+        _ => deps.clients.clone(),
+    }
+}
+
+/// This account's image `image_id`, looked up again with growing pauses for up to the
+/// configured wait (EC2's DescribeImages is eventually consistent right after creation).
+pub(crate) async fn visible_image(
+    deps: &Deps,
+    c: &Clients,
+    image_id: &str,
+    deadline: Deadline,
+) -> Result<Option<Image>, AwsError> {
+    let mut waited = Duration::ZERO;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let found = ec2::describe_own_image(&c.ec2, image_id).await?;
+        if found.is_some() || waited + pause > deps.config.visibility_wait || !deadline.may_start()
+        {
+            return Ok(found);
+        }
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause *= 2;
+    }
+}

@@ -1,0 +1,166 @@
+//! The invocation's JSON output: the stamp report, the ancestor chain or the children tree.
+
+use crate::event::Trigger;
+use serde::Serialize;
+use shared::model::{Image, Tags};
+use shared::plan::lineage::{CREATE_DATE, FAMILY, GENERATION, SOURCE_INSTANCE, SOURCE_URI};
+use shared::plan::stamp::{Conflict, ImageRef, Origin};
+use std::collections::BTreeMap;
+
+/// The result of stamping one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StampReport {
+    /// `ami-…`.
+    pub image_id: String,
+    /// Its region.
+    pub region: String,
+    /// `stamped`, `unchanged`, `conflict`, `not-visible`, `not-available`.
+    pub outcome: &'static str,
+    /// How the image came to be (when it was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Tags written, per resource.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub written: BTreeMap<String, Tags>,
+    /// Conflicting values (nothing was written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+    /// The image's lineage.
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub lineage: Tags,
+    /// `image.ready` was announced by this invocation.
+    pub ready_announced: bool,
+    /// Why nothing happened, when nothing did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One image in a query's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// `ami-…`.
+    pub image_id: String,
+    /// Its region.
+    pub region: String,
+    /// `available`, …, or `deregistered` for an image EC2 no longer knows (a gap).
+    pub state: String,
+    /// The name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `create_date` (else EC2's CreationDate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_date: Option<String>,
+    /// `source_instance`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_instance: Option<String>,
+    /// The uploaded object it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_object: Option<String>,
+    /// The family.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// The generation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// EC2 no longer knows this image; what is shown comes from its descendants' tags.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
+}
+
+impl Entry {
+    pub(crate) fn of(image: &Image, region: &str) -> Self {
+        let tag = |k: &str| image.tags.get(k).cloned();
+        Entry {
+            image_id: image.id.clone(),
+            region: region.to_owned(),
+            state: image.state.clone(),
+            name: Some(image.name.clone()).filter(|n| !n.is_empty()),
+            create_date: tag(CREATE_DATE).or_else(|| image.creation_date.clone()),
+            source_instance: tag(SOURCE_INSTANCE).or_else(|| image.source_instance_id.clone()),
+            source_object: tag(SOURCE_URI),
+            family: tag(FAMILY),
+            generation: tag(GENERATION),
+            gap: false,
+        }
+    }
+
+    pub(crate) fn gap(at: &ImageRef) -> Self {
+        Entry {
+            image_id: at.image_id.clone(),
+            region: at.region.clone(),
+            state: "deregistered".into(),
+            name: None,
+            create_date: None,
+            source_instance: None,
+            source_object: None,
+            family: None,
+            generation: None,
+            gap: true,
+        }
+    }
+}
+
+/// Answer to `{"ancestors": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AncestorsReport {
+    /// The image asked about.
+    pub image: Entry,
+    /// Parent first, root last.
+    pub ancestors: Vec<Entry>,
+    /// Why the walk ended: `root`, `gap` (a deregistered ancestor with nothing recorded past
+    /// it), `cycle` or `depth-limit`.
+    pub stopped: &'static str,
+}
+
+/// A node of the children tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// The image.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// Its direct descendants.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<Node>,
+}
+
+/// Answer to `{"children": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildrenReport {
+    /// The tree rooted at the image asked about.
+    pub tree: Node,
+    /// Descendants found.
+    pub descendants: usize,
+    /// Regions searched.
+    pub regions: Vec<String>,
+    /// The depth limit cut the tree, or a cycle was seen.
+    pub truncated: bool,
+}
+
+/// What an invocation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Output {
+    /// Stamp results.
+    Stamp {
+        /// What triggered it.
+        trigger: Trigger,
+        /// One per image.
+        results: Vec<StampReport>,
+    },
+    /// A failure was announced.
+    Failed {
+        /// The image.
+        image_id: String,
+        /// The message id of `image.failed`.
+        message_id: String,
+    },
+    /// Nothing done.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
+    /// The ancestors query.
+    Ancestors(AncestorsReport),
+    /// The children query.
+    Children(ChildrenReport),
+}

@@ -1,0 +1,159 @@
+//! The read-only questions: an image's ancestors (across regions) and its children (a tree).
+
+use crate::config::Deps;
+use crate::handler::clients_for;
+use crate::output::{AncestorsReport, ChildrenReport, Entry, Node};
+use shared::aws::ec2;
+use shared::error::AwsError;
+use shared::plan::lineage::{self};
+use shared::plan::stamp::{self, ImageRef};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub(crate) async fn ancestors(
+    deps: &Deps,
+    image_id: &str,
+    region: Option<&str>,
+) -> Result<AncestorsReport, AwsError> {
+    let c = clients_for(deps, region);
+    let start = ec2::describe_image(&c.ec2, image_id).await?;
+    let start_ref = ImageRef {
+        image_id: image_id.to_owned(),
+        region: c.region.clone(),
+    };
+    let Some(start) = start else {
+        return Ok(AncestorsReport {
+            image: Entry::gap(&start_ref),
+            ancestors: Vec::new(),
+            stopped: "gap",
+        });
+    };
+    let mut seen = BTreeSet::from([(start_ref.region.clone(), start_ref.image_id.clone())]);
+    let mut chain = Vec::new();
+    // What the nearest known descendant recorded beyond its parent: used to walk past gaps.
+    let mut recorded: VecDeque<ImageRef> = stamp::recorded_ancestry(&start.tags).into();
+    let mut next = stamp::tagged_parent(&start.tags, &c.region).or_else(|| {
+        start.source_image_id.clone().map(|id| ImageRef {
+            image_id: id,
+            region: start
+                .source_image_region
+                .clone()
+                .unwrap_or_else(|| c.region.clone()),
+        })
+    });
+    let stopped = loop {
+        let Some(at) = next.take() else {
+            break "root";
+        };
+        if chain.len() >= deps.config.max_depth {
+            break "depth-limit";
+        }
+        if !seen.insert((at.region.clone(), at.image_id.clone())) {
+            break "cycle";
+        }
+        let pc = clients_for(deps, Some(&at.region));
+        match ec2::describe_image(&pc.ec2, &at.image_id).await? {
+            Some(img) if img.state != "deregistered" => {
+                chain.push(Entry::of(&img, &at.region));
+                recorded = stamp::recorded_ancestry(&img.tags).into();
+                next = stamp::tagged_parent(&img.tags, &at.region);
+            }
+            _ => {
+                chain.push(Entry::gap(&at));
+                next = recorded.pop_front();
+                if next.is_none() {
+                    break "gap";
+                }
+            }
+        }
+    };
+    Ok(AncestorsReport {
+        image: Entry::of(&start, &c.region),
+        ancestors: chain,
+        stopped,
+    })
+}
+
+pub(crate) async fn children(
+    deps: &Deps,
+    image_id: &str,
+    region: Option<&str>,
+    regions: Option<Vec<String>>,
+) -> Result<ChildrenReport, AwsError> {
+    let c = clients_for(deps, region);
+    let mut search: Vec<String> = regions.unwrap_or_else(|| deps.config.regions.clone());
+    if !search.contains(&c.region) {
+        search.insert(0, c.region.clone());
+    }
+    let root_entry = match ec2::describe_image(&c.ec2, image_id).await? {
+        Some(img) => Entry::of(&img, &c.region),
+        None => Entry::gap(&ImageRef {
+            image_id: image_id.to_owned(),
+            region: c.region.clone(),
+        }),
+    };
+    let mut seen = BTreeSet::from([(c.region.clone(), image_id.to_owned())]);
+    let mut truncated = false;
+    let mut descendants = 0;
+    // Breadth-first: collect each node's children, then nest them bottom-up.
+    let mut found: BTreeMap<(String, String), Vec<Entry>> = BTreeMap::new();
+    let mut frontier = vec![(c.region.clone(), image_id.to_owned())];
+    for depth in 0..=deps.config.max_depth {
+        if frontier.is_empty() {
+            break;
+        }
+        if depth == deps.config.max_depth {
+            truncated = true;
+            break;
+        }
+        let mut next = Vec::new();
+        for (node_region, node_id) in frontier {
+            let mut kids = Vec::new();
+            for r in &search {
+                let rc = clients_for(deps, Some(r));
+                let images = ec2::describe_own_images(
+                    &rc.ec2,
+                    vec![ec2::tag_filter(lineage::SOURCE_IMAGE, [node_id.as_str()])],
+                )
+                .await?;
+                for img in images {
+                    let points_here = stamp::tagged_parent(&img.tags, r)
+                        .is_some_and(|p| p.region == node_region && p.image_id == node_id);
+                    if !points_here {
+                        continue;
+                    }
+                    if !seen.insert((r.clone(), img.id.clone())) {
+                        truncated = true;
+                        continue;
+                    }
+                    descendants += 1;
+                    next.push((r.clone(), img.id.clone()));
+                    kids.push(Entry::of(&img, r));
+                }
+            }
+            kids.sort_by(|a, b| {
+                (&a.create_date, &a.region, &a.image_id).cmp(&(
+                    &b.create_date,
+                    &b.region,
+                    &b.image_id,
+                ))
+            });
+            found.insert((node_region, node_id), kids);
+        }
+        frontier = next;
+    }
+    fn build(entry: Entry, found: &mut BTreeMap<(String, String), Vec<Entry>>) -> Node {
+        let kids = found
+            .remove(&(entry.region.clone(), entry.image_id.clone()))
+            .unwrap_or_default();
+        Node {
+            children: kids.into_iter().map(|k| build(k, found)).collect(),
+            entry,
+        }
+    }
+    Ok(ChildrenReport {
+        tree: build(root_entry, &mut found),
+        descendants,
+        regions: search,
+        truncated,
+    })
+}

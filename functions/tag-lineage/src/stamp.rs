@@ -1,0 +1,145 @@
+//! Stamp one image: gather its facts, plan the lineage tags, write snapshots then image, announce.
+
+use crate::config::Deps;
+use crate::event::Target;
+use crate::handler::{clients_for, visible_image};
+use crate::output::StampReport;
+use chrono::{DateTime, SecondsFormat, Utc};
+use shared::aws::ec2;
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::model::Tags;
+use shared::notify::{self, EventType, Message};
+use shared::plan::lineage::{self, FAMILY, READY_AT, SOURCE_URI};
+use shared::plan::stamp::{self, Facts, Parent};
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+pub(crate) async fn stamp_one(
+    deps: &Deps,
+    target: &Target,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<StampReport, AwsError> {
+    let c = clients_for(deps, target.region.as_deref());
+    let mut report = StampReport {
+        image_id: target.image_id.clone(),
+        region: c.region.clone(),
+        outcome: "unchanged",
+        origin: None,
+        written: BTreeMap::new(),
+        conflicts: Vec::new(),
+        lineage: Tags::new(),
+        ready_announced: false,
+        detail: None,
+    };
+    let Some(image) = visible_image(deps, &c, &target.image_id, deadline).await? else {
+        info!(image = %target.image_id, region = %c.region, "not visible yet; left to the next event");
+        report.outcome = "not-visible";
+        report.detail = Some(format!(
+            "not among this account's images in {} after {} s; the next event or invoke will retry",
+            c.region,
+            deps.config.visibility_wait.as_secs()
+        ));
+        return Ok(report);
+    };
+    if image.state != "available" {
+        report.outcome = "not-available";
+        report.detail = Some(format!(
+            "the image is {}; it is stamped when it becomes available",
+            image.state
+        ));
+        return Ok(report);
+    }
+    let assertion = target.assertion.as_ref();
+    let snapshots = ec2::describe_own_snapshots(&c.ec2, &image.snapshot_ids).await?;
+    let instance = assertion
+        .and_then(|a| a.source_instance.clone())
+        .or_else(|| image.source_instance_id.clone())
+        .filter(|_| {
+            assertion.is_none_or(|a| a.source_image.is_none()) && image.source_image_id.is_none()
+        });
+    let instance_image = match &instance {
+        Some(i) => ec2::instance_image(&c.ec2, i).await?,
+        None => None,
+    };
+    let parent = match stamp::parent_of(&image, &c.region, instance_image.as_deref(), assertion) {
+        Some(at) => {
+            let pc = clients_for(deps, Some(&at.region));
+            ec2::describe_image(&pc.ec2, &at.image_id)
+                .await?
+                .map(|p| Parent {
+                    tags: p.tags,
+                    snapshot_ids: p.snapshot_ids,
+                    at,
+                })
+        }
+        None => None,
+    };
+    let plan = stamp::plan_stamp(&Facts {
+        image: &image,
+        region: &c.region,
+        snapshots: &snapshots,
+        instance_image: instance_image.as_deref(),
+        parent: parent.as_ref(),
+        assertion,
+    });
+    report.origin = Some(plan.origin);
+    report.lineage = plan.lineage.clone();
+    if !plan.conflicts.is_empty() {
+        report.outcome = "conflict";
+        report.conflicts = plan.conflicts.clone();
+        warn!(image = %image.id, conflicts = ?plan.conflicts, "lineage conflict; nothing written");
+        let msg = Message {
+            image_id: Some(image.id.clone()),
+            image_name: Some(image.name.clone()),
+            family: image.tags.get(FAMILY).cloned(),
+            error: Some(format!(
+                "lineage of {} in {} conflicts with tags already present; nothing was changed",
+                image.id, c.region
+            )),
+            problems: plan
+                .conflicts
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}: {} is {:?}, inferred {:?}",
+                        k.resource, k.key, k.existing, k.inferred
+                    )
+                })
+                .collect(),
+            lineage: plan.lineage.clone(),
+            ..Message::new(EventType::LineageConflict, now, &c.region)
+        };
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
+        return Ok(report);
+    }
+    for (resource, tags) in plan.ordered_writes(&image.id) {
+        ec2::create_tags(&c.ec2, &[resource.as_str()], tags).await?;
+    }
+    if !plan.writes.is_empty() {
+        report.outcome = "stamped";
+        report.written = plan.writes.clone();
+        info!(image = %image.id, origin = ?plan.origin, "lineage stamped");
+    }
+    if plan.ready_to_announce(&image) {
+        let msg = Message {
+            image_id: Some(image.id.clone()),
+            image_name: Some(image.name.clone()),
+            snapshot_ids: image.snapshot_ids.clone(),
+            family: plan.lineage.get(FAMILY).cloned(),
+            source_uri: plan.lineage.get(SOURCE_URI).cloned(),
+            import_task_id: plan.lineage.get(lineage::IMPORT_TASK).cloned(),
+            lineage: plan.lineage.clone(),
+            ..Message::new(EventType::ImageReady, now, &c.region)
+        };
+        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
+        let marker = Tags::from([(
+            READY_AT.to_owned(),
+            now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        )]);
+        ec2::create_tags(&c.ec2, &[image.id.as_str()], &marker).await?;
+        report.ready_announced = true;
+    }
+    Ok(report)
+}
