@@ -154,62 +154,7 @@ fn plan_task(
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| t.with_timezone(&Utc));
     match &task.status {
-        ImportStatus::Completed => {
-            if let Some(image) = image {
-                return SweepAction::Announce {
-                    task_id,
-                    image_id: image.id.clone(),
-                };
-            }
-            let Some(snapshot_id) = task.snapshot_id.clone() else {
-                return SweepAction::Skip {
-                    task_id,
-                    reason: "completed but no snapshot id reported yet".into(),
-                };
-            };
-            let spec = match ImageSpec::from_tags(&task.tags) {
-                Ok(spec) => spec,
-                Err(problems) => {
-                    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                    return SweepAction::ReportFailure {
-                        task_id,
-                        message: format!(
-                            "the import task's settings are invalid: {}",
-                            list.join("; ")
-                        ),
-                        object,
-                    };
-                }
-            };
-            let Some(source_token) = task.tags.get(lineage::SOURCE_TOKEN).cloned() else {
-                return SweepAction::ReportFailure {
-                    task_id,
-                    message: format!("the import task lacks its {} tag", lineage::SOURCE_TOKEN),
-                    object,
-                };
-            };
-            let started_at = started_at.unwrap_or(now);
-            let (name, name_is_explicit) = match &spec.name {
-                Some(n) => (n.clone(), true),
-                None => (
-                    naming::auto_name(&spec.name_prefix, started_at, &source_token, 0),
-                    false,
-                ),
-            };
-            let tags = registration_tags(task, &spec, now);
-            SweepAction::Register {
-                task_id,
-                registration: Box::new(Registration {
-                    name,
-                    name_is_explicit,
-                    snapshot_id,
-                    spec,
-                    tags,
-                    source_token,
-                    started_at,
-                }),
-            }
-        }
+        ImportStatus::Completed => plan_completed(task, image, object, started_at, now),
         ImportStatus::Deleted | ImportStatus::Deleting => {
             let why = task
                 .status_message
@@ -243,6 +188,72 @@ fn plan_task(
                 },
             }
         }
+    }
+}
+
+/// A completed task: announce the image already registered from it, or plan its registration
+/// (the name: explicit, or automatic from the prefix, start time and token).
+fn plan_completed(
+    task: &ImportTask,
+    image: Option<&Image>,
+    object: Option<ObjectRef>,
+    started_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> SweepAction {
+    let task_id = task.id.clone();
+    if let Some(image) = image {
+        return SweepAction::Announce {
+            task_id,
+            image_id: image.id.clone(),
+        };
+    }
+    let Some(snapshot_id) = task.snapshot_id.clone() else {
+        return SweepAction::Skip {
+            task_id,
+            reason: "completed but no snapshot id reported yet".into(),
+        };
+    };
+    let spec = match ImageSpec::from_tags(&task.tags) {
+        Ok(spec) => spec,
+        Err(problems) => {
+            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return SweepAction::ReportFailure {
+                task_id,
+                message: format!(
+                    "the import task's settings are invalid: {}",
+                    list.join("; ")
+                ),
+                object,
+            };
+        }
+    };
+    let Some(source_token) = task.tags.get(lineage::SOURCE_TOKEN).cloned() else {
+        return SweepAction::ReportFailure {
+            task_id,
+            message: format!("the import task lacks its {} tag", lineage::SOURCE_TOKEN),
+            object,
+        };
+    };
+    let started_at = started_at.unwrap_or(now);
+    let (name, name_is_explicit) = match &spec.name {
+        Some(n) => (n.clone(), true),
+        None => (
+            naming::auto_name(&spec.name_prefix, started_at, &source_token, 0),
+            false,
+        ),
+    };
+    let tags = registration_tags(task, &spec, now);
+    SweepAction::Register {
+        task_id,
+        registration: Box::new(Registration {
+            name,
+            name_is_explicit,
+            snapshot_id,
+            spec,
+            tags,
+            source_token,
+            started_at,
+        }),
     }
 }
 

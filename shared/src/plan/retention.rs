@@ -526,7 +526,6 @@ fn gather<'a>(rf: &'a RegionFacts, policy: &Policy, now: DateTime<Utc>) -> Gathe
 pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan {
     let why = Reasons::of(policy);
     let min_age = Duration::days(policy.min_age_days);
-    let grace = Duration::days(policy.grace_days);
     let mut decisions = Vec::with_capacity(facts.iter().map(|f| f.images.len()).sum());
     // Per decision: its creation time and id key, for the cap's ordering.
     let mut cap_keys: Vec<(Option<DateTime<Utc>>, IdKey)> =
@@ -580,37 +579,11 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                 }
                 if d.reasons.is_empty() {
                     let excluded = exclusions(img, marks, rf, policy, now);
-                    if !excluded.is_empty() {
+                    if excluded.is_empty() {
+                        decide_stage(&mut d, row, &users, policy, &why);
+                    } else {
                         d.action = Action::Skip;
                         d.reasons.extend(excluded.into_iter().map(Reason::from));
-                    } else {
-                        match row.stage {
-                            Stage::Live => {
-                                d.action = Action::Deprecate;
-                                d.reasons.push(why.stale.clone());
-                            }
-                            Stage::InGrace => {
-                                d.reasons.push(Reason::from(format!(
-                                    "deprecated at {}; deregistered after the {}-day grace period",
-                                    img.deprecation_time.as_deref().unwrap_or_default(),
-                                    policy.grace_days
-                                )));
-                            }
-                            Stage::PastGrace => {
-                                d.action = Action::Deregister;
-                                d.reasons.push(why.past_grace.clone());
-                                for s in &img.snapshot_ids {
-                                    let shared = users
-                                        .get(s.as_str())
-                                        .is_some_and(|(first, more)| *more || *first != row.index);
-                                    if shared {
-                                        d.keep_snapshots.push(s.clone());
-                                    } else {
-                                        d.delete_snapshots.push(s.clone());
-                                    }
-                                }
-                            }
-                        }
                     }
                 }
                 decisions.push(d);
@@ -618,31 +591,102 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
             }
         }
         if policy.orphan_sweep {
-            for s in &rf.managed_snapshots {
-                if users.contains_key(s.id.as_str()) || protected(&s.tags) {
-                    continue;
+            orphans.extend(orphans_of(rf, &users, policy, now, &region, &why));
+        }
+    }
+    let capped = apply_cap(&mut decisions, &cap_keys, &mut orphans, policy, &why);
+    Plan {
+        decisions,
+        orphans,
+        capped,
+    }
+}
+
+/// A stale image not excluded: deprecate it, wait out the grace period, or deregister it with
+/// the snapshots no other image uses (a snapshot another image uses is "shared": kept).
+fn decide_stage(
+    d: &mut Decision,
+    row: &Row<'_>,
+    users: &HashMap<&str, (usize, bool), FixedState>,
+    policy: &Policy,
+    why: &Reasons,
+) {
+    let img = row.img;
+    match row.stage {
+        Stage::Live => {
+            d.action = Action::Deprecate;
+            d.reasons.push(why.stale.clone());
+        }
+        Stage::InGrace => {
+            d.reasons.push(Reason::from(format!(
+                "deprecated at {}; deregistered after the {}-day grace period",
+                img.deprecation_time.as_deref().unwrap_or_default(),
+                policy.grace_days
+            )));
+        }
+        Stage::PastGrace => {
+            d.action = Action::Deregister;
+            d.reasons.push(why.past_grace.clone());
+            for s in &img.snapshot_ids {
+                let shared = users
+                    .get(s.as_str())
+                    .is_some_and(|(first, more)| *more || *first != row.index);
+                if shared {
+                    d.keep_snapshots.push(s.clone());
+                } else {
+                    d.delete_snapshots.push(s.clone());
                 }
-                if let Some(f) = s.tags.get(FAMILY)
-                    && !policy.families.is_empty()
-                    && !policy.families.contains(f)
-                {
-                    continue;
-                }
-                let Some(started) = parse_time(s.start_time.as_deref()) else {
-                    continue;
-                };
-                if now - started < grace {
-                    continue;
-                }
-                orphans.push(OrphanSnapshot {
-                    region: region.clone(),
-                    snapshot_id: s.id.clone(),
-                    reason: why.orphan.clone(),
-                });
             }
         }
     }
-    // The cap: the oldest deregistrations go first; the rest wait for the next run.
+}
+
+/// The region's managed snapshots no image uses, unprotected, in the families in scope and
+/// older than the grace period.
+fn orphans_of(
+    rf: &RegionFacts,
+    users: &HashMap<&str, (usize, bool), FixedState>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    region: &Arc<str>,
+    why: &Reasons,
+) -> Vec<OrphanSnapshot> {
+    let grace = Duration::days(policy.grace_days);
+    let mut orphans = Vec::new();
+    for s in &rf.managed_snapshots {
+        if users.contains_key(s.id.as_str()) || protected(&s.tags) {
+            continue;
+        }
+        if let Some(f) = s.tags.get(FAMILY)
+            && !policy.families.is_empty()
+            && !policy.families.contains(f)
+        {
+            continue;
+        }
+        let Some(started) = parse_time(s.start_time.as_deref()) else {
+            continue;
+        };
+        if now - started < grace {
+            continue;
+        }
+        orphans.push(OrphanSnapshot {
+            region: region.clone(),
+            snapshot_id: s.id.clone(),
+            reason: why.orphan.clone(),
+        });
+    }
+    orphans
+}
+
+/// The cap: the oldest deregistrations go first; the rest wait for the next run (kept, with
+/// the reason). Orphans beyond the cap wait too. Returns how many were held back.
+fn apply_cap(
+    decisions: &mut [Decision],
+    cap_keys: &[(Option<DateTime<Utc>>, IdKey)],
+    orphans: &mut Vec<OrphanSnapshot>,
+    policy: &Policy,
+    why: &Reasons,
+) -> usize {
     let mut order: Vec<(Option<DateTime<Utc>>, IdKey, usize)> = decisions
         .iter()
         .enumerate()
@@ -667,11 +711,7 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
         capped += orphans.len() - policy.max_deletions;
         orphans.truncate(policy.max_deletions);
     }
-    Plan {
-        decisions,
-        orphans,
-        capped,
-    }
+    capped
 }
 
 #[cfg(test)]
@@ -961,6 +1001,10 @@ mod tests {
     /// A deliberately naive planner written from the module's rules alone (no shared helper but
     /// the selector and the time parser): the real one is optimized for 100,000 images, so it
     /// is checked against this one decision for decision, in order.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the differential oracle states every rule in one place, on purpose"
+    )]
     fn oracle(facts: &[RegionFacts], pol: &Policy, now: DateTime<Utc>) -> (Vec<Verdict>, usize) {
         let t = |s: &Option<String>| parse_time(s.as_deref());
         let days = Duration::days;

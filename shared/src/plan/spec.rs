@@ -176,9 +176,10 @@ impl std::fmt::Display for Problem {
 
 /// Merges settings (later maps win) and validates them into an [`ImageSpec`].
 ///
-/// `key` is the object key, used for the default family. Returns every problem found.
+/// `key` is the object key, used for the default family. Returns every problem found, in the
+/// order of the settings: boot, volume, naming, description, tags.
 pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageSpec, Vec<Problem>> {
-    let mut merged: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut merged: BTreeMap<&'static str, &str> = BTreeMap::new();
     for layer in layers {
         for (k, v) in layer.iter() {
             if let Some(known) = keys::ALL.iter().find(|known| **known == k.as_str()) {
@@ -186,185 +187,33 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
             }
         }
     }
-    let mut problems = Vec::new();
-    let mut bad = |setting: &str, message: String| {
-        problems.push(Problem {
-            setting: setting.to_owned(),
-            message,
-        })
+    let mut s = Settings {
+        merged,
+        problems: Vec::new(),
     };
-    let get = |k: &str| merged.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-
-    let architecture = match get(keys::ARCHITECTURE) {
-        None => Architecture::X86_64,
-        Some(v) => Architecture::parse(v).unwrap_or_else(|| {
-            bad(
-                keys::ARCHITECTURE,
-                format!("{v:?} is not one of: {}", Architecture::allowed().trim()),
-            );
-            Architecture::X86_64
-        }),
-    };
-    let boot_mode_given = get(keys::BOOT_MODE);
-    let boot_mode = match boot_mode_given {
-        None if architecture == Architecture::Arm64 => BootMode::Uefi,
-        None => BootMode::LegacyBios,
-        Some(v) => BootMode::parse(v).unwrap_or_else(|| {
-            bad(
-                keys::BOOT_MODE,
-                format!("{v:?} is not one of: {}", BootMode::allowed().trim()),
-            );
-            BootMode::Uefi
-        }),
-    };
-    let mut flag = |k: &str, default: bool| match get(k) {
-        None => default,
-        Some(v) => match v.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => true,
-            "false" | "no" | "0" => false,
-            _ => {
-                bad(k, format!("{v:?} is not a boolean (true or false)"));
-                default
-            }
-        },
-    };
-    let ena = flag(keys::ENA, true);
-    let imds_v2 = flag(keys::IMDS_V2, true);
-    let tpm = flag(keys::TPM, false);
-    if architecture == Architecture::Arm64 && boot_mode == BootMode::LegacyBios {
-        bad(
-            keys::BOOT_MODE,
-            "arm64 images must boot with uefi; legacy-bios is x86_64 only".into(),
-        );
-    }
-    if tpm && boot_mode != BootMode::Uefi {
-        bad(
-            keys::TPM,
-            format!(
-                "NitroTPM requires boot-mode uefi, not {}",
-                boot_mode.as_str()
-            ),
-        );
-    }
-    let root_device = get(keys::ROOT_DEVICE).unwrap_or("/dev/xvda").to_owned();
-    if !is_device_name(&root_device) {
-        bad(
-            keys::ROOT_DEVICE,
-            format!("{root_device:?} is not a device name like /dev/xvda or /dev/sda1"),
-        );
-    }
-    let volume_size_gib = get(keys::VOLUME_SIZE).and_then(|v| match v.parse::<u32>() {
-        Ok(n) if (1..=MAX_VOLUME_GIB).contains(&n) => Some(n),
-        _ => {
-            bad(
-                keys::VOLUME_SIZE,
-                format!("{v:?} is not a whole number of GiB from 1 to {MAX_VOLUME_GIB}"),
-            );
-            None
-        }
-    });
-    let volume_type = match get(keys::VOLUME_TYPE) {
+    let (architecture, boot_mode, ena, imds_v2, tpm) = s.boot();
+    let root_device = s.root_device();
+    let volume_size_gib = s.volume_size();
+    let volume_type = match s.get(keys::VOLUME_TYPE) {
         None => VolumeType::Gp3,
-        Some(v) => VolumeType::parse(v).unwrap_or_else(|| {
-            bad(
-                keys::VOLUME_TYPE,
-                format!("{v:?} is not one of: {}", VolumeType::allowed().trim()),
-            );
-            VolumeType::Gp3
-        }),
+        Some(v) => s.choice(
+            keys::VOLUME_TYPE,
+            v,
+            VolumeType::parse,
+            VolumeType::allowed(),
+            VolumeType::Gp3,
+        ),
     };
-    let name = get(keys::NAME).map(str::to_owned);
+    let name = s.get(keys::NAME).map(str::to_owned);
     if let Some(Err(e)) = name.as_deref().map(check_image_name) {
-        bad(keys::NAME, e);
+        s.bad(keys::NAME, e);
     }
-    let family = match get(keys::FAMILY) {
-        None => naming::family_from_key(key),
-        Some(v) => {
-            let s = naming::slug(v, 64);
-            if s != v {
-                bad(
-                    keys::FAMILY,
-                    format!(
-                        "{v:?} must be lowercase letters, digits and single dashes, at most 64 (e.g. {s:?})"
-                    ),
-                );
-            }
-            s
-        }
-    };
-    let name_prefix = get(keys::NAME_PREFIX)
-        .map(str::to_owned)
-        .unwrap_or_else(|| family.clone());
-    if let Some(bad_chars) = Some(
-        name_prefix
-            .chars()
-            .filter(|c| !naming::is_name_char(*c))
-            .collect::<String>(),
-    )
-    .filter(|s| !s.is_empty())
-    {
-        bad(
-            keys::NAME_PREFIX,
-            format!(
-                "{name_prefix:?} contains characters EC2 does not allow in names ({bad_chars:?})"
-            ),
-        );
-    } else if name_prefix.chars().count() > 96 {
-        bad(
-            keys::NAME_PREFIX,
-            "must be at most 96 characters (the timestamp and suffix take the rest)".into(),
-        );
-    }
-    let description = get(keys::DESCRIPTION).map(str::to_owned);
-    if let Some(d) = description
-        .as_ref()
-        .filter(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        bad(
-            keys::DESCRIPTION,
-            format!(
-                "must be at most {MAX_DESCRIPTION} characters, got {}",
-                d.chars().count()
-            ),
-        );
-    }
-    let mut extra_tags = Tags::new();
-    if let Some(v) = get(keys::TAGS) {
-        for (k, val) in form_urlencoded::parse(v.as_bytes()) {
-            if k.is_empty() || k.chars().count() > 128 - EXTRA_TAG_PREFIX.len() {
-                bad(
-                    keys::TAGS,
-                    format!(
-                        "tag key {k:?} must be 1–{} characters",
-                        128 - EXTRA_TAG_PREFIX.len()
-                    ),
-                );
-            } else if k.starts_with("aws:") || k.starts_with(NS) || lineage_key(&k) {
-                bad(
-                    keys::TAGS,
-                    format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"),
-                );
-            } else if val.chars().count() > MAX_TAG_VALUE {
-                bad(
-                    keys::TAGS,
-                    format!("value of tag {k:?} is longer than {MAX_TAG_VALUE} characters"),
-                );
-            } else {
-                extra_tags.insert(k.into_owned(), val.into_owned());
-            }
-        }
-        if extra_tags.len() > MAX_EXTRA_TAGS {
-            bad(
-                keys::TAGS,
-                format!(
-                    "at most {MAX_EXTRA_TAGS} extra tags, got {}",
-                    extra_tags.len()
-                ),
-            );
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
+    let family = s.family(key);
+    let name_prefix = s.name_prefix(&family);
+    let description = s.description();
+    let extra_tags = s.extra_tags();
+    if !s.problems.is_empty() {
+        return Err(s.problems);
     }
     Ok(ImageSpec {
         architecture,
@@ -381,6 +230,224 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
         family,
         extra_tags,
     })
+}
+
+/// The merged settings being validated, and every problem found so far.
+struct Settings<'a> {
+    merged: BTreeMap<&'static str, &'a str>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Settings<'a> {
+    /// A setting's value, trimmed; an empty value counts as absent.
+    fn get(&self, k: &str) -> Option<&'a str> {
+        self.merged
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn bad(&mut self, setting: &str, message: String) {
+        self.problems.push(Problem {
+            setting: setting.to_owned(),
+            message,
+        });
+    }
+
+    /// One of an enum's values, or a problem naming the allowed ones (then `fallback`).
+    fn choice<T>(
+        &mut self,
+        k: &str,
+        v: &str,
+        parse: fn(&str) -> Option<T>,
+        allowed: &str,
+        fallback: T,
+    ) -> T {
+        parse(v).unwrap_or_else(|| {
+            self.bad(k, format!("{v:?} is not one of: {}", allowed.trim()));
+            fallback
+        })
+    }
+
+    fn flag(&mut self, k: &str, default: bool) -> bool {
+        match self.get(k) {
+            None => default,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => true,
+                "false" | "no" | "0" => false,
+                _ => {
+                    self.bad(k, format!("{v:?} is not a boolean (true or false)"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// Architecture, boot mode, ENA, IMDSv2 and TPM, with the rules that tie them.
+    fn boot(&mut self) -> (Architecture, BootMode, bool, bool, bool) {
+        let architecture = match self.get(keys::ARCHITECTURE) {
+            None => Architecture::X86_64,
+            Some(v) => self.choice(
+                keys::ARCHITECTURE,
+                v,
+                Architecture::parse,
+                Architecture::allowed(),
+                Architecture::X86_64,
+            ),
+        };
+        let boot_mode = match self.get(keys::BOOT_MODE) {
+            None if architecture == Architecture::Arm64 => BootMode::Uefi,
+            None => BootMode::LegacyBios,
+            Some(v) => self.choice(
+                keys::BOOT_MODE,
+                v,
+                BootMode::parse,
+                BootMode::allowed(),
+                BootMode::Uefi,
+            ),
+        };
+        let ena = self.flag(keys::ENA, true);
+        let imds_v2 = self.flag(keys::IMDS_V2, true);
+        let tpm = self.flag(keys::TPM, false);
+        if architecture == Architecture::Arm64 && boot_mode == BootMode::LegacyBios {
+            self.bad(
+                keys::BOOT_MODE,
+                "arm64 images must boot with uefi; legacy-bios is x86_64 only".into(),
+            );
+        }
+        if tpm && boot_mode != BootMode::Uefi {
+            self.bad(
+                keys::TPM,
+                format!(
+                    "NitroTPM requires boot-mode uefi, not {}",
+                    boot_mode.as_str()
+                ),
+            );
+        }
+        (architecture, boot_mode, ena, imds_v2, tpm)
+    }
+
+    fn root_device(&mut self) -> String {
+        let root_device = self
+            .get(keys::ROOT_DEVICE)
+            .unwrap_or("/dev/xvda")
+            .to_owned();
+        if !is_device_name(&root_device) {
+            self.bad(
+                keys::ROOT_DEVICE,
+                format!("{root_device:?} is not a device name like /dev/xvda or /dev/sda1"),
+            );
+        }
+        root_device
+    }
+
+    fn volume_size(&mut self) -> Option<u32> {
+        let v = self.get(keys::VOLUME_SIZE)?;
+        match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_VOLUME_GIB).contains(&n) => Some(n),
+            _ => {
+                self.bad(
+                    keys::VOLUME_SIZE,
+                    format!("{v:?} is not a whole number of GiB from 1 to {MAX_VOLUME_GIB}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn family(&mut self, key: &str) -> String {
+        let Some(v) = self.get(keys::FAMILY) else {
+            return naming::family_from_key(key);
+        };
+        let s = naming::slug(v, 64);
+        if s != v {
+            self.bad(
+                keys::FAMILY,
+                format!(
+                    "{v:?} must be lowercase letters, digits and single dashes, at most 64 (e.g. {s:?})"
+                ),
+            );
+        }
+        s
+    }
+
+    fn name_prefix(&mut self, family: &str) -> String {
+        let name_prefix = self
+            .get(keys::NAME_PREFIX)
+            .map_or_else(|| family.to_owned(), str::to_owned);
+        let bad_chars: String = name_prefix
+            .chars()
+            .filter(|c| !naming::is_name_char(*c))
+            .collect();
+        if !bad_chars.is_empty() {
+            self.bad(
+                keys::NAME_PREFIX,
+                format!(
+                    "{name_prefix:?} contains characters EC2 does not allow in names ({bad_chars:?})"
+                ),
+            );
+        } else if name_prefix.chars().count() > 96 {
+            self.bad(
+                keys::NAME_PREFIX,
+                "must be at most 96 characters (the timestamp and suffix take the rest)".into(),
+            );
+        }
+        name_prefix
+    }
+
+    fn description(&mut self) -> Option<String> {
+        let description = self.get(keys::DESCRIPTION).map(str::to_owned);
+        if let Some(n) = description
+            .as_ref()
+            .map(|d| d.chars().count())
+            .filter(|n| *n > MAX_DESCRIPTION)
+        {
+            self.bad(
+                keys::DESCRIPTION,
+                format!("must be at most {MAX_DESCRIPTION} characters, got {n}"),
+            );
+        }
+        description
+    }
+
+    /// The user's extra tags (`key=value&…`): reserved keys, lengths and count checked.
+    fn extra_tags(&mut self) -> Tags {
+        let mut extra_tags = Tags::new();
+        let Some(v) = self.get(keys::TAGS) else {
+            return extra_tags;
+        };
+        let max_key = 128 - EXTRA_TAG_PREFIX.len();
+        for (k, val) in form_urlencoded::parse(v.as_bytes()) {
+            if k.is_empty() || k.chars().count() > max_key {
+                self.bad(
+                    keys::TAGS,
+                    format!("tag key {k:?} must be 1–{max_key} characters"),
+                );
+            } else if k.starts_with("aws:") || k.starts_with(NS) || lineage_key(&k) {
+                self.bad(
+                    keys::TAGS,
+                    format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"),
+                );
+            } else if val.chars().count() > MAX_TAG_VALUE {
+                self.bad(
+                    keys::TAGS,
+                    format!("value of tag {k:?} is longer than {MAX_TAG_VALUE} characters"),
+                );
+            } else {
+                extra_tags.insert(k.into_owned(), val.into_owned());
+            }
+        }
+        if extra_tags.len() > MAX_EXTRA_TAGS {
+            self.bad(
+                keys::TAGS,
+                format!(
+                    "at most {MAX_EXTRA_TAGS} extra tags, got {}",
+                    extra_tags.len()
+                ),
+            );
+        }
+        extra_tags
+    }
 }
 
 fn lineage_key(k: &str) -> bool {
