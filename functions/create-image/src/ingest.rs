@@ -4,14 +4,15 @@
 use crate::config::Deps;
 use crate::event::IngestItem;
 use crate::output::IngestOutcome;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::{ec2, s3};
 use shared::error::AwsError;
-use shared::model::{ObjectInfo, ObjectRef};
+use shared::model::{DiskFormat, ObjectInfo, ObjectRef};
 use shared::notify::{self, EventType, Message};
-use shared::plan::spec::{self, Problem};
-use shared::plan::{disk, lineage, naming};
+use shared::plan::import;
+use shared::plan::spec::{self, ImageSpec, Problem};
+use shared::plan::{disk, lineage};
 use tracing::{info, warn};
 
 pub(crate) async fn ingest(deps: &Deps, item: IngestItem, now: DateTime<Utc>) -> IngestOutcome {
@@ -64,51 +65,25 @@ pub(crate) async fn try_ingest(
         }
         Err(e) => return Err(e),
     };
-    if let (Some(wanted), Some(current)) = (&item.object.version_id, &info.version_id)
-        && wanted != current
-    {
+    if let Some(current) = import::superseded(
+        item.object.version_id.as_deref(),
+        info.version_id.as_deref(),
+    ) {
         info!(object = %item.object, current_version = %current, "superseded by a newer version");
         return Ok(IngestOutcome::Superseded {
             object: item.object.uri(),
-            current_version: current.clone(),
+            current_version: current.to_owned(),
         });
     }
     let object = ObjectRef {
         version_id: info.version_id.clone(),
         ..latest
     };
-    let mut problems = Vec::new();
-    let format = match disk::format_from_key(&object.key) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            problems.push(format!("file: {e}"));
-            None
-        }
+    let (format, spec) = match validate(deps, item, &object, &info).await? {
+        Ok(valid) => valid,
+        Err(problems) => return reject(deps, &object, problems, now, true).await,
     };
-    if let Some(format) = format
-        && let Err(e) = check_disk(c, &object, &info, format).await?
-    {
-        problems.push(format!("content: {e}"));
-    }
-    let spec = match spec::resolve(
-        &[&deps.config.defaults, &info.metadata, &item.overrides],
-        &object.key,
-    ) {
-        Ok(spec) => Some(spec),
-        Err(ps) => {
-            problems.extend(ps.iter().map(Problem::to_string));
-            None
-        }
-    };
-    let (Some(format), Some(spec), true) = (format, spec, problems.is_empty()) else {
-        return reject(deps, &object, problems, now, true).await;
-    };
-    let version_or_etag = info
-        .version_id
-        .clone()
-        .or_else(|| info.etag.clone())
-        .unwrap_or_default();
-    let token = naming::source_token(&object.bucket, &object.key, &version_or_etag);
+    let token = import::upload_token(&object, info.etag.as_deref());
     let existing = ec2::describe_own_images(
         &c.ec2,
         vec![ec2::tag_filter(lineage::SOURCE_TOKEN, [token.as_str()])],
@@ -121,24 +96,7 @@ pub(crate) async fn try_ingest(
             image_id: image.id.clone(),
         });
     }
-    let mut tags = spec.to_tags();
-    tags.insert(lineage::MANAGED.into(), "true".into());
-    tags.insert(
-        lineage::SOURCE_URI.into(),
-        lineage::fit_tag_value(&object.uri()),
-    );
-    tags.insert(lineage::SOURCE_TOKEN.into(), token.clone());
-    tags.insert(lineage::SOURCE_FORMAT.into(), format.as_api().into());
-    tags.insert(
-        lineage::STARTED_AT.into(),
-        now.to_rfc3339_opts(SecondsFormat::Secs, true),
-    );
-    if let Some(etag) = &info.etag {
-        tags.insert(lineage::SOURCE_ETAG.into(), etag.clone());
-    }
-    if let Some(v) = &info.version_id {
-        tags.insert(lineage::SOURCE_VERSION.into(), v.clone());
-    }
+    let tags = import::import_task_tags(&spec, &object, info.etag.as_deref(), format, now);
     let description = lineage::fit_tag_value(&format!("ami-pipeline import of {}", object.uri()));
     let task_id = ec2::import_snapshot(
         &c.ec2,
@@ -158,6 +116,44 @@ pub(crate) async fn try_ingest(
         object: object.uri(),
         import_task_id: task_id,
         spec: Box::new(spec),
+    })
+}
+
+/// Validates an upload before anything changes: its extension, its content (magic bytes at
+/// both ends) and its settings (defaults < object metadata < manual overrides). The outer
+/// error is an AWS failure; the inner one lists every problem.
+async fn validate(
+    deps: &Deps,
+    item: &IngestItem,
+    object: &ObjectRef,
+    info: &ObjectInfo,
+) -> Result<Result<(DiskFormat, ImageSpec), Vec<String>>, AwsError> {
+    let mut problems = Vec::new();
+    let format = match disk::format_from_key(&object.key) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            problems.push(format!("file: {e}"));
+            None
+        }
+    };
+    if let Some(format) = format
+        && let Err(e) = check_disk(&deps.clients, object, info, format).await?
+    {
+        problems.push(format!("content: {e}"));
+    }
+    let spec = match spec::resolve(
+        &[&deps.config.defaults, &info.metadata, &item.overrides],
+        &object.key,
+    ) {
+        Ok(spec) => Some(spec),
+        Err(ps) => {
+            problems.extend(ps.iter().map(Problem::to_string));
+            None
+        }
+    };
+    Ok(match (format, spec) {
+        (Some(format), Some(spec)) if problems.is_empty() => Ok((format, spec)),
+        _ => Err(problems),
     })
 }
 

@@ -7,9 +7,12 @@ use shared::aws::ec2;
 use shared::error::{AwsError, ErrorKind};
 use shared::model::Image;
 use shared::plan::import::{self, OnDuplicate, Registration};
-use shared::plan::{lineage, naming};
+use shared::plan::lineage;
 use tracing::info;
 
+/// Registers the task's snapshot as an image and announces it. `Ok` carries the image id, or
+/// the failure reported for the task (refused size, no free name, EC2 refusal); `Err` is an
+/// AWS failure the next sweep retries.
 pub(crate) async fn register(
     deps: &Deps,
     task_id: &str,
@@ -18,36 +21,53 @@ pub(crate) async fn register(
 ) -> Result<String, AwsError> {
     let c = &deps.clients;
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id).await?;
-    let snapshot_gib = snapshot.volume_size_gib.unwrap_or(1).max(1);
-    let size = match reg.spec.volume_size_gib {
-        Some(n) if (n as i32) < snapshot_gib => {
-            let message = format!(
-                "volume-size {n} GiB is smaller than the imported disk ({snapshot_gib} GiB); the image was not registered"
-            );
-            let object = object_of(reg);
-            report_failure(deps, task_id, &message, object.as_ref(), now).await?;
-            return Ok(message);
-        }
-        Some(n) => n as i32,
-        None => snapshot_gib,
+    let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
+        Ok(size) => size,
+        Err(message) => return fail(deps, task_id, reg, message, now).await,
     };
     // The snapshot's lineage first, with its own CreateTags (RegisterImage cannot tag it): a
     // crash after this and before RegisterImage leaves a tagged snapshot and an unfinished
     // task, which the next sweep registers; the other order could leave an AMI whose snapshot
     // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
+    let image_id = match register_named(deps, task_id, reg, size).await? {
+        Ok(id) => id,
+        Err(message) => return fail(deps, task_id, reg, message, now).await,
+    };
+    let listed = ec2::describe_own_images(
+        &c.ec2,
+        vec![ec2::tag_filter(lineage::IMPORT_TASK, [task_id])],
+    )
+    .await?;
+    let image = registered_image(reg, &image_id);
+    announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
+    Ok(image_id)
+}
+
+/// Reports the task's failure and returns its message (the step's result).
+async fn fail(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+    message: String,
+    now: DateTime<Utc>,
+) -> Result<String, AwsError> {
+    report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
+    Ok(message)
+}
+
+/// RegisterImage under the planned name, then automatic ones while the name is taken by
+/// another image ([`import::on_duplicate`] decides). The inner `Err` is a failure to report.
+async fn register_named(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+    size: i32,
+) -> Result<Result<String, String>, AwsError> {
+    let c = &deps.clients;
     let mut attempt = 0;
-    let image_id = loop {
-        let name = if attempt == 0 {
-            reg.name.clone()
-        } else {
-            naming::auto_name(
-                &reg.spec.name_prefix,
-                reg.started_at,
-                &reg.source_token,
-                attempt,
-            )
-        };
+    loop {
+        let name = import::attempt_name(reg, attempt);
         let req = ec2::RegisterRequest {
             name: &name,
             snapshot_id: &reg.snapshot_id,
@@ -55,56 +75,48 @@ pub(crate) async fn register(
             spec: &reg.spec,
             tags: &reg.tags,
         };
-        match ec2::register_image(&c.ec2, req).await {
+        let e = match ec2::register_image(&c.ec2, req).await {
             Ok(id) => {
                 info!(import_task_id = task_id, image_id = %id, name = %name, "registered image");
-                break id;
+                return Ok(Ok(id));
             }
-            Err(e) if e.has_code("InvalidAMIName.Duplicate") => {
-                let holder = ec2::image_holding_name(&c.ec2, &name).await?;
-                match import::on_duplicate(task_id, holder.as_ref(), reg) {
-                    OnDuplicate::Adopt(id) => {
-                        info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
-                        break id;
-                    }
-                    OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => {
-                        attempt += 1
-                    }
-                    OnDuplicate::TryAnotherName => {
-                        let message = format!(
-                            "no free image name after {} attempts (last: {name:?})",
-                            import::MAX_NAME_ATTEMPTS
-                        );
-                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now)
-                            .await?;
-                        return Ok(message);
-                    }
-                    OnDuplicate::Fail(message) => {
-                        report_failure(deps, task_id, &message, object_of(reg).as_ref(), now)
-                            .await?;
-                        return Ok(message);
-                    }
-                    OnDuplicate::HolderNotVisible => {
-                        return Err(AwsError {
-                            operation: "ec2:RegisterImage",
-                            resource: name,
-                            kind: ErrorKind::Conflict,
-                            code: e.code.clone(),
-                            message: "the name is taken but no image holding it is listed yet (DescribeImages is eventually consistent); the next sweep retries".into(),
-                        });
-                    }
-                }
-            }
+            Err(e) if e.has_code("InvalidAMIName.Duplicate") => e,
             Err(e) if e.kind == ErrorKind::InvalidInput => {
-                let message = format!("EC2 refused to register the image: {e}");
-                report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
-                return Ok(message);
+                return Ok(Err(format!("EC2 refused to register the image: {e}")));
             }
             Err(e) => return Err(e),
+        };
+        let holder = ec2::image_holding_name(&c.ec2, &name).await?;
+        match import::on_duplicate(task_id, holder.as_ref(), reg) {
+            OnDuplicate::Adopt(id) => {
+                info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
+                return Ok(Ok(id));
+            }
+            OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => attempt += 1,
+            OnDuplicate::TryAnotherName => {
+                return Ok(Err(format!(
+                    "no free image name after {} attempts (last: {name:?})",
+                    import::MAX_NAME_ATTEMPTS
+                )));
+            }
+            OnDuplicate::Fail(message) => return Ok(Err(message)),
+            OnDuplicate::HolderNotVisible => {
+                return Err(AwsError {
+                    operation: "ec2:RegisterImage",
+                    resource: name,
+                    kind: ErrorKind::Conflict,
+                    code: e.code.clone(),
+                    message: "the name is taken but no image holding it is listed yet (DescribeImages is eventually consistent); the next sweep retries".into(),
+                });
+            }
         }
-    };
-    let image = Image {
-        id: image_id.clone(),
+    }
+}
+
+/// The image as registered, for the announcement when the listing does not show it yet.
+fn registered_image(reg: &Registration, image_id: &str) -> Image {
+    Image {
+        id: image_id.to_owned(),
         name: reg.name.clone(),
         state: "pending".into(),
         creation_date: None,
@@ -115,12 +127,5 @@ pub(crate) async fn register(
         snapshot_ids: vec![reg.snapshot_id.clone()],
         tags: reg.tags.clone(),
         ..Image::default()
-    };
-    let listed = ec2::describe_own_images(
-        &c.ec2,
-        vec![ec2::tag_filter(lineage::IMPORT_TASK, [task_id])],
-    )
-    .await?;
-    announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
-    Ok(image_id)
+    }
 }

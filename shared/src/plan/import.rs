@@ -326,6 +326,33 @@ pub fn import_task_tags(
     tags
 }
 
+/// The volume size rule: the size asked for, else the imported disk's (at least 1 GiB). A size
+/// smaller than the imported disk is refused with the message reported as the task's failure.
+pub fn volume_size(requested: Option<u32>, snapshot_gib: Option<i32>) -> Result<i32, String> {
+    let snapshot_gib = snapshot_gib.unwrap_or(1).max(1);
+    match requested {
+        Some(n) if (n as i32) < snapshot_gib => Err(format!(
+            "volume-size {n} GiB is smaller than the imported disk ({snapshot_gib} GiB); the image was not registered"
+        )),
+        Some(n) => Ok(n as i32),
+        None => Ok(snapshot_gib),
+    }
+}
+
+/// The image name tried at `attempt` (0: the planned name; then automatic names with a suffix).
+pub fn attempt_name(reg: &Registration, attempt: u32) -> String {
+    if attempt == 0 {
+        reg.name.clone()
+    } else {
+        naming::auto_name(
+            &reg.spec.name_prefix,
+            reg.started_at,
+            &reg.source_token,
+            attempt,
+        )
+    }
+}
+
 /// What to do when RegisterImage says the name is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnDuplicate {
@@ -575,5 +602,54 @@ mod tests {
             on_duplicate("t1", None, &reg),
             OnDuplicate::HolderNotVisible
         );
+    }
+
+    #[test]
+    fn volume_size_is_the_request_or_the_disk_never_smaller() {
+        assert_eq!(volume_size(None, Some(8)), Ok(8));
+        assert_eq!(volume_size(None, None), Ok(1));
+        assert_eq!(volume_size(None, Some(0)), Ok(1));
+        assert_eq!(volume_size(Some(20), Some(8)), Ok(20));
+        assert_eq!(volume_size(Some(8), Some(8)), Ok(8));
+        assert_eq!(
+            volume_size(Some(4), Some(8)),
+            Err("volume-size 4 GiB is smaller than the imported disk (8 GiB); the image was not registered".into())
+        );
+    }
+
+    #[test]
+    fn ingest_rules_supersede_and_tag_the_task() {
+        assert_eq!(superseded(Some("v1"), Some("v2")), Some("v2"));
+        assert_eq!(superseded(Some("v2"), Some("v2")), None);
+        assert_eq!(superseded(None, Some("v2")), None);
+        assert_eq!(superseded(Some("v1"), None), None);
+        let object = ObjectRef {
+            bucket: "b".into(),
+            key: "web/app.raw".into(),
+            version_id: Some("v2".into()),
+        };
+        let spec = spec::resolve(&[], &object.key).expect("defaults are valid");
+        let tags = import_task_tags(&spec, &object, Some("\"e\""), DiskFormat::Raw, now());
+        assert_eq!(tags[lineage::MANAGED], "true");
+        assert_eq!(tags[lineage::SOURCE_URI], object.uri());
+        assert_eq!(tags[lineage::SOURCE_VERSION], "v2");
+        assert_eq!(tags[lineage::SOURCE_ETAG], "\"e\"");
+        assert_eq!(tags[lineage::SOURCE_FORMAT], "RAW");
+        assert_eq!(tags[STARTED_AT], "2026-11-22T12:00:00Z");
+        assert_eq!(
+            tags[lineage::SOURCE_TOKEN],
+            naming::source_token("b", "web/app.raw", "v2")
+        );
+        let unversioned = ObjectRef {
+            version_id: None,
+            ..object
+        };
+        assert_eq!(
+            upload_token(&unversioned, Some("\"e\"")),
+            naming::source_token("b", "web/app.raw", "\"e\"")
+        );
+        let tags = import_task_tags(&spec, &unversioned, None, DiskFormat::Raw, now());
+        assert!(!tags.contains_key(lineage::SOURCE_VERSION));
+        assert!(!tags.contains_key(lineage::SOURCE_ETAG));
     }
 }
