@@ -9,6 +9,7 @@
 //! - [`aws`]: thin gateways, one function per AWS call, and client construction.
 //! - [`notify`]: the SNS message format.
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
+//! - [`fields`]: a reader for manual-invoke JSON that lists every problem.
 //! - [`invocation`]: the error a function returns to Lambda, with stable error types.
 //! - [`runner`]: the one Lambda runner every `main.rs` calls, and the one way to invoke a function.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod events;
+pub mod fields;
 pub mod invocation;
 pub mod model;
 pub mod notify;

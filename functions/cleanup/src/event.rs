@@ -2,6 +2,7 @@
 //! which trigger an event is.
 
 use serde_json::{Map, Value};
+use shared::fields::Fields;
 use shared::invocation::InvocationError;
 use shared::plan::ids;
 use std::collections::BTreeSet;
@@ -74,76 +75,31 @@ impl Command {
     }
 }
 
+/// A manual invoke's overrides; the refusal lists every problem.
 pub(crate) fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationError> {
-    let mut problems = Vec::new();
-    for key in map.keys() {
-        if !MANUAL_FIELDS.contains(&key.as_str()) {
-            problems.push(format!(
-                "unknown field {key:?} (allowed: {})",
-                MANUAL_FIELDS.join(", ")
-            ));
+    let mut f = Fields::new(map);
+    f.only(&MANUAL_FIELDS);
+    let dry_run = f.boolean("dry_run");
+    let allow_public = f.boolean("allow_public");
+    let allow_shared = f.boolean("allow_shared");
+    let orphan_sweep = f.boolean("orphan_sweep");
+    let max_deletions = f.number("max_deletions", 10_000).map(|n| n as usize);
+    let keep_newest = f.number("keep_newest", 1000).map(|n| n as usize);
+    let min_age_days = f.number("min_age_days", 3650);
+    let grace_days = f.number("grace_days", 365);
+    let families = f.strings("families").map(|f| f.into_iter().collect());
+    let regions = f.strings("regions");
+    for r in regions.iter().flatten() {
+        if !ids::is_region(r) {
+            f.problem(format!("regions: {r:?} is not an AWS region"));
         }
     }
-    let boolean = |key: &str, problems: &mut Vec<String>| match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            problems.push(format!("{key} must be true or false, not {other}"));
-            None
-        }
-    };
-    let dry_run = boolean("dry_run", &mut problems);
-    let allow_public = boolean("allow_public", &mut problems);
-    let allow_shared = boolean("allow_shared", &mut problems);
-    let orphan_sweep = boolean("orphan_sweep", &mut problems);
-    let number = |key: &str, max: i64, problems: &mut Vec<String>| match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(n) if (0..=max).contains(&n) => Some(n),
-            _ => {
-                problems.push(format!(
-                    "{key} must be a whole number from 0 to {max}, not {v}"
-                ));
-                None
-            }
-        },
-    };
-    let max_deletions = number("max_deletions", 10_000, &mut problems).map(|n| n as usize);
-    let keep_newest = number("keep_newest", 1000, &mut problems).map(|n| n as usize);
-    let min_age_days = number("min_age_days", 3650, &mut problems);
-    let grace_days = number("grace_days", 365, &mut problems);
-    let strings = |key: &str, problems: &mut Vec<String>| match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => {
-            let mut out = Vec::new();
-            for i in items {
-                match i.as_str().filter(|s| !s.is_empty()) {
-                    Some(s) => out.push(s.to_owned()),
-                    None => problems.push(format!("{key}: {i} is not a name")),
-                }
-            }
-            Some(out)
-        }
-        Some(other) => {
-            problems.push(format!("{key} must be a list of strings, not {other}"));
-            None
-        }
-    };
-    let families = strings("families", &mut problems).map(|f| f.into_iter().collect());
-    let regions = strings("regions", &mut problems);
-    if let Some(rs) = &regions {
-        for r in rs {
-            if !ids::is_region(r) {
-                problems.push(format!("regions: {r:?} is not an AWS region"));
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(InvocationError::invalid_event(format!(
+    f.finish().map_err(|problems| {
+        InvocationError::invalid_event(format!(
             "cleanup request refused, nothing changed: {}",
             problems.join("; ")
-        )));
-    }
+        ))
+    })?;
     Ok(Overrides {
         dry_run,
         families,

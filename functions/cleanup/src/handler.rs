@@ -13,7 +13,7 @@ use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
-use shared::plan::retention::{self, Action};
+use shared::plan::retention::{self, Action, Policy};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -49,86 +49,14 @@ pub async fn handle(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<Report, InvocationError> {
-    let cfg = &deps.config;
-    let mut policy = cfg.policy.clone();
-    let mut regions = cfg.regions.clone();
-    let dry_run = match &cmd {
-        Command::Scheduled => cfg.dry_run,
-        Command::Manual(o) => {
-            if let Some(f) = &o.families {
-                policy.families = f.clone();
-            }
-            if let Some(r) = &o.regions {
-                regions = r.clone();
-            }
-            policy.max_deletions = o.max_deletions.unwrap_or(policy.max_deletions);
-            policy.keep_newest = o.keep_newest.unwrap_or(policy.keep_newest);
-            policy.min_age_days = o.min_age_days.unwrap_or(policy.min_age_days);
-            policy.grace_days = o.grace_days.unwrap_or(policy.grace_days);
-            policy.allow_public = o.allow_public.unwrap_or(policy.allow_public);
-            policy.allow_shared = o.allow_shared.unwrap_or(policy.allow_shared);
-            policy.orphan_sweep = o.orphan_sweep.unwrap_or(policy.orphan_sweep);
-            o.dry_run.unwrap_or(true)
-        }
-    };
-    if regions.is_empty() {
-        regions.push(deps.clients.region.clone());
-    }
-
-    let mut facts = Vec::new();
-    for r in &regions {
-        facts.push(gather(deps, r, &policy).await.map_err(partial)?);
-    }
-    check_families(&facts, &policy, now)?;
-
-    // Sharing is read only for the images the plan would remove.
-    let first = retention::plan(&facts, &policy, now);
-    let candidates: Vec<(String, String)> = first
-        .decisions
-        .iter()
-        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
-        .map(|d| (d.region.to_string(), d.image_id.clone()))
-        .collect();
-    let shares = stream::iter(candidates)
-        .map(|(region, image)| async move {
-            let c = clients_for(deps, &region);
-            let who = ec2::launch_permissions(&c.ec2, &image).await;
-            (region, image, who)
-        })
-        .buffer_unordered(cfg.concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    for (region, image, who) in shares {
-        let who: Vec<String> = who
-            .map_err(partial)?
-            .into_iter()
-            .filter(|w| w != "all")
-            .collect();
-        if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
-            && !who.is_empty()
-        {
-            rf.shared.insert(image, who);
-        }
-    }
-    let plan = retention::plan(&facts, &policy, now);
-
+    let (policy, regions, dry_run) = scope(&cmd, deps);
+    let plan = plan_twice(deps, &regions, &policy, now).await?;
     let steps = if dry_run {
         planned_steps(&plan)
     } else {
         execute(deps, &plan, now, deadline).await
     };
-    let mut summary: BTreeMap<String, Counts> = BTreeMap::new();
-    for d in &plan.decisions {
-        let c = summary
-            .entry(format!("{}/{}", d.region, d.family))
-            .or_default();
-        match d.action {
-            Action::Keep => c.keep += 1,
-            Action::Deprecate => c.deprecate += 1,
-            Action::Deregister => c.deregister += 1,
-            Action::Skip => c.skip += 1,
-        }
-    }
+    let summary = summarize(&plan);
     let report = Report {
         dry_run,
         now: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -162,6 +90,98 @@ pub async fn handle(
         return Err(e);
     }
     Ok(report)
+}
+
+/// The policy, regions and dry-run flag of this run: the configuration, with a manual
+/// invoke's overrides (a manual invoke is a dry run unless it says otherwise).
+fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
+    let cfg = &deps.config;
+    let mut policy = cfg.policy.clone();
+    let mut regions = cfg.regions.clone();
+    let dry_run = match cmd {
+        Command::Scheduled => cfg.dry_run,
+        Command::Manual(o) => {
+            if let Some(f) = &o.families {
+                policy.families = f.clone();
+            }
+            if let Some(r) = &o.regions {
+                regions = r.clone();
+            }
+            policy.max_deletions = o.max_deletions.unwrap_or(policy.max_deletions);
+            policy.keep_newest = o.keep_newest.unwrap_or(policy.keep_newest);
+            policy.min_age_days = o.min_age_days.unwrap_or(policy.min_age_days);
+            policy.grace_days = o.grace_days.unwrap_or(policy.grace_days);
+            policy.allow_public = o.allow_public.unwrap_or(policy.allow_public);
+            policy.allow_shared = o.allow_shared.unwrap_or(policy.allow_shared);
+            policy.orphan_sweep = o.orphan_sweep.unwrap_or(policy.orphan_sweep);
+            o.dry_run.unwrap_or(true)
+        }
+    };
+    if regions.is_empty() {
+        regions.push(deps.clients.region.clone());
+    }
+    (policy, regions, dry_run)
+}
+
+/// Gathers every region, plans, reads the sharing of only the images the first plan would
+/// remove (the listing says `Public`; sharing needs one call per image), and plans again.
+async fn plan_twice(
+    deps: &Deps,
+    regions: &[String],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<retention::Plan, InvocationError> {
+    let mut facts = Vec::new();
+    for r in regions {
+        facts.push(gather(deps, r, policy).await.map_err(partial)?);
+    }
+    check_families(&facts, policy, now)?;
+    let first = retention::plan(&facts, policy, now);
+    let candidates: Vec<(String, String)> = first
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
+        .map(|d| (d.region.to_string(), d.image_id.clone()))
+        .collect();
+    let shares = stream::iter(candidates)
+        .map(|(region, image)| async move {
+            let c = clients_for(deps, &region);
+            let who = ec2::launch_permissions(&c.ec2, &image).await;
+            (region, image, who)
+        })
+        .buffer_unordered(deps.config.concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    for (region, image, who) in shares {
+        let who: Vec<String> = who
+            .map_err(partial)?
+            .into_iter()
+            .filter(|w| w != "all")
+            .collect();
+        if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
+            && !who.is_empty()
+        {
+            rf.shared.insert(image, who);
+        }
+    }
+    Ok(retention::plan(&facts, policy, now))
+}
+
+/// Counts per `region/family` and action.
+fn summarize(plan: &retention::Plan) -> BTreeMap<String, Counts> {
+    let mut summary: BTreeMap<String, Counts> = BTreeMap::new();
+    for d in &plan.decisions {
+        let c = summary
+            .entry(format!("{}/{}", d.region, d.family))
+            .or_default();
+        match d.action {
+            Action::Keep => c.keep += 1,
+            Action::Deprecate => c.deprecate += 1,
+            Action::Deregister => c.deregister += 1,
+            Action::Skip => c.skip += 1,
+        }
+    }
+    summary
 }
 
 pub(crate) fn partial(e: AwsError) -> InvocationError {
