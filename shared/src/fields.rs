@@ -88,6 +88,38 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A list of strings, each trimmed and non-empty; each bad item, or a non-list, is a problem.
+    pub fn trimmed_strings(&mut self, key: &str) -> Option<Vec<String>> {
+        match self.value(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::new();
+                for i in items {
+                    match i.as_str().map(str::trim).filter(|s| !s.is_empty()) {
+                        Some(s) => out.push(s.to_owned()),
+                        None => self
+                            .problems
+                            .push(format!("{key}: {i} is not a non-empty string")),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.problems
+                    .push(format!("{key} must be a list of strings, not {other}"));
+                None
+            }
+        }
+    }
+
+    /// Records every item of `list` that `ok` refuses, as "{item:?} is not {what}".
+    pub fn check_each(&mut self, list: Option<&Vec<String>>, ok: fn(&str) -> bool, what: &str) {
+        for i in list.into_iter().flatten() {
+            if !ok(i) {
+                self.problems.push(format!("{i:?} is not {what}"));
+            }
+        }
+    }
+
     /// `Ok` when nothing was wrong, else every problem in the order found.
     pub fn finish(self) -> Result<(), Vec<String>> {
         if self.problems.is_empty() {

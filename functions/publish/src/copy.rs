@@ -59,40 +59,7 @@ pub(crate) async fn advance_copy(
                     None,
                 ));
             }
-            let token = plan::client_token(home, &source.id, region);
-            let tags = Tags::from([
-                (PUBLISH_SOURCE.to_owned(), source.id.clone()),
-                (PUBLISH_STATE.to_owned(), COPY.to_owned()),
-            ]);
-            match ec2::copy_image(
-                &rc.ec2,
-                CopyRequest {
-                    source_image_id: &source.id,
-                    source_region: home,
-                    name: &source.name,
-                    client_token: &token,
-                    tags: &tags,
-                },
-            )
-            .await
-            {
-                Ok(id) => {
-                    info!(image = %source.id, %region, copy = %id, "copy started");
-                    Ok((
-                        RegionReport {
-                            image_id: Some(id),
-                            outcome: "copying",
-                            ..RegionReport::default()
-                        },
-                        None,
-                    ))
-                }
-                Err(e) if e.kind == ErrorKind::Throttled => Ok((
-                    waiting(format!("copy not started yet: {e}; the next run retries")),
-                    None,
-                )),
-                Err(e) => Ok((RegionReport::failed(None, e.to_string()), None)),
-            }
+            Ok((start_copy(&rc, source, home, region).await, None))
         }
         CopyStep::Wait { reason } => {
             let mut rep = waiting(reason);
@@ -131,6 +98,43 @@ pub(crate) async fn advance_copy(
                 Some(copy.clone()),
             ))
         }
+    }
+}
+
+/// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
+/// ClientToken). Throttling leaves it waiting for the next run; another refusal fails the region.
+async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> RegionReport {
+    let token = plan::client_token(home, &source.id, region);
+    let tags = Tags::from([
+        (PUBLISH_SOURCE.to_owned(), source.id.clone()),
+        (PUBLISH_STATE.to_owned(), COPY.to_owned()),
+    ]);
+    match ec2::copy_image(
+        &rc.ec2,
+        CopyRequest {
+            source_image_id: &source.id,
+            source_region: home,
+            name: &source.name,
+            client_token: &token,
+            tags: &tags,
+        },
+    )
+    .await
+    {
+        Ok(id) => {
+            info!(image = %source.id, %region, copy = %id, "copy started");
+            RegionReport {
+                image_id: Some(id),
+                outcome: "copying",
+                ..RegionReport::default()
+            }
+        }
+        Err(e) if e.kind == ErrorKind::Throttled => RegionReport {
+            outcome: "waiting",
+            detail: Some(format!("copy not started yet: {e}; the next run retries")),
+            ..RegionReport::default()
+        },
+        Err(e) => RegionReport::failed(None, e.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::error::AwsError;
+use shared::fields::Fields;
 use shared::invocation::InvocationError;
 use shared::notify::EventType;
 use shared::plan::ids;
@@ -149,137 +150,37 @@ pub(crate) fn sns(records: &Value) -> Result<Command, InvocationError> {
     })
 }
 
+/// A manual publish or revoke; the refusal lists every problem.
 pub(crate) fn manual(map: &Map<String, Value>) -> Result<Command, InvocationError> {
-    let mut problems = Vec::new();
-    for key in map.keys() {
-        if !MANUAL_FIELDS.contains(&key.as_str()) {
-            problems.push(format!(
-                "unknown field {key:?} (allowed: {})",
-                MANUAL_FIELDS.join(", ")
-            ));
-        }
-    }
+    let mut f = Fields::new(map);
+    f.only(&MANUAL_FIELDS);
     let image_id = match map.get("image_id").and_then(Value::as_str) {
         Some(i) if ids::is_image_id(i) => i.to_owned(),
         Some(i) => {
-            problems.push(format!("image_id {i:?} is not an AMI id (ami-…)"));
+            f.problem(format!("image_id {i:?} is not an AMI id (ami-…)"));
             String::new()
         }
         None => {
-            problems.push("image_id is required".to_owned());
+            f.problem("image_id is required".to_owned());
             String::new()
         }
     };
-    let region = match map.get("region") {
-        None | Some(Value::Null) => None,
+    let region = match f.value("region") {
+        None => None,
         Some(Value::String(r)) if ids::is_region(r) => Some(r.clone()),
         Some(other) => {
-            problems.push(format!("region {other} is not an AWS region"));
+            f.problem(format!("region {other} is not an AWS region"));
             None
         }
     };
-    let strings = |key: &str, problems: &mut Vec<String>| match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .filter_map(|i| match i.as_str() {
-                    Some(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-                    _ => {
-                        problems.push(format!("{key}: {i} is not a non-empty string"));
-                        None
-                    }
-                })
-                .collect::<Vec<_>>(),
-        ),
-        Some(other) => {
-            problems.push(format!("{key} must be a list of strings, not {other}"));
-            None
-        }
-    };
-    let regions = strings("regions", &mut problems);
-    let accounts = strings("accounts", &mut problems);
-    let organizations = strings("organizations", &mut problems);
-    let ous = strings("ous", &mut problems);
-    let revoke = strings("revoke", &mut problems);
-    let check =
-        |list: &Option<Vec<String>>, ok: fn(&str) -> bool, what: &str, p: &mut Vec<String>| {
-            for i in list.iter().flatten() {
-                if !ok(i) {
-                    p.push(format!("{i:?} is not {what}"));
-                }
-            }
-        };
-    check(&regions, ids::is_region, "an AWS region", &mut problems);
-    check(
-        &accounts,
-        ids::is_account_id,
-        "a 12-digit account id",
-        &mut problems,
-    );
-    check(
-        &organizations,
-        ids::is_organization_arn,
-        "an organization ARN",
-        &mut problems,
-    );
-    check(&ous, ids::is_ou_arn, "an OU ARN", &mut problems);
-    let public = match map.get("public") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(other) => {
-            problems.push(format!("public must be true or false, not {other}"));
-            None
-        }
-    };
-    let deprecate_after_days = match map.get("deprecate_after_days") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(d) if (0..=plan::MAX_DEPRECATE_DAYS).contains(&d) => Some(d),
-            _ => {
-                problems.push(format!(
-                    "deprecate_after_days must be a whole number from 0 to {}, not {v}",
-                    plan::MAX_DEPRECATE_DAYS
-                ));
-                None
-            }
-        },
-    };
-    let overrides = Overrides {
-        regions,
-        accounts,
-        organizations,
-        ous,
-        public,
-        deprecate_after_days,
-    };
-    let principals = match &revoke {
-        Some(items) => {
-            if !overrides.is_empty() {
-                problems.push(
-                    "revoke cannot be combined with publish settings (regions, accounts, organizations, ous, public, deprecate_after_days)"
-                        .to_owned(),
-                );
-            }
-            if items.is_empty() {
-                problems.push("revoke lists nothing to remove".to_owned());
-            }
-            match plan::parse_principals(items) {
-                Ok(g) => Some(g),
-                Err(p) => {
-                    problems.extend(p.into_iter().map(|x| format!("revoke: {x}")));
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    if !problems.is_empty() {
-        return Err(InvocationError::invalid_event(format!(
+    let (overrides, revoke) = overrides(&mut f);
+    let principals = revoke.and_then(|items| revoke_principals(&mut f, &overrides, &items));
+    f.finish().map_err(|problems| {
+        InvocationError::invalid_event(format!(
             "publish request refused, nothing changed: {}",
             problems.join("; ")
-        )));
-    }
+        ))
+    })?;
     if let Some(principals) = principals {
         return Ok(Command::Revoke {
             image_id,
@@ -309,6 +210,65 @@ pub(crate) fn manual(map: &Map<String, Value>) -> Result<Command, InvocationErro
         region,
         overrides,
     })
+}
+
+/// The publish settings of a manual invoke (they win over the image's tags and the defaults),
+/// and its `revoke` list.
+fn overrides(f: &mut Fields<'_>) -> (Overrides, Option<Vec<String>>) {
+    let regions = f.trimmed_strings("regions");
+    let accounts = f.trimmed_strings("accounts");
+    let organizations = f.trimmed_strings("organizations");
+    let ous = f.trimmed_strings("ous");
+    let revoke = f.trimmed_strings("revoke");
+    f.check_each(regions.as_ref(), ids::is_region, "an AWS region");
+    f.check_each(
+        accounts.as_ref(),
+        ids::is_account_id,
+        "a 12-digit account id",
+    );
+    f.check_each(
+        organizations.as_ref(),
+        ids::is_organization_arn,
+        "an organization ARN",
+    );
+    f.check_each(ous.as_ref(), ids::is_ou_arn, "an OU ARN");
+    let public = f.boolean("public");
+    let deprecate_after_days = f.number("deprecate_after_days", plan::MAX_DEPRECATE_DAYS);
+    let overrides = Overrides {
+        regions,
+        accounts,
+        organizations,
+        ous,
+        public,
+        deprecate_after_days,
+    };
+    (overrides, revoke)
+}
+
+/// The principals a `revoke` list names; it cannot be combined with publish settings.
+fn revoke_principals(
+    f: &mut Fields<'_>,
+    overrides: &Overrides,
+    items: &[String],
+) -> Option<Grants> {
+    if !overrides.is_empty() {
+        f.problem(
+            "revoke cannot be combined with publish settings (regions, accounts, organizations, ous, public, deprecate_after_days)"
+                .to_owned(),
+        );
+    }
+    if items.is_empty() {
+        f.problem("revoke lists nothing to remove".to_owned());
+    }
+    match plan::parse_principals(items) {
+        Ok(g) => Some(g),
+        Err(p) => {
+            for x in p {
+                f.problem(format!("revoke: {x}"));
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -65,64 +65,7 @@ pub async fn handle(
             let result = publish_one(deps, &c, source, trigger, &overrides, now, deadline).await?;
             Ok(Output::Publish { trigger, result })
         }
-        Command::Advance => {
-            let regions = if deps.config.source_regions.is_empty() {
-                vec![deps.clients.region.clone()]
-            } else {
-                deps.config.source_regions.clone()
-            };
-            let mut results = Vec::new();
-            let mut errors = Vec::new();
-            let mut total = 0;
-            for r in &regions {
-                let c = clients_for(deps, Some(r));
-                let sources = match ec2::describe_own_images(
-                    &c.ec2,
-                    vec![ec2::tag_filter(PUBLISH_STATE, [IN_PROGRESS])],
-                )
-                .await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        total += 1;
-                        errors.push(e.to_string());
-                        continue;
-                    }
-                };
-                for s in sources
-                    .into_iter()
-                    .filter(|s| !s.tags.contains_key(PUBLISH_SOURCE))
-                {
-                    total += 1;
-                    if !deadline.may_start() {
-                        errors.push(format!(
-                            "{} in {r}: not started, the invocation's deadline is near; the next run continues",
-                            s.id
-                        ));
-                        continue;
-                    }
-                    let id = s.id.clone();
-                    match publish_one(
-                        deps,
-                        &c,
-                        s,
-                        Trigger::Schedule,
-                        &Overrides::default(),
-                        now,
-                        deadline,
-                    )
-                    .await
-                    {
-                        Ok(rep) => results.push(rep),
-                        Err(e) => errors.push(format!("{id} in {r}: {e}")),
-                    }
-                }
-            }
-            if let Some(e) = InvocationError::from_failures(total, errors) {
-                return Err(e);
-            }
-            Ok(Output::Advance { regions, results })
-        }
+        Command::Advance => advance(deps, now, deadline).await,
         Command::Revoke {
             image_id,
             region,
@@ -133,6 +76,71 @@ pub async fn handle(
             revoke(deps, &c, &source, &principals, now).await
         }
     }
+}
+
+/// The schedule: advance every source image marked `in-progress` in each source region.
+/// Failures are counted per image and reported once at the end.
+async fn advance(
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
+    let regions = if deps.config.source_regions.is_empty() {
+        vec![deps.clients.region.clone()]
+    } else {
+        deps.config.source_regions.clone()
+    };
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    let mut total = 0;
+    for r in &regions {
+        let c = clients_for(deps, Some(r));
+        let sources = match ec2::describe_own_images(
+            &c.ec2,
+            vec![ec2::tag_filter(PUBLISH_STATE, [IN_PROGRESS])],
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                total += 1;
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        for s in sources
+            .into_iter()
+            .filter(|s| !s.tags.contains_key(PUBLISH_SOURCE))
+        {
+            total += 1;
+            if !deadline.may_start() {
+                errors.push(format!(
+                    "{} in {r}: not started, the invocation's deadline is near; the next run continues",
+                    s.id
+                ));
+                continue;
+            }
+            let id = s.id.clone();
+            match publish_one(
+                deps,
+                &c,
+                s,
+                Trigger::Schedule,
+                &Overrides::default(),
+                now,
+                deadline,
+            )
+            .await
+            {
+                Ok(rep) => results.push(rep),
+                Err(e) => errors.push(format!("{id} in {r}: {e}")),
+            }
+        }
+    }
+    if let Some(e) = InvocationError::from_failures(total, errors) {
+        return Err(e);
+    }
+    Ok(Output::Advance { regions, results })
 }
 
 pub(crate) fn clients_for(deps: &Deps, region: Option<&str>) -> Clients {

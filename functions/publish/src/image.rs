@@ -18,14 +18,15 @@ use shared::model::{Image, Tags};
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::FAMILY;
 use shared::plan::publish::{
-    self as plan, FAILED_REGIONS, Grants, IN_PROGRESS, Overrides, PUBLISH_STATE, PUBLISHED,
-    PUBLISHED_AT, Policy,
+    self as plan, Announce, Grants, IN_PROGRESS, Overrides, PUBLISH_STATE, Policy,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
 /// Regions worked on in parallel for one image.
 pub(crate) const REGION_CONCURRENCY: usize = 4;
+/// Publishes one source image: policy, public-access check, copies, then (once no copy is
+/// pending) shares in every region, and the announcement. Refusals change nothing.
 pub(crate) async fn publish_one(
     deps: &Deps,
     c: &Clients,
@@ -36,8 +37,7 @@ pub(crate) async fn publish_one(
     deadline: Deadline,
 ) -> Result<ImageReport, InvocationError> {
     let home = c.region.clone();
-    let state = source.tags.get(PUBLISH_STATE).map(String::as_str);
-    if trigger == Trigger::ImageReady && state == Some(PUBLISHED) {
+    if trigger == Trigger::ImageReady && plan::already_published(&source.tags) {
         info!(image = %source.id, "already published; duplicate image.ready ignored");
         return Ok(ImageReport {
             policy: plan::resolve(&deps.config.defaults, &source.tags, &home).unwrap_or_default(),
@@ -48,50 +48,10 @@ pub(crate) async fn publish_one(
             announced: None,
         });
     }
-    let extra = plan::override_tags(overrides).map_err(|p| {
-        refused(
-            "InvalidPolicy",
-            format!("{} in {home}: nothing changed: {}", source.id, p.join("; ")),
-        )
-    })?;
-    let mut wanted_tags = source.tags.clone();
-    wanted_tags.extend(extra.clone());
-    let policy = plan::resolve(&deps.config.defaults, &wanted_tags, &home).map_err(|p| {
-        refused(
-            "InvalidPolicy",
-            format!(
-                "{} in {home}: nothing changed, its publish policy is invalid: {}",
-                source.id,
-                p.join("; ")
-            ),
-        )
-    })?;
-    // Public sharing is checked in every region before anything changes: a manual request is
-    // refused outright; an event or the schedule reports those regions as failed.
-    let mut blocked = BTreeSet::new();
-    if policy.public {
-        for r in std::iter::once(&home).chain(&policy.regions) {
-            let rc = clients_for(deps, Some(r));
-            let st = ec2::image_block_public_access_state(&rc.ec2)
-                .await
-                .map_err(aws_failed)?;
-            if st != "unblocked" {
-                blocked.insert(r.clone());
-            }
-        }
-        if trigger == Trigger::Manual && !blocked.is_empty() {
-            return Err(refused(
-                "PublicAccessBlocked",
-                format!(
-                    "{} in {home}: nothing changed: public sharing was asked for, but image block public access is on in {} (DisableImageBlockPublicAccess there, or publish without \"public\")",
-                    source.id,
-                    blocked.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-    }
+    let (policy, extra) = resolve_policy(deps, &source, overrides, &home)?;
+    let blocked = public_blocked(deps, &source, &policy, &home, trigger).await?;
     let mut mark = extra;
-    if state != Some(IN_PROGRESS) {
+    if source.tags.get(PUBLISH_STATE).map(String::as_str) != Some(IN_PROGRESS) {
         mark.insert(PUBLISH_STATE.to_owned(), IN_PROGRESS.to_owned());
     }
     if !mark.is_empty() {
@@ -99,37 +59,11 @@ pub(crate) async fn publish_one(
             .await
             .map_err(aws_failed)?;
     }
-
-    // Copies.
-    let copies: Vec<(String, Result<CopyProgress, AwsError>)> =
-        stream::iter(policy.regions.iter().cloned())
-            .map(|r| async {
-                let res = advance_copy(deps, &source, &home, &r, deadline).await;
-                (r, res)
-            })
-            .buffer_unordered(REGION_CONCURRENCY)
-            .collect()
-            .await;
-    let mut regions = BTreeMap::new();
-    let mut ready: Vec<(String, Image)> = vec![(home.clone(), source.clone())];
-    for (r, res) in copies {
-        match res {
-            Ok((rep, Some(copy))) => {
-                regions.insert(r.clone(), rep);
-                ready.push((r, copy));
-            }
-            Ok((rep, None)) => {
-                regions.insert(r, rep);
-            }
-            Err(e) => {
-                regions.insert(r, RegionReport::failed(None, e.to_string()));
-            }
-        }
-    }
-    let pending = regions
+    let (mut regions, ready) = advance_copies(deps, &source, &policy, &home, deadline).await;
+    if regions
         .values()
-        .any(|r| matches!(r.outcome, "copying" | "waiting"));
-    if pending {
+        .any(|r| matches!(r.outcome, "copying" | "waiting"))
+    {
         regions.insert(
             home.clone(),
             RegionReport {
@@ -149,14 +83,122 @@ pub(crate) async fn publish_one(
             announced: None,
         });
     }
-
-    // Shares, region by region, each verified by reading it back.
     let deprecate_at = deprecation_time(&source, &policy, now);
-    let shared: Vec<(String, RegionReport)> = stream::iter(ready)
+    regions.extend(share_all(deps, ready, &policy, &blocked, deprecate_at.as_deref()).await);
+    conclude(deps, c, source, policy, regions, now).await
+}
+
+/// The image's publish policy with the manual overrides (returned too: recorded as its tags).
+fn resolve_policy(
+    deps: &Deps,
+    source: &Image,
+    overrides: &Overrides,
+    home: &str,
+) -> Result<(Policy, Tags), InvocationError> {
+    let extra = plan::override_tags(overrides).map_err(|p| {
+        refused(
+            "InvalidPolicy",
+            format!("{} in {home}: nothing changed: {}", source.id, p.join("; ")),
+        )
+    })?;
+    let mut wanted_tags = source.tags.clone();
+    wanted_tags.extend(extra.clone());
+    let policy = plan::resolve(&deps.config.defaults, &wanted_tags, home).map_err(|p| {
+        refused(
+            "InvalidPolicy",
+            format!(
+                "{} in {home}: nothing changed, its publish policy is invalid: {}",
+                source.id,
+                p.join("; ")
+            ),
+        )
+    })?;
+    Ok((policy, extra))
+}
+
+/// Public sharing is checked in every region before anything changes: a manual request is
+/// refused outright; an event or the schedule reports those regions as failed (returned).
+async fn public_blocked(
+    deps: &Deps,
+    source: &Image,
+    policy: &Policy,
+    home: &String,
+    trigger: Trigger,
+) -> Result<BTreeSet<String>, InvocationError> {
+    let mut blocked = BTreeSet::new();
+    if !policy.public {
+        return Ok(blocked);
+    }
+    for r in std::iter::once(home).chain(&policy.regions) {
+        let rc = clients_for(deps, Some(r));
+        let st = ec2::image_block_public_access_state(&rc.ec2)
+            .await
+            .map_err(aws_failed)?;
+        if st != "unblocked" {
+            blocked.insert(r.clone());
+        }
+    }
+    if trigger == Trigger::Manual && !blocked.is_empty() {
+        return Err(refused(
+            "PublicAccessBlocked",
+            format!(
+                "{} in {home}: nothing changed: public sharing was asked for, but image block public access is on in {} (DisableImageBlockPublicAccess there, or publish without \"public\")",
+                source.id,
+                blocked.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(blocked)
+}
+
+/// Advances every target region's copy; returns each region's report and the images ready to
+/// share (the source first).
+async fn advance_copies(
+    deps: &Deps,
+    source: &Image,
+    policy: &Policy,
+    home: &str,
+    deadline: Deadline,
+) -> (BTreeMap<String, RegionReport>, Vec<(String, Image)>) {
+    let copies: Vec<(String, Result<CopyProgress, AwsError>)> =
+        stream::iter(policy.regions.iter().cloned())
+            .map(|r| async {
+                let res = advance_copy(deps, source, home, &r, deadline).await;
+                (r, res)
+            })
+            .buffer_unordered(REGION_CONCURRENCY)
+            .collect()
+            .await;
+    let mut regions = BTreeMap::new();
+    let mut ready: Vec<(String, Image)> = vec![(home.to_owned(), source.clone())];
+    for (r, res) in copies {
+        match res {
+            Ok((rep, Some(copy))) => {
+                regions.insert(r.clone(), rep);
+                ready.push((r, copy));
+            }
+            Ok((rep, None)) => {
+                regions.insert(r, rep);
+            }
+            Err(e) => {
+                regions.insert(r, RegionReport::failed(None, e.to_string()));
+            }
+        }
+    }
+    (regions, ready)
+}
+
+/// Shares, region by region, each verified by reading it back.
+async fn share_all(
+    deps: &Deps,
+    ready: Vec<(String, Image)>,
+    policy: &Policy,
+    blocked: &BTreeSet<String>,
+    deprecate_at: Option<&str>,
+) -> Vec<(String, RegionReport)> {
+    stream::iter(ready)
         .map(|(r, image)| {
             let blocked = blocked.contains(&r);
-            let policy = &policy;
-            let deprecate_at = deprecate_at.as_deref();
             async move {
                 let rep = share_region(deps, &r, &image, policy, blocked, deprecate_at).await;
                 (r, rep)
@@ -164,60 +206,53 @@ pub(crate) async fn publish_one(
         })
         .buffer_unordered(REGION_CONCURRENCY)
         .collect()
-        .await;
-    regions.extend(shared);
+        .await
+}
 
-    let failed: BTreeMap<&String, &RegionReport> = regions
+/// Announces and records the outcome ([`plan::conclude`]): the message first, then the tags.
+async fn conclude(
+    deps: &Deps,
+    c: &Clients,
+    source: Image,
+    policy: Policy,
+    regions: BTreeMap<String, RegionReport>,
+    now: DateTime<Utc>,
+) -> Result<ImageReport, InvocationError> {
+    let home = c.region.clone();
+    let failed: Vec<&str> = regions
         .iter()
         .filter(|(_, r)| r.outcome == "failed")
+        .map(|(k, _)| k.as_str())
         .collect();
-    let failed_list = failed
-        .keys()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    // Decide what to announce and record, then do it: the message first, then the tags, so a
-    // failed send leaves the state as it was and the next run sends again.
-    let (status, event, record) = if failed.is_empty() {
-        let changed = regions.values().any(|r| !r.granted.is_empty());
-        let done = Tags::from([
-            (PUBLISH_STATE.to_owned(), PUBLISHED.to_owned()),
-            (PUBLISHED_AT.to_owned(), stamp_time(now)),
-            (FAILED_REGIONS.to_owned(), String::new()),
-        ]);
-        let event = (state != Some(PUBLISHED) || changed).then_some(EventType::ImagePublished);
+    let changed = regions.values().any(|r| !r.granted.is_empty());
+    let end = plan::conclude(&source.tags, &failed, changed, stamp_time(now));
+    if failed.is_empty() {
         info!(image = %source.id, regions = regions.len(), "published");
-        ("published", event, Some(done))
     } else {
-        warn!(image = %source.id, failed = %failed_list, "some regions failed; the schedule retries them");
-        let new_failures =
-            source.tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
-        let record = Tags::from([(FAILED_REGIONS.to_owned(), failed_list)]);
-        (
-            "partial",
-            new_failures.then_some(EventType::PublishPartial),
-            new_failures.then_some(record),
-        )
-    };
+        warn!(image = %source.id, failed = %failed.join(" "), "some regions failed; the schedule retries them");
+    }
+    let event = end.announce.map(|a| match a {
+        Announce::Published => EventType::ImagePublished,
+        Announce::Partial => EventType::PublishPartial,
+    });
     if let Some(event) = event {
         let msg = publication_message(event, &source, &home, &policy, &regions, now);
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
             .await
             .map_err(aws_failed)?;
     }
-    if let Some(tags) = record {
+    if let Some(tags) = end.record {
         ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)
             .await
             .map_err(aws_failed)?;
     }
-    let announced = event.map(EventType::as_str);
     Ok(ImageReport {
         image_id: source.id,
         region: home,
-        status,
+        status: end.status,
         policy,
         regions,
-        announced,
+        announced: event.map(EventType::as_str),
     })
 }
 

@@ -538,6 +538,70 @@ pub fn parse_principals(items: &[String]) -> Result<Grants, Vec<String>> {
     if p.is_empty() { Ok(g) } else { Err(p) }
 }
 
+/// What a run announces once every region is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Every region published (`image.published`).
+    Published,
+    /// Some regions failed (`image.publish-partial`).
+    Partial,
+}
+
+/// How a publish run ends: its status, what to announce, what to record on the source (after
+/// the message, so a failed send leaves the state as it was and the next run sends again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conclusion {
+    /// `published` or `partial`.
+    pub status: &'static str,
+    /// The message to send, if any.
+    pub announce: Option<Announce>,
+    /// The tags to write on the source, if any.
+    pub record: Option<Tags>,
+}
+
+/// The already-published rule: a duplicate `image.ready` for a published image does nothing.
+pub fn already_published(source_tags: &Tags) -> bool {
+    source_tags.get(PUBLISH_STATE).map(String::as_str) == Some(PUBLISHED)
+}
+
+/// The announce/record table. `failed` lists the failed regions (sorted), `changed` says a grant
+/// was added in this run, `published_at` is the time stamp recorded.
+///
+/// | outcome | announce | record |
+/// |---|---|---|
+/// | no failure, first time or a grant added | `Published` | state `published`, time, no failed regions |
+/// | no failure, already published, nothing added | — | the same tags |
+/// | failures, another set than recorded | `Partial` | the failed regions |
+/// | failures, the set already recorded | — | — |
+pub fn conclude(
+    source_tags: &Tags,
+    failed: &[&str],
+    changed: bool,
+    published_at: String,
+) -> Conclusion {
+    let failed_list = failed.join(" ");
+    if failed.is_empty() {
+        let done = Tags::from([
+            (PUBLISH_STATE.to_owned(), PUBLISHED.to_owned()),
+            (PUBLISHED_AT.to_owned(), published_at),
+            (FAILED_REGIONS.to_owned(), String::new()),
+        ]);
+        let announce = (!already_published(source_tags) || changed).then_some(Announce::Published);
+        return Conclusion {
+            status: "published",
+            announce,
+            record: Some(done),
+        };
+    }
+    let new_failures =
+        source_tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
+    Conclusion {
+        status: "partial",
+        announce: new_failures.then_some(Announce::Partial),
+        record: new_failures.then(|| Tags::from([(FAILED_REGIONS.to_owned(), failed_list)])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,5 +794,40 @@ mod tests {
         );
         assert_eq!(t.get(tags::PUBLIC).map(String::as_str), Some("false"));
         assert!(parse_principals(&["bob".into()]).is_err());
+    }
+
+    #[test]
+    fn the_announce_and_record_table() {
+        let at = || "20261122T120000Z".to_owned();
+        let fresh = Tags::new();
+        let c = conclude(&fresh, &[], false, at());
+        assert_eq!(
+            (c.status, c.announce),
+            ("published", Some(Announce::Published))
+        );
+        assert_eq!(
+            c.record.as_ref().map(|t| t[PUBLISH_STATE].as_str()),
+            Some(PUBLISHED)
+        );
+        let published = Tags::from([(PUBLISH_STATE.to_owned(), PUBLISHED.to_owned())]);
+        assert!(already_published(&published));
+        assert!(!already_published(&fresh));
+        assert_eq!(conclude(&published, &[], false, at()).announce, None);
+        assert_eq!(
+            conclude(&published, &[], true, at()).announce,
+            Some(Announce::Published)
+        );
+        let c = conclude(&fresh, &["eu-west-1", "us-west-2"], false, at());
+        assert_eq!((c.status, c.announce), ("partial", Some(Announce::Partial)));
+        assert_eq!(
+            c.record,
+            Some(Tags::from([(
+                FAILED_REGIONS.to_owned(),
+                "eu-west-1 us-west-2".to_owned()
+            )]))
+        );
+        let recorded = Tags::from([(FAILED_REGIONS.to_owned(), "eu-west-1 us-west-2".to_owned())]);
+        let c = conclude(&recorded, &["eu-west-1", "us-west-2"], false, at());
+        assert_eq!((c.announce, c.record), (None, None));
     }
 }
