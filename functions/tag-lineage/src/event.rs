@@ -1,7 +1,7 @@
 //! Trigger → [`Command`]: EventBridge "EC2 AMI State Change", SNS `image.registered` and manual
 //! invokes (stamp, ancestors, children); one place decides which trigger an event is.
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::invocation::InvocationError;
@@ -284,7 +284,41 @@ pub(crate) fn manual_tag(map: &Map<String, Value>) -> Result<Command, Invocation
     if source_region.is_some() && source_image.is_none() {
         problems.push("source_region is given without source_image".into());
     }
-    let created = match (map.get("create_date"), map.get("create_timestamp")) {
+    let created = created(map, &mut problems);
+    let force = match map.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            problems.push(format!("force must be true or false, not {other}"));
+            false
+        }
+    };
+    if !problems.is_empty() {
+        return Err(InvocationError::invalid_event(format!(
+            "manual tag request refused, nothing changed: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok(Command::Stamp {
+        trigger: Trigger::Manual,
+        targets: vec![Target {
+            image_id,
+            region,
+            assertion: Some(Assertion {
+                source_image,
+                source_instance,
+                source_region,
+                created,
+                force,
+            }),
+        }],
+    })
+}
+
+/// The asserted creation time: `create_date` (`20110909T233600Z`) or `create_timestamp`
+/// (seconds), not both.
+fn created(map: &Map<String, Value>, problems: &mut Vec<String>) -> Option<DateTime<Utc>> {
+    match (map.get("create_date"), map.get("create_timestamp")) {
         (Some(_), Some(_)) => {
             problems.push(
                 "give create_date or create_timestamp, not both (the other is computed)".into(),
@@ -318,35 +352,7 @@ pub(crate) fn manual_tag(map: &Map<String, Value>) -> Result<Command, Invocation
             }
         }
         (None, None) => None,
-    };
-    let force = match map.get("force") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            problems.push(format!("force must be true or false, not {other}"));
-            false
-        }
-    };
-    if !problems.is_empty() {
-        return Err(InvocationError::invalid_event(format!(
-            "manual tag request refused, nothing changed: {}",
-            problems.join("; ")
-        )));
     }
-    Ok(Command::Stamp {
-        trigger: Trigger::Manual,
-        targets: vec![Target {
-            image_id,
-            region,
-            assertion: Some(Assertion {
-                source_image,
-                source_instance,
-                source_region,
-                created,
-                force,
-            }),
-        }],
-    })
 }
 
 pub(crate) fn query(map: &Map<String, Value>) -> Result<Command, InvocationError> {

@@ -5,13 +5,15 @@ use crate::event::Target;
 use crate::handler::{clients_for, visible_image};
 use crate::output::StampReport;
 use chrono::{DateTime, SecondsFormat, Utc};
+use shared::aws::clients::Clients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
+use shared::model::Image;
 use shared::model::Tags;
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::{self, FAMILY, READY_AT, SOURCE_URI};
-use shared::plan::stamp::{self, Facts, Parent};
+use shared::plan::stamp::{self, Assertion, Facts, Parent, StampPlan};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -53,29 +55,7 @@ pub(crate) async fn stamp_one(
     }
     let assertion = target.assertion.as_ref();
     let snapshots = ec2::describe_own_snapshots(&c.ec2, &image.snapshot_ids).await?;
-    let instance = assertion
-        .and_then(|a| a.source_instance.clone())
-        .or_else(|| image.source_instance_id.clone())
-        .filter(|_| {
-            assertion.is_none_or(|a| a.source_image.is_none()) && image.source_image_id.is_none()
-        });
-    let instance_image = match &instance {
-        Some(i) => ec2::instance_image(&c.ec2, i).await?,
-        None => None,
-    };
-    let parent = match stamp::parent_of(&image, &c.region, instance_image.as_deref(), assertion) {
-        Some(at) => {
-            let pc = clients_for(deps, Some(&at.region));
-            ec2::describe_image(&pc.ec2, &at.image_id)
-                .await?
-                .map(|p| Parent {
-                    tags: p.tags,
-                    snapshot_ids: p.snapshot_ids,
-                    at,
-                })
-        }
-        None => None,
-    };
+    let (instance_image, parent) = origin_facts(deps, &c, &image, assertion).await?;
     let plan = stamp::plan_stamp(&Facts {
         image: &image,
         region: &c.region,
@@ -90,27 +70,7 @@ pub(crate) async fn stamp_one(
         report.outcome = "conflict";
         report.conflicts = plan.conflicts.clone();
         warn!(image = %image.id, conflicts = ?plan.conflicts, "lineage conflict; nothing written");
-        let msg = Message {
-            image_id: Some(image.id.clone()),
-            image_name: Some(image.name.clone()),
-            family: image.tags.get(FAMILY).cloned(),
-            error: Some(format!(
-                "lineage of {} in {} conflicts with tags already present; nothing was changed",
-                image.id, c.region
-            )),
-            problems: plan
-                .conflicts
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}: {} is {:?}, inferred {:?}",
-                        k.resource, k.key, k.existing, k.inferred
-                    )
-                })
-                .collect(),
-            lineage: plan.lineage.clone(),
-            ..Message::new(EventType::LineageConflict, now, &c.region)
-        };
+        let msg = conflict_message(&image, &c.region, &plan, now);
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         return Ok(report);
     }
@@ -123,16 +83,7 @@ pub(crate) async fn stamp_one(
         info!(image = %image.id, origin = ?plan.origin, "lineage stamped");
     }
     if plan.ready_to_announce(&image) {
-        let msg = Message {
-            image_id: Some(image.id.clone()),
-            image_name: Some(image.name.clone()),
-            snapshot_ids: image.snapshot_ids.clone(),
-            family: plan.lineage.get(FAMILY).cloned(),
-            source_uri: plan.lineage.get(SOURCE_URI).cloned(),
-            import_task_id: plan.lineage.get(lineage::IMPORT_TASK).cloned(),
-            lineage: plan.lineage.clone(),
-            ..Message::new(EventType::ImageReady, now, &c.region)
-        };
+        let msg = ready_message(&image, &c.region, &plan, now);
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         let marker = Tags::from([(
             READY_AT.to_owned(),
@@ -142,4 +93,77 @@ pub(crate) async fn stamp_one(
         report.ready_announced = true;
     }
     Ok(report)
+}
+
+/// The AMI the image was made from (through its source instance, when no source image is
+/// known or asserted) and its parent as seen in the parent's region.
+async fn origin_facts(
+    deps: &Deps,
+    c: &Clients,
+    image: &Image,
+    assertion: Option<&Assertion>,
+) -> Result<(Option<String>, Option<Parent>), AwsError> {
+    let instance = assertion
+        .and_then(|a| a.source_instance.clone())
+        .or_else(|| image.source_instance_id.clone())
+        .filter(|_| {
+            assertion.is_none_or(|a| a.source_image.is_none()) && image.source_image_id.is_none()
+        });
+    let instance_image = match &instance {
+        Some(i) => ec2::instance_image(&c.ec2, i).await?,
+        None => None,
+    };
+    let parent = match stamp::parent_of(image, &c.region, instance_image.as_deref(), assertion) {
+        Some(at) => {
+            let pc = clients_for(deps, Some(&at.region));
+            ec2::describe_image(&pc.ec2, &at.image_id)
+                .await?
+                .map(|p| Parent {
+                    tags: p.tags,
+                    snapshot_ids: p.snapshot_ids,
+                    at,
+                })
+        }
+        None => None,
+    };
+    Ok((instance_image, parent))
+}
+
+/// `image.lineage-conflict`: every conflicting value, nothing written.
+fn conflict_message(image: &Image, region: &str, plan: &StampPlan, now: DateTime<Utc>) -> Message {
+    Message {
+        image_id: Some(image.id.clone()),
+        image_name: Some(image.name.clone()),
+        family: image.tags.get(FAMILY).cloned(),
+        error: Some(format!(
+            "lineage of {} in {} conflicts with tags already present; nothing was changed",
+            image.id, region
+        )),
+        problems: plan
+            .conflicts
+            .iter()
+            .map(|k| {
+                format!(
+                    "{}: {} is {:?}, inferred {:?}",
+                    k.resource, k.key, k.existing, k.inferred
+                )
+            })
+            .collect(),
+        lineage: plan.lineage.clone(),
+        ..Message::new(EventType::LineageConflict, now, region)
+    }
+}
+
+/// `image.ready`, with the lineage just stamped.
+fn ready_message(image: &Image, region: &str, plan: &StampPlan, now: DateTime<Utc>) -> Message {
+    Message {
+        image_id: Some(image.id.clone()),
+        image_name: Some(image.name.clone()),
+        snapshot_ids: image.snapshot_ids.clone(),
+        family: plan.lineage.get(FAMILY).cloned(),
+        source_uri: plan.lineage.get(SOURCE_URI).cloned(),
+        import_task_id: plan.lineage.get(lineage::IMPORT_TASK).cloned(),
+        lineage: plan.lineage.clone(),
+        ..Message::new(EventType::ImageReady, now, region)
+    }
 }
