@@ -20,6 +20,8 @@ Modules:
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
+  rate_limits     EC2 request throttling (RequestLimitExceeded token buckets), opt-in per account
+  consistency     eventual consistency of images, snapshots and their tags, opt-in per account
   request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
   control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
 """
@@ -56,4 +58,9 @@ def apply_extensions() -> None:
         tags.install()
         instances.install()
         launch_templates.install()
+        # After the modules above: consistency wraps their Describe handlers and get_tags.
+        from . import consistency, rate_limits
+
+        consistency.install()
+        rate_limits.install()
         _applied = True

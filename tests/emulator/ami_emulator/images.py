@@ -40,6 +40,7 @@ from .common import (
     tags_by_resource_type,
     utcnow,
 )
+from .consistency import visible
 from .snapshots import image_snapshot_ids, image_using_snapshot, new_snapshot, snapshot_not_found
 
 # RegisterImage / CopyImage Name: "3-128 alphanumeric characters, parentheses (()), square
@@ -389,12 +390,15 @@ def describe_images(self: Any) -> ActionResult:
     account = self.current_account
     backend = self.ec2_backend
     with LOCK:
-        images = list(backend.amis.values())
+        # Eventual consistency (consistency.py): images created less than the account's lag
+        # ago are not described yet, neither listed nor found by id.
+        amis = visible(backend, backend.amis)
+        images = list(amis.values())
         if image_ids:
             malformed = [i for i in image_ids if not i.startswith("ami-")]
             if malformed:
                 raise MalformedAMIIdError(malformed)
-            missing = [i for i in image_ids if i not in backend.amis and i not in backend.deleted_amis]
+            missing = [i for i in image_ids if i not in amis and i not in backend.deleted_amis]
             if missing:
                 raise InvalidAMIIdError(missing)
             images = [i for i in images if i.id in image_ids]
