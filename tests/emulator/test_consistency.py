@@ -20,7 +20,7 @@ import pytest
 from conftest import Account
 from emu_helpers import aws_error, make_snapshot, register, tags_of, wait_for
 
-LAG = 1.0
+LAG = 1.5  # seconds; the checks made while a change is not visible yet must fit in it
 
 
 def _lag(account: Account, seconds: float | None) -> dict[str, Any]:

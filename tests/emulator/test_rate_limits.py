@@ -101,13 +101,14 @@ def test_burst_beyond_capacity_fails_once_and_only_that_bucket(account: Account,
 
 
 def test_tokens_refill_at_the_configured_rate(account: Account) -> None:
-    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 2, "refill_per_second": 4}})
+    # 2 tokens per second: each burst below must take less than half a second (a third token).
+    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 2, "refill_per_second": 2}})
     ec2 = _ec2(account)
     call = lambda: ec2.describe_images(Owners=["self"])  # noqa: E731
     assert _outcomes(call, 3) == ["ok", "ok", "RequestLimitExceeded"]
-    time.sleep(0.6)  # 2.4 tokens at 4 per second, capped at the capacity of 2
+    time.sleep(1.1)  # 2.2 tokens, capped at the capacity of 2
     assert _outcomes(call, 3) == ["ok", "ok", "RequestLimitExceeded"]
-    time.sleep(0.3)  # 1.2 tokens
+    time.sleep(0.55)  # 1.1 tokens
     assert _outcomes(call, 2) == ["ok", "RequestLimitExceeded"]
 
 
