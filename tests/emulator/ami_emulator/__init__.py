@@ -15,6 +15,8 @@ Modules:
   snapshots       DeleteSnapshot in-use check, DescribeSnapshots owners/paging,
                   ModifySnapshotAttribute structured form
   tags            CreateTags / DeleteTags / DescribeTags on import-snap task ids
+  s3_checksums    S3 object checksums: verification (BadDigest), multipart composite checksums,
+                  ListParts / HeadObject / GetObjectAttributes checksum fields
   instances       DescribeInstances paging counted in instances
   launch_templates DescribeLaunchTemplateVersions (account-wide $Latest/$Default, filters,
                   paging), DescribeLaunchTemplates paging
@@ -49,6 +51,9 @@ def apply_extensions() -> None:
                 f"ami_emulator patches moto internals and was written for moto "
                 f"{EXPECTED_MOTO_VERSION}, but moto {moto.__version__} is installed"
             )
+        from . import s3_checksums
+
+        s3_checksums.install()
         from . import fast_tags, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_tags.install()
