@@ -22,6 +22,9 @@ Modules:
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
+  api_rules       parameter rules of the EC2 reference moto does not enforce (gate api_rules):
+                  TagSpecifications types per operation, tag limits, enums, required members,
+                  documented lengths/ranges
   rate_limits     EC2 request throttling (RequestLimitExceeded token buckets), opt-in per account
   consistency     eventual consistency of images, snapshots and their tags, opt-in per account
   request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
@@ -63,6 +66,9 @@ def apply_extensions() -> None:
         tags.install()
         instances.install()
         launch_templates.install()
+        from . import api_rules
+
+        api_rules.install()
         # After the modules above: consistency wraps their Describe handlers and get_tags.
         from . import consistency, rate_limits
 
