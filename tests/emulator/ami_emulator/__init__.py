@@ -28,6 +28,9 @@ Modules:
   rate_limits     EC2 request throttling (RequestLimitExceeded token buckets), opt-in per account
   consistency     eventual consistency of images, snapshots and their tags, opt-in per account
   request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
+  iam             IAM identity-policy evaluation of restricted roles (gate iam): evaluator,
+                  request -> authorization checks, denials log
+  sam_policies    SAM template -> each function role's identity policies (for iam)
   control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
 """
 
@@ -74,4 +77,7 @@ def apply_extensions() -> None:
 
         consistency.install()
         rate_limits.install()
+        from . import iam
+
+        iam.install()
         _applied = True
