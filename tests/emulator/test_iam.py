@@ -680,3 +680,31 @@ def test_sts_get_caller_identity_always_allowed_and_assume_role_checked(account)
         role.client("sts", config=NO_RETRY).assume_role(RoleArn=target, RoleSessionName="hop")
     role = restrict(account, "locked", doc(allow("sts:AssumeRole", target)))
     assert role.client("sts").assume_role(RoleArn=target, RoleSessionName="hop")["Credentials"]["AccessKeyId"]
+
+
+def test_tag_writes_log_lists_the_keys_each_role_was_allowed_to_write(account):
+    """``/iam/tag-writes`` (an emulator aid, not an AWS API): the tag keys a restricted role was
+    allowed to write, by resource type, counting tags given at creation (authorized as
+    ec2:CreateTags) and leaving out denied writes. The product's tests compare it with what the
+    role's policies allow."""
+    snapshot = make_snapshot(account.ec2())
+    role = restrict(
+        account,
+        "tagger",
+        doc(
+            allow("ec2:RegisterImage", [IMAGES, SNAPSHOTS]),
+            allow("ec2:CreateTags", IMAGES, {"StringEquals": {"ec2:CreateAction": "RegisterImage"}}),
+            allow("ec2:CreateTags", SNAPSHOTS, {"ForAllValues:StringLike": {"aws:TagKeys": ["lineage:*"]}}),
+        ),
+    )
+    register(role.ec2(), "logged", snapshot,
+             TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "owner", "Value": "a"}]}])
+    role.ec2().create_tags(Resources=[snapshot], Tags=[{"Key": "lineage:parent", "Value": "x"}])
+    with aws_error("UnauthorizedOperation", "ec2:CreateTags"):
+        role.ec2().create_tags(Resources=[snapshot], Tags=[{"Key": "other", "Value": "x"}])
+    account.ec2().create_tags(Resources=[snapshot], Tags=[{"Key": "setup", "Value": "x"}])  # unrestricted: not logged
+    status, body = control_call(account.endpoint, f"iam/tag-writes?account_id={account.id}", method="GET")
+    assert status == 200, body
+    assert body["roles"] == {"tagger": {"image": ["owner"], "snapshot": ["lineage:parent"]}}
+    status, body = control_call(account.endpoint, f"iam/tag-writes?account_id={account.id}", method="DELETE")
+    assert (status, body["cleared"]) == (200, 1)

@@ -552,17 +552,25 @@ async fn a_missing_object_or_bucket_is_rejected_precisely() {
             )],
         }]
     );
-    let out = run(
-        &w,
-        &json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}),
-    )
-    .await;
+    // Another bucket than the template's uploads bucket: the role may not read it (S3ReadPolicy
+    // names one bucket), so S3 answers 403 whether or not it exists, as on AWS. Nothing is
+    // rejected or tagged; the error names the permission and the event stays safe to retry.
+    let cmd = Command::from_event(&json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}))
+        .expect("a valid manual request");
+    let err = handle(cmd, &w.deps, Utc::now(), deadline())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
-        matches!(&out.ingested[0], IngestOutcome::Rejected { problems, .. } if problems[0].starts_with("s3://no-such-bucket-anywhere/x.raw does not exist"))
+        err.contains("s3://no-such-bucket-anywhere/x.raw")
+            && err.contains("needs permission `s3:GetObject`"),
+        "{err}"
     );
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
     assert_eq!(
-        of_type(&w.acct.drain(&w.queue).await, "image.failed").len(),
-        2
+        failed, 2,
+        "the missing object and the denial, each reported on SNS"
     );
 }
 

@@ -526,10 +526,37 @@ def clear_denials(account: str) -> int:
         return len(_DENIALS.pop(account, ()))
 
 
+# account id -> role name -> EC2 resource type -> tag keys the role was allowed to write
+# (CreateTags and tags given at creation, which IAM authorizes as ec2:CreateTags).
+_TAG_WRITES: dict[str, dict[str, dict[str, set[str]]]] = {}
+
+
+def _record_tag_writes(account: str, role: str, checks: list["Check"]) -> None:
+    for check in checks:
+        keys = check.context.get("aws:tagkeys") if check.action.lower() == "ec2:createtags" else None
+        if not keys:
+            continue
+        rtype = check.resource.split(":", 5)[-1].split("/", 1)[0]
+        with _LOCK:
+            _TAG_WRITES.setdefault(account, {}).setdefault(role, {}).setdefault(rtype, set()).update(keys)
+
+
+def tag_writes(account: str) -> dict[str, dict[str, list[str]]]:
+    with _LOCK:
+        roles = _TAG_WRITES.get(account, {})
+        return {role: {rtype: sorted(keys) for rtype, keys in types.items()} for role, types in roles.items()}
+
+
+def clear_tag_writes(account: str) -> int:
+    with _LOCK:
+        return len(_TAG_WRITES.pop(account, {}))
+
+
 def reset() -> None:
     with _LOCK:
         _ROLES.clear()
         _DENIALS.clear()
+        _TAG_WRITES.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1242,10 +1269,12 @@ def iam_gate(ctx: gates.RequestContext) -> Response | None:
 
 
 def _authorize(ctx: gates.RequestContext, principal: Principal, entry: RoleEntry) -> Response | None:
-    for check in build_checks(ctx, principal):
+    checks = build_checks(ctx, principal)
+    for check in checks:
         decision = evaluate(entry.for_action(check.action), check.action, check.resource, check.context, action_matched=True)
         if not decision.allowed:
             return _deny(ctx, principal, check, decision)
+    _record_tag_writes(principal.account, principal.role_name, checks)
     if ctx.service == "s3" and ctx.action in ("GetObject", "HeadObject"):
         # S3 API reference, GetObject/HeadObject "Permissions": without s3:ListBucket a
         # request for an object that does not exist answers 403 Access Denied, not 404.
@@ -1343,6 +1372,16 @@ def handle_template_roles(request: Request) -> Response:
     return control._json(200, {"account_id": account, "region": region, "roles": answer})
 
 
+def handle_tag_writes(request: Request) -> Response:
+    """``/iam/tag-writes``: GET the tag keys each restricted role of the account was allowed to
+    write, by EC2 resource type (``{"account_id", "roles": {role: {"image": [keys], ...}}}``);
+    DELETE clears them."""
+    account = control._account(dict(request.args))
+    if request.method == "DELETE":
+        return control._json(200, {"account_id": account, "cleared": clear_tag_writes(account)})
+    return control._json(200, {"account_id": account, "roles": tag_writes(account)})
+
+
 def handle_denials(request: Request) -> Response:
     """``/iam/denials``: GET the account's denied requests (oldest first), DELETE clears."""
     account = control._account(dict(request.args))
@@ -1363,5 +1402,6 @@ def install() -> None:
     control.register_route("iam/role-policies", ("GET", "POST", "DELETE"), handle_role_policies)
     control.register_route("iam/template-roles", ("POST",), handle_template_roles)
     control.register_route("iam/denials", ("GET", "DELETE"), handle_denials)
+    control.register_route("iam/tag-writes", ("GET", "DELETE"), handle_tag_writes)
     control.register_reset(reset)
     _installed = True
