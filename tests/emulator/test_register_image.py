@@ -1,4 +1,5 @@
-"""RegisterImage keeps what it is given (moto: Name/Description only, invented snapshot)."""
+"""RegisterImage keeps what it is given (moto: Name/Description only, invented snapshot), and
+tags only the image (a snapshot TagSpecification is refused, as on EC2)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ def test_register_keeps_attributes_bdm_and_tags(account):
         ],
         TagSpecifications=[
             {"ResourceType": "image", "Tags": [{"Key": "lineage:parent", "Value": "none"}]},
-            {"ResourceType": "snapshot", "Tags": [{"Key": "owner-image", "Value": "pipeline-image-1"}]},
         ],
     )["ImageId"]
 
@@ -65,10 +65,10 @@ def test_register_keeps_attributes_bdm_and_tags(account):
     assert bdm["/dev/xvdb"]["Ebs"]["DeleteOnTermination"] is False
     assert bdm["/dev/xvdc"]["VirtualName"] == "ephemeral0"
 
-    # No invented snapshot: only the two we made exist, and both got the snapshot tags.
+    # No invented snapshot: only the two we made exist; the image's tags are not theirs.
     snapshots = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
     assert sorted(s["SnapshotId"] for s in snapshots) == sorted([root, data])
-    assert all(tags_of(s) == {"owner-image": "pipeline-image-1"} for s in snapshots)
+    assert all(tags_of(s) == {} for s in snapshots)
 
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="bootMode")["BootMode"]["Value"] == "uefi"
     assert ec2.describe_image_attribute(ImageId=image_id, Attribute="imdsSupport")["ImdsSupport"]["Value"] == "v2.0"
@@ -76,6 +76,35 @@ def test_register_keeps_attributes_bdm_and_tags(account):
         Owners=["self"], Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": [root]}]
     )["Images"]
     assert [i["ImageId"] for i in filtered] == [image_id]
+
+
+def test_snapshot_tag_specification_is_refused_and_nothing_is_created(account):
+    """RegisterImage.TagSpecifications (API reference and botocore model): "To tag the AMI, the
+    value for ResourceType must be image. If you specify another value for ResourceType, the
+    request fails." Tagging the snapshot is a separate CreateTags."""
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    with aws_error("InvalidParameterValue", "'snapshot' is not a valid taggable resource type for this operation."):
+        register(
+            ec2,
+            "with-snapshot-tags",
+            snap,
+            TagSpecifications=[
+                {"ResourceType": "image", "Tags": [{"Key": "a", "Value": "b"}]},
+                {"ResourceType": "snapshot", "Tags": [{"Key": "owner-image", "Value": "with-snapshot-tags"}]},
+            ],
+        )
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+    assert tags_of(ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]) == {}
+    # The name was not taken either: the same request without the snapshot part succeeds.
+    image_id = register(
+        ec2,
+        "with-snapshot-tags",
+        snap,
+        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "a", "Value": "b"}]}],
+    )
+    assert tags_of(image(ec2, image_id)) == {"a": "b"}
+    assert tags_of(ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]) == {}
 
 
 def test_register_without_optional_fields_uses_documented_defaults(account):

@@ -186,6 +186,53 @@ async fn keep_newest_and_min_age_then_deprecate_then_deregister_later() {
     );
 }
 
+/// EC2 is eventually consistent: an image registered moments ago is not listed yet. Cleanup then
+/// plans without it, which may only keep more (an unseen newer image cannot push an older one
+/// out of keep-newest), never remove more; the unseen image itself is never touched. Once it is
+/// listed, the plan is the lag-free one.
+#[tokio::test]
+async fn an_image_not_listed_yet_only_makes_cleanup_keep_more() {
+    const LAG_SECONDS: u64 = 2;
+    let w = world().await;
+    let (old1, _) = w.managed(EAST, "web", "web-old1", 80).await;
+    let (old2, _) = w.managed(EAST, "web", "web-old2", 90).await;
+    let (old3, _) = w.managed(EAST, "web", "web-old3", 70).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    let (new, _) = fixtures::image(
+        &w.ec2(EAST),
+        "web-new",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+        ],
+    )
+    .await;
+    let r = w.run(json!({"dry_run": true}), Utc::now()).await;
+    assert!(
+        r.decisions.iter().all(|d| d.image_id != new),
+        "{:#?}",
+        r.decisions
+    );
+    assert_eq!(action(&r, &old3), "keep");
+    assert_eq!(
+        action(&r, &old1),
+        "keep",
+        "still among the newest 2 it can see"
+    );
+    assert_eq!(action(&r, &old2), "deprecate");
+
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    let r = w.run(json!({"dry_run": true}), Utc::now()).await;
+    assert_eq!(action(&r, &new), "keep");
+    assert_eq!(action(&r, &old3), "keep");
+    assert_eq!(action(&r, &old1), "deprecate");
+    assert_eq!(action(&r, &old2), "deprecate");
+}
+
 #[tokio::test]
 async fn every_exclusion_is_respected_and_named() {
     let w = world().await;

@@ -398,6 +398,64 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
     assert_eq!(sweep(&w).await.sweep.steps[0].action, "skip");
 }
 
+/// EC2 is eventually consistent: right after RegisterImage, DescribeImages may not list the image
+/// yet. A sweep that retries a registration (here after a crash before the announcement) then
+/// gets `InvalidAMIName.Duplicate` with no visible holder: it must neither rename (a second AMI
+/// for one upload) nor fail the upload, only fail the step so that a later sweep adopts it.
+#[tokio::test]
+async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_ami() {
+    const LAG_SECONDS: u64 = 4;
+    let w = world(1, false).await;
+    let (etag, _) = w
+        .acct
+        .put(&w.bucket, "lag/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let task_id = started_task(&run(&w, &s3_event(&w.bucket, "lag/disk.raw", &etag, None)).await);
+    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    // RegisterImage succeeds; the announcement (and so the outcome tag) does not happen.
+    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
+    let registered_at = std::time::Instant::now();
+    assert!(
+        handle(Command::Sweep, &w.deps, Utc::now(), deadline())
+            .await
+            .is_err()
+    );
+    w.acct.clear_faults();
+    // Within the lag: the image is not listed, the name is taken.
+    assert!(images(&w).await.is_empty(), "the emulator's lag is on");
+    let err = handle(Command::Sweep, &w.deps, Utc::now(), deadline())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        registered_at.elapsed() < Duration::from_secs(LAG_SECONDS),
+        "the second sweep must run within the lag for this test to mean anything"
+    );
+    assert!(
+        err.contains("no image holding it is listed yet"),
+        "the step fails for a later sweep: {err}"
+    );
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    assert_eq!(images(&w).await.len(), 1, "no second image");
+    let out = sweep(&w).await;
+    assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
+    assert_eq!(images(&w).await.len(), 1, "no second image");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1);
+    assert_eq!(
+        object_tags(&w, "lag/disk.raw")
+            .await
+            .get(lineage::OBJECT_STATUS),
+        None
+    );
+}
+
 #[tokio::test]
 async fn invalid_uploads_are_rejected_with_every_problem_and_nothing_imported() {
     let w = world(0, false).await;
@@ -494,17 +552,25 @@ async fn a_missing_object_or_bucket_is_rejected_precisely() {
             )],
         }]
     );
-    let out = run(
-        &w,
-        &json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}),
-    )
-    .await;
+    // Another bucket than the template's uploads bucket: the role may not read it (S3ReadPolicy
+    // names one bucket), so S3 answers 403 whether or not it exists, as on AWS. Nothing is
+    // rejected or tagged; the error names the permission and the event stays safe to retry.
+    let cmd = Command::from_event(&json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}))
+        .expect("a valid manual request");
+    let err = handle(cmd, &w.deps, Utc::now(), deadline())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(
-        matches!(&out.ingested[0], IngestOutcome::Rejected { problems, .. } if problems[0].starts_with("s3://no-such-bucket-anywhere/x.raw does not exist"))
+        err.contains("s3://no-such-bucket-anywhere/x.raw")
+            && err.contains("needs permission `s3:GetObject`"),
+        "{err}"
     );
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
     assert_eq!(
-        of_type(&w.acct.drain(&w.queue).await, "image.failed").len(),
-        2
+        failed, 2,
+        "the missing object and the denial, each reported on SNS"
     );
 }
 

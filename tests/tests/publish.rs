@@ -333,6 +333,60 @@ async fn the_schedule_completes_slow_copies_and_manual_overrides_are_recorded() 
     assert_eq!(w.messages("image.published").await.len(), 1);
 }
 
+/// EC2 is eventually consistent: a copy just started is not listed by its tag, and the source's
+/// publish state just written is not seen by the schedule's tag query. A duplicate event within
+/// that window must not start a second copy (the ClientToken returns the first), and the
+/// schedule finishes the publication once the state is visible: one copy, one announcement.
+#[tokio::test]
+async fn with_eventual_consistency_a_duplicate_event_makes_no_second_copy_and_the_schedule_finishes()
+ {
+    const LAG_SECONDS: u64 = 3;
+    let w = world(&[
+        ("PUBLISH_REGIONS", "us-west-2"),
+        ("SHARE_ACCOUNTS", PARTNER),
+    ])
+    .await;
+    let (src, _) = w.source("web-lag-1", &[]).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    let started = std::time::Instant::now();
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).status, "copying", "{first:#?}");
+    assert!(
+        w.copies(WEST, &src).await.is_empty(),
+        "the lag hides the new copy"
+    );
+    let again = w.run(w.ready_event(&src)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(LAG_SECONDS),
+        "the duplicate must arrive within the lag for this test to mean anything"
+    );
+    assert_ne!(result(&again).status, "failed", "{again:#?}");
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    assert_eq!(w.copies(WEST, &src).await.len(), 1, "one copy per region");
+    let mut status = String::new();
+    for _ in 0..3 {
+        let sched = w.run(World::schedule()).await;
+        if let Some(r) = advanced(&sched).first() {
+            status = r.status.to_string();
+        }
+        if status == "published" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(LAG_SECONDS)).await;
+    }
+    assert_eq!(status, "published");
+    assert_eq!(w.copies(WEST, &src).await.len(), 1, "one copy per region");
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    assert_eq!(
+        w.launch(EAST, &src).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+}
+
 #[tokio::test]
 async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
     let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;

@@ -24,13 +24,19 @@ struct World {
 }
 
 async fn world() -> World {
+    world_waiting(1).await
+}
+
+/// A world whose tag-lineage looks an image up again for `visibility_wait` seconds.
+async fn world_waiting(visibility_wait: u64) -> World {
     let acct = TestAccount::new().await;
     let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
+    let wait = visibility_wait.to_string();
     let env = BTreeMap::from([
         ("TOPIC_ARN", topic.as_str()),
         ("S3_FORCE_PATH_STYLE", "true"),
         ("LINEAGE_REGIONS", "us-east-1,us-west-2"),
-        ("VISIBILITY_WAIT_SECONDS", "1"),
+        ("VISIBILITY_WAIT_SECONDS", wait.as_str()),
     ]);
     let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
     let deps = Deps {
@@ -119,6 +125,35 @@ async fn state_change_stamps_a_root_and_its_snapshot_once() {
         w.acct.drain(&w.queue).await.is_empty(),
         "a foreign image is not announced as ready"
     );
+}
+
+/// EC2 is eventually consistent: the "available" event of a new image can arrive before
+/// DescribeImages lists it. tag-lineage looks it up again (VISIBILITY_WAIT_SECONDS) and stamps
+/// it and its snapshot once it is listed, rather than giving up or stamping nothing.
+#[tokio::test]
+async fn an_image_not_listed_yet_is_looked_up_again_and_stamped() {
+    const LAG_SECONDS: u64 = 2;
+    let w = world_waiting(8).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    let ec2 = w.ec2(EAST);
+    let (image, snap) = fixtures::image(&ec2, "lagging-root", &[("team", "web")]).await;
+    let started = std::time::Instant::now();
+    let result = w.available(EAST, &image).await;
+    assert_eq!(result["outcome"], "stamped", "{result}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the image could only be found after the lag"
+    );
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    let tags = fixtures::tags_of(&ec2, &image).await;
+    assert_eq!(tags["ami-pipeline:generation"], "0", "{tags}");
+    assert!(tags["create_date"].is_string(), "{tags}");
+    let snap_tags = fixtures::tags_of(&ec2, &snap).await;
+    assert_eq!(snap_tags["create_date"], tags["create_date"]);
 }
 
 #[tokio::test]

@@ -15,12 +15,22 @@ Modules:
   snapshots       DeleteSnapshot in-use check, DescribeSnapshots owners/paging,
                   ModifySnapshotAttribute structured form
   tags            CreateTags / DeleteTags / DescribeTags on import-snap task ids
+  s3_checksums    S3 object checksums: verification (BadDigest), multipart composite checksums,
+                  ListParts / HeadObject / GetObjectAttributes checksum fields
   instances       DescribeInstances paging counted in instances
   launch_templates DescribeLaunchTemplateVersions (account-wide $Latest/$Default, filters,
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
+  api_rules       parameter rules of the EC2 reference moto does not enforce (gate api_rules):
+                  TagSpecifications types per operation, tag limits, enums, required members,
+                  documented lengths/ranges
+  rate_limits     EC2 request throttling (RequestLimitExceeded token buckets), opt-in per account
+  consistency     eventual consistency of images, snapshots and their tags, opt-in per account
   request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
+  iam             IAM identity-policy evaluation of restricted roles (gate iam): evaluator,
+                  request -> authorization checks, denials log
+  sam_policies    SAM template -> each function role's identity policies (for iam)
   control         /ami-pipeline-emulator/* control endpoints (WSGI middleware)
 """
 
@@ -47,6 +57,9 @@ def apply_extensions() -> None:
                 f"ami_emulator patches moto internals and was written for moto "
                 f"{EXPECTED_MOTO_VERSION}, but moto {moto.__version__} is installed"
             )
+        from . import s3_checksums
+
+        s3_checksums.install()
         from . import fast_tags, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_tags.install()
@@ -56,4 +69,15 @@ def apply_extensions() -> None:
         tags.install()
         instances.install()
         launch_templates.install()
+        from . import api_rules
+
+        api_rules.install()
+        # After the modules above: consistency wraps their Describe handlers and get_tags.
+        from . import consistency, rate_limits
+
+        consistency.install()
+        rate_limits.install()
+        from . import iam
+
+        iam.install()
         _applied = True

@@ -40,16 +40,11 @@ from .common import (
     tags_by_resource_type,
     utcnow,
 )
+from .consistency import visible
 from .snapshots import image_snapshot_ids, image_using_snapshot, new_snapshot, snapshot_not_found
 
-# RegisterImage / CopyImage Name: "3-128 alphanumeric characters, parentheses (()), square
-# brackets ([]), spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs
-# (@), or underscores(_)" (API_RegisterImage.html).
-AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
-AMI_NAME_MALFORMED = (
-    "AMI names must be between 3 and 128 characters long, and may contain letters, numbers, "
-    "'(', ')', '.', '-', '/' and '_'"
-)
+# The AMI name rule (InvalidAMIName.Malformed) is checked before moto by the api_rules gate
+# (api_rules.check_ami_name); validate_name below keeps the per account+region uniqueness.
 AMI_ID_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 
 ARCHITECTURES = ("i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac")
@@ -253,9 +248,8 @@ def owned_image(ec2_backend: Any, image_id: Any) -> Any:
 
 
 def validate_name(ec2_backend: Any, name: Any) -> str:
-    """Name rules and per account+region uniqueness (InvalidAMIName.Malformed / .Duplicate)."""
-    if name is None or not AMI_NAME_RE.match(str(name)):
-        raise client_error("InvalidAMIName.Malformed", AMI_NAME_MALFORMED)
+    """Per account+region name uniqueness (InvalidAMIName.Duplicate). The name's form was
+    checked by the api_rules gate (InvalidAMIName.Malformed) before the request got here."""
     for image in list(ec2_backend.amis.values()):
         if image.name == name and image.owner_id == ec2_backend.account_id:
             raise client_error(
@@ -350,7 +344,10 @@ def register_image(self: Any) -> ActionResult:
     backend = self.ec2_backend
     with LOCK:
         validate_name(backend, name)
-        tags = tags_by_resource_type(specs, ("image", "snapshot"))
+        # RegisterImage.TagSpecifications: "To tag the AMI, the value for ResourceType must be
+        # image. If you specify another value for ResourceType, the request fails." (the
+        # api_rules gate refuses other types before this handler runs).
+        tags = tags_by_resource_type(specs, ("image",))
         bdm = normalize_block_device_mappings(backend, self._get_param("BlockDeviceMappings"))
         image = EmulatorImage(
             backend,
@@ -373,7 +370,6 @@ def register_image(self: Any) -> ActionResult:
         )
         backend.amis[image.id] = image
         _apply_tags(backend, [image.id], tags.get("image", {}))
-        _apply_tags(backend, image_snapshot_ids(image), tags.get("snapshot", {}))
     return ActionResult({"ImageId": image.id})
 
 
@@ -389,12 +385,15 @@ def describe_images(self: Any) -> ActionResult:
     account = self.current_account
     backend = self.ec2_backend
     with LOCK:
-        images = list(backend.amis.values())
+        # Eventual consistency (consistency.py): images created less than the account's lag
+        # ago are not described yet, neither listed nor found by id.
+        amis = visible(backend, backend.amis)
+        images = list(amis.values())
         if image_ids:
             malformed = [i for i in image_ids if not i.startswith("ami-")]
             if malformed:
                 raise MalformedAMIIdError(malformed)
-            missing = [i for i in image_ids if i not in backend.amis and i not in backend.deleted_amis]
+            missing = [i for i in image_ids if i not in amis and i not in backend.deleted_amis]
             if missing:
                 raise InvalidAMIIdError(missing)
             images = [i for i in images if i.id in image_ids]

@@ -20,6 +20,13 @@ Lifecycle, computed lazily whenever a task is described (no background thread):
 The delay is ``AMI_EMULATOR_IMPORT_DELAY_SECONDS`` (default 2) or the account's override set
 through ``POST /ami-pipeline-emulator/config``; it is fixed when the task is created. With 0 the
 task completes at its first describe (the ImportSnapshot response itself is always active).
+
+Retention: DescribeImportSnapshotTasks lists "import snapshot tasks that are currently active or
+were completed or canceled in the previous 7 days" (API_DescribeImportSnapshotTasks.html, response
+element importSnapshotTaskSet). A task ends ``created_at`` + its delay, on the emulator's clock
+(``common.utcnow``); once that is more than ``TASK_RETENTION`` ago it is neither listed nor found
+by id (an explicit id answers like an unknown one). ``POST /ami-pipeline-emulator/import-task-time``
+moves a task's start (``created_at``, or ``completed_at`` = start + delay) so tests can age it.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ from .disk_images import (
 from .snapshots import new_snapshot
 
 TASK_ID_RE = re.compile(r"^import-snap-[0-9a-f]{17}$")
+# DescribeImportSnapshotTasks: "currently active or were completed or canceled in the previous 7 days".
+TASK_RETENTION = _dt.timedelta(days=7)
 S3_URL_RE = re.compile(r"^s3://([^/]+)/(.+)$")
 
 
@@ -161,6 +170,14 @@ class ImportSnapshotTask:
             self.kms_key_id = snapshot.kms_key_id
         self.status = "completed"
         self.status_message = None
+
+    def ended_at(self) -> _dt.datetime:
+        """When the task completes or fails: its start plus its delay (lazily applied)."""
+        return self.created_at + _dt.timedelta(seconds=max(0.0, self.delay_seconds))
+
+    def listed(self, now: _dt.datetime) -> bool:
+        """Whether DescribeImportSnapshotTasks still shows the task (call after ``refresh``)."""
+        return self.status == "active" or self.ended_at() >= now - TASK_RETENTION
 
     def _fail(self, message: str) -> None:
         self.status = "deleted"
@@ -308,7 +325,9 @@ def import_snapshot(self: Any) -> ActionResult:
 
 def describe_import_snapshot_tasks(self: Any) -> ActionResult:
     """API_DescribeImportSnapshotTasks: ImportTaskIds, Filters (tag:<key>, tag-key, tag-value),
-    MaxResults/NextToken."""
+    MaxResults/NextToken; only tasks active or ended in the last 7 days (``TASK_RETENTION``).
+    Guess: an explicit id of an older task answers like an unknown id (the reference's 7 days
+    cover the whole response list; tooling reports the task as no longer existing)."""
     self.error_on_dryrun()
     task_ids = [str(t) for t in as_list(self._get_param("ImportTaskIds"))]
     filters = filters_param(self)
@@ -324,7 +343,12 @@ def describe_import_snapshot_tasks(self: Any) -> ActionResult:
             tasks = list(state.import_tasks.values())
         for task in tasks:
             task.refresh(backend)
-        tasks = [t for t in tasks if _matches(t, filters)]
+        now = utcnow()
+        if task_ids:
+            for task in tasks:
+                if not task.listed(now):
+                    raise _malformed_task_id(task.id)
+        tasks = [t for t in tasks if t.listed(now) and _matches(t, filters)]
         order = {task_id: index for index, task_id in enumerate(state.import_tasks)}
         page, token = paginate(
             tasks,
@@ -343,8 +367,48 @@ def describe_import_snapshot_tasks(self: Any) -> ActionResult:
     return ActionResult(result)
 
 
+def handle_import_task_time(request: Any) -> Any:
+    """``POST /ami-pipeline-emulator/import-task-time`` {"account_id", "region", "import_task_id",
+    "created_at" | "completed_at"}: move the task's start (``completed_at`` sets the start to that
+    time minus the task's delay). Answers the task's id, status and times; 404 for an unknown task.
+    A task that has already completed or failed stays so."""
+    from .common import ec2_backend_for, iso_millis
+    from .control import ControlError, _account, _body, _json, _region, _required, _timestamp
+
+    payload = _body(request)
+    unknown = set(payload) - {"account_id", "region", "import_task_id", "created_at", "completed_at"}
+    if unknown:
+        raise ControlError(400, f"unknown fields: {sorted(unknown)}")
+    if ("created_at" in payload) == ("completed_at" in payload):
+        raise ControlError(400, "give exactly one of created_at or completed_at")
+    account, region = _account(payload), _region(payload)
+    task_id = str(_required(payload, "import_task_id"))
+    when = _timestamp(payload, "created_at" if "created_at" in payload else "completed_at")
+    with LOCK:
+        backend = ec2_backend_for(account, region)
+        task = region_state(backend).import_tasks.get(task_id)
+        if task is None:
+            raise ControlError(404, f"import task {task_id} not found in {account}/{region}")
+        if "completed_at" in payload:
+            when = when - _dt.timedelta(seconds=max(0.0, task.delay_seconds))
+        task.created_at = when
+        task.refresh(backend)
+        answer = {
+            "import_task_id": task.id,
+            "status": task.status,
+            "created_at": iso_millis(task.created_at),
+            "completed_at": iso_millis(task.ended_at()),
+            "listed": task.listed(utcnow()),
+        }
+    return _json(200, answer)
+
+
 def install() -> None:
     from moto.ec2.responses import EC2Response
+
+    from .control import register_route
+
+    register_route("import-task-time", ("POST",), handle_import_task_time)
 
     EC2Response.import_snapshot = import_snapshot  # type: ignore[attr-defined]
     EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks  # type: ignore[attr-defined]

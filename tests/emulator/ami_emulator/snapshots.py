@@ -34,6 +34,7 @@ from .common import (
     paginate,
     utcnow,
 )
+from .consistency import visible
 
 
 class DetachedVolume:
@@ -213,11 +214,16 @@ def response_describe_snapshots(self: Any) -> ActionResult:
         )
     backend = self.ec2_backend
     with LOCK:
+        # Eventual consistency (consistency.py): snapshots created less than the account's lag
+        # ago are not described yet, neither listed nor found by id.
+        known = visible(backend, backend.snapshots)
         if snapshot_ids:
             for snapshot_id in snapshot_ids:
-                if snapshot_id not in backend.snapshots:
+                if snapshot_id not in known:
                     raise snapshot_not_found(snapshot_id)
         snapshots = backend.describe_snapshots(snapshot_ids=snapshot_ids or None, filters=filters or None)
+        if known is not backend.snapshots:
+            snapshots = [s for s in snapshots if s.id in known]
         if owners:
             snapshots = [s for s in snapshots if _owner_matches(backend, s, owners, self.current_account)]
         if restorable:
