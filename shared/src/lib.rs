@@ -11,6 +11,7 @@
 //! - [`events`]: parsing of the S3 event shapes the functions receive.
 //! - [`fields`]: a reader for manual-invoke JSON that lists every problem.
 //! - [`invocation`]: the error a function returns to Lambda, with stable error types.
+//! - [`trigger`]: which trigger an event is (typed EventBridge envelope, records, manual).
 //! - [`runner`]: the one Lambda runner every `main.rs` calls, and the one way to invoke a function.
 
 pub mod aws;
@@ -25,3 +26,4 @@ pub mod notify;
 pub mod plan;
 pub mod runner;
 pub mod telemetry;
+pub mod trigger;

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use shared::fields::Fields;
 use shared::invocation::InvocationError;
 use shared::plan::ids;
+use shared::trigger::{self, Shape};
 use std::collections::BTreeSet;
 
 /// A manual invoke's overrides of the configured policy.
@@ -62,16 +63,18 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let map = InvocationError::event_object(v, "a Scheduled Event or manual overrides")?;
-        if let Some(dt) = map.get("detail-type").and_then(Value::as_str) {
-            if dt == "Scheduled Event" {
-                return Ok(Command::Scheduled);
+        const ACCEPTS: &str = "a Scheduled Event or manual overrides";
+        match trigger::shape(v, ACCEPTS)? {
+            Shape::EventBridge(e) if trigger::is_scheduled(&e) => Ok(Command::Scheduled),
+            Shape::EventBridge(e) => Err(InvocationError::invalid_event(format!(
+                "EventBridge event {:?} is not a \"Scheduled Event\"",
+                e.detail_type
+            ))),
+            // `Records` is not a cleanup trigger: the manual reader names it as unknown.
+            Shape::Records(_) | Shape::Manual(_) => {
+                manual(InvocationError::event_object(v, ACCEPTS)?).map(Command::Manual)
             }
-            return Err(InvocationError::invalid_event(format!(
-                "EventBridge event {dt:?} is not a \"Scheduled Event\""
-            )));
         }
-        manual(map).map(Command::Manual)
     }
 }
 
@@ -112,4 +115,93 @@ pub(crate) fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationEr
         allow_shared,
         orphan_sweep,
     })
+}
+
+/// Table test over every `events/` file of this function: each one is recognised as the
+/// trigger its name says (or refused with the documented message); a file without a row, or a
+/// row without a file, fails.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn outcome(text: &str) -> String {
+        match Command::from_json(text) {
+            Ok(cmd) => label(&cmd),
+            Err(e) => format!("error {}: {e}", e.error_type()),
+        }
+    }
+
+    #[test]
+    fn every_event_file_is_recognised() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+        let prefix = concat!(env!("CARGO_PKG_NAME"), ".");
+        let mut got = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("events/ exists") {
+            let path = entry.expect("readable").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(scenario) = name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                got.insert(scenario.to_owned(), outcome(&text));
+            }
+        }
+        let table: BTreeMap<String, String> = TABLE
+            .iter()
+            .map(|(f, o)| ((*f).to_owned(), (*o).to_owned()))
+            .collect();
+        for (file, want) in &table {
+            let got = got
+                .get(file)
+                .map(String::as_str)
+                .unwrap_or("(no such file)");
+            assert!(
+                got.starts_with(want.as_str()),
+                "{file}: got {got:?}, want {want:?}"
+            );
+        }
+        let extra: Vec<_> = got.keys().filter(|f| !table.contains_key(*f)).collect();
+        assert!(
+            extra.is_empty(),
+            "events without a row: {extra:?} (outcomes: {got:#?})"
+        );
+    }
+
+    fn label(cmd: &Command) -> String {
+        match cmd {
+            Command::Scheduled => "scheduled".into(),
+            Command::Manual(o) => format!("manual dry_run={:?}", o.dry_run),
+        }
+    }
+
+    /// file (without the function prefix) → the command, or the start of the refusal.
+    const TABLE: &[(&str, &str)] = &[
+        (
+            "bad-detail-type",
+            "error InvalidEvent: invalid event: EventBridge event \"Object Created\" is not a \"Scheduled Event\"",
+        ),
+        (
+            "bad-negative-number",
+            "error InvalidEvent: invalid event: cleanup request refused, nothing changed: max_deletions must be a whole number from 0 to 10000, not -1; keep_newest must be a whole number from 0 to 1000, not \"3\"",
+        ),
+        (
+            "bad-region",
+            "error InvalidEvent: invalid event: cleanup request refused, nothing changed: regions: \"us-east-7\" is not an AWS region",
+        ),
+        (
+            "bad-unknown-field",
+            "error InvalidEvent: invalid event: cleanup request refused, nothing changed: unknown field \"dryrun\"",
+        ),
+        ("manual-dry-run", "manual dry_run=Some(true)"),
+        ("manual-dry-run-all", "manual dry_run=Some(true)"),
+        ("manual-real-run", "manual dry_run=Some(false)"),
+        ("manual-regions", "manual dry_run=None"),
+        ("schedule", "scheduled"),
+    ];
 }

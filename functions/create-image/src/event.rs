@@ -6,6 +6,7 @@ use shared::events;
 use shared::invocation::InvocationError;
 use shared::model::ObjectRef;
 use shared::plan::spec::{self};
+use shared::trigger::{self, Shape};
 use std::collections::BTreeMap;
 
 /// One object to ingest.
@@ -49,24 +50,24 @@ impl Command {
                 kind_of(v)
             )));
         }
-        if events::is_notification(v) {
-            let records = events::parse_notification(v)?;
-            if records.is_empty() && v["Records"].as_array().is_none_or(|r| r.is_empty()) {
-                return Err(InvocationError::InvalidEvent(
-                    "the S3 notification has no Records".into(),
-                ));
+        let map = match trigger::shape(v, "")? {
+            Shape::Records(records) => {
+                let parsed = events::parse_notification(v)?;
+                if parsed.is_empty() && records.as_array().is_none_or(|r| r.is_empty()) {
+                    return Err(InvocationError::InvalidEvent(
+                        "the S3 notification has no Records".into(),
+                    ));
+                }
+                return Ok(ingest_from(parsed));
             }
-            return Ok(ingest_from(records));
-        }
-        if events::is_eventbridge_s3(v) {
-            return Ok(ingest_from(vec![events::parse_eventbridge(v)?]));
-        }
-        if v.get("source").and_then(Value::as_str) == Some("aws.events")
-            && v.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
-        {
-            return Ok(Command::Sweep);
-        }
-        if let Some(map) = v.as_object() {
+            Shape::EventBridge(e) if e.source == "aws.s3" => {
+                return Ok(ingest_from(vec![events::parse_eventbridge(v)?]));
+            }
+            Shape::EventBridge(e) if trigger::is_scheduled(&e) => return Ok(Command::Sweep),
+            Shape::EventBridge(_) => None,
+            Shape::Manual(map) => Some(map),
+        };
+        if let Some(map) = map {
             if map.get("sweep").and_then(Value::as_bool) == Some(true) && map.len() == 1 {
                 return Ok(Command::Sweep);
             }
@@ -245,4 +246,119 @@ mod tests {
             ["s3://b/k.raw (ObjectRemoved:Delete): not an upload"]
         );
     }
+}
+
+/// Table test over every `events/` file of this function: each one is recognised as the
+/// trigger its name says (or refused with the documented message); a file without a row, or a
+/// row without a file, fails.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn outcome(text: &str) -> String {
+        match Command::from_json(text) {
+            Ok(cmd) => label(&cmd),
+            Err(e) => format!("error {}: {e}", e.error_type()),
+        }
+    }
+
+    #[test]
+    fn every_event_file_is_recognised() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+        let prefix = concat!(env!("CARGO_PKG_NAME"), ".");
+        let mut got = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("events/ exists") {
+            let path = entry.expect("readable").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(scenario) = name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                got.insert(scenario.to_owned(), outcome(&text));
+            }
+        }
+        let table: BTreeMap<String, String> = TABLE
+            .iter()
+            .map(|(f, o)| ((*f).to_owned(), (*o).to_owned()))
+            .collect();
+        for (file, want) in &table {
+            let got = got
+                .get(file)
+                .map(String::as_str)
+                .unwrap_or("(no such file)");
+            assert!(
+                got.starts_with(want.as_str()),
+                "{file}: got {got:?}, want {want:?}"
+            );
+        }
+        let extra: Vec<_> = got.keys().filter(|f| !table.contains_key(*f)).collect();
+        assert!(
+            extra.is_empty(),
+            "events without a row: {extra:?} (outcomes: {got:#?})"
+        );
+    }
+
+    fn label(cmd: &Command) -> String {
+        match cmd {
+            Command::Sweep => "sweep".into(),
+            Command::Ingest { items, ignored } => format!(
+                "ingest [{}] ignored {}",
+                items
+                    .iter()
+                    .map(|i| i.object.uri())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                ignored.len()
+            ),
+        }
+    }
+
+    /// file (without the function prefix) → the command, or the start of the refusal.
+    const TABLE: &[(&str, &str)] = &[
+        (
+            "bad-empty-records",
+            "error InvalidEvent: invalid event: the S3 notification has no Records",
+        ),
+        (
+            "bad-key-encoding",
+            "error InvalidEvent: invalid event: S3 key \"platform/%FF%FEdisk.raw\" is not validly URL-encoded UTF-8",
+        ),
+        (
+            "bad-not-an-object",
+            "error InvalidEvent: invalid event: expected a JSON object, got an array",
+        ),
+        (
+            "bad-record-without-bucket",
+            "error InvalidEvent: invalid event: malformed S3 notification event: Records[0]",
+        ),
+        (
+            "bad-unknown-field",
+            "error InvalidEvent: invalid event: manual invoke: unknown field \"arch\"",
+        ),
+        (
+            "eventbridge-object-created",
+            "ingest [s3://ami-pipeline-uploads-example/platform/arm/disk 2026-11-22T15:03:40.vmdk?versionId=IYV3p45BT0ac8hjHg1houSdS1a.Mro8e] ignored 0",
+        ),
+        (
+            "manual",
+            "ingest [s3://ami-pipeline-uploads-example/platform/arm/disk 2026-11-22.raw?versionId=3HL4kqtJlcpXroDTDmjVBH40Nrjfkd.A] ignored 0",
+        ),
+        ("s3-delete", "ingest [] ignored 1"),
+        (
+            "s3-put",
+            "ingest [s3://ami-pipeline-uploads-example/platform/web base/disk (2026-11-22).raw?versionId=3HL4kqtJlcpXroDTDmjVBH40Nrjfkd.A] ignored 0",
+        ),
+        (
+            "s3-put-via-sns",
+            "ingest [s3://ami-pipeline-uploads-example/platform/db/disk 2026-11-22.vhd?versionId=3HL4kqtJlcpXroDTDmjVBH40Nrjfkd.A] ignored 0",
+        ),
+        ("schedule", "sweep"),
+        ("sweep", "sweep"),
+    ];
 }

@@ -9,6 +9,7 @@ use shared::invocation::InvocationError;
 use shared::notify::EventType;
 use shared::plan::ids;
 use shared::plan::publish::{self as plan, Grants, Overrides};
+use shared::trigger::{self, Shape};
 
 /// What started a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,19 +87,15 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let map = InvocationError::event_object(v, "SNS, a Scheduled Event or a manual request")?;
-        if let Some(records) = map.get("Records") {
-            return sns(records);
+        match trigger::shape(v, "SNS, a Scheduled Event or a manual request")? {
+            Shape::Records(records) => sns(records),
+            Shape::EventBridge(e) if trigger::is_scheduled(&e) => Ok(Command::Advance),
+            Shape::EventBridge(e) => Err(InvocationError::invalid_event(format!(
+                "EventBridge event {:?} is not a \"Scheduled Event\"",
+                e.detail_type
+            ))),
+            Shape::Manual(map) => manual(map),
         }
-        if let Some(dt) = map.get("detail-type").and_then(Value::as_str) {
-            if dt == "Scheduled Event" {
-                return Ok(Command::Advance);
-            }
-            return Err(InvocationError::invalid_event(format!(
-                "EventBridge event {dt:?} is not a \"Scheduled Event\""
-            )));
-        }
-        manual(map)
     }
 }
 
@@ -325,4 +322,109 @@ mod tests {
             matches!(ok, Command::Publish { trigger: Trigger::ImageReady, region: Some(ref r), .. } if r == "us-west-2")
         );
     }
+}
+
+/// Table test over every `events/` file of this function: each one is recognised as the
+/// trigger its name says (or refused with the documented message); a file without a row, or a
+/// row without a file, fails.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn outcome(text: &str) -> String {
+        match Command::from_json(text) {
+            Ok(cmd) => label(&cmd),
+            Err(e) => format!("error {}: {e}", e.error_type()),
+        }
+    }
+
+    #[test]
+    fn every_event_file_is_recognised() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+        let prefix = concat!(env!("CARGO_PKG_NAME"), ".");
+        let mut got = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("events/ exists") {
+            let path = entry.expect("readable").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(scenario) = name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                got.insert(scenario.to_owned(), outcome(&text));
+            }
+        }
+        let table: BTreeMap<String, String> = TABLE
+            .iter()
+            .map(|(f, o)| ((*f).to_owned(), (*o).to_owned()))
+            .collect();
+        for (file, want) in &table {
+            let got = got
+                .get(file)
+                .map(String::as_str)
+                .unwrap_or("(no such file)");
+            assert!(
+                got.starts_with(want.as_str()),
+                "{file}: got {got:?}, want {want:?}"
+            );
+        }
+        let extra: Vec<_> = got.keys().filter(|f| !table.contains_key(*f)).collect();
+        assert!(
+            extra.is_empty(),
+            "events without a row: {extra:?} (outcomes: {got:#?})"
+        );
+    }
+
+    fn label(cmd: &Command) -> String {
+        match cmd {
+            Command::Advance => "advance".into(),
+            Command::Ignore(why) => format!("ignore: {why}"),
+            Command::Publish {
+                trigger, image_id, ..
+            } => format!("publish {trigger:?} {image_id}"),
+            Command::Revoke {
+                image_id,
+                principals,
+                ..
+            } => {
+                format!("revoke {image_id} public={}", principals.public)
+            }
+        }
+    }
+
+    /// file (without the function prefix) → the command, or the start of the refusal.
+    const TABLE: &[(&str, &str)] = &[
+        (
+            "bad-account-id",
+            "error InvalidEvent: invalid event: publish request refused, nothing changed: \"1111-2222-3333\" is not a 12-digit account id",
+        ),
+        (
+            "bad-image-id",
+            "error InvalidEvent: invalid event: publish request refused, nothing changed: image_id \"snap-0a1b2c3d4e5f60718\" is not an AMI id",
+        ),
+        (
+            "bad-too-deep",
+            "error InvalidEvent: invalid event: the event is not valid JSON: recursion limit exceeded",
+        ),
+        (
+            "bad-unknown-region",
+            "error InvalidEvent: invalid event: publish request refused, nothing changed: \"mars-north-1\" is not an AWS region",
+        ),
+        ("manual", "publish Manual ami-0123456789abcdef0"),
+        ("revoke", "revoke ami-0123456789abcdef0 public=true"),
+        ("schedule", "advance"),
+        (
+            "sns-image-ready",
+            "publish ImageReady ami-0123456789abcdef0",
+        ),
+        (
+            "unpublish-public",
+            "revoke ami-0123456789abcdef0 public=true",
+        ),
+    ];
 }

@@ -1,7 +1,9 @@
 //! Trigger → [`Command`]: EventBridge "EC2 AMI State Change", SNS `image.registered` and manual
 //! invokes (stamp, ancestors, children); one place decides which trigger an event is.
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use shared::invocation::InvocationError;
@@ -9,6 +11,7 @@ use shared::notify::EventType;
 use shared::plan::ids;
 use shared::plan::lineage::{self};
 use shared::plan::stamp::Assertion;
+use shared::trigger::{self, AMI_STATE_CHANGE, AmiStateChange, Shape};
 
 /// What triggered a stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,16 +94,12 @@ impl Command {
 
     /// Recognises the trigger and turns it into a command.
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
-        let map = InvocationError::event_object(
-            v,
-            "an EventBridge event, an SNS event or a manual request",
-        )?;
-        if map.contains_key("detail-type") {
-            return state_change(map);
-        }
-        if let Some(records) = map.get("Records") {
-            return sns(records);
-        }
+        let map = match trigger::shape(v, "an EventBridge event, an SNS event or a manual request")?
+        {
+            Shape::EventBridge(e) => return state_change(&e),
+            Shape::Records(records) => return sns(records),
+            Shape::Manual(map) => map,
+        };
         if map.contains_key("ancestors") || map.contains_key("children") {
             return query(map);
         }
@@ -114,34 +113,35 @@ impl Command {
     }
 }
 
-pub(crate) fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(Value::as_str)
-}
-
-pub(crate) fn state_change(map: &Map<String, Value>) -> Result<Command, InvocationError> {
-    let detail_type = str_field(map, "detail-type").unwrap_or_default();
-    if detail_type != "EC2 AMI State Change" || str_field(map, "source") != Some("aws.ec2") {
+/// An EventBridge "EC2 AMI State Change": `available` → stamp, `failed` → announce, other
+/// states ignored with the reason.
+pub(crate) fn state_change(e: &EventBridgeEvent<Value>) -> Result<Command, InvocationError> {
+    if e.detail_type != AMI_STATE_CHANGE || e.source != "aws.ec2" {
         return Err(InvocationError::invalid_event(format!(
-            "EventBridge event {detail_type:?} from {:?} is not an \"EC2 AMI State Change\" from aws.ec2",
-            str_field(map, "source").unwrap_or_default()
+            "EventBridge event {:?} from {:?} is not an \"EC2 AMI State Change\" from aws.ec2",
+            e.detail_type, e.source
         )));
     }
-    let detail = map
-        .get("detail")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            InvocationError::invalid_event("EC2 AMI State Change event without a detail object")
-        })?;
-    let image_id = str_field(detail, "ImageId")
+    if !e.detail.is_object() {
+        return Err(InvocationError::invalid_event(
+            "EC2 AMI State Change event without a detail object",
+        ));
+    }
+    let detail = AmiStateChange::deserialize(&e.detail).map_err(|err| {
+        InvocationError::invalid_event(format!("EC2 AMI State Change: malformed detail: {err}"))
+    })?;
+    let image_id = detail
+        .image_id
+        .as_str()
         .filter(|s| ids::is_image_id(s))
         .ok_or_else(|| {
             InvocationError::invalid_event(format!(
                 "EC2 AMI State Change: detail.ImageId {} is not an image id",
-                detail.get("ImageId").unwrap_or(&Value::Null)
+                detail.image_id
             ))
         })?
         .to_owned();
-    let region = str_field(map, "region").map(str::to_owned);
+    let region = e.region.clone();
     if let Some(r) = &region
         && !ids::is_region(r)
     {
@@ -149,7 +149,7 @@ pub(crate) fn state_change(map: &Map<String, Value>) -> Result<Command, Invocati
             "EC2 AMI State Change for {image_id}: region {r:?} is not an AWS region"
         )));
     }
-    match str_field(detail, "State").unwrap_or_default() {
+    match detail.state.as_deref().unwrap_or_default() {
         "available" => Ok(Command::Stamp {
             trigger: Trigger::StateChange,
             targets: vec![Target {
@@ -161,9 +161,7 @@ pub(crate) fn state_change(map: &Map<String, Value>) -> Result<Command, Invocati
         "failed" => Ok(Command::Failed {
             image_id,
             region,
-            error: str_field(detail, "ErrorMessage")
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
+            error: detail.error_message.filter(|s| !s.is_empty()),
         }),
         other => Ok(Command::Ignore(format!(
             "{image_id} is now {other:?}: only available and failed are acted on"
@@ -416,4 +414,119 @@ pub(crate) fn query(map: &Map<String, Value>) -> Result<Command, InvocationError
             regions,
         }
     })
+}
+
+/// Table test over every `events/` file of this function: each one is recognised as the
+/// trigger its name says (or refused with the documented message); a file without a row, or a
+/// row without a file, fails.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn outcome(text: &str) -> String {
+        match Command::from_json(text) {
+            Ok(cmd) => label(&cmd),
+            Err(e) => format!("error {}: {e}", e.error_type()),
+        }
+    }
+
+    #[test]
+    fn every_event_file_is_recognised() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
+        let prefix = concat!(env!("CARGO_PKG_NAME"), ".");
+        let mut got = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("events/ exists") {
+            let path = entry.expect("readable").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(scenario) = name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                got.insert(scenario.to_owned(), outcome(&text));
+            }
+        }
+        let table: BTreeMap<String, String> = TABLE
+            .iter()
+            .map(|(f, o)| ((*f).to_owned(), (*o).to_owned()))
+            .collect();
+        for (file, want) in &table {
+            let got = got
+                .get(file)
+                .map(String::as_str)
+                .unwrap_or("(no such file)");
+            assert!(
+                got.starts_with(want.as_str()),
+                "{file}: got {got:?}, want {want:?}"
+            );
+        }
+        let extra: Vec<_> = got.keys().filter(|f| !table.contains_key(*f)).collect();
+        assert!(
+            extra.is_empty(),
+            "events without a row: {extra:?} (outcomes: {got:#?})"
+        );
+    }
+
+    fn label(cmd: &Command) -> String {
+        match cmd {
+            Command::Stamp { trigger, targets } => format!(
+                "stamp {trigger:?} [{}]",
+                targets
+                    .iter()
+                    .map(|t| t.image_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Command::Failed { image_id, .. } => format!("failed {image_id}"),
+            Command::Ignore(why) => format!("ignore: {why}"),
+            Command::Ancestors { image_id, .. } => format!("ancestors {image_id}"),
+            Command::Children { image_id, .. } => format!("children {image_id}"),
+        }
+    }
+
+    /// file (without the function prefix) → the command, or the start of the refusal.
+    const TABLE: &[(&str, &str)] = &[
+        ("ami-available", "stamp StateChange [ami-0123456789abcdef0]"),
+        (
+            "ami-deregistered",
+            "ignore: ami-0fedcba9876543210 is now \"deregistered\": only available and failed are acted on",
+        ),
+        ("ami-failed", "failed ami-0fedcba9876543210"),
+        ("ancestors", "ancestors ami-0fedcba9876543210"),
+        (
+            "bad-both-dates",
+            "error InvalidEvent: invalid event: manual tag request refused, nothing changed: give create_date or create_timestamp, not both",
+        ),
+        (
+            "bad-detail-type",
+            "error InvalidEvent: invalid event: EventBridge event \"EC2 Instance State-change Notification\" from \"aws.ec2\" is not an \"EC2 AMI State Change\" from aws.ec2",
+        ),
+        (
+            "bad-image-id",
+            "error InvalidEvent: invalid event: manual tag request refused, nothing changed: image_id: \"ami-12345XYZ\" is not an image id",
+        ),
+        (
+            "bad-query",
+            "error InvalidEvent: invalid event: lineage query refused: regions applies to children only",
+        ),
+        ("children", "children ami-0123456789abcdef0"),
+        ("manual-stamp", "stamp Manual [ami-0fedcba9876543210]"),
+        (
+            "manual-stamp-instance",
+            "stamp Manual [ami-0fedcba9876543210]",
+        ),
+        (
+            "sns-image-registered",
+            "stamp Registered [ami-0123456789abcdef0]",
+        ),
+        (
+            "sns-other-event",
+            "ignore: no image.registered message: Records[0]: event_type \"image.failed\"",
+        ),
+    ];
 }

@@ -1,0 +1,125 @@
+//! Which trigger is this: the one recognition of the event shapes the functions receive, typed
+//! at the edge with `aws_lambda_events` where its types fit.
+//!
+//! - `Records` → an S3 notification or an SNS delivery ([`crate::events`] reads S3 records
+//!   leniently: the local emulator's notifications do not parse as `S3Event`, and SNS records
+//!   wrapping S3 notifications carry only what the pipeline reads).
+//! - `detail-type` → an EventBridge event, [`EventBridgeEvent`] with its `detail` still JSON;
+//!   [`is_scheduled`] and [`AmiStateChange`] read the two kinds the functions act on.
+//! - any other JSON object → a manual request, read with [`crate::fields::Fields`].
+
+use crate::invocation::InvocationError;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The shape of an incoming event.
+#[derive(Debug)]
+pub enum Shape<'a> {
+    /// `{"Records": …}`: an S3 notification or SNS.
+    Records(&'a Value),
+    /// An EventBridge event (it has a `detail-type`).
+    EventBridge(Box<EventBridgeEvent<Value>>),
+    /// Any other JSON object: a manual request.
+    Manual(&'a Map<String, Value>),
+}
+
+/// Recognises the event's shape. `accepts` completes the error for a non-object ("the event
+/// must be a JSON object ({accepts})"); an EventBridge event whose envelope does not parse
+/// (`source` not a string, a bad `time`…) is an `InvalidEvent` naming the field.
+pub fn shape<'a>(event: &'a Value, accepts: &str) -> Result<Shape<'a>, InvocationError> {
+    let map = InvocationError::event_object(event, accepts)?;
+    if let Some(records) = map.get("Records") {
+        return Ok(Shape::Records(records));
+    }
+    if map.contains_key("detail-type") {
+        return EventBridgeEvent::<Value>::deserialize(event)
+            .map(|e| Shape::EventBridge(Box::new(e)))
+            .map_err(|e| {
+                InvocationError::invalid_event(format!("malformed EventBridge event: {e}"))
+            });
+    }
+    Ok(Shape::Manual(map))
+}
+
+/// An EventBridge schedule's event (`source` `aws.events`, detail-type `Scheduled Event`).
+pub fn is_scheduled(event: &EventBridgeEvent<Value>) -> bool {
+    event.source == "aws.events" && event.detail_type == "Scheduled Event"
+}
+
+/// The detail of EventBridge's "EC2 AMI State Change" (source `aws.ec2`), as the EC2 User Guide
+/// documents it ("Monitor AMI events using Amazon EventBridge"). Fields are optional here so
+/// that a missing one is reported by the function with its own message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AmiStateChange {
+    /// The request that changed the state.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The image (kept as JSON: a non-string id is reported as it came).
+    #[serde(default)]
+    pub image_id: Value,
+    /// `available`, `failed`, `deregistered`, `pending`…
+    #[serde(default)]
+    pub state: Option<String>,
+    /// EC2's reason when `State` is `failed` (empty otherwise).
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+/// The detail-type of [`AmiStateChange`].
+pub const AMI_STATE_CHANGE: &str = "EC2 AMI State Change";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_shape_is_recognised_once() {
+        let sched = json!({"version": "0", "id": "x", "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012", "time": "2026-11-22T12:00:00Z", "region": "us-east-1", "resources": [], "detail": {}});
+        let Ok(Shape::EventBridge(e)) = shape(&sched, "x") else {
+            panic!("eventbridge")
+        };
+        assert!(is_scheduled(&e));
+        let other = json!({"detail-type": "Scheduled Event", "source": "aws.s3", "detail": {}});
+        let Ok(Shape::EventBridge(e)) = shape(&other, "x") else {
+            panic!("eventbridge")
+        };
+        assert!(!is_scheduled(&e));
+        assert!(matches!(
+            shape(&json!({"Records": []}), "x"),
+            Ok(Shape::Records(_))
+        ));
+        assert!(matches!(
+            shape(&json!({"image_id": "ami-1"}), "x"),
+            Ok(Shape::Manual(_))
+        ));
+        let err = shape(&json!([]), "a manual request")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid event: the event must be a JSON object (a manual request)")
+        );
+        let bad = json!({"detail-type": 3, "source": "aws.events", "detail": {}});
+        let err = shape(&bad, "x")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("invalid event: malformed EventBridge event: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_ami_state_change_detail_reads_the_documented_fields() {
+        let d: AmiStateChange = serde_json::from_value(json!({"RequestId": "r", "ImageId": "ami-0123456789abcdef0", "State": "failed", "ErrorMessage": "boom"})).expect("parses");
+        assert_eq!(d.image_id, json!("ami-0123456789abcdef0"));
+        assert_eq!(d.state.as_deref(), Some("failed"));
+        assert_eq!(d.error_message.as_deref(), Some("boom"));
+        let empty: AmiStateChange = serde_json::from_value(json!({})).expect("parses");
+        assert_eq!(empty.image_id, Value::Null);
+    }
+}
