@@ -33,7 +33,17 @@ pub fn shape<'a>(event: &'a Value, accepts: &str) -> Result<Shape<'a>, Invocatio
         return Ok(Shape::Records(records));
     }
     if map.contains_key("detail-type") {
-        return EventBridgeEvent::<Value>::deserialize(event)
+        // A missing `source` or `detail` is read as empty, so the function names what it
+        // expected ("… is not a \"Scheduled Event\"") rather than a missing field.
+        let parsed = if map.contains_key("source") && map.contains_key("detail") {
+            EventBridgeEvent::<Value>::deserialize(event)
+        } else {
+            let mut filled = map.clone();
+            filled.entry("source").or_insert_with(|| Value::from(""));
+            filled.entry("detail").or_insert(Value::Null);
+            EventBridgeEvent::<Value>::deserialize(Value::Object(filled))
+        };
+        return parsed
             .map(|e| Shape::EventBridge(Box::new(e)))
             .map_err(|e| {
                 InvocationError::invalid_event(format!("malformed EventBridge event: {e}"))
@@ -87,6 +97,11 @@ mod tests {
             panic!("eventbridge")
         };
         assert!(!is_scheduled(&e));
+        let bare = json!({"detail-type": "Object Created"});
+        let Ok(Shape::EventBridge(e)) = shape(&bare, "x") else {
+            panic!("eventbridge without source or detail")
+        };
+        assert_eq!((e.source.as_str(), &e.detail), ("", &Value::Null));
         assert!(matches!(
             shape(&json!({"Records": []}), "x"),
             Ok(Shape::Records(_))

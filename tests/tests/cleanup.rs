@@ -4,7 +4,7 @@
 //! The clock is a parameter of the handler, so "a later run" is the same code at a later `now`.
 
 use chrono::{DateTime, Duration as Days, Utc};
-use cleanup::{Command, Config, Deps, Report, handle};
+use cleanup::{Command, Config, Deps, Report, StepResult, handle};
 use serde_json::{Value, json};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
@@ -168,11 +168,7 @@ async fn keep_newest_and_min_age_then_deprecate_then_deregister_later() {
     assert!(!w.snapshot_exists(EAST, &s1).await && !w.snapshot_exists(EAST, &s2).await);
     assert!(w.exists(EAST, &young).await && w.exists(EAST, &recent).await);
     assert!(!w.exists(EAST, &second).await);
-    assert!(
-        r.steps.iter().all(|s| s.result.starts_with("done")),
-        "{:#?}",
-        r.steps
-    );
+    assert!(r.steps.iter().all(|s| s.result.is_done()), "{:#?}", r.steps);
 
     let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(msgs.len(), 3, "one cleanup.report per run");
@@ -516,7 +512,13 @@ async fn two_regions_in_one_run() {
         let c = &r.summary[&format!("{region}/multi")];
         assert_eq!((c.keep, c.deprecate), (2, 1), "{region}");
     }
-    assert_eq!(r.steps.iter().filter(|s| s.result == "done").count(), 2);
+    assert_eq!(
+        r.steps
+            .iter()
+            .filter(|s| s.result == StepResult::Done)
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -563,7 +565,13 @@ async fn bad_input_is_refused_and_nothing_changes() {
     // A manual invoke without dry_run only reports.
     let r = w.run(json!({}), Utc::now() + Days::days(30)).await;
     assert!(r.dry_run);
-    assert_eq!(r.steps.iter().filter(|s| s.result == "planned").count(), 1);
+    assert_eq!(
+        r.steps
+            .iter()
+            .filter(|s| s.result == StepResult::Planned)
+            .count(),
+        1
+    );
     for i in [&old, &older] {
         let d = shared::aws::ec2::describe_own_image(&w.ec2(EAST), i)
             .await

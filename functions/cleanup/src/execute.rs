@@ -1,11 +1,11 @@
 //! Execute a plan: deprecate, deregister, delete snapshots (retrying in-use ones), announce.
 
 use crate::config::Deps;
-use crate::handler::clients_for;
-use crate::output::{Report, Step};
+use crate::output::{Report, Step, StepResult};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::stream::{self, StreamExt};
 use shared::aws::clients::Clients;
+use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
@@ -21,17 +21,17 @@ pub(crate) async fn delete_snapshot_step(c: &Clients, region: &str, snapshot: &s
     let mut attempt = 0;
     let result = loop {
         match ec2::delete_snapshot(&c.ec2, snapshot).await {
-            Ok(()) => break "done".to_owned(),
-            Err(e) if e.is_not_found() => break "done (already gone)".to_owned(),
+            Ok(()) => break StepResult::Done,
+            Err(e) if e.is_not_found() => break StepResult::AlreadyGone,
             Err(e) if e.has_code("InvalidSnapshot.InUse") => {
                 attempt += 1;
                 if attempt > IN_USE_RETRIES {
-                    break "left-in-use: still in use; the orphan sweep of a later run deletes it once free".to_owned();
+                    break StepResult::LeftInUse;
                 }
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
-            Err(e) => break format!("error: {e}"),
+            Err(e) => break StepResult::Failed(e.to_string()),
         }
     };
     Step {
@@ -44,6 +44,7 @@ pub(crate) async fn delete_snapshot_step(c: &Clients, region: &str, snapshot: &s
 
 pub(crate) async fn execute(
     deps: &Deps,
+    clients: &RegionalClients,
     plan: &retention::Plan,
     now: DateTime<Utc>,
     deadline: Deadline,
@@ -59,7 +60,7 @@ pub(crate) async fn execute(
         .collect();
     let mut steps: Vec<Step> = stream::iter(work)
         .map(|d| async move {
-            let c = clients_for(deps, &d.region);
+            let c = clients.get(&d.region);
             let action = if d.action == Action::Deprecate {
                 "deprecate"
             } else {
@@ -71,7 +72,7 @@ pub(crate) async fn execute(
                     region: d.region.to_string(),
                     resource: d.image_id.clone(),
                     action,
-                    result: "deferred: the Lambda deadline is near; next run".into(),
+                    result: StepResult::Deferred,
                 });
                 return out;
             }
@@ -86,8 +87,8 @@ pub(crate) async fn execute(
                 resource: d.image_id.clone(),
                 action,
                 result: match r {
-                    Ok(()) => "done".into(),
-                    Err(e) => format!("error: {e}"),
+                    Ok(()) => StepResult::Done,
+                    Err(e) => StepResult::Failed(e.to_string()),
                 },
             });
             if ok && d.action == Action::Deregister {
@@ -107,11 +108,11 @@ pub(crate) async fn execute(
                 region: o.region.to_string(),
                 resource: o.snapshot_id.clone(),
                 action: "delete-snapshot",
-                result: "deferred: the Lambda deadline is near; next run".into(),
+                result: StepResult::Deferred,
             });
             continue;
         }
-        let c = clients_for(deps, &o.region);
+        let c = clients.get(&o.region);
         steps.push(delete_snapshot_step(&c, &o.region, &o.snapshot_id).await);
     }
     steps.sort_by(|a, b| (&a.region, &a.resource).cmp(&(&b.region, &b.resource)));
@@ -156,7 +157,7 @@ pub(crate) async fn announce(
             "capped": report.capped,
             "orphan_snapshots": report.orphans.len(),
             "steps": report.steps.len(),
-            "failed_steps": report.steps.iter().filter(|s| s.result.starts_with("error")).count(),
+            "failed_steps": report.steps.iter().filter(|s| s.result.is_failure()).count(),
         })),
         decisions,
         decisions_omitted: omitted,

@@ -1,9 +1,9 @@
 //! Gather one region's facts (images, users, snapshots) and turn a plan into report steps.
 
 use crate::config::Deps;
-use crate::handler::clients_for;
-use crate::output::Step;
+use crate::output::{Step, StepResult};
 use chrono::{DateTime, Utc};
+use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) async fn gather(
     deps: &Deps,
+    clients: &RegionalClients,
     region: &str,
     policy: &Policy,
 ) -> Result<RegionFacts, AwsError> {
-    let c = clients_for(deps, region);
+    let c = clients.get(region);
     let images = ec2::describe_own_images(&c.ec2, vec![]).await?;
     let used_by_instances = ec2::images_in_use(&c.ec2).await?;
     let used_by_templates =
@@ -88,7 +89,7 @@ pub(crate) fn planned_steps(plan: &retention::Plan) -> Vec<Step> {
         region: region.to_owned(),
         resource: resource.to_owned(),
         action,
-        result: "planned".into(),
+        result: StepResult::Planned,
     };
     for d in &plan.decisions {
         match d.action {

@@ -8,7 +8,7 @@ use crate::output::{Counts, Report};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use serde_json::Value;
-use shared::aws::clients::Clients;
+use shared::aws::clients::{Clients, RegionalClients};
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
@@ -50,11 +50,12 @@ pub async fn handle(
     deadline: Deadline,
 ) -> Result<Report, InvocationError> {
     let (policy, regions, dry_run) = scope(&cmd, deps);
-    let plan = plan_twice(deps, &regions, &policy, now).await?;
+    let clients = RegionalClients::new(&deps.clients, regions.iter().map(String::as_str));
+    let plan = plan_twice(deps, &clients, &regions, &policy, now).await?;
     let steps = if dry_run {
         planned_steps(&plan)
     } else {
-        execute(deps, &plan, now, deadline).await
+        execute(deps, &clients, &plan, now, deadline).await
     };
     let summary = summarize(&plan);
     let report = Report {
@@ -77,7 +78,7 @@ pub async fn handle(
     let errors: Vec<String> = report
         .steps
         .iter()
-        .filter(|s| s.result.starts_with("error"))
+        .filter(|s| s.result.is_failure())
         .map(|s| format!("{} {} in {}: {}", s.action, s.resource, s.region, s.result))
         .collect();
     let sent = announce(deps, &report, now).await;
@@ -127,13 +128,14 @@ fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
 /// remove (the listing says `Public`; sharing needs one call per image), and plans again.
 async fn plan_twice(
     deps: &Deps,
+    clients: &RegionalClients,
     regions: &[String],
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<retention::Plan, InvocationError> {
     let mut facts = Vec::new();
     for r in regions {
-        facts.push(gather(deps, r, policy).await.map_err(partial)?);
+        facts.push(gather(deps, clients, r, policy).await.map_err(partial)?);
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);
@@ -145,7 +147,7 @@ async fn plan_twice(
         .collect();
     let shares = stream::iter(candidates)
         .map(|(region, image)| async move {
-            let c = clients_for(deps, &region);
+            let c = clients.get(&region);
             let who = ec2::launch_permissions(&c.ec2, &image).await;
             (region, image, who)
         })
@@ -189,13 +191,5 @@ pub(crate) fn partial(e: AwsError) -> InvocationError {
         failed: 1,
         total: 1,
         errors: vec![format!("nothing was changed: {e}")],
-    }
-}
-
-pub(crate) fn clients_for(deps: &Deps, region: &str) -> Clients {
-    if region == deps.clients.region {
-        deps.clients.clone()
-    } else {
-        deps.clients.for_region(region)
     }
 }

@@ -27,4 +27,4 @@ mod output;
 pub use config::{Config, Deps};
 pub use event::{Command, Overrides};
 pub use handler::handle;
-pub use output::{Counts, Report, Step};
+pub use output::{Counts, Report, Step, StepResult};

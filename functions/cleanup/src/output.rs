@@ -14,7 +14,57 @@ pub struct Step {
     /// `deprecate`, `deregister`, `delete-snapshot`.
     pub action: &'static str,
     /// `done`, `planned` (dry run), `deferred` (deadline), `left-in-use`, or the error.
-    pub result: String,
+    pub result: StepResult,
+}
+
+/// What came of one step; serialized as the text the report has always carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepResult {
+    /// Done.
+    Done,
+    /// A snapshot that was already deleted.
+    AlreadyGone,
+    /// Dry run: would be done.
+    Planned,
+    /// Not started: the Lambda deadline is near.
+    Deferred,
+    /// A snapshot still in use after the retries; a later orphan sweep deletes it.
+    LeftInUse,
+    /// The AWS call failed.
+    Failed(String),
+}
+
+impl StepResult {
+    /// Whether the step's change is in place (`done`, or already gone).
+    pub fn is_done(&self) -> bool {
+        matches!(self, StepResult::Done | StepResult::AlreadyGone)
+    }
+
+    /// Whether the step failed (counted in the invocation's error).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, StepResult::Failed(_))
+    }
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepResult::Done => f.write_str("done"),
+            StepResult::AlreadyGone => f.write_str("done (already gone)"),
+            StepResult::Planned => f.write_str("planned"),
+            StepResult::Deferred => f.write_str("deferred: the Lambda deadline is near; next run"),
+            StepResult::LeftInUse => f.write_str(
+                "left-in-use: still in use; the orphan sweep of a later run deletes it once free",
+            ),
+            StepResult::Failed(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+impl Serialize for StepResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Counts for one region and family.

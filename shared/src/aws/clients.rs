@@ -96,3 +96,38 @@ impl Clients {
         Clients::new(&config, self.s3_force_path_style)
     }
 }
+
+/// The clients of every region a run works in, each built once (building one reads the
+/// configuration and creates three SDK clients; a run over 10,000 images must not do that per
+/// image).
+#[derive(Debug, Clone)]
+pub struct RegionalClients {
+    home: Clients,
+    others: std::collections::BTreeMap<String, Clients>,
+}
+
+impl RegionalClients {
+    /// The home clients and one set per other region in `regions`.
+    pub fn new<'a>(home: &Clients, regions: impl IntoIterator<Item = &'a str>) -> Self {
+        let others = regions
+            .into_iter()
+            .filter(|r| *r != home.region)
+            .map(|r| (r.to_owned(), home.for_region(r)))
+            .collect();
+        RegionalClients {
+            home: home.clone(),
+            others,
+        }
+    }
+
+    /// The clients of `region` (built now, once more, only for a region not named up front).
+    pub fn get(&self, region: &str) -> std::borrow::Cow<'_, Clients> {
+        if region == self.home.region {
+            return std::borrow::Cow::Borrowed(&self.home);
+        }
+        match self.others.get(region) {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(self.home.for_region(region)),
+        }
+    }
+}
