@@ -7,57 +7,12 @@
 use crate::model::Tags;
 use chrono::{DateTime, Utc};
 
-/// AMITools: the image this one was made from.
-pub const SOURCE_IMAGE: &str = "source_image";
-/// AMITools: the instance this image was made from.
-pub const SOURCE_INSTANCE: &str = "source_instance";
-/// AMITools: the region of `source_image`.
-pub const SOURCE_REGION: &str = "source_region";
-/// AMITools: creation time, UTC, `20110909T233600Z`.
-pub const CREATE_DATE: &str = "create_date";
-/// AMITools: creation time, seconds since the epoch (always agrees with `create_date`).
-pub const CREATE_TIMESTAMP: &str = "create_timestamp";
-
-/// Namespace of the pipeline's own tags.
-pub const NS: &str = "ami-pipeline:";
-/// Marker: the pipeline manages this resource (`true`). Cleanup and the sweep select on it.
-pub const MANAGED: &str = "ami-pipeline:managed";
-/// The retention group.
-pub const FAMILY: &str = "ami-pipeline:family";
-/// `s3://bucket/key[?versionId=…]` of the uploaded disk (shortened in the middle past 256 chars).
-pub const SOURCE_URI: &str = "ami-pipeline:source-uri";
-/// ETag of the uploaded object.
-pub const SOURCE_ETAG: &str = "ami-pipeline:source-etag";
-/// Version id of the uploaded object (absent on unversioned buckets).
-pub const SOURCE_VERSION: &str = "ami-pipeline:source-version";
-/// Deterministic identity of the upload (sha256 of bucket, key, version or ETag).
-pub const SOURCE_TOKEN: &str = "ami-pipeline:source-token";
-/// Disk format of the upload (`RAW`, `VMDK`, `VHD`).
-pub const SOURCE_FORMAT: &str = "ami-pipeline:source-format";
-/// The import-snapshot task that made the snapshot.
-pub const IMPORT_TASK: &str = "ami-pipeline:import-task";
-/// How the snapshot was made (`import-snapshot`).
-pub const UPLOAD_METHOD: &str = "ami-pipeline:upload-method";
-/// The snapshot a copy was made from.
-pub const SOURCE_SNAPSHOT: &str = "ami-pipeline:source-snapshot";
-/// Number of ancestors (0 for an image made from an upload).
-pub const GENERATION: &str = "ami-pipeline:generation";
-/// Up to eight further ancestors beyond the parent, nearest first, as `region/ami-…` separated by
-/// spaces (cut to 256 characters), so that "ancestors" can walk past a deregistered ancestor.
-pub const ANCESTRY: &str = "ami-pipeline:ancestry";
-/// When `image.ready` was announced for this image (RFC 3339); it is announced once.
-pub const READY_AT: &str = "ami-pipeline:ready-at";
-/// When the import was started (RFC 3339), on import tasks.
-pub const STARTED_AT: &str = "ami-pipeline:started-at";
-/// On import tasks: what the sweep concluded (`registered:ami-…` or `failed`), so each
-/// conclusion is announced once.
-pub const OUTCOME: &str = "ami-pipeline:outcome";
-/// On import tasks: when the one "still running" warning was sent.
-pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
-/// On S3 objects: why the upload was rejected or failed.
-pub const OBJECT_STATUS: &str = "ami-pipeline-status";
-/// On S3 objects: the reason text of [`OBJECT_STATUS`].
-pub const OBJECT_REASON: &str = "ami-pipeline-reason";
+pub use super::tags::{
+    ANCESTRY, CREATE_DATE, CREATE_TIMESTAMP, FAMILY, GENERATION, IMPORT_TASK, MANAGED, NS,
+    OBJECT_REASON, OBJECT_STATUS, OUTCOME, READY_AT, SOURCE_ETAG, SOURCE_FORMAT, SOURCE_IMAGE,
+    SOURCE_INSTANCE, SOURCE_REGION, SOURCE_SNAPSHOT, SOURCE_TOKEN, SOURCE_URI, SOURCE_VERSION,
+    STALE_WARNED, STARTED_AT, UPLOAD_METHOD,
+};
 
 /// The tags that make up an image's lineage; its snapshots carry the same ones.
 pub const LINEAGE_KEYS: [&str; 17] = [

@@ -11,3 +11,4 @@ pub mod publish;
 pub mod retention;
 pub mod spec;
 pub mod stamp;
+pub mod tags;

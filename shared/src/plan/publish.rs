@@ -29,38 +29,9 @@ pub const IN_PROGRESS: &str = "in-progress";
 pub const PUBLISHED: &str = "published";
 /// [`PUBLISH_STATE`] on a copy (a copy is never itself a publish source).
 pub const COPY: &str = "copy";
-/// On a copy: the id of the image it was published from.
-pub const PUBLISH_SOURCE: &str = "ami-pipeline:publish-source";
-/// On the source: when `image.published` was sent (RFC 3339).
-pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
-/// On the source: the regions that failed at the last run (space-separated; empty when none),
-/// so `image.publish-partial` is sent once per change, not on every schedule.
-pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
 
-/// Per-image policy tags (set at upload time through the `tags` setting, or by a manual invoke).
-pub mod tags {
-    /// Target regions (replaces the default list).
-    pub const REGIONS: &str = "publish:regions";
-    /// Account ids to share with (replaces the default list).
-    pub const ACCOUNTS: &str = "publish:accounts";
-    /// Organization ARNs to share with (replaces the default list).
-    pub const ORGANIZATIONS: &str = "publish:organizations";
-    /// OU ARNs to share with (replaces the default list).
-    pub const OUS: &str = "publish:ous";
-    /// `true` / `false`: make public (only where [`super::PublicMode::OptIn`] or `Always`).
-    pub const PUBLIC: &str = "publish:public";
-    /// Days until deprecation, `0` for none (replaces the default).
-    pub const DEPRECATE_AFTER_DAYS: &str = "publish:deprecate-after-days";
-    /// Every key.
-    pub const ALL: [&str; 6] = [
-        REGIONS,
-        ACCOUNTS,
-        ORGANIZATIONS,
-        OUS,
-        PUBLIC,
-        DEPRECATE_AFTER_DAYS,
-    ];
-}
+pub use super::tags::publish as tags;
+pub use super::tags::{FAILED_REGIONS, PUBLISH_SOURCE, PUBLISHED_AT};
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
 pub const MAX_DEPRECATE_DAYS: i64 = 3650;

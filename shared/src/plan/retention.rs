@@ -29,10 +29,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Tag that protects an image or snapshot from cleanup (any value but `false`).
-pub const PROTECT_TAG: &str = "ami-pipeline:protect";
-/// Tag publish keeps on an image while copies or shares are in flight (`in-progress`).
-pub const PUBLISH_STATE: &str = "ami-pipeline:publish-state";
+pub use super::tags::{PROTECT_TAG, PUBLISH_STATE};
 
 /// Foreign images opted in to cleanup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

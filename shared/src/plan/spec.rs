@@ -117,10 +117,7 @@ pub mod keys {
     ];
 }
 
-/// Tag-key prefix of the spec on an import task.
-pub const SPEC_TAG_PREFIX: &str = "ami-pipeline:spec:";
-/// Tag-key prefix of the user's extra tags on an import task.
-pub const EXTRA_TAG_PREFIX: &str = "ami-pipeline:extra:";
+pub use super::tags::{EXTRA_TAG_PREFIX, SPEC_TAG_PREFIX};
 /// Most extra tags per upload: EC2 allows 50 tags per resource and the pipeline uses up to 20.
 pub const MAX_EXTRA_TAGS: usize = 25;
 /// Largest root volume, GiB (gp3/io2 limit).
