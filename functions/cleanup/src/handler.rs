@@ -139,12 +139,7 @@ async fn plan_twice(
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);
-    let candidates: Vec<(String, String)> = first
-        .decisions
-        .iter()
-        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
-        .map(|d| (d.region.to_string(), d.image_id.clone()))
-        .collect();
+    let candidates = retention::sharing_to_read(&first);
     let shares = stream::iter(candidates)
         .map(|(region, image)| async move {
             let c = clients.get(&region);
@@ -155,16 +150,7 @@ async fn plan_twice(
         .collect::<Vec<_>>()
         .await;
     for (region, image, who) in shares {
-        let who: Vec<String> = who
-            .map_err(partial)?
-            .into_iter()
-            .filter(|w| w != "all")
-            .collect();
-        if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
-            && !who.is_empty()
-        {
-            rf.shared.insert(image, who);
-        }
+        retention::with_sharing(&mut facts, &region, image, who.map_err(partial)?);
     }
     Ok(retention::plan(&facts, policy, now))
 }

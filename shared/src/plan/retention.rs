@@ -599,6 +599,31 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
     }
 }
 
+/// The two-pass protocol's first half: the images a first plan (made without sharing facts)
+/// would deprecate or deregister, as `(region, image id)`. Only their launch permissions are
+/// read (the listing says `Public`, but sharing needs one call per image); the second plan,
+/// with [`with_sharing`], is the one executed.
+pub fn sharing_to_read(first: &Plan) -> Vec<(String, String)> {
+    first
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
+        .map(|d| (d.region.to_string(), d.image_id.clone()))
+        .collect()
+}
+
+/// The second half: records what was read. "Shared" means launch permissions for accounts,
+/// organizations or OUs (`all`, public, is already in the listing and is not counted here); an
+/// image with none is not shared.
+pub fn with_sharing(facts: &mut [RegionFacts], region: &str, image_id: String, who: Vec<String>) {
+    let who: Vec<String> = who.into_iter().filter(|w| w != "all").collect();
+    if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
+        && !who.is_empty()
+    {
+        rf.shared.insert(image_id, who);
+    }
+}
+
 /// A stale image not excluded: deprecate it, wait out the grace period, or deregister it with
 /// the snapshots no other image uses (a snapshot another image uses is "shared": kept).
 fn decide_stage(
@@ -1252,5 +1277,36 @@ mod tests {
             removals > 1000,
             "the generator must exercise removals, got {removals}"
         );
+    }
+
+    #[test]
+    fn the_two_pass_protocol_reads_only_removals_and_counts_only_named_sharing() {
+        let facts = vec![RegionFacts {
+            region: "us-east-1".into(),
+            ..RegionFacts::default()
+        }];
+        let first = Plan {
+            decisions: Vec::new(),
+            orphans: Vec::new(),
+            capped: 0,
+        };
+        assert!(sharing_to_read(&first).is_empty());
+        let mut facts = facts;
+        with_sharing(&mut facts, "us-east-1", "ami-1".into(), vec!["all".into()]);
+        assert!(facts[0].shared.is_empty());
+        with_sharing(
+            &mut facts,
+            "us-east-1",
+            "ami-1".into(),
+            vec!["all".into(), "111122223333".into()],
+        );
+        assert_eq!(facts[0].shared["ami-1"], ["111122223333"]);
+        with_sharing(
+            &mut facts,
+            "eu-west-1",
+            "ami-2".into(),
+            vec!["111122223333".into()],
+        );
+        assert_eq!(facts[0].shared.len(), 1);
     }
 }
