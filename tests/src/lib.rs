@@ -267,10 +267,10 @@ pub mod roles {
                 if tagged.tag != "Ref" {
                     continue;
                 }
-                if let (Some(param), Some(v)) = (tagged.value.as_str(), env(name)) {
-                    if template()["Parameters"].get(param).is_some() {
-                        out.insert(param.to_owned(), Value::String(v));
-                    }
+                if let (Some(param), Some(v)) = (tagged.value.as_str(), env(name))
+                    && template()["Parameters"].get(param).is_some()
+                {
+                    out.insert(param.to_owned(), Value::String(v));
                 }
             }
         }
