@@ -134,6 +134,15 @@ async fn object_tags(w: &World, key: &str) -> BTreeMap<String, String> {
         .expect("object tags")
 }
 
+/// Uploads a 1 MiB raw disk at `key`, starts its import through the S3 notification and waits
+/// until the import has completed (nothing registered yet); returns the task id.
+async fn imported(w: &World, key: &str) -> String {
+    let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let task_id = started_task(&run(w, &s3_event(&w.bucket, key, &etag, None)).await);
+    wait_task(w, &task_id, ImportStatus::Completed).await;
+    task_id
+}
+
 fn of_type<'a>(msgs: &'a [Value], t: &str) -> Vec<&'a Value> {
     msgs.iter().filter(|m| m["event_type"] == t).collect()
 }
@@ -371,12 +380,7 @@ async fn a_new_version_of_the_key_is_a_new_image_and_an_old_event_is_superseded(
 #[tokio::test]
 async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
     let w = world(1, false).await;
-    let (etag, _) = w
-        .acct
-        .put(&w.bucket, "crash/disk.raw", disks::raw_disk(1), &[])
-        .await;
-    let task_id = started_task(&run(&w, &s3_event(&w.bucket, "crash/disk.raw", &etag, None)).await);
-    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    imported(&w, "crash/disk.raw").await;
     // SNS refuses: RegisterImage succeeds, the announcement and the outcome tag do not happen.
     w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
     let err = handle(Command::Sweep, &w.deps, Utc::now(), deadline())
@@ -406,12 +410,7 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
 async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_ami() {
     const LAG_SECONDS: u64 = 4;
     let w = world(1, false).await;
-    let (etag, _) = w
-        .acct
-        .put(&w.bucket, "lag/disk.raw", disks::raw_disk(1), &[])
-        .await;
-    let task_id = started_task(&run(&w, &s3_event(&w.bucket, "lag/disk.raw", &etag, None)).await);
-    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    imported(&w, "lag/disk.raw").await;
     w.acct.control(
         "POST",
         "/ami-pipeline-emulator/consistency",
