@@ -2,7 +2,7 @@
 
 use crate::config::Deps;
 use crate::handler::clients_for;
-use crate::output::RegionReport;
+use crate::output::{RegionOutcome, RegionReport};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, CopyRequest};
 use shared::deadline::Deadline;
@@ -47,7 +47,7 @@ pub(crate) async fn advance_copy(
         0
     };
     let waiting = |detail: String| RegionReport {
-        outcome: "waiting",
+        outcome: RegionOutcome::Waiting,
         detail: Some(detail),
         ..RegionReport::default()
     };
@@ -64,7 +64,7 @@ pub(crate) async fn advance_copy(
         CopyStep::Wait { reason } => {
             let mut rep = waiting(reason);
             if let Some(c) = copy {
-                rep.outcome = "copying";
+                rep.outcome = RegionOutcome::Copying;
                 rep.image_id = Some(c.id.clone());
             }
             Ok((rep, None))
@@ -92,7 +92,7 @@ pub(crate) async fn advance_copy(
             Ok((
                 RegionReport {
                     image_id: Some(copy.id.clone()),
-                    outcome: "published",
+                    outcome: RegionOutcome::Published,
                     ..RegionReport::default()
                 },
                 Some(copy.clone()),
@@ -125,12 +125,12 @@ async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> R
             info!(image = %source.id, %region, copy = %id, "copy started");
             RegionReport {
                 image_id: Some(id),
-                outcome: "copying",
+                outcome: RegionOutcome::Copying,
                 ..RegionReport::default()
             }
         }
         Err(e) if e.kind == ErrorKind::Throttled => RegionReport {
-            outcome: "waiting",
+            outcome: RegionOutcome::Waiting,
             detail: Some(format!("copy not started yet: {e}; the next run retries")),
             ..RegionReport::default()
         },

@@ -4,7 +4,7 @@ use crate::config::Deps;
 use crate::copy::{CopyProgress, advance_copy};
 use crate::event::{Trigger, aws_failed, refused};
 use crate::handler::{clients_for, stamp_time};
-use crate::output::{ImageReport, RegionReport};
+use crate::output::{ImageReport, RegionOutcome, RegionReport};
 use crate::share::share_region;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::stream::{self, StreamExt};
@@ -60,15 +60,12 @@ pub(crate) async fn publish_one(
             .map_err(aws_failed)?;
     }
     let (mut regions, ready) = advance_copies(deps, &source, &policy, &home, deadline).await;
-    if regions
-        .values()
-        .any(|r| matches!(r.outcome, "copying" | "waiting"))
-    {
+    if regions.values().any(|r| r.outcome.is_pending()) {
         regions.insert(
             home.clone(),
             RegionReport {
                 image_id: Some(source.id.clone()),
-                outcome: "waiting",
+                outcome: RegionOutcome::Waiting,
                 detail: Some("shared once every copy is available".into()),
                 ..RegionReport::default()
             },
@@ -221,7 +218,7 @@ async fn conclude(
     let home = c.region.clone();
     let failed: Vec<&str> = regions
         .iter()
-        .filter(|(_, r)| r.outcome == "failed")
+        .filter(|(_, r)| r.outcome == RegionOutcome::Failed)
         .map(|(k, _)| k.as_str())
         .collect();
     let changed = regions.values().any(|r| !r.granted.is_empty());
@@ -289,13 +286,13 @@ pub(crate) fn publication_message(
         .map(|(r, rep)| {
             (
                 r,
-                json!({"image_id": rep.image_id, "outcome": rep.outcome, "detail": rep.detail}),
+                json!({"image_id": rep.image_id, "outcome": rep.outcome.as_str(), "detail": rep.detail}),
             )
         })
         .collect();
     let failed: Vec<&String> = regions
         .iter()
-        .filter(|(_, r)| r.outcome == "failed")
+        .filter(|(_, r)| r.outcome == RegionOutcome::Failed)
         .map(|(k, _)| k)
         .collect();
     Message {

@@ -39,4 +39,4 @@ mod share;
 pub use config::{Config, Deps};
 pub use event::{Command, Trigger};
 pub use handler::handle;
-pub use output::{ImageReport, Output, RegionReport};
+pub use output::{ImageReport, Output, RegionOutcome, RegionReport};

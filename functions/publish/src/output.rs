@@ -5,14 +5,55 @@ use serde::Serialize;
 use shared::plan::publish::{Grants, Policy};
 use std::collections::BTreeMap;
 
+/// Where one region stands, serialized as the report's kebab-case word.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionOutcome {
+    /// Shared and verified.
+    Published,
+    /// The copy is in flight.
+    Copying,
+    /// Waiting for something (the copies, the deadline, throttling).
+    #[default]
+    Waiting,
+    /// Failed; the schedule retries it.
+    Failed,
+    /// The grants were removed.
+    Revoked,
+}
+
+impl RegionOutcome {
+    /// The report's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionOutcome::Published => "published",
+            RegionOutcome::Copying => "copying",
+            RegionOutcome::Waiting => "waiting",
+            RegionOutcome::Failed => "failed",
+            RegionOutcome::Revoked => "revoked",
+        }
+    }
+
+    /// Still moving: a copy in flight or waiting.
+    pub fn is_pending(self) -> bool {
+        matches!(self, RegionOutcome::Copying | RegionOutcome::Waiting)
+    }
+}
+
+impl PartialEq<&str> for RegionOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One region's outcome for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RegionReport {
     /// The image in that region (the source in its own region, else the copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
-    /// `published`, `copying`, `waiting`, `failed`.
-    pub outcome: &'static str,
+    /// `published`, `copying`, `waiting`, `failed`, `revoked`.
+    pub outcome: RegionOutcome,
     /// Why (waiting, failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -31,7 +72,7 @@ impl RegionReport {
     pub(crate) fn failed(image_id: Option<String>, detail: String) -> Self {
         RegionReport {
             image_id,
-            outcome: "failed",
+            outcome: RegionOutcome::Failed,
             detail: Some(detail),
             ..RegionReport::default()
         }

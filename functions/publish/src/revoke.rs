@@ -4,7 +4,7 @@ use crate::config::Deps;
 use crate::event::aws_failed;
 use crate::handler::clients_for;
 use crate::image::{REGION_CONCURRENCY, publication_message};
-use crate::output::{Output, RegionReport};
+use crate::output::{Output, RegionOutcome, RegionReport};
 use crate::share::{launch_grants, volume_grants};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -49,11 +49,11 @@ pub(crate) async fn revoke(
             let rc = clients_for(deps, Some(&r));
             let mut rep = RegionReport {
                 image_id: Some(image.id.clone()),
-                outcome: "revoked",
+                outcome: RegionOutcome::Revoked,
                 ..RegionReport::default()
             };
             if let Err(e) = revoke_checked(&rc, &image, principals, &mut rep).await {
-                rep.outcome = "failed";
+                rep.outcome = RegionOutcome::Failed;
                 rep.detail = Some(e);
             }
             (r, rep)
@@ -69,7 +69,7 @@ pub(crate) async fn revoke(
         .map_err(aws_failed)?;
     let failures: Vec<String> = regions
         .iter()
-        .filter(|(_, r)| r.outcome == "failed")
+        .filter(|(_, r)| r.outcome == RegionOutcome::Failed)
         .map(|(k, r)| format!("{k}: {}", r.detail.as_deref().unwrap_or("failed")))
         .collect();
     let mut msg = publication_message(

@@ -2,7 +2,7 @@
 
 use crate::config::Deps;
 use crate::handler::clients_for;
-use crate::output::RegionReport;
+use crate::output::{RegionOutcome, RegionReport};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use shared::aws::clients::Clients;
@@ -24,7 +24,7 @@ pub(crate) async fn share_region(
     let rc = clients_for(deps, Some(region));
     let mut rep = RegionReport {
         image_id: Some(image.id.clone()),
-        outcome: "published",
+        outcome: RegionOutcome::Published,
         ..RegionReport::default()
     };
     let mut policy = policy.clone();
@@ -33,7 +33,7 @@ pub(crate) async fn share_region(
     }
     match share_checked(&rc, image, &policy, deprecate_at, &mut rep).await {
         Ok(()) if public_blocked => RegionReport {
-            outcome: "failed",
+            outcome: RegionOutcome::Failed,
             detail: Some(format!(
                 "public sharing was asked for, but image block public access is on in {region} (shared with the other principals; DisableImageBlockPublicAccess there and the schedule finishes it)"
             )),
@@ -41,7 +41,7 @@ pub(crate) async fn share_region(
         },
         Ok(()) => rep,
         Err(e) => RegionReport {
-            outcome: "failed",
+            outcome: RegionOutcome::Failed,
             detail: Some(e),
             ..rep
         },

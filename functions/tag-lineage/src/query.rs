@@ -5,9 +5,10 @@ use crate::handler::clients_for;
 use crate::output::{AncestorsReport, ChildrenReport, Entry, Node};
 use shared::aws::ec2;
 use shared::error::AwsError;
+use shared::plan::ancestry::{Next, Walk};
 use shared::plan::lineage::{self};
 use shared::plan::stamp::{self, ImageRef};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) async fn ancestors(
     deps: &Deps,
@@ -27,41 +28,23 @@ pub(crate) async fn ancestors(
             stopped: "gap",
         });
     };
-    let mut seen = BTreeSet::from([(start_ref.region.clone(), start_ref.image_id.clone())]);
+    let mut walk = Walk::start(&start, &c.region, deps.config.max_depth);
     let mut chain = Vec::new();
-    // What the nearest known descendant recorded beyond its parent: used to walk past gaps.
-    let mut recorded: VecDeque<ImageRef> = stamp::recorded_ancestry(&start.tags).into();
-    let mut next = stamp::tagged_parent(&start.tags, &c.region).or_else(|| {
-        start.source_image_id.clone().map(|id| ImageRef {
-            image_id: id,
-            region: start
-                .source_image_region
-                .clone()
-                .unwrap_or_else(|| c.region.clone()),
-        })
-    });
     let stopped = loop {
-        let Some(at) = next.take() else {
-            break "root";
+        let at = match walk.step() {
+            Next::Visit(at) => at,
+            Next::Stop(why) => break why,
         };
-        if chain.len() >= deps.config.max_depth {
-            break "depth-limit";
-        }
-        if !seen.insert((at.region.clone(), at.image_id.clone())) {
-            break "cycle";
-        }
         let pc = clients_for(deps, Some(&at.region));
         match ec2::describe_image(&pc.ec2, &at.image_id).await? {
             Some(img) if img.state != "deregistered" => {
                 chain.push(Entry::of(&img, &at.region));
-                recorded = stamp::recorded_ancestry(&img.tags).into();
-                next = stamp::tagged_parent(&img.tags, &at.region);
+                walk.found(&img, &at.region);
             }
             _ => {
                 chain.push(Entry::gap(&at));
-                next = recorded.pop_front();
-                if next.is_none() {
-                    break "gap";
+                if let Some(why) = walk.gap() {
+                    break why;
                 }
             }
         }

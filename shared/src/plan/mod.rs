@@ -2,6 +2,7 @@
 //! current time; nothing here performs I/O or imports `crate::aws` or an SDK crate, so each
 //! one is table-tested on its own.
 
+pub mod ancestry;
 pub mod disk;
 pub mod ids;
 pub mod import;
