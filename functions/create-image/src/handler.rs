@@ -3,7 +3,7 @@
 use crate::config::{Config, Deps};
 use crate::event::Command;
 use crate::ingest::ingest;
-use crate::output::{IngestOutcome, Output, StepReport, SweepReport};
+use crate::output::{IngestOutcome, Output, StepAction, StepReport, SweepReport};
 use crate::sweep::sweep;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -61,7 +61,7 @@ pub async fn handle(
         Err(e) => SweepReport {
             steps: vec![StepReport {
                 task_id: "-".into(),
-                action: "list".into(),
+                action: StepAction::List,
                 result: e.to_string(),
                 failed: true,
             }],
@@ -88,7 +88,7 @@ pub async fn handle(
             .sweep
             .steps
             .iter()
-            .filter(|s| s.action != "skip")
+            .filter(|s| s.action != StepAction::Skip)
             .count();
     info!(
         ingested = out.ingested.len(),

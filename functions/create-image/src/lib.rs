@@ -26,6 +26,6 @@ mod sweep;
 pub use config::{Config, DEFAULT_VARS, Deps};
 pub use event::{Command, IngestItem};
 pub use handler::handle;
-pub use output::{IngestOutcome, Output, StepReport, SweepReport};
+pub use output::{IngestOutcome, Output, StepAction, StepReport, SweepReport};
 pub use shared::invocation::InvocationError;
 pub use sweep::sweep;

@@ -46,13 +46,57 @@ pub enum IngestOutcome {
     },
 }
 
+/// A sweep step's action, serialized as the report's kebab-case word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepAction {
+    /// Listing the import tasks (the step that failed when the sweep could not start).
+    List,
+    /// Register a completed import's snapshot.
+    Register,
+    /// Announce an image registered by an earlier run.
+    Announce,
+    /// Report a failed import.
+    ReportFailure,
+    /// Warn once about a slow import.
+    WarnStale,
+    /// Nothing to do yet.
+    Skip,
+}
+
+impl StepAction {
+    /// The report's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepAction::List => "list",
+            StepAction::Register => "register",
+            StepAction::Announce => "announce",
+            StepAction::ReportFailure => "report-failure",
+            StepAction::WarnStale => "warn-stale",
+            StepAction::Skip => "skip",
+        }
+    }
+}
+
+impl std::fmt::Display for StepAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for StepAction {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What one sweep step did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StepReport {
     /// The task.
     pub task_id: String,
     /// The planned action (`register`, `announce`, `report-failure`, `warn-stale`, `skip`).
-    pub action: String,
+    pub action: StepAction,
     /// What came of it: an image id, a reason, `deferred`, or the error.
     pub result: String,
     /// Whether it failed.

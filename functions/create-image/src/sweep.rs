@@ -3,7 +3,7 @@
 
 use crate::config::Deps;
 use crate::ingest::{failed_message, tag_object};
-use crate::output::{StepReport, SweepReport};
+use crate::output::{StepAction, StepReport, SweepReport};
 use crate::register::register;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
@@ -77,13 +77,13 @@ pub async fn sweep(
     })
 }
 
-pub(crate) fn action_name(a: &SweepAction) -> &'static str {
+pub(crate) fn action_name(a: &SweepAction) -> StepAction {
     match a {
-        SweepAction::Register { .. } => "register",
-        SweepAction::Announce { .. } => "announce",
-        SweepAction::ReportFailure { .. } => "report-failure",
-        SweepAction::WarnStale { .. } => "warn-stale",
-        SweepAction::Skip { .. } => "skip",
+        SweepAction::Register { .. } => StepAction::Register,
+        SweepAction::Announce { .. } => StepAction::Announce,
+        SweepAction::ReportFailure { .. } => StepAction::ReportFailure,
+        SweepAction::WarnStale { .. } => StepAction::WarnStale,
+        SweepAction::Skip { .. } => StepAction::Skip,
     }
 }
 
@@ -122,15 +122,15 @@ pub(crate) async fn execute(
     match result {
         Ok(result) => StepReport {
             task_id,
-            action: name.into(),
+            action: name,
             result,
             failed: false,
         },
         Err(e) => {
-            warn!(import_task_id = %task_id, action = name, error = %e, "sweep step failed");
+            warn!(import_task_id = %task_id, action = %name, error = %e, "sweep step failed");
             StepReport {
                 task_id,
-                action: name.into(),
+                action: name,
                 result: e.to_string(),
                 failed: true,
             }

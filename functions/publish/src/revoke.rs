@@ -5,13 +5,12 @@ use crate::event::aws_failed;
 use crate::handler::clients_for;
 use crate::image::{REGION_CONCURRENCY, publication_message};
 use crate::output::{Output, RegionOutcome, RegionReport};
-use crate::share::{launch_grants, volume_grants};
+use crate::share::{GrantError, launch_grants, volume_grants};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, Change};
-use shared::error::AwsError;
 use shared::invocation::InvocationError;
 use shared::model::{Image, Tags};
 use shared::notify::{self, EventType};
@@ -54,7 +53,7 @@ pub(crate) async fn revoke(
             };
             if let Err(e) = revoke_checked(&rc, &image, principals, &mut rep).await {
                 rep.outcome = RegionOutcome::Failed;
-                rep.detail = Some(e);
+                rep.detail = Some(e.to_string());
             }
             (r, rep)
         })
@@ -108,23 +107,20 @@ pub(crate) async fn revoke_checked(
     image: &Image,
     principals: &Grants,
     rep: &mut RegionReport,
-) -> Result<(), String> {
-    let s = |e: AwsError| e.to_string();
+) -> Result<(), GrantError> {
     let current = launch_grants(rc, &image.id).await?;
     let remove = principals.common(&current);
     if !remove.is_empty() {
-        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Remove, &remove)
-            .await
-            .map_err(s)?;
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Remove, &remove).await?;
     }
     let after = launch_grants(rc, &image.id).await?;
     let left = principals.common(&after);
     if !left.is_empty() {
-        return Err(format!(
+        return Err(GrantError::NotApplied(format!(
             "{}: launch permission still holds {} after removing it",
             image.id,
             json!(left)
-        ));
+        )));
     }
     rep.revoked = remove;
     let volume = Grants {
@@ -139,16 +135,14 @@ pub(crate) async fn revoke_checked(
         let current = volume_grants(rc, snap).await?;
         let remove = volume.common(&current);
         if !remove.is_empty() {
-            ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Remove, &remove)
-                .await
-                .map_err(s)?;
+            ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Remove, &remove).await?;
         }
         let after = volume_grants(rc, snap).await?;
         if !volume.common(&after).is_empty() {
-            return Err(format!(
+            return Err(GrantError::NotApplied(format!(
                 "snapshot {snap}: create-volume permission still holds {} after removing it",
                 json!(volume.common(&after))
-            ));
+            )));
         }
     }
     Ok(())

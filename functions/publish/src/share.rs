@@ -42,26 +42,40 @@ pub(crate) async fn share_region(
         Ok(()) => rep,
         Err(e) => RegionReport {
             outcome: RegionOutcome::Failed,
-            detail: Some(e),
+            detail: Some(e.to_string()),
             ..rep
         },
     }
 }
 
 /// Who may launch `image_id`, read back.
-pub(crate) async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, String> {
+/// Why a region's grants could not be put in place (or removed) and verified.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GrantError {
+    /// An AWS call failed.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The deprecation time the plan gave does not parse.
+    #[error("{0}")]
+    DeprecationTime(String),
+    /// The permissions read back differ from what was just granted or removed.
+    #[error("{0}")]
+    NotApplied(String),
+}
+
+pub(crate) async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, GrantError> {
     ec2::launch_permissions(&rc.ec2, image_id)
         .await
         .map(|e| Grants::from_entries(&e))
-        .map_err(|e| e.to_string())
+        .map_err(GrantError::from)
 }
 
 /// Who may create volumes from `snapshot_id`, read back.
-pub(crate) async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Grants, String> {
+pub(crate) async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Grants, GrantError> {
     ec2::create_volume_permissions(&rc.ec2, snapshot_id)
         .await
         .map(|e| Grants::from_entries(&e))
-        .map_err(|e| e.to_string())
+        .map_err(GrantError::from)
 }
 
 pub(crate) async fn share_checked(
@@ -70,18 +84,17 @@ pub(crate) async fn share_checked(
     policy: &Policy,
     deprecate_at: Option<&str>,
     rep: &mut RegionReport,
-) -> Result<(), String> {
-    let s = |e: AwsError| e.to_string();
+) -> Result<(), GrantError> {
     if let Some(at) = deprecate_at {
         match &image.deprecation_time {
             Some(t) => rep.deprecation_time = Some(t.clone()),
             None => {
                 let when = DateTime::parse_from_rfc3339(at)
-                    .map_err(|e| format!("deprecation time {at}: {e}"))?
+                    .map_err(|e| {
+                        GrantError::DeprecationTime(format!("deprecation time {at}: {e}"))
+                    })?
                     .with_timezone(&Utc);
-                ec2::enable_image_deprecation(&rc.ec2, &image.id, when)
-                    .await
-                    .map_err(s)?;
+                ec2::enable_image_deprecation(&rc.ec2, &image.id, when).await?;
                 rep.deprecation_time = Some(at.to_owned());
             }
         }
@@ -92,17 +105,15 @@ pub(crate) async fn share_checked(
             let current = volume_grants(rc, snap).await?;
             let missing = volume.missing_from(&current);
             if !missing.is_empty() {
-                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
-                    .await
-                    .map_err(s)?;
+                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing).await?;
             }
             let after = volume_grants(rc, snap).await?;
             let still = volume.missing_from(&after);
             if !still.is_empty() {
-                return Err(format!(
+                return Err(GrantError::NotApplied(format!(
                     "snapshot {snap}: create-volume permission still lacks {} after granting it",
                     json!(still)
-                ));
+                )));
             }
         }
     }
@@ -110,19 +121,17 @@ pub(crate) async fn share_checked(
     let current = launch_grants(rc, &image.id).await?;
     let missing = launch.missing_from(&current);
     if !missing.is_empty() {
-        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &missing)
-            .await
-            .map_err(s)?;
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &missing).await?;
         rep.granted = missing;
     }
     let after = launch_grants(rc, &image.id).await?;
     let still = launch.missing_from(&after);
     if !still.is_empty() {
-        return Err(format!(
+        return Err(GrantError::NotApplied(format!(
             "{}: launch permission still lacks {} after granting it",
             image.id,
             json!(still)
-        ));
+        )));
     }
     Ok(())
 }
