@@ -110,6 +110,9 @@ pub struct AwsError {
     pub code: Option<String>,
     /// The service's message, or the transport error's description.
     pub message: String,
+    /// The region of the client that made the call (not part of the message, which stays as
+    /// the reports and tests know it; logged and matched on).
+    pub region: Option<String>,
 }
 
 impl fmt::Display for AwsError {
@@ -160,7 +163,14 @@ impl AwsError {
             kind: classify(code.as_deref(), status),
             code,
             message,
+            region: None,
         }
+    }
+
+    /// The same error, naming the region of the client that made the call.
+    pub fn in_region(mut self, region: Option<&aws_config::Region>) -> Self {
+        self.region = region.map(ToString::to_string);
+        self
     }
 
     /// True when the resource the call was about does not exist.
@@ -251,6 +261,7 @@ mod tests {
     #[test]
     fn display_names_operation_resource_and_missing_permission() {
         let e = AwsError {
+            region: None,
             operation: "ec2:ImportSnapshot",
             resource: "s3://b/k.raw".into(),
             kind: ErrorKind::AccessDenied,
@@ -268,5 +279,21 @@ mod tests {
         );
         assert!(!ErrorKind::AccessDenied.is_transient());
         assert!(ErrorKind::Throttled.is_transient());
+    }
+
+    #[test]
+    fn the_error_carries_the_region_of_its_client_without_changing_its_message() {
+        let e = AwsError {
+            operation: "ec2:DeregisterImage",
+            resource: "ami-1".into(),
+            kind: ErrorKind::Other,
+            code: None,
+            message: "boom".into(),
+            region: None,
+        };
+        let text = e.to_string();
+        let e = e.in_region(Some(&aws_config::Region::new("eu-west-1")));
+        assert_eq!(e.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(e.to_string(), text);
     }
 }

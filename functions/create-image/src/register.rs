@@ -102,6 +102,7 @@ async fn register_named(
             OnDuplicate::Fail(message) => return Ok(Err(message)),
             OnDuplicate::HolderNotVisible => {
                 return Err(AwsError {
+                    region: Some(c.region.clone()),
                     operation: "ec2:RegisterImage",
                     resource: name,
                     kind: ErrorKind::Conflict,

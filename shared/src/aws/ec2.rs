@@ -101,10 +101,14 @@ pub async fn import_snapshot(ec2: &Client, req: ImportRequest<'_>) -> Result<Str
         .tag_specifications(tag_spec(ResourceType::ImportSnapshotTask, req.tags))
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:ImportSnapshot", resource.clone(), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:ImportSnapshot", resource.clone(), e)
+                .in_region(ec2.config().region())
+        })?;
     out.import_task_id()
         .map(str::to_owned)
         .ok_or_else(|| AwsError {
+            region: ec2.config().region().map(ToString::to_string),
             operation: "ec2:ImportSnapshot",
             resource,
             kind: crate::error::ErrorKind::Other,
@@ -129,6 +133,7 @@ pub async fn describe_import_tasks(
     while let Some(item) = pages.next().await {
         let t = item.map_err(|e| {
             AwsError::from_sdk("ec2:DescribeImportSnapshotTasks", "import tasks", e)
+                .in_region(ec2.config().region())
         })?;
         let detail = t.snapshot_task_detail();
         let Some(id) = t.import_task_id() else {
@@ -214,7 +219,8 @@ async fn describe_one_image(
     match call.send().await {
         Ok(out) => Ok(out.images().iter().find_map(to_image)),
         Err(e) => {
-            let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e);
+            let e = AwsError::from_sdk("ec2:DescribeImages", image_id, e)
+                .in_region(ec2.config().region());
             if e.kind == crate::error::ErrorKind::NotFound {
                 Ok(None)
             } else {
@@ -238,7 +244,8 @@ pub async fn instance_image(ec2: &Client, instance_id: &str) -> Result<Option<St
             .flat_map(|r| r.instances())
             .find_map(|i| i.image_id().map(str::to_owned))),
         Err(e) => {
-            let e = AwsError::from_sdk("ec2:DescribeInstances", instance_id, e);
+            let e = AwsError::from_sdk("ec2:DescribeInstances", instance_id, e)
+                .in_region(ec2.config().region());
             if e.kind == crate::error::ErrorKind::NotFound {
                 Ok(None)
             } else {
@@ -280,7 +287,10 @@ pub async fn describe_own_snapshots(
         )
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_ids.join(","), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_ids.join(","), e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(out.snapshots().iter().filter_map(to_snapshot).collect())
 }
 
@@ -299,7 +309,10 @@ pub async fn describe_own_images(
         .send();
     let mut images = Vec::new();
     while let Some(item) = pages.next().await {
-        let i = item.map_err(|e| AwsError::from_sdk("ec2:DescribeImages", "own images", e))?;
+        let i = item.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeImages", "own images", e)
+                .in_region(ec2.config().region())
+        })?;
         images.extend(to_image(&i));
     }
     Ok(images)
@@ -316,7 +329,9 @@ pub async fn image_holding_name(ec2: &Client, name: &str) -> Result<Option<Image
         .include_deprecated(true)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeImages", name, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeImages", name, e).in_region(ec2.config().region())
+        })?;
     Ok(out.images().iter().filter_map(to_image).next())
 }
 
@@ -327,8 +342,12 @@ pub async fn describe_snapshot(ec2: &Client, snapshot_id: &str) -> Result<Snapsh
         .snapshot_ids(snapshot_id)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeSnapshots", snapshot_id, e)
+                .in_region(ec2.config().region())
+        })?;
     let s = out.snapshots().first().ok_or_else(|| AwsError {
+        region: ec2.config().region().map(ToString::to_string),
         operation: "ec2:DescribeSnapshots",
         resource: snapshot_id.to_owned(),
         kind: crate::error::ErrorKind::NotFound,
@@ -398,11 +417,11 @@ pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<St
     if spec.tpm {
         call = call.tpm_support(TpmSupportValues::V20);
     }
-    let out = call
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("ec2:RegisterImage", req.name, e))?;
+    let out = call.send().await.map_err(|e| {
+        AwsError::from_sdk("ec2:RegisterImage", req.name, e).in_region(ec2.config().region())
+    })?;
     out.image_id().map(str::to_owned).ok_or_else(|| AwsError {
+        region: ec2.config().region().map(ToString::to_string),
         operation: "ec2:RegisterImage",
         resource: req.name.to_owned(),
         kind: crate::error::ErrorKind::Other,
@@ -418,7 +437,10 @@ pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Re
         .set_tags(Some(to_sdk_tags(tags)))
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:CreateTags", resource_ids.join(","), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:CreateTags", resource_ids.join(","), e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(())
 }
 
@@ -442,7 +464,10 @@ pub async fn images_in_use(ec2: &Client) -> Result<std::collections::BTreeSet<St
         .send();
     let mut used = std::collections::BTreeSet::new();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| AwsError::from_sdk("ec2:DescribeInstances", "instances", e))?;
+        let page = page.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeInstances", "instances", e)
+                .in_region(ec2.config().region())
+        })?;
         for r in page.reservations() {
             for i in r.instances() {
                 if let Some(id) = i.image_id() {
@@ -470,6 +495,7 @@ pub async fn images_in_launch_templates(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| {
             AwsError::from_sdk("ec2:DescribeLaunchTemplates", "launch templates", e)
+                .in_region(ec2.config().region())
         })?;
         for t in page.launch_templates() {
             if let Some(id) = t.launch_template_id() {
@@ -488,8 +514,10 @@ pub async fn images_in_launch_templates(
         }
         let mut pages = call.into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| AwsError::from_sdk("ec2:DescribeLaunchTemplateVersions", &t, e))?;
+            let page = page.map_err(|e| {
+                AwsError::from_sdk("ec2:DescribeLaunchTemplateVersions", &t, e)
+                    .in_region(ec2.config().region())
+            })?;
             for v in page.launch_template_versions() {
                 if let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) {
                     used.entry(image.to_owned()).or_insert_with(|| {
@@ -515,7 +543,10 @@ pub async fn launch_permissions(ec2: &Client, image_id: &str) -> Result<Vec<Stri
         .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeImageAttribute", image_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeImageAttribute", image_id, e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(out
         .launch_permissions()
         .iter()
@@ -544,7 +575,10 @@ pub async fn describe_own_snapshots_filtered(
         .send();
     let mut out = Vec::new();
     while let Some(s) = pages.next().await {
-        let s = s.map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshots", "own snapshots", e))?;
+        let s = s.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeSnapshots", "own snapshots", e)
+                .in_region(ec2.config().region())
+        })?;
         out.extend(to_snapshot(&s));
     }
     Ok(out)
@@ -561,7 +595,10 @@ pub async fn enable_image_deprecation(
         .deprecate_at(aws_smithy_types::DateTime::from_secs(at.timestamp()))
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:EnableImageDeprecation", image_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:EnableImageDeprecation", image_id, e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(())
 }
 
@@ -571,7 +608,9 @@ pub async fn deregister_image(ec2: &Client, image_id: &str) -> Result<(), AwsErr
         .image_id(image_id)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DeregisterImage", image_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DeregisterImage", image_id, e).in_region(ec2.config().region())
+        })?;
     Ok(())
 }
 
@@ -581,7 +620,10 @@ pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsE
         .snapshot_id(snapshot_id)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DeleteSnapshot", snapshot_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DeleteSnapshot", snapshot_id, e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(())
 }
 
@@ -615,8 +657,12 @@ pub async fn copy_image(ec2: &Client, req: CopyRequest<'_>) -> Result<String, Aw
         .tag_specifications(tag_spec(ResourceType::Snapshot, req.tags))
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:CopyImage", req.source_image_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:CopyImage", req.source_image_id, e)
+                .in_region(ec2.config().region())
+        })?;
     out.image_id().map(str::to_owned).ok_or_else(|| AwsError {
+        region: ec2.config().region().map(ToString::to_string),
         operation: "ec2:CopyImage",
         resource: req.source_image_id.to_owned(),
         kind: crate::error::ErrorKind::Other,
@@ -678,7 +724,10 @@ pub async fn modify_launch_permission(
         .launch_permission(mods)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:ModifyImageAttribute", image_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:ModifyImageAttribute", image_id, e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(())
 }
 
@@ -704,9 +753,10 @@ pub async fn modify_create_volume_permission(
     if grants.public {
         call = call.group_names("all");
     }
-    call.send()
-        .await
-        .map_err(|e| AwsError::from_sdk("ec2:ModifySnapshotAttribute", snapshot_id, e))?;
+    call.send().await.map_err(|e| {
+        AwsError::from_sdk("ec2:ModifySnapshotAttribute", snapshot_id, e)
+            .in_region(ec2.config().region())
+    })?;
     Ok(())
 }
 
@@ -722,7 +772,10 @@ pub async fn create_volume_permissions(
         .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:DescribeSnapshotAttribute", snapshot_id, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeSnapshotAttribute", snapshot_id, e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(out
         .create_volume_permissions()
         .iter()
@@ -741,7 +794,10 @@ pub async fn image_block_public_access_state(ec2: &Client) -> Result<String, Aws
         .get_image_block_public_access_state()
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("ec2:GetImageBlockPublicAccessState", "account", e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:GetImageBlockPublicAccessState", "account", e)
+                .in_region(ec2.config().region())
+        })?;
     Ok(out
         .image_block_public_access_state()
         .unwrap_or("unblocked")

@@ -16,7 +16,9 @@ pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, Aws
         .set_version_id(obj.version_id.clone())
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("s3:GetObject", obj.uri(), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("s3:GetObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
     Ok(ObjectInfo {
         size: out
             .content_length()
@@ -48,8 +50,11 @@ pub async fn get_range(s3: &Client, obj: &ObjectRef, range: &str) -> Result<Vec<
         .range(format!("bytes={range}"))
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("s3:GetObject", obj.uri(), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("s3:GetObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
     let bytes = out.body.collect().await.map_err(|e| AwsError {
+        region: s3.config().region().map(ToString::to_string),
         operation: "s3:GetObject",
         resource: obj.uri(),
         kind: ErrorKind::Other,
@@ -68,7 +73,9 @@ pub async fn get_tags(s3: &Client, obj: &ObjectRef) -> Result<Tags, AwsError> {
         .set_version_id(obj.version_id.clone())
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("s3:GetObjectTagging", obj.uri(), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("s3:GetObjectTagging", obj.uri(), e).in_region(s3.config().region())
+        })?;
     Ok(out
         .tag_set()
         .iter()
@@ -85,6 +92,7 @@ pub async fn put_tags(s3: &Client, obj: &ObjectRef, tags: &Tags) -> Result<(), A
     let tagging = set
         .and_then(|s| Tagging::builder().set_tag_set(Some(s)).build())
         .map_err(|e| AwsError {
+            region: s3.config().region().map(ToString::to_string),
             operation: "s3:PutObjectTagging",
             resource: obj.uri(),
             kind: ErrorKind::InvalidInput,
@@ -98,6 +106,8 @@ pub async fn put_tags(s3: &Client, obj: &ObjectRef, tags: &Tags) -> Result<(), A
         .tagging(tagging)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("s3:PutObjectTagging", obj.uri(), e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("s3:PutObjectTagging", obj.uri(), e).in_region(s3.config().region())
+        })?;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub async fn publish(
         .string_value(event_type)
         .build()
         .map_err(|e| AwsError {
+            region: sns.config().region().map(ToString::to_string),
             operation: "sns:Publish",
             resource: topic_arn.to_owned(),
             kind: crate::error::ErrorKind::InvalidInput,
@@ -32,6 +33,8 @@ pub async fn publish(
         .message_attributes("event_type", attr)
         .send()
         .await
-        .map_err(|e| AwsError::from_sdk("sns:Publish", topic_arn, e))?;
+        .map_err(|e| {
+            AwsError::from_sdk("sns:Publish", topic_arn, e).in_region(sns.config().region())
+        })?;
     Ok(out.message_id().unwrap_or_default().to_owned())
 }
