@@ -203,3 +203,32 @@ pub struct Snapshot {
     /// When the snapshot was started (RFC 3339), as reported.
     pub start_time: Option<String>,
 }
+
+/// A condition on what a listing returns; the EC2 gateway turns it into the API's filter, so
+/// no SDK filter is built outside `aws/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select {
+    /// Tag `key` has one of the values.
+    Tag(String, Vec<String>),
+    /// Tag `key` is present, whatever its value.
+    TagKey(String),
+    /// The resource's state is one of these.
+    State(Vec<String>),
+}
+
+impl Select {
+    /// Tag `key` has one of `values`.
+    pub fn tag(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Select::Tag(key.to_owned(), values.into_iter().map(Into::into).collect())
+    }
+
+    /// Tag `key` is present.
+    pub fn tag_key(key: &str) -> Self {
+        Select::TagKey(key.to_owned())
+    }
+
+    /// The state is one of `values`.
+    pub fn state(values: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Select::State(values.into_iter().map(Into::into).collect())
+    }
+}

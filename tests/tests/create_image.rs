@@ -97,13 +97,13 @@ fn started_task(out: &Output) -> String {
 }
 
 async fn tasks(w: &World) -> Vec<ImportTask> {
-    shared::aws::ec2::describe_import_tasks(&w.acct.clients.ec2, vec![])
+    shared::aws::ec2::describe_import_tasks(&w.acct.clients.ec2, &[])
         .await
         .expect("describe tasks")
 }
 
 async fn images(w: &World) -> Vec<Image> {
-    shared::aws::ec2::describe_own_images(&w.acct.clients.ec2, vec![])
+    shared::aws::ec2::describe_own_images(&w.acct.clients.ec2, &[])
         .await
         .expect("describe images")
 }

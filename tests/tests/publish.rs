@@ -11,6 +11,7 @@ use publish::{Command, Config, Deps, Output, handle};
 use serde_json::{Value, json};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
+use shared::model::Select;
 use shared::plan::publish::{self as plan, Grants};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,7 +129,7 @@ impl World {
     async fn copies(&self, region: &str, source: &str) -> Vec<shared::model::Image> {
         shared::aws::ec2::describe_own_images(
             &self.ec2(region),
-            vec![shared::aws::ec2::tag_filter(plan::PUBLISH_SOURCE, [source])],
+            &[Select::tag(plan::PUBLISH_SOURCE, [source])],
         )
         .await
         .expect("describe copies")

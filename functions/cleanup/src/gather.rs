@@ -7,6 +7,7 @@ use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
+use shared::model::Select;
 use shared::plan::lineage::MANAGED;
 use shared::plan::retention::{self, Action, Policy, RegionFacts};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,13 +19,12 @@ pub(crate) async fn gather(
     policy: &Policy,
 ) -> Result<RegionFacts, AwsError> {
     let c = clients.get(region);
-    let images = ec2::describe_own_images(&c.ec2, vec![]).await?;
+    let images = ec2::describe_own_images(&c.ec2, &[]).await?;
     let used_by_instances = ec2::images_in_use(&c.ec2).await?;
     let used_by_templates =
         ec2::images_in_launch_templates(&c.ec2, deps.config.all_template_versions).await?;
     let managed_snapshots = if policy.orphan_sweep {
-        ec2::describe_own_snapshots_filtered(&c.ec2, vec![ec2::tag_filter(MANAGED, ["true"])])
-            .await?
+        ec2::describe_own_snapshots_filtered(&c.ec2, &[Select::tag(MANAGED, ["true"])]).await?
     } else {
         Vec::new()
     };

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::{ec2, s3};
 use shared::error::AwsError;
-use shared::model::{DiskFormat, ObjectInfo, ObjectRef};
+use shared::model::{DiskFormat, ObjectInfo, ObjectRef, Select};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import;
 use shared::plan::spec::{self, ImageSpec, Problem};
@@ -86,7 +86,7 @@ pub(crate) async fn try_ingest(
     let token = import::upload_token(&object, info.etag.as_deref());
     let existing = ec2::describe_own_images(
         &c.ec2,
-        vec![ec2::tag_filter(lineage::SOURCE_TOKEN, [token.as_str()])],
+        &[Select::tag(lineage::SOURCE_TOKEN, [token.as_str()])],
     )
     .await?;
     if let Some(image) = existing.first() {

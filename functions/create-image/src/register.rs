@@ -5,7 +5,7 @@ use crate::sweep::{announce, object_of, report_failure};
 use chrono::{DateTime, Utc};
 use shared::aws::ec2;
 use shared::error::{AwsError, ErrorKind};
-use shared::model::Image;
+use shared::model::{Image, Select};
 use shared::plan::import::{self, OnDuplicate, Registration};
 use shared::plan::lineage;
 use tracing::info;
@@ -34,11 +34,8 @@ pub(crate) async fn register(
         Ok(id) => id,
         Err(message) => return fail(deps, task_id, reg, message, now).await,
     };
-    let listed = ec2::describe_own_images(
-        &c.ec2,
-        vec![ec2::tag_filter(lineage::IMPORT_TASK, [task_id])],
-    )
-    .await?;
+    let listed =
+        ec2::describe_own_images(&c.ec2, &[Select::tag(lineage::IMPORT_TASK, [task_id])]).await?;
     let image = registered_image(reg, &image_id);
     announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
     Ok(image_id)

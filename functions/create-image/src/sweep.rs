@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
-use shared::model::{Image, ObjectRef, Tags};
+use shared::model::{Image, ObjectRef, Select, Tags};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import::{self, Registration, SweepAction, SweepPolicy};
 use shared::plan::lineage;
@@ -24,8 +24,7 @@ pub async fn sweep(
     deadline: Deadline,
 ) -> Result<SweepReport, AwsError> {
     let c = &deps.clients;
-    let tasks =
-        ec2::describe_import_tasks(&c.ec2, vec![ec2::tag_key_filter(lineage::MANAGED)]).await?;
+    let tasks = ec2::describe_import_tasks(&c.ec2, &[Select::tag_key(lineage::MANAGED)]).await?;
     let pending: Vec<&str> = tasks
         .iter()
         .filter(|t| {
@@ -38,7 +37,7 @@ pub async fn sweep(
     for chunk in pending.chunks(100) {
         for image in ec2::describe_own_images(
             &c.ec2,
-            vec![ec2::tag_filter(lineage::IMPORT_TASK, chunk.iter().copied())],
+            &[Select::tag(lineage::IMPORT_TASK, chunk.iter().copied())],
         )
         .await?
         {

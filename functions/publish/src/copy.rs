@@ -7,7 +7,7 @@ use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, CopyRequest};
 use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
-use shared::model::{Image, Tags};
+use shared::model::{Image, Select, Tags};
 use shared::plan::publish::{self as plan, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
 use shared::plan::stamp::{self, Facts, ImageRef, Parent};
 use tracing::info;
@@ -26,7 +26,7 @@ pub(crate) async fn advance_copy(
     let rc = clients_for(deps, Some(region));
     let found = ec2::describe_own_images(
         &rc.ec2,
-        vec![ec2::tag_filter(PUBLISH_SOURCE, [source.id.as_str()])],
+        &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
     )
     .await?;
     let copy = found
@@ -36,10 +36,7 @@ pub(crate) async fn advance_copy(
     let in_flight = if copy.is_none() {
         ec2::describe_own_images(
             &rc.ec2,
-            vec![
-                ec2::tag_key_filter(PUBLISH_SOURCE),
-                ec2::filter("state", ["pending"]),
-            ],
+            &[Select::tag_key(PUBLISH_SOURCE), Select::state(["pending"])],
         )
         .await?
         .len()

@@ -11,7 +11,7 @@ use shared::aws::clients::Clients;
 use shared::aws::ec2::{self};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
-use shared::model::Image;
+use shared::model::{Image, Select};
 use shared::plan::publish::{IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STATE};
 use tracing::info;
 
@@ -95,19 +95,17 @@ async fn advance(
     let mut total = 0;
     for r in &regions {
         let c = clients_for(deps, Some(r));
-        let sources = match ec2::describe_own_images(
-            &c.ec2,
-            vec![ec2::tag_filter(PUBLISH_STATE, [IN_PROGRESS])],
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                total += 1;
-                errors.push(e.to_string());
-                continue;
-            }
-        };
+        let sources =
+            match ec2::describe_own_images(&c.ec2, &[Select::tag(PUBLISH_STATE, [IN_PROGRESS])])
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    total += 1;
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
         for s in sources
             .into_iter()
             .filter(|s| !s.tags.contains_key(PUBLISH_SOURCE))

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, Change};
 use shared::invocation::InvocationError;
-use shared::model::{Image, Tags};
+use shared::model::{Image, Select, Tags};
 use shared::notify::{self, EventType};
 use shared::plan::publish::{self as plan, Grants, PUBLISH_SOURCE};
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ pub(crate) async fn revoke(
         let rc = clients_for(deps, Some(r));
         let found = ec2::describe_own_images(
             &rc.ec2,
-            vec![ec2::tag_filter(PUBLISH_SOURCE, [source.id.as_str()])],
+            &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
         )
         .await
         .map_err(aws_failed)?;

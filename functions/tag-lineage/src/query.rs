@@ -5,6 +5,7 @@ use crate::handler::clients_for;
 use crate::output::{AncestorsReport, ChildrenReport, Entry, Node};
 use shared::aws::ec2;
 use shared::error::AwsError;
+use shared::model::Select;
 use shared::plan::ancestry::{Next, Walk};
 use shared::plan::lineage::{self};
 use shared::plan::stamp::{self, ImageRef};
@@ -95,7 +96,7 @@ pub(crate) async fn children(
                 let rc = clients_for(deps, Some(r));
                 let images = ec2::describe_own_images(
                     &rc.ec2,
-                    vec![ec2::tag_filter(lineage::SOURCE_IMAGE, [node_id.as_str()])],
+                    &[Select::tag(lineage::SOURCE_IMAGE, [node_id.as_str()])],
                 )
                 .await?;
                 for img in images {

@@ -4,7 +4,7 @@
 //! operation and the resource.
 
 use crate::error::AwsError;
-use crate::model::{Image, ImportStatus, ImportTask, Snapshot, Tags};
+use crate::model::{Image, ImportStatus, ImportTask, Select, Snapshot, Tags};
 use crate::plan::publish::Grants;
 use crate::plan::spec::ImageSpec;
 use aws_sdk_ec2::Client;
@@ -15,7 +15,7 @@ use aws_sdk_ec2::types::{
 };
 
 /// A tag filter, `tag:<key>` = any of `values`.
-pub fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
+fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
     Filter::builder()
         .name(format!("tag:{key}"))
         .set_values(Some(values.into_iter().map(Into::into).collect()))
@@ -23,7 +23,7 @@ pub fn tag_filter(key: &str, values: impl IntoIterator<Item = impl Into<String>>
 }
 
 /// A filter on an attribute (`state`, `source-image-id`, …) = any of `values`.
-pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
+fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Filter {
     Filter::builder()
         .name(name)
         .set_values(Some(values.into_iter().map(Into::into).collect()))
@@ -31,8 +31,20 @@ pub fn filter(name: &str, values: impl IntoIterator<Item = impl Into<String>>) -
 }
 
 /// A `tag-key` filter: resources carrying `key`, whatever its value.
-pub fn tag_key_filter(key: &str) -> Filter {
+fn tag_key_filter(key: &str) -> Filter {
     Filter::builder().name("tag-key").values(key).build()
+}
+
+/// The API's filters for a selection.
+fn filters(select: &[Select]) -> Vec<Filter> {
+    select
+        .iter()
+        .map(|s| match s {
+            Select::Tag(key, values) => tag_filter(key, values.iter().cloned()),
+            Select::TagKey(key) => tag_key_filter(key),
+            Select::State(values) => filter("state", values.iter().cloned()),
+        })
+        .collect()
 }
 
 fn to_sdk_tags(tags: &Tags) -> Vec<Tag> {
@@ -120,8 +132,9 @@ pub async fn import_snapshot(ec2: &Client, req: ImportRequest<'_>) -> Result<Str
 /// DescribeImportSnapshotTasks, every page, filtered.
 pub async fn describe_import_tasks(
     ec2: &Client,
-    filters: Vec<Filter>,
+    select: &[Select],
 ) -> Result<Vec<ImportTask>, AwsError> {
+    let filters = filters(select);
     let mut pages = ec2
         .describe_import_snapshot_tasks()
         .set_filters(Some(filters))
@@ -295,10 +308,8 @@ pub async fn describe_own_snapshots(
 }
 
 /// DescribeImages owned by this account, every page, filtered.
-pub async fn describe_own_images(
-    ec2: &Client,
-    filters: Vec<Filter>,
-) -> Result<Vec<Image>, AwsError> {
+pub async fn describe_own_images(ec2: &Client, select: &[Select]) -> Result<Vec<Image>, AwsError> {
+    let filters = filters(select);
     let mut pages = ec2
         .describe_images()
         .owners("self")
@@ -563,8 +574,9 @@ pub async fn launch_permissions(ec2: &Client, image_id: &str) -> Result<Vec<Stri
 /// This account's snapshots matching `filters` (DescribeSnapshots, every page).
 pub async fn describe_own_snapshots_filtered(
     ec2: &Client,
-    filters: Vec<Filter>,
+    select: &[Select],
 ) -> Result<Vec<Snapshot>, AwsError> {
+    let filters = filters(select);
     let mut pages = ec2
         .describe_snapshots()
         .owner_ids("self")

@@ -156,7 +156,7 @@ async fn main() -> ExitCode {
 
     println!("\n== waiting for the imports (the scheduled sweep would pick them up)");
     for _ in 0..100 {
-        let tasks = shared::aws::ec2::describe_import_tasks(&acct.clients.ec2, vec![])
+        let tasks = shared::aws::ec2::describe_import_tasks(&acct.clients.ec2, &[])
             .await
             .unwrap_or_default();
         let done = tasks
@@ -189,7 +189,7 @@ async fn main() -> ExitCode {
     }
 
     println!("\n== what came out");
-    let images = shared::aws::ec2::describe_own_images(&acct.clients.ec2, vec![])
+    let images = shared::aws::ec2::describe_own_images(&acct.clients.ec2, &[])
         .await
         .unwrap_or_default();
     for img in &images {
