@@ -9,8 +9,13 @@
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sts::config::Credentials;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::aws::clients::{self, ClientSettings, Clients};
+use shared::deadline::Deadline;
+use shared::invocation::InvocationError;
+use shared::runner::{Function, parse_payload};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -378,26 +383,17 @@ impl TestAccount {
         assume_role(&self.endpoint, &self.account_id, &function.role_name()).await
     }
 
-    /// Invokes function `F` (its `Deps`) the way the Lambda runtime does
-    /// (`shared::runner`): the event's JSON text parsed by `parse_payload`, the dependencies
-    /// built from `env` by `Function::from_env` under the function's template role, then
-    /// `Function::invoke`.
-    pub async fn invoke<F: shared::runner::Function>(
+    /// Invokes function `F` once, the way the Lambda runtime does: its dependencies built from
+    /// `env` under its template role ([`deps_as`]), then the event's JSON text through
+    /// [`invoke_text`].
+    pub async fn invoke<F: UnderTest>(
         &self,
-        function: roles::Function,
         env: &dyn Fn(&str) -> Option<String>,
         bucket: &str,
         event_text: &str,
-    ) -> Result<F::Output, shared::invocation::InvocationError> {
-        let event = shared::runner::parse_payload(event_text)?;
-        let sdk = self.sdk_as(function, env, bucket).await;
-        let deps = F::from_env(env, &sdk)?;
-        deps.invoke(
-            &event,
-            chrono::Utc::now(),
-            shared::deadline::Deadline::after(Duration::from_secs(900)),
-        )
-        .await
+    ) -> Result<F::Output, InvocationError> {
+        let deps: F = deps_as(self, env, bucket).await?;
+        invoke_text(&deps, event_text, chrono::Utc::now()).await
     }
 
     /// Sets this account's emulator config (e.g. `{"import_delay_seconds": 0}`).
@@ -614,6 +610,136 @@ impl TestAccount {
                 }
             }
         }
+    }
+}
+
+/// A pipeline function under test: its dependencies (`Deps`) and the template role it runs as.
+pub trait UnderTest: Function {
+    /// The function, as template.yaml names it.
+    const ROLE: roles::Function;
+}
+
+impl UnderTest for create_image::Deps {
+    const ROLE: roles::Function = roles::Function::CreateImage;
+}
+impl UnderTest for tag_lineage::Deps {
+    const ROLE: roles::Function = roles::Function::TagLineage;
+}
+impl UnderTest for publish::Deps {
+    const ROLE: roles::Function = roles::Function::Publish;
+}
+impl UnderTest for cleanup::Deps {
+    const ROLE: roles::Function = roles::Function::Cleanup;
+}
+
+/// The invocation deadline every test gives a function (Lambda's maximum, 15 minutes).
+pub fn deadline() -> Deadline {
+    Deadline::after(Duration::from_secs(900))
+}
+
+/// `F`'s dependencies as the runtime builds them (`Function::from_env` over `env`), acting as
+/// `F`'s template role in `acct` with `bucket` as the template's uploads bucket. Fails as the
+/// runtime's start would when the configuration is invalid.
+pub async fn deps_as<F: UnderTest>(
+    acct: &TestAccount,
+    env: &dyn Fn(&str) -> Option<String>,
+    bucket: &str,
+) -> Result<F, InvocationError> {
+    let sdk = acct.sdk_as(F::ROLE, env, bucket).await;
+    F::from_env(env, &sdk)
+}
+
+/// The one invoke helper: the event's JSON text parsed by `shared::runner::parse_payload`, then
+/// `Function::invoke` at `now` — what `shared::runner::run` does with each Lambda payload.
+pub async fn invoke_text<F: Function>(
+    deps: &F,
+    event_text: &str,
+    now: DateTime<Utc>,
+) -> Result<F::Output, InvocationError> {
+    let event = parse_payload(event_text)?;
+    deps.invoke(&event, now, deadline()).await
+}
+
+/// [`invoke_text`] for an event given as JSON.
+pub async fn invoke<F: Function>(
+    deps: &F,
+    event: &Value,
+    now: DateTime<Utc>,
+) -> Result<F::Output, InvocationError> {
+    invoke_text(deps, &event.to_string(), now).await
+}
+
+/// One test's world for function `F`: a fresh account, the pipeline topic with an SQS queue
+/// subscribed to it, and `F`'s dependencies built by the runtime's code (`Function::from_env`)
+/// under `F`'s template role. Each test file adds its own helpers through an extension trait.
+pub struct World<F: UnderTest> {
+    /// The test's account (its clients act as the set-up identity, not as `F`).
+    pub acct: TestAccount,
+    /// The pipeline topic (`TOPIC_ARN`).
+    pub topic: String,
+    /// The SQS queue subscribed to the topic (raw delivery).
+    pub queue: String,
+    /// The uploads bucket the function's role is granted (`uploads-<account>` unless told).
+    pub bucket: String,
+    /// The function's dependencies, as the runtime builds them.
+    pub deps: F,
+}
+
+impl<F: UnderTest> World<F> {
+    /// A world in a fresh account, `F` configured with `env` plus `TOPIC_ARN` (the world's
+    /// topic) and `S3_FORCE_PATH_STYLE=true` unless `env` sets it.
+    pub async fn new(env: &[(&str, &str)]) -> Self {
+        Self::in_account(TestAccount::new().await, env).await
+    }
+
+    /// [`World::new`] in `acct` (set up beforehand, e.g. its emulator config), with the
+    /// uploads bucket `uploads-<account>`.
+    pub async fn in_account(acct: TestAccount, env: &[(&str, &str)]) -> Self {
+        let bucket = format!("uploads-{}", acct.account_id);
+        Self::with_bucket(acct, env, bucket).await
+    }
+
+    /// [`World::in_account`] with another uploads bucket (the template's `UploadsBucket`).
+    pub async fn with_bucket(acct: TestAccount, env: &[(&str, &str)], bucket: String) -> Self {
+        let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
+        let mut vars: BTreeMap<String, String> =
+            BTreeMap::from([("S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned())]);
+        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        vars.insert("TOPIC_ARN".to_owned(), topic.clone());
+        let deps = deps_as::<F>(&acct, &|k| vars.get(k).cloned(), &bucket)
+            .await
+            .unwrap_or_else(|e| panic!("{:?} configuration: {e}", F::ROLE));
+        World {
+            acct,
+            topic,
+            queue,
+            bucket,
+            deps,
+        }
+    }
+
+    /// Invokes the function with `event` as the runtime would, at the current time.
+    pub async fn invoke(&self, event: &Value) -> Result<F::Output, InvocationError> {
+        invoke(&self.deps, event, Utc::now()).await
+    }
+
+    /// [`World::invoke`] with the clock at `now`.
+    pub async fn invoke_at(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<F::Output, InvocationError> {
+        invoke(&self.deps, event, now).await
+    }
+
+    /// [`World::invoke`] with the event as JSON text (as Lambda hands it over).
+    pub async fn invoke_text(&self, event_text: &str) -> Result<F::Output, InvocationError> {
+        invoke_text(&self.deps, event_text, Utc::now()).await
+    }
+
+    /// EC2 in `region`, as the set-up identity.
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.acct.clients.for_region(region).ec2
     }
 }
 

@@ -4,49 +4,38 @@
 //! The clock is a parameter of the handler, so "a later run" is the same code at a later `now`.
 
 use chrono::{DateTime, Duration as Days, Utc};
-use cleanup::{Command, Config, Deps, Report, StepResult, handle};
+use cleanup::{Deps, Report, StepResult};
 use serde_json::{Value, json};
-use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::roles::Function;
-use support::{TestAccount, fixtures};
+use support::fixtures;
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
 
-struct World {
-    acct: TestAccount,
-    deps: Deps,
-    queue: String,
-}
+type World = support::World<Deps>;
 
 async fn world() -> World {
-    let acct = TestAccount::new().await;
-    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
-    let env = BTreeMap::from([
-        ("TOPIC_ARN", topic.as_str()),
+    World::new(&[
         ("KEEP_NEWEST", "2"),
         ("MIN_AGE_DAYS", "30"),
         ("GRACE_DAYS", "7"),
         ("MAX_DELETIONS", "10"),
-    ]);
-    let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
-    let deps = Deps {
-        clients: acct
-            .clients_as(Function::Cleanup, &|k| env.get(k).map(|v| v.to_string()))
-            .await,
-        config,
-    };
-    World { acct, deps, queue }
+    ])
+    .await
 }
 
-impl World {
-    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        self.acct.clients.for_region(region).ec2
-    }
+/// This file's helpers on the world.
+trait Helpers {
+    async fn managed(&self, region: &str, family: &str, name: &str, days: i64) -> (String, String);
+    async fn try_run(&self, event: Value, now: DateTime<Utc>) -> Result<Report, InvocationError>;
+    async fn run(&self, event: Value, now: DateTime<Utc>) -> Report;
+    async fn exists(&self, region: &str, image: &str) -> bool;
+    async fn snapshot_exists(&self, region: &str, snap: &str) -> bool;
+}
 
+impl Helpers for World {
     /// A managed image of `family` created `days` ago; returns (image, snapshot).
     async fn managed(&self, region: &str, family: &str, name: &str, days: i64) -> (String, String) {
         let (image, snap) = fixtures::image(
@@ -64,14 +53,7 @@ impl World {
     }
 
     async fn try_run(&self, event: Value, now: DateTime<Utc>) -> Result<Report, InvocationError> {
-        let cmd = Command::from_event(&event)?;
-        handle(
-            cmd,
-            &self.deps,
-            now,
-            Deadline::after(Duration::from_secs(900)),
-        )
-        .await
+        self.invoke_at(&event, now).await
     }
 
     async fn run(&self, event: Value, now: DateTime<Utc>) -> Report {

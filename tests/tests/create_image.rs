@@ -3,48 +3,23 @@
 //! and on the SNS messages received by an SQS subscriber.
 
 use chrono::Utc;
-use create_image::{Command, Config, Deps, IngestOutcome, Output, handle};
+use create_image::{Command, Deps, IngestOutcome, Output, handle};
 use serde_json::{Value, json};
 use shared::deadline::Deadline;
 use shared::model::{Image, ImportStatus, ImportTask};
 use shared::plan::lineage;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::roles::Function;
 use support::{TestAccount, disks};
 
-struct World {
-    acct: TestAccount,
-    deps: Deps,
-    queue: String,
-    bucket: String,
-}
+type World = support::World<Deps>;
 
 async fn world(import_delay: u64, versioned: bool) -> World {
     let acct = TestAccount::new().await;
     acct.emulator_config(json!({"import_delay_seconds": import_delay}));
-    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
-    let bucket = format!("uploads-{}", acct.account_id);
-    acct.bucket(&bucket, versioned).await;
-    let env = BTreeMap::from([
-        ("TOPIC_ARN", topic.as_str()),
-        ("S3_FORCE_PATH_STYLE", "true"),
-    ]);
-    let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
-    let deps = Deps {
-        clients: acct
-            .clients_as(Function::CreateImage, &|k| {
-                env.get(k).map(|v| v.to_string())
-            })
-            .await,
-        config,
-    };
-    World {
-        acct,
-        deps,
-        queue,
-        bucket,
-    }
+    let w = World::in_account(acct, &[]).await;
+    w.acct.bucket(&w.bucket, versioned).await;
+    w
 }
 
 /// An S3 bucket notification as AWS delivers it (key form-encoded by the caller).
@@ -79,8 +54,7 @@ fn deadline() -> Deadline {
 }
 
 async fn run(w: &World, event: &Value) -> Output {
-    let cmd = Command::from_event(event).unwrap_or_else(|e| panic!("event did not parse: {e}"));
-    handle(cmd, &w.deps, Utc::now(), deadline())
+    w.invoke(event)
         .await
         .unwrap_or_else(|e| panic!("handler failed: {e}"))
 }
@@ -312,10 +286,7 @@ async fn the_same_upload_delivered_many_times_gives_one_import_and_one_ami() {
     let key = "dup/disk.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let event = s3_event(&w.bucket, "dup/disk.raw", &etag, None);
-    let runs = (0..5).map(|_| async {
-        let cmd = Command::from_event(&event).expect("parses");
-        handle(cmd, &w.deps, Utc::now(), deadline()).await
-    });
+    let runs = (0..5).map(|_| w.invoke(&event));
     let results = futures::future::join_all(runs).await;
     let mut ids: Vec<String> = results
         .iter()
@@ -554,9 +525,8 @@ async fn a_missing_object_or_bucket_is_rejected_precisely() {
     // Another bucket than the template's uploads bucket: the role may not read it (S3ReadPolicy
     // names one bucket), so S3 answers 403 whether or not it exists, as on AWS. Nothing is
     // rejected or tagged; the error names the permission and the event stays safe to retry.
-    let cmd = Command::from_event(&json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}))
-        .expect("a valid manual request");
-    let err = handle(cmd, &w.deps, Utc::now(), deadline())
+    let err = w
+        .invoke(&json!({"bucket": "no-such-bucket-anywhere", "key": "x.raw"}))
         .await
         .err()
         .map(|e| e.to_string())
@@ -615,14 +585,7 @@ async fn access_denied_names_the_permission_and_the_event_is_safe_to_retry() {
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let event = s3_event(&w.bucket, key, &etag, None);
     w.acct.inject_fault(json!({"service": "s3", "action": "HeadObject", "status": 403, "code": "AccessDenied", "message": "Access Denied"}));
-    let err = handle(
-        Command::from_event(&event).expect("parses"),
-        &w.deps,
-        Utc::now(),
-        deadline(),
-    )
-    .await
-    .err();
+    let err = w.invoke(&event).await.err();
     let text = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(
         text.contains(&format!("s3:GetObject on s3://{}/{key} failed", w.bucket)),
@@ -631,14 +594,7 @@ async fn access_denied_names_the_permission_and_the_event_is_safe_to_retry() {
     assert!(text.contains("needs permission `s3:GetObject`"), "{text}");
     w.acct.clear_faults();
     w.acct.inject_fault(json!({"service": "ec2", "action": "ImportSnapshot", "status": 403, "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
-    let err = handle(
-        Command::from_event(&event).expect("parses"),
-        &w.deps,
-        Utc::now(),
-        deadline(),
-    )
-    .await
-    .err();
+    let err = w.invoke(&event).await.err();
     let text = err.map(|e| e.to_string()).unwrap_or_default();
     assert!(
         text.contains("ec2:ImportSnapshot") && text.contains("UnauthorizedOperation"),

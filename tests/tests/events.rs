@@ -1,6 +1,6 @@
 //! Walks `events/`: every sample is named `<function>.<scenario>.json`, parses as its function's
-//! event, and runs through that function's real handler against the emulator (a fresh account,
-//! nothing in it) with the outcome `events/README.md` documents for it — `ok:` with the
+//! event, and runs through that function's real handler against the emulator (a fresh account
+//! per function, nothing in it) with the outcome `events/README.md` documents for it — `ok:` with the
 //! `/json/pointer` = `value` pairs the output must hold, or `error <errorType>` with the text the
 //! message must contain. A file without a documented outcome, a documented file that is missing,
 //! and an unknown function prefix all fail the test.
@@ -8,8 +8,7 @@
 use serde_json::Value;
 use shared::invocation::InvocationError;
 use std::collections::BTreeMap;
-use support::TestAccount;
-use support::roles::Function;
+use support::{TestAccount, UnderTest, World};
 
 const FUNCTIONS: [&str; 4] = ["create-image", "tag-lineage", "publish", "cleanup"];
 
@@ -75,57 +74,45 @@ fn expectations() -> BTreeMap<String, Expect> {
 /// The uploads bucket the create-image samples name (the template's `UploadsBucket` here).
 const SAMPLE_BUCKET: &str = "ami-pipeline-uploads-example";
 
-struct World {
-    acct: TestAccount,
-    topic: String,
+/// One world per function, each in its own fresh account with nothing in it, the function
+/// built once as the runtime builds it.
+struct Worlds {
+    create_image: World<create_image::Deps>,
+    tag_lineage: World<tag_lineage::Deps>,
+    publish: World<publish::Deps>,
+    cleanup: World<cleanup::Deps>,
 }
 
-impl World {
-    fn env(&self, extra: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let mut m: BTreeMap<String, String> = extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        m.insert("TOPIC_ARN".into(), self.topic.clone());
-        m.insert("S3_FORCE_PATH_STYLE".into(), "true".into());
-        move |k| m.get(k).cloned()
+/// A world whose role is granted the bucket the samples name.
+async fn world<F: UnderTest>(env: &[(&str, &str)]) -> World<F> {
+    World::with_bucket(TestAccount::new().await, env, SAMPLE_BUCKET.to_owned()).await
+}
+
+impl Worlds {
+    async fn new() -> Self {
+        Worlds {
+            create_image: world(&[]).await,
+            tag_lineage: world(&[("VISIBILITY_WAIT_SECONDS", "0")]).await,
+            publish: world(&[]).await,
+            cleanup: world(&[]).await,
+        }
     }
 
     /// Runs `event_text` through `function` as the Lambda runtime would (`shared::runner`),
     /// under the function's template role.
     async fn run(&self, function: &str, event_text: &str) -> Result<Value, InvocationError> {
-        fn json(v: Result<Value, serde_json::Error>) -> Value {
-            v.expect("outputs serialize")
+        async fn json<F: UnderTest>(
+            w: &World<F>,
+            event_text: &str,
+        ) -> Result<Value, InvocationError> {
+            let out = w.invoke_text(event_text).await?;
+            Ok(serde_json::to_value(out).expect("outputs serialize"))
         }
-        let a = &self.acct;
-        let env = self.env(&[]);
         match function {
-            "create-image" => a
-                .invoke::<create_image::Deps>(
-                    Function::CreateImage,
-                    &env,
-                    SAMPLE_BUCKET,
-                    event_text,
-                )
-                .await
-                .map(|o| json(serde_json::to_value(o))),
-            "tag-lineage" => a
-                .invoke::<tag_lineage::Deps>(
-                    Function::TagLineage,
-                    &self.env(&[("VISIBILITY_WAIT_SECONDS", "0")]),
-                    SAMPLE_BUCKET,
-                    event_text,
-                )
-                .await
-                .map(|o| json(serde_json::to_value(o))),
-            "publish" => a
-                .invoke::<publish::Deps>(Function::Publish, &env, SAMPLE_BUCKET, event_text)
-                .await
-                .map(|o| json(serde_json::to_value(o))),
-            "cleanup" => a
-                .invoke::<cleanup::Deps>(Function::Cleanup, &env, SAMPLE_BUCKET, event_text)
-                .await
-                .map(|o| json(serde_json::to_value(o))),
+            "create-image" => json(&self.create_image, event_text).await,
+            "tag-lineage" => json(&self.tag_lineage, event_text).await,
+            "publish" => json(&self.publish, event_text).await,
+            "cleanup" => json(&self.cleanup, event_text).await,
             other => panic!("unknown function {other}"),
         }
     }
@@ -142,9 +129,7 @@ async fn every_sample_event_runs_through_its_handler_with_its_documented_outcome
         .collect();
     files.sort();
     assert!(files.len() >= 30, "only {} sample events", files.len());
-    let acct = TestAccount::new().await;
-    let (topic, _queue) = acct.topic_with_queue("ami-pipeline").await;
-    let w = World { acct, topic };
+    let w = Worlds::new().await;
     let mut failures = Vec::new();
     for file in &files {
         let function = FUNCTIONS

@@ -7,16 +7,13 @@
 
 use aws_sdk_ec2::types::ImageBlockPublicAccessEnabledState;
 use chrono::Utc;
-use publish::{Command, Config, Deps, Output, handle};
+use publish::{Deps, Output};
 use serde_json::{Value, json};
-use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use shared::model::Select;
 use shared::plan::publish::{self as plan, Grants};
-use std::collections::BTreeMap;
 use std::time::Duration;
-use support::roles::Function;
-use support::{TestAccount, aws_events, fixtures};
+use support::{aws_events, fixtures};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
@@ -25,39 +22,28 @@ const SYD: &str = "ap-southeast-2";
 const PARTNER: &str = "111122223333";
 const OU: &str = "arn:aws:organizations::123456789012:ou/o-exampleorg1/ou-ab12-cdef3456";
 
-struct World {
-    acct: TestAccount,
-    deps: Deps,
-    topic: String,
-    queue: String,
-}
+type World = support::World<Deps>;
 
 async fn world(env: &[(&str, &str)]) -> World {
-    let acct = TestAccount::new().await;
-    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
-    let mut vars: BTreeMap<&str, String> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    vars.insert("TOPIC_ARN", topic.clone());
-    let config =
-        Config::from_lookup(&|k| vars.get(k).cloned()).unwrap_or_else(|e| panic!("config: {e}"));
-    let deps = Deps {
-        clients: acct
-            .clients_as(Function::Publish, &|k| vars.get(k).cloned())
-            .await,
-        config,
-    };
-    World {
-        acct,
-        deps,
-        topic,
-        queue,
-    }
+    World::new(env).await
 }
 
-impl World {
-    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        self.acct.clients.for_region(region).ec2
-    }
+/// This file's helpers on the world.
+trait Helpers {
+    async fn source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String);
+    async fn try_run(&self, event: Value) -> Result<Output, InvocationError>;
+    async fn run(&self, event: Value) -> Output;
+    fn ready_event(&self, image: &str) -> Value;
+    fn schedule() -> Value;
+    async fn image(&self, region: &str, id: &str) -> shared::model::Image;
+    async fn launch(&self, region: &str, id: &str) -> Grants;
+    async fn volume(&self, region: &str, snap: &str) -> Grants;
+    async fn copies(&self, region: &str, source: &str) -> Vec<shared::model::Image>;
+    async fn messages(&self, event_type: &str) -> Vec<Value>;
+    async fn block_public(&self, region: &str, on: bool);
+}
 
+impl Helpers for World {
     /// A managed, stamped source image in us-east-1 with extra tags; returns (image, snapshot).
     async fn source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String) {
         let mut tags = vec![
@@ -72,14 +58,7 @@ impl World {
     }
 
     async fn try_run(&self, event: Value) -> Result<Output, InvocationError> {
-        let cmd = Command::from_event(&event)?;
-        handle(
-            cmd,
-            &self.deps,
-            Utc::now(),
-            Deadline::after(Duration::from_secs(900)),
-        )
-        .await
+        self.invoke(&event).await
     }
 
     async fn run(&self, event: Value) -> Output {

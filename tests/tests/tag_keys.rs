@@ -125,14 +125,9 @@ async fn tag_lineage_writes_exactly_the_keys_its_role_allows() {
     let copy = fixtures::copy(&west, &child, EAST, "keys-copy").await;
     for (region, image) in [(EAST, &root), (EAST, &child), (WEST, &copy)] {
         let event = aws_events::ami_state_change(region, image, "available", "");
-        acct.invoke::<tag_lineage::Deps>(
-            Function::TagLineage,
-            &env,
-            "unused-bucket",
-            &event.to_string(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("stamping {image}: {e}"));
+        acct.invoke::<tag_lineage::Deps>(&env, "unused-bucket", &event.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("stamping {image}: {e}"));
     }
     let wrote = written(&acct, Function::TagLineage);
     assert_exact(&allowed_patterns(&acct, Function::TagLineage), &wrote);
@@ -168,14 +163,9 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
         json!({"image_id": src, "revoke": [PARTNER]}),
     ];
     for request in requests {
-        acct.invoke::<publish::Deps>(
-            Function::Publish,
-            &env,
-            "unused-bucket",
-            &request.to_string(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("publish {request}: {e}"));
+        acct.invoke::<publish::Deps>(&env, "unused-bucket", &request.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("publish {request}: {e}"));
     }
     let wrote = written(&acct, Function::Publish);
     assert!(

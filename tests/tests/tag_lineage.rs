@@ -3,25 +3,16 @@
 //! a deregistered middle ancestor, a conflict, snapshots carrying the tags, and `image.ready`
 //! received by an SQS subscriber of the topic.
 
-use chrono::Utc;
 use serde_json::{Value, json};
-use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
-use std::collections::BTreeMap;
 use std::time::Duration;
-use support::roles::Function;
-use support::{TestAccount, aws_events, fixtures};
-use tag_lineage::{Command, Config, Deps, handle};
+use support::{aws_events, fixtures};
+use tag_lineage::Deps;
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
 
-struct World {
-    acct: TestAccount,
-    deps: Deps,
-    topic: String,
-    queue: String,
-}
+type World = support::World<Deps>;
 
 async fn world() -> World {
     world_waiting(1).await
@@ -29,44 +20,24 @@ async fn world() -> World {
 
 /// A world whose tag-lineage looks an image up again for `visibility_wait` seconds.
 async fn world_waiting(visibility_wait: u64) -> World {
-    let acct = TestAccount::new().await;
-    let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
     let wait = visibility_wait.to_string();
-    let env = BTreeMap::from([
-        ("TOPIC_ARN", topic.as_str()),
-        ("S3_FORCE_PATH_STYLE", "true"),
+    World::new(&[
         ("LINEAGE_REGIONS", "us-east-1,us-west-2"),
         ("VISIBILITY_WAIT_SECONDS", wait.as_str()),
-    ]);
-    let config = Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())).expect("valid config");
-    let deps = Deps {
-        clients: acct
-            .clients_as(Function::TagLineage, &|k| env.get(k).map(|v| v.to_string()))
-            .await,
-        config,
-    };
-    World {
-        acct,
-        deps,
-        topic,
-        queue,
-    }
+    ])
+    .await
 }
 
-impl World {
-    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        self.acct.clients.for_region(region).ec2
-    }
+/// This file's helpers on the world.
+trait Helpers {
+    async fn try_run(&self, event: Value) -> Result<Value, InvocationError>;
+    async fn run(&self, event: Value) -> Value;
+    async fn available(&self, region: &str, image: &str) -> Value;
+}
 
+impl Helpers for World {
     async fn try_run(&self, event: Value) -> Result<Value, InvocationError> {
-        let cmd = Command::from_event(&event)?;
-        let out = handle(
-            cmd,
-            &self.deps,
-            Utc::now(),
-            Deadline::after(Duration::from_secs(900)),
-        )
-        .await?;
+        let out = self.invoke(&event).await?;
         Ok(serde_json::to_value(out).expect("output serializes"))
     }
 

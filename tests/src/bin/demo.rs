@@ -6,15 +6,13 @@
 //! sweep, and prints what came out. Exits non-zero if anything is missing.
 
 use chrono::Utc;
-use create_image::{Command, Config, Deps, IngestOutcome, handle};
+use create_image::IngestOutcome;
 use serde_json::json;
-use shared::deadline::Deadline;
 use shared::model::ImportStatus;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
-use support::roles::Function;
-use support::{TestAccount, disks};
+use support::{TestAccount, deps_as, disks, invoke};
 
 const BUCKET: &str = "ami-uploads";
 
@@ -109,33 +107,20 @@ async fn main() -> ExitCode {
         ("TOPIC_ARN", topic.as_str()),
         ("S3_FORCE_PATH_STYLE", "true"),
     ]);
-    let config = match Config::from_lookup(&|k| env.get(k).map(|v| v.to_string())) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("FAIL: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // create-image runs as its template role (the emulator enforces its IAM policies).
-    let deps = Deps {
-        clients: acct
-            .clients_as_with_bucket(
-                Function::CreateImage,
-                &|k| env.get(k).map(|v| v.to_string()),
-                BUCKET,
-            )
-            .await,
-        config,
-    };
-    let deadline = || Deadline::after(Duration::from_secs(900));
+    // create-image runs as its template role (the emulator enforces its IAM policies), built
+    // as the runtime builds it.
+    let deps: create_image::Deps =
+        match deps_as(&acct, &|k| env.get(k).map(|v| v.to_string()), BUCKET).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("FAIL: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
 
     println!("\n== invoking create-image with the S3 notification (2 records)");
     let event = notification(&[(raw_key, &raw_etag), (vmdk_key, &vmdk_etag)]);
-    let out = match Command::from_event(&event) {
-        Ok(cmd) => handle(cmd, &deps, Utc::now(), deadline()).await,
-        Err(e) => Err(e),
-    };
-    let out = match out {
+    let out = match invoke(&deps, &event, Utc::now()).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!("FAIL: {e}");
@@ -172,11 +157,7 @@ async fn main() -> ExitCode {
     let sweep = json!({"version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": acct.account_id, "time": Utc::now().to_rfc3339(), "region": "us-east-1",
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/create-image-sweep"], "detail": {}});
-    let out = match Command::from_event(&sweep) {
-        Ok(cmd) => handle(cmd, &deps, Utc::now(), deadline()).await,
-        Err(e) => Err(e),
-    };
-    match out {
+    match invoke(&deps, &sweep, Utc::now()).await {
         Ok(o) => {
             for s in &o.sweep.steps {
                 println!("  {} {} -> {}", s.task_id, s.action, s.result);
@@ -257,26 +238,15 @@ async fn lineage(
         ("TOPIC_ARN", topic),
         ("LINEAGE_REGIONS", "us-east-1,eu-west-1"),
     ]);
-    let config = tag_lineage::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
+    let deps: tag_lineage::Deps = deps_as(acct, &|k| env.get(k).map(|v| v.to_string()), BUCKET)
+        .await
         .map_err(|e| e.to_string())?;
-    let deps = tag_lineage::Deps {
-        clients: acct
-            .clients_as(Function::TagLineage, &|k| env.get(k).map(|v| v.to_string()))
-            .await,
-        config,
-    };
     let invoke = |event: serde_json::Value| {
         let deps = &deps;
         async move {
-            let cmd = tag_lineage::Command::from_event(&event).map_err(|e| e.to_string())?;
-            let out = tag_lineage::handle(
-                cmd,
-                deps,
-                chrono::Utc::now(),
-                Deadline::after(Duration::from_secs(900)),
-            )
-            .await
-            .map_err(|e| format!("{}: {e}", e.error_type()))?;
+            let out = invoke(deps, &event, chrono::Utc::now())
+                .await
+                .map_err(|e| format!("{}: {e}", e.error_type()))?;
             serde_json::to_value(out).map_err(|e| e.to_string())
         }
     };
@@ -341,26 +311,15 @@ async fn publish(
         ("SHARE_ACCOUNTS", "111122223333"),
         ("DEPRECATE_AFTER_DAYS", "365"),
     ]);
-    let config = publish::Config::from_lookup(&|k| env.get(k).map(|v| v.to_string()))
+    let deps: publish::Deps = deps_as(acct, &|k| env.get(k).map(|v| v.to_string()), BUCKET)
+        .await
         .map_err(|e| e.to_string())?;
-    let deps = publish::Deps {
-        clients: acct
-            .clients_as(Function::Publish, &|k| env.get(k).map(|v| v.to_string()))
-            .await,
-        config,
-    };
     let invoke = |event: serde_json::Value| {
         let deps = &deps;
         async move {
-            let cmd = publish::Command::from_event(&event).map_err(|e| e.to_string())?;
-            let out = publish::handle(
-                cmd,
-                deps,
-                chrono::Utc::now(),
-                Deadline::after(Duration::from_secs(900)),
-            )
-            .await
-            .map_err(|e| format!("{}: {e}", e.error_type()))?;
+            let out = invoke(deps, &event, chrono::Utc::now())
+                .await
+                .map_err(|e| format!("{}: {e}", e.error_type()))?;
             serde_json::to_value(out).map_err(|e| e.to_string())
         }
     };
