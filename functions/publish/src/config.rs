@@ -1,6 +1,6 @@
 //! publish's settings, read once from the environment, and what a run needs (`Deps`).
 
-use shared::aws::clients::Clients;
+use shared::aws::clients::{Clients, RegionalClients};
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::plan::publish::{self as plan, Defaults, PublicMode};
 
@@ -76,6 +76,8 @@ impl Config {
 pub struct Deps {
     /// AWS clients of the function's region.
     pub clients: Clients,
+    /// The clients of every region the configuration names, each built once per process.
+    pub regional: RegionalClients,
     /// Settings.
     pub config: Config,
 }

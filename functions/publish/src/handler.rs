@@ -7,12 +7,13 @@ use crate::output::Output;
 use crate::revoke::revoke;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
-use shared::aws::clients::Clients;
+use shared::aws::clients::{Clients, RegionalClients};
 use shared::aws::ec2::{self};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use shared::model::{Image, Select};
 use shared::plan::publish::{IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STATE};
+use std::borrow::Cow;
 use tracing::info;
 
 impl shared::runner::Function for Deps {
@@ -23,8 +24,14 @@ impl shared::runner::Function for Deps {
         sdk: &shared::runner::SdkConfig,
     ) -> Result<Self, InvocationError> {
         let config = Config::from_lookup(lookup)?;
+        let clients = Clients::new(sdk, config.common.s3_force_path_style);
+        let regional = RegionalClients::new(
+            &clients,
+            (config.defaults.regions.iter().chain(&config.source_regions)).map(String::as_str),
+        );
         Ok(Deps {
-            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            clients,
+            regional,
             config,
         })
     }
@@ -141,10 +148,12 @@ async fn advance(
     Ok(Output::Advance { regions, results })
 }
 
-pub(crate) fn clients_for(deps: &Deps, region: Option<&str>) -> Clients {
+/// The clients of `region` (the function's own when `None`): built once per process for the
+/// configured regions, built on demand only for a region a manual request names.
+pub(crate) fn clients_for<'a>(deps: &'a Deps, region: Option<&str>) -> Cow<'a, Clients> {
     match region {
-        Some(r) if r != deps.clients.region => deps.clients.for_region(r),
-        _ => deps.clients.clone(),
+        Some(r) => deps.regional.get(r),
+        None => Cow::Borrowed(&deps.clients),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::query::{ancestors, children};
 use crate::stamp::stamp_one;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use shared::aws::clients::Clients;
+use shared::aws::clients::{Clients, RegionalClients};
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
@@ -15,6 +15,7 @@ use shared::invocation::InvocationError;
 use shared::model::Image;
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::FAMILY;
+use std::borrow::Cow;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -26,8 +27,11 @@ impl shared::runner::Function for Deps {
         sdk: &shared::runner::SdkConfig,
     ) -> Result<Self, InvocationError> {
         let config = Config::from_lookup(lookup)?;
+        let clients = Clients::new(sdk, config.common.s3_force_path_style);
+        let regional = RegionalClients::new(&clients, config.regions.iter().map(String::as_str));
         Ok(Deps {
-            clients: Clients::new(sdk, config.common.s3_force_path_style),
+            clients,
+            regional,
             config,
         })
     }
@@ -167,10 +171,12 @@ pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
     }
 }
 
-pub(crate) fn clients_for(deps: &Deps, region: Option<&str>) -> Clients {
+/// The clients of `region` (the function's own when `None`): built once per process for the
+/// configured regions, built on demand only for a region a manual request names.
+pub(crate) fn clients_for<'a>(deps: &'a Deps, region: Option<&str>) -> Cow<'a, Clients> {
     match region {
-        Some(r) if r != deps.clients.region => deps.clients.for_region(r),
-        _ => deps.clients.clone(),
+        Some(r) => deps.regional.get(r),
+        None => Cow::Borrowed(&deps.clients),
     }
 }
 
