@@ -18,7 +18,7 @@ use shared::model::{Image, Tags};
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::FAMILY;
 use shared::plan::publish::{
-    self as plan, Announce, Grants, IN_PROGRESS, Overrides, PUBLISH_STATE, Policy,
+    self as plan, Announce, Grants, IN_PROGRESS, Overrides, PUBLISH_STATE, Policy, PublishStatus,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
@@ -43,7 +43,7 @@ pub(crate) async fn publish_one(
             policy: plan::resolve(&deps.config.defaults, &source.tags, &home).unwrap_or_default(),
             image_id: source.id,
             region: home,
-            status: "already-published",
+            status: PublishStatus::AlreadyPublished,
             regions: BTreeMap::new(),
             announced: None,
         });
@@ -74,7 +74,7 @@ pub(crate) async fn publish_one(
         return Ok(ImageReport {
             image_id: source.id,
             region: home,
-            status: "copying",
+            status: PublishStatus::Copying,
             policy,
             regions,
             announced: None,

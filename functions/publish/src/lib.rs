@@ -40,3 +40,4 @@ pub use config::{Config, Deps};
 pub use event::{Command, Trigger};
 pub use handler::handle;
 pub use output::{ImageReport, Output, RegionOutcome, RegionReport};
+pub use shared::plan::publish::PublishStatus;

@@ -2,7 +2,7 @@
 
 use crate::event::Trigger;
 use serde::Serialize;
-use shared::plan::publish::{Grants, Policy};
+use shared::plan::publish::{Grants, Policy, PublishStatus};
 use std::collections::BTreeMap;
 
 /// Where one region stands, serialized as the report's kebab-case word.
@@ -88,7 +88,7 @@ pub struct ImageReport {
     pub region: String,
     /// `published`, `already-published`, `copying` (copies pending), `partial` (some regions
     /// failed; retried by the schedule).
-    pub status: &'static str,
+    pub status: PublishStatus,
     /// The effective policy.
     pub policy: Policy,
     /// Every region (the source's included) with its outcome.

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, Deps};
 use crate::event::{Command, Trigger};
-use crate::output::{Output, StampReport};
+use crate::output::{Output, StampOutcome, StampReport};
 use crate::query::{ancestors, children};
 use crate::stamp::stamp_one;
 use chrono::{DateTime, Utc};
@@ -135,7 +135,7 @@ pub(crate) fn partial(e: AwsError) -> InvocationError {
 /// A manual stamp is a request: refusing it is an error the caller sees.
 pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
     match r.outcome {
-        "conflict" => Err(InvocationError::Refused {
+        StampOutcome::Conflict => Err(InvocationError::Refused {
             error_type: "LineageConflict",
             message: format!(
                 "{} in {}: nothing changed, lineage tags hold other values ({}); pass \"force\": true to overwrite",
@@ -151,14 +151,14 @@ pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
                     .join("; ")
             ),
         }),
-        "not-visible" => Err(InvocationError::Refused {
+        StampOutcome::NotVisible => Err(InvocationError::Refused {
             error_type: "ImageNotFound",
             message: format!(
                 "{} is not an image of this account in {}",
                 r.image_id, r.region
             ),
         }),
-        "not-available" => Err(InvocationError::Refused {
+        StampOutcome::NotAvailable => Err(InvocationError::Refused {
             error_type: "ImageNotAvailable",
             message: format!(
                 "{} in {}: {}",
@@ -167,7 +167,7 @@ pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
                 r.detail.as_deref().unwrap_or("not available")
             ),
         }),
-        _ => Ok(()),
+        StampOutcome::Stamped | StampOutcome::Unchanged => Ok(()),
     }
 }
 

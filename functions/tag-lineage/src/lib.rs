@@ -28,4 +28,4 @@ mod stamp;
 pub use config::{Config, Deps};
 pub use event::{Command, Target, Trigger};
 pub use handler::handle;
-pub use output::{AncestorsReport, ChildrenReport, Entry, Node, Output, StampReport};
+pub use output::{AncestorsReport, ChildrenReport, Entry, Node, Output, StampOutcome, StampReport};

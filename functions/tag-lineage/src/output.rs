@@ -7,6 +7,22 @@ use shared::plan::lineage::{CREATE_DATE, FAMILY, GENERATION, SOURCE_INSTANCE, SO
 use shared::plan::stamp::{Conflict, ImageRef, Origin};
 use std::collections::BTreeMap;
 
+/// What stamping one image came to (serialized as the strings the output has always carried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StampOutcome {
+    /// Lineage tags written.
+    Stamped,
+    /// Every lineage tag already held its value: nothing written.
+    Unchanged,
+    /// Lineage tags hold other values: nothing written.
+    Conflict,
+    /// The image is not listed (yet) in this account.
+    NotVisible,
+    /// The image is not available (pending or failed).
+    NotAvailable,
+}
+
 /// The result of stamping one image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StampReport {
@@ -15,7 +31,7 @@ pub struct StampReport {
     /// Its region.
     pub region: String,
     /// `stamped`, `unchanged`, `conflict`, `not-visible`, `not-available`.
-    pub outcome: &'static str,
+    pub outcome: StampOutcome,
     /// How the image came to be (when it was read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,

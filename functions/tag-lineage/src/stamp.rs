@@ -3,7 +3,7 @@
 use crate::config::Deps;
 use crate::event::Target;
 use crate::handler::{clients_for, visible_image};
-use crate::output::StampReport;
+use crate::output::{StampOutcome, StampReport};
 use chrono::{DateTime, SecondsFormat, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::ec2;
@@ -27,7 +27,7 @@ pub(crate) async fn stamp_one(
     let mut report = StampReport {
         image_id: target.image_id.clone(),
         region: c.region.clone(),
-        outcome: "unchanged",
+        outcome: StampOutcome::Unchanged,
         origin: None,
         written: BTreeMap::new(),
         conflicts: Vec::new(),
@@ -37,7 +37,7 @@ pub(crate) async fn stamp_one(
     };
     let Some(image) = visible_image(deps, &c, &target.image_id, deadline).await? else {
         info!(image = %target.image_id, region = %c.region, "not visible yet; left to the next event");
-        report.outcome = "not-visible";
+        report.outcome = StampOutcome::NotVisible;
         report.detail = Some(format!(
             "not among this account's images in {} after {} s; the next event or invoke will retry",
             c.region,
@@ -46,7 +46,7 @@ pub(crate) async fn stamp_one(
         return Ok(report);
     };
     if image.state != "available" {
-        report.outcome = "not-available";
+        report.outcome = StampOutcome::NotAvailable;
         report.detail = Some(format!(
             "the image is {}; it is stamped when it becomes available",
             image.state
@@ -67,7 +67,7 @@ pub(crate) async fn stamp_one(
     report.origin = Some(plan.origin);
     report.lineage = plan.lineage.clone();
     if !plan.conflicts.is_empty() {
-        report.outcome = "conflict";
+        report.outcome = StampOutcome::Conflict;
         report.conflicts = plan.conflicts.clone();
         warn!(image = %image.id, conflicts = ?plan.conflicts, "lineage conflict; nothing written");
         let msg = conflict_message(&image, &c.region, &plan, now);
@@ -78,7 +78,7 @@ pub(crate) async fn stamp_one(
         ec2::create_tags(&c.ec2, &[resource.as_str()], tags).await?;
     }
     if !plan.writes.is_empty() {
-        report.outcome = "stamped";
+        report.outcome = StampOutcome::Stamped;
         report.written = plan.writes.clone();
         info!(image = %image.id, origin = ?plan.origin, "lineage stamped");
     }

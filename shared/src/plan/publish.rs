@@ -518,12 +518,52 @@ pub enum Announce {
     Partial,
 }
 
+/// Where one image's publish stands after a run (serialized as the strings the output has always
+/// carried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishStatus {
+    /// Every region done.
+    Published,
+    /// A duplicate request for an image already published: nothing done.
+    AlreadyPublished,
+    /// Copies pending; the schedule finishes them.
+    Copying,
+    /// Some regions failed; retried by the schedule.
+    Partial,
+}
+
+impl PublishStatus {
+    /// The status as the output writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishStatus::Published => "published",
+            PublishStatus::AlreadyPublished => "already-published",
+            PublishStatus::Copying => "copying",
+            PublishStatus::Partial => "partial",
+        }
+    }
+}
+
+impl std::fmt::Display for PublishStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status equals its output string.
+impl PartialEq<&str> for PublishStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// How a publish run ends: its status, what to announce, what to record on the source (after
 /// the message, so a failed send leaves the state as it was and the next run sends again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conclusion {
-    /// `published` or `partial`.
-    pub status: &'static str,
+    /// `Published` or `Partial`.
+    pub status: PublishStatus,
     /// The message to send, if any.
     pub announce: Option<Announce>,
     /// The tags to write on the source, if any.
@@ -559,7 +599,7 @@ pub fn conclude(
         ]);
         let announce = (!already_published(source_tags) || changed).then_some(Announce::Published);
         return Conclusion {
-            status: "published",
+            status: PublishStatus::Published,
             announce,
             record: Some(done),
         };
@@ -567,7 +607,7 @@ pub fn conclude(
     let new_failures =
         source_tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
     Conclusion {
-        status: "partial",
+        status: PublishStatus::Partial,
         announce: new_failures.then_some(Announce::Partial),
         record: new_failures.then(|| Tags::from([(FAILED_REGIONS.to_owned(), failed_list)])),
     }
@@ -774,7 +814,7 @@ mod tests {
         let c = conclude(&fresh, &[], false, at());
         assert_eq!(
             (c.status, c.announce),
-            ("published", Some(Announce::Published))
+            (PublishStatus::Published, Some(Announce::Published))
         );
         assert_eq!(
             c.record.as_ref().map(|t| t[PUBLISH_STATE].as_str()),
@@ -789,7 +829,10 @@ mod tests {
             Some(Announce::Published)
         );
         let c = conclude(&fresh, &["eu-west-1", "us-west-2"], false, at());
-        assert_eq!((c.status, c.announce), ("partial", Some(Announce::Partial)));
+        assert_eq!(
+            (c.status, c.announce),
+            (PublishStatus::Partial, Some(Announce::Partial))
+        );
         assert_eq!(
             c.record,
             Some(Tags::from([(
