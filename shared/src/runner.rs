@@ -44,6 +44,59 @@ pub trait Function: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Output, InvocationError>>;
 }
 
+/// Implements [`Function`] for a function crate's `Deps`, written once for the four functions:
+/// `from_env` reads the crate's `Config::from_lookup`, builds the home region's clients (S3
+/// path-style as configured) and hands both to `new`; `invoke` recognises the event with the
+/// crate's `Command::from_event` and runs its `handle`.
+///
+/// ```ignore
+/// shared::impl_function! {
+///     deps: Deps, config: Config, command: Command, output: Output,
+///     new: Deps::new, handle: handle,
+/// }
+/// ```
+#[macro_export]
+macro_rules! impl_function {
+    (
+        deps: $deps:ty,
+        config: $config:ty,
+        command: $command:ty,
+        output: $output:ty,
+        new: $new:path,
+        handle: $handle:path $(,)?
+    ) => {
+        impl $crate::runner::Function for $deps {
+            type Output = $output;
+
+            fn from_env(
+                lookup: &dyn Fn(&str) -> Option<String>,
+                sdk: &$crate::runner::SdkConfig,
+            ) -> Result<Self, $crate::invocation::InvocationError> {
+                let config = <$config>::from_lookup(lookup)?;
+                let clients =
+                    $crate::aws::clients::Clients::new(sdk, config.common.s3_force_path_style);
+                Ok($new(clients, config))
+            }
+
+            async fn invoke(
+                &self,
+                event: &$crate::runner::__private::Value,
+                now: $crate::runner::__private::DateTime<$crate::runner::__private::Utc>,
+                deadline: $crate::deadline::Deadline,
+            ) -> Result<$output, $crate::invocation::InvocationError> {
+                $handle(<$command>::from_event(event)?, self, now, deadline).await
+            }
+        }
+    };
+}
+
+/// What [`impl_function!`] names, reachable from every function crate.
+#[doc(hidden)]
+pub mod __private {
+    pub use chrono::{DateTime, Utc};
+    pub use serde_json::Value;
+}
+
 /// The event's JSON text as a value. Text that is not JSON, or JSON nested deeper than
 /// serde_json's recursion limit, is `InvalidEvent`.
 pub fn parse_payload(text: &str) -> Result<Value, InvocationError> {

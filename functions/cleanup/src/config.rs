@@ -99,3 +99,10 @@ pub struct Deps {
     /// Settings.
     pub config: Config,
 }
+
+impl Deps {
+    /// The function's dependencies.
+    pub fn new(clients: Clients, config: Config) -> Self {
+        Deps { clients, config }
+    }
+}

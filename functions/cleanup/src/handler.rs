@@ -7,8 +7,7 @@ use crate::gather::{check_families, gather, planned_steps};
 use crate::output::{Counts, Report};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use serde_json::Value;
-use shared::aws::clients::{Clients, RegionalClients};
+use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
@@ -17,28 +16,13 @@ use shared::plan::retention::{self, Action, Policy};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
-impl shared::runner::Function for Deps {
-    type Output = Report;
-
-    fn from_env(
-        lookup: &dyn Fn(&str) -> Option<String>,
-        sdk: &shared::runner::SdkConfig,
-    ) -> Result<Self, InvocationError> {
-        let config = Config::from_lookup(lookup)?;
-        Ok(Deps {
-            clients: Clients::new(sdk, config.common.s3_force_path_style),
-            config,
-        })
-    }
-
-    async fn invoke(
-        &self,
-        event: &Value,
-        now: DateTime<Utc>,
-        deadline: Deadline,
-    ) -> Result<Report, InvocationError> {
-        handle(Command::from_event(event)?, self, now, deadline).await
-    }
+shared::impl_function! {
+    deps: Deps,
+    config: Config,
+    command: Command,
+    output: Report,
+    new: Deps::new,
+    handle: handle,
 }
 
 /// Runs cleanup. AWS failures are collected; the report is still logged and sent, then the

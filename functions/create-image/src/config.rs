@@ -93,6 +93,13 @@ pub struct Deps {
     pub config: Config,
 }
 
+impl Deps {
+    /// The function's dependencies.
+    pub fn new(clients: Clients, config: Config) -> Self {
+        Deps { clients, config }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

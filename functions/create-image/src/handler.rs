@@ -7,34 +7,17 @@ use crate::output::{IngestOutcome, Output, StepAction, StepReport, SweepReport};
 use crate::sweep::sweep;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use serde_json::Value;
-use shared::aws::clients::Clients;
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
 use tracing::info;
 
-impl shared::runner::Function for Deps {
-    type Output = Output;
-
-    fn from_env(
-        lookup: &dyn Fn(&str) -> Option<String>,
-        sdk: &shared::runner::SdkConfig,
-    ) -> Result<Self, InvocationError> {
-        let config = Config::from_lookup(lookup)?;
-        Ok(Deps {
-            clients: Clients::new(sdk, config.common.s3_force_path_style),
-            config,
-        })
-    }
-
-    async fn invoke(
-        &self,
-        event: &Value,
-        now: DateTime<Utc>,
-        deadline: Deadline,
-    ) -> Result<Output, InvocationError> {
-        handle(Command::from_event(event)?, self, now, deadline).await
-    }
+shared::impl_function! {
+    deps: Deps,
+    config: Config,
+    command: Command,
+    output: Output,
+    new: Deps::new,
+    handle: handle,
 }
 
 /// Runs a command. `now` is the clock; `deadline` bounds the work started.

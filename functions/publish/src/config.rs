@@ -82,6 +82,26 @@ pub struct Deps {
     pub config: Config,
 }
 
+impl Deps {
+    /// The function's dependencies: the home clients, one set per configured region.
+    pub fn new(clients: Clients, config: Config) -> Self {
+        let regional = RegionalClients::new(
+            &clients,
+            config
+                .defaults
+                .regions
+                .iter()
+                .chain(&config.source_regions)
+                .map(String::as_str),
+        );
+        Deps {
+            clients,
+            regional,
+            config,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,7 @@ use crate::image::publish_one;
 use crate::output::Output;
 use crate::revoke::revoke;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::Value;
-use shared::aws::clients::{Clients, RegionalClients};
+use shared::aws::clients::Clients;
 use shared::aws::ec2::{self};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
@@ -16,34 +15,13 @@ use shared::plan::publish::{IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STAT
 use std::borrow::Cow;
 use tracing::info;
 
-impl shared::runner::Function for Deps {
-    type Output = Output;
-
-    fn from_env(
-        lookup: &dyn Fn(&str) -> Option<String>,
-        sdk: &shared::runner::SdkConfig,
-    ) -> Result<Self, InvocationError> {
-        let config = Config::from_lookup(lookup)?;
-        let clients = Clients::new(sdk, config.common.s3_force_path_style);
-        let regional = RegionalClients::new(
-            &clients,
-            (config.defaults.regions.iter().chain(&config.source_regions)).map(String::as_str),
-        );
-        Ok(Deps {
-            clients,
-            regional,
-            config,
-        })
-    }
-
-    async fn invoke(
-        &self,
-        event: &Value,
-        now: DateTime<Utc>,
-        deadline: Deadline,
-    ) -> Result<Output, InvocationError> {
-        handle(Command::from_event(event)?, self, now, deadline).await
-    }
+shared::impl_function! {
+    deps: Deps,
+    config: Config,
+    command: Command,
+    output: Output,
+    new: Deps::new,
+    handle: handle,
 }
 
 /// Runs a command. A request about an image that is missing, not ours, not available or a copy,

@@ -57,3 +57,15 @@ pub struct Deps {
     /// Settings.
     pub config: Config,
 }
+
+impl Deps {
+    /// The function's dependencies: the home clients, one set per configured region.
+    pub fn new(clients: Clients, config: Config) -> Self {
+        let regional = RegionalClients::new(&clients, config.regions.iter().map(String::as_str));
+        Deps {
+            clients,
+            regional,
+            config,
+        }
+    }
+}

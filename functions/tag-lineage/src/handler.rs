@@ -6,8 +6,7 @@ use crate::output::{Output, StampOutcome, StampReport};
 use crate::query::{ancestors, children};
 use crate::stamp::stamp_one;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use shared::aws::clients::{Clients, RegionalClients};
+use shared::aws::clients::Clients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
@@ -19,31 +18,13 @@ use std::borrow::Cow;
 use std::time::Duration;
 use tracing::{info, warn};
 
-impl shared::runner::Function for Deps {
-    type Output = Output;
-
-    fn from_env(
-        lookup: &dyn Fn(&str) -> Option<String>,
-        sdk: &shared::runner::SdkConfig,
-    ) -> Result<Self, InvocationError> {
-        let config = Config::from_lookup(lookup)?;
-        let clients = Clients::new(sdk, config.common.s3_force_path_style);
-        let regional = RegionalClients::new(&clients, config.regions.iter().map(String::as_str));
-        Ok(Deps {
-            clients,
-            regional,
-            config,
-        })
-    }
-
-    async fn invoke(
-        &self,
-        event: &Value,
-        now: DateTime<Utc>,
-        deadline: Deadline,
-    ) -> Result<Output, InvocationError> {
-        handle(Command::from_event(event)?, self, now, deadline).await
-    }
+shared::impl_function! {
+    deps: Deps,
+    config: Config,
+    command: Command,
+    output: Output,
+    new: Deps::new,
+    handle: handle,
 }
 
 /// Runs a command. AWS failures are collected and returned as
