@@ -12,6 +12,8 @@ use crate::invocation::InvocationError;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The shape of an incoming event.
 #[derive(Debug)]
@@ -80,9 +82,82 @@ pub struct AmiStateChange {
 /// The detail-type of [`AmiStateChange`].
 pub const AMI_STATE_CHANGE: &str = "EC2 AMI State Change";
 
+/// The table test every function runs over `events/`: each `<function>.<scenario>.json` in `dir`
+/// goes through `outcome` (the function's recognition of it), and the result must start with the
+/// expectation `table` gives that scenario. Fails listing every mismatch, every file without a
+/// row and every row without a file (so a new sample cannot go unrecognised and untested).
+pub fn check_event_files(
+    dir: &Path,
+    function: &str,
+    table: &[(&str, &str)],
+    outcome: impl Fn(&str) -> String,
+) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let prefix = format!("{function}.");
+    let mut got = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(scenario) = name
+            .strip_prefix(&prefix)
+            .and_then(|n| n.strip_suffix(".json"))
+        {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))?;
+            got.insert(scenario.to_owned(), outcome(&text));
+        }
+    }
+    let mut problems = Vec::new();
+    for (file, want) in table {
+        match got.get(*file) {
+            Some(have) if have.starts_with(want) => {}
+            Some(have) => problems.push(format!("{file}: got {have:?}, want {want:?}")),
+            None => problems.push(format!("{file}: no such file in {}", dir.display())),
+        }
+    }
+    for file in got.keys().filter(|f| !table.iter().any(|(t, _)| t == f)) {
+        problems.push(format!(
+            "{file}: an event file without a row ({:?})",
+            got[file]
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_event_table_check_names_every_mismatch_missing_file_and_missing_row() {
+        let dir = std::env::temp_dir().join(format!("ami-pipeline-trigger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for (name, text) in [
+            ("fn.a.json", "A"),
+            ("fn.b.json", "B"),
+            ("other.c.json", "C"),
+        ] {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        let outcome = |t: &str| format!("saw {t}");
+        assert_eq!(
+            check_event_files(&dir, "fn", &[("a", "saw A"), ("b", "saw B")], outcome),
+            Ok(())
+        );
+        let err = check_event_files(&dir, "fn", &[("a", "saw X"), ("z", "saw Z")], outcome)
+            .expect_err("three problems");
+        assert!(err.contains("a: got \"saw A\", want \"saw X\""), "{err}");
+        assert!(err.contains("z: no such file"), "{err}");
+        assert!(err.contains("b: an event file without a row"), "{err}");
+        assert!(!err.contains("other"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use serde_json::json;
 
     #[test]

@@ -330,7 +330,6 @@ mod tests {
 #[cfg(test)]
 mod fixtures {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn outcome(text: &str) -> String {
         match Command::from_json(text) {
@@ -341,43 +340,9 @@ mod fixtures {
 
     #[test]
     fn every_event_file_is_recognised() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
-        let prefix = concat!(env!("CARGO_PKG_NAME"), ".");
-        let mut got = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).expect("events/ exists") {
-            let path = entry.expect("readable").path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            if let Some(scenario) = name
-                .strip_prefix(prefix)
-                .and_then(|n| n.strip_suffix(".json"))
-            {
-                let text = std::fs::read_to_string(&path).expect("readable");
-                got.insert(scenario.to_owned(), outcome(&text));
-            }
-        }
-        let table: BTreeMap<String, String> = TABLE
-            .iter()
-            .map(|(f, o)| ((*f).to_owned(), (*o).to_owned()))
-            .collect();
-        for (file, want) in &table {
-            let got = got
-                .get(file)
-                .map(String::as_str)
-                .unwrap_or("(no such file)");
-            assert!(
-                got.starts_with(want.as_str()),
-                "{file}: got {got:?}, want {want:?}"
-            );
-        }
-        let extra: Vec<_> = got.keys().filter(|f| !table.contains_key(*f)).collect();
-        assert!(
-            extra.is_empty(),
-            "events without a row: {extra:?} (outcomes: {got:#?})"
-        );
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events"));
+        shared::trigger::check_event_files(dir, env!("CARGO_PKG_NAME"), TABLE, outcome)
+            .unwrap_or_else(|problems| panic!("{problems}"));
     }
 
     fn label(cmd: &Command) -> String {
