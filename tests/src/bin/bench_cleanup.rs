@@ -15,6 +15,7 @@ use shared::deadline::Deadline;
 use shared::model::{Image, Tags};
 use shared::plan::lineage::{FAMILY, MANAGED};
 use shared::plan::retention::{self, Policy, RegionFacts};
+use shared::runner::Function;
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -154,33 +155,25 @@ async fn run(account: String, dry: bool) -> Result<(), String> {
         ("MAX_DELETIONS", "10000"),
         ("GRACE_DAYS", "0"),
     ];
-    let config = cleanup::Config::from_lookup(&|k| {
+    let lookup = |k: &str| {
         env.iter()
             .find(|(n, _)| *n == k)
             .map(|(_, v)| v.to_string())
-    })
-    .map_err(|e| e.to_string())?;
-    let deps = cleanup::Deps {
-        clients: acct
-            .clients_as(support::roles::Function::Cleanup, &|k| {
-                env.iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            })
-            .await,
-        config,
     };
+    // cleanup's dependencies as the runtime builds them, under its template role.
+    let deps: cleanup::Deps = support::deps_as(&acct, &lookup, "unused-bucket")
+        .await
+        .map_err(|e| e.to_string())?;
     let event = json!({"dry_run": dry, "orphan_sweep": false});
-    let cmd = cleanup::Command::from_event(&event).map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let report = cleanup::handle(
-        cmd,
-        &deps,
-        Utc::now(),
-        Deadline::after(Duration::from_secs(3600)),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let report = deps
+        .invoke(
+            &event,
+            Utc::now(),
+            Deadline::after(Duration::from_secs(3600)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     let wall = t.elapsed();
     let counts = acct.control(
         "GET",
