@@ -31,8 +31,8 @@ pub(crate) async fn register(
     // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let image_id = match register_named(deps, task_id, reg, size).await? {
-        Ok(id) => id,
-        Err(message) => return fail(deps, task_id, reg, message, now).await,
+        Registered::Image(id) => id,
+        Registered::Refused(message) => return fail(deps, task_id, reg, message, now).await,
     };
     let listed =
         ec2::describe_own_images(&c.ec2, &[Select::tag(lineage::IMPORT_TASK, [task_id])]).await?;
@@ -53,14 +53,22 @@ async fn fail(
     Ok(message)
 }
 
+/// How a registration attempt ended, short of an AWS failure.
+enum Registered {
+    /// The image (registered now, or adopted from an earlier run of this task).
+    Image(String),
+    /// It cannot be registered; the message is the failure to report on the upload.
+    Refused(String),
+}
+
 /// RegisterImage under the planned name, then automatic ones while the name is taken by
-/// another image ([`import::on_duplicate`] decides). The inner `Err` is a failure to report.
+/// another image ([`import::on_duplicate`] decides).
 async fn register_named(
     deps: &Deps,
     task_id: &str,
     reg: &Registration,
     size: i32,
-) -> Result<Result<String, String>, AwsError> {
+) -> Result<Registered, AwsError> {
     let c = &deps.clients;
     let mut attempt = 0;
     loop {
@@ -75,11 +83,13 @@ async fn register_named(
         let e = match ec2::register_image(&c.ec2, req).await {
             Ok(id) => {
                 info!(import_task_id = task_id, image_id = %id, name = %name, "registered image");
-                return Ok(Ok(id));
+                return Ok(Registered::Image(id));
             }
             Err(e) if e.has_code("InvalidAMIName.Duplicate") => e,
             Err(e) if e.kind == ErrorKind::InvalidInput => {
-                return Ok(Err(format!("EC2 refused to register the image: {e}")));
+                return Ok(Registered::Refused(format!(
+                    "EC2 refused to register the image: {e}"
+                )));
             }
             Err(e) => return Err(e),
         };
@@ -87,16 +97,16 @@ async fn register_named(
         match import::on_duplicate(task_id, holder.as_ref(), reg) {
             OnDuplicate::Adopt(id) => {
                 info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
-                return Ok(Ok(id));
+                return Ok(Registered::Image(id));
             }
             OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => attempt += 1,
             OnDuplicate::TryAnotherName => {
-                return Ok(Err(format!(
+                return Ok(Registered::Refused(format!(
                     "no free image name after {} attempts (last: {name:?})",
                     import::MAX_NAME_ATTEMPTS
                 )));
             }
-            OnDuplicate::Fail(message) => return Ok(Err(message)),
+            OnDuplicate::Fail(message) => return Ok(Registered::Refused(message)),
             OnDuplicate::HolderNotVisible => {
                 return Err(AwsError {
                     region: Some(c.region.clone()),
