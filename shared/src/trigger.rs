@@ -130,6 +130,19 @@ pub fn check_event_files(
     }
 }
 
+/// A function's recognition of one event text, as [`check_event_files`] compares it: `label`
+/// of the parsed command, or `error <errorType>: <message>`.
+pub fn event_outcome<C>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<C, InvocationError>,
+    label: impl Fn(&C) -> String,
+) -> String {
+    match parse(text) {
+        Ok(cmd) => label(&cmd),
+        Err(e) => format!("error {}: {e}", e.error_type()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

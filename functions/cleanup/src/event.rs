@@ -124,16 +124,10 @@ pub(crate) fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationEr
 mod fixtures {
     use super::*;
 
-    fn outcome(text: &str) -> String {
-        match Command::from_json(text) {
-            Ok(cmd) => label(&cmd),
-            Err(e) => format!("error {}: {e}", e.error_type()),
-        }
-    }
-
     #[test]
     fn every_event_file_is_recognised() {
         let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../events"));
+        let outcome = |text: &str| shared::trigger::event_outcome(text, Command::from_json, label);
         shared::trigger::check_event_files(dir, env!("CARGO_PKG_NAME"), TABLE, outcome)
             .unwrap_or_else(|problems| panic!("{problems}"));
     }
