@@ -9,6 +9,7 @@ moto on one port, together with the control endpoints of ``ami_emulator.control`
 Modules:
   common          shared lock, per-account config, per account+region state, pagination
   disk_images     RAW / VMDK / VHD probing for ImportSnapshot
+  image_references DescribeImageReferences (instances, launch templates, SSM parameters)
   import_snapshot ImportSnapshot, DescribeImportSnapshotTasks
   images          RegisterImage, DescribeImages, CopyImage, DeregisterImage, image attributes,
                   deprecation, image block public access, deregistration protection
@@ -60,11 +61,12 @@ def apply_extensions() -> None:
         from . import s3_checksums
 
         s3_checksums.install()
-        from . import fast_tags, images, import_snapshot, instances, launch_templates, snapshots, tags
+        from . import fast_tags, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_tags.install()
         snapshots.install()
         images.install()
+        image_references.install()
         import_snapshot.install()
         tags.install()
         instances.install()

@@ -960,8 +960,92 @@ def _image_param_check(req: Ec2Request, action: str) -> list[Check]:
     # SAR DeregisterImage, EnableImageDeprecation, DisableImageDeprecation,
     # Enable/DisableImageDeregistrationProtection, DescribeImageAttribute, ResetImageAttribute,
     # CancelImageLaunchPermission, EnableImage, DisableImage: image* with the image's keys.
-    # DeregisterImage lists only image*, also with DeleteAssociatedSnapshots=true.
+    # DeregisterImage lists only image*, also with DeleteAssociatedSnapshots=true: the snapshots
+    # are deleted as a dependent step, see deregister_snapshot_denials.
     return [req.existing_check(action, req.param("ImageId") or "")]
+
+
+# environ key under which the iam gate tells images.deregister_image which snapshots the caller
+# may not delete (a server-side WSGI key: a client cannot send it).
+DENIED_SNAPSHOTS_ENVIRON = "ami_emulator.iam.snapshots_not_deletable"
+
+
+def deregister_snapshot_denials(ctx: gates.RequestContext, principal: Principal, entry: "RoleEntry") -> None:
+    """DeregisterImage with DeleteAssociatedSnapshots=true: the botocore model's
+    DeleteSnapshotReturnCode says ``missing-permissions`` - "The snapshot was not deleted because
+    the role lacks DeleteSnapshot permissions" - so each of the image's snapshots is checked for
+    ``ec2:DeleteSnapshot`` (as DeleteSnapshot would be: the snapshot's ARN and keys). The image is
+    deregistered regardless; the denied snapshot ids go to the handler through the WSGI environ,
+    and each denial is logged."""
+    req = Ec2Request(ctx, principal)
+    if (req.param("DeleteAssociatedSnapshots") or "").lower() != "true":
+        return
+    from .common import LOCK, ec2_backend_for
+    from .snapshots import image_snapshot_ids
+
+    with LOCK:
+        image = ec2_backend_for(req.account, req.region).amis.get(req.param("ImageId") or "")
+        snapshot_ids = image_snapshot_ids(image) if image is not None else []
+    denied = set()
+    for snapshot_id in snapshot_ids:
+        check = req.existing_check("ec2:DeleteSnapshot", snapshot_id)
+        decision = evaluate(entry.for_action(check.action), check.action, check.resource, check.context, action_matched=True)
+        if not decision.allowed:
+            denied.add(snapshot_id)
+            _record_denial(
+                principal.account,
+                {
+                    "role": principal.role_name,
+                    "principal": principal.role_arn,
+                    "request": f"{ctx.service}:{ctx.action}",
+                    "action": check.action,
+                    "resource": check.resource,
+                    "reason": f"{decision.reason()} (DeleteAssociatedSnapshots: answered missing-permissions, the image is still deregistered)",
+                    "time": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                },
+            )
+    ctx.environ[DENIED_SNAPSHOTS_ENVIRON] = frozenset(denied)
+
+
+def snapshots_not_deletable(environ: dict[str, Any] | None) -> frozenset[str]:
+    """The snapshot ids the iam gate found the caller may not delete (empty when unrestricted)."""
+    return (environ or {}).get(DENIED_SNAPSHOTS_ENVIRON, frozenset())
+
+
+# DescribeImageReferences: EC2 User Guide, "Identify your resources referencing specified AMIs",
+# "Required IAM permissions" (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-ami-references.html#ami-references-required-permissions):
+# besides ec2:DescribeImageReferences, "you need the following IAM permissions to describe the
+# resources"; the guide's example policy (and the AWS managed policy
+# AmazonEC2ImageReferencesAccessPolicy) grants them on "*" with the condition
+# "ForAnyValue:StringEquals": {"aws:CalledVia": ["ec2-images.amazonaws.com"]}: EC2 makes those
+# calls on the caller's behalf. Which permission belongs to which resource type is read from
+# the action names.
+IMAGE_REFERENCES_CALLED_VIA = "ec2-images.amazonaws.com"
+IMAGE_REFERENCE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "ec2:Instance": ("ec2:DescribeInstances",),
+    "ec2:LaunchTemplate": ("ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions"),
+    "ssm:Parameter": ("ssm:DescribeParameters", "ssm:GetParameters"),
+    "imagebuilder:ImageRecipe": ("imagebuilder:ListImageRecipes",),
+    "imagebuilder:ContainerRecipe": ("imagebuilder:ListContainerRecipes", "imagebuilder:GetContainerRecipe"),
+}
+
+
+def _describe_image_references(req: Ec2Request, action: str) -> list[Check]:
+    # The call itself (SAR: no resource type, "*"), then the permissions of each resource type
+    # scanned (IncludeAllResourceTypes: all of them), checked as a forward request made via
+    # ec2-images.amazonaws.com. Guess: a missing one fails the whole call with
+    # UnauthorizedOperation naming it (the guide only says they are needed); skipping the type
+    # silently would let a cleanup read "no references" as "unused".
+    checks = [Check(action, "*", req.context())]
+    types: list[str] = []
+    if (req.param("IncludeAllResourceTypes") or "").lower() == "true":
+        types.extend(IMAGE_REFERENCE_PERMISSIONS)
+    types.extend(req.indexed("ResourceType", ".ResourceType"))
+    via = {"aws:calledvia": (IMAGE_REFERENCES_CALLED_VIA,), "aws:viaawsservice": ("true",)}
+    for rtype in dict.fromkeys(types):
+        for permission in IMAGE_REFERENCE_PERMISSIONS.get(rtype, ()):
+            checks.append(Check(permission, "*", req.context(via)))
+    return checks
 
 
 def _snapshot_param_check(req: Ec2Request, action: str) -> list[Check]:
@@ -989,6 +1073,7 @@ _EC2_HANDLERS: dict[str, Callable[[Ec2Request, str], list[Check]]] = {
     "CancelImageLaunchPermission": _image_param_check,
     "EnableImage": _image_param_check,
     "DisableImage": _image_param_check,
+    "DescribeImageReferences": _describe_image_references,
     "DeleteSnapshot": _snapshot_param_check,
     "DescribeSnapshotAttribute": _snapshot_param_check,
     "ResetSnapshotAttribute": _snapshot_param_check,
@@ -1275,6 +1360,8 @@ def _authorize(ctx: gates.RequestContext, principal: Principal, entry: RoleEntry
         if not decision.allowed:
             return _deny(ctx, principal, check, decision)
     _record_tag_writes(principal.account, principal.role_name, checks)
+    if ctx.service == "ec2" and ctx.action == "DeregisterImage":
+        deregister_snapshot_denials(ctx, principal, entry)
     if ctx.service == "s3" and ctx.action in ("GetObject", "HeadObject"):
         # S3 API reference, GetObject/HeadObject "Permissions": without s3:ListBucket a
         # request for an object that does not exist answers 403 Access Denied, not 404.

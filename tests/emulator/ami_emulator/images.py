@@ -41,6 +41,7 @@ from .common import (
     utcnow,
 )
 from .consistency import visible
+from .iam import snapshots_not_deletable
 from .snapshots import image_snapshot_ids, image_using_snapshot, new_snapshot, snapshot_not_found
 
 # The AMI name rule (InvalidAMIName.Malformed) is checked before moto by the api_rules gate
@@ -544,13 +545,29 @@ def _protection_active(image: Any) -> bool:
 
 
 def deregister_image(self: Any) -> ActionResult:
-    """API_DeregisterImage with DeleteAssociatedSnapshots: delete the image's BDM snapshots
-    that no other image uses; report each as ``success``, or ``skipped`` when another image
-    still uses it (Guess: the reference only says such snapshots are not deleted)."""
+    """API_DeregisterImage with DeleteAssociatedSnapshots (botocore model DeregisterImageRequest /
+    DeregisterImageResult): "When deregistering an EBS-backed AMI, you can optionally delete its
+    associated snapshots at the same time. However, if a snapshot is associated with multiple
+    AMIs, it won't be deleted even if specified for deletion, although the AMI will still be
+    deregistered." Each snapshot of the image's BDM is reported in ``deleteSnapshotResultSet``
+    with a ``DeleteSnapshotReturnCode.ReturnCode`` (model enum and its documentation):
+
+    * ``skipped`` - "not deleted because it's associated with other AMIs" (any image of the
+      account+region that still has it in its BDM, disabled ones included);
+    * ``missing-permissions`` - "not deleted because the role lacks DeleteSnapshot permissions":
+      the iam gate found ``ec2:DeleteSnapshot`` denied on it (``iam.deregister_snapshot_denials``);
+    * ``client-error`` - "not deleted due to a client configuration error": here, a snapshot that
+      no longer exists (Guess: which client errors AWS reports this way is not documented);
+    * ``success`` - deleted.
+
+    ``internal-error`` never happens here. Recycle Bin retention and snapshot locks are not
+    modelled. Without the flag nothing is deleted and no result set is returned."""
     image_id = str(self._get_param("ImageId") or "")
     delete_snapshots = as_bool(self._get_param("DeleteAssociatedSnapshots"), False)
     self.error_on_dryrun()
     backend = self.ec2_backend
+    request = getattr(self, "normalized_request", None)
+    not_deletable = snapshots_not_deletable(getattr(request, "environ", None))
     with LOCK:
         if not image_id.startswith("ami-"):
             raise MalformedAMIIdError([image_id])
@@ -569,6 +586,9 @@ def deregister_image(self: Any) -> ActionResult:
             for snapshot_id in snapshot_ids:
                 if image_using_snapshot(backend, snapshot_id) is not None:
                     code = "skipped"
+                elif snapshot_id in not_deletable:
+                    # IAM is evaluated before the snapshot is looked up, as for DeleteSnapshot.
+                    code = "missing-permissions"
                 elif snapshot_id not in backend.snapshots:
                     code = "client-error"
                 else:
