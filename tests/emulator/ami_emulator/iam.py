@@ -20,12 +20,14 @@ policy elements" (``Action``/``NotAction``, ``Resource``/``NotResource``, ``Cond
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html);
 which checks a request needs, with which condition keys, follows the Service Authorization
 Reference rows (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html
-and list_amazons3 / list_amazonsns / list_amazonsqs / list_awssecuritytokenservice), cited per
+and list_amazons3 / list_amazonsns / list_amazonsqs / list_awssecuritytokenservice /
+list_amazonelasticblockstore), cited per
 action below.
 
 Answers follow each service's wire format (``faults.error_response``): EC2
 ``UnauthorizedOperation``, S3 ``AccessDenied`` (no body on HEAD), SNS ``AuthorizationError``
 (botocore's sns model, ``AuthorizationErrorException``: code ``AuthorizationError``, HTTP 403),
+EBS direct APIs ``AccessDeniedException`` with a ``Reason`` (``ebs_direct.error_response``),
 SQS / STS / others ``AccessDenied``, all with HTTP 403. AWS's EC2 message also carries an
 encoded authorization message; here the reason is in plain text.
 """
