@@ -16,6 +16,8 @@ Modules:
   snapshots       DeleteSnapshot in-use check, DescribeSnapshots owners/paging,
                   ModifySnapshotAttribute structured form
   tags            CreateTags / DeleteTags / DescribeTags on import-snap task ids
+  ebs_direct      the EBS direct APIs (StartSnapshot ... ListChangedBlocks) on real EC2 snapshots:
+                  checksums, ClientToken, Timeout, pending-snapshot quota, block storage
   s3_checksums    S3 object checksums: verification (BadDigest), multipart composite checksums,
                   ListParts / HeadObject / GetObjectAttributes checksum fields
   instances       DescribeInstances paging counted in instances
@@ -71,6 +73,9 @@ def apply_extensions() -> None:
         tags.install()
         instances.install()
         launch_templates.install()
+        from . import ebs_direct
+
+        ebs_direct.install()
         from . import api_rules
 
         api_rules.install()

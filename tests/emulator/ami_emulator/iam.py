@@ -20,12 +20,14 @@ policy elements" (``Action``/``NotAction``, ``Resource``/``NotResource``, ``Cond
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html);
 which checks a request needs, with which condition keys, follows the Service Authorization
 Reference rows (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonec2.html
-and list_amazons3 / list_amazonsns / list_amazonsqs / list_awssecuritytokenservice), cited per
+and list_amazons3 / list_amazonsns / list_amazonsqs / list_awssecuritytokenservice /
+list_amazonelasticblockstore), cited per
 action below.
 
 Answers follow each service's wire format (``faults.error_response``): EC2
 ``UnauthorizedOperation``, S3 ``AccessDenied`` (no body on HEAD), SNS ``AuthorizationError``
 (botocore's sns model, ``AuthorizationErrorException``: code ``AuthorizationError``, HTTP 403),
+EBS direct APIs ``AccessDeniedException`` with a ``Reason`` (``ebs_direct.error_response``),
 SQS / STS / others ``AccessDenied``, all with HTTP 403. AWS's EC2 message also carries an
 encoded authorization message; here the reason is in plain text.
 """
@@ -1215,6 +1217,59 @@ def _s3_missing_object(account: str, bucket: str, key: str) -> bool:
     return current is None or isinstance(current, FakeDeleteMarker)
 
 
+# -- EBS direct APIs ------------------------------------------------------------------------------
+
+
+def _ebs_checks(ctx: gates.RequestContext, principal: Principal) -> list[Check]:
+    """SAR "Actions, resources, and condition keys for Amazon Elastic Block Store"
+    (list_amazonelasticblockstore.html): every action on ``snapshot*``
+    (``arn:aws:ec2:<region>::snapshot/<id>``, as in the EBS User Guide's "Permissions for IAM
+    users" examples), with ``aws:ResourceTag/<k>``; StartSnapshot also ``aws:RequestTag/<k>``,
+    ``aws:TagKeys``, ``ebs:Description``, ``ebs:ParentSnapshot`` (the parent's ARN, compared
+    with ``arn:aws:ec2:*::snapshot/*`` in the guide), ``ebs:VolumeSize``, and the dependent
+    action ``ec2:CreateTags`` when it carries Tags (the SAR's operations table lists
+    ``ec2:CreateTags`` for StartSnapshot; the guide's tag example grants it)."""
+    from .ebs_direct import request_snapshot_ids
+
+    operation, ids = request_snapshot_ids(ctx.method, str(ctx.environ.get("PATH_INFO", "")), str(ctx.environ.get("QUERY_STRING", "")))
+    action = f"ebs:{ctx.action or operation or 'Unknown'}"
+    req = Ec2Request(ctx, principal)
+    base = _global_context(principal, ctx.region)
+
+    def snapshot_keys(snapshot_id: str) -> Context:
+        existing = req.existing("snapshot", snapshot_id)
+        return {k: v for k, v in existing.items() if k.startswith("aws:resourcetag/")}
+
+    def snapshot_arn(snapshot_id: str) -> str:
+        return ec2_arn(ctx.region, ctx.account, "snapshot", snapshot_id)
+
+    if (ctx.action or operation) != "StartSnapshot":
+        return [Check(action, snapshot_arn(sid), {**base, **snapshot_keys(sid)}) for sid in dict.fromkeys(ids)] or [Check(action, "*", base)]
+    try:
+        payload = json.loads(ctx.body() or b"{}")
+    except ValueError:
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
+    raw_tags = payload.get("Tags") if isinstance(payload.get("Tags"), list) else []
+    tags = {str(t.get("Key")): str(t.get("Value", "")) for t in raw_tags if isinstance(t, dict) and t.get("Key") is not None}
+    keys: Context = {}
+    if payload.get("VolumeSize") is not None:
+        keys["ebs:volumesize"] = (str(payload["VolumeSize"]),)
+    if payload.get("Description"):
+        keys["ebs:description"] = (str(payload["Description"]),)
+    parent = payload.get("ParentSnapshotId")
+    if parent:
+        keys["ebs:parentsnapshot"] = (snapshot_arn(str(parent)),)
+    request_keys = {**base, **request_tags_context(tags), **keys}
+    checks = [Check(action, snapshot_arn("*"), request_keys)]
+    if parent:
+        # The parent is a resource of the request too (its aws:ResourceTag is a StartSnapshot key).
+        checks.append(Check(action, snapshot_arn(str(parent)), {**request_keys, **snapshot_keys(str(parent))}))
+    if tags:
+        checks.append(Check("ec2:CreateTags", snapshot_arn("*"), {**request_keys, "ec2:createaction": ("StartSnapshot",)}))
+    return checks
+
+
 # -- SNS, SQS, STS, others ------------------------------------------------------------------------
 
 
@@ -1293,6 +1348,8 @@ def build_checks(ctx: gates.RequestContext, principal: Principal) -> list[Check]
         return _sqs_checks(ctx, principal)
     if service == "sts":
         return _sts_checks(ctx, principal)
+    if service == "ebs":
+        return _ebs_checks(ctx, principal)
     prefix = _SERVICE_PREFIX.get(service, service)
     return [Check(f"{prefix}:{ctx.action or 'Unknown'}", "*", _global_context(principal, ctx.region))]
 
@@ -1315,6 +1372,14 @@ def _deny_response(ctx: gates.RequestContext, principal: Principal, check: Check
         return error_response(service, ctx.method, 403, "UnauthorizedOperation", "You are not authorized to perform this operation. " + message)
     if service == "sns":
         return error_response(service, ctx.method, 403, "AuthorizationError", message)
+    if service == "ebs":
+        # botocore ebs model: AccessDeniedException (403) with a required Reason
+        # (AccessDeniedExceptionReason UNAUTHORIZED_ACCOUNT | DEPENDENCY_ACCESS_DENIED): the
+        # caller's own EBS action, or the dependent EC2 action (ec2:CreateTags of the tags).
+        from .ebs_direct import EbsError, error_response as ebs_error_response
+
+        reason = "UNAUTHORIZED_ACCOUNT" if check.action.lower().startswith("ebs:") else "DEPENDENCY_ACCESS_DENIED"
+        return ebs_error_response(EbsError("AccessDeniedException", 403, message, reason))
     return error_response(service, ctx.method, 403, "AccessDenied", message)
 
 

@@ -17,9 +17,14 @@ The owner of this module's state: per-account configuration (off by default), th
 the per-account counters of throttled calls. Control endpoint ``/ami-pipeline-emulator/rate-limits``
 (GET / POST / DELETE), forgotten on ``POST /moto-api/reset``.
 
-Only EC2 is throttled. Another service is added by writing a ``Policy`` (how a request maps to
-a bucket and its default size, and the service's throttling error) and putting it in
-``POLICIES``; configuration, buckets, counters and the control API are keyed by service already.
+EC2 and the EBS direct APIs are throttled (each switched on separately: the control body's
+``service``, default ``ec2``). Another service is added by writing a ``Policy`` (how a request
+maps to its buckets and their default sizes, and the service's throttling error) and putting it
+in ``POLICIES``; configuration, buckets, counters and the control API are keyed by service.
+EBS (``EBS_POLICY``): one bucket per account, region and operation ("<Operation> requests per
+account"), and for PutSnapshotBlock / GetSnapshotBlock one more per snapshot; a request takes a
+token from each of its buckets, and the first empty one answers (the snapshot's
+``RequestThrottledException`` / the account's ``ThrottlingException``).
 """
 
 from __future__ import annotations
@@ -248,6 +253,10 @@ class Bucket:
     action: str
     category: str
     default: Limit
+    # "account": the account's bucket of the action (action overrides apply); "resource": a
+    # bucket of one resource (EBS: per snapshot), sized by its category only.
+    scope: str = "account"
+    resource: str | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,11 +314,16 @@ class Policy:
 
     service: str
     categories: dict[str, Limit]
-    classify: Callable[[gates.RequestContext, str], Bucket]
+    classify: Callable[[gates.RequestContext, str], "Bucket | list[Bucket]"]
     known_actions: Callable[[], frozenset[str]]
     error_code: str
     error_status: int
     error_message: Callable[[str, str], str]  # (account, action) -> message
+    # The default size of an action's account bucket (for action overrides given without both
+    # fields); None: the action has no default of its own.
+    action_default: Callable[[str], "Limit | None"] = lambda action: None
+    # The answer for an empty bucket, when the service has more than one throttling error.
+    error_for: "Callable[[gates.RequestContext, Bucket], Response] | None" = None
 
 
 def _ec2_bucket(ctx: gates.RequestContext, action: str) -> Bucket:
@@ -334,6 +348,10 @@ def _ec2_message(account: str, action: str) -> str:
     )
 
 
+def _ec2_action_default(action: str) -> Limit | None:
+    return UNCATEGORIZED_ACTIONS.get(action) or DEFAULT_CATEGORIES.get(ec2_category(action))
+
+
 EC2_POLICY = Policy(
     service="ec2",
     categories=DEFAULT_CATEGORIES,
@@ -342,9 +360,84 @@ EC2_POLICY = Policy(
     error_code=EC2_ERROR_CODE,
     error_status=EC2_ERROR_STATUS,
     error_message=_ec2_message,
+    action_default=_ec2_action_default,
 )
 
-POLICIES: dict[str, Policy] = {"ec2": EC2_POLICY}
+# ---------------------------------------------------------------------------------------------
+# EBS direct APIs ("Quotas for Amazon EBS",
+# https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html, and the Service
+# Quotas table in aws-facts.md: requests per second, per account and Region, and per snapshot)
+# ---------------------------------------------------------------------------------------------
+
+# Account buckets: "<Action> requests per account", per second; capacity = one second's worth.
+EBS_ACCOUNT_LIMITS: dict[str, Limit] = {
+    "PutSnapshotBlock": Limit(1000, 1000),
+    "GetSnapshotBlock": Limit(1000, 1000),
+    "StartSnapshot": Limit(10, 10),
+    "CompleteSnapshot": Limit(10, 10),  # also on the quotas page: 10 per second, not adjustable
+    "ListSnapshotBlocks": Limit(50, 50),
+    "ListChangedBlocks": Limit(50, 50),
+}
+# Snapshot buckets: "PutSnapshotBlock requests per snapshot" 1,000/s (not adjustable) and
+# "GetSnapshotBlock requests per snapshot" 1,000/s; the error-retries page lists the snapshot
+# throttle (RequestThrottledException) for exactly these two operations.
+EBS_PER_SNAPSHOT = "per_snapshot"
+EBS_CATEGORIES: dict[str, Limit] = {EBS_PER_SNAPSHOT: Limit(1000, 1000)}
+EBS_ACCOUNT = "account"
+
+
+@functools.lru_cache(maxsize=None)
+def _ebs_operation_names() -> frozenset[str]:
+    import botocore.session
+
+    return frozenset(botocore.session.get_session().get_service_model("ebs").operation_names)
+
+
+def _ebs_buckets(ctx: gates.RequestContext, action: str) -> list[Bucket]:
+    from .ebs_direct import request_snapshot_ids
+
+    buckets = []
+    if action in ("PutSnapshotBlock", "GetSnapshotBlock"):
+        _, ids = request_snapshot_ids(ctx.method, str(ctx.environ.get("PATH_INFO", "")), "")
+        if ids:
+            buckets.append(Bucket(f"{action}:{ids[0]}", action, EBS_PER_SNAPSHOT, EBS_CATEGORIES[EBS_PER_SNAPSHOT], "resource", ids[0]))
+    default = EBS_ACCOUNT_LIMITS.get(action)
+    if default is not None:
+        buckets.append(Bucket(action, action, EBS_ACCOUNT, default))
+    return buckets
+
+
+def _ebs_error(ctx: gates.RequestContext, bucket: Bucket) -> Response:
+    """"Error retries for EBS direct APIs" (https://docs.aws.amazon.com/ebs/latest/userguide/
+    error-retries.html): "RequestThrottleException 400 ... throttling limit for the snapshot"
+    (model shape RequestThrottledException, reason RESOURCE_LEVEL_THROTTLE) and
+    "ThrottlingException 400 ... throttling limit for the account". SDKs retry both."""
+    from .ebs_direct import EbsError, error_response as ebs_error_response
+
+    if bucket.scope == "resource":
+        return ebs_error_response(EbsError(
+            "RequestThrottledException", 400,
+            f"The number of API requests has exceeded the maximum allowed API request throttling limit for the snapshot "
+            f"{bucket.resource} ({bucket.action}).", "RESOURCE_LEVEL_THROTTLE"))
+    return ebs_error_response(EbsError(
+        "ThrottlingException", 400,
+        f"The number of API requests has exceeded the maximum allowed API request throttling limit for the account "
+        f"{ctx.account} ({bucket.action})."))
+
+
+EBS_POLICY = Policy(
+    service="ebs",
+    categories=EBS_CATEGORIES,
+    classify=_ebs_buckets,
+    known_actions=_ebs_operation_names,
+    error_code="ThrottlingException",
+    error_status=400,
+    error_message=lambda account, action: f"Rate exceeded for ebs:{action}",
+    action_default=EBS_ACCOUNT_LIMITS.get,
+    error_for=_ebs_error,
+)
+
+POLICIES: dict[str, Policy] = {"ec2": EC2_POLICY, "ebs": EBS_POLICY}
 
 # ---------------------------------------------------------------------------------------------
 # State
@@ -365,6 +458,8 @@ class AccountLimits:
     def limit_for(self, bucket: Bucket) -> Limit:
         # Per-action overrides win over the category: "Limits are applied to individual API
         # actions" (the page's "Request a limit increase").
+        if bucket.scope == "resource":
+            return self.categories.get(bucket.category, bucket.default)
         override = self.actions.get(bucket.action)
         if override is not None:
             return override
@@ -403,8 +498,19 @@ def _take(limits: AccountLimits, region: str, bucket: Bucket, now: float) -> boo
     return False
 
 
+def _level(limits: AccountLimits, region: str, bucket: Bucket, now: float) -> float:
+    """The bucket's tokens after refilling it for the time since its last use (it starts full)."""
+    state = limits.buckets.get((region, bucket.key))
+    limit = limits.limit_for(bucket)
+    if state is None:
+        return float(limit.capacity)
+    return min(float(limit.capacity), state[0] + (now - state[1]) * limit.refill_per_second)
+
+
 def rate_limit_gate(ctx: gates.RequestContext) -> Response | None:
-    """The ``rate_limits`` gate: every answered request of an enabled account takes a token."""
+    """The ``rate_limits`` gate: every answered request of an enabled account takes a token from
+    each of its buckets (EBS PutSnapshotBlock: the account's and the snapshot's); when one of
+    them is empty none is taken and the first empty one answers."""
     service = ctx.service
     if (ctx.account, service) not in _ENABLED or ctx.action is None:
         return None
@@ -412,15 +518,22 @@ def rate_limit_gate(ctx: gates.RequestContext) -> Response | None:
     if policy is None:
         return None
     action = ctx.action
-    bucket = policy.classify(ctx, action)
+    classified = policy.classify(ctx, action)
+    buckets = classified if isinstance(classified, list) else [classified]
     region = ctx.region
     with _LOCK:
         limits = _LIMITS.get((ctx.account, policy.service))
         if limits is None or not limits.enabled:
             return None
-        if _take(limits, region, bucket, time.monotonic()):
+        now = time.monotonic()
+        empty = next((b for b in buckets if _level(limits, region, b, now) < 1.0), None)
+        if empty is None:
+            for bucket in buckets:
+                _take(limits, region, bucket, now)
             return None
         limits.throttled[action] = limits.throttled.get(action, 0) + 1
+    if policy.error_for is not None:
+        return policy.error_for(ctx, empty)
     return error_response(
         policy.service, ctx.method, policy.error_status, policy.error_code, policy.error_message(ctx.account, action)
     )
@@ -453,7 +566,7 @@ def configure(account: str, payload: dict[str, Any], service: str = "ec2") -> di
     """Replace the account's configuration (overrides not given are dropped; buckets start full
     again; the throttled counter is kept). Raises ValueError for bad input."""
     policy = POLICIES[service]
-    unknown = set(payload) - {"account_id", "enabled", "categories", "actions"}
+    unknown = set(payload) - {"account_id", "service", "enabled", "categories", "actions"}
     if unknown:
         raise ValueError(f"unknown fields: {sorted(unknown)}")
     enabled = payload.get("enabled")
@@ -475,11 +588,7 @@ def configure(account: str, payload: dict[str, Any], service: str = "ec2") -> di
     for name, value in raw_actions.items():
         if name not in known:
             raise ValueError(f"unknown {service} action {name!r}")
-        base = UNCATEGORIZED_ACTIONS.get(name) if service == "ec2" else None
-        if base is None and service == "ec2":
-            category = ec2_category(name)
-            base = DEFAULT_CATEGORIES.get(category)
-        actions[name] = _limit(value, f"actions.{name}", base)
+        actions[name] = _limit(value, f"actions.{name}", policy.action_default(name))
     with _LOCK:
         limits = _LIMITS.setdefault((account, service), AccountLimits())
         limits.enabled = enabled
@@ -541,19 +650,29 @@ def reset() -> None:
         _ENABLED.clear()
 
 
+def _service(value: Any) -> str:
+    service = "ec2" if value in (None, "") else value
+    if service not in POLICIES:
+        raise control.ControlError(400, f"unknown service {service!r}; known: {sorted(POLICIES)}")
+    return str(service)
+
+
 def handle_rate_limits(request: Request) -> Response:
-    """``/ami-pipeline-emulator/rate-limits``: POST configures, GET reads, DELETE clears."""
+    """``/ami-pipeline-emulator/rate-limits``: POST configures, GET reads, DELETE clears; the
+    service is ``ec2`` unless the body / query names another one of ``POLICIES`` (``ebs``)."""
     if request.method == "POST":
         payload = control._body(request)
         account = control._account(payload)
+        service = _service(payload.get("service"))
         try:
-            return control._json(200, configure(account, payload))
+            return control._json(200, configure(account, payload, service))
         except ValueError as exc:
             raise control.ControlError(400, str(exc)) from exc
     account = control._account(dict(request.args))
+    service = _service(request.args.get("service"))
     if request.method == "DELETE":
-        return control._json(200, clear(account))
-    return control._json(200, describe(account))
+        return control._json(200, clear(account, service))
+    return control._json(200, describe(account, service))
 
 
 gates.register("rate_limits", rate_limit_gate)
