@@ -30,4 +30,9 @@ impl Deadline {
     pub fn may_start(&self) -> bool {
         self.0.saturating_duration_since(Instant::now()) > SAFETY_MARGIN
     }
+
+    /// Whether more than `d` is left.
+    pub fn has_left(&self, d: Duration) -> bool {
+        self.0.saturating_duration_since(Instant::now()) > d
+    }
 }

@@ -23,6 +23,7 @@ pub mod fields;
 pub mod invocation;
 pub mod model;
 pub mod notify;
+pub mod pace;
 pub mod plan;
 pub mod runner;
 pub mod telemetry;

@@ -332,8 +332,8 @@ async fn every_exclusion_is_respected_and_named() {
     let r = w.run(json!({"dry_run": false}), Utc::now()).await;
     let reason = |what: &str| decision(&r, &stale[what]).reasons.join("; ");
     for (what, expected) in [
-        ("running", "in use by an instance"),
-        ("stopped", "in use by an instance"),
+        ("running", "in use: referenced by arn:aws:ec2:us-east-1:"),
+        ("stopped", "in use: referenced by arn:aws:ec2:us-east-1:"),
         ("template", "referenced by launch template web-lt"),
         ("public", "public"),
         ("shared", "shared with 111122223333"),
@@ -567,4 +567,210 @@ async fn bad_input_is_refused_and_nothing_changes() {
         .await;
     assert!(r.dry_run);
     assert!(w.exists(EAST, &older).await);
+}
+
+/// A world removing stale images in one run (`GRACE_DAYS=0`).
+async fn one_run_world(extra: &[(&str, &str)]) -> World {
+    let mut env = vec![
+        ("KEEP_NEWEST", "1"),
+        ("MIN_AGE_DAYS", "30"),
+        ("GRACE_DAYS", "0"),
+        ("MAX_DELETIONS", "100"),
+    ];
+    env.extend_from_slice(extra);
+    World::new(&env).await
+}
+
+fn step_result<'a>(r: &'a Report, resource: &str, action: &str) -> &'a StepResult {
+    &r.steps
+        .iter()
+        .find(|s| s.resource == resource && s.action == action)
+        .unwrap_or_else(|| panic!("no {action} step for {resource}: {:?}", r.steps))
+        .result
+}
+
+#[tokio::test]
+async fn grace_zero_removes_in_one_run_with_the_snapshots_in_the_same_call() {
+    let w = one_run_world(&[]).await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "one", "one-new", 1).await;
+    let (old, old_snap) = w.managed(EAST, "one", "one-old", 100).await;
+    let (older, older_snap) = w.managed(EAST, "one", "one-older", 120).await;
+    // A kept, foreign image uses older's snapshot: EC2 skips it.
+    let other = fixtures::register(&ec2, "one-other", &older_snap, &[]).await;
+    // An SSM parameter points at a third stale image: it is in use.
+    let (param_image, _) = w.managed(EAST, "one", "one-param", 110).await;
+    let ssm = aws_sdk_ssm::Client::new(&w.acct.sdk);
+    ssm.put_parameter()
+        .name("/golden/web")
+        .value(&param_image)
+        .data_type("aws:ec2:image")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .expect("put parameter");
+    w.acct.control(
+        "DELETE",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    assert_eq!(action(&r, &old), "deregister", "{:?}", decision(&r, &old));
+    assert!(decision(&r, &old).reasons[0].contains("without a deprecation"));
+    assert!(!w.exists(EAST, &old).await && !w.exists(EAST, &older).await);
+    assert_eq!(
+        step_result(&r, &old_snap, "delete-snapshot"),
+        &StepResult::Done
+    );
+    assert!(!w.snapshot_exists(EAST, &old_snap).await);
+    assert!(
+        matches!(
+            step_result(&r, &older_snap, "delete-snapshot"),
+            StepResult::Kept(_)
+        ),
+        "{:?}",
+        r.steps
+    );
+    assert!(
+        w.snapshot_exists(EAST, &older_snap).await,
+        "{other} uses it"
+    );
+    assert_eq!(action(&r, &param_image), "skip");
+    let why = decision(&r, &param_image).reasons.join("; ");
+    assert!(why.contains("parameter/golden/web"), "{why}");
+    // One call per removal: no separate DeleteSnapshot, no deprecation.
+    let calls = w.acct.control(
+        "GET",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    )["requests"]
+        .clone();
+    assert_eq!(calls["ec2:DeregisterImage"], 2, "{calls}");
+    assert!(calls.get("ec2:DeleteSnapshot").is_none(), "{calls}");
+    assert!(calls.get("ec2:EnableImageDeprecation").is_none(), "{calls}");
+    assert!(calls.get("ec2:DescribeInstances").is_none(), "{calls}");
+    assert_eq!(calls["ec2:DescribeImageReferences"], 1, "{calls}");
+}
+
+#[tokio::test]
+async fn an_image_whose_sharing_cannot_be_read_is_skipped_and_the_rest_go_on() {
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "rd", "rd-new", 1).await;
+    let (unreadable, _) = w.managed(EAST, "rd", "rd-old", 100).await;
+    let (fine, _) = w.managed(EAST, "rd", "rd-older", 120).await;
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImageAttribute",
+        "status": 503, "code": "ServiceUnavailable", "resource": unreadable}));
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    assert_eq!(action(&r, &unreadable), "skip");
+    let why = decision(&r, &unreadable).reasons.join("; ");
+    assert!(
+        why.contains("launch permissions could not be read"),
+        "{why}"
+    );
+    assert!(w.exists(EAST, &unreadable).await);
+    assert!(!w.exists(EAST, &fine).await, "the others are not held back");
+}
+
+#[tokio::test]
+async fn a_rerun_keeps_the_deprecation_time_and_a_kept_image_is_undeprecated() {
+    let w = world().await;
+    w.managed(EAST, "ud", "ud-new", 1).await;
+    w.managed(EAST, "ud", "ud-second", 2).await;
+    let (stale, _) = w.managed(EAST, "ud", "ud-old", 100).await;
+    let now = Utc::now();
+    let r = w.run(json!({"dry_run": false}), now).await;
+    assert_eq!(action(&r, &stale), "deprecate");
+    let first = shared::aws::ec2::describe_own_image(&w.ec2(EAST), &stale)
+        .await
+        .expect("describe")
+        .expect("exists");
+    let at = first.deprecation_time.clone().expect("deprecated");
+    assert_eq!(
+        first
+            .tags
+            .get("ami-pipeline:deprecated-by")
+            .map(String::as_str),
+        Some("cleanup")
+    );
+    // A run 10 minutes later (a 10-minute schedule) does not move it.
+    let r = w
+        .run(json!({"dry_run": false}), now + Days::minutes(10))
+        .await;
+    assert_eq!(action(&r, &stale), "keep");
+    assert!(decision(&r, &stale).reasons[0].contains("takes effect at"));
+    let again = shared::aws::ec2::describe_own_image(&w.ec2(EAST), &stale)
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert_eq!(again.deprecation_time.as_deref(), Some(at.as_str()));
+    // The policy now keeps 5: the deprecation cleanup made is removed, with its mark.
+    let r = w
+        .run(json!({"dry_run": false, "keep_newest": 5}), now)
+        .await;
+    assert_eq!(action(&r, &stale), "undeprecate");
+    let after = shared::aws::ec2::describe_own_image(&w.ec2(EAST), &stale)
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert_eq!(after.deprecation_time, None);
+    assert!(!after.tags.contains_key("ami-pipeline:deprecated-by"));
+}
+
+#[tokio::test]
+async fn paced_removals_stay_below_the_bucket_where_unpaced_ones_are_throttled() {
+    // The account's DeregisterImage bucket (the emulator's) is set to 25 tokens and 1.25 per
+    // second; cleanup paces at API_BUDGET_PERCENT=20 of the documented 100 / 5: 20 tokens,
+    // 1 per second, below it. 30 removals: paced, none is throttled; unpaced, some are (and
+    // the SDK's retry still completes them).
+    let mut throttled = Vec::new();
+    for percent in ["20", "0"] {
+        let w = one_run_world(&[
+            ("API_BUDGET_PERCENT", percent),
+            ("CLEANUP_CONCURRENCY", "8"),
+        ])
+        .await;
+        w.managed(EAST, "pace", "pace-new", 1).await;
+        let mut stale = Vec::new();
+        for n in 0..30 {
+            stale.push(
+                w.managed(EAST, "pace", &format!("pace-{n:02}"), 100 + n)
+                    .await
+                    .0,
+            );
+        }
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/rate-limits",
+            Some(json!({"enabled": true,
+                "actions": {"DeregisterImage": {"capacity": 25, "refill_per_second": 1.25}}})),
+        );
+        let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+        let path = format!(
+            "/ami-pipeline-emulator/rate-limits?account_id={}",
+            w.acct.account_id
+        );
+        let limits = w.acct.control("GET", &path, None);
+        w.acct.control("DELETE", &path, None);
+        assert!(
+            r.steps.iter().all(|s| !s.result.is_failure()),
+            "{:?}",
+            r.steps
+        );
+        for i in &stale {
+            assert!(!w.exists(EAST, i).await, "{i} removed");
+        }
+        throttled.push((
+            limits["throttled"]["total"].as_u64().unwrap_or(u64::MAX),
+            limits["throttled"]["by_action"].clone(),
+        ));
+    }
+    assert_eq!(throttled[0].0, 0, "paced: never throttled: {throttled:?}");
+    assert!(throttled[1].0 > 0, "unpaced: throttled {throttled:?}");
 }

@@ -2,7 +2,9 @@
 
 use shared::aws::clients::Clients;
 use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::pace::{MAX_PERCENT, Pacer};
 use shared::plan::retention::{Policy, Selector};
+use std::sync::Arc;
 
 /// Settings of cleanup, from the environment (names as in `template.yaml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,10 @@ pub struct Config {
     pub all_template_versions: bool,
     /// Images handled in parallel (`CLEANUP_CONCURRENCY`).
     pub concurrency: usize,
+    /// The share of EC2's documented request rates this function may use, in percent
+    /// (`API_BUDGET_PERCENT`, default 50: half is left to the account's other workloads;
+    /// 0 turns pacing off).
+    pub api_budget_percent: u32,
 }
 
 impl Config {
@@ -40,6 +46,8 @@ impl Config {
             "DRY_RUN",
             "LAUNCH_TEMPLATE_VERSIONS",
             "CLEANUP_CONCURRENCY",
+            "MAX_DEPRECATIONS",
+            "API_BUDGET_PERCENT",
         ]);
         v
     }
@@ -61,6 +69,7 @@ impl Config {
             min_age_days: r.int_in("MIN_AGE_DAYS", 30, 0, 3650),
             grace_days: r.int_in("GRACE_DAYS", 7, 0, 365),
             max_deletions: r.int_in("MAX_DELETIONS", 10, 0, 10_000) as usize,
+            max_deprecations: r.int_in("MAX_DEPRECATIONS", 100, 0, 10_000) as usize,
             families: r.list("FAMILIES").into_iter().collect(),
             selectors,
             allow_public: r.bool_or("ALLOW_PUBLIC", false),
@@ -79,6 +88,8 @@ impl Config {
             }
         };
         let concurrency = r.int_in("CLEANUP_CONCURRENCY", 4, 1, 16) as usize;
+        let api_budget_percent =
+            r.int_in("API_BUDGET_PERCENT", 50, 0, i64::from(MAX_PERCENT)) as u32;
         r.finish()?;
         Ok(Config {
             common,
@@ -87,6 +98,7 @@ impl Config {
             dry_run,
             all_template_versions,
             concurrency,
+            api_budget_percent,
         })
     }
 }
@@ -98,11 +110,19 @@ pub struct Deps {
     pub clients: Clients,
     /// Settings.
     pub config: Config,
+    /// EC2 calls paced at `API_BUDGET_PERCENT` of the documented rates (one per invocation
+    /// environment: a warm environment's buckets carry over to its next run).
+    pub pacer: Arc<Pacer>,
 }
 
 impl Deps {
     /// The function's dependencies.
     pub fn new(clients: Clients, config: Config) -> Self {
-        Deps { clients, config }
+        let pacer = Arc::new(Pacer::new(config.api_budget_percent));
+        Deps {
+            clients,
+            config,
+            pacer,
+        }
     }
 }

@@ -19,6 +19,8 @@ pub struct Overrides {
     pub regions: Option<Vec<String>>,
     /// `max_deletions`.
     pub max_deletions: Option<usize>,
+    /// `max_deprecations`.
+    pub max_deprecations: Option<usize>,
     /// `keep_newest`.
     pub keep_newest: Option<usize>,
     /// `min_age_days`.
@@ -42,11 +44,12 @@ pub enum Command {
     Manual(Overrides),
 }
 
-pub(crate) const MANUAL_FIELDS: [&str; 10] = [
+pub(crate) const MANUAL_FIELDS: [&str; 11] = [
     "dry_run",
     "families",
     "regions",
     "max_deletions",
+    "max_deprecations",
     "keep_newest",
     "min_age_days",
     "grace_days",
@@ -54,6 +57,12 @@ pub(crate) const MANUAL_FIELDS: [&str; 10] = [
     "allow_shared",
     "orphan_sweep",
 ];
+
+/// Most distinct regions a manual request may name (AWS has fewer; a longer list is a
+/// mistake, refused before any call rather than run into the Lambda's timeout).
+pub(crate) const MAX_REGIONS: usize = 64;
+/// Most distinct families a manual request may name.
+pub(crate) const MAX_FAMILIES: usize = 1000;
 
 impl Command {
     /// Parses raw JSON text (what `cargo lambda invoke --data-file` sends).
@@ -87,14 +96,35 @@ pub(crate) fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationEr
     let allow_shared = f.boolean("allow_shared");
     let orphan_sweep = f.boolean("orphan_sweep");
     let max_deletions = f.number("max_deletions", 10_000).map(|n| n as usize);
+    let max_deprecations = f.number("max_deprecations", 10_000).map(|n| n as usize);
     let keep_newest = f.number("keep_newest", 1000).map(|n| n as usize);
     let min_age_days = f.number("min_age_days", 3650);
     let grace_days = f.number("grace_days", 365);
-    let families = f.strings("families").map(|f| f.into_iter().collect());
-    let regions = f.strings("regions");
-    for r in regions.iter().flatten() {
-        if !ids::is_region(r) {
-            f.problem(format!("regions: {r:?} is not an AWS region"));
+    let families: Option<BTreeSet<String>> = f.strings("families").map(|f| f.into_iter().collect());
+    if let Some(n) = families
+        .as_ref()
+        .map(BTreeSet::len)
+        .filter(|n| *n > MAX_FAMILIES)
+    {
+        f.problem(format!(
+            "families: {n} distinct families, at most {MAX_FAMILIES} per request"
+        ));
+    }
+    let mut regions = f.strings("regions");
+    if let Some(list) = regions.as_mut() {
+        let mut seen = BTreeSet::new();
+        list.retain(|r| seen.insert(r.clone()));
+        if list.len() > MAX_REGIONS {
+            f.problem(format!(
+                "regions: {} distinct regions, at most {MAX_REGIONS} per request",
+                list.len()
+            ));
+        } else {
+            for r in list.iter() {
+                if !ids::is_region(r) {
+                    f.problem(format!("regions: {r:?} is not an AWS region"));
+                }
+            }
         }
     }
     f.finish().map_err(|problems| {
@@ -108,6 +138,7 @@ pub(crate) fn manual(map: &Map<String, Value>) -> Result<Overrides, InvocationEr
         families,
         regions,
         max_deletions,
+        max_deprecations,
         keep_newest,
         min_age_days,
         grace_days,

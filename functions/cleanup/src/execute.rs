@@ -1,25 +1,31 @@
-//! Execute a plan: deprecate, deregister, delete snapshots (retrying in-use ones), announce.
+//! Execute a plan, paced: mark and deprecate, undeprecate, deregister with the image's
+//! snapshots in the same call, delete orphaned snapshots; announce the report.
 
 use crate::config::Deps;
 use crate::output::{Report, Step, StepResult};
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use shared::aws::clients::Clients;
 use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
+use shared::model::Tags;
 use shared::notify::{self, EventType, Message};
-use shared::plan::retention::{self, Action, Decision};
+use shared::plan::retention::{
+    self, Action, DEPRECATED_BY, DEPRECATED_BY_CLEANUP, DEPRECATION_LEAD, Decision,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// How often a snapshot still "in use" right after its image was deregistered is retried.
 pub(crate) const IN_USE_RETRIES: u32 = 3;
 
-pub(crate) async fn delete_snapshot_step(c: &Clients, region: &str, snapshot: &str) -> Step {
+/// DeleteSnapshot of an orphan, retrying "in use" a few times.
+pub(crate) async fn delete_snapshot(c: &Clients, snapshot: &str) -> StepResult {
     let mut pause = Duration::from_millis(500);
     let mut attempt = 0;
-    let result = loop {
+    loop {
         match ec2::delete_snapshot(&c.ec2, snapshot).await {
             Ok(()) => break StepResult::Done,
             Err(e) if e.is_not_found() => break StepResult::AlreadyGone,
@@ -33,12 +39,6 @@ pub(crate) async fn delete_snapshot_step(c: &Clients, region: &str, snapshot: &s
             }
             Err(e) => break StepResult::Failed(e.to_string()),
         }
-    };
-    Step {
-        region: region.to_owned(),
-        resource: snapshot.to_owned(),
-        action: "delete-snapshot",
-        result,
     }
 }
 
@@ -49,74 +49,210 @@ pub(crate) async fn execute(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Vec<Step> {
-    // EnableImageDeprecation refuses past times, and a run executes for up to the Lambda's
-    // 15 minutes after it planned at `now`: 16 minutes ahead is still in the future at the
-    // last call (the benchmark's 10,000-image run failed with one minute).
-    let deprecate_at = now + ChronoDuration::minutes(16);
+    let deprecate_at = now + DEPRECATION_LEAD;
+    let to_deprecate = of_action(plan, Action::Deprecate);
+    // The images to deprecate are marked first (one CreateTags per region and 1,000 images),
+    // so a deprecation is always one cleanup can recognise and undo; an unmarked one is not made.
+    let marked = tag_batches(deps, clients, &to_deprecate, deadline, true).await;
     let work: Vec<&Decision> = plan
         .decisions
         .iter()
-        .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
+        .filter(|d| {
+            matches!(
+                d.action,
+                Action::Deprecate | Action::Deregister | Action::Undeprecate
+            )
+        })
         .collect();
+    let marked = &marked;
     let mut steps: Vec<Step> = stream::iter(work)
         .map(|d| async move {
-            let c = clients.get(&d.region);
-            let action = if d.action == Action::Deprecate {
-                "deprecate"
-            } else {
-                "deregister"
-            };
-            let mut out = Vec::new();
-            if !deadline.may_start() {
-                out.push(Step {
-                    region: d.region.to_string(),
-                    resource: d.image_id.clone(),
-                    action,
-                    result: StepResult::Deferred,
-                });
-                return out;
+            if d.action == Action::Deprecate
+                && let Some(failed) = marked.get(&(d.region.to_string(), d.image_id.clone()))
+            {
+                return vec![step(d, "deprecate", failed.clone())];
             }
-            let r = if d.action == Action::Deprecate {
-                ec2::enable_image_deprecation(&c.ec2, &d.image_id, deprecate_at).await
-            } else {
-                ec2::deregister_image(&c.ec2, &d.image_id).await
-            };
-            let ok = r.is_ok();
-            out.push(Step {
-                region: d.region.to_string(),
-                resource: d.image_id.clone(),
-                action,
-                result: match r {
-                    Ok(()) => StepResult::Done,
-                    Err(e) => StepResult::Failed(e.to_string()),
-                },
-            });
-            if ok && d.action == Action::Deregister {
-                for s in &d.delete_snapshots {
-                    out.push(delete_snapshot_step(&c, &d.region, s).await);
-                }
-            }
-            out
+            image_step(deps, clients, d, deprecate_at, deadline).await
         })
         .buffer_unordered(deps.config.concurrency)
         .flat_map(stream::iter)
         .collect()
         .await;
+    let undeprecated: Vec<&Decision> = of_action(plan, Action::Undeprecate)
+        .into_iter()
+        .filter(|d| {
+            steps.iter().any(|s| {
+                s.action == "undeprecate" && s.resource == d.image_id && s.result.is_done()
+            })
+        })
+        .collect();
+    // The mark goes once the deprecation is gone (a failure here only leaves a stale mark).
+    let unmarked = tag_batches(deps, clients, &undeprecated, deadline, false).await;
+    for ((region, image), result) in unmarked {
+        steps.push(Step {
+            region,
+            resource: image,
+            action: "unmark-deprecated",
+            result,
+        });
+    }
     for o in &plan.orphans {
-        if !deadline.may_start() {
-            steps.push(Step {
-                region: o.region.to_string(),
-                resource: o.snapshot_id.clone(),
-                action: "delete-snapshot",
-                result: StepResult::Deferred,
-            });
-            continue;
-        }
         let c = clients.get(&o.region);
-        steps.push(delete_snapshot_step(&c, &o.region, &o.snapshot_id).await);
+        let result = if deps
+            .pacer
+            .acquire(&o.region, "DeleteSnapshot", &deadline)
+            .await
+        {
+            delete_snapshot(&c, &o.snapshot_id).await
+        } else {
+            StepResult::Deferred
+        };
+        steps.push(Step {
+            region: o.region.to_string(),
+            resource: o.snapshot_id.clone(),
+            action: "delete-snapshot",
+            result,
+        });
     }
     steps.sort_by(|a, b| (&a.region, &a.resource).cmp(&(&b.region, &b.resource)));
     steps
+}
+
+fn of_action(plan: &retention::Plan, action: Action) -> Vec<&Decision> {
+    plan.decisions
+        .iter()
+        .filter(|d| d.action == action)
+        .collect()
+}
+
+fn step(d: &Decision, action: &'static str, result: StepResult) -> Step {
+    Step {
+        region: d.region.to_string(),
+        resource: d.image_id.clone(),
+        action,
+        result,
+    }
+}
+
+/// Adds (`mark`) or removes the [`DEPRECATED_BY`] mark on `images`, one call per region and
+/// 1,000 images (CreateTags' and DeleteTags' limit). Returns the images whose call failed or
+/// was deferred, with that result.
+async fn tag_batches(
+    deps: &Deps,
+    clients: &RegionalClients,
+    images: &[&Decision],
+    deadline: Deadline,
+    mark: bool,
+) -> HashMap<(String, String), StepResult> {
+    let mut by_region: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in images {
+        by_region.entry(&d.region).or_default().push(&d.image_id);
+    }
+    let action = if mark { "CreateTags" } else { "DeleteTags" };
+    let mut failed = HashMap::new();
+    for (region, ids) in by_region {
+        for batch in ids.chunks(1000) {
+            let result = if !deps.pacer.acquire(region, action, &deadline).await {
+                Err(StepResult::Deferred)
+            } else {
+                let ec2 = &clients.get(region).ec2;
+                let r = if mark {
+                    let tags = Tags::from([(
+                        DEPRECATED_BY.to_string(),
+                        DEPRECATED_BY_CLEANUP.to_string(),
+                    )]);
+                    ec2::create_tags(ec2, batch, &tags).await
+                } else {
+                    ec2::delete_tag_keys(ec2, batch, &[DEPRECATED_BY]).await
+                };
+                r.map_err(|e| StepResult::Failed(e.to_string()))
+            };
+            if let Err(r) = result {
+                for id in batch {
+                    failed.insert((region.to_string(), id.to_string()), r.clone());
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// One image's step: deprecate, undeprecate, or deregister with its snapshots (EC2 deletes
+/// them in the same call and skips those another AMI uses; each result is a step).
+async fn image_step(
+    deps: &Deps,
+    clients: &RegionalClients,
+    d: &Decision,
+    deprecate_at: DateTime<Utc>,
+    deadline: Deadline,
+) -> Vec<Step> {
+    let (name, call) = match d.action {
+        Action::Deprecate => ("deprecate", "EnableImageDeprecation"),
+        Action::Undeprecate => ("undeprecate", "DisableImageDeprecation"),
+        _ => ("deregister", "DeregisterImage"),
+    };
+    if !deps.pacer.acquire(&d.region, call, &deadline).await {
+        return vec![step(d, name, StepResult::Deferred)];
+    }
+    let ec2 = &clients.get(&d.region).ec2;
+    let done = |r: Result<(), AwsError>| {
+        vec![step(
+            d,
+            name,
+            r.map_or_else(|e| StepResult::Failed(e.to_string()), |()| StepResult::Done),
+        )]
+    };
+    match d.action {
+        Action::Deprecate => {
+            done(ec2::enable_image_deprecation(ec2, &d.image_id, deprecate_at).await)
+        }
+        Action::Undeprecate => done(ec2::disable_image_deprecation(ec2, &d.image_id).await),
+        _ => match ec2::deregister_image_and_snapshots(ec2, &d.image_id).await {
+            Err(e) => done(Err(e)),
+            Ok(results) => {
+                let mut out = vec![step(d, name, StepResult::Done)];
+                out.extend(snapshot_steps(d, results));
+                out
+            }
+        },
+    }
+}
+
+/// The snapshot results DeregisterImage returned, as steps; a snapshot the plan meant to
+/// delete that EC2 did not report on is reported as such (it stays; the orphan sweep of a
+/// later run deletes it once unused).
+fn snapshot_steps(d: &Decision, results: Vec<(String, String)>) -> Vec<Step> {
+    let mut out = Vec::new();
+    for s in d.delete_snapshots.iter().chain(&d.keep_snapshots) {
+        if !results.iter().any(|(id, _)| id == s) {
+            out.push(Step {
+                region: d.region.to_string(),
+                resource: s.clone(),
+                action: "delete-snapshot",
+                result: StepResult::Failed(format!(
+                    "DeregisterImage of {} reported no result for it; it stays",
+                    d.image_id
+                )),
+            });
+        }
+    }
+    for (snapshot, code) in results {
+        let result = match code.as_str() {
+            "success" => StepResult::Done,
+            "skipped" => StepResult::Kept("another AMI uses it (EC2 skipped it)".into()),
+            "missing-permissions" => StepResult::Failed(
+                "missing-permissions: this role may not delete it (ec2:DeleteSnapshot)".into(),
+            ),
+            other => StepResult::Failed(format!("{other}: EC2 did not delete it")),
+        };
+        out.push(Step {
+            region: d.region.to_string(),
+            resource: snapshot,
+            action: "delete-snapshot",
+            result,
+        });
+    }
+    out
 }
 
 pub(crate) async fn announce(

@@ -3,12 +3,10 @@
 use crate::config::{Config, Deps};
 use crate::event::Command;
 use crate::execute::{announce, execute};
-use crate::gather::{check_families, gather, planned_steps};
+use crate::gather::{check_families, checks, gather, planned_steps};
 use crate::output::{Counts, Report};
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
 use shared::aws::clients::RegionalClients;
-use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
@@ -35,7 +33,7 @@ pub async fn handle(
 ) -> Result<Report, InvocationError> {
     let (policy, regions, dry_run) = scope(&cmd, deps);
     let clients = RegionalClients::new(&deps.clients, regions.iter().map(String::as_str));
-    let plan = plan_twice(deps, &clients, &regions, &policy, now).await?;
+    let plan = plan_twice(deps, &clients, &regions, &policy, now, deadline).await?;
     let steps = if dry_run {
         planned_steps(&plan)
     } else {
@@ -93,6 +91,7 @@ fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
                 regions = r.clone();
             }
             policy.max_deletions = o.max_deletions.unwrap_or(policy.max_deletions);
+            policy.max_deprecations = o.max_deprecations.unwrap_or(policy.max_deprecations);
             policy.keep_newest = o.keep_newest.unwrap_or(policy.keep_newest);
             policy.min_age_days = o.min_age_days.unwrap_or(policy.min_age_days);
             policy.grace_days = o.grace_days.unwrap_or(policy.grace_days);
@@ -108,14 +107,16 @@ fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
     (policy, regions, dry_run)
 }
 
-/// Gathers every region, plans, reads the sharing of only the images the first plan would
-/// remove (the listing says `Public`; sharing needs one call per image), and plans again.
+/// Gathers every region, plans, checks only the images the first plan would act on (after
+/// the caps: sharing and references need calls per image), and plans again: the second plan
+/// acts only on images checked and clean.
 async fn plan_twice(
     deps: &Deps,
     clients: &RegionalClients,
     regions: &[String],
     policy: &Policy,
     now: DateTime<Utc>,
+    deadline: Deadline,
 ) -> Result<retention::Plan, InvocationError> {
     let mut facts = Vec::new();
     for r in regions {
@@ -123,19 +124,8 @@ async fn plan_twice(
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);
-    let candidates = retention::sharing_to_read(&first);
-    let shares = stream::iter(candidates)
-        .map(|(region, image)| async move {
-            let c = clients.get(&region);
-            let who = ec2::launch_permissions(&c.ec2, &image).await;
-            (region, image, who)
-        })
-        .buffer_unordered(deps.config.concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    for (region, image, who) in shares {
-        retention::with_sharing(&mut facts, &region, image, who.map_err(partial)?);
-    }
+    let read = checks(deps, clients, deadline, retention::to_check(&first)).await;
+    retention::with_checks(&mut facts, read);
     Ok(retention::plan(&facts, policy, now))
 }
 
@@ -151,6 +141,7 @@ fn summarize(plan: &retention::Plan) -> BTreeMap<String, Counts> {
             Action::Deprecate => c.deprecate += 1,
             Action::Deregister => c.deregister += 1,
             Action::Skip => c.skip += 1,
+            Action::Undeprecate => c.undeprecate += 1,
         }
     }
     summary

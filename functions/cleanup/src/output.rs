@@ -11,7 +11,7 @@ pub struct Step {
     pub region: String,
     /// Image or snapshot.
     pub resource: String,
-    /// `deprecate`, `deregister`, `delete-snapshot`.
+    /// `deprecate`, `undeprecate`, `deregister`, `delete-snapshot`.
     pub action: &'static str,
     /// `done`, `planned` (dry run), `deferred` (deadline), `left-in-use`, or the error.
     pub result: StepResult,
@@ -30,6 +30,8 @@ pub enum StepResult {
     Deferred,
     /// A snapshot still in use after the retries; a later orphan sweep deletes it.
     LeftInUse,
+    /// Left in place on purpose, with why (EC2 skipped a snapshot another AMI uses).
+    Kept(String),
     /// The AWS call failed.
     Failed(String),
 }
@@ -56,6 +58,7 @@ impl std::fmt::Display for StepResult {
             StepResult::LeftInUse => f.write_str(
                 "left-in-use: still in use; the orphan sweep of a later run deletes it once free",
             ),
+            StepResult::Kept(why) => write!(f, "kept: {why}"),
             StepResult::Failed(e) => write!(f, "error: {e}"),
         }
     }
@@ -78,6 +81,8 @@ pub struct Counts {
     pub deregister: usize,
     /// Protected by an exclusion.
     pub skip: usize,
+    /// Deprecation removed (kept again).
+    pub undeprecate: usize,
 }
 
 /// The run's report: the output, and (summarized) `cleanup.report`.
@@ -93,7 +98,7 @@ pub struct Report {
     pub policy: Policy,
     /// Counts per `region/family`.
     pub summary: BTreeMap<String, Counts>,
-    /// Deregistrations held back by the per-run cap (reported, not an error).
+    /// Deregistrations and deprecations held back by the per-run caps (reported, not an error).
     pub capped: usize,
     /// One decision per image in scope.
     pub decisions: Vec<Decision>,

@@ -12,7 +12,8 @@ use aws_sdk_ec2::config::Credentials;
 use std::time::Duration;
 
 /// Attempts per call, first try included. Throttling and 5xx are retried with backoff by the
-/// SDK's standard strategy; the sweep itself is the outer retry (next schedule).
+/// SDK's adaptive strategy (the standard one plus a client-side rate limiter that slows down
+/// after throttling); the sweep itself is the outer retry (next schedule).
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Connect timeout: a dead endpoint should fail fast, not eat the Lambda's budget.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,7 +36,7 @@ pub struct ClientSettings {
 /// Loads the shared SDK configuration with the pipeline's retry and timeout policy.
 pub async fn sdk_config(settings: ClientSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)

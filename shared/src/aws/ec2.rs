@@ -455,41 +455,6 @@ pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Re
     Ok(())
 }
 
-/// The images used by this account's instances that are not terminated (DescribeInstances,
-/// every page).
-pub async fn images_in_use(ec2: &Client) -> Result<std::collections::BTreeSet<String>, AwsError> {
-    let mut pages = ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(
-                    ["pending", "running", "shutting-down", "stopping", "stopped"]
-                        .map(String::from)
-                        .to_vec(),
-                ))
-                .build(),
-        )
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    let mut used = std::collections::BTreeSet::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            AwsError::from_sdk("ec2:DescribeInstances", "instances", e)
-                .in_region(ec2.config().region())
-        })?;
-        for r in page.reservations() {
-            for i in r.instances() {
-                if let Some(id) = i.image_id() {
-                    used.insert(id.to_owned());
-                }
-            }
-        }
-    }
-    Ok(used)
-}
-
 /// The images referenced by launch templates: for each template (DescribeLaunchTemplates, every
 /// page), its `$Default` and `$Latest` versions, or every version when `all_versions`. Returns
 /// image id → `template-name (version n)`.
@@ -612,6 +577,122 @@ pub async fn enable_image_deprecation(
                 .in_region(ec2.config().region())
         })?;
     Ok(())
+}
+
+/// DisableImageDeprecation: the image is no longer deprecated.
+pub async fn disable_image_deprecation(ec2: &Client, image_id: &str) -> Result<(), AwsError> {
+    ec2.disable_image_deprecation()
+        .image_id(image_id)
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DisableImageDeprecation", image_id, e)
+                .in_region(ec2.config().region())
+        })?;
+    Ok(())
+}
+
+/// DeleteTags of `keys` (any value) on many resources in one call.
+pub async fn delete_tag_keys(
+    ec2: &Client,
+    resource_ids: &[&str],
+    keys: &[&str],
+) -> Result<(), AwsError> {
+    ec2.delete_tags()
+        .set_resources(Some(resource_ids.iter().map(|s| s.to_string()).collect()))
+        .set_tags(Some(
+            keys.iter()
+                .map(|k| Tag::builder().key(*k).build())
+                .collect(),
+        ))
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DeleteTags", resource_ids.join(","), e)
+                .in_region(ec2.config().region())
+        })?;
+    Ok(())
+}
+
+/// DeregisterImage with `DeleteAssociatedSnapshots`: EC2 deletes the image's snapshots in the
+/// same call, skipping those another AMI uses. Returns each snapshot's result code
+/// (`success`, `skipped`, `missing-permissions`, `internal-error`, `client-error`).
+pub async fn deregister_image_and_snapshots(
+    ec2: &Client,
+    image_id: &str,
+) -> Result<Vec<(String, String)>, AwsError> {
+    let out = ec2
+        .deregister_image()
+        .image_id(image_id)
+        .delete_associated_snapshots(true)
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DeregisterImage", image_id, e).in_region(ec2.config().region())
+        })?;
+    Ok(out
+        .delete_snapshot_results()
+        .iter()
+        .map(|r| {
+            (
+                r.snapshot_id().unwrap_or_default().to_owned(),
+                r.return_code()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Most image ids per DescribeImageReferences request (the model's list `max`).
+pub const IMAGE_REFERENCES_BATCH: usize = 10;
+
+/// What references each of `image_ids` (at most [`IMAGE_REFERENCES_BATCH`]):
+/// DescribeImageReferences over instances that are not terminated and SSM parameters,
+/// every page. Returns `(image id, ARN of the referencing resource)`.
+pub async fn image_references(
+    ec2: &Client,
+    image_ids: &[String],
+) -> Result<Vec<(String, String)>, AwsError> {
+    use aws_sdk_ec2::types::{
+        ImageReferenceOptionName, ImageReferenceResourceType, ResourceTypeOption,
+        ResourceTypeRequest,
+    };
+    let instances = ResourceTypeRequest::builder()
+        .resource_type(ImageReferenceResourceType::Ec2Instance)
+        .resource_type_options(
+            ResourceTypeOption::builder()
+                .option_name(ImageReferenceOptionName::StateName)
+                .set_option_values(Some(
+                    ["pending", "running", "shutting-down", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
+                ))
+                .build(),
+        )
+        .build();
+    let parameters = ResourceTypeRequest::builder()
+        .resource_type(ImageReferenceResourceType::SsmParameter)
+        .build();
+    let mut pages = ec2
+        .describe_image_references()
+        .set_image_ids(Some(image_ids.to_vec()))
+        .resource_types(instances)
+        .resource_types(parameters)
+        .into_paginator()
+        .items()
+        .send();
+    let mut out = Vec::new();
+    while let Some(r) = pages.next().await {
+        let r = r.map_err(|e| {
+            AwsError::from_sdk("ec2:DescribeImageReferences", image_ids.join(","), e)
+                .in_region(ec2.config().region())
+        })?;
+        if let (Some(image), Some(arn)) = (r.image_id(), r.arn()) {
+            out.push((image.to_owned(), arn.to_owned()));
+        }
+    }
+    Ok(out)
 }
 
 /// DeregisterImage, keeping its snapshots (the caller deletes the ones no other image uses).

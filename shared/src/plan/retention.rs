@@ -14,9 +14,19 @@
 //!    `min_age_days`, a publish in flight ([`PUBLISH_STATE`] `in-progress`), and any state but
 //!    `available`.
 //! 4. **Staged removal:** a stale image is first deprecated; it is deregistered on a later run,
-//!    once `grace_days` have passed since its deprecation time.
-//! 5. **Per-run cap** on deregistrations (oldest first); the rest wait for the next run.
-//! 6. **Snapshots** of a deregistered image are deleted only when no other image uses them;
+//!    once `grace_days` have passed since its deprecation time. A deprecation this pipeline
+//!    scheduled (at most [`DEPRECATION_LEAD`] ahead) is waited for, never moved later. With
+//!    `grace_days = 0` a stale image is deregistered in the same run, without a deprecation.
+//!    An image cleanup deprecated ([`DEPRECATED_BY`]) that the policy keeps again (a newer
+//!    image was removed, the policy changed) gets its deprecation removed.
+//! 5. **Per-run caps** on deregistrations and on deprecations (oldest first); the rest wait for
+//!    the next run.
+//! 6. **Checked before acting:** sharing (launch permissions) and references (instances,
+//!    SSM parameters, recipes) are read in a second pass for the images a first plan would act
+//!    on, after the caps; the plan executed acts only on images whose checks were read and came
+//!    back clean. An image whose checks failed is skipped with the failure as its reason, and
+//!    one that a moved cap window brought in unchecked waits for the next run.
+//! 7. **Snapshots** of a deregistered image are deleted only when no other image uses them;
 //!    a snapshot shared with another image is left (the orphan sweep takes it once unused).
 //!    **Orphan sweep:** managed snapshots no image uses, older than `grace_days`, unprotected.
 
@@ -29,7 +39,16 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-pub use super::tags::{PROTECT_TAG, PUBLISH_STATE};
+pub use super::tags::{DEPRECATED_BY, PROTECT_TAG, PUBLISH_STATE};
+
+/// The value of [`DEPRECATED_BY`] that cleanup writes on the images it deprecates.
+pub const DEPRECATED_BY_CLEANUP: &str = "cleanup";
+
+/// How far ahead cleanup schedules a deprecation: EnableImageDeprecation refuses past times,
+/// and a run executes for up to the Lambda's 15 minutes after it planned, so 16 minutes ahead
+/// is still in the future at its last call. A deprecation scheduled at most this far ahead is
+/// one in flight: waited for, never moved later.
+pub const DEPRECATION_LEAD: Duration = Duration::minutes(16);
 
 /// Foreign images opted in to cleanup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +121,8 @@ pub struct Policy {
     pub grace_days: i64,
     /// Most deregistrations per run (and most orphan snapshot deletions).
     pub max_deletions: usize,
+    /// Most deprecations per run.
+    pub max_deprecations: usize,
     /// Only these families (empty: all).
     pub families: BTreeSet<String>,
     /// Foreign images opted in.
@@ -121,14 +142,25 @@ pub struct RegionFacts {
     pub region: String,
     /// Every image this account owns there (managed or not: all count as snapshot users).
     pub images: Vec<Image>,
-    /// Images used by instances not terminated.
-    pub used_by_instances: BTreeSet<String>,
     /// Images referenced by launch template versions in scope, with the template named.
     pub used_by_templates: BTreeMap<String, String>,
-    /// Images with launch permissions for accounts / organizations / OUs (what they list).
-    pub shared: BTreeMap<String, Vec<String>>,
+    /// The second pass's checks of the images a first plan would act on; `None` in the first
+    /// pass (nothing read yet, nothing required). Once `Some`, a removal is planned only for
+    /// an image checked here and found clean.
+    pub checked: Option<HashMap<String, Checks>>,
     /// This account's managed snapshots (candidates of the orphan sweep).
     pub managed_snapshots: Vec<Snapshot>,
+}
+
+/// What the second pass read about one image the first plan would act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    /// Accounts, organizations and OUs with launch permission (`all`, public, is in the
+    /// listing and not counted here), or why they could not be read.
+    pub shared_with: Result<Vec<String>, String>,
+    /// What references the image (instances not terminated, SSM parameters, Image Builder
+    /// recipes, as ARNs), or why that could not be read.
+    pub referenced_by: Result<Vec<String>, String>,
 }
 
 /// What happens to an image.
@@ -143,6 +175,8 @@ pub enum Action {
     Deregister,
     /// Stale but protected by an exclusion.
     Skip,
+    /// Kept again after cleanup deprecated it: its deprecation is removed.
+    Undeprecate,
 }
 
 /// A reason as reported: shared text, so the reasons a policy gives thousands of images
@@ -193,7 +227,7 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// Orphaned snapshots to delete.
     pub orphans: Vec<OrphanSnapshot>,
-    /// Deregistrations (and orphan deletions) held back by the per-run cap.
+    /// Deregistrations, deprecations and orphan deletions held back by the per-run caps.
     pub capped: usize,
 }
 
@@ -280,6 +314,7 @@ struct Marks<'a> {
     public: bool,
     available: bool,
     deregistration_protected: bool,
+    deprecated_by_cleanup: bool,
     launched: Option<DateTime<Utc>>,
 }
 
@@ -301,6 +336,7 @@ impl<'a> Marks<'a> {
                 FAMILY => m.family = Some(v),
                 PROTECT_TAG => m.protected = protects(v),
                 PUBLISH_STATE => m.publishing = v == "in-progress",
+                DEPRECATED_BY => m.deprecated_by_cleanup = v == DEPRECATED_BY_CLEANUP,
                 _ => {}
             }
         }
@@ -339,19 +375,27 @@ fn exclusions(
     if !marks.available {
         why.push(format!("state is {}", image.state));
     }
-    if facts.used_by_instances.contains(&image.id) {
-        why.push("in use by an instance".into());
-    }
     if let Some(t) = facts.used_by_templates.get(&image.id) {
         why.push(format!("referenced by launch template {t}"));
     }
     if marks.public && !policy.allow_public {
         why.push("public".into());
     }
-    if let Some(with) = facts.shared.get(&image.id).filter(|w| !w.is_empty())
-        && !policy.allow_shared
-    {
-        why.push(format!("shared with {}", with.join(", ")));
+    if let Some(c) = facts.checked.as_ref().and_then(|c| c.get(&image.id)) {
+        match &c.shared_with {
+            Ok(with) if !with.is_empty() && !policy.allow_shared => {
+                why.push(format!("shared with {}", with.join(", ")));
+            }
+            Ok(_) => {}
+            Err(e) => why.push(format!("launch permissions could not be read: {e}")),
+        }
+        match &c.referenced_by {
+            Ok(by) if !by.is_empty() => {
+                why.push(format!("in use: referenced by {}", by.join(", ")))
+            }
+            Ok(_) => {}
+            Err(e) => why.push(format!("references could not be read: {e}")),
+        }
     }
     if marks.protected {
         why.push(format!("protected by tag {PROTECT_TAG}"));
@@ -392,8 +436,12 @@ struct Row<'a> {
 /// Where an image stands in the staged removal, from its deprecation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Not deprecated (or deprecated only from a future time): deprecate it.
+    /// Not deprecated, or deprecated only from a time further ahead than a deprecation cleanup
+    /// schedules: deprecate it (now).
     Live,
+    /// Deprecated from a time at most [`DEPRECATION_LEAD`] ahead (a run's own deprecation in
+    /// flight): wait for it, do not move it later.
+    Scheduled,
     /// Deprecated less than `grace_days` ago: wait.
     InGrace,
     /// Deprecated at least `grace_days` ago: deregister it.
@@ -415,7 +463,11 @@ struct Reasons {
     no_date: Reason,
     stale: Reason,
     past_grace: Reason,
+    no_grace: Reason,
     capped: Reason,
+    capped_deprecation: Reason,
+    unchecked: Reason,
+    undeprecate: Reason,
     orphan: Reason,
 }
 
@@ -436,10 +488,28 @@ impl Reasons {
                 "stale and deprecated for more than {} days",
                 policy.grace_days
             )),
+            no_grace: text(format!(
+                "stale: beyond the newest {} and older than {} days; grace period 0 days: \
+                 deregistered without a deprecation",
+                policy.keep_newest.max(1),
+                policy.min_age_days
+            )),
             capped: text(format!(
                 "stale, but the per-run cap of {} deregistrations is reached; next run",
                 policy.max_deletions
             )),
+            capped_deprecation: text(format!(
+                "stale, but the per-run cap of {} deprecations is reached; next run",
+                policy.max_deprecations
+            )),
+            unchecked: text(
+                "stale, but its sharing and references were not read this run (the cap \
+                 window moved after the checks); next run"
+                    .into(),
+            ),
+            undeprecate: text(
+                "deprecated by cleanup earlier and kept now: its deprecation is removed".into(),
+            ),
             orphan: text(format!(
                 "managed snapshot used by no image, older than {} days",
                 policy.grace_days
@@ -499,6 +569,7 @@ fn gather<'a>(rf: &'a RegionFacts, policy: &Policy, now: DateTime<Utc>) -> Gathe
         let stage = match parse_time(img.deprecation_time.as_deref()) {
             Some(t) if t <= now && now - t >= grace => Stage::PastGrace,
             Some(t) if t <= now => Stage::InGrace,
+            Some(t) if t <= now + DEPRECATION_LEAD => Stage::Scheduled,
             _ => Stage::Live,
         };
         rows.push(Row {
@@ -582,6 +653,9 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                         d.action = Action::Skip;
                         d.reasons.extend(excluded.into_iter().map(Reason::from));
                     }
+                } else if marks.deprecated_by_cleanup && img.deprecation_time.is_some() {
+                    d.action = Action::Undeprecate;
+                    d.reasons.push(why.undeprecate.clone());
                 }
                 decisions.push(d);
                 cap_keys.push((row.created, key.id));
@@ -592,6 +666,7 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
         }
     }
     let capped = apply_cap(&mut decisions, &cap_keys, &mut orphans, policy, &why);
+    require_checked(&mut decisions, facts, &why);
     Plan {
         decisions,
         orphans,
@@ -599,11 +674,11 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
     }
 }
 
-/// The two-pass protocol's first half: the images a first plan (made without sharing facts)
-/// would deprecate or deregister, as `(region, image id)`. Only their launch permissions are
-/// read (the listing says `Public`, but sharing needs one call per image); the second plan,
-/// with [`with_sharing`], is the one executed.
-pub fn sharing_to_read(first: &Plan) -> Vec<(String, String)> {
+/// The two-pass protocol's first half: the images a first plan (made without checks) would
+/// deprecate or deregister, after the caps, as `(region, image id)`. Only these are checked
+/// (sharing needs one call per image, references one per ten); the second plan, with
+/// [`with_checks`], is the one executed.
+pub fn to_check(first: &Plan) -> Vec<(String, String)> {
     first
         .decisions
         .iter()
@@ -612,15 +687,45 @@ pub fn sharing_to_read(first: &Plan) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The second half: records what was read. "Shared" means launch permissions for accounts,
-/// organizations or OUs (`all`, public, is already in the listing and is not counted here); an
-/// image with none is not shared.
-pub fn with_sharing(facts: &mut [RegionFacts], region: &str, image_id: String, who: Vec<String>) {
-    let who: Vec<String> = who.into_iter().filter(|w| w != "all").collect();
-    if let Some(rf) = facts.iter_mut().find(|f| f.region == region)
-        && !who.is_empty()
-    {
-        rf.shared.insert(image_id, who);
+/// The second half: records what was read, and from now on requires checks in every region
+/// (an image with none is not acted on). `all` (public) in the launch permissions is not
+/// counted as sharing: the listing already says `Public`.
+pub fn with_checks(facts: &mut [RegionFacts], read: Vec<(String, String, Checks)>) {
+    for rf in facts.iter_mut() {
+        rf.checked.get_or_insert_with(HashMap::new);
+    }
+    for (region, image, mut checks) in read {
+        if let Ok(who) = &mut checks.shared_with {
+            who.retain(|w| w != "all");
+        }
+        if let Some(map) = facts
+            .iter_mut()
+            .find(|f| f.region == region)
+            .and_then(|f| f.checked.as_mut())
+        {
+            map.insert(image, checks);
+        }
+    }
+}
+
+/// In the second pass (after the caps), a removal needs the image's checks: one the cap
+/// window brought in after they were read waits for the next run.
+fn require_checked(decisions: &mut [Decision], facts: &[RegionFacts], why: &Reasons) {
+    for d in decisions {
+        if !matches!(d.action, Action::Deprecate | Action::Deregister) {
+            continue;
+        }
+        let unchecked = facts
+            .iter()
+            .find(|f| *f.region == *d.region)
+            .and_then(|rf| rf.checked.as_ref())
+            .is_some_and(|c| !c.contains_key(&d.image_id));
+        if unchecked {
+            d.action = Action::Keep;
+            d.reasons = vec![why.unchecked.clone()];
+            d.delete_snapshots.clear();
+            d.keep_snapshots.clear();
+        }
     }
 }
 
@@ -634,10 +739,28 @@ fn decide_stage(
     why: &Reasons,
 ) {
     let img = row.img;
-    match row.stage {
+    let stage = match row.stage {
+        Stage::Live | Stage::Scheduled if policy.grace_days == 0 => {
+            d.reasons.push(why.no_grace.clone());
+            Stage::PastGrace
+        }
+        Stage::PastGrace => {
+            d.reasons.push(why.past_grace.clone());
+            Stage::PastGrace
+        }
+        other => other,
+    };
+    match stage {
         Stage::Live => {
             d.action = Action::Deprecate;
             d.reasons.push(why.stale.clone());
+        }
+        Stage::Scheduled => {
+            d.reasons.push(Reason::from(format!(
+                "deprecation takes effect at {}; deregistered after the {}-day grace period",
+                img.deprecation_time.as_deref().unwrap_or_default(),
+                policy.grace_days
+            )));
         }
         Stage::InGrace => {
             d.reasons.push(Reason::from(format!(
@@ -648,7 +771,6 @@ fn decide_stage(
         }
         Stage::PastGrace => {
             d.action = Action::Deregister;
-            d.reasons.push(why.past_grace.clone());
             for s in &img.snapshot_ids {
                 let shared = users
                     .get(s.as_str())
@@ -700,8 +822,9 @@ fn orphans_of(
     orphans
 }
 
-/// The cap: the oldest deregistrations go first; the rest wait for the next run (kept, with
-/// the reason). Orphans beyond the cap wait too. Returns how many were held back.
+/// The caps: the oldest deregistrations and the oldest deprecations go first, each up to its
+/// own cap; the rest wait for the next run (kept, with the reason). Orphans beyond the
+/// deletion cap wait too. Returns how many were held back.
 fn apply_cap(
     decisions: &mut [Decision],
     cap_keys: &[(Option<DateTime<Utc>>, IdKey)],
@@ -709,10 +832,39 @@ fn apply_cap(
     policy: &Policy,
     why: &Reasons,
 ) -> usize {
+    let mut capped = cap_action(
+        decisions,
+        cap_keys,
+        Action::Deregister,
+        policy.max_deletions,
+        &why.capped,
+    );
+    capped += cap_action(
+        decisions,
+        cap_keys,
+        Action::Deprecate,
+        policy.max_deprecations,
+        &why.capped_deprecation,
+    );
+    if orphans.len() > policy.max_deletions {
+        capped += orphans.len() - policy.max_deletions;
+        orphans.truncate(policy.max_deletions);
+    }
+    capped
+}
+
+/// Keeps every `action` decision beyond the `max` oldest, with `reason`; returns how many.
+fn cap_action(
+    decisions: &mut [Decision],
+    cap_keys: &[(Option<DateTime<Utc>>, IdKey)],
+    action: Action,
+    max: usize,
+    reason: &Reason,
+) -> usize {
     let mut order: Vec<(Option<DateTime<Utc>>, IdKey, usize)> = decisions
         .iter()
         .enumerate()
-        .filter(|(_, d)| d.action == Action::Deregister)
+        .filter(|(_, d)| d.action == action)
         .map(|(i, _)| (cap_keys[i].0, cap_keys[i].1, i))
         .collect();
     order.sort_unstable_by(|(ta, ka, a), (tb, kb, b)| {
@@ -721,17 +873,13 @@ fn apply_cap(
             .then_with(|| decisions[*a].image_id.cmp(&decisions[*b].image_id))
     });
     let mut capped = 0;
-    for (_, _, i) in order.into_iter().skip(policy.max_deletions) {
+    for (_, _, i) in order.into_iter().skip(max) {
         let d = &mut decisions[i];
         d.action = Action::Keep;
-        d.reasons = vec![why.capped.clone()];
+        d.reasons = vec![reason.clone()];
         d.delete_snapshots.clear();
         d.keep_snapshots.clear();
         capped += 1;
-    }
-    if orphans.len() > policy.max_deletions {
-        capped += orphans.len() - policy.max_deletions;
-        orphans.truncate(policy.max_deletions);
     }
     capped
 }
@@ -753,6 +901,7 @@ mod tests {
             min_age_days: 30,
             grace_days: 7,
             max_deletions: 10,
+            max_deprecations: 10,
             families: BTreeSet::new(),
             selectors: vec![],
             allow_public: false,
@@ -948,6 +1097,25 @@ mod tests {
         }
     }
 
+    /// What a second pass might have read: mostly clean, sometimes shared, referenced, or
+    /// failed.
+    fn random_checks(rng: &mut Rng) -> Checks {
+        let shared_with = match rng.below(20) {
+            0 => Err("RequestLimitExceeded".to_string()),
+            1 | 2 => Ok(vec!["111122223333".to_string()]),
+            _ => Ok(vec![]),
+        };
+        let referenced_by = match rng.below(20) {
+            0 => Err("UnauthorizedOperation".to_string()),
+            1 | 2 => Ok(vec!["arn:aws:ec2:r:1:instance/i-1".to_string()]),
+            _ => Ok(vec![]),
+        };
+        Checks {
+            shared_with,
+            referenced_by,
+        }
+    }
+
     fn random_world(rng: &mut Rng) -> (Vec<RegionFacts>, Policy) {
         let mut regions = Vec::new();
         for r in 0..1 + rng.below(2) {
@@ -955,6 +1123,8 @@ mod tests {
                 region: format!("region-{r}"),
                 ..RegionFacts::default()
             };
+            // A first pass (nothing checked) or a second one (most images checked).
+            let mut checked = (!rng.chance(20)).then(HashMap::new);
             let n = rng.below(40);
             for i in 0..n {
                 let family = format!("f{}", rng.below(4));
@@ -996,16 +1166,18 @@ mod tests {
                     im.tags.remove(MANAGED);
                 }
                 if rng.chance(10) {
-                    rf.used_by_instances.insert(im.id.clone());
-                }
-                if rng.chance(10) {
                     rf.used_by_templates.insert(im.id.clone(), "lt-1".into());
                 }
                 if rng.chance(10) {
-                    rf.shared.insert(im.id.clone(), vec!["111122223333".into()]);
+                    im.tags
+                        .insert(DEPRECATED_BY.into(), DEPRECATED_BY_CLEANUP.into());
+                }
+                if let Some(map) = checked.as_mut().filter(|_| !rng.chance(5)) {
+                    map.insert(im.id.clone(), random_checks(rng));
                 }
                 rf.images.push(im);
             }
+            rf.checked = checked;
             regions.push(rf);
         }
         let p = Policy {
@@ -1013,6 +1185,7 @@ mod tests {
             min_age_days: rng.below(60) as i64,
             grace_days: rng.below(14) as i64,
             max_deletions: rng.below(20) as usize,
+            max_deprecations: rng.below(20) as usize,
             allow_public: rng.chance(20),
             allow_shared: rng.chance(20),
             ..policy()
@@ -1031,6 +1204,7 @@ mod tests {
         let t = |s: &Option<String>| parse_time(s.as_deref());
         let days = Duration::days;
         let mut out: Vec<Verdict> = Vec::new();
+        let mut unchecked_rows = Vec::new();
         for rf in facts {
             let scope = |i: &Image| -> Option<String> {
                 let managed = i.tags.get(MANAGED).map(String::as_str) == Some("true");
@@ -1063,12 +1237,16 @@ mod tests {
                     let rank = available.iter().position(|a| *a == i.id);
                     let kept = rank.is_some_and(|r| r == 0 || r < pol.keep_newest)
                         || t(&i.creation_date).is_none_or(|c| now - c < days(pol.min_age_days));
+                    let check = rf.checked.as_ref().and_then(|c| c.get(&i.id));
                     let excluded = i.state != "available"
-                        || rf.used_by_instances.contains(&i.id)
                         || rf.used_by_templates.contains_key(&i.id)
                         || (i.public && !pol.allow_public)
-                        || (rf.shared.get(&i.id).is_some_and(|w| !w.is_empty())
-                            && !pol.allow_shared)
+                        || check.is_some_and(|c| {
+                            c.shared_with
+                                .as_ref()
+                                .map_or(true, |w| w.iter().any(|a| a != "all") && !pol.allow_shared)
+                                || c.referenced_by.as_ref().map_or(true, |r| !r.is_empty())
+                        })
                         || i.tags
                             .get(PROTECT_TAG)
                             .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
@@ -1078,17 +1256,28 @@ mod tests {
                         || t(&i.last_launched_time)
                             .is_some_and(|l| now - l < days(pol.min_age_days))
                         || i.tags.get(PUBLISH_STATE).map(String::as_str) == Some("in-progress");
+                    let ours = i.tags.get(DEPRECATED_BY).map(String::as_str)
+                        == Some(DEPRECATED_BY_CLEANUP);
                     let action = if kept {
-                        Action::Keep
+                        if ours && i.deprecation_time.is_some() {
+                            Action::Undeprecate
+                        } else {
+                            Action::Keep
+                        }
                     } else if excluded {
                         Action::Skip
+                    } else if pol.grace_days == 0 {
+                        Action::Deregister
                     } else {
-                        match t(&i.deprecation_time).filter(|d| *d <= now) {
+                        match t(&i.deprecation_time) {
                             None => Action::Deprecate,
+                            Some(d) if d > now + Duration::minutes(16) => Action::Deprecate,
+                            Some(d) if d > now => Action::Keep,
                             Some(d) if now - d < days(pol.grace_days) => Action::Keep,
                             Some(_) => Action::Deregister,
                         }
                     };
+                    let unchecked = rf.checked.as_ref().is_some_and(|c| !c.contains_key(&i.id));
                     let mut deleted = Vec::new();
                     if action == Action::Deregister {
                         for s in &i.snapshot_ids {
@@ -1109,18 +1298,30 @@ mod tests {
                         deleted,
                         t(&i.creation_date),
                     ));
+                    unchecked_rows.push(unchecked);
                 }
             }
         }
-        // The cap: oldest first, over every region.
-        let mut deregs: Vec<usize> = (0..out.len())
-            .filter(|k| out[*k].2 == Action::Deregister)
-            .collect();
-        deregs.sort_by(|a, b| (out[*a].4, &out[*a].1).cmp(&(out[*b].4, &out[*b].1)));
-        let capped = deregs.len().saturating_sub(pol.max_deletions);
-        for k in deregs.into_iter().skip(pol.max_deletions) {
-            out[k].2 = Action::Keep;
-            out[k].3.clear();
+        // The caps: oldest first, over every region, one per action.
+        let mut capped = 0;
+        for (action, max) in [
+            (Action::Deregister, pol.max_deletions),
+            (Action::Deprecate, pol.max_deprecations),
+        ] {
+            let mut acts: Vec<usize> = (0..out.len()).filter(|k| out[*k].2 == action).collect();
+            acts.sort_by(|a, b| (out[*a].4, &out[*a].1).cmp(&(out[*b].4, &out[*b].1)));
+            capped += acts.len().saturating_sub(max);
+            for k in acts.into_iter().skip(max) {
+                out[k].2 = Action::Keep;
+                out[k].3.clear();
+            }
+        }
+        // Then, within the caps, an image not checked is not acted on.
+        for (v, unchecked) in out.iter_mut().zip(unchecked_rows) {
+            if unchecked && matches!(v.2, Action::Deprecate | Action::Deregister) {
+                v.2 = Action::Keep;
+                v.3.clear();
+            }
         }
         (out, capped)
     }
@@ -1156,6 +1357,11 @@ mod tests {
                     if rng.chance(5) {
                         im.deprecation_time = Some((now() + Duration::days(2)).to_rfc3339());
                     }
+                    if rng.chance(5) {
+                        // A deprecation a run scheduled (at most 16 minutes ahead), or just beyond.
+                        let ahead = [1, 15, 16, 17][rng.below(4) as usize];
+                        im.deprecation_time = Some((now() + Duration::minutes(ahead)).to_rfc3339());
+                    }
                 }
             }
             let p = plan(&facts, &pol, now());
@@ -1190,8 +1396,30 @@ mod tests {
             Action::Deprecate,
             Action::Deregister,
             Action::Skip,
+            Action::Undeprecate,
         ] {
-            assert!(seen.get(&a).is_some_and(|n| *n > 500), "{a:?}: {seen:?}");
+            assert!(seen.get(&a).is_some_and(|n| *n > 300), "{a:?}: {seen:?}");
+        }
+    }
+
+    /// Nothing excludes an image the plan acts on.
+    fn assert_safe_to_act(case: usize, d: &Decision, im: &Image, rf: &RegionFacts, pol: &Policy) {
+        let ex = exclusions(im, &Marks::of(im), rf, pol, now());
+        assert!(
+            ex.is_empty(),
+            "case {case}: {} excluded by {ex:?} yet {:?}",
+            im.id,
+            d.action
+        );
+        assert_eq!(im.state, "available");
+        assert!(!rf.used_by_templates.contains_key(&im.id));
+        assert!(!protected(&im.tags));
+        assert!(pol.allow_public || !im.public);
+        if let Some(checked) = &rf.checked {
+            let c = checked.get(&im.id).expect("acted on only when checked");
+            let shared = c.shared_with.as_ref().expect("sharing was read");
+            assert!(pol.allow_shared || shared.is_empty());
+            assert_eq!(c.referenced_by.as_ref().map(Vec::len), Ok(0));
         }
     }
 
@@ -1216,19 +1444,7 @@ mod tests {
                     );
                     if matches!(d.action, Action::Deprecate | Action::Deregister) {
                         removals += 1;
-                        let ex = exclusions(im, &Marks::of(im), rf, &pol, now());
-                        assert!(
-                            ex.is_empty(),
-                            "case {case}: {} excluded by {ex:?} yet {:?}",
-                            im.id,
-                            d.action
-                        );
-                        assert_eq!(im.state, "available");
-                        assert!(!rf.used_by_instances.contains(&im.id));
-                        assert!(!rf.used_by_templates.contains_key(&im.id));
-                        assert!(!protected(&im.tags));
-                        assert!(pol.allow_public || !im.public);
-                        assert!(pol.allow_shared || !rf.shared.contains_key(&im.id));
+                        assert_safe_to_act(case, d, im, rf, &pol);
                     }
                     for s in &d.delete_snapshots {
                         let others = rf
@@ -1272,6 +1488,15 @@ mod tests {
                 .filter(|d| d.action == Action::Deregister)
                 .count();
             assert!(deregs <= pol.max_deletions, "case {case}: cap exceeded");
+            let deprecations = p
+                .decisions
+                .iter()
+                .filter(|d| d.action == Action::Deprecate)
+                .count();
+            assert!(
+                deprecations <= pol.max_deprecations,
+                "case {case}: deprecation cap exceeded"
+            );
         }
         assert!(
             removals > 1000,
@@ -1280,33 +1505,139 @@ mod tests {
     }
 
     #[test]
-    fn the_two_pass_protocol_reads_only_removals_and_counts_only_named_sharing() {
-        let facts = vec![RegionFacts {
-            region: "us-east-1".into(),
-            ..RegionFacts::default()
-        }];
-        let first = Plan {
-            decisions: Vec::new(),
-            orphans: Vec::new(),
-            capped: 0,
+    fn the_second_pass_acts_only_on_checked_images_and_skips_failed_reads() {
+        let mut facts = vec![
+            region(vec![
+                img("a", "web", 100),
+                img("b", "web", 90),
+                img("c", "web", 80),
+                img("d", "web", 70),
+                img("e", "web", 1),
+            ]),
+            RegionFacts {
+                region: "eu-west-1".into(),
+                ..RegionFacts::default()
+            },
+        ];
+        let one = Policy {
+            keep_newest: 1,
+            grace_days: 0,
+            max_deletions: 2,
+            ..policy()
         };
-        assert!(sharing_to_read(&first).is_empty());
-        let mut facts = facts;
-        with_sharing(&mut facts, "us-east-1", "ami-1".into(), vec!["all".into()]);
-        assert!(facts[0].shared.is_empty());
-        with_sharing(
-            &mut facts,
-            "us-east-1",
-            "ami-1".into(),
-            vec!["all".into(), "111122223333".into()],
+        let first = plan(&facts, &one, now());
+        // The oldest two within the cap; only they are checked.
+        assert_eq!(
+            to_check(&first),
+            [
+                ("us-east-1".to_string(), "b".to_string()),
+                ("us-east-1".into(), "a".into())
+            ]
         );
-        assert_eq!(facts[0].shared["ami-1"], ["111122223333"]);
-        with_sharing(
+        let clean = || Checks {
+            shared_with: Ok(vec!["all".into()]),
+            referenced_by: Ok(vec![]),
+        };
+        let failed = Checks {
+            shared_with: Err("RequestLimitExceeded: slow down".into()),
+            referenced_by: Ok(vec![]),
+        };
+        with_checks(
             &mut facts,
-            "eu-west-1",
-            "ami-2".into(),
-            vec!["111122223333".into()],
+            vec![
+                ("us-east-1".into(), "a".into(), failed),
+                ("us-east-1".into(), "b".into(), clean()),
+            ],
         );
-        assert_eq!(facts[0].shared.len(), 1);
+        // `all` is public, not sharing; every region now requires checks.
+        assert_eq!(
+            facts[0].checked.as_ref().map(|c| c["b"].clone()),
+            Some(Checks {
+                shared_with: Ok(vec![]),
+                referenced_by: Ok(vec![]),
+            })
+        );
+        assert!(facts[1].checked.is_some());
+        let second = plan(&facts, &one, now());
+        let reasons = |id: &str| {
+            second
+                .decisions
+                .iter()
+                .find(|d| d.image_id == id)
+                .map(|d| d.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(action_of(&second, "a"), Action::Skip);
+        assert_eq!(
+            reasons("a"),
+            ["launch permissions could not be read: RequestLimitExceeded: slow down"]
+        );
+        assert_eq!(action_of(&second, "b"), Action::Deregister);
+        // The freed cap slot went to c, which was never checked: it waits; d is capped.
+        assert_eq!(action_of(&second, "c"), Action::Keep);
+        assert!(
+            reasons("c")[0].contains("not read this run"),
+            "{:?}",
+            reasons("c")
+        );
+        assert_eq!(action_of(&second, "d"), Action::Keep);
+        assert!(reasons("d")[0].contains("cap of 2"), "{:?}", reasons("d"));
+        assert_eq!(second.capped, 1);
+    }
+
+    #[test]
+    fn grace_zero_removes_in_one_run_and_a_scheduled_deprecation_is_never_moved() {
+        let facts = [region(vec![img("a", "web", 100), img("z", "web", 1)])];
+        let zero = Policy {
+            keep_newest: 1,
+            grace_days: 0,
+            ..policy()
+        };
+        let p = plan(&facts, &zero, now());
+        assert_eq!(action_of(&p, "a"), Action::Deregister);
+        assert!(p.decisions[1].reasons[0].contains("without a deprecation"));
+        // grace > 0: a deprecation 10 minutes ahead is this pipeline's own, in flight: wait.
+        let mut a = img("a", "web", 100);
+        a.deprecation_time = Some((now() + Duration::minutes(10)).to_rfc3339());
+        let one = Policy {
+            keep_newest: 1,
+            ..policy()
+        };
+        let p = plan(&[region(vec![a.clone(), img("z", "web", 1)])], &one, now());
+        assert_eq!(action_of(&p, "a"), Action::Keep);
+        assert!(p.decisions[1].reasons[0].contains("takes effect at"));
+        // A deprecation years ahead (not ours) is brought forward.
+        a.deprecation_time = Some((now() + Duration::days(700)).to_rfc3339());
+        let p = plan(&[region(vec![a, img("z", "web", 1)])], &one, now());
+        assert_eq!(action_of(&p, "a"), Action::Deprecate);
+    }
+
+    #[test]
+    fn a_kept_image_cleanup_deprecated_is_undeprecated_and_deprecations_are_capped() {
+        let mut mine = deprecated(img("m", "web", 40), 1);
+        mine.tags
+            .insert(DEPRECATED_BY.into(), DEPRECATED_BY_CLEANUP.into());
+        // Deprecated by someone else: left alone.
+        let theirs = deprecated(img("t", "web", 35), 1);
+        let facts = [region(vec![
+            mine,
+            theirs,
+            img("x", "web", 100),
+            img("y", "web", 90),
+            img("w", "web", 80),
+        ])];
+        let pol = Policy {
+            keep_newest: 2,
+            max_deprecations: 2,
+            ..policy()
+        };
+        let p = plan(&facts, &pol, now());
+        assert_eq!(action_of(&p, "m"), Action::Undeprecate);
+        assert_eq!(action_of(&p, "t"), Action::Keep);
+        // Three stale, the oldest two deprecated, the third capped.
+        assert_eq!(action_of(&p, "x"), Action::Deprecate);
+        assert_eq!(action_of(&p, "y"), Action::Deprecate);
+        assert_eq!(action_of(&p, "w"), Action::Keep);
+        assert_eq!(p.capped, 1);
     }
 }

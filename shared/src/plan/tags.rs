@@ -49,6 +49,9 @@ pub const STARTED_AT: &str = "ami-pipeline:started-at";
 pub const OUTCOME: &str = "ami-pipeline:outcome";
 /// On import tasks: when the one "still running" warning was sent.
 pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
+/// Image: who deprecated it (`cleanup`), written by cleanup before EnableImageDeprecation, so
+/// the deprecation can be removed when the policy keeps the image again.
+pub const DEPRECATED_BY: &str = "ami-pipeline:deprecated-by";
 /// On S3 objects: why the upload was rejected or failed.
 pub const OBJECT_STATUS: &str = "ami-pipeline-status";
 /// On S3 objects: the reason text of [`OBJECT_STATUS`].
@@ -98,7 +101,7 @@ pub mod publish {
 }
 
 /// Every key (the spec and extra-tag prefixes are in [`PREFIXES`]).
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 35] = [
     SOURCE_IMAGE,
     SOURCE_INSTANCE,
     SOURCE_REGION,
@@ -120,6 +123,7 @@ pub const ALL: [&str; 34] = [
     STARTED_AT,
     OUTCOME,
     STALE_WARNED,
+    DEPRECATED_BY,
     OBJECT_STATUS,
     OBJECT_REASON,
     PROTECT_TAG,

@@ -27,6 +27,7 @@ fn policy() -> Policy {
         min_age_days: 30,
         grace_days: 7,
         max_deletions: 10_000,
+        max_deprecations: 10_000,
         families: BTreeSet::new(),
         selectors: vec![],
         allow_public: false,
