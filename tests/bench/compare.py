@@ -437,6 +437,7 @@ class ToolRun:
     failed: str | None = None
     throttled: int = 0
     floor_s: float = 0.0
+    budget_floor_s: float = 0.0  # the floor at the share of the limits our run was given
     floor_detail: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -526,18 +527,19 @@ def run_amicleaner(amicleaner: str, built: Built, workdir: str) -> ToolRun:
     return result
 
 
-def floor(requests: Counter, rate_state: dict[str, Any]) -> tuple[float, list[str]]:
+def floor(requests: Counter, rate_state: dict[str, Any], share: float = 1.0) -> tuple[float, list[str]]:
     """The least time the account's EC2 buckets allow for the calls that took a token:
     per bucket, n calls after a full bucket of b at r tokens/s need (n - b) / r seconds; the
     buckets refill independently, so the run's floor is the largest of them. An action that
     used two buckets (filtered and unfiltered DescribeSnapshots) is taken as one bucket of their
-    summed sizes (a lower bound)."""
+    summed sizes (a lower bound). ``share`` < 1: the floor for a client that allows itself that
+    share of each bucket (b and r scaled; a pacing budget)."""
     throttled = rate_state.get("throttled", {}).get("by_action", {})
     per_action: dict[str, tuple[float, float]] = {}
     for buckets in rate_state.get("buckets", {}).values():
         for b in buckets.values():
             cap, rate = per_action.get(b["action"], (0.0, 0.0))
-            per_action[b["action"]] = (cap + b["capacity"], rate + b["refill_per_second"])
+            per_action[b["action"]] = (cap + b["capacity"] * share, rate + b["refill_per_second"] * share)
     floors = []
     for action, (cap, rate) in per_action.items():
         n = requests.get(f"ec2:{action}", 0) - throttled.get(action, 0)
@@ -549,11 +551,16 @@ def floor(requests: Counter, rate_state: dict[str, Any]) -> tuple[float, list[st
     return (floors[0][0] if floors else 0.0), [text for _, text in floors[:3]]
 
 
-def run_ours(bench_bin: str, built: Built, workdir: str, rate_limited: bool) -> ToolRun:
-    """Our cleanup in ``built``'s account, run after run until one leaves nothing for the next."""
+def run_ours(
+    bench_bin: str, built: Built, workdir: str, rate_limited: bool, ours_env: dict[str, str]
+) -> ToolRun:
+    """Our cleanup in ``built``'s account, run after run until one leaves nothing for the next.
+    ``ours_env``: settings of the function (any variable it reads) over the bench's policy."""
     result = ToolRun(f"ours ({'debug' if '/debug/' in bench_bin else 'release'} build)")
     log = os.path.join(workdir, "ours.log")
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint()}
+    env = {**os.environ, **ours_env, "AWS_ENDPOINT_URL": endpoint()}
+    budget = ours_env.get("API_BUDGET_PERCENT")
+    share = float(budget) / 100.0 if budget else None
     for k in range(MAX_RUNS):
         if rate_limited:
             # Each POST refills the account's buckets: every run starts with full buckets, so the
@@ -578,6 +585,8 @@ def run_ours(bench_bin: str, built: Built, workdir: str, rate_limited: bool) -> 
         result.requests += requests
         decisions = figures["decisions"]
         steps = figures["steps"]
+        if k == 0:
+            result.notes.append(f"settings: {figures.get('env')}")
         result.notes.append(
             f"run {k + 1}: {figures['wall_s']:.1f} s, decisions {dict(decisions)}, steps {dict(steps)}"
             + (f", capped {figures['capped']}" if figures.get("capped") else "")
@@ -588,6 +597,16 @@ def run_ours(bench_bin: str, built: Built, workdir: str, rate_limited: bool) -> 
             seconds, detail = floor(requests, state)
             result.floor_s += seconds
             result.floor_detail.append(f"run {k + 1}: floor {seconds:.1f} s ({'; '.join(detail) or 'within the bursts'})")
+            if share:
+                seconds, detail = floor(requests, state, share)
+                result.budget_floor_s += seconds
+                result.floor_detail.append(
+                    f"run {k + 1}: floor at API_BUDGET_PERCENT={budget} {seconds:.1f} s "
+                    f"({'; '.join(detail) or 'within the bursts'})"
+                )
+            throttled = state.get("throttled", {}).get("by_action", {})
+            if throttled:
+                result.floor_detail.append(f"run {k + 1}: throttled {dict(sorted(throttled.items()))}")
             control("DELETE", f"/ami-pipeline-emulator/rate-limits?account_id={built.account}")
         if figures.get("error") or code != 0:
             result.failed = f"run {k + 1}: {figures.get('error') or f'exit code {code}'} (log: {log})"
@@ -682,6 +701,11 @@ def print_results(fixture: Fixture, truth: Truth, tools: list[tuple[ToolRun, Sco
                 print(f"    {d}")
             if t.floor_s > 0:
                 print(f"    time / floor: {t.wall_s / t.floor_s:.2f} (target: within 10 %, i.e. <= 1.10)")
+            if t.budget_floor_s > 0:
+                print(
+                    f"    time / floor at the budget given: {t.wall_s / t.budget_floor_s:.2f}"
+                    f" (proceeds at {100 * t.budget_floor_s / t.wall_s:.0f} % of its budget; target >= 90 %)"
+                )
     (amic, _), (ours, _) = tools
     if ours.wall_s > 0 and amic.wall_s > 0:
         print(
@@ -691,7 +715,15 @@ def print_results(fixture: Fixture, truth: Truth, tools: list[tuple[ToolRun, Sco
         )
 
 
-def compare(n: int, seed: int, bench_bin: str, amicleaner: str, rate_limited: bool, workdir: str) -> None:
+def compare(
+    n: int,
+    seed: int,
+    bench_bin: str,
+    amicleaner: str,
+    rate_limited: bool,
+    workdir: str,
+    ours_env: dict[str, str],
+) -> None:
     now = datetime.now(timezone.utc)
     fixture = make_fixture(n, seed, now)
     truth = ground_truth(fixture, now)
@@ -715,7 +747,7 @@ def compare(n: int, seed: int, bench_bin: str, amicleaner: str, rate_limited: bo
     print(f"built in account A={a} (aws-amicleaner) and B={b} (ours) in {time.monotonic() - t:.1f} s")
     print(f"logs: {workdir}")
     amic = run_amicleaner(amicleaner, built_a, workdir)
-    ours = run_ours(bench_bin, built_b, workdir, rate_limited)
+    ours = run_ours(bench_bin, built_b, workdir, rate_limited, ours_env)
     results = []
     for run, built in ((amic, built_a), (ours, built_b)):
         images, snapshots = final_state(built)
@@ -733,15 +765,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-bin", required=True, help="the bench_cleanup binary")
     p.add_argument("--amicleaner", required=True, help="aws-amicleaner's entry point (its venv's bin/amicleaner)")
     p.add_argument("--rate-limited", action="store_true", help="EC2 rate limits on for our account")
+    p.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of our function over the bench's policy (e.g. API_BUDGET_PERCENT=100); repeatable",
+    )
     args = p.parse_args(argv)
     if any(n < 1 for n in args.sizes):
         p.error("sizes must be >= 1")
+    ours_env: dict[str, str] = {}
+    for item in args.ours_env:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            p.error(f"--ours-env {item!r}: expected NAME=VALUE")
+        ours_env[name] = value
+    budget = ours_env.get("API_BUDGET_PERCENT")
+    if budget is not None and not re.fullmatch(r"[0-9]+", budget):
+        p.error(f"API_BUDGET_PERCENT={budget!r}: expected whole percent")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     workdir = tempfile.mkdtemp(prefix="ami-bench-compare-")
     for n in args.sizes:
         sub = os.path.join(workdir, str(n))
         os.makedirs(sub)
-        compare(n, seed, args.bench_bin, args.amicleaner, args.rate_limited, sub)
+        compare(n, seed, args.bench_bin, args.amicleaner, args.rate_limited, sub, ours_env)
     return 0
 
 

@@ -152,3 +152,16 @@ def test_floor_sums_the_buckets_of_one_action() -> None:
     }
     seconds, _ = compare.floor(Counter({"ec2:DescribeSnapshots": 450}), state)
     assert seconds == pytest.approx((450 - 150) / 30)
+
+
+def test_floor_at_a_budget_scales_burst_and_refill() -> None:
+    state = {
+        "buckets": {
+            "us-east-1": {
+                "DeregisterImage": {"action": "DeregisterImage", "capacity": 100, "refill_per_second": 5.0},
+            }
+        }
+    }
+    # Half the limits: a burst of 50 at 2.5/s: (1050 - 50) / 2.5 = 400 s.
+    seconds, _ = compare.floor(Counter({"ec2:DeregisterImage": 1050}), state, share=0.5)
+    assert seconds == pytest.approx(400.0)

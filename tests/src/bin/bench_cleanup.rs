@@ -12,10 +12,11 @@
 //!   `tests/bench/compare.py`). Besides the human line it prints one `BENCH_JSON {...}` line:
 //!   `wall_s` (the invocation alone), `peak_rss_mib`, `requests` (by operation, counted from just
 //!   before the invocation), `decisions` and `steps` by action (steps as `<action> <result>`,
-//!   the result's first word), `capped`, and `error` when the invocation failed. The clock
-//!   argument plans the run M minutes ahead of now (the handler takes the clock as a
-//!   parameter): it stands in for the wait between two scheduled runs when a removal needs
-//!   more than one.
+//!   the result's first word), `capped`, `env` (the function's settings) and `error` when the
+//!   invocation failed. Any variable cleanup reads that is set in the environment overrides the
+//!   bench's policy. The clock argument plans the run M minutes ahead of now (the handler takes
+//!   the clock as a parameter): it stands in for the wait between two scheduled runs when a
+//!   removal needs more than one.
 
 use chrono::{Duration as Days, Utc};
 use futures::stream::{self, StreamExt};
@@ -170,21 +171,34 @@ fn tally(report: &Value) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
     (decisions, steps)
 }
 
-async fn run(account: String, dry: bool, clock_ahead: Days) -> Result<(), String> {
-    let acct = TestAccount::for_account(account).await;
-    let (topic, _queue) = acct.topic_with_queue("bench").await;
-    let env = [
-        ("TOPIC_ARN", topic.as_str()),
+/// The function's environment: the bench's policy (keep 3, 30 days, no grace, cap 10,000),
+/// overridden by any variable cleanup reads ([`cleanup::Config::vars`]) that is set in this
+/// process's environment (e.g. `CLEANUP_CONCURRENCY`, or a pacing budget), except `TOPIC_ARN`:
+/// the bench's own topic.
+fn function_env(topic: &str) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("TOPIC_ARN", topic),
         ("KEEP_NEWEST", "3"),
         ("MIN_AGE_DAYS", "30"),
         ("MAX_DELETIONS", "10000"),
         ("GRACE_DAYS", "0"),
-    ];
-    let lookup = |k: &str| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-    };
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for name in cleanup::Config::vars() {
+        if let (false, Ok(v)) = (name == "TOPIC_ARN", std::env::var(name)) {
+            env.insert(name.to_owned(), v);
+        }
+    }
+    env
+}
+
+async fn run(account: String, dry: bool, clock_ahead: Days) -> Result<(), String> {
+    let acct = TestAccount::for_account(account).await;
+    let (topic, _queue) = acct.topic_with_queue("bench").await;
+    let env = function_env(&topic);
+    let lookup = |k: &str| env.get(k).cloned();
     // cleanup's dependencies as the runtime builds them, under its template role.
     let deps: cleanup::Deps = support::deps_as(&acct, &lookup, "unused-bucket")
         .await
@@ -233,6 +247,7 @@ async fn run(account: String, dry: bool, clock_ahead: Days) -> Result<(), String
             "steps": steps,
             "capped": report["capped"],
             "error": error,
+            "env": env.iter().filter(|(k, _)| *k != "TOPIC_ARN").collect::<BTreeMap<_, _>>(),
         })
     );
     match error {
