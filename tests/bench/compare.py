@@ -559,8 +559,6 @@ def run_ours(
     result = ToolRun(f"ours ({'debug' if '/debug/' in bench_bin else 'release'} build)")
     log = os.path.join(workdir, "ours.log")
     env = {**os.environ, **ours_env, "AWS_ENDPOINT_URL": endpoint()}
-    budget = ours_env.get("API_BUDGET_PERCENT")
-    share = float(budget) / 100.0 if budget else None
     for k in range(MAX_RUNS):
         if rate_limited:
             # Each POST refills the account's buckets: every run starts with full buckets, so the
@@ -585,8 +583,16 @@ def run_ours(
         result.requests += requests
         decisions = figures["decisions"]
         steps = figures["steps"]
+        settings = figures.get("env") or {}
         if k == 0:
-            result.notes.append(f"settings: {figures.get('env')}")
+            result.notes.append(f"settings: {settings}")
+            ignored = sorted(set(ours_env) - set(settings))
+            if ignored:
+                result.notes.append(f"not read by this build of cleanup (not in its Config::vars): {', '.join(ignored)}")
+        # The budget the function was given, as it reports its settings (not as asked: a build
+        # that does not read API_BUDGET_PERCENT gets no budget floor).
+        budget = settings.get("API_BUDGET_PERCENT")
+        share = float(budget) / 100.0 if budget and budget.isdigit() and int(budget) > 0 else None
         result.notes.append(
             f"run {k + 1}: {figures['wall_s']:.1f} s, decisions {dict(decisions)}, steps {dict(steps)}"
             + (f", capped {figures['capped']}" if figures.get("capped") else "")
