@@ -7,6 +7,16 @@
 //!   then a dry run and a real run of the cleanup handler, each in a child process
 //!   (`bench_cleanup run <account> <dry|real>`) that prints its wall time, its peak RSS (VmHWM)
 //!   and the AWS calls by operation (the emulator's request counter).
+//! - `bench_cleanup run <account> <dry|real> [--clock-ahead-minutes M]`: one cleanup invocation
+//!   in an account a parent set up (`scripts/bench-cleanup compare` drives it from
+//!   `tests/bench/compare.py`). Besides the human line it prints one `BENCH_JSON {...}` line:
+//!   `wall_s` (the invocation alone), `peak_rss_mib`, `requests` (by operation, counted from just
+//!   before the invocation), `decisions` and `steps` by action (steps as `<action> <result>`,
+//!   the result's first word), `capped`, `env` (the function's settings) and `error` when the
+//!   invocation failed. Any variable cleanup reads that is set in the environment overrides the
+//!   bench's policy. The clock argument plans the run M minutes ahead of now (the handler takes
+//!   the clock as a parameter): it stands in for the wait between two scheduled runs when a
+//!   removal needs more than one.
 
 use chrono::{Duration as Days, Utc};
 use futures::stream::{self, StreamExt};
@@ -16,7 +26,7 @@ use shared::model::{Image, Tags};
 use shared::plan::lineage::{FAMILY, MANAGED};
 use shared::plan::retention::{self, Policy, RegionFacts};
 use shared::runner::Function;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use support::{TestAccount, fixtures};
@@ -140,65 +150,127 @@ async fn setup(n: usize) -> Result<String, String> {
     Ok(acct.account_id)
 }
 
-async fn run(account: String, dry: bool) -> Result<(), String> {
-    let acct = TestAccount::for_account(account).await;
-    let (topic, _queue) = acct.topic_with_queue("bench").await;
-    let _ = acct.control(
-        "DELETE",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            acct.account_id
-        ),
-        None,
-    );
-    let env = [
-        ("TOPIC_ARN", topic.as_str()),
+/// The BENCH_JSON line's counts of a report: decisions by action, steps by `<action> <result>`
+/// (read from the report's JSON, so the benchmark follows the report's shape as it changes).
+fn tally(report: &Value) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let mut decisions = BTreeMap::new();
+    for d in report["decisions"].as_array().into_iter().flatten() {
+        let action = d["action"].as_str().unwrap_or("?").to_owned();
+        *decisions.entry(action).or_insert(0) += 1;
+    }
+    let mut steps = BTreeMap::new();
+    for s in report["steps"].as_array().into_iter().flatten() {
+        let result = s["result"].as_str().unwrap_or("?");
+        let word = result
+            .split([':', ' '])
+            .next()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("?");
+        let key = format!("{} {word}", s["action"].as_str().unwrap_or("?"));
+        *steps.entry(key).or_insert(0) += 1;
+    }
+    (decisions, steps)
+}
+
+/// The function's environment: the bench's policy (keep 3, 30 days, no grace, cap 10,000),
+/// overridden by any variable cleanup reads ([`cleanup::Config::vars`]) that is set in this
+/// process's environment (e.g. `CLEANUP_CONCURRENCY`, or a pacing budget), except `TOPIC_ARN`:
+/// the bench's own topic.
+fn function_env(topic: &str) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("TOPIC_ARN", topic),
+        ("KEEP_NEWEST", "3"),
+        ("MIN_AGE_DAYS", "30"),
         ("MAX_DELETIONS", "10000"),
         ("GRACE_DAYS", "0"),
-    ];
-    let lookup = |k: &str| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-    };
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for name in cleanup::Config::vars() {
+        if let (false, Ok(v)) = (name == "TOPIC_ARN", std::env::var(name)) {
+            env.insert(name.to_owned(), v);
+        }
+    }
+    env
+}
+
+async fn run(account: String, dry: bool, clock_ahead: Days) -> Result<(), String> {
+    let acct = TestAccount::for_account(account).await;
+    let (topic, _queue) = acct.topic_with_queue("bench").await;
+    let env = function_env(&topic);
+    let lookup = |k: &str| env.get(k).cloned();
     // cleanup's dependencies as the runtime builds them, under its template role.
     let deps: cleanup::Deps = support::deps_as(&acct, &lookup, "unused-bucket")
         .await
         .map_err(|e| e.to_string())?;
+    let requests = format!(
+        "/ami-pipeline-emulator/requests?account_id={}",
+        acct.account_id
+    );
+    // Counted from here: the set-up above (topic, queue, IAM roles) is the harness's, not
+    // cleanup's.
+    let _ = acct.control("DELETE", &requests, None);
     let event = json!({"dry_run": dry, "orphan_sweep": false});
     let t = Instant::now();
-    let report = deps
+    let outcome = deps
         .invoke(
             &event,
-            Utc::now(),
+            Utc::now() + clock_ahead,
             Deadline::after(Duration::from_secs(3600)),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
     let wall = t.elapsed();
-    let counts = acct.control(
-        "GET",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            acct.account_id
-        ),
-        None,
-    );
-    let mut actions = std::collections::BTreeMap::new();
-    for d in &report.decisions {
-        *actions.entry(format!("{:?}", d.action)).or_insert(0usize) += 1;
-    }
+    let counts = acct.control("GET", &requests, None);
+    let (report, error) = match outcome {
+        Ok(r) => (serde_json::to_value(&r).map_err(|e| e.to_string())?, None),
+        Err(e) => (Value::Null, Some(e.to_string())),
+    };
+    let (decisions, steps) = tally(&report);
     println!(
         "{} run: {} decisions {:?}, {} steps; wall {:.1} s; peak RSS {:.1} MiB; AWS calls {}",
         if dry { "dry" } else { "real" },
-        report.decisions.len(),
-        actions,
-        report.steps.len(),
+        decisions.values().sum::<usize>(),
+        decisions,
+        steps.values().sum::<usize>(),
         wall.as_secs_f64(),
         peak_rss_mib(),
         counts["requests"]
     );
-    Ok(())
+    println!(
+        "BENCH_JSON {}",
+        json!({
+            "dry_run": dry,
+            "wall_s": wall.as_secs_f64(),
+            "peak_rss_mib": peak_rss_mib(),
+            "requests": counts["requests"],
+            "decisions": decisions,
+            "steps": steps,
+            "capped": report["capped"],
+            "error": error,
+            "env": env.iter().filter(|(k, _)| *k != "TOPIC_ARN").collect::<BTreeMap<_, _>>(),
+        })
+    );
+    match error {
+        Some(e) => Err(format!("cleanup failed: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// `run`'s arguments after `<account> <dry|real>`: `--clock-ahead-minutes M` (default 0).
+fn clock_ahead(rest: &[String]) -> Result<Days, String> {
+    match rest {
+        [] => Ok(Days::zero()),
+        [flag, m] if flag == "--clock-ahead-minutes" => m
+            .parse::<i64>()
+            .ok()
+            .filter(|m| *m >= 0)
+            .map(Days::minutes)
+            .ok_or(format!(
+                "--clock-ahead-minutes needs whole minutes >= 0, not {m:?}"
+            )),
+        other => Err(format!("unexpected arguments {other:?}")),
+    }
 }
 
 #[tokio::main]
@@ -233,11 +305,19 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Some("run") => match (args.get(1), args.get(2)) {
-            (Some(a), Some(mode)) => run(a.clone(), mode == "dry").await,
-            _ => Err("usage: bench_cleanup run <account> <dry|real>".into()),
+        Some("run") => match (args.get(1), args.get(2).map(String::as_str)) {
+            (Some(a), Some(mode @ ("dry" | "real"))) => match clock_ahead(&args[3..]) {
+                Ok(ahead) => run(a.clone(), mode == "dry", ahead).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(
+                "usage: bench_cleanup run <account> <dry|real> [--clock-ahead-minutes M]".into(),
+            ),
         },
-        _ => Err("usage: bench_cleanup planner [N] | emulator [N]".into()),
+        _ => Err(
+            "usage: bench_cleanup planner [N] | emulator [N] | run <account> <dry|real> [--clock-ahead-minutes M]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
