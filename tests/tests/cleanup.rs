@@ -774,3 +774,37 @@ async fn paced_removals_stay_below_the_bucket_where_unpaced_ones_are_throttled()
     assert_eq!(throttled[0].0, 0, "paced: never throttled: {throttled:?}");
     assert!(throttled[1].0 > 0, "unpaced: throttled {throttled:?}");
 }
+
+#[tokio::test]
+async fn a_manual_relaxation_of_safety_is_recorded_in_the_report_and_the_message() {
+    let w = world().await;
+    w.managed(EAST, "rx", "rx-new", 1).await;
+    let r = w
+        .run(
+            json!({"allow_public": true, "min_age_days": 7, "keep_newest": 5}),
+            Utc::now(),
+        )
+        .await;
+    assert_eq!(
+        r.relaxed,
+        [
+            "allow_public: false → true (manual invoke)",
+            "min_age_days: 30 → 7 (manual invoke)"
+        ],
+        "keep_newest 5 only tightens"
+    );
+    let messages = w.acct.drain(&w.queue).await;
+    let summary = &messages
+        .iter()
+        .find(|m| m["event_type"] == "cleanup.report")
+        .expect("report sent")["summary"];
+    assert_eq!(
+        summary["relaxed"][0],
+        "allow_public: false → true (manual invoke)"
+    );
+    // The schedule never relaxes anything.
+    let r = w
+        .run(json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}), Utc::now())
+        .await;
+    assert!(r.relaxed.is_empty());
+}

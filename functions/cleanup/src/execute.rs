@@ -291,6 +291,7 @@ pub(crate) async fn announce(
             "regions": report.regions,
             "counts": report.summary,
             "capped": report.capped,
+            "relaxed": report.relaxed,
             "orphan_snapshots": report.orphans.len(),
             "steps": report.steps.len(),
             "failed_steps": report.steps.iter().filter(|s| s.result.is_failure()).count(),

@@ -32,6 +32,10 @@ pub async fn handle(
     deadline: Deadline,
 ) -> Result<Report, InvocationError> {
     let (policy, regions, dry_run) = scope(&cmd, deps);
+    let relaxed = relaxations(&deps.config.policy, &policy);
+    if !relaxed.is_empty() {
+        warn!(relaxed = ?relaxed, "a manual invoke relaxed the configured safety policy");
+    }
     let clients = RegionalClients::new(&deps.clients, regions.iter().map(String::as_str));
     let plan = plan_twice(deps, &clients, &regions, &policy, now, deadline).await?;
     let steps = if dry_run {
@@ -47,6 +51,7 @@ pub async fn handle(
         policy,
         summary,
         capped: plan.capped,
+        relaxed,
         decisions: plan.decisions,
         orphans: plan.orphans,
         steps,
@@ -127,6 +132,60 @@ async fn plan_twice(
     let read = checks(deps, clients, deadline, retention::to_check(&first)).await;
     retention::with_checks(&mut facts, read);
     Ok(retention::plan(&facts, policy, now))
+}
+
+/// How a manual invoke made the policy less safe than the configured one, each as
+/// `setting: configured → this run` (recorded in the report and the SNS message).
+fn relaxations(configured: &Policy, run: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, was: String, now: String, looser: bool| {
+        if looser {
+            out.push(format!("{name}: {was} → {now} (manual invoke)"));
+        }
+    };
+    check(
+        "allow_public",
+        configured.allow_public.to_string(),
+        run.allow_public.to_string(),
+        run.allow_public && !configured.allow_public,
+    );
+    check(
+        "allow_shared",
+        configured.allow_shared.to_string(),
+        run.allow_shared.to_string(),
+        run.allow_shared && !configured.allow_shared,
+    );
+    check(
+        "min_age_days",
+        configured.min_age_days.to_string(),
+        run.min_age_days.to_string(),
+        run.min_age_days < configured.min_age_days,
+    );
+    check(
+        "keep_newest",
+        configured.keep_newest.to_string(),
+        run.keep_newest.to_string(),
+        run.keep_newest < configured.keep_newest,
+    );
+    check(
+        "grace_days",
+        configured.grace_days.to_string(),
+        run.grace_days.to_string(),
+        run.grace_days < configured.grace_days,
+    );
+    check(
+        "max_deletions",
+        configured.max_deletions.to_string(),
+        run.max_deletions.to_string(),
+        run.max_deletions > configured.max_deletions,
+    );
+    check(
+        "orphan_sweep",
+        configured.orphan_sweep.to_string(),
+        run.orphan_sweep.to_string(),
+        run.orphan_sweep && !configured.orphan_sweep,
+    );
+    out
 }
 
 /// Counts per `region/family` and action.

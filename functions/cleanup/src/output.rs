@@ -100,6 +100,10 @@ pub struct Report {
     pub summary: BTreeMap<String, Counts>,
     /// Deregistrations and deprecations held back by the per-run caps (reported, not an error).
     pub capped: usize,
+    /// Safety settings a manual invoke relaxed against the configuration (`setting: configured
+    /// → this run`); empty for scheduled runs and for overrides that only tighten.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub relaxed: Vec<String>,
     /// One decision per image in scope.
     pub decisions: Vec<Decision>,
     /// Orphaned snapshots selected.
