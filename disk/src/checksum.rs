@@ -163,3 +163,102 @@ impl LinearChecksum {
         Ok(Self { digests })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BLOCK_SIZE;
+
+    // Expected values computed independently with Python's hashlib and base64.
+    const ZEROS: &str = "B4VNL+8pega6gWheZgwzLeNtXRjVRpJ9MNqtbX/aFUE=";
+    const ONES: &str = "M6FQvOsTwamSIx5ltPrRaBUhL8Bs20CJltMu6yzvnrs=";
+    /// sha256(sha256(zeros) || sha256(ones)): raw digests in ascending index order.
+    const AGGREGATE: &str = "HFRGTdrSd+vfQo2s4W+AwgFjuBSYcNtoI3LPFCEQbPw=";
+
+    fn two_blocks() -> (BlockChecksum, BlockChecksum) {
+        (
+            BlockChecksum::of(&vec![0; BLOCK_SIZE]),
+            BlockChecksum::of(&vec![1; BLOCK_SIZE]),
+        )
+    }
+
+    #[test]
+    fn block_checksum_is_base64_sha256() {
+        let (zeros, ones) = two_blocks();
+        assert_eq!(zeros.base64(), ZEROS);
+        assert_eq!(ones.base64(), ONES);
+    }
+
+    #[test]
+    fn aggregate_orders_raw_digests_by_block_index_whatever_the_recording_order() {
+        let (zeros, ones) = two_blocks();
+        let mut forward = LinearChecksum::new();
+        forward.record(3, zeros);
+        forward.record(900, ones);
+        let mut backward = LinearChecksum::new();
+        backward.record(900, ones);
+        backward.record(3, zeros);
+        assert_eq!(forward.aggregate_base64(), AGGREGATE);
+        assert_eq!(backward.aggregate_base64(), AGGREGATE);
+        assert_eq!(forward.changed_blocks_count(), 2);
+        // Index order, not recording order, and not digest order: ones at a lower index.
+        let mut swapped = LinearChecksum::new();
+        swapped.record(3, ones);
+        swapped.record(900, zeros);
+        assert_ne!(swapped.aggregate_base64(), AGGREGATE);
+    }
+
+    #[test]
+    fn rewriting_a_block_replaces_its_digest() {
+        let (zeros, ones) = two_blocks();
+        let mut c = LinearChecksum::new();
+        c.record(0, ones);
+        c.record(0, zeros);
+        c.record(1, ones);
+        assert_eq!(c.changed_blocks_count(), 2);
+        assert_eq!(c.aggregate_base64(), AGGREGATE);
+    }
+
+    #[test]
+    fn state_round_trips_and_resumes() {
+        let (zeros, ones) = two_blocks();
+        let mut first = LinearChecksum::new();
+        first.record(7, zeros);
+        let bytes = first.to_bytes();
+        assert_eq!(bytes.len(), 12 + 36);
+        let mut resumed = LinearChecksum::from_bytes(&bytes).unwrap();
+        assert_eq!(resumed, first);
+        resumed.record(8, ones);
+        assert_eq!(resumed.aggregate_base64(), AGGREGATE);
+        assert_eq!(
+            LinearChecksum::from_bytes(&LinearChecksum::new().to_bytes()).unwrap(),
+            LinearChecksum::new()
+        );
+    }
+
+    #[test]
+    fn damaged_state_is_refused() {
+        let (zeros, ones) = two_blocks();
+        let mut c = LinearChecksum::new();
+        c.record(1, zeros);
+        c.record(2, ones);
+        let bytes = c.to_bytes();
+        assert!(matches!(
+            LinearChecksum::from_bytes(&bytes[1..]),
+            Err(ChecksumStateError::Format(_))
+        ));
+        assert!(matches!(
+            LinearChecksum::from_bytes(&bytes[..bytes.len() - 1]),
+            Err(ChecksumStateError::Format(_))
+        ));
+        let mut swapped = bytes.clone();
+        swapped[12..16].copy_from_slice(&5u32.to_be_bytes());
+        assert_eq!(
+            LinearChecksum::from_bytes(&swapped),
+            Err(ChecksumStateError::Order {
+                previous: 5,
+                next: 2
+            })
+        );
+    }
+}

@@ -36,6 +36,9 @@ const MARKER_EOS: u32 = 0;
 const MARKER_GT: u32 = 1;
 const MARKER_GD: u32 = 2;
 const MARKER_FOOTER: u32 = 3;
+/// `gdOffset` of a header whose grain directory is only known from the footer (spec:
+/// `GD_AT_END`), the layout of a true stream, which must end with footer and end-of-stream.
+const GD_AT_END: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 /// Bytes of a grain marker before its compressed data (`lba` u64 + `size` u32).
 const GRAIN_MARKER_HEAD: u64 = 12;
 /// Largest grain accepted: 32768 sectors (16 MiB). VMware and qemu write 128 (64 KiB); the
@@ -57,6 +60,8 @@ pub(crate) struct Header {
     pub(crate) descriptor_size: u64,
     /// Sectors before the first grain marker.
     pub(crate) overhead: u64,
+    /// Sector of the grain directory, or [`GD_AT_END`].
+    pub(crate) gd_offset: u64,
     pub(crate) compress_algorithm: u16,
 }
 
@@ -84,6 +89,7 @@ pub(crate) fn parse_header(b: &[u8], offset: u64) -> Result<Header, DecodeError>
         descriptor_offset: le64(b, 28),
         descriptor_size: le64(b, 36),
         overhead: le64(b, 64),
+        gd_offset: le64(b, 56),
         compress_algorithm: le16(b, 77),
     };
     if !(1..=3).contains(&header.version) {
@@ -151,6 +157,8 @@ pub(crate) struct VmdkStream {
     grain: Vec<u8>,
     /// Grain markers decoded.
     pub(crate) grains: u64,
+    /// A footer marker was read.
+    footer_seen: bool,
 }
 
 impl VmdkStream {
@@ -162,6 +170,7 @@ impl VmdkStream {
             inflater: Decompress::new(true),
             grain: Vec::new(),
             grains: 0,
+            footer_seen: false,
         }
     }
 
@@ -249,6 +258,13 @@ impl VmdkStream {
         input: &mut Input,
         asm: &mut Assembler,
     ) -> Result<Progress, DecodeError> {
+        // qemu-img writes its grain directory in the overhead and ends the file after the
+        // last grain, without an end-of-stream marker; a stream whose directory is at the end
+        // (GD_AT_END, VMware's layout) must reach its footer and end-of-stream marker.
+        if input.pos() == input.total_len() && self.header.gd_offset != GD_AT_END {
+            self.state = State::Done;
+            return Ok(Progress::Done);
+        }
         let Some(sector) = input.peek(SECTOR as usize) else {
             return Ok(Progress::NeedInput);
         };
@@ -272,6 +288,13 @@ impl VmdkStream {
             })?;
         match kind {
             MARKER_EOS => {
+                if self.header.gd_offset == GD_AT_END && !self.footer_seen {
+                    return Err(DecodeError::malformed(
+                        "VMDK end-of-stream marker",
+                        at,
+                        "the header's gdOffset is GD_AT_END but no footer marker came before the end of the stream",
+                    ));
+                }
                 input.consume(SECTOR as usize);
                 self.state = State::Done;
                 return Ok(Progress::Done);
