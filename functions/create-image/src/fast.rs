@@ -185,11 +185,27 @@ pub(crate) async fn run(
                 let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
                 return reject(deps, up.object, vec![problem], now, true).await;
             }
-            Err(WriteError::Aws(e)) => return Err(e),
+            Err(WriteError::Aws(e)) => {
+                // A concurrent duplicate event may have completed the snapshot while this one
+                // was still writing (the same blocks): then register it, else report the error.
+                if !completed_by_another(deps, &id).await {
+                    return Err(e);
+                }
+                info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
+                transfer.reused = true;
+            }
         }
         id
     };
     register(deps, &up, &snapshot_id, transfer, now).await
+}
+
+/// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
+async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> bool {
+    matches!(
+        ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await,
+        Ok(s) if s.state.as_deref() == Some("completed")
+    )
 }
 
 /// The decoder's name of a format, for the output.
