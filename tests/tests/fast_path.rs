@@ -123,7 +123,10 @@ async fn upload_and_prove(w: &World, key: &str, body: Vec<u8>, raw: &[u8], forma
         .expect("snapshot");
     assert_eq!(snap.state.as_deref(), Some("completed"));
     assert_eq!(snap.tags[lineage::UPLOAD_METHOD], "ebs-direct");
-    assert_eq!(snap.tags[lineage::SOURCE_URI], img.tags[lineage::SOURCE_URI]);
+    assert_eq!(
+        snap.tags[lineage::SOURCE_URI],
+        img.tags[lineage::SOURCE_URI]
+    );
     assert_eq!(snap.volume_size_gib, Some(1));
     let msgs = w.acct.drain(&w.queue).await;
     let reg: Vec<&Value> = msgs
@@ -135,7 +138,10 @@ async fn upload_and_prove(w: &World, key: &str, body: Vec<u8>, raw: &[u8], forma
     assert_eq!(reg[0]["image_id"], image_id);
     let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
     let back = read_back(&ebs, &snapshot_id, raw.len()).await;
-    assert!(back == raw, "the snapshot's content differs from the raw disk");
+    assert!(
+        back == raw,
+        "the snapshot's content differs from the raw disk"
+    );
 }
 
 #[tokio::test]
@@ -220,7 +226,10 @@ async fn damaged_vmdk_is_rejected_and_its_snapshot_never_completed() {
         problems[0].starts_with("content: ") && problems[0].contains("offset"),
         "{problems:?}"
     );
-    assert!(problems[0].contains("deleted, never completed"), "{problems:?}");
+    assert!(
+        problems[0].contains("deleted, never completed"),
+        "{problems:?}"
+    );
     let snaps = ec2::describe_own_snapshots_filtered(
         &w.acct.clients.ec2,
         &[Select::tag(lineage::UPLOAD_METHOD, ["ebs-direct"])],
@@ -264,7 +273,11 @@ async fn the_fallback_is_importsnapshot_and_says_why() {
     w.acct.put(&w.bucket, "big/disk.raw", big, &[]).await;
     let out = run(&w, "big/disk.raw").await;
     match &out.ingested[..] {
-        [IngestOutcome::ImportStarted { fallback_reason, .. }] => {
+        [
+            IngestOutcome::ImportStarted {
+                fallback_reason, ..
+            },
+        ] => {
             assert!(
                 fallback_reason.contains("larger than FAST_PATH_MAX_GIB=1"),
                 "{fallback_reason}"

@@ -99,12 +99,32 @@ pub(crate) async fn decide(
         Err(e) => return Ok(Decision::Bad(e.to_string())),
     };
     Ok(
-        match (upload::choose(cfg.upload_method, &probed, cfg.fast_path_max_gib), probe) {
+        match (
+            upload::choose(cfg.upload_method, &probed, cfg.fast_path_max_gib),
+            probe,
+        ) {
             (Choice::EbsDirect, Some(p)) => Decision::Fast(Box::new(p)),
             (Choice::ImportSnapshot { reason }, _) => Decision::Import(reason),
             (Choice::EbsDirect, None) => Decision::Import("no probe".into()),
         },
     )
+}
+
+/// The fast path's outcome for an upload, or (inner `Err`) why ImportSnapshot takes it instead.
+pub(crate) async fn try_fast(
+    deps: &Deps,
+    up: Upload<'_>,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Result<IngestOutcome, String>, AwsError> {
+    match decide(deps, up.object, up.info).await? {
+        Decision::Fast(probe) => run(deps, up, &probe, now, deadline).await.map(Ok),
+        Decision::Bad(problem) => {
+            let problems = vec![format!("content: {problem}")];
+            reject(deps, up.object, problems, now, true).await.map(Ok)
+        }
+        Decision::Import(reason) => Ok(Err(reason)),
+    }
 }
 
 /// One upload on the fast path.
@@ -248,7 +268,9 @@ async fn write(
         .map(|(start, end)| {
             let s3 = c.s3.clone();
             let object = up.object.clone();
-            tokio::spawn(async move { s3::get_range(&s3, &object, &format!("{start}-{end}")).await })
+            tokio::spawn(
+                async move { s3::get_range(&s3, &object, &format!("{start}-{end}")).await },
+            )
         })
         .buffered(READ_PARTS);
     let mut ctx = Puts {

@@ -4,7 +4,7 @@
 
 use crate::config::Deps;
 use crate::event::IngestItem;
-use crate::fast::{self, Decision};
+use crate::fast;
 use crate::output::IngestOutcome;
 use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
@@ -106,24 +106,54 @@ pub(crate) async fn try_ingest(
             image_id: image.id.clone(),
         });
     }
-    let fallback_reason = match fast::decide(deps, &object, &info).await? {
-        Decision::Fast(probe) => {
-            let up = fast::Upload {
-                object: &object,
-                info: &info,
-                format,
-                spec: &spec,
-                token: &token,
-            };
-            return fast::run(deps, up, &probe, now, deadline).await;
-        }
-        Decision::Bad(problem) => {
-            return reject(deps, &object, vec![format!("content: {problem}")], now, true).await;
-        }
-        Decision::Import(reason) => reason,
+    let up = fast::Upload {
+        object: &object,
+        info: &info,
+        format,
+        spec: &spec,
+        token: &token,
     };
+    let fallback_reason = match fast::try_fast(deps, up, now, deadline).await? {
+        Ok(outcome) => return Ok(outcome),
+        Err(reason) => reason,
+    };
+    let etag = info.etag.as_deref();
+    let start = ImportStart {
+        object: &object,
+        etag,
+        format,
+        token: &token,
+        fallback_reason,
+    };
+    start_import(deps, start, spec, now).await
+}
+
+/// What ImportSnapshot is started with.
+struct ImportStart<'a> {
+    object: &'a ObjectRef,
+    etag: Option<&'a str>,
+    format: DiskFormat,
+    token: &'a str,
+    fallback_reason: String,
+}
+
+/// Starts ImportSnapshot (the fallback), the task tagged with the spec and the source.
+async fn start_import(
+    deps: &Deps,
+    start: ImportStart<'_>,
+    spec: ImageSpec,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, AwsError> {
+    let c = &deps.clients;
+    let ImportStart {
+        object,
+        etag,
+        format,
+        token,
+        fallback_reason,
+    } = start;
     info!(object = %object, reason = %fallback_reason, "fast path not taken: ImportSnapshot");
-    let tags = import::import_task_tags(&spec, &object, info.etag.as_deref(), format, now);
+    let tags = import::import_task_tags(&spec, object, etag, format, now);
     let description = lineage::fit_tag_value(&format!("ami-pipeline import of {}", object.uri()));
     let task_id = ec2::import_snapshot(
         &c.ec2,
@@ -131,7 +161,7 @@ pub(crate) async fn try_ingest(
             bucket: &object.bucket,
             key: &object.key,
             format: format.as_api(),
-            client_token: &token,
+            client_token: token,
             role_name: &deps.config.import_role_name,
             description: &description,
             tags: &tags,

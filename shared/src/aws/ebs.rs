@@ -121,8 +121,7 @@ pub async fn put_snapshot_block(
         .send()
         .await
         .map_err(|e| {
-            AwsError::from_sdk("ebs:PutSnapshotBlock", resource, e)
-                .in_region(ebs.config().region())
+            AwsError::from_sdk("ebs:PutSnapshotBlock", resource, e).in_region(ebs.config().region())
         })?;
     Ok(())
 }

@@ -249,7 +249,10 @@ mod tests {
         assert!(tags.keys().all(|k| k.starts_with(lineage::NS)), "{tags:?}");
         assert_eq!(tags[lineage::UPLOAD_METHOD], "ebs-direct");
         assert_eq!(tags[lineage::MANAGED], "true");
-        assert_eq!(tags[lineage::SOURCE_TOKEN], upload_token(&object, Some("e")));
+        assert_eq!(
+            tags[lineage::SOURCE_TOKEN],
+            upload_token(&object, Some("e"))
+        );
         let later = now() + chrono::Duration::seconds(30);
         let reg = registration(&spec, "snap-1", &tags, now(), later);
         assert_eq!(reg.tags["team"], "web");
