@@ -55,6 +55,9 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
             | "RequestThrottled"
             | "RequestThrottledException"
             | "ResourceLimitExceeded"
+            // EBS direct: the pending-snapshot quota (botocore ebs model,
+            // ServiceQuotaExceededException); clears when snapshots complete.
+            | "ServiceQuotaExceededException"
             | "ProvisionedThroughputExceededException" => Some(ErrorKind::Throttled),
             "AccessDenied"
             | "AccessDeniedException"

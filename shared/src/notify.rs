@@ -95,6 +95,9 @@ pub struct Message {
     /// The import task.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub import_task_id: Option<String>,
+    /// image.registered: how the snapshot was made (`ebs-direct` or `import-snapshot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_method: Option<String>,
     /// What went wrong (image.failed) or what is slow (image.import-stalled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -17,7 +17,9 @@ type World = support::World<Deps>;
 async fn world(import_delay: u64, versioned: bool) -> World {
     let acct = TestAccount::new().await;
     acct.emulator_config(json!({"import_delay_seconds": import_delay}));
-    let w = World::in_account(acct, &[]).await;
+    // These tests are about the ImportSnapshot path and its sweep; the EBS direct fast path
+    // (the default) is tested in fast_path.rs.
+    let w = World::in_account(acct, &[("UPLOAD_METHOD", "import-snapshot")]).await;
     w.acct.bucket(&w.bucket, versioned).await;
     w
 }

@@ -3,6 +3,7 @@
 use shared::aws::clients::Clients;
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::plan::spec::{self};
+use shared::plan::upload::MethodSetting;
 use std::collections::BTreeMap;
 
 /// Settings of create-image, from the environment (names as in `template.yaml`).
@@ -16,6 +17,12 @@ pub struct Config {
     pub stale_import_minutes: i64,
     /// Imports advanced in parallel by the sweep (`SWEEP_CONCURRENCY`).
     pub concurrency: usize,
+    /// `UPLOAD_METHOD`: `auto` (the EBS direct fast path for what it takes, default) or
+    /// `import-snapshot` (VM Import for every upload).
+    pub upload_method: MethodSetting,
+    /// `FAST_PATH_MAX_GIB`: the largest virtual disk the fast path writes in one invocation
+    /// (larger ones go to ImportSnapshot: resume across invocations is not implemented).
+    pub fast_path_max_gib: u64,
     /// Function-wide defaults of the per-upload settings (`DEFAULT_<SETTING>`).
     pub defaults: BTreeMap<String, String>,
 }
@@ -40,6 +47,8 @@ impl Config {
             "IMPORT_ROLE_NAME",
             "STALE_IMPORT_MINUTES",
             "SWEEP_CONCURRENCY",
+            "UPLOAD_METHOD",
+            "FAST_PATH_MAX_GIB",
         ]);
         v.extend(DEFAULT_VARS);
         v
@@ -54,6 +63,18 @@ impl Config {
             .unwrap_or_else(|| "vmimport".to_owned());
         let stale_import_minutes = r.int_in("STALE_IMPORT_MINUTES", 120, 15, 7 * 24 * 60);
         let concurrency = r.int_in("SWEEP_CONCURRENCY", 4, 1, 32) as usize;
+        let upload_method = match r.optional("UPLOAD_METHOD") {
+            None => MethodSetting::Auto,
+            Some(v) => MethodSetting::parse(&v).unwrap_or_else(|| {
+                r.problem(format!(
+                    "UPLOAD_METHOD={v} is not one of auto, import-snapshot"
+                ));
+                MethodSetting::Auto
+            }),
+        };
+        // 1 GiB .. 64 TiB (the EBS volume limit). 100 GiB at ~200 MB/s is ~9 minutes of a
+        // 15-minute Lambda.
+        let fast_path_max_gib = r.int_in("FAST_PATH_MAX_GIB", 100, 1, 65536) as u64;
         let mut defaults = BTreeMap::new();
         for var in DEFAULT_VARS {
             if let Some(v) = r.optional(var) {
@@ -79,6 +100,8 @@ impl Config {
             import_role_name,
             stale_import_minutes,
             concurrency,
+            upload_method,
+            fast_path_max_gib,
             defaults,
         })
     }

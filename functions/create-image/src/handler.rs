@@ -34,7 +34,7 @@ pub async fn handle(
     if let Command::Ingest { items, ignored } = cmd {
         out.ignored = ignored;
         out.ingested = stream::iter(items)
-            .map(|item| ingest(deps, item, now))
+            .map(|item| ingest(deps, item, now, deadline))
             .buffer_unordered(deps.config.concurrency)
             .collect()
             .await;

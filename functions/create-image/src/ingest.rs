@@ -1,23 +1,32 @@
 //! Ingest one upload: validate it (object, extension, magic bytes, settings), reject it with every
-//! problem listed, or start its ImportSnapshot.
+//! problem listed, or make its snapshot: the EBS direct fast path ([`crate::fast`]) or, for
+//! what that path does not take, ImportSnapshot.
 
 use crate::config::Deps;
 use crate::event::IngestItem;
+use crate::fast;
 use crate::output::IngestOutcome;
 use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::{ec2, s3};
+use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::model::{DiskFormat, ObjectInfo, ObjectRef, Select};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import;
 use shared::plan::spec::{self, ImageSpec, Problem};
+use shared::plan::upload::UploadMethod;
 use shared::plan::{disk, lineage};
 use tracing::{info, warn};
 
-pub(crate) async fn ingest(deps: &Deps, item: IngestItem, now: DateTime<Utc>) -> IngestOutcome {
+pub(crate) async fn ingest(
+    deps: &Deps,
+    item: IngestItem,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> IngestOutcome {
     let uri = item.object.uri();
-    match try_ingest(deps, &item, now).await {
+    match try_ingest(deps, &item, now, deadline).await {
         Ok(outcome) => outcome,
         Err(e) => {
             warn!(object = %uri, error = %e, "ingest failed");
@@ -47,6 +56,7 @@ pub(crate) async fn try_ingest(
     deps: &Deps,
     item: &IngestItem,
     now: DateTime<Utc>,
+    deadline: Deadline,
 ) -> Result<IngestOutcome, AwsError> {
     let c = &deps.clients;
     // Always look at the latest version: ImportSnapshot imports the key's current content.
@@ -96,7 +106,54 @@ pub(crate) async fn try_ingest(
             image_id: image.id.clone(),
         });
     }
-    let tags = import::import_task_tags(&spec, &object, info.etag.as_deref(), format, now);
+    let up = fast::Upload {
+        object: &object,
+        info: &info,
+        format,
+        spec: &spec,
+        token: &token,
+    };
+    let fallback_reason = match fast::try_fast(deps, up, now, deadline).await? {
+        Ok(outcome) => return Ok(outcome),
+        Err(reason) => reason,
+    };
+    let etag = info.etag.as_deref();
+    let start = ImportStart {
+        object: &object,
+        etag,
+        format,
+        token: &token,
+        fallback_reason,
+    };
+    start_import(deps, start, spec, now).await
+}
+
+/// What ImportSnapshot is started with.
+struct ImportStart<'a> {
+    object: &'a ObjectRef,
+    etag: Option<&'a str>,
+    format: DiskFormat,
+    token: &'a str,
+    fallback_reason: String,
+}
+
+/// Starts ImportSnapshot (the fallback), the task tagged with the spec and the source.
+async fn start_import(
+    deps: &Deps,
+    start: ImportStart<'_>,
+    spec: ImageSpec,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome, AwsError> {
+    let c = &deps.clients;
+    let ImportStart {
+        object,
+        etag,
+        format,
+        token,
+        fallback_reason,
+    } = start;
+    info!(object = %object, reason = %fallback_reason, "fast path not taken: ImportSnapshot");
+    let tags = import::import_task_tags(&spec, object, etag, format, now);
     let description = lineage::fit_tag_value(&format!("ami-pipeline import of {}", object.uri()));
     let task_id = ec2::import_snapshot(
         &c.ec2,
@@ -104,7 +161,7 @@ pub(crate) async fn try_ingest(
             bucket: &object.bucket,
             key: &object.key,
             format: format.as_api(),
-            client_token: &token,
+            client_token: token,
             role_name: &deps.config.import_role_name,
             description: &description,
             tags: &tags,
@@ -115,6 +172,8 @@ pub(crate) async fn try_ingest(
     Ok(IngestOutcome::ImportStarted {
         object: object.uri(),
         import_task_id: task_id,
+        upload_method: UploadMethod::ImportSnapshot,
+        fallback_reason,
         spec: Box::new(spec),
     })
 }

@@ -17,6 +17,7 @@
 
 mod config;
 mod event;
+mod fast;
 mod handler;
 mod ingest;
 mod output;
@@ -26,6 +27,6 @@ mod sweep;
 pub use config::{Config, DEFAULT_VARS, Deps};
 pub use event::{Command, IngestItem};
 pub use handler::handle;
-pub use output::{IngestOutcome, Output, StepAction, StepReport, SweepReport};
+pub use output::{IngestOutcome, Output, StepAction, StepReport, SweepReport, Transfer};
 pub use shared::invocation::InvocationError;
 pub use sweep::sweep;

@@ -2,17 +2,36 @@
 
 use serde::Serialize;
 use shared::plan::spec::ImageSpec;
+use shared::plan::upload::UploadMethod;
 
 /// What happened to one uploaded object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum IngestOutcome {
+    /// The fast path wrote the snapshot with the EBS direct APIs and registered the AMI
+    /// (`image.registered` sent), all in this invocation.
+    Registered {
+        /// The object.
+        object: String,
+        /// The image.
+        image_id: String,
+        /// The snapshot written.
+        snapshot_id: String,
+        /// `ebs-direct`.
+        upload_method: UploadMethod,
+        /// What was written.
+        transfer: Transfer,
+    },
     /// ImportSnapshot started (or was already running: same ClientToken, same task).
     ImportStarted {
         /// The object.
         object: String,
         /// The task.
         import_task_id: String,
+        /// `import-snapshot`.
+        upload_method: UploadMethod,
+        /// Why the fast path was not taken.
+        fallback_reason: String,
         /// The validated settings.
         spec: Box<ImageSpec>,
     },
@@ -44,6 +63,24 @@ pub enum IngestOutcome {
         /// The failure.
         error: String,
     },
+}
+
+/// What the fast path wrote for one upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Transfer {
+    /// The disk format decoded (`raw`, `VHD fixed`, `VHD dynamic`, `VMDK stream-optimized`).
+    pub format: &'static str,
+    /// Bytes of the object read from S3.
+    pub bytes_read: u64,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Blocks written with PutSnapshotBlock (ChangedBlocksCount).
+    pub blocks_written: u64,
+    /// All-zero blocks not written (the snapshot is not encrypted, so they read as zeros).
+    pub zero_blocks_skipped: u64,
+    /// Whether the snapshot was already complete (a duplicate event after a completed write):
+    /// nothing was written by this invocation.
+    pub reused: bool,
 }
 
 /// A sweep step's action, serialized as the report's kebab-case word.

@@ -31,7 +31,7 @@ pub(crate) async fn register(
     // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let image_id = match register_named(deps, task_id, reg, size).await? {
-        Registered::Image(id) => id,
+        Registered::Image(id) | Registered::Adopted(id) => id,
         Registered::Refused(message) => return fail(deps, task_id, reg, message, now).await,
     };
     let listed =
@@ -54,16 +54,19 @@ async fn fail(
 }
 
 /// How a registration attempt ended, short of an AWS failure.
-enum Registered {
-    /// The image (registered now, or adopted from an earlier run of this task).
+pub(crate) enum Registered {
+    /// The image, registered now.
     Image(String),
+    /// The image registered by an earlier run of this task (or, on the fast path, by a
+    /// concurrent duplicate event from the same snapshot).
+    Adopted(String),
     /// It cannot be registered; the message is the failure to report on the upload.
     Refused(String),
 }
 
 /// RegisterImage under the planned name, then automatic ones while the name is taken by
 /// another image ([`import::on_duplicate`] decides).
-async fn register_named(
+pub(crate) async fn register_named(
     deps: &Deps,
     task_id: &str,
     reg: &Registration,
@@ -97,7 +100,7 @@ async fn register_named(
         match import::on_duplicate(task_id, holder.as_ref(), reg) {
             OnDuplicate::Adopt(id) => {
                 info!(import_task_id = task_id, image_id = %id, "image already registered by an earlier run");
-                return Ok(Registered::Image(id));
+                return Ok(Registered::Adopted(id));
             }
             OnDuplicate::TryAnotherName if attempt + 1 < import::MAX_NAME_ATTEMPTS => attempt += 1,
             OnDuplicate::TryAnotherName => {
@@ -122,7 +125,7 @@ async fn register_named(
 }
 
 /// The image as registered, for the announcement when the listing does not show it yet.
-fn registered_image(reg: &Registration, image_id: &str) -> Image {
+pub(crate) fn registered_image(reg: &Registration, image_id: &str) -> Image {
     Image {
         id: image_id.to_owned(),
         name: reg.name.clone(),

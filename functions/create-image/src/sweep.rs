@@ -14,6 +14,7 @@ use shared::model::{Image, ObjectRef, Select, Tags};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import::{self, Registration, SweepAction, SweepPolicy};
 use shared::plan::lineage;
+use shared::plan::upload::UploadMethod;
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -168,6 +169,7 @@ pub(crate) async fn announce(
         family: image.tags.get(lineage::FAMILY).cloned(),
         source_uri: image.tags.get(lineage::SOURCE_URI).cloned(),
         import_task_id: Some(task_id.to_owned()),
+        upload_method: Some(UploadMethod::ImportSnapshot.as_str().to_owned()),
         lineage: image.tags.clone(),
         ..Message::new(EventType::ImageRegistered, now, &c.region)
     };

@@ -67,6 +67,8 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     /// SNS.
     pub sns: aws_sdk_sns::Client,
+    /// EBS direct APIs (create-image's fast path).
+    pub ebs: aws_sdk_ebs::Client,
     config: SdkConfig,
     s3_force_path_style: bool,
 }
@@ -82,6 +84,7 @@ impl Clients {
             ec2: aws_sdk_ec2::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             sns: aws_sdk_sns::Client::new(config),
+            ebs: aws_sdk_ebs::Client::new(config),
             config: config.clone(),
             s3_force_path_style,
         }

@@ -720,6 +720,32 @@ pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsE
     Ok(())
 }
 
+/// Waits (the SDK's `SnapshotCompleted` waiter, DescribeSnapshots until `completed`) at most
+/// `max`; fails when the snapshot ends in `error` or the time runs out.
+pub async fn wait_snapshot_completed(
+    ec2: &Client,
+    snapshot_id: &str,
+    max: std::time::Duration,
+) -> Result<(), AwsError> {
+    use aws_sdk_ec2::client::Waiters;
+    ec2.wait_until_snapshot_completed()
+        .snapshot_ids(snapshot_id)
+        .wait(max)
+        .await
+        .map_err(|e| AwsError {
+            region: ec2.config().region().map(ToString::to_string),
+            operation: "ec2:DescribeSnapshots",
+            resource: snapshot_id.to_owned(),
+            kind: crate::error::ErrorKind::Other,
+            code: None,
+            message: format!(
+                "waiting at most {} s for the snapshot to be completed: {e:?}",
+                max.as_secs()
+            ),
+        })?;
+    Ok(())
+}
+
 /// What CopyImage needs (the client is the destination region's).
 #[derive(Debug, Clone)]
 pub struct CopyRequest<'a> {

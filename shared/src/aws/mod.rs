@@ -2,6 +2,7 @@
 //! edge and SDK errors classified once into [`crate::error::AwsError`].
 
 pub mod clients;
+pub mod ebs;
 pub mod ec2;
 pub mod s3;
 pub mod sns;

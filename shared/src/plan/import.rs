@@ -383,6 +383,14 @@ pub fn on_duplicate(
         Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => {
             OnDuplicate::Adopt(img.id.clone())
         }
+        // The fast path has no task: an image registered from this very snapshot for this
+        // upload (a concurrent duplicate event won the name) is ours.
+        Some(img)
+            if img.snapshot_ids.contains(&registration.snapshot_id)
+                && img.tags.get(lineage::SOURCE_TOKEN) == Some(&registration.source_token) =>
+        {
+            OnDuplicate::Adopt(img.id.clone())
+        }
         Some(img) if registration.name_is_explicit => OnDuplicate::Fail(format!(
             "image name {:?} is already used by {}, which this upload did not create; choose another name",
             registration.name, img.id

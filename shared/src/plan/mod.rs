@@ -13,3 +13,4 @@ pub mod retention;
 pub mod spec;
 pub mod stamp;
 pub mod tags;
+pub mod upload;
