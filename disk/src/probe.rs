@@ -149,10 +149,13 @@ fn probe_vmdk(head: &[u8], total_len: u64) -> Result<Probe, DecodeError> {
     let header = vmdk::parse_header(head, 0)?;
     if !header.is_stream_optimized() {
         let kind = head
-            .get(usize::try_from(header.descriptor_offset * SECTOR).unwrap_or(usize::MAX)..)
+            .get(
+                usize::try_from(header.descriptor_offset.saturating_mul(SECTOR))
+                    .unwrap_or(usize::MAX)..,
+            )
             .and_then(|d| {
                 d.get(
-                    ..usize::try_from(header.descriptor_size * SECTOR)
+                    ..usize::try_from(header.descriptor_size.saturating_mul(SECTOR))
                         .unwrap_or(0)
                         .min(d.len()),
                 )

@@ -298,7 +298,9 @@ impl VhdDynamic {
         self.bat = bytes.chunks_exact(4).map(|e| be32(e, 0)).collect();
         input.consume(len);
         // The table is max_table_entries long; entries past the disk's blocks are not used.
-        let table_end = header.table_offset + u64::from(header.max_table_entries) * 4;
+        let table_end = header
+            .table_offset
+            .saturating_add(u64::from(header.max_table_entries) * 4);
         self.plan = self.make_plan(&header, table_end)?;
         self.state = State::Block { i: 0, data: None };
         Ok(Progress::Advanced)
@@ -322,7 +324,7 @@ impl VhdDynamic {
         let span = self.bitmap_len + u64::from(header.block_size);
         let mut previous_end = table_end;
         for &(at, n) in &plan {
-            let bat_entry_offset = header.table_offset + u64::from(n) * 4;
+            let bat_entry_offset = header.table_offset.saturating_add(u64::from(n) * 4);
             if at < previous_end {
                 return Err(DecodeError::malformed(
                     "VHD BAT entry",

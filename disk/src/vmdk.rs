@@ -200,7 +200,7 @@ impl VmdkStream {
     ) -> Result<Progress, DecodeError> {
         match self.state {
             State::Descriptor => self.read_descriptor(input),
-            State::Overhead => Ok(self.skip(input, self.header.overhead * SECTOR)),
+            State::Overhead => Ok(self.skip(input, self.header.overhead.saturating_mul(SECTOR))),
             State::Marker => self.read_marker(input, asm),
             State::Skip(end) => Ok(self.skip(input, end)),
             State::Done => Ok(Progress::Done),
@@ -225,7 +225,7 @@ impl VmdkStream {
         let (start, len) = (offset.saturating_mul(SECTOR), size.saturating_mul(SECTOR));
         if start < SECTOR
             || len > MAX_DESCRIPTOR_LEN
-            || start + len > self.header.overhead.saturating_mul(SECTOR)
+            || start.saturating_add(len) > self.header.overhead.saturating_mul(SECTOR)
         {
             return Err(DecodeError::malformed(
                 "VMDK sparse extent header",
@@ -308,6 +308,7 @@ impl VmdkStream {
                     footer.get(SECTOR as usize..).unwrap_or_default(),
                     at + SECTOR,
                 )?;
+                self.footer_seen = true;
             }
             other => {
                 return Err(DecodeError::malformed(

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{convert, data_blocks, decode_bytes, make_raw, scratch};
+use common::{OrFail, convert, data_blocks, decode_bytes, make_raw, scratch};
 use disk::{BLOCK_SIZE, BlockChecksum, DecoderOptions, Format, LinearChecksum, block_count};
 
 const MIB: u64 = 1 << 20;
@@ -29,8 +29,8 @@ fn writes() -> Vec<(u64, Vec<u8>)> {
 
 /// Decodes `image` in 1 MiB and in odd 4099-byte chunks; both must agree and rebuild `raw`.
 fn check(image: &Path, raw: &[u8], format: Format) -> common::Decoded {
-    let bytes = std::fs::read(image).unwrap();
-    let decoded = decode_bytes(&bytes, MIB as usize, DecoderOptions::default()).unwrap();
+    let bytes = std::fs::read(image).or_fail("read image");
+    let decoded = decode_bytes(&bytes, MIB as usize, DecoderOptions::default()).or_fail("decode");
     assert_eq!(decoded.probe.format, format);
     assert!(
         decoded.probe.virtual_size >= raw.len() as u64,
@@ -47,7 +47,7 @@ fn check(image: &Path, raw: &[u8], format: Format) -> common::Decoded {
         disk[raw.len()..].iter().all(|&b| b == 0),
         "{format}: bytes past the raw disk are not zero"
     );
-    let odd = decode_bytes(&bytes, 4099, DecoderOptions::default()).unwrap();
+    let odd = decode_bytes(&bytes, 4099, DecoderOptions::default()).or_fail("decode in odd chunks");
     assert!(
         odd.blocks == decoded.blocks,
         "{format}: chunking changed the output"
@@ -171,7 +171,7 @@ fn tiny_raw_image_is_one_zero_padded_block() {
 fn checksums_agree_across_formats() {
     let dir = scratch("checksums");
     let raw_path = dir.join("disk.raw");
-    let raw = make_raw(&raw_path, SIZE, &writes());
+    make_raw(&raw_path, SIZE, &writes());
     let vmdk = dir.join("disk.vmdk");
     convert(&raw_path, &vmdk, "vmdk", "subformat=streamOptimized");
     let aggregate = |path: &Path, skip_zero: bool| {

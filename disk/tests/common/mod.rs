@@ -13,6 +13,25 @@ use disk::{
     Stats,
 };
 
+/// `unwrap` with the failure named, for helpers outside `#[test]` functions (where the
+/// workspace denies `unwrap`/`expect`).
+pub trait OrFail<T> {
+    /// The value, or a panic naming `what` and the error.
+    fn or_fail(self, what: &str) -> T;
+}
+
+impl<T, E: std::fmt::Debug> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: &str) -> T {
+        self.unwrap_or_else(|e| panic!("{what}: {e:?}"))
+    }
+}
+
+impl<T> OrFail<T> for Option<T> {
+    fn or_fail(self, what: &str) -> T {
+        self.unwrap_or_else(|| panic!("{what}: nothing"))
+    }
+}
+
 /// The blocks of one decode, by index (each index at most once).
 pub struct Decoded {
     pub probe: Probe,
@@ -23,7 +42,7 @@ pub struct Decoded {
 impl Decoded {
     /// The virtual disk rebuilt from the blocks: holes are zeros.
     pub fn disk(&self) -> Vec<u8> {
-        let size = usize::try_from(self.probe.virtual_size).unwrap();
+        let size = usize::try_from(self.probe.virtual_size).or_fail("virtual size");
         let mut disk = vec![0; size];
         for block in self.blocks.values() {
             assert_eq!(
@@ -72,7 +91,7 @@ pub fn decode_with(
 ) -> Result<Decoded, DecodeError> {
     let mut decoder = Decoder::with_options(probe, options);
     let mut blocks = BTreeMap::new();
-    let mut take = |block: Block, blocks: &mut BTreeMap<u32, Block>| {
+    let take = |block: Block, blocks: &mut BTreeMap<u32, Block>| {
         let index = block.index;
         assert_eq!(
             block.is_zero,
@@ -118,7 +137,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("disk-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).or_fail("scratch directory");
     dir
 }
 
@@ -127,7 +146,7 @@ pub fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
-        .expect("qemu-img is installed");
+        .or_fail("qemu-img is installed");
     assert!(
         out.status.success(),
         "qemu-img {args:?}: {}",
@@ -144,16 +163,19 @@ pub fn make_raw(path: &Path, size: u64, writes: &[(u64, Vec<u8>)]) -> Vec<u8> {
         "-q",
         "-f",
         "raw",
-        path.to_str().unwrap(),
+        path.to_str().or_fail("UTF-8 path"),
         &size.to_string(),
     ]);
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .or_fail("open raw image");
     for (offset, bytes) in writes {
-        file.seek(SeekFrom::Start(*offset)).unwrap();
-        file.write_all(bytes).unwrap();
+        file.seek(SeekFrom::Start(*offset)).or_fail("seek");
+        file.write_all(bytes).or_fail("write");
     }
     drop(file);
-    std::fs::read(path).unwrap()
+    std::fs::read(path).or_fail("read raw image")
 }
 
 /// Converts `raw` to `out` with `qemu-img convert -O <format> [-o <options>]`.
@@ -162,7 +184,10 @@ pub fn convert(raw: &Path, out: &Path, format: &str, options: &str) {
     if !options.is_empty() {
         args.extend(["-o", options]);
     }
-    args.extend([raw.to_str().unwrap(), out.to_str().unwrap()]);
+    args.extend([
+        raw.to_str().or_fail("UTF-8 path"),
+        out.to_str().or_fail("UTF-8 path"),
+    ]);
     qemu_img(&args);
 }
 
