@@ -193,6 +193,15 @@ fn checksums_agree_across_formats() {
         }
         (c.changed_blocks_count(), c.aggregate_base64())
     };
-    // The raw image with its zero blocks skipped writes exactly what the VMDK writes.
-    assert_eq!(aggregate(&raw_path, true), aggregate(&vmdk, false));
+    let vhd = dir.join("disk.vhd");
+    convert(&raw_path, &vhd, "vpc", "subformat=dynamic");
+    // The raw image and the dynamic VHD with their zero blocks skipped write exactly what
+    // the VMDK writes.
+    let expected = aggregate(&vmdk, false);
+    assert_eq!(aggregate(&raw_path, true), expected);
+    assert_eq!(aggregate(&vhd, true), expected);
+    assert_eq!(
+        expected.0,
+        data_blocks(&std::fs::read(&raw_path).unwrap()).len() as u64
+    );
 }
