@@ -239,3 +239,15 @@ pub fn decode_reader(
     }
     Ok(decoder.stats())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Decoder>();
+        assert_send::<crate::LinearChecksum>();
+    }
+}

@@ -61,6 +61,9 @@ pub struct Probe {
 
 impl Probe {
     /// `VolumeSize` for StartSnapshot: the virtual size rounded up to whole GiB.
+    ///
+    /// qemu-img rounds a VHD's size up to a CHS geometry (unless `-o force_size=on`): a
+    /// 1 GiB raw disk becomes a 1,073,995,776-byte VHD, hence a 2 GiB volume here.
     #[must_use]
     pub fn volume_size_gib(&self) -> u64 {
         self.virtual_size.div_ceil(1 << 30).max(1)

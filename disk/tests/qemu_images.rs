@@ -193,6 +193,60 @@ fn checksums_agree_across_formats() {
         }
         (c.changed_blocks_count(), c.aggregate_base64())
     };
-    // The raw image with its zero blocks skipped writes exactly what the VMDK writes.
-    assert_eq!(aggregate(&raw_path, true), aggregate(&vmdk, false));
+    let vhd = dir.join("disk.vhd");
+    convert(&raw_path, &vhd, "vpc", "subformat=dynamic");
+    // The raw image and the dynamic VHD with their zero blocks skipped write exactly what
+    // the VMDK writes.
+    let expected = aggregate(&vmdk, false);
+    assert_eq!(aggregate(&raw_path, true), expected);
+    assert_eq!(aggregate(&vhd, true), expected);
+    assert_eq!(
+        expected.0,
+        data_blocks(&std::fs::read(&raw_path).unwrap()).len() as u64
+    );
+}
+
+/// Sets a VHD footer's disk type and recomputes its checksum (spec: one's complement of the
+/// byte sum without the checksum field).
+fn retype_footer(footer: &mut [u8], disk_type: u32) {
+    footer[60..64].copy_from_slice(&disk_type.to_be_bytes());
+    footer[64..68].fill(0);
+    let sum = footer
+        .iter()
+        .fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    footer[64..68].copy_from_slice(&(!sum).to_be_bytes());
+}
+
+#[test]
+fn other_formats_and_variants_are_refused_by_name() {
+    let dir = scratch("refused");
+    let raw_path = dir.join("disk.raw");
+    make_raw(&raw_path, 4 * MIB, &writes()[..2]);
+    let refusal = |format: &str, options: &str| {
+        let out = dir.join(format!("image.{format}"));
+        convert(&raw_path, &out, format, options);
+        common::probe_bytes(&std::fs::read(&out).unwrap())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let err = refusal("vmdk", "subformat=monolithicSparse");
+    assert!(
+        err.contains("createType \"monolithicSparse\"") && err.contains("only stream-optimized"),
+        "{err}"
+    );
+    assert!(refusal("vhdx", "").contains("VHDX"));
+    assert!(refusal("qcow2", "").contains("qcow2"));
+    // A differencing VHD: qemu cannot write one, so retype a dynamic one (both footers).
+    let vhd = dir.join("diff.vhd");
+    convert(&raw_path, &vhd, "vpc", "subformat=dynamic");
+    let mut bytes = std::fs::read(&vhd).unwrap();
+    let end = bytes.len();
+    retype_footer(&mut bytes[..512], 4);
+    retype_footer(&mut bytes[end - 512..], 4);
+    let err = common::probe_bytes(&bytes).err().unwrap().to_string();
+    assert!(
+        err.starts_with("unsupported disk image: VHD differencing disk"),
+        "{err}"
+    );
 }
