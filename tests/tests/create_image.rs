@@ -815,3 +815,45 @@ async fn bad_events_are_refused_with_exact_errors_and_touch_nothing() {
     assert!(tasks(&w).await.is_empty());
     assert!(images(&w).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_manual_invoke_with_a_bad_setting_is_refused_before_the_object_is_touched() {
+    let w = world(0, false).await;
+    w.acct
+        .put(&w.bucket, "good/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let event = json!({"bucket": w.bucket, "key": "good/disk.raw", "volume-size": "huge",
+        "architecture": "sparc"});
+    let err = w.invoke(&event).await.expect_err("refused");
+    assert_eq!(err.error_type(), "InvalidEvent");
+    assert_eq!(
+        err.to_string(),
+        "invalid event: manual invoke: architecture: \"sparc\" is not one of: x86_64 arm64; \
+         volume-size: \"huge\" is not a whole number of GiB from 1 to 16384"
+    );
+    // The owner's object is not marked, nothing is imported or announced.
+    let tags = object_tags(&w, "good/disk.raw").await;
+    assert!(!tags.contains_key(lineage::OBJECT_STATUS), "{tags:?}");
+    assert!(tasks(&w).await.is_empty() && images(&w).await.is_empty());
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    // A value that is only wrong together with the object's metadata is judged with it: tpm
+    // given here, boot-mode uefi in the metadata.
+    w.acct
+        .put(
+            &w.bucket,
+            "tied/disk.raw",
+            disks::raw_disk(1),
+            &[("boot-mode", "uefi")],
+        )
+        .await;
+    let out = run(
+        &w,
+        &json!({"bucket": w.bucket, "key": "tied/disk.raw", "tpm": true}),
+    )
+    .await;
+    assert!(
+        !matches!(&out.ingested[..], [IngestOutcome::Rejected { .. }]),
+        "{:?}",
+        out.ingested
+    );
+}

@@ -15,7 +15,7 @@ use shared::notify::{self, EventType, Message};
 use shared::plan::retention::{
     self, Action, DEPRECATED_BY, DEPRECATED_BY_CLEANUP, DEPRECATION_LEAD, Decision,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 /// How often a snapshot still "in use" right after its image was deregistered is retried.
@@ -78,13 +78,14 @@ pub(crate) async fn execute(
         .flat_map(stream::iter)
         .collect()
         .await;
+    let done: HashSet<(&str, &str)> = steps
+        .iter()
+        .filter(|s| s.action == "undeprecate" && s.result.is_done())
+        .map(|s| (s.region.as_str(), s.resource.as_str()))
+        .collect();
     let undeprecated: Vec<&Decision> = of_action(plan, Action::Undeprecate)
         .into_iter()
-        .filter(|d| {
-            steps.iter().any(|s| {
-                s.action == "undeprecate" && s.resource == d.image_id && s.result.is_done()
-            })
-        })
+        .filter(|d| done.contains(&(&*d.region, d.image_id.as_str())))
         .collect();
     // The mark goes once the deprecation is gone (a failure here only leaves a stale mark).
     let unmarked = tag_batches(deps, clients, &undeprecated, deadline, false).await;

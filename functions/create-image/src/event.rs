@@ -58,7 +58,7 @@ impl Command {
                         "the S3 notification has no Records".into(),
                     ));
                 }
-                return Ok(ingest_from(parsed));
+                return ingest_from_notification(parsed);
             }
             Shape::EventBridge(e) if e.source == "aws.s3" => {
                 return Ok(ingest_from(vec![events::parse_eventbridge(v)?]));
@@ -90,6 +90,38 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// Most distinct uploads one S3 notification may carry: S3 sends one record per message, so
+/// a longer one is hand-made or replayed in bulk; refused (and kept by the DLQ) rather than run
+/// into the Lambda timeout half done.
+pub(crate) const MAX_UPLOADS_PER_EVENT: usize = 100;
+
+/// A notification's records: repeats of the same object version collapse into one (the last
+/// wins), and more than [`MAX_UPLOADS_PER_EVENT`] distinct uploads are refused.
+fn ingest_from_notification(records: Vec<events::ObjectEvent>) -> Result<Command, InvocationError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut unique: Vec<events::ObjectEvent> = Vec::with_capacity(records.len().min(1024));
+    for r in records.into_iter().rev() {
+        let id = (
+            r.object.bucket.clone(),
+            r.object.key.clone(),
+            r.object.version_id.clone(),
+            r.created,
+        );
+        if seen.insert(id) {
+            unique.push(r);
+        }
+    }
+    unique.reverse();
+    let uploads = unique.iter().filter(|r| r.created).count();
+    if uploads > MAX_UPLOADS_PER_EVENT {
+        return Err(InvocationError::InvalidEvent(format!(
+            "the S3 notification names {uploads} distinct uploads; at most \
+             {MAX_UPLOADS_PER_EVENT} per invocation (S3 sends one per message): split it"
+        )));
+    }
+    Ok(ingest_from(unique))
 }
 
 pub(crate) fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
@@ -171,6 +203,15 @@ pub(crate) fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, In
             }
         };
     }
+    // A value that could never be valid refuses the request here, before the object is read
+    // or tagged: the owner's object is not marked rejected for the invoker's typo.
+    if let Some(key) = &key {
+        problems.extend(
+            spec::value_problems(&overrides, key)
+                .iter()
+                .map(ToString::to_string),
+        );
+    }
     match (bucket, key) {
         (Some(bucket), Some(key)) if problems.is_empty() => Ok(Command::Ingest {
             items: vec![IngestItem {
@@ -213,6 +254,32 @@ mod tests {
     }
 
     #[test]
+    fn repeated_records_collapse_and_too_many_uploads_are_refused() {
+        let record = |key: &str| {
+            json!({"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": key, "eTag": "e"}}})
+        };
+        let mut records: Vec<Value> = (0..5).map(|_| record("same.raw")).collect();
+        records.push(record("other.raw"));
+        let Ok(Command::Ingest { items, .. }) = Command::from_event(&json!({"Records": records}))
+        else {
+            panic!("parsed")
+        };
+        let keys: Vec<&str> = items.iter().map(|i| i.object.key.as_str()).collect();
+        assert_eq!(keys, ["same.raw", "other.raw"]);
+        let many: Vec<Value> = (0..2000).map(|n| record(&format!("d{n}.raw"))).collect();
+        let err = Command::from_event(&json!({"Records": many}))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "invalid event: the S3 notification names 2000 distinct uploads; at most 100 per \
+             invocation (S3 sends one per message): split it"
+        );
+    }
+
+    #[test]
     fn bad_events_get_precise_errors() {
         let cases = [
             (
@@ -220,6 +287,10 @@ mod tests {
                 "invalid event: the event is not valid JSON: expected ident at line 1 column 2",
             ),
             ("[]", "invalid event: expected a JSON object, got an array"),
+            (
+                "{\"bucket\": \"b\", \"key\": \"k.raw\", \"volume-size\": 0}",
+                "invalid event: manual invoke: volume-size: \"0\" is not a whole number of GiB from 1 to 16384",
+            ),
             (
                 "{\"bucket\": \"b\", \"arch\": \"x\"}",
                 "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags",

@@ -176,6 +176,22 @@ impl std::fmt::Display for Problem {
 /// `key` is the object key, used for the default family. Returns every problem found, in the
 /// order of the settings: boot, volume, naming, description, tags.
 pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageSpec, Vec<Problem>> {
+    validate(layers, key, true)
+}
+
+/// The problems of one layer's values on their own: each value's form and bounds, not the
+/// rules that tie settings together (those may be met by another layer, e.g. `tpm=true` given
+/// in a manual invoke with `boot-mode=uefi` in the object's metadata). A manual invoke is
+/// refused on these before its object is touched.
+pub fn value_problems(layer: &BTreeMap<String, String>, key: &str) -> Vec<Problem> {
+    validate(&[layer], key, false).err().unwrap_or_default()
+}
+
+fn validate(
+    layers: &[&BTreeMap<String, String>],
+    key: &str,
+    ties: bool,
+) -> Result<ImageSpec, Vec<Problem>> {
     let mut merged: BTreeMap<&'static str, &str> = BTreeMap::new();
     for layer in layers {
         for (k, v) in layer.iter() {
@@ -187,6 +203,7 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
     let mut s = Settings {
         merged,
         problems: Vec::new(),
+        ties,
     };
     let (architecture, boot_mode, ena, imds_v2, tpm) = s.boot();
     let root_device = s.root_device();
@@ -233,6 +250,8 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
 struct Settings<'a> {
     merged: BTreeMap<&'static str, &'a str>,
     problems: Vec<Problem>,
+    /// Check the rules that tie settings together (off when one layer is checked alone).
+    ties: bool,
 }
 
 impl<'a> Settings<'a> {
@@ -306,6 +325,9 @@ impl<'a> Settings<'a> {
         let ena = self.flag(keys::ENA, true);
         let imds_v2 = self.flag(keys::IMDS_V2, true);
         let tpm = self.flag(keys::TPM, false);
+        if !self.ties {
+            return (architecture, boot_mode, ena, imds_v2, tpm);
+        }
         if architecture == Architecture::Arm64 && boot_mode == BootMode::LegacyBios {
             self.bad(
                 keys::BOOT_MODE,
