@@ -532,6 +532,10 @@ async fn bad_input_is_refused_and_nothing_changes() {
             "unknown field \"keep\"",
         ),
         (
+            json!({"regions": (0..100_000).map(|n| format!("xx-{n}-1")).collect::<Vec<_>>(), "dry_run": false}),
+            "regions: 100000 distinct regions, at most 64 per request",
+        ),
+        (
             json!({"detail-type": "Object Created", "source": "aws.s3"}),
             "is not a \"Scheduled Event\"",
         ),

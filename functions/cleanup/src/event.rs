@@ -58,9 +58,8 @@ pub(crate) const MANUAL_FIELDS: [&str; 11] = [
     "orphan_sweep",
 ];
 
-/// Most distinct regions a manual request may name (AWS has fewer; a longer list is a
-/// mistake, refused before any call rather than run into the Lambda's timeout).
-pub(crate) const MAX_REGIONS: usize = 64;
+/// Most distinct regions a manual request may name.
+pub(crate) const MAX_REGIONS: usize = ids::MAX_REGIONS_PER_REQUEST;
 /// Most distinct families a manual request may name.
 pub(crate) const MAX_FAMILIES: usize = 1000;
 

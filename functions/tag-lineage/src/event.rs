@@ -380,11 +380,21 @@ pub(crate) fn query(map: &Map<String, Value>) -> Result<Command, InvocationError
     let regions = match map.get("regions") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {
+            let mut seen = std::collections::HashSet::new();
+            let distinct: Vec<&Value> = items.iter().filter(|i| seen.insert(*i)).collect();
             let mut out = Vec::new();
-            for item in items {
-                match item.as_str() {
-                    Some(r) if ids::is_region(r) => out.push(r.to_owned()),
-                    _ => problems.push(format!("regions: {item} is not an AWS region")),
+            if distinct.len() > ids::MAX_REGIONS_PER_REQUEST {
+                problems.push(format!(
+                    "regions: {} distinct regions, at most {} per request",
+                    distinct.len(),
+                    ids::MAX_REGIONS_PER_REQUEST
+                ));
+            } else {
+                for item in distinct {
+                    match item.as_str() {
+                        Some(r) if ids::is_region(r) => out.push(r.to_owned()),
+                        _ => problems.push(format!("regions: {item} is not an AWS region")),
+                    }
                 }
             }
             Some(out)
@@ -488,4 +498,30 @@ mod fixtures {
             "ignore: no image.registered message: Records[0]: event_type \"image.failed\"",
         ),
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_children_query_drops_repeated_regions_and_refuses_too_many() {
+        let q = |regions: Value| {
+            Command::from_event(&json!({"children": "ami-0123456789abcdef0", "regions": regions}))
+        };
+        let Ok(Command::Children { regions, .. }) = q(json!(["us-east-1", "us-east-1"])) else {
+            panic!("a valid query")
+        };
+        assert_eq!(regions, Some(vec!["us-east-1".to_string()]));
+        let many: Vec<String> = (0..100_000).map(|n| format!("xx-{n}-1")).collect();
+        let err = q(json!(many))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "invalid event: lineage query refused: regions: 100000 distinct regions, at most 64 per request"
+        );
+    }
 }

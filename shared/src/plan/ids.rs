@@ -49,6 +49,10 @@ pub const KNOWN_REGIONS: [&str; 39] = [
     "eusc-de-east-1",
 ];
 
+/// Most distinct regions a request may name (AWS has fewer in any partition; a longer list is
+/// a mistake, refused before any call rather than run into the Lambda's timeout).
+pub const MAX_REGIONS_PER_REQUEST: usize = 64;
+
 /// Whether `region` is a region AWS has.
 pub fn is_region(region: &str) -> bool {
     KNOWN_REGIONS.contains(&region)
