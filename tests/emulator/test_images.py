@@ -357,6 +357,21 @@ def test_last_launched_time(account):
     assert attr["LastLaunchedTime"]["Value"] == "2025-03-04T05:06:07.000Z"
 
 
+def test_image_state_control(account):
+    ec2 = account.ec2()
+    image_id = register(ec2, "fails-later", make_snapshot(ec2, 1))
+    status, body = account.control("image-state", {"account_id": account.id, "image_id": image_id, "state": "failed"})
+    assert status == 200, body
+    assert image(ec2, image_id)["State"] == "failed"
+    assert ec2.describe_images(Filters=[{"Name": "state", "Values": ["failed"]}], Owners=["self"])["Images"][0][
+        "ImageId"
+    ] == image_id
+    status, body = account.control("image-state", {"account_id": account.id, "image_id": image_id, "state": "gone"})
+    assert status == 400 and "state must be one of" in json.dumps(body)
+    status, _ = account.control("image-state", {"account_id": account.id, "image_id": "ami-00000000", "state": "failed"})
+    assert status == 404
+
+
 # ------------------------------------------------- what cleanup and lineage read from images
 
 

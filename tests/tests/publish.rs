@@ -446,7 +446,7 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
     // eu-west-1 refuses exactly this copy (matched by its deterministic ClientToken).
     w.acct.inject_fault(json!({"service": "ec2", "action": "CopyImage", "status": 400,
         "code": "OperationNotPermitted", "message": "Copying to this Region is not permitted for this account.",
-        "resource": plan::client_token(EAST, &src, EU)}));
+        "resource": plan::client_token(EAST, &src, EU, 0)}));
 
     let first = w.run(w.ready_event(&src)).await;
     assert_eq!(result(&first).regions[EU].outcome, "failed");
@@ -652,4 +652,35 @@ async fn bad_input_is_refused_with_nothing_changed() {
         &json!({"event_type": "image.registered", "image_id": src}),
     );
     assert!(matches!(w.run(other).await, Output::Ignored { .. }));
+}
+
+#[tokio::test]
+async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
+    let w = world(&[("PUBLISH_REGIONS", "eu-west-1")]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 30}));
+    let (src, _) = w.source("web-failing-copy", &[]).await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).regions[EU].outcome, "copying");
+    let dead = w.copies(EU, &src).await[0].id.clone();
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/image-state",
+        Some(json!({"region": EU, "image_id": dead, "state": "failed"})),
+    );
+    // The schedule deregisters the failed copy and records the attempt on the source.
+    let failed = w.run(World::schedule()).await;
+    assert_eq!(advanced(&failed)[0].regions[EU].outcome, "failed");
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags["ami-pipeline:publish-copy-attempt:eu-west-1"], "1");
+    // The next run starts a new copy (a new ClientToken), not the dead one's id again.
+    w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
+    let again = w.run(World::schedule()).await;
+    let fresh = advanced(&again)[0].regions[EU].image_id.clone();
+    assert!(
+        fresh.is_some() && fresh.as_deref() != Some(dead.as_str()),
+        "{again:#?}"
+    );
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert_eq!(w.messages("image.published").await.len(), 1);
 }

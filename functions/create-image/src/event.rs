@@ -141,27 +141,12 @@ pub(crate) fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
     }
 }
 
-pub(crate) fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationError> {
-    let mut problems = Vec::new();
-    let text = |k: &str| {
-        map.get(k)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    let bucket = text("bucket");
-    let key = map
-        .get("key")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    if bucket.is_none() {
-        problems.push("\"bucket\" must be a non-empty string".to_owned());
-    }
-    if key.is_none() {
-        problems.push("\"key\" must be a non-empty string".to_owned());
-    }
+/// A manual invoke's settings (every field but [`MANUAL_FIELDS`]) as metadata-style text
+/// values; unknown fields and values of the wrong JSON type are `problems`.
+fn overrides_of(
+    map: &serde_json::Map<String, Value>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, String> {
     let mut overrides = BTreeMap::new();
     for (k, v) in map {
         if MANUAL_FIELDS.contains(&k.as_str()) {
@@ -203,6 +188,31 @@ pub(crate) fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, In
             }
         };
     }
+    overrides
+}
+
+pub(crate) fn manual(map: &serde_json::Map<String, Value>) -> Result<Command, InvocationError> {
+    let mut problems = Vec::new();
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let bucket = text("bucket");
+    let key = map
+        .get("key")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    if bucket.is_none() {
+        problems.push("\"bucket\" must be a non-empty string".to_owned());
+    }
+    if key.is_none() {
+        problems.push("\"key\" must be a non-empty string".to_owned());
+    }
+    let overrides = overrides_of(map, &mut problems);
     // A value that could never be valid refuses the request here, before the object is read
     // or tagged: the owner's object is not marked rejected for the invoker's typo.
     if let Some(key) = &key {

@@ -69,6 +69,11 @@ pub(crate) async fn advance_copy(
         CopyStep::Failed { reason } => {
             let id = copy.map(|c| c.id.clone());
             if let Some(id) = &id {
+                // The next attempt first, then the deregistration: a new ClientToken, so the
+                // next run's CopyImage starts a new copy instead of answering with this one.
+                let attempts = plan::next_copy_attempt(&source.tags, region);
+                let home_ec2 = &clients_for(deps, Some(home)).ec2;
+                ec2::create_tags(home_ec2, &[source.id.as_str()], &attempts).await?;
                 ec2::deregister_image(&rc.ec2, id).await?;
             }
             Ok((
@@ -101,7 +106,12 @@ pub(crate) async fn advance_copy(
 /// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
 /// ClientToken). Throttling leaves it waiting for the next run; another refusal fails the region.
 async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> RegionReport {
-    let token = plan::client_token(home, &source.id, region);
+    let token = plan::client_token(
+        home,
+        &source.id,
+        region,
+        plan::copy_attempt(&source.tags, region),
+    );
     let tags = Tags::from([
         (PUBLISH_SOURCE.to_owned(), source.id.clone()),
         (PUBLISH_STATE.to_owned(), COPY.to_owned()),

@@ -31,7 +31,7 @@ pub const PUBLISHED: &str = "published";
 pub const COPY: &str = "copy";
 
 pub use super::tags::publish as tags;
-pub use super::tags::{FAILED_REGIONS, PUBLISH_SOURCE, PUBLISHED_AT};
+pub use super::tags::{COPY_ATTEMPT_PREFIX, FAILED_REGIONS, PUBLISH_SOURCE, PUBLISHED_AT};
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
 pub const MAX_DEPRECATE_DAYS: i64 = 3650;
@@ -309,11 +309,31 @@ pub fn override_tags(overrides: &Overrides) -> Result<Tags, Vec<String>> {
 
 /// The CopyImage idempotency token of `source` (in `home`) copied to `destination`: the same
 /// request always carries the same token, so a retried call returns the first copy.
-pub fn client_token(home: &str, source: &str, destination: &str) -> String {
-    let digest = Sha256::digest(format!(
-        "ami-pipeline/publish/{home}/{source}/{destination}"
-    ));
+pub fn client_token(home: &str, source: &str, destination: &str, attempt: u32) -> String {
+    let seed = if attempt == 0 {
+        format!("ami-pipeline/publish/{home}/{source}/{destination}")
+    } else {
+        format!("ami-pipeline/publish/{home}/{source}/{destination}/{attempt}")
+    };
+    let digest = Sha256::digest(seed);
     format!("publish-{}", &hex::encode(digest)[..40])
+}
+
+/// How many copies to `region` failed and were deregistered (the source's
+/// [`COPY_ATTEMPT_PREFIX`]`<region>` tag; 0 when absent or unreadable).
+pub fn copy_attempt(source_tags: &Tags, region: &str) -> u32 {
+    source_tags
+        .get(&format!("{COPY_ATTEMPT_PREFIX}{region}"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The tag that records one more failed copy to `region`.
+pub fn next_copy_attempt(source_tags: &Tags, region: &str) -> Tags {
+    Tags::from([(
+        format!("{COPY_ATTEMPT_PREFIX}{region}"),
+        (copy_attempt(source_tags, region) + 1).to_string(),
+    )])
 }
 
 /// The next step of one target region.
@@ -740,9 +760,20 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_and_distinct() {
-        let a = client_token("us-east-1", "ami-1", "eu-west-1");
-        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1"));
-        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2"));
+        let a = client_token("us-east-1", "ami-1", "eu-west-1", 0);
+        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1", 0));
+        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2", 0));
+        // After a failed copy was deregistered, the next attempt has a token of its own.
+        assert_ne!(a, client_token("us-east-1", "ami-1", "eu-west-1", 1));
+        let mut tags = Tags::new();
+        assert_eq!(copy_attempt(&tags, "eu-west-1"), 0);
+        for region in ["eu-west-1", "us-west-2", "eu-west-1"] {
+            tags.extend(next_copy_attempt(&tags, region));
+        }
+        assert_eq!(tags["ami-pipeline:publish-copy-attempt:eu-west-1"], "2");
+        assert_eq!(copy_attempt(&tags, "eu-west-1"), 2);
+        assert_eq!(copy_attempt(&tags, "us-west-2"), 1);
+        assert_eq!(copy_attempt(&tags, "ap-south-1"), 0);
         assert!(a.len() <= 64);
     }
 

@@ -69,6 +69,11 @@ pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
 /// On the source: the regions that failed at the last run (space-separated; empty when none),
 /// so `image.publish-partial` is sent once per change, not on every schedule.
 pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
+/// Source image, one key per region (`ami-pipeline:publish-copy-attempt:eu-west-1=1`): how many
+/// copies to that region failed and were deregistered; the next copy's ClientToken includes it,
+/// so a new copy starts instead of CopyImage answering with the dead one's id. One key per region:
+/// two regions failing in one run never overwrite each other's count.
+pub const COPY_ATTEMPT_PREFIX: &str = "ami-pipeline:publish-copy-attempt:";
 
 /// Tag-key prefix of the spec on an import task.
 pub const SPEC_TAG_PREFIX: &str = "ami-pipeline:spec:";
@@ -139,8 +144,8 @@ pub const ALL: [&str; 35] = [
     publish::DEPRECATE_AFTER_DAYS,
 ];
 
-/// Key prefixes: the spec and the user's extra tags on an import task.
-pub const PREFIXES: [&str; 2] = [SPEC_TAG_PREFIX, EXTRA_TAG_PREFIX];
+/// Key prefixes: the spec and the user's extra tags on an import task; publish's copy attempts.
+pub const PREFIXES: [&str; 3] = [SPEC_TAG_PREFIX, EXTRA_TAG_PREFIX, COPY_ATTEMPT_PREFIX];
 
 #[cfg(test)]
 mod tests {

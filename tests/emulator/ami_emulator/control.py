@@ -12,6 +12,7 @@ us-east-1.
   POST /ami-pipeline-emulator/config                  {"account_id", "import_delay_seconds"?, "copy_delay_seconds"?}
   POST /ami-pipeline-emulator/image-creation-date     {"account_id", "region", "image_id", "creation_date"}
                                                       or {"account_id", "region", "images": [{"image_id", "creation_date"}, ...]}
+  POST /ami-pipeline-emulator/image-state {"account_id", "region", "image_id", "state"}
   POST /ami-pipeline-emulator/image-last-launched-time {"account_id", "region", "image_id", "last_launched_time"}
   POST /ami-pipeline-emulator/snapshot-start-time     {"account_id", "region", "snapshot_id", "start_time"}
   POST   /ami-pipeline-emulator/faults                 {"account_id", "service", "action"?, "status"?, "code",
@@ -198,6 +199,23 @@ def handle_image_last_launched_time(request: Request) -> Response:
     return _json(200, {"image_id": image.id, "last_launched_time": image.last_launched_time})
 
 
+# A test control, not an AWS API: an image's state as DescribeImages shows it, to reproduce what
+# the product must handle (a CopyImage copy that ends `failed`: "pending | available | invalid |
+# deregistered | transient | failed | error | disabled", botocore's ImageState).
+_SETTABLE_IMAGE_STATES = ("pending", "available", "failed", "error", "invalid", "transient")
+
+
+def handle_image_state(request: Request) -> Response:
+    payload = _body(request)
+    state = str(_required(payload, "state"))
+    if state not in _SETTABLE_IMAGE_STATES:
+        raise ControlError(400, f"state must be one of {', '.join(_SETTABLE_IMAGE_STATES)}, not {state!r}")
+    with LOCK:
+        image = _image(payload)
+        image.state = state
+    return _json(200, {"image_id": image.id, "state": state})
+
+
 def handle_snapshot_start_time(request: Request) -> Response:
     payload = _body(request)
     when = _timestamp(payload, "start_time")
@@ -245,6 +263,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Callable[[Request], Response]]] = {
     "image-creation-date": (("POST",), handle_image_creation_date),
     "image-last-launched-time": (("POST",), handle_image_last_launched_time),
     "snapshot-start-time": (("POST",), handle_snapshot_start_time),
+    "image-state": (("POST",), handle_image_state),
     "faults": (("GET", "POST", "DELETE"), handle_faults),
     "requests": (("GET", "DELETE"), handle_requests),
 }
