@@ -658,7 +658,16 @@ async fn bad_input_is_refused_with_nothing_changed() {
 async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     let w = world(&[("PUBLISH_REGIONS", "eu-west-1")]).await;
     w.acct.emulator_config(json!({"copy_delay_seconds": 30}));
-    let (src, _) = w.source("web-failing-copy", &[]).await;
+    // Markers of the source's own life, which CopyImageTags copies along.
+    let (src, _) = w
+        .source(
+            "web-failing-copy",
+            &[
+                ("ami-pipeline:ready-at", "2026-11-22T10:00:00Z"),
+                ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ],
+        )
+        .await;
     let first = w.run(w.ready_event(&src)).await;
     assert_eq!(result(&first).regions[EU].outcome, "copying");
     let dead = w.copies(EU, &src).await[0].id.clone();
@@ -683,4 +692,17 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     let done = w.run(World::schedule()).await;
     assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
     assert_eq!(w.messages("image.published").await.len(), 1);
+    // The copy does not pass for announced or imported.
+    let copy = &w.copies(EU, &src).await[0];
+    assert!(
+        !copy.tags.contains_key("ami-pipeline:ready-at"),
+        "{:?}",
+        copy.tags
+    );
+    assert!(
+        !copy.tags.contains_key("ami-pipeline:import-task"),
+        "{:?}",
+        copy.tags
+    );
+    assert_eq!(copy.tags["ami-pipeline:publish-source"], src);
 }

@@ -188,6 +188,11 @@ pub(crate) async fn stamp_copy(
     for (resource, tags) in stamp_plan.ordered_writes(&copy.id) {
         ec2::create_tags(&rc.ec2, &[resource.as_str()], tags).await?;
     }
+    let inherited = plan::inherited_markers(copy, source);
+    if !inherited.is_empty() {
+        let keys: Vec<&str> = inherited.iter().map(String::as_str).collect();
+        ec2::delete_tag_keys(&rc.ec2, &[copy.id.as_str()], &keys).await?;
+    }
     if copy.tags.get(PUBLISH_STATE).map(String::as_str) != Some(COPY) {
         let t = Tags::from([(PUBLISH_STATE.to_owned(), COPY.to_owned())]);
         ec2::create_tags(&rc.ec2, &[copy.id.as_str()], &t).await?;

@@ -16,6 +16,7 @@
 
 use super::ids;
 use super::lineage::MAX_TAG_VALUE;
+use super::tags::{IMPORT_TASK, READY_AT};
 use crate::model::{Image, Tags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -334,6 +335,22 @@ pub fn next_copy_attempt(source_tags: &Tags, region: &str) -> Tags {
         format!("{COPY_ATTEMPT_PREFIX}{region}"),
         (copy_attempt(source_tags, region) + 1).to_string(),
     )])
+}
+
+/// The source's per-image markers a copy inherited through `CopyImageTags` and must not keep:
+/// `ready-at` (the copy was never announced), `import-task` (it was not imported), and
+/// publish's own record of the source's publication (failed regions, copy attempts). Only
+/// when the copy's value is the source's (a value of its own is left alone).
+pub fn inherited_markers(copy: &Image, source: &Image) -> Vec<String> {
+    copy.tags
+        .iter()
+        .filter(|(k, _)| {
+            [READY_AT, IMPORT_TASK, FAILED_REGIONS].contains(&k.as_str())
+                || k.starts_with(COPY_ATTEMPT_PREFIX)
+        })
+        .filter(|(k, v)| source.tags.get(*k) == Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// The next step of one target region.
@@ -773,6 +790,20 @@ mod tests {
         assert_eq!(tags["ami-pipeline:publish-copy-attempt:eu-west-1"], "2");
         assert_eq!(copy_attempt(&tags, "eu-west-1"), 2);
         assert_eq!(copy_attempt(&tags, "us-west-2"), 1);
+        let source = Image {
+            tags: Tags::from([
+                (READY_AT.to_string(), "2026-11-22T10:00:00Z".to_string()),
+                (IMPORT_TASK.to_string(), "import-snap-1".to_string()),
+            ]),
+            ..Image::default()
+        };
+        let mut copy = source.clone();
+        assert_eq!(inherited_markers(&copy, &source), [IMPORT_TASK, READY_AT]);
+        copy.tags
+            .insert(READY_AT.into(), "2026-11-23T00:00:00Z".into());
+        assert_eq!(inherited_markers(&copy, &source), [IMPORT_TASK]);
+        copy.tags.clear();
+        assert!(inherited_markers(&copy, &source).is_empty());
         assert_eq!(copy_attempt(&tags, "ap-south-1"), 0);
         assert!(a.len() <= 64);
     }
