@@ -706,3 +706,35 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     );
     assert_eq!(copy.tags["ami-pipeline:publish-source"], src);
 }
+
+#[tokio::test]
+async fn an_image_ready_whose_event_was_lost_is_published_by_the_schedule() {
+    let w = world(&[("PUBLISH_REGIONS", "us-west-2")]).await;
+    // image.ready went out an hour ago, but its publish event failed into the DLQ: nothing
+    // marked the image in-progress. Another was announced a minute ago: its event may still come.
+    let hour_ago = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let minute_ago = (Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let (lost, _) = w
+        .source(
+            "web-lost-event",
+            &[("ami-pipeline:ready-at", hour_ago.as_str())],
+        )
+        .await;
+    let (fresh, _) = w
+        .source(
+            "web-fresh-event",
+            &[("ami-pipeline:ready-at", minute_ago.as_str())],
+        )
+        .await;
+    let first = w.run(World::schedule()).await;
+    let started = advanced(&first);
+    assert_eq!(started.len(), 1, "{first:#?}");
+    assert_eq!(started[0].image_id, lost);
+    assert!(
+        w.copies(WEST, &fresh).await.is_empty(),
+        "the event's own turn"
+    );
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert_eq!(w.messages("image.published").await.len(), 1);
+}

@@ -9,9 +9,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self};
 use shared::deadline::Deadline;
+use shared::error::AwsError;
 use shared::invocation::InvocationError;
 use shared::model::{Image, Select};
-use shared::plan::publish::{IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STATE};
+use shared::plan::lineage::{MANAGED, READY_AT};
+use shared::plan::publish::{self as plan, IN_PROGRESS, Overrides, PUBLISH_SOURCE, PUBLISH_STATE};
 use std::borrow::Cow;
 use tracing::info;
 
@@ -63,7 +65,8 @@ pub async fn handle(
     }
 }
 
-/// The schedule: advance every source image marked `in-progress` in each source region.
+/// The schedule: advance every source image marked `in-progress` in each source region, and
+/// start those announced ready that publish never started.
 /// Failures are counted per image and reported once at the end.
 async fn advance(
     deps: &Deps,
@@ -80,17 +83,14 @@ async fn advance(
     let mut total = 0;
     for r in &regions {
         let c = clients_for(deps, Some(r));
-        let sources =
-            match ec2::describe_own_images(&c.ec2, &[Select::tag(PUBLISH_STATE, [IN_PROGRESS])])
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    total += 1;
-                    errors.push(e.to_string());
-                    continue;
-                }
-            };
+        let sources = match sources_to_advance(&c, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                total += 1;
+                errors.push(e.to_string());
+                continue;
+            }
+        };
         for s in sources
             .into_iter()
             .filter(|s| !s.tags.contains_key(PUBLISH_SOURCE))
@@ -124,6 +124,20 @@ async fn advance(
         return Err(e);
     }
     Ok(Output::Advance { regions, results })
+}
+
+/// The images the schedule advances in one region: those marked `in-progress`, and those
+/// announced ready that publish never started (their `image.ready` failed into the DLQ).
+async fn sources_to_advance(c: &Clients, now: DateTime<Utc>) -> Result<Vec<Image>, AwsError> {
+    let mut sources =
+        ec2::describe_own_images(&c.ec2, &[Select::tag(PUBLISH_STATE, [IN_PROGRESS])]).await?;
+    let ready = ec2::describe_own_images(
+        &c.ec2,
+        &[Select::tag_key(READY_AT), Select::tag(MANAGED, ["true"])],
+    )
+    .await?;
+    sources.extend(plan::never_started(ready, now));
+    Ok(sources)
 }
 
 /// The clients of `region` (the function's own when `None`): built once per process for the

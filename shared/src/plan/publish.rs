@@ -16,7 +16,7 @@
 
 use super::ids;
 use super::lineage::MAX_TAG_VALUE;
-use super::tags::{IMPORT_TASK, READY_AT};
+use super::tags::{IMPORT_TASK, MANAGED, READY_AT};
 use crate::model::{Image, Tags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -335,6 +335,39 @@ pub fn next_copy_attempt(source_tags: &Tags, region: &str) -> Tags {
         format!("{COPY_ATTEMPT_PREFIX}{region}"),
         (copy_attempt(source_tags, region) + 1).to_string(),
     )])
+}
+
+/// How long after `image.ready` the schedule takes over an image publish never started (the
+/// event's delivery and Lambda's own retries come first).
+pub const CATCH_UP_AFTER_MINUTES: i64 = 15;
+/// How far back the schedule looks for such images (older ones predate this deployment or were
+/// left alone on purpose; a manual invoke publishes them).
+pub const CATCH_UP_WITHIN_DAYS: i64 = 7;
+
+/// The images announced ready (`ready-at`) that publish never started: managed, not a copy, no
+/// publish state, announced between [`CATCH_UP_WITHIN_DAYS`] and [`CATCH_UP_AFTER_MINUTES`]
+/// ago. The schedule publishes them: an `image.ready` whose first step failed until the event
+/// went to the DLQ is not lost.
+pub fn never_started(images: Vec<Image>, now: chrono::DateTime<chrono::Utc>) -> Vec<Image> {
+    images
+        .into_iter()
+        .filter(|i| {
+            let ready = i
+                .tags
+                .get(READY_AT)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            i.state == "available"
+                && i.tags.get(MANAGED).map(String::as_str) == Some("true")
+                && !i.tags.contains_key(PUBLISH_STATE)
+                && !i.tags.contains_key(PUBLISH_SOURCE)
+                && i.source_image_id.is_none()
+                && ready.is_some_and(|t| {
+                    let age = now - t.with_timezone(&chrono::Utc);
+                    age >= chrono::Duration::minutes(CATCH_UP_AFTER_MINUTES)
+                        && age <= chrono::Duration::days(CATCH_UP_WITHIN_DAYS)
+                })
+        })
+        .collect()
 }
 
 /// The source's per-image markers a copy inherited through `CopyImageTags` and must not keep:
@@ -797,6 +830,39 @@ mod tests {
             ]),
             ..Image::default()
         };
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .expect("time");
+        let ready = |id: &str, at: &str, extra: &[(&str, &str)]| Image {
+            id: id.into(),
+            state: "available".into(),
+            tags: [(MANAGED, "true"), (READY_AT, at)]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Image::default()
+        };
+        let found = never_started(
+            vec![
+                ready("ami-due", "2026-11-22T11:00:00Z", &[]),
+                ready("ami-fresh", "2026-11-22T11:50:00Z", &[]),
+                ready("ami-old", "2026-11-01T00:00:00Z", &[]),
+                ready(
+                    "ami-started",
+                    "2026-11-22T11:00:00Z",
+                    &[(PUBLISH_STATE, "in-progress")],
+                ),
+                ready(
+                    "ami-copy",
+                    "2026-11-22T11:00:00Z",
+                    &[(PUBLISH_SOURCE, "ami-x")],
+                ),
+            ],
+            now,
+        );
+        let ids: Vec<&str> = found.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["ami-due"]);
         let mut copy = source.clone();
         assert_eq!(inherited_markers(&copy, &source), [IMPORT_TASK, READY_AT]);
         copy.tags
