@@ -3,6 +3,7 @@
 //! a deregistered middle ancestor, a conflict, snapshots carrying the tags, and `image.ready`
 //! received by an SQS subscriber of the topic.
 
+use chrono::Utc;
 use serde_json::{Value, json};
 use shared::invocation::InvocationError;
 use std::time::Duration;
@@ -538,4 +539,39 @@ async fn failed_and_other_states_and_unseen_images() {
         .expect_err("wrong event");
     assert_eq!(err.error_type(), "InvalidEvent");
     assert!(w.acct.drain(&w.queue).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_schedule_announces_a_pipeline_image_whose_triggers_were_both_lost() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let managed = [
+        ("ami-pipeline:managed", "true"),
+        ("ami-pipeline:family", "web"),
+        ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+    ];
+    let (lost, _) = fixtures::image(&ec2, "web-lost", &managed).await;
+    w.acct
+        .backdate_image(EAST, &lost, Utc::now() - chrono::Duration::hours(2));
+    // Made a minute ago: its own events may still come; not the schedule's yet.
+    let (fresh, _) = fixtures::image(&ec2, "web-fresh", &managed).await;
+    let schedule = json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": w.acct.account_id, "time": "2026-11-22T12:00:00Z", "region": EAST,
+        "resources": [], "detail": {}});
+    let out = w.run(schedule.clone()).await;
+    assert_eq!(out["trigger"], "schedule", "{out}");
+    assert_eq!(out["results"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(out["results"][0]["image_id"], lost.as_str());
+    assert_eq!(out["results"][0]["ready_announced"], true, "{out}");
+    // Again: nothing left to announce.
+    let again = w.run(schedule).await;
+    assert_eq!(again["results"], json!([]), "{again}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let ready: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .collect();
+    assert_eq!(ready.len(), 1, "{msgs:?}");
+    assert_eq!(ready[0]["image_id"], lost.as_str());
+    assert!(!fixtures::tags_of(&ec2, &fresh).await["ami-pipeline:ready-at"].is_string());
 }

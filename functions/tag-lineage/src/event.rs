@@ -23,6 +23,8 @@ pub enum Trigger {
     Registered,
     /// A manual invoke.
     Manual,
+    /// The schedule: pipeline images whose triggers were lost.
+    Schedule,
 }
 
 /// One image to stamp.
@@ -46,6 +48,9 @@ pub enum Command {
         /// The images.
         targets: Vec<Target>,
     },
+    /// The schedule: stamp and announce the pipeline images never announced (both of their
+    /// triggers failed).
+    Sweep,
     /// An image failed to become available: announce it.
     Failed {
         /// `ami-…`.
@@ -96,6 +101,7 @@ impl Command {
     pub fn from_event(v: &Value) -> Result<Self, InvocationError> {
         let map = match trigger::shape(v, "an EventBridge event, an SNS event or a manual request")?
         {
+            Shape::EventBridge(e) if trigger::is_scheduled(&e) => return Ok(Command::Sweep),
             Shape::EventBridge(e) => return state_change(&e),
             Shape::Records(records) => return sns(records),
             Shape::Manual(map) => map,
@@ -452,6 +458,7 @@ mod fixtures {
                     .join(" ")
             ),
             Command::Failed { image_id, .. } => format!("failed {image_id}"),
+            Command::Sweep => "sweep".into(),
             Command::Ignore(why) => format!("ignore: {why}"),
             Command::Ancestors { image_id, .. } => format!("ancestors {image_id}"),
             Command::Children { image_id, .. } => format!("children {image_id}"),
@@ -466,6 +473,7 @@ mod fixtures {
             "ignore: ami-0fedcba9876543210 is now \"deregistered\": only available and failed are acted on",
         ),
         ("ami-failed", "failed ami-0fedcba9876543210"),
+        ("schedule", "sweep"),
         ("ancestors", "ancestors ami-0fedcba9876543210"),
         (
             "bad-both-dates",

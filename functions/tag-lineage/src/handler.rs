@@ -1,7 +1,7 @@
 //! The run: dispatch the command, look images up (waiting briefly for visibility), report once.
 
 use crate::config::{Config, Deps};
-use crate::event::{Command, Trigger};
+use crate::event::{Command, Target, Trigger};
 use crate::output::{Output, StampOutcome, StampReport};
 use crate::query::{ancestors, children};
 use crate::stamp::stamp_one;
@@ -11,9 +11,10 @@ use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
-use shared::model::Image;
+use shared::model::{Image, Select};
 use shared::notify::{self, EventType, Message};
-use shared::plan::lineage::FAMILY;
+use shared::plan::lineage::{FAMILY, MANAGED};
+use shared::plan::stamp;
 use std::borrow::Cow;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -27,6 +28,34 @@ shared::impl_function! {
     handle: handle,
 }
 
+/// Stamps each target; failures are collected and reported once.
+async fn stamp_all(
+    deps: &Deps,
+    trigger: Trigger,
+    targets: Vec<Target>,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Output, InvocationError> {
+    let total = targets.len();
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    for t in targets {
+        match stamp_one(deps, &t, now, deadline).await {
+            Ok(r) => results.push(r),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(e) = InvocationError::from_failures(total, errors) {
+        return Err(e);
+    }
+    if trigger == Trigger::Manual
+        && let Some(r) = results.first()
+    {
+        refuse_manual(r)?;
+    }
+    Ok(Output::Stamp { trigger, results })
+}
+
 /// Runs a command. AWS failures are collected and returned as
 /// [`InvocationError::Partial`] (the same event is safe to retry); a manual stamp that meets a
 /// conflict returns `LineageConflict`, one for an image that is not ours `ImageNotFound`.
@@ -38,24 +67,22 @@ pub async fn handle(
 ) -> Result<Output, InvocationError> {
     match cmd {
         Command::Stamp { trigger, targets } => {
-            let total = targets.len();
-            let mut results = Vec::new();
-            let mut errors = Vec::new();
-            for t in targets {
-                match stamp_one(deps, &t, now, deadline).await {
-                    Ok(r) => results.push(r),
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
-            if let Some(e) = InvocationError::from_failures(total, errors) {
-                return Err(e);
-            }
-            if trigger == Trigger::Manual
-                && let Some(r) = results.first()
-            {
-                refuse_manual(r)?;
-            }
-            Ok(Output::Stamp { trigger, results })
+            stamp_all(deps, trigger, targets, now, deadline).await
+        }
+        Command::Sweep => {
+            let images =
+                ec2::describe_own_images(&deps.clients.ec2, &[Select::tag(MANAGED, ["true"])])
+                    .await
+                    .map_err(partial)?;
+            let targets = stamp::awaiting_ready(images, now)
+                .into_iter()
+                .map(|i| Target {
+                    image_id: i.id,
+                    region: None,
+                    assertion: None,
+                })
+                .collect();
+            stamp_all(deps, Trigger::Schedule, targets, now, deadline).await
         }
         Command::Failed {
             image_id,

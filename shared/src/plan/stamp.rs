@@ -139,6 +139,38 @@ impl StampPlan {
     }
 }
 
+/// How long after its creation an image left unannounced is the schedule's (its own events come
+/// first), and how far back the schedule looks.
+pub const SWEEP_AFTER_MINUTES: i64 = 15;
+/// See [`SWEEP_AFTER_MINUTES`].
+pub const SWEEP_WITHIN_DAYS: i64 = 7;
+
+/// The pipeline images tag-lineage's schedule stamps and announces: managed, available, not a
+/// copy (no CopyImage record, no publish source), never announced (`ready-at`), created between
+/// [`SWEEP_WITHIN_DAYS`] and [`SWEEP_AFTER_MINUTES`] ago: an image whose two triggers (SNS
+/// `image.registered`, EventBridge "available") both failed still gets `image.ready`.
+pub fn awaiting_ready(images: Vec<Image>, now: DateTime<Utc>) -> Vec<Image> {
+    images
+        .into_iter()
+        .filter(|i| {
+            let created = i
+                .creation_date
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            i.state == "available"
+                && i.tags.get(MANAGED).map(String::as_str) == Some("true")
+                && !i.tags.contains_key(READY_AT)
+                && !i.tags.contains_key(super::tags::PUBLISH_SOURCE)
+                && i.source_image_id.is_none()
+                && created.is_some_and(|t| {
+                    now - t >= chrono::Duration::minutes(SWEEP_AFTER_MINUTES)
+                        && now - t <= chrono::Duration::days(SWEEP_WITHIN_DAYS)
+                })
+        })
+        .collect()
+}
+
 /// The parent the image's lineage points to: the assertion, else EC2's CopyImage record, else the
 /// instance's image, else a `source_image` tag already on the image.
 pub fn parent_of(
@@ -404,6 +436,46 @@ mod tests {
             tags: tags(t),
             ..Image::default()
         }
+    }
+
+    #[test]
+    fn the_schedule_takes_unannounced_pipeline_images_only() {
+        let at = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .expect("time")
+        };
+        let now = at("2026-11-22T12:00:00Z");
+        let managed = [(MANAGED, "true")];
+        let mut copy = image("ami-copy", &managed);
+        copy.source_image_id = Some("ami-src".into());
+        let mut fresh = image("ami-fresh", &managed);
+        fresh.creation_date = Some("2026-11-22T11:55:00.000Z".into());
+        let mut old = image("ami-old", &managed);
+        old.creation_date = Some("2026-11-01T00:00:00.000Z".into());
+        let mut pending = image("ami-pending", &managed);
+        pending.state = "pending".into();
+        let picked = awaiting_ready(
+            vec![
+                image("ami-due", &managed),
+                image("ami-announced", &[(MANAGED, "true"), (READY_AT, "x")]),
+                image("ami-foreign", &[]),
+                image(
+                    "ami-published-copy",
+                    &[
+                        (MANAGED, "true"),
+                        (super::super::tags::PUBLISH_SOURCE, "ami-src"),
+                    ],
+                ),
+                copy,
+                fresh,
+                old,
+                pending,
+            ],
+            now,
+        );
+        let ids: Vec<&str> = picked.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["ami-due"]);
     }
 
     fn snap(id: &str, t: &[(&str, &str)]) -> Snapshot {
