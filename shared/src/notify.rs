@@ -123,6 +123,9 @@ pub struct Message {
     /// the deprecation time (bounded: at most one entry per AWS region).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publication: Option<serde_json::Value>,
+    /// The de-duplication key ([`Message::dedup_key`]), filled when the message is sent.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dedup_key: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -130,6 +133,18 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl Message {
+    /// The same for every delivery of the same announcement, whatever SNS's `MessageId`:
+    /// `<event_type>/<region>/<image_id>` for an image's event, `<event_type>/<source_uri>` for
+    /// an upload's (`versionId` included), else `<event_type>/<region>/<time>` (a report). A
+    /// subscriber that acts once per key drops the repeats at-least-once delivery can bring.
+    pub fn dedup_key(&self) -> String {
+        match (&self.image_id, &self.source_uri) {
+            (Some(image), _) => format!("{}/{}/{image}", self.event_type, self.region),
+            (None, Some(uri)) => format!("{}/{uri}", self.event_type),
+            (None, None) => format!("{}/{}/{}", self.event_type, self.region, self.time),
+        }
+    }
+
     /// A message of `event_type` at `now` in `region`; fill the rest with struct update syntax.
     pub fn new(event_type: EventType, now: DateTime<Utc>, region: &str) -> Self {
         Message {
@@ -145,6 +160,7 @@ impl Message {
     /// ones and truncating the error text.
     pub fn to_json(&self) -> String {
         let mut m = self.clone();
+        m.dedup_key = self.dedup_key();
         loop {
             let text = serde_json::to_string(&m)
                 .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable message: {e}\"}}"));
@@ -179,6 +195,7 @@ impl Message {
                     time: m.time.clone(),
                     region: m.region.clone(),
                     image_id: m.image_id.clone(),
+                    dedup_key: m.dedup_key.clone(),
                     ..Message::default()
                 };
                 return serde_json::to_string(&bare).unwrap_or_default();
@@ -224,6 +241,33 @@ pub async fn send(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn every_message_carries_a_stable_dedup_key() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid");
+        let ready = Message {
+            image_id: Some("ami-1".into()),
+            ..Message::new(EventType::ImageReady, now, "us-east-1")
+        };
+        let later = Message {
+            time: "2026-01-02T04:00:00Z".into(),
+            ..ready.clone()
+        };
+        let key = |m: &Message| {
+            serde_json::from_str::<serde_json::Value>(&m.to_json()).expect("json")["dedup_key"]
+                .clone()
+        };
+        assert_eq!(key(&ready), "image.ready/us-east-1/ami-1");
+        assert_eq!(key(&ready), key(&later), "a repeat has the same key");
+        let failed = Message {
+            source_uri: Some("s3://b/k.raw?versionId=v1".into()),
+            ..Message::new(EventType::ImageFailed, now, "us-east-1")
+        };
+        assert_eq!(key(&failed), "image.failed/s3://b/k.raw?versionId=v1");
+    }
 
     #[test]
     fn messages_stay_under_the_sns_limit_and_subjects_are_short() {
