@@ -65,6 +65,13 @@ async fn sweep(w: &World) -> Output {
     run(w, &json!({"sweep": true})).await
 }
 
+/// A sweep with the clock at `now` (a later schedule run).
+async fn sweep_at(w: &World, now: chrono::DateTime<Utc>) -> Output {
+    handle(Command::Sweep, &w.deps, now, deadline())
+        .await
+        .unwrap_or_else(|e| panic!("sweep failed: {e}"))
+}
+
 fn started_task(out: &Output) -> String {
     match &out.ingested[..] {
         [IngestOutcome::ImportStarted { import_task_id, .. }] => import_task_id.clone(),
@@ -367,7 +374,12 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
     );
     assert_eq!(images(&w).await.len(), 1);
     w.acct.clear_faults();
-    let out = sweep(&w).await;
+    // A sweep right after (it could overlap the registering invocation) leaves the
+    // announcement to that invocation: no second image.registered from an overlap.
+    let soon = sweep(&w).await;
+    assert_eq!(soon.sweep.steps[0].action, "skip", "{:?}", soon.sweep);
+    // Once the grace has passed without the outcome recorded, the sweep announces.
+    let out = sweep_at(&w, Utc::now() + chrono::Duration::minutes(3)).await;
     assert_eq!(out.sweep.steps[0].action, "announce");
     assert_eq!(images(&w).await.len(), 1, "no second image");
     let msgs = w.acct.drain(&w.queue).await;
@@ -415,7 +427,7 @@ async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_
     );
     tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
     assert_eq!(images(&w).await.len(), 1, "no second image");
-    let out = sweep(&w).await;
+    let out = sweep_at(&w, Utc::now() + chrono::Duration::minutes(3)).await;
     assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
     assert_eq!(images(&w).await.len(), 1, "no second image");
     let msgs = w.acct.drain(&w.queue).await;
@@ -856,4 +868,26 @@ async fn a_manual_invoke_with_a_bad_setting_is_refused_before_the_object_is_touc
         "{:?}",
         out.ingested
     );
+}
+
+#[tokio::test]
+async fn concurrent_sweeps_over_completed_imports_announce_each_image_once() {
+    let w = world(1, false).await;
+    // Three imports complete; then four sweeps (four uploads arriving together) run at once.
+    for key in ["a/disk.raw", "b/disk.raw", "c/disk.raw"] {
+        imported(&w, key).await;
+    }
+    let sweeps = (0..4).map(|_| handle(Command::Sweep, &w.deps, Utc::now(), deadline()));
+    for r in futures::future::join_all(sweeps).await {
+        r.unwrap_or_else(|e| panic!("sweep failed: {e}"));
+    }
+    assert_eq!(images(&w).await.len(), 3, "one image per upload");
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered = of_type(&msgs, "image.registered");
+    assert_eq!(registered.len(), 3, "{registered:#?}");
+    let ids: std::collections::BTreeSet<&str> = registered
+        .iter()
+        .filter_map(|m| m["image_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 3, "one message per image");
 }

@@ -31,7 +31,10 @@ pub(crate) async fn register(
     // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let image_id = match register_named(deps, task_id, reg, size).await? {
-        Registered::Image(id) | Registered::Adopted(id) => id,
+        Registered::Image(id) => id,
+        // Another invocation registered it (a concurrent sweep won the name): that one
+        // announces it; a later sweep does if it stopped. No second image.registered.
+        Registered::Adopted(id) => return Ok(id),
         Registered::Refused(message) => return fail(deps, task_id, reg, message, now).await,
     };
     let listed =

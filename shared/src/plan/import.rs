@@ -191,6 +191,10 @@ fn plan_task(
     }
 }
 
+/// How long after an image's registration a sweep leaves its announcement to the invocation
+/// that registered it.
+pub const ANNOUNCE_GRACE_SECONDS: i64 = 120;
+
 /// A completed task: announce the image already registered from it, or plan its registration
 /// (the name: explicit, or automatic from the prefix, start time and token).
 fn plan_completed(
@@ -202,6 +206,23 @@ fn plan_completed(
 ) -> SweepAction {
     let task_id = task.id.clone();
     if let Some(image) = image {
+        // Registered moments ago: the invocation that registered it announces it; a sweep that
+        // overlaps it would announce it a second time. Once the grace has passed without the
+        // outcome recorded, that invocation stopped: this sweep announces.
+        let registered = image
+            .creation_date
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if registered.is_some_and(|t| now - t < Duration::seconds(ANNOUNCE_GRACE_SECONDS)) {
+            return SweepAction::Skip {
+                task_id,
+                reason: format!(
+                    "{} was registered moments ago; the invocation that registered it announces it (a later sweep does if it stopped)",
+                    image.id
+                ),
+            };
+        }
         return SweepAction::Announce {
             task_id,
             image_id: image.id.clone(),
@@ -483,6 +504,26 @@ mod tests {
         assert!(
             !t.keys().any(|k| k.starts_with(spec::SPEC_TAG_PREFIX)),
             "spec tags stay on the task"
+        );
+    }
+
+    #[test]
+    fn a_sweep_leaves_a_just_registered_image_to_its_registering_invocation() {
+        // Registered 30 s ago: its registering invocation announces; after the grace, the sweep.
+        let mut fresh = image("ami-7", "t7");
+        fresh.creation_date = Some((now() - Duration::seconds(30)).to_rfc3339());
+        let completed = [task("t7", ImportStatus::Completed, &[])];
+        let with = |img: Image| BTreeMap::from([("t7".to_string(), img)]);
+        let actions = plan_sweep(&completed, &with(fresh.clone()), policy(), now());
+        assert!(
+            matches!(&actions[0], SweepAction::Skip { reason, .. } if reason.contains("registered moments ago")),
+            "{actions:?}"
+        );
+        fresh.creation_date = Some((now() - Duration::minutes(5)).to_rfc3339());
+        let actions = plan_sweep(&completed, &with(fresh), policy(), now());
+        assert!(
+            matches!(&actions[0], SweepAction::Announce { .. }),
+            "{actions:?}"
         );
     }
 
