@@ -575,3 +575,35 @@ async fn the_schedule_announces_a_pipeline_image_whose_triggers_were_both_lost()
     assert_eq!(ready[0]["image_id"], lost.as_str());
     assert!(!fixtures::tags_of(&ec2, &fresh).await["ami-pipeline:ready-at"].is_string());
 }
+
+#[tokio::test]
+async fn both_triggers_of_an_upload_at_once_announce_it_once() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let (image, _) = fixtures::image(
+        &ec2,
+        "web-both",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-token", "tok-both"),
+        ],
+    )
+    .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-both"});
+    // Every upload gets both: create-image's image.registered and EC2's "available".
+    let (sns, state) = tokio::join!(
+        w.run(aws_events::sns(&w.topic, &registered)),
+        w.available(EAST, &image)
+    );
+    assert_eq!(sns["results"][0]["ready_announced"], true, "{sns}");
+    assert_eq!(state["ready_announced"], false, "{state}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let ready: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .collect();
+    assert_eq!(ready.len(), 1, "{msgs:?}");
+}

@@ -40,7 +40,7 @@ async fn stamp_all(
     let mut results = Vec::new();
     let mut errors = Vec::new();
     for t in targets {
-        match stamp_one(deps, &t, now, deadline).await {
+        match stamp_one(deps, &t, trigger, now, deadline).await {
             Ok(r) => results.push(r),
             Err(e) => errors.push(e.to_string()),
         }

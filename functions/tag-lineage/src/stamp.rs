@@ -1,7 +1,7 @@
 //! Stamp one image: gather its facts, plan the lineage tags, write snapshots then image, announce.
 
 use crate::config::Deps;
-use crate::event::Target;
+use crate::event::{Target, Trigger};
 use crate::handler::{clients_for, visible_image};
 use crate::output::{StampOutcome, StampReport};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 pub(crate) async fn stamp_one(
     deps: &Deps,
     target: &Target,
+    trigger: Trigger,
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<StampReport, AwsError> {
@@ -82,7 +83,13 @@ pub(crate) async fn stamp_one(
         report.written = plan.writes.clone();
         info!(image = %image.id, origin = ?plan.origin, "lineage stamped");
     }
-    if plan.ready_to_announce(&image) {
+    let deferred = trigger == Trigger::StateChange && stamp::leave_ready_to_registered(&image, now);
+    if plan.ready_to_announce(&image) && deferred {
+        report.detail = Some(
+            "image.ready is left to the image.registered trigger (a fresh upload); the schedule sends it if that one is lost"
+                .into(),
+        );
+    } else if plan.ready_to_announce(&image) {
         let msg = ready_message(&image, &c.region, &plan, now);
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         let marker = Tags::from([(

@@ -139,6 +139,24 @@ impl StampPlan {
     }
 }
 
+/// For how long after an upload's registration the EventBridge "available" trigger leaves
+/// `image.ready` to the SNS `image.registered` one (both arrive for every upload, often at the
+/// same moment: two announcers would send it twice).
+pub const REGISTERED_LEADS_SECONDS: i64 = 120;
+
+/// Whether a state-change trigger should leave the announcement of `image` to the
+/// `image.registered` trigger: a pipeline upload (create-image announces it) registered less
+/// than [`REGISTERED_LEADS_SECONDS`] ago. Later, either trigger (or the schedule) announces.
+pub fn leave_ready_to_registered(image: &Image, now: DateTime<Utc>) -> bool {
+    let created = image
+        .creation_date
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    image.tags.contains_key(SOURCE_TOKEN)
+        && created.is_some_and(|t| now - t < chrono::Duration::seconds(REGISTERED_LEADS_SECONDS))
+}
+
 /// How long after its creation an image left unannounced is the schedule's (its own events come
 /// first), and how far back the schedule looks.
 pub const SWEEP_AFTER_MINUTES: i64 = 15;
@@ -476,6 +494,29 @@ mod tests {
         );
         let ids: Vec<&str> = picked.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["ami-due"]);
+    }
+
+    #[test]
+    fn the_state_change_trigger_leaves_a_fresh_upload_to_image_registered() {
+        let at = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .expect("time")
+        };
+        let upload = image("ami-up", &[(MANAGED, "true"), (SOURCE_TOKEN, "tok")]);
+        assert!(leave_ready_to_registered(
+            &upload,
+            at("2026-11-22T10:01:00Z")
+        ));
+        assert!(!leave_ready_to_registered(
+            &upload,
+            at("2026-11-22T10:05:00Z")
+        ));
+        let from_instance = image("ami-inst", &[(MANAGED, "true")]);
+        assert!(!leave_ready_to_registered(
+            &from_instance,
+            at("2026-11-22T10:01:00Z")
+        ));
     }
 
     fn snap(id: &str, t: &[(&str, &str)]) -> Snapshot {
