@@ -24,6 +24,8 @@ Modules:
   launch_templates DescribeLaunchTemplateVersions (account-wide $Latest/$Default, filters,
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
+  fast_dispatch   moto's per-request dispatch lookups memoized (speed only)
+  image_index     the ``amis`` store with a snapshot -> images index (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
   api_rules       parameter rules of the EC2 reference moto does not enforce (gate api_rules):
                   TagSpecifications types per operation, tag limits, enums, required members,
@@ -63,9 +65,12 @@ def apply_extensions() -> None:
         from . import s3_checksums
 
         s3_checksums.install()
-        from . import fast_tags, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
+        from . import fast_dispatch, fast_tags, image_index, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
+        fast_dispatch.install()
         fast_tags.install()
+        # Before consistency, which keeps the snapshot index when it wraps the ``amis`` store.
+        image_index.install()
         snapshots.install()
         images.install()
         image_references.install()

@@ -45,6 +45,7 @@ from moto.core.responses import ActionResult
 from werkzeug.wrappers import Request, Response
 
 from . import control
+from .image_index import SnapshotIndexedImages
 
 HISTORY_ATTR = "_ami_emulator_tag_history"  # on the EC2 backend: wiped by POST /moto-api/reset
 TRACKED_PREFIXES = ("ami-", "snap-")
@@ -84,15 +85,20 @@ class CreationLog(dict):  # type: ignore[type-arg]
     account has a lag (``created_at``: key -> monotonic time; pruned once visible)."""
 
     def __init__(self, initial: dict[str, Any], account: str) -> None:
-        super().__init__(initial)
         self.account = account
         self.created_at: dict[str, float] = {}
+        super().__init__(initial)
+        self.created_at.clear()  # the entries it starts with are not new
 
     def __setitem__(self, key: str, value: Any) -> None:
         if _LAGS and self.account in _LAGS and key not in self:
             with _LOCK:
                 self.created_at[key] = time.monotonic()
-        dict.__setitem__(self, key, value)
+        super().__setitem__(key, value)
+
+
+class ImageCreationLog(CreationLog, SnapshotIndexedImages):
+    """The ``amis`` store: a ``CreationLog`` that keeps ``image_index``'s snapshot index."""
 
 
 def visible(backend: Any, store: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +257,7 @@ def _wrap_backend_init(original: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(original)
     def init(self: Any, region_name: str, account_id: str) -> None:
         original(self, region_name, account_id)
-        self.amis = CreationLog(self.amis, account_id)
+        self.amis = ImageCreationLog(self.amis, account_id)
         self.snapshots = CreationLog(self.snapshots, account_id)
 
     return init

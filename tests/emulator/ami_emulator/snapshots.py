@@ -35,6 +35,7 @@ from .common import (
     utcnow,
 )
 from .consistency import visible
+from .image_index import SnapshotIndexedImages, mapping_snapshot_ids
 
 
 class DetachedVolume:
@@ -127,19 +128,21 @@ def new_snapshot(
 
 def image_snapshot_ids(image: Any) -> list[str]:
     """Snapshot ids in an image's block device mappings (plain moto AMIs included)."""
-    ids: list[str] = []
-    for mapping in getattr(image, "block_device_mappings", None) or []:
-        ebs = mapping.get("Ebs") or {}
-        snapshot_id = ebs.get("SnapshotId")
-        if snapshot_id and snapshot_id not in ids:
-            ids.append(snapshot_id)
-    return ids
+    return mapping_snapshot_ids(image)
 
 
 def image_using_snapshot(ec2_backend: Any, snapshot_id: str, exclude: str | None = None) -> str | None:
-    """Id of a registered image of this account+region whose BDM uses ``snapshot_id``."""
-    for image in list(ec2_backend.amis.values()):
-        if image.id != exclude and snapshot_id in image_snapshot_ids(image):
+    """Id of a registered image of this account+region whose BDM uses ``snapshot_id`` (the
+    first in the store's order). Read from the store's index (``image_index``); a store
+    without one is scanned."""
+    store = ec2_backend.amis
+    if isinstance(store, SnapshotIndexedImages):
+        for image_id in store.images_using(snapshot_id):
+            if image_id != exclude:
+                return image_id
+        return None
+    for image in list(store.values()):
+        if image.id != exclude and snapshot_id in mapping_snapshot_ids(image):
             return image.id
     return None
 

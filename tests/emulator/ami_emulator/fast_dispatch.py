@@ -1,0 +1,94 @@
+"""Speed: moto's per-request dispatch work that does not depend on the request.
+
+Two steps of moto 5.2.5's request path did work per request whose answer never changes while the
+server runs (profiled in a cleanup benchmark: together about a sixth of the server's time):
+
+* ``DomainDispatcherApplication.get_backend_for_host`` (``moto/moto_server/werkzeug_app.py``),
+  called under the dispatcher's global lock for every request, lists moto's package directory
+  (``backends.list_of_moto_modules``: ``os.listdir`` plus an ``isdir`` per entry) and then tries
+  every service's URL pattern. Its answer depends on the host name alone (the directory and the
+  patterns are fixed), so it is memoized per host here.
+* ``BaseResponse.call_action`` (``moto/core/responses.py``) asks whether the action is a method
+  of the response class with ``action in method_names_from_class(cls)``, which builds the list of
+  every function member of the class (``inspect.getmembers``: hundreds of ``getattr`` calls for
+  ``EC2Response``). ``method_names_from_class`` here returns a view that answers ``in`` for one
+  name the way membership in that list is decided — ``inspect.isfunction(getattr(cls, name))`` —
+  and still iterates as the list, so any other use sees the same names.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Iterator
+
+# Host names are a few per service and region; a bound keeps a flood of odd Host headers from
+# growing the memo without end.
+HOSTS_KEPT = 4096
+
+
+class FunctionNames:
+    """The names of a class's function members, as ``method_names_from_class`` lists them,
+    with an O(1) ``in``."""
+
+    def __init__(self, clazz: Any) -> None:
+        self._clazz = clazz
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            member = getattr(self._clazz, name)
+        except AttributeError:
+            return False
+        return inspect.isfunction(member)
+
+    def _names(self) -> list[str]:
+        return [name for name, _ in inspect.getmembers(self._clazz, predicate=inspect.isfunction)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def method_names_from_class(clazz: Any) -> FunctionNames:
+    return FunctionNames(clazz)
+
+
+def _memoize_backend_for_host(original: Callable[[Any, str | None], Any]) -> Callable[[Any, str | None], Any]:
+    memo: dict[str | None, Any] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(original)
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        try:
+            return memo[host]
+        except KeyError:
+            pass
+        backend = original(self, host)
+        with lock:
+            if len(memo) < HOSTS_KEPT:
+                memo[host] = backend
+        return backend
+
+    return get_backend_for_host
+
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    import moto.core.responses as responses
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+    DomainDispatcherApplication.get_backend_for_host = _memoize_backend_for_host(  # type: ignore[method-assign]
+        DomainDispatcherApplication.get_backend_for_host
+    )
+    _installed = True
