@@ -125,7 +125,10 @@ mod tests {
             "a\\u{1b}[31mb\\u{202e}war.raw"
         );
         assert_eq!(escape_controls("l1\nl2\r\tx"), "l1\\u{a}l2\\u{d}\\u{9}x");
-        assert_eq!(escape_controls("\u{7f}\u{85}\u{9f}"), "\\u{7f}\\u{85}\\u{9f}");
+        assert_eq!(
+            escape_controls("\u{7f}\u{85}\u{9f}"),
+            "\\u{7f}\\u{85}\\u{9f}"
+        );
         for c in [
             '\u{061C}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{2028}',
             '\u{2029}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}',
@@ -135,7 +138,9 @@ mod tests {
             assert_eq!(e, format!("\\u{{{:x}}}", c as u32));
             assert!(!e.chars().any(is_hidden), "{e}");
         }
-        for c in ['a', ' ', '~', '\u{a0}', 'é', '\u{2010}', '\u{2070}', '\u{202F}'] {
+        for c in [
+            'a', ' ', '~', '\u{a0}', 'é', '\u{2010}', '\u{2070}', '\u{202F}',
+        ] {
             assert!(!is_hidden(c), "{c:?}");
         }
     }
