@@ -64,16 +64,36 @@ impl<'a> Reader<'a> {
             .unwrap_or_default()
     }
 
-    /// A list of AWS region names, each checked against [`crate::plan::ids::KNOWN_REGIONS`].
+    /// A list of AWS region names, each a known region
+    /// ([`crate::plan::ids::KNOWN_REGIONS`]) of the deployment's partition
+    /// ([`crate::plan::ids::check_region`] against [`Reader::home_region`]).
     pub fn regions(&mut self, name: &str) -> Vec<String> {
         let regions = self.list(name);
-        for r in &regions {
-            if !crate::plan::ids::is_region(r) {
-                self.problems
-                    .push(format!("{name}: {r:?} is not an AWS region"));
+        self.check_regions(name, &regions);
+        regions
+    }
+
+    /// Records a problem for each of `regions` (read from `name`) that is not a known region of
+    /// the deployment's partition.
+    pub fn check_regions(&mut self, name: &str, regions: &[String]) {
+        let home = self.home_region();
+        for r in regions {
+            let checked = match &home {
+                Some(home) => crate::plan::ids::check_region(r, home),
+                None if crate::plan::ids::is_region(r) => Ok(()),
+                None => Err(format!("{r:?} is not an AWS region")),
+            };
+            if let Err(why) = checked {
+                self.problems.push(format!("{name}: {why}"));
             }
         }
-        regions
+    }
+
+    /// The function's own region: `AWS_REGION`, which Lambda always sets (a reserved variable,
+    /// Lambda Developer Guide, "Defined runtime environment variables"); without it (a local
+    /// run), regions are only checked to exist.
+    pub fn home_region(&self) -> Option<String> {
+        self.optional("AWS_REGION")
     }
 
     /// A parsed value, or `default` when unset; `what` describes the allowed values.
@@ -174,5 +194,27 @@ mod tests {
             err,
             "invalid configuration: TOPIC_ARN is required but not set; S3_FORCE_PATH_STYLE=\"yes\" is not true or false; N=500 is out of range 1..=100"
         );
+    }
+
+    #[test]
+    fn regions_are_checked_against_the_functions_partition() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("AWS_REGION", "us-east-1"),
+            ("R", "eu-west-1, cn-north-1,us-gov-west-1"),
+        ]);
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let mut r = Reader::new(&lookup);
+        assert_eq!(r.regions("R").len(), 3);
+        let err = r.finish().err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            err,
+            "invalid configuration: R: \"cn-north-1\" is in partition aws-cn, not in this deployment's partition aws (region us-east-1); R: \"us-gov-west-1\" is in partition aws-us-gov, not in this deployment's partition aws (region us-east-1)"
+        );
+        let china: HashMap<&str, &str> =
+            HashMap::from([("AWS_REGION", "cn-north-1"), ("R", "cn-northwest-1")]);
+        let lookup = |k: &str| china.get(k).map(|v| v.to_string());
+        let mut r = Reader::new(&lookup);
+        r.regions("R");
+        assert!(r.finish().is_ok());
     }
 }

@@ -99,10 +99,11 @@ impl InvocationError {
 }
 
 impl InvocationError {
-    /// The message as returned to Lambda: at most [`MAX_ERROR_MESSAGE_BYTES`] bytes (plus the
-    /// note that says how many were left out).
+    /// The message as returned to Lambda: control and bidi characters (from keys, tags, AWS
+    /// error texts) escaped by [`crate::text::escape_controls`], then at most
+    /// [`MAX_ERROR_MESSAGE_BYTES`] bytes (plus the note that says how many were left out).
     pub fn bounded_message(&self) -> String {
-        let mut text = self.to_string();
+        let mut text = crate::text::escape_controls(&self.to_string()).into_owned();
         if text.len() > MAX_ERROR_MESSAGE_BYTES {
             let mut cut = MAX_ERROR_MESSAGE_BYTES;
             while !text.is_char_boundary(cut) {
@@ -170,5 +171,11 @@ mod tests {
         assert_eq!(d.error_type, "InvalidEvent");
         let short = InvocationError::invalid_event("x");
         assert_eq!(short.bounded_message(), "invalid event: x");
+        let hidden = InvocationError::invalid_event("key \"a\u{1b}[2J\u{202e}war.raw\"");
+        let d = lambda_runtime::Diagnostic::from(hidden);
+        assert_eq!(
+            d.error_message,
+            "invalid event: key \"a\\u{1b}[2J\\u{202e}war.raw\""
+        );
     }
 }

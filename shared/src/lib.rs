@@ -13,6 +13,8 @@
 //! - [`invocation`]: the error a function returns to Lambda, with stable error types.
 //! - [`trigger`]: which trigger an event is (typed EventBridge envelope, records, manual).
 //! - [`runner`]: the one Lambda runner every `main.rs` calls, and the one way to invoke a function.
+//! - [`text`]: the one escape of control and bidi characters in everything shown (messages,
+//!   errors, logs, tag values).
 
 pub mod aws;
 pub mod config;
@@ -27,4 +29,5 @@ pub mod pace;
 pub mod plan;
 pub mod runner;
 pub mod telemetry;
+pub mod text;
 pub mod trigger;

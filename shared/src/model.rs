@@ -68,15 +68,20 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
-    /// `s3://bucket/key`, with `?versionId=` when known.
+    /// `s3://bucket/key`, with `?versionId=` when known: the object as shown to people (logs,
+    /// messages, errors, the `source-uri` tag), with control and bidi characters escaped by
+    /// [`crate::text::escape_controls`]. Never used to address the object: S3 calls take
+    /// [`ObjectRef::bucket`] and [`ObjectRef::key`], byte-exact.
     pub fn uri(&self) -> String {
-        match &self.version_id {
+        let uri = match &self.version_id {
             Some(v) => format!("s3://{}/{}?versionId={}", self.bucket, self.key, v),
             None => format!("s3://{}/{}", self.bucket, self.key),
-        }
+        };
+        crate::text::escape_controls(&uri).into_owned()
     }
 }
 
+/// Shows [`ObjectRef::uri`] (escaped): the form every log line and message uses.
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.uri())
@@ -230,5 +235,25 @@ impl Select {
     /// The state is one of `values`.
     pub fn state(values: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Select::State(values.into_iter().map(Into::into).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_is_shown_escaped_and_addressed_exactly() {
+        let o = ObjectRef {
+            bucket: "b".into(),
+            key: "up/a\u{1b}]0;x\u{7}\u{202e}war.raw".into(),
+            version_id: Some("v1".into()),
+        };
+        assert_eq!(
+            o.to_string(),
+            "s3://b/up/a\\u{1b}]0;x\\u{7}\\u{202e}war.raw?versionId=v1"
+        );
+        assert_eq!(o.uri(), o.to_string());
+        assert_eq!(o.key.chars().count(), 18, "the key itself is untouched");
     }
 }

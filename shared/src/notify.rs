@@ -162,8 +162,7 @@ impl Message {
         let mut m = self.clone();
         m.dedup_key = self.dedup_key();
         loop {
-            let text = serde_json::to_string(&m)
-                .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable message: {e}\"}}"));
+            let text = body(&m);
             if text.len() <= MAX_MESSAGE_BYTES {
                 return text;
             }
@@ -198,12 +197,12 @@ impl Message {
                     dedup_key: m.dedup_key.clone(),
                     ..Message::default()
                 };
-                return serde_json::to_string(&bare).unwrap_or_default();
+                return body(&bare);
             }
         }
     }
 
-    /// A subject line under [`MAX_SUBJECT`] characters.
+    /// A subject line under [`MAX_SUBJECT`] characters, escaped like the body.
     pub fn subject(&self) -> String {
         let what = self
             .image_name
@@ -212,12 +211,28 @@ impl Message {
             .or(self.source_uri.as_deref())
             .unwrap_or("");
         let s = format!("ami-pipeline {} {what}", self.event_type);
-        let s: String = s
+        let s: String = crate::text::escape_controls(&s)
             .chars()
-            .filter(|c| !c.is_control())
             .take(MAX_SUBJECT)
             .collect();
         s.trim_end().to_owned()
+    }
+}
+
+/// The one place a message body is built: every string of the message, nested JSON
+/// (summary, decisions, publication, lineage) and object keys included, goes through
+/// [`crate::text::escape_json`], so no control or bidi character from a key, a tag or an AWS
+/// error reaches a subscriber verbatim.
+fn body(m: &Message) -> String {
+    match serde_json::to_value(m) {
+        Ok(mut v) => {
+            crate::text::escape_json(&mut v);
+            v.to_string()
+        }
+        Err(e) => format!(
+            "{{\"error\":\"unserialisable message: {}\"}}",
+            crate::text::escape_controls(&e.to_string()).replace(['"', '\\'], "'")
+        ),
     }
 }
 

@@ -891,3 +891,53 @@ async fn concurrent_sweeps_over_completed_imports_announce_each_image_once() {
         .collect();
     assert_eq!(ids.len(), 3, "one message per image");
 }
+
+/// Issue #16, "Clean output": a key carrying ESC (a terminal escape) and U+202E (right-to-left
+/// override) is shown escaped everywhere the pipeline writes it, never verbatim: the
+/// image.failed message, the reason tag on the object, and an invocation error.
+#[tokio::test]
+async fn control_and_bidi_characters_in_a_key_are_escaped_in_messages_tags_and_errors() {
+    let w = world(0, false).await;
+    let key = "hidden/a\u{1b}[2J\u{202e}war.exe";
+    w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let out = run(&w, &json!({"bucket": w.bucket, "key": key})).await;
+    assert!(
+        matches!(&out.ingested[..], [IngestOutcome::Rejected { .. }]),
+        "{:?}",
+        out.ingested
+    );
+    let hidden = |s: &str| s.chars().any(shared::text::is_hidden);
+    let tags = object_tags(&w, key).await;
+    assert_eq!(tags[lineage::OBJECT_STATUS], "rejected");
+    let reason = &tags[lineage::OBJECT_REASON];
+    // The reason names the extension, not the key; a reason quoting a key is escaped as
+    // `U+202E` (plan::lineage::object_status_tags, unit-tested).
+    assert_eq!(
+        reason,
+        "file: unsupported file extension .exe expected .raw .img .vmdk or .vhd"
+    );
+    assert!(!hidden(reason), "{reason:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:?}");
+    let text = failed[0].to_string();
+    assert!(!hidden(&text), "{text:?}");
+    let uri = failed[0]["source_uri"].as_str().unwrap_or_default();
+    assert_eq!(
+        uri,
+        format!("s3://{}/hidden/a\\u{{1b}}[2J\\u{{202e}}war.exe", w.bucket)
+    );
+    // An invalid manual invoke naming the key: the error returned to Lambda is escaped too.
+    let err = w
+        .invoke(&json!({"bucket": w.bucket, "key": key, "odd\u{202e}field": 1}))
+        .await
+        .expect_err("unknown field");
+    let d = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(d.error_type, "InvalidEvent");
+    assert!(!hidden(&d.error_message), "{:?}", d.error_message);
+    assert!(
+        d.error_message.contains("odd\\u{202e}field"),
+        "{}",
+        d.error_message
+    );
+}

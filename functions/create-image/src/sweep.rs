@@ -143,7 +143,9 @@ pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {
     let rest = uri.strip_prefix("s3://")?;
     let rest = rest.split("?versionId=").next()?;
     let (bucket, key) = rest.split_once('/')?;
-    if uri.contains('…') {
+    // A cut (`…`) or escaped (`\u{…}`, shared::text) tag is not the key: never address an
+    // object with it.
+    if uri.contains('…') || uri.contains("\\u{") {
         return None;
     }
     Some(ObjectRef {

@@ -2,6 +2,7 @@
 
 use shared::aws::clients::{Clients, RegionalClients};
 use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::plan::ids;
 use shared::plan::publish::{self as plan, Defaults, PublicMode};
 
 /// Settings of publish, from the environment (names as in `template.yaml`).
@@ -58,6 +59,13 @@ impl Config {
         };
         for p in defaults.problems() {
             r.problem(format!("publish defaults: {p}"));
+        }
+        if let Some(home) = r.home_region() {
+            for region in defaults.regions.iter().filter(|x| ids::is_region(x)) {
+                if let Err(why) = ids::check_region(region, &home) {
+                    r.problem(format!("PUBLISH_REGIONS: {why}"));
+                }
+            }
         }
         let source_regions = r.regions("SOURCE_REGIONS");
         let copy_concurrency = r.int_in("COPY_CONCURRENCY", 20, 1, 50) as usize;
@@ -135,5 +143,26 @@ mod tests {
         assert_eq!(ok.defaults.public, PublicMode::Never);
         assert!(ok.defaults.regions.is_empty());
         assert_eq!(ok.copy_concurrency, 20);
+    }
+
+    #[test]
+    fn a_commercial_deployment_refuses_regions_of_other_partitions() {
+        let err = Config::from_lookup(&lookup(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("AWS_REGION", "us-east-1"),
+            ("PUBLISH_REGIONS", "eu-west-1,cn-north-1"),
+            ("SOURCE_REGIONS", "us-east-1,us-gov-west-1"),
+        ]))
+        .expect_err("other partitions");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].starts_with("PUBLISH_REGIONS: \"cn-north-1\" is in partition aws-cn"),
+            "{err}"
+        );
+        assert!(
+            err.problems[1]
+                .starts_with("SOURCE_REGIONS: \"us-gov-west-1\" is in partition aws-us-gov"),
+            "{err}"
+        );
     }
 }

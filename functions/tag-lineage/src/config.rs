@@ -69,3 +69,40 @@ impl Deps {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lineage_regions_must_be_in_the_functions_partition() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let err = Config::from_lookup(&env(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("AWS_REGION", "us-east-1"),
+            ("LINEAGE_REGIONS", "us-east-1,cn-north-1"),
+        ]))
+        .expect_err("another partition");
+        assert_eq!(
+            err.problems,
+            [
+                "LINEAGE_REGIONS: \"cn-north-1\" is in partition aws-cn, not in this deployment's partition aws (region us-east-1)"
+            ]
+        );
+        assert!(
+            Config::from_lookup(&env(&[
+                ("TOPIC_ARN", "arn:aws-cn:sns:cn-north-1:123456789012:t"),
+                ("AWS_REGION", "cn-north-1"),
+                ("LINEAGE_REGIONS", "cn-north-1,cn-northwest-1"),
+            ]))
+            .is_ok()
+        );
+    }
+}

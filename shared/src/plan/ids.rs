@@ -58,6 +58,45 @@ pub fn is_region(region: &str) -> bool {
     KNOWN_REGIONS.contains(&region)
 }
 
+/// The partition (`aws`, `aws-cn`, `aws-us-gov`, `aws-iso`, …) a region belongs to, by its
+/// name: botocore's `data/partitions.json` gives each partition a `regionRegex`
+/// (`^cn\-\w+\-\d+$` for aws-cn, `^us\-gov\-\w+\-\d+$` for aws-us-gov,
+/// `^us\-iso\-…` aws-iso, `^us\-isob\-…` aws-iso-b, `^us\-isof\-…` aws-iso-f,
+/// `^eu\-isoe\-…` aws-iso-e, `^eusc\-(de)\-…` aws-eusc); every other region is `aws`.
+pub fn partition_of(region: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 7] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("eusc-", "aws-eusc"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, partition)| partition)
+}
+
+/// Whether a deployment in `home` (the function's own region) can work with `region`: it must be
+/// a known region ([`is_region`]) of the same partition. Partitions are isolated: credentials,
+/// ARNs and CopyImage do not cross them (AWS General Reference, "AWS partitions"; CopyImage
+/// copies "within the same partition"), so a commercial deployment naming `cn-north-1` would
+/// fail on every run. `Err` says why, naming the region and both partitions.
+pub fn check_region(region: &str, home: &str) -> Result<(), String> {
+    if !is_region(region) {
+        return Err(format!("{region:?} is not an AWS region"));
+    }
+    let (theirs, ours) = (partition_of(region), partition_of(home));
+    if theirs != ours {
+        return Err(format!(
+            "{region:?} is in partition {theirs}, not in this deployment's partition {ours} (region {home})"
+        ));
+    }
+    Ok(())
+}
+
 fn hex_id(s: &str, prefix: &str) -> bool {
     s.strip_prefix(prefix).is_some_and(|rest| {
         (rest.len() == 8 || rest.len() == 17)
@@ -162,6 +201,29 @@ mod tests {
         assert!(!is_region("us-east1"));
         assert!(!is_region("moon-1"));
         assert!(!is_region(""));
+    }
+
+    #[test]
+    fn regions_must_be_in_the_deployments_partition() {
+        assert_eq!(partition_of("us-east-1"), "aws");
+        assert_eq!(partition_of("cn-north-1"), "aws-cn");
+        assert_eq!(partition_of("us-gov-west-1"), "aws-us-gov");
+        assert_eq!(partition_of("us-iso-east-1"), "aws-iso");
+        assert_eq!(partition_of("us-isob-east-1"), "aws-iso-b");
+        assert_eq!(partition_of("eusc-de-east-1"), "aws-eusc");
+        assert!(check_region("eu-west-1", "us-east-1").is_ok());
+        assert!(check_region("cn-northwest-1", "cn-north-1").is_ok());
+        assert!(check_region("us-gov-east-1", "us-gov-west-1").is_ok());
+        assert_eq!(
+            check_region("cn-north-1", "us-east-1"),
+            Err("\"cn-north-1\" is in partition aws-cn, not in this deployment's partition aws (region us-east-1)".into())
+        );
+        assert!(check_region("us-gov-west-1", "eu-west-1").is_err());
+        assert!(check_region("us-east-1", "cn-north-1").is_err());
+        assert_eq!(
+            check_region("us-east1", "us-east-1"),
+            Err("\"us-east1\" is not an AWS region".into())
+        );
     }
 
     #[test]

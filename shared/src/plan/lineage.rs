@@ -58,12 +58,16 @@ pub fn date_tags(t: DateTime<Utc>) -> Tags {
 /// Longest value EC2 and S3 accept for a tag.
 pub const MAX_TAG_VALUE: usize = 256;
 
-/// Shortens `value` to at most [`MAX_TAG_VALUE`] characters by cutting the middle, so that both
-/// the start (bucket) and the end (file name) of a long URI stay readable.
+/// `value` as an EC2 tag value: control and bidi characters escaped
+/// ([`crate::text::escape_controls`]; EC2 itself accepts any character in tag values, EC2 User
+/// Guide "Tag restrictions", but people and tools read them), then shortened to at most
+/// [`MAX_TAG_VALUE`] characters by cutting the middle, so that both the start (bucket) and the
+/// end (file name) of a long URI stay readable.
 pub fn fit_tag_value(value: &str) -> String {
+    let value = crate::text::escape_controls(value);
     let chars: Vec<char> = value.chars().collect();
     if chars.len() <= MAX_TAG_VALUE {
-        return value.to_owned();
+        return value.into_owned();
     }
     let keep = MAX_TAG_VALUE - 1;
     let head = keep / 2;
@@ -99,6 +103,10 @@ mod tests {
         assert!(fitted.starts_with("s3://bucket/"));
         assert!(fitted.ends_with("/disk.raw"));
         assert!(fitted.contains('…'));
+        assert_eq!(
+            fit_tag_value("s3://b/a\u{1b}\u{202e}.raw"),
+            "s3://b/a\\u{1b}\\u{202e}.raw"
+        );
     }
 }
 
@@ -106,8 +114,9 @@ mod tests {
 pub const MAX_OBJECT_TAGS: usize = 10;
 
 /// The object's tag set after recording `status` and `reason` on it: existing tags are kept
-/// (PutObjectTagging replaces the whole set), the reason is cut to 256 characters and
-/// stripped of characters S3 tags do not allow. `None` when the object already has
+/// (PutObjectTagging replaces the whole set), the reason is cut to 256 characters, control and
+/// bidi characters are written as `U+202E` ([`crate::text::Style::Tag`]: visible, and made of
+/// characters S3 tags allow) and every other character S3 tags do not allow becomes a space. `None` when the object already has
 /// [`MAX_OBJECT_TAGS`] other tags, so ours cannot be added without dropping the owner's.
 pub fn object_status_tags(existing: &Tags, status: &str, reason: &str) -> Option<Tags> {
     let mut tags = existing.clone();
@@ -116,7 +125,7 @@ pub fn object_status_tags(existing: &Tags, status: &str, reason: &str) -> Option
     if tags.len() + 2 > MAX_OBJECT_TAGS {
         return None;
     }
-    let clean: String = reason
+    let clean: String = crate::text::escape_as(reason, crate::text::Style::Tag)
         .chars()
         .map(|c| {
             if c.is_alphanumeric() || " +-=._:/@".contains(c) {
@@ -153,6 +162,16 @@ mod object_tag_tests {
         assert_eq!(
             tags[OBJECT_REASON],
             "architecture: sparc is not one of x86_64 arm64"
+        );
+        let hidden = object_status_tags(
+            &existing,
+            "rejected",
+            "\"up/a\u{1b}[2J\u{202e}war.exe\" has no disk extension",
+        )
+        .expect("room");
+        assert_eq!(
+            hidden[OBJECT_REASON],
+            "up/aU+001B 2JU+202Ewar.exe has no disk extension"
         );
         let full: Tags = (0..9).map(|i| (format!("k{i}"), "v".to_string())).collect();
         assert_eq!(object_status_tags(&full, "rejected", "x"), None);

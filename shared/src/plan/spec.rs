@@ -426,6 +426,15 @@ impl<'a> Settings<'a> {
                 format!("must be at most {MAX_DESCRIPTION} characters, got {n}"),
             );
         }
+        if description
+            .as_deref()
+            .is_some_and(|d| d.chars().any(crate::text::is_hidden))
+        {
+            self.bad(
+                keys::DESCRIPTION,
+                "contains control or bidi characters".into(),
+            );
+        }
         description
     }
 
@@ -446,6 +455,13 @@ impl<'a> Settings<'a> {
                 self.bad(
                     keys::TAGS,
                     format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"),
+                );
+            } else if k.chars().chain(val.chars()).any(crate::text::is_hidden) {
+                // Refused rather than escaped: the uploader's tag is written as given or not
+                // at all (shared::text names the characters).
+                self.bad(
+                    keys::TAGS,
+                    format!("tag {k:?} contains control or bidi characters"),
                 );
             } else if val.chars().count() > MAX_TAG_VALUE {
                 self.bad(
@@ -618,6 +634,21 @@ mod tests {
                 "tags"
             ]
         );
+    }
+
+    #[test]
+    fn hidden_characters_in_tags_and_descriptions_are_refused() {
+        for (k, v) in [
+            ("tags", "owner=a%E2%80%AEb"),
+            ("tags", "own%1Ber=x"),
+            ("description", "a\u{202e}b"),
+        ] {
+            let problems = resolve(&[&map(&[(k, v)])], "k.raw")
+                .err()
+                .unwrap_or_default();
+            assert_eq!(problems.len(), 1, "{k}={v}: {problems:?}");
+            assert_eq!(problems[0].setting, k);
+        }
     }
 
     #[test]
