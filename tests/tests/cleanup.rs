@@ -762,13 +762,26 @@ async fn paced_removals_stay_below_the_bucket_where_unpaced_ones_are_throttled()
         );
         let limits = w.acct.control("GET", &path, None);
         w.acct.control("DELETE", &path, None);
-        assert!(
-            r.steps.iter().all(|s| !s.result.is_failure()),
-            "{:?}",
-            r.steps
-        );
-        for i in &stale {
-            assert!(!w.exists(EAST, i).await, "{i} removed");
+        if percent == "0" {
+            // Unpaced, the SDK's adaptive retry completes most throttled calls; one whose
+            // five attempts all met an empty bucket surfaces as a failed step, which the next
+            // run retries. Nothing else may fail.
+            let failed: Vec<_> = r.steps.iter().filter(|s| s.result.is_failure()).collect();
+            assert!(
+                failed
+                    .iter()
+                    .all(|s| format!("{:?}", s.result).contains("RequestLimitExceeded")),
+                "{failed:?}"
+            );
+        } else {
+            assert!(
+                r.steps.iter().all(|s| !s.result.is_failure()),
+                "{:?}",
+                r.steps
+            );
+            for i in &stale {
+                assert!(!w.exists(EAST, i).await, "{i} removed");
+            }
         }
         throttled.push((
             limits["throttled"]["total"].as_u64().unwrap_or(u64::MAX),
