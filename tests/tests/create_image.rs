@@ -15,11 +15,18 @@ use support::{TestAccount, disks};
 type World = support::World<Deps>;
 
 async fn world(import_delay: u64, versioned: bool) -> World {
+    world_with(import_delay, versioned, &[]).await
+}
+
+/// A world whose create-image has `env` on top of the import-snapshot method.
+async fn world_with(import_delay: u64, versioned: bool, env: &[(&str, &str)]) -> World {
     let acct = TestAccount::new().await;
     acct.emulator_config(json!({"import_delay_seconds": import_delay}));
     // These tests are about the ImportSnapshot path and its sweep; the EBS direct fast path
     // (the default) is tested in fast_path.rs.
-    let w = World::in_account(acct, &[("UPLOAD_METHOD", "import-snapshot")]).await;
+    let mut vars = vec![("UPLOAD_METHOD", "import-snapshot")];
+    vars.extend_from_slice(env);
+    let w = World::in_account(acct, &vars).await;
     w.acct.bucket(&w.bucket, versioned).await;
     w
 }
@@ -133,11 +140,11 @@ fn of_type<'a>(msgs: &'a [Value], t: &str) -> Vec<&'a Value> {
 #[tokio::test]
 async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
     let w = world(1, false).await;
-    let key = "images/web base/disk+1.raw";
+    let key = "images/web-base/disk 1+2.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(3), &[]).await;
     let out = run(
         &w,
-        &s3_event(&w.bucket, "images/web+base/disk%2B1.raw", &etag, None),
+        &s3_event(&w.bucket, "images/web-base/disk+1%2B2.raw", &etag, None),
     )
     .await;
     let task_id = started_task(&out);
@@ -221,7 +228,19 @@ async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
 
 #[tokio::test]
 async fn vmdk_from_eventbridge_with_metadata_settings() {
-    let w = world(0, false).await;
+    // The operator lets uploads set extra tags, two keys of them.
+    let w = world_with(
+        0,
+        false,
+        &[
+            (
+                "UPLOAD_SETTINGS",
+                "architecture,tpm,boot-mode,name,volume-size,volume-type,description,tags",
+            ),
+            ("UPLOAD_TAG_KEYS", "team,cost center"),
+        ],
+    )
+    .await;
     let vmdk = disks::convert(&disks::raw_disk(4), "vmdk");
     let key = "arm/base.vmdk";
     let meta = [
@@ -523,6 +542,74 @@ async fn invalid_uploads_are_rejected_with_every_problem_and_nothing_imported() 
 }
 
 #[tokio::test]
+async fn an_upload_chooses_only_what_the_operator_lets_it() {
+    // The uploader is not the operator: an upload asking to switch off IMDSv2, for a 16 TiB
+    // volume, for another team's family and to be public is refused with every reason, on
+    // the object and in image.failed, and nothing is imported.
+    let w = world(0, false).await;
+    let key = "web/disk.raw";
+    w.acct
+        .put(
+            &w.bucket,
+            key,
+            disks::raw_disk(2),
+            &[
+                ("imds-v2", "false"),
+                ("volume-size", "16384"),
+                ("family", "db"),
+                ("tags", "publish:public=true&team=web"),
+            ],
+        )
+        .await;
+    let out = run(&w, &eventbridge_event(&w.bucket, key)).await;
+    let want = [
+        "imds-v2: is chosen by the operator, not by an upload (UPLOAD_SETTINGS does not list it)",
+        "volume-size: 16384 GiB is above the 1024 GiB an upload may ask for (UPLOAD_MAX_VOLUME_GIB)",
+        "family: is chosen by the operator, not by an upload (UPLOAD_SETTINGS does not list it)",
+        "tags: is chosen by the operator, not by an upload (UPLOAD_SETTINGS does not list it)",
+        "tags: tag key \"publish:public\" is reserved: publish policy comes from the operator's configuration and manual publish invokes, not from an upload",
+    ];
+    match &out.ingested[..] {
+        [IngestOutcome::Rejected { problems, .. }] => assert_eq!(problems, &want),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let tags = object_tags(&w, key).await;
+    assert_eq!(tags[lineage::OBJECT_STATUS], "rejected");
+    assert!(tags[lineage::OBJECT_REASON].contains("imds-v2"), "{tags:?}");
+    // A folder that only slugs to a family is refused, not merged into it.
+    let odd = "Web Base/disk.raw";
+    w.acct.put(&w.bucket, odd, disks::raw_disk(2), &[]).await;
+    let out = run(&w, &eventbridge_event(&w.bucket, odd)).await;
+    match &out.ingested[..] {
+        [IngestOutcome::Rejected { problems, .. }] => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].starts_with("family: the folder \"Web Base\""),
+                "{problems:?}"
+            );
+            assert!(problems[0].contains("\"web-base\""), "{problems:?}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(tasks(&w).await.is_empty(), "nothing imported");
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(
+        failed[0]["problems"].as_array().map(Vec::len),
+        Some(want.len())
+    );
+    // The operator (a manual invoke) may choose what the upload may not.
+    let out = run(
+        &w,
+        &json!({"bucket": w.bucket, "key": key, "imds-v2": "false", "volume-size": "4",
+                "family": "web", "tags": "team=web"}),
+    )
+    .await;
+    started_task(&out);
+}
+
+#[tokio::test]
 async fn a_missing_object_or_bucket_is_rejected_precisely() {
     let w = world(0, false).await;
     let out = run(&w, &s3_event(&w.bucket, "gone/disk.raw", "e", None)).await;
@@ -648,7 +735,9 @@ async fn a_slow_import_is_warned_about_once() {
 #[tokio::test]
 async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
     let w = world(0, false).await;
-    let long_key = format!("long/{}/disk.raw", "d".repeat(900));
+    let long_key = format!("long/{}.raw", "d".repeat(900));
+    // (A long folder would be refused: families are at most 64 characters; a long file name
+    // is not.)
     let keys = ["odd/ünï cødé 100% +plus.raw".to_string(), long_key.clone()];
     let encode = |k: &str| {
         form_urlencoded::byte_serialize(k.as_bytes())

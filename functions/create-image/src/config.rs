@@ -2,7 +2,7 @@
 
 use shared::aws::clients::Clients;
 use shared::config::{CommonConfig, ConfigError, Reader};
-use shared::plan::spec::{self};
+use shared::plan::spec::{self, UploadBounds};
 use shared::plan::upload::MethodSetting;
 use std::collections::BTreeMap;
 
@@ -25,6 +25,9 @@ pub struct Config {
     pub fast_path_max_gib: u64,
     /// Function-wide defaults of the per-upload settings (`DEFAULT_<SETTING>`).
     pub defaults: BTreeMap<String, String>,
+    /// What an upload's metadata may choose (`UPLOAD_SETTINGS`, `UPLOAD_MAX_VOLUME_GIB`,
+    /// `UPLOAD_TAG_KEYS`).
+    pub upload: UploadBounds,
 }
 
 /// Default-setting variables: `DEFAULT_` + the setting key upper-cased with `_`.
@@ -49,6 +52,9 @@ impl Config {
             "SWEEP_CONCURRENCY",
             "UPLOAD_METHOD",
             "FAST_PATH_MAX_GIB",
+            "UPLOAD_SETTINGS",
+            "UPLOAD_MAX_VOLUME_GIB",
+            "UPLOAD_TAG_KEYS",
         ]);
         v.extend(DEFAULT_VARS);
         v
@@ -94,6 +100,7 @@ impl Config {
                 ));
             }
         }
+        let upload = upload_bounds(&mut r);
         r.finish()?;
         Ok(Config {
             common,
@@ -103,8 +110,34 @@ impl Config {
             upload_method,
             fast_path_max_gib,
             defaults,
+            upload,
         })
     }
+}
+
+/// The operator's bounds on uploads; `UPLOAD_SETTINGS=none` lets the metadata choose nothing.
+fn upload_bounds(r: &mut Reader<'_>) -> UploadBounds {
+    let default = UploadBounds::default();
+    let settings = match r.optional("UPLOAD_SETTINGS") {
+        None => default.settings,
+        Some(v) if v.trim().eq_ignore_ascii_case("none") => Vec::new(),
+        Some(_) => r.list("UPLOAD_SETTINGS"),
+    };
+    let max_volume_gib = r.int_in(
+        "UPLOAD_MAX_VOLUME_GIB",
+        i64::from(spec::DEFAULT_UPLOAD_MAX_VOLUME_GIB),
+        1,
+        i64::from(spec::MAX_VOLUME_GIB),
+    ) as u32;
+    let bounds = UploadBounds {
+        settings,
+        max_volume_gib,
+        tag_keys: r.list("UPLOAD_TAG_KEYS"),
+    };
+    for (var, problem) in bounds.problems() {
+        r.problem(format!("{var}: {problem}"));
+    }
+    bounds
 }
 
 /// What the function needs to run.

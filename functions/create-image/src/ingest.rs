@@ -17,6 +17,7 @@ use shared::plan::import;
 use shared::plan::spec::{self, ImageSpec, Problem};
 use shared::plan::upload::UploadMethod;
 use shared::plan::{disk, lineage};
+use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 pub(crate) async fn ingest(
@@ -200,11 +201,22 @@ async fn validate(
     {
         problems.push(format!("content: {e}"));
     }
+    // The uploader's layer first: what it may not choose is refused, not silently dropped
+    // (unless a manual invoke, the operator, sets that setting itself).
+    let uploaders: BTreeMap<String, String> = info
+        .metadata
+        .iter()
+        .filter(|(k, _)| !item.overrides.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let bounded = spec::upload_problems(&uploaders, &object.key, &deps.config.upload);
+    problems.extend(bounded.iter().map(Problem::to_string));
     let spec = match spec::resolve(
         &[&deps.config.defaults, &info.metadata, &item.overrides],
         &object.key,
     ) {
-        Ok(spec) => Some(spec),
+        Ok(spec) if bounded.is_empty() => Some(spec),
+        Ok(_) => None,
         Err(ps) => {
             problems.extend(ps.iter().map(Problem::to_string));
             None

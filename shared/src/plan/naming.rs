@@ -83,6 +83,52 @@ pub fn family_from_key(key: &str) -> String {
     }
 }
 
+/// Why `key`'s folder (or, at the bucket root, its file stem) cannot name a family as it is,
+/// or None when it can.
+///
+/// A family is cleanup's retention group, so two folders must never share one: a folder
+/// names a family only when [`family_from_key`] keeps it verbatim (lowercase letters, digits
+/// and single dashes, `/` becoming `-`, at most 64 characters). `Web Base/`, `web_base/` and
+/// `web-base/` would all become `web-base`; only the last is accepted, and the others are
+/// refused with the spelling to use rather than merged into its family.
+/// An empty key (settings checked without an upload, e.g. the function's defaults) has
+/// nothing to derive from and no problem.
+pub fn family_source_problem(key: &str) -> Option<String> {
+    if key.is_empty() {
+        return None;
+    }
+    let (what, source, joined) = match key.rsplit_once('/') {
+        Some((dir, _)) => ("folder", dir, dir.replace('/', "-")),
+        None => {
+            let stem = key.split('.').next().unwrap_or_default();
+            ("file name", stem, stem.to_owned())
+        }
+    };
+    let family = family_from_key(key);
+    if family == joined {
+        return None;
+    }
+    Some(format!(
+        "the {what} {source:?} does not name a family as it is: families are derived from it \
+         verbatim so that no two folders share one; use lowercase letters, digits and single \
+         dashes, at most 64 characters (e.g. {family:?})"
+    ))
+}
+
+/// The folder of an upload's `s3://bucket/key` URI, up to and including its last `/`
+/// (`s3://bucket/` for a key at the root): what owns the upload's family. None when the URI
+/// was shortened to fit a tag value ([`super::lineage::fit_tag_value`] cuts the middle, which
+/// may cut the folder) or has no folder at all.
+pub fn upload_folder(source_uri: &str) -> Option<&str> {
+    if source_uri.contains('…') && source_uri.chars().count() >= super::lineage::MAX_TAG_VALUE {
+        return None;
+    }
+    let after_scheme = source_uri.find("://").map_or(0, |i| i + 3);
+    source_uri[after_scheme..]
+        .rfind('/')
+        .map(|i| &source_uri[..after_scheme + i + 1])
+}
+
 /// AMITools-style automatic name `<prefix>-<YYYYMMDDTHHMMSSZ>-<8 hex>`.
 ///
 /// The "random" part is derived from the upload's token and `attempt`, so a repeated sweep
@@ -110,6 +156,23 @@ pub fn auto_name(prefix: &str, at: DateTime<Utc>, token: &str, attempt: u32) -> 
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn upload_folders_own_families() {
+        assert_eq!(
+            upload_folder("s3://b/images/web/x.raw"),
+            Some("s3://b/images/web/")
+        );
+        assert_eq!(upload_folder("s3://b/x.raw"), Some("s3://b/"));
+        assert_eq!(upload_folder("s3://b"), None);
+        let long =
+            crate::plan::lineage::fit_tag_value(&format!("s3://b/web/{}.raw", "x".repeat(300)));
+        assert_eq!(upload_folder(&long), None);
+        assert_eq!(family_source_problem("images/web-2/x.raw"), None);
+        assert_eq!(family_source_problem("web-2.raw"), None);
+        let p = family_source_problem("images/Web Base/x.raw").unwrap_or_default();
+        assert!(p.contains("\"images-web-base\""), "{p}");
+    }
 
     fn t() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 22, 13, 5, 9)

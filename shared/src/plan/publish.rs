@@ -1,8 +1,9 @@
 //! Publish planning: which policy applies to an image, and the next step in each region.
 //!
 //! **Policy** ([`resolve`]): the function's defaults (environment, set by template
-//! parameters), overridden per image by the `publish:*` tags set at upload time (through the
-//! upload's `tags` setting) or written by a manual invoke ([`override_tags`]). Lists are space-
+//! parameters), overridden per image by the `publish:*` tags a manual invoke wrote
+//! ([`override_tags`]). An upload cannot set them (create-image refuses the keys, and only
+//! publish's role may write them). Lists are space-
 //! or comma-separated. Target regions are an explicit allow list minus a deny list: an empty
 //! list publishes in the image's own region only, never "all regions"; a region on both lists
 //! is an error. Public sharing needs the deployment's [`PublicMode`] to allow it.
@@ -793,19 +794,17 @@ mod tests {
     }
 
     #[test]
-    fn upload_tags_carry_the_policy() {
-        // What a platform team writes as `x-amz-meta-tags` reaches the image as its tags.
+    fn an_upload_cannot_carry_publish_policy() {
+        // Whoever writes to the upload bucket is not the operator: `publish:*` in
+        // `x-amz-meta-tags` is refused, so the image never carries an uploader's policy.
         let metadata = tags(&[(
             crate::plan::spec::keys::TAGS,
             "publish:regions=eu-west-1+ap-south-1&publish:accounts=444455556666",
         )]);
-        let spec = crate::plan::spec::resolve(&[&metadata], "web/disk.raw").expect("valid upload");
-        let p = resolve(&defaults(), &spec.extra_tags, "us-east-1").expect("valid policy");
-        assert_eq!(
-            p.regions,
-            BTreeSet::from(["ap-south-1".to_owned(), "eu-west-1".to_owned()])
-        );
-        assert_eq!(p.accounts, BTreeSet::from(["444455556666".to_owned()]));
+        let problems = crate::plan::spec::resolve(&[&metadata], "web/disk.raw")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

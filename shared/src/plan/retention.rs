@@ -4,7 +4,11 @@
 //!
 //! Safety rules, in the order they are applied to each image in scope:
 //! 1. **Scope:** images with `ami-pipeline:managed=true`, plus foreign images matched by an
-//!    explicit [`Selector`]; optionally only some families.
+//!    explicit [`Selector`]; optionally only some families. A family belongs to the folder
+//!    its oldest managed image was uploaded from ([`SOURCE_URI`], see
+//!    [`crate::plan::naming::upload_folder`]): images uploaded from another folder into it
+//!    are neither counted nor removed (reported with that reason), so another folder's
+//!    uploads never change which of the family's images are removed.
 //! 2. **Retention per (region, family):** the newest `keep_newest` available images are kept
 //!    (ties in creation time broken by image id, the greater id counting as newer), anything
 //!    younger than `min_age_days` is kept, and the newest one is kept whatever the numbers say.
@@ -31,7 +35,8 @@
 //!    **Orphan sweep:** managed snapshots no image uses, older than `grace_days`, unprotected.
 
 use crate::model::{Image, Snapshot};
-use crate::plan::lineage::{FAMILY, MANAGED};
+use crate::plan::lineage::{FAMILY, MANAGED, SOURCE_URI};
+use crate::plan::naming::upload_folder;
 use chrono::{DateTime, Duration, Utc};
 use foldhash::fast::FixedState;
 use serde::Serialize;
@@ -309,6 +314,8 @@ fn fast_utc(b: &[u8]) -> Option<DateTime<Utc>> {
 struct Marks<'a> {
     managed: bool,
     family: Option<&'a str>,
+    /// The folder of the upload the image came from ([`SOURCE_URI`]).
+    folder: Option<&'a str>,
     protected: bool,
     publishing: bool,
     public: bool,
@@ -334,6 +341,7 @@ impl<'a> Marks<'a> {
             match k.as_str() {
                 MANAGED => m.managed = v == "true",
                 FAMILY => m.family = Some(v),
+                SOURCE_URI => m.folder = upload_folder(v),
                 PROTECT_TAG => m.protected = protects(v),
                 PUBLISH_STATE => m.publishing = v == "in-progress",
                 DEPRECATED_BY => m.deprecated_by_cleanup = v == DEPRECATED_BY_CLEANUP,
@@ -617,21 +625,19 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
                     .then_with(|| b.id.cmp(&a.id))
                     .then_with(|| rows[b.row].img.id.cmp(&rows[a.row].img.id))
             });
+            let owner = owner_folder(&keys, &rows);
             let mut rank = 0usize;
             for key in keys {
                 let row = &mut rows[key.row];
-                let mut d = Decision {
-                    region: region.clone(),
-                    family: family.clone(),
-                    image_id: std::mem::take(&mut row.id),
-                    name: std::mem::take(&mut row.name),
-                    created: std::mem::take(&mut row.created_text),
-                    action: Action::Keep,
-                    reasons: Vec::new(),
-                    delete_snapshots: Vec::new(),
-                    keep_snapshots: Vec::new(),
-                };
+                let mut d = Decision::kept(&region, &family, row);
                 let (img, marks) = (row.img, &row.marks);
+                if let Some(reason) = foreign_upload(owner, marks) {
+                    d.action = Action::Skip;
+                    d.reasons.push(reason);
+                    decisions.push(d);
+                    cap_keys.push((row.created, key.id));
+                    continue;
+                }
                 if marks.available {
                     if rank == 0 {
                         d.reasons.push(why.newest.clone());
@@ -672,6 +678,44 @@ pub fn plan(facts: &[RegionFacts], policy: &Policy, now: DateTime<Utc>) -> Plan 
         orphans,
         capped,
     }
+}
+
+impl Decision {
+    /// A keep decision about `row`'s image, without reasons yet (its strings moved out).
+    fn kept(region: &Arc<str>, family: &Arc<str>, row: &mut Row<'_>) -> Self {
+        Decision {
+            region: region.clone(),
+            family: family.clone(),
+            image_id: std::mem::take(&mut row.id),
+            name: std::mem::take(&mut row.name),
+            created: std::mem::take(&mut row.created_text),
+            action: Action::Keep,
+            reasons: Vec::new(),
+            delete_snapshots: Vec::new(),
+            keep_snapshots: Vec::new(),
+        }
+    }
+}
+
+/// Why a managed image uploaded from another folder than its family's `owner` is neither
+/// counted nor removed, or None when it is the owner's (or either folder is unknown).
+fn foreign_upload(owner: Option<&str>, marks: &Marks<'_>) -> Option<Reason> {
+    let (owner, folder) = owner
+        .zip(marks.folder)
+        .filter(|(owner, folder)| marks.managed && owner != folder)?;
+    Some(Reason::from(format!(
+        "uploaded from {folder}, but its family belongs to {owner} (the folder of its oldest \
+         image): neither counted nor removed"
+    )))
+}
+
+/// The folder a family belongs to: that of its oldest managed image with a known upload
+/// folder (`keys` are newest first), or None when none has one.
+fn owner_folder<'a>(keys: &[SortKey], rows: &[Row<'a>]) -> Option<&'a str> {
+    keys.iter()
+        .rev()
+        .map(|k| &rows[k.row].marks)
+        .find_map(|m| m.managed.then_some(m.folder)?)
 }
 
 /// The two-pass protocol's first half: the images a first plan (made without checks) would
@@ -973,6 +1017,58 @@ mod tests {
         let p = plan(&facts, &one, now());
         assert_eq!(action_of(&p, "a"), Action::Deregister);
         assert_eq!(p.decisions[1].delete_snapshots, vec!["snap-a".to_string()]);
+    }
+
+    #[test]
+    fn another_folders_uploads_never_change_what_a_family_loses() {
+        let from = |mut i: Image, folder: &str| {
+            i.tags.insert(
+                SOURCE_URI.to_string(),
+                format!("s3://uploads/{folder}/{}.raw", i.id),
+            );
+            i
+        };
+        let own: Vec<Image> = (0..8)
+            .map(|n| from(img(&format!("w{n}"), "a-b", 40 + n), "a-b"))
+            .collect();
+        let removed = |p: &Plan| -> Vec<String> {
+            p.decisions
+                .iter()
+                .filter(|d| matches!(d.action, Action::Deprecate | Action::Deregister))
+                .map(|d| d.image_id.clone())
+                .collect()
+        };
+        let alone = plan(&[region(own.clone())], &policy(), now());
+        assert_eq!(removed(&alone).len(), 6, "{:?}", alone.decisions);
+        // Another folder whose name slugs to the same family ("a/b" → "a-b") uploads ten
+        // newer images, and an older one: the family stays the first folder's, its removals
+        // are the same, and the intruders are neither counted nor removed.
+        let mut world = own;
+        world.extend((0..10).map(|n| from(img(&format!("x{n}"), "a-b", 31 + n), "a/b")));
+        world.push(from(img("x-old", "a-b", 400), "a/b"));
+        let mixed = plan(&[region(world)], &policy(), now());
+        assert_ne!(
+            removed(&mixed),
+            removed(&alone),
+            "the oldest image decides the owner"
+        );
+        let mut world: Vec<Image> = (0..8)
+            .map(|n| from(img(&format!("w{n}"), "a-b", 40 + n), "a-b"))
+            .collect();
+        world.extend((0..10).map(|n| from(img(&format!("x{n}"), "a-b", 31 + n), "a/b")));
+        let mixed = plan(&[region(world)], &policy(), now());
+        assert_eq!(removed(&mixed), removed(&alone));
+        for n in 0..10 {
+            let d = mixed
+                .decisions
+                .iter()
+                .find(|d| d.image_id == format!("x{n}"));
+            assert_eq!(d.map(|d| d.action), Some(Action::Skip));
+            assert!(
+                d.is_some_and(|d| d.reasons[0].contains("belongs to s3://uploads/a-b/")),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

@@ -376,6 +376,9 @@ impl<'a> Settings<'a> {
 
     fn family(&mut self, key: &str) -> String {
         let Some(v) = self.get(keys::FAMILY) else {
+            if let Some(problem) = naming::family_source_problem(key) {
+                self.bad(keys::FAMILY, problem);
+            }
             return naming::family_from_key(key);
         };
         let s = naming::slug(v, 64);
@@ -456,6 +459,14 @@ impl<'a> Settings<'a> {
                     keys::TAGS,
                     format!("tag key {k:?} is reserved (aws:, {NS} and the lineage keys)"),
                 );
+            } else if k.starts_with(PUBLISH_TAG_PREFIX) {
+                self.bad(
+                    keys::TAGS,
+                    format!(
+                        "tag key {k:?} is reserved: publish policy comes from the operator's \
+                         configuration and manual publish invokes, not from an upload"
+                    ),
+                );
             } else if k.chars().chain(val.chars()).any(crate::text::is_hidden) {
                 // Refused rather than escaped: the uploader's tag is written as given or not
                 // at all (shared::text names the characters).
@@ -483,6 +494,184 @@ impl<'a> Settings<'a> {
         }
         extra_tags
     }
+}
+
+/// Prefix of the publish policy tags ([`super::tags::publish`]): written by publish only.
+pub const PUBLISH_TAG_PREFIX: &str = "publish:";
+
+/// What an uploader may choose: the operator's bounds on the object-metadata layer.
+///
+/// Whoever can write to the upload bucket is not the operator. The function's defaults
+/// (`DEFAULT_*`) and a manual invoke are the operator's; the object's metadata is the
+/// uploader's, and only the settings listed here may come from it, each within its bound.
+/// Sharing, publicity and target regions are never upload settings (the `publish:` tag keys
+/// are reserved in every layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadBounds {
+    /// Setting keys the metadata may set (`UPLOAD_SETTINGS`).
+    pub settings: Vec<String>,
+    /// Largest `volume-size` the metadata may ask for, GiB (`UPLOAD_MAX_VOLUME_GIB`).
+    pub max_volume_gib: u32,
+    /// Extra tag keys the metadata may set (`UPLOAD_TAG_KEYS`): exact keys, or prefixes
+    /// ending in `*`.
+    pub tag_keys: Vec<String>,
+}
+
+/// The settings an upload may choose unless the operator says otherwise: how the disk boots
+/// and what the image is called. Not `imds-v2` (a security posture), `family` (cleanup's
+/// retention group: derived from the key's folder) or `tags` (other IAM policies may trust
+/// tags).
+pub const DEFAULT_UPLOAD_SETTINGS: [&str; 10] = [
+    keys::ARCHITECTURE,
+    keys::BOOT_MODE,
+    keys::ENA,
+    keys::TPM,
+    keys::ROOT_DEVICE,
+    keys::VOLUME_SIZE,
+    keys::VOLUME_TYPE,
+    keys::NAME,
+    keys::NAME_PREFIX,
+    keys::DESCRIPTION,
+];
+
+/// Default of [`UploadBounds::max_volume_gib`].
+pub const DEFAULT_UPLOAD_MAX_VOLUME_GIB: u32 = 1024;
+
+impl Default for UploadBounds {
+    fn default() -> Self {
+        UploadBounds {
+            settings: DEFAULT_UPLOAD_SETTINGS.map(str::to_owned).to_vec(),
+            max_volume_gib: DEFAULT_UPLOAD_MAX_VOLUME_GIB,
+            tag_keys: Vec::new(),
+        }
+    }
+}
+
+impl UploadBounds {
+    /// Whether the uploader may set the extra tag `key`.
+    pub fn allows_tag(&self, key: &str) -> bool {
+        self.tag_keys.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => p == key,
+        })
+    }
+
+    /// The problems of an operator's bounds (configuration errors), as `(variable, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for s in &self.settings {
+            if !keys::ALL.contains(&s.as_str()) {
+                out.push((
+                    "UPLOAD_SETTINGS",
+                    format!("{s:?} is not a setting (one of: {})", keys::ALL.join(", ")),
+                ));
+            }
+        }
+        if self.settings.iter().any(|s| s == keys::TAGS) && self.tag_keys.is_empty() {
+            out.push((
+                "UPLOAD_TAG_KEYS",
+                "UPLOAD_SETTINGS lets uploads set tags, so list the keys they may set \
+                 (e.g. team,env or app-*)"
+                    .to_owned(),
+            ));
+        }
+        for p in &self.tag_keys {
+            let bare = p.strip_suffix('*').unwrap_or(p);
+            if bare.is_empty()
+                || bare.starts_with("aws:")
+                || bare.starts_with(NS)
+                || bare.starts_with(PUBLISH_TAG_PREFIX)
+                || NS.starts_with(bare)
+                || PUBLISH_TAG_PREFIX.starts_with(bare)
+                || lineage_key(bare)
+            {
+                out.push((
+                    "UPLOAD_TAG_KEYS",
+                    format!(
+                        "{p:?} would let uploads set reserved keys (aws:, {NS}, \
+                         {PUBLISH_TAG_PREFIX} and the lineage keys)"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What the object's metadata (the uploader's layer) asks for beyond the operator's
+/// [`UploadBounds`]: settings the operator keeps, a volume above the bound, tag keys not
+/// allowed, a family outside the key's folder. Each problem names the setting and the
+/// variable that would allow it. The values' own form is checked by [`resolve`].
+pub fn upload_problems(
+    metadata: &BTreeMap<String, String>,
+    key: &str,
+    bounds: &UploadBounds,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |setting: &str, message: String| {
+        out.push(Problem {
+            setting: setting.to_owned(),
+            message,
+        });
+    };
+    for setting in keys::ALL {
+        let Some(value) = metadata
+            .get(setting)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        if !bounds.settings.iter().any(|s| s == setting) {
+            bad(
+                setting,
+                "is chosen by the operator, not by an upload (UPLOAD_SETTINGS does not list it)"
+                    .to_owned(),
+            );
+            continue;
+        }
+        match setting {
+            keys::VOLUME_SIZE
+                if value
+                    .parse::<u32>()
+                    .is_ok_and(|n| n > bounds.max_volume_gib) =>
+            {
+                bad(
+                    setting,
+                    format!(
+                        "{value} GiB is above the {} GiB an upload may ask for \
+                         (UPLOAD_MAX_VOLUME_GIB)",
+                        bounds.max_volume_gib
+                    ),
+                );
+            }
+            keys::TAGS => {
+                for (k, _) in form_urlencoded::parse(value.as_bytes()) {
+                    if !bounds.allows_tag(&k) {
+                        bad(
+                            setting,
+                            format!("tag key {k:?} is not one uploads may set (UPLOAD_TAG_KEYS)"),
+                        );
+                    }
+                }
+            }
+            keys::FAMILY
+                if value != naming::family_from_key(key)
+                    && !value.starts_with(&format!("{}-", naming::family_from_key(key))) =>
+            {
+                let own = naming::family_from_key(key);
+                bad(
+                    setting,
+                    format!(
+                        "{value:?} is outside this upload's folder: an upload under it may \
+                         name {own:?} or a family starting with \"{own}-\""
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn lineage_key(k: &str) -> bool {
@@ -672,6 +861,105 @@ mod tests {
         .err();
         assert_eq!(p.map(|p| p[0].setting.clone()), Some("tpm".into()));
         assert!(resolve(&[&map(&[("tpm", "true"), ("boot-mode", "uefi")])], "k").is_ok());
+    }
+
+    #[test]
+    fn uploads_choose_only_what_the_operator_lets_them() {
+        let bounds = UploadBounds::default();
+        let metadata = map(&[
+            ("architecture", "arm64"),
+            ("imds-v2", "false"),
+            ("volume-size", "16384"),
+            ("family", "other-team"),
+            ("tags", "team=web"),
+            ("unrelated", "x"),
+        ]);
+        let problems = upload_problems(&metadata, "web/disk.raw", &bounds);
+        let settings: Vec<&str> = problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(settings, ["imds-v2", "volume-size", "family", "tags"]);
+        assert!(
+            problems[0].message.contains("UPLOAD_SETTINGS"),
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("1024 GiB"), "{problems:?}");
+        // Within the bounds: nothing to say.
+        let fine = map(&[("architecture", "arm64"), ("volume-size", "1024")]);
+        assert!(upload_problems(&fine, "web/disk.raw", &bounds).is_empty());
+    }
+
+    #[test]
+    fn allowed_tags_and_families_stay_inside_their_bounds() {
+        let bounds = UploadBounds {
+            settings: vec!["tags".into(), "family".into()],
+            max_volume_gib: 10,
+            tag_keys: vec!["team".into(), "app-*".into()],
+        };
+        assert!(bounds.problems().is_empty());
+        let ok = map(&[("tags", "team=a&app-name=b"), ("family", "web-canary")]);
+        assert!(upload_problems(&ok, "web/disk.raw", &bounds).is_empty());
+        let bad = map(&[("tags", "team=a&owner=b"), ("family", "webby")]);
+        let problems = upload_problems(&bad, "web/disk.raw", &bounds);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].message.contains("\"webby\" is outside"),
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("\"owner\""), "{problems:?}");
+    }
+
+    #[test]
+    fn operator_bounds_that_would_open_reserved_keys_are_refused() {
+        for keys in [
+            "ami-pipeline:*",
+            "publish:regions",
+            "pub*",
+            "*",
+            "aws:x",
+            "source_image",
+        ] {
+            let b = UploadBounds {
+                settings: vec!["tags".into()],
+                tag_keys: vec![keys.into()],
+                ..UploadBounds::default()
+            };
+            assert_eq!(b.problems().len(), 1, "{keys}: {:?}", b.problems());
+        }
+        let b = UploadBounds {
+            settings: vec!["tags".into(), "colour".into()],
+            ..UploadBounds::default()
+        };
+        let vars: Vec<&str> = b.problems().iter().map(|p| p.0).collect();
+        assert_eq!(vars, ["UPLOAD_SETTINGS", "UPLOAD_TAG_KEYS"]);
+    }
+
+    #[test]
+    fn publish_tags_are_reserved_in_every_layer() {
+        let p = resolve(&[&map(&[("tags", "publish:public=true")])], "k.raw")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("publish policy"), "{p:?}");
+    }
+
+    #[test]
+    fn a_folder_that_is_not_its_family_verbatim_is_refused() {
+        for key in [
+            "images/Web Base/x.raw",
+            "web_base/x.raw",
+            "Web.raw",
+            "a//b/x.raw",
+        ] {
+            let p = resolve(&[], key).err().unwrap_or_default();
+            assert_eq!(p.len(), 1, "{key}: {p:?}");
+            assert_eq!(p[0].setting, "family");
+        }
+        assert_eq!(
+            resolve(&[], "images/web-base/x.raw").map(|s| s.family),
+            Ok("images-web-base".to_owned())
+        );
+        // The operator naming the family (a manual invoke) needs no canonical folder.
+        let manual = map(&[("family", "web-base")]);
+        assert!(resolve(&[&manual], "images/Web Base/x.raw").is_ok());
     }
 
     #[test]

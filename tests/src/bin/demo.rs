@@ -76,7 +76,8 @@ async fn main() -> ExitCode {
         "  converted it to a stream-optimized VMDK with qemu-img ({} bytes)",
         vmdk.len()
     );
-    let raw_key = "platform/web base/disk 2026.raw";
+    // Families are the uploads' folders: platform/web-base → platform-web-base.
+    let raw_key = "platform/web-base/disk 2026.raw";
     let vmdk_key = "platform/arm/disk.vmdk";
     let (raw_etag, _) = acct
         .put(
@@ -98,14 +99,19 @@ async fn main() -> ExitCode {
                 ("architecture", "arm64"),
                 ("tpm", "true"),
                 ("name-prefix", "arm-base"),
-                ("family", "arm-base"),
             ],
         )
         .await;
 
+    // The operator lets uploads add two tag keys (team, env) besides the default settings.
     let env = BTreeMap::from([
         ("TOPIC_ARN", topic.as_str()),
         ("S3_FORCE_PATH_STYLE", "true"),
+        (
+            "UPLOAD_SETTINGS",
+            "architecture,boot-mode,ena,tpm,name,name-prefix,description,tags",
+        ),
+        ("UPLOAD_TAG_KEYS", "team,env"),
     ]);
     // create-image runs as its template role (the emulator enforces its IAM policies), built
     // as the runtime builds it.
