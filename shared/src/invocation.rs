@@ -59,6 +59,27 @@ impl InvocationError {
         InvocationError::InvalidEvent(msg.into())
     }
 
+    /// Refuses, before anything is read or changed, an event that names a region outside the
+    /// deployment's partition (`home` is the function's own region): `cn-north-1` asked of a
+    /// commercial-partition deployment would fail on every call, with credentials that do not
+    /// exist there.
+    pub fn check_partition<'a>(
+        regions: impl IntoIterator<Item = &'a str>,
+        home: &str,
+    ) -> Result<(), Self> {
+        let problems: Vec<String> = regions
+            .into_iter()
+            .filter_map(|r| crate::plan::ids::check_region(r, home).err())
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(InvocationError::InvalidEvent(format!(
+            "invalid event: refused, nothing changed: {}",
+            problems.join("; ")
+        )))
+    }
+
     /// The event as a JSON object, or `InvalidEvent` naming what the function accepts
     /// (`accepts`, e.g. "a Scheduled Event or manual overrides"); every function's
     /// `Command::from_event` starts here.

@@ -32,6 +32,7 @@ pub async fn handle(
     deadline: Deadline,
 ) -> Result<Report, InvocationError> {
     let (policy, regions, dry_run) = scope(&cmd, deps);
+    InvocationError::check_partition(regions.iter().map(String::as_str), &deps.clients.region)?;
     let relaxed = relaxations(&deps.config.policy, &policy);
     if !relaxed.is_empty() {
         warn!(relaxed = ?relaxed, "a manual invoke relaxed the configured safety policy");

@@ -52,6 +52,23 @@ pub enum Command {
     Ignore(String),
 }
 
+impl Command {
+    /// Every region the command names (its image's and a manual invoke's targets).
+    pub fn regions(&self) -> Vec<&str> {
+        match self {
+            Command::Publish {
+                region, overrides, ..
+            } => region
+                .iter()
+                .chain(overrides.regions.iter().flatten())
+                .map(String::as_str)
+                .collect(),
+            Command::Revoke { region, .. } => region.iter().map(String::as_str).collect(),
+            Command::Advance | Command::Ignore(_) => Vec::new(),
+        }
+    }
+}
+
 pub(crate) const MANUAL_FIELDS: [&str; 9] = [
     "image_id",
     "region",

@@ -36,6 +36,7 @@ pub async fn handle(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<Output, InvocationError> {
+    InvocationError::check_partition(cmd.regions(), &deps.clients.region)?;
     match cmd {
         Command::Ignore(reason) => {
             info!(%reason, "ignored");

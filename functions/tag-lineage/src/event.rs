@@ -80,6 +80,35 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Every region the command names (its images', a children query's search regions).
+    pub fn regions(&self) -> Vec<&str> {
+        match self {
+            Command::Stamp { targets, .. } => targets
+                .iter()
+                .flat_map(|t| {
+                    let asserted = t
+                        .assertion
+                        .as_ref()
+                        .and_then(|a| a.source_region.as_deref());
+                    t.region.as_deref().into_iter().chain(asserted)
+                })
+                .collect(),
+            Command::Failed { region, .. } | Command::Ancestors { region, .. } => {
+                region.iter().map(String::as_str).collect()
+            }
+            Command::Children {
+                region, regions, ..
+            } => region
+                .iter()
+                .chain(regions.iter().flatten())
+                .map(String::as_str)
+                .collect(),
+            Command::Sweep | Command::Ignore(_) => Vec::new(),
+        }
+    }
+}
+
 pub(crate) const TAG_FIELDS: [&str; 8] = [
     "image_id",
     "region",

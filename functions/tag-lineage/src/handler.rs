@@ -65,6 +65,7 @@ pub async fn handle(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<Output, InvocationError> {
+    InvocationError::check_partition(cmd.regions(), &deps.clients.region)?;
     match cmd {
         Command::Stamp { trigger, targets } => {
             stamp_all(deps, trigger, targets, now, deadline).await
