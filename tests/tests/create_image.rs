@@ -610,6 +610,41 @@ async fn an_upload_chooses_only_what_the_operator_lets_it() {
 }
 
 #[tokio::test]
+async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
+    // "a-b/" and "a/b/" are both well-formed folders and both give the family "a-b": the
+    // first to have an image owns it; the other's upload is refused with both folders named.
+    let w = world(0, false).await;
+    w.acct
+        .put(&w.bucket, "a-b/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let task = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk.raw")).await);
+    wait_task(&w, &task, ImportStatus::Completed).await;
+    sweep(&w).await;
+    let owner = images(&w).await;
+    assert_eq!(owner.len(), 1);
+    w.acct
+        .put(&w.bucket, "a/b/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let out = run(&w, &eventbridge_event(&w.bucket, "a/b/disk.raw")).await;
+    match &out.ingested[..] {
+        [IngestOutcome::Rejected { problems, .. }] => assert_eq!(
+            problems,
+            &[format!(
+                "family: \"a-b\" belongs to s3://{b}/a-b/ (its oldest image {id}); this upload's folder s3://{b}/a/b/ gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)",
+                b = w.bucket,
+                id = owner[0].id
+            )]
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // The owner's next upload is welcome.
+    w.acct
+        .put(&w.bucket, "a-b/disk2.raw", disks::raw_disk(1), &[])
+        .await;
+    started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk2.raw")).await);
+}
+
+#[tokio::test]
 async fn a_missing_object_or_bucket_is_rejected_precisely() {
     let w = world(0, false).await;
     let out = run(&w, &s3_event(&w.bucket, "gone/disk.raw", "e", None)).await;

@@ -16,7 +16,7 @@ use shared::notify::{self, EventType, Message};
 use shared::plan::import;
 use shared::plan::spec::{self, ImageSpec, Problem};
 use shared::plan::upload::UploadMethod;
-use shared::plan::{disk, lineage};
+use shared::plan::{disk, lineage, naming, retention};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -107,6 +107,9 @@ pub(crate) async fn try_ingest(
             image_id: image.id.clone(),
         });
     }
+    if let Some(problem) = family_taken(c, &object, &spec).await? {
+        return reject(deps, &object, vec![problem], now, true).await;
+    }
     let up = fast::Upload {
         object: &object,
         info: &info,
@@ -127,6 +130,39 @@ pub(crate) async fn try_ingest(
         fallback_reason,
     };
     start_import(deps, start, spec, now).await
+}
+
+/// Why the upload may not join its family: another folder owns it (the folder of the family's
+/// oldest image, as cleanup decides; two well-formed folders such as `a-b/` and `a/b/` give
+/// the same family). None when the family is new or this folder's.
+async fn family_taken(
+    c: &Clients,
+    object: &ObjectRef,
+    spec: &ImageSpec,
+) -> Result<Option<String>, AwsError> {
+    let images = ec2::describe_own_images(
+        &c.ec2,
+        &[
+            Select::tag(lineage::FAMILY, [spec.family.as_str()]),
+            Select::tag(lineage::MANAGED, ["true"]),
+        ],
+    )
+    .await?;
+    let ours = format!("s3://{}/{}", object.bucket, object.key);
+    let Some(((owner, image_id), folder)) =
+        retention::family_owner(&images).zip(naming::upload_folder(&ours))
+    else {
+        return Ok(None);
+    };
+    Ok((owner != folder).then(|| {
+        shared::text::escape_controls(&format!(
+            "family: {:?} belongs to {owner} (its oldest image {image_id}); this upload's folder \
+             {folder} gives the same family: rename one of the folders (cleanup neither counts \
+             nor removes images uploaded into another folder's family)",
+            spec.family
+        ))
+        .into_owned()
+    }))
 }
 
 /// What ImportSnapshot is started with.

@@ -35,16 +35,24 @@ fn tag_key_filter(key: &str) -> Filter {
     Filter::builder().name("tag-key").values(key).build()
 }
 
-/// The API's filters for a selection.
-fn filters(select: &[Select]) -> Vec<Filter> {
+/// The API's filters for a selection. `state_filter` is the operation's name for the state
+/// filter: `state` for DescribeImages, `status` for DescribeSnapshots ("status - The status of
+/// the snapshot (pending | completed | error)", botocore's ec2 model, DescribeSnapshotsRequest
+/// Filters; AWS refuses an unknown filter name).
+fn filters_named(select: &[Select], state_filter: &str) -> Vec<Filter> {
     select
         .iter()
         .map(|s| match s {
             Select::Tag(key, values) => tag_filter(key, values.iter().cloned()),
             Select::TagKey(key) => tag_key_filter(key),
-            Select::State(values) => filter("state", values.iter().cloned()),
+            Select::State(values) => filter(state_filter, values.iter().cloned()),
         })
         .collect()
+}
+
+/// [`filters_named`] for the operations whose state filter is `state` (images).
+fn filters(select: &[Select]) -> Vec<Filter> {
+    filters_named(select, "state")
 }
 
 fn to_sdk_tags(tags: &Tags) -> Vec<Tag> {
@@ -541,7 +549,7 @@ pub async fn describe_own_snapshots_filtered(
     ec2: &Client,
     select: &[Select],
 ) -> Result<Vec<Snapshot>, AwsError> {
-    let filters = filters(select);
+    let filters = filters_named(select, "status");
     let mut pages = ec2
         .describe_snapshots()
         .owner_ids("self")

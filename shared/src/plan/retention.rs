@@ -709,6 +709,26 @@ fn foreign_upload(owner: Option<&str>, marks: &Marks<'_>) -> Option<Reason> {
     )))
 }
 
+/// The folder a family belongs to, and the image that makes it so, among `images` (the
+/// family's, as DescribeImages lists them): the upload folder of its oldest managed image
+/// with one, the greater id counting as newer on equal times, as the planner decides. Used
+/// by create-image to refuse an upload that would land in a family another folder owns.
+pub fn family_owner(images: &[Image]) -> Option<(&str, &str)> {
+    images
+        .iter()
+        .filter_map(|img| {
+            let marks = Marks::of(img);
+            let folder = marks.managed.then_some(marks.folder)??;
+            Some((
+                parse_time(img.creation_date.as_deref()),
+                img.id.as_str(),
+                folder,
+            ))
+        })
+        .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, id, folder)| (folder, id))
+}
+
 /// The folder a family belongs to: that of its oldest managed image with a known upload
 /// folder (`keys` are newest first), or None when none has one.
 fn owner_folder<'a>(keys: &[SortKey], rows: &[Row<'a>]) -> Option<&'a str> {
