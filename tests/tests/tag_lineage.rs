@@ -251,6 +251,45 @@ async fn ancestry_over_three_generations_and_two_regions() {
 }
 
 #[tokio::test]
+async fn lineage_is_the_same_whatever_order_the_events_come_in() {
+    // The same three generations as above, but the instance image's event comes before its
+    // parent copy's (the copy still carries the root's tags through CopyImageTags), and again
+    // after it: the child's lineage is right the first time and nothing conflicts later.
+    let w = world().await;
+    let east = w.ec2(EAST);
+    let west = w.ec2(WEST);
+    let (root, _) = fixtures::image(
+        &east,
+        "base",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "base"),
+        ],
+    )
+    .await;
+    assert_eq!(w.available(EAST, &root).await["outcome"], "stamped");
+    let copy = fixtures::copy(&west, &root, EAST, "base-west").await;
+    let instance = fixtures::instance(&west, &copy).await;
+    let child = fixtures::image_from_instance(&west, &instance, "app").await;
+    let first = w.available(WEST, &child).await;
+    assert_eq!(first["outcome"], "stamped", "{first}");
+    let early = fixtures::tags_of(&west, &child).await;
+    assert_eq!(early["ami-pipeline:generation"], "2", "{early}");
+    assert_eq!(early["ami-pipeline:ancestry"], format!("{EAST}/{root}"));
+    assert_eq!(w.available(WEST, &copy).await["outcome"], "stamped");
+    let again = w.available(WEST, &child).await;
+    assert_ne!(again["outcome"], "conflict", "{again}");
+    assert_eq!(fixtures::tags_of(&west, &child).await, early);
+    assert!(
+        w.acct
+            .drain(&w.queue)
+            .await
+            .iter()
+            .all(|m| m["event_type"] != "image.lineage-conflict")
+    );
+}
+
+#[tokio::test]
 async fn children_of_a_root_with_several_descendants() {
     let w = world().await;
     let (root, copy, _, grandchild) = three_generations(&w).await;

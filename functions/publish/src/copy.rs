@@ -161,6 +161,8 @@ pub(crate) async fn stamp_copy(
         },
         tags: source.tags.clone(),
         snapshot_ids: source.snapshot_ids.clone(),
+        // publish copies only source images that are not copies themselves.
+        copied_from: None,
     };
     let stamp_plan = stamp::plan_stamp(&Facts {
         image: copy,

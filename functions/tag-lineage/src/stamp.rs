@@ -13,7 +13,7 @@ use shared::model::Image;
 use shared::model::Tags;
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::{self, FAMILY, READY_AT, SOURCE_URI};
-use shared::plan::stamp::{self, Assertion, Facts, Parent, StampPlan};
+use shared::plan::stamp::{self, Assertion, Facts, ImageRef, Parent, StampPlan};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -126,6 +126,10 @@ async fn origin_facts(
             ec2::describe_image(&pc.ec2, &at.image_id)
                 .await?
                 .map(|p| Parent {
+                    copied_from: p.source_image_id.map(|image_id| ImageRef {
+                        region: p.source_image_region.unwrap_or_else(|| at.region.clone()),
+                        image_id,
+                    }),
                     tags: p.tags,
                     snapshot_ids: p.snapshot_ids,
                     at,

@@ -15,6 +15,7 @@ use super::lineage::{
 use crate::model::{Image, Snapshot, Tags};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// How an image came to be.
@@ -66,6 +67,53 @@ pub struct Parent {
     pub tags: Tags,
     /// Its snapshots.
     pub snapshot_ids: Vec<String>,
+    /// EC2's CopyImage record of the parent (`SourceImageId`, `SourceImageRegion`), when the
+    /// parent is itself a copy.
+    pub copied_from: Option<ImageRef>,
+}
+
+impl Parent {
+    /// The parent's own lineage, whether or not it has been stamped yet: its tags, or, for a
+    /// copy not stamped yet, what its stamp will say. An unstamped copy still carries the tags
+    /// it inherited from its source through `CopyImageTags` (the source's generation, its
+    /// `source_image`), so reading them as the copy's own would make a child of the copy one
+    /// generation short and lose an ancestor, and the result would depend on which of the two
+    /// events came first.
+    pub fn lineage(&self) -> Cow<'_, Tags> {
+        let Some(src) = &self.copied_from else {
+            return Cow::Borrowed(&self.tags);
+        };
+        if self.tags.get(SOURCE_IMAGE) == Some(&src.image_id) {
+            return Cow::Borrowed(&self.tags);
+        }
+        // The inherited tags are the source's lineage: the copy's is one step further.
+        let mut own = self.tags.clone();
+        match next_generation(&self.tags) {
+            Some(g) => own.insert(GENERATION.into(), g.to_string()),
+            None => own.remove(GENERATION),
+        };
+        let ancestry = ancestry_value(src, Some(&self.tags));
+        if ancestry.is_empty() {
+            own.remove(ANCESTRY);
+        } else {
+            own.insert(ANCESTRY.into(), ancestry);
+        }
+        own.insert(SOURCE_IMAGE.into(), src.image_id.clone());
+        own.insert(SOURCE_REGION.into(), src.region.clone());
+        Cow::Owned(own)
+    }
+}
+
+/// The generation of a child of an image whose lineage is `parent`: one more than the
+/// parent's; 1 under a root that carries no generation (no `source_image`); unknown when the
+/// parent's generation is unreadable or missing below a root.
+fn next_generation(parent: &Tags) -> Option<u32> {
+    match parent.get(GENERATION).map(|g| g.parse::<u32>()) {
+        Some(Ok(g)) => Some(g.saturating_add(1)),
+        Some(Err(_)) => None,
+        None if !parent.contains_key(SOURCE_IMAGE) => Some(1),
+        None => None,
+    }
 }
 
 /// Everything the planner looks at.
@@ -299,19 +347,13 @@ fn inferred(facts: &Facts<'_>, origin: Origin, parent: Option<&ImageRef>) -> Tag
     if let Some(p) = parent {
         want.insert(SOURCE_IMAGE.into(), p.image_id.clone());
         want.insert(SOURCE_REGION.into(), p.region.clone());
-        let parent_tags = facts.parent.map(|p| &p.tags);
-        let ancestry = ancestry_value(p, parent_tags);
+        let parent_lineage = facts.parent.map(Parent::lineage);
+        let ancestry = ancestry_value(p, parent_lineage.as_deref());
         if !ancestry.is_empty() {
             want.insert(ANCESTRY.into(), ancestry);
         }
         if let Some(parent) = facts.parent {
-            let generation = match parent.tags.get(GENERATION).map(|g| g.parse::<u32>()) {
-                Some(Ok(g)) => Some(g.saturating_add(1)),
-                Some(Err(_)) => None,
-                None if !parent.tags.contains_key(SOURCE_IMAGE) => Some(1),
-                None => None,
-            };
-            if let Some(g) = generation {
+            if let Some(g) = parent_lineage.as_deref().and_then(next_generation) {
                 want.insert(GENERATION.into(), g.to_string());
             }
             if let Some(f) = parent.tags.get(FAMILY)
@@ -599,6 +641,7 @@ mod tests {
             },
             tags: parent_tags,
             snapshot_ids: vec!["snap-99999999".into()],
+            copied_from: None,
         };
         let snaps = [snap("snap-11111111", &[])];
         let f = Facts {
@@ -632,6 +675,7 @@ mod tests {
                 (GENERATION, "1"),
             ]),
             snapshot_ids: vec![],
+            copied_from: None,
         };
         let f = Facts {
             instance_image: Some("ami-00000002"),
@@ -652,6 +696,70 @@ mod tests {
                 region: "us-west-2".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_child_of_a_copy_gets_the_same_lineage_before_and_after_the_copy_is_stamped() {
+        // A (root, us-west-2, generation 0) → C (copy in us-east-1) → I (made from an
+        // instance launched from C). I's event may come before C's: C then still carries A's
+        // tags through CopyImageTags.
+        let a_tags = tags(&[(MANAGED, "true"), (FAMILY, "web"), (GENERATION, "0")]);
+        let a_ref = ImageRef {
+            image_id: "ami-0000000a".into(),
+            region: "us-west-2".into(),
+        };
+        let mut c_img = image("ami-0000000c", &[]);
+        c_img.tags = a_tags.clone();
+        c_img.source_image_id = Some(a_ref.image_id.clone());
+        c_img.source_image_region = Some(a_ref.region.clone());
+        let a = Parent {
+            at: a_ref.clone(),
+            tags: a_tags.clone(),
+            snapshot_ids: vec![],
+            copied_from: None,
+        };
+        let c_stamp = plan_stamp(&Facts {
+            parent: Some(&a),
+            ..facts(&c_img, &[])
+        });
+        let c_ref = ImageRef {
+            image_id: "ami-0000000c".into(),
+            region: "us-east-1".into(),
+        };
+        let unstamped_c = Parent {
+            at: c_ref.clone(),
+            tags: a_tags.clone(),
+            snapshot_ids: vec![],
+            copied_from: Some(a_ref.clone()),
+        };
+        let stamped_c = Parent {
+            tags: a_tags
+                .clone()
+                .into_iter()
+                .chain(c_stamp.lineage.clone())
+                .collect(),
+            ..unstamped_c.clone()
+        };
+        assert_eq!(
+            unstamped_c.lineage().get(GENERATION),
+            stamped_c.tags.get(GENERATION)
+        );
+        let mut i_img = image("ami-0000000d", &[]);
+        i_img.source_instance_id = Some("i-0123456789abcdef0".into());
+        let stamp_under = |parent: &Parent| {
+            plan_stamp(&Facts {
+                instance_image: Some("ami-0000000c"),
+                parent: Some(parent),
+                ..facts(&i_img, &[])
+            })
+            .lineage
+        };
+        let early = stamp_under(&unstamped_c);
+        let late = stamp_under(&stamped_c);
+        assert_eq!(early, late);
+        assert_eq!(early[GENERATION], "2");
+        assert_eq!(early[ANCESTRY], "us-west-2/ami-0000000a");
+        assert_eq!(early[SOURCE_IMAGE], "ami-0000000c");
     }
 
     #[test]
