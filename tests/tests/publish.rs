@@ -497,6 +497,57 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
 }
 
 #[tokio::test]
+async fn progress_accumulates_when_the_failing_regions_change_from_run_to_run() {
+    // Faults that move from region to region (as under a steady rate of transient errors):
+    // eu-west-1 fails one run, us-west-2 would fail the next. The schedule retries only the
+    // recorded failures, so the publish completes and is announced partial once, then
+    // published once, instead of flapping between failed sets.
+    let w = world(&[
+        ("PUBLISH_REGIONS", "us-west-2,eu-west-1"),
+        ("SHARE_ACCOUNTS", PARTNER),
+    ])
+    .await;
+    let (src, _) = w.source("web-flap-1", &[]).await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).status, "copying", "{first:#?}");
+    let eu_copy = w.copies(EU, &src).await[0].id.clone();
+    let west_copy = w.copies(WEST, &src).await[0].id.clone();
+    let fault = |image: &str| {
+        json!({"service": "ec2", "action": "DescribeImageAttribute", "status": 503,
+            "code": "ServiceUnavailable", "message": "The service is unavailable.",
+            "resource": image})
+    };
+    w.acct.inject_fault(fault(&eu_copy));
+    let second = w.run(World::schedule()).await;
+    let r = &advanced(&second)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    assert_eq!(r.regions[EU].outcome, "failed");
+    assert_eq!(r.regions[WEST].outcome, "published");
+    // Now us-west-2 would fail and eu-west-1 works.
+    w.acct.clear_faults();
+    w.acct.inject_fault(fault(&west_copy));
+    let third = w.run(World::schedule()).await;
+    let r = &advanced(&third)[0];
+    assert_eq!(r.status, "published", "{r:#?}");
+    assert!(
+        r.regions[WEST]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("earlier run")),
+        "{r:#?}"
+    );
+    w.acct.clear_faults();
+    let sent: Vec<Value> = w.acct.drain(&w.queue).await;
+    let count = |t: &str| sent.iter().filter(|m| m["event_type"] == t).count();
+    assert_eq!(count("image.publish-partial"), 1, "{sent:#?}");
+    assert_eq!(count("image.published"), 1, "{sent:#?}");
+    assert_eq!(
+        w.launch(EU, &eu_copy).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+}
+
+#[tokio::test]
 async fn revoke_removes_image_then_snapshot_permissions_and_is_recorded() {
     let w = world(&[("SHARE_ACCOUNTS", PARTNER), ("PUBLIC", "opt-in")]).await;
     let (src, snap) = w.source("web-revoke-1", &[]).await;

@@ -59,7 +59,14 @@ pub(crate) async fn publish_one(
             .await
             .map_err(aws_failed)?;
     }
-    let (mut regions, ready) = advance_copies(deps, &source, &policy, &home, deadline).await;
+    let only = (trigger == Trigger::Schedule)
+        .then(|| plan::retrying(&source.tags))
+        .flatten();
+    let this_run = narrowed(&policy, only.as_ref());
+    let (mut regions, mut ready) = advance_copies(deps, &source, &this_run, &home, deadline).await;
+    if let Some(only) = &only {
+        ready.retain(|(r, _)| only.contains(r));
+    }
     if regions.values().any(|r| r.outcome.is_pending()) {
         regions.insert(
             home.clone(),
@@ -82,7 +89,36 @@ pub(crate) async fn publish_one(
     }
     let deprecate_at = deprecation_time(&source, &policy, now);
     regions.extend(share_all(deps, ready, &policy, &blocked, deprecate_at.as_deref()).await);
+    if let Some(only) = &only {
+        for r in std::iter::once(&home).chain(&policy.regions) {
+            if !only.contains(r) {
+                regions.insert(r.clone(), done_earlier());
+            }
+        }
+    }
     conclude(deps, c, source, policy, regions, now).await
+}
+
+/// The policy a run works with: only the regions being retried ([`plan::retrying`]).
+fn narrowed(policy: &Policy, only: Option<&BTreeSet<String>>) -> Policy {
+    match only {
+        Some(only) => Policy {
+            regions: policy.regions.intersection(only).cloned().collect(),
+            ..policy.clone()
+        },
+        None => policy.clone(),
+    }
+}
+
+/// The report of a region an earlier run of this publish completed.
+fn done_earlier() -> RegionReport {
+    RegionReport {
+        outcome: RegionOutcome::Published,
+        detail: Some(
+            "published and verified by an earlier run; not in the recorded failed regions".into(),
+        ),
+        ..RegionReport::default()
+    }
 }
 
 /// The image's publish policy with the manual overrides (returned too: recorded as its tags).

@@ -653,8 +653,13 @@ pub fn already_published(source_tags: &Tags) -> bool {
 /// |---|---|---|
 /// | no failure, first time or a grant added | `Published` | state `published`, time, no failed regions |
 /// | no failure, already published, nothing added | — | the same tags |
-/// | failures, another set than recorded | `Partial` | the failed regions |
+/// | failures, a region among them not recorded as failed | `Partial` | the failed regions |
+/// | failures, fewer than recorded (progress: a retry succeeded) | — | the failed regions |
 /// | failures, the set already recorded | — | — |
+///
+/// So `image.publish-partial` is sent when a region fails that had not (not again while the
+/// schedule works through the recorded ones), and the record only shrinks while the schedule
+/// retries just the recorded regions ([`retrying`]).
 pub fn conclude(
     source_tags: &Tags,
     failed: &[&str],
@@ -675,13 +680,35 @@ pub fn conclude(
             record: Some(done),
         };
     }
-    let new_failures =
+    let recorded = recorded_failures(source_tags);
+    let new_failures = failed.iter().any(|r| !recorded.contains(*r));
+    let changed_set =
         source_tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
     Conclusion {
         status: PublishStatus::Partial,
         announce: new_failures.then_some(Announce::Partial),
-        record: new_failures.then(|| Tags::from([(FAILED_REGIONS.to_owned(), failed_list)])),
+        record: changed_set.then(|| Tags::from([(FAILED_REGIONS.to_owned(), failed_list)])),
     }
+}
+
+/// The regions recorded as failed ([`FAILED_REGIONS`]).
+fn recorded_failures(source_tags: &Tags) -> BTreeSet<&str> {
+    source_tags
+        .get(FAILED_REGIONS)
+        .map(|v| v.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// The only regions a scheduled run of a publish in progress works on: those recorded as
+/// failed. Every other region was copied, shared and verified by an earlier run of the same
+/// policy (a policy change comes with a manual invoke, which reconciles every region), so
+/// progress accumulates: each run retries only what is left, and the failed set only shrinks.
+/// None: work on every region (nothing recorded, or not in progress).
+pub fn retrying(source_tags: &Tags) -> Option<BTreeSet<String>> {
+    let recorded = recorded_failures(source_tags);
+    (source_tags.get(PUBLISH_STATE).map(String::as_str) == Some(IN_PROGRESS)
+        && !recorded.is_empty())
+    .then(|| recorded.into_iter().map(str::to_owned).collect())
 }
 
 #[cfg(test)]
@@ -970,5 +997,43 @@ mod tests {
         let recorded = Tags::from([(FAILED_REGIONS.to_owned(), "eu-west-1 us-west-2".to_owned())]);
         let c = conclude(&recorded, &["eu-west-1", "us-west-2"], false, at());
         assert_eq!((c.announce, c.record), (None, None));
+    }
+
+    #[test]
+    fn progress_accumulates_and_only_a_new_failure_is_announced() {
+        let at = || "20261122T120000Z".to_owned();
+        let in_progress = |failed: &str| {
+            Tags::from([
+                (PUBLISH_STATE.to_owned(), IN_PROGRESS.to_owned()),
+                (FAILED_REGIONS.to_owned(), failed.to_owned()),
+            ])
+        };
+        let recorded = in_progress("eu-west-1 us-west-2");
+        assert_eq!(
+            retrying(&recorded),
+            Some(BTreeSet::from([
+                "eu-west-1".to_owned(),
+                "us-west-2".to_owned()
+            ]))
+        );
+        assert_eq!(retrying(&in_progress("")), None);
+        // One of the two now works: recorded silently.
+        let c = conclude(&recorded, &["us-west-2"], false, at());
+        assert_eq!(c.announce, None);
+        assert_eq!(
+            c.record,
+            Some(Tags::from([(
+                FAILED_REGIONS.to_owned(),
+                "us-west-2".to_owned()
+            )]))
+        );
+        // A region that had not failed fails: announced.
+        let c = conclude(
+            &in_progress("us-west-2"),
+            &["ap-south-1", "us-west-2"],
+            false,
+            at(),
+        );
+        assert_eq!(c.announce, Some(Announce::Partial));
     }
 }
