@@ -763,6 +763,32 @@ pub mod disks {
         disk
     }
 
+    /// An empty stream-optimized VMDK of `gib` GiB virtual size (a few KiB on disk), made with
+    /// `qemu-img create`: for tests about sizes without gigabytes of data.
+    pub fn empty_vmdk(gib: u64) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!(
+            "ami-pipeline-disk-{}-{}",
+            std::process::id(),
+            super::fresh_account_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let dst = dir.join("disk.vmdk");
+        let out = Command::new("qemu-img")
+            .args(["create", "-f", "vmdk", "-o", "subformat=streamOptimized"])
+            .arg(&dst)
+            .arg(format!("{gib}G"))
+            .output()
+            .unwrap_or_else(|e| panic!("qemu-img is required to build test disks: {e}"));
+        assert!(
+            out.status.success(),
+            "qemu-img failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
+        let _ = std::fs::remove_dir_all(Path::new(&dir));
+        bytes
+    }
+
     /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized, `vpc`
     /// fixed VHD); fails the test with the tool's message if `qemu-img` is missing or fails.
     pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {

@@ -645,6 +645,40 @@ async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
 }
 
 #[tokio::test]
+async fn a_refused_registration_leaves_a_tagged_snapshot_for_the_orphan_sweep() {
+    // volume-size 1 for a disk of 2 GiB: known only once imported. The registration is refused
+    // and reported; the imported snapshot carries the pipeline's tags, so cleanup's orphan
+    // sweep sees it (untagged, it would be lost once the task leaves DescribeImportSnapshotTasks).
+    let w = world(0, false).await;
+    let key = "big/disk.vmdk";
+    w.acct
+        .put(
+            &w.bucket,
+            key,
+            disks::empty_vmdk(2),
+            &[("volume-size", "1")],
+        )
+        .await;
+    let task_id = started_task(&run(&w, &eventbridge_event(&w.bucket, key)).await);
+    let task = wait_task(&w, &task_id, ImportStatus::Completed).await;
+    sweep(&w).await;
+    assert!(images(&w).await.is_empty());
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    assert!(
+        failed[0]["error"].as_str().is_some_and(
+            |e| e.contains("volume-size 1 GiB is smaller than the imported disk (2 GiB)")
+        ),
+        "{failed:#?}"
+    );
+    let snapshot = task.snapshot_id.expect("snapshot");
+    let tags = support::fixtures::tags_of(&w.acct.clients.ec2, &snapshot).await;
+    assert_eq!(tags[lineage::MANAGED], "true", "{tags}");
+    assert_eq!(tags[lineage::IMPORT_TASK], task_id.as_str(), "{tags}");
+}
+
+#[tokio::test]
 async fn a_missing_object_or_bucket_is_rejected_precisely() {
     let w = world(0, false).await;
     let out = run(&w, &s3_event(&w.bucket, "gone/disk.raw", "e", None)).await;

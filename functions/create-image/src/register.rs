@@ -20,16 +20,19 @@ pub(crate) async fn register(
     now: DateTime<Utc>,
 ) -> Result<String, AwsError> {
     let c = &deps.clients;
+    // The snapshot's lineage first, with its own CreateTags (RegisterImage cannot tag it), and
+    // before anything can refuse the registration: a crash or a refusal after this leaves a
+    // tagged, managed snapshot that the next sweep registers or, if it never is, cleanup's
+    // orphan sweep finds (an untagged one would be invisible to both once the task drops out
+    // of DescribeImportSnapshotTasks after 7 days); the other order could leave an AMI whose
+    // snapshot is never tagged. CreateTags overwrites with the same values, so repeating it is
+    // harmless.
+    ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id).await?;
     let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
         Ok(size) => size,
         Err(message) => return fail(deps, task_id, reg, message, now).await,
     };
-    // The snapshot's lineage first, with its own CreateTags (RegisterImage cannot tag it): a
-    // crash after this and before RegisterImage leaves a tagged snapshot and an unfinished
-    // task, which the next sweep registers; the other order could leave an AMI whose snapshot
-    // is never tagged. CreateTags overwrites with the same values, so repeating it is harmless.
-    ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
     let image_id = match register_named(deps, task_id, reg, size).await? {
         Registered::Image(id) => id,
         // Another invocation registered it (a concurrent sweep won the name): that one
