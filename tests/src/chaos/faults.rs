@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 /// `RequestLimitExceeded` (503, https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html)
 /// and `ServiceUnavailable` (503, EC2 API reference, "Server error codes"); S3: `SlowDown` and
 /// `ServiceUnavailable` (503, S3 API reference, "List of error codes"); SNS: `ServiceUnavailable`
-/// (503) and `InternalError` (500) (SNS API reference, "Common errors"); EBS direct:
+/// (503, SNS API reference, "Common errors") and Publish's own throttling error `Throttled`
+/// (HTTP 429, botocore's SNS model, `ThrottledException`), which is not among the Rust SDK's
+/// retryable codes (aws-runtime `THROTTLING_ERRORS`, transient statuses 500/502/503/504): it
+/// reaches the functions on the first attempt, as it would on AWS; EBS direct:
 /// `ThrottlingException` (400) and `InternalServerException` (500) (EBS API reference, "Errors").
 const RULES: [(&str, u16, &str, &str); 8] = [
     (
@@ -41,12 +44,7 @@ const RULES: [(&str, u16, &str, &str); 8] = [
         "ServiceUnavailable",
         "The request has failed due to a temporary failure of the server.",
     ),
-    (
-        "sns",
-        500,
-        "InternalError",
-        "We encountered an internal error. Please try again.",
-    ),
+    ("sns", 429, "Throttled", "Rate exceeded"),
     (
         "ebs",
         400,

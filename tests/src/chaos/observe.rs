@@ -11,6 +11,21 @@ use std::collections::BTreeMap;
 /// `(region, id)`.
 pub type Key = (String, String);
 
+/// An EC2 client of the test's identity in `region` for the harness's own reads and fixtures,
+/// with a retry partition of its own: the SDK keeps the adaptive retry mode's client-side rate
+/// limiter and the retry quota per partition for the whole process (aws-smithy-runtime's
+/// `CLIENT_RATE_LIMITER` and `TOKEN_BUCKET`), so with the default partition (`ec2-<region>`) the
+/// harness's observations would wait behind the throttling the faults cause the functions.
+pub fn observer(acct: &TestAccount, region: &str) -> aws_sdk_ec2::Client {
+    use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition};
+    let conf = aws_sdk_ec2::config::Builder::from(&acct.sdk)
+        .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
+        .retry_config(RetryConfig::standard().with_max_attempts(5))
+        .retry_partition(RetryPartition::new(format!("chaos-observer-{region}")))
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
 /// The account's resources at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Inventory {
@@ -29,7 +44,7 @@ impl Inventory {
     pub async fn read(acct: &TestAccount, regions: &[&str]) -> Inventory {
         let mut inv = Inventory::default();
         for region in regions {
-            let c = acct.clients.for_region(region).ec2;
+            let c = observer(acct, region);
             let images = ec2::describe_own_images(&c, &[])
                 .await
                 .unwrap_or_else(|e| panic!("inventory: images in {region}: {e}"));
@@ -50,7 +65,7 @@ impl Inventory {
                     .insert(((*region).to_owned(), s.id.clone()), s);
             }
         }
-        let home = acct.clients.for_region(regions[0]).ec2;
+        let home = observer(acct, regions[0]);
         for t in ec2::describe_import_tasks(&home, &[])
             .await
             .unwrap_or_else(|e| panic!("inventory: import tasks: {e}"))

@@ -8,7 +8,7 @@
 
 use super::faults::Faults;
 use super::invoke::{Clock, Delivered, Delivery, Env, Fns, Fun, run_all};
-use super::observe::{Inventory, Key};
+use super::observe::{Inventory, Key, observer};
 use super::rng::Rng;
 use super::scenario::{
     COPY_REGIONS, FAST_PATH_MAX_GIB, Object, SHARE_ACCOUNT, Upload, object_created,
@@ -567,7 +567,7 @@ impl Run {
             fns: Arc::clone(&self.fns),
             ec2: regions()
                 .into_iter()
-                .map(|r| (r.to_owned(), self.acct.clients.for_region(r).ec2))
+                .map(|r| (r.to_owned(), observer(&self.acct, r)))
                 .collect(),
             dup: self.mode.dup,
             concurrent: self.mode.concurrent,
@@ -610,7 +610,7 @@ impl Run {
     /// Source images still marked `publish-state=in-progress` (`usize::MAX` if unreadable).
     async fn publishing(&self) -> usize {
         shared::aws::ec2::describe_own_images(
-            &self.acct.clients.ec2,
+            &observer(&self.acct, REGION),
             &[Select::tag(PUBLISH_STATE, ["in-progress"])],
         )
         .await
