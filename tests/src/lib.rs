@@ -282,6 +282,11 @@ pub mod roles {
         out
     }
 
+    /// The state bucket of a test account (the template's `StateBucket`), for `STATE_BUCKET`.
+    pub fn state_bucket_name(account_id: &str) -> String {
+        format!("ami-pipeline-state-{account_id}")
+    }
+
     /// The template's resources as they exist in a test account: the uploads bucket, the
     /// topic, a dead-letter queue and the VM Import role.
     pub fn resources(account_id: &str, bucket: &str, topic_arn: &str) -> Value {
@@ -293,6 +298,7 @@ pub mod roles {
                 "Arn": format!("arn:aws:sqs:{}:{account_id}:ami-pipeline-dlq", super::REGION),
             },
             "ImportRole": {"Ref": "vmimport"},
+            "StateBucket": {"Ref": state_bucket_name(account_id)},
         })
     }
 }
@@ -690,6 +696,17 @@ impl<F: UnderTest> World<F> {
     /// topic) and `S3_FORCE_PATH_STYLE=true` unless `env` sets it.
     pub async fn new(env: &[(&str, &str)]) -> Self {
         Self::in_account(TestAccount::new().await, env).await
+    }
+
+    /// [`World::new`] with the template's state bucket created and `STATE_BUCKET` set: the
+    /// function claims its announcements (shared::claim).
+    pub async fn with_claims(env: &[(&str, &str)]) -> Self {
+        let acct = TestAccount::new().await;
+        let state = roles::state_bucket_name(&acct.account_id);
+        acct.bucket(&state, false).await;
+        let mut vars = env.to_vec();
+        vars.push(("STATE_BUCKET", state.as_str()));
+        Self::in_account(acct, &vars).await
     }
 
     /// [`World::new`] in `acct` (set up beforehand, e.g. its emulator config), with the

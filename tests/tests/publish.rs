@@ -548,6 +548,26 @@ async fn progress_accumulates_when_the_failing_regions_change_from_run_to_run() 
 }
 
 #[tokio::test]
+async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_once() {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source("web-eight-1", &[]).await;
+    let event = w.ready_event(&src);
+    let runs = futures::future::join_all((0..8).map(|_| w.try_run(event.clone()))).await;
+    for r in &runs {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let published = w.messages("image.published").await;
+    assert_eq!(published.len(), 1, "{published:#?}");
+    assert_eq!(
+        w.launch(EAST, &src).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+    // The schedule finds nothing left to do and says nothing.
+    w.run(World::schedule()).await;
+    assert!(w.messages("image.published").await.is_empty());
+}
+
+#[tokio::test]
 async fn revoke_removes_image_then_snapshot_permissions_and_is_recorded() {
     let w = world(&[("SHARE_ACCOUNTS", PARTNER), ("PUBLIC", "opt-in")]).await;
     let (src, snap) = w.source("web-revoke-1", &[]).await;

@@ -11,6 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self};
+use shared::claim::{self, Claim};
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
@@ -270,6 +271,30 @@ async fn conclude(
     });
     if let Some(event) = event {
         let msg = publication_message(event, &source, &home, &policy, &regions, now);
+        // One sender among concurrent invocations (shared::claim), per publication: the key
+        // carries a digest of the policy and the failed regions, so a later change announces.
+        let key = format!(
+            "{}/{}",
+            msg.dedup_key(),
+            claim::digest(&format!("{policy:?} {}", failed.join(" ")))
+        );
+        let claims = &deps.config.claims;
+        if let Claim::Held { age } = claims
+            .claim(&deps.clients.s3, &key, now)
+            .await
+            .map_err(aws_failed)?
+        {
+            // The holder announces and records; if it stopped, the schedule takes over later.
+            info!(image = %source.id, age_seconds = age.num_seconds(), "being announced by another invocation");
+            return Ok(ImageReport {
+                image_id: source.id,
+                region: home,
+                status: end.status,
+                policy,
+                regions,
+                announced: None,
+            });
+        }
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
             .await
             .map_err(aws_failed)?;

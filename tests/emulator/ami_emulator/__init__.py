@@ -65,6 +65,9 @@ def apply_extensions() -> None:
         from . import s3_checksums
 
         s3_checksums.install()
+        from . import s3_conditional
+
+        s3_conditional.install()
         from . import fast_dispatch, fast_tags, image_index, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_dispatch.install()
