@@ -193,6 +193,7 @@ pub async fn assume_role(endpoint: &str, account_id: &str, role: &str) -> aws_co
 
 /// The functions' IAM roles as `template.yaml` defines them (the emulator enforces them).
 pub mod roles {
+    use saphyr::{LoadableYamlNode, YamlOwned};
     use serde_json::{Map, Value, json};
     use std::sync::OnceLock;
 
@@ -245,15 +246,30 @@ pub mod roles {
         }
     }
 
-    /// template.yaml, parsed once.
-    pub fn template() -> &'static serde_yaml::Value {
-        static T: OnceLock<serde_yaml::Value> = OnceLock::new();
+    /// template.yaml, parsed once. saphyr (YAML 1.2, pure Rust) keeps CloudFormation's short-form
+    /// tags (`!Ref`, `!Sub`, ...) as [`YamlOwned::Tagged`] nodes and refuses duplicate keys.
+    pub fn template() -> &'static YamlOwned {
+        static T: OnceLock<YamlOwned> = OnceLock::new();
         T.get_or_init(|| {
             let path = super::repo_root().join("template.yaml");
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("template.yaml: {e}"))
+            let mut docs = YamlOwned::load_from_str(&text)
+                .unwrap_or_else(|e| panic!("template.yaml is not YAML: {e}"));
+            assert_eq!(
+                docs.len(),
+                1,
+                "template.yaml must hold exactly one YAML document"
+            );
+            docs.remove(0)
         })
+    }
+
+    /// The node at `path` (mapping keys, outermost first) under `node`, if every step is a
+    /// mapping holding the key.
+    pub fn yaml_at<'a>(node: &'a YamlOwned, path: &[&str]) -> Option<&'a YamlOwned> {
+        path.iter()
+            .try_fold(node, |node, key| node.as_mapping_get(key))
     }
 
     /// The template parameters a function environment implies: each variable the template
@@ -262,21 +278,29 @@ pub mod roles {
         function: Function,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Map<String, Value> {
-        let vars = &template()["Resources"][function.logical_id()]["Properties"]["Environment"]["Variables"];
+        let vars = yaml_at(
+            template(),
+            &[
+                "Resources",
+                function.logical_id(),
+                "Properties",
+                "Environment",
+                "Variables",
+            ],
+        );
+        let parameters = yaml_at(template(), &["Parameters"]);
         let mut out = Map::new();
-        if let Some(vars) = vars.as_mapping() {
-            for (name, value) in vars {
-                let (Some(name), serde_yaml::Value::Tagged(tagged)) = (name.as_str(), value) else {
-                    continue;
-                };
-                if tagged.tag != "Ref" {
-                    continue;
-                }
-                if let (Some(param), Some(v)) = (tagged.value.as_str(), env(name))
-                    && template()["Parameters"].get(param).is_some()
-                {
-                    out.insert(param.to_owned(), Value::String(v));
-                }
+        for (name, value) in vars.and_then(YamlOwned::as_mapping).into_iter().flatten() {
+            let (Some(name), YamlOwned::Tagged(tag, param)) = (name.as_str(), value) else {
+                continue;
+            };
+            if (tag.handle.as_str(), tag.suffix.as_str()) != ("!", "Ref") {
+                continue;
+            }
+            if let (Some(param), Some(v)) = (param.as_str(), env(name))
+                && parameters.and_then(|p| p.as_mapping_get(param)).is_some()
+            {
+                out.insert(param.to_owned(), Value::String(v));
             }
         }
         out
