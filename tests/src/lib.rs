@@ -830,8 +830,9 @@ pub mod disks {
         bytes
     }
 
-    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized, `vpc`
-    /// fixed VHD); fails the test with the tool's message if `qemu-img` is missing or fails.
+    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized,
+    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD); fails the test with
+    /// the tool's message if `qemu-img` is missing or fails.
     pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
         let dir = std::env::temp_dir().join(format!(
             "ami-pipeline-disk-{}-{}",
@@ -843,10 +844,17 @@ pub mod disks {
         let dst = dir.join("disk.out");
         std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-f", "raw", "-O", format]);
+        let output_format = match format {
+            "vmdk-monolithic" => "vmdk",
+            other => other,
+        };
+        cmd.args(["convert", "-f", "raw", "-O", output_format]);
         match format {
             "vmdk" => {
                 cmd.args(["-o", "subformat=streamOptimized"]);
+            }
+            "vmdk-monolithic" => {
+                cmd.args(["-o", "subformat=monolithicSparse"]);
             }
             "vpc" => {
                 cmd.args(["-o", "subformat=fixed,force_size=on"]);
