@@ -43,6 +43,7 @@ class Pipeline:
             "Topic": {"Ref": self.topic},
             "DeadLetterQueue": {"Ref": f"https://sqs.us-east-1.amazonaws.com/{account.id}/ami-pipeline-dlq", "Arn": self.queue_arn},
             "ImportRole": {"Ref": "vmimport"},
+            "StateBucket": {"Ref": f"ami-pipeline-state-{account.id}"},
         }
 
     def render(self, parameters: dict[str, Any] | None = None, **fields: Any) -> tuple[int, dict[str, Any]]:
