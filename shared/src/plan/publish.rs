@@ -769,14 +769,20 @@ mod tests {
         let t = tags(&[(tags::REGIONS, "us-west-2 ap-south-1 us-east-1")]);
         let p = resolve(&defaults(), &t, "us-east-1").expect_err("outside the list");
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].contains("ap-south-1") && p[0].contains("PUBLISH_REGIONS"), "{p:?}");
+        assert!(
+            p[0].contains("ap-south-1") && p[0].contains("PUBLISH_REGIONS"),
+            "{p:?}"
+        );
         // Without PUBLISH_REGIONS only the deny list bounds what an image asks.
         let mut open = defaults();
         open.regions.clear();
         let p = resolve(&open, &t, "us-east-1").expect("no allow list");
         assert_eq!(p.regions.len(), 2);
         let denied = tags(&[(tags::REGIONS, "cn-north-1")]);
-        assert_eq!(resolve(&open, &denied, "us-east-1").map_err(|p| p.len()), Err(1));
+        assert_eq!(
+            resolve(&open, &denied, "us-east-1").map_err(|p| p.len()),
+            Err(1)
+        );
     }
 
     #[test]
