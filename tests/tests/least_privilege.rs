@@ -399,7 +399,7 @@ async fn publish_copies_only_own_images_into_its_regions_and_never_makes_anythin
 }
 
 #[tokio::test]
-async fn cleanup_cannot_unprotect_or_adopt_an_image() {
+async fn cleanup_cannot_unprotect_adopt_or_remove_a_protected_image() {
     let acct = TestAccount::new().await;
     let ec2 = role(&acct, Function::Cleanup, &[]).await.ec2;
     let (protected, _) = fixtures::image(
@@ -429,6 +429,23 @@ async fn cleanup_cannot_unprotect_or_adopt_an_image() {
         "UnauthorizedOperation",
         &format!("image/{foreign}"),
     );
+    // A protected image is the planner's first exclusion, and IAM's too.
+    refused(
+        ec2.deregister_image().image_id(&protected).send().await,
+        "UnauthorizedOperation",
+        "with an explicit deny",
+    );
+    let (unprotected, _) = fixtures::image(
+        &acct.clients.ec2,
+        "web-old",
+        &[MANAGED, (tags::PROTECT_TAG, "False")],
+    )
+    .await;
+    ec2.deregister_image()
+        .image_id(&unprotected)
+        .send()
+        .await
+        .expect("its job: a managed image whose protect tag says false");
     // Its job: its own mark on the images it deprecates.
     create_tags(&ec2, &protected, &[(tags::DEPRECATED_BY, "cleanup")])
         .await
