@@ -251,6 +251,50 @@ def owned_image(ec2_backend: Any, image_id: Any) -> Any:
     return image
 
 
+# CopyImage of another account's AMI when the caller lacks createVolumePermission on its
+# snapshots: the EC2 console and CLI report this text (clong/DetectionLab#422,
+# scrapoxy/scrapoxy#49, privacysandbox/aggregation-service#12); the error code is not
+# documented. Guess: InvalidRequest.
+NO_STORAGE_PERMISSION = "You do not have permission to access the storage of this ami"
+
+
+def _launchable_by(image: Any, account: str) -> bool:
+    """Whether ``account`` may launch another account's ``image``: public, or a launch
+    permission for the account (organizations and OUs are not modelled for the caller)."""
+    return bool(image.is_public) or any(lp.get("UserId") == account for lp in image.launch_permissions)
+
+
+def copy_source(account: str, region: str, image_id: Any) -> tuple[Any, Any]:
+    """CopyImage's source AMI: ``(backend holding it, image)``. The caller's own image first;
+    else another account's image in ``region`` that the caller may launch (public, or shared
+    with it) - the EC2 User Guide, "Copy an Amazon EC2 AMI": an AMI shared with you can be
+    copied, and its snapshots must be readable by you (createVolumePermission), else
+    ``NO_STORAGE_PERMISSION``. An image the caller can neither own nor launch is
+    InvalidAMIID.NotFound, as for any invisible image. Call with ``LOCK`` held."""
+    own = ec2_backend_for(account, region)
+    image_id = str(image_id or "")
+    if not image_id.startswith("ami-") or image_id in own.amis or image_id in own.deleted_amis:
+        return own, owned_image(own, image_id)
+    from moto.ec2.models import ec2_backends
+
+    for owner in list(ec2_backends.keys()):
+        if owner == account:
+            continue
+        backend = ec2_backends[owner][region]
+        image = backend.amis.get(image_id)
+        if image is None or not _launchable_by(image, account):
+            continue
+        for snapshot_id in image_snapshot_ids(image):
+            snapshot = backend.snapshots.get(snapshot_id)
+            if snapshot is not None and not (
+                "all" in snapshot.create_volume_permission_groups
+                or account in snapshot.create_volume_permission_userids
+            ):
+                raise client_error("InvalidRequest", NO_STORAGE_PERMISSION)
+        return backend, image
+    raise InvalidAMIIdError(image_id)
+
+
 def validate_name(ec2_backend: Any, name: Any) -> str:
     """Per account+region name uniqueness (InvalidAMIName.Duplicate). The name's form was
     checked by the api_rules gate (InvalidAMIName.Malformed) before the request got here."""
@@ -444,7 +488,10 @@ def describe_images(self: Any) -> ActionResult:
 def copy_image(self: Any) -> ActionResult:
     """API_CopyImage: SourceImageId/SourceImageRegion lineage, CopyImageTags, TagSpecifications
     (image, snapshot), ClientToken idempotency, a new snapshot per EBS mapping in the
-    destination region with the source snapshot's size, and an optional ``pending`` period."""
+    destination region with the source snapshot's size, and an optional ``pending`` period.
+    The source may be another account's AMI the caller can launch (``copy_source``); its tags
+    are then not copied (CopyImageTags: "user-defined tags that are attached by other Amazon
+    Web Services accounts" are not)."""
     source_image_id = str(self._get_param("SourceImageId") or "")
     source_region = self._get_param("SourceRegion")
     name = self._get_param("Name")
@@ -471,8 +518,7 @@ def copy_image(self: Any) -> ActionResult:
                 return ActionResult({"ImageId": known[1]})
         if not source_region:
             raise client_error("MissingParameter", "The request must contain the parameter SourceRegion")
-        source_backend = ec2_backend_for(account, source_region)
-        source = owned_image(source_backend, source_image_id)
+        source_backend, source = copy_source(account, source_region, source_image_id)
         validate_name(dest, name)
         tags = tags_by_resource_type(specs, ("image", "snapshot"))
 
@@ -529,7 +575,7 @@ def copy_image(self: Any) -> ActionResult:
             available_at=available_at,
         )
         dest.amis[new_id] = image
-        if copy_tags:
+        if copy_tags and source.owner_id == account:
             _apply_tags(dest, [new_id], _user_tags(source))
         _apply_tags(dest, [new_id], tags.get("image", {}))
         _apply_tags(dest, new_snapshot_ids, tags.get("snapshot", {}))
