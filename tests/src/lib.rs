@@ -807,61 +807,28 @@ pub mod disks {
     /// An empty stream-optimized VMDK of `gib` GiB virtual size (a few KiB on disk), made with
     /// `qemu-img create`: for tests about sizes without gigabytes of data.
     pub fn empty_vmdk(gib: u64) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!(
-            "ami-pipeline-disk-{}-{}",
-            std::process::id(),
-            super::fresh_account_id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let dst = dir.join("disk.vmdk");
-        let out = Command::new("qemu-img")
-            .args(["create", "-f", "vmdk", "-o", "subformat=streamOptimized"])
-            .arg(&dst)
-            .arg(format!("{gib}G"))
-            .output()
-            .unwrap_or_else(|e| panic!("qemu-img is required to build test disks: {e}"));
-        assert!(
-            out.status.success(),
-            "qemu-img failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
-        let _ = std::fs::remove_dir_all(Path::new(&dir));
-        bytes
+        qemu_img(|dir| {
+            let dst = dir.join("disk.out");
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["create", "-f", "vmdk", "-o", "subformat=streamOptimized"])
+                .arg(&dst)
+                .arg(format!("{gib}G"));
+            cmd
+        })
     }
 
-    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized,
-    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD); fails the test with
-    /// the tool's message if `qemu-img` is missing or fails.
-    pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
+    /// Runs the `qemu-img` command `build` makes in a fresh directory and returns the bytes it
+    /// wrote to `disk.out` there; fails the test with the tool's message if it is missing or
+    /// fails.
+    fn qemu_img(build: impl FnOnce(&Path) -> Command) -> Vec<u8> {
         let dir = std::env::temp_dir().join(format!(
             "ami-pipeline-disk-{}-{}",
             std::process::id(),
             super::fresh_account_id()
         ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let src = dir.join("disk.raw");
-        let dst = dir.join("disk.out");
-        std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
-        let mut cmd = Command::new("qemu-img");
-        let output_format = match format {
-            "vmdk-monolithic" => "vmdk",
-            other => other,
-        };
-        cmd.args(["convert", "-f", "raw", "-O", output_format]);
-        match format {
-            "vmdk" => {
-                cmd.args(["-o", "subformat=streamOptimized"]);
-            }
-            "vmdk-monolithic" => {
-                cmd.args(["-o", "subformat=monolithicSparse"]);
-            }
-            "vpc" => {
-                cmd.args(["-o", "subformat=fixed,force_size=on"]);
-            }
-            _ => {}
-        }
-        let out = cmd.arg(&src).arg(&dst).output().unwrap_or_else(|e| {
+        let mut cmd = build(&dir);
+        let out = cmd.output().unwrap_or_else(|e| {
             panic!("qemu-img is required to build test disks (apt-get install qemu-utils): {e}")
         });
         assert!(
@@ -869,9 +836,33 @@ pub mod disks {
             "qemu-img failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let dst = dir.join("disk.out");
         let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
-        let _ = std::fs::remove_dir_all(Path::new(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
         bytes
+    }
+
+    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized,
+    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD); fails the test with
+    /// the tool's message if `qemu-img` is missing or fails.
+    pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
+        qemu_img(|dir| {
+            let src = dir.join("disk.raw");
+            std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
+            let (output_format, options) = match format {
+                "vmdk" => ("vmdk", Some("subformat=streamOptimized")),
+                "vmdk-monolithic" => ("vmdk", Some("subformat=monolithicSparse")),
+                "vpc" => ("vpc", Some("subformat=fixed,force_size=on")),
+                other => (other, None),
+            };
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["convert", "-f", "raw", "-O", output_format]);
+            if let Some(o) = options {
+                cmd.args(["-o", o]);
+            }
+            cmd.arg(&src).arg(dir.join("disk.out"));
+            cmd
+        })
     }
 }
 
