@@ -3,6 +3,7 @@ endpoint, every call succeeds)."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -201,3 +202,115 @@ def test_moto_reset_clears_rules(emulator, account):
     assert _rules(account) == {}
     again = Account(emulator, account.id)  # the reset also dropped the assumed-role keys
     assert again.client("ec2", config=NO_RETRY).describe_images(Owners=["self"])["Images"] == []
+
+
+# ---------------------------------------------------------------------------- rate and principal
+# A chaos test needs transient faults at a rate, on the code under test only: ``probability``
+# (seeded per rule, so a run can be repeated) and ``principal`` (a substring of the caller's role
+# ARN) are the emulator's own test controls; the error answers are the same AWS wire formats.
+
+
+def _outcomes(ec2, calls):
+    """For each of ``calls`` DescribeImages: True when it failed with the injected code."""
+    failed = []
+    for _ in range(calls):
+        try:
+            ec2.describe_images(Owners=["self"])
+            failed.append(False)
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "RequestLimitExceeded"
+            assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+            failed.append(True)
+    return failed
+
+
+def test_probability_fails_the_seeded_share_of_matching_requests(account, other_account):
+    import random
+
+    calls, seed = 120, 1234
+    rule = _add(account, service="ec2", action="DescribeImages", status=503, code="RequestLimitExceeded",
+                probability=0.3, seed=seed)
+    assert (rule["probability"], rule["seed"], rule["matched"], rule["fired"]) == (0.3, seed, 0, 0)
+    failed = _outcomes(account.client("ec2", config=NO_RETRY), calls)
+
+    # The n-th matching request fails exactly when the rule's n-th draw of Random(seed) is < p.
+    draws = random.Random(seed)
+    assert failed == [draws.random() < 0.3 for _ in range(calls)]
+    assert 15 <= sum(failed) <= 60, sum(failed)
+    listed = _rules(account)[rule["id"]]
+    assert (listed["matched"], listed["fired"], listed["remaining"]) == (calls, sum(failed), None)
+    # Other actions are not drawn for.
+    account.client("ec2", config=NO_RETRY).describe_snapshots(OwnerIds=["self"])
+    assert _rules(account)[rule["id"]]["matched"] == calls
+
+    # The same seed in another account repeats the same sequence.
+    _add(other_account, service="ec2", action="DescribeImages", status=503, code="RequestLimitExceeded",
+         probability=0.3, seed=seed)
+    assert _outcomes(other_account.client("ec2", config=NO_RETRY), calls) == failed
+
+
+def test_probability_zero_never_fires_and_a_passed_draw_lets_the_next_rule_answer(account):
+    never = _add(account, service="ec2", action="DescribeImages", status=503, code="RequestLimitExceeded",
+                 probability=0)
+    always = _add(account, service="ec2", action="DescribeImages", status=503, code="Unavailable", count=2)
+    assert always["probability"] == 1.0 and isinstance(always["seed"], int)
+    ec2 = account.client("ec2", config=NO_RETRY)
+    for _ in range(2):
+        with aws_error("Unavailable"):
+            ec2.describe_images(Owners=["self"])
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+    rules = _rules(account)
+    assert (rules[never["id"]]["matched"], rules[never["id"]]["fired"]) == (3, 0)
+    assert (rules[always["id"]]["fired"], rules[always["id"]]["remaining"]) == (2, 0)
+
+
+def test_count_limits_the_fired_requests_of_a_probable_rule(account):
+    rule = _add(account, service="ec2", action="DescribeImages", status=503, code="RequestLimitExceeded",
+                probability=0.5, seed=99, count=3)
+    failed = _outcomes(account.client("ec2", config=NO_RETRY), 40)
+    assert sum(failed) == 3
+    listed = _rules(account)[rule["id"]]
+    assert (listed["fired"], listed["remaining"]) == (3, 0)
+    # Once used up it draws no more: the last request it looked at is the one of its third fault.
+    third = [n for n, f in enumerate(failed) if f][2]
+    assert listed["matched"] == third + 1
+
+
+def test_principal_limits_a_rule_to_callers_of_that_role(account):
+    from test_iam import as_role
+
+    _add(account, service="ec2", action="DescribeImages", status=503, code="RequestLimitExceeded",
+         principal="role/ChaosFunctionRole")
+    _add(account, service="s3", status=503, code="SlowDown", principal="FunctionRole")
+    function = as_role(account, "ChaosFunctionRole")
+    bucket = account.bucket()
+    account.s3().put_object(Bucket=bucket, Key="k", Body=b"abc")
+
+    with aws_error("RequestLimitExceeded"):
+        function.client("ec2", config=NO_RETRY).describe_images(Owners=["self"])
+    with aws_error("SlowDown"):
+        function.client("s3", config=NO_RETRY).get_object(Bucket=bucket, Key="k")
+    # The set-up identity (role ami-emulator-test) and another role are not faulted.
+    assert account.client("ec2", config=NO_RETRY).describe_images(Owners=["self"])["Images"] == []
+    assert account.client("s3", config=NO_RETRY).get_object(Bucket=bucket, Key="k")["Body"].read() == b"abc"
+    other = as_role(account, "ChaosOperatorRole")
+    assert other.client("ec2", config=NO_RETRY).describe_images(Owners=["self"])["Images"] == []
+    rules = list(_rules(account).values())
+    assert [r["principal"] for r in rules] == ["role/ChaosFunctionRole", "FunctionRole"]
+    assert [r["fired"] for r in rules] == [1, 1]
+
+
+def test_bad_probability_seed_and_principal_are_rejected(account):
+    base = {"account_id": account.id, "service": "ec2", "code": "RequestLimitExceeded"}
+    for bad, message in (
+        ({"probability": 1.5}, "probability must be a number from 0 to 1"),
+        ({"probability": -0.1}, "probability must be a number from 0 to 1"),
+        ({"probability": "0.5"}, "probability must be a number from 0 to 1"),
+        ({"probability": True}, "probability must be a number from 0 to 1"),
+        ({"seed": "abc"}, "seed must be an integer"),
+        ({"principal": ""}, "principal must be a non-empty string or null"),
+    ):
+        status, body = account.control("faults", {**base, **bad})
+        assert status == 400, (bad, body)
+        assert message in json.dumps(body), body
+    assert _rules(account) == {}

@@ -24,6 +24,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod chaos;
+
 /// Region every test works in unless it says otherwise.
 pub const REGION: &str = "us-east-1";
 /// How long the emulator may take to start (a first start installs its virtualenv).

@@ -662,6 +662,29 @@ async fn grace_zero_removes_in_one_run_with_the_snapshots_in_the_same_call() {
     assert_eq!(calls["ec2:DescribeImageReferences"], 1, "{calls}");
 }
 
+/// Issue #15, found by the chaos harness (cleanup runs overlapping, seed 7): two runs plan the
+/// same removal; the second DeregisterImage gets `InvalidAMIID.Unavailable` (EC2's answer for an
+/// image already deregistered) and the whole run failed for a removal that is done. Here the
+/// fault rule answers what EC2 answers the second run.
+#[tokio::test]
+async fn an_image_another_run_deregistered_first_is_done_not_a_failure() {
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "race", "race-new", 1).await;
+    let (gone, _) = w.managed(EAST, "race", "race-old", 100).await;
+    let (other, _) = w.managed(EAST, "race", "race-older", 120).await;
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DeregisterImage",
+        "status": 400, "code": "InvalidAMIID.Unavailable",
+        "message": format!("The image id '[{gone}]' is no longer available"),
+        "resource": gone, "count": 1}));
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    assert_eq!(
+        step_result(&r, &gone, "deregister"),
+        &StepResult::AlreadyGone
+    );
+    assert!(!w.exists(EAST, &other).await, "the others go on");
+}
+
 #[tokio::test]
 async fn an_image_whose_sharing_cannot_be_read_is_skipped_and_the_rest_go_on() {
     let w = one_run_world(&[]).await;

@@ -459,6 +459,57 @@ async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_
     );
 }
 
+/// Issue #15, found by the chaos harness (seed 7: 8 uploads, each event x3, 10 % faults): two
+/// invocations registering one upload seconds apart each tag the snapshot before RegisterImage;
+/// the one that loses adopts the winner's image, and the snapshot kept the loser's create_date,
+/// the image the winner's. tag-lineage then refused the image for good (an
+/// `image.lineage-conflict` on every run, no `image.ready`, never published). Here the second
+/// registration is a sweep 30 s later on its clock that does not see the image yet (EC2's
+/// eventual consistency); concurrent duplicate events do the same.
+#[tokio::test]
+async fn a_second_registration_of_one_import_leaves_the_snapshot_dated_as_its_image() {
+    const LAG_SECONDS: u64 = 4;
+    let w = world(1, false).await;
+    imported(&w, "dates/disk.raw").await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    // The first registration stops before recording its outcome (SNS refuses the
+    // announcement), as an invocation overlapped by a duplicate has not recorded it yet.
+    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
+    let registered_at = std::time::Instant::now();
+    let first = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
+    assert!(first.is_err(), "{first:?}");
+    w.acct.clear_faults();
+    let second = handle(
+        Command::Sweep,
+        &w.deps,
+        Utc::now() + chrono::Duration::seconds(30),
+        deadline(),
+    )
+    .await;
+    assert!(
+        registered_at.elapsed() < Duration::from_secs(LAG_SECONDS),
+        "the second sweep must run within the lag for this test to mean anything"
+    );
+    assert!(
+        second.is_err(),
+        "the name is taken by an image not listed yet: {second:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    let all = images(&w).await;
+    assert_eq!(all.len(), 1, "no second image");
+    let img = &all[0];
+    let snap = shared::aws::ec2::describe_snapshot(&w.acct.clients.ec2, &img.snapshot_ids[0])
+        .await
+        .expect("snapshot");
+    for key in [lineage::CREATE_DATE, lineage::CREATE_TIMESTAMP] {
+        assert_eq!(snap.tags.get(key), img.tags.get(key), "{key}");
+    }
+}
+
 #[tokio::test]
 async fn invalid_uploads_are_rejected_with_every_problem_and_nothing_imported() {
     let w = world(0, false).await;

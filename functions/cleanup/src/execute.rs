@@ -209,6 +209,13 @@ async fn image_step(
         }
         Action::Undeprecate => done(ec2::disable_image_deprecation(ec2, &d.image_id).await),
         _ => match ec2::deregister_image_and_snapshots(ec2, &d.image_id).await {
+            // Another run got there first (scheduled and manual runs overlap): EC2 answers
+            // InvalidAMIID.Unavailable for an image already deregistered, NotFound once it is
+            // gone (EC2 API reference, DeregisterImage; "Error codes"). Its DeregisterImage
+            // took the snapshots; any it left are the orphan sweep's.
+            Err(e) if e.is_not_found() || e.has_code("InvalidAMIID.Unavailable") => {
+                vec![step(d, name, StepResult::AlreadyGone)]
+            }
             Err(e) => done(Err(e)),
             Ok(results) => {
                 let mut out = vec![step(d, name, StepResult::Done)];

@@ -22,7 +22,8 @@ pub struct Step {
 pub enum StepResult {
     /// Done.
     Done,
-    /// A snapshot that was already deleted.
+    /// Already done by someone else: a snapshot already deleted, an image another run
+    /// deregistered first.
     AlreadyGone,
     /// Dry run: would be done.
     Planned,

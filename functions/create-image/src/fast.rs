@@ -409,7 +409,7 @@ async fn register(
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map_or(now, |t| t.with_timezone(&Utc));
     let tags = upload::snapshot_tags(up.spec, up.object, up.info.etag.as_deref(), up.format);
-    let reg = upload::registration(up.spec, snapshot_id, &tags, started_at, now);
+    let reg = upload::registration(up.spec, snapshot_id, &tags, started_at);
     let size = match import::volume_size(up.spec.volume_size_gib, snapshot.volume_size_gib) {
         Ok(size) => size,
         Err(message) => return reject(deps, up.object, vec![message], now, true).await,

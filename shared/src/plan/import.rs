@@ -263,7 +263,9 @@ fn plan_completed(
             false,
         ),
     };
-    let tags = registration_tags(task, &spec, now);
+    // The import's start, not this sweep's clock: every sweep registering the task writes the
+    // same tags on the snapshot before RegisterImage (see `registration_tags`).
+    let tags = registration_tags(task, &spec, started_at);
     SweepAction::Register {
         task_id,
         registration: Box::new(Registration {
@@ -278,17 +280,19 @@ fn plan_completed(
     }
 }
 
-/// Tags for a registered image and its snapshot: the AMITools date pair (registration time),
-/// the upload's lineage copied from the task, the task id, the managed marker, and the user's
-/// extra tags.
-pub fn registration_tags(task: &ImportTask, spec: &ImageSpec, now: DateTime<Utc>) -> Tags {
+/// Tags for a registered image and its snapshot: the AMITools date pair (`started_at`: when the
+/// import started, the instant the automatic name carries), the upload's lineage copied from
+/// the task, the task id, the managed marker, and the user's extra tags. A function of the task
+/// alone: two sweeps registering it at once write identical tags on the snapshot, whichever
+/// wins the RegisterImage race (issue #15).
+pub fn registration_tags(task: &ImportTask, spec: &ImageSpec, started_at: DateTime<Utc>) -> Tags {
     let mut tags = spec.extra_tags.clone();
     for key in INHERITED {
         if let Some(v) = task.tags.get(key) {
             tags.insert(key.to_owned(), v.clone());
         }
     }
-    tags.extend(lineage::date_tags(now));
+    tags.extend(lineage::date_tags(started_at));
     tags.insert(lineage::MANAGED.to_owned(), "true".to_owned());
     tags.insert(lineage::FAMILY.to_owned(), spec.family.clone());
     tags.insert(IMPORT_TASK.to_owned(), task.id.clone());
@@ -499,12 +503,42 @@ mod tests {
         assert_eq!(t[lineage::FAMILY], "team");
         assert_eq!(t[IMPORT_TASK], "t1");
         assert_eq!(t[lineage::SOURCE_URI], "s3://b/team/disk.raw");
-        assert_eq!(t[lineage::CREATE_DATE], "20261122T120000Z");
-        assert_eq!(t[lineage::CREATE_TIMESTAMP], now().timestamp().to_string());
+        // The import's start (the task's started-at, the instant the name carries), not the
+        // sweep's clock: every sweep registering it writes the same tags.
+        assert_eq!(t[lineage::CREATE_DATE], "20261122T110000Z");
+        let started = now() - Duration::hours(1);
+        assert_eq!(
+            t[lineage::CREATE_TIMESTAMP],
+            started.timestamp().to_string()
+        );
         assert!(
             !t.keys().any(|k| k.starts_with(spec::SPEC_TAG_PREFIX)),
             "spec tags stay on the task"
         );
+    }
+
+    /// Issue #15, found by the chaos harness: two sweeps (or a sweep and an ingest) register
+    /// one completed import seconds apart; each tags the snapshot before RegisterImage and the
+    /// loser adopts the winner's image, so the snapshot kept the loser's create_date and the
+    /// image the winner's: tag-lineage refused it for good as a lineage conflict.
+    #[test]
+    fn every_sweep_registering_one_import_writes_the_same_tags() {
+        let t = task("t1", ImportStatus::Completed, &[]);
+        let plan = |at| plan_sweep(std::slice::from_ref(&t), &BTreeMap::new(), policy(), at);
+        let (a, b) = (plan(now()), plan(now() + Duration::seconds(7)));
+        let (
+            SweepAction::Register {
+                registration: ra, ..
+            },
+            SweepAction::Register {
+                registration: rb, ..
+            },
+        ) = (&a[0], &b[0])
+        else {
+            panic!("{a:?} {b:?}")
+        };
+        assert_eq!(ra.tags, rb.tags);
+        assert_eq!(ra.name, rb.name);
     }
 
     #[test]

@@ -157,14 +157,14 @@ pub fn snapshot_tags(
 
 /// The registration of a fast-path snapshot: the name (explicit, or automatic from the prefix,
 /// the snapshot's start time — the same for every duplicate event — and the upload token) and
-/// the tags of the image and snapshot (the snapshot's lineage, the user's extra tags, the
-/// registration dates).
+/// the tags of the image and snapshot (the snapshot's lineage, the user's extra tags, the date
+/// pair at the snapshot's start). A function of the snapshot alone: every invocation that
+/// registers it computes the same (issue #15).
 pub fn registration(
     spec: &ImageSpec,
     snapshot_id: &str,
     snapshot_tags: &Tags,
     started_at: DateTime<Utc>,
-    now: DateTime<Utc>,
 ) -> Registration {
     let source_token = snapshot_tags
         .get(lineage::SOURCE_TOKEN)
@@ -179,7 +179,10 @@ pub fn registration(
     };
     let mut tags = spec.extra_tags.clone();
     tags.extend(snapshot_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-    tags.extend(lineage::date_tags(now));
+    // The snapshot's start, not this invocation's clock: every invocation registering this
+    // snapshot (duplicate events overlap) writes the same tags on it before RegisterImage, so
+    // the one that loses the race cannot leave the snapshot dated otherwise than the image.
+    tags.extend(lineage::date_tags(started_at));
     Registration {
         name,
         name_is_explicit,
@@ -253,16 +256,47 @@ mod tests {
             tags[lineage::SOURCE_TOKEN],
             upload_token(&object, Some("e"))
         );
-        let later = now() + chrono::Duration::seconds(30);
-        let reg = registration(&spec, "snap-1", &tags, now(), later);
+        let reg = registration(&spec, "snap-1", &tags, now());
         assert_eq!(reg.tags["team"], "web");
         assert_eq!(reg.tags[lineage::UPLOAD_METHOD], "ebs-direct");
-        assert_eq!(reg.tags[lineage::CREATE_DATE], lineage::create_date(later));
+        // The dates are the snapshot's start, the instant the name carries (see below).
+        assert_eq!(reg.tags[lineage::CREATE_DATE], lineage::create_date(now()));
         assert!(!reg.tags.contains_key(lineage::IMPORT_TASK));
         assert!(!reg.name_is_explicit);
         assert_eq!(
             reg.name,
             naming::auto_name(&spec.name_prefix, now(), &reg.source_token, 0)
+        );
+    }
+
+    /// Issue #15, found by the chaos harness (seed 7, 8 uploads, each event x3, fault rate
+    /// 0.1): two invocations of one upload register it seconds apart; each tags the snapshot
+    /// before RegisterImage, the loser adopts the winner's image, and the snapshot was left with
+    /// the loser's create_date, the image with the winner's. tag-lineage then refused the image
+    /// for good (`image.lineage-conflict` on every run, no `image.ready`, never published). Every
+    /// invocation must compute the same registration tags.
+    #[test]
+    fn every_invocation_registering_one_snapshot_writes_the_same_tags() {
+        let object = ObjectRef {
+            bucket: "b".into(),
+            key: "web/app.raw".into(),
+            version_id: Some("v1".into()),
+        };
+        let spec = spec::resolve(&[], &object.key).expect("defaults are valid");
+        let tags = snapshot_tags(&spec, &object, Some("e"), DiskFormat::Raw);
+        // Registered by two invocations seconds apart: the registration no longer takes the
+        // invocation's clock at all, and its dates are the snapshot's start.
+        let first = registration(&spec, "snap-1", &tags, now());
+        let second = registration(&spec, "snap-1", &tags, now());
+        assert_eq!(first.tags, second.tags);
+        assert_eq!(first.name, second.name);
+        assert_eq!(
+            first.tags[lineage::CREATE_DATE],
+            lineage::create_date(now())
+        );
+        assert_eq!(
+            first.tags[lineage::CREATE_TIMESTAMP],
+            now().timestamp().to_string()
         );
     }
 }

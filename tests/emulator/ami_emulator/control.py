@@ -16,7 +16,8 @@ us-east-1.
   POST /ami-pipeline-emulator/image-last-launched-time {"account_id", "region", "image_id", "last_launched_time"}
   POST /ami-pipeline-emulator/snapshot-start-time     {"account_id", "region", "snapshot_id", "start_time"}
   POST   /ami-pipeline-emulator/faults                 {"account_id", "service", "action"?, "status"?, "code",
-                                                        "message"?, "count"?, "resource"?}  (see ami_emulator.faults)
+                                                        "message"?, "count"?, "resource"?, "principal"?,
+                                                        "probability"?, "seed"?}  (see ami_emulator.faults)
   GET    /ami-pipeline-emulator/faults?account_id=...  the account's rules with how often each fired
   DELETE /ami-pipeline-emulator/faults?account_id=...  clears the account's rules
   GET    /ami-pipeline-emulator/requests?account_id=... the account's AWS request counts by "service:action"

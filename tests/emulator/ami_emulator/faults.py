@@ -18,8 +18,13 @@ A rule (``POST /ami-pipeline-emulator/faults``) names the account, the service (
 name: ``ec2``, ``s3``, ``sns``, ``sts``, ``ebs``, ``sqs``, ``events``, ...), optionally the
 action, the HTTP status, the error code and message, how many times it fires (``count``; null =
 until cleared) and optionally a ``resource`` substring that must occur in the request (path,
-query string, body or Host header, raw or URL-decoded). The first live rule that matches a
-request answers it in place of moto: the request never reaches moto, so it has no side effect.
+query string, body or Host header, raw or URL-decoded), a ``principal`` substring that must
+occur in the caller's role ARN (STS AssumeRole credentials; plain keys have none), and a
+``probability`` (0..1) with which a matching request is failed, drawn from the rule's own
+``random.Random(seed)`` so that a seeded rule fails the same n-th matching requests on every run
+(transient faults at a rate, as a chaos test needs them). The first live rule that matches a
+request and fires answers it in place of moto: the request never reaches moto, so it has no
+side effect. A rule whose draw says "pass" lets the next rule have its turn.
 
 How a request is attributed (the same rules moto uses, so a fault follows the account moto
 serves):
@@ -48,12 +53,13 @@ from __future__ import annotations
 import functools
 import io
 import json
+import random
 import secrets
 import sys
 import threading
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_plus
 from xml.sax.saxutils import escape
@@ -64,7 +70,19 @@ from . import gates, request_counts
 
 DEFAULT_ACCOUNT = "123456789012"
 CONTROL_PREFIX = "/ami-pipeline-emulator/"
-RULE_FIELDS = ("account_id", "service", "action", "status", "code", "message", "count", "resource")
+RULE_FIELDS = (
+    "account_id",
+    "service",
+    "action",
+    "status",
+    "code",
+    "message",
+    "count",
+    "resource",
+    "principal",
+    "probability",
+    "seed",
+)
 
 _QUERY_XMLNS = {
     "sns": "https://sns.amazonaws.com/doc/2010-03-31/",
@@ -89,19 +107,37 @@ class FaultRule:
     message: str
     count: int | None
     resource: str | None
+    principal: str | None = None
+    probability: float = 1.0
+    seed: int = 0
     fired: int = 0
+    matched: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
 
     def live(self) -> bool:
         return self.count is None or self.fired < self.count
 
-    def matches(self, service: str, action: str | None, haystack: list[str]) -> bool:
+    def matches(self, service: str, action: str | None, haystack: list[str], principal: str | None) -> bool:
         if not self.live() or self.service != service:
             return False
         if self.action is not None and (action is None or self.action.lower() != action.lower()):
             return False
         if self.resource is not None and not any(self.resource in text for text in haystack):
             return False
+        if self.principal is not None and (principal is None or self.principal not in principal):
+            return False
         return True
+
+    def draw(self) -> bool:
+        """Whether this matching request fails: the rule's next draw (always, at probability 1).
+        Called under ``_LOCK``, so the n-th matching request always gets the n-th draw."""
+        self.matched += 1
+        if self.probability >= 1.0:
+            return True
+        return self._rng.random() < self.probability
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +150,10 @@ class FaultRule:
             "message": self.message,
             "count": self.count,
             "resource": self.resource,
+            "principal": self.principal,
+            "probability": self.probability,
+            "seed": self.seed,
+            "matched": self.matched,
             "fired": self.fired,
             "remaining": None if self.count is None else max(0, self.count - self.fired),
         }
@@ -143,6 +183,18 @@ def _optional_text(payload: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _probability(value: Any) -> float:
+    """``probability``: a number from 0 to 1 (default 1: every matching request fails)."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("probability must be a number from 0 to 1")
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("probability must be a number from 0 to 1")
+    return number
+
+
 def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
     """Validate ``payload`` (the POST body) and add the rule. ValueError for bad input."""
     unknown = set(payload) - set(RULE_FIELDS)
@@ -165,6 +217,8 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         message = f"{code.strip()} (fault injected by ami-pipeline-emulator)"
     elif not isinstance(message, str):
         raise ValueError("message must be a string")
+    probability = _probability(payload.get("probability"))
+    seed = secrets.randbits(32) if payload.get("seed") is None else _int(payload["seed"], "seed")
     rule = FaultRule(
         id="fault-" + secrets.token_hex(8),
         account_id=account_id,
@@ -175,6 +229,9 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         message=message,
         count=count,
         resource=_optional_text(payload, "resource"),
+        principal=_optional_text(payload, "principal"),
+        probability=probability,
+        seed=seed,
     )
     with _LOCK:
         _RULES.setdefault(account_id, []).append(rule)
@@ -204,10 +261,12 @@ def _has_live_rules(account_id: str | None = None) -> bool:
         return any(rule.live() for rule in _RULES.get(account_id, []))
 
 
-def _fire(account_id: str, service: str, action: str | None, haystack: list[str]) -> FaultRule | None:
+def _fire(
+    account_id: str, service: str, action: str | None, haystack: list[str], principal: str | None
+) -> FaultRule | None:
     with _LOCK:
         for rule in _RULES.get(account_id, []):
-            if rule.matches(service, action, haystack):
+            if rule.matches(service, action, haystack, principal) and rule.draw():
                 rule.fired += 1
                 return rule
     return None
@@ -588,10 +647,11 @@ def fault_gate(ctx: gates.RequestContext) -> Response | None:
     if ctx.service is None or not _has_live_rules(ctx.account):
         return None
     with _LOCK:
-        wanted = any(r.live() and r.service == ctx.service for r in _RULES.get(ctx.account, []))
+        wanted = [r for r in _RULES.get(ctx.account, []) if r.live() and r.service == ctx.service]
     if not wanted:
         return None
-    rule = _fire(ctx.account, ctx.service, ctx.action, _haystack(ctx.environ, ctx.body()))
+    principal = ctx.principal_arn if any(r.principal is not None for r in wanted) else None
+    rule = _fire(ctx.account, ctx.service, ctx.action, _haystack(ctx.environ, ctx.body()), principal)
     if rule is None:
         return None
     return fault_response(rule, ctx.service, ctx.method)

@@ -1,0 +1,87 @@
+//! The chaos harness (issue #15): `chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S]
+//! [--runs R] [--fault-rounds F] [--max-rounds M] [--strict]`. Needs the emulator
+//! (`AWS_ENDPOINT_URL`, or it starts one); `scripts/chaos` sets everything up. Prints each
+//! run's figures and invariants; exits 1 if an invariant failed, 2 on bad arguments.
+
+use std::process::ExitCode;
+use support::chaos::{self, Options};
+
+const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S] [--runs R] \
+[--fault-rounds F] [--max-rounds M] [--strict]
+  --uploads N       uploads per run (default 8): raw, VHD, VMDK and 2 GiB VMDK (ImportSnapshot) in turn
+  --dup K           deliveries of every event (default 3), shuffled, late, concurrent
+  --fault-rate P    share of the functions' AWS calls answered with a transient error (default 0.1)
+  --seed S          seed of the first run (default: from the clock, printed); run n uses S+n
+  --runs R          runs, each in its own account (default 1)
+  --fault-rounds F  schedule rounds still under faults (default 2)
+  --max-rounds M    rounds after which a run that still changes something has not converged (default 12)
+  --strict          raw duplicates of image.ready / image.published fail the run too";
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        seed: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() % 1_000_000)
+            .unwrap_or(1),
+        ..Options::default()
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--strict" {
+            o.strict = true;
+            continue;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let int = |v: &str| -> Result<usize, String> {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
+        };
+        match flag.as_str() {
+            "--uploads" => o.uploads = int(value)?.max(1),
+            "--dup" => o.dup = int(value)?.max(1),
+            "--runs" => o.runs = int(value)?.max(1),
+            "--fault-rounds" => o.fault_rounds = int(value)?,
+            "--max-rounds" => o.max_rounds = int(value)?.max(1),
+            "--seed" => o.seed = int(value)? as u64,
+            "--fault-rate" => {
+                o.fault_rate = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| (0.0..=0.9).contains(p))
+                    .ok_or_else(|| {
+                        format!("--fault-rate: {value:?} is not a number from 0 to 0.9")
+                    })?;
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("chaos: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    let summary = chaos::run(&opts, &mut |s| println!("{s}")).await;
+    if summary.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
