@@ -12,6 +12,8 @@
 //! `claims/<announcement key>`:
 //! - the invocation that creates it sends the announcement, then records it on the image (a
 //!   tag); every other one sees [`Claim::Held`] and sends nothing;
+//! - a holder whose send fails releases its claim ([`Claims::release`]) before it returns the
+//!   error, so the retry of its event (or another delivery) claims and sends again;
 //! - an invocation that stops between its claim and its record leaves a claim that never gets
 //!   a record: once the claim is older than [`STALE_AFTER`], a caller that still finds no record
 //!   takes it over with a PutObject `If-Match` on the ETag it read (two takers cannot both win)
@@ -25,7 +27,7 @@ use crate::error::AwsError;
 use crate::model::ObjectRef;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use tracing::info;
+use tracing::{info, warn};
 
 /// How old a claim without its record must be before it is taken over: far beyond one
 /// announcement (a publish of an SNS message and a CreateTags) and beyond the few seconds a
@@ -35,8 +37,11 @@ pub const STALE_AFTER: Duration = Duration::minutes(10);
 /// What a claim attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This invocation holds the claim: it announces.
-    Won,
+    /// This invocation holds the claim: it announces (and releases the claim if it cannot).
+    Won {
+        /// The claim object's ETag (None without a state bucket), for [`Claims::release`].
+        etag: Option<String>,
+    },
     /// Another invocation holds it (made `age` ago): it announces, this one does not.
     Held {
         /// How long ago the holder claimed it.
@@ -59,13 +64,8 @@ impl Claims {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<Claim, AwsError> {
-        let Some(bucket) = &self.bucket else {
-            return Ok(Claim::Won);
-        };
-        let obj = ObjectRef {
-            bucket: bucket.clone(),
-            key: format!("claims/{key}"),
-            version_id: None,
+        let Some(obj) = self.object(key) else {
+            return Ok(Claim::Won { etag: None });
         };
         let body = || {
             serde_json::json!({"claimed_at": now.to_rfc3339_opts(SecondsFormat::Secs, true)})
@@ -73,7 +73,7 @@ impl Claims {
                 .into_bytes()
         };
         match s3::put_if(s3, &obj, body(), Condition::Absent).await {
-            Ok(_) => return Ok(Claim::Won),
+            Ok(etag) => return Ok(Claim::Won { etag: Some(etag) }),
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
         }
@@ -85,14 +85,37 @@ impl Claims {
         // The holder stopped before recording its announcement: take the claim over, against
         // the ETag read, so that of several takers one wins.
         match s3::put_if(s3, &obj, body(), Condition::Is(&format!("\"{etag}\""))).await {
-            Ok(_) => {
+            Ok(etag) => {
                 info!(claim = %obj.uri(), age_seconds = age.num_seconds(), "stale claim taken over");
-                Ok(Claim::Won)
+                Ok(Claim::Won { etag: Some(etag) })
             }
             Err(e) if lost_race(&e) || e.is_not_found() => Ok(Claim::Held {
                 age: Duration::zero(),
             }),
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl Claims {
+    /// The claim object of `key`, when there is a state bucket.
+    fn object(&self, key: &str) -> Option<ObjectRef> {
+        self.bucket.as_ref().map(|bucket| ObjectRef {
+            bucket: bucket.clone(),
+            key: format!("claims/{key}"),
+            version_id: None,
+        })
+    }
+
+    /// Gives up a claim this invocation won (its `etag`) and could not announce: DeleteObject
+    /// `If-Match` that ETag, so a claim another invocation took over since is left alone.
+    /// Best effort: if the delete fails too, the claim is taken over once stale.
+    pub async fn release(&self, s3: &Client, key: &str, etag: Option<&str>) {
+        let (Some(obj), Some(etag)) = (self.object(key), etag) else {
+            return;
+        };
+        if let Err(e) = s3::delete_if(s3, &obj, etag).await {
+            warn!(claim = %obj.uri(), error = %e, "could not release the claim; it is taken over once stale");
         }
     }
 }

@@ -279,25 +279,33 @@ async fn conclude(
             claim::digest(&format!("{policy:?} {}", failed.join(" ")))
         );
         let claims = &deps.config.claims;
-        if let Claim::Held { age } = claims
+        let etag = match claims
             .claim(&deps.clients.s3, &key, now)
             .await
             .map_err(aws_failed)?
         {
-            // The holder announces and records; if it stopped, the schedule takes over later.
-            info!(image = %source.id, age_seconds = age.num_seconds(), "being announced by another invocation");
-            return Ok(ImageReport {
-                image_id: source.id,
-                region: home,
-                status: end.status,
-                policy,
-                regions,
-                announced: None,
-            });
+            Claim::Won { etag } => etag,
+            Claim::Held { age } => {
+                // The holder announces and records; if it stopped, the schedule takes over.
+                info!(image = %source.id, age_seconds = age.num_seconds(), "being announced by another invocation");
+                return Ok(ImageReport {
+                    image_id: source.id,
+                    region: home,
+                    status: end.status,
+                    policy,
+                    regions,
+                    announced: None,
+                });
+            }
+        };
+        let sent = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await;
+        if let Err(e) = sent {
+            // Not sent: the retry (the schedule) must be able to claim it again.
+            claims
+                .release(&deps.clients.s3, &key, etag.as_deref())
+                .await;
+            return Err(aws_failed(e));
         }
-        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
-            .await
-            .map_err(aws_failed)?;
     }
     if let Some(tags) = end.record {
         ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)

@@ -108,12 +108,17 @@ async fn announce_ready(
 ) -> Result<(), AwsError> {
     let msg = ready_message(image, &c.region, plan, now);
     let claims = &deps.config.claims;
-    match claims
-        .claim(&deps.clients.s3, &msg.dedup_key(), now)
-        .await?
-    {
-        Claim::Won => {
-            notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
+    let key = msg.dedup_key();
+    match claims.claim(&deps.clients.s3, &key, now).await? {
+        Claim::Won { etag } => {
+            let sent = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await;
+            if let Err(e) = sent {
+                // Not sent: the retry of this event must be able to claim it again.
+                claims
+                    .release(&deps.clients.s3, &key, etag.as_deref())
+                    .await;
+                return Err(e);
+            }
             let marker = Tags::from([(
                 READY_AT.to_owned(),
                 now.to_rfc3339_opts(SecondsFormat::Secs, true),

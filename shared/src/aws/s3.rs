@@ -146,3 +146,17 @@ pub async fn put_if(
     })?;
     Ok(out.e_tag().unwrap_or_default().to_owned())
 }
+
+/// DeleteObject `If-Match: <etag>`: deletes the object only while it is the one with this ETag.
+pub async fn delete_if(s3: &Client, obj: &ObjectRef, etag: &str) -> Result<(), AwsError> {
+    s3.delete_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .if_match(etag)
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("s3:DeleteObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
+    Ok(())
+}
