@@ -1,5 +1,5 @@
 //! The chaos harness (issue #15): `chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S]
-//! [--runs R] [--fault-rounds F] [--max-rounds M] [--strict]`. Needs the emulator
+//! [--runs R] [--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]`. Needs the emulator
 //! (`AWS_ENDPOINT_URL`, or it starts one); `scripts/chaos` sets everything up. Prints each
 //! run's figures and invariants; exits 1 if an invariant failed, 2 on bad arguments.
 
@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use support::chaos::{self, Options};
 
 const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S] [--runs R] \
-[--fault-rounds F] [--max-rounds M] [--strict]
+[--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]
   --uploads N       uploads per run (default 8): raw, VHD, VMDK and 2 GiB VMDK (ImportSnapshot) in turn
   --dup K           deliveries of every event (default 3), shuffled, late, concurrent
   --fault-rate P    share of the functions' AWS calls answered with a transient error (default 0.1)
   --seed S          seed of the first run (default: from the clock, printed); run n uses S+n
   --runs R          runs, each in its own account (default 1)
+  --retried-only    only faults the SDK retries (not SNS Publish's Throttled, 429, which reaches the function)
   --fault-rounds F  schedule rounds still under faults (default 2)
   --max-rounds M    rounds after which a run that still changes something has not converged (default 12)
   --strict          raw duplicates of image.ready / image.published fail the run too";
@@ -29,6 +30,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
     while let Some(flag) = it.next() {
         if flag == "--strict" {
             o.strict = true;
+            continue;
+        }
+        if flag == "--retried-only" {
+            o.unretried = false;
             continue;
         }
         if flag == "-h" || flag == "--help" {

@@ -59,6 +59,16 @@ const RULES: [(&str, u16, &str, &str); 8] = [
     ),
 ];
 
+/// With `--retried-only`, SNS's second rule is this retried error instead of `Throttled`
+/// (`InternalError`, 500, SNS API reference, "Common errors"): every fault is then one the SDK
+/// retries, and reaches a function only when all five attempts fail.
+const SNS_RETRIED: (&str, u16, &str, &str) = (
+    "sns",
+    500,
+    "InternalError",
+    "We encountered an internal error. Please try again.",
+);
+
 /// The role-name substring the rules match: every `<Function>Role` of template.yaml.
 const PRINCIPAL: &str = "FunctionRole";
 
@@ -68,6 +78,7 @@ pub struct Faults {
     account: String,
     rate: f64,
     seed: u64,
+    unretried: bool,
     on: bool,
     /// Figures of rules already cleared: (service, code) → (matched, fired).
     past: BTreeMap<(String, String), (u64, u64)>,
@@ -75,13 +86,15 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Faults at `rate` (the share of each service's calls that fail) for `acct`, off for now.
-    pub fn new(acct: &TestAccount, rate: f64, seed: u64) -> Self {
+    /// Faults at `rate` (the share of each service's calls that fail) for `acct`, off for now;
+    /// `unretried`: SNS's `Throttled`, which the SDK does not retry, is among them.
+    pub fn new(acct: &TestAccount, rate: f64, seed: u64, unretried: bool) -> Self {
         Faults {
             endpoint: acct.endpoint.clone(),
             account: acct.account_id.clone(),
             rate,
             seed,
+            unretried,
             on: false,
             past: BTreeMap::new(),
             generation: 0,
@@ -97,7 +110,14 @@ impl Faults {
         if on {
             // Two rules per service, each failing q of what reaches it: 1-(1-q)^2 = rate.
             let q = 1.0 - (1.0 - self.rate).sqrt();
-            for (n, (service, status, code, message)) in RULES.iter().enumerate() {
+            let rules = RULES.iter().map(|r| {
+                if r.2 == "Throttled" && !self.unretried {
+                    &SNS_RETRIED
+                } else {
+                    r
+                }
+            });
+            for (n, (service, status, code, message)) in rules.enumerate() {
                 let seed = self
                     .seed
                     .wrapping_mul(1_000_003)

@@ -31,6 +31,9 @@ pub struct Options {
     pub dup: usize,
     /// Share of the functions' AWS calls failed with a transient error (`--fault-rate`).
     pub fault_rate: f64,
+    /// Faults the SDK does not retry (SNS Publish `Throttled`, 429) are among them; false with
+    /// `--retried-only`.
+    pub unretried: bool,
     /// The first run's seed (`--seed`); run `n` uses `seed + n`.
     pub seed: u64,
     /// Runs (`--runs`).
@@ -49,6 +52,7 @@ impl Default for Options {
             uploads: 8,
             dup: 3,
             fault_rate: 0.1,
+            unretried: true,
             seed: 1,
             runs: 1,
             fault_rounds: 2,
@@ -93,12 +97,17 @@ impl Summary {
 /// through `print` as it goes; returns the outcomes.
 pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
     print(&format!(
-        "== chaos: {} run(s) from seed {}, {} uploads, each event x{}, fault rate {}, {} round(s) under faults{}",
+        "== chaos: {} run(s) from seed {}, {} uploads, each event x{}, fault rate {}{}, {} round(s) under faults{}",
         opts.runs,
         opts.seed,
         opts.uploads,
         opts.dup,
         opts.fault_rate,
+        if opts.unretried {
+            ""
+        } else {
+            " (retried only)"
+        },
         opts.fault_rounds,
         if opts.strict { ", strict" } else { "" }
     ));
@@ -124,6 +133,7 @@ pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
         let mode = Mode {
             dup: opts.dup,
             fault_rate: opts.fault_rate,
+            unretried: opts.unretried,
             concurrent: true,
             fault_rounds: opts.fault_rounds,
             max_rounds: opts.max_rounds,

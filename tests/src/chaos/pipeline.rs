@@ -30,6 +30,8 @@ pub struct Mode {
     pub dup: usize,
     /// Share of the functions' AWS calls failed with a transient error (`--fault-rate`).
     pub fault_rate: f64,
+    /// Faults the SDK does not retry are among them (SNS `Throttled`; not `--retried-only`).
+    pub unretried: bool,
     /// Concurrent, shuffled, late deliveries (false: the in-order reference).
     pub concurrent: bool,
     /// Schedule rounds that still run under faults before they stop (`--fault-rounds`).
@@ -44,6 +46,7 @@ impl Mode {
         Mode {
             dup: 1,
             fault_rate: 0.0,
+            unretried: false,
             concurrent: false,
             fault_rounds: 0,
             max_rounds,
@@ -237,7 +240,7 @@ impl Run {
         let state = crate::roles::state_bucket_name(&acct.account_id);
         acct.bucket(&state, false).await;
         let fns = Fns::new(&acct, &envs(&topic, &state), &bucket, mode.dup.min(3)).await;
-        let faults = Faults::new(&acct, mode.fault_rate, seed);
+        let faults = Faults::new(&acct, mode.fault_rate, seed, mode.unretried);
         let mut run = Run {
             mode,
             seed,
@@ -457,7 +460,7 @@ impl Run {
         }
         if self.mode.concurrent {
             let n = self.mode.dup.max(2);
-            deliveries.extend(self.schedules(Fun::CreateImage, "create-image-sweep", n, 6000));
+            deliveries.extend(self.schedules(Fun::CreateImage, "create-image-sweep", n, 4000));
             self.deliver(deliveries, Clock::real()).await;
         } else {
             self.deliver(deliveries, Clock::real()).await;
@@ -541,7 +544,7 @@ impl Run {
         let mut rng = self.rng.fork();
         if self.mode.concurrent {
             let n = self.mode.dup.max(2);
-            deliveries.extend(self.schedules(Fun::Publish, "publish-advance", n, 8000));
+            deliveries.extend(self.schedules(Fun::Publish, "publish-advance", n, 5000));
             rng.shuffle(&mut deliveries);
             let fns = Arc::clone(&self.fns);
             let publishing = run_all(&fns, deliveries, Clock::real(), true);
