@@ -17,6 +17,7 @@
 //!   errors, logs, tag values).
 
 pub mod aws;
+pub mod claim;
 pub mod config;
 pub mod deadline;
 pub mod error;

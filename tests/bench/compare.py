@@ -787,6 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
             p.error(f"--ours-env {item!r}: expected NAME=VALUE")
         ours_env[name] = value
+    if not args.rate_limited:
+        # The plain emulator has no request buckets to leave room in, and aws-amicleaner does not
+        # pace: both run unpaced (the function's default share, 50 %, would hold ours to
+        # 2.5 DeregisterImage/s here for nothing). --rate-limited keeps the function's default.
+        ours_env.setdefault("API_BUDGET_PERCENT", "0")
     budget = ours_env.get("API_BUDGET_PERCENT")
     if budget is not None and not re.fullmatch(r"[0-9]+", budget):
         p.error(f"API_BUDGET_PERCENT={budget!r}: expected whole percent")

@@ -552,6 +552,39 @@ def test_copy_image_request_tags_region_deny_and_tag_on_create(account):
         role.ec2("us-west-2").copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="source-denied", TagSpecifications=both)
 
 
+def test_copy_image_source_owner_is_the_owning_account(account, other_account):
+    """SAR CopyImage: the image row has ec2:Owner, evaluated on the source AMI (EC2 User Guide,
+    "Grant permissions to copy Amazon EC2 AMIs", resource-level permissions on the source since
+    2024-10-28) - the account that owns it. Only the image rows carry it: the new snapshots'
+    row (snapshot*) lists aws:RequestTag and aws:TagKeys only, so an ec2:Owner condition there
+    would never hold."""
+    owner = other_account.ec2("us-east-1")
+    vendor_snap = make_snapshot(owner, 1)
+    vendor = register(owner, "vendor-public", vendor_snap)
+    owner.modify_image_attribute(ImageId=vendor, LaunchPermission={"Add": [{"Group": "all"}]})
+    owner.modify_snapshot_attribute(SnapshotId=vendor_snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    east = account.ec2("us-east-1")
+    own = register(east, "own", make_snapshot(east, 1))
+    role = restrict(
+        account,
+        "copier",
+        doc(
+            allow("ec2:CopyImage", IMAGES, {"StringEquals": {"ec2:Owner": account.id}}),
+            allow("ec2:CopyImage", SNAPSHOTS),
+        ),
+    )
+    assert role.ec2("us-west-2").copy_image(SourceImageId=own, SourceRegion="us-east-1", Name="own-copy")["ImageId"]
+    with aws_error("UnauthorizedOperation", f"ec2:CopyImage on resource: arn:aws:ec2:us-east-1::image/{vendor}"):
+        role.ec2("us-west-2").copy_image(SourceImageId=vendor, SourceRegion="us-east-1", Name="vendor-copy")
+    assert [d["resource"] for d in denials(account)] == [f"arn:aws:ec2:us-east-1::image/{vendor}"]
+    # Unrestricted, the same copy works: the refusal is IAM's.
+    assert account.ec2("us-west-2").copy_image(SourceImageId=vendor, SourceRegion="us-east-1", Name="vendor-copy")["ImageId"]
+    # ec2:Owner on every resource of the request: the snapshot row has no such key.
+    strict = restrict(account, "strict", doc(allow("ec2:CopyImage", [IMAGES, SNAPSHOTS], {"StringEquals": {"ec2:Owner": account.id}})))
+    with aws_error("UnauthorizedOperation", "ec2:CopyImage on resource: arn:aws:ec2:us-west-2::snapshot/*"):
+        strict.ec2("us-west-2").copy_image(SourceImageId=own, SourceRegion="us-east-1", Name="own-copy-2")
+
+
 def test_import_snapshot_checks_the_task_and_the_snapshot(account):
     bucket = account.bucket("imports")
     account.s3().put_object(Bucket=bucket, Key="disk.raw", Body=b"\0" * 1024)

@@ -141,6 +141,38 @@ def test_copy_image_lineage_tags_snapshots_and_idempotency(account):
         west.copy_image(SourceImageId="ami-0123456789abcdef0", SourceRegion="us-east-1", Name="missing-src")
 
 
+def test_copy_image_of_another_accounts_public_or_shared_image(account, other_account):
+    """EC2 User Guide, "Copy an Amazon EC2 AMI": an AMI shared with you (public, or a launch
+    permission for your account) can be copied when its snapshots are readable by you
+    (createVolumePermission); the owner's tags are not copied (CopyImageTags)."""
+    owner = other_account.ec2("us-east-1")
+    snap = make_snapshot(owner, 2)
+    public = register(owner, "vendor-public", snap, TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "vendor", "Value": "v"}]}])
+    owner.modify_image_attribute(ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
+    west = account.ec2("us-west-2")
+    # The image is launchable by everyone but its snapshot is private: "access the storage".
+    with aws_error("InvalidRequest", "You do not have permission to access the storage of this ami"):
+        west.copy_image(SourceImageId=public, SourceRegion="us-east-1", Name="no-storage")
+    owner.modify_snapshot_attribute(SnapshotId=snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    copy_id = west.copy_image(SourceImageId=public, SourceRegion="us-east-1", Name="vendor-copy", CopyImageTags=True)["ImageId"]
+    copied = image(west, copy_id)
+    assert copied["OwnerId"] == account.id and copied["SourceImageId"] == public
+    assert tags_of(copied) == {}  # the owner's tags are not copied
+
+    # Shared with this account only: copyable by it, invisible to a third account.
+    snap2 = make_snapshot(owner, 1)
+    shared = register(owner, "vendor-shared", snap2)
+    owner.modify_image_attribute(ImageId=shared, LaunchPermission={"Add": [{"UserId": account.id}]})
+    owner.modify_snapshot_attribute(SnapshotId=snap2, Attribute="createVolumePermission", OperationType="add", UserIds=[account.id])
+    assert west.copy_image(SourceImageId=shared, SourceRegion="us-east-1", Name="shared-copy")["ImageId"].startswith("ami-")
+    private = register(owner, "vendor-private", make_snapshot(owner, 1))
+    with aws_error("InvalidAMIID.NotFound"):
+        west.copy_image(SourceImageId=private, SourceRegion="us-east-1", Name="private-copy")
+    # The owner's image is in us-east-1 only.
+    with aws_error("InvalidAMIID.NotFound"):
+        account.ec2("eu-west-1").copy_image(SourceImageId=public, SourceRegion="eu-west-1", Name="wrong-region")
+
+
 def test_copy_is_pending_until_copy_delay_passes(account):
     account.configure(copy_delay_seconds=1.0)
     east, west = account.ec2("us-east-1"), account.ec2("us-west-2")
@@ -176,10 +208,9 @@ def test_enable_and_disable_image_deprecation(account):
     ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=down)
     assert image(ec2, image_id)["DeprecationTime"] == down.strftime("%Y-%m-%dT%H:%M:00.000Z")
 
-    filtered = ec2.describe_images(
-        Owners=["self"], Filters=[{"Name": "deprecation-time", "Values": [down.strftime("%Y-%m-%dT*")]}]
-    )["Images"]
-    assert [i["ImageId"] for i in filtered] == [image_id]
+    # DescribeImages documents no deprecation-time filter (botocore model): AWS refuses the name.
+    with aws_error("InvalidParameterValue", "The filter 'deprecation-time' is invalid"):
+        ec2.describe_images(Owners=["self"], Filters=[{"Name": "deprecation-time", "Values": ["*"]}])
 
     assert ec2.disable_image_deprecation(ImageId=image_id)["Return"] is True
     assert "DeprecationTime" not in image(ec2, image_id)

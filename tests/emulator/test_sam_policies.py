@@ -43,6 +43,7 @@ class Pipeline:
             "Topic": {"Ref": self.topic},
             "DeadLetterQueue": {"Ref": f"https://sqs.us-east-1.amazonaws.com/{account.id}/ami-pipeline-dlq", "Arn": self.queue_arn},
             "ImportRole": {"Ref": "vmimport"},
+            "StateBucket": {"Ref": f"ami-pipeline-state-{account.id}"},
         }
 
     def render(self, parameters: dict[str, Any] | None = None, **fields: Any) -> tuple[int, dict[str, Any]]:
@@ -206,15 +207,34 @@ def test_create_image_role_imports_only_with_the_managed_request_tag(pipeline):
 
 def test_create_image_role_registers_only_managed_images_from_tagged_snapshots(pipeline):
     assert pipeline.render()[0] == 200
-    snapshot = make_snapshot(pipeline.account.ec2())
+    admin = pipeline.account.ec2()
+    snapshot = make_snapshot(admin)
     ec2 = pipeline.role("CreateImageFunction").client("ec2", config=NO_RETRY)
     with aws_error("UnauthorizedOperation", "ec2:CreateTags on resource: arn:aws:ec2:us-east-1::snapshot/"):
         ec2.create_tags(Resources=[snapshot], Tags=[{"Key": "source_image", "Value": "x"}])
-    ec2.create_tags(Resources=[snapshot], Tags=MANAGED + [{"Key": "ami-pipeline:upload", "Value": "s3://b/k"}])
+    # A snapshot not yet marked is not registrable (RegisterImageFromPipelineSnapshot).
+    with aws_error("UnauthorizedOperation", f"ec2:RegisterImage on resource: arn:aws:ec2:us-east-1::snapshot/{snapshot}"):
+        register(ec2, "early", snapshot, TagSpecifications=[{"ResourceType": "image", "Tags": MANAGED}])
+    ec2.create_tags(Resources=[snapshot], Tags=MANAGED + [{"Key": "ami-pipeline:upload-method", "Value": "import-snapshot"}])
     with aws_error("UnauthorizedOperation", "ec2:RegisterImage on resource: arn:aws:ec2:us-east-1::image/*"):
         register(ec2, "unmanaged", snapshot)
-    image_id = register(ec2, "managed", snapshot, TagSpecifications=[{"ResourceType": "image", "Tags": MANAGED}])
-    assert tags_of(pipeline.account.ec2().describe_images(ImageIds=[image_id])["Images"][0]) == {"ami-pipeline:managed": "true"}
+    image_id = register(ec2, "managed", snapshot, TagSpecifications=[{"ResourceType": "image", "Tags": MANAGED + [{"Key": "team", "Value": "web"}]}])
+    assert tags_of(admin.describe_images(ImageIds=[image_id])["Images"][0]) == {"ami-pipeline:managed": "true", "team": "web"}
+    # Keys create-image never writes are refused on images and snapshots, at creation or later.
+    with aws_error("UnauthorizedOperation", "explicit deny"):
+        register(ec2, "sharing", snapshot, TagSpecifications=[{"ResourceType": "image", "Tags": MANAGED + [{"Key": "publish:accounts", "Value": "111122223333"}]}])
+    for key in ("ami-pipeline:protect", "ami-pipeline:ready-at", "source_image", "ami-pipeline:publish-state"):
+        with aws_error("UnauthorizedOperation", "explicit deny"):
+            ec2.create_tags(Resources=[snapshot], Tags=MANAGED + [{"Key": key, "Value": "x"}])
+    # The managed marker on an existing image: only at RegisterImage.
+    foreign = register(admin, "foreign", make_snapshot(admin))
+    with aws_error("UnauthorizedOperation", f"image/{foreign}"):
+        ec2.create_tags(Resources=[foreign], Tags=MANAGED)
+    # A snapshot someone marked managed=false is not the pipeline's to re-mark.
+    marked = make_snapshot(admin)
+    admin.create_tags(Resources=[marked], Tags=[{"Key": "ami-pipeline:managed", "Value": "false"}])
+    with aws_error("UnauthorizedOperation", f"snapshot/{marked}"):
+        ec2.create_tags(Resources=[marked], Tags=MANAGED)
 
 
 def test_cleanup_role_may_not_deregister_an_image_without_the_managed_tag(pipeline):
@@ -235,39 +255,65 @@ def test_cleanup_role_may_not_deregister_an_image_without_the_managed_tag(pipeli
     ec2.deregister_image(ImageId=foreign)
 
 
-def test_publish_role_tags_and_copies(pipeline):
-    """The current template lets publish record publish:* tags on managed images (TagManagedImages
-    lists publish:*; test_iam covers the earlier shape that refused them), refuses other keys,
-    and copies only with the publish-source request tag, never into a denied region."""
-    assert pipeline.render({"PublishDenyRegions": "eu-west-1"})[0] == 200
+def test_publish_role_tags_and_copies(pipeline, other_account):
+    """publish records exactly its keys on managed sources (publish:*, its state), copies only
+    an image this account owns, tagged in the request as its own managed copy, only into
+    PublishRegions and never into a denied region; Public=never: no public snapshot."""
+    assert pipeline.render({"PublishRegions": "us-west-2,eu-west-1", "PublishDenyRegions": "eu-west-2"})[0] == 200
     admin = pipeline.account.ec2()
     source = register(admin, "source", make_snapshot(admin), TagSpecifications=[{"ResourceType": "image", "Tags": MANAGED}])
     publish = pipeline.role("PublishFunction")
     ec2 = publish.client("ec2", config=NO_RETRY)
-    ec2.create_tags(Resources=[source], Tags=[{"Key": "publish:revoked", "Value": "2025-01-01T00:00:00Z"}])
-    with aws_error("UnauthorizedOperation", f"ec2:CreateTags on resource: arn:aws:ec2:us-east-1::image/{source}"):
-        ec2.create_tags(Resources=[source], Tags=[{"Key": "owner", "Value": "me"}])
+    ec2.create_tags(Resources=[source], Tags=[{"Key": "publish:accounts", "Value": "111122223333"}, {"Key": "ami-pipeline:publish-state", "Value": "in-progress"}])
+    for tags in ([{"Key": "owner", "Value": "me"}], [{"Key": "ami-pipeline:family", "Value": "other"}], MANAGED,
+                 [{"Key": "ami-pipeline:protect", "Value": "false"}]):
+        with aws_error("UnauthorizedOperation", f"ec2:CreateTags on resource: arn:aws:ec2:us-east-1::image/{source}"):
+            ec2.create_tags(Resources=[source], Tags=tags)
+    with aws_error("UnauthorizedOperation", "explicit deny"):
+        ec2.delete_tags(Resources=[source], Tags=[{"Key": "ami-pipeline:protect"}])
 
-    tag = [{"Key": "ami-pipeline:publish-source", "Value": source}]
+    tag = [{"Key": "ami-pipeline:publish-source", "Value": source}] + MANAGED
     specs = [{"ResourceType": "image", "Tags": tag}, {"ResourceType": "snapshot", "Tags": tag}]
     west = publish.client("ec2", "us-west-2", config=NO_RETRY)
     copy_id = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="copy", CopyImageTags=True, TagSpecifications=specs)["ImageId"]
     with aws_error("UnauthorizedOperation", "ec2:CopyImage on resource: arn:aws:ec2:us-west-2::image/*"):
         west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="untagged-copy")
-    with aws_error("UnauthorizedOperation", "explicit deny"):
-        publish.client("ec2", "eu-west-1", config=NO_RETRY).copy_image(
-            SourceImageId=source, SourceRegion="us-east-1", Name="denied", TagSpecifications=specs
-        )
+    for region in ("eu-west-2", "ap-south-1"):  # denied; not in PublishRegions
+        with aws_error("UnauthorizedOperation", "explicit deny"):
+            publish.client("ec2", region, config=NO_RETRY).copy_image(
+                SourceImageId=source, SourceRegion="us-east-1", Name="elsewhere", TagSpecifications=specs
+            )
+    # A public image of another account: ec2:Owner is that account.
+    vendor_ec2 = other_account.ec2()
+    vendor_snap = make_snapshot(vendor_ec2)
+    vendor = register(vendor_ec2, "vendor", vendor_snap)
+    vendor_ec2.modify_image_attribute(ImageId=vendor, LaunchPermission={"Add": [{"Group": "all"}]})
+    vendor_ec2.modify_snapshot_attribute(SnapshotId=vendor_snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    with aws_error("UnauthorizedOperation", f"ec2:CopyImage on resource: arn:aws:ec2:us-east-1::image/{vendor}"):
+        west.copy_image(SourceImageId=vendor, SourceRegion="us-east-1", Name="vendor-copy", TagSpecifications=specs)
     # Sharing its own copy (tagged publish-source at creation) is allowed; a foreign image is not.
     west.modify_image_attribute(ImageId=copy_id, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
     foreign = register(admin, "foreign", make_snapshot(admin))
     with aws_error("UnauthorizedOperation", f"ec2:ModifyImageAttribute on resource: arn:aws:ec2:us-east-1::image/{foreign}"):
         ec2.modify_image_attribute(ImageId=foreign, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    # Public=never (the default): a snapshot is shared with accounts, never made public.
+    copy_snap = pipeline.account.ec2("us-west-2").describe_images(ImageIds=[copy_id])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    west.modify_snapshot_attribute(SnapshotId=copy_snap, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"])
+    with aws_error("UnauthorizedOperation", "explicit deny"):
+        west.modify_snapshot_attribute(SnapshotId=copy_snap, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"])
+    with aws_error("UnauthorizedOperation", "explicit deny"):
+        west.modify_snapshot_attribute(SnapshotId=copy_snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    with aws_error("UnauthorizedOperation", "explicit deny"):
+        west.disable_image_block_public_access()
     # SNS: its topic only.
     publish.client("sns").publish(TopicArn=pipeline.topic, Message="image.published")
     other = pipeline.account.client("sns").create_topic(Name="other")["TopicArn"]
     with aws_error("AuthorizationError"):
         publish.client("sns", config=NO_RETRY).publish(TopicArn=other, Message="x")
+
+    # Public=opt-in: the snapshot may be made public.
+    assert pipeline.render({"Public": "opt-in"})[0] == 200
+    west.modify_snapshot_attribute(SnapshotId=copy_snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
 
 
 def test_tag_lineage_role_writes_only_lineage_keys(pipeline):
@@ -275,9 +321,15 @@ def test_tag_lineage_role_writes_only_lineage_keys(pipeline):
     admin = pipeline.account.ec2()
     foreign = register(admin, "made-elsewhere", make_snapshot(admin))
     ec2 = pipeline.role("TagLineageFunction").client("ec2", config=NO_RETRY)
-    ec2.create_tags(Resources=[foreign], Tags=[{"Key": "source_region", "Value": "us-east-1"}, {"Key": "ami-pipeline:lineage", "Value": "x"}])
-    with aws_error("UnauthorizedOperation", "ec2:CreateTags"):
-        ec2.create_tags(Resources=[foreign], Tags=[{"Key": "publish:regions", "Value": "eu-west-1"}])
+    ec2.create_tags(Resources=[foreign], Tags=[{"Key": "source_region", "Value": "us-east-1"}, {"Key": "ami-pipeline:generation", "Value": "0"}])
+    ec2.create_tags(Resources=[foreign], Tags=[{"Key": "ami-pipeline:family", "Value": "web"}])  # none yet
+    for tags in ([{"Key": "publish:regions", "Value": "eu-west-1"}], [{"Key": "ami-pipeline:publish-state", "Value": "in-progress"}],
+                 [{"Key": "ami-pipeline:family", "Value": "db"}], [{"Key": "ami-pipeline:source-token", "Value": "t"}]):
+        with aws_error("UnauthorizedOperation", "ec2:CreateTags"):
+            ec2.create_tags(Resources=[foreign], Tags=tags)
+    for key in ("ami-pipeline:managed", "ami-pipeline:protect"):
+        with aws_error("UnauthorizedOperation", "explicit deny"):
+            ec2.create_tags(Resources=[foreign], Tags=[{"Key": key, "Value": "true"}])
     with aws_error("UnauthorizedOperation", "ec2:DeregisterImage"):
         ec2.deregister_image(ImageId=foreign)
 

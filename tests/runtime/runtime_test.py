@@ -332,6 +332,12 @@ def start_emulator(log_dir: Path) -> tuple[str, subprocess.Popen]:
 SAMPLE_BUCKET = "ami-pipeline-uploads-example"  # the uploads bucket the events/ samples name
 
 
+def state_bucket(account: str) -> str:
+    """The template's StateBucket (announcement claims) in a test account: S3 bucket names are
+    global, so each account has its own."""
+    return f"ami-pipeline-state-{account}"
+
+
 def _post_json(url: str, body: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -369,6 +375,10 @@ def fresh_account(endpoint: str, function: str) -> tuple[str, dict[str, str], st
         aws_secret_access_key=setup["AWS_SECRET_ACCESS_KEY"], aws_session_token=setup["AWS_SESSION_TOKEN"],
     )
     topic = sns.create_topic(Name="ami-pipeline")["TopicArn"]
+    boto3.client(
+        "s3", region_name=REGION, endpoint_url=endpoint, aws_access_key_id=setup["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=setup["AWS_SECRET_ACCESS_KEY"], aws_session_token=setup["AWS_SESSION_TOKEN"],
+    ).create_bucket(Bucket=state_bucket(account))
     _post_json(f"{endpoint}/ami-pipeline-emulator/iam/template-roles", {
         "account_id": account,
         "region": REGION,
@@ -380,6 +390,7 @@ def fresh_account(endpoint: str, function: str) -> tuple[str, dict[str, str], st
             "DeadLetterQueue": {"Ref": f"https://sqs.{REGION}.amazonaws.com/{account}/ami-pipeline-dlq",
                                 "Arn": f"arn:aws:sqs:{REGION}:{account}:ami-pipeline-dlq"},
             "ImportRole": {"Ref": "vmimport"},
+            "StateBucket": {"Ref": state_bucket(account)},
         },
     })
     env = assume(f"{FUNCTIONS[function]}Role")
@@ -500,7 +511,7 @@ def run_function(name, binary, events, exps, env_base, args, work, log_dir) -> F
         wait_port(wport, watch, 60, "cargo lambda watch", watch_log)
         timer = PollTimer(wport)
         account, creds, topic = fresh_account(args.endpoint, name)
-        template_env = env_base.function_env_for(name, topic)
+        template_env = env_base.function_env_for(name, topic, account)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -580,8 +591,9 @@ class EnvSource:
         self.template = template
         self.params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
 
-    def function_env_for(self, name: str, topic: str) -> dict[str, str]:
-        resources = {"Topic": topic, "ImportRole": self.params.get("ImportRoleName", "vmimport")}
+    def function_env_for(self, name: str, topic: str, account: str) -> dict[str, str]:
+        resources = {"Topic": topic, "ImportRole": self.params.get("ImportRoleName", "vmimport"),
+                     "StateBucket": state_bucket(account)}
         return TemplateEnv(self.template, resources).function_env(FUNCTIONS[name])
 
 

@@ -195,6 +195,7 @@ pub async fn assume_role(endpoint: &str, account_id: &str, role: &str) -> aws_co
 
 /// The functions' IAM roles as `template.yaml` defines them (the emulator enforces them).
 pub mod roles {
+    use saphyr::{LoadableYamlNode, YamlOwned};
     use serde_json::{Map, Value, json};
     use std::sync::OnceLock;
 
@@ -247,15 +248,30 @@ pub mod roles {
         }
     }
 
-    /// template.yaml, parsed once.
-    pub fn template() -> &'static serde_yaml::Value {
-        static T: OnceLock<serde_yaml::Value> = OnceLock::new();
+    /// template.yaml, parsed once. saphyr (YAML 1.2, pure Rust) keeps CloudFormation's short-form
+    /// tags (`!Ref`, `!Sub`, ...) as [`YamlOwned::Tagged`] nodes and refuses duplicate keys.
+    pub fn template() -> &'static YamlOwned {
+        static T: OnceLock<YamlOwned> = OnceLock::new();
         T.get_or_init(|| {
             let path = super::repo_root().join("template.yaml");
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("template.yaml: {e}"))
+            let mut docs = YamlOwned::load_from_str(&text)
+                .unwrap_or_else(|e| panic!("template.yaml is not YAML: {e}"));
+            assert_eq!(
+                docs.len(),
+                1,
+                "template.yaml must hold exactly one YAML document"
+            );
+            docs.remove(0)
         })
+    }
+
+    /// The node at `path` (mapping keys, outermost first) under `node`, if every step is a
+    /// mapping holding the key.
+    pub fn yaml_at<'a>(node: &'a YamlOwned, path: &[&str]) -> Option<&'a YamlOwned> {
+        path.iter()
+            .try_fold(node, |node, key| node.as_mapping_get(key))
     }
 
     /// The template parameters a function environment implies: each variable the template
@@ -264,24 +280,37 @@ pub mod roles {
         function: Function,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Map<String, Value> {
-        let vars = &template()["Resources"][function.logical_id()]["Properties"]["Environment"]["Variables"];
+        let vars = yaml_at(
+            template(),
+            &[
+                "Resources",
+                function.logical_id(),
+                "Properties",
+                "Environment",
+                "Variables",
+            ],
+        );
+        let parameters = yaml_at(template(), &["Parameters"]);
         let mut out = Map::new();
-        if let Some(vars) = vars.as_mapping() {
-            for (name, value) in vars {
-                let (Some(name), serde_yaml::Value::Tagged(tagged)) = (name.as_str(), value) else {
-                    continue;
-                };
-                if tagged.tag != "Ref" {
-                    continue;
-                }
-                if let (Some(param), Some(v)) = (tagged.value.as_str(), env(name))
-                    && template()["Parameters"].get(param).is_some()
-                {
-                    out.insert(param.to_owned(), Value::String(v));
-                }
+        for (name, value) in vars.and_then(YamlOwned::as_mapping).into_iter().flatten() {
+            let (Some(name), YamlOwned::Tagged(tag, param)) = (name.as_str(), value) else {
+                continue;
+            };
+            if (tag.handle.as_str(), tag.suffix.as_str()) != ("!", "Ref") {
+                continue;
+            }
+            if let (Some(param), Some(v)) = (param.as_str(), env(name))
+                && parameters.and_then(|p| p.as_mapping_get(param)).is_some()
+            {
+                out.insert(param.to_owned(), Value::String(v));
             }
         }
         out
+    }
+
+    /// The state bucket of a test account (the template's `StateBucket`), for `STATE_BUCKET`.
+    pub fn state_bucket_name(account_id: &str) -> String {
+        format!("ami-pipeline-state-{account_id}")
     }
 
     /// The template's resources as they exist in a test account: the uploads bucket, the
@@ -295,6 +324,7 @@ pub mod roles {
                 "Arn": format!("arn:aws:sqs:{}:{account_id}:ami-pipeline-dlq", super::REGION),
             },
             "ImportRole": {"Ref": "vmimport"},
+            "StateBucket": {"Ref": state_bucket_name(account_id)},
         })
     }
 }
@@ -694,6 +724,17 @@ impl<F: UnderTest> World<F> {
         Self::in_account(TestAccount::new().await, env).await
     }
 
+    /// [`World::new`] with the template's state bucket created and `STATE_BUCKET` set: the
+    /// function claims its announcements (shared::claim).
+    pub async fn with_claims(env: &[(&str, &str)]) -> Self {
+        let acct = TestAccount::new().await;
+        let state = roles::state_bucket_name(&acct.account_id);
+        acct.bucket(&state, false).await;
+        let mut vars = env.to_vec();
+        vars.push(("STATE_BUCKET", state.as_str()));
+        Self::in_account(acct, &vars).await
+    }
+
     /// [`World::new`] in `acct` (set up beforehand, e.g. its emulator config), with the
     /// uploads bucket `uploads-<account>`.
     pub async fn in_account(acct: TestAccount, env: &[(&str, &str)]) -> Self {
@@ -768,53 +809,28 @@ pub mod disks {
     /// An empty stream-optimized VMDK of `gib` GiB virtual size (a few KiB on disk), made with
     /// `qemu-img create`: for tests about sizes without gigabytes of data.
     pub fn empty_vmdk(gib: u64) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!(
-            "ami-pipeline-disk-{}-{}",
-            std::process::id(),
-            super::fresh_account_id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let dst = dir.join("disk.vmdk");
-        let out = Command::new("qemu-img")
-            .args(["create", "-f", "vmdk", "-o", "subformat=streamOptimized"])
-            .arg(&dst)
-            .arg(format!("{gib}G"))
-            .output()
-            .unwrap_or_else(|e| panic!("qemu-img is required to build test disks: {e}"));
-        assert!(
-            out.status.success(),
-            "qemu-img failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
-        let _ = std::fs::remove_dir_all(Path::new(&dir));
-        bytes
+        qemu_img(|dir| {
+            let dst = dir.join("disk.out");
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["create", "-f", "vmdk", "-o", "subformat=streamOptimized"])
+                .arg(&dst)
+                .arg(format!("{gib}G"));
+            cmd
+        })
     }
 
-    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized, `vpc`
-    /// fixed VHD); fails the test with the tool's message if `qemu-img` is missing or fails.
-    pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
+    /// Runs the `qemu-img` command `build` makes in a fresh directory and returns the bytes it
+    /// wrote to `disk.out` there; fails the test with the tool's message if it is missing or
+    /// fails.
+    fn qemu_img(build: impl FnOnce(&Path) -> Command) -> Vec<u8> {
         let dir = std::env::temp_dir().join(format!(
             "ami-pipeline-disk-{}-{}",
             std::process::id(),
             super::fresh_account_id()
         ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let src = dir.join("disk.raw");
-        let dst = dir.join("disk.out");
-        std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-f", "raw", "-O", format]);
-        match format {
-            "vmdk" => {
-                cmd.args(["-o", "subformat=streamOptimized"]);
-            }
-            "vpc" => {
-                cmd.args(["-o", "subformat=fixed,force_size=on"]);
-            }
-            _ => {}
-        }
-        let out = cmd.arg(&src).arg(&dst).output().unwrap_or_else(|e| {
+        let mut cmd = build(&dir);
+        let out = cmd.output().unwrap_or_else(|e| {
             panic!("qemu-img is required to build test disks (apt-get install qemu-utils): {e}")
         });
         assert!(
@@ -822,9 +838,33 @@ pub mod disks {
             "qemu-img failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let dst = dir.join("disk.out");
         let bytes = std::fs::read(&dst).unwrap_or_else(|e| panic!("read {}: {e}", dst.display()));
-        let _ = std::fs::remove_dir_all(Path::new(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
         bytes
+    }
+
+    /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized,
+    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD); fails the test with
+    /// the tool's message if `qemu-img` is missing or fails.
+    pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
+        qemu_img(|dir| {
+            let src = dir.join("disk.raw");
+            std::fs::write(&src, raw).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
+            let (output_format, options) = match format {
+                "vmdk" => ("vmdk", Some("subformat=streamOptimized")),
+                "vmdk-monolithic" => ("vmdk", Some("subformat=monolithicSparse")),
+                "vpc" => ("vpc", Some("subformat=fixed,force_size=on")),
+                other => (other, None),
+            };
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["convert", "-f", "raw", "-O", output_format]);
+            if let Some(o) = options {
+                cmd.args(["-o", o]);
+            }
+            cmd.arg(&src).arg(dir.join("disk.out"));
+            cmd
+        })
     }
 }
 

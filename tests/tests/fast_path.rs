@@ -288,6 +288,58 @@ async fn the_fallback_is_importsnapshot_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_variant_the_decoder_does_not_take_becomes_an_image_through_importsnapshot() {
+    // A hosted (monolithicSparse) VMDK: VM Import takes it, the stream decoder does not. The
+    // upload still becomes an AMI, and the choice is visible in the output, the image's tags
+    // and image.registered.
+    let w = world(&[]).await;
+    let vmdk = disks::convert(&disks::raw_disk(2), "vmdk-monolithic");
+    w.acct.put(&w.bucket, "hosted/disk.vmdk", vmdk, &[]).await;
+    let out = run(&w, "hosted/disk.vmdk").await;
+    match &out.ingested[..] {
+        [
+            IngestOutcome::ImportStarted {
+                upload_method,
+                fallback_reason,
+                ..
+            },
+        ] => {
+            assert_eq!(upload_method.as_str(), "import-snapshot");
+            assert!(
+                fallback_reason
+                    .starts_with("the stream decoder does not take it (VMDK sparse extent")
+                    && fallback_reason.contains("monolithicSparse"),
+                "{fallback_reason}"
+            );
+        }
+        other => panic!("expected ImportSnapshot, got {other:?}"),
+    }
+    // The import completes (the emulator's VM Import takes the file) and a sweep registers it.
+    let mut image = None;
+    for _ in 0..40 {
+        w.invoke(&json!({"sweep": true})).await.expect("sweep");
+        image = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+            .await
+            .expect("images")
+            .into_iter()
+            .next();
+        if image.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let image = image.expect("registered");
+    assert_eq!(image.tags["ami-pipeline:upload-method"], "import-snapshot");
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.registered")
+        .collect();
+    assert_eq!(registered.len(), 1, "{msgs:#?}");
+    assert_eq!(registered[0]["upload_method"], "import-snapshot");
+}
+
+#[tokio::test]
 async fn the_role_writes_only_managed_snapshots() {
     let w = world(&[]).await;
     let role_ebs = &w.deps.clients.ebs;

@@ -159,7 +159,7 @@ fn advanced(out: &Output) -> &[publish::ImageReport] {
 #[tokio::test]
 async fn copies_to_three_regions_with_lineage_shares_and_announces_once() {
     let w = world(&[
-        ("PUBLISH_REGIONS", "us-west-2, eu-west-1, ap-southeast-2"),
+        ("PUBLISH_REGIONS", "us-west-2,eu-west-1,ap-southeast-2"),
         ("SHARE_ACCOUNTS", PARTNER),
         ("SHARE_OUS", OU),
         ("DEPRECATE_AFTER_DAYS", "30"),
@@ -280,10 +280,11 @@ async fn copies_to_three_regions_with_lineage_shares_and_announces_once() {
 
 #[tokio::test]
 async fn the_schedule_completes_slow_copies_and_manual_overrides_are_recorded() {
-    let w = world(&[("PUBLISH_REGIONS", "eu-west-1")]).await;
+    let w = world(&[("PUBLISH_REGIONS", "eu-west-1,us-west-2")]).await;
     w.acct.emulator_config(json!({"copy_delay_seconds": 3}));
     let (src, _) = w.source("web-slow-1", &[]).await;
-    // A manual publish to another region and an account than the defaults say.
+    // A manual publish to one of the allowed regions only, and another account than the
+    // defaults say.
     let out = w
         .run(json!({"image_id": src, "regions": [WEST], "accounts": [PARTNER]}))
         .await;
@@ -548,6 +549,26 @@ async fn progress_accumulates_when_the_failing_regions_change_from_run_to_run() 
 }
 
 #[tokio::test]
+async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_once() {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source("web-eight-1", &[]).await;
+    let event = w.ready_event(&src);
+    let runs = futures::future::join_all((0..8).map(|_| w.try_run(event.clone()))).await;
+    for r in &runs {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let published = w.messages("image.published").await;
+    assert_eq!(published.len(), 1, "{published:#?}");
+    assert_eq!(
+        w.launch(EAST, &src).await.accounts,
+        [PARTNER.to_owned()].into()
+    );
+    // The schedule finds nothing left to do and says nothing.
+    w.run(World::schedule()).await;
+    assert!(w.messages("image.published").await.is_empty());
+}
+
+#[tokio::test]
 async fn revoke_removes_image_then_snapshot_permissions_and_is_recorded() {
     let w = world(&[("SHARE_ACCOUNTS", PARTNER), ("PUBLIC", "opt-in")]).await;
     let (src, snap) = w.source("web-revoke-1", &[]).await;
@@ -634,6 +655,12 @@ async fn bad_input_is_refused_with_nothing_changed() {
             json!({"image_id": src, "regions": ["ap-south-1"]}),
             "InvalidPolicy",
             "ap-south-1",
+        ),
+        // PUBLISH_REGIONS is the allow list: a manual invoke chooses among it, never adds.
+        (
+            json!({"image_id": src, "regions": ["eu-central-1"]}),
+            "InvalidPolicy",
+            "not in PUBLISH_REGIONS",
         ),
         (
             json!({"image_id": src, "public": true}),

@@ -616,6 +616,95 @@ async fn the_schedule_announces_a_pipeline_image_whose_triggers_were_both_lost()
 }
 
 #[tokio::test]
+async fn the_same_event_delivered_eight_times_at_once_announces_ready_once() {
+    // SNS delivers at least once, and Lambda runs the copies at the same moment: with the
+    // state bucket, one invocation claims image.ready (S3 conditional write) and sends it.
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
+    let (image, _) = fixtures::image(
+        &w.ec2(EAST),
+        "web-eight",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef1"),
+            ("ami-pipeline:source-token", "tok-eight"),
+        ],
+    )
+    .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-eight"});
+    let event = aws_events::sns(&w.topic, &registered);
+    let runs = futures::future::join_all((0..8).map(|_| w.run(event.clone()))).await;
+    let announced = runs
+        .iter()
+        .filter(|r| r["results"][0]["ready_announced"] == true)
+        .count();
+    assert_eq!(announced, 1, "{runs:#?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let ready = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .count();
+    assert_eq!(ready, 1, "{msgs:#?}");
+    let tags = fixtures::tags_of(&w.ec2(EAST), &image).await;
+    assert!(tags["ami-pipeline:ready-at"].is_string(), "{tags}");
+}
+
+#[tokio::test]
+async fn a_claim_whose_holder_stopped_is_taken_over_after_ten_minutes() {
+    // An invocation claimed image.ready and stopped before sending it (the claim exists, the
+    // image has no ready-at). Within 10 minutes the others leave it to the holder; after, one
+    // takes the claim over and announces.
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
+    let (image, _) = fixtures::image(
+        &w.ec2(EAST),
+        "web-stopped",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef2"),
+            ("ami-pipeline:source-token", "tok-stopped"),
+        ],
+    )
+    .await;
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    w.acct
+        .put(
+            &state,
+            &format!("claims/image.ready/{EAST}/{image}"),
+            b"{}".to_vec(),
+            &[],
+        )
+        .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-stopped"});
+    let event = aws_events::sns(&w.topic, &registered);
+    let held = w.invoke_at(&event, Utc::now()).await.expect("runs");
+    let held = serde_json::to_value(held).expect("json");
+    assert_eq!(held["results"][0]["ready_announced"], false, "{held}");
+    assert!(
+        held["results"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("another invocation")),
+        "{held}"
+    );
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    let later = w
+        .invoke_at(&event, Utc::now() + chrono::Duration::minutes(11))
+        .await
+        .expect("runs");
+    let later = serde_json::to_value(later).expect("json");
+    assert_eq!(later["results"][0]["ready_announced"], true, "{later}");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m["event_type"] == "image.ready")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn both_triggers_of_an_upload_at_once_announce_it_once() {
     let w = world().await;
     let ec2 = w.ec2(EAST);

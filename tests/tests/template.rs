@@ -3,41 +3,35 @@
 //! variable nobody reads is a setting that silently does nothing), no fewer (a variable the code
 //! reads and the template forgets falls back to its default without anyone noticing).
 
-use serde_yaml::Value;
+use saphyr::YamlOwned;
 use std::collections::{BTreeMap, BTreeSet};
-
-fn template() -> Value {
-    let path = support::repo_root().join("template.yaml");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("template.yaml is not YAML: {e}"))
-}
+use support::roles::{template, yaml_at};
 
 /// function directory name → the environment variables the template sets for it.
-fn template_functions(t: &Value) -> BTreeMap<String, BTreeSet<String>> {
-    let resources = t["Resources"]
-        .as_mapping()
+fn template_functions(t: &YamlOwned) -> BTreeMap<String, BTreeSet<String>> {
+    let resources = yaml_at(t, &["Resources"])
+        .and_then(YamlOwned::as_mapping)
         .unwrap_or_else(|| panic!("template.yaml has no Resources"));
     let mut out = BTreeMap::new();
     for (id, r) in resources {
-        if r["Type"].as_str() != Some("AWS::Serverless::Function") {
+        let str_at = |path: &[&str]| yaml_at(r, path).and_then(YamlOwned::as_str);
+        if str_at(&["Type"]) != Some("AWS::Serverless::Function") {
             continue;
         }
-        let code = r["Properties"]["CodeUri"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{id:?} has no CodeUri"));
+        let code =
+            str_at(&["Properties", "CodeUri"]).unwrap_or_else(|| panic!("{id:?} has no CodeUri"));
         let dir = code
             .strip_prefix("functions/")
             .unwrap_or_else(|| panic!("{id:?}: CodeUri {code} is not under functions/"))
             .trim_end_matches('/')
             .to_owned();
         assert_eq!(
-            r["Metadata"]["BuildProperties"]["Binary"].as_str(),
+            str_at(&["Metadata", "BuildProperties", "Binary"]),
             Some(dir.as_str()),
             "{id:?}: the binary built must be the crate's"
         );
-        let vars = r["Properties"]["Environment"]["Variables"]
-            .as_mapping()
+        let vars = yaml_at(r, &["Properties", "Environment", "Variables"])
+            .and_then(YamlOwned::as_mapping)
             .map(|m| {
                 m.keys()
                     .filter_map(|k| k.as_str().map(str::to_owned))
@@ -70,7 +64,7 @@ fn the_template_deploys_exactly_the_function_crates() {
         .filter(|e| e.path().join("Cargo.toml").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let deployed: BTreeSet<String> = template_functions(&template()).into_keys().collect();
+    let deployed: BTreeSet<String> = template_functions(template()).into_keys().collect();
     assert_eq!(deployed, dirs);
     let known: BTreeSet<String> = code_vars().into_keys().collect();
     assert_eq!(known, dirs, "this test must know every function's Config");
@@ -78,7 +72,7 @@ fn the_template_deploys_exactly_the_function_crates() {
 
 #[test]
 fn each_function_gets_exactly_the_variables_its_config_reads() {
-    let deployed = template_functions(&template());
+    let deployed = template_functions(template());
     for (function, wanted) in code_vars() {
         let set = deployed
             .get(&function)
@@ -90,4 +84,34 @@ fn each_function_gets_exactly_the_variables_its_config_reads() {
             "{function}: read by the code but not set by the template: {missing:?}; set by the template but read by nobody: {unread:?}"
         );
     }
+}
+
+/// The `!Ref` reading the IAM tests rely on: each variable set to `!Ref <Parameter>` names that
+/// parameter, a `!Ref` to a resource (the topic) or a plain value names none. If the YAML
+/// reader lost CloudFormation's tags, every role would silently render with default parameters.
+#[test]
+fn roles_read_the_parameters_behind_each_ref() {
+    use support::roles::{Function, parameters};
+    let env = |name: &str| Some(format!("value-of-{name}"));
+    let got = parameters(Function::Publish, &env);
+    for (param, var) in [
+        ("Public", "PUBLIC"),
+        ("PublishRegions", "PUBLISH_REGIONS"),
+        ("ShareAccounts", "SHARE_ACCOUNTS"),
+    ] {
+        assert_eq!(
+            got.get(param).and_then(|v| v.as_str()),
+            Some(format!("value-of-{var}").as_str()),
+            "{param} <- {var}: {got:?}"
+        );
+    }
+    assert!(
+        !got.contains_key("Topic"),
+        "Topic is a resource, not a parameter: {got:?}"
+    );
+    assert!(
+        got.keys()
+            .all(|k| yaml_at(template(), &["Parameters", k]).is_some()),
+        "{got:?}"
+    );
 }

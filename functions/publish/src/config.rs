@@ -1,6 +1,7 @@
 //! publish's settings, read once from the environment, and what a run needs (`Deps`).
 
 use shared::aws::clients::{Clients, RegionalClients};
+use shared::claim::Claims;
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::plan::ids;
 use shared::plan::publish::{self as plan, Defaults, PublicMode};
@@ -17,6 +18,9 @@ pub struct Config {
     pub source_regions: Vec<String>,
     /// Copies in flight per destination region (`COPY_CONCURRENCY`).
     pub copy_concurrency: usize,
+    /// Where announcements are claimed so that each is sent once (`STATE_BUCKET`; unset: no
+    /// claims).
+    pub claims: Claims,
 }
 
 impl Config {
@@ -33,6 +37,7 @@ impl Config {
             "PUBLIC",
             "DEPRECATE_AFTER_DAYS",
             "COPY_CONCURRENCY",
+            "STATE_BUCKET",
         ]);
         v
     }
@@ -69,12 +74,16 @@ impl Config {
         }
         let source_regions = r.regions("SOURCE_REGIONS");
         let copy_concurrency = r.int_in("COPY_CONCURRENCY", 20, 1, 50) as usize;
+        let claims = Claims {
+            bucket: r.optional("STATE_BUCKET"),
+        };
         r.finish()?;
         Ok(Config {
             common,
             defaults,
             source_regions,
             copy_concurrency,
+            claims,
         })
     }
 }

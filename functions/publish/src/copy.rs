@@ -8,6 +8,7 @@ use shared::aws::ec2::{self, CopyRequest};
 use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
 use shared::model::{Image, Select, Tags};
+use shared::plan::lineage::MANAGED;
 use shared::plan::publish::{self as plan, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
 use shared::plan::stamp::{self, Facts, ImageRef, Parent};
 use tracing::info;
@@ -112,9 +113,13 @@ async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> R
         region,
         plan::copy_attempt(&source.tags, region),
     );
+    // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
+    // ami-pipeline:managed only as part of a create action (template.yaml,
+    // ManagedOnlyAtCreation), and the snapshots do not inherit the source's tags.
     let tags = Tags::from([
         (PUBLISH_SOURCE.to_owned(), source.id.clone()),
         (PUBLISH_STATE.to_owned(), COPY.to_owned()),
+        (MANAGED.to_owned(), "true".to_owned()),
     ]);
     match ec2::copy_image(
         &rc.ec2,

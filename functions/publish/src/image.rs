@@ -11,6 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self};
+use shared::claim::{self, Claim};
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
@@ -270,9 +271,41 @@ async fn conclude(
     });
     if let Some(event) = event {
         let msg = publication_message(event, &source, &home, &policy, &regions, now);
-        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg)
+        // One sender among concurrent invocations (shared::claim), per publication: the key
+        // carries a digest of the policy and the failed regions, so a later change announces.
+        let key = format!(
+            "{}/{}",
+            msg.dedup_key(),
+            claim::digest(&format!("{policy:?} {}", failed.join(" ")))
+        );
+        let claims = &deps.config.claims;
+        let etag = match claims
+            .claim(&deps.clients.s3, &key, now)
             .await
-            .map_err(aws_failed)?;
+            .map_err(aws_failed)?
+        {
+            Claim::Won { etag } => etag,
+            Claim::Held { age } => {
+                // The holder announces and records; if it stopped, the schedule takes over.
+                info!(image = %source.id, age_seconds = age.num_seconds(), "being announced by another invocation");
+                return Ok(ImageReport {
+                    image_id: source.id,
+                    region: home,
+                    status: end.status,
+                    policy,
+                    regions,
+                    announced: None,
+                });
+            }
+        };
+        let sent = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await;
+        if let Err(e) = sent {
+            // Not sent: the retry (the schedule) must be able to claim it again.
+            claims
+                .release(&deps.clients.s3, &key, etag.as_deref())
+                .await;
+            return Err(aws_failed(e));
+        }
     }
     if let Some(tags) = end.record {
         ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)

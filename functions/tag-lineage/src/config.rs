@@ -1,6 +1,7 @@
 //! tag-lineage's settings, read once from the environment, and what a run needs (`Deps`).
 
 use shared::aws::clients::{Clients, RegionalClients};
+use shared::claim::Claims;
 use shared::config::{CommonConfig, ConfigError, Reader};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ pub struct Config {
     pub max_depth: usize,
     /// How long an image that is not visible yet is looked up again (`VISIBILITY_WAIT_SECONDS`).
     pub visibility_wait: Duration,
+    /// Where `image.ready` is claimed so that it is sent once (`STATE_BUCKET`; unset: no claims).
+    pub claims: Claims,
 }
 
 impl Config {
@@ -26,6 +29,7 @@ impl Config {
             "LINEAGE_REGIONS",
             "LINEAGE_MAX_DEPTH",
             "VISIBILITY_WAIT_SECONDS",
+            "STATE_BUCKET",
         ]);
         v
     }
@@ -37,12 +41,16 @@ impl Config {
         let regions = r.regions("LINEAGE_REGIONS");
         let max_depth = r.int_in("LINEAGE_MAX_DEPTH", 50, 1, 200) as usize;
         let wait = r.int_in("VISIBILITY_WAIT_SECONDS", 8, 0, 60) as u64;
+        let claims = Claims {
+            bucket: r.optional("STATE_BUCKET"),
+        };
         r.finish()?;
         Ok(Config {
             common,
             regions,
             max_depth,
             visibility_wait: Duration::from_secs(wait),
+            claims,
         })
     }
 }

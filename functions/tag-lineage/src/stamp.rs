@@ -7,6 +7,7 @@ use crate::output::{StampOutcome, StampReport};
 use chrono::{DateTime, SecondsFormat, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::ec2;
+use shared::claim::Claim;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::model::Image;
@@ -90,16 +91,49 @@ pub(crate) async fn stamp_one(
                 .into(),
         );
     } else if plan.ready_to_announce(&image) {
-        let msg = ready_message(&image, &c.region, &plan, now);
-        notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
-        let marker = Tags::from([(
-            READY_AT.to_owned(),
-            now.to_rfc3339_opts(SecondsFormat::Secs, true),
-        )]);
-        ec2::create_tags(&c.ec2, &[image.id.as_str()], &marker).await?;
-        report.ready_announced = true;
+        announce_ready(deps, &c, &image, &plan, now, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Sends `image.ready` and records it (`ready-at`), unless another invocation holds the claim
+/// on it (shared::claim): then that one sends and records it.
+async fn announce_ready(
+    deps: &Deps,
+    c: &Clients,
+    image: &Image,
+    plan: &StampPlan,
+    now: DateTime<Utc>,
+    report: &mut StampReport,
+) -> Result<(), AwsError> {
+    let msg = ready_message(image, &c.region, plan, now);
+    let claims = &deps.config.claims;
+    let key = msg.dedup_key();
+    match claims.claim(&deps.clients.s3, &key, now).await? {
+        Claim::Won { etag } => {
+            let sent = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await;
+            if let Err(e) = sent {
+                // Not sent: the retry of this event must be able to claim it again.
+                claims
+                    .release(&deps.clients.s3, &key, etag.as_deref())
+                    .await;
+                return Err(e);
+            }
+            let marker = Tags::from([(
+                READY_AT.to_owned(),
+                now.to_rfc3339_opts(SecondsFormat::Secs, true),
+            )]);
+            ec2::create_tags(&c.ec2, &[image.id.as_str()], &marker).await?;
+            report.ready_announced = true;
+        }
+        Claim::Held { age } => {
+            report.detail = Some(format!(
+                "image.ready is being sent by another invocation (claimed {} s ago)",
+                age.num_seconds()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The AMI the image was made from (through its source instance, when no source image is

@@ -213,6 +213,18 @@ pub fn resolve(defaults: &Defaults, image_tags: &Tags, home: &str) -> Result<Pol
     for r in &regions {
         if defaults.deny_regions.contains(r) {
             p.push(format!("region {r} is denied by PUBLISH_DENY_REGIONS"));
+        } else if !defaults.regions.is_empty()
+            && r != home
+            && ids::is_region(r)
+            && !defaults.regions.contains(r)
+        {
+            // A set PUBLISH_REGIONS is the allow list of copy targets: an image or a manual
+            // invoke may choose among them, never add one (IAM refuses CopyImage elsewhere too:
+            // template.yaml, CopyOnlyIntoPublishRegions).
+            p.push(format!(
+                "region {r} is not in PUBLISH_REGIONS ({}), the only regions publish copies to",
+                defaults.regions.join(",")
+            ));
         }
     }
     let asked = image_tags
@@ -748,14 +760,14 @@ mod tests {
     #[test]
     fn image_tags_replace_defaults() {
         let t = tags(&[
-            (tags::REGIONS, "ap-south-1, eu-central-1"),
+            (tags::REGIONS, "eu-west-1"),
             (tags::ACCOUNTS, "444455556666 777788889999"),
             (tags::OUS, OU),
             (tags::PUBLIC, "true"),
             (tags::DEPRECATE_AFTER_DAYS, "90"),
         ]);
         let p = resolve(&defaults(), &t, "us-east-1").expect("valid");
-        assert_eq!(p.regions.len(), 2);
+        assert_eq!(p.regions, BTreeSet::from(["eu-west-1".to_owned()]));
         assert!(p.accounts.contains("777788889999") && !p.accounts.contains("111122223333"));
         assert_eq!(p.ous.len(), 1);
         assert!(p.public);
@@ -776,6 +788,29 @@ mod tests {
         assert_eq!(p.len(), 7, "{p:#?}");
         assert!(p.iter().any(|x| x.contains("us-east1")));
         assert!(p.iter().any(|x| x.contains("denied")));
+    }
+
+    #[test]
+    fn a_set_publish_regions_is_the_allow_list_of_targets() {
+        // An image or a manual invoke may choose among PUBLISH_REGIONS, never add one; the home
+        // region is never a target, so naming it is not an error.
+        let t = tags(&[(tags::REGIONS, "us-west-2 ap-south-1 us-east-1")]);
+        let p = resolve(&defaults(), &t, "us-east-1").expect_err("outside the list");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("ap-south-1") && p[0].contains("PUBLISH_REGIONS"),
+            "{p:?}"
+        );
+        // Without PUBLISH_REGIONS only the deny list bounds what an image asks.
+        let mut open = defaults();
+        open.regions.clear();
+        let p = resolve(&open, &t, "us-east-1").expect("no allow list");
+        assert_eq!(p.regions.len(), 2);
+        let denied = tags(&[(tags::REGIONS, "cn-north-1")]);
+        assert_eq!(
+            resolve(&open, &denied, "us-east-1").map_err(|p| p.len()),
+            Err(1)
+        );
     }
 
     #[test]
@@ -826,7 +861,7 @@ mod tests {
         // `x-amz-meta-tags` is refused, so the image never carries an uploader's policy.
         let metadata = tags(&[(
             crate::plan::spec::keys::TAGS,
-            "publish:regions=eu-west-1+ap-south-1&publish:accounts=444455556666",
+            "publish:regions=eu-west-1&publish:accounts=444455556666",
         )]);
         let problems = crate::plan::spec::resolve(&[&metadata], "web/disk.raw")
             .err()

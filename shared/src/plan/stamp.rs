@@ -18,6 +18,26 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+/// The lineage keys a stamp copies from an image to its snapshots: what the stamp infers
+/// (AMITools' keys, the family, the generation, the ancestry, a copy's source snapshot). Not the
+/// managed marker: the function that creates a resource sets it at creation, and IAM refuses it
+/// to every later write (template.yaml, `ManagedOnlyAtCreation`). Not the upload's provenance
+/// (source URI, token, ETag, version, format, import task, upload method): create-image writes
+/// it on the upload's own snapshot at registration; on any other snapshot it would be false (a
+/// copy's snapshot was not imported) and a source token with an upload method would let
+/// create-image's fast path take that snapshot for an upload's.
+pub const SNAPSHOT_STAMP_KEYS: [&str; 9] = [
+    SOURCE_IMAGE,
+    SOURCE_INSTANCE,
+    SOURCE_REGION,
+    CREATE_DATE,
+    CREATE_TIMESTAMP,
+    FAMILY,
+    GENERATION,
+    ANCESTRY,
+    SOURCE_SNAPSHOT,
+];
+
 /// How an image came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -442,7 +462,10 @@ pub fn plan_stamp(facts: &Facts<'_>) -> StampPlan {
 
     for snapshot in facts.snapshots {
         let mut snap_writes = Tags::new();
-        for (key, value) in &lineage {
+        let stamped = lineage
+            .iter()
+            .filter(|(k, _)| SNAPSHOT_STAMP_KEYS.contains(&k.as_str()));
+        for (key, value) in stamped {
             match snapshot.tags.get(key) {
                 Some(existing) if existing == value => {}
                 Some(existing)
@@ -594,6 +617,35 @@ mod tests {
         assert!(!plan.lineage.contains_key(SOURCE_IMAGE));
         assert_eq!(plan.writes["snap-11111111"], plan.lineage);
         assert!(plan.conflicts.is_empty());
+    }
+
+    #[test]
+    fn snapshots_get_the_inferred_lineage_but_never_the_marker_or_the_provenance() {
+        let img = image(
+            "ami-00000001",
+            &[
+                (MANAGED, "true"),
+                (FAMILY, "web"),
+                (SOURCE_TOKEN, "tok"),
+                (IMPORT_TASK, "import-snap-1"),
+                (lineage::UPLOAD_METHOD, "import-snapshot"),
+                (lineage::SOURCE_URI, "s3://b/k"),
+            ],
+        );
+        let snaps = [snap("snap-11111111", &[])];
+        let plan = plan_stamp(&facts(&img, &snaps));
+        assert_eq!(plan.lineage[MANAGED], "true");
+        assert_eq!(plan.lineage[SOURCE_TOKEN], "tok");
+        let written = &plan.writes["snap-11111111"];
+        assert!(
+            written
+                .keys()
+                .all(|k| SNAPSHOT_STAMP_KEYS.contains(&k.as_str())),
+            "{written:?}"
+        );
+        assert_eq!(written[FAMILY], "web");
+        assert_eq!(written[GENERATION], "0");
+        assert!(!written.contains_key(MANAGED) && !written.contains_key(SOURCE_TOKEN));
     }
 
     #[test]

@@ -29,7 +29,10 @@ Modules:
   faults          per-account fault injection (WSGI middleware) and its rule store
   api_rules       parameter rules of the EC2 reference moto does not enforce (gate api_rules):
                   TagSpecifications types per operation, tag limits, enums, required members,
-                  documented lengths/ranges
+                  documented lengths/ranges, filter names (filter_names)
+  filter_names    each Describe operation's documented filter names (botocore model): unknown
+                  name -> AWS's InvalidParameterValue; a documented one the emulator cannot apply
+                  (moto's FilterNotImplementedError, silently ignored names) -> a clear 400
   rate_limits     EC2 request throttling (RequestLimitExceeded token buckets), opt-in per account
   consistency     eventual consistency of images, snapshots and their tags, opt-in per account
   request_counts  per-account AWS request counts by service:action (fed by the faults middleware)
@@ -65,9 +68,15 @@ def apply_extensions() -> None:
         from . import s3_checksums
 
         s3_checksums.install()
+        from . import s3_conditional
+
+        s3_conditional.install()
         from . import fast_dispatch, fast_tags, image_index, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_dispatch.install()
+        from . import filter_names
+
+        filter_names.install()
         fast_tags.install()
         # Before consistency, which keeps the snapshot index when it wraps the ``amis`` store.
         image_index.install()

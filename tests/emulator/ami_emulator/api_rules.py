@@ -26,6 +26,9 @@ Rule groups, in the order they are checked:
    enum values (``InvalidParameterValue``), integers; for the operations the project calls
    (``PROJECT_OPERATIONS``) also the model's ``min``/``max``/``pattern`` and the per-parameter
    rules of ``PARAMETER_RULES`` (AMI names, ``ClientToken``, documented ``MaxResults`` ranges).
+4. ``Filter.N.Name`` of the Describe operations against each operation's documented filter
+   names (``filter_names``: ``The filter 'x' is invalid``, or ``EmulatorFilterNotImplemented``
+   for a documented name the emulator cannot apply).
 
 Rules kept elsewhere (one place each): EnableImageDeprecation ``DeprecateAt`` limits and AMI
 name uniqueness (``images``), MaxResults ranges the reference does not state (the pagination of
@@ -40,7 +43,7 @@ from typing import Any, Callable
 
 from werkzeug.wrappers import Response
 
-from . import gates
+from . import filter_names, gates
 from .faults import error_response
 
 # ---------------------------------------------------------------------------------------------
@@ -635,6 +638,9 @@ def check(action: str, params: dict[str, list[str]]) -> None:
         leaf = _leaf_for(action, shape, key)
         if leaf is not None:
             leaf.check(values[0])
+    refused = filter_names.check(action, params)
+    if refused is not None:
+        raise Refused(*refused)
 
 
 # ---------------------------------------------------------------------------------------------

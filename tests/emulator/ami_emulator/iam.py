@@ -846,11 +846,30 @@ def _copy_image(req: Ec2Request, action: str) -> list[Check]:
     checks = [req.new_check(action, "image", image_tags, {"ec2:owner": (req.account,)})]
     source_id = req.param("SourceImageId") or ""
     source_region = req.param("SourceRegion") or req.region
-    source = req.existing("image", source_id, source_region) if source_id else {}
-    source_keys = {k: v for k, v in source.items() if k in ("ec2:imageid", "ec2:owner")}
+    source_keys = _copy_source_keys(req, source_id, source_region)
     checks.append(Check(action, req.arn("image", source_id, source_region), req.context(source_keys, request_tags_context(image_tags))))
     checks.append(req.new_check(action, "snapshot", specs.get("snapshot")))
     return checks + req.tag_on_create(specs)
+
+
+def _copy_source_keys(req: Ec2Request, source_id: str, source_region: str) -> Context:
+    """CopyImage's source AMI keys (SAR row: ec2:ImageID, ec2:Owner): read from the account
+    that owns it - the caller's own image, or another account's AMI the caller may copy
+    (``images.copy_source``: public or shared with it), whose ec2:Owner is that account (or
+    ``amazon``). No keys when the source cannot be found (the handler then answers
+    InvalidAMIID.NotFound, if IAM lets the request through)."""
+    if not source_id:
+        return {}
+    from .common import LOCK
+    from .images import copy_source
+
+    try:
+        with LOCK:
+            _backend, image = copy_source(req.account, source_region, source_id)
+    except Exception:  # noqa: BLE001 - unknown or unreadable source: no keys
+        return {}
+    owner = "amazon" if getattr(image, "owner_alias", None) == "amazon" else str(image.owner_id)
+    return {"ec2:imageid": (source_id,), "ec2:owner": (owner,)}
 
 
 def _create_image(req: Ec2Request, action: str) -> list[Check]:

@@ -58,6 +58,8 @@ from .disk_images import (
     size_in_gib,
     virtual_size_bytes,
 )
+from .filter_names import TAG_PATTERN, not_implemented
+from .filter_names import serve as serve_filters
 from .snapshots import new_snapshot
 
 TASK_ID_RE = re.compile(r"^import-snap-[0-9a-f]{17}$")
@@ -228,18 +230,21 @@ class ImportSnapshotTask:
         return rendered
 
     def filter_value(self, name: str) -> list[str] | None:
+        """The task's values for one of the names ``filter_names`` accepts for
+        DescribeImportSnapshotTasks (``tag:<key>``, ``tag-key``, ``task-state``); None for
+        any other name (the api_rules gate refuses those first)."""
         if name.startswith("tag:"):
             key = name[4:]
             return [self.tags[key]] if key in self.tags else []
         if name == "tag-key":
             return list(self.tags)
-        if name == "tag-value":
-            return list(self.tags.values())
-        if name in ("import-task-id", "task-id"):
-            return [self.id]
-        if name in ("status", "task-state"):
+        if name == "task-state":
             return [self.status]
         return None
+
+
+# The filters DescribeImportSnapshotTasks applies: every name filter_names accepts for it.
+TASK_FILTERS = (TAG_PATTERN, "tag-key", "task-state")
 
 
 def _matches(task: ImportSnapshotTask, filters: dict[str, list[str]]) -> bool:
@@ -248,7 +253,7 @@ def _matches(task: ImportSnapshotTask, filters: dict[str, list[str]]) -> bool:
     for name, wanted in filters.items():
         values = task.filter_value(name)
         if values is None:
-            raise client_error("InvalidParameterValue", f"The filter '{name}' is invalid")
+            raise not_implemented("DescribeImportSnapshotTasks", name)
         if not any(fnmatch.fnmatchcase(v, pattern) for v in values for pattern in wanted):
             return False
     return True
@@ -324,9 +329,9 @@ def import_snapshot(self: Any) -> ActionResult:
 
 
 def describe_import_snapshot_tasks(self: Any) -> ActionResult:
-    """API_DescribeImportSnapshotTasks: ImportTaskIds, Filters (tag:<key>, tag-key, tag-value),
-    MaxResults/NextToken; only tasks active or ended in the last 7 days (``TASK_RETENTION``).
-    Guess: an explicit id of an older task answers like an unknown id (the reference's 7 days
+    """API_DescribeImportSnapshotTasks: ImportTaskIds, Filters (``TASK_FILTERS``: the names
+    ``filter_names`` accepts), MaxResults/NextToken; only tasks active or ended in the last 7
+    days (``TASK_RETENTION``). Guess: an explicit id of an older task answers like an unknown id (the reference's 7 days
     cover the whole response list; tooling reports the task as no longer existing)."""
     self.error_on_dryrun()
     task_ids = [str(t) for t in as_list(self._get_param("ImportTaskIds"))]
@@ -412,3 +417,4 @@ def install() -> None:
 
     EC2Response.import_snapshot = import_snapshot  # type: ignore[attr-defined]
     EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks  # type: ignore[attr-defined]
+    serve_filters("DescribeImportSnapshotTasks", TASK_FILTERS)

@@ -21,6 +21,8 @@ from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
 from moto.ec2.utils import simple_aws_filter_to_re
 
 from .common import LOCK, as_bool, as_list, client_error, filters_param, iso_millis, paginate
+from .filter_names import not_implemented
+from .filter_names import serve as serve_filters
 
 # The text moto uses (and AWS returns, judging by its CLI wording) when the account-wide form is
 # called without versions or with version numbers.
@@ -105,8 +107,27 @@ def _version_filter_value(template: Any, version: Any, name: str) -> Any:
         "ram-disk-id": lambda: data.get("RamDiskId") or "",
     }
     if name not in getters:
-        raise client_error("InvalidParameterValue", f"The filter '{name}' is invalid")
+        raise not_implemented("DescribeLaunchTemplateVersions", name)
     return getters[name]()
+
+
+# Every filter DescribeLaunchTemplateVersions documents (botocore model), all applied above.
+VERSION_FILTERS = (
+    "create-time",
+    "ebs-optimized",
+    "http-endpoint",
+    "http-protocol-ipv4",
+    "http-tokens",
+    "host-resource-group-arn",
+    "iam-instance-profile",
+    "image-id",
+    "instance-type",
+    "is-default-version",
+    "kernel-id",
+    "license-configuration-arn",
+    "network-card-index",
+    "ram-disk-id",
+)
 
 
 def _matches(template: Any, version: Any, filters: dict[str, list[str]]) -> bool:
@@ -248,3 +269,4 @@ def install() -> None:
 
     EC2Response.describe_launch_template_versions = describe_launch_template_versions  # type: ignore[method-assign]
     EC2Response.describe_launch_templates = describe_launch_templates  # type: ignore[method-assign]
+    serve_filters("DescribeLaunchTemplateVersions", VERSION_FILTERS)

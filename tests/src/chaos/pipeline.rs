@@ -182,7 +182,7 @@ pub fn regions() -> Vec<&'static str> {
     r
 }
 
-fn envs(topic: &str) -> BTreeMap<Fun, Env> {
+fn envs(topic: &str, state_bucket: &str) -> BTreeMap<Fun, Env> {
     let all = regions().join(",");
     let common = |extra: &[(&'static str, &str)]| -> Env {
         let mut e: Env = BTreeMap::from([
@@ -200,13 +200,18 @@ fn envs(topic: &str) -> BTreeMap<Fun, Env> {
         ),
         (
             Fun::TagLineage,
-            common(&[("LINEAGE_REGIONS", &all), ("VISIBILITY_WAIT_SECONDS", "2")]),
+            common(&[
+                ("LINEAGE_REGIONS", &all),
+                ("VISIBILITY_WAIT_SECONDS", "2"),
+                ("STATE_BUCKET", state_bucket),
+            ]),
         ),
         (
             Fun::Publish,
             common(&[
                 ("PUBLISH_REGIONS", &COPY_REGIONS.join(",")),
                 ("SHARE_ACCOUNTS", SHARE_ACCOUNT),
+                ("STATE_BUCKET", state_bucket),
             ]),
         ),
         (
@@ -231,7 +236,10 @@ impl Run {
         let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
         let bucket = format!("uploads-{}", acct.account_id);
         acct.bucket(&bucket, true).await;
-        let fns = Fns::new(&acct, &envs(&topic), &bucket, mode.dup.min(3)).await;
+        // The template's state bucket: tag-lineage and publish claim their announcements.
+        let state = crate::roles::state_bucket_name(&acct.account_id);
+        acct.bucket(&state, false).await;
+        let fns = Fns::new(&acct, &envs(&topic, &state), &bucket, mode.dup.min(3)).await;
         let faults = Faults::new(&acct, mode.fault_rate, seed, mode.unretried);
         let mut run = Run {
             mode,

@@ -1,0 +1,133 @@
+//! Exactly once across concurrent invocations: claims on an announcement.
+//!
+//! Lambda runs many copies of a function at once, and SNS, EventBridge and S3 deliver events
+//! at least once, so two invocations can decide at the same moment to send the same
+//! announcement. EC2 cannot arbitrate (CreateTags is last-writer-wins, and what a Describe
+//! shows lags behind). S3 can: PutObject with `If-None-Match: *` creates a key only when it
+//! does not exist, and of concurrent writers exactly one succeeds (S3 User Guide, "How to
+//! prevent object overwrites with conditional writes").
+//!
+//! A claim is such an object in the deployment's state bucket (`STATE_BUCKET`, written by the
+//! functions only — never the uploads bucket, where an uploader could plant one), key
+//! `claims/<announcement key>`:
+//! - the invocation that creates it sends the announcement, then records it on the image (a
+//!   tag); every other one sees [`Claim::Held`] and sends nothing;
+//! - a holder whose send fails releases its claim ([`Claims::release`]) before it returns the
+//!   error, so the retry of its event (or another delivery) claims and sends again;
+//! - an invocation that stops between its claim and its record leaves a claim that never gets
+//!   a record: once the claim is older than [`STALE_AFTER`], a caller that still finds no record
+//!   takes it over with a PutObject `If-Match` on the ETag it read (two takers cannot both win)
+//!   and announces — so a crash delays an announcement, it never loses or doubles it.
+//!
+//! Without a state bucket there are no claims: announcements are at least once, and each
+//! message's `dedup_key` lets a subscriber drop repeats.
+
+use crate::aws::s3::{self, Condition};
+use crate::error::AwsError;
+use crate::model::ObjectRef;
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use tracing::{info, warn};
+
+/// How old a claim without its record must be before it is taken over: far beyond one
+/// announcement (a publish of an SNS message and a CreateTags) and beyond the few seconds a
+/// tag takes to show in DescribeImages.
+pub const STALE_AFTER: Duration = Duration::minutes(10);
+
+/// What a claim attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This invocation holds the claim: it announces (and releases the claim if it cannot).
+    Won {
+        /// The claim object's ETag (None without a state bucket), for [`Claims::release`].
+        etag: Option<String>,
+    },
+    /// Another invocation holds it (made `age` ago): it announces, this one does not.
+    Held {
+        /// How long ago the holder claimed it.
+        age: Duration,
+    },
+}
+
+/// Where claims are kept: the state bucket, or none (no claims, at least once).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claims {
+    /// The bucket (`STATE_BUCKET`); None: every claim is won at once.
+    pub bucket: Option<String>,
+}
+
+impl Claims {
+    /// Claims `key` (an announcement's key, e.g. `image.ready/us-east-1/ami-…`) at `now`.
+    pub async fn claim(
+        &self,
+        s3: &Client,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, AwsError> {
+        let Some(obj) = self.object(key) else {
+            return Ok(Claim::Won { etag: None });
+        };
+        let body = || {
+            serde_json::json!({"claimed_at": now.to_rfc3339_opts(SecondsFormat::Secs, true)})
+                .to_string()
+                .into_bytes()
+        };
+        match s3::put_if(s3, &obj, body(), Condition::Absent).await {
+            Ok(etag) => return Ok(Claim::Won { etag: Some(etag) }),
+            Err(e) if lost_race(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let held = s3::head_object(s3, &obj).await?;
+        let age = held.last_modified.map_or(Duration::zero(), |t| now - t);
+        let Some(etag) = held.etag.filter(|_| age >= STALE_AFTER) else {
+            return Ok(Claim::Held { age });
+        };
+        // The holder stopped before recording its announcement: take the claim over, against
+        // the ETag read, so that of several takers one wins.
+        match s3::put_if(s3, &obj, body(), Condition::Is(&format!("\"{etag}\""))).await {
+            Ok(etag) => {
+                info!(claim = %obj.uri(), age_seconds = age.num_seconds(), "stale claim taken over");
+                Ok(Claim::Won { etag: Some(etag) })
+            }
+            Err(e) if lost_race(&e) || e.is_not_found() => Ok(Claim::Held {
+                age: Duration::zero(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Claims {
+    /// The claim object of `key`, when there is a state bucket.
+    fn object(&self, key: &str) -> Option<ObjectRef> {
+        self.bucket.as_ref().map(|bucket| ObjectRef {
+            bucket: bucket.clone(),
+            key: format!("claims/{key}"),
+            version_id: None,
+        })
+    }
+
+    /// Gives up a claim this invocation won (its `etag`) and could not announce: DeleteObject
+    /// `If-Match` that ETag, so a claim another invocation took over since is left alone.
+    /// Best effort: if the delete fails too, the claim is taken over once stale.
+    pub async fn release(&self, s3: &Client, key: &str, etag: Option<&str>) {
+        let (Some(obj), Some(etag)) = (self.object(key), etag) else {
+            return;
+        };
+        if let Err(e) = s3::delete_if(s3, &obj, etag).await {
+            warn!(claim = %obj.uri(), error = %e, "could not release the claim; it is taken over once stale");
+        }
+    }
+}
+
+/// A short, stable digest of `text` (16 hex digits of its SHA-256), for claim keys that name a
+/// particular content (a publication's policy).
+pub fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))[..16].to_owned()
+}
+
+/// A conditional write that lost to another writer.
+fn lost_race(e: &AwsError) -> bool {
+    e.has_code("PreconditionFailed") || e.has_code("ConditionalRequestConflict")
+}
