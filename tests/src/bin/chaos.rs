@@ -16,7 +16,7 @@ const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--se
   --retried-only    only faults the SDK retries (not SNS Publish's Throttled, 429, which reaches the function)
   --fault-rounds F  schedule rounds still under faults (default 2)
   --max-rounds M    rounds after which a run that still changes something has not converged (default 12)
-  --strict          raw duplicates of image.ready / image.published fail the run too";
+  --strict          an invocation failing without an injected fault (a race, a denial) fails the run too";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {

@@ -103,7 +103,8 @@ pub struct Figures {
 pub struct Verdict {
     /// Failed invariants.
     pub failures: Vec<Finding>,
-    /// Known open issues seen (failures with `--strict`).
+    /// Seen and counted, not failed (failures with `--strict`): raw duplicates of the types in
+    /// [`KNOWN_OPEN`], invocations that failed without an injected fault.
     pub known_open: Vec<Finding>,
     /// Invariants checked.
     pub checked: Vec<String>,
@@ -241,6 +242,7 @@ pub fn verdict(
     published(run, inv, &mut v);
     lineage_against(run, inv, reference, &mut v);
     cleanup(run, &mut v);
+    uninjected(run, strict, &mut v);
     v.figures.rounds = run.rounds.len();
     v.figures.rounds_needed = run
         .rounds
@@ -493,6 +495,39 @@ fn announcements(run: &Run, inv: &Inventory, strict: bool, v: &mut Verdict) {
         stray,
     );
     v.check("no image.failed or image.lineage-conflict", bad_types);
+}
+
+/// Invocations that failed, and not because of an injected fault: Lambda's retries hid them
+/// (the run converged), but each is a race or a refusal the reconcilers should not meet.
+fn uninjected(run: &Run, strict: bool, v: &mut Verdict) {
+    let mut evidence = Vec::new();
+    for (fun, s) in run.stats() {
+        if s.uninjected > 0 {
+            evidence.push(format!(
+                "{}: {} failed invocations without an injected fault, e.g. {}",
+                fun.name(),
+                s.uninjected,
+                s.uninjected_samples
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("")
+            ));
+        }
+    }
+    let invariant = "no invocation fails but for an injected fault";
+    if strict {
+        v.check(invariant, evidence);
+    } else {
+        v.checked.push(format!(
+            "{invariant} [counted, not failed: --strict fails it]"
+        ));
+        if !evidence.is_empty() {
+            v.known_open.push(Finding {
+                invariant: invariant.to_owned(),
+                evidence,
+            });
+        }
+    }
 }
 
 fn short(m: &Value) -> String {

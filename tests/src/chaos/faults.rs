@@ -69,6 +69,15 @@ const SNS_RETRIED: (&str, u16, &str, &str) = (
     "We encountered an internal error. Please try again.",
 );
 
+/// Whether a function's error comes from an injected fault: its text names one of the codes
+/// the rules answer with (the gateways' errors read "… failed (<code>): …").
+pub fn injected(error: &str) -> bool {
+    RULES
+        .iter()
+        .chain(std::iter::once(&SNS_RETRIED))
+        .any(|(_, _, code, _)| error.contains(&format!("({code})")))
+}
+
 /// The role-name substring the rules match: every `<Function>Role` of template.yaml.
 const PRINCIPAL: &str = "FunctionRole";
 

@@ -69,6 +69,10 @@ pub struct FunStats {
     pub errors: BTreeMap<String, usize>,
     /// The first few error messages, as evidence.
     pub samples: Vec<String>,
+    /// Failed attempts whose error is not an injected fault (a race, a denial, a bug).
+    pub uninjected: usize,
+    /// The first few of those, as evidence.
+    pub uninjected_samples: Vec<String>,
 }
 
 /// The clock a delivery runs at: real time plus an offset (a schedule run "later").
@@ -190,6 +194,12 @@ impl Fns {
                     last = format!("{}: {e}", e.error_type());
                     if s.samples.len() < 5 {
                         s.samples.push(last.clone());
+                    }
+                    if !super::faults::injected(&last) {
+                        s.uninjected += 1;
+                        if s.uninjected_samples.len() < 5 {
+                            s.uninjected_samples.push(last.clone());
+                        }
                     }
                 }
             }
