@@ -237,20 +237,34 @@ fn body(m: &Message) -> String {
 }
 
 /// Publishes `message` to `topic_arn`.
+///
+/// SNS answers a request over the account's rate with `Throttled` (HTTP 429; botocore's sns
+/// model, `ThrottledException`), a code the SDK's retry classifiers do not know (they retry
+/// `Throttling`, `ThrottlingException`, ... and 500/502/503/504): left to them, one throttled
+/// publish failed the invocation after its change was made, and an announcement could be lost.
+/// It is retried here, [`THROTTLED_ATTEMPTS`] times in all, with exponential backoff.
 pub async fn send(
     sns: &aws_sdk_sns::Client,
     topic_arn: &str,
     message: &Message,
 ) -> Result<String, AwsError> {
-    crate::aws::sns::publish(
-        sns,
-        topic_arn,
-        message.event_type,
-        &message.subject(),
-        &message.to_json(),
-    )
-    .await
+    let (subject, body) = (message.subject(), message.to_json());
+    let mut attempt = 1;
+    loop {
+        let sent =
+            crate::aws::sns::publish(sns, topic_arn, message.event_type, &subject, &body).await;
+        match sent {
+            Err(e) if e.has_code("Throttled") && attempt < THROTTLED_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// Attempts of one publish that SNS throttles (`Throttled`): 0.2 + 0.4 + 0.8 + 1.6 s of backoff.
+pub const THROTTLED_ATTEMPTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -340,6 +340,28 @@ async fn a_variant_the_decoder_does_not_take_becomes_an_image_through_importsnap
 }
 
 #[tokio::test]
+async fn a_throttled_announcement_is_retried_not_lost() {
+    // SNS's Throttled (429) is not retried by the SDK; two of them on image.registered must
+    // not fail the upload after its image exists (found by the chaos harness).
+    let w = world(&[]).await;
+    w.acct
+        .put(&w.bucket, "thr/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    w.acct
+        .inject_fault(json!({"service": "sns", "action": "Publish", "status": 429,
+        "code": "Throttled", "message": "Rate exceeded", "count": 2}));
+    let out = run(&w, "thr/disk.raw").await;
+    assert_eq!(out.ingested.len(), 1, "{out:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.registered")
+        .count();
+    assert_eq!(registered, 1, "{msgs:#?}");
+    w.acct.clear_faults();
+}
+
+#[tokio::test]
 async fn the_role_writes_only_managed_snapshots() {
     let w = world(&[]).await;
     let role_ebs = &w.deps.clients.ebs;
