@@ -735,3 +735,92 @@ async fn both_triggers_of_an_upload_at_once_announce_it_once() {
         .collect();
     assert_eq!(ready.len(), 1, "{msgs:?}");
 }
+
+/// The first snapshot of `image` in `ec2`'s region.
+async fn snapshot_of(ec2: &aws_sdk_ec2::Client, image: &str) -> String {
+    ec2.describe_images()
+        .image_ids(image)
+        .send()
+        .await
+        .expect("describe the image")
+        .images()[0]
+        .block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+        .expect("the image has a snapshot")
+        .to_owned()
+}
+
+/// Tags `resource` with `ami-pipeline:family=family` as the set-up's identity (as publish would).
+async fn set_family(ec2: &aws_sdk_ec2::Client, resource: &str, family: &str) {
+    ec2.create_tags()
+        .resources(resource)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ami-pipeline:family")
+                .value(family)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag the family");
+}
+
+/// The role may add `ami-pipeline:family` only where a resource has none (`FamilyWhereNone`).
+/// When publish writes a copy's snapshot's family between tag-lineage's read (which EC2's
+/// eventual consistency makes older still) and its write, CreateTags is refused; tag-lineage
+/// reads the family again and, as it is the same, writes the rest of the lineage without it
+/// instead of failing the invocation (found by the chaos harness). A different family written
+/// meanwhile is never overwritten: that stamp fails, naming the refusal.
+#[tokio::test]
+async fn a_family_written_meanwhile_with_the_same_value_does_not_fail_the_stamp() {
+    const LAG_SECONDS: u64 = 2;
+    let w = world_waiting(8).await;
+    let east = w.ec2(EAST);
+    let west = w.ec2(WEST);
+    let (root, _) = fixtures::image(
+        &east,
+        "base",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "base"),
+        ],
+    )
+    .await;
+    assert_eq!(w.available(EAST, &root).await["outcome"], "stamped");
+    let copy = fixtures::copy(&west, &root, EAST, "base-west").await;
+    let other = fixtures::copy(&west, &root, EAST, "base-west-2").await;
+    let copy_snapshot = snapshot_of(&west, &copy).await;
+    let other_snapshot = snapshot_of(&west, &other).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    // Writes that tag-lineage's reads do not show for LAG_SECONDS, each just before the stamp.
+    set_family(&west, &other_snapshot, "elsewhere").await;
+    let refused = w
+        .try_run(aws_events::ami_state_change(WEST, &other, "available", ""))
+        .await
+        .expect_err("a different family is not overwritten");
+    assert!(
+        refused.to_string().contains("UnauthorizedOperation")
+            && refused.to_string().contains(&other_snapshot),
+        "{refused}"
+    );
+    set_family(&west, &copy_snapshot, "base").await;
+    let stamped = w.available(WEST, &copy).await;
+    assert_eq!(stamped["outcome"], "stamped", "{stamped}");
+
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    let snap_tags = fixtures::tags_of(&west, &copy_snapshot).await;
+    assert_eq!(snap_tags["ami-pipeline:family"], "base", "{snap_tags}");
+    assert_eq!(snap_tags["source_image"], root.as_str(), "{snap_tags}");
+    assert_eq!(snap_tags["ami-pipeline:generation"], "1", "{snap_tags}");
+    let other_tags = fixtures::tags_of(&west, &other_snapshot).await;
+    assert_eq!(
+        other_tags["ami-pipeline:family"], "elsewhere",
+        "{other_tags}"
+    );
+    assert!(other_tags.get("source_image").is_none(), "{other_tags}");
+}

@@ -16,6 +16,7 @@ use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::{self, FAMILY, READY_AT, SOURCE_URI};
 use shared::plan::stamp::{self, Assertion, Facts, ImageRef, Parent, StampPlan};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tracing::{info, warn};
 
 pub(crate) async fn stamp_one(
@@ -77,7 +78,7 @@ pub(crate) async fn stamp_one(
         return Ok(report);
     }
     for (resource, tags) in plan.ordered_writes(&image.id) {
-        ec2::create_tags(&c.ec2, &[resource.as_str()], tags).await?;
+        write_lineage(deps, &c, resource, tags, deadline).await?;
     }
     if !plan.writes.is_empty() {
         report.outcome = StampOutcome::Stamped;
@@ -94,6 +95,72 @@ pub(crate) async fn stamp_one(
         announce_ready(deps, &c, &image, &plan, now, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Writes one resource's lineage tags. The role may add `ami-pipeline:family` only where the
+/// resource has none (template `FamilyWhereNone`); when publish, or an overlapping copy of this
+/// function, wrote it between this invocation's read and its write, CreateTags is refused with
+/// `UnauthorizedOperation`. The family is then read again (for up to `VISIBILITY_WAIT_SECONDS`,
+/// as EC2's reads may not show the new tag yet): when it is the one planned, the rest is
+/// written without it; otherwise the refusal stands, and the next event plans against the
+/// family the resource now has (a different one is reported as a conflict).
+async fn write_lineage(
+    deps: &Deps,
+    c: &Clients,
+    resource: &str,
+    tags: &Tags,
+    deadline: Deadline,
+) -> Result<(), AwsError> {
+    let refused = match ec2::create_tags(&c.ec2, &[resource], tags).await {
+        Ok(()) => return Ok(()),
+        Err(e) if e.has_code("UnauthorizedOperation") && tags.contains_key(FAMILY) => e,
+        Err(e) => return Err(e),
+    };
+    let planned = tags.get(FAMILY).map(String::as_str);
+    let mut waited = Duration::ZERO;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let family = current_family(c, resource).await?;
+        if family.is_some() && family.as_deref() == planned {
+            break;
+        }
+        if family.is_some() || waited + pause > deps.config.visibility_wait || !deadline.may_start()
+        {
+            return Err(refused);
+        }
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause *= 2;
+    }
+    info!(
+        resource,
+        "family written meanwhile by another invocation, with the same value"
+    );
+    let rest: Tags = tags
+        .iter()
+        .filter(|(k, _)| k.as_str() != FAMILY)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    ec2::create_tags(&c.ec2, &[resource], &rest).await
+}
+
+/// The `ami-pipeline:family` tag an image or snapshot of this account carries now.
+async fn current_family(c: &Clients, resource: &str) -> Result<Option<String>, AwsError> {
+    let tags = if resource.starts_with("snap-") {
+        ec2::describe_own_snapshots(&c.ec2, &[resource.to_owned()])
+            .await?
+            .into_iter()
+            .next()
+            .map(|s| s.tags)
+    } else {
+        ec2::describe_own_image(&c.ec2, resource)
+            .await?
+            .map(|i| i.tags)
+    };
+    Ok(tags.and_then(|mut t| t.remove(FAMILY)))
 }
 
 /// Sends `image.ready` and records it (`ready-at`), unless another invocation holds the claim
