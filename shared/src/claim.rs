@@ -19,6 +19,11 @@
 //!   takes it over with a PutObject `If-Match` on the ETag it read (two takers cannot both win)
 //!   and announces — so a crash delays an announcement, it never loses or doubles it.
 //!
+//! A caller with no resource of its own to record the announcement on (create-image's fast
+//! path: the image's tags are written only at RegisterImage) records it in the state bucket
+//! instead ([`Claims::record_sent`], `claims/<announcement key>.sent`), and a later delivery
+//! that finds the work done asks [`Claims::was_sent`] before it repairs a lost announcement.
+//!
 //! Without a state bucket there are no claims: announcements are at least once, and each
 //! message's `dedup_key` lets a subscriber drop repeats.
 
@@ -98,6 +103,11 @@ impl Claims {
 }
 
 impl Claims {
+    /// Whether there is a state bucket (else every claim is won and nothing is recorded).
+    pub fn enabled(&self) -> bool {
+        self.bucket.is_some()
+    }
+
     /// The claim object of `key`, when there is a state bucket.
     fn object(&self, key: &str) -> Option<ObjectRef> {
         self.bucket.as_ref().map(|bucket| ObjectRef {
@@ -105,6 +115,45 @@ impl Claims {
             key: format!("claims/{key}"),
             version_id: None,
         })
+    }
+
+    /// The record that `key`'s announcement was sent, when there is a state bucket.
+    fn sent_object(&self, key: &str) -> Option<ObjectRef> {
+        self.object(&format!("{key}.sent"))
+    }
+
+    /// Records that the announcement claimed under `key` was sent (`If-None-Match: *`: a
+    /// record that exists already is kept as it is). Nothing without a state bucket.
+    pub async fn record_sent(
+        &self,
+        s3: &Client,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AwsError> {
+        let Some(obj) = self.sent_object(key) else {
+            return Ok(());
+        };
+        let body = serde_json::json!({"sent_at": now.to_rfc3339_opts(SecondsFormat::Secs, true)})
+            .to_string()
+            .into_bytes();
+        match s3::put_if(s3, &obj, body, Condition::Absent).await {
+            Ok(_) => Ok(()),
+            Err(e) if lost_race(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether [`Claims::record_sent`] recorded `key`'s announcement. False without a state
+    /// bucket (callers then cannot tell, and must not repair).
+    pub async fn was_sent(&self, s3: &Client, key: &str) -> Result<bool, AwsError> {
+        let Some(obj) = self.sent_object(key) else {
+            return Ok(false);
+        };
+        match s3::head_object(s3, &obj).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Gives up a claim this invocation won (its `etag`) and could not announce: DeleteObject

@@ -21,6 +21,23 @@ async fn world(env: &[(&str, &str)]) -> World {
     w
 }
 
+/// [`world`] with the template's state bucket and `STATE_BUCKET` (announcement claims).
+async fn world_with_claims() -> World {
+    let acct = TestAccount::new().await;
+    let state = support::roles::state_bucket_name(&acct.account_id);
+    acct.bucket(&state, false).await;
+    let w = World::in_account(acct, &[("STATE_BUCKET", state.as_str())]).await;
+    w.acct.bucket(&w.bucket, false).await;
+    w
+}
+
+/// The messages of `event_type` among `msgs`.
+fn of_type<'a>(msgs: &'a [Value], event_type: &str) -> Vec<&'a Value> {
+    msgs.iter()
+        .filter(|m| m["event_type"] == event_type)
+        .collect()
+}
+
 fn manual(bucket: &str, key: &str) -> Value {
     json!({"bucket": bucket, "key": key})
 }
@@ -359,6 +376,89 @@ async fn a_throttled_announcement_is_retried_not_lost() {
         .count();
     assert_eq!(registered, 1, "{msgs:#?}");
     w.acct.clear_faults();
+}
+
+/// An SNS failure between RegisterImage and `image.registered` (SNS 500s past the SDK's five
+/// attempts) used to report the upload `image.failed` although its AMI existed, and the
+/// event's retry found the image and announced nothing: `image.registered` was lost for good
+/// (found by the chaos harness). Now the transient failure fails the invocation without
+/// `image.failed`, and the retry, finding no record that it was sent, sends it, once.
+#[tokio::test]
+async fn an_announcement_lost_after_registration_is_sent_by_the_retry() {
+    let w = world_with_claims().await;
+    let key = "lost/disk.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    w.acct
+        .inject_fault(json!({"service": "sns", "action": "Publish", "status": 500,
+        "code": "InternalError", "message": "injected", "count": 5}));
+    let first = w.invoke(&manual(&w.bucket, key)).await;
+    let err = first.expect_err("the announcement failed: the invocation fails, to be retried");
+    assert!(err.to_string().contains("sns:Publish"), "{err}");
+    w.acct.clear_faults();
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "the image exists: {images:?}");
+
+    let retry = run(&w, key).await;
+    assert!(
+        matches!(&retry.ingested[0], IngestOutcome::AlreadyImported { image_id, announced: true, .. } if *image_id == images[0].id),
+        "{retry:?}"
+    );
+    // Later deliveries find it sent.
+    let again = run(&w, key).await;
+    assert!(
+        matches!(
+            &again.ingested[0],
+            IngestOutcome::AlreadyImported {
+                announced: false,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered = of_type(&msgs, "image.registered");
+    assert_eq!(registered.len(), 1, "{msgs:#?}");
+    assert_eq!(registered[0]["image_id"], images[0].id.as_str());
+    assert_eq!(registered[0]["upload_method"], "ebs-direct");
+    assert_eq!(
+        registered[0]["lineage"]["ami-pipeline:upload-method"],
+        "ebs-direct"
+    );
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+}
+
+/// With claims, overlapping deliveries of one upload (one registers, the others adopt its
+/// image or find it made) announce it exactly once.
+#[tokio::test]
+async fn four_overlapping_deliveries_announce_once_with_claims() {
+    let w = world_with_claims().await;
+    let key = "dup4/disk.raw";
+    w.acct.put(&w.bucket, key, patterned_disk(), &[]).await;
+    let (a, b, c, d) = tokio::join!(run(&w, key), run(&w, key), run(&w, key), run(&w, key));
+    let registered_by = [&a, &b, &c, &d]
+        .iter()
+        .filter(|o| matches!(o.ingested[0], IngestOutcome::Registered { .. }))
+        .count();
+    assert!(registered_by >= 1, "{a:?} {b:?} {c:?} {d:?}");
+    let again = run(&w, key).await;
+    assert!(
+        matches!(
+            &again.ingested[0],
+            IngestOutcome::AlreadyImported {
+                announced: false,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! create-image's settings, read once from the environment, and what a run needs (`Deps`).
 
 use shared::aws::clients::Clients;
+use shared::claim::Claims;
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::plan::spec::{self, UploadBounds};
 use shared::plan::upload::MethodSetting;
@@ -28,6 +29,9 @@ pub struct Config {
     /// What an upload's metadata may choose (`UPLOAD_SETTINGS`, `UPLOAD_MAX_VOLUME_GIB`,
     /// `UPLOAD_TAG_KEYS`).
     pub upload: UploadBounds,
+    /// Where the fast path's `image.registered` is claimed and recorded, so that it is sent
+    /// once and a lost one is sent by the retry (`STATE_BUCKET`; unset: no claims, no repair).
+    pub claims: Claims,
 }
 
 /// Default-setting variables: `DEFAULT_` + the setting key upper-cased with `_`.
@@ -55,6 +59,7 @@ impl Config {
             "UPLOAD_SETTINGS",
             "UPLOAD_MAX_VOLUME_GIB",
             "UPLOAD_TAG_KEYS",
+            "STATE_BUCKET",
         ]);
         v.extend(DEFAULT_VARS);
         v
@@ -101,6 +106,9 @@ impl Config {
             }
         }
         let upload = upload_bounds(&mut r);
+        let claims = Claims {
+            bucket: r.optional("STATE_BUCKET"),
+        };
         r.finish()?;
         Ok(Config {
             common,
@@ -111,6 +119,7 @@ impl Config {
             fast_path_max_gib,
             defaults,
             upload,
+            claims,
         })
     }
 }

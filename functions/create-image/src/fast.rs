@@ -33,6 +33,7 @@
 //! Resume across invocations is not implemented: the size bound `FAST_PATH_MAX_GIB` sends what
 //! one invocation cannot write to ImportSnapshot.
 
+use crate::announce::{announce_once, repair};
 use crate::config::Deps;
 use crate::ingest::reject;
 use crate::output::{IngestOutcome, Transfer};
@@ -44,7 +45,6 @@ use shared::aws::{ebs, ec2, s3};
 use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
 use shared::model::{DiskFormat, ObjectInfo, ObjectRef, Select};
-use shared::notify::{self, EventType, Message};
 use shared::plan::import;
 use shared::plan::lineage;
 use shared::plan::spec::ImageSpec;
@@ -392,8 +392,9 @@ impl Puts {
 }
 
 /// Registers the completed snapshot (the import path's naming and duplicate rules) and
-/// announces `image.registered` with `upload_method: ebs-direct`. A concurrent duplicate event
-/// that lost the race for the name adopts the winner's image and announces nothing.
+/// announces `image.registered` with `upload_method: ebs-direct` ([`announce_once`]). A
+/// concurrent duplicate event that lost the race for the name adopts the winner's image and
+/// leaves the announcement to it (or, if it stops first, to a later delivery's repair).
 async fn register(
     deps: &Deps,
     up: &Upload<'_>,
@@ -418,9 +419,12 @@ async fn register(
     let image_id = match register_named(deps, snapshot_id, &reg, size).await? {
         Registered::Image(id) => id,
         Registered::Adopted(image_id) => {
+            // The claim decides which of the overlapping invocations announces.
+            let announced = repair(deps, &registered_image(&reg, &image_id), now).await?;
             return Ok(IngestOutcome::AlreadyImported {
                 object: up.object.uri(),
                 image_id,
+                announced,
             });
         }
         Registered::Refused(message) => {
@@ -428,17 +432,7 @@ async fn register(
         }
     };
     let image = registered_image(&reg, &image_id);
-    let msg = Message {
-        image_id: Some(image.id.clone()),
-        image_name: Some(image.name.clone()),
-        snapshot_ids: vec![snapshot_id.to_owned()],
-        family: Some(up.spec.family.clone()),
-        source_uri: Some(up.object.uri()),
-        upload_method: Some(UploadMethod::EbsDirect.as_str().to_owned()),
-        lineage: reg.tags.clone(),
-        ..Message::new(EventType::ImageRegistered, now, &c.region)
-    };
-    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    announce_once(deps, &image, now).await?;
     Ok(IngestOutcome::Registered {
         object: up.object.uri(),
         image_id,

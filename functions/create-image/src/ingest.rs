@@ -2,6 +2,7 @@
 //! problem listed, or make its snapshot: the EBS direct fast path ([`crate::fast`]) or, for
 //! what that path does not take, ImportSnapshot.
 
+use crate::announce;
 use crate::config::Deps;
 use crate::event::IngestItem;
 use crate::fast;
@@ -29,6 +30,17 @@ pub(crate) async fn ingest(
     let uri = item.object.uri();
     match try_ingest(deps, &item, now, deadline).await {
         Ok(outcome) => outcome,
+        Err(e) if e.kind.is_transient() => {
+            // Throttling or a service error past the SDK's retries: the invocation fails and
+            // Lambda delivers the event again (EventBridge retries for 24 hours, then the
+            // dead-letter queue). No image.failed: the upload has not failed, and its retry
+            // announces what it makes.
+            warn!(object = %uri, error = %e, "ingest stopped by a transient error; the event is retried");
+            IngestOutcome::Error {
+                object: uri,
+                error: e.to_string(),
+            }
+        }
         Err(e) => {
             warn!(object = %uri, error = %e, "ingest failed");
             let msg = Message {
@@ -102,9 +114,11 @@ pub(crate) async fn try_ingest(
     .await?;
     if let Some(image) = existing.first() {
         info!(object = %object, image_id = %image.id, "already imported");
+        let announced = announce::repair(deps, image, now).await?;
         return Ok(IngestOutcome::AlreadyImported {
             object: object.uri(),
             image_id: image.id.clone(),
+            announced,
         });
     }
     if let Some(problem) = family_taken(c, &object, &spec).await? {

@@ -41,6 +41,9 @@ pub enum IngestOutcome {
         object: String,
         /// The image.
         image_id: String,
+        /// Whether this delivery sent the image's `image.registered`, which the invocation
+        /// that made it did not (it stopped, or SNS refused, between RegisterImage and it).
+        announced: bool,
     },
     /// A newer version of the key exists; its own event imports it.
     Superseded {

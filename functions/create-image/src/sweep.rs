@@ -1,6 +1,7 @@
 //! The sweep: plan over the pipeline's import tasks and execute each step (announce, report a
 //! failure, warn about a slow import).
 
+use crate::announce::registered_message;
 use crate::config::Deps;
 use crate::ingest::{failed_message, tag_object};
 use crate::output::{StepAction, StepReport, SweepReport};
@@ -165,15 +166,8 @@ pub(crate) async fn announce(
 ) -> Result<(), AwsError> {
     let c = &deps.clients;
     let msg = Message {
-        image_id: Some(image.id.clone()),
-        image_name: Some(image.name.clone()),
-        snapshot_ids: image.snapshot_ids.clone(),
-        family: image.tags.get(lineage::FAMILY).cloned(),
-        source_uri: image.tags.get(lineage::SOURCE_URI).cloned(),
         import_task_id: Some(task_id.to_owned()),
-        upload_method: Some(UploadMethod::ImportSnapshot.as_str().to_owned()),
-        lineage: image.tags.clone(),
-        ..Message::new(EventType::ImageRegistered, now, &c.region)
+        ..registered_message(image, UploadMethod::ImportSnapshot, &c.region, now)
     };
     notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
     let outcome = Tags::from([(
