@@ -729,6 +729,71 @@ async fn a_refused_registration_leaves_a_tagged_snapshot_for_the_orphan_sweep() 
     assert_eq!(tags[lineage::IMPORT_TASK], task_id.as_str(), "{tags}");
 }
 
+/// DescribeImportSnapshotTasks stops listing a completed task 7 days after it completed. A
+/// completed import whose registration keeps failing is retried by every sweep, silently
+/// (the failure is transient as far as the sweep knows), until 6 days after the import
+/// started: then it is reported once with its snapshot, the object tagged, the outcome
+/// recorded, and later sweeps leave it — instead of the task vanishing with no word.
+#[tokio::test]
+async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_the_listing() {
+    let w = world(1, false).await;
+    let key = "stuck/disk.raw";
+    let task_id = imported(&w, key).await;
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    let started: chrono::DateTime<Utc> =
+        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    // A permission the operator lost (no SDK retries to wait for, unlike a 503).
+    w.acct.inject_fault(json!({"service": "ec2", "action": "RegisterImage", "status": 403,
+        "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
+    // Five days on: still retried, nothing reported.
+    let early = handle(
+        Command::Sweep,
+        &w.deps,
+        started + chrono::Duration::days(5),
+        deadline(),
+    )
+    .await
+    .expect_err("the registration failed");
+    assert!(early.to_string().contains("ec2:RegisterImage"), "{early}");
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    // Six days on: given up and reported once.
+    let late = sweep_at(&w, started + chrono::Duration::days(6)).await;
+    assert!(!late.sweep.steps[0].failed, "{late:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    let snapshot = task.snapshot_id.clone().expect("snapshot");
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&snapshot)
+            && error.contains("7 days")
+            && error.contains("ec2:RegisterImage"),
+        "{error}"
+    );
+    assert_eq!(failed[0]["import_task_id"], task_id.as_str());
+    assert_eq!(object_tags(&w, key).await["ami-pipeline-status"], "failed");
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    assert_eq!(task.tags[lineage::OUTCOME], "failed");
+    // The next sweep leaves it, fault or not.
+    let after = sweep_at(
+        &w,
+        started + chrono::Duration::days(6) + chrono::Duration::hours(1),
+    )
+    .await;
+    assert!(after.sweep.steps.iter().all(|s| !s.failed), "{after:?}");
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    assert!(images(&w).await.is_empty());
+    w.acct.clear_faults();
+}
+
 #[tokio::test]
 async fn a_missing_object_or_bucket_is_rejected_precisely() {
     let w = world(0, false).await;

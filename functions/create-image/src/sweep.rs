@@ -101,7 +101,12 @@ pub(crate) async fn execute(
         SweepAction::Register {
             task_id,
             registration,
-        } => register(deps, &task_id, &registration, now).await,
+        } => match register(deps, &task_id, &registration, now).await {
+            Err(e) if import::give_up_registering(registration.started_at, now) => {
+                give_up(deps, &task_id, &registration, &e, now).await
+            }
+            other => other,
+        },
         SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
             Some(image) => announce(deps, &task_id, image, now)
                 .await
@@ -137,6 +142,29 @@ pub(crate) async fn execute(
             }
         }
     }
+}
+
+/// A completed import that still cannot be registered [`import::GIVE_UP_REGISTERING_AFTER`]
+/// after it started: reported (`image.failed`, the object tagged `failed`, the outcome recorded
+/// so later sweeps leave it), naming the snapshot, before DescribeImportSnapshotTasks stops
+/// listing the task and no sweep could see it again.
+async fn give_up(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+    error: &AwsError,
+    now: DateTime<Utc>,
+) -> Result<String, AwsError> {
+    let message = format!(
+        "the import completed but its registration has failed since {} (last: {error}); \
+         DescribeImportSnapshotTasks lists a completed task for 7 days only, so the sweep stops \
+         retrying: register snapshot {} by hand (re-uploading the object imports it again), or \
+         delete it (cleanup's orphan sweep deletes it once it carries ami-pipeline:managed)",
+        reg.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        reg.snapshot_id
+    );
+    report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
+    Ok(message)
 }
 
 pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {

@@ -191,6 +191,18 @@ fn plan_task(
     }
 }
 
+/// DescribeImportSnapshotTasks lists a task "currently active or ... completed or canceled in
+/// the previous 7 days" (API reference, `importSnapshotTaskSet`). A completed import whose
+/// registration still fails this long after the import **started** (earlier than its
+/// completion, so a day or more before the task leaves the listing) is given up and reported,
+/// with its snapshot, instead of vanishing from every sweep with no word.
+pub const GIVE_UP_REGISTERING_AFTER: Duration = Duration::days(6);
+
+/// Whether a registration that failed now is past [`GIVE_UP_REGISTERING_AFTER`].
+pub fn give_up_registering(started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - started_at >= GIVE_UP_REGISTERING_AFTER
+}
+
 /// How long after an image's registration a sweep leaves its announcement to the invocation
 /// that registered it.
 pub const ANNOUNCE_GRACE_SECONDS: i64 = 120;
@@ -734,5 +746,17 @@ mod tests {
         let tags = import_task_tags(&spec, &unversioned, None, DiskFormat::Raw, now());
         assert!(!tags.contains_key(lineage::SOURCE_VERSION));
         assert!(!tags.contains_key(lineage::SOURCE_ETAG));
+    }
+
+    #[test]
+    fn registration_is_given_up_a_day_before_the_task_leaves_the_listing() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
+        assert!(!give_up_registering(start, start));
+        assert!(!give_up_registering(
+            start,
+            start + Duration::days(6) - Duration::seconds(1)
+        ));
+        assert!(give_up_registering(start, start + Duration::days(6)));
+        assert!(give_up_registering(start, start + Duration::days(30)));
     }
 }

@@ -196,7 +196,10 @@ fn envs(topic: &str, state_bucket: &str) -> BTreeMap<Fun, Env> {
     BTreeMap::from([
         (
             Fun::CreateImage,
-            common(&[("FAST_PATH_MAX_GIB", FAST_PATH_MAX_GIB)]),
+            common(&[
+                ("FAST_PATH_MAX_GIB", FAST_PATH_MAX_GIB),
+                ("STATE_BUCKET", state_bucket),
+            ]),
         ),
         (
             Fun::TagLineage,
@@ -236,7 +239,8 @@ impl Run {
         let (topic, queue) = acct.topic_with_queue("ami-pipeline").await;
         let bucket = format!("uploads-{}", acct.account_id);
         acct.bucket(&bucket, true).await;
-        // The template's state bucket: tag-lineage and publish claim their announcements.
+        // The template's state bucket: create-image (fast path), tag-lineage and publish claim
+        // their announcements.
         let state = crate::roles::state_bucket_name(&acct.account_id);
         acct.bucket(&state, false).await;
         let fns = Fns::new(&acct, &envs(&topic, &state), &bucket, mode.dup.min(3)).await;
