@@ -461,6 +461,124 @@ async fn four_overlapping_deliveries_announce_once_with_claims() {
     assert_eq!(images.len(), 1, "{images:?}");
 }
 
+/// Whether `snapshot_id` is encrypted, and with which key (DescribeSnapshots, as AWS reports).
+async fn encryption_of(w: &World, snapshot_id: &str) -> (bool, Option<String>) {
+    let out = w
+        .acct
+        .clients
+        .ec2
+        .describe_snapshots()
+        .snapshot_ids(snapshot_id)
+        .send()
+        .await
+        .expect("describe snapshot");
+    let snap = &out.snapshots()[0];
+    (
+        snap.encrypted().unwrap_or(false),
+        snap.kms_key_id().map(str::to_owned),
+    )
+}
+
+/// `KMS_KEY_ARN` encrypts what both paths make with that key. The fast path then writes the
+/// disk's all-zero blocks too (an unwritten block of an encrypted snapshot does not read as
+/// zeros), and the content still reads back equal.
+#[tokio::test]
+async fn a_chosen_kms_key_encrypts_both_paths_and_zero_blocks_are_written() {
+    let acct = TestAccount::new().await;
+    let key = format!(
+        "arn:aws:kms:us-east-1:{}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        acct.account_id
+    );
+    let w = World::in_account(acct, &[("KMS_KEY_ARN", key.as_str())]).await;
+    w.acct.bucket(&w.bucket, false).await;
+    let raw = patterned_disk();
+    w.acct
+        .put(&w.bucket, "enc/disk.raw", raw.clone(), &[])
+        .await;
+    let (_, snapshot_id, transfer) = registered(&run(&w, "enc/disk.raw").await);
+    assert!(transfer.encrypted, "{transfer:?}");
+    assert_eq!(transfer.zero_blocks_skipped, 0, "{transfer:?}");
+    assert_eq!(
+        transfer.blocks_written,
+        raw.len().div_ceil(524_288) as u64,
+        "every block of the disk written: {transfer:?}"
+    );
+    assert_eq!(
+        encryption_of(&w, &snapshot_id).await,
+        (true, Some(key.clone()))
+    );
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(read_back(&ebs, &snapshot_id, raw.len()).await == raw);
+
+    // Unencrypted, the same disk's zero blocks are skipped.
+    let plain = world(&[]).await;
+    plain
+        .acct
+        .put(&plain.bucket, "p/disk.raw", raw.clone(), &[])
+        .await;
+    let (_, plain_snapshot, plain_transfer) = registered(&run(&plain, "p/disk.raw").await);
+    assert!(!plain_transfer.encrypted);
+    assert!(plain_transfer.zero_blocks_skipped > 0, "{plain_transfer:?}");
+    assert_eq!(encryption_of(&plain, &plain_snapshot).await, (false, None));
+
+    // ImportSnapshot (a variant only VM Import takes) encrypts with the same key.
+    let vmdk = disks::convert(&disks::raw_disk(2), "vmdk-monolithic");
+    w.acct.put(&w.bucket, "enc/hosted.vmdk", vmdk, &[]).await;
+    let out = run(&w, "enc/hosted.vmdk").await;
+    assert!(
+        matches!(&out.ingested[..], [IngestOutcome::ImportStarted { .. }]),
+        "{out:?}"
+    );
+    let mut imported = None;
+    for _ in 0..40 {
+        imported = ec2::describe_import_tasks(&w.acct.clients.ec2, &[])
+            .await
+            .expect("tasks")
+            .into_iter()
+            .find_map(|t| t.snapshot_id);
+        if imported.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let imported = imported.expect("the import completes");
+    assert_eq!(encryption_of(&w, &imported).await, (true, Some(key)));
+}
+
+/// A `KMS_KEY_ARN` that is not a key ARN of the function's region is refused at start, with
+/// the reason.
+#[test]
+fn a_kms_key_of_another_region_or_an_alias_is_refused() {
+    let env = |value: &'static str| {
+        move |k: &str| match k {
+            "TOPIC_ARN" => Some("arn:aws:sns:us-east-1:111122223333:t".to_owned()),
+            "AWS_REGION" => Some("us-east-1".to_owned()),
+            "KMS_KEY_ARN" => Some(value.to_owned()),
+            _ => None,
+        }
+    };
+    let other = create_image::Config::from_lookup(&env(
+        "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    ))
+    .expect_err("a key of another region");
+    assert!(
+        other.to_string().contains("KMS_KEY_ARN")
+            && other.to_string().contains("a key of eu-west-1"),
+        "{other}"
+    );
+    let alias =
+        create_image::Config::from_lookup(&env("alias/ami-pipeline")).expect_err("an alias");
+    assert!(
+        alias.to_string().contains("is not a KMS key ARN"),
+        "{alias}"
+    );
+    let ok = create_image::Config::from_lookup(&env(
+        "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    ))
+    .expect("a key of this region");
+    assert!(ok.kms_key_arn.is_some());
+}
+
 #[tokio::test]
 async fn the_role_writes_only_managed_snapshots() {
     let w = world(&[]).await;

@@ -3,6 +3,7 @@
 use shared::aws::clients::Clients;
 use shared::claim::Claims;
 use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::plan::ids;
 use shared::plan::spec::{self, UploadBounds};
 use shared::plan::upload::MethodSetting;
 use std::collections::BTreeMap;
@@ -32,6 +33,10 @@ pub struct Config {
     /// Where the fast path's `image.registered` is claimed and recorded, so that it is sent
     /// once and a lost one is sent by the retry (`STATE_BUCKET`; unset: no claims, no repair).
     pub claims: Claims,
+    /// `KMS_KEY_ARN`: the KMS key both paths encrypt snapshots with (StartSnapshot
+    /// `KmsKeyArn`, ImportSnapshot `KmsKeyId`); unset: unencrypted unless the account encrypts
+    /// EBS by default.
+    pub kms_key_arn: Option<String>,
 }
 
 /// Default-setting variables: `DEFAULT_` + the setting key upper-cased with `_`.
@@ -60,6 +65,7 @@ impl Config {
             "UPLOAD_MAX_VOLUME_GIB",
             "UPLOAD_TAG_KEYS",
             "STATE_BUCKET",
+            "KMS_KEY_ARN",
         ]);
         v.extend(DEFAULT_VARS);
         v
@@ -109,6 +115,12 @@ impl Config {
         let claims = Claims {
             bucket: r.optional("STATE_BUCKET"),
         };
+        let kms_key_arn = r.optional("KMS_KEY_ARN");
+        if let Some(arn) = &kms_key_arn
+            && let Some(why) = ids::kms_key_problem(arn, r.home_region().as_deref())
+        {
+            r.problem(format!("KMS_KEY_ARN: {why}"));
+        }
         r.finish()?;
         Ok(Config {
             common,
@@ -120,6 +132,7 @@ impl Config {
             defaults,
             upload,
             claims,
+            kms_key_arn,
         })
     }
 }

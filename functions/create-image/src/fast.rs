@@ -13,7 +13,9 @@
 //!    (in order), pushed through [`disk::Decoder`] (raw, VHD fixed/dynamic, stream-optimized
 //!    VMDK) into 512 KiB blocks; each block's SHA-256 is computed and the block sent with
 //!    PutSnapshotBlock, at most [`PUT_CONCURRENCY`] in flight. Holes are never written; all-zero
-//!    blocks are skipped (the snapshot is not encrypted, so an unwritten block reads as zeros).
+//!    blocks are skipped when the snapshot is not encrypted (an unwritten block then reads as
+//!    zeros), and written when it is (`KMS_KEY_ARN`, or the account's encryption by default:
+//!    StartSnapshot's answer says which).
 //! 4. **Complete**: CompleteSnapshot with `ChangedBlocksCount` and the LINEAR aggregate
 //!    (base64 SHA-256 of the per-block digests in ascending index order); wait for `completed`
 //!    (DescribeSnapshots); register through the import path's naming rules; `image.registered`.
@@ -188,11 +190,13 @@ pub(crate) async fn run(
                 tags: &tags,
                 description: &description,
                 timeout_minutes: upload::SNAPSHOT_TIMEOUT_MINUTES,
+                kms_key_arn: deps.config.kms_key_arn.as_deref(),
             },
         )
         .await?;
         let id = started.snapshot_id;
-        info!(object = %up.object, snapshot_id = %id, volume_gib = probe.volume_size_gib(), "snapshot started");
+        info!(object = %up.object, snapshot_id = %id, volume_gib = probe.volume_size_gib(), encrypted = started.encrypted, "snapshot started");
+        transfer.encrypted = started.encrypted;
         match write(deps, &up, probe, &id, &mut transfer, deadline).await {
             Ok(linear) => {
                 let count = i32::try_from(linear.changed_blocks_count()).unwrap_or(i32::MAX);
@@ -327,7 +331,8 @@ impl Puts {
         }
     }
 
-    /// Sends every block the decoder has ready (all-zero ones skipped), at most
+    /// Sends every block the decoder has ready (all-zero ones skipped unless the snapshot is
+    /// encrypted), at most
     /// [`PUT_CONCURRENCY`] in flight.
     async fn drain(
         &mut self,
@@ -335,9 +340,9 @@ impl Puts {
         transfer: &mut Transfer,
     ) -> Result<(), WriteError> {
         while let Some(block) = decoder.next_block().map_err(WriteError::BadInput)? {
-            // Not encrypted: an unwritten block reads as zeros (awslabs/coldsnap#395: not so
-            // for encrypted snapshots, which this path does not make).
-            if block.is_zero {
+            // Not encrypted: an unwritten block reads as zeros. An encrypted snapshot's
+            // unwritten block does not (awslabs/coldsnap#395): its zero blocks are written.
+            if block.is_zero && !transfer.encrypted {
                 transfer.zero_blocks_skipped += 1;
                 continue;
             }

@@ -216,6 +216,7 @@ async fn start_import(
             role_name: &deps.config.import_role_name,
             description: &description,
             tags: &tags,
+            kms_key_id: deps.config.kms_key_arn.as_deref(),
         },
     )
     .await?;

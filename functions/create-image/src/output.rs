@@ -81,6 +81,9 @@ pub struct Transfer {
     pub blocks_written: u64,
     /// All-zero blocks not written (the snapshot is not encrypted, so they read as zeros).
     pub zero_blocks_skipped: u64,
+    /// Whether the snapshot is encrypted (`KMS_KEY_ARN`, or the account's EBS encryption by
+    /// default): its all-zero blocks are written, not skipped.
+    pub encrypted: bool,
     /// Whether the snapshot was already complete (a duplicate event after a completed write):
     /// nothing was written by this invocation.
     pub reused: bool,

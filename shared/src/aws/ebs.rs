@@ -28,6 +28,10 @@ pub struct StartRequest<'a> {
     /// Minutes after which a snapshot with no block written, or not completed after its last
     /// write, is cancelled (model: `Timeout`, 10–4320, default 60).
     pub timeout_minutes: i32,
+    /// Encrypt with this KMS key (`Encrypted` true, `KmsKeyArn`); None: as the account's
+    /// encryption-by-default setting decides (EBS User Guide, "Encryption outcomes for EBS
+    /// direct APIs").
+    pub kms_key_arn: Option<&'a str>,
 }
 
 /// A started snapshot, as StartSnapshot answers.
@@ -42,6 +46,9 @@ pub struct Started {
     pub start_time_secs: Option<i64>,
     /// The block size AWS will accept (524288).
     pub block_size: Option<i32>,
+    /// Whether the snapshot is encrypted (`SseType` other than `none`, or a `KmsKeyArn` in the
+    /// answer): with our key, or by the account's encryption by default.
+    pub encrypted: bool,
 }
 
 fn region(ebs: &Client) -> Option<String> {
@@ -64,6 +71,8 @@ pub async fn start_snapshot(ebs: &Client, req: StartRequest<'_>) -> Result<Start
         .client_token(req.client_token)
         .description(req.description)
         .timeout(req.timeout_minutes)
+        .set_encrypted(req.kms_key_arn.map(|_| true))
+        .set_kms_key_arn(req.kms_key_arn.map(str::to_owned))
         .set_tags(Some(tags))
         .send()
         .await
@@ -88,6 +97,10 @@ pub async fn start_snapshot(ebs: &Client, req: StartRequest<'_>) -> Result<Start
             .to_owned(),
         start_time_secs: out.start_time().map(|t| t.secs()),
         block_size: out.block_size(),
+        encrypted: out.kms_key_arn().is_some()
+            || out
+                .sse_type()
+                .is_some_and(|t| *t != aws_sdk_ebs::types::SseType::None),
     })
 }
 

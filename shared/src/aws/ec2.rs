@@ -96,6 +96,10 @@ pub struct ImportRequest<'a> {
     pub description: &'a str,
     /// Tags on the import task (the full spec and source).
     pub tags: &'a Tags,
+    /// Encrypt the snapshot with this KMS key (`Encrypted` true, `KmsKeyId`: "The identifier
+    /// for the KMS key ... Specify a key ARN", EC2 API reference); None: unencrypted unless
+    /// the account encrypts by default.
+    pub kms_key_id: Option<&'a str>,
 }
 
 /// ImportSnapshot: starts importing an S3 object as a snapshot; returns the task id.
@@ -106,6 +110,8 @@ pub async fn import_snapshot(ec2: &Client, req: ImportRequest<'_>) -> Result<Str
         .client_token(req.client_token)
         .description(req.description)
         .role_name(req.role_name)
+        .set_encrypted(req.kms_key_id.map(|_| true))
+        .set_kms_key_id(req.kms_key_id.map(str::to_owned))
         .disk_container(
             SnapshotDiskContainer::builder()
                 .format(req.format)

@@ -126,6 +126,49 @@ pub fn is_account_id(s: &str) -> bool {
     s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Why `arn` cannot be the KMS key the function's snapshots are encrypted with, None when it
+/// can: a key ARN (`arn:<partition>:kms:<region>:<account>:key/<key id>`; StartSnapshot's
+/// `KmsKeyArn` takes an ARN only, botocore's EBS model pattern
+/// `arn:aws[a-z\-]*:kms:.*:[0-9]{12}:key/.*`), in `home`'s region when it is known (EBS encrypts
+/// a snapshot with a key of its own region; an alias ARN is refused, as StartSnapshot refuses it).
+pub fn kms_key_problem(arn: &str, home: Option<&str>) -> Option<String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, account, resource] = parts[..] else {
+        return Some(format!(
+            "{arn:?} is not a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<key id>)"
+        ));
+    };
+    let key_id = resource.strip_prefix("key/").unwrap_or_default();
+    let key_id_ok = !key_id.is_empty()
+        && key_id.len() <= 128
+        && key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if prefix != "arn"
+        || !partition.starts_with("aws")
+        || service != "kms"
+        || !is_region(region)
+        || !is_account_id(account)
+        || !key_id_ok
+    {
+        return Some(format!(
+            "{arn:?} is not a KMS key ARN (arn:<partition>:kms:<region>:<account>:key/<key id>; an alias is not accepted by StartSnapshot)"
+        ));
+    }
+    if partition != partition_of(region) {
+        return Some(format!(
+            "{arn:?} names partition {partition}, but {region} is in {}",
+            partition_of(region)
+        ));
+    }
+    match home {
+        Some(home) if home != region => Some(format!(
+            "{arn:?} is a key of {region}; snapshots made in {home} need a key of {home}"
+        )),
+        _ => None,
+    }
+}
+
 /// `arn:aws:organizations::<account>:organization/o-<10–32 lower-case alphanumerics>`.
 pub fn is_organization_arn(s: &str) -> bool {
     let Some(rest) = org_arn_rest(s) else {
@@ -179,6 +222,34 @@ fn alnum(s: &str, min: usize, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kms_keys_are_arns_of_the_functions_region() {
+        let key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(kms_key_problem(key, Some("us-east-1")), None);
+        assert_eq!(kms_key_problem(key, None), None);
+        let mrk = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(kms_key_problem(mrk, Some("eu-west-1")), None);
+        let other_region = kms_key_problem(key, Some("eu-west-1")).unwrap_or_default();
+        assert!(
+            other_region.contains("a key of us-east-1"),
+            "{other_region}"
+        );
+        for bad in [
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "alias/ami-pipeline",
+            "arn:aws:kms:us-east-1:111122223333:alias/ami-pipeline",
+            "arn:aws:kms:us-east-1:1111:key/1234",
+            "arn:aws:s3:us-east-1:111122223333:key/1234",
+            "arn:aws:kms:us-east-1:111122223333:key/",
+            "arn:aws:kms:mars-1:111122223333:key/1234",
+        ] {
+            assert!(kms_key_problem(bad, None).is_some(), "{bad}");
+        }
+        let partition = kms_key_problem("arn:aws-cn:kms:us-east-1:111122223333:key/1234", None)
+            .unwrap_or_default();
+        assert!(partition.contains("partition aws-cn"), "{partition}");
+    }
 
     #[test]
     fn ids_are_checked_for_shape() {
