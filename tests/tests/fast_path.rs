@@ -461,6 +461,143 @@ async fn four_overlapping_deliveries_announce_once_with_claims() {
     assert_eq!(images.len(), 1, "{images:?}");
 }
 
+/// Runs the fast path on `key` with every PutSnapshotBlock refused: the invocation fails and
+/// leaves its snapshot pending. Returns the snapshot's id.
+async fn write_refused(w: &World, key: &str) -> String {
+    w.acct.inject_fault(
+        json!({"service": "ebs", "action": "PutSnapshotBlock", "status": 403,
+        "code": "AccessDeniedException", "message": "injected"}),
+    );
+    let err = w
+        .invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("the write was refused");
+    assert!(err.to_string().contains("ebs:PutSnapshotBlock"), "{err}");
+    w.acct.clear_faults();
+    let pending =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["pending"])])
+            .await
+            .expect("snapshots");
+    pending
+        .iter()
+        .find(|s| s.tags[lineage::SOURCE_URI].ends_with(key))
+        .map(|s| s.id.clone())
+        .expect("the upload's pending snapshot")
+}
+
+/// Moves the snapshot's last activity two hours back: AWS's `Timeout` has cancelled it.
+fn time_out(w: &World, snapshot_id: &str) {
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let aged = w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/ebs-snapshot-activity",
+        Some(json!({"region": "us-east-1", "snapshot_id": snapshot_id, "last_activity": two_hours_ago})),
+    );
+    assert_eq!(aged["status"], "error", "{aged}");
+}
+
+/// The sweep's steps of `action`.
+fn steps_of<'a>(out: &'a Output, action: &str) -> Vec<&'a create_image::StepReport> {
+    out.sweep
+        .steps
+        .iter()
+        .filter(|s| s.action == action)
+        .collect()
+}
+
+/// A fast-path upload whose invocation stopped before completing its snapshot, and whose event
+/// never came again, is finished by the sweep once AWS has cancelled the snapshot: ingested
+/// again through ImportSnapshot (the upload's ClientToken would answer the dead snapshot),
+/// registered, announced once; an upload whose object is gone meanwhile is reported once and
+/// its dead snapshot deleted.
+#[tokio::test]
+async fn the_sweep_finishes_an_abandoned_fast_path_upload_through_importsnapshot() {
+    let acct = TestAccount::new().await;
+    acct.emulator_config(json!({"import_delay_seconds": 0}));
+    let w = World::in_account(acct, &[]).await;
+    w.acct.bucket(&w.bucket, false).await;
+    w.acct
+        .put(&w.bucket, "gone/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    w.acct
+        .put(&w.bucket, "stuck/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    // Every invocation sweeps: both writes fail before either snapshot times out.
+    let dead_gone = write_refused(&w, "gone/disk.raw").await;
+    let dead = write_refused(&w, "stuck/disk.raw").await;
+    w.acct
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&w.bucket)
+        .key("gone/disk.raw")
+        .send()
+        .await
+        .expect("delete the object");
+    time_out(&w, &dead_gone);
+    time_out(&w, &dead);
+    w.acct.drain(&w.queue).await;
+
+    let first = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    let resumed = steps_of(&first, "resume");
+    assert_eq!(resumed.len(), 2, "{first:?}");
+    let stuck = resumed
+        .iter()
+        .find(|s| s.task_id == dead)
+        .expect("the stuck upload resumed");
+    assert!(
+        stuck.result.contains("import-started") && stuck.result.contains("ended in error"),
+        "{stuck:?}"
+    );
+    let gone = resumed
+        .iter()
+        .find(|s| s.task_id == dead_gone)
+        .expect("the gone upload resumed");
+    assert!(gone.result.contains("rejected"), "{gone:?}");
+    let left =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["error"])])
+            .await
+            .expect("snapshots");
+    assert_eq!(
+        left.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        vec![dead.as_str()],
+        "the gone upload's dead snapshot is deleted, the other kept for cleanup"
+    );
+
+    // Later sweeps register the import and resume nothing again.
+    let mut image = None;
+    for _ in 0..40 {
+        let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+        assert!(steps_of(&out, "resume").is_empty(), "{out:?}");
+        image = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+            .await
+            .expect("images")
+            .into_iter()
+            .next();
+        if image.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let image = image.expect("the abandoned upload becomes an image");
+    assert_eq!(image.tags[lineage::UPLOAD_METHOD], "import-snapshot");
+    assert!(image.tags[lineage::SOURCE_URI].ends_with("stuck/disk.raw"));
+    let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    assert!(steps_of(&out, "resume").is_empty(), "{out:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered = of_type(&msgs, "image.registered");
+    assert_eq!(registered.len(), 1, "{msgs:#?}");
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    assert!(
+        failed[0]["source_uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("gone/disk.raw")),
+        "{failed:#?}"
+    );
+}
+
 /// Whether `snapshot_id` is encrypted, and with which key (DescribeSnapshots, as AWS reports).
 async fn encryption_of(w: &World, snapshot_id: &str) -> (bool, Option<String>) {
     let out = w

@@ -120,7 +120,7 @@ pub(crate) async fn try_fast(
     deadline: Deadline,
 ) -> Result<Result<IngestOutcome, String>, AwsError> {
     match decide(deps, up.object, up.info).await? {
-        Decision::Fast(probe) => run(deps, up, &probe, now, deadline).await.map(Ok),
+        Decision::Fast(probe) => run(deps, up, &probe, now, deadline).await,
         Decision::Bad(problem) => {
             let problems = vec![format!("content: {problem}")];
             reject(deps, up.object, problems, now, true).await.map(Ok)
@@ -151,14 +151,17 @@ enum WriteError {
     Aws(AwsError),
 }
 
-/// Writes the snapshot (or finds it written), completes it and registers the AMI.
+/// Writes the snapshot (or finds it written), completes it and registers the AMI; or (inner
+/// `Err`) why ImportSnapshot takes the upload instead: an earlier fast-path snapshot of it ended
+/// in `error` (AWS cancels one not completed within its `Timeout`), and StartSnapshot with the
+/// upload's ClientToken would answer that snapshot again.
 pub(crate) async fn run(
     deps: &Deps,
     up: Upload<'_>,
     probe: &disk::Probe,
     now: DateTime<Utc>,
     deadline: Deadline,
-) -> Result<IngestOutcome, AwsError> {
+) -> Result<Result<IngestOutcome, String>, AwsError> {
     let c = &deps.clients;
     let tags = upload::snapshot_tags(up.spec, up.object, up.info.etag.as_deref(), up.format);
     let mut transfer = Transfer {
@@ -166,16 +169,24 @@ pub(crate) async fn run(
         virtual_size: probe.virtual_size,
         ..Transfer::default()
     };
-    let done = ec2::describe_own_snapshots_filtered(
+    let earlier = ec2::describe_own_snapshots_filtered(
         &c.ec2,
         &[
             Select::tag(lineage::SOURCE_TOKEN, [up.token]),
             Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
-            Select::state(["completed"]),
+            Select::state(["completed", "error"]),
         ],
     )
     .await?;
-    let snapshot_id = if let Some(s) = done.first() {
+    let state_is = |s: &&shared::model::Snapshot, state: &str| s.state.as_deref() == Some(state);
+    if let Some(failed) = earlier.iter().find(|s| state_is(s, "error")) {
+        return Ok(Err(format!(
+            "the fast path's snapshot {} of this upload ended in error (not completed within its {} minute timeout); ImportSnapshot takes it",
+            failed.id,
+            upload::SNAPSHOT_TIMEOUT_MINUTES
+        )));
+    }
+    let snapshot_id = if let Some(s) = earlier.iter().find(|s| state_is(s, "completed")) {
         info!(object = %up.object, snapshot_id = %s.id, "snapshot already written by an earlier event");
         transfer.reused = true;
         s.id.clone()
@@ -207,7 +218,9 @@ pub(crate) async fn run(
             Err(WriteError::BadInput(e)) => {
                 discard(deps, &id).await;
                 let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
-                return reject(deps, up.object, vec![problem], now, true).await;
+                return reject(deps, up.object, vec![problem], now, true)
+                    .await
+                    .map(Ok);
             }
             Err(WriteError::Aws(e)) => {
                 // A concurrent duplicate event may have completed the snapshot while this one
@@ -221,7 +234,9 @@ pub(crate) async fn run(
         }
         id
     };
-    register(deps, &up, &snapshot_id, transfer, now).await
+    register(deps, &up, &snapshot_id, transfer, now)
+        .await
+        .map(Ok)
 }
 
 /// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).

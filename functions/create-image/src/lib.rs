@@ -15,6 +15,7 @@
 //! Infrastructure failures (access denied, throttling past retries, service errors) are
 //! collected across the whole run and fail the invocation once at the end, naming each.
 
+mod abandoned;
 mod announce;
 mod config;
 mod event;

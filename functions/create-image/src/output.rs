@@ -103,6 +103,9 @@ pub enum StepAction {
     ReportFailure,
     /// Warn once about a slow import.
     WarnStale,
+    /// Ingest again an upload whose fast-path snapshot ended in error (the `task_id` is the
+    /// snapshot's id).
+    Resume,
     /// Nothing to do yet.
     Skip,
 }
@@ -116,6 +119,7 @@ impl StepAction {
             StepAction::Announce => "announce",
             StepAction::ReportFailure => "report-failure",
             StepAction::WarnStale => "warn-stale",
+            StepAction::Resume => "resume",
             StepAction::Skip => "skip",
         }
     }

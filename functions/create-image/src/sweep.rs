@@ -1,6 +1,8 @@
 //! The sweep: plan over the pipeline's import tasks and execute each step (announce, report a
-//! failure, warn about a slow import).
+//! failure, warn about a slow import); then ingest again the fast-path uploads whose snapshot
+//! ended in error with no event left to retry them ([`crate::abandoned`]).
 
+use crate::abandoned;
 use crate::announce::registered_message;
 use crate::config::Deps;
 use crate::ingest::{failed_message, tag_object};
@@ -68,8 +70,20 @@ pub async fn sweep(
         .buffer_unordered(deps.config.concurrency)
         .collect()
         .await;
-    let deferred = steps.iter().filter(|s| s.is_none()).count();
+    let mut deferred = steps.iter().filter(|s| s.is_none()).count();
     let mut steps: Vec<StepReport> = steps.into_iter().flatten().collect();
+    match abandoned::resume(deps, &tasks, now, deadline).await {
+        Ok((resumed, later)) => {
+            steps.extend(resumed);
+            deferred += later;
+        }
+        Err(e) => steps.push(StepReport {
+            task_id: "-".into(),
+            action: StepAction::Resume,
+            result: e.to_string(),
+            failed: true,
+        }),
+    }
     steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     Ok(SweepReport {
         tasks_seen: tasks.len(),
@@ -168,20 +182,7 @@ async fn give_up(
 }
 
 pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {
-    let uri = reg.tags.get(lineage::SOURCE_URI)?;
-    let rest = uri.strip_prefix("s3://")?;
-    let rest = rest.split("?versionId=").next()?;
-    let (bucket, key) = rest.split_once('/')?;
-    // A cut (`…`) or escaped (`\u{…}`, shared::text) tag is not the key: never address an
-    // object with it.
-    if uri.contains('…') || uri.contains("\\u{") {
-        return None;
-    }
-    Some(ObjectRef {
-        bucket: bucket.into(),
-        key: key.into(),
-        version_id: reg.tags.get(lineage::SOURCE_VERSION).cloned(),
-    })
+    crate::abandoned::object_of(&reg.tags)
 }
 
 /// Sends `image.registered` and records the outcome on the task (after the message, so a

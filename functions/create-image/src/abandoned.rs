@@ -1,0 +1,141 @@
+//! Abandoned fast-path uploads, finished by the sweep.
+//!
+//! A fast-path invocation that stops before CompleteSnapshot (the Lambda deadline, an AWS error
+//! that does not clear, a crash) leaves its snapshot `pending`; AWS cancels it after its
+//! `Timeout` (60 minutes) and it turns `error`. A redelivered event then takes ImportSnapshot
+//! ([`crate::fast::run`]: the upload's ClientToken would answer the dead snapshot again). When
+//! no event comes again (the retries ran out, the event went to the dead-letter queue), the
+//! sweep finds the upload by its errored snapshot — tagged at creation with the object, its
+//! version and the upload's token — and ingests it again: ImportSnapshot, registered by a later
+//! sweep. An upload that already has an image, or an import task, is left alone. When the
+//! object can no longer be imported (deleted, replaced by a newer version, now invalid), the
+//! upload is reported by the ingest (`image.failed`, object tagged) and the dead snapshot is
+//! deleted, so that the next sweep does not report it again. Settings given in a manual invoke
+//! of the original upload are not known here: the object's metadata and the defaults apply.
+
+use crate::config::Deps;
+use crate::event::IngestItem;
+use crate::ingest::ingest;
+use crate::output::{IngestOutcome, StepAction, StepReport};
+use chrono::{DateTime, Utc};
+use shared::aws::ec2;
+use shared::deadline::Deadline;
+use shared::error::AwsError;
+use shared::model::{ImportTask, ObjectRef, Select, Snapshot};
+use shared::plan::lineage;
+use shared::plan::upload::UploadMethod;
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::{info, warn};
+
+/// Ingests again each upload whose fast-path snapshot ended in `error` and that has neither an
+/// image nor an import task; one step per such upload.
+pub(crate) async fn resume(
+    deps: &Deps,
+    tasks: &[ImportTask],
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<(Vec<StepReport>, usize), AwsError> {
+    let c = &deps.clients;
+    let dead = ec2::describe_own_snapshots_filtered(
+        &c.ec2,
+        &[
+            Select::tag(lineage::MANAGED, ["true"]),
+            Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
+            Select::state(["error"]),
+        ],
+    )
+    .await?;
+    let mut by_token: BTreeMap<String, &Snapshot> = BTreeMap::new();
+    for s in &dead {
+        if let Some(token) = s.tags.get(lineage::SOURCE_TOKEN) {
+            by_token.entry(token.clone()).or_insert(s);
+        }
+    }
+    let importing: BTreeSet<&str> = tasks
+        .iter()
+        .filter_map(|t| t.tags.get(lineage::SOURCE_TOKEN).map(String::as_str))
+        .collect();
+    by_token.retain(|token, _| !importing.contains(token.as_str()));
+    let tokens: Vec<String> = by_token.keys().cloned().collect();
+    for chunk in tokens.chunks(100) {
+        let images = ec2::describe_own_images(
+            &c.ec2,
+            &[Select::tag(lineage::SOURCE_TOKEN, chunk.iter().cloned())],
+        )
+        .await?;
+        for image in images {
+            if let Some(token) = image.tags.get(lineage::SOURCE_TOKEN) {
+                by_token.remove(token);
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    let mut deferred = 0;
+    for snapshot in by_token.into_values() {
+        if !deadline.may_start() {
+            deferred += 1;
+            continue;
+        }
+        steps.push(resume_one(deps, snapshot, now, deadline).await);
+    }
+    Ok((steps, deferred))
+}
+
+/// One abandoned upload: ingest its object again; delete the dead snapshot once the upload is
+/// concluded otherwise (reported, superseded).
+async fn resume_one(
+    deps: &Deps,
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> StepReport {
+    let step = |result: String, failed: bool| StepReport {
+        task_id: snapshot.id.clone(),
+        action: StepAction::Resume,
+        result,
+        failed,
+    };
+    let Some(object) = object_of(&snapshot.tags) else {
+        return step(
+            "its source object cannot be addressed from its tags; left to cleanup's orphan sweep"
+                .into(),
+            false,
+        );
+    };
+    info!(snapshot_id = %snapshot.id, object = %object, "fast-path upload abandoned; ingesting it again");
+    let item = IngestItem {
+        object,
+        overrides: BTreeMap::new(),
+    };
+    let outcome = ingest(deps, item, now, deadline).await;
+    let concluded = matches!(
+        outcome,
+        IngestOutcome::Rejected { .. } | IngestOutcome::Superseded { .. }
+    );
+    if concluded && let Err(e) = ec2::delete_snapshot(&deps.clients.ec2, &snapshot.id).await {
+        warn!(snapshot_id = %snapshot.id, error = %e, "could not delete the dead snapshot; cleanup's orphan sweep will");
+    }
+    let failed = matches!(outcome, IngestOutcome::Error { .. });
+    let text = serde_json::to_string(&outcome).unwrap_or_else(|e| e.to_string());
+    step(
+        format!("the fast path's snapshot ended in error; ingested again: {text}"),
+        failed,
+    )
+}
+
+/// The object a pipeline snapshot was made from (`source-uri`, `source-version` tags); None
+/// when the tag was cut or escaped (never address an object with it).
+pub(crate) fn object_of(tags: &shared::model::Tags) -> Option<ObjectRef> {
+    let uri = tags.get(lineage::SOURCE_URI)?;
+    if uri.contains('…') || uri.contains("\\u{") {
+        return None;
+    }
+    let rest = uri.strip_prefix("s3://")?;
+    let rest = rest.split("?versionId=").next()?;
+    let (bucket, key) = rest.split_once('/')?;
+    Some(ObjectRef {
+        bucket: bucket.into(),
+        key: key.into(),
+        version_id: tags.get(lineage::SOURCE_VERSION).cloned(),
+    })
+}
