@@ -88,8 +88,15 @@ pub(crate) async fn decide(
     let c = &deps.clients;
     let head_len = info.size.min(disk::PROBE_HEAD_LEN as u64);
     let tail_len = info.size.min(disk::PROBE_TAIL_LEN as u64);
-    let head = s3::get_range(&c.s3, object, &format!("0-{}", head_len.saturating_sub(1))).await?;
-    let tail = s3::get_range(&c.s3, object, &format!("-{tail_len}")).await?;
+    let etag = info.etag.as_deref();
+    let head = s3::get_range(
+        &c.s3,
+        object,
+        &format!("0-{}", head_len.saturating_sub(1)),
+        etag,
+    )
+    .await?;
+    let tail = s3::get_range(&c.s3, object, &format!("-{tail_len}"), etag).await?;
     let (probed, probe) = match disk::probe(&head, &tail, info.size) {
         Ok(p) => (
             Probed::Decodable {
@@ -222,6 +229,9 @@ pub(crate) async fn run(
                     .await
                     .map(Ok);
             }
+            Err(WriteError::Aws(e)) if e.has_code("PreconditionFailed") => {
+                return Ok(Ok(replaced_while_read(deps, &up, &id).await));
+            }
             Err(WriteError::Aws(e)) => {
                 // A concurrent duplicate event may have completed the snapshot while this one
                 // was still writing (the same blocks): then register it, else report the error.
@@ -237,6 +247,18 @@ pub(crate) async fn run(
     register(deps, &up, &snapshot_id, transfer, now)
         .await
         .map(Ok)
+}
+
+/// Every ranged GET carries `If-Match` the validated ETag: the object was replaced while it was
+/// read (an unversioned bucket). Its new content has an event of its own; a snapshot of two
+/// contents is never completed: it is deleted, and the upload is reported superseded.
+async fn replaced_while_read(deps: &Deps, up: &Upload<'_>, snapshot_id: &str) -> IngestOutcome {
+    discard(deps, snapshot_id).await;
+    warn!(object = %up.object, snapshot_id, "object replaced while it was read; snapshot deleted");
+    IngestOutcome::Superseded {
+        object: up.object.uri(),
+        current_version: "replaced while it was read (its own event imports it)".into(),
+    }
 }
 
 /// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
@@ -287,9 +309,10 @@ async fn write(
         .map(|(start, end)| {
             let s3 = c.s3.clone();
             let object = up.object.clone();
-            tokio::spawn(
-                async move { s3::get_range(&s3, &object, &format!("{start}-{end}")).await },
-            )
+            let etag = up.info.etag.clone();
+            tokio::spawn(async move {
+                s3::get_range(&s3, &object, &format!("{start}-{end}"), etag.as_deref()).await
+            })
         })
         .buffered(READ_PARTS);
     let mut ctx = Puts {

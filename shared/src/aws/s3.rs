@@ -40,13 +40,23 @@ pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, Aws
     })
 }
 
-/// GetObject with `Range: bytes=<range>` (e.g. `0-511`, `-512`); returns the bytes.
-pub async fn get_range(s3: &Client, obj: &ObjectRef, range: &str) -> Result<Vec<u8>, AwsError> {
+/// GetObject with `Range: bytes=<range>` (e.g. `0-511`, `-512`); returns the bytes. With
+/// `etag` (unquoted, as [`head_object`] gives it), `If-Match` that ETag: a request for an object
+/// replaced since it was validated fails with 412 `PreconditionFailed` instead of mixing two
+/// contents (what an unversioned bucket would otherwise serve; S3 API reference, GetObject
+/// `If-Match`).
+pub async fn get_range(
+    s3: &Client,
+    obj: &ObjectRef,
+    range: &str,
+    etag: Option<&str>,
+) -> Result<Vec<u8>, AwsError> {
     let out = s3
         .get_object()
         .bucket(&obj.bucket)
         .key(&obj.key)
         .set_version_id(obj.version_id.clone())
+        .set_if_match(etag.map(|e| format!("\"{}\"", e.trim_matches('"'))))
         .range(format!("bytes={range}"))
         .send()
         .await
