@@ -72,13 +72,16 @@ async fn main() -> ExitCode {
 
     let raw = disk_with_filesystem();
     let vmdk = disks::convert(&raw, "vmdk");
+    let vhd = disks::convert(&raw, "vpc");
     println!(
-        "  converted it to a stream-optimized VMDK with qemu-img ({} bytes)",
-        vmdk.len()
+        "  converted it with qemu-img to a stream-optimized VMDK ({} bytes) and a fixed VHD ({} bytes)",
+        vmdk.len(),
+        vhd.len()
     );
     // Families are the uploads' folders: platform/web-base → platform-web-base.
     let raw_key = "platform/web-base/disk 2026.raw";
     let vmdk_key = "platform/arm/disk.vmdk";
+    let vhd_key = "platform/vhd-base/disk.vhd";
     let (raw_etag, _) = acct
         .put(
             BUCKET,
@@ -103,6 +106,15 @@ async fn main() -> ExitCode {
         )
         .await;
 
+    let (vhd_etag, _) = acct
+        .put(
+            BUCKET,
+            vhd_key,
+            vhd,
+            &[("description", "web base from a VHD")],
+        )
+        .await;
+
     // The operator lets uploads add two tag keys (team, env) besides the default settings.
     let env = BTreeMap::from([
         ("TOPIC_ARN", topic.as_str()),
@@ -124,8 +136,12 @@ async fn main() -> ExitCode {
             }
         };
 
-    println!("\n== invoking create-image with the S3 notification (2 records)");
-    let event = notification(&[(raw_key, &raw_etag), (vmdk_key, &vmdk_etag)]);
+    println!("\n== invoking create-image with the S3 notification (3 records: raw, VMDK, VHD)");
+    let event = notification(&[
+        (raw_key, &raw_etag),
+        (vmdk_key, &vmdk_etag),
+        (vhd_key, &vhd_etag),
+    ]);
     let out = match invoke(&deps, &event, Utc::now()).await {
         Ok(o) => o,
         Err(e) => {
@@ -147,9 +163,9 @@ async fn main() -> ExitCode {
             _ => {}
         }
     }
-    if task_ids.len() + fast != 2 {
+    if task_ids.len() + fast != 3 {
         eprintln!(
-            "FAIL: expected 2 uploads taken, got {fast} registered and {} imports",
+            "FAIL: expected 3 uploads taken, got {fast} registered and {} imports",
             task_ids.len()
         );
         return ExitCode::FAILURE;
@@ -222,19 +238,27 @@ async fn main() -> ExitCode {
     let tagged = images
         .iter()
         .all(|i| i.tags.contains_key("create_date") && !i.snapshot_ids.is_empty());
-    if images.len() != 2 || registered.len() != 2 || !tagged {
+    let fast_path = images
+        .iter()
+        .filter(|i| {
+            i.tags.get("ami-pipeline:upload-method").map(String::as_str) == Some("ebs-direct")
+        })
+        .count();
+    if images.len() != 3 || registered.len() != 3 || !tagged || fast_path != 3 {
         eprintln!(
-            "\nFAIL: {} images, {} image.registered events, all tagged: {tagged}",
+            "\nFAIL: {} images ({fast_path} through the EBS direct fast path), {} image.registered events, all tagged: {tagged}",
             images.len(),
             registered.len()
         );
         return ExitCode::FAILURE;
     }
-    println!("\nOK: 2 uploads -> 2 registered, tagged AMIs, 2 image.registered events");
+    println!(
+        "\nOK: 3 uploads (raw, VMDK, VHD) -> 3 tagged AMIs, all through the EBS direct fast path, 3 image.registered events"
+    );
     match lineage(&acct, &topic, &queue, &registered).await {
         Ok(()) => {
             println!(
-                "\nOK: lineage stamped, 2 image.ready events, published to eu-west-1 (image.published), ancestry and children answered"
+                "\nOK: lineage stamped, 3 image.ready events, published to eu-west-1 (image.published), ancestry and children answered"
             );
         }
         Err(e) => {
@@ -363,9 +387,9 @@ async fn lineage(
         .into_iter()
         .filter(|m| m["event_type"] == "image.ready")
         .collect();
-    if ready.len() != 2 {
+    if ready.len() != 3 {
         return Err(format!(
-            "expected 2 image.ready events, got {}",
+            "expected 3 image.ready events, got {}",
             ready.len()
         ));
     }
