@@ -115,7 +115,7 @@ impl Decoder {
     /// needs its header and BAT, VMDK its grain stream from the start: re-read them).
     #[must_use]
     pub fn resume_at(probe: &Probe, offset: u64) -> Option<Self> {
-        let aligned = offset % crate::block::BLOCK_SIZE_U64 == 0;
+        let aligned = offset.is_multiple_of(crate::block::BLOCK_SIZE_U64);
         if !matches!(probe.layout, Layout::Linear) || !aligned || offset > probe.total_len {
             return None;
         }

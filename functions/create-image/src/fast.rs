@@ -235,52 +235,72 @@ pub(crate) async fn run(
         let id = started.snapshot_id;
         info!(object = %up.object, snapshot_id = %id, volume_gib = probe.volume_size_gib(), encrypted = started.encrypted, "snapshot started");
         transfer.encrypted = started.encrypted;
-        let progress = deps.progress();
-        let lease = match &progress {
-            Some(p) => match p.lease(up.token, now).await? {
-                Lease::Won(etag) => Some(etag),
-                Lease::Held(until) => {
-                    info!(object = %up.object, snapshot_id = %id, %until, "another invocation is writing this snapshot");
-                    return Ok(Ok(IngestOutcome::InProgress {
-                        object: up.object.uri(),
-                        snapshot_id: id,
-                    }));
-                }
-            },
-            None => None,
-        };
-        let done = write_and_complete(deps, &up, probe, &id, &mut transfer, deadline, now).await;
-        if let (Some(p), Some(etag)) = (&progress, &lease) {
-            p.release(up.token, etag).await;
-        }
-        match done {
-            Ok(()) => {}
-            Err(WriteError::BadInput(e)) => {
-                let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
-                return refuse(deps, &up, &id, problem, now).await;
-            }
-            Err(WriteError::Changed(why)) => {
-                let problem = format!("content: {why} (snapshot {id} deleted, never completed)");
-                return refuse(deps, &up, &id, problem, now).await;
-            }
-            Err(WriteError::Aws(e)) => {
-                // A concurrent duplicate event may have completed the snapshot while this one
-                // was still writing (the same blocks): then register it, else report the error.
-                if !completed_by_another(deps, &id).await {
-                    return Err(e);
-                }
-                info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
-                transfer.reused = true;
-            }
-            Err(WriteError::Stopped { .. }) => {
-                return Err(deadline_error(deps, &up, &id, &transfer, probe.total_len));
-            }
+        if let Some(outcome) =
+            write_leased(deps, &up, probe, &id, &mut transfer, deadline, now).await?
+        {
+            return Ok(outcome);
         }
         id
     };
     register(deps, &up, &snapshot_id, transfer, now)
         .await
         .map(Ok)
+}
+
+/// Writes the snapshot under the lease (when there is a state bucket) and completes it. Some:
+/// the outcome to return at once (another invocation writes it; the input was refused); None:
+/// the snapshot is completed, to be registered.
+async fn write_leased(
+    deps: &Deps,
+    up: &Upload<'_>,
+    probe: &disk::Probe,
+    id: &str,
+    transfer: &mut Transfer,
+    deadline: Deadline,
+    now: DateTime<Utc>,
+) -> Result<Option<Result<IngestOutcome, String>>, AwsError> {
+    let progress = deps.progress();
+    let lease = match &progress {
+        Some(p) => match p.lease(up.token, now).await? {
+            Lease::Won(etag) => Some(etag),
+            Lease::Held(until) => {
+                info!(object = %up.object, snapshot_id = %id, %until, "another invocation is writing this snapshot");
+                return Ok(Some(Ok(IngestOutcome::InProgress {
+                    object: up.object.uri(),
+                    snapshot_id: id.to_owned(),
+                })));
+            }
+        },
+        None => None,
+    };
+    let done = write_and_complete(deps, up, probe, id, transfer, deadline, now).await;
+    if let (Some(p), Some(etag)) = (&progress, &lease) {
+        p.release(up.token, etag).await;
+    }
+    match done {
+        Ok(()) => {}
+        Err(WriteError::BadInput(e)) => {
+            let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
+            return refuse(deps, up, id, problem, now).await.map(Some);
+        }
+        Err(WriteError::Changed(why)) => {
+            let problem = format!("content: {why} (snapshot {id} deleted, never completed)");
+            return refuse(deps, up, id, problem, now).await.map(Some);
+        }
+        Err(WriteError::Aws(e)) => {
+            // A concurrent duplicate event may have completed the snapshot while this one
+            // was still writing (the same blocks): then register it, else report the error.
+            if !completed_by_another(deps, id).await {
+                return Err(e);
+            }
+            info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
+            transfer.reused = true;
+        }
+        Err(WriteError::Stopped { .. }) => {
+            return Err(deadline_error(deps, up, id, transfer, probe.total_len));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
