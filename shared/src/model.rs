@@ -89,7 +89,7 @@ impl fmt::Display for ObjectRef {
 }
 
 /// What HeadObject told us about an object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectInfo {
     /// Size in bytes.
     pub size: u64,

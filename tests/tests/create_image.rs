@@ -794,6 +794,60 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
     w.acct.clear_faults();
 }
 
+/// ImportSnapshot names a key, not a version: an object replaced after validation may be what
+/// VM Import read. Such an import is not registered but reported (the new content is another
+/// upload, imported by its own event); the object itself is not tagged. And the fast path's
+/// ranged reads carry `If-Match` the validated ETag, so a replaced object is refused (412)
+/// instead of mixing two contents.
+#[tokio::test]
+async fn an_object_replaced_after_validation_is_not_registered_under_the_old_upload() {
+    let w = world(1, false).await;
+    let key = "swap/disk.raw";
+    let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let task_id = started_task(&run(&w, &s3_event(&w.bucket, key, &etag, None)).await);
+    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    let mut other = disks::raw_disk(1);
+    other[600] = 0x55;
+    w.acct.put(&w.bucket, key, other, &[]).await;
+    w.acct.drain(&w.queue).await;
+    let out = sweep(&w).await;
+    let step = out
+        .sweep
+        .steps
+        .iter()
+        .find(|s| s.task_id == task_id)
+        .expect("the task's step");
+    assert!(
+        !step.failed && step.result.contains("replaced after it was validated"),
+        "{step:?}"
+    );
+    assert!(images(&w).await.is_empty());
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("ETag {etag}"))),
+        "{failed:#?}"
+    );
+    assert!(
+        !object_tags(&w, key)
+            .await
+            .contains_key("ami-pipeline-status")
+    );
+    // The fast path's reads: If-Match the validated ETag.
+    let obj = shared::model::ObjectRef {
+        bucket: w.bucket.clone(),
+        key: key.into(),
+        version_id: None,
+    };
+    let stale = shared::aws::s3::get_range(&w.acct.clients.s3, &obj, "0-511", Some(&etag))
+        .await
+        .expect_err("the object was replaced");
+    assert!(stale.has_code("PreconditionFailed"), "{stale}");
+}
+
 #[tokio::test]
 async fn a_missing_object_or_bucket_is_rejected_precisely() {
     let w = world(0, false).await;

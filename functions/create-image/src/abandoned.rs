@@ -82,7 +82,7 @@ pub(crate) async fn resume(
 }
 
 /// One abandoned upload: ingest its object again; delete the dead snapshot once the upload is
-/// concluded otherwise (reported, superseded).
+/// concluded otherwise (reported, superseded, or an image made of the key's content).
 async fn resume_one(
     deps: &Deps,
     snapshot: &Snapshot,
@@ -107,10 +107,17 @@ async fn resume_one(
         object,
         overrides: BTreeMap::new(),
     };
-    let outcome = ingest(deps, item, now, deadline).await;
+    // Boxed: the sweep runs after every ingest, and an ingest future inside the sweep's would
+    // double the size of every invocation's future (a stack overflow in debug builds).
+    let outcome = Box::pin(ingest(deps, item, now, deadline)).await;
+    // Concluded: nothing will take this upload's dead snapshot again (an image exists for the
+    // key's content, or the upload is refused or replaced). After ImportStarted it stays until
+    // the image exists: a redelivered event finds it and takes ImportSnapshot too.
     let concluded = matches!(
         outcome,
-        IngestOutcome::Rejected { .. } | IngestOutcome::Superseded { .. }
+        IngestOutcome::Rejected { .. }
+            | IngestOutcome::Superseded { .. }
+            | IngestOutcome::AlreadyImported { .. }
     );
     if concluded && let Err(e) = ec2::delete_snapshot(&deps.clients.ec2, &snapshot.id).await {
         warn!(snapshot_id = %snapshot.id, error = %e, "could not delete the dead snapshot; cleanup's orphan sweep will");

@@ -96,8 +96,15 @@ pub(crate) async fn decide(
     let c = &deps.clients;
     let head_len = info.size.min(disk::PROBE_HEAD_LEN as u64);
     let tail_len = info.size.min(disk::PROBE_TAIL_LEN as u64);
-    let head = s3::get_range(&c.s3, object, &format!("0-{}", head_len.saturating_sub(1))).await?;
-    let tail = s3::get_range(&c.s3, object, &format!("-{tail_len}")).await?;
+    let etag = info.etag.as_deref();
+    let head = s3::get_range(
+        &c.s3,
+        object,
+        &format!("0-{}", head_len.saturating_sub(1)),
+        etag,
+    )
+    .await?;
+    let tail = s3::get_range(&c.s3, object, &format!("-{tail_len}"), etag).await?;
     let (probed, probe) = match disk::probe(&head, &tail, info.size) {
         Ok(p) => (
             Probed::Decodable {
@@ -287,6 +294,12 @@ async fn write_leased(
             let problem = format!("content: {why} (snapshot {id} deleted, never completed)");
             return refuse(deps, up, id, problem, now).await.map(Some);
         }
+        Err(WriteError::Aws(e)) if e.has_code("PreconditionFailed") => {
+            if let Some(p) = &progress {
+                p.forget(up.token).await;
+            }
+            return Ok(Some(Ok(replaced_while_read(deps, up, id).await)));
+        }
         Err(WriteError::Aws(e)) => {
             // A concurrent duplicate event may have completed the snapshot while this one
             // was still writing (the same blocks): then register it, else report the error.
@@ -301,6 +314,18 @@ async fn write_leased(
         }
     }
     Ok(None)
+}
+
+/// Every ranged GET carries `If-Match` the validated ETag: the object was replaced while it was
+/// read (an unversioned bucket). Its new content has an event of its own; a snapshot of two
+/// contents is never completed: it is deleted, and the upload is reported superseded.
+async fn replaced_while_read(deps: &Deps, up: &Upload<'_>, snapshot_id: &str) -> IngestOutcome {
+    discard(deps, snapshot_id).await;
+    warn!(object = %up.object, snapshot_id, "object replaced while it was read; snapshot deleted");
+    IngestOutcome::Superseded {
+        object: up.object.uri(),
+        current_version: "replaced while it was read (its own event imports it)".into(),
+    }
 }
 
 /// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
@@ -524,7 +549,7 @@ async fn write(
             let object = up.object.clone();
             let etag = etag.clone();
             tokio::spawn(async move {
-                s3::get_range_if(&s3, &object, &format!("{first}-{last}"), etag.as_deref()).await
+                s3::get_range(&s3, &object, &format!("{first}-{last}"), etag.as_deref()).await
             })
         })
         .buffered(READ_PARTS);
@@ -552,12 +577,6 @@ async fn write(
         }
         let part = match part {
             Ok(Ok(part)) => part,
-            Ok(Err(e)) if e.has_code("PreconditionFailed") => {
-                return Err(WriteError::Changed(format!(
-                    "the object was replaced while it was read (it no longer has ETag {:?}): {e}",
-                    up.info.etag
-                )));
-            }
             Ok(Err(e)) => return Err(WriteError::Aws(e)),
             Err(e) => return Err(WriteError::Aws(ctx.error(ErrorKind::Other, e.to_string()))),
         };

@@ -291,8 +291,9 @@ pub(crate) async fn check_disk(
     if info.size == 0 {
         return Ok(disk::check_content(format, 0, &[], &[]));
     }
-    let head = s3::get_range(&c.s3, object, &format!("0-{}", disk::PROBE_BYTES - 1)).await?;
-    let tail = s3::get_range(&c.s3, object, &format!("-{}", disk::PROBE_BYTES)).await?;
+    let etag = info.etag.as_deref();
+    let head = s3::get_range(&c.s3, object, &format!("0-{}", disk::PROBE_BYTES - 1), etag).await?;
+    let tail = s3::get_range(&c.s3, object, &format!("-{}", disk::PROBE_BYTES), etag).await?;
     Ok(disk::check_content(format, info.size, &head, &tail))
 }
 

@@ -3,9 +3,9 @@
 use crate::config::Deps;
 use crate::sweep::{announce, object_of, report_failure};
 use chrono::{DateTime, Utc};
-use shared::aws::ec2;
+use shared::aws::{ec2, s3};
 use shared::error::{AwsError, ErrorKind};
-use shared::model::{Image, Select};
+use shared::model::{Image, ObjectRef, Select};
 use shared::plan::import::{self, OnDuplicate, Registration};
 use shared::plan::lineage;
 use tracing::info;
@@ -28,6 +28,12 @@ pub(crate) async fn register(
     // snapshot is never tagged. CreateTags overwrites with the same values, so repeating it is
     // harmless.
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
+    if let Some(why) = replaced(deps, reg).await? {
+        // Not the object's failure (its new content is another upload): the object is not
+        // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
+        report_failure(deps, task_id, &why, None, now).await?;
+        return Ok(why);
+    }
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id).await?;
     let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
         Ok(size) => size,
@@ -45,6 +51,23 @@ pub(crate) async fn register(
     let image = registered_image(reg, &image_id);
     announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
     Ok(image_id)
+}
+
+/// Why the imported snapshot may not hold the validated upload: the key's object now is
+/// another ([`import::replaced_since_validation`]). A key deleted since is not a replacement.
+async fn replaced(deps: &Deps, reg: &Registration) -> Result<Option<String>, AwsError> {
+    let Some(object) = object_of(reg) else {
+        return Ok(None);
+    };
+    let latest = ObjectRef {
+        version_id: None,
+        ..object
+    };
+    match s3::head_object(&deps.clients.s3, &latest).await {
+        Ok(info) => Ok(import::replaced_since_validation(&reg.tags, &info)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reports the task's failure and returns its message (the step's result).

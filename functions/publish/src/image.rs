@@ -273,10 +273,13 @@ async fn conclude(
         let msg = publication_message(event, &source, &home, &policy, &regions, now);
         // One sender among concurrent invocations (shared::claim), per publication: the key
         // carries a digest of the policy and the failed regions, so a later change announces.
+        // The policy's JSON (sorted sets, field order fixed by the struct), not its Debug text,
+        // which is not a stable format across compiler versions.
+        let policy_text = serde_json::to_string(&policy).unwrap_or_default();
         let key = format!(
             "{}/{}",
             msg.dedup_key(),
-            claim::digest(&format!("{policy:?} {}", failed.join(" ")))
+            claim::digest(&format!("{policy_text} {}", failed.join(" ")))
         );
         let claims = &deps.config.claims;
         let etag = match claims

@@ -40,15 +40,12 @@ pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, Aws
     })
 }
 
-/// GetObject with `Range: bytes=<range>` (e.g. `0-511`, `-512`); returns the bytes.
-pub async fn get_range(s3: &Client, obj: &ObjectRef, range: &str) -> Result<Vec<u8>, AwsError> {
-    get_range_if(s3, obj, range, None).await
-}
-
-/// [`get_range`] with `If-Match: <etag>` when `etag` is given: S3 answers 412
-/// `PreconditionFailed` once the object is no longer the one with that ETag (replaced since it
-/// was first read; GetObject API reference, "If-Match"), so a long read never mixes two objects.
-pub async fn get_range_if(
+/// GetObject with `Range: bytes=<range>` (e.g. `0-511`, `-512`); returns the bytes. With
+/// `etag` (unquoted, as [`head_object`] gives it), `If-Match` that ETag: a request for an object
+/// replaced since it was validated fails with 412 `PreconditionFailed` instead of mixing two
+/// contents (what an unversioned bucket would otherwise serve; S3 API reference, GetObject
+/// `If-Match`).
+pub async fn get_range(
     s3: &Client,
     obj: &ObjectRef,
     range: &str,
@@ -59,8 +56,8 @@ pub async fn get_range_if(
         .bucket(&obj.bucket)
         .key(&obj.key)
         .set_version_id(obj.version_id.clone())
+        .set_if_match(etag.map(|e| format!("\"{}\"", e.trim_matches('"'))))
         .range(format!("bytes={range}"))
-        .set_if_match(etag.map(|e| format!("\"{e}\"")))
         .send()
         .await
         .map_err(|e| {

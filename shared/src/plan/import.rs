@@ -9,7 +9,7 @@
 use super::lineage::{self, IMPORT_TASK, OUTCOME, STALE_WARNED, STARTED_AT};
 use super::naming;
 use super::spec::ImageSpec;
-use crate::model::{DiskFormat, Image, ImportStatus, ImportTask, ObjectRef, Tags};
+use crate::model::{DiskFormat, Image, ImportStatus, ImportTask, ObjectInfo, ObjectRef, Tags};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -189,6 +189,35 @@ fn plan_task(
             }
         }
     }
+}
+
+/// Why an import's snapshot may not hold the content create-image validated: ImportSnapshot
+/// names a bucket and key, not a version (EC2 API reference, `UserBucket`), and VM Import reads
+/// the key's content when it runs. When the key's current object (`current`, HeadObject without
+/// a version) is no longer the validated one (the task's `source-version`, else its
+/// `source-etag`), the upload was replaced after validation and the snapshot may hold either
+/// content. None when it is the same object.
+pub fn replaced_since_validation(task_tags: &Tags, current: &ObjectInfo) -> Option<String> {
+    let versions = (
+        task_tags.get(lineage::SOURCE_VERSION),
+        current.version_id.as_ref(),
+    );
+    if let (Some(validated), Some(now)) = versions
+        && validated != now
+    {
+        return Some(format!(
+            "the object was replaced after it was validated (version {validated}, now {now}): VM Import reads the key's current content, so the imported snapshot may hold either; not registered (the new version's own event imports it)"
+        ));
+    }
+    let etags = (task_tags.get(lineage::SOURCE_ETAG), current.etag.as_ref());
+    if let (Some(validated), Some(now)) = etags
+        && validated.trim_matches('"') != now.trim_matches('"')
+    {
+        return Some(format!(
+            "the object was replaced after it was validated (ETag {validated}, now {now}): VM Import reads the key's current content, so the imported snapshot may hold either; not registered (the new content's own event imports it)"
+        ));
+    }
+    None
 }
 
 /// DescribeImportSnapshotTasks lists a task "currently active or ... completed or canceled in
@@ -758,5 +787,31 @@ mod tests {
         ));
         assert!(give_up_registering(start, start + Duration::days(6)));
         assert!(give_up_registering(start, start + Duration::days(30)));
+    }
+
+    #[test]
+    fn an_object_replaced_after_validation_is_detected_by_version_then_etag() {
+        let tags = Tags::from([
+            (lineage::SOURCE_VERSION.to_owned(), "v1".to_owned()),
+            (lineage::SOURCE_ETAG.to_owned(), "e1".to_owned()),
+        ]);
+        let info = |version: Option<&str>, etag: &str| ObjectInfo {
+            version_id: version.map(str::to_owned),
+            etag: Some(etag.to_owned()),
+            ..ObjectInfo::default()
+        };
+        assert_eq!(
+            replaced_since_validation(&tags, &info(Some("v1"), "e1")),
+            None
+        );
+        let by_version = replaced_since_validation(&tags, &info(Some("v2"), "e1"));
+        assert!(by_version.is_some_and(|w| w.contains("version v1, now v2")));
+        let unversioned = Tags::from([(lineage::SOURCE_ETAG.to_owned(), "e1".to_owned())]);
+        assert_eq!(
+            replaced_since_validation(&unversioned, &info(None, "\"e1\"")),
+            None
+        );
+        let by_etag = replaced_since_validation(&unversioned, &info(None, "e2"));
+        assert!(by_etag.is_some_and(|w| w.contains("ETag e1, now e2")));
     }
 }

@@ -20,6 +20,7 @@ Modules:
                   checksums, ClientToken, Timeout, pending-snapshot quota, block storage
   s3_checksums    S3 object checksums: verification (BadDigest), multipart composite checksums,
                   ListParts / HeadObject / GetObjectAttributes checksum fields
+  s3_ranges       ranged GetObject reads only the range (moto copies the whole object)
   instances       DescribeInstances paging counted in instances
   launch_templates DescribeLaunchTemplateVersions (account-wide $Latest/$Default, filters,
                   paging), DescribeLaunchTemplates paging
@@ -71,6 +72,9 @@ def apply_extensions() -> None:
         from . import s3_conditional
 
         s3_conditional.install()
+        from . import s3_ranges
+
+        s3_ranges.install()
         from . import fast_dispatch, fast_tags, image_index, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_dispatch.install()
