@@ -81,6 +81,12 @@ impl LinearChecksum {
         self.digests.insert(index, checksum.0);
     }
 
+    /// The checksum recorded for block `index`, if it was written.
+    #[must_use]
+    pub fn get(&self, index: u32) -> Option<BlockChecksum> {
+        self.digests.get(&index).copied().map(BlockChecksum)
+    }
+
     /// `ChangedBlocksCount` for CompleteSnapshot: the number of distinct blocks written.
     #[must_use]
     pub fn changed_blocks_count(&self) -> u64 {

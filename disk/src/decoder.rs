@@ -107,7 +107,25 @@ impl Decoder {
         }
     }
 
-    /// Appends the next bytes of the file (in order, starting at offset 0).
+    /// A decoder that continues the image at file offset `offset`, as if its first `offset`
+    /// bytes had been pushed and their blocks taken: the caller then pushes the file from
+    /// `offset` on. Only formats whose decoder carries no state across a block boundary can
+    /// resume so: raw and VHD fixed (the file's first `virtual_size` bytes are the disk), at an
+    /// offset that is a multiple of [`crate::BLOCK_SIZE`]. None for the others (VHD dynamic
+    /// needs its header and BAT, VMDK its grain stream from the start: re-read them).
+    #[must_use]
+    pub fn resume_at(probe: &Probe, offset: u64) -> Option<Self> {
+        let aligned = offset.is_multiple_of(crate::block::BLOCK_SIZE_U64);
+        if !matches!(probe.layout, Layout::Linear) || !aligned || offset > probe.total_len {
+            return None;
+        }
+        let mut decoder = Self::new(probe);
+        decoder.input = Input::starting_at(probe.total_len, offset);
+        Some(decoder)
+    }
+
+    /// Appends the next bytes of the file (in order, starting at offset 0, or at the offset
+    /// given to [`Decoder::resume_at`]).
     ///
     /// # Errors
     /// [`DecodeError::Usage`] after [`Decoder::finish`] or past the probed file length.
@@ -243,6 +261,32 @@ pub fn decode_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn blocks_of(decoder: &mut Decoder, bytes: &[u8]) -> Vec<Block> {
+        let mut out = Vec::new();
+        decoder.push(bytes).unwrap();
+        decoder.finish();
+        while let Some(b) = decoder.next_block().unwrap() {
+            out.push(b);
+        }
+        out
+    }
+
+    #[test]
+    fn a_raw_image_resumed_at_a_block_boundary_gives_the_remaining_blocks() {
+        let size = 3 * crate::BLOCK_SIZE + 1000;
+        let image: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let probe = crate::probe(&image[..512], &image[size - 512..], size as u64).unwrap();
+        let whole = blocks_of(&mut Decoder::new(&probe), &image);
+        let at = 2 * crate::BLOCK_SIZE;
+        let mut resumed = Decoder::resume_at(&probe, at as u64).unwrap();
+        let rest = blocks_of(&mut resumed, &image[at..]);
+        assert_eq!(rest, whole[2..]);
+        assert!(
+            Decoder::resume_at(&probe, 1000).is_none(),
+            "not at a block boundary"
+        );
+    }
 
     #[test]
     fn decoder_can_move_between_threads() {

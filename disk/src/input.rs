@@ -28,6 +28,17 @@ impl Input {
         }
     }
 
+    /// An empty queue for a file of `total_len` bytes whose first `offset` bytes are not
+    /// pushed: input starts at `offset` (a decoder resumed part way).
+    pub(crate) fn starting_at(total_len: u64, offset: u64) -> Self {
+        Self {
+            total_len,
+            pos: offset,
+            received: offset,
+            ..Self::default()
+        }
+    }
+
     /// Appends the next bytes of the file.
     pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
         if self.ended {

@@ -314,3 +314,44 @@ def test_bad_probability_seed_and_principal_are_rejected(account):
         assert status == 400, (bad, body)
         assert message in json.dumps(body), body
     assert _rules(account) == {}
+
+
+def test_a_latency_rule_holds_the_matching_ranged_read_then_moto_serves_it(account):
+    import time
+
+    bucket = account.bucket()
+    s3 = account.client("s3", config=NO_RETRY)
+    s3.put_object(Bucket=bucket, Key="disk.raw", Body=bytes(range(256)) * 64)
+    rule = _add(account, service="s3", action="GetObject", resource="bytes=1024-", delay_seconds=1.5, count=1)
+    assert rule["delay_seconds"] == 1.5 and rule["code"] == ""
+    started = time.monotonic()
+    other = s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=0-511")["Body"].read()
+    assert time.monotonic() - started < 1.0, "a read of another range is not held"
+    assert other == bytes(range(256)) * 2
+    started = time.monotonic()
+    held = s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=1024-1279")["Body"].read()
+    assert time.monotonic() - started >= 1.5
+    assert held == bytes(range(256)), "moto served the held request"
+    assert _rules(account)[rule["id"]]["fired"] == 1
+    started = time.monotonic()
+    s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=1024-1279")
+    assert time.monotonic() - started < 1.0, "count 1: the second matching read is not held"
+
+
+def test_a_latency_rule_with_a_code_answers_the_error_after_the_delay(account):
+    import time
+
+    rule = _add(account, service="ec2", action="DescribeImages", code="RequestLimitExceeded", status=503,
+                delay_seconds=1, count=1)
+    started = time.monotonic()
+    with aws_error("RequestLimitExceeded"):
+        account.client("ec2", config=NO_RETRY).describe_images(Owners=["self"])
+    assert time.monotonic() - started >= 1.0
+    assert rule["delay_seconds"] == 1.0
+
+
+@pytest.mark.parametrize("delay", [0, -1, 31, "2", True])
+def test_bad_delays_are_rejected(account, delay):
+    status, body = account.control("faults", {"account_id": account.id, "service": "s3", "delay_seconds": delay})
+    assert status == 400, body
+    assert "delay_seconds must be a number of seconds above 0 and at most 30" in json.dumps(body)

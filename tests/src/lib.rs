@@ -845,7 +845,8 @@ pub mod disks {
     }
 
     /// Converts a raw disk with `qemu-img convert -O <format>` (`vmdk` stream-optimized,
-    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD); fails the test with
+    /// `vmdk-monolithic` a hosted monolithicSparse VMDK, `vpc` fixed VHD, `vpc-dynamic` dynamic
+    /// VHD); fails the test with
     /// the tool's message if `qemu-img` is missing or fails.
     pub fn convert(raw: &[u8], format: &str) -> Vec<u8> {
         qemu_img(|dir| {
@@ -855,6 +856,7 @@ pub mod disks {
                 "vmdk" => ("vmdk", Some("subformat=streamOptimized")),
                 "vmdk-monolithic" => ("vmdk", Some("subformat=monolithicSparse")),
                 "vpc" => ("vpc", Some("subformat=fixed,force_size=on")),
+                "vpc-dynamic" => ("vpc", Some("subformat=dynamic,force_size=on")),
                 other => (other, None),
             };
             let mut cmd = Command::new("qemu-img");

@@ -759,3 +759,270 @@ async fn the_role_writes_only_managed_snapshots() {
         "{err:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A write too large for one invocation continues in the next one (issue #18).
+// ---------------------------------------------------------------------------------------------
+
+const BLOCK: usize = 524_288;
+/// create-image's ranged GETs (fast.rs PART_BYTES).
+const PART: usize = 8 << 20;
+/// Time the handler has before its deadline's safety margin: ample for the first two parts.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(6);
+/// How long the emulator holds the read of the third part: past the grace, so the handler
+/// stops there (deterministically: before that part, every check finds time left; after it,
+/// none).
+const SLOW_SECONDS: u64 = 12;
+
+/// A raw disk of `mib` MiB of bytes that do not compress (its VMDK is as large, several
+/// parts), with all-zero blocks 20..24 (skipped, never written).
+fn noisy_disk(mib: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    let mut disk = vec![0u8; mib << 20];
+    for chunk in disk.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    disk[20 * BLOCK..24 * BLOCK].fill(0);
+    disk
+}
+
+fn nonzero_blocks(raw: &[u8]) -> u64 {
+    raw.chunks(BLOCK)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64
+}
+
+/// PutSnapshotBlock requests the account made so far (the emulator's request counter).
+fn blocks_put(w: &World) -> u64 {
+    let counts = w.acct.control(
+        "GET",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
+    counts["requests"]["ebs:PutSnapshotBlock"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn ingest_of(w: &World, key: &str) -> create_image::Command {
+    create_image::Command::Ingest {
+        items: vec![create_image::IngestItem {
+            object: shared::model::ObjectRef {
+                bucket: w.bucket.clone(),
+                key: key.to_owned(),
+                version_id: None,
+            },
+            overrides: std::collections::BTreeMap::new(),
+        }],
+        ignored: vec![],
+    }
+}
+
+/// Runs the fast path on `key` with the read of its third part held past the deadline: the
+/// invocation writes the first parts' blocks, checkpoints and fails (to be delivered again).
+/// Returns the pending snapshot's id.
+async fn stop_part_way(w: &World, key: &str) -> String {
+    w.acct
+        .inject_fault(json!({"service": "s3", "action": "GetObject",
+        "resource": format!("bytes={}-", 2 * PART), "delay_seconds": SLOW_SECONDS, "count": 1}));
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + GRACE);
+    let err = create_image::handle(ingest_of(w, key), &w.deps, chrono::Utc::now(), deadline)
+        .await
+        .expect_err("the deadline stops the write");
+    w.acct.clear_faults();
+    let text = err.to_string();
+    assert!(
+        text.contains("the Lambda deadline is near")
+            && text.contains("checkpointed in s3://")
+            && text.contains("the sweep continues"),
+        "{text}"
+    );
+    let pending =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["pending"])])
+            .await
+            .expect("snapshots");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert!(
+        of_type(&w.acct.drain(&w.queue).await, "image.failed").is_empty(),
+        "a stop is not a failure"
+    );
+    pending[0].id.clone()
+}
+
+/// How the stopped write is continued.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// The event delivered again.
+    Redelivery,
+    /// The schedule's sweep (the event's retries ran out).
+    Sweep,
+}
+
+/// Uploads `raw` as `format` (qemu-img), stops the write part way by the deadline, continues it
+/// (`next`), and proves: one completed snapshot (the emulator checked the LINEAR aggregate and
+/// the block count at CompleteSnapshot), content equal to the raw disk, every block written
+/// once, one AMI, one image.registered.
+async fn stop_and_continue(format: &str, next: Next, want_format: &str) {
+    let w = world_with_claims().await;
+    let raw = noisy_disk(40, format.len() as u64);
+    let (key, body) = match format {
+        "raw" => ("resume/disk.raw".to_owned(), raw.clone()),
+        "vpc" | "vpc-dynamic" => ("resume/disk.vhd".to_owned(), disks::convert(&raw, format)),
+        _ => ("resume/disk.vmdk".to_owned(), disks::convert(&raw, format)),
+    };
+    assert!(body.len() > 3 * PART, "the upload spans several parts");
+    w.acct.put(&w.bucket, &key, body, &[]).await;
+    w.acct.control(
+        "DELETE",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
+    let snapshot_id = stop_part_way(&w, &key).await;
+    let first = blocks_put(&w);
+    let total = nonzero_blocks(&raw);
+    assert!(0 < first && first < total, "part way: {first} of {total}");
+
+    let out = match next {
+        Next::Redelivery => create_image::handle(
+            ingest_of(&w, &key),
+            &w.deps,
+            chrono::Utc::now(),
+            support::deadline(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the redelivered event fails: {e}")),
+        Next::Sweep => {
+            let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+            let steps = steps_of(&out, "continue");
+            assert_eq!(steps.len(), 1, "{out:?}");
+            assert_eq!(steps[0].task_id, snapshot_id);
+            assert!(
+                steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
+                "{:?}",
+                steps[0]
+            );
+            out
+        }
+    };
+    if let Next::Redelivery = next {
+        let (_, snap, transfer) = registered(&out);
+        assert_eq!(snap, snapshot_id);
+        assert_eq!(transfer.format, want_format);
+        assert_eq!(transfer.blocks_resumed, first, "{transfer:?}");
+        assert_eq!(transfer.blocks_written + transfer.blocks_resumed, total);
+    }
+    assert_eq!(blocks_put(&w), total, "every block written once");
+    let snap = ec2::describe_snapshot(&w.acct.clients.ec2, &snapshot_id)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state.as_deref(), Some("completed"));
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(
+        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
+        "the snapshot's content differs from the raw disk"
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    // Nothing left to continue.
+    let again = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    assert!(steps_of(&again, "continue").is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_raw_write_stopped_by_the_deadline_continues_in_the_redelivered_event() {
+    stop_and_continue("raw", Next::Redelivery, "raw").await;
+}
+
+#[tokio::test]
+async fn a_raw_write_stopped_by_the_deadline_is_continued_by_the_sweep() {
+    stop_and_continue("raw", Next::Sweep, "raw").await;
+}
+
+#[tokio::test]
+async fn a_fixed_vhd_write_stopped_by_the_deadline_continues_in_the_redelivered_event() {
+    stop_and_continue("vpc", Next::Redelivery, "VHD fixed").await;
+}
+
+#[tokio::test]
+async fn a_dynamic_vhd_write_stopped_by_the_deadline_continues_in_the_redelivered_event() {
+    stop_and_continue("vpc-dynamic", Next::Redelivery, "VHD dynamic").await;
+}
+
+#[tokio::test]
+async fn a_dynamic_vhd_write_stopped_by_the_deadline_is_continued_by_the_sweep() {
+    stop_and_continue("vpc-dynamic", Next::Sweep, "VHD dynamic").await;
+}
+
+#[tokio::test]
+async fn a_vmdk_write_stopped_by_the_deadline_continues_in_the_redelivered_event() {
+    stop_and_continue("vmdk", Next::Redelivery, "VMDK stream-optimized").await;
+}
+
+#[tokio::test]
+async fn a_vmdk_write_stopped_by_the_deadline_is_continued_by_the_sweep() {
+    stop_and_continue("vmdk", Next::Sweep, "VMDK stream-optimized").await;
+}
+
+/// The object replaced between the stopped invocation and the sweep: the pending snapshot
+/// holds blocks of the old content, so it is refused (deleted, never completed); the new
+/// content, delivered by its own event, becomes the image.
+#[tokio::test]
+async fn an_object_replaced_between_two_invocations_is_refused_not_completed() {
+    let w = world_with_claims().await;
+    let key = "replaced/disk.raw";
+    let old = noisy_disk(40, 1);
+    w.acct.put(&w.bucket, key, old, &[]).await;
+    let snapshot_id = stop_part_way(&w, key).await;
+    let new = noisy_disk(40, 2);
+    w.acct.put(&w.bucket, key, new.clone(), &[]).await;
+
+    let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    let steps = steps_of(&out, "continue");
+    assert_eq!(steps.len(), 1, "{out:?}");
+    assert!(
+        steps[0].result.starts_with("refused: ")
+            && steps[0].result.contains("changed since the write began")
+            && steps[0].result.contains("never completed"),
+        "{:?}",
+        steps[0]
+    );
+    let gone = ec2::describe_own_snapshots_filtered(
+        &w.acct.clients.ec2,
+        &[Select::tag(lineage::UPLOAD_METHOD, ["ebs-direct"])],
+    )
+    .await
+    .expect("snapshots");
+    assert!(
+        gone.iter().all(|s| s.id != snapshot_id),
+        "the refused snapshot is deleted: {gone:?}"
+    );
+    assert!(
+        ec2::describe_own_images(&w.acct.clients.ec2, &[])
+            .await
+            .expect("images")
+            .is_empty()
+    );
+    // The new content's event makes the image, from a snapshot of its own.
+    let (_, snap, transfer) = registered(&run(&w, key).await);
+    assert_ne!(snap, snapshot_id);
+    assert_eq!(transfer.blocks_resumed, 0);
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(read_back(&ebs, &snap, new.len()).await == new);
+    let again = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    assert!(steps_of(&again, "continue").is_empty(), "{again:?}");
+}

@@ -22,8 +22,11 @@ pub struct Config {
     /// `UPLOAD_METHOD`: `auto` (the EBS direct fast path for what it takes, default) or
     /// `import-snapshot` (VM Import for every upload).
     pub upload_method: MethodSetting,
-    /// `FAST_PATH_MAX_GIB`: the largest virtual disk the fast path writes in one invocation
-    /// (larger ones go to ImportSnapshot: resume across invocations is not implemented).
+    /// `FAST_PATH_MAX_GIB`: the largest virtual disk the fast path takes (larger ones go to
+    /// ImportSnapshot). No longer what one invocation can write — a write continues across
+    /// invocations from its checkpoint — but the operator's bound on what one upload may hold:
+    /// the LINEAR state in memory and the checkpoint (36 bytes per written block: 72 MiB at
+    /// 1,024 GiB), and the invocations it takes.
     pub fast_path_max_gib: u64,
     /// Function-wide defaults of the per-upload settings (`DEFAULT_<SETTING>`).
     pub defaults: BTreeMap<String, String>,
@@ -89,9 +92,9 @@ impl Config {
                 MethodSetting::Auto
             }),
         };
-        // 1 GiB .. 64 TiB (the EBS volume limit). 100 GiB at ~200 MB/s is ~9 minutes of a
-        // 15-minute Lambda.
-        let fast_path_max_gib = r.int_in("FAST_PATH_MAX_GIB", 100, 1, 65536) as u64;
+        // 1 GiB .. 64 TiB (the EBS volume limit). 1,024 GiB at ~200 MB/s is ~90 minutes: about
+        // seven 15-minute invocations, each continuing from the checkpoint (crate::progress).
+        let fast_path_max_gib = r.int_in("FAST_PATH_MAX_GIB", 1024, 1, 65536) as u64;
         let mut defaults = BTreeMap::new();
         for var in DEFAULT_VARS {
             if let Some(v) = r.optional(var) {
@@ -175,6 +178,18 @@ impl Deps {
     /// The function's dependencies.
     pub fn new(clients: Clients, config: Config) -> Self {
         Deps { clients, config }
+    }
+
+    /// The fast path's checkpoints and leases, in the state bucket (none without one).
+    pub(crate) fn progress(&self) -> Option<crate::progress::Progress<'_>> {
+        self.config
+            .claims
+            .bucket
+            .as_deref()
+            .map(|bucket| crate::progress::Progress {
+                s3: &self.clients.s3,
+                bucket,
+            })
     }
 }
 

@@ -31,14 +31,21 @@
 //! that does not clear (access denied, validation) stops the upload at once with a message
 //! naming the snapshot, the block, its offset and the object; the pending snapshot stays for a
 //! redelivered event to finish (same token), else AWS cancels it after its `Timeout`. Throttling
-//! and 5xx are retried by the SDK. Near the Lambda deadline the write stops the same way.
-//! Resume across invocations is not implemented: the size bound `FAST_PATH_MAX_GIB` sends what
-//! one invocation cannot write to ImportSnapshot.
+//! and 5xx are retried by the SDK.
+//!
+//! **Across invocations** ([`crate::progress`]): with a state bucket, the writer holds a lease on
+//! the snapshot; near the Lambda deadline it lets the writes in flight finish, saves a checkpoint
+//! (the blocks written with their SHA-256, where reading restarts) and fails the invocation, so
+//! the redelivered event — or the sweep, for a pending snapshot with a checkpoint and no lease —
+//! continues from there with the LINEAR aggregate still over exactly the blocks written. A
+//! delivery that finds the lease held reports `in-progress` and writes nothing. Without a state
+//! bucket a redelivered event writes every block again on the same snapshot.
 
 use crate::announce::{announce_once, repair};
 use crate::config::Deps;
 use crate::ingest::reject;
 use crate::output::{IngestOutcome, Transfer};
+use crate::progress::{Checkpoint, Header, Lease, Progress};
 use crate::register::{Registered, register_named, registered_image};
 use chrono::{DateTime, Utc};
 use disk::{Block, BlockChecksum, DecodeError, Decoder, LinearChecksum};
@@ -51,6 +58,7 @@ use shared::plan::import;
 use shared::plan::lineage;
 use shared::plan::spec::ImageSpec;
 use shared::plan::upload::{self, Choice, MethodSetting, Probed, UploadMethod};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -148,14 +156,33 @@ pub(crate) struct Upload<'a> {
     pub spec: &'a ImageSpec,
     /// The upload's idempotency token.
     pub token: &'a str,
+    /// Settings a manual invoke gave (kept in the checkpoint for the sweep).
+    pub overrides: &'a BTreeMap<String, String>,
 }
 
 /// Why writing stopped.
 enum WriteError {
     /// The content is damaged: the decoder's message.
     BadInput(DecodeError),
-    /// An AWS call failed (or the deadline came).
+    /// The object is not the one the earlier blocks were written from.
+    Changed(String),
+    /// An AWS call failed.
     Aws(AwsError),
+    /// The Lambda deadline is near: every write in flight has answered; `written` lists every
+    /// block written to the snapshot, and reading may restart at `resume_offset`.
+    Stopped {
+        /// File offset reading restarts at (0: from the start, writes skipped).
+        resume_offset: u64,
+        /// Every block written so far.
+        written: LinearChecksum,
+    },
+}
+
+/// Where a write starts: the blocks written before (a checkpoint) and the file offset.
+#[derive(Default)]
+struct Start {
+    written: LinearChecksum,
+    offset: u64,
 }
 
 /// Writes the snapshot (or finds it written), completes it and registers the AMI; or (inner
@@ -215,38 +242,78 @@ pub(crate) async fn run(
         let id = started.snapshot_id;
         info!(object = %up.object, snapshot_id = %id, volume_gib = probe.volume_size_gib(), encrypted = started.encrypted, "snapshot started");
         transfer.encrypted = started.encrypted;
-        match write(deps, &up, probe, &id, &mut transfer, deadline).await {
-            Ok(linear) => {
-                let count = i32::try_from(linear.changed_blocks_count()).unwrap_or(i32::MAX);
-                ebs::complete_snapshot(&c.ebs, &id, count, &linear.aggregate_base64()).await?;
-                ec2::wait_snapshot_completed(&c.ec2, &id, COMPLETE_WAIT).await?;
-                info!(object = %up.object, snapshot_id = %id, blocks = count, bytes = transfer.bytes_read, "snapshot completed");
-            }
-            Err(WriteError::BadInput(e)) => {
-                discard(deps, &id).await;
-                let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
-                return reject(deps, up.object, vec![problem], now, true)
-                    .await
-                    .map(Ok);
-            }
-            Err(WriteError::Aws(e)) if e.has_code("PreconditionFailed") => {
-                return Ok(Ok(replaced_while_read(deps, &up, &id).await));
-            }
-            Err(WriteError::Aws(e)) => {
-                // A concurrent duplicate event may have completed the snapshot while this one
-                // was still writing (the same blocks): then register it, else report the error.
-                if !completed_by_another(deps, &id).await {
-                    return Err(e);
-                }
-                info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
-                transfer.reused = true;
-            }
+        if let Some(outcome) =
+            write_leased(deps, &up, probe, &id, &mut transfer, deadline, now).await?
+        {
+            return Ok(outcome);
         }
         id
     };
     register(deps, &up, &snapshot_id, transfer, now)
         .await
         .map(Ok)
+}
+
+/// Writes the snapshot under the lease (when there is a state bucket) and completes it. Some:
+/// the outcome to return at once (another invocation writes it; the input was refused); None:
+/// the snapshot is completed, to be registered.
+async fn write_leased(
+    deps: &Deps,
+    up: &Upload<'_>,
+    probe: &disk::Probe,
+    id: &str,
+    transfer: &mut Transfer,
+    deadline: Deadline,
+    now: DateTime<Utc>,
+) -> Result<Option<Result<IngestOutcome, String>>, AwsError> {
+    let progress = deps.progress();
+    let lease = match &progress {
+        Some(p) => match p.lease(up.token, now).await? {
+            Lease::Won(etag) => Some(etag),
+            Lease::Held(until) => {
+                info!(object = %up.object, snapshot_id = %id, %until, "another invocation is writing this snapshot");
+                return Ok(Some(Ok(IngestOutcome::InProgress {
+                    object: up.object.uri(),
+                    snapshot_id: id.to_owned(),
+                })));
+            }
+        },
+        None => None,
+    };
+    let done = write_and_complete(deps, up, probe, id, transfer, deadline, now).await;
+    if let (Some(p), Some(etag)) = (&progress, &lease) {
+        p.release(up.token, etag).await;
+    }
+    match done {
+        Ok(()) => {}
+        Err(WriteError::BadInput(e)) => {
+            let problem = format!("content: {e} (snapshot {id} deleted, never completed)");
+            return refuse(deps, up, id, problem, now).await.map(Some);
+        }
+        Err(WriteError::Changed(why)) => {
+            let problem = format!("content: {why} (snapshot {id} deleted, never completed)");
+            return refuse(deps, up, id, problem, now).await.map(Some);
+        }
+        Err(WriteError::Aws(e)) if e.has_code("PreconditionFailed") => {
+            if let Some(p) = &progress {
+                p.forget(up.token).await;
+            }
+            return Ok(Some(Ok(replaced_while_read(deps, up, id).await)));
+        }
+        Err(WriteError::Aws(e)) => {
+            // A concurrent duplicate event may have completed the snapshot while this one
+            // was still writing (the same blocks): then register it, else report the error.
+            if !completed_by_another(deps, id).await {
+                return Err(e);
+            }
+            info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
+            transfer.reused = true;
+        }
+        Err(WriteError::Stopped { .. }) => {
+            return Err(deadline_error(deps, up, id, transfer, probe.total_len));
+        }
+    }
+    Ok(None)
 }
 
 /// Every ranged GET carries `If-Match` the validated ETag: the object was replaced while it was
@@ -267,6 +334,169 @@ async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> bool {
         ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await,
         Ok(s) if s.state.as_deref() == Some("completed")
     )
+}
+
+/// Deletes the refused snapshot (never completed) and its checkpoint, and rejects the upload.
+async fn refuse(
+    deps: &Deps,
+    up: &Upload<'_>,
+    snapshot_id: &str,
+    problem: String,
+    now: DateTime<Utc>,
+) -> Result<Result<IngestOutcome, String>, AwsError> {
+    discard(deps, snapshot_id).await;
+    if let Some(p) = deps.progress() {
+        p.forget(up.token).await;
+    }
+    reject(deps, up.object, vec![problem], now, true)
+        .await
+        .map(Ok)
+}
+
+/// The error that fails an invocation stopped by its deadline (transient: no `image.failed`;
+/// the event is delivered again).
+fn deadline_error(
+    deps: &Deps,
+    up: &Upload<'_>,
+    snapshot_id: &str,
+    transfer: &Transfer,
+    size: u64,
+) -> AwsError {
+    let next = match deps.progress() {
+        Some(p) => format!(
+            "{} blocks written in all, checkpointed in {}; a redelivered event or the sweep continues",
+            transfer.blocks_written + transfer.blocks_resumed,
+            p.checkpoint_object(up.token).uri()
+        ),
+        None => "no state bucket: a redelivered event writes the blocks again (same snapshot)"
+            .to_owned(),
+    };
+    AwsError {
+        region: deps.clients.region.clone().into(),
+        operation: "ebs:PutSnapshotBlock",
+        resource: format!("{snapshot_id} from {}", up.object.uri()),
+        kind: ErrorKind::Other,
+        code: None,
+        message: format!(
+            "the Lambda deadline is near after {} bytes read (object of {size} bytes); {next}",
+            transfer.bytes_read
+        ),
+    }
+}
+
+/// Continues from the checkpoint (when it is this snapshot's and this object's), writes the
+/// blocks, completes the snapshot and forgets the checkpoint; near the deadline saves one.
+async fn write_and_complete(
+    deps: &Deps,
+    up: &Upload<'_>,
+    probe: &disk::Probe,
+    snapshot_id: &str,
+    transfer: &mut Transfer,
+    deadline: Deadline,
+    now: DateTime<Utc>,
+) -> Result<(), WriteError> {
+    let c = &deps.clients;
+    let progress = deps.progress();
+    let mut header = Header {
+        version: 1,
+        snapshot_id: snapshot_id.to_owned(),
+        token: up.token.to_owned(),
+        bucket: up.object.bucket.clone(),
+        key: up.object.key.clone(),
+        version_id: up.info.version_id.clone(),
+        etag: up.info.etag.clone(),
+        format: format_name(probe.format).to_owned(),
+        total_len: probe.total_len,
+        resume_offset: 0,
+        overrides: up.overrides.clone(),
+        saved_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let start = match &progress {
+        Some(p) => resume_point(p, &header, probe).await?,
+        None => Start::default(),
+    };
+    if let Some(p) = &progress
+        && start.written.changed_blocks_count() == 0
+    {
+        // A checkpoint from the start, so that the sweep can continue after a crash.
+        let cp = Checkpoint {
+            header: header.clone(),
+            written: LinearChecksum::new(),
+        };
+        p.save(&cp).await.map_err(WriteError::Aws)?;
+    }
+    match write(deps, up, probe, snapshot_id, transfer, deadline, start).await {
+        Ok(linear) => {
+            let count = i32::try_from(linear.changed_blocks_count()).unwrap_or(i32::MAX);
+            let aws = |e| WriteError::Aws(e);
+            ebs::complete_snapshot(&c.ebs, snapshot_id, count, &linear.aggregate_base64())
+                .await
+                .map_err(aws)?;
+            ec2::wait_snapshot_completed(&c.ec2, snapshot_id, COMPLETE_WAIT)
+                .await
+                .map_err(aws)?;
+            if let Some(p) = &progress {
+                p.forget(up.token).await;
+            }
+            info!(object = %up.object, snapshot_id, blocks = count, bytes = transfer.bytes_read, resumed = transfer.blocks_resumed, "snapshot completed");
+            Ok(())
+        }
+        Err(WriteError::Stopped {
+            resume_offset,
+            written,
+        }) => {
+            if let Some(p) = &progress {
+                header.resume_offset = resume_offset;
+                let cp = Checkpoint {
+                    header,
+                    written: written.clone(),
+                };
+                p.save(&cp).await.map_err(WriteError::Aws)?;
+            }
+            Err(WriteError::Stopped {
+                resume_offset,
+                written,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Where this write starts: the checkpoint of this snapshot, when it was written from this very
+/// object (same ETag and version, same length); nothing otherwise. A checkpoint of this snapshot
+/// from another object means blocks of other content may be in it: refused.
+async fn resume_point(
+    p: &Progress<'_>,
+    header: &Header,
+    probe: &disk::Probe,
+) -> Result<Start, WriteError> {
+    let Some(cp) = p.load(&header.token).await.map_err(WriteError::Aws)? else {
+        return Ok(Start::default());
+    };
+    let was = &cp.header;
+    if was.snapshot_id != header.snapshot_id {
+        // Another snapshot of this upload (an earlier one, gone): not this write's.
+        return Ok(Start::default());
+    }
+    if was.etag != header.etag
+        || was.version_id != header.version_id
+        || was.total_len != header.total_len
+    {
+        return Err(WriteError::Changed(format!(
+            "the object changed since the write of this snapshot began (ETag {:?}, {} bytes then; {:?}, {} bytes now)",
+            was.etag, was.total_len, header.etag, header.total_len
+        )));
+    }
+    let offset = if Decoder::resume_at(probe, was.resume_offset).is_some() {
+        was.resume_offset
+    } else {
+        0
+    };
+    info!(snapshot_id = %header.snapshot_id, blocks = cp.written.changed_blocks_count(), offset, "continuing from the checkpoint");
+    Ok(Start {
+        written: cp.written,
+        offset,
+    })
 }
 
 /// The decoder's name of a format, for the output.
@@ -290,7 +520,8 @@ async fn discard(deps: &Deps, snapshot_id: &str) {
     }
 }
 
-/// Reads, decodes and writes every block; returns the LINEAR state for CompleteSnapshot.
+/// Reads, decodes and writes every block from `start` on; returns the LINEAR state for
+/// CompleteSnapshot (the blocks written before included).
 async fn write(
     deps: &Deps,
     up: &Upload<'_>,
@@ -298,45 +529,59 @@ async fn write(
     snapshot_id: &str,
     transfer: &mut Transfer,
     deadline: Deadline,
+    start: Start,
 ) -> Result<LinearChecksum, WriteError> {
     let c = &deps.clients;
     let size = probe.total_len;
-    let ranges = (0..size.div_ceil(PART_BYTES)).map(|i| {
-        let start = i * PART_BYTES;
-        (start, (start + PART_BYTES).min(size) - 1)
+    let (mut decoder, from) = match Decoder::resume_at(probe, start.offset) {
+        Some(d) if start.offset > 0 => (d, start.offset),
+        _ => (Decoder::new(probe), 0),
+    };
+    let ranges = (from / PART_BYTES..size.div_ceil(PART_BYTES)).map(|i| {
+        let first = i * PART_BYTES;
+        (first, (first + PART_BYTES).min(size) - 1)
     });
+    // Each part read If-Match the ETag the checkpoint names: never two objects in one snapshot.
+    let etag = up.info.etag.clone();
     let mut parts = stream::iter(ranges)
-        .map(|(start, end)| {
+        .map(|(first, last)| {
             let s3 = c.s3.clone();
             let object = up.object.clone();
-            let etag = up.info.etag.clone();
+            let etag = etag.clone();
             tokio::spawn(async move {
-                s3::get_range(&s3, &object, &format!("{start}-{end}"), etag.as_deref()).await
+                s3::get_range(&s3, &object, &format!("{first}-{last}"), etag.as_deref()).await
             })
         })
         .buffered(READ_PARTS);
+    transfer.blocks_resumed = start.written.changed_blocks_count();
     let mut ctx = Puts {
         ebs: c.ebs.clone(),
         snapshot_id: snapshot_id.to_owned(),
         uri: up.object.uri(),
         set: JoinSet::new(),
-        linear: LinearChecksum::new(),
+        linear: start.written.clone(),
+        before: start.written,
     };
-    let mut decoder = Decoder::new(probe);
+    let mut pushed = from;
     while let Some(part) = parts.next().await {
         if !deadline.may_start() {
-            return Err(WriteError::Aws(ctx.error(
-                ErrorKind::Other,
-                format!(
-                    "the Lambda deadline is near after {} of {size} bytes; a redelivered event continues (same snapshot)",
-                    transfer.bytes_read
-                ),
-            )));
+            // Let the writes in flight answer: then every block written is in `linear`.
+            while let Some(done) = ctx.set.join_next().await {
+                ctx.record(done)?;
+            }
+            let resume_offset = Decoder::resume_at(probe, pushed).map_or(0, |_| pushed);
+            return Err(WriteError::Stopped {
+                resume_offset,
+                written: ctx.linear,
+            });
         }
-        let part = part
-            .map_err(|e| WriteError::Aws(ctx.error(ErrorKind::Other, e.to_string())))?
-            .map_err(WriteError::Aws)?;
+        let part = match part {
+            Ok(Ok(part)) => part,
+            Ok(Err(e)) => return Err(WriteError::Aws(e)),
+            Err(e) => return Err(WriteError::Aws(ctx.error(ErrorKind::Other, e.to_string()))),
+        };
         transfer.bytes_read += part.len() as u64;
+        pushed += part.len() as u64;
         decoder.push(&part).map_err(WriteError::BadInput)?;
         ctx.drain(&mut decoder, transfer).await?;
     }
@@ -355,6 +600,8 @@ struct Puts {
     uri: String,
     set: JoinSet<Result<(u32, BlockChecksum), AwsError>>,
     linear: LinearChecksum,
+    /// The blocks an earlier invocation wrote (the checkpoint): not written again.
+    before: LinearChecksum,
 }
 
 impl Puts {
@@ -378,6 +625,19 @@ impl Puts {
         transfer: &mut Transfer,
     ) -> Result<(), WriteError> {
         while let Some(block) = decoder.next_block().map_err(WriteError::BadInput)? {
+            if let Some(listed) = self.before.get(block.index) {
+                // Written by an earlier invocation: read again, it must be the same block.
+                if BlockChecksum::of(&block.data) != listed {
+                    return Err(WriteError::Changed(format!(
+                        "block {} (disk offset {}) of {} differs from the one an earlier invocation wrote to {}",
+                        block.index,
+                        block.offset(),
+                        self.uri,
+                        self.snapshot_id
+                    )));
+                }
+                continue;
+            }
             // Not encrypted: an unwritten block reads as zeros. An encrypted snapshot's
             // unwritten block does not (awslabs/coldsnap#395): its zero blocks are written.
             if block.is_zero && !transfer.encrypted {

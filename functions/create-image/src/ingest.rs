@@ -130,6 +130,7 @@ pub(crate) async fn try_ingest(
         format,
         spec: &spec,
         token: &token,
+        overrides: &item.overrides,
     };
     let fallback_reason = match fast::try_fast(deps, up, now, deadline).await? {
         Ok(outcome) => return Ok(outcome),

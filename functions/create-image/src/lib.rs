@@ -18,11 +18,13 @@
 mod abandoned;
 mod announce;
 mod config;
+mod continuation;
 mod event;
 mod fast;
 mod handler;
 mod ingest;
 mod output;
+mod progress;
 mod register;
 mod sweep;
 

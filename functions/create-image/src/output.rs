@@ -45,6 +45,15 @@ pub enum IngestOutcome {
         /// that made it did not (it stopped, or SNS refused, between RegisterImage and it).
         announced: bool,
     },
+    /// Another invocation holds the lease on this upload's snapshot and is writing it: it
+    /// completes the snapshot, or checkpoints it for the next delivery or the sweep. Nothing
+    /// written by this one.
+    InProgress {
+        /// The object.
+        object: String,
+        /// The snapshot being written.
+        snapshot_id: String,
+    },
     /// A newer version of the key exists; its own event imports it.
     Superseded {
         /// The object.
@@ -77,8 +86,11 @@ pub struct Transfer {
     pub bytes_read: u64,
     /// Size of the virtual disk in bytes.
     pub virtual_size: u64,
-    /// Blocks written with PutSnapshotBlock (ChangedBlocksCount).
+    /// Blocks written with PutSnapshotBlock by this invocation.
     pub blocks_written: u64,
+    /// Blocks earlier invocations wrote to the snapshot (its checkpoint), not written again;
+    /// ChangedBlocksCount is `blocks_written + blocks_resumed`.
+    pub blocks_resumed: u64,
     /// All-zero blocks not written (the snapshot is not encrypted, so they read as zeros).
     pub zero_blocks_skipped: u64,
     /// Whether the snapshot is encrypted (`KMS_KEY_ARN`, or the account's EBS encryption by
@@ -106,6 +118,9 @@ pub enum StepAction {
     /// Ingest again an upload whose fast-path snapshot ended in error (the `task_id` is the
     /// snapshot's id).
     Resume,
+    /// Continue the write of a pending fast-path snapshot from its checkpoint, or refuse it
+    /// when its object changed (the `task_id` is the snapshot's id).
+    Continue,
     /// Nothing to do yet.
     Skip,
 }
@@ -120,6 +135,7 @@ impl StepAction {
             StepAction::ReportFailure => "report-failure",
             StepAction::WarnStale => "warn-stale",
             StepAction::Resume => "resume",
+            StepAction::Continue => "continue",
             StepAction::Skip => "skip",
         }
     }

@@ -1,10 +1,12 @@
 //! The sweep: plan over the pipeline's import tasks and execute each step (announce, report a
 //! failure, warn about a slow import); then ingest again the fast-path uploads whose snapshot
-//! ended in error with no event left to retry them ([`crate::abandoned`]).
+//! ended in error with no event left to retry them ([`crate::abandoned`]), and continue the
+//! pending ones that stopped near a deadline with a checkpoint ([`crate::continuation`]).
 
 use crate::abandoned;
 use crate::announce::registered_message;
 use crate::config::Deps;
+use crate::continuation;
 use crate::ingest::{failed_message, tag_object};
 use crate::output::{StepAction, StepReport, SweepReport};
 use crate::register::register;
@@ -80,6 +82,18 @@ pub async fn sweep(
         Err(e) => steps.push(StepReport {
             task_id: "-".into(),
             action: StepAction::Resume,
+            result: e.to_string(),
+            failed: true,
+        }),
+    }
+    match continuation::continue_pending(deps, now, deadline).await {
+        Ok((continued, later)) => {
+            steps.extend(continued);
+            deferred += later;
+        }
+        Err(e) => steps.push(StepReport {
+            task_id: "-".into(),
+            action: StepAction::Continue,
             result: e.to_string(),
             failed: true,
         }),

@@ -63,7 +63,16 @@ pub async fn get_range(
         .map_err(|e| {
             AwsError::from_sdk("s3:GetObject", obj.uri(), e).in_region(s3.config().region())
         })?;
-    let bytes = out.body.collect().await.map_err(|e| AwsError {
+    collect(s3, obj, out.body).await
+}
+
+/// The body of a GetObject answer.
+async fn collect(
+    s3: &Client,
+    obj: &ObjectRef,
+    body: aws_sdk_s3::primitives::ByteStream,
+) -> Result<Vec<u8>, AwsError> {
+    let bytes = body.collect().await.map_err(|e| AwsError {
         region: s3.config().region().map(ToString::to_string),
         operation: "s3:GetObject",
         resource: obj.uri(),
@@ -72,6 +81,50 @@ pub async fn get_range(
         message: format!("reading the body failed: {e}"),
     })?;
     Ok(bytes.into_bytes().to_vec())
+}
+
+/// GetObject of a whole (small) object: its bytes and its ETag (quotes removed).
+pub async fn get_object(s3: &Client, obj: &ObjectRef) -> Result<(Vec<u8>, String), AwsError> {
+    let out = s3
+        .get_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .set_version_id(obj.version_id.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("s3:GetObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
+    let etag = out.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+    Ok((collect(s3, obj, out.body).await?, etag))
+}
+
+/// PutObject of `body` (replacing what is there).
+pub async fn put_object(s3: &Client, obj: &ObjectRef, body: Vec<u8>) -> Result<(), AwsError> {
+    s3.put_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .content_type("application/octet-stream")
+        .body(body.into())
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("s3:PutObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
+    Ok(())
+}
+
+/// DeleteObject (a key that does not exist is no error: S3 answers 204 either way).
+pub async fn delete_object(s3: &Client, obj: &ObjectRef) -> Result<(), AwsError> {
+    s3.delete_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("s3:DeleteObject", obj.uri(), e).in_region(s3.config().region())
+        })?;
+    Ok(())
 }
 
 /// GetObjectTagging.

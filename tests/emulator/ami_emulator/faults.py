@@ -18,13 +18,15 @@ A rule (``POST /ami-pipeline-emulator/faults``) names the account, the service (
 name: ``ec2``, ``s3``, ``sns``, ``sts``, ``ebs``, ``sqs``, ``events``, ...), optionally the
 action, the HTTP status, the error code and message, how many times it fires (``count``; null =
 until cleared) and optionally a ``resource`` substring that must occur in the request (path,
-query string, body or Host header, raw or URL-decoded), a ``principal`` substring that must
+query string, body, Host or Range header, raw or URL-decoded), a ``principal`` substring that must
 occur in the caller's role ARN (STS AssumeRole credentials; plain keys have none), and a
 ``probability`` (0..1) with which a matching request is failed, drawn from the rule's own
 ``random.Random(seed)`` so that a seeded rule fails the same n-th matching requests on every run
 (transient faults at a rate, as a chaos test needs them). The first live rule that matches a
 request and fires answers it in place of moto: the request never reaches moto, so it has no
-side effect. A rule whose draw says "pass" lets the next rule have its turn.
+side effect. A rule whose draw says "pass" lets the next rule have its turn. A rule with
+``delay_seconds`` adds latency: the request is held that long, then answered with the rule's
+error, or, when the rule has no ``code``, served by moto as usual (the later rules are not tried).
 
 How a request is attributed (the same rules moto uses, so a fault follows the account moto
 serves):
@@ -57,6 +59,7 @@ import random
 import secrets
 import sys
 import threading
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -82,7 +85,10 @@ RULE_FIELDS = (
     "principal",
     "probability",
     "seed",
+    "delay_seconds",
 )
+# Longest a latency rule may hold a request (the SDKs' default read timeouts are 60 s or more).
+MAX_DELAY_SECONDS = 30.0
 
 _QUERY_XMLNS = {
     "sns": "https://sns.amazonaws.com/doc/2010-03-31/",
@@ -110,6 +116,7 @@ class FaultRule:
     principal: str | None = None
     probability: float = 1.0
     seed: int = 0
+    delay_seconds: float | None = None
     fired: int = 0
     matched: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
@@ -153,6 +160,7 @@ class FaultRule:
             "principal": self.principal,
             "probability": self.probability,
             "seed": self.seed,
+            "delay_seconds": self.delay_seconds,
             "matched": self.matched,
             "fired": self.fired,
             "remaining": None if self.count is None else max(0, self.count - self.fired),
@@ -195,6 +203,15 @@ def _probability(value: Any) -> float:
     return number
 
 
+def _delay(value: Any) -> float | None:
+    """``delay_seconds``: null, or a number of seconds in (0, MAX_DELAY_SECONDS]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_DELAY_SECONDS:
+        raise ValueError(f"delay_seconds must be a number of seconds above 0 and at most {MAX_DELAY_SECONDS:g}")
+    return float(value)
+
+
 def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
     """Validate ``payload`` (the POST body) and add the rule. ValueError for bad input."""
     unknown = set(payload) - set(RULE_FIELDS)
@@ -203,8 +220,11 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
     service = payload.get("service")
     if not isinstance(service, str) or not service.strip():
         raise ValueError("missing field 'service' (moto's service name: ec2, s3, sns, sts, ...)")
+    delay = _delay(payload.get("delay_seconds"))
     code = payload.get("code")
-    if not isinstance(code, str) or not code.strip():
+    if delay is not None and code is None:
+        code = ""  # a latency rule: the request is held, then served by moto
+    elif not isinstance(code, str) or not code.strip():
         raise ValueError("missing field 'code' (the AWS error code, e.g. UnauthorizedOperation)")
     status = 400 if payload.get("status") is None else _int(payload["status"], "status")
     if not 400 <= status <= 599:
@@ -214,7 +234,7 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         raise ValueError("count must be >= 1 or null (until cleared)")
     message = payload.get("message")
     if message is None:
-        message = f"{code.strip()} (fault injected by ami-pipeline-emulator)"
+        message = f"{code.strip()} (fault injected by ami-pipeline-emulator)" if code else ""
     elif not isinstance(message, str):
         raise ValueError("message must be a string")
     probability = _probability(payload.get("probability"))
@@ -232,6 +252,7 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         principal=_optional_text(payload, "principal"),
         probability=probability,
         seed=seed,
+        delay_seconds=delay,
     )
     with _LOCK:
         _RULES.setdefault(account_id, []).append(rule)
@@ -498,6 +519,8 @@ def _haystack(environ: dict[str, Any], body: bytes) -> list[str]:
         text,
         unquote_plus(text),
         environ.get("HTTP_HOST", ""),
+        # S3 ranged reads differ only in this header (GetObject "Range", RFC 9110 14.2).
+        environ.get("HTTP_RANGE", ""),
     ]
 
 
@@ -654,6 +677,12 @@ def fault_gate(ctx: gates.RequestContext) -> Response | None:
     rule = _fire(ctx.account, ctx.service, ctx.action, _haystack(ctx.environ, ctx.body()), principal)
     if rule is None:
         return None
+    if rule.delay_seconds is not None:
+        # Latency: hold the request (this server thread only; the server is threaded), then
+        # answer the rule's error, or, without a code, let moto serve it.
+        time.sleep(rule.delay_seconds)
+        if not rule.code:
+            return None
     return fault_response(rule, ctx.service, ctx.method)
 
 
