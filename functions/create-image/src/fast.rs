@@ -207,9 +207,29 @@ pub(crate) async fn run(
             }
             Err(WriteError::Aws(e)) => {
                 // A concurrent duplicate event may have completed the snapshot while this one
-                // was still writing (the same blocks): then register it, else report the error.
-                if !completed_by_another(deps, &id).await {
-                    return Err(e);
+                // was still writing (the same blocks), or an earlier delivery completed it and
+                // stopped (the same ClientToken answers the same snapshot, and the
+                // DescribeSnapshots above did not list it yet): then register it, else report
+                // the error.
+                match completed_by_another(deps, &id).await {
+                    Seen::Completed => {}
+                    Seen::NotCompleted => return Err(e),
+                    Seen::NotListed => {
+                        // Eventually consistent: "if you run a command to modify or describe
+                        // the resource that you just created, its ID might not have propagated
+                        // throughout the system" (EC2 Developer Guide, "Eventual
+                        // consistency"). Whether it is completed is unknown: a transient
+                        // failure, so the event is retried rather than the upload reported
+                        // failed (image.failed) over a snapshot that may be complete.
+                        return Err(AwsError {
+                            kind: ErrorKind::Other,
+                            message: format!(
+                                "{}; snapshot {id} is not listed yet (DescribeSnapshots is eventually consistent), the retry looks again",
+                                e.message
+                            ),
+                            ..e
+                        });
+                    }
                 }
                 info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
                 transfer.reused = true;
@@ -220,12 +240,23 @@ pub(crate) async fn run(
     register(deps, &up, &snapshot_id, transfer, now).await
 }
 
-/// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
-async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> bool {
-    matches!(
-        ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await,
-        Ok(s) if s.state.as_deref() == Some("completed")
-    )
+/// What DescribeSnapshots shows of a snapshot the upload's token started.
+enum Seen {
+    /// `completed` (by a concurrent duplicate event, or an earlier delivery of the upload).
+    Completed,
+    /// Listed and not completed, or the call failed.
+    NotCompleted,
+    /// `InvalidSnapshot.NotFound`: not listed yet.
+    NotListed,
+}
+
+/// Whether the snapshot is `completed` (by another delivery of the same upload).
+async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> Seen {
+    match ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await {
+        Ok(s) if s.state.as_deref() == Some("completed") => Seen::Completed,
+        Err(e) if e.is_not_found() => Seen::NotListed,
+        _ => Seen::NotCompleted,
+    }
 }
 
 /// The decoder's name of a format, for the output.
