@@ -214,17 +214,14 @@ pub(crate) async fn run(
                 match completed_by_another(deps, &id).await {
                     Seen::Completed => {}
                     Seen::NotCompleted => return Err(e),
-                    Seen::NotListed => {
-                        // Eventually consistent: "if you run a command to modify or describe
-                        // the resource that you just created, its ID might not have propagated
-                        // throughout the system" (EC2 Developer Guide, "Eventual
-                        // consistency"). Whether it is completed is unknown: a transient
-                        // failure, so the event is retried rather than the upload reported
-                        // failed (image.failed) over a snapshot that may be complete.
+                    Seen::Unknown(why) => {
+                        // Whether it is completed is unknown: a transient failure, so the event
+                        // is retried rather than the upload reported failed (image.failed) over
+                        // a snapshot that may be complete.
                         return Err(AwsError {
                             kind: ErrorKind::Other,
                             message: format!(
-                                "{}; snapshot {id} is not listed yet (DescribeSnapshots is eventually consistent), the retry looks again",
+                                "{}; snapshot {id} {why}, the retry looks again",
                                 e.message
                             ),
                             ..e
@@ -244,18 +241,24 @@ pub(crate) async fn run(
 enum Seen {
     /// `completed` (by a concurrent duplicate event, or an earlier delivery of the upload).
     Completed,
-    /// Listed and not completed, or the call failed.
+    /// Listed, and not completed.
     NotCompleted,
-    /// `InvalidSnapshot.NotFound`: not listed yet.
-    NotListed,
+    /// Not known: why (not listed yet, or the call failed).
+    Unknown(String),
 }
 
 /// Whether the snapshot is `completed` (by another delivery of the same upload).
 async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> Seen {
     match ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await {
         Ok(s) if s.state.as_deref() == Some("completed") => Seen::Completed,
-        Err(e) if e.is_not_found() => Seen::NotListed,
-        _ => Seen::NotCompleted,
+        Ok(_) => Seen::NotCompleted,
+        // Eventually consistent: "if you run a command to modify or describe the resource that
+        // you just created, its ID might not have propagated throughout the system" (EC2
+        // Developer Guide, "Eventual consistency").
+        Err(e) if e.is_not_found() => {
+            Seen::Unknown("is not listed yet (DescribeSnapshots is eventually consistent)".into())
+        }
+        Err(e) => Seen::Unknown(format!("could not be looked at ({e})")),
     }
 }
 
