@@ -597,6 +597,9 @@ impl Run {
     async fn phase_publish(&mut self) {
         let msgs = self.take_messages();
         let mut deliveries = self.message_deliveries(&msgs, 1500);
+        // Under the lag an image registered just now is not listed yet: wait it out, so that
+        // every upload registered by now gets its copies watched and its derived image.
+        self.wait_out_lag().await;
         let sources = self.sources().await;
         let ctx = self.watch_context();
         let mut rng = self.rng.fork();
