@@ -160,6 +160,12 @@ impl AwsError {
             }
             other => (None, describe_chain(other)),
         };
+        // A HEAD request's error has no body, so neither code nor message (S3 API reference,
+        // "Error responses": HEAD responses carry no body): the status is all there is to say.
+        let message = match (&code, message.is_empty(), status) {
+            (None, true, Some(status)) => format!("HTTP status {status}, no error body"),
+            (_, _, _) => message,
+        };
         AwsError {
             operation,
             resource: resource.into(),
@@ -259,6 +265,25 @@ mod tests {
                 "code {code:?} status {status:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_error_without_code_or_message_names_its_status() {
+        use aws_sdk_s3::operation::head_object::HeadObjectError;
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let status = StatusCode::try_from(499u16).unwrap_or_else(|e| panic!("{e}"));
+        let err = SdkError::service_error(
+            HeadObjectError::generic(ErrorMetadata::builder().build()),
+            Response::new(status, SdkBody::empty()),
+        );
+        let e = AwsError::from_sdk("s3:GetObject", "s3://b/k", err);
+        assert_eq!(e.code, None);
+        assert_eq!(
+            e.to_string(),
+            "s3:GetObject on s3://b/k failed: HTTP status 499, no error body"
+        );
     }
 
     #[test]

@@ -355,3 +355,91 @@ def test_bad_delays_are_rejected(account, delay):
     status, body = account.control("faults", {"account_id": account.id, "service": "s3", "delay_seconds": delay})
     assert status == 400, body
     assert "delay_seconds must be a number of seconds above 0 and at most 30" in json.dumps(body)
+# ---------------------------------------------------------------------------------------------
+# after: true -- the request takes effect, then the fault answers ("the response was lost")
+# ---------------------------------------------------------------------------------------------
+
+CRASH = {"status": 400, "code": "InvocationCrashed",
+         "message": "the call took effect; the invocation stops here (chaos harness)"}
+
+
+def test_after_fault_on_create_tags_fails_the_call_but_the_tag_is_written(account):
+    ec2 = account.client("ec2", config=NO_RETRY)
+    snapshot_id = make_snapshot(ec2, 1)
+    rule = _add(account, service="ec2", action="CreateTags", after=True, **CRASH)
+    assert rule["after"] is True
+
+    with aws_error("InvocationCrashed", CRASH["message"]) as error:
+        ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": "stage", "Value": "written"}])
+    assert error["Code"] == "InvocationCrashed"
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])} == {"stage": "written"}
+    assert _rules(account)[rule["id"]]["fired"] == 1
+
+
+def test_after_fault_on_register_image_fails_but_the_image_exists_and_a_retry_is_a_duplicate(account):
+    ec2 = account.client("ec2", config=NO_RETRY)
+    snapshot_id = make_snapshot(ec2, 1)
+    _add(account, service="ec2", action="RegisterImage", count=1, after=True, status=500,
+         code="InternalError", message="An internal error has occurred.")
+
+    with aws_error("InternalError", "An internal error has occurred."):
+        register(ec2, "lost-answer", snapshot_id)
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["lost-answer"]}])["Images"]
+    assert [i["Name"] for i in images] == ["lost-answer"]
+    # The caller's retry of the same call (what an SDK does after a lost 5xx answer).
+    with aws_error("InvalidAMIName.Duplicate"):
+        register(ec2, "lost-answer", snapshot_id)
+
+
+def test_after_fault_on_sns_publish_fails_but_the_subscriber_gets_the_message(account):
+    sns, sqs = account.client("sns", config=NO_RETRY), account.client("sqs")
+    topic = sns.create_topic(Name="after-topic")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="after-queue")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    rule = _add(account, service="sns", action="Publish", after=True, **CRASH)
+
+    with aws_error("InvocationCrashed"):
+        sns.publish(TopicArn=topic, Message="delivered anyway")
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in messages] == ["delivered anyway"]
+    assert _rules(account)[rule["id"]]["fired"] == 1
+
+
+def test_after_fault_on_conditional_put_writes_the_object_and_the_retry_gets_412(account):
+    bucket = account.bucket()
+    _add(account, service="s3", action="PutObject", count=1, after=True, status=503, code="SlowDown",
+         message="Please reduce your request rate.")
+    s3 = account.client("s3", config=NO_RETRY)
+
+    with aws_error("SlowDown"):
+        s3.put_object(Bucket=bucket, Key="claims/lost", Body=b"first writer", IfNoneMatch="*")
+    assert s3.get_object(Bucket=bucket, Key="claims/lost")["Body"].read() == b"first writer"
+    with aws_error("PreconditionFailed"):
+        s3.put_object(Bucket=bucket, Key="claims/lost", Body=b"first writer", IfNoneMatch="*")
+
+
+def test_after_false_keeps_the_request_from_reaching_moto(account):
+    ec2 = account.client("ec2", config=NO_RETRY)
+    snapshot_id = make_snapshot(ec2, 1)
+    rule = _add(account, service="ec2", action="CreateTags", after=False, **CRASH)
+    assert rule["after"] is False
+
+    with aws_error("InvocationCrashed"):
+        ec2.create_tags(Resources=[snapshot_id], Tags=[{"Key": "stage", "Value": "written"}])
+    snapshot = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]
+    assert snapshot.get("Tags", []) == []
+    # The default is false too.
+    status, body = account.control(f"faults?account_id={account.id}", method="DELETE")
+    assert status == 200, body
+    assert _add(account, service="ec2", code="X")["after"] is False
+
+
+def test_after_must_be_a_boolean(account):
+    for bad in ("yes", 1, 0):
+        status, body = account.control("faults", {"account_id": account.id, "service": "ec2", "code": "X",
+                                                  "after": bad})
+        assert status == 400, (bad, body)
+        assert "after must be true or false" in json.dumps(body), body
+    assert _rules(account) == {}

@@ -16,6 +16,9 @@ async fn a_small_chaos_run_keeps_every_invariant() {
         // announcement trips a reported open bug (README, "Chaos"), which a CI run must not
         // hit by chance. `scripts/chaos` injects them.
         unretried: false,
+        crash_rate: 0.0,
+        lost_rate: 0.0,
+        lag_seconds: 0.0,
         seed: 15,
         runs: 1,
         fault_rounds: 1,

@@ -301,10 +301,26 @@ async fn write_leased(
             return Ok(Some(Ok(replaced_while_read(deps, up, id).await)));
         }
         Err(WriteError::Aws(e)) => {
-            // A concurrent duplicate event may have completed the snapshot while this one
-            // was still writing (the same blocks): then register it, else report the error.
-            if !completed_by_another(deps, id).await {
-                return Err(e);
+            // A concurrent duplicate event may have completed the snapshot while this one was
+            // still writing (the same blocks), or an earlier delivery completed it and stopped
+            // (the same ClientToken answers the same snapshot, and DescribeSnapshots did not
+            // list it yet): then register it, else report the error.
+            match completed_by_another(deps, id).await {
+                Seen::Completed => {}
+                Seen::NotCompleted => return Err(e),
+                Seen::Unknown(why) => {
+                    // Whether it is completed is unknown: a transient failure, so the event is
+                    // retried rather than the upload reported failed (image.failed) over a
+                    // snapshot that may be complete.
+                    return Err(AwsError {
+                        kind: ErrorKind::Other,
+                        message: format!(
+                            "{}; snapshot {id} {why}, the retry looks again",
+                            e.message
+                        ),
+                        ..e
+                    });
+                }
             }
             info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
             transfer.reused = true;
@@ -328,12 +344,29 @@ async fn replaced_while_read(deps: &Deps, up: &Upload<'_>, snapshot_id: &str) ->
     }
 }
 
-/// Whether the snapshot is `completed` (by a concurrent duplicate event of the same upload).
-async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> bool {
-    matches!(
-        ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await,
-        Ok(s) if s.state.as_deref() == Some("completed")
-    )
+/// What DescribeSnapshots shows of a snapshot the upload's token started.
+enum Seen {
+    /// `completed` (by a concurrent duplicate event, or an earlier delivery of the upload).
+    Completed,
+    /// Listed, and not completed.
+    NotCompleted,
+    /// Not known: why (not listed yet, or the call failed).
+    Unknown(String),
+}
+
+/// Whether the snapshot is `completed` (by another delivery of the same upload).
+async fn completed_by_another(deps: &Deps, snapshot_id: &str) -> Seen {
+    match ec2::describe_snapshot(&deps.clients.ec2, snapshot_id).await {
+        Ok(s) if s.state.as_deref() == Some("completed") => Seen::Completed,
+        Ok(_) => Seen::NotCompleted,
+        // Eventually consistent: "if you run a command to modify or describe the resource that
+        // you just created, its ID might not have propagated throughout the system" (EC2
+        // Developer Guide, "Eventual consistency").
+        Err(e) if e.is_not_found() => {
+            Seen::Unknown("is not listed yet (DescribeSnapshots is eventually consistent)".into())
+        }
+        Err(e) => Seen::Unknown(format!("could not be looked at ({e})")),
+    }
 }
 
 /// Deletes the refused snapshot (never completed) and its checkpoint, and rejects the upload.

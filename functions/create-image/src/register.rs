@@ -140,11 +140,15 @@ pub(crate) async fn register_named(
             }
             OnDuplicate::Fail(message) => return Ok(Registered::Refused(message)),
             OnDuplicate::HolderNotVisible => {
+                // Transient (`Other`), not `Conflict`: the holder shows once DescribeImages
+                // catches up, and then the retry adopts it or takes another name. As a conflict
+                // the fast path reported the upload failed (image.failed) when its own earlier
+                // delivery had registered the image and stopped before announcing it.
                 return Err(AwsError {
                     region: Some(c.region.clone()),
                     operation: "ec2:RegisterImage",
                     resource: name,
-                    kind: ErrorKind::Conflict,
+                    kind: ErrorKind::Other,
                     code: e.code.clone(),
                     message: "the name is taken but no image holding it is listed yet (DescribeImages is eventually consistent); the next sweep retries".into(),
                 });

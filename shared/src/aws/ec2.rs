@@ -734,30 +734,56 @@ pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsE
     Ok(())
 }
 
-/// Waits (the SDK's `SnapshotCompleted` waiter, DescribeSnapshots until `completed`) at most
-/// `max`; fails when the snapshot ends in `error` or the time runs out.
+/// Waits until the snapshot is `completed`, at most `max` (DescribeSnapshots, as the SDK's
+/// `SnapshotCompleted` waiter polls it: success on `completed`, failure on `error`); fails when
+/// the snapshot ends in `error` or the time runs out. `InvalidSnapshot.NotFound` counts as "not
+/// visible yet", not as a failure: the caller has just created the snapshot, and "if you run a
+/// command to modify or describe the resource that you just created, its ID might not have
+/// propagated throughout the system, and you will get an error responding that the resource
+/// does not exist" (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
+/// The SDK's waiter has no acceptor for that error and gives up at once.
 pub async fn wait_snapshot_completed(
     ec2: &Client,
     snapshot_id: &str,
     max: std::time::Duration,
 ) -> Result<(), AwsError> {
-    use aws_sdk_ec2::client::Waiters;
-    ec2.wait_until_snapshot_completed()
-        .snapshot_ids(snapshot_id)
-        .wait(max)
-        .await
-        .map_err(|e| AwsError {
-            region: ec2.config().region().map(ToString::to_string),
-            operation: "ec2:DescribeSnapshots",
-            resource: snapshot_id.to_owned(),
-            kind: crate::error::ErrorKind::Other,
-            code: None,
-            message: format!(
-                "waiting at most {} s for the snapshot to be completed: {e:?}",
-                max.as_secs()
-            ),
-        })?;
-    Ok(())
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(500);
+    let failed = |message: String| AwsError {
+        region: ec2.config().region().map(ToString::to_string),
+        operation: "ec2:DescribeSnapshots",
+        resource: snapshot_id.to_owned(),
+        kind: crate::error::ErrorKind::Other,
+        code: None,
+        message,
+    };
+    loop {
+        let state = match describe_snapshot(ec2, snapshot_id).await {
+            Ok(s) => s.state,
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        match state.as_deref() {
+            Some("completed") => return Ok(()),
+            Some("error") => {
+                return Err(failed(
+                    "the snapshot is in the error state, it will not complete".into(),
+                ));
+            }
+            _ => {}
+        }
+        if started.elapsed() + pause > max {
+            return Err(failed(format!(
+                "waited {} s for the snapshot to be completed; it is {}",
+                max.as_secs(),
+                state.as_deref().unwrap_or("not listed yet")
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        // The SDK's waiter backs off up to 120 s; a fast-path snapshot completes within
+        // seconds of CompleteSnapshot, so polls stay short.
+        pause = (pause * 2).min(std::time::Duration::from_secs(15));
+    }
 }
 
 /// What CopyImage needs (the client is the destination region's).

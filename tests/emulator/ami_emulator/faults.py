@@ -28,6 +28,15 @@ side effect. A rule whose draw says "pass" lets the next rule have its turn. A r
 ``delay_seconds`` adds latency: the request is held that long, then answered with the rule's
 error, or, when the rule has no ``code``, served by moto as usual (the later rules are not tried).
 
+A rule with ``after: true`` fires *after* the request took effect: moto serves the request first
+(the image is registered, the tag written, the SNS message delivered to its subscribers, the S3
+object written), its answer is read to the end and dropped, and the rule's error is sent instead,
+whatever moto answered. That is the caller's view when the response is lost on the way back
+(a connection reset or timeout after the server acted; AWS: "a request that times out or fails
+may still have succeeded", https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html)
+or when the caller crashes right after its call: with a retried 5xx the SDK repeats a call that
+already took effect, with a non-retried 4xx the caller sees a failure of a call that happened.
+
 How a request is attributed (the same rules moto uses, so a fault follows the account moto
 serves):
 
@@ -63,7 +72,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, unquote_plus
 from xml.sax.saxutils import escape
 
@@ -86,6 +95,7 @@ RULE_FIELDS = (
     "probability",
     "seed",
     "delay_seconds",
+    "after",
 )
 # Longest a latency rule may hold a request (the SDKs' default read timeouts are 60 s or more).
 MAX_DELAY_SECONDS = 30.0
@@ -117,6 +127,7 @@ class FaultRule:
     probability: float = 1.0
     seed: int = 0
     delay_seconds: float | None = None
+    after: bool = False
     fired: int = 0
     matched: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
@@ -161,6 +172,7 @@ class FaultRule:
             "probability": self.probability,
             "seed": self.seed,
             "delay_seconds": self.delay_seconds,
+            "after": self.after,
             "matched": self.matched,
             "fired": self.fired,
             "remaining": None if self.count is None else max(0, self.count - self.fired),
@@ -237,6 +249,11 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         message = f"{code.strip()} (fault injected by ami-pipeline-emulator)" if code else ""
     elif not isinstance(message, str):
         raise ValueError("message must be a string")
+    after = payload.get("after", False)
+    if after is None:
+        after = False
+    if not isinstance(after, bool):
+        raise ValueError("after must be true or false")
     probability = _probability(payload.get("probability"))
     seed = secrets.randbits(32) if payload.get("seed") is None else _int(payload["seed"], "seed")
     rule = FaultRule(
@@ -253,6 +270,7 @@ def add_rule(account_id: str, payload: dict[str, Any]) -> FaultRule:
         probability=probability,
         seed=seed,
         delay_seconds=delay,
+        after=after,
     )
     with _LOCK:
         _RULES.setdefault(account_id, []).append(rule)
@@ -539,7 +557,10 @@ def _protocol(service: str) -> str:
 
 
 def fault_response(rule: FaultRule, service: str, method: str) -> Response:
-    return error_response(service, method, rule.status, rule.code, rule.message)
+    """The rule's error answer; for an ``after`` rule marked so that the middleware lets moto
+    serve the request first (``gates.after_moto``)."""
+    response = error_response(service, method, rule.status, rule.code, rule.message)
+    return gates.after_moto(response) if rule.after else response
 
 
 def error_response(service: str, method: str, status: int, error_code: str, error_message: str) -> Response:
@@ -615,8 +636,28 @@ class FaultMiddleware:
                 traceback.print_exc(file=sys.stderr)
                 response = None
             if response is not None:
+                if gates.served_first(response):
+                    self._serve_and_discard(environ)
                 return response(environ, start_response)
         return self.app(environ, start_response)
+
+    def _serve_and_discard(self, environ: dict[str, Any]) -> None:
+        """Let moto serve the request (its side effect happens) and drop its answer: the status
+        and headers go nowhere, the body is read to the end and the iterable closed, as a WSGI
+        server would (PEP 3333, "the server must call close()"). The gates that read the body put
+        it back in ``wsgi.input`` (``RequestContext.body``), so moto reads it whole."""
+
+        def discard_start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+            return lambda data: None
+
+        result = self.app(environ, discard_start_response)
+        try:
+            for _ in result:
+                pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
 
     def _service(self, environ: dict[str, Any], body: bytes | None) -> str | None:
         path = environ.get("PATH_INFO", "")  # as moto's get_application passes it

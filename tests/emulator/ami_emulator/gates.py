@@ -11,7 +11,10 @@ then asks the gates, in a fixed order, whether one of them answers it instead of
 The order is AWS's as far as it is observable: a throttled request is refused before it is
 looked at; a malformed request is refused whatever the caller may do; authorization comes
 before the operation runs. A gate is ``fn(ctx) -> Response | None``; the first non-None answer
-is sent and the request never reaches moto (no side effect). Modules register their gate with
+is sent and the request never reaches moto (no side effect) -- unless the answer is marked with
+``after_moto``: then the middleware lets moto serve the request first (its side effect happens),
+drops moto's answer and sends the gate's (``faults`` rules with ``after: true``; see
+``served_first``). Modules register their gate with
 ``register(name, fn)`` when they are installed; unknown names are refused so the order stays
 explicit here.
 
@@ -108,6 +111,22 @@ class RequestContext:
     def param(self, name: str) -> str | None:
         values = self.params().get(name)
         return values[0] if values else None
+
+
+# Attribute on a gate's Response: moto serves the request first, then this answer replaces moto's.
+_SERVE_FIRST_ATTR = "ami_emulator_serve_first"
+
+
+def after_moto(response: Response) -> Response:
+    """Mark a gate's answer as one sent *after* moto served the request (the request takes
+    effect, moto's answer is dropped, this one is sent instead)."""
+    setattr(response, _SERVE_FIRST_ATTR, True)
+    return response
+
+
+def served_first(response: Response) -> bool:
+    """Whether the middleware must let moto serve the request before sending ``response``."""
+    return bool(getattr(response, _SERVE_FIRST_ATTR, False))
 
 
 def register(name: str, gate: Callable[[RequestContext], Response | None]) -> None:

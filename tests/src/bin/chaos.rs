@@ -1,16 +1,22 @@
-//! The chaos harness (issue #15): `chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S]
-//! [--runs R] [--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]`. Needs the emulator
+//! The chaos harness (issue #15): `chaos [--uploads N] [--dup K] [--fault-rate P]
+//! [--crash-rate P] [--lost-rate P] [--lag S] [--seed S] [--runs R] [--fault-rounds F]
+//! [--max-rounds M] [--retried-only] [--strict]`. Needs the emulator
 //! (`AWS_ENDPOINT_URL`, or it starts one); `scripts/chaos` sets everything up. Prints each
 //! run's figures and invariants; exits 1 if an invariant failed, 2 on bad arguments.
 
 use std::process::ExitCode;
 use support::chaos::{self, Options};
 
-const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--seed S] [--runs R] \
-[--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]
+const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--crash-rate P] \
+[--lost-rate P] [--lag S] [--seed S] [--runs R] [--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]
   --uploads N       uploads per run (default 8): raw, VHD, VMDK and 2 GiB VMDK (ImportSnapshot) in turn
   --dup K           deliveries of every event (default 3), shuffled, late, concurrent
   --fault-rate P    share of the functions' AWS calls answered with a transient error (default 0.1)
+  --crash-rate P    share of their calls that take effect, then fail with an error the SDK does not
+                    retry (InvocationCrashed): the invocation stops after a call that happened (default 0)
+  --lost-rate P     share of their calls that take effect, then answer a 500 the SDK retries: the
+                    call is repeated (default 0)
+  --lag S           EC2 eventual consistency of S seconds while the pipeline runs under faults (default 0)
   --seed S          seed of the first run (default: from the clock, printed); run n uses S+n
   --runs R          runs, each in its own account (default 1)
   --retried-only    only faults the SDK retries (not SNS Publish's Throttled, 429, which reaches the function)
@@ -44,6 +50,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             v.parse::<usize>()
                 .map_err(|_| format!("{flag}: {v:?} is not a whole number"))
         };
+        let rate = |v: &str| -> Result<f64, String> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=0.9).contains(p))
+                .ok_or_else(|| format!("{flag}: {v:?} is not a number from 0 to 0.9"))
+        };
         match flag.as_str() {
             "--uploads" => o.uploads = int(value)?.max(1),
             "--dup" => o.dup = int(value)?.max(1),
@@ -51,13 +63,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--fault-rounds" => o.fault_rounds = int(value)?,
             "--max-rounds" => o.max_rounds = int(value)?.max(1),
             "--seed" => o.seed = int(value)? as u64,
-            "--fault-rate" => {
-                o.fault_rate = value
+            "--fault-rate" => o.fault_rate = rate(value)?,
+            "--crash-rate" => o.crash_rate = rate(value)?,
+            "--lost-rate" => o.lost_rate = rate(value)?,
+            "--lag" => {
+                o.lag_seconds = value
                     .parse::<f64>()
                     .ok()
-                    .filter(|p| (0.0..=0.9).contains(p))
+                    .filter(|s| (0.0..=30.0).contains(s))
                     .ok_or_else(|| {
-                        format!("--fault-rate: {value:?} is not a number from 0 to 0.9")
+                        format!("--lag: {value:?} is not a number of seconds from 0 to 30")
                     })?;
             }
             other => return Err(format!("unknown argument {other}")),

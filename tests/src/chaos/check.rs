@@ -96,6 +96,9 @@ pub struct Figures {
     pub rounds_needed: usize,
     /// Cleanup's rounds.
     pub cleanup_rounds: usize,
+    /// With crashes or lost responses: SNS calls that took effect and then failed (the extra
+    /// raw messages allowed).
+    pub after_fired_sns: Option<u64>,
 }
 
 /// The outcome of one run.
@@ -441,6 +444,14 @@ fn announcements(run: &Run, inv: &Inventory, strict: bool, v: &mut Verdict) {
         e.1.insert(key);
         e.2.push(m.phase.clone());
     }
+    // After a crash or a lost response, announcements are at least once (with one dedup_key):
+    // an SNS Publish that took effect and then failed is sent again by the retry. Extra raw
+    // messages are allowed up to the number of such faults fired on SNS (the functions' only
+    // SNS call is Publish); everything else stays exactly once.
+    let after_faults = run.mode.rates().after();
+    let allowed = run.after_fired("sns");
+    let mut all_dups = Vec::new();
+    let mut total_excess = 0;
     for t in ANNOUNCED {
         let mut a = Announced::default();
         let mut missing = Vec::new();
@@ -473,11 +484,14 @@ fn announcements(run: &Run, inv: &Inventory, strict: bool, v: &mut Verdict) {
                 ));
             }
         }
+        total_excess += a.excess;
         v.figures.announced.insert(t, a);
         v.check(&format!("every upload's AMI announced {t}"), missing);
         v.check(&format!("one dedup_key per ({t}, image)"), keys);
         let invariant = format!("exactly one {t} per image (raw messages)");
-        if KNOWN_OPEN.contains(&t) && !strict {
+        if after_faults {
+            all_dups.extend(dups);
+        } else if KNOWN_OPEN.contains(&t) && !strict {
             v.checked
                 .push(format!("{invariant} [known open: counted, not failed]"));
             if !dups.is_empty() {
@@ -489,6 +503,24 @@ fn announcements(run: &Run, inv: &Inventory, strict: bool, v: &mut Verdict) {
         } else {
             v.check(&invariant, dups);
         }
+    }
+    if after_faults {
+        v.figures.after_fired_sns = Some(allowed);
+        let evidence = if total_excess as u64 > allowed {
+            let mut e = vec![format!(
+                "{total_excess} raw messages beyond one per (type, image), {allowed} SNS calls took effect and failed (crash or lost response)"
+            )];
+            e.extend(all_dups);
+            e
+        } else {
+            Vec::new()
+        };
+        v.check(
+            &format!(
+                "raw messages beyond one per (type, image) ({total_excess}) at most the SNS Publish calls that took effect and failed ({allowed})"
+            ),
+            evidence,
+        );
     }
     v.check(
         "no announcement about an image that is not an upload's AMI",

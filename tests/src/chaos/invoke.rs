@@ -71,6 +71,9 @@ pub struct FunStats {
     pub samples: Vec<String>,
     /// Failed attempts whose error is not an injected fault (a race, a denial, a bug).
     pub uninjected: usize,
+    /// Failed attempts whose error is the function's own "not listed yet" under `--lag`
+    /// (counted apart: the injected lag at work).
+    pub lag_induced: usize,
     /// The first few of those, as evidence.
     pub uninjected_samples: Vec<String>,
 }
@@ -107,6 +110,7 @@ pub struct Fns {
     cleanup: Vec<cleanup::Deps>,
     next: AtomicUsize,
     stats: Mutex<BTreeMap<Fun, FunStats>>,
+    lagged: bool,
 }
 
 /// One function's environment as a lookup.
@@ -124,12 +128,14 @@ async fn copies<F: UnderTest>(acct: &TestAccount, env: &Env, bucket: &str, n: us
 }
 
 impl Fns {
-    /// `n` copies of each function in `acct`, configured with `envs`.
+    /// `n` copies of each function in `acct`, configured with `envs`; `lagged`: the run turns
+    /// EC2's eventual consistency on (`--lag`).
     pub async fn new(
         acct: &TestAccount,
         envs: &BTreeMap<Fun, Env>,
         bucket: &str,
         n: usize,
+        lagged: bool,
     ) -> Arc<Fns> {
         let env = |f: Fun| envs.get(&f).cloned().unwrap_or_default();
         Arc::new(Fns {
@@ -139,6 +145,7 @@ impl Fns {
             cleanup: copies(acct, &env(Fun::Cleanup), bucket, n).await,
             next: AtomicUsize::new(0),
             stats: Mutex::new(BTreeMap::new()),
+            lagged,
         })
     }
 
@@ -195,7 +202,9 @@ impl Fns {
                     if s.samples.len() < 5 {
                         s.samples.push(last.clone());
                     }
-                    if !super::faults::injected(&last) {
+                    if self.lagged && super::faults::lag_induced(&last) {
+                        s.lag_induced += 1;
+                    } else if !super::faults::injected(&last) {
                         s.uninjected += 1;
                         if s.uninjected_samples.len() < 5 {
                             s.uninjected_samples.push(last.clone());

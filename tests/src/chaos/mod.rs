@@ -17,6 +17,7 @@ pub mod rng;
 pub mod scenario;
 
 use check::Verdict;
+use faults::Kind;
 use pipeline::{Mode, Run};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +35,14 @@ pub struct Options {
     /// Faults the SDK does not retry (SNS Publish `Throttled`, 429) are among them; false with
     /// `--retried-only`.
     pub unretried: bool,
+    /// Share of the functions' AWS calls that take effect and then fail with an error the SDK
+    /// does not retry (`--crash-rate`): the invocation stops after a call that happened.
+    pub crash_rate: f64,
+    /// Share of the functions' AWS calls that take effect and whose answer is lost (a 500 the
+    /// SDK retries, so it repeats a call that happened) (`--lost-rate`).
+    pub lost_rate: f64,
+    /// EC2 eventual consistency (seconds) during the pipeline phases (`--lag`; 0: off).
+    pub lag_seconds: f64,
     /// The first run's seed (`--seed`); run `n` uses `seed + n`.
     pub seed: u64,
     /// Runs (`--runs`).
@@ -54,6 +63,9 @@ impl Default for Options {
             dup: 3,
             fault_rate: 0.1,
             unretried: true,
+            crash_rate: 0.0,
+            lost_rate: 0.0,
+            lag_seconds: 0.0,
             seed: 1,
             runs: 1,
             fault_rounds: 2,
@@ -72,10 +84,16 @@ pub struct RunSummary {
     pub verdict: Verdict,
     /// Faults fired / the functions' calls.
     pub faults: (u64, u64),
+    /// Faults fired per kind.
+    pub per_kind: BTreeMap<Kind, u64>,
+    /// Invocations run (attempts, Lambda's retries included) until the pipeline converged.
+    pub invocations: usize,
     /// Events dead-lettered (all three attempts failed).
     pub dead_lettered: usize,
     /// Failed invocations whose error was not an injected fault.
     pub uninjected: usize,
+    /// Failed invocations that were the functions' "not listed yet" under the lag.
+    pub lag_induced: usize,
     /// Wall time.
     pub wall: Duration,
 }
@@ -100,7 +118,7 @@ impl Summary {
 /// through `print` as it goes; returns the outcomes.
 pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
     print(&format!(
-        "== chaos: {} run(s) from seed {}, {} uploads, each event x{}, fault rate {}{}, {} round(s) under faults{}",
+        "== chaos: {} run(s) from seed {}, {} uploads, each event x{}, fault rate {}{}, crash rate {}, lost-response rate {}, EC2 lag {} s, {} round(s) under faults{}",
         opts.runs,
         opts.seed,
         opts.uploads,
@@ -111,6 +129,9 @@ pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
         } else {
             " (retried only)"
         },
+        opts.crash_rate,
+        opts.lost_rate,
+        opts.lag_seconds,
         opts.fault_rounds,
         if opts.strict { ", strict" } else { "" }
     ));
@@ -137,6 +158,9 @@ pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
             dup: opts.dup,
             fault_rate: opts.fault_rate,
             unretried: opts.unretried,
+            crash_rate: opts.crash_rate,
+            lost_rate: opts.lost_rate,
+            lag_seconds: opts.lag_seconds,
             concurrent: true,
             fault_rounds: opts.fault_rounds,
             max_rounds: opts.max_rounds,
@@ -150,7 +174,9 @@ pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
             .values()
             .fold((0, 0), |a, (calls, fired)| (a.0 + fired, a.1 + calls));
         let dead_lettered = r.stats().values().map(|s| s.dead_lettered).sum();
+        let invocations = r.stats().values().map(|s| s.attempts).sum();
         let uninjected = r.stats().values().map(|s| s.uninjected).sum();
+        let lag_induced = r.stats().values().map(|s| s.lag_induced).sum();
         let wall = r
             .timings
             .iter()
@@ -161,8 +187,11 @@ pub async fn run(opts: &Options, print: &mut dyn FnMut(&str)) -> Summary {
             seed,
             verdict,
             faults,
+            per_kind: r.faults_per_kind(),
+            invocations,
             dead_lettered,
             uninjected,
+            lag_induced,
             wall,
         });
     }
@@ -191,12 +220,15 @@ pub fn render_run(r: &Run, v: &Verdict) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n== run seed={} (account {}): {} uploads, each event x{}, fault rate {}",
+        "\n== run seed={} (account {}): {} uploads, each event x{}, fault rate {}, crash rate {}, lost-response rate {}, EC2 lag {} s",
         r.seed,
         r.acct.account_id,
         r.uploads.len(),
         r.mode.dup,
-        r.mode.fault_rate
+        r.mode.fault_rate,
+        r.mode.crash_rate,
+        r.mode.lost_rate,
+        r.mode.lag_seconds
     );
     let _ = writeln!(s, "figures:");
     let times: Vec<String> = r
@@ -222,6 +254,13 @@ pub fn render_run(r: &Run, v: &Verdict) -> String {
             st.attempts - st.events,
             st.dead_lettered
         );
+        if st.lag_induced > 0 {
+            let _ = writeln!(
+                s,
+                "    {} of the failures are the function's own \"not listed yet\" under the EC2 lag (the event retried)",
+                st.lag_induced
+            );
+        }
         if st.uninjected > 0 {
             let _ = writeln!(
                 s,
@@ -236,7 +275,11 @@ pub fn render_run(r: &Run, v: &Verdict) -> String {
     let per_code: Vec<String> = r
         .fault_figures()
         .iter()
-        .map(|((svc, code), (_, fired))| format!("{svc} {code} {fired}"))
+        .filter(|(_, (_, fired))| *fired > 0)
+        .map(|((svc, code, kind), (_, fired))| match kind {
+            Kind::Transient => format!("{svc} {code} {fired}"),
+            _ => format!("{svc} {code} {fired} ({} after the call)", kind.name()),
+        })
         .collect();
     let per_service: Vec<String> = r
         .fault_calls()
@@ -257,6 +300,17 @@ pub fn render_run(r: &Run, v: &Verdict) -> String {
         },
         per_service.join(", "),
         per_code.join(", ")
+    );
+    let kinds = r.faults_per_kind();
+    let _ = writeln!(
+        s,
+        "  faults by kind: {}; invocations: {}",
+        Kind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.name(), kinds.get(k).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.stats().values().map(|s| s.attempts).sum::<usize>()
     );
     let _ = writeln!(s, "  AMIs per upload: {}", histogram(&f.amis_per_upload));
     let _ = writeln!(
@@ -404,6 +458,19 @@ pub fn render_summary(sum: &Summary) -> String {
         .iter()
         .fold((0, 0), |a, r| (a.0 + r.faults.0, a.1 + r.faults.1));
     let dead: usize = sum.runs.iter().map(|r| r.dead_lettered).sum();
+    let mut invocations: Vec<usize> = sum.runs.iter().map(|r| r.invocations).collect();
+    invocations.sort_unstable();
+    let kinds: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| {
+            let n: u64 = sum
+                .runs
+                .iter()
+                .map(|r| r.per_kind.get(k).copied().unwrap_or(0))
+                .sum();
+            format!("{} {n}", k.name())
+        })
+        .collect();
     let wall: Duration = sum.runs.iter().map(|r| r.wall).sum();
     let _ = writeln!(
         s,
@@ -421,12 +488,20 @@ pub fn render_summary(sum: &Summary) -> String {
     );
     let _ = writeln!(
         s,
-        "  faults fired: {fired} of {drawn} function calls; events dead-lettered: {dead}"
+        "  faults fired: {fired} of {drawn} function calls ({}); events dead-lettered: {dead}",
+        kinds.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "  invocations to converge (Lambda's retries included): median {}, max {}",
+        invocations.get(n / 2).copied().unwrap_or(0),
+        invocations.last().copied().unwrap_or(0)
     );
     let uninjected: usize = sum.runs.iter().map(|r| r.uninjected).sum();
     let _ = writeln!(
         s,
-        "  invocations failed without an injected fault: {uninjected}"
+        "  invocations failed without an injected fault: {uninjected}; failed by the functions' own \"not listed yet\" under the EC2 lag: {}",
+        sum.runs.iter().map(|r| r.lag_induced).sum::<usize>()
     );
     for t in check::ANNOUNCED {
         let (dup_runs, images, extra) = sum.runs.iter().fold((0, 0, 0), |a, r| {

@@ -6,7 +6,7 @@
 //! runs) on a backdated family; then the schedules until nothing changes. The fault-free
 //! reference is the same code with one delivery of each event, one at a time, in order.
 
-use super::faults::Faults;
+use super::faults::{Faults, Kind, Rates};
 use super::invoke::{Clock, Delivered, Delivery, Env, Fns, Fun, run_all};
 use super::observe::{Inventory, Key, observer};
 use super::rng::Rng;
@@ -32,6 +32,14 @@ pub struct Mode {
     pub fault_rate: f64,
     /// Faults the SDK does not retry are among them (SNS `Throttled`; not `--retried-only`).
     pub unretried: bool,
+    /// Share of the functions' calls that take effect and then fail the invocation
+    /// (`--crash-rate`).
+    pub crash_rate: f64,
+    /// Share of the functions' calls that take effect and whose answer is lost, so the SDK
+    /// repeats them (`--lost-rate`).
+    pub lost_rate: f64,
+    /// EC2 eventual consistency during the pipeline phases, in seconds (`--lag`; 0: off).
+    pub lag_seconds: f64,
     /// Concurrent, shuffled, late deliveries (false: the in-order reference).
     pub concurrent: bool,
     /// Schedule rounds that still run under faults before they stop (`--fault-rounds`).
@@ -47,9 +55,21 @@ impl Mode {
             dup: 1,
             fault_rate: 0.0,
             unretried: false,
+            crash_rate: 0.0,
+            lost_rate: 0.0,
+            lag_seconds: 0.0,
             concurrent: false,
             fault_rounds: 0,
             max_rounds,
+        }
+    }
+
+    /// The fault rates of each kind.
+    pub fn rates(&self) -> Rates {
+        Rates {
+            transient: self.fault_rate,
+            crash: self.crash_rate,
+            lost: self.lost_rate,
         }
     }
 }
@@ -243,8 +263,16 @@ impl Run {
         // their announcements.
         let state = crate::roles::state_bucket_name(&acct.account_id);
         acct.bucket(&state, false).await;
-        let fns = Fns::new(&acct, &envs(&topic, &state), &bucket, mode.dup.min(3)).await;
-        let faults = Faults::new(&acct, mode.fault_rate, seed, mode.unretried);
+        let lagged = mode.lag_seconds > 0.0;
+        let fns = Fns::new(
+            &acct,
+            &envs(&topic, &state),
+            &bucket,
+            mode.dup.min(3),
+            lagged,
+        )
+        .await;
+        let faults = Faults::new(&acct, mode.rates(), seed, mode.unretried);
         let mut run = Run {
             mode,
             seed,
@@ -320,7 +348,8 @@ impl Run {
     /// Runs every phase; the run's record is in `self`.
     pub async fn execute(&mut self) {
         let started = Instant::now();
-        self.faults.set(self.mode.fault_rate > 0.0);
+        self.faults.set(true);
+        self.set_lag(true);
         let t = Instant::now();
         self.phase_create().await;
         self.collect("create-image").await;
@@ -347,13 +376,38 @@ impl Run {
         self.lap("total", started);
     }
 
+    /// EC2 eventual consistency for the run's account on (`lag_seconds`, if any) or off. Off,
+    /// every read sees the current state at once (the emulator's lag is a view of the past),
+    /// so the harness's quiet rounds and end-state reads never see stale state.
+    fn set_lag(&mut self, on: bool) {
+        if self.mode.lag_seconds <= 0.0 {
+            return;
+        }
+        let lag = if on { self.mode.lag_seconds } else { 0.0 };
+        self.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/consistency",
+            Some(json!({"lag_seconds": lag})),
+        );
+    }
+
     fn lap(&mut self, name: &str, since: Instant) {
         self.timings.push((name.to_owned(), since.elapsed()));
     }
 
-    /// The fault rules' figures: (service, code) → (matched, fired).
-    pub fn fault_figures(&self) -> BTreeMap<(String, String), (u64, u64)> {
+    /// The fault rules' figures: (service, code, kind) → (matched, fired).
+    pub fn fault_figures(&self) -> BTreeMap<(String, String, Kind), (u64, u64)> {
         self.faults.figures()
+    }
+
+    /// Faults fired per kind.
+    pub fn faults_per_kind(&self) -> BTreeMap<Kind, u64> {
+        self.faults.per_kind()
+    }
+
+    /// Faults fired after the call took effect (crashes, lost responses) on `service`.
+    pub fn after_fired(&self, service: &str) -> u64 {
+        self.faults.after_fired(service)
     }
 
     /// The functions' calls and the faults fired per service: service → (calls, fired).
@@ -543,6 +597,9 @@ impl Run {
     async fn phase_publish(&mut self) {
         let msgs = self.take_messages();
         let mut deliveries = self.message_deliveries(&msgs, 1500);
+        // Under the lag an image registered just now is not listed yet: wait it out, so that
+        // every upload registered by now gets its copies watched and its derived image.
+        self.wait_out_lag().await;
         let sources = self.sources().await;
         let ctx = self.watch_context();
         let mut rng = self.rng.fork();
@@ -636,11 +693,21 @@ impl Run {
     /// cleanup's first runs, `dup` of them at once, under faults: they deprecate the stale
     /// images of the backdated family (deregistration waits `GRACE_DAYS`).
     async fn phase_deprecate(&mut self) {
+        self.wait_out_lag().await;
         self.before_cleanup = Inventory::read(&self.acct, &regions()).await;
         let n = self.mode.dup;
         let runs = self.schedules(Fun::Cleanup, "cleanup-daily", n, 500);
         self.deliver(runs, Clock::real()).await;
+        self.wait_out_lag().await;
         self.after_deprecate = Inventory::read(&self.acct, &regions()).await;
+    }
+
+    /// With a lag on, waits it out, so that a read sees everything done before the call (the
+    /// evidence the checks compare must not be stale).
+    async fn wait_out_lag(&self) {
+        if self.mode.lag_seconds > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(self.mode.lag_seconds + 0.2)).await;
+        }
     }
 
     /// The schedules (create-image sweep, tag-lineage schedule, publish schedule), round after
@@ -649,8 +716,15 @@ impl Run {
     /// without inputs changes nothing, sends nothing and leaves nothing in flight.
     async fn converge(&mut self) {
         for round in 1..=self.mode.max_rounds {
-            let faults = self.mode.fault_rate > 0.0 && round <= self.mode.fault_rounds;
+            let faults = self.mode.rates().any() && round <= self.mode.fault_rounds;
             self.faults.set(faults);
+            // No lag in the rounds: they run on a clock 15 minutes apart from S3's, so a claim
+            // (shared::claim, aged by S3's LastModified) made by one invocation of a round looks
+            // stale to another of the same round, and with the announcement's record (a tag)
+            // not listed yet the other takes it over and announces again: a duplicate AWS
+            // would not make (there the claim is seconds old, held). The rounds that decide
+            // convergence, and every inventory the checks read, see the current state.
+            self.set_lag(false);
             let minutes = ROUND_PERIOD_MINUTES * round as i64;
             let clock = Clock::later(chrono::Duration::minutes(minutes));
             let msgs = self.take_messages();
@@ -695,7 +769,7 @@ impl Run {
     /// (faults off) until a run changes nothing.
     async fn phase_remove(&mut self) {
         let later = chrono::Duration::days(GRACE_DAYS + 1);
-        self.faults.set(self.mode.fault_rate > 0.0);
+        self.faults.set(true);
         let n = self.mode.dup;
         let runs = self.schedules(Fun::Cleanup, "cleanup-daily", n, 500);
         self.deliver(runs, Clock::later(later)).await;
