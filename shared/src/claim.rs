@@ -15,7 +15,8 @@
 //! - a holder whose send fails releases its claim ([`Claims::release`]) before it returns the
 //!   error, so the retry of its event (or another delivery) claims and sends again;
 //! - an invocation that stops between its claim and its record leaves a claim that never gets
-//!   a record: once the claim is older than [`STALE_AFTER`], a caller that still finds no record
+//!   a record: once the claim is older than [`STALE_AFTER`] (by the `claimed_at` it carries, on
+//!   the callers' clock, not S3's LastModified), a caller that still finds no record
 //!   takes it over with a PutObject `If-Match` on the ETag it read (two takers cannot both win)
 //!   and announces — so a crash delays an announcement, it never loses or doubles it.
 //!
@@ -82,11 +83,23 @@ impl Claims {
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
         }
-        let held = s3::head_object(s3, &obj).await?;
-        let age = held.last_modified.map_or(Duration::zero(), |t| now - t);
-        let Some(etag) = held.etag.filter(|_| age >= STALE_AFTER) else {
-            return Ok(Claim::Held { age });
+        // The claim's age by the `claimed_at` it carries, on the callers' clock (the same clock
+        // every caller judges staleness by), not by S3's LastModified. A claim without a
+        // readable `claimed_at` (never written so by this code) is treated as stale.
+        let (bytes, etag) = match s3::get_object(s3, &obj).await {
+            Ok(held) => held,
+            // Released meanwhile: the next delivery claims it.
+            Err(e) if e.is_not_found() => {
+                return Ok(Claim::Held {
+                    age: Duration::zero(),
+                });
+            }
+            Err(e) => return Err(e),
         };
+        let age = claimed_at(&bytes).map_or(STALE_AFTER, |t| now - t);
+        if age < STALE_AFTER {
+            return Ok(Claim::Held { age });
+        }
         // The holder stopped before recording its announcement: take the claim over, against
         // the ETag read, so that of several takers one wins.
         match s3::put_if(s3, &obj, body(), Condition::Is(&format!("\"{etag}\""))).await {
@@ -174,6 +187,14 @@ impl Claims {
 pub fn digest(text: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text.as_bytes()))[..16].to_owned()
+}
+
+/// The `claimed_at` a claim object's body carries.
+fn claimed_at(body: &[u8]) -> Option<DateTime<Utc>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    DateTime::parse_from_rfc3339(v.get("claimed_at")?.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A conditional write that lost to another writer.

@@ -672,7 +672,10 @@ async fn a_claim_whose_holder_stopped_is_taken_over_after_ten_minutes() {
         .put(
             &state,
             &format!("claims/image.ready/{EAST}/{image}"),
-            b"{}".to_vec(),
+            // As a holder writes it (shared::claim): its age is read from `claimed_at`.
+            json!({"claimed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)})
+                .to_string()
+                .into_bytes(),
             &[],
         )
         .await;

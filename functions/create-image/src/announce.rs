@@ -8,10 +8,13 @@
 //! failed) between RegisterImage and its announcement no longer loses `image.registered`.
 
 use crate::config::Deps;
-use chrono::{DateTime, Utc};
+use crate::output::{StepAction, StepReport};
+use chrono::{DateTime, Duration, Utc};
+use shared::aws::ec2;
 use shared::claim::Claim;
+use shared::deadline::Deadline;
 use shared::error::AwsError;
-use shared::model::Image;
+use shared::model::{Image, Select};
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage;
 use shared::plan::upload::UploadMethod;
@@ -85,4 +88,60 @@ pub(crate) async fn repair(
         info!(image_id = %image.id, "image.registered had not been sent for this upload; sent now");
     }
     Ok(sent)
+}
+
+/// How far back the sweep looks for fast-path images whose `image.registered` was never
+/// recorded as sent ([`repair_recent`]).
+pub(crate) const REPAIR_WINDOW_HOURS: i64 = 24;
+
+/// The sweep's part: a fast-path invocation that stopped between its claim and its send leaves
+/// a claim and no record, and the deliveries that come back while the claim is fresh send
+/// nothing (another invocation seems to be sending). Nothing would come back once the claim is
+/// stale, so the sweep looks at this region's fast-path images registered in the last
+/// [`REPAIR_WINDOW_HOURS`] and sends, under the claim, each one's lost `image.registered`
+/// ([`repair`]). One step per image it sent for, or could not look at.
+pub(crate) async fn repair_recent(
+    deps: &Deps,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Result<Vec<StepReport>, AwsError> {
+    if !deps.config.claims.enabled() {
+        return Ok(Vec::new());
+    }
+    let images = ec2::describe_own_images(
+        &deps.clients.ec2,
+        &[
+            Select::tag(lineage::MANAGED, ["true"]),
+            Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
+        ],
+    )
+    .await?;
+    let since = now - Duration::hours(REPAIR_WINDOW_HOURS);
+    let mut steps = Vec::new();
+    for image in images {
+        let created = image
+            .creation_date
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        // A copy carries its source's tags (CopyImageTags); only the upload's own image.
+        if image.source_image_id.is_some() || created.is_none_or(|t| t < since) {
+            continue;
+        }
+        if !deadline.may_start() {
+            break;
+        }
+        let result = match repair(deps, &image, now).await {
+            Ok(false) => continue,
+            Ok(true) => Ok("image.registered had not been sent; sent now".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        steps.push(StepReport {
+            task_id: image.id.clone(),
+            action: StepAction::Announce,
+            failed: result.is_err(),
+            result: result.unwrap_or_else(|e| e),
+        });
+    }
+    Ok(steps)
 }

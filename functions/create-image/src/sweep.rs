@@ -4,7 +4,7 @@
 //! pending ones that stopped near a deadline with a checkpoint ([`crate::continuation`]).
 
 use crate::abandoned;
-use crate::announce::registered_message;
+use crate::announce::{self, registered_message};
 use crate::config::Deps;
 use crate::continuation;
 use crate::ingest::{failed_message, tag_object};
@@ -74,7 +74,31 @@ pub async fn sweep(
         .await;
     let mut deferred = steps.iter().filter(|s| s.is_none()).count();
     let mut steps: Vec<StepReport> = steps.into_iter().flatten().collect();
-    match abandoned::resume(deps, &tasks, now, deadline).await {
+    let (more, later) = loose_ends(deps, &tasks, now, deadline).await;
+    steps.extend(more);
+    deferred += later;
+    steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    Ok(SweepReport {
+        tasks_seen: tasks.len(),
+        steps,
+        deferred,
+    })
+}
+
+/// The fast path's loose ends, after the import tasks: uploads whose snapshot AWS cancelled
+/// with no event left to retry them ([`abandoned::resume`]), images whose `image.registered`
+/// was never recorded as sent ([`announce::repair_recent`]), and writes stopped by a deadline
+/// with no delivery left to continue them ([`continuation::continue_pending`]). Returns their
+/// steps and how many were left for the next run (the deadline).
+async fn loose_ends(
+    deps: &Deps,
+    tasks: &[shared::model::ImportTask],
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> (Vec<StepReport>, usize) {
+    let mut steps = Vec::new();
+    let mut deferred = 0;
+    match abandoned::resume(deps, tasks, now, deadline).await {
         Ok((resumed, later)) => {
             steps.extend(resumed);
             deferred += later;
@@ -82,6 +106,15 @@ pub async fn sweep(
         Err(e) => steps.push(StepReport {
             task_id: "-".into(),
             action: StepAction::Resume,
+            result: e.to_string(),
+            failed: true,
+        }),
+    }
+    match announce::repair_recent(deps, now, deadline).await {
+        Ok(repaired) => steps.extend(repaired),
+        Err(e) => steps.push(StepReport {
+            task_id: "-".into(),
+            action: StepAction::Announce,
             result: e.to_string(),
             failed: true,
         }),
@@ -98,12 +131,7 @@ pub async fn sweep(
             failed: true,
         }),
     }
-    steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    Ok(SweepReport {
-        tasks_seen: tasks.len(),
-        steps,
-        deferred,
-    })
+    (steps, deferred)
 }
 
 pub(crate) fn action_name(a: &SweepAction) -> StepAction {
