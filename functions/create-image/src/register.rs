@@ -34,7 +34,24 @@ pub(crate) async fn register(
         report_failure(deps, task_id, &why, None, now).await?;
         return Ok(why);
     }
-    let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id).await?;
+    let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id)
+        .await
+        .map_err(|e| {
+            if e.is_not_found() {
+                // Just tagged, so it exists: EC2's reads lag (Developer Guide, "Eventual
+                // consistency"). A transient failure: the next sweep registers it.
+                AwsError {
+                    kind: ErrorKind::Other,
+                    message: format!(
+                        "{} (not listed yet: DescribeSnapshots is eventually consistent; the next sweep retries)",
+                        e.message
+                    ),
+                    ..e
+                }
+            } else {
+                e
+            }
+        })?;
     let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
         Ok(size) => size,
         Err(message) => return fail(deps, task_id, reg, message, now).await,
