@@ -149,6 +149,11 @@ def load_template(path: Path) -> dict:
     return yaml.load(path.read_text(), Loader=Loader)
 
 
+# `!Ref AWS::NoValue`: CloudFormation removes the property it is the value of (AWS
+# CloudFormation User Guide, "Pseudo parameters reference": AWS::NoValue).
+NO_VALUE = object()
+
+
 class TemplateEnv:
     def __init__(self, template: dict, resources: dict[str, str]):
         self.t = template
@@ -161,6 +166,8 @@ class TemplateEnv:
         if isinstance(v, dict) and len(v) == 1:
             (k, a), = v.items()
             if k == "Ref":
+                if a == "AWS::NoValue":
+                    return NO_VALUE
                 if a in self.params:
                     return self.params[a]
                 if a in self.resources:
@@ -187,7 +194,8 @@ class TemplateEnv:
     def function_env(self, logical_id: str) -> dict[str, str]:
         fn = self.t["Resources"][logical_id]["Properties"]
         variables = fn.get("Environment", {}).get("Variables", {})
-        return {k: self.value(v) for k, v in variables.items()}
+        values = {k: self.value(v) for k, v in variables.items()}
+        return {k: v for k, v in values.items() if v is not NO_VALUE}
 
 
 # ---------------------------------------------------------------------------------------------
