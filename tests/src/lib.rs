@@ -526,6 +526,23 @@ impl TestAccount {
         }
     }
 
+    /// The keys under `prefix` in `bucket` (one page, up to 1,000: the tests' buckets are small).
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {bucket}/{prefix}: {e:?}"));
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
     /// Uploads `body` with user metadata; returns (etag, version id).
     pub async fn put(
         &self,

@@ -980,6 +980,117 @@ async fn a_vmdk_write_stopped_by_the_deadline_is_continued_by_the_sweep() {
     stop_and_continue("vmdk", Next::Sweep, "VMDK stream-optimized").await;
 }
 
+/// A writer that crashes (Lambda kills it: its future is dropped mid-write, nothing released)
+/// leaves its lease and its starting checkpoint. A redelivery while the lease holds writes
+/// nothing and answers `in-progress`; the sweep leaves a leased snapshot alone; once the lease
+/// has expired ([`create_image`]'s 16 minutes), the sweep takes it over, writes the rest,
+/// completes the snapshot (the emulator checks the LINEAR aggregate and the block count) and
+/// registers it: content equal to the disk, one snapshot, one AMI, one `image.registered`.
+#[tokio::test]
+async fn a_crashed_writers_lease_holds_off_redeliveries_and_the_sweep_takes_it_over_once_expired() {
+    let w = world_with_claims().await;
+    let key = "lease/disk.raw";
+    let raw = noisy_disk(40, 11);
+    w.acct.put(&w.bucket, key, raw.clone(), &[]).await;
+    // The third part's read hangs; the invocation is killed while it waits.
+    w.acct
+        .inject_fault(json!({"service": "s3", "action": "GetObject",
+        "resource": format!("bytes={}-", 2 * PART), "delay_seconds": SLOW_SECONDS, "count": 1}));
+    let started = chrono::Utc::now();
+    let killed = tokio::time::timeout(
+        std::time::Duration::from_secs(4),
+        create_image::handle(ingest_of(&w, key), &w.deps, started, support::deadline()),
+    )
+    .await;
+    assert!(killed.is_err(), "the write was still running: {killed:?}");
+    w.acct.clear_faults();
+    let pending =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["pending"])])
+            .await
+            .expect("snapshots");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let snapshot_id = pending[0].id.clone();
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    let leases: Vec<String> = w
+        .acct
+        .list_keys(&state, "progress/")
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".lease"))
+        .collect();
+    assert_eq!(
+        leases.len(),
+        1,
+        "the killed writer's lease is left: {leases:?}"
+    );
+
+    // Blocks already sent by the killed invocation have landed by now.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = blocks_put(&w);
+    let soon = started + chrono::Duration::minutes(1);
+    let again = create_image::handle(ingest_of(&w, key), &w.deps, soon, support::deadline())
+        .await
+        .expect("the redelivery");
+    assert!(
+        matches!(&again.ingested[0], IngestOutcome::InProgress { snapshot_id: s, .. } if *s == snapshot_id),
+        "{again:?}"
+    );
+    let sweep = create_image::handle(
+        create_image::Command::Sweep,
+        &w.deps,
+        soon,
+        support::deadline(),
+    )
+    .await
+    .expect("sweep while leased");
+    assert!(steps_of(&sweep, "continue").is_empty(), "{sweep:?}");
+    assert_eq!(
+        blocks_put(&w),
+        before,
+        "nothing written while the lease holds"
+    );
+
+    let expired = started + create_image::LEASE + chrono::Duration::minutes(1);
+    let sweep = create_image::handle(
+        create_image::Command::Sweep,
+        &w.deps,
+        expired,
+        support::deadline(),
+    )
+    .await
+    .expect("sweep after the lease expired");
+    let steps = steps_of(&sweep, "continue");
+    assert_eq!(steps.len(), 1, "{sweep:?}");
+    assert_eq!(steps[0].task_id, snapshot_id);
+    assert!(
+        steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    let snap = ec2::describe_snapshot(&w.acct.clients.ec2, &snapshot_id)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state.as_deref(), Some("completed"));
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(
+        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
+        "the snapshot's content differs from the raw disk"
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    let leases_left: Vec<String> = w.acct.list_keys(&state, "progress/").await;
+    assert!(
+        leases_left.is_empty(),
+        "lease and checkpoint removed: {leases_left:?}"
+    );
+}
+
 /// The object replaced between the stopped invocation and the sweep: the pending snapshot
 /// holds blocks of the old content, so it is refused (deleted, never completed); the new
 /// content, delivered by its own event, becomes the image.

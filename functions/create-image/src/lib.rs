@@ -32,5 +32,6 @@ pub use config::{Config, DEFAULT_VARS, Deps};
 pub use event::{Command, IngestItem};
 pub use handler::handle;
 pub use output::{IngestOutcome, Output, StepAction, StepReport, SweepReport, Transfer};
+pub use progress::LEASE;
 pub use shared::invocation::InvocationError;
 pub use sweep::sweep;

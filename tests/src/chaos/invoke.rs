@@ -111,6 +111,28 @@ pub struct Fns {
     next: AtomicUsize,
     stats: Mutex<BTreeMap<Fun, FunStats>>,
     lagged: bool,
+    log: Option<Mutex<std::fs::File>>,
+}
+
+/// `CHAOS_LOG_DIR`: when set, every attempt of every function (its event, its output or its
+/// error) is appended as a JSON line to `<dir>/seed-<seed>-<account>.jsonl` (the fault-free reference runs in an account of its own), the evidence for a failed
+/// invariant (the handlers' `tracing` output is not kept).
+pub const LOG_DIR_VAR: &str = "CHAOS_LOG_DIR";
+
+fn open_log(seed: u64, account: &str) -> Option<Mutex<std::fs::File>> {
+    let dir = std::env::var_os(LOG_DIR_VAR)?;
+    let dir = std::path::PathBuf::from(dir);
+    let path = dir.join(format!("seed-{seed}-{account}.jsonl"));
+    let file = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+    });
+    match file {
+        Ok(f) => Some(Mutex::new(f)),
+        Err(e) => panic!("{LOG_DIR_VAR}: cannot open {}: {e}", path.display()),
+    }
 }
 
 /// One function's environment as a lookup.
@@ -136,6 +158,7 @@ impl Fns {
         bucket: &str,
         n: usize,
         lagged: bool,
+        seed: u64,
     ) -> Arc<Fns> {
         let env = |f: Fun| envs.get(&f).cloned().unwrap_or_default();
         Arc::new(Fns {
@@ -146,7 +169,26 @@ impl Fns {
             next: AtomicUsize::new(0),
             stats: Mutex::new(BTreeMap::new()),
             lagged,
+            log: open_log(seed, &acct.account_id),
         })
+    }
+
+    /// Appends one attempt to the log (`CHAOS_LOG_DIR`), if there is one.
+    fn log(&self, fun: Fun, event: &Value, now: DateTime<Utc>, result: &Result<Value, String>) {
+        let Some(log) = &self.log else { return };
+        let line = serde_json::json!({
+            "at": Utc::now().to_rfc3339(),
+            "clock": now.to_rfc3339(),
+            "function": fun.name(),
+            "event": event,
+            "output": result.as_ref().ok(),
+            "error": result.as_ref().err(),
+        });
+        let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+        use std::io::Write;
+        if let Err(e) = writeln!(f, "{line}") {
+            panic!("{LOG_DIR_VAR}: write: {e}");
+        }
     }
 
     /// One invocation of `fun` by the next copy; the output as JSON.
@@ -186,7 +228,17 @@ impl Fns {
             if attempt > 0 {
                 tokio::time::sleep(RETRY_PAUSES[attempt - 1]).await;
             }
-            let result = self.attempt(fun, event, clock.now()).await;
+            let now = clock.now();
+            let result = self.attempt(fun, event, now).await;
+            self.log(
+                fun,
+                event,
+                now,
+                &result
+                    .as_ref()
+                    .map(Clone::clone)
+                    .map_err(|e| format!("{}: {e}", e.error_type())),
+            );
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             let s = stats.entry(fun).or_default();
             s.attempts += 1;

@@ -270,6 +270,7 @@ impl Run {
             &bucket,
             mode.dup.min(3),
             lagged,
+            seed,
         )
         .await;
         let faults = Faults::new(&acct, mode.rates(), seed, mode.unretried);
