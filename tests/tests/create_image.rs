@@ -406,6 +406,101 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
     assert_eq!(sweep(&w).await.sweep.steps[0].action, "skip");
 }
 
+/// [`world`] with the template's state bucket (`STATE_BUCKET`): announcements are claimed.
+async fn world_with_claims() -> World {
+    let acct = TestAccount::new().await;
+    acct.emulator_config(json!({"import_delay_seconds": 1}));
+    let state = support::roles::state_bucket_name(&acct.account_id);
+    acct.bucket(&state, false).await;
+    let vars = [
+        ("UPLOAD_METHOD", "import-snapshot"),
+        ("STATE_BUCKET", state.as_str()),
+    ];
+    let w = World::in_account(acct, &vars).await;
+    w.acct.bucket(&w.bucket, false).await;
+    w
+}
+
+/// An import registered by an invocation that stopped before announcing it (SNS refused), with
+/// no outcome on its task. Returns the task id.
+async fn registered_unannounced(w: &World, key: &str) -> String {
+    let task_id = imported(w, key).await;
+    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
+    assert!(
+        handle(Command::Sweep, &w.deps, Utc::now(), deadline())
+            .await
+            .is_err()
+    );
+    w.acct.clear_faults();
+    assert_eq!(images(w).await.len(), 1);
+    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+    task_id
+}
+
+/// Issue #15: four schedule runs (or sweeping invocations) that overlap once the grace has
+/// passed all plan the announcement of an image whose outcome is not recorded; the claim lets
+/// one send it. Before the import path claimed its announcement, each sent it (x4).
+#[tokio::test]
+async fn overlapping_sweeps_announce_an_unannounced_import_once() {
+    let w = world_with_claims().await;
+    let task_id = registered_unannounced(&w, "overlap/disk.raw").await;
+    let later = Utc::now() + chrono::Duration::minutes(3);
+    let runs = (0..4).map(|_| handle(Command::Sweep, &w.deps, later, deadline()));
+    let outs = futures::future::join_all(runs).await;
+    for out in &outs {
+        let out = out.as_ref().unwrap_or_else(|e| panic!("sweep failed: {e}"));
+        assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
+    }
+    let msgs = w.acct.drain(&w.queue).await;
+    let registered = of_type(&msgs, "image.registered");
+    assert_eq!(registered.len(), 1, "{msgs:#?}");
+    assert_eq!(registered[0]["import_task_id"], task_id.as_str());
+    // The outcome is on the task: later sweeps skip it.
+    let again = sweep_at(&w, later + chrono::Duration::minutes(15)).await;
+    assert_eq!(again.sweep.steps[0].action, "skip", "{:?}", again.sweep);
+    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+}
+
+/// Issue #15: an invocation that stops after sending `image.registered` and before recording the
+/// outcome on the task (it died before its CreateTags took effect). The next sweep finds
+/// the message recorded as sent and records the outcome without sending it again; before, it
+/// sent a second one.
+#[tokio::test]
+async fn a_crash_after_the_announcement_records_the_outcome_without_a_second_message() {
+    let w = world_with_claims().await;
+    let task_id = registered_unannounced(&w, "recorded/disk.raw").await;
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "CreateTags", "status": 499,
+        "code": "InvocationCrashed", "message": "the invocation stops before this call",
+        "resource": task_id.as_str(), "count": 1}),
+    );
+    let later = Utc::now() + chrono::Duration::minutes(3);
+    let err = handle(Command::Sweep, &w.deps, later, deadline())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("InvocationCrashed"), "{err}");
+    w.acct.clear_faults();
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    let next = sweep_at(&w, later + chrono::Duration::minutes(15)).await;
+    assert!(
+        next.sweep.steps[0].result.contains("already announced"),
+        "{:?}",
+        next.sweep
+    );
+    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+    let task = tasks(&w).await.into_iter().find(|t| t.id == task_id);
+    assert!(
+        task.is_some_and(|t| t
+            .tags
+            .get(lineage::OUTCOME)
+            .is_some_and(|o| o.starts_with("registered:"))),
+        "the outcome is recorded"
+    );
+}
+
 /// EC2 is eventually consistent: right after RegisterImage, DescribeImages may not list the image
 /// yet. A sweep that retries a registration (here after a crash before the announcement) then
 /// gets `InvalidAMIName.Duplicate` with no visible holder: it must neither rename (a second AMI

@@ -1,8 +1,8 @@
 //! `image.registered`, once: the message of a registered image, and the fast path's claim on it.
 //!
-//! The import path records its announcement on the import task (`ami-pipeline:outcome`, the
-//! sweep's plan). The fast path has no task: it claims the announcement in the state bucket
-//! ([`shared::claim`]) before sending, and records it there once sent. A later delivery of the
+//! Both paths claim the announcement in the state bucket ([`shared::claim`]) before sending,
+//! and record it there once sent ([`send_once`]); the import path also records it on its
+//! import task (`ami-pipeline:outcome`, which ends the sweep's plan for the task). A later delivery of the
 //! same upload that finds the image already made ([`repair`]) sends it when no record exists
 //! and no other invocation holds the claim: an invocation that stopped (or whose SNS publish
 //! failed) between RegisterImage and its announcement no longer loses `image.registered`.
@@ -39,6 +39,51 @@ pub(crate) fn registered_message(
     }
 }
 
+/// What [`send_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// This invocation sent it (and recorded it).
+    Now,
+    /// It was recorded as sent before.
+    Before,
+    /// Another invocation holds its claim: that one sends it (or, if it stopped, the sweep
+    /// does once the claim is stale).
+    ByAnother,
+}
+
+/// Sends `msg` (an `image.registered`) unless it was recorded as sent already or another
+/// invocation holds its claim; records it once sent. Without a state bucket it is simply sent.
+pub(crate) async fn send_once(
+    deps: &Deps,
+    msg: &Message,
+    now: DateTime<Utc>,
+) -> Result<Sent, AwsError> {
+    let c = &deps.clients;
+    let claims = &deps.config.claims;
+    let key = msg.dedup_key();
+    if claims.was_sent(&c.s3, &key).await? {
+        return Ok(Sent::Before);
+    }
+    let etag = match claims.claim(&c.s3, &key, now).await? {
+        Claim::Won { etag } => etag,
+        Claim::Held { age } => {
+            info!(
+                image_id = msg.image_id.as_deref().unwrap_or("-"),
+                claimed_seconds_ago = age.num_seconds(),
+                "image.registered is being sent by another invocation"
+            );
+            return Ok(Sent::ByAnother);
+        }
+    };
+    if let Err(e) = notify::send(&c.sns, &deps.config.common.topic_arn, msg).await {
+        // Not sent: the retry of this event must be able to claim it again.
+        claims.release(&c.s3, &key, etag.as_deref()).await;
+        return Err(e);
+    }
+    claims.record_sent(&c.s3, &key, now).await?;
+    Ok(Sent::Now)
+}
+
 /// Sends the fast path's `image.registered` for `image` unless it was sent already or another
 /// invocation holds its claim; records it once sent. True when this invocation sent it.
 pub(crate) async fn announce_once(
@@ -46,27 +91,8 @@ pub(crate) async fn announce_once(
     image: &Image,
     now: DateTime<Utc>,
 ) -> Result<bool, AwsError> {
-    let c = &deps.clients;
-    let claims = &deps.config.claims;
-    let msg = registered_message(image, UploadMethod::EbsDirect, &c.region, now);
-    let key = msg.dedup_key();
-    if claims.was_sent(&c.s3, &key).await? {
-        return Ok(false);
-    }
-    let etag = match claims.claim(&c.s3, &key, now).await? {
-        Claim::Won { etag } => etag,
-        Claim::Held { age } => {
-            info!(image_id = %image.id, claimed_seconds_ago = age.num_seconds(), "image.registered is being sent by another invocation");
-            return Ok(false);
-        }
-    };
-    if let Err(e) = notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await {
-        // Not sent: the retry of this event must be able to claim it again.
-        claims.release(&c.s3, &key, etag.as_deref()).await;
-        return Err(e);
-    }
-    claims.record_sent(&c.s3, &key, now).await?;
-    Ok(true)
+    let msg = registered_message(image, UploadMethod::EbsDirect, &deps.clients.region, now);
+    Ok(send_once(deps, &msg, now).await? == Sent::Now)
 }
 
 /// A delivery found `image` already made from its upload. When the fast path made it and its

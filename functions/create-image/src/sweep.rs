@@ -164,9 +164,7 @@ pub(crate) async fn execute(
             other => other,
         },
         SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
-            Some(image) => announce(deps, &task_id, image, now)
-                .await
-                .map(|()| image_id),
+            Some(image) => announce(deps, &task_id, image, now).await,
             None => Ok(format!("{image_id} no longer listed")),
         },
         SweepAction::ReportFailure {
@@ -227,25 +225,38 @@ pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {
     crate::abandoned::object_of(&reg.tags)
 }
 
-/// Sends `image.registered` and records the outcome on the task (after the message, so a
-/// crash in between repeats the message rather than losing it).
+/// Sends `image.registered` (claimed and recorded in the state bucket, [`announce::send_once`])
+/// and records the outcome on the task, after the message: a crash in between leaves the
+/// message recorded as sent, and the next sweep records the outcome without sending it again.
+/// Two sweeps that overlap past [`import::ANNOUNCE_GRACE_SECONDS`] send it once: the claim's
+/// loser records nothing, and a later sweep records the outcome once the message is recorded.
 pub(crate) async fn announce(
     deps: &Deps,
     task_id: &str,
     image: &Image,
     now: DateTime<Utc>,
-) -> Result<(), AwsError> {
+) -> Result<String, AwsError> {
     let c = &deps.clients;
     let msg = Message {
         import_task_id: Some(task_id.to_owned()),
         ..registered_message(image, UploadMethod::ImportSnapshot, &c.region, now)
     };
-    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    let said = match announce::send_once(deps, &msg, now).await? {
+        announce::Sent::Now => "announced",
+        announce::Sent::Before => "already announced; outcome recorded",
+        announce::Sent::ByAnother => {
+            return Ok(format!(
+                "{} is being announced by another invocation",
+                image.id
+            ));
+        }
+    };
     let outcome = Tags::from([(
         lineage::OUTCOME.to_owned(),
         format!("registered:{}", image.id),
     )]);
-    ec2::create_tags(&c.ec2, &[task_id], &outcome).await
+    ec2::create_tags(&c.ec2, &[task_id], &outcome).await?;
+    Ok(format!("{} {said}", image.id))
 }
 
 pub(crate) async fn report_failure(
