@@ -653,6 +653,49 @@ impl Run {
         }
     }
 
+    /// The derived images whose copy was not available while the publish phase watched for it
+    /// (a publication slowed by faults past [`COPY_WAIT`]): made now, from the copy that has
+    /// appeared since, as the user would once it exists; the next round delivers its event.
+    /// Without this the scenario lost them and the lineage check found them missing.
+    async fn derive_late(&mut self) {
+        let made: BTreeSet<usize> = self.derived.iter().map(|d| d.upload).collect();
+        let wanted: Vec<usize> = self
+            .uploads
+            .iter()
+            .filter(|u| u.derived && !made.contains(&u.index))
+            .map(|u| u.index)
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let region = COPY_REGIONS[0];
+        let ec2 = observer(&self.acct, region);
+        for (upload, source) in self.sources().await {
+            if !wanted.contains(&upload) {
+                continue;
+            }
+            let copies = shared::aws::ec2::describe_own_images(
+                &ec2,
+                &[Select::tag(PUBLISH_SOURCE, [source.as_str()])],
+            )
+            .await
+            .unwrap_or_default();
+            let Some(copy) = copies.into_iter().find(|i| i.state == "available") else {
+                continue;
+            };
+            let instance = fixtures::instance(&ec2, &copy.id).await;
+            let name = format!("chaos-derived-u{upload:02}-{}", &instance[2..]);
+            let image = fixtures::image_from_instance(&ec2, &instance, &name).await;
+            self.derived.push(Derived {
+                upload,
+                region: region.to_owned(),
+                parent: copy.id,
+                instance,
+                image,
+            });
+        }
+    }
+
     /// The uploads' source images in the home region: (upload index, image id).
     async fn sources(&self) -> Vec<(usize, String)> {
         let inv = Inventory::read(&self.acct, &[REGION]).await;
@@ -728,6 +771,7 @@ impl Run {
             self.set_lag(false);
             let minutes = ROUND_PERIOD_MINUTES * round as i64;
             let clock = Clock::later(chrono::Duration::minutes(minutes));
+            self.derive_late().await;
             let msgs = self.take_messages();
             let mut deliveries = self.message_deliveries(&msgs, 1000);
             deliveries.extend(self.available_events(1000).await);
