@@ -169,6 +169,26 @@ impl Claims {
         }
     }
 
+    /// The announcement keys under `prefix` (e.g. `image.registered/us-east-1/`) that
+    /// [`Claims::record_sent`] recorded, read with one listing (a page per 1,000 keys) instead
+    /// of one [`Claims::was_sent`] per key. None without a state bucket (nothing is known).
+    pub async fn sent_under(
+        &self,
+        s3: &Client,
+        prefix: &str,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, AwsError> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(None);
+        };
+        let keys = s3::list_keys(s3, bucket, &format!("claims/{prefix}")).await?;
+        Ok(Some(
+            keys.iter()
+                .filter_map(|k| k.strip_prefix("claims/")?.strip_suffix(".sent"))
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+
     /// Gives up a claim this invocation won (its `etag`) and could not announce: DeleteObject
     /// `If-Match` that ETag, so a claim another invocation took over since is left alone.
     /// Best effort: if the delete fails too, the claim is taken over once stale.

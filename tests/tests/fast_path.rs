@@ -388,11 +388,11 @@ async fn an_announcement_lost_after_registration_is_sent_by_the_retry() {
     let w = world_with_claims().await;
     let key = "lost/disk.raw";
     w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
-    // Ten: the five attempts of the fast path's own send, then the five of the same
-    // invocation's sweep, which tries again (announce::repair_recent).
+    // The five attempts of the fast path's own send (the sweep after an ingest does not
+    // repair announcements: the schedule's does).
     w.acct
         .inject_fault(json!({"service": "sns", "action": "Publish", "status": 500,
-        "code": "InternalError", "message": "injected", "count": 10}));
+        "code": "InternalError", "message": "injected", "count": 5}));
     let first = w.invoke(&manual(&w.bucket, key)).await;
     let err = first.expect_err("the announcement failed: the invocation fails, to be retried");
     assert!(err.to_string().contains("sns:Publish"), "{err}");
@@ -1342,9 +1342,33 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
             .any(|s| s.action == "announce" && s.result.contains("sent now")),
         "{sweep:?}"
     );
+    // The next sweep finds the record in its one listing: no per-image look at the claims.
+    w.acct.control(
+        "DELETE",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
     create_image::handle(create_image::Command::Sweep, &w.deps, later, deadline())
         .await
         .expect("second sweep");
+    let counts = w.acct.control(
+        "GET",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
+    let requests = &counts["requests"];
+    assert_eq!(requests["s3:ListObjectsV2"].as_u64(), Some(1), "{counts}");
+    assert_eq!(
+        requests["s3:HeadObject"].as_u64().unwrap_or(0),
+        0,
+        "{counts}"
+    );
     let msgs = w.acct.drain(&w.queue).await;
     let registered = of_type(&msgs, "image.registered");
     assert_eq!(registered.len(), 1, "{msgs:#?}");

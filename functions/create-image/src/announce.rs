@@ -131,11 +131,15 @@ pub(crate) async fn repair_recent(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<Vec<StepReport>, AwsError> {
-    if !deps.config.claims.enabled() {
+    let c = &deps.clients;
+    // Every record of this region's image.registered, in one listing (not a HeadObject per
+    // image): only images without one are looked at further.
+    let prefix = format!("{}/{}/", EventType::ImageRegistered.as_str(), c.region);
+    let Some(sent) = deps.config.claims.sent_under(&c.s3, &prefix).await? else {
         return Ok(Vec::new());
-    }
+    };
     let images = ec2::describe_own_images(
-        &deps.clients.ec2,
+        &c.ec2,
         &[
             Select::tag(lineage::MANAGED, ["true"]),
             Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
@@ -152,6 +156,10 @@ pub(crate) async fn repair_recent(
             .map(|t| t.with_timezone(&Utc));
         // A copy carries its source's tags (CopyImageTags); only the upload's own image.
         if image.source_image_id.is_some() || created.is_none_or(|t| t < since) {
+            continue;
+        }
+        let key = registered_message(&image, UploadMethod::EbsDirect, &c.region, now).dedup_key();
+        if sent.contains(&key) {
             continue;
         }
         if !deadline.may_start() {

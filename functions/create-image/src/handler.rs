@@ -31,6 +31,7 @@ pub async fn handle(
     deadline: Deadline,
 ) -> Result<Output, InvocationError> {
     let mut out = Output::default();
+    let scheduled = matches!(cmd, Command::Sweep);
     if let Command::Ingest { items, ignored } = cmd {
         out.ignored = ignored;
         out.ingested = stream::iter(items)
@@ -39,7 +40,7 @@ pub async fn handle(
             .collect()
             .await;
     }
-    out.sweep = match sweep(deps, now, deadline).await {
+    out.sweep = match sweep(deps, now, deadline, scheduled).await {
         Ok(report) => report,
         Err(e) => SweepReport {
             steps: vec![StepReport {

@@ -1,7 +1,9 @@
 //! The sweep: plan over the pipeline's import tasks and execute each step (announce, report a
-//! failure, warn about a slow import); then ingest again the fast-path uploads whose snapshot
-//! ended in error with no event left to retry them ([`crate::abandoned`]), and continue the
-//! pending ones that stopped near a deadline with a checkpoint ([`crate::continuation`]).
+//! failure, warn about a slow import); then, in the scheduled sweep only, the fast path's loose
+//! ends: ingest again the uploads whose snapshot ended in error with no event left to retry them
+//! ([`crate::abandoned`]), send the `image.registered` never recorded as sent
+//! ([`crate::announce::repair_recent`]), and continue the pending writes that stopped near a
+//! deadline with a checkpoint ([`crate::continuation`]).
 
 use crate::abandoned;
 use crate::announce::{self, registered_message};
@@ -23,11 +25,16 @@ use shared::plan::upload::UploadMethod;
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
-/// Lists the pipeline's import tasks, plans, and executes.
+/// Lists the pipeline's import tasks, plans, and executes; with `loose_ends` (the scheduled
+/// sweep) also the fast path's loose ends ([`loose_ends`]). The sweep that follows every ingest
+/// leaves those to the schedule: they are, by definition, what no event is left to finish, and
+/// each costs listings (and a checkpoint's reads per pending snapshot) that a burst of N
+/// uploads would otherwise repeat N times.
 pub async fn sweep(
     deps: &Deps,
     now: DateTime<Utc>,
     deadline: Deadline,
+    loose_ends: bool,
 ) -> Result<SweepReport, AwsError> {
     let c = &deps.clients;
     let tasks = ec2::describe_import_tasks(&c.ec2, &[Select::tag_key(lineage::MANAGED)]).await?;
@@ -74,9 +81,11 @@ pub async fn sweep(
         .await;
     let mut deferred = steps.iter().filter(|s| s.is_none()).count();
     let mut steps: Vec<StepReport> = steps.into_iter().flatten().collect();
-    let (more, later) = loose_ends(deps, &tasks, now, deadline).await;
-    steps.extend(more);
-    deferred += later;
+    if loose_ends {
+        let (more, later) = self::loose_ends(deps, &tasks, now, deadline).await;
+        steps.extend(more);
+        deferred += later;
+    }
     steps.sort_by(|a, b| a.task_id.cmp(&b.task_id));
     Ok(SweepReport {
         tasks_seen: tasks.len(),

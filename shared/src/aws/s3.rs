@@ -1,4 +1,4 @@
-//! S3 gateway: HeadObject, ranged GetObject, object tagging.
+//! S3 gateway: HeadObject, ranged GetObject, listing, conditional writes, object tagging.
 
 use crate::error::{AwsError, ErrorKind};
 use crate::model::{ObjectInfo, ObjectRef, Tags};
@@ -112,6 +112,30 @@ pub async fn put_object(s3: &Client, obj: &ObjectRef, body: Vec<u8>) -> Result<(
             AwsError::from_sdk("s3:PutObject", obj.uri(), e).in_region(s3.config().region())
         })?;
     Ok(())
+}
+
+/// ListObjectsV2 over every page: the keys of `bucket` that begin with `prefix` (the IAM
+/// action is `s3:ListBucket`, named so in errors).
+pub async fn list_keys(s3: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
+    let mut keys = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            AwsError::from_sdk("s3:ListBucket", format!("s3://{bucket}/{prefix}"), e)
+                .in_region(s3.config().region())
+        })?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+    }
+    Ok(keys)
 }
 
 /// DeleteObject (a key that does not exist is no error: S3 answers 204 either way).
