@@ -600,6 +600,88 @@ async fn the_sweep_finishes_an_abandoned_fast_path_upload_through_importsnapshot
     );
 }
 
+/// Every delivery of an upload stopped after CompleteSnapshot and before RegisterImage (here:
+/// RegisterImage refused once, and the event's retries spent): a `completed` snapshot from
+/// which no image was made. The scheduled sweep leaves it alone while its writer could still be
+/// at work (a lease), then ingests the upload again: the fast path registers the completed
+/// snapshot without writing a block, announces it once (chaos seed 603: the snapshot was left
+/// until cleanup's orphan sweep deleted it).
+#[tokio::test]
+async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
+    let w = world_with_claims().await;
+    let key = "unregistered/disk.raw";
+    w.acct.put(&w.bucket, key, patterned_disk(), &[]).await;
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "RegisterImage", "status": 499,
+        "code": "InvocationCrashed", "message": "the invocation stops before this call", "count": 1}));
+    let started = chrono::Utc::now();
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("the registration stopped");
+    w.acct.clear_faults();
+    let completed =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["completed"])])
+            .await
+            .expect("snapshots");
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    let snapshot_id = completed[0].id.clone();
+    assert!(
+        ec2::describe_own_images(&w.acct.clients.ec2, &[])
+            .await
+            .expect("images")
+            .is_empty()
+    );
+    w.acct.control(
+        "DELETE",
+        &format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            w.acct.account_id
+        ),
+        None,
+    );
+    let sweep_at = |at| {
+        create_image::handle(
+            create_image::Command::Sweep,
+            &w.deps,
+            at,
+            support::deadline(),
+        )
+    };
+    let soon = sweep_at(started + chrono::Duration::minutes(5))
+        .await
+        .expect("sweep while the writer could be at work");
+    assert!(steps_of(&soon, "resume").is_empty(), "{soon:?}");
+    let later = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(1))
+        .await
+        .expect("sweep");
+    let steps = steps_of(&later, "resume");
+    assert_eq!(steps.len(), 1, "{later:?}");
+    assert_eq!(steps[0].task_id, snapshot_id);
+    assert!(
+        steps[0].result.contains("completed but no image") && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    assert_eq!(
+        blocks_put(&w),
+        0,
+        "the completed snapshot is not written again"
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    // Done: the next sweep has nothing to resume, the snapshot is the image's.
+    let again = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(20))
+        .await
+        .expect("sweep");
+    assert!(steps_of(&again, "resume").is_empty(), "{again:?}");
+}
+
 /// Whether `snapshot_id` is encrypted, and with which key (DescribeSnapshots, as AWS reports).
 async fn encryption_of(w: &World, snapshot_id: &str) -> (bool, Option<String>) {
     let out = w

@@ -12,11 +12,20 @@
 //! upload is reported by the ingest (`image.failed`, object tagged) and the dead snapshot is
 //! deleted, so that the next sweep does not report it again. Settings given in a manual invoke
 //! of the original upload are not known here: the object's metadata and the defaults apply.
+//!
+//! The same holds for an invocation that stops after CompleteSnapshot and before RegisterImage
+//! with no event left to retry it: the snapshot is `completed` and no image was made from it.
+//! The sweep ingests the upload again once the snapshot is older than a lease ([`LEASE`], so a
+//! writer still at work is not raced for nothing; a race would be harmless: the second
+//! registration adopts the first's image and the announcement is claimed), and the fast path
+//! registers the completed snapshot without writing it. Its snapshot is deleted only when the
+//! upload is refused or superseded (never when an image exists: it may be that image's).
 
 use crate::config::Deps;
 use crate::event::IngestItem;
 use crate::ingest::ingest;
 use crate::output::{IngestOutcome, StepAction, StepReport};
+use crate::progress::LEASE;
 use chrono::{DateTime, Utc};
 use shared::aws::ec2;
 use shared::deadline::Deadline;
@@ -27,8 +36,9 @@ use shared::plan::upload::UploadMethod;
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
-/// Ingests again each upload whose fast-path snapshot ended in `error` and that has neither an
-/// image nor an import task; one step per such upload.
+/// Ingests again each upload whose fast-path snapshot ended in `error`, or was completed at
+/// least a [`LEASE`] ago, and that has neither an image nor an import task; one step per such
+/// upload.
 pub(crate) async fn resume(
     deps: &Deps,
     tasks: &[ImportTask],
@@ -41,12 +51,19 @@ pub(crate) async fn resume(
         &[
             Select::tag(lineage::MANAGED, ["true"]),
             Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
-            Select::state(["error"]),
+            Select::state(["error", "completed"]),
         ],
     )
     .await?;
+    let settled = |s: &Snapshot| {
+        s.state.as_deref() == Some("error")
+            || s.start_time
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&Utc) >= LEASE)
+    };
     let mut by_token: BTreeMap<String, &Snapshot> = BTreeMap::new();
-    for s in &dead {
+    for s in dead.iter().filter(|s| settled(s)) {
         if let Some(token) = s.tags.get(lineage::SOURCE_TOKEN) {
             by_token.entry(token.clone()).or_insert(s);
         }
@@ -102,7 +119,8 @@ async fn resume_one(
             false,
         );
     };
-    info!(snapshot_id = %snapshot.id, object = %object, "fast-path upload abandoned; ingesting it again");
+    let completed = snapshot.state.as_deref() == Some("completed");
+    info!(snapshot_id = %snapshot.id, object = %object, completed, "fast-path upload abandoned; ingesting it again");
     let item = IngestItem {
         object,
         overrides: BTreeMap::new(),
@@ -113,21 +131,23 @@ async fn resume_one(
     // Concluded: nothing will take this upload's dead snapshot again (an image exists for the
     // key's content, or the upload is refused or replaced). After ImportStarted it stays until
     // the image exists: a redelivered event finds it and takes ImportSnapshot too.
+    // A completed snapshot is deleted only when the upload is refused or replaced: with an
+    // image of the key's content it may be that image's own snapshot.
     let concluded = matches!(
         outcome,
-        IngestOutcome::Rejected { .. }
-            | IngestOutcome::Superseded { .. }
-            | IngestOutcome::AlreadyImported { .. }
-    );
+        IngestOutcome::Rejected { .. } | IngestOutcome::Superseded { .. }
+    ) || (!completed && matches!(outcome, IngestOutcome::AlreadyImported { .. }));
     if concluded && let Err(e) = ec2::delete_snapshot(&deps.clients.ec2, &snapshot.id).await {
         warn!(snapshot_id = %snapshot.id, error = %e, "could not delete the dead snapshot; cleanup's orphan sweep will");
     }
     let failed = matches!(outcome, IngestOutcome::Error { .. });
     let text = serde_json::to_string(&outcome).unwrap_or_else(|e| e.to_string());
-    step(
-        format!("the fast path's snapshot ended in error; ingested again: {text}"),
-        failed,
-    )
+    let what = if completed {
+        "the fast path's snapshot was completed but no image was made from it"
+    } else {
+        "the fast path's snapshot ended in error"
+    };
+    step(format!("{what}; ingested again: {text}"), failed)
 }
 
 /// The object a pipeline snapshot was made from (`source-uri`, `source-version` tags); None
