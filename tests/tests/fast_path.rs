@@ -682,6 +682,74 @@ async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
     assert!(steps_of(&again, "resume").is_empty(), "{again:?}");
 }
 
+/// A writer that stopped right after its lease was created (the PutObject took effect, then the
+/// invocation died), before its first checkpoint: every later delivery finds the lease held and
+/// answers `in-progress`, and with no checkpoint the sweep's continuation has nothing to go on.
+/// Once the lease has expired, the scheduled sweep ingests the upload again and the fast path
+/// writes the snapshot from the start: completed, content equal, one AMI, one announcement
+/// (chaos seed 504: it waited for AWS's 60-minute timeout, then ImportSnapshot).
+#[tokio::test]
+async fn a_write_stopped_before_its_first_checkpoint_is_restarted_by_the_sweep_once_the_lease_expires()
+ {
+    let w = world_with_claims().await;
+    let key = "nocheckpoint/disk.raw";
+    let raw = noisy_disk(12, 5);
+    w.acct.put(&w.bucket, key, raw.clone(), &[]).await;
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "PutObject", "status": 499,
+        "code": "InvocationCrashed", "message": "the call took effect; the invocation stops here",
+        "resource": ".lease", "count": 1, "after": true}),
+    );
+    let started = chrono::Utc::now();
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("the writer stopped");
+    w.acct.clear_faults();
+    let again = run(&w, key).await;
+    assert!(
+        matches!(&again.ingested[0], IngestOutcome::InProgress { .. }),
+        "{again:?}"
+    );
+    let sweep_at = |at| {
+        create_image::handle(
+            create_image::Command::Sweep,
+            &w.deps,
+            at,
+            support::deadline(),
+        )
+    };
+    let soon = sweep_at(started + chrono::Duration::minutes(5))
+        .await
+        .expect("sweep while the lease is live");
+    assert!(steps_of(&soon, "resume").is_empty(), "{soon:?}");
+    assert!(steps_of(&soon, "continue").is_empty(), "{soon:?}");
+    let later = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(1))
+        .await
+        .expect("sweep");
+    let steps = steps_of(&later, "resume");
+    assert_eq!(steps.len(), 1, "{later:?}");
+    assert!(
+        steps[0].result.contains("before its first checkpoint")
+            && steps[0].result.contains("\"outcome\":\"registered\"")
+            && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    let snapshot_id = images[0].snapshot_ids[0].clone();
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(
+        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
+        "the snapshot's content differs from the raw disk"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+}
+
 /// Whether `snapshot_id` is encrypted, and with which key (DescribeSnapshots, as AWS reports).
 async fn encryption_of(w: &World, snapshot_id: &str) -> (bool, Option<String>) {
     let out = w

@@ -20,6 +20,13 @@
 //! registration adopts the first's image and the announcement is claimed), and the fast path
 //! registers the completed snapshot without writing it. Its snapshot is deleted only when the
 //! upload is refused or superseded (never when an image exists: it may be that image's).
+//!
+//! And for a writer that stopped before saving its first checkpoint (say, right after its lease
+//! was created, so that every other delivery found the lease held and answered `in-progress`):
+//! a `pending` snapshot with no checkpoint, whose lease has expired, older than a lease. Without
+//! this it waited for AWS's 60-minute `Timeout` and then ImportSnapshot; ingested again, the
+//! fast path takes the expired lease over and writes the snapshot from the start (the same
+//! token answers the same snapshot; a block written twice holds the same bytes).
 
 use crate::config::Deps;
 use crate::event::IngestItem;
@@ -36,9 +43,9 @@ use shared::plan::upload::UploadMethod;
 use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
-/// Ingests again each upload whose fast-path snapshot ended in `error`, or was completed at
-/// least a [`LEASE`] ago, and that has neither an image nor an import task; one step per such
-/// upload.
+/// Ingests again each upload whose fast-path snapshot ended in `error`, was completed at least
+/// a [`LEASE`] ago, or is still pending after a lease with no checkpoint and no live lease, and
+/// that has neither an image nor an import task; one step per such upload.
 pub(crate) async fn resume(
     deps: &Deps,
     tasks: &[ImportTask],
@@ -51,7 +58,7 @@ pub(crate) async fn resume(
         &[
             Select::tag(lineage::MANAGED, ["true"]),
             Select::tag(lineage::UPLOAD_METHOD, [UploadMethod::EbsDirect.as_str()]),
-            Select::state(["error", "completed"]),
+            Select::state(["error", "completed", "pending"]),
         ],
     )
     .await?;
@@ -85,6 +92,23 @@ pub(crate) async fn resume(
                 by_token.remove(token);
             }
         }
+    }
+    // A pending one is continued by the sweep's continuation when it has a checkpoint, and by
+    // its writer while the lease is live: only the others are taken here.
+    if let Some(progress) = deps.progress() {
+        let mut stalled = BTreeMap::new();
+        for (token, snapshot) in by_token {
+            let take = snapshot.state.as_deref() != Some("pending")
+                || (!progress.leased(&token, now).await?
+                    && progress
+                        .load(&token)
+                        .await?
+                        .is_none_or(|cp| cp.header.snapshot_id != snapshot.id));
+            if take {
+                stalled.insert(token, snapshot);
+            }
+        }
+        by_token = stalled;
     }
     let mut steps = Vec::new();
     let mut deferred = 0;
@@ -142,10 +166,12 @@ async fn resume_one(
     }
     let failed = matches!(outcome, IngestOutcome::Error { .. });
     let text = serde_json::to_string(&outcome).unwrap_or_else(|e| e.to_string());
-    let what = if completed {
-        "the fast path's snapshot was completed but no image was made from it"
-    } else {
-        "the fast path's snapshot ended in error"
+    let what = match snapshot.state.as_deref() {
+        Some("completed") => "the fast path's snapshot was completed but no image was made from it",
+        Some("pending") => {
+            "the fast path's write stopped before its first checkpoint and its lease expired"
+        }
+        _ => "the fast path's snapshot ended in error",
     };
     step(format!("{what}; ingested again: {text}"), failed)
 }
