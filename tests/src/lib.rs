@@ -442,6 +442,25 @@ impl TestAccount {
         assert_eq!(status, 200, "emulator config answered {status}: {text}");
     }
 
+    /// The emulator's request counts for this account since the last [`TestAccount::reset_requests`]
+    /// (`{"ec2:DeregisterImage": n, …}`; an action not called is absent).
+    pub fn requests(&self) -> Value {
+        let path = format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            self.account_id
+        );
+        self.control("GET", &path, None)["requests"].clone()
+    }
+
+    /// Sets this account's request counts back to nothing.
+    pub fn reset_requests(&self) {
+        let path = format!(
+            "/ami-pipeline-emulator/requests?account_id={}",
+            self.account_id
+        );
+        self.control("DELETE", &path, None);
+    }
+
     /// Calls one of the emulator's control endpoints for this account (`account_id` is added to
     /// the body); returns the answer as JSON.
     pub fn control(&self, method: &str, path: &str, body: Option<Value>) -> Value {

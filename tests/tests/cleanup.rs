@@ -613,14 +613,7 @@ async fn grace_zero_removes_in_one_run_with_the_snapshots_in_the_same_call() {
         .send()
         .await
         .expect("put parameter");
-    w.acct.control(
-        "DELETE",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
+    w.acct.reset_requests();
     let r = w.run(json!({"dry_run": false}), Utc::now()).await;
     assert_eq!(action(&r, &old), "deregister", "{:?}", decision(&r, &old));
     assert!(decision(&r, &old).reasons[0].contains("without a deprecation"));
@@ -646,15 +639,7 @@ async fn grace_zero_removes_in_one_run_with_the_snapshots_in_the_same_call() {
     let why = decision(&r, &param_image).reasons.join("; ");
     assert!(why.contains("parameter/golden/web"), "{why}");
     // One call per removal: no separate DeleteSnapshot, no deprecation.
-    let calls = w.acct.control(
-        "GET",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    )["requests"]
-        .clone();
+    let calls = w.acct.requests();
     assert_eq!(calls["ec2:DeregisterImage"], 2, "{calls}");
     assert!(calls.get("ec2:DeleteSnapshot").is_none(), "{calls}");
     assert!(calls.get("ec2:EnableImageDeprecation").is_none(), "{calls}");

@@ -500,6 +500,44 @@ fn time_out(w: &World, snapshot_id: &str) {
 }
 
 /// The sweep's steps of `action`.
+/// The scheduled sweep with the clock at `at` (a later schedule run).
+async fn sweep_at(
+    w: &World,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<Output, create_image::InvocationError> {
+    create_image::handle(
+        create_image::Command::Sweep,
+        &w.deps,
+        at,
+        support::deadline(),
+    )
+    .await
+}
+
+/// A stopped upload (its writer `started` then) is left alone by the scheduled sweep while its
+/// writer could still be at work (5 minutes later: no `resume` or `continue` step), and resumed
+/// by the first sweep after a lease: returns that one `resume` step, which did not fail.
+async fn resumed_after_the_lease(
+    w: &World,
+    started: chrono::DateTime<chrono::Utc>,
+) -> create_image::StepReport {
+    let soon = sweep_at(w, started + chrono::Duration::minutes(5))
+        .await
+        .expect("sweep while the writer could be at work");
+    assert!(steps_of(&soon, "resume").is_empty(), "{soon:?}");
+    assert!(steps_of(&soon, "continue").is_empty(), "{soon:?}");
+    let later = sweep_at(
+        w,
+        started + create_image::LEASE + chrono::Duration::minutes(1),
+    )
+    .await
+    .expect("sweep");
+    let steps = steps_of(&later, "resume");
+    assert_eq!(steps.len(), 1, "{later:?}");
+    assert!(!steps[0].failed, "{:?}", steps[0]);
+    steps[0].clone()
+}
+
 fn steps_of<'a>(out: &'a Output, action: &str) -> Vec<&'a create_image::StepReport> {
     out.sweep
         .steps
@@ -631,54 +669,23 @@ async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
             .expect("images")
             .is_empty()
     );
-    w.acct.control(
-        "DELETE",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
-    let sweep_at = |at| {
-        create_image::handle(
-            create_image::Command::Sweep,
-            &w.deps,
-            at,
-            support::deadline(),
-        )
-    };
-    let soon = sweep_at(started + chrono::Duration::minutes(5))
-        .await
-        .expect("sweep while the writer could be at work");
-    assert!(steps_of(&soon, "resume").is_empty(), "{soon:?}");
-    let later = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(1))
-        .await
-        .expect("sweep");
-    let steps = steps_of(&later, "resume");
-    assert_eq!(steps.len(), 1, "{later:?}");
-    assert_eq!(steps[0].task_id, snapshot_id);
-    assert!(
-        steps[0].result.contains("completed but no image") && !steps[0].failed,
-        "{:?}",
-        steps[0]
-    );
+    w.acct.reset_requests();
+    let step = resumed_after_the_lease(&w, started).await;
+    assert_eq!(step.task_id, snapshot_id);
+    assert!(step.result.contains("completed but no image"), "{step:?}");
     assert_eq!(
         blocks_put(&w),
         0,
         "the completed snapshot is not written again"
     );
-    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
-        .await
-        .expect("images");
-    assert_eq!(images.len(), 1, "{images:?}");
-    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
-    let msgs = w.acct.drain(&w.queue).await;
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    one_image_of(&w, &snapshot_id, &patterned_disk()).await;
     // Done: the next sweep has nothing to resume, the snapshot is the image's.
-    let again = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(20))
-        .await
-        .expect("sweep");
+    let again = sweep_at(
+        &w,
+        started + create_image::LEASE + chrono::Duration::minutes(20),
+    )
+    .await
+    .expect("sweep");
     assert!(steps_of(&again, "resume").is_empty(), "{again:?}");
 }
 
@@ -710,44 +717,17 @@ async fn a_write_stopped_before_its_first_checkpoint_is_restarted_by_the_sweep_o
         matches!(&again.ingested[0], IngestOutcome::InProgress { .. }),
         "{again:?}"
     );
-    let sweep_at = |at| {
-        create_image::handle(
-            create_image::Command::Sweep,
-            &w.deps,
-            at,
-            support::deadline(),
-        )
-    };
-    let soon = sweep_at(started + chrono::Duration::minutes(5))
-        .await
-        .expect("sweep while the lease is live");
-    assert!(steps_of(&soon, "resume").is_empty(), "{soon:?}");
-    assert!(steps_of(&soon, "continue").is_empty(), "{soon:?}");
-    let later = sweep_at(started + create_image::LEASE + chrono::Duration::minutes(1))
-        .await
-        .expect("sweep");
-    let steps = steps_of(&later, "resume");
-    assert_eq!(steps.len(), 1, "{later:?}");
+    let step = resumed_after_the_lease(&w, started).await;
     assert!(
-        steps[0].result.contains("before its first checkpoint")
-            && steps[0].result.contains("\"outcome\":\"registered\"")
-            && !steps[0].failed,
-        "{:?}",
-        steps[0]
+        step.result.contains("before its first checkpoint")
+            && step.result.contains("\"outcome\":\"registered\""),
+        "{step:?}"
     );
     let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
         .await
         .expect("images");
     assert_eq!(images.len(), 1, "{images:?}");
-    let snapshot_id = images[0].snapshot_ids[0].clone();
-    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
-    assert!(
-        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
-        "the snapshot's content differs from the raw disk"
-    );
-    let msgs = w.acct.drain(&w.queue).await;
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    one_image_of(&w, &images[0].snapshot_ids[0], &raw).await;
 }
 
 /// Whether `snapshot_id` is encrypted, and with which key (DescribeSnapshots, as AWS reports).
@@ -947,17 +927,31 @@ fn nonzero_blocks(raw: &[u8]) -> u64 {
         .count() as u64
 }
 
+/// The proof after a write: `snapshot_id` is completed and reads back equal to `raw`, the
+/// account's one image is made of it, and it was announced once, with no `image.failed`.
+async fn one_image_of(w: &World, snapshot_id: &str, raw: &[u8]) {
+    let snap = ec2::describe_snapshot(&w.acct.clients.ec2, snapshot_id)
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.state.as_deref(), Some("completed"));
+    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
+    assert!(
+        read_back(&ebs, snapshot_id, raw.len()).await == raw,
+        "the snapshot's content differs from the raw disk"
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.to_owned()]);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+}
+
 /// PutSnapshotBlock requests the account made so far (the emulator's request counter).
 fn blocks_put(w: &World) -> u64 {
-    let counts = w.acct.control(
-        "GET",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
-    counts["requests"]["ebs:PutSnapshotBlock"]
+    w.acct.requests()["ebs:PutSnapshotBlock"]
         .as_u64()
         .unwrap_or(0)
 }
@@ -1030,14 +1024,7 @@ async fn stop_and_continue(format: &str, next: Next, want_format: &str) {
     };
     assert!(body.len() > 3 * PART, "the upload spans several parts");
     w.acct.put(&w.bucket, &key, body, &[]).await;
-    w.acct.control(
-        "DELETE",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
+    w.acct.reset_requests();
     let snapshot_id = stop_part_way(&w, &key).await;
     let first = blocks_put(&w);
     let total = nonzero_blocks(&raw);
@@ -1073,23 +1060,7 @@ async fn stop_and_continue(format: &str, next: Next, want_format: &str) {
         assert_eq!(transfer.blocks_written + transfer.blocks_resumed, total);
     }
     assert_eq!(blocks_put(&w), total, "every block written once");
-    let snap = ec2::describe_snapshot(&w.acct.clients.ec2, &snapshot_id)
-        .await
-        .expect("snapshot");
-    assert_eq!(snap.state.as_deref(), Some("completed"));
-    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
-    assert!(
-        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
-        "the snapshot's content differs from the raw disk"
-    );
-    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
-        .await
-        .expect("images");
-    assert_eq!(images.len(), 1, "{images:?}");
-    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
-    let msgs = w.acct.drain(&w.queue).await;
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    one_image_of(&w, &snapshot_id, &raw).await;
     // Nothing left to continue.
     let again = w.invoke(&json!({"sweep": true})).await.expect("sweep");
     assert!(steps_of(&again, "continue").is_empty(), "{again:?}");
@@ -1217,23 +1188,7 @@ async fn a_crashed_writers_lease_holds_off_redeliveries_and_the_sweep_takes_it_o
         "{:?}",
         steps[0]
     );
-    let snap = ec2::describe_snapshot(&w.acct.clients.ec2, &snapshot_id)
-        .await
-        .expect("snapshot");
-    assert_eq!(snap.state.as_deref(), Some("completed"));
-    let ebs = aws_sdk_ebs::Client::new(&w.acct.sdk);
-    assert!(
-        read_back(&ebs, &snapshot_id, raw.len()).await == raw,
-        "the snapshot's content differs from the raw disk"
-    );
-    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
-        .await
-        .expect("images");
-    assert_eq!(images.len(), 1, "{images:?}");
-    assert_eq!(images[0].snapshot_ids, vec![snapshot_id.clone()]);
-    let msgs = w.acct.drain(&w.queue).await;
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    one_image_of(&w, &snapshot_id, &raw).await;
     let leases_left: Vec<String> = w.acct.list_keys(&state, "progress/").await;
     assert!(
         leases_left.is_empty(),
@@ -1493,26 +1448,12 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
         "{sweep:?}"
     );
     // The next sweep finds the record in its one listing: no per-image look at the claims.
-    w.acct.control(
-        "DELETE",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
+    w.acct.reset_requests();
     create_image::handle(create_image::Command::Sweep, &w.deps, later, deadline())
         .await
         .expect("second sweep");
-    let counts = w.acct.control(
-        "GET",
-        &format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            w.acct.account_id
-        ),
-        None,
-    );
-    let requests = &counts["requests"];
+    let counts = w.acct.requests();
+    let requests = &counts;
     assert_eq!(requests["s3:ListObjectsV2"].as_u64(), Some(1), "{counts}");
     assert_eq!(
         requests["s3:HeadObject"].as_u64().unwrap_or(0),
