@@ -811,7 +811,12 @@ impl Run {
     }
 
     /// cleanup `GRACE_DAYS` + 1 later: `dup` runs at once under faults, then one run per round
-    /// (faults off) until a run changes nothing.
+    /// (faults off) until a run changes nothing; then the same rounds another `GRACE_DAYS` + 1
+    /// later. The second pass is what a daily schedule does next: an image the first phase's
+    /// runs could not deprecate (its launch permissions or references unreadable under faults:
+    /// skipped, with that reason) is deprecated by the first pass and, rightly, kept for its
+    /// grace period; the second removes it. Without it the check counted that wait as a missed
+    /// removal (seed 2002).
     async fn phase_remove(&mut self) {
         let later = chrono::Duration::days(GRACE_DAYS + 1);
         self.faults.set(true);
@@ -819,6 +824,15 @@ impl Run {
         let runs = self.schedules(Fun::Cleanup, "cleanup-daily", n, 500);
         self.deliver(runs, Clock::later(later)).await;
         self.faults.set(false);
+        self.cleanup_converged =
+            self.cleanup_rounds_at(later).await && self.cleanup_rounds_at(later + later).await;
+        self.collect("cleanup (deregister)").await;
+        self.at_end = Inventory::read(&self.acct, &regions()).await;
+    }
+
+    /// One cleanup run per round, `ROUND_PERIOD_MINUTES` apart from `later`, until a run
+    /// changes nothing (true) or `max_rounds` (false).
+    async fn cleanup_rounds_at(&mut self, later: chrono::Duration) -> bool {
         for round in 1..=self.mode.max_rounds {
             let minutes = ROUND_PERIOD_MINUTES * round as i64;
             let clock = Clock::later(later + chrono::Duration::minutes(minutes));
@@ -837,12 +851,10 @@ impl Run {
                 in_flight: after.in_flight().len(),
             });
             if quiet {
-                self.cleanup_converged = true;
-                break;
+                return true;
             }
         }
-        self.collect("cleanup (deregister)").await;
-        self.at_end = Inventory::read(&self.acct, &regions()).await;
+        false
     }
 }
 
