@@ -738,8 +738,8 @@ async fn a_rerun_keeps_the_deprecation_time_and_a_kept_image_is_undeprecated() {
 #[tokio::test]
 async fn paced_removals_stay_below_the_bucket_where_unpaced_ones_are_throttled() {
     // The account's DeregisterImage bucket (the emulator's) is set to 25 tokens and 1.25 per
-    // second; cleanup paces at API_BUDGET_PERCENT=20 of the documented 100 / 5: 20 tokens,
-    // 1 per second, below it. 30 removals: paced, none is throttled; unpaced, some are (and
+    // second; cleanup paces at API_BUDGET_PERCENT=20 of the documented 100 / 5: 1 per second
+    // and a burst of 10 (half its share of 20 tokens, the other half left in reserve), below it. 30 removals: paced, none is throttled; unpaced, some are (and
     // the SDK's retry still completes them).
     let mut throttled = Vec::new();
     for percent in ["20", "0"] {
