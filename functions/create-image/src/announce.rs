@@ -1,9 +1,9 @@
-//! `image.registered`, once: the message of a registered image, and the fast path's claim on it.
+//! `image.registered`, once: the message of a registered image, and the claim on it.
 //!
 //! Both paths claim the announcement in the state bucket ([`shared::claim`]) before sending,
-//! and record it there once sent ([`send_once`]); the import path also records it on its
-//! import task (`ami-pipeline:outcome`, which ends the sweep's plan for the task). A later delivery of the
-//! same upload that finds the image already made ([`repair`]) sends it when no record exists
+//! and record it there once sent ([`send_once`]); the import path also records it on its import
+//! task (`ami-pipeline:outcome`, which ends the sweep's plan for the task). A later delivery of
+//! the same upload that finds the image already made ([`repair`]) sends it when no record exists
 //! and no other invocation holds the claim: an invocation that stopped (or whose SNS publish
 //! failed) between RegisterImage and its announcement no longer loses `image.registered`.
 
