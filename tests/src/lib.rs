@@ -445,20 +445,20 @@ impl TestAccount {
     /// The emulator's request counts for this account since the last [`TestAccount::reset_requests`]
     /// (`{"ec2:DeregisterImage": n, …}`; an action not called is absent).
     pub fn requests(&self) -> Value {
-        let path = format!(
-            "/ami-pipeline-emulator/requests?account_id={}",
-            self.account_id
-        );
-        self.control("GET", &path, None)["requests"].clone()
+        self.control("GET", &self.requests_path(), None)["requests"].clone()
     }
 
     /// Sets this account's request counts back to nothing.
     pub fn reset_requests(&self) {
-        let path = format!(
+        self.control("DELETE", &self.requests_path(), None);
+    }
+
+    /// The emulator's request counter of this account.
+    fn requests_path(&self) -> String {
+        format!(
             "/ami-pipeline-emulator/requests?account_id={}",
             self.account_id
-        );
-        self.control("DELETE", &path, None);
+        )
     }
 
     /// Calls one of the emulator's control endpoints for this account (`account_id` is added to

@@ -499,7 +499,6 @@ fn time_out(w: &World, snapshot_id: &str) {
     assert_eq!(aged["status"], "error", "{aged}");
 }
 
-/// The sweep's steps of `action`.
 /// The scheduled sweep with the clock at `at` (a later schedule run).
 async fn sweep_at(
     w: &World,
@@ -538,6 +537,7 @@ async fn resumed_after_the_lease(
     steps[0].clone()
 }
 
+/// The sweep's steps of `action`.
 fn steps_of<'a>(out: &'a Output, action: &str) -> Vec<&'a create_image::StepReport> {
     out.sweep
         .steps
@@ -1156,14 +1156,7 @@ async fn a_crashed_writers_lease_holds_off_redeliveries_and_the_sweep_takes_it_o
         matches!(&again.ingested[0], IngestOutcome::InProgress { snapshot_id: s, .. } if *s == snapshot_id),
         "{again:?}"
     );
-    let sweep = create_image::handle(
-        create_image::Command::Sweep,
-        &w.deps,
-        soon,
-        support::deadline(),
-    )
-    .await
-    .expect("sweep while leased");
+    let sweep = sweep_at(&w, soon).await.expect("sweep while leased");
     assert!(steps_of(&sweep, "continue").is_empty(), "{sweep:?}");
     assert_eq!(
         blocks_put(&w),
@@ -1172,14 +1165,9 @@ async fn a_crashed_writers_lease_holds_off_redeliveries_and_the_sweep_takes_it_o
     );
 
     let expired = started + create_image::LEASE + chrono::Duration::minutes(1);
-    let sweep = create_image::handle(
-        create_image::Command::Sweep,
-        &w.deps,
-        expired,
-        support::deadline(),
-    )
-    .await
-    .expect("sweep after the lease expired");
+    let sweep = sweep_at(&w, expired)
+        .await
+        .expect("sweep after the lease expired");
     let steps = steps_of(&sweep, "continue");
     assert_eq!(steps.len(), 1, "{sweep:?}");
     assert_eq!(steps[0].task_id, snapshot_id);
@@ -1435,10 +1423,7 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
     assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
     // The schedule, once the claim is stale: sent once, and not again.
     let later = chrono::Utc::now() + chrono::Duration::minutes(11);
-    let deadline = || shared::deadline::Deadline::after(std::time::Duration::from_secs(600));
-    let sweep = create_image::handle(create_image::Command::Sweep, &w.deps, later, deadline())
-        .await
-        .expect("sweep");
+    let sweep = sweep_at(&w, later).await.expect("sweep");
     assert!(
         sweep
             .sweep
@@ -1449,17 +1434,10 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
     );
     // The next sweep finds the record in its one listing: no per-image look at the claims.
     w.acct.reset_requests();
-    create_image::handle(create_image::Command::Sweep, &w.deps, later, deadline())
-        .await
-        .expect("second sweep");
+    sweep_at(&w, later).await.expect("second sweep");
     let counts = w.acct.requests();
-    let requests = &counts;
-    assert_eq!(requests["s3:ListObjectsV2"].as_u64(), Some(1), "{counts}");
-    assert_eq!(
-        requests["s3:HeadObject"].as_u64().unwrap_or(0),
-        0,
-        "{counts}"
-    );
+    assert_eq!(counts["s3:ListObjectsV2"].as_u64(), Some(1), "{counts}");
+    assert_eq!(counts["s3:HeadObject"].as_u64().unwrap_or(0), 0, "{counts}");
     let msgs = w.acct.drain(&w.queue).await;
     let registered = of_type(&msgs, "image.registered");
     assert_eq!(registered.len(), 1, "{msgs:#?}");
