@@ -690,6 +690,62 @@ async fn an_image_whose_sharing_cannot_be_read_is_skipped_and_the_rest_go_on() {
     assert!(!w.exists(EAST, &fine).await, "the others are not held back");
 }
 
+/// Issue #17: each image is removed as soon as its own checks are clean, while the next ones
+/// are still being read (on a rate-limited account the reads and the removals then drain their
+/// buckets side by side, not one after the other). The checks are read ten images at a time,
+/// newest first; the last batch's launch permissions are held for a few seconds, and the first
+/// batch's images are gone before that read is answered.
+#[tokio::test]
+async fn images_are_removed_while_the_next_ones_are_still_being_read() {
+    const HELD: Duration = Duration::from_secs(6);
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "stream", "stream-new", 1).await;
+    let mut stale = Vec::new();
+    for days in 100..115 {
+        stale.push(
+            w.managed(EAST, "stream", &format!("stream-{days}"), days)
+                .await
+                .0,
+        );
+    }
+    let (first_batch, last) = (&stale[..10], &stale[14]);
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImageAttribute",
+        "delay_seconds": HELD.as_secs_f64(), "resource": last}));
+    let start = std::time::Instant::now();
+    let watch = async {
+        loop {
+            let mut gone = 0;
+            for image in first_batch {
+                gone += usize::from(!w.exists(EAST, image).await);
+            }
+            if gone == first_batch.len() || start.elapsed() > HELD * 2 {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (r, first_batch_gone) = tokio::join!(w.run(json!({"dry_run": false}), Utc::now()), watch);
+    let whole_run = start.elapsed();
+    assert!(
+        whole_run >= HELD,
+        "the held read took {whole_run:?}: the rule did not fire"
+    );
+    assert!(
+        first_batch_gone < HELD,
+        "the first ten were gone only after {first_batch_gone:?}, not while the last read was held"
+    );
+    // The report is the second plan's, and every removal is in it once.
+    for image in &stale {
+        assert_eq!(action(&r, image), "deregister", "{:?}", decision(&r, image));
+        assert_eq!(step_result(&r, image, "deregister"), &StepResult::Done);
+        assert!(!w.exists(EAST, image).await);
+    }
+    let deregistered = r.steps.iter().filter(|s| s.action == "deregister").count();
+    assert_eq!(deregistered, stale.len(), "{:?}", r.steps);
+    assert_eq!(w.acct.requests()["ec2:DeregisterImage"], stale.len());
+}
+
 #[tokio::test]
 async fn a_rerun_keeps_the_deprecation_time_and_a_kept_image_is_undeprecated() {
     let w = world().await;

@@ -2,6 +2,7 @@
 //! snapshots in the same call, delete orphaned snapshots; announce the report.
 
 use crate::config::Deps;
+use crate::gather::Removed;
 use crate::output::{Report, Step, StepResult};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -17,6 +18,7 @@ use shared::plan::retention::{
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+use tracing::warn;
 
 /// How often a snapshot still "in use" right after its image was deregistered is retried.
 pub(crate) const IN_USE_RETRIES: u32 = 3;
@@ -42,10 +44,13 @@ pub(crate) async fn delete_snapshot(c: &Clients, snapshot: &str) -> StepResult {
     }
 }
 
+/// Executes the second plan. `removed` holds the deregistrations already made while the
+/// checks were read (their steps are reported as they are, not made again).
 pub(crate) async fn execute(
     deps: &Deps,
     clients: &RegionalClients,
     plan: &retention::Plan,
+    removed: Removed,
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Vec<Step> {
@@ -54,30 +59,16 @@ pub(crate) async fn execute(
     // The images to deprecate are marked first (one CreateTags per region and 1,000 images),
     // so a deprecation is always one cleanup can recognise and undo; an unmarked one is not made.
     let marked = tag_batches(deps, clients, &to_deprecate, deadline, true).await;
-    let work: Vec<&Decision> = plan
-        .decisions
-        .iter()
-        .filter(|d| {
-            matches!(
-                d.action,
-                Action::Deprecate | Action::Deregister | Action::Undeprecate
-            )
-        })
-        .collect();
-    let marked = &marked;
-    let mut steps: Vec<Step> = stream::iter(work)
-        .map(|d| async move {
-            if d.action == Action::Deprecate
-                && let Some(failed) = marked.get(&(d.region.to_string(), d.image_id.clone()))
-            {
-                return vec![step(d, "deprecate", failed.clone())];
-            }
-            image_step(deps, clients, d, deprecate_at, deadline).await
-        })
-        .buffer_unordered(deps.config.concurrency)
-        .flat_map(stream::iter)
-        .collect()
-        .await;
+    let mut steps = image_steps(
+        deps,
+        clients,
+        plan,
+        removed,
+        &marked,
+        deprecate_at,
+        deadline,
+    )
+    .await;
     let done: HashSet<(&str, &str)> = steps
         .iter()
         .filter(|s| s.action == "undeprecate" && s.result.is_done())
@@ -116,6 +107,60 @@ pub(crate) async fn execute(
         });
     }
     steps.sort_by(|a, b| (&a.region, &a.resource).cmp(&(&b.region, &b.resource)));
+    steps
+}
+
+/// The image steps of the plan (deprecate, undeprecate, deregister), those in `removed`
+/// already made; `marked` holds the deprecations whose mark failed (not made).
+async fn image_steps(
+    deps: &Deps,
+    clients: &RegionalClients,
+    plan: &retention::Plan,
+    mut removed: Removed,
+    marked: &HashMap<(String, String), StepResult>,
+    deprecate_at: DateTime<Utc>,
+    deadline: Deadline,
+) -> Vec<Step> {
+    let work: Vec<(&Decision, Option<Vec<Step>>)> = plan
+        .decisions
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.action,
+                Action::Deprecate | Action::Deregister | Action::Undeprecate
+            )
+        })
+        .map(|d| {
+            let made = (d.action == Action::Deregister)
+                .then(|| removed.remove(&(d.region.to_string(), d.image_id.clone())))
+                .flatten();
+            (d, made)
+        })
+        .collect();
+    // The planner's property test proves a cleared image is a deregistration of the second
+    // plan too; should one ever not be, what was done is still reported.
+    let mut steps: Vec<Step> = Vec::new();
+    for ((region, image), made) in removed {
+        warn!(%region, %image, "deregistered while checking, but the second plan does not deregister it");
+        steps.extend(made);
+    }
+    let mut rest: Vec<Step> = stream::iter(work)
+        .map(|(d, made)| async move {
+            if let Some(made) = made {
+                return made;
+            }
+            if d.action == Action::Deprecate
+                && let Some(failed) = marked.get(&(d.region.to_string(), d.image_id.clone()))
+            {
+                return vec![step(d, "deprecate", failed.clone())];
+            }
+            image_step(deps, clients, d, deprecate_at, deadline).await
+        })
+        .buffer_unordered(deps.config.concurrency)
+        .flat_map(stream::iter)
+        .collect()
+        .await;
+    steps.append(&mut rest);
     steps
 }
 
@@ -180,7 +225,7 @@ async fn tag_batches(
 
 /// One image's step: deprecate, undeprecate, or deregister with its snapshots (EC2 deletes
 /// them in the same call and skips those another AMI uses; each result is a step).
-async fn image_step(
+pub(crate) async fn image_step(
     deps: &Deps,
     clients: &RegionalClients,
     d: &Decision,

@@ -2,6 +2,7 @@
 //! plan would act on (sharing, references), and turn a plan into report steps.
 
 use crate::config::Deps;
+use crate::execute::image_step;
 use crate::output::{Step, StepResult};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
@@ -12,7 +13,9 @@ use shared::error::AwsError;
 use shared::invocation::InvocationError;
 use shared::model::Select;
 use shared::plan::lineage::MANAGED;
-use shared::plan::retention::{self, Action, Checks, Policy, RegionFacts};
+use shared::plan::retention::{
+    self, Action, Checks, DEPRECATION_LEAD, Decision, Policy, RegionFacts,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub(crate) async fn gather(
@@ -39,88 +42,139 @@ pub(crate) async fn gather(
     })
 }
 
-/// Reads the checks of the images a first plan would act on: launch permissions (one call
-/// per image) and references (DescribeImageReferences: instances not terminated and SSM
-/// parameters, ten images per call), each paced. A failed read is that image's check result
-/// (it is skipped with the reason), not the run's failure; an image the deadline leaves
-/// unread is not acted on this run.
-pub(crate) async fn checks(
+/// What [`check`] read, and what it already did.
+pub(crate) struct Checked {
+    /// Each checked image's checks, as `(region, image, checks)`; an image the deadline left
+    /// unread has none.
+    pub reads: Vec<(String, String, Checks)>,
+    /// The deregistrations made as soon as their image's checks cleared, with their steps,
+    /// by `(region, image)`.
+    pub removed: Removed,
+}
+
+/// Steps already made, by `(region, image)`.
+pub(crate) type Removed = HashMap<(String, String), Vec<Step>>;
+
+/// Reads the checks of the images the first plan acts on: references (DescribeImageReferences:
+/// instances not terminated and SSM parameters, ten images per call), then launch permissions
+/// (one call per image), each paced. A failed read is that image's check result (it is
+/// skipped with the reason), not the run's failure; an image the deadline leaves unread is not
+/// acted on this run.
+///
+/// With `remove`, each image the first plan deregisters is deregistered as soon as its own
+/// checks clear ([`retention::cleared`]: the second plan decides the same for it), while the
+/// next images are still being read: on a rate-limited account the reads and the removals
+/// then draw on their buckets side by side instead of one after the other.
+pub(crate) async fn check(
     deps: &Deps,
     clients: &RegionalClients,
     deadline: Deadline,
-    candidates: Vec<(String, String)>,
-) -> Vec<(String, String, Checks)> {
-    let pacer = &deps.pacer;
-    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (region, image) in &candidates {
-        by_region
-            .entry(region.clone())
-            .or_default()
-            .push(image.clone());
+    first: &retention::Plan,
+    policy: &Policy,
+    remove: Option<DateTime<Utc>>,
+) -> Checked {
+    let mut by_region: BTreeMap<&str, Vec<&Decision>> = BTreeMap::new();
+    for d in &first.decisions {
+        if matches!(d.action, Action::Deprecate | Action::Deregister) {
+            by_region.entry(&d.region).or_default().push(d);
+        }
     }
-    let batches: Vec<(String, Vec<String>)> = by_region
-        .into_iter()
-        .flat_map(|(region, images)| {
-            images
-                .chunks(ec2::IMAGE_REFERENCES_BATCH)
-                .map(|b| (region.clone(), b.to_vec()))
+    let batches: Vec<Vec<&Decision>> = by_region
+        .into_values()
+        .flat_map(|ds| {
+            ds.chunks(ec2::IMAGE_REFERENCES_BATCH)
+                .map(<[&Decision]>::to_vec)
                 .collect::<Vec<_>>()
         })
         .collect();
-    let references: HashMap<(String, String), Result<Vec<String>, String>> = stream::iter(batches)
-        .map(|(region, batch)| async move {
-            if !pacer
-                .acquire(&region, "DescribeImageReferences", &deadline)
-                .await
-            {
-                return Vec::new();
-            }
-            let c = clients.get(&region);
-            let found = ec2::image_references(&c.ec2, &batch).await;
-            batch
-                .into_iter()
-                .map(|image| {
-                    let arns = match &found {
-                        Ok(refs) => Ok(refs
-                            .iter()
-                            .filter(|(i, _)| *i == image)
-                            .map(|(_, arn)| arn.clone())
-                            .collect()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    ((region.clone(), image), arns)
-                })
-                .collect()
-        })
-        .buffer_unordered(deps.config.concurrency)
+    let concurrency = deps.config.concurrency;
+    let at_once = concurrency.div_ceil(ec2::IMAGE_REFERENCES_BATCH);
+    let done: Vec<Read<'_>> = stream::iter(batches)
+        .map(|batch| read_batch(deps, clients, deadline, batch))
+        .buffer_unordered(at_once)
         .flat_map(stream::iter)
+        .map(|(d, checks)| async move {
+            let steps = match (&checks, remove) {
+                (Some(c), Some(now))
+                    if d.action == Action::Deregister && retention::cleared(c, policy) =>
+                {
+                    Some(image_step(deps, clients, d, now + DEPRECATION_LEAD, deadline).await)
+                }
+                _ => None,
+            };
+            (d, checks, steps)
+        })
+        .buffer_unordered(concurrency)
         .collect()
         .await;
-    let references = &references;
-    stream::iter(candidates)
-        .map(|(region, image)| async move {
-            let referenced_by = references.get(&(region.clone(), image.clone()))?.clone();
+    let mut checked = Checked {
+        reads: Vec::with_capacity(done.len()),
+        removed: HashMap::new(),
+    };
+    for (d, checks, steps) in done {
+        let key = (d.region.to_string(), d.image_id.clone());
+        if let Some(steps) = steps {
+            checked.removed.insert(key.clone(), steps);
+        }
+        if let Some(checks) = checks {
+            checked.reads.push((key.0, key.1, checks));
+        }
+    }
+    checked
+}
+
+/// One image the first plan acts on, its checks (None: not read before the deadline), and the
+/// steps of its deregistration if it was made at once.
+type Read<'a> = (&'a Decision, Option<Checks>, Option<Vec<Step>>);
+
+/// Reads one batch's checks (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images): its
+/// references in one call, then each image's launch permissions.
+async fn read_batch<'a>(
+    deps: &Deps,
+    clients: &RegionalClients,
+    deadline: Deadline,
+    batch: Vec<&'a Decision>,
+) -> Vec<(&'a Decision, Option<Checks>)> {
+    let pacer = &deps.pacer;
+    let Some(region) = batch.first().map(|d| d.region.to_string()) else {
+        return Vec::new();
+    };
+    if !pacer
+        .acquire(&region, "DescribeImageReferences", &deadline)
+        .await
+    {
+        return batch.into_iter().map(|d| (d, None)).collect();
+    }
+    let ec2 = &clients.get(&region).ec2;
+    let ids: Vec<String> = batch.iter().map(|d| d.image_id.clone()).collect();
+    let found = ec2::image_references(ec2, &ids).await;
+    let (found, region) = (&found, &region);
+    stream::iter(batch)
+        .map(|d| async move {
+            let referenced_by = match found {
+                Ok(refs) => Ok(refs
+                    .iter()
+                    .filter(|(i, _)| *i == d.image_id)
+                    .map(|(_, arn)| arn.clone())
+                    .collect()),
+                Err(e) => Err(e.to_string()),
+            };
             if !pacer
-                .acquire(&region, "DescribeImageAttribute", &deadline)
+                .acquire(region, "DescribeImageAttribute", &deadline)
                 .await
             {
-                return None;
+                return (d, None);
             }
-            let c = clients.get(&region);
-            let shared_with = ec2::launch_permissions(&c.ec2, &image)
+            let shared_with = ec2::launch_permissions(ec2, &d.image_id)
                 .await
                 .map_err(|e| e.to_string());
-            Some((
-                region,
-                image,
-                Checks {
-                    shared_with,
-                    referenced_by,
-                },
-            ))
+            let checks = Checks {
+                shared_with,
+                referenced_by,
+            };
+            (d, Some(checks))
         })
         .buffer_unordered(deps.config.concurrency)
-        .filter_map(std::future::ready)
         .collect()
         .await
 }

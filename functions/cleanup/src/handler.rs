@@ -3,7 +3,7 @@
 use crate::config::{Config, Deps};
 use crate::event::Command;
 use crate::execute::{announce, execute};
-use crate::gather::{check_families, checks, gather, planned_steps};
+use crate::gather::{Removed, check, check_families, gather, planned_steps};
 use crate::output::{Counts, Report};
 use chrono::{DateTime, Utc};
 use shared::aws::clients::RegionalClients;
@@ -38,11 +38,12 @@ pub async fn handle(
         warn!(relaxed = ?relaxed, "a manual invoke relaxed the configured safety policy");
     }
     let clients = RegionalClients::new(&deps.clients, regions.iter().map(String::as_str));
-    let plan = plan_twice(deps, &clients, &regions, &policy, now, deadline).await?;
+    let (plan, removed) =
+        plan_twice(deps, &clients, &regions, &policy, !dry_run, now, deadline).await?;
     let steps = if dry_run {
         planned_steps(&plan)
     } else {
-        execute(deps, &clients, &plan, now, deadline).await
+        execute(deps, &clients, &plan, removed, now, deadline).await
     };
     let summary = summarize(&plan);
     let report = Report {
@@ -115,24 +116,35 @@ fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
 
 /// Gathers every region, plans, checks only the images the first plan would act on (after
 /// the caps: sharing and references need calls per image), and plans again: the second plan
-/// acts only on images checked and clean.
+/// acts only on images checked and clean. With `remove` (not a dry run), the images the
+/// first plan deregisters are deregistered as soon as their own checks clear (the second plan
+/// decides the same for them, [`retention::cleared`]); those steps come back with the plan.
 async fn plan_twice(
     deps: &Deps,
     clients: &RegionalClients,
     regions: &[String],
     policy: &Policy,
+    remove: bool,
     now: DateTime<Utc>,
     deadline: Deadline,
-) -> Result<retention::Plan, InvocationError> {
+) -> Result<(retention::Plan, Removed), InvocationError> {
     let mut facts = Vec::new();
     for r in regions {
         facts.push(gather(deps, clients, r, policy).await.map_err(partial)?);
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);
-    let read = checks(deps, clients, deadline, retention::to_check(&first)).await;
-    retention::with_checks(&mut facts, read);
-    Ok(retention::plan(&facts, policy, now))
+    let checked = check(
+        deps,
+        clients,
+        deadline,
+        &first,
+        policy,
+        remove.then_some(now),
+    )
+    .await;
+    retention::with_checks(&mut facts, checked.reads);
+    Ok((retention::plan(&facts, policy, now), checked.removed))
 }
 
 /// How a manual invoke made the policy less safe than the configured one, each as
