@@ -66,9 +66,13 @@ impl<'a> Reader<'a> {
 
     /// A list of AWS region names, each a known region
     /// ([`crate::plan::ids::KNOWN_REGIONS`]) of the deployment's partition
-    /// ([`crate::plan::ids::check_region`] against [`Reader::home_region`]).
+    /// ([`crate::plan::ids::check_region`] against [`Reader::home_region`]), each once (a
+    /// region named twice is one region: planned twice, its second copy would be read without
+    /// the first copy's checks).
     pub fn regions(&mut self, name: &str) -> Vec<String> {
-        let regions = self.list(name);
+        let mut regions = self.list(name);
+        let mut seen = std::collections::HashSet::new();
+        regions.retain(|r| seen.insert(r.clone()));
         self.check_regions(name, &regions);
         regions
     }

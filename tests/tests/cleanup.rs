@@ -438,11 +438,26 @@ async fn the_cap_holds_and_a_dry_run_is_exactly_the_real_run() {
     let now = Utc::now();
     w.run(json!({"dry_run": false}), now).await;
     let later = now + Days::days(8);
+    w.acct.reset_requests();
     let dry = w.run(json!({"max_deletions": 2}), later).await;
     assert!(dry.dry_run, "manual runs are dry unless told otherwise");
     assert_eq!(dry.capped, 3);
     for i in &stale {
         assert!(w.exists(EAST, i).await, "a dry run changes nothing");
+    }
+    // It reads the checks as the real run does, and makes no change at all.
+    let calls = w.acct.requests();
+    assert_eq!(calls["ec2:DescribeImageAttribute"], 2, "{calls}");
+    for change in [
+        "ec2:DeregisterImage",
+        "ec2:EnableImageDeprecation",
+        "ec2:CreateTags",
+        "ec2:DeleteSnapshot",
+    ] {
+        assert!(
+            calls.get(change).is_none(),
+            "{change} in a dry run: {calls}"
+        );
     }
     let real = w
         .run(json!({"max_deletions": 2, "dry_run": false}), later)
@@ -744,6 +759,53 @@ async fn images_are_removed_while_the_next_ones_are_still_being_read() {
     let deregistered = r.steps.iter().filter(|s| s.action == "deregister").count();
     assert_eq!(deregistered, stale.len(), "{:?}", r.steps);
     assert_eq!(w.acct.requests()["ec2:DeregisterImage"], stale.len());
+}
+
+/// Review of #17: an image the listing showed private and that was made public before its
+/// launch permissions were read is public (`all` in the permissions), and kept: removing each
+/// image as soon as its checks clear must not take it.
+#[tokio::test]
+async fn an_image_made_public_after_the_listing_is_kept_as_public() {
+    use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, PermissionGroup};
+    let w = one_run_world(&[]).await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "late", "late-new", 1).await;
+    let (late, _) = w.managed(EAST, "late", "late-old", 100).await;
+    w.acct.reset_requests();
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImageAttribute",
+        "delay_seconds": 3.0, "resource": late}));
+    let make_public = async {
+        // Its launch permissions are being read (the request is held): the listing is done.
+        while w
+            .acct
+            .requests()
+            .get("ec2:DescribeImageAttribute")
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ec2.modify_image_attribute()
+            .image_id(&late)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .add(
+                        LaunchPermission::builder()
+                            .group(PermissionGroup::All)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+    };
+    let (r, made) = tokio::join!(w.run(json!({"dry_run": false}), Utc::now()), make_public);
+    made.expect("make it public");
+    assert_eq!(action(&r, &late), "skip", "{:?}", decision(&r, &late));
+    let why = decision(&r, &late).reasons.join("; ");
+    assert!(why.contains("public"), "{why}");
+    assert!(w.exists(EAST, &late).await);
+    assert!(w.acct.requests().get("ec2:DeregisterImage").is_none());
 }
 
 #[tokio::test]

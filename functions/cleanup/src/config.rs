@@ -5,6 +5,7 @@ use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::pace::{MAX_PERCENT, Pacer};
 use shared::plan::retention::{Policy, Selector};
 use std::sync::Arc;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Settings of cleanup, from the environment (names as in `template.yaml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +21,8 @@ pub struct Config {
     /// Every launch template version protects its image, not only `$Default`/`$Latest`
     /// (`LAUNCH_TEMPLATE_VERSIONS=all`).
     pub all_template_versions: bool,
-    /// Images handled in parallel (`CLEANUP_CONCURRENCY`).
+    /// EC2 calls in flight at once (`CLEANUP_CONCURRENCY`), over the reads, the removals and
+    /// the rest of the plan together.
     pub concurrency: usize,
     /// The share of EC2's documented request rates this function may use, in percent
     /// (`API_BUDGET_PERCENT`, default 50: half is left to the account's other workloads;
@@ -113,17 +115,30 @@ pub struct Deps {
     /// EC2 calls paced at `API_BUDGET_PERCENT` of the documented rates (one per invocation
     /// environment: a warm environment's buckets carry over to its next run).
     pub pacer: Arc<Pacer>,
+    /// At most `concurrency` EC2 calls of a run in flight at once, whichever stage makes them
+    /// (the reads, the removals made as their checks clear, the rest of the plan).
+    slots: Arc<Semaphore>,
 }
 
 impl Deps {
     /// The function's dependencies.
     pub fn new(clients: Clients, config: Config) -> Self {
         let pacer = Arc::new(Pacer::new(config.api_budget_percent));
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Deps {
             clients,
             config,
             pacer,
+            slots,
         }
+    }
+
+    /// Waits for one of the `concurrency` call slots; the call is made while the returned
+    /// permit is held. Taken after the pacer's token, so a call waiting for its turn in the
+    /// bucket does not hold a slot another stage could use.
+    pub(crate) async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+        // The semaphore is never closed; were it, calls would go on unbounded, not stop.
+        self.slots.acquire().await.ok()
     }
 }
 
@@ -161,5 +176,14 @@ mod tests {
             ]))
             .is_ok()
         );
+        // A region named twice is one region (planned twice, the second copy would be read
+        // without the first copy's checks).
+        let twice = Config::from_lookup(&env(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("AWS_REGION", "us-east-1"),
+            ("CLEANUP_REGIONS", "us-east-1, eu-west-1,us-east-1"),
+        ]))
+        .expect("valid");
+        assert_eq!(twice.regions, ["us-east-1", "eu-west-1"]);
     }
 }

@@ -1,10 +1,12 @@
-//! Execute a plan, paced: mark and deprecate, undeprecate, deregister with the image's
-//! snapshots in the same call, delete orphaned snapshots; announce the report.
+//! Execute a plan, paced: deregister the images whose checks cleared as they clear (with the
+//! image's snapshots in the same call), then the rest of the second plan: mark and deprecate,
+//! undeprecate, deregister, delete orphaned snapshots; announce the report.
 
 use crate::config::Deps;
 use crate::gather::Removed;
 use crate::output::{Report, Step, StepResult};
 use chrono::{DateTime, Utc};
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::stream::{self, StreamExt};
 use shared::aws::clients::Clients;
 use shared::aws::clients::RegionalClients;
@@ -44,13 +46,13 @@ pub(crate) async fn delete_snapshot(c: &Clients, snapshot: &str) -> StepResult {
     }
 }
 
-/// Executes the second plan. `removed` holds the deregistrations already made while the
-/// checks were read (their steps are reported as they are, not made again).
+/// Executes the second plan, but for the deregistrations in `sent`: those are made by
+/// [`remove_cleared`] as their checks clear, and [`merge`] adds their steps.
 pub(crate) async fn execute(
     deps: &Deps,
     clients: &RegionalClients,
     plan: &retention::Plan,
-    removed: Removed,
+    sent: &HashSet<(String, String)>,
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Vec<Step> {
@@ -59,16 +61,7 @@ pub(crate) async fn execute(
     // The images to deprecate are marked first (one CreateTags per region and 1,000 images),
     // so a deprecation is always one cleanup can recognise and undo; an unmarked one is not made.
     let marked = tag_batches(deps, clients, &to_deprecate, deadline, true).await;
-    let mut steps = image_steps(
-        deps,
-        clients,
-        plan,
-        removed,
-        &marked,
-        deprecate_at,
-        deadline,
-    )
-    .await;
+    let mut steps = image_steps(deps, clients, plan, sent, &marked, deprecate_at, deadline).await;
     let done: HashSet<(&str, &str)> = steps
         .iter()
         .filter(|s| s.action == "undeprecate" && s.result.is_done())
@@ -95,6 +88,7 @@ pub(crate) async fn execute(
             .acquire(&o.region, "DeleteSnapshot", &deadline)
             .await
         {
+            let _slot = deps.slot().await;
             delete_snapshot(&c, &o.snapshot_id).await
         } else {
             StepResult::Deferred
@@ -106,49 +100,98 @@ pub(crate) async fn execute(
             result,
         });
     }
+    steps
+}
+
+/// Deregisters each image [`crate::gather::check`] sends as soon as its checks clear, until
+/// the reads are done; returns the steps by `(region, image)`.
+pub(crate) async fn remove_cleared(
+    deps: &Deps,
+    clients: &RegionalClients,
+    cleared: UnboundedReceiver<Decision>,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> Removed {
+    let deprecate_at = now + DEPRECATION_LEAD;
+    cleared
+        .map(|d| async move {
+            let steps = image_step(deps, clients, &d, deprecate_at, deadline).await;
+            ((d.region.to_string(), d.image_id), steps)
+        })
+        .buffer_unordered(deps.config.concurrency)
+        .collect()
+        .await
+}
+
+/// All the steps of the run, in (region, resource) order: the second plan's, and those of the
+/// deregistrations made as their checks cleared. The planner's property test proves that the
+/// second plan deregisters each of those too; should one ever differ, the run fails with a
+/// step that says so (the deregistration happened, and the decision reported says otherwise).
+pub(crate) fn merge(
+    plan: &retention::Plan,
+    sent: HashSet<(String, String)>,
+    mut removed: Removed,
+    mut steps: Vec<Step>,
+) -> Vec<Step> {
+    let second: HashMap<(&str, &str), &Decision> = plan
+        .decisions
+        .iter()
+        .map(|d| ((&*d.region, d.image_id.as_str()), d))
+        .collect();
+    for (region, image) in sent {
+        let made = removed.remove(&(region.clone(), image.clone()));
+        let decided = second
+            .get(&(region.as_str(), image.as_str()))
+            .map(|d| d.action);
+        if decided != Some(Action::Deregister) {
+            warn!(%region, %image, ?decided, "deregistered as its checks cleared, but the second plan decided otherwise");
+            steps.push(Step {
+                region: region.clone(),
+                resource: image.clone(),
+                action: "deregister",
+                result: StepResult::Failed(format!(
+                    "deregistered as its checks cleared, but the second plan decided {decided:?}: \
+                     a planner defect, please report it"
+                )),
+            });
+        }
+        match made {
+            Some(made) => steps.extend(made),
+            None => steps.push(Step {
+                region,
+                resource: image,
+                action: "deregister",
+                result: StepResult::Failed("handed on for removal, but no result came back".into()),
+            }),
+        }
+    }
     steps.sort_by(|a, b| (&a.region, &a.resource).cmp(&(&b.region, &b.resource)));
     steps
 }
 
-/// The image steps of the plan (deprecate, undeprecate, deregister), those in `removed`
-/// already made; `marked` holds the deprecations whose mark failed (not made).
+/// The image steps of the plan (deprecate, undeprecate, deregister), but for the
+/// deregistrations in `sent` (made as their checks cleared); `marked` holds the deprecations
+/// whose mark failed (not made).
 async fn image_steps(
     deps: &Deps,
     clients: &RegionalClients,
     plan: &retention::Plan,
-    mut removed: Removed,
+    sent: &HashSet<(String, String)>,
     marked: &HashMap<(String, String), StepResult>,
     deprecate_at: DateTime<Utc>,
     deadline: Deadline,
 ) -> Vec<Step> {
-    let work: Vec<(&Decision, Option<Vec<Step>>)> = plan
+    let work: Vec<&Decision> = plan
         .decisions
         .iter()
-        .filter(|d| {
-            matches!(
-                d.action,
-                Action::Deprecate | Action::Deregister | Action::Undeprecate
-            )
-        })
-        .map(|d| {
-            let made = (d.action == Action::Deregister)
-                .then(|| removed.remove(&(d.region.to_string(), d.image_id.clone())))
-                .flatten();
-            (d, made)
+        .filter(|d| match d.action {
+            Action::Deprecate | Action::Undeprecate => true,
+            Action::Deregister => !sent.contains(&(d.region.to_string(), d.image_id.clone())),
+            Action::Keep | Action::Skip => false,
         })
         .collect();
-    // The planner's property test proves a cleared image is a deregistration of the second
-    // plan too; should one ever not be, what was done is still reported.
-    let mut steps: Vec<Step> = Vec::new();
-    for ((region, image), made) in removed {
-        warn!(%region, %image, "deregistered while checking, but the second plan does not deregister it");
-        steps.extend(made);
-    }
-    let mut rest: Vec<Step> = stream::iter(work)
-        .map(|(d, made)| async move {
-            if let Some(made) = made {
-                return made;
-            }
+    stream::iter(work)
+        .map(|d| async move {
             if d.action == Action::Deprecate
                 && let Some(failed) = marked.get(&(d.region.to_string(), d.image_id.clone()))
             {
@@ -159,9 +202,7 @@ async fn image_steps(
         .buffer_unordered(deps.config.concurrency)
         .flat_map(stream::iter)
         .collect()
-        .await;
-    steps.append(&mut rest);
-    steps
+        .await
 }
 
 fn of_action(plan: &retention::Plan, action: Action) -> Vec<&Decision> {
@@ -201,6 +242,7 @@ async fn tag_batches(
             let result = if !deps.pacer.acquire(region, action, &deadline).await {
                 Err(StepResult::Deferred)
             } else {
+                let _slot = deps.slot().await;
                 let ec2 = &clients.get(region).ec2;
                 let r = if mark {
                     let tags = Tags::from([(
@@ -240,6 +282,7 @@ pub(crate) async fn image_step(
     if !deps.pacer.acquire(&d.region, call, &deadline).await {
         return vec![step(d, name, StepResult::Deferred)];
     }
+    let _slot = deps.slot().await;
     let ec2 = &clients.get(&d.region).ec2;
     let done = |r: Result<(), AwsError>| {
         vec![step(

@@ -1,10 +1,11 @@
 //! Gather one region's facts (images, launch templates, snapshots), check the images a first
-//! plan would act on (sharing, references), and turn a plan into report steps.
+//! plan would act on (sharing, references) and hand on those to deregister at once, and turn
+//! a plan into report steps (dry run).
 
 use crate::config::Deps;
-use crate::execute::image_step;
 use crate::output::{Step, StepResult};
 use chrono::{DateTime, Utc};
+use futures::channel::mpsc::UnboundedSender;
 use futures::stream::{self, StreamExt};
 use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
@@ -13,10 +14,8 @@ use shared::error::AwsError;
 use shared::invocation::InvocationError;
 use shared::model::Select;
 use shared::plan::lineage::MANAGED;
-use shared::plan::retention::{
-    self, Action, Checks, DEPRECATION_LEAD, Decision, Policy, RegionFacts,
-};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use shared::plan::retention::{self, Action, Checks, Decision, Policy, RegionFacts};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub(crate) async fn gather(
     deps: &Deps,
@@ -42,36 +41,37 @@ pub(crate) async fn gather(
     })
 }
 
-/// What [`check`] read, and what it already did.
+/// What [`check`] read, and which images it handed on to be removed at once.
 pub(crate) struct Checked {
     /// Each checked image's checks, as `(region, image, checks)`; an image the deadline left
     /// unread has none.
     pub reads: Vec<(String, String, Checks)>,
-    /// The deregistrations made as soon as their image's checks cleared, with their steps,
-    /// by `(region, image)`.
-    pub removed: Removed,
+    /// The images sent to be deregistered at once, as `(region, image)`.
+    pub sent: HashSet<(String, String)>,
 }
 
 /// Steps already made, by `(region, image)`.
 pub(crate) type Removed = HashMap<(String, String), Vec<Step>>;
 
 /// Reads the checks of the images the first plan acts on: references (DescribeImageReferences:
-/// instances not terminated and SSM parameters, ten images per call), then launch permissions
-/// (one call per image), each paced. A failed read is that image's check result (it is
-/// skipped with the reason), not the run's failure; an image the deadline leaves unread is not
-/// acted on this run.
+/// instances not terminated and SSM parameters, ten images per call), then each image's launch
+/// permissions (one call per image), each paced. A failed read is that image's check result
+/// (it is skipped with the reason), not the run's failure; an image the deadline leaves unread
+/// is not acted on this run.
 ///
-/// With `remove`, each image the first plan deregisters is deregistered as soon as its own
-/// checks clear ([`retention::cleared`]: the second plan decides the same for it), while the
-/// next images are still being read: on a rate-limited account the reads and the removals
-/// then draw on their buckets side by side instead of one after the other.
+/// With `removals`, each image the first plan deregisters is sent there as soon as its own
+/// checks clear ([`retention::cleared`]: the second plan decides the same for it), to be
+/// deregistered while the next images are still being read: on a rate-limited account the
+/// reads and the removals then draw on their buckets side by side instead of one after the
+/// other. The reads never wait for the removals (the channel is unbounded: at most one entry
+/// per image), so the rest of the plan starts as soon as the reads are done.
 pub(crate) async fn check(
     deps: &Deps,
     clients: &RegionalClients,
     deadline: Deadline,
     first: &retention::Plan,
     policy: &Policy,
-    remove: Option<DateTime<Utc>>,
+    removals: Option<UnboundedSender<Decision>>,
 ) -> Checked {
     let mut by_region: BTreeMap<&str, Vec<&Decision>> = BTreeMap::new();
     for d in &first.decisions {
@@ -88,33 +88,49 @@ pub(crate) async fn check(
         })
         .collect();
     let concurrency = deps.config.concurrency;
-    let at_once = concurrency.div_ceil(ec2::IMAGE_REFERENCES_BATCH);
-    let done: Vec<Read<'_>> = stream::iter(batches)
-        .map(|batch| read_batch(deps, clients, deadline, batch))
-        .buffer_unordered(at_once)
+    let removals = &removals;
+    let read: Vec<(&Decision, Option<Checks>, bool)> = stream::iter(batches)
+        // Two batches' references at a time: the next batch's are read while this one's
+        // launch permissions are.
+        .map(|batch| references(deps, clients, deadline, batch))
+        .buffered(2)
         .flat_map(stream::iter)
-        .map(|(d, checks)| async move {
-            let steps = match (&checks, remove) {
-                (Some(c), Some(now))
-                    if d.action == Action::Deregister && retention::cleared(c, policy) =>
-                {
-                    Some(image_step(deps, clients, d, now + DEPRECATION_LEAD, deadline).await)
-                }
-                _ => None,
-            };
-            (d, checks, steps)
+        .map(|(d, referenced_by)| async move {
+            let checks =
+                match referenced_by {
+                    Some(referenced_by) => launch_permissions(deps, clients, deadline, d)
+                        .await
+                        .map(|shared_with| Checks {
+                            shared_with,
+                            referenced_by,
+                        }),
+                    None => None,
+                };
+            let send = removals.as_ref().filter(|_| {
+                d.action == Action::Deregister
+                    && checks
+                        .as_ref()
+                        .is_some_and(|c| retention::cleared(c, policy))
+            });
+            // A closed channel (the removals stopped) only means this image is not removed
+            // early; the second plan's execution does not remove it either (it was "sent").
+            let sent = send.is_some_and(|tx| {
+                let _ = tx.unbounded_send(d.clone());
+                true
+            });
+            (d, checks, sent)
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
     let mut checked = Checked {
-        reads: Vec::with_capacity(done.len()),
-        removed: HashMap::new(),
+        reads: Vec::with_capacity(read.len()),
+        sent: HashSet::new(),
     };
-    for (d, checks, steps) in done {
+    for (d, checks, sent) in read {
         let key = (d.region.to_string(), d.image_id.clone());
-        if let Some(steps) = steps {
-            checked.removed.insert(key.clone(), steps);
+        if sent {
+            checked.sent.insert(key.clone());
         }
         if let Some(checks) = checks {
             checked.reads.push((key.0, key.1, checks));
@@ -123,35 +139,34 @@ pub(crate) async fn check(
     checked
 }
 
-/// One image the first plan acts on, its checks (None: not read before the deadline), and the
-/// steps of its deregistration if it was made at once.
-type Read<'a> = (&'a Decision, Option<Checks>, Option<Vec<Step>>);
-
-/// Reads one batch's checks (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images): its
-/// references in one call, then each image's launch permissions.
-async fn read_batch<'a>(
+/// One batch's references (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images), per
+/// image: None when the deadline left the call unmade, else what references it or why the
+/// call failed.
+async fn references<'a>(
     deps: &Deps,
     clients: &RegionalClients,
     deadline: Deadline,
     batch: Vec<&'a Decision>,
-) -> Vec<(&'a Decision, Option<Checks>)> {
-    let pacer = &deps.pacer;
+) -> Vec<(&'a Decision, Option<Result<Vec<String>, String>>)> {
     let Some(region) = batch.first().map(|d| d.region.to_string()) else {
         return Vec::new();
     };
-    if !pacer
+    if !deps
+        .pacer
         .acquire(&region, "DescribeImageReferences", &deadline)
         .await
     {
         return batch.into_iter().map(|d| (d, None)).collect();
     }
-    let ec2 = &clients.get(&region).ec2;
     let ids: Vec<String> = batch.iter().map(|d| d.image_id.clone()).collect();
-    let found = ec2::image_references(ec2, &ids).await;
-    let (found, region) = (&found, &region);
-    stream::iter(batch)
-        .map(|d| async move {
-            let referenced_by = match found {
+    let found = {
+        let _slot = deps.slot().await;
+        ec2::image_references(&clients.get(&region).ec2, &ids).await
+    };
+    batch
+        .into_iter()
+        .map(|d| {
+            let arns = match &found {
                 Ok(refs) => Ok(refs
                     .iter()
                     .filter(|(i, _)| *i == d.image_id)
@@ -159,24 +174,31 @@ async fn read_batch<'a>(
                     .collect()),
                 Err(e) => Err(e.to_string()),
             };
-            if !pacer
-                .acquire(region, "DescribeImageAttribute", &deadline)
-                .await
-            {
-                return (d, None);
-            }
-            let shared_with = ec2::launch_permissions(ec2, &d.image_id)
-                .await
-                .map_err(|e| e.to_string());
-            let checks = Checks {
-                shared_with,
-                referenced_by,
-            };
-            (d, Some(checks))
+            (d, Some(arns))
         })
-        .buffer_unordered(deps.config.concurrency)
         .collect()
+}
+
+/// One image's launch permissions; None when the deadline left the call unmade.
+async fn launch_permissions(
+    deps: &Deps,
+    clients: &RegionalClients,
+    deadline: Deadline,
+    d: &Decision,
+) -> Option<Result<Vec<String>, String>> {
+    if !deps
+        .pacer
+        .acquire(&d.region, "DescribeImageAttribute", &deadline)
         .await
+    {
+        return None;
+    }
+    let _slot = deps.slot().await;
+    Some(
+        ec2::launch_permissions(&clients.get(&d.region).ec2, &d.image_id)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// A family asked for that no image in scope has is a mistake (a typo would otherwise clean

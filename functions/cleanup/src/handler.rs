@@ -1,17 +1,19 @@
-//! The run: gather → plan (twice) → execute → report, per region, failures reported once.
+//! The run: gather → plan → check (each removal made as its checks clear) → plan again →
+//! execute the rest → report, per region, failures reported once.
 
 use crate::config::{Config, Deps};
 use crate::event::Command;
-use crate::execute::{announce, execute};
-use crate::gather::{Removed, check, check_families, gather, planned_steps};
+use crate::execute::{announce, execute, merge, remove_cleared};
+use crate::gather::{check, check_families, gather, planned_steps};
 use crate::output::{Counts, Report};
 use chrono::{DateTime, Utc};
+use futures::channel::mpsc::{self, UnboundedSender};
 use shared::aws::clients::RegionalClients;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::invocation::InvocationError;
-use shared::plan::retention::{self, Action, Policy};
-use std::collections::BTreeMap;
+use shared::plan::retention::{self, Action, Decision, Policy};
+use std::collections::{BTreeMap, HashSet};
 use tracing::{info, warn};
 
 shared::impl_function! {
@@ -38,12 +40,33 @@ pub async fn handle(
         warn!(relaxed = ?relaxed, "a manual invoke relaxed the configured safety policy");
     }
     let clients = RegionalClients::new(&deps.clients, regions.iter().map(String::as_str));
-    let (plan, removed) =
-        plan_twice(deps, &clients, &regions, &policy, !dry_run, now, deadline).await?;
-    let steps = if dry_run {
-        planned_steps(&plan)
+    let (plan, steps) = if dry_run {
+        let (plan, _) = plan_twice(deps, &clients, &regions, &policy, None, now, deadline).await?;
+        let steps = planned_steps(&plan);
+        (plan, steps)
     } else {
-        execute(deps, &clients, &plan, removed, now, deadline).await
+        // The removals run beside the reads and the rest of the plan: each image is
+        // deregistered as soon as its checks clear (see `gather::check`).
+        let (cleared, to_remove) = mpsc::unbounded();
+        let removals = remove_cleared(deps, &clients, to_remove, now, deadline);
+        let rest = async {
+            let (plan, sent) = plan_twice(
+                deps,
+                &clients,
+                &regions,
+                &policy,
+                Some(cleared),
+                now,
+                deadline,
+            )
+            .await?;
+            let steps = execute(deps, &clients, &plan, &sent, now, deadline).await;
+            Ok::<_, InvocationError>((plan, sent, steps))
+        };
+        let (removed, rest) = tokio::join!(removals, rest);
+        let (plan, sent, steps) = rest?;
+        let steps = merge(&plan, sent, removed, steps);
+        (plan, steps)
     };
     let summary = summarize(&plan);
     let report = Report {
@@ -116,35 +139,27 @@ fn scope(cmd: &Command, deps: &Deps) -> (Policy, Vec<String>, bool) {
 
 /// Gathers every region, plans, checks only the images the first plan would act on (after
 /// the caps: sharing and references need calls per image), and plans again: the second plan
-/// acts only on images checked and clean. With `remove` (not a dry run), the images the
-/// first plan deregisters are deregistered as soon as their own checks clear (the second plan
-/// decides the same for them, [`retention::cleared`]); those steps come back with the plan.
+/// acts only on images checked and clean. With `removals` (not a dry run), the images the
+/// first plan deregisters are sent there as soon as their own checks clear (the second plan
+/// decides the same for them, [`retention::cleared`]); returns which were sent.
 async fn plan_twice(
     deps: &Deps,
     clients: &RegionalClients,
     regions: &[String],
     policy: &Policy,
-    remove: bool,
+    removals: Option<UnboundedSender<Decision>>,
     now: DateTime<Utc>,
     deadline: Deadline,
-) -> Result<(retention::Plan, Removed), InvocationError> {
+) -> Result<(retention::Plan, HashSet<(String, String)>), InvocationError> {
     let mut facts = Vec::new();
     for r in regions {
         facts.push(gather(deps, clients, r, policy).await.map_err(partial)?);
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);
-    let checked = check(
-        deps,
-        clients,
-        deadline,
-        &first,
-        policy,
-        remove.then_some(now),
-    )
-    .await;
+    let checked = check(deps, clients, deadline, &first, policy, removals).await;
     retention::with_checks(&mut facts, checked.reads);
-    Ok((retention::plan(&facts, policy, now), checked.removed))
+    Ok((retention::plan(&facts, policy, now), checked.sent))
 }
 
 /// How a manual invoke made the policy less safe than the configured one, each as
