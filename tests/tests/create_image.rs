@@ -889,6 +889,96 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
     w.acct.clear_faults();
 }
 
+/// Issue #15 (found reading the import path): an attempt registers the image and stops before
+/// announcing it; the object is then replaced, and a sweep runs while EC2 does not list the
+/// image yet. The object was checked after the import completed and before RegisterImage, so the
+/// image holds the validated content: it is adopted and announced, and the upload is not
+/// reported replaced (before: `image.failed` and outcome `failed` over a registered AMI that was
+/// never announced).
+#[tokio::test]
+async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upload() {
+    const LAG_SECONDS: u64 = 4;
+    let w = world(1, false).await;
+    let key = "late-swap/disk.raw";
+    let task_id = imported(&w, key).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": LAG_SECONDS})),
+    );
+    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
+    let registered_at = std::time::Instant::now();
+    assert!(
+        handle(Command::Sweep, &w.deps, Utc::now(), deadline())
+            .await
+            .is_err()
+    );
+    w.acct.clear_faults();
+    let mut other = disks::raw_disk(1);
+    other[600] = 0x55;
+    w.acct.put(&w.bucket, key, other, &[]).await;
+    let second = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
+    assert!(
+        registered_at.elapsed() < Duration::from_secs(LAG_SECONDS),
+        "the second sweep must run within the lag for this test to mean anything"
+    );
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("no image holding it is listed yet"),
+        "the step fails for a later sweep: {err}"
+    );
+    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
+    assert_eq!(images(&w).await.len(), 1);
+    let out = sweep_at(&w, Utc::now() + chrono::Duration::minutes(3)).await;
+    assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    assert!(
+        task.tags[lineage::OUTCOME].starts_with("registered:"),
+        "{:?}",
+        task.tags
+    );
+}
+
+/// Issue #15 (found reading the import path): six days after the import started, the
+/// registration succeeds and its announcement fails. That failure came after RegisterImage took
+/// effect: the sweep must not give the upload up (before: `image.failed` and outcome `failed`
+/// over a registered AMI never announced); the next sweep announces it.
+#[tokio::test]
+async fn a_failure_after_registering_is_never_given_up_at_six_days() {
+    let w = world(1, false).await;
+    let task_id = imported(&w, "six-days/disk.raw").await;
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    let started: chrono::DateTime<Utc> =
+        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    let at = started + chrono::Duration::days(6);
+    w.acct
+        .inject_fault(json!({"service": "sns", "action": "Publish", "status": 403,
+        "code": "AuthorizationError", "message": "not authorized to publish", "count": 1}));
+    let err = handle(Command::Sweep, &w.deps, at, deadline())
+        .await
+        .expect_err("the announcement failed");
+    assert!(err.to_string().contains("sns:Publish"), "{err}");
+    w.acct.clear_faults();
+    assert!(w.acct.drain(&w.queue).await.is_empty(), "nothing reported");
+    let out = sweep_at(&w, at + chrono::Duration::minutes(20)).await;
+    assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    assert_eq!(images(&w).await.len(), 1);
+}
+
 /// ImportSnapshot names a key, not a version: an object replaced after validation may be what
 /// VM Import read. Such an import is not registered but reported (the new content is another
 /// upload, imported by its own event); the object itself is not tagged. And the fast path's

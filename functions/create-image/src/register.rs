@@ -2,23 +2,56 @@
 
 use crate::config::Deps;
 use crate::sweep::{announce, object_of, report_failure};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use shared::aws::{ec2, s3};
 use shared::error::{AwsError, ErrorKind};
-use shared::model::{Image, ObjectRef, Select};
+use shared::model::{Image, ObjectRef, Select, Tags};
 use shared::plan::import::{self, OnDuplicate, Registration};
 use shared::plan::lineage;
 use tracing::info;
 
+/// A registration attempt's AWS failure (the next sweep retries it), and whether it came once
+/// RegisterImage may have taken effect: then the image may exist (not listed yet, or
+/// registered before the failure of what followed), so the attempt must never be reported as
+/// failed or given up on; the next sweep adopts or announces it.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub error: AwsError,
+    pub may_have_registered: bool,
+}
+
+impl Failed {
+    /// A failure before any RegisterImage of this attempt.
+    fn before(error: AwsError) -> Self {
+        Failed {
+            error,
+            may_have_registered: false,
+        }
+    }
+
+    /// A failure once RegisterImage was called: only a call EC2 refused outright (a denied
+    /// permission, a throttle) did not take effect; a 5xx or a lost answer may have.
+    fn at_or_after_register(error: AwsError) -> Self {
+        let refused = error.operation == "ec2:RegisterImage"
+            && matches!(error.kind, ErrorKind::AccessDenied | ErrorKind::Throttled);
+        Failed {
+            error,
+            may_have_registered: !refused,
+        }
+    }
+}
+
 /// Registers the task's snapshot as an image and announces it. `Ok` carries the image id, or
 /// the failure reported for the task (refused size, no free name, EC2 refusal); `Err` is an
-/// AWS failure the next sweep retries.
+/// AWS failure the next sweep retries. The object is checked for a replacement once, before
+/// the first RegisterImage ([`lineage::SOURCE_CHECKED`], `source_checked` once it was).
 pub(crate) async fn register(
     deps: &Deps,
     task_id: &str,
     reg: &Registration,
+    source_checked: bool,
     now: DateTime<Utc>,
-) -> Result<String, AwsError> {
+) -> Result<String, Failed> {
     let c = &deps.clients;
     // The snapshot's lineage first, with its own CreateTags (RegisterImage cannot tag it), and
     // before anything can refuse the registration: a crash or a refusal after this leaves a
@@ -27,12 +60,29 @@ pub(crate) async fn register(
     // of DescribeImportSnapshotTasks after 7 days); the other order could leave an AMI whose
     // snapshot is never tagged. CreateTags overwrites with the same values, so repeating it is
     // harmless.
-    ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags).await?;
-    if let Some(why) = replaced(deps, reg).await? {
-        // Not the object's failure (its new content is another upload): the object is not
-        // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
-        report_failure(deps, task_id, &why, None, now).await?;
-        return Ok(why);
+    ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags)
+        .await
+        .map_err(Failed::before)?;
+    if !source_checked {
+        if let Some(why) = replaced(deps, reg).await.map_err(Failed::before)? {
+            // Not the object's failure (its new content is another upload): the object is not
+            // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
+            report_failure(deps, task_id, &why, None, now)
+                .await
+                .map_err(Failed::before)?;
+            return Ok(why);
+        }
+        // Recorded before the first RegisterImage: an attempt after this one may find the
+        // object replaced since, when this one's image exists but is not listed yet (EC2's
+        // eventual consistency) or was not announced (a stop): it must adopt and announce that
+        // image, not report the upload replaced.
+        let checked = Tags::from([(
+            lineage::SOURCE_CHECKED.to_owned(),
+            now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        )]);
+        ec2::create_tags(&c.ec2, &[task_id], &checked)
+            .await
+            .map_err(Failed::before)?;
     }
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id)
         .await
@@ -51,23 +101,42 @@ pub(crate) async fn register(
             } else {
                 e
             }
-        })?;
+        })
+        .map_err(Failed::before)?;
     let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
         Ok(size) => size,
-        Err(message) => return fail(deps, task_id, reg, message, now).await,
+        Err(message) => {
+            return fail(deps, task_id, reg, message, now)
+                .await
+                .map_err(Failed::before);
+        }
     };
-    let image_id = match register_named(deps, task_id, reg, size).await? {
+    let image_id = match register_named(deps, task_id, reg, size)
+        .await
+        .map_err(Failed::at_or_after_register)?
+    {
         Registered::Image(id) => id,
         // Another invocation registered it (a concurrent sweep won the name): that one
         // announces it; a later sweep does if it stopped. No second image.registered.
         Registered::Adopted(id) => return Ok(id),
-        Registered::Refused(message) => return fail(deps, task_id, reg, message, now).await,
+        Registered::Refused(message) => {
+            return fail(deps, task_id, reg, message, now)
+                .await
+                .map_err(Failed::before);
+        }
     };
-    let listed =
-        ec2::describe_own_images(&c.ec2, &[Select::tag(lineage::IMPORT_TASK, [task_id])]).await?;
-    let image = registered_image(reg, &image_id);
-    announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
-    Ok(image_id)
+    let registered = async {
+        let listed =
+            ec2::describe_own_images(&c.ec2, &[Select::tag(lineage::IMPORT_TASK, [task_id])])
+                .await?;
+        let image = registered_image(reg, &image_id);
+        announce(deps, task_id, listed.first().unwrap_or(&image), now).await?;
+        Ok(image_id)
+    };
+    registered.await.map_err(|e| Failed {
+        error: e,
+        may_have_registered: true,
+    })
 }
 
 /// Why the imported snapshot may not hold the validated upload: the key's object now is

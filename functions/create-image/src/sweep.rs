@@ -166,11 +166,17 @@ pub(crate) async fn execute(
         SweepAction::Register {
             task_id,
             registration,
-        } => match register(deps, &task_id, &registration, now).await {
-            Err(e) if import::give_up_registering(registration.started_at, now) => {
-                give_up(deps, &task_id, &registration, &e, now).await
+            source_checked,
+        } => match register(deps, &task_id, &registration, source_checked, now).await {
+            // Given up only when no RegisterImage can have taken effect: a failure after one
+            // (its answer lost, or the announcement's) leaves an image the next sweep announces.
+            Err(f)
+                if !f.may_have_registered
+                    && import::give_up_registering(registration.started_at, now) =>
+            {
+                give_up(deps, &task_id, &registration, &f.error, now).await
             }
-            other => other,
+            other => other.map_err(|f| f.error),
         },
         SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
             Some(image) => announce(deps, &task_id, image, now).await,

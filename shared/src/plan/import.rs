@@ -51,6 +51,9 @@ pub enum SweepAction {
         task_id: String,
         /// What to register.
         registration: Box<Registration>,
+        /// Whether an earlier attempt found the object still the validated one
+        /// ([`lineage::SOURCE_CHECKED`]): this one does not check again.
+        source_checked: bool,
     },
     /// The AMI exists (an earlier run stopped before recording it): announce and record.
     Announce {
@@ -308,6 +311,7 @@ fn plan_completed(
     // same tags on the snapshot before RegisterImage (see `registration_tags`).
     let tags = registration_tags(task, &spec, started_at);
     SweepAction::Register {
+        source_checked: task.tags.contains_key(lineage::SOURCE_CHECKED),
         task_id,
         registration: Box::new(Registration {
             name,

@@ -47,6 +47,12 @@ pub const STARTED_AT: &str = "ami-pipeline:started-at";
 /// On import tasks: what the sweep concluded (`registered:ami-…` or `failed`), so each
 /// conclusion is announced once.
 pub const OUTCOME: &str = "ami-pipeline:outcome";
+/// On import tasks: when a sweep found the key's object still the validated one, after the
+/// import completed and right before its first RegisterImage (RFC 3339). Later attempts
+/// register without checking again: a replacement since cannot be in the snapshot, and the
+/// earlier attempt may have registered the image already (it is not listed yet, or the
+/// attempt stopped before announcing it).
+pub const SOURCE_CHECKED: &str = "ami-pipeline:source-checked";
 /// On import tasks: when the one "still running" warning was sent.
 pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
 /// Image: who deprecated it (`cleanup`), written by cleanup before EnableImageDeprecation, so
@@ -106,7 +112,7 @@ pub mod publish {
 }
 
 /// Every key (the spec and extra-tag prefixes are in [`PREFIXES`]).
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 36] = [
     SOURCE_IMAGE,
     SOURCE_INSTANCE,
     SOURCE_REGION,
@@ -128,6 +134,7 @@ pub const ALL: [&str; 35] = [
     STARTED_AT,
     OUTCOME,
     STALE_WARNED,
+    SOURCE_CHECKED,
     DEPRECATED_BY,
     OBJECT_STATUS,
     OBJECT_REASON,

@@ -9,7 +9,7 @@ use support::chaos::{self, Options};
 
 const USAGE: &str = "usage: chaos [--uploads N] [--dup K] [--fault-rate P] [--crash-rate P] \
 [--lost-rate P] [--lag S] [--seed S] [--runs R] [--fault-rounds F] [--max-rounds M] [--retried-only] [--strict]
-  --uploads N       uploads per run (default 8): raw, VHD, VMDK and 2 GiB VMDK (ImportSnapshot) in turn
+  --uploads N       uploads per run (default 8): raw, 2 GiB VMDK (ImportSnapshot), VMDK and VHD in turn
   --dup K           deliveries of every event (default 3), shuffled, late, concurrent
   --fault-rate P    share of the functions' AWS calls answered with a transient error (default 0.1)
   --crash-rate P    share of their calls that take effect, then fail with an error the SDK does not

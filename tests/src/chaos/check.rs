@@ -463,7 +463,15 @@ fn announcements(run: &Run, inv: &Inventory, strict: bool, v: &mut Verdict) {
             a.max = a.max.max(n);
             if n == 0 {
                 a.missing += 1;
-                missing.push(format!("{} {}", run.uploads[*u].name(), img.id));
+                // The upload's kind and the path its image took, so a missing announcement is
+                // never attributed to the wrong path.
+                missing.push(format!(
+                    "{} ({:?}, {}) {}",
+                    run.uploads[*u].name(),
+                    run.uploads[*u].kind,
+                    img.tags.get(UPLOAD_METHOD).map_or("?", String::as_str),
+                    img.id
+                ));
             }
             if n > 1 {
                 a.duplicated += 1;
