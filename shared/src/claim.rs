@@ -14,6 +14,9 @@
 //!   tag); every other one sees [`Claim::Held`] and sends nothing;
 //! - a holder whose send fails releases its claim ([`Claims::release`]) before it returns the
 //!   error, so the retry of its event (or another delivery) claims and sends again;
+//! - a claim carries its holder (a token per attempt), so a caller whose PutObject took effect
+//!   and whose answer was lost (the SDK's retry then meets its own object) knows the claim
+//!   for its own and sends, instead of waiting for the claim to go stale;
 //! - an invocation that stops between its claim and its record leaves a claim that never gets
 //!   a record: once the claim is older than [`STALE_AFTER`] (by the `claimed_at` it carries, on
 //!   the callers' clock, not S3's LastModified), a caller that still finds no record
@@ -73,10 +76,16 @@ impl Claims {
         let Some(obj) = self.object(key) else {
             return Ok(Claim::Won { etag: None });
         };
+        // Who claims: so that a claim whose PutObject took effect and whose answer was lost
+        // (the SDK's retry then meets its own object: 412) is known as this caller's own.
+        let holder = holder_token();
         let body = || {
-            serde_json::json!({"claimed_at": now.to_rfc3339_opts(SecondsFormat::Secs, true)})
-                .to_string()
-                .into_bytes()
+            serde_json::json!({
+                "claimed_at": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "holder": holder,
+            })
+            .to_string()
+            .into_bytes()
         };
         match s3::put_if(s3, &obj, body(), Condition::Absent).await {
             Ok(etag) => return Ok(Claim::Won { etag: Some(etag) }),
@@ -96,6 +105,10 @@ impl Claims {
             }
             Err(e) => return Err(e),
         };
+        if holder_of(&bytes).as_deref() == Some(holder.as_str()) {
+            info!(claim = %obj.uri(), "the claim is this caller's own (its first answer was lost)");
+            return Ok(Claim::Won { etag: Some(etag) });
+        }
         let age = claimed_at(&bytes).map_or(STALE_AFTER, |t| now - t);
         if age < STALE_AFTER {
             return Ok(Claim::Held { age });
@@ -215,6 +228,25 @@ fn claimed_at(body: &[u8]) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v.get("claimed_at")?.as_str()?)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// Who wrote a claim ([`holder_token`]), if it says.
+fn holder_of(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(v.get("holder")?.as_str()?.to_owned())
+}
+
+/// A token unique to one claim attempt: the process's randomly keyed hasher (the standard
+/// library seeds it from the operating system) over the time, the process id and a counter.
+fn holder_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_i64(Utc::now().timestamp_nanos_opt().unwrap_or_default());
+    format!("{:016x}", h.finish())
 }
 
 /// A conditional write that lost to another writer.

@@ -1386,6 +1386,44 @@ async fn a_failed_look_at_a_refused_snapshot_is_retried_not_reported() {
     assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
 }
 
+/// Found tracing the session-8 lost announcements (seed 602, `--lost-rate`): the claim's
+/// PutObject takes effect and its answer is lost, so the SDK's retry meets the claim it has
+/// just written (412). The invocation took its own claim for another's and sent nothing: the
+/// announcement waited ten minutes for the sweep. A claim now carries its holder, and the
+/// registering invocation announces at once, once.
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_is_known_as_the_callers_own() {
+    let w = world_with_claims().await;
+    let key = "lost-claim/disk.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "PutObject", "status": 500,
+        "code": "InternalError", "message": "injected", "after": true,
+        "resource": "claims/image.registered", "count": 1}),
+    );
+    let out = run(&w, key).await;
+    w.acct.clear_faults();
+    assert!(
+        matches!(&out.ingested[0], IngestOutcome::Registered { .. }),
+        "{out:?}"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    // Recorded as sent: a redelivery sends nothing.
+    let again = run(&w, key).await;
+    assert!(
+        matches!(
+            &again.ingested[0],
+            IngestOutcome::AlreadyImported {
+                announced: false,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+}
+
 /// An invocation that stops between claiming `image.registered` and sending it (here: SNS fails
 /// past the SDK's retries and so does the release of the claim) leaves a claim and no record.
 /// Deliveries that come back while the claim is fresh send nothing (another invocation seems to
