@@ -927,6 +927,35 @@ pub mod fixtures {
         })
     }
 
+    /// ModifyImageAttribute: adds `all` to the image's launch permissions (public), returning
+    /// EC2's answer so a test can expect a refusal.
+    pub async fn make_public(
+        ec2: &Client,
+        image: &str,
+    ) -> Result<
+        aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeOutput,
+        aws_sdk_ec2::error::SdkError<
+            aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeError,
+        >,
+    > {
+        use aws_sdk_ec2::types::{
+            LaunchPermission, LaunchPermissionModifications, PermissionGroup,
+        };
+        ec2.modify_image_attribute()
+            .image_id(image)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .add(
+                        LaunchPermission::builder()
+                            .group(PermissionGroup::All)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+    }
+
     /// A 1 GiB snapshot (CreateVolume + CreateSnapshot), tagged at creation.
     pub async fn snapshot(ec2: &Client, tags: &[(&str, &str)]) -> String {
         let region = ec2

@@ -263,18 +263,7 @@ async fn every_exclusion_is_respected_and_named() {
         .send()
         .await
         .expect("launch template");
-    ec2.modify_image_attribute()
-        .image_id(&stale["public"])
-        .launch_permission(
-            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
-                .add(
-                    aws_sdk_ec2::types::LaunchPermission::builder()
-                        .group("all".into())
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
+    fixtures::make_public(&ec2, &stale["public"])
         .await
         .expect("make public");
     ec2.modify_image_attribute()
@@ -766,7 +755,6 @@ async fn images_are_removed_while_the_next_ones_are_still_being_read() {
 /// image as soon as its checks clear must not take it.
 #[tokio::test]
 async fn an_image_made_public_after_the_listing_is_kept_as_public() {
-    use aws_sdk_ec2::types::{LaunchPermission, LaunchPermissionModifications, PermissionGroup};
     let w = one_run_world(&[]).await;
     let ec2 = w.ec2(EAST);
     w.managed(EAST, "late", "late-new", 1).await;
@@ -785,19 +773,7 @@ async fn an_image_made_public_after_the_listing_is_kept_as_public() {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ec2.modify_image_attribute()
-            .image_id(&late)
-            .launch_permission(
-                LaunchPermissionModifications::builder()
-                    .add(
-                        LaunchPermission::builder()
-                            .group(PermissionGroup::All)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
+        fixtures::make_public(&ec2, &late).await
     };
     let (r, made) = tokio::join!(w.run(json!({"dry_run": false}), Utc::now()), make_public);
     made.expect("make it public");

@@ -501,21 +501,17 @@ async fn a_crash_after_the_announcement_records_the_outcome_without_a_second_mes
     );
 }
 
-/// EC2 is eventually consistent: right after RegisterImage, DescribeImages may not list the image
-/// yet. A sweep that retries a registration (here after a crash before the announcement) then
-/// gets `InvalidAMIName.Duplicate` with no visible holder: it must neither rename (a second AMI
-/// for one upload) nor fail the upload, only fail the step so that a later sweep adopts it.
-#[tokio::test]
-async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_ami() {
-    const LAG_SECONDS: u64 = 4;
-    let w = world(1, false).await;
-    imported(&w, "lag/disk.raw").await;
+/// EC2's lag in the tests that register under it.
+const LAG_SECONDS: u64 = 4;
+
+/// Turns on a lag of [`LAG_SECONDS`] and runs a sweep whose RegisterImage succeeds and whose
+/// announcement (and so the outcome tag) does not happen; returns when it registered.
+async fn registered_unannounced_under_lag(w: &World) -> std::time::Instant {
     w.acct.control(
         "POST",
         "/ami-pipeline-emulator/consistency",
         Some(json!({"lag_seconds": LAG_SECONDS})),
     );
-    // RegisterImage succeeds; the announcement (and so the outcome tag) does not happen.
     w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
     let registered_at = std::time::Instant::now();
     assert!(
@@ -524,27 +520,47 @@ async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_
             .is_err()
     );
     w.acct.clear_faults();
-    // Within the lag: the image is not listed, the name is taken.
-    assert!(images(&w).await.is_empty(), "the emulator's lag is on");
-    let err = handle(Command::Sweep, &w.deps, Utc::now(), deadline())
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    registered_at
+}
+
+/// A sweep within the lag of [`registered_unannounced_under_lag`]: RegisterImage answers that
+/// the name is taken and no image holding it is listed, and the step fails for a later sweep.
+/// Once the lag is over, one image, and a sweep past the grace announces it. Returns the
+/// messages sent.
+async fn retried_within_the_lag_then_announced(
+    w: &World,
+    registered_at: std::time::Instant,
+) -> Vec<Value> {
+    let second = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
     assert!(
         registered_at.elapsed() < Duration::from_secs(LAG_SECONDS),
         "the second sweep must run within the lag for this test to mean anything"
     );
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
         err.contains("no image holding it is listed yet"),
         "the step fails for a later sweep: {err}"
     );
     tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
-    assert_eq!(images(&w).await.len(), 1, "no second image");
-    let out = sweep_at(&w, Utc::now() + chrono::Duration::minutes(3)).await;
+    assert_eq!(images(w).await.len(), 1, "no second image");
+    let out = sweep_at(w, Utc::now() + chrono::Duration::minutes(3)).await;
     assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
+    w.acct.drain(&w.queue).await
+}
+
+/// EC2 is eventually consistent: right after RegisterImage, DescribeImages may not list the image
+/// yet. A sweep that retries a registration (here after a crash before the announcement) then
+/// gets `InvalidAMIName.Duplicate` with no visible holder: it must neither rename (a second AMI
+/// for one upload) nor fail the upload, only fail the step so that a later sweep adopts it.
+#[tokio::test]
+async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_ami() {
+    let w = world(1, false).await;
+    imported(&w, "lag/disk.raw").await;
+    let registered_at = registered_unannounced_under_lag(&w).await;
+    // Within the lag: the image is not listed, the name is taken.
+    assert!(images(&w).await.is_empty(), "the emulator's lag is on");
+    let msgs = retried_within_the_lag_then_announced(&w, registered_at).await;
     assert_eq!(images(&w).await.len(), 1, "no second image");
-    let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(of_type(&msgs, "image.registered").len(), 1);
     assert_eq!(
         object_tags(&w, "lag/disk.raw")
@@ -563,21 +579,11 @@ async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_
 /// eventual consistency); concurrent duplicate events do the same.
 #[tokio::test]
 async fn a_second_registration_of_one_import_leaves_the_snapshot_dated_as_its_image() {
-    const LAG_SECONDS: u64 = 4;
     let w = world(1, false).await;
     imported(&w, "dates/disk.raw").await;
-    w.acct.control(
-        "POST",
-        "/ami-pipeline-emulator/consistency",
-        Some(json!({"lag_seconds": LAG_SECONDS})),
-    );
     // The first registration stops before recording its outcome (SNS refuses the
     // announcement), as an invocation overlapped by a duplicate has not recorded it yet.
-    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
-    let registered_at = std::time::Instant::now();
-    let first = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
-    assert!(first.is_err(), "{first:?}");
-    w.acct.clear_faults();
+    let registered_at = registered_unannounced_under_lag(&w).await;
     let second = handle(
         Command::Sweep,
         &w.deps,
@@ -897,41 +903,14 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
 /// never announced).
 #[tokio::test]
 async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upload() {
-    const LAG_SECONDS: u64 = 4;
     let w = world(1, false).await;
     let key = "late-swap/disk.raw";
     let task_id = imported(&w, key).await;
-    w.acct.control(
-        "POST",
-        "/ami-pipeline-emulator/consistency",
-        Some(json!({"lag_seconds": LAG_SECONDS})),
-    );
-    w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
-    let registered_at = std::time::Instant::now();
-    assert!(
-        handle(Command::Sweep, &w.deps, Utc::now(), deadline())
-            .await
-            .is_err()
-    );
-    w.acct.clear_faults();
+    let registered_at = registered_unannounced_under_lag(&w).await;
     let mut other = disks::raw_disk(1);
     other[600] = 0x55;
     w.acct.put(&w.bucket, key, other, &[]).await;
-    let second = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
-    assert!(
-        registered_at.elapsed() < Duration::from_secs(LAG_SECONDS),
-        "the second sweep must run within the lag for this test to mean anything"
-    );
-    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(
-        err.contains("no image holding it is listed yet"),
-        "the step fails for a later sweep: {err}"
-    );
-    tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
-    assert_eq!(images(&w).await.len(), 1);
-    let out = sweep_at(&w, Utc::now() + chrono::Duration::minutes(3)).await;
-    assert_eq!(out.sweep.steps[0].action, "announce", "{:?}", out.sweep);
-    let msgs = w.acct.drain(&w.queue).await;
+    let msgs = retried_within_the_lag_then_announced(&w, registered_at).await;
     assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
     assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
     let task = tasks(&w)

@@ -1386,6 +1386,23 @@ async fn a_failed_look_at_a_refused_snapshot_is_retried_not_reported() {
     assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
 }
 
+/// A redelivery of `key` finds its image made and announced (or being announced): it sends
+/// nothing.
+async fn redelivery_announces_nothing(w: &World, key: &str) {
+    let again = run(w, key).await;
+    assert!(
+        matches!(
+            &again.ingested[0],
+            IngestOutcome::AlreadyImported {
+                announced: false,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+}
+
 /// Found tracing the session-8 lost announcements (seed 602, `--lost-rate`): the claim's
 /// PutObject takes effect and its answer is lost, so the SDK's retry meets the claim it has
 /// just written (412). The invocation took its own claim for another's and sent nothing: the
@@ -1410,18 +1427,7 @@ async fn a_claim_whose_answer_was_lost_is_known_as_the_callers_own() {
     let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
     // Recorded as sent: a redelivery sends nothing.
-    let again = run(&w, key).await;
-    assert!(
-        matches!(
-            &again.ingested[0],
-            IngestOutcome::AlreadyImported {
-                announced: false,
-                ..
-            }
-        ),
-        "{again:?}"
-    );
-    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+    redelivery_announces_nothing(&w, key).await;
 }
 
 /// An invocation that stops between claiming `image.registered` and sending it (here: SNS fails
@@ -1447,18 +1453,7 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
         .expect_err("the announcement failed");
     w.acct.clear_faults();
     // A delivery while the claim is fresh sends nothing.
-    let again = run(&w, key).await;
-    assert!(
-        matches!(
-            &again.ingested[0],
-            IngestOutcome::AlreadyImported {
-                announced: false,
-                ..
-            }
-        ),
-        "{again:?}"
-    );
-    assert!(of_type(&w.acct.drain(&w.queue).await, "image.registered").is_empty());
+    redelivery_announces_nothing(&w, key).await;
     // The schedule, once the claim is stale: sent once, and not again.
     let later = chrono::Utc::now() + chrono::Duration::minutes(11);
     let sweep = sweep_at(&w, later).await.expect("sweep");

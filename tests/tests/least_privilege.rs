@@ -5,9 +5,8 @@
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, ImageBlockPublicAccessEnabledState, LaunchPermission,
-    LaunchPermissionModifications, OperationType, PermissionGroup, ResourceType,
-    SnapshotAttributeName, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, ImageBlockPublicAccessEnabledState, OperationType,
+    ResourceType, SnapshotAttributeName, Tag, TagSpecification,
 };
 use shared::aws::clients::Clients;
 use shared::plan::tags;
@@ -276,21 +275,7 @@ async fn publish_copies_only_own_images_into_its_regions_and_never_makes_anythin
     // A public image of another account (ec2:Owner of the source is that account).
     let vendor = TestAccount::new().await;
     let (public, public_snap) = fixtures::image(&vendor.clients.ec2, "vendor-public", &[]).await;
-    vendor
-        .clients
-        .ec2
-        .modify_image_attribute()
-        .image_id(&public)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .add(
-                    LaunchPermission::builder()
-                        .group(PermissionGroup::All)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
+    fixtures::make_public(&vendor.clients.ec2, &public)
         .await
         .expect("vendor makes its image public");
     vendor
@@ -364,20 +349,7 @@ async fn publish_copies_only_own_images_into_its_regions_and_never_makes_anythin
         .send()
         .await
         .expect("operator enables block public access");
-    let public_image = west
-        .modify_image_attribute()
-        .image_id(&copied)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .add(
-                    LaunchPermission::builder()
-                        .group(PermissionGroup::All)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await;
+    let public_image = fixtures::make_public(&west, &copied).await;
     refused(public_image, "OperationNotPermitted", "block public access");
     refused(
         west.disable_image_block_public_access().send().await,
