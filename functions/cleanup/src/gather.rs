@@ -112,12 +112,9 @@ pub(crate) async fn check(
                         .as_ref()
                         .is_some_and(|c| retention::cleared(c, policy))
             });
-            // A closed channel (the removals stopped) only means this image is not removed
-            // early; the second plan's execution does not remove it either (it was "sent").
-            let sent = send.is_some_and(|tx| {
-                let _ = tx.unbounded_send(d.clone());
-                true
-            });
+            // The receiver lives until every sender is gone, so a send does not fail; if one
+            // did, the image is not "sent" and the second plan's execution removes it.
+            let sent = send.is_some_and(|tx| tx.unbounded_send(d.clone()).is_ok());
             (d, checks, sent)
         })
         .buffer_unordered(concurrency)
