@@ -107,7 +107,9 @@ impl Claims {
         };
         if holder_of(&bytes).as_deref() == Some(holder.as_str()) {
             info!(claim = %obj.uri(), "the claim is this caller's own (its first answer was lost)");
-            return Ok(Claim::Won { etag: Some(etag) });
+            return Ok(Claim::Won {
+                etag: Some(format!("\"{etag}\"")),
+            });
         }
         let age = claimed_at(&bytes).map_or(STALE_AFTER, |t| now - t);
         if age < STALE_AFTER {
@@ -120,9 +122,18 @@ impl Claims {
                 info!(claim = %obj.uri(), age_seconds = age.num_seconds(), "stale claim taken over");
                 Ok(Claim::Won { etag: Some(etag) })
             }
-            Err(e) if lost_race(&e) || e.is_not_found() => Ok(Claim::Held {
-                age: Duration::zero(),
-            }),
+            // Another taker won, or this one's write took effect and its answer was lost (the
+            // SDK's retry then fails the If-Match it changed): the claim says which.
+            Err(e) if lost_race(&e) || e.is_not_found() => match s3::get_object(s3, &obj).await {
+                Ok((bytes, etag)) if holder_of(&bytes).as_deref() == Some(holder.as_str()) => {
+                    Ok(Claim::Won {
+                        etag: Some(format!("\"{etag}\"")),
+                    })
+                }
+                _ => Ok(Claim::Held {
+                    age: Duration::zero(),
+                }),
+            },
             Err(e) => Err(e),
         }
     }

@@ -958,6 +958,72 @@ async fn a_failure_after_registering_is_never_given_up_at_six_days() {
     assert_eq!(images(&w).await.len(), 1);
 }
 
+/// Review of the six-day give-up: a RegisterImage that keeps failing with a 5xx may each time
+/// have taken effect (its answer lost), so the sweep does not give up at once; a sweep once the
+/// last attempt is 16 minutes old, with still no image listed, gives the upload up, once,
+/// without another RegisterImage (before the review: never, and the task left the listing
+/// after 7 days with no word).
+#[tokio::test]
+async fn a_registration_failing_with_5xx_past_six_days_is_given_up_once_no_image_can_appear() {
+    let w = world(1, false).await;
+    let key = "five-hundred/disk.raw";
+    let task_id = imported(&w, key).await;
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    let started: chrono::DateTime<Utc> =
+        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    let at = started + chrono::Duration::days(6);
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "RegisterImage", "status": 503,
+        "code": "Unavailable", "message": "injected"}),
+    );
+    let err = handle(Command::Sweep, &w.deps, at, deadline())
+        .await
+        .expect_err("the registration failed");
+    assert!(err.to_string().contains("ec2:RegisterImage"), "{err}");
+    assert!(w.acct.drain(&w.queue).await.is_empty(), "not given up yet");
+    // Ten minutes on: an attempt may still be registering; retried, not given up.
+    handle(
+        Command::Sweep,
+        &w.deps,
+        at + chrono::Duration::minutes(10),
+        deadline(),
+    )
+    .await
+    .expect_err("retried");
+    assert!(w.acct.drain(&w.queue).await.is_empty(), "not given up yet");
+    // Sixteen minutes after the last attempt, no image: given up, without a RegisterImage.
+    w.acct.reset_requests();
+    let late = sweep_at(&w, at + chrono::Duration::minutes(27)).await;
+    assert!(!late.sweep.steps[0].failed, "{late:?}");
+    assert!(
+        w.acct.requests().get("ec2:RegisterImage").is_none(),
+        "{}",
+        w.acct.requests()
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    let snapshot = task.snapshot_id.clone().expect("snapshot");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&snapshot) && e.contains("7 days")),
+        "{failed:#?}"
+    );
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    assert_eq!(task.tags[lineage::OUTCOME], "failed");
+    assert!(images(&w).await.is_empty());
+    w.acct.clear_faults();
+}
+
 /// ImportSnapshot names a key, not a version: an object replaced after validation may be what
 /// VM Import read. Such an import is not registered but reported (the new content is another
 /// upload, imported by its own event); the object itself is not tagged. And the fast path's

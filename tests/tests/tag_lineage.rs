@@ -654,7 +654,9 @@ async fn the_same_event_delivered_eight_times_at_once_announces_ready_once() {
 async fn a_claim_whose_holder_stopped_is_taken_over_after_ten_minutes() {
     // An invocation claimed image.ready and stopped before sending it (the claim exists, the
     // image has no ready-at). Within 10 minutes the others leave it to the holder; after, one
-    // takes the claim over and announces.
+    // takes the claim over and announces — even when the takeover's PutObject takes effect and
+    // its answer is lost (the SDK's retry then fails the If-Match it changed: the claim's holder
+    // says it is this caller's own).
     let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
     let (image, _) = fixtures::image(
         &w.ec2(EAST),
@@ -692,10 +694,22 @@ async fn a_claim_whose_holder_stopped_is_taken_over_after_ten_minutes() {
         "{held}"
     );
     assert!(w.acct.drain(&w.queue).await.is_empty());
+    // The first claim PutObject (If-None-Match, refused: the claim exists) goes through; the
+    // second, the takeover (If-Match), takes effect and its answer is lost.
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "PutObject", "delay_seconds": 0.01,
+        "resource": "claims/image.ready", "count": 1}),
+    );
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "PutObject", "status": 500,
+        "code": "InternalError", "message": "injected", "after": true,
+        "resource": "claims/image.ready", "count": 1}),
+    );
     let later = w
         .invoke_at(&event, Utc::now() + chrono::Duration::minutes(11))
         .await
         .expect("runs");
+    w.acct.clear_faults();
     let later = serde_json::to_value(later).expect("json");
     assert_eq!(later["results"][0]["ready_announced"], true, "{later}");
     let msgs = w.acct.drain(&w.queue).await;

@@ -30,10 +30,11 @@ impl Failed {
     }
 
     /// A failure once RegisterImage was called: only a call EC2 refused outright (a denied
-    /// permission, a throttle) did not take effect; a 5xx or a lost answer may have.
+    /// permission) did not take effect; a 5xx, a lost answer, or a throttle (the SDK's last
+    /// retry may hide an earlier attempt that took effect) may have.
     fn at_or_after_register(error: AwsError) -> Self {
-        let refused = error.operation == "ec2:RegisterImage"
-            && matches!(error.kind, ErrorKind::AccessDenied | ErrorKind::Throttled);
+        let refused =
+            error.operation == "ec2:RegisterImage" && error.kind == ErrorKind::AccessDenied;
         Failed {
             error,
             may_have_registered: !refused,
@@ -43,13 +44,14 @@ impl Failed {
 
 /// Registers the task's snapshot as an image and announces it. `Ok` carries the image id, or
 /// the failure reported for the task (refused size, no free name, EC2 refusal); `Err` is an
-/// AWS failure the next sweep retries. The object is checked for a replacement once, before
-/// the first RegisterImage ([`lineage::SOURCE_CHECKED`], `source_checked` once it was).
+/// AWS failure the next sweep retries. The object is checked for a replacement before the
+/// first RegisterImage only (`last_attempt` is None); every RegisterImage is preceded by the
+/// task's [`lineage::REGISTER_ATTEMPTED`] tag.
 pub(crate) async fn register(
     deps: &Deps,
     task_id: &str,
     reg: &Registration,
-    source_checked: bool,
+    last_attempt: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<String, Failed> {
     let c = &deps.clients;
@@ -63,26 +65,15 @@ pub(crate) async fn register(
     ec2::create_tags(&c.ec2, &[&reg.snapshot_id], &reg.tags)
         .await
         .map_err(Failed::before)?;
-    if !source_checked {
-        if let Some(why) = replaced(deps, reg).await.map_err(Failed::before)? {
-            // Not the object's failure (its new content is another upload): the object is not
-            // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
-            report_failure(deps, task_id, &why, None, now)
-                .await
-                .map_err(Failed::before)?;
-            return Ok(why);
-        }
-        // Recorded before the first RegisterImage: an attempt after this one may find the
-        // object replaced since, when this one's image exists but is not listed yet (EC2's
-        // eventual consistency) or was not announced (a stop): it must adopt and announce that
-        // image, not report the upload replaced.
-        let checked = Tags::from([(
-            lineage::SOURCE_CHECKED.to_owned(),
-            now.to_rfc3339_opts(SecondsFormat::Secs, true),
-        )]);
-        ec2::create_tags(&c.ec2, &[task_id], &checked)
+    if last_attempt.is_none()
+        && let Some(why) = replaced(deps, reg).await.map_err(Failed::before)?
+    {
+        // Not the object's failure (its new content is another upload): the object is not
+        // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
+        report_failure(deps, task_id, &why, None, now)
             .await
             .map_err(Failed::before)?;
+        return Ok(why);
     }
     let snapshot = ec2::describe_snapshot(&c.ec2, &reg.snapshot_id)
         .await
@@ -111,6 +102,17 @@ pub(crate) async fn register(
                 .map_err(Failed::before);
         }
     };
+    // Before every RegisterImage (and so only once the object was checked): a later attempt
+    // that finds the object replaced since, while this one's image is not listed yet (EC2's
+    // eventual consistency) or was not announced (a stop), adopts and announces it instead of
+    // reporting the upload replaced; and the sweep gives up only once this is old enough.
+    let attempted = Tags::from([(
+        lineage::REGISTER_ATTEMPTED.to_owned(),
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )]);
+    ec2::create_tags(&c.ec2, &[task_id], &attempted)
+        .await
+        .map_err(Failed::before)?;
     let image_id = match register_named(deps, task_id, reg, size)
         .await
         .map_err(Failed::at_or_after_register)?

@@ -166,13 +166,16 @@ pub(crate) async fn execute(
         SweepAction::Register {
             task_id,
             registration,
-            source_checked,
-        } => match register(deps, &task_id, &registration, source_checked, now).await {
-            // Given up only when no RegisterImage can have taken effect: a failure after one
-            // (its answer lost, or the announcement's) leaves an image the next sweep announces.
+            last_attempt,
+        } => match register(deps, &task_id, &registration, last_attempt, now).await {
+            // Given up now only when no RegisterImage can have taken effect: none in this
+            // attempt, and none of an earlier one that may still show up. Otherwise a later
+            // sweep announces the image, or, once none can appear, gives the upload up
+            // (`import::plan_sweep`, `import::REGISTER_SETTLE`).
             Err(f)
                 if !f.may_have_registered
-                    && import::give_up_registering(registration.started_at, now) =>
+                    && import::give_up_registering(registration.started_at, now)
+                    && last_attempt.is_none_or(|t| now - t >= import::REGISTER_SETTLE) =>
             {
                 give_up(deps, &task_id, &registration, &f.error, now).await
             }
@@ -224,14 +227,7 @@ async fn give_up(
     error: &AwsError,
     now: DateTime<Utc>,
 ) -> Result<String, AwsError> {
-    let message = format!(
-        "the import completed but its registration has failed since {} (last: {error}); \
-         DescribeImportSnapshotTasks lists a completed task for 7 days only, so the sweep stops \
-         retrying: register snapshot {} by hand (re-uploading the object imports it again), or \
-         delete it (cleanup's orphan sweep deletes it once it carries ami-pipeline:managed)",
-        reg.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        reg.snapshot_id
-    );
+    let message = import::give_up_message(reg.started_at, &reg.snapshot_id, &error.to_string());
     report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
     Ok(message)
 }

@@ -51,9 +51,10 @@ pub enum SweepAction {
         task_id: String,
         /// What to register.
         registration: Box<Registration>,
-        /// Whether an earlier attempt found the object still the validated one
-        /// ([`lineage::SOURCE_CHECKED`]): this one does not check again.
-        source_checked: bool,
+        /// When the last attempt was about to call RegisterImage
+        /// ([`lineage::REGISTER_ATTEMPTED`]): the object was checked then, so this attempt
+        /// does not check again; None before the first.
+        last_attempt: Option<DateTime<Utc>>,
     },
     /// The AMI exists (an earlier run stopped before recording it): announce and record.
     Announce {
@@ -235,6 +236,54 @@ pub fn give_up_registering(started_at: DateTime<Utc>, now: DateTime<Utc>) -> boo
     now - started_at >= GIVE_UP_REGISTERING_AFTER
 }
 
+/// How long after a registration attempt no image of it can still appear: the longest a
+/// Lambda invocation runs (15 minutes) and EC2's listing lag (seconds). An upload is given up
+/// only once its last attempt is this old and no image of the task is listed, or when an
+/// attempt failed before any RegisterImage and no other attempt is this recent: a RegisterImage
+/// whose answer was lost, or an image not listed yet, is never given up on.
+pub const REGISTER_SETTLE: Duration = Duration::minutes(16);
+
+/// When the task's last registration attempt was about to call RegisterImage
+/// ([`lineage::REGISTER_ATTEMPTED`]).
+fn last_attempt(task: &ImportTask) -> Option<DateTime<Utc>> {
+    task.tags
+        .get(lineage::REGISTER_ATTEMPTED)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The give-up report of a completed task with no image listed, when an attempt made past the
+/// give-up mark failed and none can still be registering ([`REGISTER_SETTLE`]): no further
+/// RegisterImage.
+fn settled_give_up(
+    started_at: DateTime<Utc>,
+    last_attempt: Option<DateTime<Utc>>,
+    snapshot_id: &str,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let t = last_attempt?;
+    (give_up_registering(started_at, t) && now - t >= REGISTER_SETTLE).then(|| {
+        give_up_message(
+            started_at,
+            snapshot_id,
+            "an attempt past the give-up mark; its error is in the sweep's log",
+        )
+    })
+}
+
+/// The report of an upload given up ([`GIVE_UP_REGISTERING_AFTER`]), naming its snapshot and
+/// the last failure.
+pub fn give_up_message(started_at: DateTime<Utc>, snapshot_id: &str, last: &str) -> String {
+    format!(
+        "the import completed but its registration has failed since {} (last: {last}); \
+         DescribeImportSnapshotTasks lists a completed task for 7 days only, so the sweep stops \
+         retrying: register snapshot {snapshot_id} by hand (re-uploading the object imports it \
+         again), or delete it (cleanup's orphan sweep deletes it once it carries \
+         ami-pipeline:managed)",
+        started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
 /// How long after an image's registration a sweep leaves its announcement to the invocation
 /// that registered it.
 pub const ANNOUNCE_GRACE_SECONDS: i64 = 120;
@@ -310,8 +359,16 @@ fn plan_completed(
     // The import's start, not this sweep's clock: every sweep registering the task writes the
     // same tags on the snapshot before RegisterImage (see `registration_tags`).
     let tags = registration_tags(task, &spec, started_at);
+    let last_attempt = last_attempt(task);
+    if let Some(message) = settled_give_up(started_at, last_attempt, &snapshot_id, now) {
+        return SweepAction::ReportFailure {
+            task_id,
+            message,
+            object,
+        };
+    }
     SweepAction::Register {
-        source_checked: task.tags.contains_key(lineage::SOURCE_CHECKED),
+        last_attempt,
         task_id,
         registration: Box::new(Registration {
             name,

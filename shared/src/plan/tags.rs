@@ -47,12 +47,14 @@ pub const STARTED_AT: &str = "ami-pipeline:started-at";
 /// On import tasks: what the sweep concluded (`registered:ami-…` or `failed`), so each
 /// conclusion is announced once.
 pub const OUTCOME: &str = "ami-pipeline:outcome";
-/// On import tasks: when a sweep found the key's object still the validated one, after the
-/// import completed and right before its first RegisterImage (RFC 3339). Later attempts
-/// register without checking again: a replacement since cannot be in the snapshot, and the
-/// earlier attempt may have registered the image already (it is not listed yet, or the
-/// attempt stopped before announcing it).
-pub const SOURCE_CHECKED: &str = "ami-pipeline:source-checked";
+/// On import tasks: when the last registration attempt was about to call RegisterImage (RFC
+/// 3339), written before each one, and first only once the key's object was found still the
+/// validated one (after the import completed). So its presence means the object was checked:
+/// later attempts register without checking again (a replacement since cannot be in the
+/// snapshot, and an earlier attempt may have registered the image already, not listed yet or
+/// not announced). And its time tells the sweep when no attempt can still be registering, the
+/// condition to give an upload up ([`crate::plan::import::GIVE_UP_REGISTERING_AFTER`]).
+pub const REGISTER_ATTEMPTED: &str = "ami-pipeline:register-attempted-at";
 /// On import tasks: when the one "still running" warning was sent.
 pub const STALE_WARNED: &str = "ami-pipeline:stale-warned";
 /// Image: who deprecated it (`cleanup`), written by cleanup before EnableImageDeprecation, so
@@ -134,7 +136,7 @@ pub const ALL: [&str; 36] = [
     STARTED_AT,
     OUTCOME,
     STALE_WARNED,
-    SOURCE_CHECKED,
+    REGISTER_ATTEMPTED,
     DEPRECATED_BY,
     OBJECT_STATUS,
     OBJECT_REASON,
