@@ -830,6 +830,17 @@ async fn a_refused_registration_leaves_a_tagged_snapshot_for_the_orphan_sweep() 
     assert_eq!(tags[lineage::IMPORT_TASK], task_id.as_str(), "{tags}");
 }
 
+/// The task `task_id` and when its import started (its `started-at` tag).
+async fn task_and_start(w: &World, task_id: &str) -> (ImportTask, chrono::DateTime<Utc>) {
+    let task = tasks(w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    let started = task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    (task, started)
+}
+
 /// DescribeImportSnapshotTasks stops listing a completed task 7 days after it completed. A
 /// completed import whose registration keeps failing is retried by every sweep, silently
 /// (the failure is transient as far as the sweep knows), until 6 days after the import
@@ -840,13 +851,7 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
     let w = world(1, false).await;
     let key = "stuck/disk.raw";
     let task_id = imported(&w, key).await;
-    let task = tasks(&w)
-        .await
-        .into_iter()
-        .find(|t| t.id == task_id)
-        .expect("task");
-    let started: chrono::DateTime<Utc> =
-        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    let (task, started) = task_and_start(&w, &task_id).await;
     // A permission the operator lost (no SDK retries to wait for, unlike a 503).
     w.acct.inject_fault(json!({"service": "ec2", "action": "RegisterImage", "status": 403,
         "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
@@ -933,13 +938,7 @@ async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upl
 async fn a_failure_after_registering_is_never_given_up_at_six_days() {
     let w = world(1, false).await;
     let task_id = imported(&w, "six-days/disk.raw").await;
-    let task = tasks(&w)
-        .await
-        .into_iter()
-        .find(|t| t.id == task_id)
-        .expect("task");
-    let started: chrono::DateTime<Utc> =
-        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    let (_, started) = task_and_start(&w, &task_id).await;
     let at = started + chrono::Duration::days(6);
     w.acct
         .inject_fault(json!({"service": "sns", "action": "Publish", "status": 403,
@@ -968,13 +967,7 @@ async fn a_registration_failing_with_5xx_past_six_days_is_given_up_once_no_image
     let w = world(1, false).await;
     let key = "five-hundred/disk.raw";
     let task_id = imported(&w, key).await;
-    let task = tasks(&w)
-        .await
-        .into_iter()
-        .find(|t| t.id == task_id)
-        .expect("task");
-    let started: chrono::DateTime<Utc> =
-        task.tags[lineage::STARTED_AT].parse().expect("started-at");
+    let (task, started) = task_and_start(&w, &task_id).await;
     let at = started + chrono::Duration::days(6);
     w.acct.inject_fault(
         json!({"service": "ec2", "action": "RegisterImage", "status": 503,
