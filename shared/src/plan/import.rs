@@ -619,6 +619,41 @@ mod tests {
         );
     }
 
+    /// The six-day give-up waits until no RegisterImage can still show an image: an attempt
+    /// made past the mark is retried until it is [`REGISTER_SETTLE`] old, then the upload is
+    /// given up without another RegisterImage; an attempt before the mark never counts.
+    #[test]
+    fn an_upload_is_given_up_only_once_its_last_attempt_past_the_mark_has_settled() {
+        let started = now() - Duration::hours(1);
+        let mark = started + GIVE_UP_REGISTERING_AFTER;
+        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let plan = |attempt: Option<DateTime<Utc>>, when: DateTime<Utc>| {
+            let extra: Vec<(&str, String)> = attempt
+                .map(|t| vec![(lineage::REGISTER_ATTEMPTED, at(t))])
+                .unwrap_or_default();
+            let pairs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let t = task("t1", ImportStatus::Completed, &pairs);
+            plan_sweep(std::slice::from_ref(&t), &BTreeMap::new(), policy(), when).remove(0)
+        };
+        let registers = |a: &SweepAction| matches!(a, SweepAction::Register { .. });
+        let gives_up = |a: &SweepAction| matches!(a, SweepAction::ReportFailure { message, .. } if message.contains("7 days"));
+        // No attempt yet, or the last one before the mark: another RegisterImage.
+        assert!(registers(&plan(None, mark + Duration::hours(1))));
+        let early = plan(Some(mark - Duration::hours(1)), mark + Duration::hours(1));
+        assert!(registers(&early), "{early:?}");
+        // The last attempt past the mark, 15 minutes ago: it may still show an image.
+        let fresh = plan(Some(mark), mark + Duration::minutes(15));
+        assert!(registers(&fresh), "{fresh:?}");
+        // 16 minutes: given up, with the snapshot named.
+        let settled = plan(Some(mark), mark + REGISTER_SETTLE);
+        assert!(gives_up(&settled), "{settled:?}");
+        // An attempt recorded means the object was checked: the next one does not check again.
+        let SweepAction::Register { last_attempt, .. } = plan(Some(mark), mark) else {
+            panic!("registers")
+        };
+        assert_eq!(last_attempt, Some(mark));
+    }
+
     /// Issue #15, found by the chaos harness: two sweeps (or a sweep and an ingest) register
     /// one completed import seconds apart; each tags the snapshot before RegisterImage and the
     /// loser adopts the winner's image, so the snapshot kept the loser's create_date and the
