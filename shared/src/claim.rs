@@ -213,6 +213,52 @@ impl Claims {
         ))
     }
 
+    /// A decision taken once for every caller: the first `verdict` written for `key`
+    /// (`claims/<key>`, PutObject `If-None-Match: *`) is kept, and every caller gets that one
+    /// back, whatever its own. For a check whose answer can change over time (has the uploaded
+    /// object been replaced?) where two callers acting on different answers would contradict
+    /// each other, and where a tag cannot arbitrate (CreateTags is last-writer-wins, and what a
+    /// Describe shows lags behind). A caller whose write took effect and whose answer was lost
+    /// reads its own verdict back. Without a state bucket, the caller's own verdict.
+    pub async fn decide_once(
+        &self,
+        s3: &Client,
+        key: &str,
+        verdict: &str,
+    ) -> Result<String, AwsError> {
+        let Some(obj) = self.object(key) else {
+            return Ok(verdict.to_owned());
+        };
+        // Verdicts are never deleted by the functions; one missing right after a lost race
+        // (the state bucket's lifecycle expiry) is written again, once.
+        for _ in 0..2 {
+            match s3::put_if(s3, &obj, verdict.as_bytes().to_vec(), Condition::Absent).await {
+                Ok(_) => return Ok(verdict.to_owned()),
+                Err(e) if lost_race(&e) => {}
+                Err(e) => return Err(e),
+            }
+            match s3::get_object(s3, &obj).await {
+                Ok((bytes, _)) => {
+                    let kept = String::from_utf8_lossy(&bytes).into_owned();
+                    if kept != verdict {
+                        info!(decision = %obj.uri(), kept = %kept, own = %verdict, "an earlier caller decided otherwise; its decision stands");
+                    }
+                    return Ok(kept);
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AwsError {
+            operation: "s3:PutObject",
+            resource: obj.uri(),
+            kind: crate::error::ErrorKind::Other,
+            code: None,
+            message: "the decision was neither written nor readable (removed twice after a lost race); the next attempt decides again".to_owned(),
+            region: None,
+        })
+    }
+
     /// Gives up a claim this invocation won (its `etag`) and could not announce: DeleteObject
     /// `If-Match` that ETag, so a claim another invocation took over since is left alone.
     /// Best effort: if the delete fails too, the claim is taken over once stale.

@@ -134,14 +134,17 @@ fn is_zero(n: &usize) -> bool {
 
 impl Message {
     /// The same for every delivery of the same announcement, whatever SNS's `MessageId`:
-    /// `<event_type>/<region>/<image_id>` for an image's event, `<event_type>/<source_uri>` for
-    /// an upload's (`versionId` included), else `<event_type>/<region>/<time>` (a report). A
+    /// `<event_type>/<region>/<image_id>` for an image's event, `<event_type>/<region>/<task>`
+    /// for an import task's (one task per upload: its failure or stall, repeated by a sweep that
+    /// stopped before recording it), `<event_type>/<source_uri>` for an upload's before any
+    /// task (`versionId` included), else `<event_type>/<region>/<time>` (a report). A
     /// subscriber that acts once per key drops the repeats at-least-once delivery can bring.
     pub fn dedup_key(&self) -> String {
-        match (&self.image_id, &self.source_uri) {
-            (Some(image), _) => format!("{}/{}/{image}", self.event_type, self.region),
-            (None, Some(uri)) => format!("{}/{uri}", self.event_type),
-            (None, None) => format!("{}/{}/{}", self.event_type, self.region, self.time),
+        match (&self.image_id, &self.import_task_id, &self.source_uri) {
+            (Some(image), _, _) => format!("{}/{}/{image}", self.event_type, self.region),
+            (None, Some(task), _) => format!("{}/{}/{task}", self.event_type, self.region),
+            (None, None, Some(uri)) => format!("{}/{uri}", self.event_type),
+            (None, None, None) => format!("{}/{}/{}", self.event_type, self.region, self.time),
         }
     }
 
@@ -296,6 +299,26 @@ mod tests {
             ..Message::new(EventType::ImageFailed, now, "us-east-1")
         };
         assert_eq!(key(&failed), "image.failed/s3://b/k.raw?versionId=v1");
+        // An import task's failure, reported again a minute later by a sweep that stopped
+        // before recording it: one key (it used to be the time, so no subscriber could tell).
+        let task_failed = Message {
+            import_task_id: Some("import-snap-1".into()),
+            ..failed.clone()
+        };
+        let again = Message {
+            time: "2026-01-02T03:05:05Z".into(),
+            ..task_failed.clone()
+        };
+        assert_eq!(key(&task_failed), "image.failed/us-east-1/import-snap-1");
+        assert_eq!(key(&task_failed), key(&again));
+        let stalled = Message {
+            import_task_id: Some("import-snap-1".into()),
+            ..Message::new(EventType::ImportStalled, now, "us-east-1")
+        };
+        assert_eq!(
+            key(&stalled),
+            "image.import-stalled/us-east-1/import-snap-1"
+        );
     }
 
     #[test]

@@ -930,6 +930,65 @@ async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upl
     );
 }
 
+/// Issue #15, the attempt tag's own lag: on AWS the task's `register-attempted-at` tag shows in
+/// DescribeImportSnapshotTasks only after a delay, so a sweep that listed the task before it was
+/// written checks the object again. Here sweep B lists the task and reaches the object check,
+/// which is held; meanwhile sweep A finds the object unchanged, registers and announces the
+/// image; then the object is replaced and B's check is answered. B follows the first check's
+/// decision (kept once in the state bucket) and adopts A's image, instead of reporting the upload
+/// replaced over it (before: `image.failed` and outcome `failed` over an announced AMI).
+#[tokio::test]
+async fn a_sweep_that_listed_the_task_before_its_registration_follows_the_first_object_check() {
+    const HELD: Duration = Duration::from_secs(4);
+    let w = world_with_claims().await;
+    let key = "listed-early/disk.raw";
+    let task_id = imported(&w, key).await;
+    w.acct.reset_requests();
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "HeadObject", "resource": key,
+        "delay_seconds": HELD.as_secs_f64(), "count": 1}),
+    );
+    let start = std::time::Instant::now();
+    let late = async {
+        let out = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
+        (out, start.elapsed())
+    };
+    let meanwhile = async {
+        // Until B's object check is held.
+        while w.acct.requests().get("s3:HeadObject").is_none() {
+            assert!(start.elapsed() < HELD, "sweep B never checked the object");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = sweep_at(&w, Utc::now()).await;
+        assert_eq!(first.sweep.steps[0].action, "register", "{:?}", first.sweep);
+        let mut other = disks::raw_disk(1);
+        other[600] = 0x55;
+        w.acct.put(&w.bucket, key, other, &[]).await;
+        start.elapsed()
+    };
+    let ((late, late_done), replaced_at) = tokio::join!(late, meanwhile);
+    assert!(
+        late_done > replaced_at,
+        "B finished ({late_done:?}) before the object was replaced ({replaced_at:?}): the test means nothing"
+    );
+    let late = late.expect("sweep B");
+    assert!(late.sweep.steps.iter().all(|s| !s.failed), "{late:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    assert_eq!(images(&w).await.len(), 1);
+    let task = tasks(&w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    assert!(
+        task.tags[lineage::OUTCOME].starts_with("registered:"),
+        "{:?}",
+        task.tags
+    );
+}
+
 /// Issue #15 (found reading the import path): six days after the import started, the
 /// registration succeeds and its announcement fails. That failure came after RegisterImage took
 /// effect: the sweep must not give the upload up (before: `image.failed` and outcome `failed`

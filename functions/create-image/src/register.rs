@@ -46,7 +46,9 @@ impl Failed {
 /// the failure reported for the task (refused size, no free name, EC2 refusal); `Err` is an
 /// AWS failure the next sweep retries. The object is checked for a replacement before the
 /// first RegisterImage only (`last_attempt` is None); every RegisterImage is preceded by the
-/// task's [`lineage::REGISTER_ATTEMPTED`] tag.
+/// task's [`lineage::REGISTER_ATTEMPTED`] tag. With a state bucket the object check is
+/// decided once per task ([`replaced_once`]), so no sweep can report the upload replaced once
+/// another has registered its image.
 pub(crate) async fn register(
     deps: &Deps,
     task_id: &str,
@@ -66,7 +68,9 @@ pub(crate) async fn register(
         .await
         .map_err(Failed::before)?;
     if last_attempt.is_none()
-        && let Some(why) = replaced(deps, reg).await.map_err(Failed::before)?
+        && let Some(why) = replaced_once(deps, task_id, reg)
+            .await
+            .map_err(Failed::before)?
     {
         // Not the object's failure (its new content is another upload): the object is not
         // tagged; the snapshot, tagged managed above, is left to cleanup's orphan sweep.
@@ -139,6 +143,36 @@ pub(crate) async fn register(
         error: e,
         may_have_registered: true,
     })
+}
+
+/// Whether the upload's object was replaced since it was validated, decided once for the task
+/// ([`Claims::decide_once`](shared::claim::Claims::decide_once), `claims/source-check/<region>/<task>`):
+/// the first sweep to record its answer decides for every sweep after it. The task's
+/// [`lineage::REGISTER_ATTEMPTED`] tag alone cannot: on AWS it shows in
+/// DescribeImportSnapshotTasks only after a delay (EC2's eventual consistency), so a sweep
+/// that listed the task before it (a concurrent one, or one seconds later) would check the
+/// object again and, finding it replaced since, report the upload replaced over an image
+/// registered from the validated content. Once the import has completed, "not replaced" is
+/// final: the import read the object before it completed, and the object was unchanged until
+/// the check.
+async fn replaced_once(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+) -> Result<Option<String>, AwsError> {
+    const REPLACED: &str = "replaced: ";
+    let own = replaced(deps, reg).await?;
+    let verdict = own.map_or_else(
+        || "not replaced".to_owned(),
+        |why| format!("{REPLACED}{why}"),
+    );
+    let key = format!("source-check/{}/{task_id}", deps.clients.region);
+    let kept = deps
+        .config
+        .claims
+        .decide_once(&deps.clients.s3, &key, &verdict)
+        .await?;
+    Ok(kept.strip_prefix(REPLACED).map(str::to_owned))
 }
 
 /// Why the imported snapshot may not hold the validated upload: the key's object now is
