@@ -674,6 +674,46 @@ async fn an_image_another_run_deregistered_first_is_done_not_a_failure() {
     assert!(!w.exists(EAST, &other).await, "the others go on");
 }
 
+/// References are read ten images per call; a call that fails for one image (here an id EC2
+/// answers "not found" for, as an image deregistered by someone else since the listing may be)
+/// keeps only that image: the batch is read again one image at a time, and the other nine are
+/// removed in the same run (before: all ten skipped with "references could not be read").
+#[tokio::test]
+async fn a_reference_read_that_fails_for_one_image_keeps_only_that_image() {
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "refs", "refs-new", 1).await;
+    let mut stale = Vec::new();
+    for days in 100..110 {
+        stale.push(
+            w.managed(EAST, "refs", &format!("refs-{days}"), days)
+                .await
+                .0,
+        );
+    }
+    let odd = stale[4].clone();
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "DescribeImageReferences",
+        "status": 400, "code": "InvalidAMIID.NotFound",
+        "message": format!("The image id '[{odd}]' does not exist"), "resource": odd}),
+    );
+    w.acct.reset_requests();
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    assert_eq!(action(&r, &odd), "skip");
+    let why = decision(&r, &odd).reasons.join("; ");
+    assert!(
+        why.contains("references could not be read") && why.contains(&odd),
+        "{why}"
+    );
+    assert!(w.exists(EAST, &odd).await);
+    for image in stale.iter().filter(|i| **i != odd) {
+        assert_eq!(action(&r, image), "deregister", "{:?}", decision(&r, image));
+        assert!(!w.exists(EAST, image).await, "{image} was held back");
+    }
+    // One batch call, then one per image of it.
+    let calls = w.acct.requests();
+    assert_eq!(calls["ec2:DescribeImageReferences"], 11, "{calls}");
+}
+
 #[tokio::test]
 async fn an_image_whose_sharing_cannot_be_read_is_skipped_and_the_rest_go_on() {
     let w = one_run_world(&[]).await;

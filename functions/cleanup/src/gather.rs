@@ -138,7 +138,10 @@ pub(crate) async fn check(
 
 /// One batch's references (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images), per
 /// image: None when the deadline left the call unmade, else what references it or why the
-/// call failed.
+/// call failed. A batch whose call failed (the SDK has already retried throttling and 5xx) is
+/// read again one image at a time, so that one image's problem (an id EC2 no longer knows,
+/// deregistered by someone else since the listing) keeps only that image, not nine others with
+/// it: AWS does not document how DescribeImageReferences answers for such an id.
 async fn references<'a>(
     deps: &Deps,
     clients: &RegionalClients,
@@ -148,32 +151,60 @@ async fn references<'a>(
     let Some(region) = batch.first().map(|d| d.region.to_string()) else {
         return Vec::new();
     };
-    if !deps
-        .pacer
-        .acquire(&region, "DescribeImageReferences", &deadline)
-        .await
-    {
-        return batch.into_iter().map(|d| (d, None)).collect();
-    }
     let ids: Vec<String> = batch.iter().map(|d| d.image_id.clone()).collect();
-    let found = {
-        let _slot = deps.slot().await;
-        ec2::image_references(&clients.get(&region).ec2, &ids).await
+    let Some(found) = references_of(deps, clients, deadline, &region, &ids).await else {
+        return batch.into_iter().map(|d| (d, None)).collect();
     };
+    if found.is_err() && batch.len() > 1 {
+        let mut alone = Vec::with_capacity(batch.len());
+        for d in batch {
+            let id = [d.image_id.clone()];
+            let found = references_of(deps, clients, deadline, &region, &id).await;
+            alone.push((d, found.map(|f| arns_of(&f, &d.image_id))));
+        }
+        return alone;
+    }
     batch
         .into_iter()
-        .map(|d| {
-            let arns = match &found {
-                Ok(refs) => Ok(refs
-                    .iter()
-                    .filter(|(i, _)| *i == d.image_id)
-                    .map(|(_, arn)| arn.clone())
-                    .collect()),
-                Err(e) => Err(e.to_string()),
-            };
-            (d, Some(arns))
-        })
+        .map(|d| (d, Some(arns_of(&found, &d.image_id))))
         .collect()
+}
+
+/// What references `image` in a call's answer (its pairs of image and ARN), or why it failed.
+fn arns_of(
+    found: &Result<Vec<(String, String)>, String>,
+    image: &str,
+) -> Result<Vec<String>, String> {
+    found.as_ref().map_err(Clone::clone).map(|refs| {
+        refs.iter()
+            .filter(|(i, _)| i == image)
+            .map(|(_, arn)| arn.clone())
+            .collect()
+    })
+}
+
+/// One DescribeImageReferences call (paced) for `ids`, all of `region`: the (image, ARN)
+/// pairs, or why it failed; None when the deadline left it unmade.
+async fn references_of(
+    deps: &Deps,
+    clients: &RegionalClients,
+    deadline: Deadline,
+    region: &str,
+    ids: &[String],
+) -> Option<Result<Vec<(String, String)>, String>> {
+    if !deps
+        .pacer
+        .acquire(region, "DescribeImageReferences", &deadline)
+        .await
+    {
+        return None;
+    }
+    let _slot = deps.slot().await;
+    Some(
+        ec2::image_references(&clients.get(region).ec2, ids)
+            .await
+            .map_err(|e| e.to_string()),
+    )
 }
 
 /// One image's launch permissions; None when the deadline left the call unmade.
