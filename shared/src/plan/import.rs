@@ -510,11 +510,21 @@ pub fn on_duplicate(
         Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => {
             OnDuplicate::Adopt(img.id.clone())
         }
-        // The fast path has no task: an image registered from this very snapshot for this
-        // upload (a concurrent duplicate event won the name) is ours.
+        // An image registered from this upload's own snapshot is ours: the fast path has no
+        // task (a concurrent duplicate event won the name), and an image listed before its
+        // tags show (EC2's eventual consistency covers tags too) has none yet to tell; renaming
+        // it away would register a second AMI from one snapshot. Unless its tags, when they
+        // show, say it is another task's or another upload's.
         Some(img)
             if img.snapshot_ids.contains(&registration.snapshot_id)
-                && img.tags.get(lineage::SOURCE_TOKEN) == Some(&registration.source_token) =>
+                && img
+                    .tags
+                    .get(IMPORT_TASK)
+                    .is_none_or(|t| t.as_str() == task_id)
+                && img
+                    .tags
+                    .get(lineage::SOURCE_TOKEN)
+                    .is_none_or(|t| *t == registration.source_token) =>
         {
             OnDuplicate::Adopt(img.id.clone())
         }
@@ -821,6 +831,52 @@ mod tests {
         assert_eq!(
             on_duplicate("t1", None, &reg),
             OnDuplicate::HolderNotVisible
+        );
+        // The holder is listed but its tags do not show yet: registered from this upload's
+        // snapshot, it is ours (before: renamed, a second AMI of one snapshot), whether the
+        // name was chosen or not.
+        let untagged = Image {
+            snapshot_ids: vec!["s".into()],
+            tags: Tags::new(),
+            ..image("ami-3", "")
+        };
+        assert_eq!(
+            on_duplicate("t1", Some(&untagged), &reg),
+            OnDuplicate::Adopt("ami-3".into())
+        );
+        reg.name_is_explicit = true;
+        assert_eq!(
+            on_duplicate("t1", Some(&untagged), &reg),
+            OnDuplicate::Adopt("ami-3".into())
+        );
+        reg.name_is_explicit = false;
+        // Our snapshot, but tags that name another task or upload: not ours.
+        let other_task = Image {
+            snapshot_ids: vec!["s".into()],
+            ..image("ami-4", "other")
+        };
+        assert_eq!(
+            on_duplicate("t1", Some(&other_task), &reg),
+            OnDuplicate::TryAnotherName
+        );
+        let other_upload = Image {
+            snapshot_ids: vec!["s".into()],
+            tags: Tags::from([(lineage::SOURCE_TOKEN.to_string(), "another".to_string())]),
+            ..image("ami-5", "")
+        };
+        assert_eq!(
+            on_duplicate("t1", Some(&other_upload), &reg),
+            OnDuplicate::TryAnotherName
+        );
+        // Fast path (its snapshot stands for the task; its token, no task tag): ours.
+        let fast = Image {
+            snapshot_ids: vec!["s".into()],
+            tags: Tags::from([(lineage::SOURCE_TOKEN.to_string(), "tok".to_string())]),
+            ..image("ami-6", "")
+        };
+        assert_eq!(
+            on_duplicate("s", Some(&fast), &reg),
+            OnDuplicate::Adopt("ami-6".into())
         );
     }
 
