@@ -439,6 +439,30 @@ class ToolRun:
     floor_s: float = 0.0
     budget_floor_s: float = 0.0  # the floor at the share of the limits our run was given
     floor_detail: list[str] = dataclasses.field(default_factory=list)
+    emulator_cpu_s: float | None = None  # the emulator's CPU time while the tool's processes ran
+
+
+def emulator_cpu_s() -> float | None:
+    """The emulator process's CPU time so far (user + system, /proc/<pid>/stat), when
+    ``scripts/bench-cleanup`` gave its pid (``AMI_BENCH_EMULATOR_PID``); None otherwise. A tool
+    whose run keeps the emulator's CPU busy for its whole wall is bound by the emulator's serving,
+    not by its own work."""
+    pid = os.environ.get("AMI_BENCH_EMULATOR_PID")
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 (utime, stime) of proc(5), counted after the ")" that ends field 2.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _add_cpu(result: ToolRun, before: float | None) -> None:
+    after = emulator_cpu_s()
+    if before is not None and after is not None:
+        result.emulator_cpu_s = (result.emulator_cpu_s or 0.0) + after - before
 
 
 GNU_TIME = "/usr/bin/time"
@@ -513,7 +537,9 @@ def run_amicleaner(amicleaner: str, built: Built, workdir: str) -> ToolRun:
     ]  # fmt: skip
     log = os.path.join(workdir, "amicleaner.log")
     control("DELETE", f"/ami-pipeline-emulator/requests?account_id={built.account}")
+    cpu = emulator_cpu_s()
     code, wall, rss = spawn(argv, env, log)
+    _add_cpu(result, cpu)
     result.requests = requests_of(built.account)
     result.wall_s = result.process_wall_s = wall
     result.peak_rss_mib = rss
@@ -566,7 +592,9 @@ def run_ours(
             control("POST", "/ami-pipeline-emulator/rate-limits", {"account_id": built.account, "enabled": True})
         argv = [bench_bin, "run", built.account, "real", "--clock-ahead-minutes", str(k * RUN_SPACING_MINUTES)]
         before = os.path.getsize(log) if os.path.exists(log) else 0
+        cpu = emulator_cpu_s()
         code, wall, rss = spawn(argv, env, log)
+        _add_cpu(result, cpu)
         with open(log, encoding="utf-8", errors="replace") as f:
             f.seek(before)
             out = f.read()
@@ -677,6 +705,12 @@ def print_results(fixture: Fixture, truth: Truth, tools: list[tuple[ToolRun, Sco
     row("wall (s)", [f"{t.wall_s:.1f}" for t, _ in tools])
     row("  process wall, start to exit (s)", [f"{t.process_wall_s:.1f}" for t, _ in tools])
     row("peak RSS (MiB)", [f"{t.peak_rss_mib:.1f}" for t, _ in tools])
+    if all(t.emulator_cpu_s is not None for t, _ in tools):
+        row("emulator CPU while the tool ran (s)", [f"{t.emulator_cpu_s:.1f}" for t, _ in tools])
+        row(
+            "  emulator busy (its CPU / the tool's process wall)",
+            [f"{100 * (t.emulator_cpu_s or 0) / t.process_wall_s:.0f} %" if t.process_wall_s else "-" for t, _ in tools],
+        )
     row("AWS calls", [sum(t.requests.values()) for t, _ in tools])
     ops = sorted(set().union(*(t.requests.keys() for t, _ in tools)))
     for op in ops:

@@ -6,7 +6,9 @@ rate-limit floor. No emulator needed:
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -165,3 +167,19 @@ def test_floor_at_a_budget_scales_burst_and_refill() -> None:
     # Half the limits: a burst of 50 at 2.5/s: (1050 - 50) / 2.5 = 400 s.
     seconds, _ = compare.floor(Counter({"ec2:DeregisterImage": 1050}), state, share=0.5)
     assert seconds == pytest.approx(400.0)
+
+
+def test_emulator_cpu_is_read_from_proc_of_the_pid_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMI_BENCH_EMULATOR_PID", raising=False)
+    assert compare.emulator_cpu_s() is None
+    # This process stands in for the emulator: its CPU time grows with work done.
+    monkeypatch.setenv("AMI_BENCH_EMULATOR_PID", str(os.getpid()))
+    before = compare.emulator_cpu_s()
+    assert before is not None and before > 0
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    after = compare.emulator_cpu_s()
+    assert after is not None and after - before >= 0.2, (before, after)
+    monkeypatch.setenv("AMI_BENCH_EMULATOR_PID", "999999999")
+    assert compare.emulator_cpu_s() is None

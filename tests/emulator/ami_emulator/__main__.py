@@ -1,11 +1,13 @@
 """``python -m ami_emulator --host 127.0.0.1 --port PORT``: moto's server plus the extensions.
 
 Mirrors ``moto.server.main`` (werkzeug ``run_simple`` with moto's ``DomainDispatcherApplication``
-and ``MotoRequestHandler``, threaded) with three differences: the extensions are applied first,
+and ``MotoRequestHandler``, threaded) with four differences: the extensions are applied first,
 the app is wrapped in ``FaultMiddleware`` (per-account fault injection and request counts) and
-``ControlMiddleware`` (the ``/ami-pipeline-emulator/`` routes), and the EC2/S3/STS/EBS backends
+``ControlMiddleware`` (the ``/ami-pipeline-emulator/`` routes), the EC2/S3/STS/EBS backends
 are loaded before the port is bound, so the first request is fast and a successful TCP connect
-means the emulator is ready.
+means the emulator is ready, and connections are persistent as AWS's are
+(``keep_alive.KeepAliveRequestHandler``; ``--connection close`` serves as werkzeug does, one
+connection per request).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ami_emulator", description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument(
+        "--connection",
+        choices=("keep-alive", "close"),
+        default="keep-alive",
+        help="keep-alive: HTTP/1.1 persistent connections (default); close: one per request",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
@@ -44,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     from .common import default_config
     from .control import ControlMiddleware
     from .faults import FaultMiddleware
+    from .keep_alive import KeepAliveRequestHandler
 
     default_config()  # fail fast on a malformed AMI_EMULATOR_*_DELAY_SECONDS
     apply_extensions()
@@ -55,14 +64,15 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, _exit)
     signal.signal(signal.SIGTERM, _exit)
-    print(f"ami_emulator: serving on http://{args.host}:{args.port}", flush=True)
+    handler = KeepAliveRequestHandler if args.connection == "keep-alive" else MotoRequestHandler
+    print(f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection})", flush=True)
     run_simple(
         args.host,
         args.port,
         ControlMiddleware(FaultMiddleware(dispatcher)),
         threaded=True,
         use_reloader=False,
-        request_handler=MotoRequestHandler,
+        request_handler=handler,
     )
 
 

@@ -1,0 +1,192 @@
+"""HTTP/1.1 persistent connections for the emulator's server, as AWS endpoints keep them.
+
+werkzeug's development server (the one ``moto.server`` runs, and ``__main__`` after it) answers
+every request with ``Connection: close`` (``werkzeug/serving.py``, ``run_wsgi``: "Always close the
+connection. This disables HTTP/1.1 keep-alive connections. They aren't handled well by Python's
+http.server because it doesn't know how to drain the stream before the next request line."), and
+then waits on the socket for up to 10 ms to discard any unread body. So every request of every
+client costs a TCP connection, a new server thread and that drain, which AWS does not impose: its
+endpoints keep connections open (HTTP/1.1 persistent connections, RFC 9112 section 9.3) and the
+SDKs pool them (botocore's urllib3 pool; the Rust SDK's hyper pool). In a benchmark that makes
+ten thousand calls, that per-request cost is the emulator's, not the client's.
+
+``KeepAliveRequestHandler`` serves a request the way werkzeug's ``run_wsgi`` does (the same WSGI
+environ, from moto's ``MotoRequestHandler.make_environ``; ``100 Continue``; chunked responses when
+the app gives no length; a 500 when the app fails before answering) but keeps the connection
+open. The one problem werkzeug names is solved by framing the request body itself: the app reads
+it through a ``LimitedStream`` of exactly ``Content-Length`` bytes (or werkzeug's
+``DechunkedInput`` for ``Transfer-Encoding: chunked``), and whatever the app left unread is read
+to its end before the next request line is parsed, so the next request starts exactly where this
+one's body ends. The connection is closed, as HTTP/1.1 says, when the client asks for it
+(``Connection: close``, or HTTP/1.0 without keep-alive: ``BaseHTTPRequestHandler.parse_request``),
+when the app's answer says so, when the body's framing is invalid (a malformed or negative
+``Content-Length``, or both headers: RFC 9112 section 6.3), and after any failure mid-response.
+
+``python -m ami_emulator --connection close`` serves as werkzeug does, for comparison.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Iterable
+
+from moto.moto_server.werkzeug_app import MotoRequestHandler
+from werkzeug.exceptions import InternalServerError
+from werkzeug.wsgi import LimitedStream
+
+# Unread request body drained at most: beyond this the connection is closed instead (a client
+# that sent a large body the app refused early gets the answer, then a closed connection).
+MAX_DRAIN_BYTES = 64 * 1024 * 1024
+
+# An idle persistent connection is closed after this long (a thread per open connection).
+IDLE_TIMEOUT_SECONDS = 300
+
+
+class _FramingError(Exception):
+    """The request's body framing cannot be trusted: answer 400 and close."""
+
+
+class KeepAliveRequestHandler(MotoRequestHandler):
+    """moto's request handler with HTTP/1.1 persistent connections (see the module docstring)."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_SECONDS
+
+    def setup(self) -> None:
+        super().setup()
+        # The headers and the body go out in separate writes; on a connection that stays open,
+        # Nagle's algorithm would hold the body back until the client's delayed ACK (~40 ms
+        # per request). With one connection per request the close flushed it.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        if environ.get("wsgi.input_terminated"):
+            # Transfer-Encoding: chunked: werkzeug's DechunkedInput reads exactly the chunks.
+            if self.headers.get("Content-Length") is not None:
+                raise _FramingError("both Content-Length and Transfer-Encoding")
+            self._body = environ["wsgi.input"]
+            return environ
+        raw = self.headers.get("Content-Length")
+        try:
+            length = int(raw) if raw is not None else 0
+        except ValueError:
+            raise _FramingError(f"Content-Length {raw!r}") from None
+        if length < 0:
+            raise _FramingError(f"Content-Length {raw!r}")
+        self._body = LimitedStream(self.rfile, length)
+        environ["wsgi.input"] = self._body
+        return environ
+
+    def run_wsgi(self) -> None:
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            self.environ = environ = self.make_environ()
+        except _FramingError as e:
+            self.close_connection = True
+            self.send_error(400, f"Bad request body framing: {e}")
+            return
+        response = _Response(self)
+        try:
+            response.run(self.server.app, environ)
+            if not self.close_connection and not _drain(self._body):
+                self.close_connection = True
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - as werkzeug: a 500 if nothing was sent, then close
+            self.close_connection = True
+            if not response.started:
+                try:
+                    response.reset()
+                    response.run(InternalServerError(), environ)
+                except Exception:  # noqa: BLE001
+                    pass
+            print(f"ami_emulator: error on request:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+
+
+class _Response:
+    """One response on a persistent connection: start_response/write as WSGI asks, headers sent
+    with the first body bytes, chunked when the app gives no Content-Length."""
+
+    def __init__(self, handler: KeepAliveRequestHandler) -> None:
+        self.h = handler
+        self.reset()
+        self.started = False
+        self.chunked = False
+
+    def reset(self) -> None:
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] | None = None
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.started:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.headers is not None:
+            raise AssertionError("Headers already set")
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        assert self.status is not None and self.headers is not None, "write() before start_response"
+        h = self.h
+        if not self.started:
+            self.started = True
+            code_text, _, message = self.status.partition(" ")
+            code = int(code_text)
+            h.send_response(code, message)
+            keys = set()
+            for key, value in self.headers:
+                h.send_header(key, value)  # "Connection: close" from the app closes (http.server)
+                keys.add(key.lower())
+            no_body = h.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
+            if "content-length" not in keys and not no_body:
+                self.chunked = True
+                h.send_header("Transfer-Encoding", "chunked")
+            if h.close_connection:
+                h.send_header("Connection", "close")
+            h.end_headers()
+        if data:
+            if self.chunked:
+                h.wfile.write(b"%x\r\n" % len(data))
+            h.wfile.write(data)
+            if self.chunked:
+                h.wfile.write(b"\r\n")
+        h.wfile.flush()
+
+    def run(self, app: Callable[..., Iterable[bytes]], environ: dict[str, Any]) -> None:
+        result = app(environ, self.start_response)
+        try:
+            for data in result:
+                self.write(data)
+            if not self.started:
+                self.write(b"")
+            if self.chunked:
+                self.h.wfile.write(b"0\r\n\r\n")
+                self.h.wfile.flush()
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+def _drain(body: Any) -> bool:
+    """Reads what the app left of the request body, up to ``MAX_DRAIN_BYTES``; False when the
+    body could not be read to its end (then the connection must close)."""
+    total = 0
+    try:
+        while True:
+            chunk = body.read(1024 * 1024)
+            if not chunk:
+                return True
+            total += len(chunk)
+            if total > MAX_DRAIN_BYTES:
+                return False
+    except Exception:  # noqa: BLE001 - a disconnected or malformed body: close
+        return False

@@ -1,0 +1,133 @@
+"""HTTP/1.1 persistent connections (``ami_emulator.keep_alive``), as AWS's endpoints keep them:
+several requests on one connection, a request body the server leaves unread drained so that the
+next request still parses, and the connection closed when HTTP/1.1 says so (RFC 9112 sections
+6.3 and 9.3). Raw sockets for the framing; boto3 for what an SDK does."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config
+
+from conftest import Account
+
+CONTROL = "/ami-pipeline-emulator/requests?account_id=123456789012"
+
+
+def _connect(emulator: str) -> socket.socket:
+    url = urlsplit(emulator)
+    return socket.create_connection((url.hostname, url.port), timeout=10)
+
+
+def _exchange(sock: socket.socket, raw: bytes) -> http.client.HTTPResponse:
+    """Sends ``raw`` and reads one whole response from ``sock``."""
+    sock.sendall(raw)
+    resp = http.client.HTTPResponse(sock, method=raw.split(b" ", 1)[0].decode())
+    resp.begin()
+    resp.read()
+    return resp
+
+
+def _get(path: str = CONTROL, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    return b"GET " + path.encode() + b" " + version + b"\r\nHost: localhost\r\n" + extra + b"\r\n"
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed its side (reads end-of-stream, or the connection is reset)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_one_connection_serves_many_requests(emulator: str) -> None:
+    with _connect(emulator) as sock:
+        for _ in range(5):
+            resp = _exchange(sock, _get())
+            assert resp.status == 200
+            assert resp.version == 11
+            assert (resp.getheader("Connection") or "").lower() != "close"
+
+
+def test_a_body_the_server_does_not_read_is_drained_before_the_next_request(emulator: str) -> None:
+    # The control route answers a GET without reading its body; the next request on the same
+    # connection must still be parsed from its own request line.
+    body = b"x" * 200_000
+    with _connect(emulator) as sock:
+        first = _exchange(sock, _get(extra=b"Content-Length: %d\r\n" % len(body)) + body)
+        assert first.status == 200
+        second = _exchange(sock, _get())
+        assert second.status == 200
+
+
+def test_a_chunked_body_left_unread_is_drained_to_its_last_chunk(emulator: str) -> None:
+    chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    with _connect(emulator) as sock:
+        first = _exchange(sock, _get(extra=b"Transfer-Encoding: chunked\r\n") + chunked)
+        assert first.status == 200
+        assert _exchange(sock, _get()).status == 200
+
+
+def test_the_connection_closes_when_the_client_asks(emulator: str) -> None:
+    with _connect(emulator) as sock:
+        resp = _exchange(sock, _get(extra=b"Connection: close\r\n"))
+        assert resp.status == 200
+        assert resp.getheader("Connection").lower() == "close"
+        assert _closed(sock)
+
+
+def test_an_http_1_0_request_gets_its_answer_and_a_closed_connection(emulator: str) -> None:
+    with _connect(emulator) as sock:
+        resp = _exchange(sock, _get(version=b"HTTP/1.0"))
+        assert resp.status == 200
+        assert _closed(sock)
+
+
+def test_a_malformed_content_length_is_refused_and_the_connection_closed(emulator: str) -> None:
+    with _connect(emulator) as sock:
+        resp = _exchange(sock, _get(extra=b"Content-Length: ten\r\n"))
+        assert resp.status == 400
+        assert _closed(sock)
+    with _connect(emulator) as sock:
+        resp = _exchange(sock, _get(extra=b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n")
+        assert resp.status == 400
+        assert _closed(sock)
+
+
+def test_boto3_reuses_its_connection_across_calls_and_a_faulted_upload(account: Account) -> None:
+    """An S3 PutObject answered by an injected 503 before the server read its 1 MiB body: the SDK
+    retries on the same pooled connection, and the object holds exactly the body sent (the
+    unread body was drained, not taken as the next request)."""
+    s3 = account.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+    s3.create_bucket(Bucket="keep-alive")
+    status, rule = account.control("faults", {"account_id": account.id, "service": "s3",
+                                              "action": "PutObject", "status": 503, "code": "SlowDown",
+                                              "message": "injected", "count": 1})
+    assert status == 200, rule
+    body = bytes(range(256)) * 4096
+    s3.put_object(Bucket="keep-alive", Key="disk.raw", Body=body)
+    assert s3.get_object(Bucket="keep-alive", Key="disk.raw")["Body"].read() == body
+    status, counts = account.control(f"requests?account_id={account.id}", method="GET")
+    assert counts["requests"]["s3:PutObject"] == 2, counts
+    # The pooled connection stays open across calls: the same socket serves the next one.
+    pool = next(iter(s3._endpoint.http_session._manager.pools._container.values()))
+
+    def pooled_socket() -> object:
+        conns = [c for c in list(pool.pool.queue) if c is not None]
+        assert len(conns) == 1, conns
+        assert conns[0].sock is not None, "the server closed the connection"
+        return conns[0].sock
+
+    first = pooled_socket()
+    s3.head_object(Bucket="keep-alive", Key="disk.raw")
+    assert pooled_socket() is first
+
+
+def test_a_plain_boto3_client_is_served_as_before(emulator: str) -> None:
+    ec2 = boto3.client("ec2", endpoint_url=emulator, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    for _ in range(3):
+        assert ec2.describe_regions()["Regions"]
