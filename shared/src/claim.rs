@@ -213,6 +213,19 @@ impl Claims {
         ))
     }
 
+    /// The decision [`Claims::decide_once`] kept for `key`, if one was written (None without a
+    /// state bucket), so that a caller can follow it without making its own check.
+    pub async fn decision(&self, s3: &Client, key: &str) -> Result<Option<String>, AwsError> {
+        let Some(obj) = self.object(key) else {
+            return Ok(None);
+        };
+        match s3::get_object(s3, &obj).await {
+            Ok((bytes, _)) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A decision taken once for every caller: the first `verdict` written for `key`
     /// (`claims/<key>`, PutObject `If-None-Match: *`) is kept, and every caller gets that one
     /// back, whatever its own. For a check whose answer can change over time (has the uploaded

@@ -714,6 +714,38 @@ async fn a_reference_read_that_fails_for_one_image_keeps_only_that_image() {
     assert_eq!(calls["ec2:DescribeImageReferences"], 11, "{calls}");
 }
 
+/// A reference read refused for the whole batch (a denied permission) is not split into ten
+/// more calls that would get the same answer: one call, every image of it skipped with the
+/// reason, nothing removed.
+#[tokio::test]
+async fn a_reference_read_refused_for_the_batch_is_not_read_again_image_by_image() {
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "deny", "deny-new", 1).await;
+    let mut stale = Vec::new();
+    for days in 100..105 {
+        stale.push(
+            w.managed(EAST, "deny", &format!("deny-{days}"), days)
+                .await
+                .0,
+        );
+    }
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "DescribeImageReferences",
+        "status": 403, "code": "UnauthorizedOperation",
+        "message": "You are not authorized to perform this operation."}),
+    );
+    w.acct.reset_requests();
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    for image in &stale {
+        assert_eq!(action(&r, image), "skip", "{:?}", decision(&r, image));
+        let why = decision(&r, image).reasons.join("; ");
+        assert!(why.contains("UnauthorizedOperation"), "{why}");
+        assert!(w.exists(EAST, image).await);
+    }
+    let calls = w.acct.requests();
+    assert_eq!(calls["ec2:DescribeImageReferences"], 1, "{calls}");
+}
+
 #[tokio::test]
 async fn an_image_whose_sharing_cannot_be_read_is_skipped_and_the_rest_go_on() {
     let w = one_run_world(&[]).await;

@@ -939,7 +939,7 @@ async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upl
 /// replaced over it (before: `image.failed` and outcome `failed` over an announced AMI).
 #[tokio::test]
 async fn a_sweep_that_listed_the_task_before_its_registration_follows_the_first_object_check() {
-    const HELD: Duration = Duration::from_secs(4);
+    const HELD: Duration = Duration::from_secs(6);
     let w = world_with_claims().await;
     let key = "listed-early/disk.raw";
     let task_id = imported(&w, key).await;
@@ -949,27 +949,29 @@ async fn a_sweep_that_listed_the_task_before_its_registration_follows_the_first_
         "delay_seconds": HELD.as_secs_f64(), "count": 1}),
     );
     let start = std::time::Instant::now();
-    let late = async {
-        let out = handle(Command::Sweep, &w.deps, Utc::now(), deadline()).await;
-        (out, start.elapsed())
-    };
+    let late = handle(Command::Sweep, &w.deps, Utc::now(), deadline());
     let meanwhile = async {
-        // Until B's object check is held.
+        // Until B's object check is held (counted when the emulator received it).
         while w.acct.requests().get("s3:HeadObject").is_none() {
             assert!(start.elapsed() < HELD, "sweep B never checked the object");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let held_since = start.elapsed();
         let first = sweep_at(&w, Utc::now()).await;
         assert_eq!(first.sweep.steps[0].action, "register", "{:?}", first.sweep);
         let mut other = disks::raw_disk(1);
         other[600] = 0x55;
         w.acct.put(&w.bucket, key, other, &[]).await;
-        start.elapsed()
+        (held_since, start.elapsed())
     };
-    let ((late, late_done), replaced_at) = tokio::join!(late, meanwhile);
+    let (late, (held_since, replaced_at)) = tokio::join!(late, meanwhile);
+    // B's check was answered HELD after the emulator received it, which was before
+    // `held_since` was seen: the object must have been replaced well before that, or B saw the
+    // original object and this test would pass without the fix.
     assert!(
-        late_done > replaced_at,
-        "B finished ({late_done:?}) before the object was replaced ({replaced_at:?}): the test means nothing"
+        replaced_at + Duration::from_millis(500) < held_since + HELD,
+        "the object was replaced at {replaced_at:?}, too close to the end of B's held check \
+         (from {held_since:?} for {HELD:?}): the test means nothing"
     );
     let late = late.expect("sweep B");
     assert!(late.sweep.steps.iter().all(|s| !s.failed), "{late:?}");

@@ -138,10 +138,12 @@ pub(crate) async fn check(
 
 /// One batch's references (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images), per
 /// image: None when the deadline left the call unmade, else what references it or why the
-/// call failed. A batch whose call failed (the SDK has already retried throttling and 5xx) is
-/// read again one image at a time, so that one image's problem (an id EC2 no longer knows,
-/// deregistered by someone else since the listing) keeps only that image, not nine others with
-/// it: AWS does not document how DescribeImageReferences answers for such an id.
+/// call failed. A batch whose call EC2 refused for an image id (`InvalidAMIID.*`: an id it no
+/// longer knows, deregistered by someone else since the listing; AWS does not document how
+/// DescribeImageReferences answers for one) is read again one image at a time, so that one
+/// image's problem keeps only that image, not nine others with it. Any other failure
+/// (throttling past the SDK's retries, a denied permission, a 5xx) is the batch's: splitting it
+/// would only spend ten more calls of the budget on the same answer.
 async fn references<'a>(
     deps: &Deps,
     clients: &RegionalClients,
@@ -155,7 +157,13 @@ async fn references<'a>(
     let Some(found) = references_of(deps, clients, deadline, &region, &ids).await else {
         return batch.into_iter().map(|d| (d, None)).collect();
     };
-    if found.is_err() && batch.len() > 1 {
+    if batch.len() > 1
+        && found.as_ref().is_err_and(|e| {
+            e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidAMIID."))
+        })
+    {
         let mut alone = Vec::with_capacity(batch.len());
         for d in batch {
             let id = [d.image_id.clone()];
@@ -172,10 +180,10 @@ async fn references<'a>(
 
 /// What references `image` in a call's answer (its pairs of image and ARN), or why it failed.
 fn arns_of(
-    found: &Result<Vec<(String, String)>, String>,
+    found: &Result<Vec<(String, String)>, AwsError>,
     image: &str,
 ) -> Result<Vec<String>, String> {
-    found.as_ref().map_err(Clone::clone).map(|refs| {
+    found.as_ref().map_err(ToString::to_string).map(|refs| {
         refs.iter()
             .filter(|(i, _)| i == image)
             .map(|(_, arn)| arn.clone())
@@ -191,7 +199,7 @@ async fn references_of(
     deadline: Deadline,
     region: &str,
     ids: &[String],
-) -> Option<Result<Vec<(String, String)>, String>> {
+) -> Option<Result<Vec<(String, String)>, AwsError>> {
     if !deps
         .pacer
         .acquire(region, "DescribeImageReferences", &deadline)
@@ -200,11 +208,7 @@ async fn references_of(
         return None;
     }
     let _slot = deps.slot().await;
-    Some(
-        ec2::image_references(&clients.get(region).ec2, ids)
-            .await
-            .map_err(|e| e.to_string()),
-    )
+    Some(ec2::image_references(&clients.get(region).ec2, ids).await)
 }
 
 /// One image's launch permissions; None when the deadline left the call unmade.

@@ -161,17 +161,21 @@ async fn replaced_once(
     reg: &Registration,
 ) -> Result<Option<String>, AwsError> {
     const REPLACED: &str = "replaced: ";
-    let own = replaced(deps, reg).await?;
-    let verdict = own.map_or_else(
-        || "not replaced".to_owned(),
-        |why| format!("{REPLACED}{why}"),
-    );
+    let claims = &deps.config.claims;
     let key = format!("source-check/{}/{task_id}", deps.clients.region);
-    let kept = deps
-        .config
-        .claims
-        .decide_once(&deps.clients.s3, &key, &verdict)
-        .await?;
+    // An answer already kept is followed without checking the object again (one call less,
+    // and a sweep that could not read the object still follows it).
+    let kept = match claims.decision(&deps.clients.s3, &key).await? {
+        Some(kept) => kept,
+        None => {
+            let own = replaced(deps, reg).await?;
+            let verdict = own.map_or_else(
+                || "not replaced".to_owned(),
+                |why| format!("{REPLACED}{why}"),
+            );
+            claims.decide_once(&deps.clients.s3, &key, &verdict).await?
+        }
+    };
     Ok(kept.strip_prefix(REPLACED).map(str::to_owned))
 }
 
@@ -272,7 +276,7 @@ pub(crate) async fn register_named(
                     resource: name,
                     kind: ErrorKind::Other,
                     code: e.code.clone(),
-                    message: "the name is taken but no image holding it is listed yet (DescribeImages is eventually consistent); the next sweep retries".into(),
+                    message: "the name is taken but no image holding it is listed yet, or it holds this upload's snapshot and its tags do not show yet (DescribeImages is eventually consistent); the next sweep retries".into(),
                 });
             }
         }

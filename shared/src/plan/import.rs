@@ -491,7 +491,8 @@ pub enum OnDuplicate {
     Fail(String),
     /// EC2 says the name is taken but no image holding it is visible yet (DescribeImages is
     /// eventually consistent: an image registered moments ago, perhaps by this very task in a
-    /// run that crashed, may not be listed). Neither adopting, renaming nor failing is safe:
+    /// run that crashed, may not be listed), or the holder was registered from this upload's
+    /// snapshot and shows no tags yet. Neither adopting, renaming nor failing is safe:
     /// renaming could register a second AMI for one upload. Fail this step; the next sweep
     /// retries and then sees the holder.
     HolderNotVisible,
@@ -510,23 +511,26 @@ pub fn on_duplicate(
         Some(img) if img.tags.get(IMPORT_TASK).map(String::as_str) == Some(task_id) => {
             OnDuplicate::Adopt(img.id.clone())
         }
-        // An image registered from this upload's own snapshot is ours: the fast path has no
-        // task (a concurrent duplicate event won the name), and an image listed before its
-        // tags show (EC2's eventual consistency covers tags too) has none yet to tell; renaming
-        // it away would register a second AMI from one snapshot. Unless its tags, when they
-        // show, say it is another task's or another upload's.
+        // The fast path has no task: an image registered from this very snapshot for this
+        // upload (a concurrent duplicate event won the name) is ours.
         Some(img)
             if img.snapshot_ids.contains(&registration.snapshot_id)
-                && img
-                    .tags
-                    .get(IMPORT_TASK)
-                    .is_none_or(|t| t.as_str() == task_id)
-                && img
-                    .tags
-                    .get(lineage::SOURCE_TOKEN)
-                    .is_none_or(|t| *t == registration.source_token) =>
+                && img.tags.get(lineage::SOURCE_TOKEN) == Some(&registration.source_token) =>
         {
             OnDuplicate::Adopt(img.id.clone())
+        }
+        // Registered from this upload's own snapshot, but no tag shows yet: EC2's tags are
+        // eventually consistent too, and the pipeline registers with its tags, so this is most
+        // likely our image listed before its tags. Renaming it away would register a second AMI
+        // from one snapshot (and an explicit name would be reported taken): wait for the tags,
+        // as for a holder not listed yet. One someone registered by hand from our snapshot
+        // under our name and never tagged is given up on with the task, never adopted.
+        Some(img)
+            if img.snapshot_ids.contains(&registration.snapshot_id)
+                && !img.tags.contains_key(IMPORT_TASK)
+                && !img.tags.contains_key(lineage::SOURCE_TOKEN) =>
+        {
+            OnDuplicate::HolderNotVisible
         }
         Some(img) if registration.name_is_explicit => OnDuplicate::Fail(format!(
             "image name {:?} is already used by {}, which this upload did not create; choose another name",
@@ -832,9 +836,23 @@ mod tests {
             on_duplicate("t1", None, &reg),
             OnDuplicate::HolderNotVisible
         );
+    }
+
+    #[test]
+    fn a_holder_registered_from_our_snapshot_is_adopted_once_its_tags_show() {
+        let spec = spec::resolve(&[], "k").expect("valid");
+        let mut reg = Registration {
+            name: "auto".into(),
+            name_is_explicit: false,
+            snapshot_id: "s".into(),
+            spec,
+            tags: Tags::new(),
+            source_token: "tok".into(),
+            started_at: now(),
+        };
         // The holder is listed but its tags do not show yet: registered from this upload's
-        // snapshot, it is ours (before: renamed, a second AMI of one snapshot), whether the
-        // name was chosen or not.
+        // snapshot, it is most likely ours; wait for its tags (before: renamed, a second AMI of
+        // one snapshot, or an explicit name reported taken), whether the name was chosen or not.
         let untagged = Image {
             snapshot_ids: vec!["s".into()],
             tags: Tags::new(),
@@ -842,14 +860,23 @@ mod tests {
         };
         assert_eq!(
             on_duplicate("t1", Some(&untagged), &reg),
-            OnDuplicate::Adopt("ami-3".into())
+            OnDuplicate::HolderNotVisible
         );
         reg.name_is_explicit = true;
         assert_eq!(
             on_duplicate("t1", Some(&untagged), &reg),
-            OnDuplicate::Adopt("ami-3".into())
+            OnDuplicate::HolderNotVisible
         );
         reg.name_is_explicit = false;
+        // Once its tags show: adopted.
+        let tagged = Image {
+            snapshot_ids: vec!["s".into()],
+            ..image("ami-3", "t1")
+        };
+        assert_eq!(
+            on_duplicate("t1", Some(&tagged), &reg),
+            OnDuplicate::Adopt("ami-3".into())
+        );
         // Our snapshot, but tags that name another task or upload: not ours.
         let other_task = Image {
             snapshot_ids: vec!["s".into()],

@@ -17,10 +17,14 @@ open. The one problem werkzeug names is solved by framing the request body itsel
 it through a ``LimitedStream`` of exactly ``Content-Length`` bytes (or werkzeug's
 ``DechunkedInput`` for ``Transfer-Encoding: chunked``), and whatever the app left unread is read
 to its end before the next request line is parsed, so the next request starts exactly where this
-one's body ends. The connection is closed, as HTTP/1.1 says, when the client asks for it
-(``Connection: close``, or HTTP/1.0 without keep-alive: ``BaseHTTPRequestHandler.parse_request``),
-when the app's answer says so, when the body's framing is invalid (a malformed or negative
-``Content-Length``, or both headers: RFC 9112 section 6.3), and after any failure mid-response.
+one's body ends. Answers to HEAD, 1xx, 204 and 304 carry no body whatever the app yields. The
+connection is closed, as HTTP/1.1 says, when the client asks for it (``Connection: close``, or
+HTTP/1.0 without keep-alive: ``BaseHTTPRequestHandler.parse_request``), when the app's answer says
+so, when an answer has no length and the client speaks HTTP/1.0, when the body sent does not match
+the app's ``Content-Length``, when the request's framing is invalid (400: a malformed or repeated
+``Content-Length``, or both headers; 501: a transfer coding other than ``chunked`` alone; RFC 9112
+section 6.3), and after any failure mid-response; what the client already sent is read for ~10 ms
+first, as werkzeug did, so the close does not reset the connection under the answer.
 
 ``python -m ami_emulator --connection close`` serves as werkzeug does, for comparison.
 """
@@ -45,7 +49,11 @@ IDLE_TIMEOUT_SECONDS = 300
 
 
 class _FramingError(Exception):
-    """The request's body framing cannot be trusted: answer 400 and close."""
+    """The request's body framing cannot be trusted: answer ``status`` and close."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KeepAliveRequestHandler(MotoRequestHandler):
@@ -62,37 +70,42 @@ class KeepAliveRequestHandler(MotoRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def make_environ(self) -> dict[str, Any]:
-        environ = super().make_environ()
-        if environ.get("wsgi.input_terminated"):
-            # Transfer-Encoding: chunked: werkzeug's DechunkedInput reads exactly the chunks.
-            if self.headers.get("Content-Length") is not None:
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if encodings:
+            # Only "chunked" alone is framed here (werkzeug's DechunkedInput reads exactly the
+            # chunks); any other coding cannot be delimited, and a length beside it is refused.
+            if [e.strip().lower() for e in ",".join(encodings).split(",")] != ["chunked"]:
+                raise _FramingError(f"Transfer-Encoding {', '.join(encodings)!r}", 501)
+            if lengths:
                 raise _FramingError("both Content-Length and Transfer-Encoding")
+        elif len(lengths) > 1:
+            raise _FramingError(f"{len(lengths)} Content-Length headers")
+        elif lengths and not lengths[0].strip().isdigit():
+            raise _FramingError(f"Content-Length {lengths[0]!r}")
+        environ = super().make_environ()
+        if encodings:
             self._body = environ["wsgi.input"]
             return environ
-        raw = self.headers.get("Content-Length")
-        try:
-            length = int(raw) if raw is not None else 0
-        except ValueError:
-            raise _FramingError(f"Content-Length {raw!r}") from None
-        if length < 0:
-            raise _FramingError(f"Content-Length {raw!r}")
-        self._body = LimitedStream(self.rfile, length)
+        self._body = LimitedStream(self.rfile, int(lengths[0]) if lengths else 0)
         environ["wsgi.input"] = self._body
         return environ
 
     def run_wsgi(self) -> None:
-        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # "Expect: 100-continue" was answered by http.server's parse_request (HTTP/1.1).
         try:
             self.environ = environ = self.make_environ()
         except _FramingError as e:
             self.close_connection = True
-            self.send_error(400, f"Bad request body framing: {e}")
+            self.send_error(e.status, f"Bad request body framing: {e}")
+            _discard_pending(self.connection, self.rfile)
             return
         response = _Response(self)
         try:
             response.run(self.server.app, environ)
-            if not self.close_connection and not _drain(self._body):
+            if not response.complete():
+                self.close_connection = True
+            if not _drain(self._body):
                 self.close_connection = True
         except (ConnectionError, socket.timeout):
             self.close_connection = True
@@ -105,6 +118,10 @@ class KeepAliveRequestHandler(MotoRequestHandler):
                 except Exception:  # noqa: BLE001
                     pass
             print(f"ami_emulator: error on request:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        if self.close_connection:
+            # Unread input at close makes the kernel send a reset, which can destroy the answer
+            # before the client reads it; werkzeug read it for 10 ms too.
+            _discard_pending(self.connection, self.rfile)
 
 
 class _Response:
@@ -116,6 +133,13 @@ class _Response:
         self.reset()
         self.started = False
         self.chunked = False
+        self.no_body = False
+        self.length: int | None = None  # the Content-Length the app declared
+        self.sent = 0  # body bytes written
+
+    def complete(self) -> bool:
+        """Whether the body sent matches its framing (else the connection cannot be reused)."""
+        return self.no_body or self.chunked or self.length is None or self.sent == self.length
 
     def reset(self) -> None:
         self.status: str | None = None
@@ -145,17 +169,25 @@ class _Response:
             for key, value in self.headers:
                 h.send_header(key, value)  # "Connection: close" from the app closes (http.server)
                 keys.add(key.lower())
-            no_body = h.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
-            if "content-length" not in keys and not no_body:
-                self.chunked = True
-                h.send_header("Transfer-Encoding", "chunked")
-            if h.close_connection:
+                if key.lower() == "content-length":
+                    self.length = int(value) if value.strip().isdigit() else None
+                    if self.length is None:
+                        h.close_connection = True
+            self.no_body = h.command == "HEAD" or 100 <= code < 200 or code in (204, 304)
+            if "content-length" not in keys and not self.no_body:
+                if h.request_version >= "HTTP/1.1":
+                    self.chunked = True
+                    h.send_header("Transfer-Encoding", "chunked")
+                else:
+                    h.close_connection = True  # HTTP/1.0: the body ends with the connection
+            if h.close_connection and "connection" not in keys:
                 h.send_header("Connection", "close")
             h.end_headers()
-        if data:
+        if data and not self.no_body:
             if self.chunked:
                 h.wfile.write(b"%x\r\n" % len(data))
             h.wfile.write(data)
+            self.sent += len(data)
             if self.chunked:
                 h.wfile.write(b"\r\n")
         h.wfile.flush()
@@ -174,6 +206,21 @@ class _Response:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+
+def _discard_pending(connection: socket.socket, rfile: Any) -> None:
+    """Before closing: reads whatever the client has already sent, for at most ~10 ms of quiet
+    and ``MAX_DRAIN_BYTES``, so the close is a FIN, not a reset."""
+    total = 0
+    try:
+        connection.settimeout(0.01)
+        while total <= MAX_DRAIN_BYTES:
+            chunk = rfile.read1(1024 * 1024) if hasattr(rfile, "read1") else rfile.read(1024 * 1024)
+            if not chunk:
+                return
+            total += len(chunk)
+    except (OSError, ValueError):
+        return
 
 
 def _drain(body: Any) -> bool:
