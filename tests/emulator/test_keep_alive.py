@@ -60,6 +60,15 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
+def _answered_then_closed(emulator: str, raw: bytes, status: int) -> http.client.HTTPResponse:
+    """Sends ``raw`` on a new connection: the answer has ``status`` and the server then closes."""
+    with _connect(emulator) as sock:
+        resp = _exchange(sock, raw)
+        assert resp.status == status
+        assert _closed(sock)
+    return resp
+
+
 def test_one_connection_serves_many_requests(emulator: str) -> None:
     with _connect(emulator) as sock:
         for _ in range(5):
@@ -89,18 +98,12 @@ def test_a_chunked_body_left_unread_is_drained_to_its_last_chunk(emulator: str) 
 
 
 def test_the_connection_closes_when_the_client_asks(emulator: str) -> None:
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(extra=b"Connection: close\r\n"))
-        assert resp.status == 200
-        assert resp.getheader("Connection").lower() == "close"
-        assert _closed(sock)
+    resp = _answered_then_closed(emulator, _get(extra=b"Connection: close\r\n"), 200)
+    assert resp.getheader("Connection").lower() == "close"
 
 
 def test_an_http_1_0_request_gets_its_answer_and_a_closed_connection(emulator: str) -> None:
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(version=b"HTTP/1.0"))
-        assert resp.status == 200
-        assert _closed(sock)
+    _answered_then_closed(emulator, _get(version=b"HTTP/1.0"), 200)
 
 
 def test_head_answers_carry_no_body_and_the_connection_goes_on(emulator: str) -> None:
@@ -145,25 +148,13 @@ def test_an_expect_100_continue_request_gets_one_interim_answer_then_the_final_o
 
 
 def test_a_transfer_coding_other_than_chunked_is_refused_and_the_connection_closed(emulator: str) -> None:
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(extra=b"Transfer-Encoding: gzip\r\n") + b"\x1f\x8b")
-        assert resp.status == 501
-        assert _closed(sock)
+    _answered_then_closed(emulator, _get(extra=b"Transfer-Encoding: gzip\r\n") + b"\x1f\x8b", 501)
 
 
 def test_a_malformed_content_length_is_refused_and_the_connection_closed(emulator: str) -> None:
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(extra=b"Content-Length: ten\r\n"))
-        assert resp.status == 400
-        assert _closed(sock)
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(extra=b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n")
-        assert resp.status == 400
-        assert _closed(sock)
-    with _connect(emulator) as sock:
-        resp = _exchange(sock, _get(extra=b"Content-Length: 2\r\nContent-Length: 4\r\n") + b"abcd")
-        assert resp.status == 400
-        assert _closed(sock)
+    _answered_then_closed(emulator, _get(extra=b"Content-Length: ten\r\n"), 400)
+    _answered_then_closed(emulator, _get(extra=b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + b"0\r\n\r\n", 400)
+    _answered_then_closed(emulator, _get(extra=b"Content-Length: 2\r\nContent-Length: 4\r\n") + b"abcd", 400)
 
 
 def test_boto3_reuses_its_connection_across_calls_and_a_faulted_upload(account: Account) -> None:

@@ -900,6 +900,20 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
     w.acct.clear_faults();
 }
 
+/// The task's outcome records its registration.
+async fn assert_recorded_registered(w: &World, task_id: &str) {
+    let task = tasks(w)
+        .await
+        .into_iter()
+        .find(|t| t.id == task_id)
+        .expect("task");
+    assert!(
+        task.tags[lineage::OUTCOME].starts_with("registered:"),
+        "{:?}",
+        task.tags
+    );
+}
+
 /// Issue #15 (found reading the import path): an attempt registers the image and stops before
 /// announcing it; the object is then replaced, and a sweep runs while EC2 does not list the
 /// image yet. The object was checked after the import completed and before RegisterImage, so the
@@ -918,16 +932,7 @@ async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upl
     let msgs = retried_within_the_lag_then_announced(&w, registered_at).await;
     assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
     assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
-    let task = tasks(&w)
-        .await
-        .into_iter()
-        .find(|t| t.id == task_id)
-        .expect("task");
-    assert!(
-        task.tags[lineage::OUTCOME].starts_with("registered:"),
-        "{:?}",
-        task.tags
-    );
+    assert_recorded_registered(&w, &task_id).await;
 }
 
 /// Issue #15, the attempt tag's own lag: on AWS the task's `register-attempted-at` tag shows in
@@ -979,16 +984,7 @@ async fn a_sweep_that_listed_the_task_before_its_registration_follows_the_first_
     assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
     assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
     assert_eq!(images(&w).await.len(), 1);
-    let task = tasks(&w)
-        .await
-        .into_iter()
-        .find(|t| t.id == task_id)
-        .expect("task");
-    assert!(
-        task.tags[lineage::OUTCOME].starts_with("registered:"),
-        "{:?}",
-        task.tags
-    );
+    assert_recorded_registered(&w, &task_id).await;
 }
 
 /// Issue #15 (found reading the import path): six days after the import started, the
