@@ -79,6 +79,17 @@ async fn sweep_at(w: &World, now: chrono::DateTime<Utc>) -> Output {
         .unwrap_or_else(|e| panic!("sweep failed: {e}"))
 }
 
+/// A sweep at `now` that must fail (the step is retried later): its error.
+async fn failed_sweep_at(
+    w: &World,
+    now: chrono::DateTime<Utc>,
+    why: &str,
+) -> shared::invocation::InvocationError {
+    handle(Command::Sweep, &w.deps, now, deadline())
+        .await
+        .expect_err(why)
+}
+
 fn started_task(out: &Output) -> String {
     match &out.ingested[..] {
         [IngestOutcome::ImportStarted { import_task_id, .. }] => import_task_id.clone(),
@@ -856,14 +867,12 @@ async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_
     w.acct.inject_fault(json!({"service": "ec2", "action": "RegisterImage", "status": 403,
         "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
     // Five days on: still retried, nothing reported.
-    let early = handle(
-        Command::Sweep,
-        &w.deps,
+    let early = failed_sweep_at(
+        &w,
         started + chrono::Duration::days(5),
-        deadline(),
+        "the registration failed",
     )
-    .await
-    .expect_err("the registration failed");
+    .await;
     assert!(early.to_string().contains("ec2:RegisterImage"), "{early}");
     assert!(w.acct.drain(&w.queue).await.is_empty());
     // Six days on: given up and reported once.
@@ -1000,9 +1009,7 @@ async fn a_failure_after_registering_is_never_given_up_at_six_days() {
     w.acct
         .inject_fault(json!({"service": "sns", "action": "Publish", "status": 403,
         "code": "AuthorizationError", "message": "not authorized to publish", "count": 1}));
-    let err = handle(Command::Sweep, &w.deps, at, deadline())
-        .await
-        .expect_err("the announcement failed");
+    let err = failed_sweep_at(&w, at, "the announcement failed").await;
     assert!(err.to_string().contains("sns:Publish"), "{err}");
     w.acct.clear_faults();
     assert!(w.acct.drain(&w.queue).await.is_empty(), "nothing reported");
@@ -1030,20 +1037,11 @@ async fn a_registration_failing_with_5xx_past_six_days_is_given_up_once_no_image
         json!({"service": "ec2", "action": "RegisterImage", "status": 503,
         "code": "Unavailable", "message": "injected"}),
     );
-    let err = handle(Command::Sweep, &w.deps, at, deadline())
-        .await
-        .expect_err("the registration failed");
+    let err = failed_sweep_at(&w, at, "the registration failed").await;
     assert!(err.to_string().contains("ec2:RegisterImage"), "{err}");
     assert!(w.acct.drain(&w.queue).await.is_empty(), "not given up yet");
     // Ten minutes on: an attempt may still be registering; retried, not given up.
-    handle(
-        Command::Sweep,
-        &w.deps,
-        at + chrono::Duration::minutes(10),
-        deadline(),
-    )
-    .await
-    .expect_err("retried");
+    failed_sweep_at(&w, at + chrono::Duration::minutes(10), "retried").await;
     assert!(w.acct.drain(&w.queue).await.is_empty(), "not given up yet");
     // Sixteen minutes after the last attempt, no image: given up, without a RegisterImage.
     w.acct.reset_requests();
