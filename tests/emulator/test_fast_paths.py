@@ -3,11 +3,15 @@
 * The snapshot -> images index of the ``amis`` store (``ami_emulator.image_index``):
   DeleteSnapshot's ``InvalidSnapshot.InUse`` and DeregisterImage's ``skipped`` answer as the scan
   over every image did, through every way an image enters or leaves the store.
-* ``ami_emulator.fast_dispatch``: moto's "is the action a method of the response class" test."""
+* ``ami_emulator.fast_dispatch``: moto's "is the action a method of the response class" test.
+* ``ami_emulator.fast_http`` (request headers), ``ami_emulator.fast_serialize`` (the value each
+  response member is given, and the XML text), the keep-alive handler's cached Date header:
+  a server in this process answers a boto3 workload while every fast answer is compared with the
+  slow one for the very same input."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -140,3 +144,206 @@ def test_dispatch_method_names_answer_as_moto_lists_them() -> None:
     assert "describe_image_references" in listed  # an extension's handler
     for name in dir(EC2Response) + ["no_such_action", "mro", "__class__", ""]:
         assert (name in names) == (name in listed), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential checks of the speed-only request and response paths
+# ---------------------------------------------------------------------------------------------
+
+_HEADER_BLOCKS = [
+    b"Host: x\r\nContent-Length: 3\r\nAuthorization: AWS4-HMAC-SHA256 Credential=a/b, Signature=ff\r\n\r\n",
+    b"Host:x\r\nEmpty:\r\nTrail: a b  \r\nTab:\t\tv\r\n\r\n",
+    b"A: 1\nB: 2\n\n",
+    b"A: 1\r\n continued\r\n\r\n",  # folded: the email parser's
+    b"From me\r\nA: 1\r\n\r\n",  # a Unix From line
+    b"NoColon\r\n\r\n",
+    b": empty name\r\n\r\n",
+    b"A: caf\xe9\r\n\r\n",  # not US-ASCII
+    b"A: x\ry\r\n\r\n",  # a bare CR
+    b"Bad Name: 1\r\n\r\n",
+    b"A: 1\r\n",  # no blank line
+    b"\r\n",
+    b"A: 1\r\nA: 2\r\n\r\nbody",
+    b"A: a:b:c\r\n\r\n",
+]
+
+
+def _message_state(message: Any) -> tuple[Any, ...]:
+    return (
+        type(message),
+        message._headers,
+        message._payload,
+        [type(d) for d in message.defects],
+        message._unixfrom,
+        message._charset,
+        message._default_type,
+        message.preamble,
+        message.epilogue,
+        message.policy,
+        sorted(vars(message)),
+    )
+
+
+@pytest.mark.parametrize("block", _HEADER_BLOCKS)
+def test_header_blocks_parse_as_the_email_parser_does(block: bytes) -> None:
+    import io
+
+    from ami_emulator import fast_http
+
+    fast = fast_http.parse_headers(io.BufferedReader(io.BytesIO(block)))
+    slow = fast_http._original_parse_headers(io.BufferedReader(io.BytesIO(block)))
+    assert _message_state(fast) == _message_state(slow)
+
+
+def test_xml_text_is_xmltodicts_for_random_documents() -> None:
+    """``fast_serialize.unparse`` against ``xmltodict.unparse`` on 8,000 random documents: the
+    same text, or the same error (bad names, several roots), for full documents and fragments."""
+    import random
+
+    import xmltodict
+
+    from ami_emulator import fast_serialize
+
+    rng = random.Random(1717)
+    names = ["a", "Item", "requestId", "x-y", "ns:n", "b.c", "\u00dcn\u00ef", "_q", "bad name", "<x>"]
+
+    def value(depth: int) -> Any:
+        r = rng.random()
+        if depth > 3 or r < 0.3:
+            return rng.choice(["", "text", "a&b<c>\"'", "tab\tnl\n", None, True, False, 0, 17, 1.5, b"bytes", "  "])
+        if r < 0.55:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        if r < 0.6:
+            return tuple(value(depth + 1) for _ in range(rng.randint(0, 2)))
+        node: dict[str, Any] = {}
+        for _ in range(rng.randint(0, 4)):
+            key = rng.choice(names + ["@attr", "@q", "#text", "@xmlns", "#comment"])
+            node[key] = value(depth + 1) if not key.startswith("@") else rng.choice(["v", None, 3, True, "a\"b'c", "x\ny", ""])
+        return node
+
+    def answer(fn: Any, body: Any, full: bool) -> tuple[Any, ...]:
+        try:
+            return ("text", fn(body, full_document=full, short_empty_elements=True, pretty=False))
+        except Exception as exc:  # noqa: BLE001 - the error is part of the answer compared
+            return ("error", type(exc), str(exc))
+
+    outcomes = {"text": 0, "error": 0}
+    for _ in range(4000):
+        body = {rng.choice(names): value(0)}
+        if rng.random() < 0.1:
+            body[rng.choice(names)] = value(0)
+        for full in (True, False):
+            slow = answer(xmltodict.unparse, body, full)
+            assert answer(fast_serialize.unparse, body, full) == slow, body
+            outcomes[slow[0]] += 1
+    assert outcomes["text"] > 4000 and outcomes["error"] > 100, outcomes
+
+
+@pytest.fixture(scope="module")
+def checked_server() -> Iterator[tuple[str, dict[str, int], list[str]]]:
+    """A server of this process (the emulator's app and keep-alive handler) whose fast paths
+    each also compute the slow answer for the same input and record any difference."""
+    import http.client
+    import io
+    import threading
+
+    import moto.core.serialize as moto_serialize
+    import xmltodict
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    from ami_emulator import apply_extensions, fast_http, fast_serialize
+    from ami_emulator.control import ControlMiddleware
+    from ami_emulator.faults import FaultMiddleware
+    from ami_emulator.keep_alive import KeepAliveRequestHandler
+
+    apply_extensions()
+    counts = {"headers": 0, "values": 0, "xml": 0, "dates": 0}
+    differences: list[str] = []
+
+    def headers(fp: Any, _class: type = http.client.HTTPMessage) -> Any:
+        lines = http.client._read_headers(fp)
+        block = b"".join(lines)
+        fast = fast_http.parse_headers(io.BufferedReader(io.BytesIO(block)), _class)
+        slow = fast_http._original_parse_headers(io.BufferedReader(io.BytesIO(block)), _class)
+        counts["headers"] += 1
+        if _message_state(fast) != _message_state(slow):
+            differences.append(f"headers {block!r}")
+        return fast
+
+    def value(self: Any, obj: Any, key: str, shape: Any) -> Any:
+        fast = fast_serialize.get_value(self, obj, key, shape)
+        slow = fast_serialize._original_get_value(self, obj, key, shape)
+        counts["values"] += 1
+        if fast is not slow and fast != slow:
+            differences.append(f"value of {key} in {'.'.join(self.path)}: {fast!r} != {slow!r}")
+        return fast
+
+    class CheckedXml:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(xmltodict, name)
+
+        @staticmethod
+        def unparse(body: Any, *args: Any, **kwargs: Any) -> Any:
+            fast = fast_serialize.unparse(body, *args, **kwargs)
+            slow = xmltodict.unparse(body, *args, **kwargs)
+            counts["xml"] += 1
+            if fast != slow:
+                differences.append(f"xml {slow!r} != {fast!r}")
+            return fast
+
+    class CheckedHandler(KeepAliveRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            import time
+            from email.utils import formatdate
+
+            now = time.time() if timestamp is None else timestamp
+            fast = super().date_time_string(now)
+            counts["dates"] += 1
+            if fast != formatdate(now, usegmt=True):
+                differences.append(f"date {fast!r} at {now}")
+            return fast
+
+    saved = (http.client.parse_headers, moto_serialize.ResponseSerializer.get_value, moto_serialize.xmltodict)
+    http.client.parse_headers = headers
+    moto_serialize.ResponseSerializer.get_value = value  # type: ignore[method-assign]
+    moto_serialize.xmltodict = CheckedXml()  # type: ignore[assignment]
+    app = ControlMiddleware(FaultMiddleware(DomainDispatcherApplication(create_backend_app)))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=CheckedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", counts, differences
+    finally:
+        server.shutdown()
+        http.client.parse_headers, moto_serialize.ResponseSerializer.get_value, moto_serialize.xmltodict = saved
+
+
+def test_fast_paths_answer_a_boto3_workload_as_the_slow_ones(checked_server: tuple[str, dict[str, int], list[str]]) -> None:
+    """Images with tags, mappings and launch permissions, their attributes, snapshots, tags,
+    references, deregistration with associated snapshots, and errors: every header block,
+    member value and XML text the fast paths produced equals the slow path's."""
+    endpoint, counts, differences = checked_server
+    ec2 = Account(endpoint, "210987654321").ec2()
+    snapshots = [make_snapshot(ec2, 1) for _ in range(3)]
+    images = [register(ec2, f"diff-{n}", s) for n, s in enumerate(snapshots)]
+    ec2.create_tags(Resources=images + snapshots, Tags=[{"Key": "family", "Value": "web & <api>"}, {"Key": "empty", "Value": ""}])
+    ec2.modify_image_attribute(ImageId=images[0], LaunchPermission={"Add": [{"UserId": "123456789012"}, {"Group": "all"}]})
+    ec2.enable_image_deprecation(ImageId=images[1], DeprecateAt="2031-01-01T00:00:00Z")
+    ec2.describe_images(Owners=["self"])
+    ec2.describe_images(ImageIds=images[:2])
+    for attribute in ("launchPermission", "description", "bootMode", "deregistrationProtection"):
+        ec2.describe_image_attribute(ImageId=images[0], Attribute=attribute)
+    ec2.describe_snapshots(OwnerIds=["self"])
+    ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": images}])
+    ec2.describe_image_references(ImageIds=images, IncludeAllResourceTypes=True)
+    with aws_error("InvalidAMIID.NotFound"):
+        ec2.describe_images(ImageIds=["ami-0123456789abcdef0"])
+    with aws_error("AuthFailure"):
+        ec2.describe_image_attribute(ImageId=images[0], Attribute="blockDeviceMapping")
+    result = ec2.deregister_image(ImageId=images[2], DeleteAssociatedSnapshots=True)
+    assert result["DeleteSnapshotResults"] == [{"SnapshotId": snapshots[2], "ReturnCode": "success"}]
+    with aws_error("InvalidSnapshot.InUse"):
+        ec2.delete_snapshot(SnapshotId=snapshots[0])
+    assert differences == []
+    assert counts["headers"] >= 20 and counts["values"] >= 200 and counts["xml"] >= 20 and counts["dates"] >= 20, counts

@@ -137,8 +137,10 @@ def test_an_expect_100_continue_request_gets_one_interim_answer_then_the_final_o
     body = b"z" * 10
     with _connect(emulator) as sock:
         sock.sendall(_get(extra=b"Content-Length: 10\r\nExpect: 100-continue\r\n"))
-        interim = sock.recv(64)
-        assert interim.startswith(b"HTTP/1.1 100"), interim
+        # Exactly the interim answer's bytes: a server that does not need the body may send the
+        # final answer right after it (RFC 9110 section 10.1.1), so a larger read could take both.
+        interim = sock.recv(len(b"HTTP/1.1 100 Continue\r\n\r\n"), socket.MSG_WAITALL)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
         sock.sendall(body)
         resp = http.client.HTTPResponse(sock, method="GET")
         resp.begin()

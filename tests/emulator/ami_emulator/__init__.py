@@ -26,6 +26,8 @@ Modules:
                   paging), DescribeLaunchTemplates paging
   fast_tags       per-resource tag lookups without scanning the tag store (speed only)
   fast_dispatch   moto's per-request dispatch lookups memoized (speed only)
+  fast_http       request header blocks parsed without the email package (speed only)
+  fast_serialize  moto's response serializer: member names and transformers kept (speed only)
   image_index     the ``amis`` store with a snapshot -> images index (speed only)
   faults          per-account fault injection (WSGI middleware) and its rule store
   api_rules       parameter rules of the EC2 reference moto does not enforce (gate api_rules):
@@ -78,6 +80,10 @@ def apply_extensions() -> None:
         from . import fast_dispatch, fast_tags, image_index, image_references, images, import_snapshot, instances, launch_templates, snapshots, tags
 
         fast_dispatch.install()
+        from . import fast_http, fast_serialize
+
+        fast_http.install()
+        fast_serialize.install()
         from . import filter_names
 
         filter_names.install()

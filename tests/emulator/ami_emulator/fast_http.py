@@ -1,0 +1,72 @@
+"""Speed: request header parsing without the email package.
+
+``http.server`` parses every request's header block with ``http.client.parse_headers``, which
+hands it to ``email.parser.Parser`` (a general RFC 5322 feed parser: header folding, defects,
+MIME bodies). In a cleanup benchmark that was about a sixth of the emulator's time under the GIL
+(py-spy), for header blocks that are a dozen ``Name: value`` lines from an SDK.
+
+``parse_headers`` here builds the very same ``HTTPMessage`` for such blocks: each line is split
+at its first colon and stored with ``Message.set_raw`` after the value is trimmed exactly as the
+email package's compat32 policy does (``header_source_parse``: leading spaces and tabs, trailing
+CR and LF), and the message's payload is the empty string the parser leaves after the blank line.
+Any block that is not plainly that — a folded (continuation) line, a line with no colon or an
+empty or non-token name, a Unix "From " line, bytes outside US-ASCII — is handed to the email
+parser unchanged, so its answer (including its defects) is what it always was. Reading the lines
+(``http.client._read_headers``: the line-length and header-count limits) is not changed.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import http.client
+import re
+from typing import Any
+
+# A field name as the email package's feed parser recognises one (headerRE: printable US-ASCII
+# but the colon) and HTTP's token rule (no separators), so a line it treats any other way (a
+# defect, a continuation, a Unix From line) never takes the fast path.
+_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
+
+_original_parse_headers = http.client.parse_headers
+_read_headers = http.client._read_headers  # noqa: SLF001 - the very reader parse_headers uses
+
+
+def parse_headers(fp: Any, _class: type = http.client.HTTPMessage) -> Any:
+    """``http.client.parse_headers`` with a fast path for plain header blocks."""
+    lines = _read_headers(fp)
+    message = _plain(lines, _class)
+    if message is not None:
+        return message
+    return email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def _plain(lines: list[bytes], _class: type) -> Any:
+    """The message for a block of plain ``Name: value`` lines, or None to let the email parser
+    decide. ``lines`` ends with its terminator (a blank line, or b"" at the end of input)."""
+    if not lines or lines[-1] not in (b"\r\n", b"\n"):
+        return None  # no blank line: the parser sees a truncated block
+    message = _class()
+    for raw in lines[:-1]:
+        match = _FIELD.match(raw)
+        if match is None or not raw.isascii():
+            return None
+        line = raw.decode("ascii")
+        if "\r" in line[:-2] or not line.endswith("\n"):
+            return None  # a bare CR inside a line splits it for the email parser
+        name_end = match.end() - 1
+        value = line[name_end + 1 :].lstrip(" \t").rstrip("\r\n")
+        message.set_raw(line[:name_end], value)
+    message.set_payload("")
+    return message
+
+
+_installed = False
+
+
+def install() -> None:
+    """Makes ``http.client.parse_headers`` (the one ``http.server`` calls) take the fast path."""
+    global _installed
+    if _installed:
+        return
+    http.client.parse_headers = parse_headers
+    _installed = True

@@ -1,0 +1,252 @@
+"""Speed: moto's response serializer picks each member's value without redoing fixed work.
+
+moto 5.2.5 serializes every response from the botocore model (``moto/core/serialize.py``). For
+each member of each structure it answers (``ResponseSerializer.get_value`` with moto's
+``XFormedAttributePicker``): build an ``AttributePickerContext`` holding the joined key path,
+instantiate the six alias providers to list the names the value may be stored under, try those
+names on the object, then test the joined key path against every entry of the response class's
+``RESPONSE_KEY_PATH_TO_TRANSFORMER``. In a cleanup benchmark that was about a fifth of the
+emulator's time under the GIL (py-spy), though all but the final lookups give the same answer
+every time for the same shapes and the same kind of object.
+
+``get_value`` here gives the same value:
+
+* The names tried, in order, are those ``XFormedAttributePicker.get_possible_keys`` lists, asked
+  once per (object type, its ``Meta``, key, member shape, parent shape) — everything the default
+  alias providers read (``ExplicitAlias``: ``Meta.serialization_aliases``; ``ClassPrefixAlias``:
+  the class name; ``ShapeNameAlias``, ``ShapePrefixAlias``, ``ModelAlias``: the shapes) — and
+  kept. The shapes are the service model's (``get_service_model`` is cached, and so are its
+  operation models and their shapes), so they repeat. An object whose ``Meta`` is its own, not its
+  class's, another picker class or other alias providers take moto's path unchanged.
+* A transformer can only apply when its path, a suffix of the key path that ends in ``.key``, ends
+  with the key or the key ends with it; the transformers meeting that are kept per key (for the
+  transformer table's current size: moto only adds to it), and the key path is joined and tested,
+  in the table's order, only when there are some. So a member no transformer names costs no join.
+
+The serialized dict then becomes XML through ``xmltodict.unparse`` (about a tenth of the time),
+whose SAX ``XMLGenerator`` makes a method call per element event and checks every element name
+with a generator over its characters. ``unparse`` here writes the same text for what moto hands
+it (no pretty printing, ``short_empty_elements``, no namespaces or comments), calling
+xmltodict's own value conversion and name check (the latter once per distinct name) and
+``xml.sax.saxutils``' ``escape`` and ``quoteattr`` as ``XMLGenerator`` does; anything else — a
+comment key, an ``@xmlns`` map, an iterable other than a list or tuple, pretty printing, a second
+root — is handed to xmltodict itself. It is installed only over the xmltodict release it was
+written against (``XMLTODICT_VERSION``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+from typing import Any, Callable
+from xml.sax.saxutils import escape, quoteattr
+
+import moto.core.serialize as moto_serialize
+import xmltodict
+from moto.core.serialize import (
+    DEFAULT_ALIAS_PROVIDERS,
+    AttributePickerContext,
+    ResponseSerializer,
+    XFormedAttributePicker,
+)
+from moto.core.utils import MISSING
+from moto.core.utils import get_value as _lookup
+
+_original_get_value: Callable[..., Any] = ResponseSerializer.get_value
+
+# (type, Meta, key, shape, parent) -> names to try. Bounded by the model's shapes times the
+# object types that meet them; the cap only guards against something unforeseen.
+_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
+# (id of a transformer table, its size, key) -> (the table, the paths that may apply to key)
+_transforms: dict[tuple[int, int, str], tuple[dict[str, Any], tuple[str, ...]]] = {}
+_MEMO_CAP = 100_000
+_lock = threading.Lock()
+
+
+def _kept(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    with _lock:
+        if len(memo) < _MEMO_CAP:
+            memo[key] = value
+    return value
+
+
+def get_value(self: ResponseSerializer, value: Any, key: str, shape: Any) -> Any:
+    picker = self._value_picker
+    if type(picker) is not XFormedAttributePicker or picker.alias_providers is not DEFAULT_ALIAS_PROVIDERS:
+        return _original_get_value(self, value, key, shape)
+    cls = type(value)
+    meta = getattr(value, "Meta", None)
+    if meta is not None and meta is not getattr(cls, "Meta", None):
+        return _original_get_value(self, value, key, shape)
+    memo_key = (cls, meta, key, shape, getattr(shape, "parent", None))
+    names = _names.get(memo_key)
+    if names is None:
+        context = AttributePickerContext(
+            obj=value,
+            key=key,
+            shape=shape,
+            operation_model=self.operation_model,
+            service_model=self.operation_model.service_model,
+            key_path=".".join(self.path),
+        )
+        names = _kept(_names, memo_key, tuple(picker.get_possible_keys(context)))
+    for name in names:
+        found = _lookup(value, name, MISSING)
+        if found is not MISSING:
+            break
+    else:
+        found = None
+    table = picker.response_transformers
+    if not table:
+        return found
+    paths = _transform_paths(table, key)
+    if paths:
+        key_path = f"{'.'.join(self.path)}.{key}"
+        for path in paths:
+            if key_path.endswith(path):
+                return table[path](found)
+    return found
+
+
+def _transform_paths(table: dict[str, Any], key: str) -> tuple[str, ...]:
+    """The paths of ``table``, in its order, that can match a key path ending in ``.key``."""
+    memo_key = (id(table), len(table), key)
+    kept = _transforms.get(memo_key)
+    if kept is not None and kept[0] is table:
+        return kept[1]
+    paths = tuple(p for p in table if key.endswith(p) or p.endswith(key))
+    _kept(_transforms, memo_key, (table, paths))
+    return paths
+
+
+XMLTODICT_VERSION = "1.0.4"
+_unparse = xmltodict.unparse
+_convert = xmltodict._convert_value_to_string  # noqa: SLF001 - the conversion unparse applies
+_validate_name = xmltodict._validate_name  # noqa: SLF001 - the name check unparse applies
+_names_checked: set[tuple[str, str]] = set()
+
+
+class _Delegate(Exception):
+    """The input is not one the fast writer covers: xmltodict writes it."""
+
+
+def unparse(input_dict: Any, output: Any = None, encoding: str = "utf-8", full_document: bool = True,
+            short_empty_elements: bool = False, comment_key: str = "#comment", **kwargs: Any) -> Any:
+    """``xmltodict.unparse`` for moto's calls (see the module docstring); the same text."""
+    if output is not None or encoding != "utf-8" or not short_empty_elements or comment_key != "#comment" or kwargs.keys() - {"pretty"} or kwargs.get("pretty"):
+        return _unparse(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+    try:
+        writer = _Writer()
+        if full_document:
+            writer.out.append('<?xml version="1.0" encoding="utf-8"?>\n')
+        roots = 0
+        for key, value in input_dict.items():
+            if key == comment_key:
+                raise _Delegate
+            roots += 1
+            if full_document and roots > 1:
+                raise _Delegate  # xmltodict's "exactly one root" error
+            writer.element(key, value, full_document, 0)
+        if full_document and not roots:
+            raise _Delegate
+        return "".join(writer.out)
+    except _Delegate:
+        return _unparse(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+
+
+def _check_name(name: Any, kind: str) -> None:
+    if not isinstance(name, str):
+        _validate_name(name, kind)  # raises: a name must be a string
+    if (name, kind) in _names_checked:
+        return
+    _validate_name(name, kind)  # raises as xmltodict does
+    if len(_names_checked) < _MEMO_CAP:
+        _names_checked.add((name, kind))
+
+
+class _Writer:
+    """xmltodict's ``_emit`` into ``XMLGenerator(short_empty_elements=True)``, as text parts."""
+
+    def __init__(self) -> None:
+        self.out: list[str] = []
+        self.pending = False  # a start tag written without its ">" (XMLGenerator's pending)
+
+    def element(self, key: Any, value: Any, single_root: bool, depth: int) -> None:
+        if isinstance(key, str) and key == "#comment":
+            raise _Delegate
+        _check_name(key, "element")
+        if not hasattr(value, "__iter__") or isinstance(value, (str, bytes, bytearray, memoryview, dict)):
+            value = [value]
+        elif not isinstance(value, (list, tuple)):
+            raise _Delegate  # an iterator: xmltodict must be the one to consume it
+        if single_root and depth == 0 and len(value) > 1:
+            raise _Delegate  # xmltodict's "document with multiple roots" error
+        out = self.out
+        for v in value:
+            if v is None:
+                v = {}
+            elif not isinstance(v, (dict, str)):
+                v = _convert(v)
+            if isinstance(v, str):
+                v = {"#text": v}
+            cdata = None
+            attrs: dict[str, str] = {}
+            children = []
+            for ik, iv in v.items():
+                if ik == "#text":
+                    cdata = None if iv is None else _convert(iv)
+                    continue
+                if isinstance(ik, str) and ik.startswith("@"):
+                    if ik == "@xmlns" and isinstance(iv, dict):
+                        raise _Delegate
+                    if iv is None:
+                        iv = ""
+                    elif not isinstance(iv, str):
+                        iv = _convert(iv)
+                    name = ik[1:]
+                    _check_name(name, "attribute")
+                    attrs[name] = iv
+                    continue
+                if isinstance(iv, list) and not iv:
+                    continue
+                children.append((ik, iv))
+            if self.pending:
+                out.append(">")
+            out.append("<" + key)
+            for name, text in attrs.items():
+                out.append(f" {name}={quoteattr(text)}")
+            self.pending = True
+            for child_key, child_value in children:
+                self.element(child_key, child_value, single_root, depth + 1)
+            if cdata:
+                if self.pending:
+                    out.append(">")
+                    self.pending = False
+                out.append(escape(cdata))
+            if self.pending:
+                out.append("/>")
+                self.pending = False
+            else:
+                out.append(f"</{key}>")
+
+
+class _FastXmlToDict:
+    """What ``moto.core.serialize`` reads of the ``xmltodict`` module, with the fast ``unparse``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(xmltodict, name)
+
+    unparse = staticmethod(unparse)
+
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    ResponseSerializer.get_value = get_value  # type: ignore[method-assign]
+    if importlib.metadata.version("xmltodict") == XMLTODICT_VERSION:
+        moto_serialize.xmltodict = _FastXmlToDict()  # type: ignore[assignment]
+    _installed = True
