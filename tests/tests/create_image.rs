@@ -807,6 +807,93 @@ async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
     started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk2.raw")).await);
 }
 
+/// The refusal of `loser`'s upload into the family `winner` claimed with its first upload.
+fn claimed_family_refusal(bucket: &str, winner: &str, loser: &str) -> String {
+    format!(
+        "family: \"a-b\" belongs to s3://{bucket}/{winner} (it claimed the family with its first upload, whose image is not registered yet); this upload's folder s3://{bucket}/{loser} gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)"
+    )
+}
+
+#[tokio::test]
+async fn the_first_uploads_of_two_folders_into_one_family_start_one_image() {
+    // "a-b/" and "a/b/" give one family, which has no image yet, and their first uploads
+    // arrive together: the family's claim in the state bucket lets exactly one folder start an
+    // image; the other is refused, naming the winner. Before the claim both were imported and
+    // the second folder's image was never removed by cleanup.
+    let w = world_with_claims().await;
+    for key in ["a-b/disk.raw", "a/b/disk.raw"] {
+        w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    }
+    let (event_a, event_b) = (
+        eventbridge_event(&w.bucket, "a-b/disk.raw"),
+        eventbridge_event(&w.bucket, "a/b/disk.raw"),
+    );
+    let (first, second) = tokio::join!(run(&w, &event_a), run(&w, &event_b));
+    let (started, refused) = match (&first.ingested[..], &second.ingested[..]) {
+        ([IngestOutcome::ImportStarted { .. }], [IngestOutcome::Rejected { problems, .. }]) => {
+            (("a-b/", &first), ("a/b/", problems))
+        }
+        ([IngestOutcome::Rejected { problems, .. }], [IngestOutcome::ImportStarted { .. }]) => {
+            (("a/b/", &second), ("a-b/", problems))
+        }
+        other => panic!("expected one started import and one rejection, got {other:?}"),
+    };
+    let ((winner, winner_out), (loser, problems)) = (started, refused);
+    assert_eq!(
+        problems,
+        &[claimed_family_refusal(&w.bucket, winner, loser)]
+    );
+    // The loser's event delivered again is refused again; the winner's image is registered.
+    let again = run(
+        &w,
+        &eventbridge_event(&w.bucket, &format!("{loser}disk.raw")),
+    )
+    .await;
+    assert!(
+        matches!(&again.ingested[..], [IngestOutcome::Rejected { .. }]),
+        "{again:?}"
+    );
+    wait_task(&w, &started_task(winner_out), ImportStatus::Completed).await;
+    sweep(&w).await;
+    let registered = images(&w).await;
+    assert_eq!(registered.len(), 1);
+    assert_eq!(
+        registered[0].tags.get(lineage::SOURCE_URI),
+        Some(&format!("s3://{}/{winner}disk.raw", w.bucket))
+    );
+}
+
+#[tokio::test]
+async fn a_second_folder_is_refused_while_the_first_folders_import_is_still_running() {
+    // The first folder's import is still running, so the family has no image to decide by:
+    // the claim does. The first folder's next upload is welcome meanwhile.
+    let w = world_with_claims().await;
+    w.acct.emulator_config(json!({"import_delay_seconds": 60}));
+    w.acct
+        .put(&w.bucket, "a-b/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let task = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk.raw")).await);
+    assert!(images(&w).await.is_empty());
+    w.acct
+        .put(&w.bucket, "a/b/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let out = run(&w, &eventbridge_event(&w.bucket, "a/b/disk.raw")).await;
+    match &out.ingested[..] {
+        [IngestOutcome::Rejected { problems, .. }] => assert_eq!(
+            problems,
+            &[claimed_family_refusal(&w.bucket, "a-b/", "a/b/")]
+        ),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
+    w.acct
+        .put(&w.bucket, "a-b/disk2.raw", disks::raw_disk(1), &[])
+        .await;
+    let next = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk2.raw")).await);
+    assert_ne!(next, task);
+}
+
 #[tokio::test]
 async fn a_refused_registration_leaves_a_tagged_snapshot_for_the_orphan_sweep() {
     // volume-size 1 for a disk of 2 GiB: known only once imported. The registration is refused

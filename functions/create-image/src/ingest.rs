@@ -121,7 +121,7 @@ pub(crate) async fn try_ingest(
             announced,
         });
     }
-    if let Some(problem) = family_taken(c, &object, &spec).await? {
+    if let Some(problem) = family_taken(deps, &object, &spec).await? {
         return reject(deps, &object, vec![problem], now, true).await;
     }
     let up = fast::Upload {
@@ -147,14 +147,26 @@ pub(crate) async fn try_ingest(
     start_import(deps, start, spec, now).await
 }
 
-/// Why the upload may not join its family: another folder owns it (the folder of the family's
-/// oldest image, as cleanup decides; two well-formed folders such as `a-b/` and `a/b/` give
-/// the same family). None when the family is new or this folder's.
+/// Why the upload may not join its family: another folder owns it. Two well-formed folders
+/// such as `a-b/` and `a/b/` give the same family, and cleanup counts and removes a family's
+/// images only for the folder that owns it. A family with images is owned by the folder of its
+/// oldest image, as cleanup decides. A family with none yet is owned by the first folder that
+/// claims it: the claim is decided once in the state bucket
+/// ([`Claims::decide_once`](shared::claim::Claims::decide_once),
+/// `claims/family/<region>/<family>`, a conditional PutObject of which one concurrent writer
+/// wins), so the first uploads of two such folders cannot both start an image, whether they
+/// arrive together or the second while the first one's import is still running — the image
+/// list alone cannot arbitrate that (nothing is listed until the first image is registered,
+/// and on AWS a while after). The claim lapses with the state bucket's lifecycle (30 days);
+/// by then a family whose first upload produced an image is decided by its images. Without a
+/// state bucket there is no claim, and only the images decide. None when the family is new or
+/// this folder's.
 async fn family_taken(
-    c: &Clients,
+    deps: &Deps,
     object: &ObjectRef,
     spec: &ImageSpec,
 ) -> Result<Option<String>, AwsError> {
+    let c = &deps.clients;
     let images = ec2::describe_own_images(
         &c.ec2,
         &[
@@ -164,16 +176,28 @@ async fn family_taken(
     )
     .await?;
     let ours = format!("s3://{}/{}", object.bucket, object.key);
-    let Some(((owner, image_id), folder)) =
-        retention::family_owner(&images).zip(naming::upload_folder(&ours))
-    else {
+    let Some(folder) = naming::upload_folder(&ours) else {
         return Ok(None);
+    };
+    let (owner, how) = match retention::family_owner(&images) {
+        Some((owner, image_id)) => (owner.to_owned(), format!("its oldest image {image_id}")),
+        None => {
+            let key = format!("family/{}/{}", c.region, spec.family);
+            // Boxed: the S3 calls' future is large; unboxed it would be part of this future's
+            // size, and so of every ingest's stack frame, whichever path the upload takes.
+            let owner = Box::pin(deps.config.claims.decide_once(&c.s3, &key, folder)).await?;
+            (
+                owner,
+                "it claimed the family with its first upload, whose image is not registered yet"
+                    .to_owned(),
+            )
+        }
     };
     Ok((owner != folder).then(|| {
         shared::text::escape_controls(&format!(
-            "family: {:?} belongs to {owner} (its oldest image {image_id}); this upload's folder \
-             {folder} gives the same family: rename one of the folders (cleanup neither counts \
-             nor removes images uploaded into another folder's family)",
+            "family: {:?} belongs to {owner} ({how}); this upload's folder {folder} gives the \
+             same family: rename one of the folders (cleanup neither counts nor removes images \
+             uploaded into another folder's family)",
             spec.family
         ))
         .into_owned()
