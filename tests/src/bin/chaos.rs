@@ -81,8 +81,26 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The stack of the runtime's threads (concurrent deliveries run on its blocking threads): a
+/// debug build keeps each awaiting async fn's locals on the stack, and tokio's default of
+/// 2 MiB leaves the handlers little margin under the harness's own levels (tests/tests/chaos.rs).
+const STACK_BYTES: usize = 16 << 20;
+
+fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(STACK_BYTES)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(chaos_main()),
+        Err(e) => {
+            eprintln!("chaos: cannot start a tokio runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn chaos_main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse(&args) {
         Ok(o) => o,
