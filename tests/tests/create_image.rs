@@ -785,26 +785,30 @@ async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
     sweep(&w).await;
     let owner = images(&w).await;
     assert_eq!(owner.len(), 1);
-    w.acct
-        .put(&w.bucket, "a/b/disk.raw", disks::raw_disk(1), &[])
-        .await;
-    let out = run(&w, &eventbridge_event(&w.bucket, "a/b/disk.raw")).await;
-    match &out.ingested[..] {
-        [IngestOutcome::Rejected { problems, .. }] => assert_eq!(
-            problems,
-            &[format!(
-                "family: \"a-b\" belongs to s3://{b}/a-b/ (its oldest image {id}); this upload's folder s3://{b}/a/b/ gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)",
-                b = w.bucket,
-                id = owner[0].id
-            )]
-        ),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
+    assert_eq!(
+        upload_refused(&w, "a/b/disk.raw").await,
+        [format!(
+            "family: \"a-b\" belongs to s3://{b}/a-b/ (its oldest image {id}); this upload's folder s3://{b}/a/b/ gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)",
+            b = w.bucket,
+            id = owner[0].id
+        )]
+    );
     // The owner's next upload is welcome.
     w.acct
         .put(&w.bucket, "a-b/disk2.raw", disks::raw_disk(1), &[])
         .await;
     started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk2.raw")).await);
+}
+
+/// Uploads a 1 GiB raw disk at `key` and delivers its event, which must be refused: the
+/// problems given.
+async fn upload_refused(w: &World, key: &str) -> Vec<String> {
+    w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let out = run(w, &eventbridge_event(&w.bucket, key)).await;
+    match &out.ingested[..] {
+        [IngestOutcome::Rejected { problems, .. }] => problems.clone(),
+        other => panic!("expected {key} refused, got {other:?}"),
+    }
 }
 
 /// The refusal of `loser`'s upload into the family `winner` claimed with its first upload.
@@ -874,17 +878,10 @@ async fn a_second_folder_is_refused_while_the_first_folders_import_is_still_runn
         .await;
     let task = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk.raw")).await);
     assert!(images(&w).await.is_empty());
-    w.acct
-        .put(&w.bucket, "a/b/disk.raw", disks::raw_disk(1), &[])
-        .await;
-    let out = run(&w, &eventbridge_event(&w.bucket, "a/b/disk.raw")).await;
-    match &out.ingested[..] {
-        [IngestOutcome::Rejected { problems, .. }] => assert_eq!(
-            problems,
-            &[claimed_family_refusal(&w.bucket, "a-b/", "a/b/")]
-        ),
-        other => panic!("expected a rejection, got {other:?}"),
-    }
+    assert_eq!(
+        upload_refused(&w, "a/b/disk.raw").await,
+        [claimed_family_refusal(&w.bucket, "a-b/", "a/b/")]
+    );
     let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
     w.acct
