@@ -165,14 +165,19 @@ _HEADER_BLOCKS = [
     b"\r\n",
     b"A: 1\r\nA: 2\r\n\r\nbody",
     b"A: a:b:c\r\n\r\n",
+    b"Content-Type: multipart/form-data; boundary=x\r\n\r\n",  # the parser reads MIME parts
+    b"Content-Type: multipart/mixed\r\n\r\n",
+    b"content-type:  Message/rfc822\r\n\r\n",
+    b"Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\r\n",
 ]
 
 
 def _message_state(message: Any) -> tuple[Any, ...]:
+    payload = message._payload
     return (
         type(message),
         message._headers,
-        message._payload,
+        [_message_state(part) for part in payload] if isinstance(payload, list) else payload,
         [type(d) for d in message.defects],
         message._unixfrom,
         message._charset,
@@ -186,13 +191,18 @@ def _message_state(message: Any) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("block", _HEADER_BLOCKS)
 def test_header_blocks_parse_as_the_email_parser_does(block: bytes) -> None:
+    import http.client
     import io
 
     from ami_emulator import fast_http
 
-    fast = fast_http.parse_headers(io.BufferedReader(io.BytesIO(block)))
-    slow = fast_http._original_parse_headers(io.BufferedReader(io.BytesIO(block)))
-    assert _message_state(fast) == _message_state(slow)
+    import email.message
+
+    for message_class in (http.client.HTTPMessage, email.message.EmailMessage):
+        fast = fast_http.parse_headers(io.BufferedReader(io.BytesIO(block)), message_class)
+        slow = fast_http._original_parse_headers(io.BufferedReader(io.BytesIO(block)), message_class)
+        assert _message_state(fast) == _message_state(slow)
+        assert fast.is_multipart() == slow.is_multipart()
 
 
 def test_xml_text_is_xmltodicts_for_random_documents() -> None:
@@ -316,6 +326,7 @@ def checked_server() -> Iterator[tuple[str, dict[str, int], list[str]]]:
         yield f"http://127.0.0.1:{server.server_port}", counts, differences
     finally:
         server.shutdown()
+        server.server_close()
         http.client.parse_headers, moto_serialize.ResponseSerializer.get_value, moto_serialize.xmltodict = saved
 
 

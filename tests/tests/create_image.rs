@@ -788,7 +788,7 @@ async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
     assert_eq!(
         upload_refused(&w, "a/b/disk.raw").await,
         [format!(
-            "family: \"a-b\" belongs to s3://{b}/a-b/ (its oldest image {id}); this upload's folder s3://{b}/a/b/ gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)",
+            "family: \"a-b\" belongs to s3://{b}/a-b/ (its oldest image {id}); this upload's folder s3://{b}/a/b/ gives the same family, and cleanup neither counts nor removes images uploaded into another folder's family: upload from a folder that gives another family",
             b = w.bucket,
             id = owner[0].id
         )]
@@ -812,9 +812,13 @@ async fn upload_refused(w: &World, key: &str) -> Vec<String> {
 }
 
 /// The refusal of `loser`'s upload into the family `winner` claimed with its first upload.
-fn claimed_family_refusal(bucket: &str, winner: &str, loser: &str) -> String {
+fn claimed_family_refusal(w: &World, winner: &str, loser: &str) -> String {
+    let (bucket, state) = (
+        &w.bucket,
+        support::roles::state_bucket_name(&w.acct.account_id),
+    );
     format!(
-        "family: \"a-b\" belongs to s3://{bucket}/{winner} (it claimed the family with its first upload, whose image is not registered yet); this upload's folder s3://{bucket}/{loser} gives the same family: rename one of the folders (cleanup neither counts nor removes images uploaded into another folder's family)"
+        "family: \"a-b\" belongs to s3://{bucket}/{winner} (it claimed the family with its first upload, which has no image yet; if none will come, deleting s3://{state}/claims/family/us-east-1/a-b releases the family, and the state bucket's lifecycle expires the claim); this upload's folder s3://{bucket}/{loser} gives the same family, and cleanup neither counts nor removes images uploaded into another folder's family: upload from a folder that gives another family"
     )
 }
 
@@ -843,10 +847,7 @@ async fn the_first_uploads_of_two_folders_into_one_family_start_one_image() {
         other => panic!("expected one started import and one rejection, got {other:?}"),
     };
     let ((winner, winner_out), (loser, problems)) = (started, refused);
-    assert_eq!(
-        problems,
-        &[claimed_family_refusal(&w.bucket, winner, loser)]
-    );
+    assert_eq!(problems, &[claimed_family_refusal(&w, winner, loser)]);
     // The loser's event delivered again is refused again; the winner's image is registered.
     let again = run(
         &w,
@@ -880,7 +881,7 @@ async fn a_second_folder_is_refused_while_the_first_folders_import_is_still_runn
     assert!(images(&w).await.is_empty());
     assert_eq!(
         upload_refused(&w, "a/b/disk.raw").await,
-        [claimed_family_refusal(&w.bucket, "a-b/", "a/b/")]
+        [claimed_family_refusal(&w, "a-b/", "a/b/")]
     );
     let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
@@ -889,6 +890,40 @@ async fn a_second_folder_is_refused_while_the_first_folders_import_is_still_runn
         .await;
     let next = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/disk2.raw")).await);
     assert_ne!(next, task);
+}
+
+#[tokio::test]
+async fn a_first_upload_that_never_produces_an_image_holds_its_family_until_its_claim_is_deleted() {
+    // volume-size 1 for a disk of 2 GiB: refused only at registration, after the family was
+    // claimed. The other folder is refused with the claim's address; deleting it (what the
+    // refusal says) releases the family.
+    let w = world_with_claims().await;
+    w.acct
+        .put(
+            &w.bucket,
+            "a-b/big.vmdk",
+            disks::empty_vmdk(2),
+            &[("volume-size", "1")],
+        )
+        .await;
+    let task = started_task(&run(&w, &eventbridge_event(&w.bucket, "a-b/big.vmdk")).await);
+    wait_task(&w, &task, ImportStatus::Completed).await;
+    sweep(&w).await;
+    assert!(images(&w).await.is_empty());
+    assert_eq!(
+        upload_refused(&w, "a/b/disk.raw").await,
+        [claimed_family_refusal(&w, "a-b/", "a/b/")]
+    );
+    w.acct
+        .clients
+        .s3
+        .delete_object()
+        .bucket(support::roles::state_bucket_name(&w.acct.account_id))
+        .key("claims/family/us-east-1/a-b")
+        .send()
+        .await
+        .expect("delete the family's claim");
+    started_task(&run(&w, &eventbridge_event(&w.bucket, "a/b/disk.raw")).await);
 }
 
 #[tokio::test]

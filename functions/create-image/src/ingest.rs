@@ -186,18 +186,25 @@ async fn family_taken(
             // Boxed: the S3 calls' future is large; unboxed it would be part of this future's
             // size, and so of every ingest's stack frame, whichever path the upload takes.
             let owner = Box::pin(deps.config.claims.decide_once(&c.s3, &key, folder)).await?;
+            let claim = deps.config.claims.bucket.as_deref().map_or_else(
+                || format!("claims/{key}"),
+                |bucket| format!("s3://{bucket}/claims/{key}"),
+            );
             (
                 owner,
-                "it claimed the family with its first upload, whose image is not registered yet"
-                    .to_owned(),
+                format!(
+                    "it claimed the family with its first upload, which has no image yet; if \
+                     none will come, deleting {claim} releases the family, and the state \
+                     bucket's lifecycle expires the claim"
+                ),
             )
         }
     };
     Ok((owner != folder).then(|| {
         shared::text::escape_controls(&format!(
             "family: {:?} belongs to {owner} ({how}); this upload's folder {folder} gives the \
-             same family: rename one of the folders (cleanup neither counts nor removes images \
-             uploaded into another folder's family)",
+             same family, and cleanup neither counts nor removes images uploaded into another \
+             folder's family: upload from a folder that gives another family",
             spec.family
         ))
         .into_owned()

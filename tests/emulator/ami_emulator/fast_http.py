@@ -10,9 +10,11 @@ at its first colon and stored with ``Message.set_raw`` after the value is trimme
 email package's compat32 policy does (``header_source_parse``: leading spaces and tabs, trailing
 CR and LF), and the message's payload is the empty string the parser leaves after the blank line.
 Any block that is not plainly that — a folded (continuation) line, a line with no colon or an
-empty or non-token name, a Unix "From " line, bytes outside US-ASCII — is handed to the email
-parser unchanged, so its answer (including its defects) is what it always was. Reading the lines
-(``http.client._read_headers``: the line-length and header-count limits) is not changed.
+empty or non-token name, a Unix "From " line, bytes outside US-ASCII, a ``multipart/*`` or
+``message/*`` Content-Type (whose empty body the parser reads as MIME, with defects), a message
+class other than ``HTTPMessage`` — is handed to the email parser unchanged, so its answer
+(including its defects) is what it always was. Reading the lines (``http.client._read_headers``:
+the line-length and header-count limits) is not changed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from typing import Any
 # but the colon) and HTTP's token rule (no separators), so a line it treats any other way (a
 # defect, a continuation, a Unix From line) never takes the fast path.
 _FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
+
+# Content types whose (empty) body the email parser parses as MIME parts or a message, with
+# defects and a payload of its own.
+_STRUCTURED = ("multipart/", "message/")
 
 _original_parse_headers = http.client.parse_headers
 _read_headers = http.client._read_headers  # noqa: SLF001 - the very reader parse_headers uses
@@ -43,6 +49,8 @@ def parse_headers(fp: Any, _class: type = http.client.HTTPMessage) -> Any:
 def _plain(lines: list[bytes], _class: type) -> Any:
     """The message for a block of plain ``Name: value`` lines, or None to let the email parser
     decide. ``lines`` ends with its terminator (a blank line, or b"" at the end of input)."""
+    if _class is not http.client.HTTPMessage:
+        return None  # another class may take another policy from the parser
     if not lines or lines[-1] not in (b"\r\n", b"\n"):
         return None  # no blank line: the parser sees a truncated block
     message = _class()
@@ -55,6 +63,8 @@ def _plain(lines: list[bytes], _class: type) -> Any:
             return None  # a bare CR inside a line splits it for the email parser
         name_end = match.end() - 1
         value = line[name_end + 1 :].lstrip(" \t").rstrip("\r\n")
+        if name_end == 12 and line[:12].lower() == "content-type" and value.lstrip().lower().startswith(_STRUCTURED):
+            return None  # the parser reads a multipart or message/* body after the block
         message.set_raw(line[:name_end], value)
     message.set_payload("")
     return message
@@ -64,7 +74,9 @@ _installed = False
 
 
 def install() -> None:
-    """Makes ``http.client.parse_headers`` (the one ``http.server`` calls) take the fast path."""
+    """Makes ``http.client.parse_headers`` take the fast path: ``http.server`` calls it for every
+    request, and so does ``http.client.HTTPResponse`` for any HTTP client in this process (the
+    emulator's own outbound calls, boto3 in the tests' process), with the same answers."""
     global _installed
     if _installed:
         return

@@ -91,6 +91,12 @@ class KeepAliveRequestHandler(MotoRequestHandler):
             _dates[second] = kept
         return kept
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server writes the error answer and leaves it to the caller; with the buffered
+        # writer it must leave now, before any drain and close that follow it.
+        super().send_error(code, message, explain)
+        self.wfile.flush()
+
     def handle_expect_100(self) -> bool:
         # The interim answer must leave now: the client holds its body back until it arrives.
         answer = super().handle_expect_100()
