@@ -11,7 +11,8 @@ use publish::{Deps, Output};
 use serde_json::{Value, json};
 use shared::invocation::InvocationError;
 use shared::model::Select;
-use shared::plan::publish::{self as plan, Grants};
+use shared::plan::publish::{self as plan, Grants, PublishStatus};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{aws_events, fixtures};
 
@@ -566,6 +567,39 @@ async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_onc
     // The schedule finds nothing left to do and says nothing.
     w.run(World::schedule()).await;
     assert!(w.messages("image.published").await.is_empty());
+}
+
+/// Chaos seed 23000 (`--lost-rate 0.01 --lag 1`): the state tag that records a publication is
+/// last-writer-wins and eventually consistent, so it read `in-progress` again after
+/// `image.published` had gone out, and a scheduled run finished the publication again. Once
+/// the claim was stale (10 minutes), nothing kept that run from announcing it a second time;
+/// the state bucket's record of the send now does.
+#[tokio::test]
+async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_announced_twice() {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source("web-regressed-1", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    let in_progress =
+        BTreeMap::from([(plan::PUBLISH_STATE.to_owned(), plan::IN_PROGRESS.to_owned())]);
+    shared::aws::ec2::create_tags(&w.ec2(EAST), &[src.as_str()], &in_progress)
+        .await
+        .expect("tag the state back");
+    let later = Utc::now() + chrono::Duration::minutes(20);
+    let out = support::invoke(&w.deps, &World::schedule(), later)
+        .await
+        .expect("the schedule");
+    let report = advanced(&out)
+        .iter()
+        .find(|r| r.image_id == src)
+        .unwrap_or_else(|| panic!("{src} not advanced: {out:?}"));
+    assert_eq!(report.status, PublishStatus::Published);
+    assert_eq!(report.announced, None);
+    assert!(w.messages("image.published").await.is_empty());
+    assert_eq!(
+        w.image(EAST, &src).await.tags[plan::PUBLISH_STATE],
+        plan::PUBLISHED
+    );
 }
 
 #[tokio::test]

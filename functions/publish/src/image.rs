@@ -282,6 +282,19 @@ async fn conclude(
             claim::digest(&format!("{policy_text} {}", failed.join(" ")))
         );
         let claims = &deps.config.claims;
+        // Sent before (the state bucket's record, strongly consistent): the image's state tag
+        // that records it is last-writer-wins and eventually consistent, so it can read
+        // `in-progress` again after the announcement went out (a late duplicate event that
+        // read it before the record showed marks it so). The publication is then finished
+        // again, and once the claim is stale only this record keeps it from a second send.
+        if claims
+            .was_sent(&deps.clients.s3, &key)
+            .await
+            .map_err(aws_failed)?
+        {
+            info!(image = %source.id, event = event.as_str(), "announced by an earlier run; recording it");
+            return record_conclusion(c, source, policy, regions, end, None).await;
+        }
         let etag = match claims
             .claim(&deps.clients.s3, &key, now)
             .await
@@ -309,7 +322,24 @@ async fn conclude(
                 .await;
             return Err(aws_failed(e));
         }
+        claims
+            .record_sent(&deps.clients.s3, &key, now)
+            .await
+            .map_err(aws_failed)?;
     }
+    record_conclusion(c, source, policy, regions, end, event).await
+}
+
+/// Writes the conclusion's record on the source (its state tags) and reports the run;
+/// `announced` is the announcement this run sent, if any.
+async fn record_conclusion(
+    c: &Clients,
+    source: Image,
+    policy: Policy,
+    regions: BTreeMap<String, RegionReport>,
+    end: plan::Conclusion,
+    announced: Option<EventType>,
+) -> Result<ImageReport, InvocationError> {
     if let Some(tags) = end.record {
         ec2::create_tags(&c.ec2, &[source.id.as_str()], &tags)
             .await
@@ -317,11 +347,11 @@ async fn conclude(
     }
     Ok(ImageReport {
         image_id: source.id,
-        region: home,
+        region: c.region.clone(),
         status: end.status,
         policy,
         regions,
-        announced: event.map(EventType::as_str),
+        announced: announced.map(EventType::as_str),
     })
 }
 
