@@ -50,6 +50,11 @@ pub(crate) async fn publish_one(
         });
     }
     let (policy, extra) = resolve_policy(deps, &source, overrides, &home)?;
+    if trigger != Trigger::Manual
+        && let Some(report) = announced_before(deps, c, &source, &policy, now).await?
+    {
+        return Ok(report);
+    }
     let blocked = public_blocked(deps, &source, &policy, &home, trigger).await?;
     let mut mark = extra;
     if source.tags.get(PUBLISH_STATE).map(String::as_str) != Some(IN_PROGRESS) {
@@ -98,6 +103,64 @@ pub(crate) async fn publish_one(
         }
     }
     conclude(deps, c, source, policy, regions, now).await
+}
+
+/// A scheduled run or an `image.ready` for a publication whose `image.published` under this
+/// policy was already sent (the state bucket's record, [`announcement_key`]): its state tag
+/// reads `in-progress` only because a write of that mark landed after the conclusion's record
+/// (an SDK retry of a mark whose first answer was lost, seconds later) or because the event
+/// read the tags before the record showed (EC2's eventual consistency). Publishing again
+/// would verify every region again for nothing, and report a read failing then as a partial
+/// publication; the state is put back instead. None: not announced (or no state bucket). A
+/// manual request is not asked: it reconciles every region.
+async fn announced_before(
+    deps: &Deps,
+    c: &Clients,
+    source: &Image,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<Option<ImageReport>, InvocationError> {
+    let published = Message {
+        image_id: Some(source.id.clone()),
+        ..Message::new(EventType::ImagePublished, now, &c.region)
+    };
+    let key = announcement_key(&published.dedup_key(), policy, &[]);
+    if !deps
+        .config
+        .claims
+        .was_sent(&deps.clients.s3, &key)
+        .await
+        .map_err(aws_failed)?
+    {
+        return Ok(None);
+    }
+    if !plan::already_published(&source.tags) {
+        info!(image = %source.id, "announced published by an earlier run; its state tag is put back");
+        let state = Tags::from([(PUBLISH_STATE.to_owned(), plan::PUBLISHED.to_owned())]);
+        ec2::create_tags(&c.ec2, &[source.id.as_str()], &state)
+            .await
+            .map_err(aws_failed)?;
+    }
+    Ok(Some(ImageReport {
+        image_id: source.id.clone(),
+        region: c.region.clone(),
+        status: PublishStatus::AlreadyPublished,
+        policy: policy.clone(),
+        regions: BTreeMap::new(),
+        announced: None,
+    }))
+}
+
+/// The claim and record key of a publication's announcement: its message's `dedup_key` and a
+/// digest of the policy and the failed regions, so a later change announces again. The
+/// policy's JSON (sorted sets, field order fixed by the struct), not its Debug text, which is
+/// not a stable format across compiler versions.
+fn announcement_key(dedup_key: &str, policy: &Policy, failed: &[&str]) -> String {
+    let policy_text = serde_json::to_string(policy).unwrap_or_default();
+    format!(
+        "{dedup_key}/{}",
+        claim::digest(&format!("{policy_text} {}", failed.join(" ")))
+    )
 }
 
 /// The policy a run works with: only the regions being retried ([`plan::retrying`]).
@@ -271,16 +334,8 @@ async fn conclude(
     });
     if let Some(event) = event {
         let msg = publication_message(event, &source, &home, &policy, &regions, now);
-        // One sender among concurrent invocations (shared::claim), per publication: the key
-        // carries a digest of the policy and the failed regions, so a later change announces.
-        // The policy's JSON (sorted sets, field order fixed by the struct), not its Debug text,
-        // which is not a stable format across compiler versions.
-        let policy_text = serde_json::to_string(&policy).unwrap_or_default();
-        let key = format!(
-            "{}/{}",
-            msg.dedup_key(),
-            claim::digest(&format!("{policy_text} {}", failed.join(" ")))
-        );
+        // One sender among concurrent invocations (shared::claim), per publication.
+        let key = announcement_key(&msg.dedup_key(), &policy, &failed);
         let claims = &deps.config.claims;
         // Sent before (the state bucket's record, strongly consistent): the image's state tag
         // that records it is last-writer-wins and eventually consistent, so it can read
