@@ -21,12 +21,16 @@
 //!   a record: once the claim is older than [`STALE_AFTER`] (by the `claimed_at` it carries, on
 //!   the callers' clock, not S3's LastModified), a caller that still finds no record
 //!   takes it over with a PutObject `If-Match` on the ETag it read (two takers cannot both win)
-//!   and announces — so a crash delays an announcement, it never loses or doubles it.
+//!   and announces — so a crash delays an announcement and never loses it; only a crash between
+//!   the send and its record repeats it, once, under the same `dedup_key`.
 //!
 //! A caller with no resource of its own to record the announcement on (create-image's fast
-//! path: the image's tags are written only at RegisterImage) records it in the state bucket
-//! instead ([`Claims::record_sent`], `claims/<announcement key>.sent`), and a later delivery
-//! that finds the work done asks [`Claims::was_sent`] before it repairs a lost announcement.
+//! path: the image's tags are written only at RegisterImage), or whose record on the resource
+//! can be overwritten by a stale write (publish's `publish-state` tag: last-writer-wins, and an
+//! SDK retry of an earlier mark can land after the record), records it in the state bucket too
+//! ([`Claims::record_sent`], `claims/<announcement key>.sent`), and a later run that finds the
+//! work done asks [`Claims::was_sent`] before it announces again. A crash between the send and
+//! that record leaves only the resource's record, as before.
 //!
 //! Without a state bucket there are no claims: announcements are at least once, and each
 //! message's `dedup_key` lets a subscriber drop repeats.

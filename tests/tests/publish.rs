@@ -572,12 +572,11 @@ async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_onc
 /// Chaos seed 23000 (`--lost-rate 0.01 --lag 1`): the state tag that records a publication is
 /// last-writer-wins, and a duplicate `image.ready`'s mark (`in-progress`), whose first answer was
 /// lost, was written again by the SDK's retry seconds later, after the conclusion's record. A
-/// scheduled run then published the image again: it verified every region again (a read that
-/// failed then was announced as `image.publish-partial`) and, the claim being stale after 10
-/// minutes, announced `image.published` a second time. The state bucket's record of the send
-/// now ends such a run at once, with the state put back; a manual request still reconciles.
+/// scheduled run then published the image again and, the claim being stale after 10 minutes,
+/// announced `image.published` a second time. The state bucket's record of the send now keeps
+/// a run that adds no grant from announcing it again; the state is put back.
 #[tokio::test]
-async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_published_again() {
+async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_announced_again() {
     let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
     let (src, _) = w.source("web-regressed-1", &[]).await;
     w.run(w.ready_event(&src)).await;
@@ -598,8 +597,7 @@ async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_published
         .iter()
         .find(|r| r.image_id == src)
         .unwrap_or_else(|| panic!("{src} not advanced: {out:?}"));
-    assert_eq!(report.status, PublishStatus::AlreadyPublished);
-    assert!(report.regions.is_empty(), "{report:?}");
+    assert_eq!(report.status, PublishStatus::Published);
     assert_eq!(report.announced, None);
     assert_eq!(
         w.image(EAST, &src).await.tags[plan::PUBLISH_STATE],
@@ -610,11 +608,41 @@ async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_published
     let out = support::invoke(&w.deps, &w.ready_event(&src), later)
         .await
         .expect("a late image.ready");
-    assert_eq!(result(&out).status, PublishStatus::AlreadyPublished);
+    assert_eq!(result(&out).status, PublishStatus::Published);
+    assert_eq!(result(&out).announced, None);
     assert!(w.messages("image.published").await.is_empty());
     assert_eq!(
         w.image(EAST, &src).await.tags[plan::PUBLISH_STATE],
         plan::PUBLISHED
+    );
+}
+
+/// The record of a sent `image.published` does not silence a publication that grants again:
+/// after a revoke, publishing to the same account restores the original policy (the same
+/// announcement key) and is announced once the first announcement's claim is stale, as it was
+/// before the record.
+#[tokio::test]
+async fn a_grant_restored_after_a_revoke_is_announced_again() {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source("web-regrant-1", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    w.run(json!({"image_id": src, "revoke": [PARTNER]})).await;
+    assert!(w.launch(EAST, &src).await.is_empty());
+    // Later than the first announcement's claim (10 minutes): that claim is stale, not held.
+    let later = Utc::now() + chrono::Duration::minutes(20);
+    let out = support::invoke(
+        &w.deps,
+        &json!({"image_id": src, "accounts": [PARTNER]}),
+        later,
+    )
+    .await
+    .expect("publish again");
+    assert_eq!(result(&out).announced, Some("image.published"), "{out:#?}");
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    assert_eq!(
+        w.launch(EAST, &src).await.accounts,
+        [PARTNER.to_owned()].into()
     );
 }
 

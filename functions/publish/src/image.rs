@@ -50,11 +50,6 @@ pub(crate) async fn publish_one(
         });
     }
     let (policy, extra) = resolve_policy(deps, &source, overrides, &home)?;
-    if trigger != Trigger::Manual
-        && let Some(report) = announced_before(deps, c, &source, &policy, now).await?
-    {
-        return Ok(report);
-    }
     let blocked = public_blocked(deps, &source, &policy, &home, trigger).await?;
     let mut mark = extra;
     if source.tags.get(PUBLISH_STATE).map(String::as_str) != Some(IN_PROGRESS) {
@@ -103,52 +98,6 @@ pub(crate) async fn publish_one(
         }
     }
     conclude(deps, c, source, policy, regions, now).await
-}
-
-/// A scheduled run or an `image.ready` for a publication whose `image.published` under this
-/// policy was already sent (the state bucket's record, [`announcement_key`]): its state tag
-/// reads `in-progress` only because a write of that mark landed after the conclusion's record
-/// (an SDK retry of a mark whose first answer was lost, seconds later) or because the event
-/// read the tags before the record showed (EC2's eventual consistency). Publishing again
-/// would verify every region again for nothing, and report a read failing then as a partial
-/// publication; the state is put back instead. None: not announced (or no state bucket). A
-/// manual request is not asked: it reconciles every region.
-async fn announced_before(
-    deps: &Deps,
-    c: &Clients,
-    source: &Image,
-    policy: &Policy,
-    now: DateTime<Utc>,
-) -> Result<Option<ImageReport>, InvocationError> {
-    let published = Message {
-        image_id: Some(source.id.clone()),
-        ..Message::new(EventType::ImagePublished, now, &c.region)
-    };
-    let key = announcement_key(&published.dedup_key(), policy, &[]);
-    if !deps
-        .config
-        .claims
-        .was_sent(&deps.clients.s3, &key)
-        .await
-        .map_err(aws_failed)?
-    {
-        return Ok(None);
-    }
-    if !plan::already_published(&source.tags) {
-        info!(image = %source.id, "announced published by an earlier run; its state tag is put back");
-        let state = Tags::from([(PUBLISH_STATE.to_owned(), plan::PUBLISHED.to_owned())]);
-        ec2::create_tags(&c.ec2, &[source.id.as_str()], &state)
-            .await
-            .map_err(aws_failed)?;
-    }
-    Ok(Some(ImageReport {
-        image_id: source.id.clone(),
-        region: c.region.clone(),
-        status: PublishStatus::AlreadyPublished,
-        policy: policy.clone(),
-        regions: BTreeMap::new(),
-        announced: None,
-    }))
 }
 
 /// The claim and record key of a publication's announcement: its message's `dedup_key` and a
@@ -337,15 +286,21 @@ async fn conclude(
         // One sender among concurrent invocations (shared::claim), per publication.
         let key = announcement_key(&msg.dedup_key(), &policy, &failed);
         let claims = &deps.config.claims;
-        // Sent before (the state bucket's record, strongly consistent): the image's state tag
-        // that records it is last-writer-wins and eventually consistent, so it can read
-        // `in-progress` again after the announcement went out (a late duplicate event that
-        // read it before the record showed marks it so). The publication is then finished
-        // again, and once the claim is stale only this record keeps it from a second send.
-        if claims
-            .was_sent(&deps.clients.s3, &key)
-            .await
-            .map_err(aws_failed)?
+        // The state bucket's record (strongly consistent) of an `image.published` sent before
+        // under this policy: the image's state tag that records it is last-writer-wins, and in
+        // chaos seed 23000 a duplicate image.ready's `in-progress` mark, whose first answer was
+        // lost, was written again by the SDK's retry after the conclusion's record. The
+        // schedule then published the image again, and once the claim was stale (10 min) it
+        // announced a second time. A run that added a grant (a re-grant after a revoke, a
+        // manual reconcile that repaired a region) announces again as before; partial
+        // publications are told apart by the recorded failed regions, as before.
+        let published = event == EventType::ImagePublished;
+        if published
+            && !changed
+            && claims
+                .was_sent(&deps.clients.s3, &key)
+                .await
+                .map_err(aws_failed)?
         {
             info!(image = %source.id, event = event.as_str(), "announced by an earlier run; recording it");
             return record_conclusion(c, source, policy, regions, end, None).await;
@@ -377,10 +332,10 @@ async fn conclude(
                 .await;
             return Err(aws_failed(e));
         }
-        claims
-            .record_sent(&deps.clients.s3, &key, now)
-            .await
-            .map_err(aws_failed)?;
+        if published && let Err(e) = claims.record_sent(&deps.clients.s3, &key, now).await {
+            // The message went out: the state tags written next are the record left.
+            warn!(image = %source.id, error = %e, "image.published sent, but its record in the state bucket was not written");
+        }
     }
     record_conclusion(c, source, policy, regions, end, event).await
 }
