@@ -615,6 +615,25 @@ async fn the_schedule_announces_a_pipeline_image_whose_triggers_were_both_lost()
     assert!(!fixtures::tags_of(&ec2, &fresh).await["ami-pipeline:ready-at"].is_string());
 }
 
+/// A claim released between another invocation's refused PutObject and its GetObject (the
+/// holder could not send) must read as absent: S3 answers a missing key with 404 only to a
+/// caller allowed s3:ListBucket, else 403 AccessDenied, which failed the invocation (counted by
+/// a chaos run, seed 41000's batch). The role now has it, as create-image's and publish's do.
+#[tokio::test]
+async fn a_claim_released_before_it_is_read_is_absent_not_denied() {
+    let w = World::with_claims(&[]).await;
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    let released = shared::model::ObjectRef {
+        bucket: state,
+        key: "claims/image.ready/us-east-1/ami-0123456789abcdef0".to_owned(),
+        version_id: None,
+    };
+    match shared::aws::s3::get_object(&w.deps.clients.s3, &released).await {
+        Err(e) => assert!(e.is_not_found(), "{e}"),
+        Ok(_) => panic!("{} exists", released.uri()),
+    }
+}
+
 #[tokio::test]
 async fn the_same_event_delivered_eight_times_at_once_announces_ready_once() {
     // SNS delivers at least once, and Lambda runs the copies at the same moment: with the
