@@ -569,6 +569,16 @@ async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_onc
     assert!(w.messages("image.published").await.is_empty());
 }
 
+/// A world with claims and a source image `name` published by its `image.ready` and announced
+/// once (that message drained).
+async fn published_once(name: &str) -> (World, String) {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source(name, &[]).await;
+    w.run(w.ready_event(&src)).await;
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    (w, src)
+}
+
 /// Chaos seed 23000 (`--lost-rate 0.01 --lag 1`): the state tag that records a publication is
 /// last-writer-wins, and a duplicate `image.ready`'s mark (`in-progress`), whose first answer was
 /// lost, was written again by the SDK's retry seconds later, after the conclusion's record. A
@@ -577,10 +587,7 @@ async fn the_same_ready_event_eight_times_at_once_is_published_and_announced_onc
 /// a run that adds no grant from announcing it again; the state is put back.
 #[tokio::test]
 async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_announced_again() {
-    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
-    let (src, _) = w.source("web-regressed-1", &[]).await;
-    w.run(w.ready_event(&src)).await;
-    assert_eq!(w.messages("image.published").await.len(), 1);
+    let (w, src) = published_once("web-regressed-1").await;
     let in_progress =
         BTreeMap::from([(plan::PUBLISH_STATE.to_owned(), plan::IN_PROGRESS.to_owned())]);
     let regress = || async {
@@ -623,10 +630,7 @@ async fn a_publication_whose_state_tag_went_back_to_in_progress_is_not_announced
 /// before the record.
 #[tokio::test]
 async fn a_grant_restored_after_a_revoke_is_announced_again() {
-    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
-    let (src, _) = w.source("web-regrant-1", &[]).await;
-    w.run(w.ready_event(&src)).await;
-    assert_eq!(w.messages("image.published").await.len(), 1);
+    let (w, src) = published_once("web-regrant-1").await;
     w.run(json!({"image_id": src, "revoke": [PARTNER]})).await;
     assert!(w.launch(EAST, &src).await.is_empty());
     // Later than the first announcement's claim (10 minutes): that claim is stale, not held.
