@@ -168,6 +168,22 @@ async fn raw_upload_is_written_block_by_block_and_reads_back_equal() {
     upload_and_prove(&w, "fast/disk.raw", raw.clone(), &raw, "raw").await;
 }
 
+/// A URI longer than the EBS direct API's 255-character tag values and description (EC2 allows
+/// 256): StartSnapshot would answer ValidationException, so both are cut to 255.
+#[tokio::test]
+async fn an_upload_with_a_very_long_key_takes_the_fast_path() {
+    let w = world(&[]).await;
+    let raw = patterned_disk();
+    let key = format!("fast/{}.raw", "d".repeat(300));
+    upload_and_prove(&w, &key, raw.clone(), &raw, "raw").await;
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    let uri = &images[0].tags[lineage::SOURCE_URI];
+    assert_eq!(uri.chars().count(), lineage::MAX_EBS_TAG_VALUE, "{uri}");
+    assert!(uri.starts_with(&format!("s3://{}/fast/", w.bucket)) && uri.contains('…'));
+}
+
 #[tokio::test]
 async fn vmdk_and_vhd_take_the_fast_path_with_content_proven() {
     let mut raw = disks::raw_disk(4);

@@ -226,7 +226,7 @@ pub(crate) async fn run(
         s.id.clone()
     } else {
         let description =
-            lineage::fit_tag_value(&format!("ami-pipeline ebs-direct of {}", up.object.uri()));
+            lineage::fit_ebs_tag_value(&format!("ami-pipeline ebs-direct of {}", up.object.uri()));
         let started = ebs::start_snapshot(
             &c.ebs,
             ebs::StartRequest {

@@ -58,18 +58,33 @@ pub fn date_tags(t: DateTime<Utc>) -> Tags {
 /// Longest value EC2 and S3 accept for a tag.
 pub const MAX_TAG_VALUE: usize = 256;
 
+/// Longest value the EBS direct APIs accept for a tag, and for StartSnapshot's description
+/// (botocore's `ebs` model: `TagValue` and `Description`, max 255): one less than EC2's.
+pub const MAX_EBS_TAG_VALUE: usize = 255;
+
 /// `value` as an EC2 tag value: control and bidi characters escaped
 /// ([`crate::text::escape_controls`]; EC2 itself accepts any character in tag values, EC2 User
 /// Guide "Tag restrictions", but people and tools read them), then shortened to at most
 /// [`MAX_TAG_VALUE`] characters by cutting the middle, so that both the start (bucket) and the
 /// end (file name) of a long URI stay readable.
 pub fn fit_tag_value(value: &str) -> String {
+    fit_value(value, MAX_TAG_VALUE)
+}
+
+/// [`fit_tag_value`] for the EBS direct APIs (StartSnapshot's tags and description): at most
+/// [`MAX_EBS_TAG_VALUE`] characters.
+pub fn fit_ebs_tag_value(value: &str) -> String {
+    fit_value(value, MAX_EBS_TAG_VALUE)
+}
+
+/// `value` with controls escaped, cut in the middle to at most `max` characters.
+fn fit_value(value: &str, max: usize) -> String {
     let value = crate::text::escape_controls(value);
     let chars: Vec<char> = value.chars().collect();
-    if chars.len() <= MAX_TAG_VALUE {
+    if chars.len() <= max {
         return value.into_owned();
     }
-    let keep = MAX_TAG_VALUE - 1;
+    let keep = max - 1;
     let head = keep / 2;
     let tail = keep - head;
     let mut out: String = chars[..head].iter().collect();
@@ -103,6 +118,10 @@ mod tests {
         assert!(fitted.starts_with("s3://bucket/"));
         assert!(fitted.ends_with("/disk.raw"));
         assert!(fitted.contains('…'));
+        let for_ebs = fit_ebs_tag_value(&long);
+        assert_eq!(for_ebs.chars().count(), MAX_EBS_TAG_VALUE);
+        assert!(for_ebs.starts_with("s3://bucket/") && for_ebs.ends_with("/disk.raw"));
+        assert_eq!(fit_ebs_tag_value("s3://b/k"), "s3://b/k");
         assert_eq!(
             fit_tag_value("s3://b/a\u{1b}\u{202e}.raw"),
             "s3://b/a\\u{1b}\\u{202e}.raw"

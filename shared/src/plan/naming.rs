@@ -118,9 +118,11 @@ pub fn family_source_problem(key: &str) -> Option<String> {
 /// The folder of an upload's `s3://bucket/key` URI, up to and including its last `/`
 /// (`s3://bucket/` for a key at the root): what owns the upload's family. None when the URI
 /// was shortened to fit a tag value ([`super::lineage::fit_tag_value`] cuts the middle, which
-/// may cut the folder) or has no folder at all.
+/// may cut the folder; a fast-path upload's URI is cut to the EBS limit, one character shorter)
+/// or has no folder at all.
 pub fn upload_folder(source_uri: &str) -> Option<&str> {
-    if source_uri.contains('…') && source_uri.chars().count() >= super::lineage::MAX_TAG_VALUE {
+    if source_uri.contains('…') && source_uri.chars().count() >= super::lineage::MAX_EBS_TAG_VALUE
+    {
         return None;
     }
     let after_scheme = source_uri.find("://").map_or(0, |i| i + 3);
@@ -168,6 +170,9 @@ mod tests {
         let long =
             crate::plan::lineage::fit_tag_value(&format!("s3://b/web/{}.raw", "x".repeat(300)));
         assert_eq!(upload_folder(&long), None);
+        let fast =
+            crate::plan::lineage::fit_ebs_tag_value(&format!("s3://b/web/{}.raw", "x".repeat(300)));
+        assert_eq!(upload_folder(&fast), None);
         assert_eq!(family_source_problem("images/web-2/x.raw"), None);
         assert_eq!(family_source_problem("web-2.raw"), None);
         let p = family_source_problem("images/Web Base/x.raw").unwrap_or_default();

@@ -137,7 +137,8 @@ pub fn snapshot_tags(
     tags.insert(lineage::FAMILY.into(), spec.family.clone());
     tags.insert(
         lineage::SOURCE_URI.into(),
-        lineage::fit_tag_value(&object.uri()),
+        // The EBS direct API's tag values are at most 255 characters (EC2's 256).
+        lineage::fit_ebs_tag_value(&object.uri()),
     );
     tags.insert(lineage::SOURCE_TOKEN.into(), upload_token(object, etag));
     tags.insert(lineage::SOURCE_FORMAT.into(), format.as_api().into());
