@@ -151,6 +151,21 @@ def test_volume_smaller_than_snapshot_is_rejected(account):
         )
 
 
+@pytest.mark.parametrize("volume_type", ["io1", "io2"])
+def test_provisioned_iops_volume_without_iops_is_rejected(account, volume_type):
+    """EbsBlockDevice.Iops: "This parameter is required for io1 and io2 volumes." """
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 8)
+    bdm = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap, "VolumeType": volume_type}}
+    with aws_error("InvalidParameterCombination", "iops"):
+        register(ec2, f"no-iops-{volume_type}", snap, BlockDeviceMappings=[bdm])
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+    bdm["Ebs"]["Iops"] = 3000
+    image_id = register(ec2, f"with-iops-{volume_type}", snap, BlockDeviceMappings=[bdm])
+    ebs = image(ec2, image_id)["BlockDeviceMappings"][0]["Ebs"]
+    assert (ebs["VolumeType"], ebs["Iops"]) == (volume_type, 3000)
+
+
 def test_duplicate_name_in_same_account_and_region(account, other_account):
     ec2 = account.ec2()
     snap = make_snapshot(ec2, 1)

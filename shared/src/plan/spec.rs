@@ -43,10 +43,6 @@ pub enum VolumeType {
     Gp3,
     /// General purpose SSD, gp2.
     Gp2,
-    /// Provisioned IOPS io1.
-    Io1,
-    /// Provisioned IOPS io2.
-    Io2,
     /// Magnetic.
     Standard,
 }
@@ -68,7 +64,12 @@ macro_rules! str_enum {
 }
 str_enum!(Architecture { X86_64 => "x86_64", Arm64 => "arm64" });
 str_enum!(BootMode { LegacyBios => "legacy-bios", Uefi => "uefi", UefiPreferred => "uefi-preferred" });
-str_enum!(VolumeType { Gp3 => "gp3", Gp2 => "gp2", Io1 => "io1", Io2 => "io2", Standard => "standard" });
+str_enum!(VolumeType { Gp3 => "gp3", Gp2 => "gp2", Standard => "standard" });
+
+/// Why the provisioned-IOPS types are not root volume types here: RegisterImage requires `Iops`
+/// for them (EbsBlockDevice: "This parameter is required for io1 and io2 volumes"), and the
+/// pipeline has no IOPS setting, so every such upload would be imported and then refused.
+const PROVISIONED_IOPS_REFUSED: &str = "io1 and io2 need provisioned IOPS, which RegisterImage requires and the pipeline does not set; use gp3 (3,000 IOPS baseline, more at launch through the launch template or ModifyVolume)";
 
 /// The setting keys, as metadata keys (`x-amz-meta-<key>`), manual-invoke fields and, under
 /// `ami-pipeline:spec:`, import-task tags.
@@ -87,7 +88,7 @@ pub mod keys {
     pub const ROOT_DEVICE: &str = "root-device";
     /// Root volume size in GiB (default: the snapshot's size).
     pub const VOLUME_SIZE: &str = "volume-size";
-    /// `gp3` | `gp2` | `io1` | `io2` | `standard`
+    /// `gp3` | `gp2` | `standard`
     pub const VOLUME_TYPE: &str = "volume-type";
     /// Exact image name (else automatic).
     pub const NAME: &str = "name";
@@ -210,6 +211,10 @@ fn validate(
     let volume_size_gib = s.volume_size();
     let volume_type = match s.get(keys::VOLUME_TYPE) {
         None => VolumeType::Gp3,
+        Some(v) if v.eq_ignore_ascii_case("io1") || v.eq_ignore_ascii_case("io2") => {
+            s.bad(keys::VOLUME_TYPE, PROVISIONED_IOPS_REFUSED.to_owned());
+            VolumeType::Gp3
+        }
         Some(v) => s.choice(
             keys::VOLUME_TYPE,
             v,
@@ -823,6 +828,25 @@ mod tests {
                 "tags"
             ]
         );
+    }
+
+    #[test]
+    fn provisioned_iops_volume_types_are_refused_with_the_reason() {
+        for v in ["io1", "IO2"] {
+            let problems = resolve(&[&map(&[("volume-type", v)])], "k.raw")
+                .err()
+                .unwrap_or_default();
+            assert_eq!(problems.len(), 1, "{v}: {problems:?}");
+            assert_eq!(problems[0].setting, "volume-type");
+            assert!(
+                problems[0].message.contains("provisioned IOPS"),
+                "{problems:?}"
+            );
+        }
+        for v in ["gp3", "gp2", "standard"] {
+            let spec = resolve(&[&map(&[("volume-type", v)])], "k.raw").expect(v);
+            assert_eq!(spec.volume_type.as_str(), v);
+        }
     }
 
     #[test]

@@ -344,6 +344,13 @@ def normalize_block_device_mappings(ec2_backend: Any, mappings: Any) -> list[dic
                     f"snapshotId or volumeSize must be specified for device {device}",
                 )
             volume_type = _enum(ebs.get("VolumeType"), VOLUME_TYPES, "volumeType") or "gp2"  # Guess: gp2
+            if volume_type in ("io1", "io2") and ebs.get("Iops") is None:
+                # EbsBlockDevice.Iops: "This parameter is required for io1 and io2 volumes."
+                # Guess: the code and text CreateVolume answers for the same omission.
+                raise client_error(
+                    "InvalidParameterCombination",
+                    f"The parameter iops must be specified for {volume_type} volumes.",
+                )
             ebs_out: dict[str, Any] = {
                 "DeleteOnTermination": as_bool(ebs.get("DeleteOnTermination"), True),
                 "VolumeSize": int(size),
