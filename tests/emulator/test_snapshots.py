@@ -137,3 +137,28 @@ def test_modify_snapshot_attribute_structured_form(account):
             SnapshotId="snap-0123456789abcdef0",
             CreateVolumePermission={"Add": [{"UserId": "111122223333"}]},
         )
+
+
+def test_modify_snapshot_attribute_takes_at_most_500_modifications(account):
+    """ModifySnapshotAttribute: "You can make up to 500 modifications to a snapshot in a single
+    operation." 501 changes nothing; 500 (in either form) is applied."""
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 1)
+    accounts = [f"{100000000000 + i}" for i in range(501)]
+    with aws_error("InvalidParameterValue", "500 modifications"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId=snap, Attribute="createVolumePermission", OperationType="add", UserIds=accounts
+        )
+    with aws_error("InvalidParameterValue", "500 modifications"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId=snap,
+            Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": a} for a in accounts[:500]] + [{"Group": "all"}]},
+        )
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
+    assert perms["CreateVolumePermissions"] == []
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap, Attribute="createVolumePermission", OperationType="add", UserIds=accounts[:500]
+    )
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
+    assert len(perms["CreateVolumePermissions"]) == 500

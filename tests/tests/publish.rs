@@ -898,3 +898,21 @@ async fn an_image_ready_whose_event_was_lost_is_published_by_the_schedule() {
     assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
     assert_eq!(w.messages("image.published").await.len(), 1);
 }
+
+/// More accounts than one ModifySnapshotAttribute may change (500, which the emulator enforces
+/// as AWS documents): the snapshot is shared in batches, with every account and the image's
+/// launch permissions in one call (ModifyImageAttribute takes 10,000).
+#[tokio::test]
+async fn more_than_500_accounts_are_shared_the_snapshot_in_batches() {
+    let accounts: Vec<String> = (0..1201)
+        .map(|i| format!("{}", 200_000_000_000u64 + i))
+        .collect();
+    let list = accounts.join(",");
+    let w = world(&[("SHARE_ACCOUNTS", list.as_str()), ("PUBLISH_REGIONS", "")]).await;
+    let (src, snap) = w.source("web-many-1", &[]).await;
+    let out = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&out).status, PublishStatus::Published, "{out:?}");
+    let want: std::collections::BTreeSet<String> = accounts.into_iter().collect();
+    assert_eq!(w.volume(EAST, &snap).await.accounts, want);
+    assert_eq!(w.launch(EAST, &src).await.accounts, want);
+}

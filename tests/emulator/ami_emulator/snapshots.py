@@ -260,6 +260,11 @@ def _permission_lists(entries: Any) -> tuple[list[str], list[str]]:
     return users, groups
 
 
+# ModifySnapshotAttribute: "You can make up to 500 modifications to a snapshot in a single
+# operation" (accounts and groups added or removed).
+MAX_MODIFICATIONS = 500
+
+
 def response_modify_snapshot_attribute(self: Any) -> ActionResult:
     snapshot_id = self._get_param("SnapshotId")
     attribute = self._get_param("Attribute")
@@ -289,6 +294,15 @@ def response_modify_snapshot_attribute(self: Any) -> ActionResult:
     for group in add_groups + remove_groups:
         if group != "all":
             raise InvalidAMIAttributeItemValueError("UserGroup", group)
+    modifications = len(add_users) + len(add_groups) + len(remove_users) + len(remove_groups)
+    if modifications > MAX_MODIFICATIONS:
+        # ModifySnapshotAttribute: "You can make up to 500 modifications to a snapshot in a
+        # single operation." Guess: the code and message of the refusal (not documented).
+        raise client_error(
+            "InvalidParameterValue",
+            f"You can make up to {MAX_MODIFICATIONS} modifications to a snapshot in a single "
+            f"operation; this request makes {modifications}.",
+        )
 
     backend = self.ec2_backend
     with LOCK:
