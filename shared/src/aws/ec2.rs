@@ -897,7 +897,7 @@ pub const MAX_SNAPSHOT_MODIFICATIONS: usize = 500;
 /// ModifySnapshotAttribute `createVolumePermission` for accounts and the `all` group
 /// (snapshots have no organization form). Uses the `OperationType` + `UserIds`/`GroupNames`
 /// form, which every EC2 implementation honours, in calls of at most
-/// [`MAX_SNAPSHOT_MODIFICATIONS`] (the group goes with the first). Adding or removing what is
+/// [`MAX_SNAPSHOT_MODIFICATIONS`] accounts (the `all` group in a call of its own). Adding or removing what is
 /// already there changes nothing, so a call that fails midway is safe to repeat whole.
 pub async fn modify_create_volume_permission(
     ec2: &Client,
@@ -906,36 +906,29 @@ pub async fn modify_create_volume_permission(
     grants: &Grants,
 ) -> Result<(), AwsError> {
     use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
-    let accounts: Vec<String> = grants.accounts.iter().cloned().collect();
-    let mut batches: Vec<(bool, &[String])> = Vec::new();
-    let first = MAX_SNAPSHOT_MODIFICATIONS - usize::from(grants.public);
-    let (head, mut rest) = accounts.split_at(first.min(accounts.len()));
-    batches.push((grants.public, head));
-    while !rest.is_empty() {
-        let (batch, tail) = rest.split_at(MAX_SNAPSHOT_MODIFICATIONS.min(rest.len()));
-        batches.push((false, batch));
-        rest = tail;
-    }
-    for (public, batch) in batches {
-        if !public && batch.is_empty() {
-            continue;
-        }
-        let mut call = ec2
-            .modify_snapshot_attribute()
+    let call = || {
+        ec2.modify_snapshot_attribute()
             .snapshot_id(snapshot_id)
             .attribute(SnapshotAttributeName::CreateVolumePermission)
             .operation_type(match change {
                 Change::Add => OperationType::Add,
                 Change::Remove => OperationType::Remove,
             })
-            .set_user_ids(Some(batch.to_vec()));
-        if public {
-            call = call.group_names("all");
-        }
-        call.send().await.map_err(|e| {
-            AwsError::from_sdk("ec2:ModifySnapshotAttribute", snapshot_id, e)
-                .in_region(ec2.config().region())
-        })?;
+    };
+    let failed = |e| {
+        AwsError::from_sdk("ec2:ModifySnapshotAttribute", snapshot_id, e)
+            .in_region(ec2.config().region())
+    };
+    if grants.public {
+        call().group_names("all").send().await.map_err(failed)?;
+    }
+    let accounts: Vec<String> = grants.accounts.iter().cloned().collect();
+    for batch in accounts.chunks(MAX_SNAPSHOT_MODIFICATIONS) {
+        call()
+            .set_user_ids(Some(batch.to_vec()))
+            .send()
+            .await
+            .map_err(failed)?;
     }
     Ok(())
 }
