@@ -498,6 +498,98 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
     );
 }
 
+/// 24 copy targets (sorted): their names joined are 285 characters, more than one tag value holds.
+const MANY_REGIONS: [&str; 24] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ca-central-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "me-south-1",
+    "sa-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+];
+
+#[tokio::test]
+async fn more_failed_regions_than_a_tag_holds_are_recorded_announced_once_and_retried() {
+    // Every copy refused (say, a KMS key or an SCP the account lacks everywhere): the failed
+    // regions no longer fit one tag value. Before, the record's CreateTags was refused, the run
+    // failed after announcing, and each schedule retried and announced again.
+    let regions = MANY_REGIONS.join(",");
+    assert!(MANY_REGIONS.join(" ").len() > 256);
+    let w = world(&[("PUBLISH_REGIONS", &regions), ("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, _) = w.source("web-everywhere-1", &[]).await;
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "CopyImage", "status": 400,
+        "code": "OperationNotPermitted", "message": "Copying is not permitted for this account."}),
+    );
+    let first = w.run(w.ready_event(&src)).await;
+    let r = result(&first);
+    assert_eq!(r.status, "partial", "{r:#?}");
+    let failed: Vec<&str> = r
+        .regions
+        .iter()
+        .filter(|(_, rep)| rep.outcome == "failed")
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(failed, MANY_REGIONS);
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    let first_part = tags[plan::FAILED_REGIONS].as_str().unwrap_or_default();
+    let rest = tags["ami-pipeline:publish-failed-regions:2"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(first_part.len() <= 256 && !rest.is_empty(), "{tags}");
+    assert_eq!(
+        format!("{first_part} {rest}")
+            .split(' ')
+            .collect::<Vec<_>>(),
+        MANY_REGIONS,
+        "{tags}"
+    );
+    // The same failures again: nothing new announced, every recorded region retried.
+    for _ in 0..2 {
+        let again = w.run(World::schedule()).await;
+        let r = &advanced(&again)[0];
+        assert_eq!(r.status, "partial", "{r:#?}");
+        assert_eq!(
+            r.regions
+                .values()
+                .filter(|rep| rep.outcome == "failed")
+                .count(),
+            MANY_REGIONS.len()
+        );
+    }
+    assert_eq!(w.messages("image.publish-partial").await.len(), 1);
+    // Copying allowed again: the schedule copies everywhere, publishes, announces once and
+    // empties both keys.
+    w.acct.clear_faults();
+    let copying = w.run(World::schedule()).await;
+    assert_eq!(advanced(&copying)[0].status, "copying", "{copying:#?}");
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert_eq!(w.messages("image.published").await.len(), 1);
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags[plan::FAILED_REGIONS], "", "{tags}");
+    assert_eq!(tags["ami-pipeline:publish-failed-regions:2"], "", "{tags}");
+    assert_eq!(tags[plan::PUBLISH_STATE], "published", "{tags}");
+}
+
 #[tokio::test]
 async fn progress_accumulates_when_the_failing_regions_change_from_run_to_run() {
     // Faults that move from region to region (as under a steady rate of transient errors):

@@ -21,6 +21,33 @@ use support::{TestAccount, aws_events, deps_as, disks, fixtures};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
+/// Publish's copy targets: us-west-2 and enough others that their names joined are longer than
+/// a tag value (the record of every one failing needs two keys).
+const MANY_REGIONS: [&str; 23] = [
+    WEST,
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ca-central-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "sa-east-1",
+    "us-east-2",
+    "me-south-1",
+    "ap-south-2",
+    "eu-south-2",
+];
 const PARTNER: &str = "111122223333";
 const ORG: &str = "arn:aws:organizations::123456789012:organization/o-exampleorg1";
 const OU: &str = "arn:aws:organizations::123456789012:ou/o-exampleorg1/ou-ab12-cdef3456";
@@ -252,7 +279,7 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
     let env = |k: &str| match k {
         "TOPIC_ARN" => Some(topic.clone()),
         "S3_FORCE_PATH_STYLE" => Some("true".into()),
-        "PUBLISH_REGIONS" => Some(WEST.into()),
+        "PUBLISH_REGIONS" => Some(MANY_REGIONS.join(",")),
         _ => None,
     };
     let (src, _) = fixtures::image(
@@ -336,6 +363,27 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
         source_tags[tags::PUBLISH_STATE],
         "published",
         "{source_tags}"
+    );
+    // A second image whose copies are refused in every region: more failed regions than one
+    // tag value holds, so the record goes on in a numbered key.
+    let (everywhere, _) = fixtures::image(
+        &acct.clients.ec2,
+        "keys-publish-everywhere",
+        &[(tags::MANAGED, "true"), (tags::FAMILY, "web")],
+    )
+    .await;
+    acct.inject_fault(
+        json!({"service": "ec2", "action": "CopyImage", "status": 400,
+        "code": "OperationNotPermitted", "message": "Copying is not permitted for this account."}),
+    );
+    run(json!({"image_id": everywhere})).await;
+    acct.clear_faults();
+    let everywhere_tags = fixtures::tags_of(&acct.clients.ec2, &everywhere).await;
+    assert!(
+        everywhere_tags
+            .get(format!("{}2", tags::FAILED_REGIONS_MORE_PREFIX))
+            .is_some(),
+        "{everywhere_tags}"
     );
     assert_exact(&acct, Function::Publish, &["image", "snapshot"]);
 }

@@ -33,7 +33,9 @@ pub const PUBLISHED: &str = "published";
 pub const COPY: &str = "copy";
 
 pub use super::tags::publish as tags;
-pub use super::tags::{COPY_ATTEMPT_PREFIX, FAILED_REGIONS, PUBLISH_SOURCE, PUBLISHED_AT};
+pub use super::tags::{
+    COPY_ATTEMPT_PREFIX, FAILED_REGIONS, FAILED_REGIONS_MORE_PREFIX, PUBLISH_SOURCE, PUBLISHED_AT,
+};
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
 pub const MAX_DEPRECATE_DAYS: i64 = 3650;
@@ -393,6 +395,7 @@ pub fn inherited_markers(copy: &Image, source: &Image) -> Vec<String> {
         .filter(|(k, _)| {
             [READY_AT, IMPORT_TASK, FAILED_REGIONS].contains(&k.as_str())
                 || k.starts_with(COPY_ATTEMPT_PREFIX)
+                || k.starts_with(FAILED_REGIONS_MORE_PREFIX)
         })
         .filter(|(k, v)| source.tags.get(*k) == Some(*v))
         .map(|(k, _)| k.clone())
@@ -678,13 +681,12 @@ pub fn conclude(
     changed: bool,
     published_at: String,
 ) -> Conclusion {
-    let failed_list = failed.join(" ");
     if failed.is_empty() {
-        let done = Tags::from([
+        let mut done = Tags::from([
             (PUBLISH_STATE.to_owned(), PUBLISHED.to_owned()),
             (PUBLISHED_AT.to_owned(), published_at),
-            (FAILED_REGIONS.to_owned(), String::new()),
         ]);
+        done.extend(failed_region_tags(source_tags, &[]));
         let announce = (!already_published(source_tags) || changed).then_some(Announce::Published);
         return Conclusion {
             status: PublishStatus::Published,
@@ -694,21 +696,60 @@ pub fn conclude(
     }
     let recorded = recorded_failures(source_tags);
     let new_failures = failed.iter().any(|r| !recorded.contains(*r));
-    let changed_set =
-        source_tags.get(FAILED_REGIONS).map(String::as_str) != Some(failed_list.as_str());
+    let failed_set: BTreeSet<&str> = failed.iter().copied().collect();
+    let changed_set = recorded != failed_set;
     Conclusion {
         status: PublishStatus::Partial,
         announce: new_failures.then_some(Announce::Partial),
-        record: changed_set.then(|| Tags::from([(FAILED_REGIONS.to_owned(), failed_list)])),
+        record: changed_set.then(|| failed_region_tags(source_tags, failed)),
     }
 }
 
-/// The regions recorded as failed ([`FAILED_REGIONS`]).
+/// The tags that record `failed` (region names, sorted) on the source: [`FAILED_REGIONS`], and for
+/// a list longer than a tag value (about 17 regions) the rest in [`FAILED_REGIONS_MORE_PREFIX`]`2`,
+/// `3`, … — a region is never split across two. A continuation key the source carries that the
+/// list no longer needs is emptied, as [`FAILED_REGIONS`] is when nothing failed, so the record
+/// read back ([`recorded_failures`]) is exactly `failed`.
+pub fn failed_region_tags(source_tags: &Tags, failed: &[&str]) -> Tags {
+    let mut values = vec![String::new()];
+    for region in failed {
+        match values.last_mut() {
+            Some(last)
+                if last.is_empty()
+                    || last.chars().count() + 1 + region.chars().count() <= MAX_TAG_VALUE =>
+            {
+                if !last.is_empty() {
+                    last.push(' ');
+                }
+                last.push_str(region);
+            }
+            _ => values.push((*region).to_owned()),
+        }
+    }
+    let mut t: Tags = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match i {
+            0 => (FAILED_REGIONS.to_owned(), v),
+            _ => (format!("{FAILED_REGIONS_MORE_PREFIX}{}", i + 1), v),
+        })
+        .collect();
+    for key in source_tags
+        .keys()
+        .filter(|k| k.starts_with(FAILED_REGIONS_MORE_PREFIX))
+    {
+        t.entry(key.clone()).or_default();
+    }
+    t
+}
+
+/// The regions recorded as failed ([`FAILED_REGIONS`] and its continuation keys).
 fn recorded_failures(source_tags: &Tags) -> BTreeSet<&str> {
     source_tags
-        .get(FAILED_REGIONS)
-        .map(|v| v.split_whitespace().collect())
-        .unwrap_or_default()
+        .iter()
+        .filter(|(k, _)| *k == FAILED_REGIONS || k.starts_with(FAILED_REGIONS_MORE_PREFIX))
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect()
 }
 
 /// The only regions a scheduled run of a publish in progress works on: those recorded as
@@ -1032,6 +1073,107 @@ mod tests {
         let recorded = Tags::from([(FAILED_REGIONS.to_owned(), "eu-west-1 us-west-2".to_owned())]);
         let c = conclude(&recorded, &["eu-west-1", "us-west-2"], false, at());
         assert_eq!((c.announce, c.record), (None, None));
+    }
+
+    /// The commercial regions of late 2026: 34 names, 414 characters joined.
+    const ALL_REGIONS: [&str; 34] = [
+        "af-south-1",
+        "ap-east-1",
+        "ap-east-2",
+        "ap-northeast-1",
+        "ap-northeast-2",
+        "ap-northeast-3",
+        "ap-south-1",
+        "ap-south-2",
+        "ap-southeast-1",
+        "ap-southeast-2",
+        "ap-southeast-3",
+        "ap-southeast-4",
+        "ap-southeast-5",
+        "ap-southeast-6",
+        "ap-southeast-7",
+        "ca-central-1",
+        "ca-west-1",
+        "eu-central-1",
+        "eu-central-2",
+        "eu-north-1",
+        "eu-south-1",
+        "eu-south-2",
+        "eu-west-1",
+        "eu-west-2",
+        "eu-west-3",
+        "il-central-1",
+        "me-central-1",
+        "me-south-1",
+        "mx-central-1",
+        "sa-east-1",
+        "us-east-1",
+        "us-east-2",
+        "us-west-1",
+        "us-west-2",
+    ];
+
+    #[test]
+    fn a_failed_region_list_longer_than_a_tag_goes_on_in_numbered_keys() {
+        let at = || "20261122T120000Z".to_owned();
+        let mut all = ALL_REGIONS.to_vec();
+        all.sort_unstable();
+        let c = conclude(&Tags::new(), &all, false, at());
+        assert_eq!(c.announce, Some(Announce::Partial));
+        let record = c.record.expect("recorded");
+        let keys: Vec<&str> = record.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [FAILED_REGIONS, "ami-pipeline:publish-failed-regions:2",]
+        );
+        for v in record.values() {
+            assert!(v.chars().count() <= MAX_TAG_VALUE, "{v:?}");
+            assert!(!v.starts_with(' ') && !v.ends_with(' ') && !v.contains("  "));
+        }
+        // Read back, the record is exactly the list: the same failures again are neither
+        // announced nor recorded again, and the schedule retries every one of them.
+        let mut on_image = record.clone();
+        assert_eq!(
+            recorded_failures(&on_image),
+            all.iter().copied().collect::<BTreeSet<_>>()
+        );
+        let again = conclude(&on_image, &all, false, at());
+        assert_eq!((again.announce, again.record), (None, None));
+        on_image.insert(PUBLISH_STATE.to_owned(), IN_PROGRESS.to_owned());
+        assert_eq!(retrying(&on_image).map(|r| r.len()), Some(all.len()));
+        // Fewer failures, in one key now: the continuation key is emptied, not left stale.
+        let c = conclude(&on_image, &["eu-west-1", "us-west-2"], false, at());
+        assert_eq!(c.announce, None);
+        let record = c.record.expect("recorded");
+        assert_eq!(record[FAILED_REGIONS], "eu-west-1 us-west-2");
+        assert_eq!(record["ami-pipeline:publish-failed-regions:2"], "");
+        on_image.extend(record);
+        assert_eq!(
+            retrying(&on_image),
+            Some(BTreeSet::from([
+                "eu-west-1".to_owned(),
+                "us-west-2".to_owned()
+            ]))
+        );
+        // Published: both emptied.
+        let done = conclude(&on_image, &[], false, at())
+            .record
+            .expect("recorded");
+        assert_eq!(done[FAILED_REGIONS], "");
+        assert_eq!(done["ami-pipeline:publish-failed-regions:2"], "");
+    }
+
+    #[test]
+    fn a_long_failed_list_is_split_between_regions_at_the_tag_limit() {
+        // 20 names of 12 characters: 19 joined are 246 characters, 20 would be 259, so the
+        // split comes after the 19th.
+        let names: Vec<String> = (10..30).map(|i| format!("xx-region-{i}")).collect();
+        let failed: Vec<&str> = names.iter().map(String::as_str).collect();
+        let t = failed_region_tags(&Tags::new(), &failed);
+        assert_eq!(t[FAILED_REGIONS].split(' ').count(), 19);
+        assert_eq!(t[FAILED_REGIONS].chars().count(), 246);
+        assert_eq!(t["ami-pipeline:publish-failed-regions:2"], "xx-region-29");
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

@@ -75,8 +75,12 @@ pub const PUBLISH_SOURCE: &str = "ami-pipeline:publish-source";
 /// On the source: when `image.published` was sent (RFC 3339).
 pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
 /// On the source: the regions that failed at the last run (space-separated; empty when none),
-/// so `image.publish-partial` is sent once per change, not on every schedule.
+/// so `image.publish-partial` is sent once per change, not on every schedule. A list longer than
+/// a tag value (256 characters: about 17 regions) goes on in [`FAILED_REGIONS_MORE_PREFIX`]`2`,
+/// `3`, … (`plan::publish::failed_region_tags`).
 pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
+/// The keys that carry on [`FAILED_REGIONS`]'s list: `ami-pipeline:publish-failed-regions:2`, …
+pub const FAILED_REGIONS_MORE_PREFIX: &str = "ami-pipeline:publish-failed-regions:";
 /// Source image, one key per region (`ami-pipeline:publish-copy-attempt:eu-west-1=1`): how many
 /// copies to that region failed and were deregistered; the next copy's ClientToken includes it,
 /// so a new copy starts instead of CopyImage answering with the dead one's id. One key per region:
@@ -153,8 +157,14 @@ pub const ALL: [&str; 36] = [
     publish::DEPRECATE_AFTER_DAYS,
 ];
 
-/// Key prefixes: the spec and the user's extra tags on an import task; publish's copy attempts.
-pub const PREFIXES: [&str; 3] = [SPEC_TAG_PREFIX, EXTRA_TAG_PREFIX, COPY_ATTEMPT_PREFIX];
+/// Key prefixes: the spec and the user's extra tags on an import task; publish's copy attempts
+/// and the rest of a long failed-region list.
+pub const PREFIXES: [&str; 4] = [
+    SPEC_TAG_PREFIX,
+    EXTRA_TAG_PREFIX,
+    COPY_ATTEMPT_PREFIX,
+    FAILED_REGIONS_MORE_PREFIX,
+];
 
 #[cfg(test)]
 mod tests {
