@@ -591,6 +591,38 @@ async fn more_failed_regions_than_a_tag_holds_are_recorded_announced_once_and_re
 }
 
 #[tokio::test]
+async fn a_public_image_is_deprecated_no_later_than_two_years_after_its_creation() {
+    // EC2 refuses a public image's deprecation more than 2 years after its creation. A public
+    // image published without deprecation, 400 days old, then given 700 days by a manual
+    // invoke: before, EnableImageDeprecation was refused and the publish stayed partial.
+    let w = world(&[("PUBLIC", "opt-in")]).await;
+    let (src, _) = w
+        .source("web-public-old-1", &[("publish:public", "true")])
+        .await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).status, "published", "{first:#?}");
+    assert!(w.image(EAST, &src).await.public);
+    let created = chrono::Utc::now() - chrono::Duration::days(400);
+    w.acct.backdate_image(EAST, &src, created);
+    let again = w
+        .run(json!({"image_id": src, "deprecate_after_days": 700}))
+        .await;
+    let r = result(&again);
+    assert_eq!(r.status, "published", "{r:#?}");
+    let limit = created + chrono::Months::new(24);
+    let expected = limit.format("%Y-%m-%dT%H:%M:00.000Z").to_string();
+    assert_eq!(
+        r.regions[EAST].deprecation_time.as_deref(),
+        Some(expected.as_str()),
+        "{r:#?}"
+    );
+    assert_eq!(
+        w.image(EAST, &src).await.deprecation_time.as_deref(),
+        Some(expected.as_str())
+    );
+}
+
+#[tokio::test]
 async fn progress_accumulates_when_the_failing_regions_change_from_run_to_run() {
     // Faults that move from region to region (as under a steady rate of transient errors):
     // eu-west-1 fails one run, us-west-2 would fail the next. The schedule retries only the

@@ -6,7 +6,7 @@ use crate::event::{Trigger, aws_failed, refused};
 use crate::handler::{clients_for, stamp_time};
 use crate::output::{ImageReport, RegionOutcome, RegionReport};
 use crate::share::share_region;
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use shared::aws::clients::Clients;
@@ -366,7 +366,8 @@ async fn record_conclusion(
 }
 
 /// The deprecation time every region gets: the source's own if it has one (a retry keeps the
-/// first run's), else `now` + the policy's days; `None` when the policy sets none.
+/// first run's), else [`plan::deprecation`]'s (`now` + the policy's days, for a public image at
+/// most 2 years after the source's creation); `None` when there is none to set.
 pub(crate) fn deprecation_time(
     source: &Image,
     policy: &Policy,
@@ -375,15 +376,21 @@ pub(crate) fn deprecation_time(
     if policy.deprecate_after_days == 0 {
         return None;
     }
+    if let Some(t) = &source.deprecation_time {
+        return Some(t.clone());
+    }
+    let created = source
+        .creation_date
+        .as_deref()
+        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|c| c.with_timezone(&Utc));
+    let d = plan::deprecation(policy, created, now);
+    if let Some(note) = &d.note {
+        warn!(image = %source.id, "{note}");
+    }
     // Whole minutes, written as EC2 writes DeprecationTime (it rounds seconds to the minute),
     // so the time reported is exactly the one every region shows.
-    source.deprecation_time.clone().or_else(|| {
-        Some(
-            (now + ChronoDuration::days(policy.deprecate_after_days))
-                .format("%Y-%m-%dT%H:%M:00.000Z")
-                .to_string(),
-        )
-    })
+    d.at.map(|t| t.format("%Y-%m-%dT%H:%M:00.000Z").to_string())
 }
 pub(crate) fn publication_message(
     event: EventType,

@@ -352,6 +352,64 @@ pub fn next_copy_attempt(source_tags: &Tags, region: &str) -> Tags {
     )])
 }
 
+/// When a publish deprecates an image that has no deprecation time yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deprecation {
+    /// The time to set (whole minutes, as EC2 keeps it); `None`: none to set.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why `at` is not `now` + the policy's days, when it is not.
+    pub note: Option<String>,
+}
+
+/// The deprecation time of a publish: `now` + the policy's days, cut to the minute. For a public
+/// image at most 2 years after the source's creation `created` (EnableImageDeprecation: "The
+/// upper limit for DeprecateAt is 10 years from now, except for public AMIs, where the upper limit
+/// is 2 years from the creation date"; a copy is younger than its source, so the source's limit
+/// holds for every region), and none at all once that limit has passed (EC2 refuses a time in the
+/// past). A public image's days are at most [`MAX_PUBLIC_DEPRECATE_DAYS`], so only an image
+/// published some time after its creation is cut.
+pub fn deprecation(
+    policy: &Policy,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Deprecation {
+    use chrono::{Duration, DurationRound, Months};
+    let minute =
+        |t: chrono::DateTime<chrono::Utc>| t.duration_trunc(Duration::minutes(1)).unwrap_or(t);
+    if policy.deprecate_after_days == 0 {
+        return Deprecation {
+            at: None,
+            note: None,
+        };
+    }
+    let wanted = minute(now + Duration::days(policy.deprecate_after_days));
+    let limit = created
+        .filter(|_| policy.public)
+        .and_then(|c| c.checked_add_months(Months::new(24)))
+        .map(minute);
+    match limit {
+        Some(limit) if limit <= now => Deprecation {
+            at: None,
+            note: Some(format!(
+                "not deprecated: EC2 allows a public image's deprecation at most 2 years after its creation ({}), which has passed",
+                limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+        },
+        Some(limit) if limit < wanted => Deprecation {
+            at: Some(limit),
+            note: Some(format!(
+                "deprecated at {}, 2 years after its creation, instead of in {} days: EC2's limit for a public image",
+                limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                policy.deprecate_after_days
+            )),
+        },
+        _ => Deprecation {
+            at: Some(wanted),
+            note: None,
+        },
+    }
+}
+
 /// How long after `image.ready` the schedule takes over an image publish never started (the
 /// event's delivery and Lambda's own retries come first).
 pub const CATCH_UP_AFTER_MINUTES: i64 = 15;
@@ -1161,6 +1219,61 @@ mod tests {
             .expect("recorded");
         assert_eq!(done[FAILED_REGIONS], "");
         assert_eq!(done["ami-pipeline:publish-failed-regions:2"], "");
+    }
+
+    #[test]
+    fn a_public_image_is_deprecated_at_most_two_years_after_its_creation() {
+        use chrono::{TimeZone, Utc};
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 22, 12, 0, 42)
+            .single()
+            .expect("time");
+        let policy = |public: bool, days: i64| Policy {
+            public,
+            deprecate_after_days: days,
+            ..Policy::default()
+        };
+        let at = |d: &Deprecation| d.at.map(|t| t.to_rfc3339());
+        // New image, any allowed days: now + days, to the minute.
+        let d = deprecation(&policy(true, 730), Some(now), now);
+        assert_eq!(at(&d).as_deref(), Some("2028-11-21T12:00:00+00:00"));
+        assert_eq!(d.note, None);
+        // Created a year ago: cut to creation + 2 years, with the reason.
+        let created = Utc
+            .with_ymd_and_hms(2025, 11, 1, 8, 30, 15)
+            .single()
+            .expect("time");
+        let d = deprecation(&policy(true, 730), Some(created), now);
+        assert_eq!(at(&d).as_deref(), Some("2027-11-01T08:30:00+00:00"));
+        assert!(
+            d.note
+                .as_deref()
+                .is_some_and(|n| n.contains("2 years after its creation"))
+        );
+        // Not public: 10 years is EC2's only limit, so the days stand.
+        let d = deprecation(&policy(false, 730), Some(created), now);
+        assert_eq!(at(&d).as_deref(), Some("2028-11-21T12:00:00+00:00"));
+        // Created more than 2 years ago: no allowed time is left.
+        let old = Utc
+            .with_ymd_and_hms(2024, 6, 1, 0, 0, 0)
+            .single()
+            .expect("time");
+        let d = deprecation(&policy(true, 30), Some(old), now);
+        assert_eq!(d.at, None);
+        assert!(d.note.as_deref().is_some_and(|n| n.contains("has passed")));
+        // 29 February: two years on is 28 February (the earlier candidate, never past the limit).
+        let leap = Utc
+            .with_ymd_and_hms(2028, 2, 29, 10, 0, 0)
+            .single()
+            .expect("time");
+        let later = Utc
+            .with_ymd_and_hms(2029, 1, 1, 0, 0, 0)
+            .single()
+            .expect("time");
+        let d = deprecation(&policy(true, 700), Some(leap), later);
+        assert_eq!(at(&d).as_deref(), Some("2030-02-28T10:00:00+00:00"));
+        // No deprecation asked for.
+        assert_eq!(deprecation(&policy(true, 0), Some(old), now).at, None);
     }
 
     #[test]
