@@ -58,6 +58,10 @@ pub fn date_tags(t: DateTime<Utc>) -> Tags {
 /// Longest value EC2 and S3 accept for a tag.
 pub const MAX_TAG_VALUE: usize = 256;
 
+/// Longest key EC2 accepts for a tag (botocore's ec2 model, `Tag.Key`: "accept a maximum of 127
+/// Unicode characters"; the EBS direct `TagKey` too).
+pub const MAX_EC2_TAG_KEY: usize = 127;
+
 /// Longest value the EBS direct APIs accept for a tag, and for StartSnapshot's description
 /// (botocore's `ebs` model: `TagValue` and `Description`, max 255): one less than EC2's.
 pub const MAX_EBS_TAG_VALUE: usize = 255;

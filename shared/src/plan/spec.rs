@@ -6,7 +6,7 @@
 //! problem at once. The spec is stored on the import task as tags ([`ImageSpec::to_tags`]) and
 //! read back by the sweep ([`ImageSpec::from_tags`]), so the sweep needs nothing else.
 
-use super::lineage::{self, FAMILY, MAX_TAG_VALUE, NS};
+use super::lineage::{self, FAMILY, MAX_EC2_TAG_KEY, MAX_TAG_VALUE, NS};
 use super::naming::{self, check_image_name};
 use crate::model::Tags;
 use serde::Serialize;
@@ -452,7 +452,8 @@ impl<'a> Settings<'a> {
         let Some(v) = self.get(keys::TAGS) else {
             return extra_tags;
         };
-        let max_key = 128 - EXTRA_TAG_PREFIX.len();
+        // The key also goes on the import task under EXTRA_TAG_PREFIX, within EC2's limit.
+        let max_key = MAX_EC2_TAG_KEY - EXTRA_TAG_PREFIX.len();
         for (k, val) in form_urlencoded::parse(v.as_bytes()) {
             if k.is_empty() || k.chars().count() > max_key {
                 self.bad(
@@ -984,6 +985,24 @@ mod tests {
         // The operator naming the family (a manual invoke) needs no canonical folder.
         let manual = map(&[("family", "web-base")]);
         assert!(resolve(&[&manual], "images/Web Base/x.raw").is_ok());
+    }
+
+    #[test]
+    fn an_extra_tag_key_fits_ec2s_key_limit_under_the_task_prefix() {
+        // 108 characters: 127 with "ami-pipeline:extra:" on the import task.
+        let longest = "k".repeat(108);
+        let spec = resolve(&[&map(&[("tags", &format!("{longest}=v"))])], "k.raw")
+            .expect("108 characters fit");
+        assert!(
+            spec.to_tags()
+                .keys()
+                .all(|k| k.chars().count() <= MAX_EC2_TAG_KEY)
+        );
+        let problems = resolve(&[&map(&[("tags", &format!("{longest}k=v"))])], "k.raw")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("1–108"), "{problems:?}");
     }
 
     #[test]
