@@ -821,6 +821,55 @@ async fn revoke_removes_image_then_snapshot_permissions_and_is_recorded() {
 }
 
 #[tokio::test]
+async fn a_revoke_from_a_long_default_share_list_is_recorded_and_holds() {
+    // 45 default accounts: what stays after a revoke (44 ids) does not fit a tag. Before, the permissions were removed but the record's CreateTags was refused, so
+    // image.revoked was never sent and the next manual publish shared with the account again.
+    let accounts: Vec<String> = (0..45)
+        .map(|i| format!("{:012}", 200_000_000_000_u64 + i))
+        .collect();
+    let w = world(&[("SHARE_ACCOUNTS", &accounts.join(","))]).await;
+    let (src, snap) = w.source("web-revoke-long-1", &[]).await;
+    let out = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&out).status, "published", "{out:#?}");
+    assert_eq!(w.launch(EAST, &src).await.accounts.len(), 45);
+    w.acct.drain(&w.queue).await;
+
+    let out = w
+        .run(json!({"image_id": src, "revoke": [accounts[3]]}))
+        .await;
+    let Output::Revoke { regions, .. } = &out else {
+        panic!("{out:#?}")
+    };
+    assert_eq!(regions[EAST].outcome, "revoked", "{out:#?}");
+    assert!(!w.launch(EAST, &src).await.accounts.contains(&accounts[3]));
+    assert!(!w.volume(EAST, &snap).await.accounts.contains(&accounts[3]));
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert_eq!(tags["publish:revoked"], accounts[3].as_str(), "{tags}");
+    assert!(tags.get("publish:accounts").is_none(), "{tags}");
+    assert_eq!(w.messages("image.revoked").await.len(), 1);
+    // A manual publish reconciles every grant of the policy, but not the revoked one.
+    w.run(json!({"image_id": src})).await;
+    let launch = w.launch(EAST, &src).await.accounts;
+    assert_eq!(launch.len(), 44);
+    assert!(!launch.contains(&accounts[3]));
+
+    // 19 more: neither the 25 left nor the 20 revoked (259 characters) fit a tag. Refused,
+    // nothing removed.
+    let err = w
+        .try_run(json!({"image_id": src, "revoke": accounts[5..24].to_vec()}))
+        .await
+        .expect_err("cannot be recorded");
+    assert_eq!(err.error_type(), "RevokeNotRecordable", "{err}");
+    assert!(err.to_string().contains(&src), "{err}");
+    assert_eq!(w.launch(EAST, &src).await.accounts.len(), 44);
+    assert_eq!(
+        fixtures::tags_of(&w.ec2(EAST), &src).await["publish:revoked"],
+        accounts[3].as_str()
+    );
+    assert!(w.messages("image.revoked").await.is_empty());
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_nothing_changed() {
     let w = world(&[
         ("PUBLISH_REGIONS", WEST),

@@ -280,6 +280,13 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
         "TOPIC_ARN" => Some(topic.clone()),
         "S3_FORCE_PATH_STYLE" => Some("true".into()),
         "PUBLISH_REGIONS" => Some(MANY_REGIONS.join(",")),
+        // Longer than a tag value once one is revoked: the revoke records an exclusion.
+        "SHARE_ACCOUNTS" => Some(
+            (0..25)
+                .map(|i| format!("{:012}", 300_000_000_000_u64 + i))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         _ => None,
     };
     let (src, _) = fixtures::image(
@@ -378,11 +385,18 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
     );
     run(json!({"image_id": everywhere})).await;
     acct.clear_faults();
+    // Shared with the 25 default accounts; revoking one leaves a list too long for its tag.
+    run(json!({"image_id": everywhere, "revoke": ["300000000004"]})).await;
     let everywhere_tags = fixtures::tags_of(&acct.clients.ec2, &everywhere).await;
     assert!(
         everywhere_tags
             .get(format!("{}2", tags::FAILED_REGIONS_MORE_PREFIX))
             .is_some(),
+        "{everywhere_tags}"
+    );
+    assert_eq!(
+        everywhere_tags[tags::publish::REVOKED],
+        "300000000004",
         "{everywhere_tags}"
     );
     assert_exact(&acct, Function::Publish, &["image", "snapshot"]);

@@ -1,7 +1,7 @@
 //! Revoke a publication: launch permissions first, then the snapshots', in every region, read back.
 
 use crate::config::Deps;
-use crate::event::aws_failed;
+use crate::event::{aws_failed, refused};
 use crate::handler::clients_for;
 use crate::image::{REGION_CONCURRENCY, publication_message};
 use crate::output::{Output, RegionOutcome, RegionReport};
@@ -14,7 +14,7 @@ use shared::aws::ec2::{self, Change};
 use shared::invocation::InvocationError;
 use shared::model::{Image, Select, Tags};
 use shared::notify::{self, EventType};
-use shared::plan::publish::{self as plan, Grants, PUBLISH_SOURCE};
+use shared::plan::publish::{self as plan, Grants, PUBLISH_SOURCE, Policy};
 use std::collections::BTreeMap;
 use tracing::info;
 
@@ -32,17 +32,17 @@ pub(crate) async fn revoke(
     let policy = plan::resolve(&deps.config.defaults, &source.tags, &home)
         .or_else(|_| plan::resolve(&deps.config.defaults, &Tags::new(), &home))
         .unwrap_or_default();
-    let mut images = vec![(home.clone(), source.clone())];
-    for r in &policy.regions {
-        let rc = clients_for(deps, Some(r));
-        let found = ec2::describe_own_images(
-            &rc.ec2,
-            &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
-        )
-        .await
-        .map_err(aws_failed)?;
-        images.extend(found.into_iter().map(|i| (r.clone(), i)));
-    }
+    // The record first: a revoke that could not be recorded would be undone by the next
+    // publish, so one that does not fit is refused before anything is removed.
+    let record = principals
+        .revoked_tags(&policy, &source.tags)
+        .map_err(|e| {
+            refused(
+                "RevokeNotRecordable",
+                format!("{} in {home}: {e}", source.id),
+            )
+        })?;
+    let images = published_images(deps, source, &policy, &home).await?;
     let results: Vec<(String, RegionReport)> = stream::iter(images)
         .map(|(r, image)| async move {
             let rc = clients_for(deps, Some(&r));
@@ -62,10 +62,11 @@ pub(crate) async fn revoke(
         .await;
     let regions: BTreeMap<String, RegionReport> = results.into_iter().collect();
     // Recorded on the image, so neither the schedule nor a later publish shares again.
-    let t = principals.revoked_tags(&policy);
-    ec2::create_tags(&c.ec2, &[source.id.as_str()], &t)
-        .await
-        .map_err(aws_failed)?;
+    if !record.is_empty() {
+        ec2::create_tags(&c.ec2, &[source.id.as_str()], &record)
+            .await
+            .map_err(aws_failed)?;
+    }
     let failures: Vec<String> = regions
         .iter()
         .filter(|(_, r)| r.outcome == RegionOutcome::Failed)
@@ -99,6 +100,27 @@ pub(crate) async fn revoke(
         regions,
         announced: Some(EventType::ImageRevoked.as_str()),
     })
+}
+
+/// The source (in `home`) and every copy publish made of it in the policy's regions.
+async fn published_images(
+    deps: &Deps,
+    source: &Image,
+    policy: &Policy,
+    home: &str,
+) -> Result<Vec<(String, Image)>, InvocationError> {
+    let mut images = vec![(home.to_owned(), source.clone())];
+    for r in &policy.regions {
+        let rc = clients_for(deps, Some(r));
+        let found = ec2::describe_own_images(
+            &rc.ec2,
+            &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
+        )
+        .await
+        .map_err(aws_failed)?;
+        images.extend(found.into_iter().map(|i| (r.clone(), i)));
+    }
+    Ok(images)
 }
 
 /// Image first (no new launches), then its snapshots; each read back.

@@ -201,11 +201,22 @@ fn parse_bool(key: &str, v: &str, p: &mut Vec<String>) -> Option<bool> {
 /// Every problem is listed (`Err`); nothing may be changed when there is one.
 pub fn resolve(defaults: &Defaults, image_tags: &Tags, home: &str) -> Result<Policy, Vec<String>> {
     let mut p = Vec::new();
+    // What revokes removed from the defaults for this image (a list the image sets is its own).
+    let revoked: BTreeSet<String> = image_tags
+        .get(tags::REVOKED)
+        .map(|v| split_list(v).into_iter().collect())
+        .unwrap_or_default();
     let list = |key: &str, default: &[String]| -> Vec<String> {
         image_tags
             .get(key)
             .map(|v| split_list(v))
-            .unwrap_or_else(|| default.to_vec())
+            .unwrap_or_else(|| {
+                default
+                    .iter()
+                    .filter(|p| !revoked.contains(*p))
+                    .cloned()
+                    .collect()
+            })
     };
     let regions = list(tags::REGIONS, &defaults.regions);
     let accounts = list(tags::ACCOUNTS, &defaults.accounts);
@@ -602,32 +613,54 @@ impl Grants {
             && !self.public
     }
 
-    /// Drops `removed` from the policy's lists (after a revoke, so a later run does not share
-    /// again); returns the `publish:*` tags to write for each list that changed.
-    pub fn revoked_tags(&self, policy: &Policy) -> Tags {
+    /// The record of revoking `self` from an image with `policy` and `image_tags`, so a later run
+    /// does not share again: for each list that changes, what stays of it in its `publish:*` tag;
+    /// a list taken from the defaults whose rest is too long for a tag value instead adds the
+    /// revoked principals to [`tags::REVOKED`] (its exclusions from the defaults). `Err` names a
+    /// record that fits neither way; it is computed before anything is removed, so a revoke that
+    /// cannot be recorded changes nothing.
+    pub fn revoked_tags(&self, policy: &Policy, image_tags: &Tags) -> Result<Tags, String> {
         let mut t = Tags::new();
-        let keep = |all: &BTreeSet<String>, gone: &BTreeSet<String>| {
-            all.difference(gone).cloned().collect::<Vec<_>>().join(" ")
-        };
-        if !self.accounts.is_empty() {
-            t.insert(
-                tags::ACCOUNTS.into(),
-                keep(&policy.accounts, &self.accounts),
-            );
+        let mut excluded: BTreeSet<String> = image_tags
+            .get(tags::REVOKED)
+            .map(|v| split_list(v).into_iter().collect())
+            .unwrap_or_default();
+        let before = excluded.len();
+        for (key, all, gone) in [
+            (tags::ACCOUNTS, &policy.accounts, &self.accounts),
+            (
+                tags::ORGANIZATIONS,
+                &policy.organizations,
+                &self.organizations,
+            ),
+            (tags::OUS, &policy.ous, &self.ous),
+        ] {
+            // A principal the policy does not list needs no record: no run shares with it.
+            if gone.is_disjoint(all) {
+                continue;
+            }
+            let rest = all.difference(gone).cloned().collect::<Vec<_>>().join(" ");
+            if rest.chars().count() <= MAX_TAG_VALUE {
+                t.insert(key.to_owned(), rest);
+            } else {
+                // Only a list from the defaults is this long (a tag's own list fits a tag).
+                excluded.extend(gone.intersection(all).cloned());
+            }
         }
-        if !self.organizations.is_empty() {
-            t.insert(
-                tags::ORGANIZATIONS.into(),
-                keep(&policy.organizations, &self.organizations),
-            );
-        }
-        if !self.ous.is_empty() {
-            t.insert(tags::OUS.into(), keep(&policy.ous, &self.ous));
+        if excluded.len() > before {
+            let v = excluded.into_iter().collect::<Vec<_>>().join(" ");
+            if v.chars().count() > MAX_TAG_VALUE {
+                return Err(format!(
+                    "the revoke cannot be recorded on the image, so nothing was changed: what stays of the default share lists is longer than a tag value, and so is the list of principals revoked from them ({} characters, at most {MAX_TAG_VALUE}); take the principals out of SHARE_ACCOUNTS / SHARE_ORGANIZATIONS / SHARE_OUS first (then the revoke needs no record for them)",
+                    v.chars().count()
+                ));
+            }
+            t.insert(tags::REVOKED.to_owned(), v);
         }
         if self.public {
             t.insert(tags::PUBLIC.into(), "false".into());
         }
-        t
+        Ok(t)
     }
 }
 
@@ -1086,13 +1119,78 @@ mod tests {
         let revoke = parse_principals(&["111122223333".into(), "public".into()]).expect("ok");
         let gone = revoke.common(&everything);
         assert!(gone.public && gone.accounts.len() == 1);
-        let t = revoke.revoked_tags(&policy);
+        let t = revoke.revoked_tags(&policy, &Tags::new()).expect("fits");
         assert_eq!(
             t.get(tags::ACCOUNTS).map(String::as_str),
             Some("444455556666")
         );
         assert_eq!(t.get(tags::PUBLIC).map(String::as_str), Some("false"));
         assert!(parse_principals(&["bob".into()]).is_err());
+    }
+
+    /// `n` account ids from the defaults.
+    fn many_accounts(n: u64) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{:012}", 100_000_000_000 + i))
+            .collect()
+    }
+
+    #[test]
+    fn a_revoke_from_a_long_default_list_is_recorded_as_exclusions() {
+        let d = Defaults {
+            accounts: many_accounts(25),
+            ..defaults()
+        };
+        let policy = resolve(&d, &Tags::new(), "us-east-1").expect("valid");
+        assert_eq!(policy.accounts.len(), 25);
+        // What stays (24 accounts, 311 characters) does not fit a tag: the revoked one is
+        // recorded as an exclusion, and the policy read back no longer shares with it.
+        let gone = parse_principals(&[d.accounts[3].clone()]).expect("ok");
+        let t = gone.revoked_tags(&policy, &Tags::new()).expect("fits");
+        assert_eq!(t, tags(&[(tags::REVOKED, d.accounts[3].as_str())]));
+        let after = resolve(&d, &t, "us-east-1").expect("valid");
+        assert_eq!(after.accounts.len(), 24);
+        assert!(!after.accounts.contains(&d.accounts[3]));
+        // A second revoke adds to the exclusions.
+        let gone = parse_principals(&[d.accounts[7].clone()]).expect("ok");
+        let t2 = gone.revoked_tags(&after, &t).expect("fits");
+        assert_eq!(
+            t2[tags::REVOKED],
+            format!("{} {}", d.accounts[3], d.accounts[7])
+        );
+        // An image's own list wins over the exclusions (a manual publish set it).
+        let mut own = t2.clone();
+        own.insert(tags::ACCOUNTS.to_owned(), d.accounts[3].clone());
+        let p = resolve(&d, &own, "us-east-1").expect("valid");
+        assert_eq!(p.accounts, BTreeSet::from([d.accounts[3].clone()]));
+        // A principal the policy does not list needs no record.
+        let stranger = parse_principals(&["999988887777".into()]).expect("ok");
+        assert_eq!(
+            stranger.revoked_tags(&policy, &Tags::new()),
+            Ok(Tags::new())
+        );
+    }
+
+    #[test]
+    fn a_revoke_that_fits_no_record_is_refused() {
+        let d = Defaults {
+            accounts: many_accounts(40),
+            ..defaults()
+        };
+        let policy = resolve(&d, &Tags::new(), "us-east-1").expect("valid");
+        // 20 accounts out of 40: neither the 20 left nor the 20 revoked fit (259 characters).
+        let gone = parse_principals(&d.accounts[..20]).expect("ok");
+        let e = gone
+            .revoked_tags(&policy, &Tags::new())
+            .expect_err("does not fit");
+        assert!(
+            e.contains("nothing was changed") && e.contains("SHARE_ACCOUNTS"),
+            "{e}"
+        );
+        // 19 revoked fit (246 characters).
+        let gone = parse_principals(&d.accounts[..19]).expect("ok");
+        let t = gone.revoked_tags(&policy, &Tags::new()).expect("fits");
+        assert_eq!(t[tags::REVOKED].len(), 246);
     }
 
     #[test]

@@ -106,19 +106,24 @@ pub mod publish {
     pub const PUBLIC: &str = "publish:public";
     /// Days until deprecation, `0` for none (replaces the default).
     pub const DEPRECATE_AFTER_DAYS: &str = "publish:deprecate-after-days";
+    /// Principals (account ids, organization and OU ARNs) a revoke removed from the function's
+    /// default lists for this image, written only when what stays of a default list is too long
+    /// for its own tag; applies to a list taken from the defaults, not to one the image sets.
+    pub const REVOKED: &str = "publish:revoked";
     /// Every key.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         REGIONS,
         ACCOUNTS,
         ORGANIZATIONS,
         OUS,
         PUBLIC,
         DEPRECATE_AFTER_DAYS,
+        REVOKED,
     ];
 }
 
 /// Every key (the spec and extra-tag prefixes are in [`PREFIXES`]).
-pub const ALL: [&str; 36] = [
+pub const ALL: [&str; 37] = [
     SOURCE_IMAGE,
     SOURCE_INSTANCE,
     SOURCE_REGION,
@@ -155,6 +160,7 @@ pub const ALL: [&str; 36] = [
     publish::OUS,
     publish::PUBLIC,
     publish::DEPRECATE_AFTER_DAYS,
+    publish::REVOKED,
 ];
 
 /// Key prefixes: the spec and the user's extra tags on an import task; publish's copy attempts
