@@ -166,6 +166,51 @@ def test_provisioned_iops_volume_without_iops_is_rejected(account, volume_type):
     assert (ebs["VolumeType"], ebs["Iops"]) == (volume_type, 3000)
 
 
+@pytest.mark.parametrize(
+    ("ebs", "code", "text"),
+    [
+        # EbsBlockDevice.VolumeSize, per type.
+        ({"VolumeType": "standard", "VolumeSize": 1025}, "InvalidParameterValue", "1-1024 GiB"),
+        ({"VolumeType": "gp2", "VolumeSize": 16_385}, "InvalidParameterValue", "1-16384 GiB"),
+        ({"VolumeType": "io1", "VolumeSize": 3, "Iops": 100}, "InvalidParameterValue", "4-16384 GiB"),
+        # EbsBlockDevice.Iops, per type; none for gp2 or standard.
+        ({"VolumeType": "gp3", "Iops": 2_999}, "InvalidParameterValue", "3000-80000"),
+        ({"VolumeType": "io1", "Iops": 64_001}, "InvalidParameterValue", "100-64000"),
+        ({"VolumeType": "io2", "Iops": 99}, "InvalidParameterValue", "100-256000"),
+        ({"VolumeType": "gp2", "Iops": 3_000}, "InvalidParameterCombination", "iops"),
+        # EbsBlockDevice.Throughput: gp3 only, 125-2,000.
+        ({"VolumeType": "gp3", "Throughput": 2_001}, "InvalidParameterValue", "125-2000"),
+        ({"VolumeType": "io1", "Iops": 100, "Throughput": 125}, "InvalidParameterCombination", "throughput"),
+    ],
+)
+def test_root_volume_out_of_its_types_range_is_rejected(account, ebs, code, text):
+    ec2 = account.ec2()
+    # 4 GiB (io1/io2's least), or less where the case is a smaller volume.
+    snap = make_snapshot(ec2, min(ebs.get("VolumeSize", 4), 4))
+    bdm = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap, **ebs}}
+    with aws_error(code, text):
+        register(ec2, "out-of-range", snap, BlockDeviceMappings=[bdm])
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
+
+
+def test_root_volume_at_its_types_limits_is_registered(account):
+    ec2 = account.ec2()
+    snap = make_snapshot(ec2, 4)
+    for n, ebs in enumerate(
+        [
+            {"VolumeType": "gp3", "VolumeSize": 65_536, "Iops": 80_000, "Throughput": 2_000},
+            {"VolumeType": "gp3", "Iops": 3_000, "Throughput": 125},
+            {"VolumeType": "io1", "VolumeSize": 4, "Iops": 64_000},
+            {"VolumeType": "io2", "VolumeSize": 65_536, "Iops": 256_000},
+            {"VolumeType": "standard", "VolumeSize": 1_024},
+        ]
+    ):
+        bdm = {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snap, **ebs}}
+        image_id = register(ec2, f"at-limit-{n}", snap, BlockDeviceMappings=[bdm])
+        shown = image(ec2, image_id)["BlockDeviceMappings"][0]["Ebs"]
+        assert {k: shown[k] for k in ebs} == ebs
+
+
 def test_duplicate_name_in_same_account_and_region(account, other_account):
     ec2 = account.ec2()
     snap = make_snapshot(ec2, 1)

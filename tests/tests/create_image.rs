@@ -773,6 +773,76 @@ async fn an_upload_chooses_only_what_the_operator_lets_it() {
 }
 
 #[tokio::test]
+async fn provisioned_iops_and_throughput_reach_the_root_volume() {
+    // io2 needs Iops at RegisterImage; gp3 takes Iops and Throughput. Before, io1/io2 were
+    // refused outright (no way to set IOPS) and gp3 always had its baseline.
+    let w = world(0, false).await;
+    for (key, settings) in [
+        (
+            "fast/io2.raw",
+            json!({"volume-type": "io2", "iops": "16000", "volume-size": "8"}),
+        ),
+        ("fast/gp3.raw", json!({"iops": "6000", "throughput": "500"})),
+    ] {
+        w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+        let mut event = json!({"bucket": w.bucket, "key": key});
+        if let (Some(e), Some(s)) = (event.as_object_mut(), settings.as_object()) {
+            e.extend(s.clone());
+        }
+        let task_id = started_task(&run(&w, &event).await);
+        wait_task(&w, &task_id, ImportStatus::Completed).await;
+    }
+    sweep(&w).await;
+    let raw = w
+        .acct
+        .clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .expect("describe");
+    // (type, IOPS, throughput, size) of each root volume.
+    type Root = (String, Option<i32>, Option<i32>, Option<i32>);
+    let mut seen: Vec<Root> = raw
+        .images()
+        .iter()
+        .filter_map(|i| i.block_device_mappings().first()?.ebs())
+        .map(|e| {
+            (
+                e.volume_type()
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+                e.iops(),
+                e.throughput(),
+                e.volume_size(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("gp3".to_owned(), Some(6_000), Some(500), Some(1)),
+            ("io2".to_owned(), Some(16_000), None, Some(8)),
+        ]
+    );
+    // io1 without IOPS is refused before anything is imported, with the way out.
+    w.acct
+        .put(&w.bucket, "fast/io1.raw", disks::raw_disk(1), &[])
+        .await;
+    let err = w
+        .invoke(&json!({"bucket": w.bucket, "key": "fast/io1.raw", "volume-type": "io1"}))
+        .await;
+    let text = match err {
+        Err(e) => e.to_string(),
+        Ok(out) => format!("{out:?}"),
+    };
+    assert!(text.contains("set iops (100–64,000)"), "{text}");
+    assert_eq!(tasks(&w).await.len(), 2, "nothing more imported");
+}
+
+#[tokio::test]
 async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
     // "a-b/" and "a/b/" are both well-formed folders and both give the family "a-b": the
     // first to have an image owns it; the other's upload is refused with both folders named.
@@ -1566,7 +1636,7 @@ async fn a_manual_invoke_with_a_bad_setting_is_refused_before_the_object_is_touc
     assert_eq!(
         err.to_string(),
         "invalid event: manual invoke: architecture: \"sparc\" is not one of: x86_64 arm64; \
-         volume-size: \"huge\" is not a whole number of GiB from 1 to 16384"
+         volume-size: \"huge\" is not a whole number of GiB from 1 to 65536"
     );
     // The owner's object is not marked, nothing is imported or announced.
     let tags = object_tags(&w, "good/disk.raw").await;

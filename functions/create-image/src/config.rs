@@ -43,7 +43,7 @@ pub struct Config {
 }
 
 /// Default-setting variables: `DEFAULT_` + the setting key upper-cased with `_`.
-pub const DEFAULT_VARS: [&str; 8] = [
+pub const DEFAULT_VARS: [&str; 10] = [
     "DEFAULT_ARCHITECTURE",
     "DEFAULT_BOOT_MODE",
     "DEFAULT_ENA",
@@ -51,6 +51,8 @@ pub const DEFAULT_VARS: [&str; 8] = [
     "DEFAULT_TPM",
     "DEFAULT_ROOT_DEVICE",
     "DEFAULT_VOLUME_TYPE",
+    "DEFAULT_IOPS",
+    "DEFAULT_THROUGHPUT",
     "DEFAULT_TAGS",
 ];
 

@@ -299,11 +299,11 @@ mod tests {
             ("[]", "invalid event: expected a JSON object, got an array"),
             (
                 "{\"bucket\": \"b\", \"key\": \"k.raw\", \"volume-size\": 0}",
-                "invalid event: manual invoke: volume-size: \"0\" is not a whole number of GiB from 1 to 16384",
+                "invalid event: manual invoke: volume-size: \"0\" is not a whole number of GiB from 1 to 65536",
             ),
             (
                 "{\"bucket\": \"b\", \"arch\": \"x\"}",
-                "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, name, name-prefix, description, family, tags",
+                "invalid event: manual invoke: \"key\" must be a non-empty string; unknown field \"arch\"; settings are: architecture, boot-mode, ena, imds-v2, tpm, root-device, volume-size, volume-type, iops, throughput, name, name-prefix, description, family, tags",
             ),
         ];
         for (text, want) in cases {

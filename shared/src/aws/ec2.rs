@@ -427,6 +427,8 @@ pub async fn register_image(ec2: &Client, req: RegisterRequest<'_>) -> Result<St
                         .snapshot_id(req.snapshot_id)
                         .volume_size(req.volume_size_gib)
                         .volume_type(VolumeType::from(spec.volume_type.as_str()))
+                        .set_iops(spec.iops.and_then(|n| i32::try_from(n).ok()))
+                        .set_throughput(spec.throughput.and_then(|n| i32::try_from(n).ok()))
                         .delete_on_termination(true)
                         .build(),
                 )

@@ -43,6 +43,10 @@ pub enum VolumeType {
     Gp3,
     /// General purpose SSD, gp2.
     Gp2,
+    /// Provisioned IOPS SSD, io1 (needs `iops`).
+    Io1,
+    /// Provisioned IOPS SSD, io2 (needs `iops`).
+    Io2,
     /// Magnetic.
     Standard,
 }
@@ -64,12 +68,63 @@ macro_rules! str_enum {
 }
 str_enum!(Architecture { X86_64 => "x86_64", Arm64 => "arm64" });
 str_enum!(BootMode { LegacyBios => "legacy-bios", Uefi => "uefi", UefiPreferred => "uefi-preferred" });
-str_enum!(VolumeType { Gp3 => "gp3", Gp2 => "gp2", Standard => "standard" });
+str_enum!(VolumeType { Gp3 => "gp3", Gp2 => "gp2", Io1 => "io1", Io2 => "io2", Standard => "standard" });
 
-/// Why the provisioned-IOPS types are not root volume types here: RegisterImage requires `Iops`
-/// for them (EbsBlockDevice: "This parameter is required for io1 and io2 volumes"), and the
-/// pipeline has no IOPS setting, so every such upload would be imported and then refused.
-const PROVISIONED_IOPS_REFUSED: &str = "io1 and io2 need provisioned IOPS, which RegisterImage requires and the pipeline does not set; use gp3 (3,000 IOPS baseline, more at launch through the launch template or ModifyVolume)";
+/// What RegisterImage accepts for a root volume of each type, in botocore's ec2 model
+/// (`EbsBlockDevice`): `VolumeSize` "The following are the supported sizes for each volume
+/// type", `Iops` "The following are the supported values for each volume type … This parameter
+/// is required for io1 and io2 volumes", `Throughput` "valid only for gp3 volumes. Valid Range:
+/// Minimum value of 125. Maximum value of 2,000." Checked before anything is imported, so an
+/// upload EC2 would refuse at registration is refused up front.
+impl VolumeType {
+    /// The sizes of a volume of this type, GiB.
+    pub fn sizes(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            VolumeType::Gp2 => 1..=16_384,
+            VolumeType::Gp3 => 1..=65_536,
+            VolumeType::Io1 => 4..=16_384,
+            VolumeType::Io2 => 4..=65_536,
+            VolumeType::Standard => 1..=1_024,
+        }
+    }
+
+    /// The provisioned IOPS a volume of this type takes; `None`: it takes none.
+    pub fn iops(self) -> Option<std::ops::RangeInclusive<u32>> {
+        match self {
+            VolumeType::Gp3 => Some(3_000..=80_000),
+            VolumeType::Io1 => Some(100..=64_000),
+            VolumeType::Io2 => Some(100..=256_000),
+            VolumeType::Gp2 | VolumeType::Standard => None,
+        }
+    }
+
+    /// Whether RegisterImage requires `Iops` for this type (io1, io2).
+    pub fn needs_iops(self) -> bool {
+        matches!(self, VolumeType::Io1 | VolumeType::Io2)
+    }
+
+    /// The throughput a volume of this type takes, MiB/s; `None`: it takes none (all but gp3).
+    pub fn throughput(self) -> Option<std::ops::RangeInclusive<u32>> {
+        (self == VolumeType::Gp3).then_some(125..=2_000)
+    }
+}
+
+/// `a..=b` as people read it: `3,000–80,000`.
+fn range_text(r: &std::ops::RangeInclusive<u32>) -> String {
+    format!("{}–{}", grouped(*r.start()), grouped(*r.end()))
+}
+
+fn grouped(n: u32) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// The setting keys, as metadata keys (`x-amz-meta-<key>`), manual-invoke fields and, under
 /// `ami-pipeline:spec:`, import-task tags.
@@ -88,8 +143,12 @@ pub mod keys {
     pub const ROOT_DEVICE: &str = "root-device";
     /// Root volume size in GiB (default: the snapshot's size).
     pub const VOLUME_SIZE: &str = "volume-size";
-    /// `gp3` | `gp2` | `standard`
+    /// `gp3` | `gp2` | `io1` | `io2` | `standard`
     pub const VOLUME_TYPE: &str = "volume-type";
+    /// Provisioned IOPS of the root volume (gp3, io1, io2; required for io1 and io2).
+    pub const IOPS: &str = "iops";
+    /// Throughput of the root volume, MiB/s (gp3 only).
+    pub const THROUGHPUT: &str = "throughput";
     /// Exact image name (else automatic).
     pub const NAME: &str = "name";
     /// Prefix of the automatic name (default: the family).
@@ -101,7 +160,7 @@ pub mod keys {
     /// Extra tags, URL-query encoded: `team=web&env=prod`.
     pub const TAGS: &str = "tags";
     /// Every key, in documentation order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 15] = [
         ARCHITECTURE,
         BOOT_MODE,
         ENA,
@@ -110,6 +169,8 @@ pub mod keys {
         ROOT_DEVICE,
         VOLUME_SIZE,
         VOLUME_TYPE,
+        IOPS,
+        THROUGHPUT,
         NAME,
         NAME_PREFIX,
         DESCRIPTION,
@@ -121,8 +182,9 @@ pub mod keys {
 pub use super::tags::{EXTRA_TAG_PREFIX, SPEC_TAG_PREFIX};
 /// Most extra tags per upload: EC2 allows 50 tags per resource and the pipeline uses up to 20.
 pub const MAX_EXTRA_TAGS: usize = 25;
-/// Largest root volume, GiB (gp3/io2 limit).
-pub const MAX_VOLUME_GIB: u32 = 16_384;
+/// Largest root volume of any type, GiB (gp3 and io2; each type's own range:
+/// [`VolumeType::sizes`]).
+pub const MAX_VOLUME_GIB: u32 = 65_536;
 /// Longest description RegisterImage accepts.
 pub const MAX_DESCRIPTION: usize = 255;
 
@@ -145,6 +207,11 @@ pub struct ImageSpec {
     pub volume_size_gib: Option<u32>,
     /// Root volume type.
     pub volume_type: VolumeType,
+    /// Provisioned IOPS of the root volume; None = the type's default (none for io1/io2, which
+    /// need it).
+    pub iops: Option<u32>,
+    /// Throughput of the root volume, MiB/s; None = the type's default.
+    pub throughput: Option<u32>,
     /// Exact name; None = automatic.
     pub name: Option<String>,
     /// Prefix of the automatic name.
@@ -211,10 +278,6 @@ fn validate(
     let volume_size_gib = s.volume_size();
     let volume_type = match s.get(keys::VOLUME_TYPE) {
         None => VolumeType::Gp3,
-        Some(v) if v.eq_ignore_ascii_case("io1") || v.eq_ignore_ascii_case("io2") => {
-            s.bad(keys::VOLUME_TYPE, PROVISIONED_IOPS_REFUSED.to_owned());
-            VolumeType::Gp3
-        }
         Some(v) => s.choice(
             keys::VOLUME_TYPE,
             v,
@@ -223,6 +286,9 @@ fn validate(
             VolumeType::Gp3,
         ),
     };
+    let iops = s.positive(keys::IOPS);
+    let throughput = s.positive(keys::THROUGHPUT);
+    s.volume_ties(volume_type, volume_size_gib, iops, throughput);
     let name = s.get(keys::NAME).map(str::to_owned);
     if let Some(Err(e)) = name.as_deref().map(check_image_name) {
         s.bad(keys::NAME, e);
@@ -243,6 +309,8 @@ fn validate(
         root_device,
         volume_size_gib,
         volume_type,
+        iops,
+        throughput,
         name,
         name_prefix,
         description,
@@ -363,6 +431,75 @@ impl<'a> Settings<'a> {
             );
         }
         root_device
+    }
+
+    /// A whole number above 0, or a problem.
+    fn positive(&mut self, k: &str) -> Option<u32> {
+        let v = self.get(k)?;
+        match v.parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.bad(k, format!("{v:?} is not a whole number above 0"));
+                None
+            }
+        }
+    }
+
+    /// The rules that tie the root volume's settings to its type ([`VolumeType`]'s ranges).
+    fn volume_ties(
+        &mut self,
+        volume_type: VolumeType,
+        size: Option<u32>,
+        iops: Option<u32>,
+        throughput: Option<u32>,
+    ) {
+        if !self.ties {
+            return;
+        }
+        let t = volume_type.as_str();
+        if let Some(n) = size
+            && !volume_type.sizes().contains(&n)
+        {
+            self.bad(
+                keys::VOLUME_SIZE,
+                format!(
+                    "{n} GiB is outside {} GiB, the sizes of a {t} volume",
+                    range_text(&volume_type.sizes())
+                ),
+            );
+        }
+        match (volume_type.iops(), iops) {
+            (None, Some(_)) => self.bad(
+                keys::IOPS,
+                format!("{t} volumes take no provisioned IOPS (gp3, io1 and io2 do)"),
+            ),
+            (Some(r), Some(n)) if !r.contains(&n) => self.bad(
+                keys::IOPS,
+                format!("{n} is outside {}, the IOPS of a {t} volume", range_text(&r)),
+            ),
+            (Some(r), None) if volume_type.needs_iops() => self.bad(
+                keys::VOLUME_TYPE,
+                format!(
+                    "{t} volumes need provisioned IOPS, which RegisterImage requires: set iops ({})",
+                    range_text(&r)
+                ),
+            ),
+            _ => {}
+        }
+        match (volume_type.throughput(), throughput) {
+            (None, Some(_)) => self.bad(
+                keys::THROUGHPUT,
+                format!("{t} volumes take no throughput setting (only gp3 does)"),
+            ),
+            (Some(r), Some(n)) if !r.contains(&n) => self.bad(
+                keys::THROUGHPUT,
+                format!(
+                    "{n} MiB/s is outside {} MiB/s, the throughput of a gp3 volume",
+                    range_text(&r)
+                ),
+            ),
+            _ => {}
+        }
     }
 
     fn volume_size(&mut self) -> Option<u32> {
@@ -714,6 +851,12 @@ impl ImageSpec {
             put(keys::VOLUME_SIZE, n.to_string());
         }
         put(keys::VOLUME_TYPE, self.volume_type.as_str().into());
+        if let Some(n) = self.iops {
+            put(keys::IOPS, n.to_string());
+        }
+        if let Some(n) = self.throughput {
+            put(keys::THROUGHPUT, n.to_string());
+        }
         if let Some(n) = &self.name {
             put(keys::NAME, n.clone());
         }
@@ -832,22 +975,127 @@ mod tests {
     }
 
     #[test]
-    fn provisioned_iops_volume_types_are_refused_with_the_reason() {
-        for v in ["io1", "IO2"] {
-            let problems = resolve(&[&map(&[("volume-type", v)])], "k.raw")
+    fn provisioned_iops_need_iops_and_each_type_its_own_ranges() {
+        let problems_of = |pairs: &[(&str, &str)]| {
+            resolve(&[&map(pairs)], "k.raw")
                 .err()
-                .unwrap_or_default();
-            assert_eq!(problems.len(), 1, "{v}: {problems:?}");
-            assert_eq!(problems[0].setting, "volume-type");
-            assert!(
-                problems[0].message.contains("provisioned IOPS"),
-                "{problems:?}"
-            );
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.setting, p.message))
+                .collect::<Vec<_>>()
+        };
+        // io1/io2 without IOPS: RegisterImage would refuse them after the import.
+        for v in ["io1", "IO2"] {
+            let p = problems_of(&[("volume-type", v)]);
+            assert_eq!(p.len(), 1, "{v}: {p:?}");
+            assert_eq!(p[0].0, "volume-type");
+            assert!(p[0].1.contains("set iops (100–"), "{p:?}");
         }
+        let spec = resolve(
+            &[&map(&[
+                ("volume-type", "io2"),
+                ("iops", "16000"),
+                ("volume-size", "8"),
+            ])],
+            "k.raw",
+        )
+        .expect("io2 with IOPS");
+        assert_eq!(
+            (spec.volume_type, spec.iops),
+            (VolumeType::Io2, Some(16_000))
+        );
+        let spec = resolve(&[&map(&[("iops", "6000"), ("throughput", "250")])], "k.raw")
+            .expect("gp3 (the default) with IOPS and throughput");
+        assert_eq!((spec.iops, spec.throughput), (Some(6_000), Some(250)));
+    }
+
+    #[test]
+    fn each_volume_type_refuses_what_ec2_would_with_its_range() {
+        let problems_of = |pairs: &[(&str, &str)]| {
+            resolve(&[&map(pairs)], "k.raw")
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.setting, p.message))
+                .collect::<Vec<_>>()
+        };
+        // Each refusal names the setting and the type's range.
+        for (pairs, setting, text) in [
+            (&[("iops", "2000")][..], "iops", "outside 3,000–80,000"),
+            (
+                &[("volume-type", "io1"), ("iops", "64001")][..],
+                "iops",
+                "100–64,000",
+            ),
+            (
+                &[("volume-type", "gp2"), ("iops", "3000")][..],
+                "iops",
+                "take no provisioned IOPS",
+            ),
+            (
+                &[
+                    ("volume-type", "io1"),
+                    ("iops", "100"),
+                    ("throughput", "125"),
+                ][..],
+                "throughput",
+                "only gp3",
+            ),
+            (&[("throughput", "2001")][..], "throughput", "125–2,000"),
+            (
+                &[("volume-type", "standard"), ("volume-size", "1025")][..],
+                "volume-size",
+                "1–1,024 GiB",
+            ),
+            (
+                &[
+                    ("volume-type", "io1"),
+                    ("iops", "100"),
+                    ("volume-size", "3"),
+                ][..],
+                "volume-size",
+                "4–16,384",
+            ),
+            (&[("volume-size", "65537")][..], "volume-size", "1 to 65536"),
+            (&[("iops", "many")][..], "iops", "not a whole number"),
+        ] {
+            let p = problems_of(pairs);
+            assert_eq!(p.len(), 1, "{pairs:?}: {p:?}");
+            assert_eq!(p[0].0, setting, "{pairs:?}: {p:?}");
+            assert!(p[0].1.contains(text), "{pairs:?}: {p:?}");
+        }
+        // gp3 and io2 go to 64 TiB, gp2 stops at 16 TiB.
+        assert!(resolve(&[&map(&[("volume-size", "65536")])], "k.raw").is_ok());
+        assert!(problems_of(&[("volume-type", "gp2"), ("volume-size", "16385")]).len() == 1);
         for v in ["gp3", "gp2", "standard"] {
             let spec = resolve(&[&map(&[("volume-type", v)])], "k.raw").expect(v);
             assert_eq!(spec.volume_type.as_str(), v);
         }
+        // One layer on its own: the ranges tie to the type, which another layer may set.
+        assert!(value_problems(&map(&[("iops", "100")]), "k.raw").is_empty());
+        assert_eq!(value_problems(&map(&[("iops", "0")]), "k.raw").len(), 1);
+    }
+
+    #[test]
+    fn provisioned_iops_round_trip_through_the_task_tags() {
+        let spec = resolve(
+            &[&map(&[
+                ("volume-type", "io1"),
+                ("iops", "3200"),
+                ("volume-size", "40"),
+            ])],
+            "k.raw",
+        )
+        .expect("valid");
+        assert_eq!(
+            ImageSpec::from_tags(&spec.to_tags()).expect("round trip"),
+            spec
+        );
+        let spec = resolve(&[&map(&[("throughput", "500")])], "k.raw").expect("valid");
+        assert_eq!(
+            ImageSpec::from_tags(&spec.to_tags()).expect("round trip"),
+            spec
+        );
     }
 
     #[test]

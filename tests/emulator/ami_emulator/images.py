@@ -53,6 +53,24 @@ ARCHITECTURES = ("i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac")
 BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
 VIRTUALIZATION_TYPES = ("hvm", "paravirtual")
 VOLUME_TYPES = ("standard", "io1", "io2", "gp2", "sc1", "st1", "gp3")
+# botocore's ec2 model, EbsBlockDevice.VolumeSize: "The following are the supported sizes for each
+# volume type: gp2: 1 - 16,384 GiB; gp3: 1 - 65,536 GiB; io1: 4 - 16,384 GiB; io2: 4 - 65,536 GiB;
+# st1 and sc1: 125 - 16,384 GiB; standard: 1 - 1024 GiB".
+VOLUME_SIZES = {
+    "gp2": (1, 16_384),
+    "gp3": (1, 65_536),
+    "io1": (4, 16_384),
+    "io2": (4, 65_536),
+    "st1": (125, 16_384),
+    "sc1": (125, 16_384),
+    "standard": (1, 1_024),
+}
+# EbsBlockDevice.Iops: "The following are the supported values for each volume type: gp3: 3,000 -
+# 80,000 IOPS; io1: 100 - 64,000 IOPS; io2: 100 - 256,000 IOPS"; no other type is listed.
+VOLUME_IOPS = {"gp3": (3_000, 80_000), "io1": (100, 64_000), "io2": (100, 256_000)}
+# EbsBlockDevice.Throughput: "This parameter is valid only for gp3 volumes. Valid Range: Minimum
+# value of 125. Maximum value of 2,000."
+GP3_THROUGHPUT = (125, 2_000)
 
 # Text AWS returns when block public access for AMIs refuses a public share (seen in
 # hortonworks/cloudbreak-images#926 and aws-deepracer-community/deepracer-on-the-spot#106).
@@ -351,6 +369,7 @@ def normalize_block_device_mappings(ec2_backend: Any, mappings: Any) -> list[dic
                     "InvalidParameterCombination",
                     f"The parameter iops must be specified for {volume_type} volumes.",
                 )
+            _check_volume_performance(volume_type, int(size), ebs.get("Iops"), ebs.get("Throughput"))
             ebs_out: dict[str, Any] = {
                 "DeleteOnTermination": as_bool(ebs.get("DeleteOnTermination"), True),
                 "VolumeSize": int(size),
@@ -365,6 +384,42 @@ def normalize_block_device_mappings(ec2_backend: Any, mappings: Any) -> list[dic
             entry["Ebs"] = ebs_out
         out.append(entry)
     return out
+
+
+def _check_volume_performance(volume_type: str, size: int, iops: Any, throughput: Any) -> None:
+    """The per-type ranges of EbsBlockDevice (VOLUME_SIZES, VOLUME_IOPS, GP3_THROUGHPUT). Guess:
+    the codes (InvalidParameterValue for a value out of its type's range,
+    InvalidParameterCombination for a parameter the type does not take), as CreateVolume answers
+    for the same values; the texts are ours. Not modelled: the ratios the EBS User Guide gives
+    between IOPS, size and throughput."""
+    low, high = VOLUME_SIZES.get(volume_type, (1, 65_536))
+    if not low <= size <= high:
+        raise client_error(
+            "InvalidParameterValue",
+            f"Volume size {size} GiB is outside {low}-{high} GiB, the sizes of a {volume_type} volume.",
+        )
+    if iops is not None:
+        span = VOLUME_IOPS.get(volume_type)
+        if span is None:
+            raise client_error(
+                "InvalidParameterCombination", f"The parameter iops is not supported for {volume_type} volumes."
+            )
+        if not span[0] <= int(iops) <= span[1]:
+            raise client_error(
+                "InvalidParameterValue",
+                f"Iops {int(iops)} is outside {span[0]}-{span[1]}, the IOPS of a {volume_type} volume.",
+            )
+    if throughput is not None:
+        if volume_type != "gp3":
+            raise client_error(
+                "InvalidParameterCombination",
+                f"The parameter throughput is not supported for {volume_type} volumes.",
+            )
+        if not GP3_THROUGHPUT[0] <= int(throughput) <= GP3_THROUGHPUT[1]:
+            raise client_error(
+                "InvalidParameterValue",
+                f"Throughput {int(throughput)} is outside {GP3_THROUGHPUT[0]}-{GP3_THROUGHPUT[1]} MiB/s.",
+            )
 
 
 def _apply_tags(ec2_backend: Any, resource_ids: list[str], tags: dict[str, str]) -> None:
