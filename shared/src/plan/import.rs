@@ -596,6 +596,88 @@ mod tests {
         }
     }
 
+    /// The import task of an upload with every optional setting and the most extra tags.
+    fn fullest_task() -> (ImportTask, ImageSpec) {
+        let extra: Vec<String> = (0..spec::MAX_EXTRA_TAGS)
+            .map(|i| format!("k{i}=v"))
+            .collect();
+        let settings: BTreeMap<String, String> = [
+            ("architecture", "x86_64"),
+            ("boot-mode", "uefi"),
+            ("tpm", "true"),
+            ("volume-size", "40"),
+            ("volume-type", "gp3"),
+            ("iops", "6000"),
+            ("throughput", "500"),
+            ("name", "web-1"),
+            ("description", "web"),
+            ("family", "web"),
+            ("tags", &extra.join("&")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let spec = spec::resolve(&[&settings], "web/disk.raw").expect("valid");
+        let object = ObjectRef {
+            bucket: "b".into(),
+            key: "web/disk.raw".into(),
+            version_id: Some("v1".into()),
+        };
+        let mut t = task(
+            "import-snap-0123456789abcdef0",
+            ImportStatus::Completed,
+            &[],
+        );
+        t.tags = import_task_tags(&spec, &object, Some("e"), DiskFormat::Raw, now());
+        (t, spec)
+    }
+
+    /// EC2 keeps at most 50 tags on a resource (CreateTags: "Each resource can have a maximum
+    /// of 50 tags"), the import task included: every optional setting, the most extra tags, the
+    /// upload's lineage and every state key the sweep adds must fit.
+    #[test]
+    fn the_most_tags_an_import_task_carries_fit_ec2s_limit() {
+        let (mut t, _) = fullest_task();
+        for key in [OUTCOME, STALE_WARNED, lineage::REGISTER_ATTEMPTED] {
+            t.tags.insert(key.into(), "x".into());
+        }
+        assert!(t.tags.len() <= 50, "{} tags: {:?}", t.tags.len(), t.tags);
+    }
+
+    /// …and on the image: what registration writes, then every key the other functions may add
+    /// to a published source (tag-lineage's ready marker, publish's state, record and policy,
+    /// cleanup's mark, a person's protection), with room left for publish's per-region copy
+    /// attempts ([`crate::plan::publish::COPY_ATTEMPT_PREFIX`]; a key only where a copy failed).
+    #[test]
+    fn the_most_tags_a_published_image_carries_leave_room_for_copy_attempts() {
+        use crate::plan::publish::{self, FAILED_REGIONS, PUBLISH_STATE, PUBLISHED_AT};
+        use crate::plan::tags::{DEPRECATED_BY, PROTECT_TAG, READY_AT};
+        let (t, spec) = fullest_task();
+        let mut tags = registration_tags(&t, &spec, now());
+        let every_region: Vec<String> = (0..34).map(|i| format!("xx-region-{i:02}")).collect();
+        let failed: Vec<&str> = every_region.iter().map(String::as_str).collect();
+        tags.extend(publish::failed_region_tags(&Tags::new(), &failed));
+        assert!(tags.contains_key(FAILED_REGIONS));
+        for key in [
+            READY_AT,
+            PUBLISH_STATE,
+            PUBLISHED_AT,
+            DEPRECATED_BY,
+            PROTECT_TAG,
+        ]
+        .into_iter()
+        .chain(publish::tags::ALL)
+        {
+            tags.insert(key.into(), "x".into());
+        }
+        const COPY_ATTEMPT_ROOM: usize = 4;
+        assert!(
+            tags.len() + COPY_ATTEMPT_ROOM <= 50,
+            "{} tags: {tags:?}",
+            tags.len()
+        );
+    }
+
     #[test]
     fn completed_task_is_registered_with_lineage_tags() {
         let actions = plan_sweep(

@@ -180,8 +180,11 @@ pub mod keys {
 }
 
 pub use super::tags::{EXTRA_TAG_PREFIX, SPEC_TAG_PREFIX};
-/// Most extra tags per upload: EC2 allows 50 tags per resource and the pipeline uses up to 20.
-pub const MAX_EXTRA_TAGS: usize = 25;
+/// Most extra tags per upload. EC2 allows 50 tags per resource: a published image carries up to
+/// 26 keys of the pipeline's own besides (registration, ready marker, publish's state, record and
+/// policy, cleanup's mark, protection) and keeps room for 4 per-region copy attempts; the import
+/// task carries the spec besides (`plan::import` tests count both).
+pub const MAX_EXTRA_TAGS: usize = 20;
 /// Largest root volume of any type, GiB (gp3 and io2; each type's own range:
 /// [`VolumeType::sizes`]).
 pub const MAX_VOLUME_GIB: u32 = 65_536;
@@ -1233,6 +1236,26 @@ mod tests {
         // The operator naming the family (a manual invoke) needs no canonical folder.
         let manual = map(&[("family", "web-base")]);
         assert!(resolve(&[&manual], "images/Web Base/x.raw").is_ok());
+    }
+
+    #[test]
+    fn at_most_twenty_extra_tags() {
+        let tags = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert!(resolve(&[&map(&[("tags", &tags(20))])], "k.raw").is_ok());
+        let problems = resolve(&[&map(&[("tags", &tags(21))])], "k.raw")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("at most 20 extra tags, got 21")
+        );
     }
 
     #[test]
