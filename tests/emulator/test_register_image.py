@@ -200,7 +200,7 @@ def test_root_volume_at_its_types_limits_is_registered(account):
         [
             {"VolumeType": "gp3", "VolumeSize": 65_536, "Iops": 80_000, "Throughput": 2_000},
             {"VolumeType": "gp3", "Iops": 3_000, "Throughput": 125},
-            {"VolumeType": "io1", "VolumeSize": 4, "Iops": 64_000},
+            {"VolumeType": "io1", "VolumeSize": 1_280, "Iops": 64_000},
             {"VolumeType": "io2", "VolumeSize": 65_536, "Iops": 256_000},
             {"VolumeType": "standard", "VolumeSize": 1_024},
         ]

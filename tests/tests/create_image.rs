@@ -780,9 +780,17 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
     for (key, settings) in [
         (
             "fast/io2.raw",
-            json!({"volume-type": "io2", "iops": "16000", "volume-size": "8"}),
+            json!({"volume-type": "io2", "iops": "4000", "volume-size": "8"}),
         ),
-        ("fast/gp3.raw", json!({"iops": "6000", "throughput": "500"})),
+        (
+            "fast/gp3.raw",
+            json!({"iops": "6000", "throughput": "500", "volume-size": "12"}),
+        ),
+        // A 1 GiB disk as io1, whose volumes start at 4 GiB: the root volume is 4 GiB.
+        (
+            "fast/io1-small.raw",
+            json!({"volume-type": "io1", "iops": "200"}),
+        ),
     ] {
         w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
         let mut event = json!({"bucket": w.bucket, "key": key});
@@ -823,8 +831,9 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
     assert_eq!(
         seen,
         [
-            ("gp3".to_owned(), Some(6_000), Some(500), Some(1)),
-            ("io2".to_owned(), Some(16_000), None, Some(8)),
+            ("gp3".to_owned(), Some(6_000), Some(500), Some(12)),
+            ("io1".to_owned(), Some(200), None, Some(4)),
+            ("io2".to_owned(), Some(4_000), None, Some(8)),
         ]
     );
     // io1 without IOPS is refused before anything is imported, with the way out.
@@ -839,7 +848,7 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
         Ok(out) => format!("{out:?}"),
     };
     assert!(text.contains("set iops (100–64,000)"), "{text}");
-    assert_eq!(tasks(&w).await.len(), 2, "nothing more imported");
+    assert_eq!(tasks(&w).await.len(), 3, "nothing more imported");
 }
 
 #[tokio::test]

@@ -747,7 +747,11 @@ async fn register(
         .map_or(now, |t| t.with_timezone(&Utc));
     let tags = upload::snapshot_tags(up.spec, up.object, up.info.etag.as_deref(), up.format);
     let reg = upload::registration(up.spec, snapshot_id, &tags, started_at);
-    let size = match import::volume_size(up.spec.volume_size_gib, snapshot.volume_size_gib) {
+    let size = match import::volume_size(
+        up.spec.volume_size_gib,
+        snapshot.volume_size_gib,
+        up.spec.volume_type,
+    ) {
         Ok(size) => size,
         Err(message) => return reject(deps, up.object, vec![message], now, true).await,
     };

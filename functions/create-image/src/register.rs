@@ -98,7 +98,11 @@ pub(crate) async fn register(
             }
         })
         .map_err(Failed::before)?;
-    let size = match import::volume_size(reg.spec.volume_size_gib, snapshot.volume_size_gib) {
+    let size = match import::volume_size(
+        reg.spec.volume_size_gib,
+        snapshot.volume_size_gib,
+        reg.spec.volume_type,
+    ) {
         Ok(size) => size,
         Err(message) => {
             return fail(deps, task_id, reg, message, now)

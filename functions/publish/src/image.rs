@@ -377,6 +377,14 @@ pub(crate) fn deprecation_time(
         return None;
     }
     if let Some(t) = &source.deprecation_time {
+        // A time already past (the source is deprecated) cannot be given to a copy: EC2
+        // refuses a deprecation in the past, so that region would fail on every retry.
+        let past = DateTime::parse_from_rfc3339(t)
+            .is_ok_and(|at| at.with_timezone(&Utc) <= now + chrono::Duration::minutes(1));
+        if past {
+            warn!(image = %source.id, deprecated_at = %t, "the source is deprecated already; its copies get no deprecation time (EC2 refuses one in the past)");
+            return None;
+        }
         return Some(t.clone());
     }
     let created = source

@@ -8,7 +8,7 @@
 
 use super::lineage::{self, IMPORT_TASK, OUTCOME, STALE_WARNED, STARTED_AT};
 use super::naming;
-use super::spec::ImageSpec;
+use super::spec::{ImageSpec, VolumeType};
 use crate::model::{DiskFormat, Image, ImportStatus, ImportTask, ObjectInfo, ObjectRef, Tags};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
@@ -453,17 +453,34 @@ pub fn import_task_tags(
     tags
 }
 
-/// The volume size rule: the size asked for, else the imported disk's (at least 1 GiB). A size
-/// smaller than the imported disk is refused with the message reported as the task's failure.
-pub fn volume_size(requested: Option<u32>, snapshot_gib: Option<i32>) -> Result<i32, String> {
+/// The volume size rule: the size asked for, else the imported disk's, at least the volume
+/// type's least (4 GiB for io1/io2, 1 otherwise). A size smaller than the imported disk, or a
+/// disk larger than a volume of the type can be ([`VolumeType::sizes`]), is refused with the
+/// message reported as the upload's failure, before RegisterImage.
+pub fn volume_size(
+    requested: Option<u32>,
+    snapshot_gib: Option<i32>,
+    volume_type: VolumeType,
+) -> Result<i32, String> {
     let snapshot_gib = snapshot_gib.unwrap_or(1).max(1);
-    match requested {
-        Some(n) if (n as i32) < snapshot_gib => Err(format!(
-            "volume-size {n} GiB is smaller than the imported disk ({snapshot_gib} GiB); the image was not registered"
-        )),
-        Some(n) => Ok(n as i32),
-        None => Ok(snapshot_gib),
+    let sizes = volume_type.sizes();
+    let size = match requested {
+        Some(n) if (n as i32) < snapshot_gib => {
+            return Err(format!(
+                "volume-size {n} GiB is smaller than the imported disk ({snapshot_gib} GiB); the image was not registered"
+            ));
+        }
+        Some(n) => n as i32,
+        None => snapshot_gib.max(*sizes.start() as i32),
+    };
+    if size > *sizes.end() as i32 {
+        return Err(format!(
+            "the imported disk ({snapshot_gib} GiB) is larger than a {} volume can be ({} GiB); the image was not registered: choose another volume-type",
+            volume_type.as_str(),
+            sizes.end()
+        ));
     }
+    Ok(size)
 }
 
 /// The image name tried at `attempt` (0: the planned name; then automatic names with a suffix).
@@ -646,31 +663,35 @@ mod tests {
 
     /// …and on the image: what registration writes, then every key the other functions may add
     /// to a published source (tag-lineage's ready marker, publish's state, record and policy,
-    /// cleanup's mark, a person's protection), with room left for publish's per-region copy
-    /// attempts ([`crate::plan::publish::COPY_ATTEMPT_PREFIX`]; a key only where a copy failed).
+    /// cleanup's mark, a person's protection), and the key a copy adds at CopyImage (it gets
+    /// every tag of the source besides), with room left for publish's per-region copy attempts
+    /// ([`crate::plan::publish::COPY_ATTEMPT_PREFIX`]; a key only where a copy failed).
     #[test]
     fn the_most_tags_a_published_image_carries_leave_room_for_copy_attempts() {
-        use crate::plan::publish::{self, FAILED_REGIONS, PUBLISH_STATE, PUBLISHED_AT};
+        use crate::plan::publish::{
+            self, FAILED_REGIONS_MORE_PREFIX, PUBLISH_SOURCE, PUBLISH_STATE, PUBLISHED_AT,
+        };
         use crate::plan::tags::{DEPRECATED_BY, PROTECT_TAG, READY_AT};
         let (t, spec) = fullest_task();
         let mut tags = registration_tags(&t, &spec, now());
         let every_region: Vec<String> = (0..34).map(|i| format!("xx-region-{i:02}")).collect();
         let failed: Vec<&str> = every_region.iter().map(String::as_str).collect();
         tags.extend(publish::failed_region_tags(&Tags::new(), &failed));
-        assert!(tags.contains_key(FAILED_REGIONS));
+        assert!(tags.contains_key(&format!("{FAILED_REGIONS_MORE_PREFIX}2")));
         for key in [
             READY_AT,
             PUBLISH_STATE,
             PUBLISHED_AT,
             DEPRECATED_BY,
             PROTECT_TAG,
+            PUBLISH_SOURCE,
         ]
         .into_iter()
         .chain(publish::tags::ALL)
         {
             tags.insert(key.into(), "x".into());
         }
-        const COPY_ATTEMPT_ROOM: usize = 4;
+        const COPY_ATTEMPT_ROOM: usize = 3;
         assert!(
             tags.len() + COPY_ATTEMPT_ROOM <= 50,
             "{} tags: {tags:?}",
@@ -990,7 +1011,22 @@ mod tests {
     }
 
     #[test]
+    fn the_volume_size_fits_its_type() {
+        // io1/io2 start at 4 GiB: a smaller disk gets a 4 GiB root volume.
+        assert_eq!(volume_size(None, Some(2), VolumeType::Io2), Ok(4));
+        assert_eq!(volume_size(None, Some(8), VolumeType::Io1), Ok(8));
+        // A magnetic volume stops at 1,024 GiB: a larger disk is refused before RegisterImage.
+        let e = volume_size(None, Some(1_500), VolumeType::Standard).expect_err("too large");
+        assert!(
+            e.contains("larger than a standard volume can be (1024 GiB)"),
+            "{e}"
+        );
+        assert_eq!(volume_size(None, Some(1_500), VolumeType::Gp3), Ok(1_500));
+    }
+
+    #[test]
     fn volume_size_is_the_request_or_the_disk_never_smaller() {
+        let volume_size = |r, s| volume_size(r, s, VolumeType::Gp3);
         assert_eq!(volume_size(None, Some(8)), Ok(8));
         assert_eq!(volume_size(None, None), Ok(1));
         assert_eq!(volume_size(None, Some(0)), Ok(1));

@@ -394,15 +394,22 @@ pub fn deprecation(
         };
     }
     let wanted = minute(now + Duration::days(policy.deprecate_after_days));
+    // "2 years": the earlier of 24 months and 730 days (a leap day makes them differ), so the
+    // time is never past the limit however EC2 counts.
     let limit = created
         .filter(|_| policy.public)
-        .and_then(|c| c.checked_add_months(Months::new(24)))
+        .and_then(|c| {
+            c.checked_add_months(Months::new(24))
+                .map(|m| m.min(c + Duration::days(730)))
+        })
         .map(minute);
     match limit {
-        Some(limit) if limit <= now => Deprecation {
+        // Less than an hour left: by the time every region is reached it may be past, which
+        // EC2 refuses.
+        Some(limit) if limit <= now + Duration::hours(1) => Deprecation {
             at: None,
             note: Some(format!(
-                "not deprecated: EC2 allows a public image's deprecation at most 2 years after its creation ({}), which has passed",
+                "not deprecated: EC2 allows a public image's deprecation at most 2 years after its creation ({}), which has passed or is less than an hour away",
                 limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )),
         },
@@ -1321,7 +1328,7 @@ mod tests {
 
     #[test]
     fn a_public_image_is_deprecated_at_most_two_years_after_its_creation() {
-        use chrono::{TimeZone, Utc};
+        use chrono::{Duration, TimeZone, Utc};
         let now = Utc
             .with_ymd_and_hms(2026, 11, 22, 12, 0, 42)
             .single()
@@ -1370,6 +1377,17 @@ mod tests {
             .expect("time");
         let d = deprecation(&policy(true, 700), Some(leap), later);
         assert_eq!(at(&d).as_deref(), Some("2030-02-28T10:00:00+00:00"));
+        // Two years spanning 29 February 2028 are 731 days by the calendar: the limit is the
+        // 730th day, the earlier reading.
+        let march = Utc
+            .with_ymd_and_hms(2027, 3, 1, 0, 0, 0)
+            .single()
+            .expect("time");
+        let d = deprecation(&policy(true, 700), Some(march), later);
+        assert_eq!(at(&d).as_deref(), Some("2029-02-28T00:00:00+00:00"));
+        // Less than an hour left is as good as passed.
+        let almost = now - Duration::days(730) + Duration::minutes(30);
+        assert_eq!(deprecation(&policy(true, 30), Some(almost), now).at, None);
         // No deprecation asked for.
         assert_eq!(deprecation(&policy(true, 0), Some(old), now).at, None);
     }

@@ -182,8 +182,9 @@ pub mod keys {
 pub use super::tags::{EXTRA_TAG_PREFIX, SPEC_TAG_PREFIX};
 /// Most extra tags per upload. EC2 allows 50 tags per resource: a published image carries up to
 /// 26 keys of the pipeline's own besides (registration, ready marker, publish's state, record and
-/// policy, cleanup's mark, protection) and keeps room for 4 per-region copy attempts; the import
-/// task carries the spec besides (`plan::import` tests count both).
+/// policy, cleanup's mark, protection), its copies one more at CopyImage, and room is kept for 3
+/// per-region copy attempts; the import task carries the spec besides (`plan::import` tests
+/// count both).
 pub const MAX_EXTRA_TAGS: usize = 20;
 /// Largest root volume of any type, GiB (gp3 and io2; each type's own range:
 /// [`VolumeType::sizes`]).
@@ -247,7 +248,7 @@ impl std::fmt::Display for Problem {
 /// `key` is the object key, used for the default family. Returns every problem found, in the
 /// order of the settings: boot, volume, naming, description, tags.
 pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageSpec, Vec<Problem>> {
-    validate(layers, key, true)
+    validate(layers, key, Check::All)
 }
 
 /// The problems of one layer's values on their own: each value's form and bounds, not the
@@ -255,13 +256,28 @@ pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageS
 /// in a manual invoke with `boot-mode=uefi` in the object's metadata). A manual invoke is
 /// refused on these before its object is touched.
 pub fn value_problems(layer: &BTreeMap<String, String>, key: &str) -> Vec<Problem> {
-    validate(&[layer], key, false).err().unwrap_or_default()
+    validate(&[layer], key, Check::OneLayer)
+        .err()
+        .unwrap_or_default()
+}
+
+/// What [`validate`] checks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Everything: a new upload's merged settings.
+    All,
+    /// One layer's values on their own, not the rules that tie settings together.
+    OneLayer,
+    /// A spec read back from an import task: everything but the bounds on how many extra tags
+    /// an upload may ask for, which held when the task was started (a task started before a
+    /// lower bound is still registered).
+    ReadBack,
 }
 
 fn validate(
     layers: &[&BTreeMap<String, String>],
     key: &str,
-    ties: bool,
+    check: Check,
 ) -> Result<ImageSpec, Vec<Problem>> {
     let mut merged: BTreeMap<&'static str, &str> = BTreeMap::new();
     for layer in layers {
@@ -274,7 +290,8 @@ fn validate(
     let mut s = Settings {
         merged,
         problems: Vec::new(),
-        ties,
+        ties: check != Check::OneLayer,
+        count_tags: check != Check::ReadBack,
     };
     let (architecture, boot_mode, ena, imds_v2, tpm) = s.boot();
     let root_device = s.root_device();
@@ -328,6 +345,8 @@ struct Settings<'a> {
     problems: Vec<Problem>,
     /// Check the rules that tie settings together (off when one layer is checked alone).
     ties: bool,
+    /// Check the number of extra tags (off for a spec read back from its import task).
+    count_tags: bool,
 }
 
 impl<'a> Settings<'a> {
@@ -629,7 +648,7 @@ impl<'a> Settings<'a> {
                 extra_tags.insert(k.into_owned(), val.into_owned());
             }
         }
-        if extra_tags.len() > MAX_EXTRA_TAGS {
+        if self.count_tags && extra_tags.len() > MAX_EXTRA_TAGS {
             self.bad(
                 keys::TAGS,
                 format!(
@@ -909,7 +928,7 @@ impl ImageSpec {
                 .finish();
             settings.insert(keys::TAGS.to_owned(), encoded);
         }
-        resolve(&[&settings], "")
+        validate(&[&settings], "", Check::ReadBack)
     }
 }
 
@@ -997,7 +1016,7 @@ mod tests {
         let spec = resolve(
             &[&map(&[
                 ("volume-type", "io2"),
-                ("iops", "16000"),
+                ("iops", "4000"),
                 ("volume-size", "8"),
             ])],
             "k.raw",
@@ -1005,10 +1024,17 @@ mod tests {
         .expect("io2 with IOPS");
         assert_eq!(
             (spec.volume_type, spec.iops),
-            (VolumeType::Io2, Some(16_000))
+            (VolumeType::Io2, Some(4_000))
         );
-        let spec = resolve(&[&map(&[("iops", "6000"), ("throughput", "250")])], "k.raw")
-            .expect("gp3 (the default) with IOPS and throughput");
+        let spec = resolve(
+            &[&map(&[
+                ("iops", "6000"),
+                ("throughput", "250"),
+                ("volume-size", "12"),
+            ])],
+            "k.raw",
+        )
+        .expect("gp3 (the default) with IOPS and throughput");
         assert_eq!((spec.iops, spec.throughput), (Some(6_000), Some(250)));
     }
 
@@ -1084,7 +1110,7 @@ mod tests {
         let spec = resolve(
             &[&map(&[
                 ("volume-type", "io1"),
-                ("iops", "3200"),
+                ("iops", "2000"),
                 ("volume-size", "40"),
             ])],
             "k.raw",
@@ -1256,6 +1282,17 @@ mod tests {
                 .message
                 .contains("at most 20 extra tags, got 21")
         );
+    }
+
+    #[test]
+    fn a_task_started_with_more_extra_tags_than_now_allowed_is_still_read_back() {
+        // 25 was the bound before 20: a task started then must still register.
+        let mut tags = resolve(&[], "k.raw").expect("valid").to_tags();
+        for i in 0..25 {
+            tags.insert(format!("{EXTRA_TAG_PREFIX}k{i}"), "v".into());
+        }
+        let spec = ImageSpec::from_tags(&tags).expect("read back");
+        assert_eq!(spec.extra_tags.len(), 25);
     }
 
     #[test]
