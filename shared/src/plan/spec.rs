@@ -493,7 +493,9 @@ impl<'a> Settings<'a> {
         match (volume_type.iops(), iops) {
             (None, Some(_)) => self.bad(
                 keys::IOPS,
-                format!("{t} volumes take no provisioned IOPS (gp3, io1 and io2 do)"),
+                format!(
+                    "{t} volumes take no provisioned IOPS (gp3, io1 and io2 do); leave iops unset (a DEFAULT_IOPS sets it for every upload)"
+                ),
             ),
             (Some(r), Some(n)) if !r.contains(&n) => self.bad(
                 keys::IOPS,
@@ -511,7 +513,9 @@ impl<'a> Settings<'a> {
         match (volume_type.throughput(), throughput) {
             (None, Some(_)) => self.bad(
                 keys::THROUGHPUT,
-                format!("{t} volumes take no throughput setting (only gp3 does)"),
+                format!(
+                    "{t} volumes take no throughput setting (only gp3 does); leave throughput unset (a DEFAULT_THROUGHPUT sets it for every upload)"
+                ),
             ),
             (Some(r), Some(n)) if !r.contains(&n) => self.bad(
                 keys::THROUGHPUT,
