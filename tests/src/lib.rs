@@ -41,6 +41,36 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Publish's copy targets for a publish that reaches more regions than one tag value can name
+/// (24 regions besides [`REGION`] that moto 5.2.5 serves, sorted; their names joined are 285
+/// characters): a subset of `shared::plan::ids::KNOWN_REGIONS`.
+pub const MANY_REGIONS: [&str; 24] = [
+    "af-south-1",
+    "ap-east-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ca-central-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "me-south-1",
+    "sa-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+];
+
 /// The emulator's endpoint, starting one if none is configured. Panics (fails the test) with
 /// the reason if it cannot be reached.
 pub fn endpoint() -> String {

@@ -14,7 +14,7 @@ use shared::model::Select;
 use shared::plan::publish::{self as plan, Grants, PublishStatus};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{aws_events, fixtures};
+use support::{MANY_REGIONS, aws_events, fixtures};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
@@ -497,34 +497,6 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
         "published"
     );
 }
-
-/// 24 copy targets (sorted): their names joined are 285 characters, more than one tag value holds.
-const MANY_REGIONS: [&str; 24] = [
-    "af-south-1",
-    "ap-east-1",
-    "ap-northeast-1",
-    "ap-northeast-2",
-    "ap-northeast-3",
-    "ap-south-1",
-    "ap-south-2",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-southeast-3",
-    "ca-central-1",
-    "eu-central-1",
-    "eu-central-2",
-    "eu-north-1",
-    "eu-south-1",
-    "eu-south-2",
-    "eu-west-1",
-    "eu-west-2",
-    "eu-west-3",
-    "me-south-1",
-    "sa-east-1",
-    "us-east-2",
-    "us-west-1",
-    "us-west-2",
-];
 
 #[tokio::test]
 async fn more_failed_regions_than_a_tag_holds_are_recorded_announced_once_and_retried() {

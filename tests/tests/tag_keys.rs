@@ -17,37 +17,10 @@ use serde_json::{Value, json};
 use shared::plan::tags;
 use std::collections::{BTreeMap, BTreeSet};
 use support::roles::Function;
-use support::{TestAccount, aws_events, deps_as, disks, fixtures};
+use support::{MANY_REGIONS, TestAccount, aws_events, deps_as, disks, fixtures};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "us-west-2";
-/// Publish's copy targets: us-west-2 and enough others that their names joined are longer than
-/// a tag value (the record of every one failing needs two keys).
-const MANY_REGIONS: [&str; 23] = [
-    WEST,
-    "af-south-1",
-    "ap-east-1",
-    "ap-northeast-1",
-    "ap-northeast-2",
-    "ap-northeast-3",
-    "ap-south-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-southeast-3",
-    "ca-central-1",
-    "eu-central-1",
-    "eu-central-2",
-    "eu-north-1",
-    "eu-south-1",
-    "eu-west-1",
-    "eu-west-2",
-    "eu-west-3",
-    "sa-east-1",
-    "us-east-2",
-    "me-south-1",
-    "ap-south-2",
-    "eu-south-2",
-];
 const PARTNER: &str = "111122223333";
 const ORG: &str = "arn:aws:organizations::123456789012:organization/o-exampleorg1";
 const OU: &str = "arn:aws:organizations::123456789012:ou/o-exampleorg1/ou-ab12-cdef3456";
