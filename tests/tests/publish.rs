@@ -842,6 +842,84 @@ async fn a_revoke_from_a_long_default_share_list_is_recorded_and_holds() {
 }
 
 #[tokio::test]
+async fn overlapping_revokes_each_keep_their_record() {
+    // Two revokes of one image at once, each of another account: each writes the record from
+    // the tags it read, so without one revoke at a time the second dropped the first's and a
+    // later publish shared the first account again.
+    let accounts: Vec<String> = (0..45)
+        .map(|i| format!("{:012}", 400_000_000_000_u64 + i))
+        .collect();
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", &accounts.join(","))]).await;
+    let (src, _) = w.source("web-revoke-overlap-1", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    // A revoke in progress holds the image: another is refused, nothing changed.
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    let claim = format!("claims/revoke/{EAST}/{src}");
+    w.acct
+        .put(
+            &state,
+            &claim,
+            json!({"claimed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)})
+                .to_string()
+                .into_bytes(),
+            &[],
+        )
+        .await;
+    let err = w
+        .try_run(json!({"image_id": src, "revoke": [accounts[1]]}))
+        .await
+        .expect_err("held");
+    assert_eq!(err.error_type(), "RevokeInProgress", "{err}");
+    assert!(w.launch(EAST, &src).await.accounts.contains(&accounts[1]));
+    w.acct
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&state)
+        .key(&claim)
+        .send()
+        .await
+        .expect("the held claim ends");
+    // Both at once, each retried while the other holds the image.
+    let revoke = |account: String| {
+        let w = &w;
+        let src = src.clone();
+        async move {
+            for _ in 0..50 {
+                match w
+                    .try_run(json!({"image_id": src, "revoke": [account]}))
+                    .await
+                {
+                    Err(e) if e.error_type() == "RevokeInProgress" => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other.map(|_| ()),
+                }
+            }
+            panic!("{account}: the other revoke never ended");
+        }
+    };
+    let (a, b) = tokio::join!(revoke(accounts[1].clone()), revoke(accounts[2].clone()));
+    a.expect("first revoke");
+    b.expect("second revoke");
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    let revoked = tags["publish:revoked"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        revoked,
+        format!("{} {}", accounts[1], accounts[2]),
+        "{tags}"
+    );
+    // The next publish shares with neither.
+    w.run(json!({"image_id": src})).await;
+    let launch = w.launch(EAST, &src).await.accounts;
+    assert_eq!(launch.len(), 43);
+    assert!(!launch.contains(&accounts[1]) && !launch.contains(&accounts[2]));
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_nothing_changed() {
     let w = world(&[
         ("PUBLISH_REGIONS", WEST),

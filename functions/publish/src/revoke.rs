@@ -2,7 +2,7 @@
 
 use crate::config::Deps;
 use crate::event::{aws_failed, refused};
-use crate::handler::clients_for;
+use crate::handler::{clients_for, source_image};
 use crate::image::{REGION_CONCURRENCY, publication_message};
 use crate::output::{Output, RegionOutcome, RegionReport};
 use crate::share::{GrantError, launch_grants, volume_grants};
@@ -11,6 +11,7 @@ use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, Change};
+use shared::claim::Claim;
 use shared::invocation::InvocationError;
 use shared::model::{Image, Select, Tags};
 use shared::notify::{self, EventType};
@@ -18,7 +19,49 @@ use shared::plan::publish::{self as plan, Grants, PUBLISH_SOURCE, Policy};
 use std::collections::BTreeMap;
 use tracing::info;
 
+/// Revokes `principals` from `source`, one revoke of an image at a time: overlapping revokes
+/// each write the image's record from what they read, so the second would drop the first's
+/// (and a later publish would share again what was revoked). A revoke holds a claim on the
+/// image in the state bucket (shared::claim; none without `STATE_BUCKET`) and reads the image
+/// again once it holds it; a revoke that finds the claim held is refused, nothing changed.
 pub(crate) async fn revoke(
+    deps: &Deps,
+    c: &Clients,
+    source: &Image,
+    principals: &Grants,
+    now: DateTime<Utc>,
+) -> Result<Output, InvocationError> {
+    let claims = &deps.config.claims;
+    let key = format!("revoke/{}/{}", c.region, source.id);
+    let etag = match claims
+        .claim(&deps.clients.s3, &key, now)
+        .await
+        .map_err(aws_failed)?
+    {
+        Claim::Won { etag } => etag,
+        Claim::Held { age } => {
+            return Err(refused(
+                "RevokeInProgress",
+                format!(
+                    "{} in {}: another revoke of this image is in progress (claimed {} s ago); nothing changed, retry once it has ended",
+                    source.id,
+                    c.region,
+                    age.num_seconds()
+                ),
+            ));
+        }
+    };
+    let result = match source_image(c, &source.id).await {
+        Ok(fresh) => revoke_claimed(deps, c, &fresh, principals, now).await,
+        Err(e) => Err(e),
+    };
+    claims
+        .release(&deps.clients.s3, &key, etag.as_deref())
+        .await;
+    result
+}
+
+async fn revoke_claimed(
     deps: &Deps,
     c: &Clients,
     source: &Image,
