@@ -807,22 +807,32 @@ pub fn conclude(
 /// a list longer than a tag value (about 17 regions) the rest in [`FAILED_REGIONS_MORE_PREFIX`]`2`,
 /// `3`, … — a region is never split across two. A continuation key the source carries that the
 /// list no longer needs is emptied, as [`FAILED_REGIONS`] is when nothing failed, so the record
-/// read back ([`recorded_failures`]) is exactly `failed`.
+/// read back ([`recorded_failures`]) is exactly `failed`. A record of failures always writes the
+/// `2` key too (empty when the list fits one; every commercial region fits two): overlapping runs
+/// each replace the whole record, so a run that had not seen another's `2` cannot leave it
+/// standing beside its own list.
 pub fn failed_region_tags(source_tags: &Tags, failed: &[&str]) -> Tags {
     let mut values = vec![String::new()];
+    if !failed.is_empty() {
+        values.push(String::new());
+    }
+    // The value being filled: the first, then each that the one before could not take.
+    let mut at = 0;
     for region in failed {
-        match values.last_mut() {
-            Some(last)
-                if last.is_empty()
-                    || last.chars().count() + 1 + region.chars().count() <= MAX_TAG_VALUE =>
-            {
-                if !last.is_empty() {
-                    last.push(' ');
-                }
-                last.push_str(region);
+        let fits = |v: &String| {
+            v.is_empty() || v.chars().count() + 1 + region.chars().count() <= MAX_TAG_VALUE
+        };
+        if !fits(&values[at]) {
+            at += 1;
+            if at == values.len() {
+                values.push(String::new());
             }
-            _ => values.push((*region).to_owned()),
         }
+        let v = &mut values[at];
+        if !v.is_empty() {
+            v.push(' ');
+        }
+        v.push_str(region);
     }
     let mut t: Tags = values
         .into_iter()
@@ -1228,10 +1238,10 @@ mod tests {
         );
         assert_eq!(
             c.record,
-            Some(Tags::from([(
-                FAILED_REGIONS.to_owned(),
-                "eu-west-1 us-west-2".to_owned()
-            )]))
+            Some(Tags::from([
+                (FAILED_REGIONS.to_owned(), "eu-west-1 us-west-2".to_owned()),
+                (format!("{FAILED_REGIONS_MORE_PREFIX}2"), String::new()),
+            ]))
         );
         let recorded = Tags::from([(FAILED_REGIONS.to_owned(), "eu-west-1 us-west-2".to_owned())]);
         let c = conclude(&recorded, &["eu-west-1", "us-west-2"], false, at());
@@ -1370,6 +1380,19 @@ mod tests {
         assert_eq!(t[FAILED_REGIONS].chars().count(), 246);
         assert_eq!(t["ami-pipeline:publish-failed-regions:2"], "xx-region-29");
         assert_eq!(t.len(), 2);
+        // Overlapping runs: one recorded a long list (two keys), another, which had not seen
+        // it, records a short one; whichever writes last, the record read back is its own.
+        let long = failed_region_tags(&Tags::new(), &failed);
+        let short = failed_region_tags(&Tags::new(), &["eu-west-1"]);
+        for (first, last) in [(&long, &short), (&short, &long)] {
+            let mut on_image = first.clone();
+            on_image.extend(last.clone());
+            assert_eq!(
+                recorded_failures(&on_image),
+                recorded_failures(last),
+                "{on_image:?}"
+            );
+        }
     }
 
     #[test]
@@ -1395,10 +1418,10 @@ mod tests {
         assert_eq!(c.announce, None);
         assert_eq!(
             c.record,
-            Some(Tags::from([(
-                FAILED_REGIONS.to_owned(),
-                "us-west-2".to_owned()
-            )]))
+            Some(Tags::from([
+                (FAILED_REGIONS.to_owned(), "us-west-2".to_owned()),
+                (format!("{FAILED_REGIONS_MORE_PREFIX}2"), String::new()),
+            ]))
         );
         // A region that had not failed fails: announced.
         let c = conclude(
