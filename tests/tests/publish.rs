@@ -592,6 +592,14 @@ async fn a_public_image_is_deprecated_no_later_than_two_years_after_its_creation
         w.image(EAST, &src).await.deprecation_time.as_deref(),
         Some(expected.as_str())
     );
+    // The reason reaches the region's report (and its detail in a publication message).
+    assert!(
+        r.regions[EAST]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("2 years after its creation") && d.contains("700 days")),
+        "{r:#?}"
+    );
 }
 
 #[tokio::test]

@@ -88,8 +88,16 @@ pub(crate) async fn publish_one(
             announced: None,
         });
     }
-    let deprecate_at = deprecation_time(&source, &policy, now);
-    regions.extend(share_all(deps, ready, &policy, &blocked, deprecate_at.as_deref()).await);
+    let deprecation = deprecation_time(&source, &policy, now);
+    let shared = share_all(deps, ready, &policy, &blocked, deprecation.at.as_deref()).await;
+    regions.extend(shared.into_iter().map(|(r, mut rep)| {
+        // Why the deprecation is not the policy's, where the region has nothing else to say
+        // (the publication message carries each region's detail).
+        if rep.outcome == RegionOutcome::Published && rep.detail.is_none() {
+            rep.detail.clone_from(&deprecation.note);
+        }
+        (r, rep)
+    }));
     if let Some(only) = &only {
         for r in std::iter::once(&home).chain(&policy.regions) {
             if !only.contains(r) {
@@ -367,14 +375,14 @@ async fn record_conclusion(
 
 /// The deprecation time every region gets: the source's own if it has one (a retry keeps the
 /// first run's), else [`plan::deprecation`]'s (`now` + the policy's days, for a public image at
-/// most 2 years after the source's creation); `None` when there is none to set.
-pub(crate) fn deprecation_time(
-    source: &Image,
-    policy: &Policy,
-    now: DateTime<Utc>,
-) -> Option<String> {
+/// most 2 years after the source's creation); no time when there is none to set, with the
+/// reason when the policy asked for one.
+pub(crate) fn deprecation_time(source: &Image, policy: &Policy, now: DateTime<Utc>) -> Deprecation {
     if policy.deprecate_after_days == 0 {
-        return None;
+        return Deprecation {
+            at: None,
+            note: None,
+        };
     }
     if let Some(t) = &source.deprecation_time {
         // A time already past (the source is deprecated) cannot be given to a copy: EC2
@@ -382,10 +390,19 @@ pub(crate) fn deprecation_time(
         let past = DateTime::parse_from_rfc3339(t)
             .is_ok_and(|at| at.with_timezone(&Utc) <= now + chrono::Duration::minutes(1));
         if past {
-            warn!(image = %source.id, deprecated_at = %t, "the source is deprecated already; its copies get no deprecation time (EC2 refuses one in the past)");
-            return None;
+            let note = format!(
+                "copies get no deprecation time: the source was deprecated at {t}, and EC2 refuses a time in the past"
+            );
+            warn!(image = %source.id, "{note}");
+            return Deprecation {
+                at: None,
+                note: Some(note),
+            };
         }
-        return Some(t.clone());
+        return Deprecation {
+            at: Some(t.clone()),
+            note: None,
+        };
     }
     let created = source
         .creation_date
@@ -396,9 +413,20 @@ pub(crate) fn deprecation_time(
     if let Some(note) = &d.note {
         warn!(image = %source.id, "{note}");
     }
-    // Whole minutes, written as EC2 writes DeprecationTime (it rounds seconds to the minute),
-    // so the time reported is exactly the one every region shows.
-    d.at.map(|t| t.format("%Y-%m-%dT%H:%M:00.000Z").to_string())
+    Deprecation {
+        // Whole minutes, written as EC2 writes DeprecationTime (it rounds seconds to the
+        // minute), so the time reported is exactly the one every region shows.
+        at: d.at.map(|t| t.format("%Y-%m-%dT%H:%M:00.000Z").to_string()),
+        note: d.note,
+    }
+}
+
+/// The deprecation time a run gives every region, and why it is not the policy's when it is not.
+pub(crate) struct Deprecation {
+    /// RFC 3339, whole minutes.
+    pub(crate) at: Option<String>,
+    /// The reason, for the regions' reports.
+    pub(crate) note: Option<String>,
 }
 pub(crate) fn publication_message(
     event: EventType,
