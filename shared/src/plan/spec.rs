@@ -490,37 +490,55 @@ impl<'a> Settings<'a> {
                 ),
             );
         }
-        match (volume_type.iops(), iops) {
-            (None, Some(_)) => self.bad(
-                keys::IOPS,
-                format!(
-                    "{t} volumes take no provisioned IOPS (gp3, io1 and io2 do); leave iops unset (a DEFAULT_IOPS sets it for every upload)"
-                ),
-            ),
-            (Some(r), Some(n)) if !r.contains(&n) => self.bad(
-                keys::IOPS,
-                format!("{n} is outside {}, the IOPS of a {t} volume", range_text(&r)),
-            ),
-            (Some(r), None) if volume_type.needs_iops() => self.bad(
+        self.performance(
+            keys::IOPS,
+            iops,
+            volume_type.iops(),
+            t,
+            ("provisioned IOPS", "", "gp3, io1 and io2 do"),
+        );
+        if let (Some(r), None) = (volume_type.iops(), iops)
+            && volume_type.needs_iops()
+        {
+            self.bad(
                 keys::VOLUME_TYPE,
                 format!(
                     "{t} volumes need provisioned IOPS, which RegisterImage requires: set iops ({})",
                     range_text(&r)
                 ),
-            ),
-            _ => {}
+            );
         }
-        match (volume_type.throughput(), throughput) {
+        self.performance(
+            keys::THROUGHPUT,
+            throughput,
+            volume_type.throughput(),
+            t,
+            ("throughput", " MiB/s", "only gp3 does"),
+        );
+    }
+
+    /// One performance setting of a `t` volume against the range the type takes (`None`: it
+    /// takes none). `(what, unit, takers)` word the problem.
+    fn performance(
+        &mut self,
+        key: &str,
+        value: Option<u32>,
+        range: Option<std::ops::RangeInclusive<u32>>,
+        t: &str,
+        (what, unit, takers): (&str, &str, &str),
+    ) {
+        match (range, value) {
             (None, Some(_)) => self.bad(
-                keys::THROUGHPUT,
+                key,
                 format!(
-                    "{t} volumes take no throughput setting (only gp3 does); leave throughput unset (a DEFAULT_THROUGHPUT sets it for every upload)"
+                    "{t} volumes take no {what} ({takers}); leave {key} unset (a DEFAULT_{} sets it for every upload)",
+                    key.to_ascii_uppercase()
                 ),
             ),
             (Some(r), Some(n)) if !r.contains(&n) => self.bad(
-                keys::THROUGHPUT,
+                key,
                 format!(
-                    "{n} MiB/s is outside {} MiB/s, the throughput of a gp3 volume",
+                    "{n}{unit} is outside {}{unit}, the {what} of a {t} volume",
                     range_text(&r)
                 ),
             ),
