@@ -1018,16 +1018,18 @@ mod tests {
         );
     }
 
+    /// (setting, message) of each problem of one layer of settings.
+    fn problems_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        resolve(&[&map(pairs)], "k.raw")
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.setting, p.message))
+            .collect()
+    }
+
     #[test]
     fn provisioned_iops_need_iops_and_each_type_its_own_ranges() {
-        let problems_of = |pairs: &[(&str, &str)]| {
-            resolve(&[&map(pairs)], "k.raw")
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| (p.setting, p.message))
-                .collect::<Vec<_>>()
-        };
         // io1/io2 without IOPS: RegisterImage would refuse them after the import.
         for v in ["io1", "IO2"] {
             let p = problems_of(&[("volume-type", v)]);
@@ -1062,14 +1064,6 @@ mod tests {
 
     #[test]
     fn each_volume_type_refuses_what_ec2_would_with_its_range() {
-        let problems_of = |pairs: &[(&str, &str)]| {
-            resolve(&[&map(pairs)], "k.raw")
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| (p.setting, p.message))
-                .collect::<Vec<_>>()
-        };
         // Each refusal names the setting and the type's range.
         for (pairs, setting, text) in [
             (&[("iops", "2000")][..], "iops", "outside 3,000–80,000"),
