@@ -109,6 +109,39 @@ async fn images(w: &World) -> Vec<Image> {
         .expect("describe images")
 }
 
+/// (type, IOPS, throughput, size) of each image's root volume, sorted.
+type RootVolume = (String, Option<i32>, Option<i32>, Option<i32>);
+
+/// Every own image's root volume as RegisterImage recorded it ([`RootVolume`]), sorted.
+async fn root_volumes(w: &World) -> Vec<RootVolume> {
+    let raw = w
+        .acct
+        .clients
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .expect("describe");
+    let mut seen: Vec<RootVolume> = raw
+        .images()
+        .iter()
+        .filter_map(|i| i.block_device_mappings().first()?.ebs())
+        .map(|e| {
+            (
+                e.volume_type()
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+                e.iops(),
+                e.throughput(),
+                e.volume_size(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
 /// Polls the task until it reaches `status` (the emulator completes imports after a delay).
 async fn wait_task(w: &World, id: &str, status: ImportStatus) -> ImportTask {
     for _ in 0..150 {
@@ -801,35 +834,8 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
         wait_task(&w, &task_id, ImportStatus::Completed).await;
     }
     sweep(&w).await;
-    let raw = w
-        .acct
-        .clients
-        .ec2
-        .describe_images()
-        .owners("self")
-        .send()
-        .await
-        .expect("describe");
-    // (type, IOPS, throughput, size) of each root volume.
-    type Root = (String, Option<i32>, Option<i32>, Option<i32>);
-    let mut seen: Vec<Root> = raw
-        .images()
-        .iter()
-        .filter_map(|i| i.block_device_mappings().first()?.ebs())
-        .map(|e| {
-            (
-                e.volume_type()
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default(),
-                e.iops(),
-                e.throughput(),
-                e.volume_size(),
-            )
-        })
-        .collect();
-    seen.sort();
     assert_eq!(
-        seen,
+        root_volumes(&w).await,
         [
             ("gp3".to_owned(), Some(6_000), Some(500), Some(12)),
             ("io1".to_owned(), Some(200), None, Some(4)),
@@ -849,6 +855,36 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
     };
     assert!(text.contains("set iops (100–64,000)"), "{text}");
     assert_eq!(tasks(&w).await.len(), 3, "nothing more imported");
+}
+
+#[tokio::test]
+async fn a_default_iops_holds_only_for_the_volume_types_that_take_it() {
+    // DEFAULT_IOPS / DEFAULT_THROUGHPUT set for gp3 (the default type): an upload whose metadata
+    // picks gp2 gets a gp2 root volume, not a refusal; one that keeps gp3 gets both values.
+    let w = world_with(
+        0,
+        false,
+        &[("DEFAULT_IOPS", "6000"), ("DEFAULT_THROUGHPUT", "250")],
+    )
+    .await;
+    for (key, metadata) in [
+        ("io/gp3.raw", &[][..]),
+        ("io/gp2.raw", &[("volume-type", "gp2")][..]),
+    ] {
+        w.acct
+            .put(&w.bucket, key, disks::raw_disk(1), metadata)
+            .await;
+        let task_id = started_task(&run(&w, &eventbridge_event(&w.bucket, key)).await);
+        wait_task(&w, &task_id, ImportStatus::Completed).await;
+    }
+    sweep(&w).await;
+    assert_eq!(
+        root_volumes(&w).await,
+        [
+            ("gp2".to_owned(), None, None, Some(1)),
+            ("gp3".to_owned(), Some(6_000), Some(250), Some(1)),
+        ]
+    );
 }
 
 #[tokio::test]

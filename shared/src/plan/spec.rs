@@ -245,8 +245,11 @@ impl std::fmt::Display for Problem {
 
 /// Merges settings (later maps win) and validates them into an [`ImageSpec`].
 ///
-/// `key` is the object key, used for the default family. Returns every problem found, in the
-/// order of the settings: boot, volume, naming, description, tags.
+/// `layers[0]` is the function's defaults when there is more than one layer: a default `iops`
+/// or `throughput` is not applied to a volume type a later layer chose that takes none (a
+/// `DEFAULT_IOPS` for gp3 does not refuse an upload that asks for gp2); the same value set by
+/// the upload itself is refused. `key` is the object key, used for the default family. Returns
+/// every problem found, in the order of the settings: boot, volume, naming, description, tags.
 pub fn resolve(layers: &[&BTreeMap<String, String>], key: &str) -> Result<ImageSpec, Vec<Problem>> {
     validate(layers, key, Check::All)
 }
@@ -280,12 +283,18 @@ fn validate(
     check: Check,
 ) -> Result<ImageSpec, Vec<Problem>> {
     let mut merged: BTreeMap<&'static str, &str> = BTreeMap::new();
-    for layer in layers {
+    // The layer each merged value came from.
+    let mut origin: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for (n, layer) in layers.iter().enumerate() {
         for (k, v) in layer.iter() {
             if let Some(known) = keys::ALL.iter().find(|known| **known == k.as_str()) {
                 merged.insert(known, v.as_str());
+                origin.insert(known, n);
             }
         }
+    }
+    if check == Check::All {
+        drop_defaults_the_chosen_type_takes_not(&mut merged, &origin);
     }
     let mut s = Settings {
         merged,
@@ -337,6 +346,28 @@ fn validate(
         family,
         extra_tags,
     })
+}
+
+/// Drops a default (layer 0) `iops` or `throughput` when a later layer chose a volume type that
+/// takes none: a default holds where it applies. A volume type from the defaults too is left to
+/// be refused with its setting (the function's settings contradict themselves).
+fn drop_defaults_the_chosen_type_takes_not(
+    merged: &mut BTreeMap<&'static str, &str>,
+    origin: &BTreeMap<&'static str, usize>,
+) {
+    let chosen = match (merged.get(keys::VOLUME_TYPE), origin.get(keys::VOLUME_TYPE)) {
+        (Some(v), Some(n)) if *n > 0 => VolumeType::parse(v.trim()),
+        _ => None,
+    };
+    let Some(t) = chosen else { return };
+    for (k, takes) in [
+        (keys::IOPS, t.iops().is_some()),
+        (keys::THROUGHPUT, t.throughput().is_some()),
+    ] {
+        if !takes && origin.get(k) == Some(&0) {
+            merged.remove(k);
+        }
+    }
 }
 
 /// The merged settings being validated, and every problem found so far.
@@ -530,10 +561,7 @@ impl<'a> Settings<'a> {
         match (range, value) {
             (None, Some(_)) => self.bad(
                 key,
-                format!(
-                    "{t} volumes take no {what} ({takers}); leave {key} unset (a DEFAULT_{} sets it for every upload)",
-                    key.to_ascii_uppercase()
-                ),
+                format!("{t} volumes take no {what} ({takers}); leave {key} unset"),
             ),
             (Some(r), Some(n)) if !r.contains(&n) => self.bad(
                 key,
@@ -1060,6 +1088,67 @@ mod tests {
         )
         .expect("gp3 (the default) with IOPS and throughput");
         assert_eq!((spec.iops, spec.throughput), (Some(6_000), Some(250)));
+    }
+
+    #[test]
+    fn a_default_iops_or_throughput_holds_only_where_the_chosen_type_takes_it() {
+        let defaults = map(&[("iops", "6000"), ("throughput", "250")]);
+        let layers = |upload: &[(&str, &str)]| {
+            resolve(&[&defaults, &map(upload), &map(&[])], "k.raw")
+                .map(|s| (s.volume_type, s.iops, s.throughput))
+                .map_err(|ps| ps.iter().map(Problem::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            layers(&[]),
+            Ok((VolumeType::Gp3, Some(6_000), Some(250))),
+            "the default type takes both"
+        );
+        assert_eq!(
+            layers(&[("volume-type", "gp2")]),
+            Ok((VolumeType::Gp2, None, None))
+        );
+        assert_eq!(
+            layers(&[("volume-type", "standard")]),
+            Ok((VolumeType::Standard, None, None))
+        );
+        // io1 takes the IOPS (in its range), not the throughput.
+        assert_eq!(
+            layers(&[("volume-type", "io1")]),
+            Ok((VolumeType::Io1, Some(6_000), None))
+        );
+        // A manual invoke's type (the last layer) is a choice as well.
+        let spec = resolve(
+            &[&defaults, &map(&[]), &map(&[("volume-type", "gp2")])],
+            "k.raw",
+        )
+        .expect("the operator's gp2");
+        assert_eq!((spec.iops, spec.throughput), (None, None));
+        // What the upload sets itself is still refused.
+        let p = layers(&[("volume-type", "gp2"), ("iops", "3000")]).expect_err("refused");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("iops: gp2 volumes take no provisioned IOPS"),
+            "{p:?}"
+        );
+        // A default out of the chosen type's range is refused, not dropped.
+        let p = resolve(
+            &[&map(&[("iops", "80000")]), &map(&[("volume-type", "io1")])],
+            "k.raw",
+        )
+        .expect_err("outside io1's range");
+        assert!(p[0].message.contains("100–64,000"), "{p:?}");
+        // The function's own defaults contradicting each other are refused (config checks them
+        // as one layer).
+        let p = problems_of(&[("volume-type", "gp2"), ("iops", "3000")]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        // A read-back spec is what was resolved: nothing is dropped from it.
+        let p = validate(
+            &[&defaults, &map(&[("volume-type", "gp2")])],
+            "k.raw",
+            Check::ReadBack,
+        )
+        .expect_err("read back as stored");
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 
     #[test]
