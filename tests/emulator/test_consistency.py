@@ -20,7 +20,7 @@ import pytest
 from conftest import Account
 from emu_helpers import aws_error, make_snapshot, register, tags_of, wait_for
 
-LAG = 1.5  # seconds; the checks made while a change is not visible yet must fit in it
+LAG = 3.0  # seconds; the checks made while a change is not visible yet must fit in it (on a loaded machine too)
 
 
 def _lag(account: Account, seconds: float | None) -> dict[str, Any]:
@@ -103,8 +103,8 @@ def test_tag_written_is_seen_after_the_lag(account: Account) -> None:
     ec2 = account.ec2()
     image_id = register(ec2, "tag-me", make_snapshot(ec2))
     _lag(account, LAG)
+    written = time.monotonic()  # before the write: it is visible LAG after EC2 took it, at the earliest
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": "stage", "Value": "ready"}])
-    written = time.monotonic()
 
     assert tags_of(ec2.describe_images(ImageIds=[image_id])["Images"][0]) == {}
     assert _image_ids(ec2, Filters=_tag_filter("stage", "ready")) == set()
@@ -112,7 +112,7 @@ def test_tag_written_is_seen_after_the_lag(account: Account) -> None:
     assert _described_tags(ec2, image_id) == {}
 
     wait_for(lambda: _image_ids(ec2, Filters=_tag_filter("stage", "ready")) == {image_id}, timeout=5 * LAG, interval=0.05)
-    assert time.monotonic() - written >= LAG * 0.9
+    assert time.monotonic() - written >= LAG - 0.01  # (two clocks)
     assert tags_of(ec2.describe_images(ImageIds=[image_id])["Images"][0]) == {"stage": "ready"}
     assert _described_tags(ec2, image_id) == {"stage": "ready"}
 

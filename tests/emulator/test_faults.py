@@ -326,7 +326,7 @@ def test_a_latency_rule_holds_the_matching_ranged_read_then_moto_serves_it(accou
     assert rule["delay_seconds"] == 1.5 and rule["code"] == ""
     started = time.monotonic()
     other = s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=0-511")["Body"].read()
-    assert time.monotonic() - started < 1.0, "a read of another range is not held"
+    assert time.monotonic() - started < 1.4, "a read of another range is not held"
     assert other == bytes(range(256)) * 2
     started = time.monotonic()
     held = s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=1024-1279")["Body"].read()
@@ -335,7 +335,7 @@ def test_a_latency_rule_holds_the_matching_ranged_read_then_moto_serves_it(accou
     assert _rules(account)[rule["id"]]["fired"] == 1
     started = time.monotonic()
     s3.get_object(Bucket=bucket, Key="disk.raw", Range="bytes=1024-1279")
-    assert time.monotonic() - started < 1.0, "count 1: the second matching read is not held"
+    assert time.monotonic() - started < 1.4, "count 1: the second matching read is not held"
 
 
 def test_a_latency_rule_with_a_code_answers_the_error_after_the_delay(account):

@@ -101,14 +101,15 @@ def test_burst_beyond_capacity_fails_once_and_only_that_bucket(account: Account,
 
 
 def test_tokens_refill_at_the_configured_rate(account: Account) -> None:
-    # 2 tokens per second: each burst below must take less than half a second (a third token).
-    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 2, "refill_per_second": 2}})
+    # A token every 2 seconds: each burst below must take less than 1.8 s (0.9 of a token), which
+    # holds on a loaded machine too.
+    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 2, "refill_per_second": 0.5}})
     ec2 = _ec2(account)
     call = lambda: ec2.describe_images(Owners=["self"])  # noqa: E731
     assert _outcomes(call, 3) == ["ok", "ok", "RequestLimitExceeded"]
-    time.sleep(1.1)  # 2.2 tokens, capped at the capacity of 2
+    time.sleep(4.4)  # 2.2 tokens, capped at the capacity of 2
     assert _outcomes(call, 3) == ["ok", "ok", "RequestLimitExceeded"]
-    time.sleep(0.55)  # 1.1 tokens
+    time.sleep(2.2)  # 1.1 tokens
     assert _outcomes(call, 2) == ["ok", "RequestLimitExceeded"]
 
 
@@ -210,7 +211,8 @@ def test_throttling_comes_before_other_gates(account: Account) -> None:
 
 
 def test_sdk_standard_retries_get_through(account: Account) -> None:
-    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 1, "refill_per_second": 10}})
+    # A token a second: the second call finds the bucket empty unless it comes a second later.
+    _configure(account, enabled=True, actions={"DescribeImages": {"capacity": 1, "refill_per_second": 1}})
     ec2 = account.client("ec2", config=STANDARD_RETRY)
     ec2.describe_images(Owners=["self"])
     answer = ec2.describe_images(Owners=["self"])  # the bucket is empty: throttled, then retried

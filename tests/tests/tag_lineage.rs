@@ -112,12 +112,14 @@ async fn an_image_not_listed_yet_is_looked_up_again_and_stamped() {
         Some(json!({"lag_seconds": LAG_SECONDS})),
     );
     let ec2 = w.ec2(EAST);
-    let (image, snap) = fixtures::image(&ec2, "lagging-root", &[("team", "web")]).await;
+    // Before the image is registered: it is listed LAG_SECONDS after that at the earliest,
+    // however slow the registration's answer.
     let started = std::time::Instant::now();
+    let (image, snap) = fixtures::image(&ec2, "lagging-root", &[("team", "web")]).await;
     let result = w.available(EAST, &image).await;
     assert_eq!(result["outcome"], "stamped", "{result}");
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
+        started.elapsed() >= Duration::from_secs(LAG_SECONDS),
         "the image could only be found after the lag"
     );
     tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
@@ -810,7 +812,8 @@ async fn set_family(ec2: &aws_sdk_ec2::Client, resource: &str, family: &str) {
 /// meanwhile is never overwritten: that stamp fails, naming the refusal.
 #[tokio::test]
 async fn a_family_written_meanwhile_with_the_same_value_does_not_fail_the_stamp() {
-    const LAG_SECONDS: u64 = 2;
+    // Long enough that tag-lineage reads within it on a loaded machine.
+    const LAG_SECONDS: u64 = 6;
     let w = world_waiting(8).await;
     let east = w.ec2(EAST);
     let west = w.ec2(WEST);
