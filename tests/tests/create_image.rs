@@ -14,6 +14,11 @@ use support::{TestAccount, disks};
 
 type World = support::World<Deps>;
 
+/// An import that does not complete on its own while a test runs, however slow the machine: the
+/// run that started it finds it still running, and [`wait_task`] completes it when the test
+/// asks for that.
+const SLOW_IMPORT: u64 = 3_600;
+
 async fn world(import_delay: u64, versioned: bool) -> World {
     world_with(import_delay, versioned, &[]).await
 }
@@ -142,8 +147,18 @@ async fn root_volumes(w: &World) -> Vec<RootVolume> {
     seen
 }
 
-/// Polls the task until it reaches `status` (the emulator completes imports after a delay).
+/// Polls the task until it reaches `status` (the emulator ends imports after a delay; a task
+/// awaited as ended, completed or failed, is ended now, which leaves one already ended as it
+/// is).
 async fn wait_task(w: &World, id: &str, status: ImportStatus) -> ImportTask {
+    if matches!(status, ImportStatus::Completed | ImportStatus::Deleted) {
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/import-task-time",
+            Some(json!({"region": support::REGION, "import_task_id": id,
+                "completed_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+        );
+    }
     for _ in 0..150 {
         if let Some(t) = tasks(w)
             .await
@@ -183,7 +198,7 @@ fn of_type<'a>(msgs: &'a [Value], t: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn raw_upload_from_an_s3_notification_becomes_one_tagged_ami() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "images/web-base/disk 1+2.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(3), &[]).await;
     let out = run(
@@ -422,7 +437,7 @@ async fn a_new_version_of_the_key_is_a_new_image_and_an_old_event_is_superseded(
 
 #[tokio::test]
 async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     imported(&w, "crash/disk.raw").await;
     // SNS refuses: RegisterImage succeeds, the announcement and the outcome tag do not happen.
     w.acct.inject_fault(json!({"service": "sns", "action": "Publish", "status": 403, "code": "AuthorizationError", "message": "not authorized to publish"}));
@@ -599,7 +614,7 @@ async fn retried_within_the_lag_then_announced(
 /// for one upload) nor fail the upload, only fail the step so that a later sweep adopts it.
 #[tokio::test]
 async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_ami() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     imported(&w, "lag/disk.raw").await;
     let registered_at = registered_unannounced_under_lag(&w).await;
     // Within the lag: the image is not listed, the name is taken.
@@ -624,7 +639,7 @@ async fn a_registration_retried_before_the_image_is_listed_never_makes_a_second_
 /// eventual consistency); concurrent duplicate events do the same.
 #[tokio::test]
 async fn a_second_registration_of_one_import_leaves_the_snapshot_dated_as_its_image() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     imported(&w, "dates/disk.raw").await;
     // The first registration stops before recording its outcome (SNS refuses the
     // announcement), as an invocation overlapped by a duplicate has not recorded it yet.
@@ -1094,7 +1109,7 @@ async fn task_and_start(w: &World, task_id: &str) -> (ImportTask, chrono::DateTi
 /// recorded, and later sweeps leave it — instead of the task vanishing with no word.
 #[tokio::test]
 async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_the_listing() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "stuck/disk.raw";
     let task_id = imported(&w, key).await;
     let (task, started) = task_and_start(&w, &task_id).await;
@@ -1166,7 +1181,7 @@ async fn assert_recorded_registered(w: &World, task_id: &str) {
 /// never announced).
 #[tokio::test]
 async fn an_object_replaced_after_its_image_was_registered_does_not_fail_the_upload() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "late-swap/disk.raw";
     let task_id = imported(&w, key).await;
     let registered_at = registered_unannounced_under_lag(&w).await;
@@ -1239,7 +1254,7 @@ async fn a_sweep_that_listed_the_task_before_its_registration_follows_the_first_
 /// over a registered AMI never announced); the next sweep announces it.
 #[tokio::test]
 async fn a_failure_after_registering_is_never_given_up_at_six_days() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let task_id = imported(&w, "six-days/disk.raw").await;
     let (_, started) = task_and_start(&w, &task_id).await;
     let at = started + chrono::Duration::days(6);
@@ -1265,7 +1280,7 @@ async fn a_failure_after_registering_is_never_given_up_at_six_days() {
 /// after 7 days with no word).
 #[tokio::test]
 async fn a_registration_failing_with_5xx_past_six_days_is_given_up_once_no_image_can_appear() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "five-hundred/disk.raw";
     let task_id = imported(&w, key).await;
     let (task, started) = task_and_start(&w, &task_id).await;
@@ -1316,7 +1331,7 @@ async fn a_registration_failing_with_5xx_past_six_days_is_given_up_once_no_image
 /// instead of mixing two contents.
 #[tokio::test]
 async fn an_object_replaced_after_validation_is_not_registered_under_the_old_upload() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "swap/disk.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let task_id = started_task(&run(&w, &s3_event(&w.bucket, key, &etag, None)).await);
@@ -1400,7 +1415,7 @@ async fn a_missing_object_or_bucket_is_rejected_precisely() {
 
 #[tokio::test]
 async fn a_failed_import_is_reported_once_and_the_object_tagged() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let key = "fail/disk.raw";
     let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
     let task_id = started_task(&run(&w, &s3_event(&w.bucket, key, &etag, None)).await);
@@ -1523,7 +1538,7 @@ async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
 
 #[tokio::test]
 async fn near_the_deadline_no_new_registration_starts_and_the_next_sweep_does_it() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     let (etag, _) = w
         .acct
         .put(&w.bucket, "late/disk.raw", disks::raw_disk(1), &[])
@@ -1549,7 +1564,7 @@ async fn near_the_deadline_no_new_registration_starts_and_the_next_sweep_does_it
 
 #[tokio::test]
 async fn a_chosen_name_held_by_a_foreign_image_is_reported_not_overwritten() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     // A foreign image (not made by the pipeline) already holds the name.
     let ec2 = &w.acct.clients.ec2;
     let vol = ec2
@@ -1715,7 +1730,7 @@ async fn a_manual_invoke_with_a_bad_setting_is_refused_before_the_object_is_touc
 
 #[tokio::test]
 async fn concurrent_sweeps_over_completed_imports_announce_each_image_once() {
-    let w = world(1, false).await;
+    let w = world(SLOW_IMPORT, false).await;
     // Three imports complete; then four sweeps (four uploads arriving together) run at once.
     for key in ["a/disk.raw", "b/disk.raw", "c/disk.raw"] {
         imported(&w, key).await;
