@@ -705,6 +705,54 @@ async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
     assert!(steps_of(&again, "resume").is_empty(), "{again:?}");
 }
 
+/// A manual invoke whose snapshot is written and completed and whose registration EC2 then
+/// refuses (here the name it asks for is another image's) is rejected, and its completed
+/// snapshot deleted: left, the sweep took the upload up again after a lease with the object's
+/// own settings (an image the operator's invoke had not asked for, or the refusal twice).
+#[tokio::test]
+async fn a_refused_registration_deletes_the_snapshot_and_the_sweep_leaves_the_upload() {
+    let w = world_with_claims().await;
+    let key = "refused/disk.raw";
+    w.acct.put(&w.bucket, key, patterned_disk(), &[]).await;
+    let (other, _) = support::fixtures::image(&w.acct.clients.ec2, "taken-by-another", &[]).await;
+    let started = chrono::Utc::now();
+    let mut event = manual(&w.bucket, key);
+    event["name"] = json!("taken-by-another");
+    let out = w.invoke(&event).await.expect("handled");
+    assert!(
+        matches!(&out.ingested[..], [IngestOutcome::Rejected { problems, .. }]
+            if problems.iter().any(|p| p.contains("taken-by-another"))),
+        "{out:?}"
+    );
+    let left = ec2::describe_own_snapshots_filtered(
+        &w.acct.clients.ec2,
+        &[Select::tag(lineage::UPLOAD_METHOD, ["ebs-direct"])],
+    )
+    .await
+    .expect("snapshots");
+    assert!(
+        left.is_empty(),
+        "the refused upload's snapshot is deleted: {left:?}"
+    );
+    let later = sweep_at(
+        &w,
+        started + create_image::LEASE + chrono::Duration::minutes(1),
+    )
+    .await
+    .expect("sweep");
+    assert!(steps_of(&later, "resume").is_empty(), "{later:?}");
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(
+        images.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [other.as_str()]
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.registered").is_empty(), "{msgs:#?}");
+}
+
 /// A writer that stopped right after its lease was created (the PutObject took effect, then the
 /// invocation died), before its first checkpoint: every later delivery finds the lease held and
 /// answers `in-progress`, and with no checkpoint the sweep's continuation has nothing to go on.
