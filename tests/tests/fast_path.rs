@@ -706,11 +706,12 @@ async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
 }
 
 /// A manual invoke whose snapshot is written and completed and whose registration EC2 then
-/// refuses (here the name it asks for is another image's) is rejected, and its completed
-/// snapshot deleted: left, the sweep took the upload up again after a lease with the object's
-/// own settings (an image the operator's invoke had not asked for, or the refusal twice).
+/// refuses (here the name it asks for is another image's) is rejected once, and the sweep leaves
+/// its completed snapshot alone: taken up again after a lease it became an image with the
+/// object's own settings, not the invoke's (or the refusal was reported twice). A new invoke
+/// with a free name registers the same snapshot without writing it again.
 #[tokio::test]
-async fn a_refused_registration_deletes_the_snapshot_and_the_sweep_leaves_the_upload() {
+async fn a_refused_registration_is_not_taken_up_by_the_sweep_with_other_settings() {
     let w = world_with_claims().await;
     let key = "refused/disk.raw";
     w.acct.put(&w.bucket, key, patterned_disk(), &[]).await;
@@ -723,16 +724,6 @@ async fn a_refused_registration_deletes_the_snapshot_and_the_sweep_leaves_the_up
         matches!(&out.ingested[..], [IngestOutcome::Rejected { problems, .. }]
             if problems.iter().any(|p| p.contains("taken-by-another"))),
         "{out:?}"
-    );
-    let left = ec2::describe_own_snapshots_filtered(
-        &w.acct.clients.ec2,
-        &[Select::tag(lineage::UPLOAD_METHOD, ["ebs-direct"])],
-    )
-    .await
-    .expect("snapshots");
-    assert!(
-        left.is_empty(),
-        "the refused upload's snapshot is deleted: {left:?}"
     );
     let later = sweep_at(
         &w,
@@ -751,6 +742,18 @@ async fn a_refused_registration_deletes_the_snapshot_and_the_sweep_leaves_the_up
     let msgs = w.acct.drain(&w.queue).await;
     assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
     assert!(of_type(&msgs, "image.registered").is_empty(), "{msgs:#?}");
+    // The operator invokes again with a free name: the completed snapshot becomes that image.
+    w.acct.reset_requests();
+    event["name"] = json!("the-operators-name");
+    let again = w.invoke(&event).await.expect("registered");
+    let (image_id, _, transfer) = registered(&again);
+    assert!(transfer.reused, "{again:?}");
+    assert_eq!(blocks_put(&w), 0, "not written again");
+    let image = ec2::describe_own_image(&w.acct.clients.ec2, &image_id)
+        .await
+        .expect("describe")
+        .expect("exists");
+    assert_eq!(image.name, "the-operators-name");
 }
 
 /// A writer that stopped right after its lease was created (the PutObject took effect, then the

@@ -34,7 +34,7 @@ use crate::ingest::ingest;
 use crate::output::{IngestOutcome, StepAction, StepReport};
 use crate::progress::LEASE;
 use chrono::{DateTime, Utc};
-use shared::aws::ec2;
+use shared::aws::{ec2, s3};
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::model::{ImportTask, ObjectRef, Select, Snapshot};
@@ -113,6 +113,11 @@ pub(crate) async fn resume(
     let mut steps = Vec::new();
     let mut deferred = 0;
     for snapshot in by_token.into_values() {
+        if snapshot.state.as_deref() == Some("completed")
+            && refused_at_registration(deps, snapshot).await
+        {
+            continue;
+        }
         if !deadline.may_start() {
             deferred += 1;
             continue;
@@ -120,6 +125,32 @@ pub(crate) async fn resume(
         steps.push(resume_one(deps, snapshot, now, deadline).await);
     }
     Ok((steps, deferred))
+}
+
+/// Whether a completed snapshot's upload was refused when it was registered (its object tagged
+/// `rejected`, as the refusal does): then it is left alone. Ingested again it would get the
+/// object's metadata and the defaults only, not the refused invoke's settings (an image the
+/// operator had not asked for), or be refused and reported twice. A new invoke of the object
+/// registers it without writing it again (the fast path finds the completed snapshot); else
+/// cleanup's orphan sweep deletes it after `GRACE_DAYS`. An object whose tags cannot be read
+/// is taken up as before.
+async fn refused_at_registration(deps: &Deps, snapshot: &Snapshot) -> bool {
+    let Some(object) = object_of(&snapshot.tags) else {
+        return false;
+    };
+    match s3::get_tags(&deps.clients.s3, &object).await {
+        Ok(tags) if tags.get(lineage::OBJECT_STATUS).map(String::as_str) == Some("rejected") => {
+            info!(snapshot_id = %snapshot.id, object = %object, "completed snapshot of an upload refused at registration; left for a new invoke or cleanup");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            if !e.is_not_found() {
+                warn!(snapshot_id = %snapshot.id, object = %object, error = %e, "could not read the object's status; taking the upload up again");
+            }
+            false
+        }
+    }
 }
 
 /// One abandoned upload: ingest its object again; delete the dead snapshot once the upload is

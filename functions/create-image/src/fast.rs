@@ -542,31 +542,13 @@ fn format_name(f: disk::Format) -> &'static str {
     }
 }
 
-/// Refuses an upload whose snapshot is complete but cannot be registered (its settings, its
-/// name, EC2's refusal): the snapshot is deleted first. Left, it was a completed snapshot with
-/// no image, which the sweep ingests again after a lease with the object's metadata and the
-/// defaults only: a manual invoke refused for its settings then became an image with other
-/// settings, or the refusal was reported twice. EC2 refuses to delete a snapshot an image uses
-/// (InvalidSnapshot.InUse), so an overlapping delivery's image keeps its snapshot.
-async fn refuse_completed(
-    deps: &Deps,
-    up: &Upload<'_>,
-    snapshot_id: &str,
-    message: String,
-    now: DateTime<Utc>,
-) -> Result<IngestOutcome, AwsError> {
-    discard(deps, snapshot_id).await;
-    reject(deps, up.object, vec![message], now, true).await
-}
-
-/// Deletes a snapshot whose input was refused, so it is never completed, left to time out or
-/// taken up again by the sweep; a failure is logged (a pending one AWS cancels after its
-/// `Timeout`; a completed one cleanup's orphan sweep deletes).
+/// Deletes a pending snapshot whose input was refused, so it is never completed or left to
+/// time out; a failure is logged (AWS cancels it after its `Timeout` anyway).
 async fn discard(deps: &Deps, snapshot_id: &str) {
     match ec2::delete_snapshot(&deps.clients.ec2, snapshot_id).await {
-        Ok(()) => info!(snapshot_id, "snapshot of refused input deleted"),
+        Ok(()) => info!(snapshot_id, "pending snapshot of refused input deleted"),
         Err(e) => {
-            warn!(snapshot_id, error = %e, "could not delete the snapshot of refused input")
+            warn!(snapshot_id, error = %e, "could not delete the pending snapshot; AWS cancels it after its timeout")
         }
     }
 }
@@ -771,7 +753,7 @@ async fn register(
         up.spec.volume_type,
     ) {
         Ok(size) => size,
-        Err(message) => return refuse_completed(deps, up, snapshot_id, message, now).await,
+        Err(message) => return reject(deps, up.object, vec![message], now, true).await,
     };
     ec2::create_tags(&c.ec2, &[snapshot_id], &reg.tags).await?;
     let image_id = match register_named(deps, snapshot_id, &reg, size).await? {
@@ -786,7 +768,7 @@ async fn register(
             });
         }
         Registered::Refused(message) => {
-            return refuse_completed(deps, up, snapshot_id, message, now).await;
+            return reject(deps, up.object, vec![message], now, true).await;
         }
     };
     let image = registered_image(&reg, &image_id);
