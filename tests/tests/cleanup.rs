@@ -212,6 +212,71 @@ async fn an_image_not_listed_yet_only_makes_cleanup_keep_more() {
     assert_eq!(action(&r, &old2), "deprecate");
 }
 
+/// A launch template deleted between cleanup's listing and the read of its versions (EC2
+/// answers InvalidLaunchTemplateId.NotFound; node groups and autoscalers delete templates all
+/// the time) references nothing: the run goes on, and the other templates' images stay. A
+/// template created minutes ago and not found may only not have propagated: its references are
+/// unknown, and the run fails with nothing removed.
+#[tokio::test]
+async fn a_launch_template_deleted_while_cleanup_reads_it_does_not_fail_the_run() {
+    let w = one_run_world(&[]).await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "lt", "lt-new", 1).await;
+    let (held, _) = w.managed(EAST, "lt", "lt-held", 100).await;
+    let (stale, _) = w.managed(EAST, "lt", "lt-stale", 110).await;
+    let mut ids = Vec::new();
+    for (name, image) in [("lt-keeps", &held), ("lt-going", &stale)] {
+        let out = ec2
+            .create_launch_template()
+            .launch_template_name(name)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(image)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("launch template");
+        ids.push(
+            out.launch_template()
+                .and_then(|t| t.launch_template_id())
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    // "lt-going" is deleted after the listing: its versions are not found.
+    w.acct.inject_fault(json!({"service": "ec2", "action": "DescribeLaunchTemplateVersions",
+        "resource": ids[1], "code": "InvalidLaunchTemplateId.NotFound",
+        "message": format!("The specified launch template, with template ID {}, does not exist.", ids[1])}));
+    let err = w
+        .try_run(json!({"dry_run": false}), Utc::now())
+        .await
+        .expect_err("a template created just now: its references are unknown");
+    assert!(err.to_string().contains("NotFound"), "{err}");
+    assert!(w.exists(EAST, &stale).await);
+    let later = Utc::now()
+        + chrono::Duration::minutes(shared::aws::ec2::TEMPLATE_SETTLED_MINUTES)
+        + chrono::Duration::minutes(1);
+    let r = w.run(json!({"dry_run": false}), later).await;
+    assert_eq!(action(&r, &held), "skip", "{:?}", decision(&r, &held));
+    assert!(
+        decision(&r, &held)
+            .reasons
+            .iter()
+            .any(|why| why.contains("launch template lt-keeps")),
+        "{:?}",
+        decision(&r, &held)
+    );
+    assert_eq!(
+        action(&r, &stale),
+        "deregister",
+        "{:?}",
+        decision(&r, &stale)
+    );
+    assert!(!w.exists(EAST, &stale).await);
+    assert!(w.exists(EAST, &held).await);
+}
+
 #[tokio::test]
 async fn every_exclusion_is_respected_and_named() {
     let w = world().await;

@@ -22,11 +22,12 @@ pub(crate) async fn gather(
     clients: &RegionalClients,
     region: &str,
     policy: &Policy,
+    now: DateTime<Utc>,
 ) -> Result<RegionFacts, AwsError> {
     let c = clients.get(region);
     let images = ec2::describe_own_images(&c.ec2, &[]).await?;
     let used_by_templates =
-        ec2::images_in_launch_templates(&c.ec2, deps.config.all_template_versions).await?;
+        ec2::images_in_launch_templates(&c.ec2, deps.config.all_template_versions, now).await?;
     let managed_snapshots = if policy.orphan_sweep {
         ec2::describe_own_snapshots_filtered(&c.ec2, &[Select::tag(MANAGED, ["true"])]).await?
     } else {

@@ -153,7 +153,11 @@ async fn plan_twice(
 ) -> Result<(retention::Plan, HashSet<(String, String)>), InvocationError> {
     let mut facts = Vec::new();
     for r in regions {
-        facts.push(gather(deps, clients, r, policy).await.map_err(partial)?);
+        facts.push(
+            gather(deps, clients, r, policy, now)
+                .await
+                .map_err(partial)?,
+        );
     }
     check_families(&facts, policy, now)?;
     let first = retention::plan(&facts, policy, now);

@@ -471,12 +471,21 @@ pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Re
     Ok(())
 }
 
+/// How old a launch template must be (at `now`) for a NotFound on its versions to mean it was
+/// deleted: a younger one may only not have propagated yet (EC2's eventual consistency: "if
+/// you run a command to modify or describe the resource that you just created, its ID might not
+/// have propagated throughout the system"), and its references are then unknown.
+pub const TEMPLATE_SETTLED_MINUTES: i64 = 10;
+
 /// The images referenced by launch templates: for each template (DescribeLaunchTemplates, every
-/// page), its `$Default` and `$Latest` versions, or every version when `all_versions`. Returns
-/// image id → `template-name (version n)`.
+/// page), its `$Default` and `$Latest` versions, or every version when `all_versions`; a
+/// template not found when its versions are read, created at least
+/// [`TEMPLATE_SETTLED_MINUTES`] before `now`, was deleted since the listing and references
+/// nothing. Returns image id → `template-name (version n)`.
 pub async fn images_in_launch_templates(
     ec2: &Client,
     all_versions: bool,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<std::collections::BTreeMap<String, String>, AwsError> {
     let mut templates = Vec::new();
     let mut pages = ec2
@@ -491,12 +500,18 @@ pub async fn images_in_launch_templates(
         })?;
         for t in page.launch_templates() {
             if let Some(id) = t.launch_template_id() {
-                templates.push(id.to_owned());
+                let created = t
+                    .create_time()
+                    .and_then(|c| chrono::DateTime::from_timestamp(c.secs(), 0));
+                templates.push((id.to_owned(), created));
             }
         }
     }
+    let settled = |created: Option<chrono::DateTime<chrono::Utc>>| {
+        created.is_some_and(|c| now - c >= chrono::Duration::minutes(TEMPLATE_SETTLED_MINUTES))
+    };
     let mut used = std::collections::BTreeMap::new();
-    for t in templates {
+    for (t, created) in templates {
         let mut call = ec2
             .describe_launch_template_versions()
             .launch_template_id(&t)
@@ -506,10 +521,21 @@ pub async fn images_in_launch_templates(
         }
         let mut pages = call.into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                AwsError::from_sdk("ec2:DescribeLaunchTemplateVersions", &t, e)
-                    .in_region(ec2.config().region())
-            })?;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    let e = AwsError::from_sdk("ec2:DescribeLaunchTemplateVersions", &t, e)
+                        .in_region(ec2.config().region());
+                    // Deleted since the listing (InvalidLaunchTemplateId.NotFound; Auto Scaling,
+                    // Karpenter and EKS node groups delete templates all the time): it
+                    // references nothing any more, and must not fail the whole gathering. A
+                    // young one's references are unknown: the error stands (the next run).
+                    if e.is_not_found() && settled(created) {
+                        break;
+                    }
+                    return Err(e);
+                }
+            };
             for v in page.launch_template_versions() {
                 if let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) {
                     used.entry(image.to_owned()).or_insert_with(|| {
