@@ -740,6 +740,45 @@ async fn an_image_another_run_deregistered_first_is_done_not_a_failure() {
     assert!(!w.exists(EAST, &other).await, "the others go on");
 }
 
+/// A removal that fails is named in the `cleanup.report` message, not only counted: the
+/// decisions still say `deregister` for it (what the plan decided), so without the step a
+/// subscriber could not tell which image stayed.
+#[tokio::test]
+async fn the_report_message_names_the_steps_that_did_not_happen() {
+    let w = one_run_world(&[]).await;
+    w.managed(EAST, "named", "named-new", 1).await;
+    let (refused, _) = w.managed(EAST, "named", "named-old", 100).await;
+    let (other, _) = w.managed(EAST, "named", "named-older", 120).await;
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DeregisterImage",
+        "status": 400, "code": "UnauthorizedOperation",
+        "message": "You are not authorized to perform this operation.", "resource": refused}));
+    let err = w
+        .try_run(json!({"dry_run": false}), Utc::now())
+        .await
+        .expect_err("one removal failed");
+    assert!(err.to_string().contains(&refused), "{err}");
+    assert!(!w.exists(EAST, &other).await, "the others go on");
+    let messages = w.acct.drain(&w.queue).await;
+    let summary = &messages
+        .iter()
+        .find(|m| m["event_type"] == "cleanup.report")
+        .expect("report sent")["summary"];
+    assert_eq!(summary["failed_steps"], 1, "{summary}");
+    let unfinished = summary["unfinished_steps"].as_array().expect("a list");
+    assert_eq!(unfinished.len(), 1, "{summary}");
+    assert_eq!(unfinished[0]["resource"], refused.as_str());
+    assert_eq!(unfinished[0]["action"], "deregister");
+    assert_eq!(unfinished[0]["region"], EAST);
+    assert!(
+        unfinished[0]["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("UnauthorizedOperation")),
+        "{summary}"
+    );
+    assert_eq!(summary["unfinished_steps_omitted"], 0);
+}
+
 /// References are read ten images per call; a call that fails for one image (here an id EC2
 /// answers "not found" for, as an image deregistered by someone else since the listing may be)
 /// keeps only that image: the batch is read again one image at a time, and the other nine are

@@ -360,7 +360,27 @@ pub(crate) async fn announce(
     // Removals first, then what is kept; only as many as fit the message (the rest are
     // counted), so a 10,000-image report is not copied into 10,000 JSON trees to send 200 KiB.
     let budget = notify::MAX_MESSAGE_BYTES - 16 * 1024;
+    // The steps that did not end as planned (failed, deferred, left in use, kept), named, so a
+    // subscriber sees which image or snapshot a removal in the decisions did not reach; they go
+    // first, in at most a tenth of the budget.
     let mut used = 0;
+    let mut unfinished = Vec::new();
+    let mut unfinished_omitted = 0;
+    for step in report
+        .steps
+        .iter()
+        .filter(|s| !s.result.is_done() && s.result != StepResult::Planned)
+    {
+        let size = serde_json::to_string(step)
+            .map(|t| t.len() + 1)
+            .unwrap_or(0);
+        if unfinished_omitted == 0 && used + size <= budget / 10 {
+            used += size;
+            unfinished.extend(serde_json::to_value(step).ok());
+        } else {
+            unfinished_omitted += 1;
+        }
+    }
     let mut decisions = Vec::new();
     let mut omitted = 0;
     for d in report
@@ -391,6 +411,8 @@ pub(crate) async fn announce(
             "orphan_snapshots": report.orphans.len(),
             "steps": report.steps.len(),
             "failed_steps": report.steps.iter().filter(|s| s.result.is_failure()).count(),
+            "unfinished_steps": unfinished,
+            "unfinished_steps_omitted": unfinished_omitted,
         })),
         decisions,
         decisions_omitted: omitted,
