@@ -903,6 +903,50 @@ async fn a_default_iops_holds_only_for_the_volume_types_that_take_it() {
     );
 }
 
+/// The sweep that follows an upload's ingest may fail a step (here every RegisterImage fails):
+/// the upload's own invocation still succeeds, with the failure in its output and log, and the
+/// scheduled sweep's invocation is the one that fails and names it. Before, each upload's
+/// invocation failed for it, was retried, and its event ended in the dead-letter queue.
+#[tokio::test]
+async fn a_failing_sweep_step_fails_the_schedule_not_the_upload_that_ran_it() {
+    let w = world(0, false).await;
+    // A failure that does not clear (the SDK's retries meet it too): the step fails and the
+    // task stays to be registered.
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "RegisterImage", "status": 503,
+        "code": "Unavailable", "message": "refused by the test"}),
+    );
+    w.acct
+        .put(&w.bucket, "first/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let first = started_task(&run(&w, &eventbridge_event(&w.bucket, "first/disk.raw")).await);
+    wait_task(&w, &first, ImportStatus::Completed).await;
+    w.acct
+        .put(&w.bucket, "second/disk.raw", disks::raw_disk(1), &[])
+        .await;
+    let out = w
+        .invoke(&eventbridge_event(&w.bucket, "second/disk.raw"))
+        .await
+        .expect("the upload's invocation succeeds");
+    assert!(
+        matches!(&out.ingested[..], [IngestOutcome::ImportStarted { .. }]),
+        "{out:?}"
+    );
+    assert!(
+        out.sweep
+            .steps
+            .iter()
+            .any(|s| s.failed && s.task_id == first && s.result.contains("refused by the test")),
+        "{:?}",
+        out.sweep
+    );
+    let err = w
+        .invoke(&json!({"sweep": true}))
+        .await
+        .expect_err("the scheduled sweep fails");
+    assert!(err.to_string().contains(&first), "{err}");
+}
+
 #[tokio::test]
 async fn another_folder_cannot_join_a_family_that_is_not_its_own() {
     // "a-b/" and "a/b/" are both well-formed folders and both give the family "a-b": the

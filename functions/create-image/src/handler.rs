@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use shared::deadline::Deadline;
 use shared::invocation::InvocationError;
-use tracing::info;
+use tracing::{info, warn};
 
 shared::impl_function! {
     deps: Deps,
@@ -60,20 +60,31 @@ pub async fn handle(
             _ => None,
         })
         .collect();
-    errors.extend(
-        out.sweep
-            .steps
-            .iter()
-            .filter(|s| s.failed)
-            .map(|s| format!("{}: {}", s.task_id, s.result)),
-    );
-    let total = out.ingested.len()
-        + out
+    // The sweep that follows an upload's ingest only registers finished imports sooner; what
+    // fails in it (most often another upload's task) fails the scheduled sweep's invocation,
+    // which retries and reports it, and is only logged here: failing the upload's invocation
+    // for it retried an ingest that had succeeded, and sent its event to the dead-letter queue
+    // with another task's error.
+    let sweep_failures = out
+        .sweep
+        .steps
+        .iter()
+        .filter(|s| s.failed)
+        .map(|s| format!("{}: {}", s.task_id, s.result));
+    let mut total = out.ingested.len();
+    if scheduled {
+        errors.extend(sweep_failures);
+        total += out
             .sweep
             .steps
             .iter()
             .filter(|s| s.action != StepAction::Skip)
             .count();
+    } else {
+        for failure in sweep_failures {
+            warn!(failure = %failure, "the sweep after the ingest failed a step; the scheduled sweep retries it");
+        }
+    }
     info!(
         ingested = out.ingested.len(),
         ignored = out.ignored.len(),
