@@ -468,7 +468,7 @@ async fn a_crash_between_register_and_announce_converges_without_a_duplicate() {
 /// [`world`] with the template's state bucket (`STATE_BUCKET`): announcements are claimed.
 async fn world_with_claims() -> World {
     let acct = TestAccount::new().await;
-    acct.emulator_config(json!({"import_delay_seconds": 1}));
+    acct.emulator_config(json!({"import_delay_seconds": SLOW_IMPORT}));
     let state = support::roles::state_bucket_name(&acct.account_id);
     acct.bucket(&state, false).await;
     let vars = [
@@ -1543,6 +1543,56 @@ async fn a_slow_import_is_warned_about_once() {
     let stalled = of_type(&msgs, "image.import-stalled");
     assert_eq!(stalled.len(), 1);
     assert_eq!(stalled[0]["import_task_id"], task_id);
+}
+
+/// Overlapping sweeps (a burst of uploads runs one each) report a failed import once and warn
+/// about a slow one once: the task's tags that guard both show late, and each sweep sent its
+/// own `image.failed` / `image.import-stalled`. Now each is claimed in the state bucket, as
+/// `image.registered` is.
+#[tokio::test]
+async fn overlapping_sweeps_report_a_failed_import_and_warn_about_a_slow_one_once() {
+    let w = world_with_claims().await;
+    let put = |key: &'static str| {
+        let w = &w;
+        async move {
+            let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+            started_task(&run(w, &s3_event(&w.bucket, key, &etag, None)).await)
+        }
+    };
+    let failing = put("fails/disk.raw").await;
+    let slow = put("slow/disk.raw").await;
+    // The source of the first is deleted before the import reads it: it fails, as on AWS.
+    w.acct
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&w.bucket)
+        .key("fails/disk.raw")
+        .send()
+        .await
+        .expect("delete");
+    wait_task(&w, &failing, ImportStatus::Deleted).await;
+    w.acct.drain(&w.queue).await;
+    let later = Utc::now() + chrono::Duration::hours(3);
+    let runs = (0..4).map(|_| handle(Command::Sweep, &w.deps, later, deadline()));
+    for out in futures::future::join_all(runs).await {
+        out.unwrap_or_else(|e| panic!("sweep failed: {e}"));
+    }
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    assert_eq!(failed[0]["import_task_id"], failing.as_str());
+    let stalled = of_type(&msgs, "image.import-stalled");
+    assert_eq!(stalled.len(), 1, "{msgs:#?}");
+    assert_eq!(stalled[0]["import_task_id"], slow.as_str());
+    // Recorded on the tasks: the next sweep skips both.
+    let next = sweep_at(&w, later + chrono::Duration::minutes(15)).await;
+    assert!(
+        next.sweep.steps.iter().all(|s| s.action == "skip"),
+        "{:?}",
+        next.sweep
+    );
+    assert!(w.acct.drain(&w.queue).await.is_empty());
 }
 
 #[tokio::test]

@@ -51,8 +51,9 @@ pub(crate) enum Sent {
     ByAnother,
 }
 
-/// Sends `msg` (an `image.registered`) unless it was recorded as sent already or another
-/// invocation holds its claim; records it once sent. Without a state bucket it is simply sent.
+/// Sends `msg` (an `image.registered`, or the sweep's `image.failed` / `image.import-stalled`
+/// of a task) unless it was recorded as sent already or another invocation holds its claim
+/// (keyed by its `dedup_key`); records it once sent. Without a state bucket it is simply sent.
 pub(crate) async fn send_once(
     deps: &Deps,
     msg: &Message,

@@ -18,7 +18,7 @@ use shared::aws::ec2;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::model::{Image, ObjectRef, Select, Tags};
-use shared::notify::{self, EventType, Message};
+use shared::notify::{EventType, Message};
 use shared::plan::import::{self, Registration, SweepAction, SweepPolicy};
 use shared::plan::lineage;
 use shared::plan::upload::UploadMethod;
@@ -288,7 +288,11 @@ pub(crate) async fn report_failure(
         error: Some(message.to_owned()),
         ..failed_message(deps, now)
     };
-    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    // Once per task among overlapping sweeps (the task's outcome tag that guards it shows
+    // late): the one holding the claim sends and records; the others leave both to it.
+    if announce::send_once(deps, &msg, now).await? == announce::Sent::ByAnother {
+        return Ok(());
+    }
     ec2::create_tags(
         &c.ec2,
         &[task_id],
@@ -310,7 +314,10 @@ pub(crate) async fn warn_stale(
         error: Some(text.clone()),
         ..Message::new(EventType::ImportStalled, now, &c.region)
     };
-    notify::send(&c.sns, &deps.config.common.topic_arn, &msg).await?;
+    // Once per task among overlapping sweeps, as `report_failure`.
+    if announce::send_once(deps, &msg, now).await? == announce::Sent::ByAnother {
+        return Ok(format!("{text}; warned by another invocation"));
+    }
     let tag = Tags::from([(
         lineage::STALE_WARNED.to_owned(),
         now.to_rfc3339_opts(SecondsFormat::Secs, true),
