@@ -458,6 +458,45 @@ async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
     assert!(!strict.image(EAST, &other).await.public);
 }
 
+/// An image whose recorded policy the function's settings now refuse (a manual publish recorded
+/// `publish:regions=eu-west-1`, then eu-west-1 was denied) is refused by every event and
+/// schedule run, and stays `in-progress` (out of cleanup's reach): `image.failed` names it,
+/// once, not only failed invocations.
+#[tokio::test]
+async fn an_image_whose_recorded_policy_is_now_refused_is_reported_once() {
+    let w = World::with_claims(&[
+        ("PUBLISH_REGIONS", "us-west-2"),
+        ("PUBLISH_DENY_REGIONS", "eu-west-1"),
+    ])
+    .await;
+    let (src, _) = w
+        .source(
+            "web-denied-1",
+            &[
+                ("publish:regions", "eu-west-1"),
+                ("ami-pipeline:publish-state", "in-progress"),
+            ],
+        )
+        .await;
+    for event in [World::schedule(), w.ready_event(&src), World::schedule()] {
+        let err = w.try_run(event).await.expect_err("refused");
+        assert!(err.to_string().contains(&src), "{err}");
+    }
+    let failed = w.messages("image.failed").await;
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["image_id"], src.as_str());
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("eu-west-1")),
+        "{failed:#?}"
+    );
+    // A manual invoke's caller gets the refusal itself: nothing more is sent.
+    let manual = w.try_run(json!({"image_id": src})).await;
+    assert!(manual.is_err());
+    assert!(w.messages("image.failed").await.is_empty());
+}
+
 #[tokio::test]
 async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
     let w = world(&[

@@ -49,7 +49,17 @@ pub(crate) async fn publish_one(
             announced: None,
         });
     }
-    let (policy, extra) = resolve_policy(deps, &source, overrides, &home)?;
+    let (policy, extra) = match resolve_policy(deps, &source, overrides, &home) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            // A manual invoke's caller gets the refusal; an event's or the schedule's would
+            // only be a failed invocation, retried every run while the image stays marked.
+            if trigger != Trigger::Manual {
+                report_refusal(deps, &source, &home, &e, now).await;
+            }
+            return Err(e);
+        }
+    };
     let blocked = public_blocked(deps, &source, &policy, &home, trigger).await?;
     let mut mark = extra;
     if source.tags.get(PUBLISH_STATE).map(String::as_str) != Some(IN_PROGRESS) {
@@ -139,6 +149,50 @@ fn done_earlier() -> RegionReport {
             "published and verified by an earlier run; not in the recorded failed regions".into(),
         ),
         ..RegionReport::default()
+    }
+}
+
+/// Sends `image.failed` for `source`, whose publish an event or the schedule could not start
+/// (`error`: its recorded policy is refused by the function's settings, say a region since
+/// denied): once per image and error (claimed and recorded in the state bucket; without one,
+/// at every run), so the operator hears of an image that would otherwise stay `in-progress`
+/// (and out of cleanup's reach) with only failed invocations to show for it. A failure to send
+/// is logged: the refusal itself is the invocation's error.
+async fn report_refusal(
+    deps: &Deps,
+    source: &Image,
+    home: &str,
+    error: &InvocationError,
+    now: DateTime<Utc>,
+) {
+    let msg = Message {
+        image_id: Some(source.id.clone()),
+        image_name: Some(source.name.clone()),
+        family: source.tags.get(FAMILY).cloned(),
+        error: Some(error.to_string()),
+        ..Message::new(EventType::ImageFailed, now, home)
+    };
+    let key = format!("{}/{}", msg.dedup_key(), claim::digest(&error.to_string()));
+    let claims = &deps.config.claims;
+    let s3 = &deps.clients.s3;
+    let sent = async {
+        if claims.was_sent(s3, &key).await? {
+            return Ok(false);
+        }
+        let Claim::Won { etag } = claims.claim(s3, &key, now).await? else {
+            return Ok(false);
+        };
+        if let Err(e) = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await {
+            claims.release(s3, &key, etag.as_deref()).await;
+            return Err(e);
+        }
+        claims.record_sent(s3, &key, now).await?;
+        Ok::<bool, AwsError>(true)
+    };
+    match sent.await {
+        Ok(true) => warn!(image = %source.id, error = %error, "publish refused; image.failed sent"),
+        Ok(false) => info!(image = %source.id, "publish refused; image.failed sent before"),
+        Err(e) => warn!(image = %source.id, error = %e, "publish refused; image.failed not sent"),
     }
 }
 
