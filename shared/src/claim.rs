@@ -287,6 +287,52 @@ impl Claims {
             warn!(claim = %obj.uri(), error = %e, "could not release the claim; it is taken over once stale");
         }
     }
+
+    /// Sends `msg` on `topic_arn` once under `key`: unless it was recorded as sent already or
+    /// another invocation holds the claim; releases the claim when the send fails (so a retry
+    /// sends) and records the message once sent. Without a state bucket it is simply sent.
+    pub async fn send_once(
+        &self,
+        s3: &Client,
+        sns: &aws_sdk_sns::Client,
+        topic_arn: &str,
+        (msg, key): (&crate::notify::Message, &str),
+        now: DateTime<Utc>,
+    ) -> Result<Sent, AwsError> {
+        if self.was_sent(s3, key).await? {
+            return Ok(Sent::Before);
+        }
+        let etag = match self.claim(s3, key, now).await? {
+            Claim::Won { etag } => etag,
+            Claim::Held { age } => {
+                info!(
+                    claim = key,
+                    claimed_seconds_ago = age.num_seconds(),
+                    "being sent by another invocation"
+                );
+                return Ok(Sent::ByAnother);
+            }
+        };
+        if let Err(e) = crate::notify::send(sns, topic_arn, msg).await {
+            // Not sent: the retry must be able to claim it again.
+            self.release(s3, key, etag.as_deref()).await;
+            return Err(e);
+        }
+        self.record_sent(s3, key, now).await?;
+        Ok(Sent::Now)
+    }
+}
+
+/// What [`Claims::send_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// This invocation sent it (and recorded it).
+    Now,
+    /// It was recorded as sent before.
+    Before,
+    /// Another invocation holds its claim: that one sends it (or, if it stopped, a later run
+    /// does once the claim is stale).
+    ByAnother,
 }
 
 /// A short, stable digest of `text` (16 hex digits of its SHA-256), for claim keys that name a

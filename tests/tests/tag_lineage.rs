@@ -636,6 +636,76 @@ async fn a_claim_released_before_it_is_read_is_absent_not_denied() {
     }
 }
 
+/// A stamp an event cannot write for a reason that will not clear by itself (here every
+/// CreateTags on the image is refused, as a missing permission is) fails the invocation and is
+/// reported once as `image.failed` naming the image: without a stamp there is no `image.ready`,
+/// so the image would never be published and no one told. Repeated deliveries and the schedule
+/// send nothing more; a failure that may clear sends nothing.
+#[tokio::test]
+async fn an_image_that_cannot_be_stamped_is_reported_once() {
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
+    let (image, _) = fixtures::image(
+        &w.ec2(EAST),
+        "unstampable",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+        ],
+    )
+    .await;
+    // Made two hours ago: the schedule looks at it too.
+    w.acct
+        .backdate_image(EAST, &image, Utc::now() - chrono::Duration::hours(2));
+    // A failure of no known kind counts as one that may clear (the event is retried), and
+    // sends nothing.
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "CreateTags", "status": 409,
+        "code": "SomethingUnexpected", "message": "an error of no known kind",
+        "resource": image, "count": 1}),
+    );
+    let err = w
+        .try_run(aws_events::ami_state_change(EAST, &image, "available", ""))
+        .await
+        .expect_err("failed once");
+    assert!(err.to_string().contains(&image), "{err}");
+    assert!(
+        w.acct.drain(&w.queue).await.is_empty(),
+        "transient: nothing sent"
+    );
+    w.acct.clear_faults();
+    w.acct.inject_fault(json!({"service": "ec2", "action": "CreateTags", "status": 403,
+        "code": "UnauthorizedOperation",
+        "message": "You are not authorized to perform this operation. Encoded authorization failure message: per-request",
+        "resource": image}));
+    for event in [
+        aws_events::ami_state_change(EAST, &image, "available", ""),
+        aws_events::ami_state_change(EAST, &image, "available", ""),
+        json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": w.acct.account_id, "time": "2026-11-22T12:00:00Z", "region": EAST,
+            "resources": [], "detail": {}}),
+    ] {
+        let err = w.try_run(event).await.expect_err("refused");
+        assert!(err.to_string().contains("UnauthorizedOperation"), "{err}");
+    }
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    assert_eq!(failed[0]["image_id"], image.as_str());
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("UnauthorizedOperation")),
+        "{failed:#?}"
+    );
+    assert!(
+        msgs.iter().all(|m| m["event_type"] != "image.ready"),
+        "{msgs:#?}"
+    );
+}
+
 #[tokio::test]
 async fn the_same_event_delivered_eight_times_at_once_announces_ready_once() {
     // SNS delivers at least once, and Lambda runs the copies at the same moment: with the

@@ -11,11 +11,10 @@ use crate::config::Deps;
 use crate::output::{StepAction, StepReport};
 use chrono::{DateTime, Duration, Utc};
 use shared::aws::ec2;
-use shared::claim::Claim;
 use shared::deadline::Deadline;
 use shared::error::AwsError;
 use shared::model::{Image, Select};
-use shared::notify::{self, EventType, Message};
+use shared::notify::{EventType, Message};
 use shared::plan::lineage;
 use shared::plan::upload::UploadMethod;
 use tracing::info;
@@ -39,50 +38,27 @@ pub(crate) fn registered_message(
     }
 }
 
-/// What [`send_once`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sent {
-    /// This invocation sent it (and recorded it).
-    Now,
-    /// It was recorded as sent before.
-    Before,
-    /// Another invocation holds its claim: that one sends it (or, if it stopped, the sweep
-    /// does once the claim is stale).
-    ByAnother,
-}
+pub(crate) use shared::claim::Sent;
 
 /// Sends `msg` (an `image.registered`, or the sweep's `image.failed` / `image.import-stalled`
-/// of a task) unless it was recorded as sent already or another invocation holds its claim
-/// (keyed by its `dedup_key`); records it once sent. Without a state bucket it is simply sent.
+/// of a task) once, under its `dedup_key` ([`shared::claim::Claims::send_once`]).
 pub(crate) async fn send_once(
     deps: &Deps,
     msg: &Message,
     now: DateTime<Utc>,
 ) -> Result<Sent, AwsError> {
     let c = &deps.clients;
-    let claims = &deps.config.claims;
     let key = msg.dedup_key();
-    if claims.was_sent(&c.s3, &key).await? {
-        return Ok(Sent::Before);
-    }
-    let etag = match claims.claim(&c.s3, &key, now).await? {
-        Claim::Won { etag } => etag,
-        Claim::Held { age } => {
-            info!(
-                image_id = msg.image_id.as_deref().unwrap_or("-"),
-                claimed_seconds_ago = age.num_seconds(),
-                "image.registered is being sent by another invocation"
-            );
-            return Ok(Sent::ByAnother);
-        }
-    };
-    if let Err(e) = notify::send(&c.sns, &deps.config.common.topic_arn, msg).await {
-        // Not sent: the retry of this event must be able to claim it again.
-        claims.release(&c.s3, &key, etag.as_deref()).await;
-        return Err(e);
-    }
-    claims.record_sent(&c.s3, &key, now).await?;
-    Ok(Sent::Now)
+    deps.config
+        .claims
+        .send_once(
+            &c.s3,
+            &c.sns,
+            &deps.config.common.topic_arn,
+            (msg, &key),
+            now,
+        )
+        .await
 }
 
 /// Sends the fast path's `image.registered` for `image` unless it was sent already or another

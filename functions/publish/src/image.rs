@@ -173,25 +173,22 @@ async fn report_refusal(
         ..Message::new(EventType::ImageFailed, now, home)
     };
     let key = format!("{}/{}", msg.dedup_key(), claim::digest(&error.to_string()));
-    let claims = &deps.config.claims;
-    let s3 = &deps.clients.s3;
-    let sent = async {
-        if claims.was_sent(s3, &key).await? {
-            return Ok(false);
+    let sent = deps
+        .config
+        .claims
+        .send_once(
+            &deps.clients.s3,
+            &deps.clients.sns,
+            &deps.config.common.topic_arn,
+            (&msg, &key),
+            now,
+        )
+        .await;
+    match sent {
+        Ok(claim::Sent::Now) => {
+            warn!(image = %source.id, error = %error, "publish refused; image.failed sent")
         }
-        let Claim::Won { etag } = claims.claim(s3, &key, now).await? else {
-            return Ok(false);
-        };
-        if let Err(e) = notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await {
-            claims.release(s3, &key, etag.as_deref()).await;
-            return Err(e);
-        }
-        claims.record_sent(s3, &key, now).await?;
-        Ok::<bool, AwsError>(true)
-    };
-    match sent.await {
-        Ok(true) => warn!(image = %source.id, error = %error, "publish refused; image.failed sent"),
-        Ok(false) => info!(image = %source.id, "publish refused; image.failed sent before"),
+        Ok(_) => info!(image = %source.id, "publish refused; image.failed sent before"),
         Err(e) => warn!(image = %source.id, error = %e, "publish refused; image.failed not sent"),
     }
 }

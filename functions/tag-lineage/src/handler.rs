@@ -42,7 +42,12 @@ async fn stamp_all(
     for t in targets {
         match stamp_one(deps, &t, trigger, now, deadline).await {
             Ok(r) => results.push(r),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                if trigger != Trigger::Manual && !e.kind.is_transient() {
+                    report_stamp_failure(deps, &t, &e, now).await;
+                }
+                errors.push(e.to_string());
+            }
         }
     }
     if let Some(e) = InvocationError::from_failures(total, errors) {
@@ -54,6 +59,41 @@ async fn stamp_all(
         refuse_manual(r)?;
     }
     Ok(Output::Stamp { trigger, results })
+}
+
+/// Sends `image.failed` for an image an event or the schedule could not stamp for a reason
+/// that will not clear by itself (a permission, a refusal): without a stamp there is no
+/// `image.ready`, so the image is never published, and after 7 days the schedule stops looking
+/// at it. Once per image and failing call (operation, resource, code: AWS's message may carry a
+/// per-request part), claimed and recorded in the state bucket; a failure to send is logged (the
+/// invocation fails for the stamp anyway).
+async fn report_stamp_failure(deps: &Deps, target: &Target, error: &AwsError, now: DateTime<Utc>) {
+    let region = target.region.as_deref().unwrap_or(&deps.clients.region);
+    let msg = Message {
+        image_id: Some(target.image_id.clone()),
+        error: Some(format!("its lineage could not be stamped: {error}")),
+        ..Message::new(EventType::ImageFailed, now, region)
+    };
+    let what = format!("{} {} {:?}", error.operation, error.resource, error.code);
+    let key = format!("{}/{}", msg.dedup_key(), shared::claim::digest(&what));
+    let c = &deps.clients;
+    match deps
+        .config
+        .claims
+        .send_once(
+            &c.s3,
+            &c.sns,
+            &deps.config.common.topic_arn,
+            (&msg, &key),
+            now,
+        )
+        .await
+    {
+        Ok(sent) => info!(image = %target.image_id, ?sent, "stamp failed; image.failed"),
+        Err(e) => {
+            warn!(image = %target.image_id, error = %e, "stamp failed; image.failed not sent")
+        }
+    }
 }
 
 /// Runs a command. AWS failures are collected and returned as
