@@ -318,8 +318,32 @@ impl Claims {
             self.release(s3, key, etag.as_deref()).await;
             return Err(e);
         }
-        self.record_sent(s3, key, now).await?;
+        if let Err(e) = self.record_sent(s3, key, now).await {
+            // It went out: the claim, held until stale, keeps the others from sending it.
+            warn!(claim = key, error = %e, "sent, but its record in the state bucket was not written");
+        }
         Ok(Sent::Now)
+    }
+
+    /// [`Claims::send_once`] for a failure report, which must not be lost to the state bucket:
+    /// when the bucket cannot be read or written (a missing permission, throttling), the
+    /// message is sent anyway, at least once instead of once. An SNS failure is returned.
+    pub async fn report_once(
+        &self,
+        s3: &Client,
+        sns: &aws_sdk_sns::Client,
+        topic_arn: &str,
+        (msg, key): (&crate::notify::Message, &str),
+        now: DateTime<Utc>,
+    ) -> Result<Sent, AwsError> {
+        match self.send_once(s3, sns, topic_arn, (msg, key), now).await {
+            Err(e) if e.operation.starts_with("s3:") => {
+                warn!(claim = key, error = %e, "the state bucket failed; the report is sent unclaimed");
+                crate::notify::send(sns, topic_arn, msg).await?;
+                Ok(Sent::Now)
+            }
+            other => other,
+        }
     }
 }
 

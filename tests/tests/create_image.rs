@@ -1595,6 +1595,48 @@ async fn overlapping_sweeps_report_a_failed_import_and_warn_about_a_slow_one_onc
     assert!(w.acct.drain(&w.queue).await.is_empty());
 }
 
+/// A failure that will not clear by itself (a missing permission) is reported once per object
+/// and failing call, not once per delivery: Lambda delivers a failed event again twice, and
+/// each retry met the same refusal and sent its own `image.failed`. Another failing call is
+/// reported on its own.
+#[tokio::test]
+async fn a_refusal_met_by_every_retry_of_an_event_is_reported_once() {
+    let w = world_with_claims().await;
+    let key = "denied/disk.raw";
+    let (etag, _) = w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let event = s3_event(&w.bucket, key, &etag, None);
+    let refuse = |code: &str, status: u16| {
+        w.acct.clear_faults();
+        w.acct
+            .inject_fault(json!({"service": "ec2", "action": "ImportSnapshot",
+            "status": status, "code": code, "message": format!("{code} (the test)")}));
+    };
+    refuse("UnauthorizedOperation", 403);
+    for _ in 0..3 {
+        let err = w.invoke(&event).await.expect_err("denied");
+        assert!(err.to_string().contains("UnauthorizedOperation"), "{err}");
+    }
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
+    assert_eq!(failed, 1, "one message for the three deliveries");
+    refuse("InvalidParameter", 400);
+    for _ in 0..2 {
+        w.invoke(&event).await.expect_err("refused");
+    }
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
+    assert_eq!(failed, 1, "another failure, once");
+    // The state bucket failing too does not silence a report: it is sent unclaimed.
+    refuse("InvalidParameterValue", 400);
+    w.acct.inject_fault(
+        json!({"service": "s3", "status": 403, "code": "AccessDenied",
+        "message": "Access Denied", "resource": "/claims/"}),
+    );
+    w.invoke(&event).await.expect_err("refused");
+    let failed = of_type(&w.acct.drain(&w.queue).await, "image.failed").len();
+    assert_eq!(failed, 1, "sent without its claim");
+    w.acct.clear_faults();
+    started_task(&run(&w, &event).await);
+}
+
 #[tokio::test]
 async fn odd_keys_are_decoded_and_long_ones_fit_the_tags() {
     let w = world(0, false).await;

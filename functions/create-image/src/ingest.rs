@@ -48,8 +48,24 @@ pub(crate) async fn ingest(
                 error: Some(e.to_string()),
                 ..failed_message(deps, now)
             };
-            if let Err(sns_err) =
-                notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await
+            // Once per object and failing call (operation, resource, code; AWS's message can
+            // carry a per-request part), claimed in the state bucket: Lambda delivers a failed
+            // event again twice, and the sweep takes a stopped fast-path upload up again, each
+            // meeting the same missing permission.
+            let what = format!("{} {} {:?}", e.operation, e.resource, e.code);
+            let key = format!("{}/{}", msg.dedup_key(), shared::claim::digest(&what));
+            let c = &deps.clients;
+            if let Err(sns_err) = deps
+                .config
+                .claims
+                .report_once(
+                    &c.s3,
+                    &c.sns,
+                    &deps.config.common.topic_arn,
+                    (&msg, &key),
+                    now,
+                )
+                .await
             {
                 warn!(object = %uri, error = %sns_err, "could not report the failure on SNS");
             }

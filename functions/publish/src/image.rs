@@ -176,7 +176,7 @@ async fn report_refusal(
     let sent = deps
         .config
         .claims
-        .send_once(
+        .report_once(
             &deps.clients.s3,
             &deps.clients.sns,
             &deps.config.common.topic_arn,

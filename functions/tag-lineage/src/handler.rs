@@ -80,7 +80,7 @@ async fn report_stamp_failure(deps: &Deps, target: &Target, error: &AwsError, no
     match deps
         .config
         .claims
-        .send_once(
+        .report_once(
             &c.s3,
             &c.sns,
             &deps.config.common.topic_arn,
