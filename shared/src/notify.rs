@@ -126,6 +126,10 @@ pub struct Message {
     /// The de-duplication key ([`Message::dedup_key`]), filled when the message is sent.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub dedup_key: String,
+    /// What tells this message apart from others of its type about the same subject (a failure
+    /// report's failing call or reason): appended to [`Message::dedup_key`]. Not sent itself.
+    #[serde(skip)]
+    pub dedup_detail: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -137,14 +141,20 @@ impl Message {
     /// `<event_type>/<region>/<image_id>` for an image's event, `<event_type>/<region>/<task>`
     /// for an import task's (one task per upload: its failure or stall, repeated by a sweep that
     /// stopped before recording it), `<event_type>/<source_uri>` for an upload's before any
-    /// task (`versionId` included), else `<event_type>/<region>/<time>` (a report). A
+    /// task (`versionId` included), else `<event_type>/<region>/<time>` (a report); then
+    /// `/<dedup_detail>` when the message has one (a failure report: the digest of its failing
+    /// call or reason, so another failure of the same image is not taken for a repeat). A
     /// subscriber that acts once per key drops the repeats at-least-once delivery can bring.
     pub fn dedup_key(&self) -> String {
-        match (&self.image_id, &self.import_task_id, &self.source_uri) {
+        let key = match (&self.image_id, &self.import_task_id, &self.source_uri) {
             (Some(image), _, _) => format!("{}/{}/{image}", self.event_type, self.region),
             (None, Some(task), _) => format!("{}/{}/{task}", self.event_type, self.region),
             (None, None, Some(uri)) => format!("{}/{uri}", self.event_type),
             (None, None, None) => format!("{}/{}/{}", self.event_type, self.region, self.time),
+        };
+        match &self.dedup_detail {
+            Some(detail) => format!("{key}/{detail}"),
+            None => key,
         }
     }
 
@@ -273,6 +283,33 @@ pub const THROTTLED_ATTEMPTS: u32 = 5;
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_failure_reports_detail_tells_it_apart_from_another_failure_of_the_same_image() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid");
+        let failed = |detail: Option<&str>| Message {
+            image_id: Some("ami-1".into()),
+            dedup_detail: detail.map(str::to_owned),
+            ..Message::new(EventType::ImageFailed, now, "us-east-1")
+        };
+        assert_eq!(failed(None).dedup_key(), "image.failed/us-east-1/ami-1");
+        assert_eq!(
+            failed(Some("0123abcd")).dedup_key(),
+            "image.failed/us-east-1/ami-1/0123abcd"
+        );
+        assert_ne!(
+            failed(Some("0123abcd")).dedup_key(),
+            failed(Some("4567ef01")).dedup_key()
+        );
+        // The key the subscriber sees carries it; the detail itself is not sent.
+        let body: serde_json::Value =
+            serde_json::from_str(&failed(Some("0123abcd")).to_json()).expect("json");
+        assert_eq!(body["dedup_key"], "image.failed/us-east-1/ami-1/0123abcd");
+        assert!(body.get("dedup_detail").is_none(), "{body}");
+    }
 
     #[test]
     fn every_message_carries_a_stable_dedup_key() {

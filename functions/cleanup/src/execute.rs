@@ -366,11 +366,12 @@ pub(crate) async fn announce(
     let mut used = 0;
     let mut unfinished = Vec::new();
     let mut unfinished_omitted = 0;
-    for step in report
-        .steps
-        .iter()
-        .filter(|s| !s.result.is_done() && s.result != StepResult::Planned)
-    {
+    // Failures first: deferred, left-in-use and kept steps may not crowd them out.
+    let failed = report.steps.iter().filter(|s| s.result.is_failure());
+    let other = report.steps.iter().filter(|s| {
+        !s.result.is_done() && !s.result.is_failure() && s.result != StepResult::Planned
+    });
+    for step in failed.chain(other) {
         let size = serde_json::to_string(step)
             .map(|t| t.len() + 1)
             .unwrap_or(0);

@@ -19,7 +19,9 @@
 //! writer still at work is not raced for nothing; a race would be harmless: the second
 //! registration adopts the first's image and the announcement is claimed), and the fast path
 //! registers the completed snapshot without writing it. Its snapshot is deleted only when the
-//! upload is refused or superseded (never when an image exists: it may be that image's).
+//! upload is refused or superseded (never when an image exists: it may be that image's). A
+//! completed snapshot whose registration was refused (its object tagged `rejected`) is not
+//! taken up: ingested again it would get other settings than the refused invoke's.
 //!
 //! And for a writer that stopped before saving its first checkpoint (say, right after its lease
 //! was created, so that every other delivery found the lease held and answered `in-progress`):
@@ -113,13 +115,13 @@ pub(crate) async fn resume(
     let mut steps = Vec::new();
     let mut deferred = 0;
     for snapshot in by_token.into_values() {
+        if !deadline.may_start() {
+            deferred += 1;
+            continue;
+        }
         if snapshot.state.as_deref() == Some("completed")
             && refused_at_registration(deps, snapshot).await
         {
-            continue;
-        }
-        if !deadline.may_start() {
-            deferred += 1;
             continue;
         }
         steps.push(resume_one(deps, snapshot, now, deadline).await);

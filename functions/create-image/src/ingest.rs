@@ -43,17 +43,18 @@ pub(crate) async fn ingest(
         }
         Err(e) => {
             warn!(object = %uri, error = %e, "ingest failed");
-            let msg = Message {
-                source_uri: Some(uri.clone()),
-                error: Some(e.to_string()),
-                ..failed_message(deps, now)
-            };
             // Once per object and failing call (operation, resource, code; AWS's message can
             // carry a per-request part), claimed in the state bucket: Lambda delivers a failed
             // event again twice, and the sweep takes a stopped fast-path upload up again, each
             // meeting the same missing permission.
             let what = format!("{} {} {:?}", e.operation, e.resource, e.code);
-            let key = format!("{}/{}", msg.dedup_key(), shared::claim::digest(&what));
+            let msg = Message {
+                source_uri: Some(uri.clone()),
+                error: Some(e.to_string()),
+                dedup_detail: Some(shared::claim::digest(&what)),
+                ..failed_message(deps, now)
+            };
+            let key = msg.dedup_key();
             let c = &deps.clients;
             if let Err(sns_err) = deps
                 .config

@@ -170,9 +170,10 @@ async fn report_refusal(
         image_name: Some(source.name.clone()),
         family: source.tags.get(FAMILY).cloned(),
         error: Some(error.to_string()),
+        dedup_detail: Some(claim::digest(&error.to_string())),
         ..Message::new(EventType::ImageFailed, now, home)
     };
-    let key = format!("{}/{}", msg.dedup_key(), claim::digest(&error.to_string()));
+    let key = msg.dedup_key();
     let sent = deps
         .config
         .claims

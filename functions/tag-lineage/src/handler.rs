@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::ec2;
 use shared::deadline::Deadline;
-use shared::error::AwsError;
+use shared::error::{AwsError, ErrorKind};
 use shared::invocation::InvocationError;
 use shared::model::{Image, Select};
 use shared::notify::{self, EventType, Message};
@@ -43,7 +43,13 @@ async fn stamp_all(
         match stamp_one(deps, &t, trigger, now, deadline).await {
             Ok(r) => results.push(r),
             Err(e) => {
-                if trigger != Trigger::Manual && !e.kind.is_transient() {
+                // The schedule only, for a permission or a refusal: what an event meets may be
+                // EC2's lag or another invocation's write (a family tag refused while the
+                // other's does not show yet), which its retry or the schedule clears. By the
+                // schedule (images 15 minutes old and more) those have settled.
+                if trigger == Trigger::Schedule
+                    && matches!(e.kind, ErrorKind::AccessDenied | ErrorKind::InvalidInput)
+                {
                     report_stamp_failure(deps, &t, &e, now).await;
                 }
                 errors.push(e.to_string());
@@ -61,21 +67,22 @@ async fn stamp_all(
     Ok(Output::Stamp { trigger, results })
 }
 
-/// Sends `image.failed` for an image an event or the schedule could not stamp for a reason
-/// that will not clear by itself (a permission, a refusal): without a stamp there is no
+/// Sends `image.failed` for an image the schedule could not stamp for a reason that will not
+/// clear by itself (a permission, a refusal): without a stamp there is no
 /// `image.ready`, so the image is never published, and after 7 days the schedule stops looking
 /// at it. Once per image and failing call (operation, resource, code: AWS's message may carry a
 /// per-request part), claimed and recorded in the state bucket; a failure to send is logged (the
 /// invocation fails for the stamp anyway).
 async fn report_stamp_failure(deps: &Deps, target: &Target, error: &AwsError, now: DateTime<Utc>) {
     let region = target.region.as_deref().unwrap_or(&deps.clients.region);
+    let what = format!("{} {} {:?}", error.operation, error.resource, error.code);
     let msg = Message {
         image_id: Some(target.image_id.clone()),
         error: Some(format!("its lineage could not be stamped: {error}")),
+        dedup_detail: Some(shared::claim::digest(&what)),
         ..Message::new(EventType::ImageFailed, now, region)
     };
-    let what = format!("{} {} {:?}", error.operation, error.resource, error.code);
-    let key = format!("{}/{}", msg.dedup_key(), shared::claim::digest(&what));
+    let key = msg.dedup_key();
     let c = &deps.clients;
     match deps
         .config

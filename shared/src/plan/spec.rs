@@ -296,11 +296,23 @@ fn validate(
     if check == Check::All {
         drop_defaults_the_chosen_type_takes_not(&mut merged, &origin);
     }
+    // The settings the function's defaults gave (a later layer set none of them), named in
+    // a problem so the uploader knows it did not set the value.
+    let from_defaults = if layers.len() > 1 {
+        origin
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect()
+    } else {
+        std::collections::BTreeSet::new()
+    };
     let mut s = Settings {
         merged,
         problems: Vec::new(),
         ties: check != Check::OneLayer,
         count_tags: check != Check::ReadBack,
+        from_defaults,
     };
     let (architecture, boot_mode, ena, imds_v2, tpm) = s.boot();
     let root_device = s.root_device();
@@ -378,6 +390,8 @@ struct Settings<'a> {
     ties: bool,
     /// Check the number of extra tags (off for a spec read back from its import task).
     count_tags: bool,
+    /// Settings whose value is the function's default (`DEFAULT_<SETTING>`), not an upload's.
+    from_defaults: std::collections::BTreeSet<&'static str>,
 }
 
 impl<'a> Settings<'a> {
@@ -563,13 +577,20 @@ impl<'a> Settings<'a> {
                 key,
                 format!("{t} volumes take no {what} ({takers}); leave {key} unset"),
             ),
-            (Some(r), Some(n)) if !r.contains(&n) => self.bad(
-                key,
-                format!(
-                    "{n}{unit} is outside {}{unit}, the {what} of a {t} volume",
-                    range_text(&r)
-                ),
-            ),
+            (Some(r), Some(n)) if !r.contains(&n) => {
+                let source = if self.from_defaults.contains(key) {
+                    format!(" (from DEFAULT_{})", key.to_ascii_uppercase())
+                } else {
+                    String::new()
+                };
+                self.bad(
+                    key,
+                    format!(
+                        "{n}{unit}{source} is outside {}{unit}, the {what} of a {t} volume",
+                        range_text(&r)
+                    ),
+                )
+            }
             _ => {}
         }
     }
@@ -1137,6 +1158,11 @@ mod tests {
         )
         .expect_err("outside io1's range");
         assert!(p[0].message.contains("100–64,000"), "{p:?}");
+        assert!(
+            p[0].message
+                .starts_with("80000 (from DEFAULT_IOPS) is outside"),
+            "the uploader did not set it: {p:?}"
+        );
         // The function's own defaults contradicting each other are refused (config checks them
         // as one layer).
         let p = problems_of(&[("volume-type", "gp2"), ("iops", "3000")]);
