@@ -288,17 +288,20 @@ impl Claims {
         }
     }
 
-    /// Sends `msg` on `topic_arn` once under `key`: unless it was recorded as sent already or
-    /// another invocation holds the claim; releases the claim when the send fails (so a retry
-    /// sends) and records the message once sent. Without a state bucket it is simply sent.
+    /// Sends `msg` on `topic_arn` once, under its `dedup_key`: unless it was recorded as sent
+    /// already or another invocation holds the claim; releases the claim when the send fails
+    /// (so a retry sends) and records the message once sent. Without a state bucket it is
+    /// simply sent.
     pub async fn send_once(
         &self,
         s3: &Client,
         sns: &aws_sdk_sns::Client,
         topic_arn: &str,
-        (msg, key): (&crate::notify::Message, &str),
+        msg: &crate::notify::Message,
         now: DateTime<Utc>,
     ) -> Result<Sent, AwsError> {
+        let key = msg.dedup_key();
+        let key = key.as_str();
         if self.was_sent(s3, key).await? {
             return Ok(Sent::Before);
         }
@@ -333,12 +336,12 @@ impl Claims {
         s3: &Client,
         sns: &aws_sdk_sns::Client,
         topic_arn: &str,
-        (msg, key): (&crate::notify::Message, &str),
+        msg: &crate::notify::Message,
         now: DateTime<Utc>,
     ) -> Result<Sent, AwsError> {
-        match self.send_once(s3, sns, topic_arn, (msg, key), now).await {
+        match self.send_once(s3, sns, topic_arn, msg, now).await {
             Err(e) if e.operation.starts_with("s3:") => {
-                warn!(claim = key, error = %e, "the state bucket failed; the report is sent unclaimed");
+                warn!(message = %msg.dedup_key(), error = %e, "the state bucket failed; the report is sent unclaimed");
                 crate::notify::send(sns, topic_arn, msg).await?;
                 Ok(Sent::Now)
             }

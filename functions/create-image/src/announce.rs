@@ -48,16 +48,9 @@ pub(crate) async fn send_once(
     now: DateTime<Utc>,
 ) -> Result<Sent, AwsError> {
     let c = &deps.clients;
-    let key = msg.dedup_key();
     deps.config
         .claims
-        .send_once(
-            &c.s3,
-            &c.sns,
-            &deps.config.common.topic_arn,
-            (msg, &key),
-            now,
-        )
+        .send_once(&c.s3, &c.sns, &deps.config.common.topic_arn, msg, now)
         .await
 }
 

@@ -54,18 +54,11 @@ pub(crate) async fn ingest(
                 dedup_detail: Some(shared::claim::digest(&what)),
                 ..failed_message(deps, now)
             };
-            let key = msg.dedup_key();
             let c = &deps.clients;
             if let Err(sns_err) = deps
                 .config
                 .claims
-                .report_once(
-                    &c.s3,
-                    &c.sns,
-                    &deps.config.common.topic_arn,
-                    (&msg, &key),
-                    now,
-                )
+                .report_once(&c.s3, &c.sns, &deps.config.common.topic_arn, &msg, now)
                 .await
             {
                 warn!(object = %uri, error = %sns_err, "could not report the failure on SNS");

@@ -173,7 +173,6 @@ async fn report_refusal(
         dedup_detail: Some(claim::digest(&error.to_string())),
         ..Message::new(EventType::ImageFailed, now, home)
     };
-    let key = msg.dedup_key();
     let sent = deps
         .config
         .claims
@@ -181,7 +180,7 @@ async fn report_refusal(
             &deps.clients.s3,
             &deps.clients.sns,
             &deps.config.common.topic_arn,
-            (&msg, &key),
+            &msg,
             now,
         )
         .await;

@@ -82,18 +82,11 @@ async fn report_stamp_failure(deps: &Deps, target: &Target, error: &AwsError, no
         dedup_detail: Some(shared::claim::digest(&what)),
         ..Message::new(EventType::ImageFailed, now, region)
     };
-    let key = msg.dedup_key();
     let c = &deps.clients;
     match deps
         .config
         .claims
-        .report_once(
-            &c.s3,
-            &c.sns,
-            &deps.config.common.topic_arn,
-            (&msg, &key),
-            now,
-        )
+        .report_once(&c.s3, &c.sns, &deps.config.common.topic_arn, &msg, now)
         .await
     {
         Ok(sent) => info!(image = %target.image_id, ?sent, "stamp failed; image.failed"),
