@@ -257,6 +257,17 @@ async fn a_launch_template_deleted_while_cleanup_reads_it_does_not_fail_the_run(
     let later = Utc::now()
         + chrono::Duration::minutes(shared::aws::ec2::TEMPLATE_SETTLED_MINUTES)
         + chrono::Duration::minutes(1);
+    // A version not found (another code ending in NotFound) is not the template's deletion:
+    // its other versions' references stay unknown, and the run stops.
+    w.acct.inject_fault(
+        json!({"service": "ec2", "action": "DescribeLaunchTemplateVersions",
+        "resource": ids[0], "code": "InvalidLaunchTemplateId.VersionNotFound",
+        "message": "Could not find launch template version 2", "count": 1}),
+    );
+    w.try_run(json!({"dry_run": false}), later)
+        .await
+        .expect_err("a version not found is not a deleted template");
+    assert!(w.exists(EAST, &stale).await);
     let r = w.run(json!({"dry_run": false}), later).await;
     assert_eq!(action(&r, &held), "skip", "{:?}", decision(&r, &held));
     assert!(

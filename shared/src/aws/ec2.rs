@@ -530,7 +530,11 @@ pub async fn images_in_launch_templates(
                     // Karpenter and EKS node groups delete templates all the time): it
                     // references nothing any more, and must not fail the whole gathering. A
                     // young one's references are unknown: the error stands (the next run).
-                    if e.is_not_found() && settled(created) {
+                    // Only that code: `InvalidLaunchTemplateId.VersionNotFound` (a version
+                    // deleted between pages of `all_versions`) also ends in NotFound, and
+                    // skipping the template's remaining pages for it would drop the references
+                    // of versions that still exist.
+                    if e.has_code("InvalidLaunchTemplateId.NotFound") && settled(created) {
                         break;
                     }
                     return Err(e);
