@@ -1135,6 +1135,53 @@ async fn a_refused_registration_leaves_a_tagged_snapshot_for_the_orphan_sweep() 
     assert_eq!(tags[lineage::IMPORT_TASK], task_id.as_str(), "{tags}");
 }
 
+#[tokio::test]
+async fn iops_and_throughput_the_volume_cannot_take_are_refused_before_registration() {
+    // A given volume-size ties the IOPS up front: refused before anything is imported.
+    let w = world(0, false).await;
+    for (key, settings, want) in [
+        (
+            "web/sized.raw",
+            json!({"volume-size": "8", "iops": "16000"}),
+            "iops: 16,000 IOPS is more than a gp3 volume of 8 GiB takes: at most 4,000 (500 IOPS per GiB); set volume-size to at least 32 GiB, or iops to at most 4,000",
+        ),
+        (
+            "web/fast.raw",
+            json!({"throughput": "1000"}),
+            "throughput: 1000 MiB/s is more than a gp3 volume with 3,000 IOPS (the baseline; iops is not set) takes: at most 750 MiB/s (0.25 MiB/s per IOPS); set iops to at least 4,000, or throughput to at most 750",
+        ),
+    ] {
+        w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+        let mut event = json!({"bucket": w.bucket, "key": key});
+        if let (Some(e), Some(s)) = (event.as_object_mut(), settings.as_object()) {
+            e.extend(s.clone());
+        }
+        match &run(&w, &event).await.ingested[..] {
+            [IngestOutcome::Rejected { problems, .. }] => assert_eq!(problems, &[want], "{key}"),
+            other => panic!("{key}: expected a rejection, got {other:?}"),
+        }
+    }
+    assert!(tasks(&w).await.is_empty(), "nothing imported");
+    // No volume-size and nothing probed (UPLOAD_METHOD=import-snapshot): the imported disk's
+    // size decides, so the registration refuses it, reported, with no image.
+    let key = "web/disk.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(1), &[]).await;
+    let event = json!({"bucket": w.bucket, "key": key, "iops": "4000"});
+    let task_id = started_task(&run(&w, &event).await);
+    wait_task(&w, &task_id, ImportStatus::Completed).await;
+    sweep(&w).await;
+    assert!(images(&w).await.is_empty());
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 3, "{msgs:#?}");
+    assert!(
+        failed.iter().any(|m| m["error"].as_str().is_some_and(|e| e.contains(
+            "iops: 4,000 IOPS is more than a gp3 volume of 1 GiB takes: at most 3,000 (500 IOPS per GiB); set volume-size to at least 8 GiB, or iops to at most 3,000; the image was not registered"
+        ))),
+        "{failed:#?}"
+    );
+}
+
 /// The task `task_id` and when its import started (its `started-at` tag).
 async fn task_and_start(w: &World, task_id: &str) -> (ImportTask, chrono::DateTime<Utc>) {
     let task = tasks(w)

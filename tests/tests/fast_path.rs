@@ -278,6 +278,80 @@ async fn damaged_vmdk_is_rejected_and_its_snapshot_never_completed() {
     );
 }
 
+/// Settings whose root volume the disk's size cannot have are refused as soon as the probe
+/// knows that size: no snapshot is started, nothing imported, and the refusal says what to
+/// change. Before, the whole disk was written (or imported) first, and IOPS beyond what the
+/// size takes reached RegisterImage: an image that could launch no instance.
+#[tokio::test]
+async fn settings_the_disks_size_cannot_take_are_refused_before_anything_is_written() {
+    let w = world(&[]).await;
+    let cases = [
+        (
+            "fast/iops.raw",
+            disks::raw_disk(1),
+            json!({"iops": "16000"}),
+            "iops: 16,000 IOPS is more than a gp3 volume of 1 GiB takes: at most 3,000 (500 IOPS per GiB); set volume-size to at least 32 GiB, or iops to at most 3,000; the image was not registered",
+        ),
+        (
+            "fast/io1.raw",
+            disks::raw_disk(1),
+            json!({"volume-type": "io1", "iops": "1000"}),
+            "iops: 1,000 IOPS is more than an io1 volume of 4 GiB takes: at most 200 (50 IOPS per GiB); set volume-size to at least 20 GiB",
+        ),
+        (
+            "fast/small.vmdk",
+            disks::empty_vmdk(2),
+            json!({"volume-size": "1"}),
+            "volume-size 1 GiB is smaller than the imported disk (2 GiB)",
+        ),
+    ];
+    for (key, body, settings, want) in cases {
+        w.acct.put(&w.bucket, key, body, &[]).await;
+        let mut event = manual(&w.bucket, key);
+        if let (Some(e), Some(s)) = (event.as_object_mut(), settings.as_object()) {
+            e.extend(s.clone());
+        }
+        let out = w
+            .invoke(&event)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: handler failed: {e}"));
+        match &out.ingested[..] {
+            [IngestOutcome::Rejected { problems, .. }] => {
+                assert_eq!(problems.len(), 1, "{key}: {problems:?}");
+                assert!(problems[0].starts_with(want), "{key}: {problems:?}");
+            }
+            other => panic!("{key}: expected a rejection, got {other:?}"),
+        }
+        let tags = shared::aws::s3::get_tags(
+            &w.acct.clients.s3,
+            &shared::model::ObjectRef {
+                bucket: w.bucket.clone(),
+                key: key.into(),
+                version_id: None,
+            },
+        )
+        .await
+        .expect("object tags");
+        assert_eq!(tags[lineage::OBJECT_STATUS], "rejected", "{key}: {tags:?}");
+    }
+    let snaps = ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[])
+        .await
+        .expect("snapshots");
+    assert!(snaps.is_empty(), "nothing written: {snaps:?}");
+    let tasks = w
+        .acct
+        .clients
+        .ec2
+        .describe_import_snapshot_tasks()
+        .send()
+        .await
+        .expect("tasks");
+    assert!(tasks.import_snapshot_tasks().is_empty(), "nothing imported");
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 3, "{msgs:#?}");
+}
+
 #[tokio::test]
 async fn the_fallback_is_importsnapshot_and_says_why() {
     let w = world(&[("UPLOAD_METHOD", "import-snapshot")]).await;

@@ -229,4 +229,25 @@ mod tests {
         assert_eq!(cfg.import_role_name, "vmimport");
         assert_eq!(cfg.concurrency, 4);
     }
+
+    #[test]
+    fn defaults_whose_throughput_their_iops_cannot_carry_are_a_configuration_error() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut env = BTreeMap::from([("TOPIC_ARN", "arn:aws:sns:us-east-1:1:t")]);
+            env.extend(pairs.iter().copied());
+            Config::from_lookup(&|k: &str| env.get(k).map(|v| v.to_string()))
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            with(&[("DEFAULT_THROUGHPUT", "1000")]).as_deref(),
+            Some(
+                "invalid configuration: DEFAULT_THROUGHPUT: 1000 MiB/s is more than a gp3 volume with 3,000 IOPS (the baseline; iops is not set) takes: at most 750 MiB/s (0.25 MiB/s per IOPS); set iops to at least 4,000, or throughput to at most 750"
+            )
+        );
+        assert_eq!(
+            with(&[("DEFAULT_THROUGHPUT", "1000"), ("DEFAULT_IOPS", "4000")]),
+            None
+        );
+    }
 }

@@ -81,6 +81,9 @@ pub(crate) enum Decision {
     Import(String),
     /// The content is damaged (the decoder's message, naming the offset).
     Bad(String),
+    /// The settings make a root volume the disk cannot have ([`import::root_volume`] over the
+    /// probed size): refused before anything is written or imported.
+    Refused(String),
 }
 
 /// Probes the object (unless the function is set to ImportSnapshot) and chooses the method.
@@ -88,6 +91,7 @@ pub(crate) async fn decide(
     deps: &Deps,
     object: &ObjectRef,
     info: &ObjectInfo,
+    spec: &ImageSpec,
 ) -> Result<Decision, AwsError> {
     let cfg = &deps.config;
     if cfg.upload_method == MethodSetting::ImportSnapshot {
@@ -115,6 +119,14 @@ pub(crate) async fn decide(
         Err(DecodeError::Unsupported(why)) => (Probed::Unsupported(why), None),
         Err(e) => return Ok(Decision::Bad(e.to_string())),
     };
+    if let Some(p) = &probe
+        && let Err(why) = import::root_volume(
+            spec,
+            Some(i32::try_from(p.volume_size_gib()).unwrap_or(i32::MAX)),
+        )
+    {
+        return Ok(Decision::Refused(why));
+    }
     Ok(
         match (
             upload::choose(cfg.upload_method, &probed, cfg.fast_path_max_gib),
@@ -134,12 +146,13 @@ pub(crate) async fn try_fast(
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> Result<Result<IngestOutcome, String>, AwsError> {
-    match decide(deps, up.object, up.info).await? {
+    match decide(deps, up.object, up.info, up.spec).await? {
         Decision::Fast(probe) => run(deps, up, &probe, now, deadline).await,
         Decision::Bad(problem) => {
             let problems = vec![format!("content: {problem}")];
             reject(deps, up.object, problems, now, true).await.map(Ok)
         }
+        Decision::Refused(why) => reject(deps, up.object, vec![why], now, true).await.map(Ok),
         Decision::Import(reason) => Ok(Err(reason)),
     }
 }
@@ -747,11 +760,7 @@ async fn register(
         .map_or(now, |t| t.with_timezone(&Utc));
     let tags = upload::snapshot_tags(up.spec, up.object, up.info.etag.as_deref(), up.format);
     let reg = upload::registration(up.spec, snapshot_id, &tags, started_at);
-    let size = match import::volume_size(
-        up.spec.volume_size_gib,
-        snapshot.volume_size_gib,
-        up.spec.volume_type,
-    ) {
+    let size = match import::root_volume(up.spec, snapshot.volume_size_gib) {
         Ok(size) => size,
         Err(message) => return reject(deps, up.object, vec![message], now, true).await,
     };

@@ -98,11 +98,7 @@ pub(crate) async fn register(
             }
         })
         .map_err(Failed::before)?;
-    let size = match import::volume_size(
-        reg.spec.volume_size_gib,
-        snapshot.volume_size_gib,
-        reg.spec.volume_type,
-    ) {
+    let size = match import::root_volume(&reg.spec, snapshot.volume_size_gib) {
         Ok(size) => size,
         Err(message) => {
             return fail(deps, task_id, reg, message, now)

@@ -483,6 +483,27 @@ pub fn volume_size(
     Ok(size)
 }
 
+/// The root volume's size for `spec` over a disk of `disk_gib` ([`volume_size`]), refused, as
+/// its sizes are, when the volume's IOPS or throughput do not fit that size
+/// ([`spec::performance_ties`](super::spec::performance_ties)): with no `volume-size` set, the
+/// disk decides the size only here, so an upload that set `iops` beyond what its disk's size
+/// takes is refused with what to change, before RegisterImage, not registered as an image
+/// that could launch no instance.
+pub fn root_volume(spec: &ImageSpec, disk_gib: Option<i32>) -> Result<i32, String> {
+    let size = volume_size(spec.volume_size_gib, disk_gib, spec.volume_type)?;
+    let ties = super::spec::performance_ties(
+        spec.volume_type,
+        u32::try_from(size).ok(),
+        spec.iops,
+        spec.throughput,
+    );
+    if ties.is_empty() {
+        return Ok(size);
+    }
+    let why: Vec<String> = ties.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
+    Err(format!("{}; the image was not registered", why.join("; ")))
+}
+
 /// The image name tried at `attempt` (0: the planned name; then automatic names with a suffix).
 pub fn attempt_name(reg: &Registration, attempt: u32) -> String {
     if attempt == 0 {
@@ -1022,6 +1043,38 @@ mod tests {
             "{e}"
         );
         assert_eq!(volume_size(None, Some(1_500), VolumeType::Gp3), Ok(1_500));
+    }
+
+    #[test]
+    fn the_root_volume_is_refused_when_the_disk_size_does_not_take_its_iops() {
+        let spec = |pairs: &[(&str, &str)]| {
+            let m: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            spec::resolve(&[&m], "k.raw").expect("valid alone: the size is the disk's")
+        };
+        let fast = spec(&[("iops", "16000")]);
+        // A 32 GiB disk takes 16,000 IOPS; an 8 GiB one 4,000.
+        assert_eq!(root_volume(&fast, Some(32)), Ok(32));
+        let e = root_volume(&fast, Some(8)).expect_err("8 GiB takes 4,000 IOPS");
+        assert_eq!(
+            e,
+            "iops: 16,000 IOPS is more than a gp3 volume of 8 GiB takes: at most 4,000 (500 IOPS per GiB); set volume-size to at least 32 GiB, or iops to at most 4,000; the image was not registered"
+        );
+        // io1's least size (4 GiB) is what a 1 GiB disk gets, and what the IOPS are held to.
+        let io1 = spec(&[("volume-type", "io1"), ("iops", "300")]);
+        assert!(
+            root_volume(&io1, Some(1)).is_err_and(|e| e.contains("at most 200")),
+            "4 GiB of io1 take 200 IOPS"
+        );
+        assert_eq!(root_volume(&io1, Some(6)), Ok(6));
+        // The size rules come first, with their own message.
+        let small = spec(&[("volume-size", "1")]);
+        assert!(
+            root_volume(&small, Some(2))
+                .is_err_and(|e| e.contains("smaller than the imported disk"))
+        );
     }
 
     #[test]

@@ -107,6 +107,96 @@ impl VolumeType {
     pub fn throughput(self) -> Option<std::ops::RangeInclusive<u32>> {
         (self == VolumeType::Gp3).then_some(125..=2_000)
     }
+
+    /// The most provisioned IOPS per GiB of volume size; `None`: the type takes no IOPS. The
+    /// EBS User Guide ("Amazon EBS volume types"): gp3 "The maximum ratio of provisioned IOPS to
+    /// provisioned volume size is 500 IOPS per GiB"; io1 "The maximum ratio of provisioned IOPS
+    /// to requested volume size (in GiB) is 50:1"; io2 Block Express (every io2 volume) 1,000:1.
+    pub fn iops_per_gib(self) -> Option<u32> {
+        match self {
+            VolumeType::Gp3 => Some(500),
+            VolumeType::Io1 => Some(50),
+            VolumeType::Io2 => Some(1_000),
+            VolumeType::Gp2 | VolumeType::Standard => None,
+        }
+    }
+
+    /// The most IOPS a volume of this type and `size_gib` takes: its ratio to the size, capped
+    /// by the type's range; a gp3 volume of any size has its baseline 3,000 ([`GP3_BASELINE_IOPS`]).
+    pub fn max_iops(self, size_gib: u32) -> Option<u32> {
+        let by_size = self.iops_per_gib()?.saturating_mul(size_gib);
+        let floor = if self == VolumeType::Gp3 {
+            GP3_BASELINE_IOPS
+        } else {
+            0
+        };
+        Some(by_size.max(floor).min(*self.iops()?.end()))
+    }
+}
+
+/// A gp3 volume's IOPS when none are provisioned, whatever its size (EBS User Guide: "gp3
+/// volumes deliver a consistent baseline IOPS performance of 3,000 IOPS").
+pub const GP3_BASELINE_IOPS: u32 = 3_000;
+
+/// The most gp3 throughput per provisioned IOPS, as IOPS per MiB/s: "The maximum ratio of
+/// provisioned throughput to provisioned IOPS is .25 MiB/s per IOPS" (EBS User Guide).
+pub const GP3_IOPS_PER_MIBPS: u32 = 4;
+
+/// What a volume of type `t` cannot be given together, as `(setting, what is wrong)`: more IOPS
+/// than its size takes ([`VolumeType::max_iops`]; `size_gib` is the volume's size, when known)
+/// and, for gp3, more throughput than its IOPS (set, or the 3,000 baseline) take. Each value is
+/// taken to be inside its own range (checked apart). EC2 creates no volume from such settings,
+/// so an image registered with them could launch no instance.
+pub fn performance_ties(
+    t: VolumeType,
+    size_gib: Option<u32>,
+    iops: Option<u32>,
+    throughput: Option<u32>,
+) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let name = t.as_str();
+    if let (Some(n), Some(size), Some(per)) = (iops, size_gib, t.iops_per_gib())
+        && let Some(max) = t.max_iops(size)
+        && n > max
+    {
+        problems.push((
+            keys::IOPS,
+            format!(
+                "{} IOPS is more than {} {name} volume of {size} GiB takes: at most {} ({per} IOPS per GiB); set volume-size to at least {} GiB, or iops to at most {}",
+                grouped(n),
+                if name.starts_with('i') { "an" } else { "a" },
+                grouped(max),
+                grouped(n.div_ceil(per)),
+                grouped(max)
+            ),
+        ));
+    }
+    if let (VolumeType::Gp3, Some(m)) = (t, throughput) {
+        let with = iops.unwrap_or(GP3_BASELINE_IOPS);
+        if m.saturating_mul(GP3_IOPS_PER_MIBPS) > with {
+            let whose = if iops.is_some() {
+                ""
+            } else {
+                " (the baseline; iops is not set)"
+            };
+            problems.push((
+                keys::THROUGHPUT,
+                format!(
+                    "{m} MiB/s is more than a gp3 volume with {} IOPS{whose} takes: at most {} MiB/s (0.25 MiB/s per IOPS); set iops to at least {}, or throughput to at most {}",
+                    grouped(with),
+                    with / GP3_IOPS_PER_MIBPS,
+                    grouped(m * GP3_IOPS_PER_MIBPS),
+                    with / GP3_IOPS_PER_MIBPS
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The function's variable that gives `key`'s default: `DEFAULT_` + the key upper-cased with `_`.
+fn default_var(key: &str) -> String {
+    format!("DEFAULT_{}", key.to_ascii_uppercase().replace('-', "_"))
 }
 
 /// `a..=b` as people read it: `3,000–80,000`.
@@ -560,6 +650,36 @@ impl<'a> Settings<'a> {
             t,
             ("throughput", " MiB/s", "only gp3 does"),
         );
+        // The ratios, once every value is in its own range (one problem per setting).
+        let refused = |k: &str| self.problems.iter().any(|p| p.setting == k);
+        if [keys::VOLUME_SIZE, keys::IOPS, keys::THROUGHPUT]
+            .iter()
+            .any(|k| refused(k))
+        {
+            return;
+        }
+        let defaulted: Vec<String> = [keys::IOPS, keys::THROUGHPUT]
+            .into_iter()
+            .filter(|k| self.from_defaults.contains(k))
+            .map(|k| format!("{k} from {}", default_var(k)))
+            .collect();
+        let source = if defaulted.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", defaulted.join(", "))
+        };
+        for (key, message) in performance_ties(volume_type, size, iops, throughput) {
+            self.bad(key, format!("{message}{source}"));
+        }
+    }
+
+    /// ` (from DEFAULT_<SETTING>)` when the function's default gave `key`'s value, else nothing.
+    fn source(&self, key: &str) -> String {
+        if self.from_defaults.contains(key) {
+            format!(" (from {})", default_var(key))
+        } else {
+            String::new()
+        }
     }
 
     /// One performance setting of a `t` volume against the range the type takes (`None`: it
@@ -578,11 +698,7 @@ impl<'a> Settings<'a> {
                 format!("{t} volumes take no {what} ({takers}); leave {key} unset"),
             ),
             (Some(r), Some(n)) if !r.contains(&n) => {
-                let source = if self.from_defaults.contains(key) {
-                    format!(" (from DEFAULT_{})", key.to_ascii_uppercase())
-                } else {
-                    String::new()
-                };
+                let source = self.source(key);
                 self.bad(
                     key,
                     format!(
@@ -1175,6 +1291,122 @@ mod tests {
         )
         .expect_err("read back as stored");
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn iops_beyond_what_the_size_takes_and_throughput_beyond_the_iops_are_refused() {
+        // The EBS ratios: gp3 500 IOPS per GiB (its 3,000 baseline at any size), io1 50, io2
+        // 1,000; gp3 0.25 MiB/s per IOPS. At the limit: accepted.
+        for ok in [
+            &[("iops", "16000"), ("volume-size", "32")][..],
+            &[("iops", "3000"), ("volume-size", "1")][..],
+            &[
+                ("volume-type", "io1"),
+                ("iops", "200"),
+                ("volume-size", "4"),
+            ][..],
+            &[
+                ("volume-type", "io2"),
+                ("iops", "4000"),
+                ("volume-size", "4"),
+            ][..],
+            &[("throughput", "750")][..],
+            &[("throughput", "1000"), ("iops", "4000")][..],
+            // Size unknown (the disk's): only the registration can tell.
+            &[("iops", "80000")][..],
+        ] {
+            assert_eq!(problems_of(ok), [], "{ok:?}");
+        }
+        for (pairs, setting, text) in [
+            (
+                &[("iops", "16000"), ("volume-size", "31")][..],
+                "iops",
+                "16,000 IOPS is more than a gp3 volume of 31 GiB takes: at most 15,500 (500 IOPS per GiB); set volume-size to at least 32 GiB, or iops to at most 15,500",
+            ),
+            (
+                &[("iops", "3001"), ("volume-size", "1")][..],
+                "iops",
+                "at most 3,000 (500 IOPS per GiB); set volume-size to at least 7 GiB",
+            ),
+            (
+                &[
+                    ("volume-type", "io1"),
+                    ("iops", "201"),
+                    ("volume-size", "4"),
+                ][..],
+                "iops",
+                "more than an io1 volume of 4 GiB takes: at most 200 (50 IOPS per GiB); set volume-size to at least 5 GiB",
+            ),
+            (
+                &[
+                    ("volume-type", "io2"),
+                    ("iops", "8001"),
+                    ("volume-size", "8"),
+                ][..],
+                "iops",
+                "at most 8,000 (1000 IOPS per GiB); set volume-size to at least 9 GiB",
+            ),
+            (
+                &[("throughput", "751")][..],
+                "throughput",
+                "751 MiB/s is more than a gp3 volume with 3,000 IOPS (the baseline; iops is not set) takes: at most 750 MiB/s (0.25 MiB/s per IOPS); set iops to at least 3,004, or throughput to at most 750",
+            ),
+            (
+                &[("throughput", "2000"), ("iops", "7999")][..],
+                "throughput",
+                "with 7,999 IOPS takes: at most 1999 MiB/s",
+            ),
+        ] {
+            let p = problems_of(pairs);
+            assert_eq!(p.len(), 1, "{pairs:?}: {p:?}");
+            assert_eq!(p[0].0, setting, "{pairs:?}");
+            assert!(p[0].1.contains(text), "{pairs:?}: {p:?}");
+        }
+        // Both at once: one problem each.
+        let p = problems_of(&[
+            ("iops", "4000"),
+            ("volume-size", "4"),
+            ("throughput", "1001"),
+        ]);
+        assert_eq!(
+            p.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["iops", "throughput"],
+            "{p:?}"
+        );
+        // A value outside its own range is refused for that alone, not for the ratio as well.
+        let p = problems_of(&[("iops", "90000"), ("volume-size", "1")]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].1.contains("outside 3,000–80,000"), "{p:?}");
+    }
+
+    #[test]
+    fn a_ratio_refusal_names_the_defaults_it_involves() {
+        let p = resolve(
+            &[
+                &map(&[("iops", "16000"), ("throughput", "1000")]),
+                &map(&[("volume-size", "8")]),
+            ],
+            "k.raw",
+        )
+        .expect_err("8 GiB takes 4,000 IOPS");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message
+                .ends_with("(iops from DEFAULT_IOPS, throughput from DEFAULT_THROUGHPUT)"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn max_iops_follows_the_size_within_the_range() {
+        assert_eq!(VolumeType::Gp3.max_iops(1), Some(3_000));
+        assert_eq!(VolumeType::Gp3.max_iops(7), Some(3_500));
+        assert_eq!(VolumeType::Gp3.max_iops(1_000), Some(80_000));
+        assert_eq!(VolumeType::Io1.max_iops(4), Some(200));
+        assert_eq!(VolumeType::Io1.max_iops(16_384), Some(64_000));
+        assert_eq!(VolumeType::Io2.max_iops(65_536), Some(256_000));
+        assert_eq!(VolumeType::Gp2.max_iops(100), None);
+        assert_eq!(VolumeType::Standard.max_iops(100), None);
     }
 
     #[test]
