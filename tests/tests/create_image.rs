@@ -1194,10 +1194,11 @@ async fn task_and_start(w: &World, task_id: &str) -> (ImportTask, chrono::DateTi
 }
 
 /// DescribeImportSnapshotTasks stops listing a completed task 7 days after it completed. A
-/// completed import whose registration keeps failing is retried by every sweep, silently
-/// (the failure is transient as far as the sweep knows), until 6 days after the import
-/// started: then it is reported once with its snapshot, the object tagged, the outcome
-/// recorded, and later sweeps leave it — instead of the task vanishing with no word.
+/// completed import whose registration keeps failing is retried by every sweep until 6 days
+/// after the import started: then it is reported once with its snapshot, the object tagged,
+/// the outcome recorded, and later sweeps leave it — instead of the task vanishing with no
+/// word. Without a state bucket (here) nothing is sent before: no claim would keep every sweep
+/// from repeating it (with one, the next test).
 #[tokio::test]
 async fn a_registration_failing_for_six_days_is_reported_before_the_task_leaves_the_listing() {
     let w = world(SLOW_IMPORT, false).await;
@@ -1640,6 +1641,55 @@ async fn overlapping_sweeps_report_a_failed_import_and_warn_about_a_slow_one_onc
         next.sweep
     );
     assert!(w.acct.drain(&w.queue).await.is_empty());
+}
+
+/// With a state bucket, a registration refused for a missing permission is reported by the
+/// first sweep that meets it, once among overlapping sweeps and later ones, naming the call and
+/// when the upload will be given up; the sweeps still retry it, and once the permission is back
+/// the image is registered. Before, nothing went on SNS for six days.
+#[tokio::test]
+async fn a_registration_refused_for_a_permission_is_reported_once_at_once_and_still_retried() {
+    let w = world_with_claims().await;
+    let key = "denied/disk.raw";
+    let task_id = imported(&w, key).await;
+    let (_, started) = task_and_start(&w, &task_id).await;
+    w.acct.inject_fault(json!({"service": "ec2", "action": "RegisterImage", "status": 403,
+        "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
+    let at = started + chrono::Duration::hours(1);
+    let sweeps =
+        futures::future::join_all((0..4).map(|_| handle(Command::Sweep, &w.deps, at, deadline())))
+            .await;
+    assert!(
+        sweeps.iter().all(Result::is_err),
+        "each sweep fails the step"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "one report among 4 sweeps: {msgs:#?}");
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    let until =
+        (started + chrono::Duration::days(6)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        error.contains("ec2:RegisterImage")
+            && error.contains("UnauthorizedOperation")
+            && error.contains(&format!("every sweep retries it until {until}")),
+        "{error}"
+    );
+    assert_eq!(failed[0]["import_task_id"], task_id.as_str());
+    // Later sweeps retry it without a second report; the object is not marked failed.
+    failed_sweep_at(&w, started + chrono::Duration::days(2), "still refused").await;
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    assert!(
+        !object_tags(&w, key)
+            .await
+            .contains_key(lineage::OBJECT_STATUS)
+    );
+    // The permission is back: registered and announced.
+    w.acct.clear_faults();
+    sweep_at(&w, started + chrono::Duration::days(3)).await;
+    assert_eq!(images(&w).await.len(), 1);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
 }
 
 /// A failure that will not clear by itself (a missing permission) is reported once per object

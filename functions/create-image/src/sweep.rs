@@ -179,7 +179,13 @@ pub(crate) async fn execute(
             {
                 give_up(deps, &task_id, &registration, &f.error, now).await
             }
-            other => other.map_err(|f| f.error),
+            Err(f) => {
+                if !f.error.kind.is_transient() {
+                    report_refused(deps, &task_id, &registration, &f.error, now).await;
+                }
+                Err(f.error)
+            }
+            Ok(result) => Ok(result),
         },
         SweepAction::Announce { task_id, image_id } => match images.get(&task_id) {
             Some(image) => announce(deps, &task_id, image, now).await,
@@ -230,6 +236,46 @@ async fn give_up(
     let message = import::give_up_message(reg.started_at, &reg.snapshot_id, &error.to_string());
     report_failure(deps, task_id, &message, object_of(reg).as_ref(), now).await?;
     Ok(message)
+}
+
+/// A registration step refused in a way no retry clears by itself (a missing permission, a
+/// request EC2 calls invalid): every sweep still retries it until the give-up, but it is
+/// reported now, once per task and failing call (claimed in the state bucket, as the ingest's
+/// refusals are), so the operator can fix it within the six days instead of learning of it at
+/// their end. Without a state bucket nothing would keep every sweep from sending it again, so
+/// then only the give-up reports. A report that cannot be sent is logged: the step's own
+/// failure already fails the scheduled sweep.
+async fn report_refused(
+    deps: &Deps,
+    task_id: &str,
+    reg: &Registration,
+    error: &AwsError,
+    now: DateTime<Utc>,
+) {
+    let claims = &deps.config.claims;
+    if claims.bucket.is_none() {
+        return;
+    }
+    let until = (reg.started_at + import::GIVE_UP_REGISTERING_AFTER)
+        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    let what = format!("{} {} {:?}", error.operation, error.resource, error.code);
+    let msg = Message {
+        source_uri: object_of(reg).map(|o| o.uri()),
+        import_task_id: Some(task_id.to_owned()),
+        error: Some(format!(
+            "registering snapshot {} of the completed import was refused: {error}; every sweep retries it until {until}, when the upload is given up",
+            reg.snapshot_id
+        )),
+        dedup_detail: Some(shared::claim::digest(&what)),
+        ..failed_message(deps, now)
+    };
+    let c = &deps.clients;
+    if let Err(e) = claims
+        .report_once(&c.s3, &c.sns, &deps.config.common.topic_arn, &msg, now)
+        .await
+    {
+        warn!(import_task_id = task_id, error = %e, "could not report the refused registration on SNS");
+    }
 }
 
 pub(crate) fn object_of(reg: &Registration) -> Option<ObjectRef> {
