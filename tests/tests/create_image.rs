@@ -876,7 +876,8 @@ async fn provisioned_iops_and_throughput_reach_the_root_volume() {
 #[tokio::test]
 async fn a_default_iops_holds_only_for_the_volume_types_that_take_it() {
     // DEFAULT_IOPS / DEFAULT_THROUGHPUT set for gp3 (the default type): an upload whose metadata
-    // picks gp2 gets a gp2 root volume, not a refusal; one that keeps gp3 gets both values.
+    // picks gp2 gets a gp2 root volume, not a refusal; one that keeps gp3 gets both values
+    // (on a volume of 12 GiB: gp3 takes 500 IOPS per GiB above its 3,000).
     let w = world_with(
         0,
         false,
@@ -884,7 +885,7 @@ async fn a_default_iops_holds_only_for_the_volume_types_that_take_it() {
     )
     .await;
     for (key, metadata) in [
-        ("io/gp3.raw", &[][..]),
+        ("io/gp3.raw", &[("volume-size", "12")][..]),
         ("io/gp2.raw", &[("volume-type", "gp2")][..]),
     ] {
         w.acct
@@ -898,7 +899,7 @@ async fn a_default_iops_holds_only_for_the_volume_types_that_take_it() {
         root_volumes(&w).await,
         [
             ("gp2".to_owned(), None, None, Some(1)),
-            ("gp3".to_owned(), Some(6_000), Some(250), Some(1)),
+            ("gp3".to_owned(), Some(6_000), Some(250), Some(12)),
         ]
     );
 }

@@ -37,7 +37,10 @@ pub async fn sweep(
     loose_ends: bool,
 ) -> Result<SweepReport, AwsError> {
     let c = &deps.clients;
-    let tasks = ec2::describe_import_tasks(&c.ec2, &[Select::tag_key(lineage::MANAGED)]).await?;
+    let mut tasks =
+        ec2::describe_import_tasks(&c.ec2, &[Select::tag_key(lineage::MANAGED)]).await?;
+    // The filter is not documented for this listing: checked on the answer as well.
+    tasks.retain(import::is_managed_task);
     let pending: Vec<&str> = tasks
         .iter()
         .filter(|t| {

@@ -117,8 +117,18 @@ const INHERITED: [&str; 6] = [
     lineage::FAMILY,
 ];
 
-/// Plans the next step for every task. `images_by_task` maps a task id to the image already
-/// registered from it (found by the [`IMPORT_TASK`] tag).
+/// Whether an import task is the pipeline's: it carries [`lineage::MANAGED`]. The sweep lists
+/// tasks with a `tag-key` filter, but DescribeImportSnapshotTasks documents its `Filters` only
+/// as "The filters." (botocore's ec2 model), naming none, and EC2's sibling task listings have
+/// ignored a filter silently (aws/aws-cli#9558: DescribeExportImageTasks returned every task
+/// whatever its `task-state` filter said). Checked on the answer too, so another tool's
+/// imports in the account are never registered, reported or warned about as the pipeline's.
+pub fn is_managed_task(task: &ImportTask) -> bool {
+    task.tags.contains_key(lineage::MANAGED)
+}
+
+/// Plans the next step for every task of the pipeline ([`is_managed_task`]). `images_by_task`
+/// maps a task id to the image already registered from it (found by the [`IMPORT_TASK`] tag).
 pub fn plan_sweep(
     tasks: &[ImportTask],
     images_by_task: &BTreeMap<String, Image>,
@@ -127,6 +137,7 @@ pub fn plan_sweep(
 ) -> Vec<SweepAction> {
     tasks
         .iter()
+        .filter(|task| is_managed_task(task))
         .map(|task| plan_task(task, images_by_task.get(&task.id), policy, now))
         .collect()
 }
@@ -603,6 +614,7 @@ mod tests {
         tags.insert(lineage::SOURCE_TOKEN.into(), "tok".into());
         tags.insert(lineage::SOURCE_URI.into(), "s3://b/team/disk.raw".into());
         tags.insert(STARTED_AT.into(), "2026-11-22T11:00:00Z".into());
+        tags.insert(lineage::MANAGED.into(), "true".into());
         for (k, v) in extra {
             tags.insert(k.to_string(), v.to_string());
         }
@@ -717,6 +729,21 @@ mod tests {
             tags.len() + COPY_ATTEMPT_ROOM <= 50,
             "{} tags: {tags:?}",
             tags.len()
+        );
+    }
+
+    #[test]
+    fn another_tools_import_tasks_are_not_planned_whatever_the_listing_returned() {
+        let mut foreign = task("t-foreign", ImportStatus::Completed, &[]);
+        foreign.tags.remove(lineage::MANAGED);
+        let mut deleted = task("t-foreign-deleted", ImportStatus::Deleted, &[]);
+        deleted.tags.remove(lineage::MANAGED);
+        let ours = task("t-ours", ImportStatus::Completed, &[]);
+        assert!(!is_managed_task(&foreign) && is_managed_task(&ours));
+        let actions = plan_sweep(&[foreign, deleted, ours], &BTreeMap::new(), policy(), now());
+        assert_eq!(
+            actions.iter().map(SweepAction::task_id).collect::<Vec<_>>(),
+            ["t-ours"]
         );
     }
 
