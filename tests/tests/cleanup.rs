@@ -304,6 +304,7 @@ async fn every_exclusion_is_respected_and_named() {
         "shared",
         "protect-tag",
         "dereg-protection",
+        "dereg-cooldown",
         "launched",
         "publishing",
         "plain",
@@ -373,6 +374,18 @@ async fn every_exclusion_is_respected_and_named() {
         .send()
         .await
         .expect("protect");
+    // Protection disabled with its 24-hour cooldown: DeregisterImage still refuses it.
+    ec2.enable_image_deregistration_protection()
+        .image_id(&stale["dereg-cooldown"])
+        .with_cooldown(true)
+        .send()
+        .await
+        .expect("protect with a cooldown");
+    ec2.disable_image_deregistration_protection()
+        .image_id(&stale["dereg-cooldown"])
+        .send()
+        .await
+        .expect("unprotect");
     w.acct.control(
         "POST",
         "/ami-pipeline-emulator/image-last-launched-time",
@@ -404,7 +417,11 @@ async fn every_exclusion_is_respected_and_named() {
         ("public", "public"),
         ("shared", "shared with 111122223333"),
         ("protect-tag", "protected by tag ami-pipeline:protect"),
-        ("dereg-protection", "deregistration protection is enabled"),
+        ("dereg-protection", "deregistration protection (enabled"),
+        (
+            "dereg-cooldown",
+            "deregistration protection (disabled-until ",
+        ),
         ("launched", "launched within 30 days"),
         ("publishing", "publish in progress"),
     ] {
@@ -486,6 +503,45 @@ async fn a_shared_snapshot_survives_and_orphans_are_swept() {
         "still used by {other}"
     );
     assert!(w.exists(EAST, &other).await);
+}
+
+/// A disabled image still holds its snapshot and can be enabled again, but DescribeImages
+/// leaves disabled images out unless asked (`IncludeDisabled`). Before, cleanup did not list
+/// them, so a stale disabled image's snapshot was planned as an orphan (refused `InUse` for a
+/// root volume on every run; another volume's could have been deleted). Now the image is
+/// listed, left with its reason, and its snapshot is not an orphan.
+#[tokio::test]
+async fn a_disabled_images_snapshot_is_no_orphan_and_the_image_is_left_with_its_reason() {
+    let w = world().await;
+    w.managed(EAST, "dis", "dis-newest", 1).await;
+    w.managed(EAST, "dis", "dis-second", 2).await;
+    let (disabled, snap) = w.managed(EAST, "dis", "dis-disabled", 100).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/snapshot-start-time",
+        Some(json!({"region": EAST, "snapshot_id": snap,
+                    "start_time": (Utc::now() - Days::days(100)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+    );
+    w.ec2(EAST)
+        .disable_image()
+        .image_id(&disabled)
+        .send()
+        .await
+        .expect("disable the image");
+    let r = w
+        .run(json!({"dry_run": false}), Utc::now() + Days::days(8))
+        .await;
+    assert!(r.orphans.is_empty(), "{:?}", r.orphans);
+    assert!(w.snapshot_exists(EAST, &snap).await);
+    assert_eq!(action(&r, &disabled), "skip", "{r:?}");
+    assert!(
+        decision(&r, &disabled)
+            .reasons
+            .iter()
+            .any(|why| why.contains("state is disabled")),
+        "{:?}",
+        decision(&r, &disabled).reasons
+    );
 }
 
 #[tokio::test]

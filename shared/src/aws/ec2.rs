@@ -321,13 +321,33 @@ pub async fn describe_own_snapshots(
     Ok(out.snapshots().iter().filter_map(to_snapshot).collect())
 }
 
-/// DescribeImages owned by this account, every page, filtered.
+/// DescribeImages owned by this account, every page, filtered (disabled images not included:
+/// EC2's default).
 pub async fn describe_own_images(ec2: &Client, select: &[Select]) -> Result<Vec<Image>, AwsError> {
+    own_images(ec2, select, false).await
+}
+
+/// Every image this account owns, disabled ones included (state `disabled`). DescribeImages
+/// leaves them out unless asked ("Default: No disabled AMIs are included in the response",
+/// botocore's `IncludeDisabled`), yet a disabled AMI still holds its snapshots ("You cannot
+/// delete a snapshot of the root device of an EBS volume used by a registered AMI",
+/// DeleteSnapshot) and can be enabled again: a listing that decides which snapshots are
+/// orphans must see them.
+pub async fn describe_every_own_image(ec2: &Client) -> Result<Vec<Image>, AwsError> {
+    own_images(ec2, &[], true).await
+}
+
+async fn own_images(
+    ec2: &Client,
+    select: &[Select],
+    include_disabled: bool,
+) -> Result<Vec<Image>, AwsError> {
     let filters = filters(select);
     let mut pages = ec2
         .describe_images()
         .owners("self")
         .set_filters(Some(filters))
+        .include_disabled(include_disabled)
         .max_results(1000)
         .into_paginator()
         .items()

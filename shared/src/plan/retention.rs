@@ -327,15 +327,25 @@ struct Marks<'a> {
     launched: Option<DateTime<Utc>>,
 }
 
+/// Whether DescribeImages' `DeregistrationProtection` keeps the image from DeregisterImage:
+/// anything but `disabled` (or nothing). Besides `enabled` and `enabled-with-cooldown`, an
+/// image whose protection was disabled with a cooldown cannot be deregistered for 24 hours
+/// ("you won't immediately be able to deregister the AMI", DisableImageDeregistrationProtection),
+/// and the model documents no value for that state ("Indicates whether deregistration
+/// protection is enabled"): a value not known to mean "off" is taken as protection, so the run
+/// leaves the image with the value as its reason instead of failing on the refusal.
+fn deregistration_protected(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "disabled")
+}
+
 impl<'a> Marks<'a> {
     fn of(image: &'a Image) -> Self {
         let mut m = Marks {
             public: image.public,
             available: image.state == "available",
-            deregistration_protected: image
-                .deregistration_protection
-                .as_deref()
-                .is_some_and(|p| p.starts_with("enabled")),
+            deregistration_protected: deregistration_protected(
+                image.deregistration_protection.as_deref(),
+            ),
             launched: parse_time(image.last_launched_time.as_deref()),
             ..Marks::default()
         };
@@ -398,7 +408,10 @@ fn exclusions(
         why.push(format!("protected by tag {PROTECT_TAG}"));
     }
     if marks.deregistration_protected {
-        why.push("deregistration protection is enabled".into());
+        why.push(format!(
+            "deregistration protection ({})",
+            image.deregistration_protection.as_deref().unwrap_or("")
+        ));
     }
     if let Some(t) = marks.launched
         && now - t < Duration::days(policy.min_age_days)
@@ -1264,6 +1277,15 @@ mod tests {
         }
     }
 
+    /// DeregistrationProtection values: on, on with a cooldown, off but still in its cooldown,
+    /// and off.
+    const PROTECTIONS: [&str; 4] = [
+        "enabled",
+        "enabled-with-cooldown",
+        "disabled-until 2026-11-23T11:00:00.000Z",
+        "disabled",
+    ];
+
     fn random_world(rng: &mut Rng) -> (Vec<RegionFacts>, Policy) {
         let mut regions = Vec::new();
         for r in 0..1 + rng.below(2) {
@@ -1296,8 +1318,8 @@ mod tests {
                 if rng.chance(8) {
                     im.tags.insert(PROTECT_TAG.into(), "true".into());
                 }
-                if rng.chance(8) {
-                    im.deregistration_protection = Some("enabled".into());
+                if rng.chance(6) {
+                    im.deregistration_protection = Some(PROTECTIONS[rng.below(4) as usize].into());
                 }
                 if rng.chance(10) {
                     im.last_launched_time =
@@ -1400,7 +1422,7 @@ mod tests {
                             .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
                         || i.deregistration_protection
                             .as_deref()
-                            .is_some_and(|p| p.starts_with("enabled"))
+                            .is_some_and(|p| p != "disabled")
                         || t(&i.last_launched_time)
                             .is_some_and(|l| now - l < days(pol.min_age_days))
                         || i.tags.get(PUBLISH_STATE).map(String::as_str) == Some("in-progress");
