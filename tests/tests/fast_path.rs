@@ -168,6 +168,25 @@ async fn raw_upload_is_written_block_by_block_and_reads_back_equal() {
     upload_and_prove(&w, "fast/disk.raw", raw.clone(), &raw, "raw").await;
 }
 
+/// A snapshot StartSnapshot just created may not take blocks yet: PutSnapshotBlock answers
+/// `ResourceNotFoundException` for a while (awslabs/coldsnap#56). The block is sent again
+/// until it is taken, and the upload becomes an image with its content whole and no
+/// `image.failed`. Before, the first such answer stopped the write and was reported.
+#[tokio::test]
+async fn blocks_refused_because_the_new_snapshot_is_not_there_yet_are_sent_again() {
+    let w = world(&[]).await;
+    w.acct.inject_fault(
+        json!({"service": "ebs", "action": "PutSnapshotBlock", "status": 404,
+        "code": "ResourceNotFoundException",
+        "message": "The snapshot does not exist (the test)", "count": 4}),
+    );
+    let raw = patterned_disk();
+    upload_and_prove(&w, "fast/late.raw", raw.clone(), &raw, "raw").await;
+    let calls = w.acct.requests();
+    let puts = calls["ebs:PutSnapshotBlock"].as_u64().unwrap_or_default();
+    assert!(puts > 4, "the refused blocks were sent again: {calls}");
+}
+
 /// A URI longer than the EBS direct API's 255-character tag values and description (EC2 allows
 /// 256): StartSnapshot would answer ValidationException, so both are cut to 255.
 #[tokio::test]

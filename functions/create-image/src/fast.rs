@@ -51,7 +51,7 @@ use chrono::{DateTime, Utc};
 use disk::{Block, BlockChecksum, DecodeError, Decoder, LinearChecksum};
 use futures::stream::{self, StreamExt};
 use shared::aws::{ebs, ec2, s3};
-use shared::deadline::Deadline;
+use shared::deadline::{Deadline, SAFETY_MARGIN};
 use shared::error::{AwsError, ErrorKind};
 use shared::model::{DiskFormat, ObjectInfo, ObjectRef, Select};
 use shared::plan::import;
@@ -70,6 +70,17 @@ pub const READ_PARTS: usize = 8;
 /// PutSnapshotBlock calls in flight. AWS allows 1,000 PutSnapshotBlock per second per snapshot;
 /// 16 concurrent 512 KiB writes is what coldsnap uses per upload.
 pub const PUT_CONCURRENCY: usize = 16;
+/// How long a block is sent again while PutSnapshotBlock says its snapshot does not exist
+/// (`ResourceNotFoundException`). A snapshot StartSnapshot just created may not take blocks at
+/// once: coldsnap met this in 1 of 50–100 uploads, and "the EBS team confirmed that the right
+/// approach for now is to wait and retry, and they recommended a 2 minute cap"
+/// (awslabs/coldsnap#56). Past the cap (or the invocation's deadline) it is the write's failure.
+pub const NOT_FOUND_WAIT: Duration = Duration::from_secs(120);
+/// The first pause before a block is sent again; each next one doubles, up to
+/// [`NOT_FOUND_MAX_PAUSE`].
+pub const NOT_FOUND_FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two sends of a block whose snapshot is not there yet.
+pub const NOT_FOUND_MAX_PAUSE: Duration = Duration::from_secs(15);
 /// Longest wait for `completed` after CompleteSnapshot (AWS seals asynchronously).
 pub const COMPLETE_WAIT: Duration = Duration::from_secs(300);
 
@@ -602,6 +613,7 @@ async fn write(
     transfer.blocks_resumed = start.written.changed_blocks_count();
     let mut ctx = Puts {
         ebs: c.ebs.clone(),
+        deadline,
         snapshot_id: snapshot_id.to_owned(),
         uri: up.object.uri(),
         set: JoinSet::new(),
@@ -642,6 +654,8 @@ async fn write(
 /// The PutSnapshotBlock calls in flight and the checksums of those done.
 struct Puts {
     ebs: aws_sdk_ebs::Client,
+    /// The invocation's: a block's wait for its snapshot ([`NOT_FOUND_WAIT`]) ends before it.
+    deadline: Deadline,
     snapshot_id: String,
     uri: String,
     set: JoinSet<Result<(u32, BlockChecksum), AwsError>>,
@@ -711,19 +725,38 @@ impl Puts {
             self.uri
         );
         let snapshot_id = self.snapshot_id.clone();
+        let deadline = self.deadline;
         self.set.spawn(async move {
             let index = block.index;
             let checksum = BlockChecksum::of(&block.data);
             let block_index = i32::try_from(index).unwrap_or(i32::MAX);
-            ebs::put_snapshot_block(
-                &ebs,
-                &snapshot_id,
-                block_index,
-                block.data,
-                &checksum.base64(),
-                &resource,
-            )
-            .await?;
+            let data = bytes::Bytes::from(block.data);
+            let sum = checksum.base64();
+            let waited = tokio::time::Instant::now();
+            let mut pause = NOT_FOUND_FIRST_PAUSE;
+            loop {
+                match ebs::put_snapshot_block(
+                    &ebs,
+                    &snapshot_id,
+                    block_index,
+                    data.clone(),
+                    &sum,
+                    &resource,
+                )
+                .await
+                {
+                    Err(e)
+                        if e.kind == ErrorKind::NotFound
+                            && waited.elapsed() + pause <= NOT_FOUND_WAIT
+                            && deadline.has_left(SAFETY_MARGIN + pause) =>
+                    {
+                        info!(resource = %resource, error = %e, pause_ms = pause.as_millis() as u64, "the snapshot is not writable yet; the block is sent again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(NOT_FOUND_MAX_PAUSE);
+                    }
+                    other => break other?,
+                }
+            }
             Ok((index, checksum))
         });
     }

@@ -112,7 +112,7 @@ pub async fn put_snapshot_block(
     ebs: &Client,
     snapshot_id: &str,
     block_index: i32,
-    data: Vec<u8>,
+    data: bytes::Bytes,
     checksum_base64: &str,
     resource: &str,
 ) -> Result<(), AwsError> {
