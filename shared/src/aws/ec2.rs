@@ -192,7 +192,16 @@ pub async fn describe_import_tasks(
     Ok(tasks)
 }
 
+/// An image of DescribeImages' answer; `None` for one without an id, and for one already
+/// deregistered: "Recently deregistered images appear in the returned results for a short
+/// interval" (DescribeImages, botocore's ec2 model). For every reader here such an image is
+/// gone: publish would take a failed copy it deregistered for a new failure (and deregister it
+/// again), a name check would take it for the name's holder, cleanup for a user of its
+/// snapshots.
 fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
+    if i.state() == Some(&aws_sdk_ec2::types::ImageState::Deregistered) {
+        return None;
+    }
     Some(Image {
         id: i.image_id()?.to_owned(),
         name: i.name().unwrap_or_default().to_owned(),
@@ -1027,4 +1036,32 @@ pub async fn image_block_public_access_state(ec2: &Client) -> Result<String, Aws
         .image_block_public_access_state()
         .unwrap_or("unblocked")
         .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ec2::types::{Image as SdkImage, ImageState};
+
+    #[test]
+    fn a_deregistered_image_still_listed_is_gone() {
+        let listed = |state: ImageState| {
+            to_image(
+                &SdkImage::builder()
+                    .image_id("ami-0123456789abcdef0")
+                    .state(state)
+                    .build(),
+            )
+        };
+        assert!(listed(ImageState::Deregistered).is_none());
+        for state in [
+            ImageState::Available,
+            ImageState::Pending,
+            ImageState::Disabled,
+            ImageState::Failed,
+        ] {
+            let image = listed(state.clone()).expect("listed");
+            assert_eq!(image.state, state.as_str());
+        }
+    }
 }
