@@ -174,6 +174,9 @@ pub struct Image {
     pub root_device_name: Option<String>,
     /// Snapshot ids in the block device mappings, in mapping order.
     pub snapshot_ids: Vec<String>,
+    /// Whether any EBS volume of its block device mappings is encrypted (such an image can
+    /// never be made public).
+    pub encrypted: bool,
     /// Tags.
     pub tags: Tags,
     /// The instance CreateImage made it from (EC2's own record).

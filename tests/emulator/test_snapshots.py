@@ -162,3 +162,53 @@ def test_modify_snapshot_attribute_takes_at_most_500_modifications(account):
     )
     perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
     assert len(perms["CreateVolumePermissions"]) == 500
+
+
+def test_an_encrypted_snapshot_or_an_ami_with_one_is_never_made_public(account):
+    """EBS User Guide: "You can't make your encrypted snapshots available publicly"; an AMI with
+    encrypted volumes cannot be made public either. Sharing with an account still works, and
+    an unencrypted image is still made public."""
+    ec2 = account.ec2()
+    region = ec2.meta.region_name
+    volume = ec2.create_volume(AvailabilityZone=f"{region}a", Size=1, Encrypted=True)["VolumeId"]
+    encrypted = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.delete_volume(VolumeId=volume)
+    assert ec2.describe_snapshots(SnapshotIds=[encrypted])["Snapshots"][0]["Encrypted"] is True
+    image = register(ec2, "enc-image", encrypted)
+    ebs = ec2.describe_images(ImageIds=[image])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]
+    assert ebs["Encrypted"] is True
+
+    with aws_error("UnsupportedOperation", "Encrypted snapshots can't be shared publicly"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId=encrypted, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"]
+        )
+    with aws_error("UnsupportedOperation", "Encrypted snapshots can't be shared publicly"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId=encrypted, CreateVolumePermission={"Add": [{"Group": "all"}]}
+        )
+    with aws_error("UnsupportedOperation", "Encrypted snapshots can't be shared publicly"):
+        ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"Group": "all"}]})
+    with aws_error("UnsupportedOperation"):
+        ec2.modify_image_attribute(
+            ImageId=image, Attribute="launchPermission", OperationType="add", UserGroups=["all"]
+        )
+    assert ec2.describe_images(ImageIds=[image])["Images"][0]["Public"] is False
+    groups = ec2.describe_snapshot_attribute(SnapshotId=encrypted, Attribute="createVolumePermission")
+    assert groups["CreateVolumePermissions"] == []
+
+    # Sharing with an account is not refused.
+    ec2.modify_snapshot_attribute(
+        SnapshotId=encrypted, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
+    )
+    ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    perms = ec2.describe_image_attribute(ImageId=image, Attribute="launchPermission")["LaunchPermissions"]
+    assert perms == [{"UserId": "111122223333"}]
+
+    # An unencrypted image and its snapshot are still made public.
+    plain = make_snapshot(ec2, 1)
+    public = register(ec2, "plain-image", plain)
+    ec2.modify_snapshot_attribute(
+        SnapshotId=plain, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"]
+    )
+    ec2.modify_image_attribute(ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert ec2.describe_images(ImageIds=[public])["Images"][0]["Public"] is True

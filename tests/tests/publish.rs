@@ -458,6 +458,73 @@ async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
     assert!(!strict.image(EAST, &other).await.public);
 }
 
+/// EC2 makes neither an encrypted snapshot nor an AMI with encrypted volumes public (images
+/// are encrypted by `KMS_KEY_ARN` or the account's EBS encryption by default). Before, a public
+/// publish of such an image failed at ModifySnapshotAttribute in every region on every run,
+/// with the other shares done and the image left in progress. Now it is refused before
+/// anything changes, saying why: a manual request outright, an event with one `image.failed`.
+#[tokio::test]
+async fn an_encrypted_image_is_refused_public_before_anything_changes() {
+    let w = World::with_claims(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
+    let ec2 = w.ec2(EAST);
+    let volume = ec2
+        .create_volume()
+        .availability_zone(format!("{EAST}a"))
+        .size(1)
+        .encrypted(true)
+        .send()
+        .await
+        .expect("encrypted volume");
+    let snap = ec2
+        .create_snapshot()
+        .volume_id(volume.volume_id().unwrap_or_default())
+        .send()
+        .await
+        .expect("snapshot");
+    let tags = [
+        ("ami-pipeline:managed", "true"),
+        ("ami-pipeline:family", "web"),
+        ("ami-pipeline:generation", "0"),
+        ("create_date", "20261122T120000Z"),
+        ("create_timestamp", "1795435200"),
+        ("publish:public", "true"),
+    ];
+    let src = fixtures::register(
+        &ec2,
+        "web-encrypted",
+        snap.snapshot_id().unwrap_or_default(),
+        &tags,
+    )
+    .await;
+    assert!(w.image(EAST, &src).await.encrypted);
+    let err = w
+        .try_run(json!({"image_id": src}))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.error_type(), "InvalidPolicy");
+    assert!(
+        err.to_string().contains(&src) && err.to_string().contains("encrypted"),
+        "{err}"
+    );
+    assert!(w.copies(WEST, &src).await.is_empty());
+    let marks = fixtures::tags_of(&ec2, &src).await;
+    assert!(marks.get(plan::PUBLISH_STATE).is_none(), "{marks}");
+    for _ in 0..2 {
+        let err = w.try_run(w.ready_event(&src)).await.expect_err("refused");
+        assert_eq!(err.error_type(), "InvalidPolicy");
+    }
+    let failed = w.messages("image.failed").await;
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("encrypted")),
+        "{failed:#?}"
+    );
+    assert!(!w.image(EAST, &src).await.public);
+    assert!(w.copies(WEST, &src).await.is_empty());
+}
+
 /// An image whose recorded policy the function's settings now refuse (a manual publish recorded
 /// `publish:regions=eu-west-1`, then eu-west-1 was denied) is refused by every event and
 /// schedule run, and stays `in-progress` (out of cleanup's reach): `image.failed` names it,

@@ -216,6 +216,10 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
             .iter()
             .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
             .collect(),
+        encrypted: i
+            .block_device_mappings()
+            .iter()
+            .any(|m| m.ebs().and_then(|e| e.encrypted()) == Some(true)),
         tags: from_sdk_tags(i.tags()),
         source_instance_id: i.source_instance_id().map(str::to_owned),
         source_image_id: i.source_image_id().map(str::to_owned),

@@ -714,7 +714,8 @@ def deregister_image(self: Any) -> ActionResult:
 def modify_image_attribute(self: Any) -> ActionResult:
     """API_ModifyImageAttribute: launch permissions (both forms) refused with
     OperationNotPermitted while image block public access is ``block-new-sharing`` and the
-    change would make a private image public; Description and ImdsSupport are applied."""
+    change would make a private image public, and with UnsupportedOperation when the image to
+    make public has an encrypted volume; Description and ImdsSupport are applied."""
     image_id = self._get_param("ImageId")
     attribute = self._get_param("Attribute")
     launch_permission = self._get_param("LaunchPermission") or {}
@@ -743,6 +744,15 @@ def modify_image_attribute(self: Any) -> ActionResult:
         if to_add and region_state(backend).image_block_public_access == "block-new-sharing":
             if any(p.get("Group") == "all" for p in to_add) and not image.is_public:
                 raise client_error("OperationNotPermitted", BPA_REFUSAL)
+        if any(p.get("Group") == "all" for p in to_add) and any(
+            e.get("Encrypted") for e in _ebs(image)
+        ):
+            # AMIs with encrypted volumes cannot be made public; EC2 answers
+            # "UnsupportedOperation: Encrypted snapshots can't be shared publicly. Specify
+            # another snapshot." (reported by Packer users, opendevstack/ods-core#1062).
+            from .snapshots import ENCRYPTED_NOT_PUBLIC
+
+            raise client_error("UnsupportedOperation", ENCRYPTED_NOT_PUBLIC)
         if to_add or to_remove:
             backend.modify_image_attribute(
                 ami_id=image.id,

@@ -13,7 +13,10 @@
   (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSnapshots.html).
 * ModifySnapshotAttribute accepts the structured ``CreateVolumePermission={Add,Remove}`` form
   besides ``OperationType``+``UserIds``/``GroupNames``
-  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ModifySnapshotAttribute.html).
+  (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ModifySnapshotAttribute.html),
+  and refuses to make an encrypted snapshot public (``UnsupportedOperation``; EBS User Guide:
+  "You can't make your encrypted snapshots available publicly"); ModifyImageAttribute refuses
+  the same for an AMI with an encrypted snapshot (``images.modify_image_attribute``).
 """
 
 from __future__ import annotations
@@ -264,6 +267,9 @@ def _permission_lists(entries: Any) -> tuple[list[str], list[str]]:
 # operation" (accounts and groups added or removed).
 MAX_MODIFICATIONS = 500
 
+# The refusal to make an encrypted snapshot (or an AMI with one) public.
+ENCRYPTED_NOT_PUBLIC = "Encrypted snapshots can't be shared publicly. Specify another snapshot."
+
 
 def response_modify_snapshot_attribute(self: Any) -> ActionResult:
     snapshot_id = self._get_param("SnapshotId")
@@ -309,6 +315,12 @@ def response_modify_snapshot_attribute(self: Any) -> ActionResult:
         snapshot = backend.snapshots.get(snapshot_id)
         if snapshot is None:
             raise snapshot_not_found(snapshot_id)
+        if "all" in add_groups and snapshot.encrypted:
+            # "You can't make your encrypted snapshots available publicly" (EBS User Guide,
+            # "Share an Amazon EBS snapshot"). Guess: the code and message, taken from what
+            # ModifyImageAttribute answers for an AMI with encrypted snapshots (reported by
+            # Packer users, opendevstack/ods-core#1062).
+            raise client_error("UnsupportedOperation", ENCRYPTED_NOT_PUBLIC)
         snapshot.create_volume_permission_userids.update(add_users)
         snapshot.create_volume_permission_groups.update(add_groups)
         snapshot.create_volume_permission_userids.difference_update(remove_users)
