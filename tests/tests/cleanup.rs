@@ -212,14 +212,92 @@ async fn an_image_not_listed_yet_only_makes_cleanup_keep_more() {
     assert_eq!(action(&r, &old2), "deprecate");
 }
 
-/// A launch template deleted between cleanup's listing and the read of its versions (EC2
+/// By default (`$Default` and `$Latest`), every template's versions are read with one
+/// account-wide DescribeLaunchTemplateVersions per 200 versions, not one per template after a
+/// listing: 12 templates cost one call, and the images of their `$Default` and `$Latest`
+/// versions stay while an older version's image goes.
+#[tokio::test]
+async fn default_and_latest_versions_of_every_template_are_read_in_one_call() {
+    let w = one_run_world(&[]).await;
+    let ec2 = w.ec2(EAST);
+    w.managed(EAST, "lts", "lts-new", 1).await;
+    let (by_default, _) = w.managed(EAST, "lts", "lts-default", 100).await;
+    let (by_latest, _) = w.managed(EAST, "lts", "lts-latest", 101).await;
+    let (by_old_version, _) = w.managed(EAST, "lts", "lts-old-version", 102).await;
+    let data = |image: &str| {
+        aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+            .image_id(image)
+            .build()
+    };
+    for n in 0..11 {
+        ec2.create_launch_template()
+            .launch_template_name(format!("lts-{n}"))
+            .launch_template_data(data(&by_default))
+            .send()
+            .await
+            .expect("launch template");
+    }
+    // "lts-versions": version 1 launches `by_old_version`, version 2 `by_latest`, version 3
+    // `by_default`; version 2 is made the default, so $Default (2) and $Latest (3) differ and
+    // version 1 is neither: its image goes.
+    let t = ec2
+        .create_launch_template()
+        .launch_template_name("lts-versions")
+        .launch_template_data(data(&by_old_version))
+        .send()
+        .await
+        .expect("launch template");
+    let id = t
+        .launch_template()
+        .and_then(|t| t.launch_template_id())
+        .expect("id")
+        .to_owned();
+    for image in [&by_latest, &by_default] {
+        ec2.create_launch_template_version()
+            .launch_template_id(&id)
+            .launch_template_data(data(image))
+            .send()
+            .await
+            .expect("version");
+    }
+    ec2.modify_launch_template()
+        .launch_template_id(&id)
+        .default_version("2")
+        .send()
+        .await
+        .expect("default version 2");
+    w.acct.reset_requests();
+    let r = w.run(json!({"dry_run": false}), Utc::now()).await;
+    let calls = w.acct.requests();
+    assert_eq!(calls["ec2:DescribeLaunchTemplateVersions"], 1, "{calls}");
+    assert!(
+        calls.get("ec2:DescribeLaunchTemplates").is_none(),
+        "{calls}"
+    );
+    for (kept, why) in [
+        (&by_default, "launch template lts-"),
+        (&by_latest, "launch template lts-versions (version 2)"),
+    ] {
+        assert_eq!(action(&r, kept), "skip", "{:?}", decision(&r, kept));
+        assert!(
+            decision(&r, kept).reasons.iter().any(|r| r.contains(why)),
+            "{:?}",
+            decision(&r, kept)
+        );
+    }
+    assert_eq!(action(&r, &by_old_version), "deregister");
+    assert!(!w.exists(EAST, &by_old_version).await);
+}
+
+/// With `LAUNCH_TEMPLATE_VERSIONS=all` each template's versions are read on their own, after a
+/// listing. A launch template deleted between the listing and the read of its versions (EC2
 /// answers InvalidLaunchTemplateId.NotFound; node groups and autoscalers delete templates all
 /// the time) references nothing: the run goes on, and the other templates' images stay. A
 /// template created minutes ago and not found may only not have propagated: its references are
 /// unknown, and the run fails with nothing removed.
 #[tokio::test]
 async fn a_launch_template_deleted_while_cleanup_reads_it_does_not_fail_the_run() {
-    let w = one_run_world(&[]).await;
+    let w = one_run_world(&[("LAUNCH_TEMPLATE_VERSIONS", "all")]).await;
     let ec2 = w.ec2(EAST);
     w.managed(EAST, "lt", "lt-new", 1).await;
     let (held, _) = w.managed(EAST, "lt", "lt-held", 100).await;

@@ -510,16 +510,47 @@ pub async fn create_tags(ec2: &Client, resource_ids: &[&str], tags: &Tags) -> Re
 /// have propagated throughout the system"), and its references are then unknown.
 pub const TEMPLATE_SETTLED_MINUTES: i64 = 10;
 
-/// The images referenced by launch templates: for each template (DescribeLaunchTemplates, every
-/// page), its `$Default` and `$Latest` versions, or every version when `all_versions`; a
-/// template not found when its versions are read, created at least
+/// The images referenced by launch templates: every template's `$Default` and `$Latest`
+/// versions, or every version when `all_versions`. Returns image id → `template-name
+/// (version n)`.
+///
+/// `$Default`/`$Latest` are read in one paginated DescribeLaunchTemplateVersions for the whole
+/// account ("To describe all launch templates in your account that are defined as the latest
+/// version, the valid value is $Latest. To describe all launch templates in your account that
+/// are defined as the default version, the valid value is $Default. You can specify $Latest and
+/// $Default in the same request", botocore's `Versions`): one call per 200 versions, not one per
+/// template (accounts with Auto Scaling, EKS node groups or Karpenter hold thousands), and no
+/// template can be deleted between a listing and its read. Every version needs a read per
+/// template (DescribeLaunchTemplates, every page): a template not found then, created at least
 /// [`TEMPLATE_SETTLED_MINUTES`] before `now`, was deleted since the listing and references
-/// nothing. Returns image id → `template-name (version n)`.
+/// nothing.
 pub async fn images_in_launch_templates(
     ec2: &Client,
     all_versions: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<std::collections::BTreeMap<String, String>, AwsError> {
+    if !all_versions {
+        let mut used = std::collections::BTreeMap::new();
+        let mut pages = ec2
+            .describe_launch_template_versions()
+            .versions("$Default")
+            .versions("$Latest")
+            .max_results(200)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                AwsError::from_sdk(
+                    "ec2:DescribeLaunchTemplateVersions",
+                    "$Default and $Latest of every launch template",
+                    e,
+                )
+                .in_region(ec2.config().region())
+            })?;
+            note_template_images(&mut used, page.launch_template_versions(), "");
+        }
+        return Ok(used);
+    }
     let mut templates = Vec::new();
     let mut pages = ec2
         .describe_launch_templates()
@@ -545,14 +576,12 @@ pub async fn images_in_launch_templates(
     };
     let mut used = std::collections::BTreeMap::new();
     for (t, created) in templates {
-        let mut call = ec2
+        let mut pages = ec2
             .describe_launch_template_versions()
             .launch_template_id(&t)
-            .max_results(200);
-        if !all_versions {
-            call = call.versions("$Default").versions("$Latest");
-        }
-        let mut pages = call.into_paginator().send();
+            .max_results(200)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = match page {
                 Ok(page) => page,
@@ -573,20 +602,32 @@ pub async fn images_in_launch_templates(
                     return Err(e);
                 }
             };
-            for v in page.launch_template_versions() {
-                if let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) {
-                    used.entry(image.to_owned()).or_insert_with(|| {
-                        format!(
-                            "{} (version {})",
-                            v.launch_template_name().unwrap_or(&t),
-                            v.version_number().unwrap_or_default()
-                        )
-                    });
-                }
-            }
+            note_template_images(&mut used, page.launch_template_versions(), &t);
         }
     }
     Ok(used)
+}
+
+/// Notes the image each version launches (the first version naming an image is its reason),
+/// as `template-name (version n)`; `template` names a version whose answer carries no name.
+fn note_template_images(
+    used: &mut std::collections::BTreeMap<String, String>,
+    versions: &[aws_sdk_ec2::types::LaunchTemplateVersion],
+    template: &str,
+) {
+    for v in versions {
+        if let Some(image) = v.launch_template_data().and_then(|d| d.image_id()) {
+            used.entry(image.to_owned()).or_insert_with(|| {
+                format!(
+                    "{} (version {})",
+                    v.launch_template_name()
+                        .or(v.launch_template_id())
+                        .unwrap_or(template),
+                    v.version_number().unwrap_or_default()
+                )
+            });
+        }
+    }
 }
 
 /// Who an image is shared with (DescribeImageAttribute `launchPermission`): account ids,
