@@ -389,6 +389,9 @@ def build(fixture: Fixture, account: str, workers: int = 8) -> Built:
             "images": [{"image_id": image_ids[i.index], "creation_date": i.created_text()} for i in fixture.images],
         },
     )
+    # The fixture's public images are past EC2's default quota of 5 public AMIs per Region
+    # (Service Quotas L-0E3CBAB9), as an account with many public images has had it raised.
+    control("POST", "/ami-pipeline-emulator/config", {"account_id": account, "public_image_quota": 1_000_000})
     for img in fixture.images:
         image = image_ids[img.index]
         if "in-use" in img.traps:

@@ -267,6 +267,46 @@ def test_image_block_public_access(account):
     assert image(ec2, private)["Public"] is True
 
 
+def test_public_images_are_held_to_the_regions_quota(account):
+    """Service Quotas "Public AMIs" (L-0E3CBAB9): 5 per Region by default. The 6th image made
+    public is refused with ResourceLimitExceeded and stays private; sharing it with an account
+    still works; another Region counts its own; a raised quota lets it through, as does making
+    one of the five private."""
+    ec2, west = account.ec2(), account.ec2("us-west-2")
+    assert account.configure()["public_image_quota"] == 5
+    snap = make_snapshot(ec2, 1)
+    public = [register(ec2, f"public-{n}", snap) for n in range(5)]
+    for image_id in public:
+        ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+    sixth = register(ec2, "sixth", snap)
+    with aws_error("ResourceLimitExceeded", "You have reached your quota of 5 for the number of public images"):
+        ec2.modify_image_attribute(ImageId=sixth, LaunchPermission={"Add": [{"Group": "all"}]})
+    with aws_error("ResourceLimitExceeded"):
+        ec2.modify_image_attribute(
+            ImageId=sixth, Attribute="launchPermission", OperationType="add", UserGroups=["all"]
+        )
+    with aws_error("ResourceLimitExceeded"):
+        # Refused as a whole: the account in the same call is not added either.
+        ec2.modify_image_attribute(
+            ImageId=sixth, LaunchPermission={"Add": [{"UserId": "111122223333"}, {"Group": "all"}]}
+        )
+    assert image(ec2, sixth)["Public"] is False
+    assert ec2.describe_image_attribute(ImageId=sixth, Attribute="launchPermission")["LaunchPermissions"] == []
+    ec2.modify_image_attribute(ImageId=sixth, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    # Adding "all" to an image already public is no new public image.
+    ec2.modify_image_attribute(ImageId=public[0], LaunchPermission={"Add": [{"Group": "all"}]})
+    # us-west-2 has a quota of its own.
+    west_image = register(west, "west", make_snapshot(west, 1))
+    west.modify_image_attribute(ImageId=west_image, LaunchPermission={"Add": [{"Group": "all"}]})
+    # One made private frees a place; a raised quota another.
+    ec2.modify_image_attribute(ImageId=public[0], LaunchPermission={"Remove": [{"Group": "all"}]})
+    ec2.modify_image_attribute(ImageId=sixth, LaunchPermission={"Add": [{"Group": "all"}]})
+    seventh = register(ec2, "seventh", snap)
+    assert account.configure(public_image_quota=6)["public_image_quota"] == 6
+    ec2.modify_image_attribute(ImageId=seventh, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert image(ec2, seventh)["Public"] is True
+
+
 # ------------------------------------------------------------------------ image attributes
 
 

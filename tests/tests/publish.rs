@@ -458,6 +458,73 @@ async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
     assert!(!strict.image(EAST, &other).await.public);
 }
 
+/// EC2 holds public images to a quota per Region (Service Quotas "Public AMIs", 5 unless
+/// raised): past it, ModifyImageAttribute refuses the whole call. Before, the account shares
+/// went in the same call as `all`, so they were refused with it. Now they go first: the image
+/// is shared with the account, the region fails naming the quota, and once a place is free the
+/// schedule makes it public.
+#[tokio::test]
+async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_finishes() {
+    let w = world(&[("PUBLIC", "opt-in"), ("SHARE_ACCOUNTS", PARTNER)]).await;
+    let ec2 = w.ec2(EAST);
+    let mut others = Vec::new();
+    for n in 0..5 {
+        let (id, _) = fixtures::image(&ec2, &format!("other-public-{n}"), &[]).await;
+        ec2.modify_image_attribute()
+            .image_id(&id)
+            .launch_permission(
+                aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                    .add(
+                        aws_sdk_ec2::types::LaunchPermission::builder()
+                            .group(aws_sdk_ec2::types::PermissionGroup::All)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("public");
+        others.push(id);
+    }
+    let (src, _) = w.source("web-quota", &[("publish:public", "true")]).await;
+    w.run(w.ready_event(&src)).await;
+    let out = w.run(World::schedule()).await;
+    let r = &advanced(&out)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    let detail = r.regions[EAST].detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("not made public, the other shares are in place")
+            && detail.contains("quota of 5"),
+        "{detail}"
+    );
+    let shared = w.launch(EAST, &src).await;
+    assert!(
+        shared.accounts.contains(PARTNER) && !shared.public,
+        "{shared:?}"
+    );
+    assert!(!w.image(EAST, &src).await.public);
+
+    // A place freed: the schedule finishes the publication.
+    ec2.modify_image_attribute()
+        .image_id(&others[0])
+        .launch_permission(
+            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
+                .remove(
+                    aws_sdk_ec2::types::LaunchPermission::builder()
+                        .group(aws_sdk_ec2::types::PermissionGroup::All)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("private");
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert!(w.image(EAST, &src).await.public);
+    assert_eq!(w.messages("image.published").await.len(), 1);
+}
+
 /// EC2 makes neither an encrypted snapshot nor an AMI with encrypted volumes public (images
 /// are encrypted by `KMS_KEY_ARN` or the account's EBS encryption by default). Before, a public
 /// publish of such an image failed at ModifySnapshotAttribute in every region on every run,

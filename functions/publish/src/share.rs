@@ -120,9 +120,35 @@ pub(crate) async fn share_checked(
     let launch = Grants::launch(policy);
     let current = launch_grants(rc, &image.id).await?;
     let missing = launch.missing_from(&current);
-    if !missing.is_empty() {
-        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &missing).await?;
-        rep.granted = missing;
+    // The accounts, organizations and OUs first, `all` in a call of its own: EC2 holds public
+    // images to a per-Region quota (Service Quotas "Public AMIs", 5 unless raised), and its
+    // refusal of one call (ResourceLimitExceeded) must not take the other shares with it.
+    let principals = Grants {
+        public: false,
+        ..missing.clone()
+    };
+    if !principals.is_empty() {
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &principals).await?;
+        rep.granted = principals;
+    }
+    if missing.public {
+        let public = Grants {
+            public: true,
+            ..Grants::default()
+        };
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &public)
+            .await
+            .map_err(|e| {
+                if e.has_code("ResourceLimitExceeded") {
+                    GrantError::NotApplied(format!(
+                        "{}: not made public, the other shares are in place: {e} (Service Quotas code L-0E3CBAB9; cleanup removes public images only with ALLOW_PUBLIC); the schedule retries",
+                        image.id
+                    ))
+                } else {
+                    GrantError::Aws(e)
+                }
+            })?;
+        rep.granted.public = true;
     }
     let after = launch_grants(rc, &image.id).await?;
     let still = launch.missing_from(&after);

@@ -46,8 +46,12 @@ ENV_IMPORT_DELAY = "AMI_EMULATOR_IMPORT_DELAY_SECONDS"
 ENV_COPY_DELAY = "AMI_EMULATOR_COPY_DELAY_SECONDS"
 DEFAULT_IMPORT_DELAY = 2.0
 DEFAULT_COPY_DELAY = 0.0
+# Service Quotas "Public AMIs" (L-0E3CBAB9): 5 per Region unless raised ("You have reached
+# your quota of 5 for the number of public images allowed in this Region", ModifyImageAttribute).
+DEFAULT_PUBLIC_IMAGE_QUOTA = 5.0
 
-# account id -> {"import_delay_seconds": float, "copy_delay_seconds": float}
+# account id -> {"import_delay_seconds": float, "copy_delay_seconds": float,
+#                "public_image_quota": float}
 _ACCOUNT_CONFIG: dict[str, dict[str, float]] = {}
 
 
@@ -68,6 +72,7 @@ def default_config() -> dict[str, float]:
     return {
         "import_delay_seconds": _env_float(ENV_IMPORT_DELAY, DEFAULT_IMPORT_DELAY),
         "copy_delay_seconds": _env_float(ENV_COPY_DELAY, DEFAULT_COPY_DELAY),
+        "public_image_quota": DEFAULT_PUBLIC_IMAGE_QUOTA,
     }
 
 

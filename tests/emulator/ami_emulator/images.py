@@ -711,11 +711,31 @@ def deregister_image(self: Any) -> ActionResult:
     return ActionResult(result)
 
 
+def _check_public_image_quota(backend: Any, account: str) -> None:
+    """Service Quotas "Public AMIs" (L-0E3CBAB9, 5 per Region by default, adjustable; the
+    account's ``public_image_quota`` here): making one more image public past it is refused with
+    EC2's answer, as reported by its users (e.g. NixOS/amis#37, iterative/studio-selfhosted#90):
+    ``ResourceLimitExceeded`` "You have reached your quota of 5 for the number of public images
+    allowed in this Region. ...". Images in the Recycle Bin, which AWS counts too, are not
+    modelled."""
+    quota = int(account_config(account).get("public_image_quota", 5))
+    public = sum(1 for i in backend.amis.values() if i.is_public and i.owner_id == account)
+    if public >= quota:
+        raise client_error(
+            "ResourceLimitExceeded",
+            f"You have reached your quota of {quota} for the number of public images allowed in "
+            "this Region. Deregister unused public images or make them private, or request an "
+            "increase in your public AMIs quota.",
+        )
+
+
 def modify_image_attribute(self: Any) -> ActionResult:
     """API_ModifyImageAttribute: launch permissions (both forms) refused with
     OperationNotPermitted while image block public access is ``block-new-sharing`` and the
-    change would make a private image public, and with UnsupportedOperation when the image to
-    make public has an encrypted volume; Description and ImdsSupport are applied."""
+    change would make a private image public, with UnsupportedOperation when the image to make
+    public has an encrypted volume, and with ResourceLimitExceeded past the account's quota of
+    public images in the Region (``_check_public_image_quota``); Description and ImdsSupport are
+    applied."""
     image_id = self._get_param("ImageId")
     attribute = self._get_param("Attribute")
     launch_permission = self._get_param("LaunchPermission") or {}
@@ -753,6 +773,8 @@ def modify_image_attribute(self: Any) -> ActionResult:
             from .snapshots import ENCRYPTED_NOT_PUBLIC
 
             raise client_error("UnsupportedOperation", ENCRYPTED_NOT_PUBLIC)
+        if any(p.get("Group") == "all" for p in to_add) and not image.is_public:
+            _check_public_image_quota(backend, self.current_account)
         if to_add or to_remove:
             backend.modify_image_attribute(
                 ami_id=image.id,
