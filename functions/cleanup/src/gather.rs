@@ -25,7 +25,7 @@ pub(crate) async fn gather(
     now: DateTime<Utc>,
 ) -> Result<RegionFacts, AwsError> {
     let c = clients.get(region);
-    let images = ec2::describe_every_own_image(&c.ec2).await?;
+    let images = ec2::describe_every_own_image(&c.ec2, &[]).await?;
     let used_by_templates =
         ec2::images_in_launch_templates(&c.ec2, deps.config.all_template_versions, now).await?;
     let managed_snapshots = if policy.orphan_sweep {

@@ -3,7 +3,9 @@
 //!
 //! 1. **Decide** ([`decide`]): two ranged GETs (the first 64 KiB, the last 512 bytes) and
 //!    [`disk::probe`] name the format and the virtual size; [`upload::choose`] takes the fast
-//!    path or the ImportSnapshot fallback (and says why).
+//!    path or the ImportSnapshot fallback (and says why). Settings the root volume cannot have
+//!    over that size ([`import::root_volume`]: a `volume-size` below the disk's, IOPS beyond
+//!    what the size takes) are refused here, before anything is written or imported.
 //! 2. **Start**: StartSnapshot with `VolumeSize` (GiB, rounded up), `ClientToken` = the upload's
 //!    token (bucket, key, version or ETag — the import's idempotency token), the pipeline's tags
 //!    at creation, `Timeout` [`upload::SNAPSHOT_TIMEOUT_MINUTES`]. A duplicate event gets the same
@@ -31,7 +33,9 @@
 //! that does not clear (access denied, validation) stops the upload at once with a message
 //! naming the snapshot, the block, its offset and the object; the pending snapshot stays for a
 //! redelivered event to finish (same token), else AWS cancels it after its `Timeout`. Throttling
-//! and 5xx are retried by the SDK.
+//! and 5xx are retried by the SDK. A block refused because the snapshot "does not exist" (a
+//! snapshot just started may not take blocks at once) is sent again for up to
+//! [`NOT_FOUND_WAIT`].
 //!
 //! **Across invocations** ([`crate::progress`]): with a state bucket, the writer holds a lease on
 //! the snapshot; near the Lambda deadline it lets the writes in flight finish, saves a checkpoint

@@ -177,7 +177,9 @@ async fn family_taken(
     spec: &ImageSpec,
 ) -> Result<Option<String>, AwsError> {
     let c = &deps.clients;
-    let images = ec2::describe_own_images(
+    // Disabled images included, as cleanup lists them: a disabled oldest image still owns its
+    // family there (and may be enabled again), so both functions name the same owner.
+    let images = ec2::describe_every_own_image(
         &c.ec2,
         &[
             Select::tag(lineage::FAMILY, [spec.family.as_str()]),

@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{self, StreamExt};
 use shared::aws::ec2;
 use shared::deadline::Deadline;
-use shared::error::AwsError;
+use shared::error::{AwsError, ErrorKind};
 use shared::model::{Image, ObjectRef, Select, Tags};
 use shared::notify::{EventType, Message};
 use shared::plan::import::{self, Registration, SweepAction, SweepPolicy};
@@ -183,7 +183,10 @@ pub(crate) async fn execute(
                 give_up(deps, &task_id, &registration, &f.error, now).await
             }
             Err(f) => {
-                if !f.error.kind.is_transient() {
+                // A missing permission, and nothing registered: NotFound here is EC2's reads
+                // lagging a new snapshot, and after a RegisterImage that may have taken effect
+                // the image may exist (and may have been announced).
+                if !f.may_have_registered && f.error.kind == ErrorKind::AccessDenied {
                     report_refused(deps, &task_id, &registration, &f.error, now).await;
                 }
                 Err(f.error)
@@ -241,8 +244,8 @@ async fn give_up(
     Ok(message)
 }
 
-/// A registration step refused in a way no retry clears by itself (a missing permission, a
-/// request EC2 calls invalid): every sweep still retries it until the give-up, but it is
+/// A registration step refused for a missing permission, before any RegisterImage could take
+/// effect (no retry clears it by itself): every sweep still retries it until the give-up, but it is
 /// reported now, once per task and failing call (claimed in the state bucket, as the ingest's
 /// refusals are), so the operator can fix it within the six days instead of learning of it at
 /// their end. Without a state bucket nothing would keep every sweep from sending it again, so

@@ -192,16 +192,21 @@ pub async fn describe_import_tasks(
     Ok(tasks)
 }
 
-/// An image of DescribeImages' answer; `None` for one without an id, and for one already
+/// An image of a DescribeImages listing; `None` for one without an id, and for one already
 /// deregistered: "Recently deregistered images appear in the returned results for a short
-/// interval" (DescribeImages, botocore's ec2 model). For every reader here such an image is
+/// interval" (DescribeImages, botocore's ec2 model). For a listing's readers such an image is
 /// gone: publish would take a failed copy it deregistered for a new failure (and deregister it
 /// again), a name check would take it for the name's holder, cleanup for a user of its
-/// snapshots.
-fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
+/// snapshots. An image asked for by its id is still answered with its state
+/// ([`describe_image`]): tag-lineage reads a just-deregistered parent's tags that way.
+fn listed(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
     if i.state() == Some(&aws_sdk_ec2::types::ImageState::Deregistered) {
         return None;
     }
+    to_image(i)
+}
+
+fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
     Some(Image {
         id: i.image_id()?.to_owned(),
         name: i.name().unwrap_or_default().to_owned(),
@@ -345,9 +350,12 @@ pub async fn describe_own_images(ec2: &Client, select: &[Select]) -> Result<Vec<
 /// botocore's `IncludeDisabled`), yet a disabled AMI still holds its snapshots ("You cannot
 /// delete a snapshot of the root device of an EBS volume used by a registered AMI",
 /// DeleteSnapshot) and can be enabled again: a listing that decides which snapshots are
-/// orphans must see them.
-pub async fn describe_every_own_image(ec2: &Client) -> Result<Vec<Image>, AwsError> {
-    own_images(ec2, &[], true).await
+/// orphans, or which folder owns a family, must see them (filtered by `select`).
+pub async fn describe_every_own_image(
+    ec2: &Client,
+    select: &[Select],
+) -> Result<Vec<Image>, AwsError> {
+    own_images(ec2, select, true).await
 }
 
 async fn own_images(
@@ -371,7 +379,7 @@ async fn own_images(
             AwsError::from_sdk("ec2:DescribeImages", "own images", e)
                 .in_region(ec2.config().region())
         })?;
-        images.extend(to_image(&i));
+        images.extend(listed(&i));
     }
     Ok(images)
 }
@@ -390,7 +398,7 @@ pub async fn image_holding_name(ec2: &Client, name: &str) -> Result<Option<Image
         .map_err(|e| {
             AwsError::from_sdk("ec2:DescribeImages", name, e).in_region(ec2.config().region())
         })?;
-    Ok(out.images().iter().filter_map(to_image).next())
+    Ok(out.images().iter().filter_map(listed).next())
 }
 
 /// DescribeSnapshots for one snapshot id.
@@ -1090,22 +1098,26 @@ mod tests {
 
     #[test]
     fn a_deregistered_image_still_listed_is_gone() {
-        let listed = |state: ImageState| {
-            to_image(
-                &SdkImage::builder()
-                    .image_id("ami-0123456789abcdef0")
-                    .state(state)
-                    .build(),
-            )
+        let image = |state: ImageState| {
+            SdkImage::builder()
+                .image_id("ami-0123456789abcdef0")
+                .state(state)
+                .build()
         };
-        assert!(listed(ImageState::Deregistered).is_none());
+        let from_listing = |state: ImageState| listed(&image(state));
+        assert!(from_listing(ImageState::Deregistered).is_none());
+        // Asked for by its id, it is answered with its state.
+        assert_eq!(
+            to_image(&image(ImageState::Deregistered)).map(|i| i.state),
+            Some("deregistered".to_owned())
+        );
         for state in [
             ImageState::Available,
             ImageState::Pending,
             ImageState::Disabled,
             ImageState::Failed,
         ] {
-            let image = listed(state.clone()).expect("listed");
+            let image = from_listing(state.clone()).expect("listed");
             assert_eq!(image.state, state.as_str());
         }
     }

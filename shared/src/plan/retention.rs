@@ -756,7 +756,8 @@ fn foreign_upload(owner: Option<&str>, marks: &Marks<'_>) -> Option<Reason> {
 }
 
 /// The folder a family belongs to, and the image that makes it so, among `images` (the
-/// family's, as DescribeImages lists them): the upload folder of its oldest managed image
+/// family's, as DescribeImages lists them with `IncludeDisabled`, as cleanup's listing does):
+/// the upload folder of its oldest managed image
 /// with one, the greater id counting as newer on equal times, as the planner decides. Used
 /// by create-image to refuse an upload that would land in a family another folder owns.
 pub fn family_owner(images: &[Image]) -> Option<(&str, &str)> {

@@ -173,19 +173,28 @@ pub fn performance_ties(
     }
     if let (VolumeType::Gp3, Some(m)) = (t, throughput) {
         let with = iops.unwrap_or(GP3_BASELINE_IOPS);
-        if m.saturating_mul(GP3_IOPS_PER_MIBPS) > with {
+        let needed = m.saturating_mul(GP3_IOPS_PER_MIBPS);
+        if needed > with {
             let whose = if iops.is_some() {
                 ""
             } else {
                 " (the baseline; iops is not set)"
             };
+            // The IOPS that would carry it may be more than the volume's size takes.
+            let size_too = match (size_gib.and_then(|g| t.max_iops(g)), t.iops_per_gib()) {
+                (Some(max), Some(per)) if needed > max => format!(
+                    " and volume-size to at least {} GiB",
+                    grouped(needed.div_ceil(per))
+                ),
+                _ => String::new(),
+            };
             problems.push((
                 keys::THROUGHPUT,
                 format!(
-                    "{m} MiB/s is more than a gp3 volume with {} IOPS{whose} takes: at most {} MiB/s (0.25 MiB/s per IOPS); set iops to at least {}, or throughput to at most {}",
+                    "{m} MiB/s is more than a gp3 volume with {} IOPS{whose} takes: at most {} MiB/s (0.25 MiB/s per IOPS); set iops to at least {}{size_too}, or throughput to at most {}",
                     grouped(with),
                     with / GP3_IOPS_PER_MIBPS,
-                    grouped(m * GP3_IOPS_PER_MIBPS),
+                    grouped(needed),
                     with / GP3_IOPS_PER_MIBPS
                 ),
             ));
@@ -658,17 +667,24 @@ impl<'a> Settings<'a> {
         {
             return;
         }
-        let defaulted: Vec<String> = [keys::IOPS, keys::THROUGHPUT]
-            .into_iter()
-            .filter(|k| self.from_defaults.contains(k))
-            .map(|k| format!("{k} from {}", default_var(k)))
-            .collect();
-        let source = if defaulted.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", defaulted.join(", "))
-        };
         for (key, message) in performance_ties(volume_type, size, iops, throughput) {
+            // The function's defaults this problem involves: an IOPS problem its IOPS, a
+            // throughput problem its throughput and the IOPS that bound it.
+            let involved: &[&str] = if key == keys::IOPS {
+                &[keys::IOPS]
+            } else {
+                &[keys::THROUGHPUT, keys::IOPS]
+            };
+            let defaulted: Vec<String> = involved
+                .iter()
+                .filter(|k| self.from_defaults.contains(*k))
+                .map(|k| format!("{k} from {}", default_var(k)))
+                .collect();
+            let source = if defaulted.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", defaulted.join(", "))
+            };
             self.bad(key, format!("{message}{source}"));
         }
     }
@@ -1389,10 +1405,23 @@ mod tests {
             "k.raw",
         )
         .expect_err("8 GiB takes 4,000 IOPS");
+        // Each problem names the defaults it involves: the IOPS one its IOPS, the throughput
+        // one its throughput and the IOPS that bound it.
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.ends_with(" (iops from DEFAULT_IOPS)"), "{p:?}");
+        let p = resolve(
+            &[
+                &map(&[("iops", "3000"), ("throughput", "1000")]),
+                &map(&[("volume-size", "1")]),
+            ],
+            "k.raw",
+        )
+        .expect_err("3,000 IOPS carry 750 MiB/s");
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].message
-                .ends_with("(iops from DEFAULT_IOPS, throughput from DEFAULT_THROUGHPUT)"),
+            p[0].message.ends_with(
+                "set iops to at least 4,000 and volume-size to at least 8 GiB, or throughput to at most 750 (throughput from DEFAULT_THROUGHPUT, iops from DEFAULT_IOPS)"
+            ),
             "{p:?}"
         );
     }
