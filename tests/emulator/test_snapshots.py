@@ -212,3 +212,31 @@ def test_an_encrypted_snapshot_or_an_ami_with_one_is_never_made_public(account):
     )
     ec2.modify_image_attribute(ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
     assert ec2.describe_images(ImageIds=[public])["Images"][0]["Public"] is True
+
+
+def test_snapshot_block_public_access_refuses_new_public_sharing(account):
+    """EnableSnapshotBlockPublicAccess: "users can no longer request public sharing for
+    snapshots in that Region"; per account and Region; sharing with accounts still works."""
+    ec2, west = account.ec2(), account.ec2("us-west-2")
+    assert ec2.get_snapshot_block_public_access_state()["State"] == "unblocked"
+    snap = make_snapshot(ec2, 1)
+    for state in ("block-new-sharing", "block-all-sharing"):
+        assert ec2.enable_snapshot_block_public_access(State=state)["State"] == state
+        got = ec2.get_snapshot_block_public_access_state()
+        assert (got["State"], got["ManagedBy"]) == (state, "account")
+        with aws_error("OperationNotPermitted", "block public access for snapshots is enabled"):
+            ec2.modify_snapshot_attribute(
+                SnapshotId=snap, Attribute="createVolumePermission", OperationType="add", GroupNames=["all"]
+            )
+        with aws_error("OperationNotPermitted"):
+            ec2.modify_snapshot_attribute(SnapshotId=snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    assert west.get_snapshot_block_public_access_state()["State"] == "unblocked"
+    ec2.modify_snapshot_attribute(
+        SnapshotId=snap, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
+    )
+    with aws_error("InvalidParameterValue"):
+        ec2.enable_snapshot_block_public_access(State="unblocked")
+    assert ec2.disable_snapshot_block_public_access()["State"] == "unblocked"
+    ec2.modify_snapshot_attribute(SnapshotId=snap, CreateVolumePermission={"Add": [{"Group": "all"}]})
+    perms = ec2.describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
+    assert {"Group": "all"} in perms["CreateVolumePermissions"]

@@ -592,6 +592,62 @@ async fn an_encrypted_image_is_refused_public_before_anything_changes() {
     assert!(w.copies(WEST, &src).await.is_empty());
 }
 
+/// Block public access for snapshots: "users can no longer request public sharing for
+/// snapshots in that Region", and publish makes an image's snapshots public with it. Before,
+/// only the AMI setting was read, so a public publish failed at ModifySnapshotAttribute in that
+/// region on every run with EC2's bare refusal, and a manual request was not refused up front.
+/// Now it is handled as the AMI setting is.
+#[tokio::test]
+async fn public_is_refused_while_snapshot_sharing_is_blocked_and_finished_once_unblocked() {
+    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
+    let (src, snap) = w
+        .source("web-public-snap", &[("publish:public", "true")])
+        .await;
+    let west = w.ec2(WEST);
+    west.enable_snapshot_block_public_access()
+        .state(aws_sdk_ec2::types::SnapshotBlockPublicAccessState::BlockNewSharing)
+        .send()
+        .await
+        .expect("block public sharing of snapshots");
+    let err = w
+        .try_run(json!({"image_id": src}))
+        .await
+        .expect_err("blocked");
+    assert_eq!(err.error_type(), "PublicAccessBlocked");
+    assert!(
+        err.to_string()
+            .contains("in us-west-2 block public access for snapshots is on (block-new-sharing"),
+        "{err}"
+    );
+    assert!(w.copies(WEST, &src).await.is_empty());
+
+    w.run(w.ready_event(&src)).await;
+    let partial = w.run(World::schedule()).await;
+    let r = &advanced(&partial)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    assert_eq!(r.regions[EAST].outcome, "published");
+    assert_eq!(r.regions[WEST].outcome, "failed");
+    assert!(
+        r.regions[WEST]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("DisableSnapshotBlockPublicAccess")),
+        "{r:#?}"
+    );
+    assert!(w.image(EAST, &src).await.public);
+    assert!(w.volume(EAST, &snap).await.public);
+
+    west.disable_snapshot_block_public_access()
+        .send()
+        .await
+        .expect("unblock");
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    let copy = w.copies(WEST, &src).await[0].clone();
+    assert!(w.image(WEST, &copy.id).await.public);
+    assert!(w.volume(WEST, &copy.snapshot_ids[0]).await.public);
+}
+
 /// An image whose recorded policy the function's settings now refuse (a manual publish recorded
 /// `publish:regions=eu-west-1`, then eu-west-1 was denied) is refused by every event and
 /// schedule run, and stays `in-progress` (out of cleanup's reach): `image.failed` names it,

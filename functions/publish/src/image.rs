@@ -233,35 +233,56 @@ fn resolve_policy(
     Ok((policy, extra))
 }
 
-/// Public sharing is checked in every region before anything changes: a manual request is
-/// refused outright; an event or the schedule reports those regions as failed (returned).
+/// Public sharing is checked in every region before anything changes: block public access for
+/// AMIs (`GetImageBlockPublicAccessState`) and for snapshots (`GetSnapshotBlockPublicAccessState`:
+/// "users can no longer request public sharing for snapshots in that Region", and publish makes
+/// the snapshots public with the image). A manual request is refused outright; an event or the
+/// schedule reports those regions as failed, each with what blocks it (returned).
 async fn public_blocked(
     deps: &Deps,
     source: &Image,
     policy: &Policy,
     home: &String,
     trigger: Trigger,
-) -> Result<BTreeSet<String>, InvocationError> {
-    let mut blocked = BTreeSet::new();
+) -> Result<BTreeMap<String, String>, InvocationError> {
+    let mut blocked = BTreeMap::new();
     if !policy.public {
         return Ok(blocked);
     }
     for r in std::iter::once(home).chain(&policy.regions) {
         let rc = clients_for(deps, Some(r));
-        let st = ec2::image_block_public_access_state(&rc.ec2)
+        let mut why = Vec::new();
+        let images = ec2::image_block_public_access_state(&rc.ec2)
             .await
             .map_err(aws_failed)?;
-        if st != "unblocked" {
-            blocked.insert(r.clone());
+        if images != "unblocked" {
+            why.push(format!(
+                "block public access for AMIs is on ({images}; DisableImageBlockPublicAccess)"
+            ));
+        }
+        let snapshots = ec2::snapshot_block_public_access_state(&rc.ec2)
+            .await
+            .map_err(aws_failed)?;
+        if snapshots != "unblocked" {
+            why.push(format!(
+                "block public access for snapshots is on ({snapshots}; DisableSnapshotBlockPublicAccess)"
+            ));
+        }
+        if !why.is_empty() {
+            blocked.insert(r.clone(), why.join(" and "));
         }
     }
     if trigger == Trigger::Manual && !blocked.is_empty() {
         return Err(refused(
             "PublicAccessBlocked",
             format!(
-                "{} in {home}: nothing changed: public sharing was asked for, but image block public access is on in {} (DisableImageBlockPublicAccess there, or publish without \"public\")",
+                "{} in {home}: nothing changed: public sharing was asked for, but {} (lift it there, or publish without \"public\")",
                 source.id,
-                blocked.iter().cloned().collect::<Vec<_>>().join(", ")
+                blocked
+                    .iter()
+                    .map(|(r, why)| format!("in {r} {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ));
     }
@@ -310,12 +331,12 @@ async fn share_all(
     deps: &Deps,
     ready: Vec<(String, Image)>,
     policy: &Policy,
-    blocked: &BTreeSet<String>,
+    blocked: &BTreeMap<String, String>,
     deprecate_at: Option<&str>,
 ) -> Vec<(String, RegionReport)> {
     stream::iter(ready)
         .map(|(r, image)| {
-            let blocked = blocked.contains(&r);
+            let blocked = blocked.get(&r).map(String::as_str);
             async move {
                 let rep = share_region(deps, &r, &image, policy, blocked, deprecate_at).await;
                 (r, rep)

@@ -18,7 +18,7 @@ pub(crate) async fn share_region(
     region: &str,
     image: &Image,
     policy: &Policy,
-    public_blocked: bool,
+    public_blocked: Option<&str>,
     deprecate_at: Option<&str>,
 ) -> RegionReport {
     let rc = clients_for(deps, Some(region));
@@ -28,14 +28,14 @@ pub(crate) async fn share_region(
         ..RegionReport::default()
     };
     let mut policy = policy.clone();
-    if public_blocked {
+    if public_blocked.is_some() {
         policy.public = false;
     }
     match share_checked(&rc, image, &policy, deprecate_at, &mut rep).await {
-        Ok(()) if public_blocked => RegionReport {
+        Ok(()) if let Some(why) = public_blocked => RegionReport {
             outcome: RegionOutcome::Failed,
             detail: Some(format!(
-                "public sharing was asked for, but image block public access is on in {region} (shared with the other principals; DisableImageBlockPublicAccess there and the schedule finishes it)"
+                "public sharing was asked for, but in {region} {why} (shared with the other principals; once it is lifted there, the schedule finishes it)"
             )),
             ..rep
         },

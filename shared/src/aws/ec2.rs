@@ -1091,6 +1091,20 @@ pub async fn image_block_public_access_state(ec2: &Client) -> Result<String, Aws
         .to_owned())
 }
 
+/// GetSnapshotBlockPublicAccessState of the client's region: `unblocked`, `block-new-sharing`
+/// or `block-all-sharing`.
+pub async fn snapshot_block_public_access_state(ec2: &Client) -> Result<String, AwsError> {
+    let out = ec2
+        .get_snapshot_block_public_access_state()
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:GetSnapshotBlockPublicAccessState", "account", e)
+                .in_region(ec2.config().region())
+        })?;
+    Ok(out.state().map_or("unblocked", |s| s.as_str()).to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,7 @@ PROJECT_OPERATIONS = frozenset(
         "DescribeLaunchTemplates",
         "DescribeLaunchTemplateVersions",
         "GetImageBlockPublicAccessState",
+        "GetSnapshotBlockPublicAccessState",
     }
 )
 

@@ -119,6 +119,8 @@ class RegionState:
     copy_client_tokens: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
     # GetImageBlockPublicAccessState value
     image_block_public_access: str = "unblocked"
+    # GetSnapshotBlockPublicAccessState value
+    snapshot_block_public_access: str = "unblocked"
 
 
 _STATE_ATTR = "_ami_emulator_state"

@@ -35,6 +35,7 @@ from .common import (
     client_error,
     filters_param,
     paginate,
+    region_state,
     utcnow,
 )
 from .consistency import visible
@@ -315,6 +316,15 @@ def response_modify_snapshot_attribute(self: Any) -> ActionResult:
         snapshot = backend.snapshots.get(snapshot_id)
         if snapshot is None:
             raise snapshot_not_found(snapshot_id)
+        if "all" in add_groups and region_state(backend).snapshot_block_public_access != "unblocked":
+            # EnableSnapshotBlockPublicAccess: "users can no longer request public sharing for
+            # snapshots in that Region". Guess: the code and text of the refusal.
+            raise client_error(
+                "OperationNotPermitted",
+                "Public sharing of snapshots is blocked because block public access for "
+                "snapshots is enabled in this Region. To share the snapshot publicly, first "
+                "disable block public access for snapshots (DisableSnapshotBlockPublicAccess).",
+            )
         if "all" in add_groups and snapshot.encrypted:
             # "You can't make your encrypted snapshots available publicly" (EBS User Guide,
             # "Share an Amazon EBS snapshot"). Guess: the code and message, taken from what
