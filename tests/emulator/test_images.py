@@ -362,7 +362,12 @@ def test_snapshot_start_time(account):
 
 def test_config_endpoint_is_per_account_and_validated(account, other_account):
     body = account.configure(import_delay_seconds=7, copy_delay_seconds=3)
-    assert body == {"account_id": account.id, "import_delay_seconds": 7.0, "copy_delay_seconds": 3.0}
+    assert body == {
+        "account_id": account.id,
+        "import_delay_seconds": 7.0,
+        "copy_delay_seconds": 3.0,
+        "public_image_quota": 5.0,
+    }
     status, other = other_account.control("config?account_id=" + other_account.id, method="GET")
     assert status == 200 and other["copy_delay_seconds"] == 0.0
     status, body = account.control("config", {"account_id": account.id, "import_delay_seconds": -1})
