@@ -531,7 +531,9 @@ pub const TEMPLATE_SETTLED_MINUTES: i64 = 10;
 /// template can be deleted between a listing and its read. Every version needs a read per
 /// template (DescribeLaunchTemplates, every page): a template not found then, created at least
 /// [`TEMPLATE_SETTLED_MINUTES`] before `now`, was deleted since the listing and references
-/// nothing.
+/// nothing. Every read sets `IncludeManagedResources`: "the output includes resources that are
+/// managed by Amazon Web Services services, even if managed resource visibility is set to
+/// hidden" (botocore) — a template a service manages launches instances all the same.
 pub async fn images_in_launch_templates(
     ec2: &Client,
     all_versions: bool,
@@ -541,6 +543,7 @@ pub async fn images_in_launch_templates(
         let mut used = std::collections::BTreeMap::new();
         let mut pages = ec2
             .describe_launch_template_versions()
+            .include_managed_resources(true)
             .versions("$Default")
             .versions("$Latest")
             .max_results(200)
@@ -562,6 +565,7 @@ pub async fn images_in_launch_templates(
     let mut templates = Vec::new();
     let mut pages = ec2
         .describe_launch_templates()
+        .include_managed_resources(true)
         .max_results(200)
         .into_paginator()
         .send();
@@ -586,6 +590,7 @@ pub async fn images_in_launch_templates(
     for (t, created) in templates {
         let mut pages = ec2
             .describe_launch_template_versions()
+            .include_managed_resources(true)
             .launch_template_id(&t)
             .max_results(200)
             .into_paginator()
