@@ -41,7 +41,7 @@ trait Helpers {
     async fn volume(&self, region: &str, snap: &str) -> Grants;
     async fn copies(&self, region: &str, source: &str) -> Vec<shared::model::Image>;
     async fn messages(&self, event_type: &str) -> Vec<Value>;
-    async fn block_public(&self, region: &str, on: bool);
+    async fn block_public(&self, region: &str, which: Block, on: bool);
 }
 
 impl Helpers for World {
@@ -124,23 +124,104 @@ impl Helpers for World {
             .collect()
     }
 
-    async fn block_public(&self, region: &str, on: bool) {
+    async fn block_public(&self, region: &str, which: Block, on: bool) {
         let ec2 = self.ec2(region);
-        if on {
-            ec2.enable_image_block_public_access()
-                .image_block_public_access_state(
-                    ImageBlockPublicAccessEnabledState::BlockNewSharing,
-                )
-                .send()
-                .await
-                .expect("enable block public access");
-        } else {
-            ec2.disable_image_block_public_access()
-                .send()
-                .await
-                .expect("disable block public access");
+        match (which, on) {
+            (Block::Images, true) => {
+                ec2.enable_image_block_public_access()
+                    .image_block_public_access_state(
+                        ImageBlockPublicAccessEnabledState::BlockNewSharing,
+                    )
+                    .send()
+                    .await
+                    .expect("enable block public access for AMIs");
+            }
+            (Block::Images, false) => {
+                ec2.disable_image_block_public_access()
+                    .send()
+                    .await
+                    .expect("disable block public access for AMIs");
+            }
+            (Block::Snapshots, true) => {
+                ec2.enable_snapshot_block_public_access()
+                    .state(aws_sdk_ec2::types::SnapshotBlockPublicAccessState::BlockNewSharing)
+                    .send()
+                    .await
+                    .expect("enable block public access for snapshots");
+            }
+            (Block::Snapshots, false) => {
+                ec2.disable_snapshot_block_public_access()
+                    .send()
+                    .await
+                    .expect("disable block public access for snapshots");
+            }
         }
     }
+}
+
+/// Which block public access setting a test turns on.
+#[derive(Clone, Copy)]
+enum Block {
+    Images,
+    Snapshots,
+}
+
+/// A public publish into us-west-2 while `which` blocks public sharing there: a manual request
+/// is refused with nothing changed (its error naming `refusal`); the event path publishes
+/// us-east-1 and reports us-west-2 failed (its detail naming `detail`); once unblocked, the
+/// schedule makes the copy and its snapshot public, announced once.
+async fn blocked_then_finished(which: Block, name: &str, refusal: &str, detail: &str) {
+    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
+    let (src, snap) = w.source(name, &[("publish:public", "true")]).await;
+    w.block_public(WEST, which, true).await;
+
+    // A manual request is refused outright, with nothing changed.
+    let err = w
+        .try_run(json!({"image_id": src}))
+        .await
+        .expect_err("blocked");
+    assert_eq!(err.error_type(), "PublicAccessBlocked");
+    assert!(
+        err.to_string().contains(refusal) && err.to_string().contains(&src),
+        "{err}"
+    );
+    assert!(w.copies(WEST, &src).await.is_empty());
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert!(tags.get(plan::PUBLISH_STATE).is_none(), "{tags}");
+
+    // The event path publishes where it can and names the blocked region.
+    w.run(w.ready_event(&src)).await;
+    let partial = w.run(World::schedule()).await;
+    let r = &advanced(&partial)[0];
+    assert_eq!(r.status, "partial", "{r:#?}");
+    assert_eq!(r.regions[EAST].outcome, "published");
+    assert_eq!(r.regions[WEST].outcome, "failed");
+    assert!(
+        r.regions[WEST]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains(detail)),
+        "{r:#?}"
+    );
+    assert!(w.image(EAST, &src).await.public);
+    assert!(w.volume(EAST, &snap).await.public);
+    let copy = w.copies(WEST, &src).await[0].clone();
+    assert!(!w.image(WEST, &copy.id).await.public);
+    let partials = w.messages("image.publish-partial").await;
+    assert_eq!(partials.len(), 1);
+    assert_eq!(partials[0]["publication"]["failed_regions"], json!([WEST]));
+    // The same failure again is not announced again.
+    w.run(World::schedule()).await;
+    assert!(w.messages("image.publish-partial").await.is_empty());
+
+    w.block_public(WEST, which, false).await;
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert!(w.image(WEST, &copy.id).await.public);
+    assert!(w.volume(WEST, &copy.snapshot_ids[0]).await.public);
+    let msgs = w.messages("image.published").await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["publication"]["public"], true);
 }
 
 fn result(out: &Output) -> &publish::ImageReport {
@@ -392,58 +473,13 @@ async fn with_eventual_consistency_a_duplicate_event_makes_no_second_copy_and_th
 
 #[tokio::test]
 async fn public_is_refused_while_blocked_and_finished_once_unblocked() {
-    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
-    let (src, snap) = w
-        .source("web-public-1", &[("publish:public", "true")])
-        .await;
-    w.block_public(WEST, true).await;
-
-    // A manual request is refused outright, with nothing changed.
-    let err = w
-        .try_run(json!({"image_id": src}))
-        .await
-        .expect_err("blocked");
-    assert_eq!(err.error_type(), "PublicAccessBlocked");
-    assert!(
-        err.to_string().contains(WEST) && err.to_string().contains(&src),
-        "{err}"
-    );
-    assert!(w.copies(WEST, &src).await.is_empty());
-    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
-    assert!(tags.get(plan::PUBLISH_STATE).is_none(), "{tags}");
-
-    // The event path publishes where it can and names the blocked region.
-    w.run(w.ready_event(&src)).await;
-    let partial = w.run(World::schedule()).await;
-    let r = &advanced(&partial)[0];
-    assert_eq!(r.status, "partial", "{r:#?}");
-    assert_eq!(r.regions[EAST].outcome, "published");
-    assert_eq!(r.regions[WEST].outcome, "failed");
-    assert!(
-        r.regions[WEST]
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("block public access")),
-        "{r:#?}"
-    );
-    assert!(w.image(EAST, &src).await.public);
-    assert!(w.volume(EAST, &snap).await.public);
-    let copy = w.copies(WEST, &src).await[0].id.clone();
-    assert!(!w.image(WEST, &copy).await.public);
-    let partials = w.messages("image.publish-partial").await;
-    assert_eq!(partials.len(), 1);
-    assert_eq!(partials[0]["publication"]["failed_regions"], json!([WEST]));
-    // The same failure again is not announced again.
-    w.run(World::schedule()).await;
-    assert!(w.messages("image.publish-partial").await.is_empty());
-
-    w.block_public(WEST, false).await;
-    let done = w.run(World::schedule()).await;
-    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
-    assert!(w.image(WEST, &copy).await.public);
-    let msgs = w.messages("image.published").await;
-    assert_eq!(msgs.len(), 1);
-    assert_eq!(msgs[0]["publication"]["public"], true);
+    blocked_then_finished(
+        Block::Images,
+        "web-public-1",
+        "in us-west-2 block public access for AMIs is on (block-new-sharing",
+        "DisableImageBlockPublicAccess",
+    )
+    .await;
 
     // PUBLIC=never refuses an image that asks for it.
     let strict = world(&[("PUBLIC", "never")]).await;
@@ -599,53 +635,13 @@ async fn an_encrypted_image_is_refused_public_before_anything_changes() {
 /// Now it is handled as the AMI setting is.
 #[tokio::test]
 async fn public_is_refused_while_snapshot_sharing_is_blocked_and_finished_once_unblocked() {
-    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
-    let (src, snap) = w
-        .source("web-public-snap", &[("publish:public", "true")])
-        .await;
-    let west = w.ec2(WEST);
-    west.enable_snapshot_block_public_access()
-        .state(aws_sdk_ec2::types::SnapshotBlockPublicAccessState::BlockNewSharing)
-        .send()
-        .await
-        .expect("block public sharing of snapshots");
-    let err = w
-        .try_run(json!({"image_id": src}))
-        .await
-        .expect_err("blocked");
-    assert_eq!(err.error_type(), "PublicAccessBlocked");
-    assert!(
-        err.to_string()
-            .contains("in us-west-2 block public access for snapshots is on (block-new-sharing"),
-        "{err}"
-    );
-    assert!(w.copies(WEST, &src).await.is_empty());
-
-    w.run(w.ready_event(&src)).await;
-    let partial = w.run(World::schedule()).await;
-    let r = &advanced(&partial)[0];
-    assert_eq!(r.status, "partial", "{r:#?}");
-    assert_eq!(r.regions[EAST].outcome, "published");
-    assert_eq!(r.regions[WEST].outcome, "failed");
-    assert!(
-        r.regions[WEST]
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("DisableSnapshotBlockPublicAccess")),
-        "{r:#?}"
-    );
-    assert!(w.image(EAST, &src).await.public);
-    assert!(w.volume(EAST, &snap).await.public);
-
-    west.disable_snapshot_block_public_access()
-        .send()
-        .await
-        .expect("unblock");
-    let done = w.run(World::schedule()).await;
-    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
-    let copy = w.copies(WEST, &src).await[0].clone();
-    assert!(w.image(WEST, &copy.id).await.public);
-    assert!(w.volume(WEST, &copy.snapshot_ids[0]).await.public);
+    blocked_then_finished(
+        Block::Snapshots,
+        "web-public-snap",
+        "in us-west-2 block public access for snapshots is on (block-new-sharing",
+        "DisableSnapshotBlockPublicAccess",
+    )
+    .await;
 }
 
 /// An image whose recorded policy the function's settings now refuse (a manual publish recorded
