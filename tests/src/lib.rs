@@ -968,20 +968,36 @@ pub mod fixtures {
             aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeError,
         >,
     > {
+        set_public(ec2, image, true).await
+    }
+
+    /// Adds (`public`) or removes the launch permission `all` of `image`.
+    pub async fn set_public(
+        ec2: &Client,
+        image: &str,
+        public: bool,
+    ) -> Result<
+        aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeOutput,
+        aws_sdk_ec2::error::SdkError<
+            aws_sdk_ec2::operation::modify_image_attribute::ModifyImageAttributeError,
+        >,
+    > {
         use aws_sdk_ec2::types::{
             LaunchPermission, LaunchPermissionModifications, PermissionGroup,
         };
+        let all = vec![
+            LaunchPermission::builder()
+                .group(PermissionGroup::All)
+                .build(),
+        ];
+        let change = if public {
+            LaunchPermissionModifications::builder().set_add(Some(all))
+        } else {
+            LaunchPermissionModifications::builder().set_remove(Some(all))
+        };
         ec2.modify_image_attribute()
             .image_id(image)
-            .launch_permission(
-                LaunchPermissionModifications::builder()
-                    .add(
-                        LaunchPermission::builder()
-                            .group(PermissionGroup::All)
-                            .build(),
-                    )
-                    .build(),
-            )
+            .launch_permission(change.build())
             .send()
             .await
     }

@@ -506,20 +506,7 @@ async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_fini
     let mut others = Vec::new();
     for n in 0..5 {
         let (id, _) = fixtures::image(&ec2, &format!("other-public-{n}"), &[]).await;
-        ec2.modify_image_attribute()
-            .image_id(&id)
-            .launch_permission(
-                aws_sdk_ec2::types::LaunchPermissionModifications::builder()
-                    .add(
-                        aws_sdk_ec2::types::LaunchPermission::builder()
-                            .group(aws_sdk_ec2::types::PermissionGroup::All)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("public");
+        fixtures::make_public(&ec2, &id).await.expect("public");
         others.push(id);
     }
     let (src, _) = w.source("web-quota", &[("publish:public", "true")]).await;
@@ -541,18 +528,7 @@ async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_fini
     assert!(!w.image(EAST, &src).await.public);
 
     // A place freed: the schedule finishes the publication.
-    ec2.modify_image_attribute()
-        .image_id(&others[0])
-        .launch_permission(
-            aws_sdk_ec2::types::LaunchPermissionModifications::builder()
-                .remove(
-                    aws_sdk_ec2::types::LaunchPermission::builder()
-                        .group(aws_sdk_ec2::types::PermissionGroup::All)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
+    fixtures::set_public(&ec2, &others[0], false)
         .await
         .expect("private");
     let done = w.run(World::schedule()).await;
