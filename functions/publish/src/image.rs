@@ -218,16 +218,10 @@ fn resolve_policy(
             ),
         )
     })?;
-    if policy.public && source.encrypted {
-        // Refused before anything changes: otherwise every region would fail at its
-        // ModifySnapshotAttribute on every run, with the other shares done and the image stuck
-        // in progress.
+    if let Some(why) = plan::public_refusal(&policy, source.encrypted) {
         return Err(refused(
             "InvalidPolicy",
-            format!(
-                "{} in {home}: nothing changed: public sharing was asked for, but its volumes are encrypted, and EC2 makes neither an encrypted snapshot (\"Encrypted snapshots ... cannot be made public\", ModifySnapshotAttribute) nor an AMI with encrypted volumes public; publish it without public, or publish an unencrypted image (encryption comes from KMS_KEY_ARN or the account's EBS encryption by default)",
-                source.id
-            ),
+            format!("{} in {home}: nothing changed: {why}", source.id),
         ));
     }
     Ok((policy, extra))

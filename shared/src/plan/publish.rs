@@ -754,6 +754,18 @@ pub struct Conclusion {
     pub record: Option<Tags>,
 }
 
+/// Why `policy` cannot be carried out for an image whose volumes are (`encrypted`) or are not
+/// encrypted: EC2 makes no encrypted image public (ModifySnapshotAttribute: "Encrypted
+/// snapshots and snapshots with Amazon Web Services Marketplace product codes cannot be made
+/// public"; ModifyImageAttribute answers `UnsupportedOperation` for an AMI with one). `None`
+/// when it can. Checked before anything changes: otherwise every region would fail at its
+/// ModifySnapshotAttribute on every run, the image left in progress.
+pub fn public_refusal(policy: &Policy, encrypted: bool) -> Option<&'static str> {
+    (policy.public && encrypted).then_some(
+        "public sharing was asked for, but its volumes are encrypted, and EC2 makes neither an encrypted snapshot (\"Encrypted snapshots ... cannot be made public\", ModifySnapshotAttribute) nor an AMI with encrypted volumes public; publish it without public, or publish an unencrypted image (encryption comes from KMS_KEY_ARN or the account's EBS encryption by default)",
+    )
+}
+
 /// The already-published rule: a duplicate `image.ready` for a published image does nothing.
 pub fn already_published(source_tags: &Tags) -> bool {
     source_tags.get(PUBLISH_STATE).map(String::as_str) == Some(PUBLISHED)
@@ -1431,5 +1443,18 @@ mod tests {
             at(),
         );
         assert_eq!(c.announce, Some(Announce::Partial));
+    }
+
+    #[test]
+    fn an_encrypted_image_is_never_made_public_and_nothing_else_is_refused() {
+        let public = Policy {
+            public: true,
+            ..Policy::default()
+        };
+        let private = Policy::default();
+        assert!(public_refusal(&public, true).is_some_and(|why| why.contains("encrypted")));
+        assert_eq!(public_refusal(&public, false), None);
+        assert_eq!(public_refusal(&private, true), None);
+        assert_eq!(public_refusal(&private, false), None);
     }
 }
