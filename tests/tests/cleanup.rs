@@ -1258,3 +1258,35 @@ async fn a_manual_relaxation_of_safety_is_recorded_in_the_report_and_the_message
         .await;
     assert!(r.relaxed.is_empty());
 }
+
+/// Found by the benchmark: with `CLEANUP_CONCURRENCY=1` (a setting the function accepts) the
+/// run stopped for good after its first four calls. A reference read queued for the one call
+/// slot was handed the slot while nothing polled it: the stage that would have polled it was
+/// itself full of launch-permission reads waiting for that slot. Every setting from 1 up must
+/// finish, with three batches of reference reads (more than the two read ahead).
+#[tokio::test]
+async fn every_concurrency_setting_finishes_the_run() {
+    // A liveness bound, not a timing: the run takes a few seconds; hung, it never ends.
+    const HUNG: Duration = Duration::from_secs(120);
+    for concurrency in ["1", "2", "3"] {
+        let w = one_run_world(&[("CLEANUP_CONCURRENCY", concurrency)]).await;
+        w.managed(EAST, "slots", "slots-new", 1).await;
+        let mut stale = Vec::new();
+        for days in 100..125 {
+            stale.push(
+                w.managed(EAST, "slots", &format!("slots-{days}"), days)
+                    .await
+                    .0,
+            );
+        }
+        let r = tokio::time::timeout(HUNG, w.run(json!({"dry_run": false}), Utc::now()))
+            .await
+            .unwrap_or_else(|_| panic!("CLEANUP_CONCURRENCY={concurrency}: no end after {HUNG:?}"));
+        for image in &stale {
+            assert_eq!(step_result(&r, image, "deregister"), &StepResult::Done);
+            assert!(!w.exists(EAST, image).await, "{image}");
+        }
+        let calls = w.acct.requests();
+        assert_eq!(calls["ec2:DescribeImageReferences"], 3, "{calls}");
+    }
+}

@@ -90,35 +90,25 @@ pub(crate) async fn check(
         .collect();
     let concurrency = deps.config.concurrency;
     let removals = &removals;
+    // Each batch is one future: its references, then its images' launch permissions. Every
+    // future waiting for a call slot is thus polled by the stream that owns it; a stage that
+    // waited, full, for a slot while the slot went to a read queued in a stage nobody polled
+    // (the reads ahead of it) stopped the run for good at CLEANUP_CONCURRENCY=1. A batch more
+    // than the slots need keeps the next batch's references read while this one's launch
+    // permissions are.
+    let batches_at_once = concurrency.div_ceil(ec2::IMAGE_REFERENCES_BATCH) + 1;
     let read: Vec<(&Decision, Option<Checks>, bool)> = stream::iter(batches)
-        // Two batches' references at a time: the next batch's are read while this one's
-        // launch permissions are.
-        .map(|batch| references(deps, clients, deadline, batch))
-        .buffered(2)
-        .flat_map(stream::iter)
-        .map(|(d, referenced_by)| async move {
-            let checks =
-                match referenced_by {
-                    Some(referenced_by) => launch_permissions(deps, clients, deadline, d)
-                        .await
-                        .map(|shared_with| Checks {
-                            shared_with,
-                            referenced_by,
-                        }),
-                    None => None,
-                };
-            let send = removals.as_ref().filter(|_| {
-                d.action == Action::Deregister
-                    && checks
-                        .as_ref()
-                        .is_some_and(|c| retention::cleared(c, policy))
-            });
-            // The receiver lives until every sender is gone, so a send does not fail; if one
-            // did, the image is not "sent" and the second plan's execution removes it.
-            let sent = send.is_some_and(|tx| tx.unbounded_send(d.clone()).is_ok());
-            (d, checks, sent)
+        .map(|batch| async move {
+            stream::iter(references(deps, clients, deadline, batch).await)
+                .map(|(d, referenced_by)| {
+                    checked_one(deps, clients, deadline, policy, removals, d, referenced_by)
+                })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await
         })
-        .buffer_unordered(concurrency)
+        .buffer_unordered(batches_at_once)
+        .flat_map(stream::iter)
         .collect()
         .await;
     let mut checked = Checked {
@@ -135,6 +125,40 @@ pub(crate) async fn check(
         }
     }
     checked
+}
+
+/// One image's checks, from its batch's references and its own launch permissions (read only
+/// when the references were), and whether it was sent to be removed at once.
+async fn checked_one<'a>(
+    deps: &Deps,
+    clients: &RegionalClients,
+    deadline: Deadline,
+    policy: &Policy,
+    removals: &Option<UnboundedSender<Decision>>,
+    d: &'a Decision,
+    referenced_by: Option<Result<Vec<String>, String>>,
+) -> (&'a Decision, Option<Checks>, bool) {
+    let checks = match referenced_by {
+        Some(referenced_by) => {
+            launch_permissions(deps, clients, deadline, d)
+                .await
+                .map(|shared_with| Checks {
+                    shared_with,
+                    referenced_by,
+                })
+        }
+        None => None,
+    };
+    let send = removals.as_ref().filter(|_| {
+        d.action == Action::Deregister
+            && checks
+                .as_ref()
+                .is_some_and(|c| retention::cleared(c, policy))
+    });
+    // The receiver lives until every sender is gone, so a send does not fail; if one did, the
+    // image is not "sent" and the second plan's execution removes it.
+    let sent = send.is_some_and(|tx| tx.unbounded_send(d.clone()).is_ok());
+    (d, checks, sent)
 }
 
 /// One batch's references (one region, at most [`ec2::IMAGE_REFERENCES_BATCH`] images), per
