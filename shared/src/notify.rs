@@ -187,7 +187,9 @@ impl Message {
                 let keep = m.problems.len() / 2;
                 m.problems_omitted += m.problems.len() - keep;
                 m.problems.truncate(keep);
-            } else if let Some(e) = m.error.as_mut() {
+            } else if let Some(e) = m.error.as_mut().filter(|e| e.chars().count() > 2) {
+                // Half plus "…" is shorter only above two characters; at two ("t…") the
+                // next field is cut instead.
                 let cut: String = e.chars().take(e.chars().count() / 2).collect();
                 *e = format!("{cut}…");
             } else if !m.lineage.is_empty() {
@@ -355,6 +357,35 @@ mod tests {
         assert_eq!(
             key(&stalled),
             "image.import-stalled/us-east-1/import-snap-1"
+        );
+    }
+
+    /// Found by review: with an error and a field past the limit that is not the error, the
+    /// error was halved down to two characters ("t…", whose half plus "…" is itself) and then
+    /// again, forever, and the message was never sent.
+    #[test]
+    fn an_error_beside_a_large_field_still_gives_a_message_under_the_limit() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 1, 2, 3, 4, 5)
+            .single()
+            .expect("valid");
+        let lineage: Tags = (0..4_000)
+            .map(|n| (format!("key-{n:05}"), "v".repeat(100)))
+            .collect();
+        let m = Message {
+            image_id: Some("ami-1".into()),
+            error: Some("the registration failed".into()),
+            lineage,
+            ..Message::new(EventType::ImageFailed, now, "us-east-1")
+        };
+        let text = m.to_json();
+        assert!(text.len() <= MAX_MESSAGE_BYTES);
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body["image_id"], "ami-1");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.ends_with('…')),
+            "{}",
+            body["error"]
         );
     }
 
