@@ -2,6 +2,7 @@
 
 use shared::aws::clients::Clients;
 use shared::config::{CommonConfig, ConfigError, Reader};
+use shared::deadline::Deadline;
 use shared::pace::{MAX_PERCENT, Pacer};
 use shared::plan::retention::{Policy, Selector};
 use std::sync::Arc;
@@ -133,14 +134,28 @@ impl Deps {
         }
     }
 
-    /// Waits for one of the `concurrency` call slots; the call is made while the returned
-    /// permit is held. Taken after the pacer's token, so a call waiting for its turn in the
-    /// bucket does not hold a slot another stage could use.
-    pub(crate) async fn slot(&self) -> Option<SemaphorePermit<'_>> {
+    /// A turn for one EC2 call of `action` in `region`: the pacer's token, then one of the
+    /// `concurrency` call slots, held until the returned turn is dropped. The token comes first,
+    /// so a call waiting for its turn in the bucket does not hold a slot another stage could
+    /// use. None when the deadline leaves no room for the call: before the token (the pacer
+    /// says so), or after the wait for a slot (the calls ahead of it took that long).
+    pub(crate) async fn turn(
+        &self,
+        region: &str,
+        action: &str,
+        deadline: &Deadline,
+    ) -> Option<Turn<'_>> {
+        if !self.pacer.acquire(region, action, deadline).await {
+            return None;
+        }
         // The semaphore is never closed; were it, calls would go on unbounded, not stop.
-        self.slots.acquire().await.ok()
+        let slot = self.slots.acquire().await.ok();
+        deadline.may_start().then_some(Turn(slot))
     }
 }
+
+/// One call's turn (see [`Deps::turn`]): its slot is given back when this is dropped.
+pub(crate) struct Turn<'a>(#[allow(dead_code)] Option<SemaphorePermit<'a>>);
 
 #[cfg(test)]
 mod tests {

@@ -83,15 +83,9 @@ pub(crate) async fn execute(
     }
     for o in &plan.orphans {
         let c = clients.get(&o.region);
-        let result = if deps
-            .pacer
-            .acquire(&o.region, "DeleteSnapshot", &deadline)
-            .await
-        {
-            let _slot = deps.slot().await;
-            delete_snapshot(&c, &o.snapshot_id).await
-        } else {
-            StepResult::Deferred
+        let result = match deps.turn(&o.region, "DeleteSnapshot", &deadline).await {
+            Some(_turn) => delete_snapshot(&c, &o.snapshot_id).await,
+            None => StepResult::Deferred,
         };
         steps.push(Step {
             region: o.region.to_string(),
@@ -239,10 +233,7 @@ async fn tag_batches(
     let mut failed = HashMap::new();
     for (region, ids) in by_region {
         for batch in ids.chunks(1000) {
-            let result = if !deps.pacer.acquire(region, action, &deadline).await {
-                Err(StepResult::Deferred)
-            } else {
-                let _slot = deps.slot().await;
+            let result = if let Some(_turn) = deps.turn(region, action, &deadline).await {
                 let ec2 = &clients.get(region).ec2;
                 let r = if mark {
                     let tags = Tags::from([(
@@ -254,6 +245,8 @@ async fn tag_batches(
                     ec2::delete_tag_keys(ec2, batch, &[DEPRECATED_BY]).await
                 };
                 r.map_err(|e| StepResult::Failed(e.to_string()))
+            } else {
+                Err(StepResult::Deferred)
             };
             if let Err(r) = result {
                 for id in batch {
@@ -279,10 +272,9 @@ pub(crate) async fn image_step(
         Action::Undeprecate => ("undeprecate", "DisableImageDeprecation"),
         _ => ("deregister", "DeregisterImage"),
     };
-    if !deps.pacer.acquire(&d.region, call, &deadline).await {
+    let Some(_turn) = deps.turn(&d.region, call, &deadline).await else {
         return vec![step(d, name, StepResult::Deferred)];
-    }
-    let _slot = deps.slot().await;
+    };
     let ec2 = &clients.get(&d.region).ec2;
     let done = |r: Result<(), AwsError>| {
         vec![step(

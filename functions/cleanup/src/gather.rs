@@ -225,14 +225,9 @@ async fn references_of(
     region: &str,
     ids: &[String],
 ) -> Option<Result<Vec<(String, String)>, AwsError>> {
-    if !deps
-        .pacer
-        .acquire(region, "DescribeImageReferences", &deadline)
-        .await
-    {
-        return None;
-    }
-    let _slot = deps.slot().await;
+    let _turn = deps
+        .turn(region, "DescribeImageReferences", &deadline)
+        .await?;
     Some(ec2::image_references(&clients.get(region).ec2, ids).await)
 }
 
@@ -243,14 +238,9 @@ async fn launch_permissions(
     deadline: Deadline,
     d: &Decision,
 ) -> Option<Result<Vec<String>, String>> {
-    if !deps
-        .pacer
-        .acquire(&d.region, "DescribeImageAttribute", &deadline)
-        .await
-    {
-        return None;
-    }
-    let _slot = deps.slot().await;
+    let _turn = deps
+        .turn(&d.region, "DescribeImageAttribute", &deadline)
+        .await?;
     Some(
         ec2::launch_permissions(&clients.get(&d.region).ec2, &d.image_id)
             .await

@@ -557,8 +557,9 @@ impl Reasons {
                 policy.max_deprecations
             )),
             unchecked: text(
-                "stale, but its sharing and references were not read this run (the cap \
-                 window moved after the checks); next run"
+                "stale, but its sharing and references were not read this run (the \
+                 invocation's deadline came first, or the cap window moved after the checks); \
+                 next run"
                     .into(),
             ),
             undeprecate: text(
