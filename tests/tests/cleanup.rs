@@ -859,6 +859,7 @@ async fn grace_zero_removes_in_one_run_with_the_snapshots_in_the_same_call() {
     assert!(calls.get("ec2:DeleteSnapshot").is_none(), "{calls}");
     assert!(calls.get("ec2:EnableImageDeprecation").is_none(), "{calls}");
     assert!(calls.get("ec2:DescribeInstances").is_none(), "{calls}");
+    assert_eq!(calls["ec2:DescribeImageReferences"], 1, "{calls}");
 }
 
 /// Issue #15, found by the chaos harness (cleanup runs overlapping, seed 7): two runs plan the
@@ -992,6 +993,7 @@ async fn a_reference_read_refused_for_the_batch_is_not_read_again_image_by_image
         assert!(w.exists(EAST, image).await);
     }
     let calls = w.acct.requests();
+    assert_eq!(calls["ec2:DescribeImageReferences"], 1, "{calls}");
 }
 
 #[tokio::test]
