@@ -196,12 +196,20 @@ def test_an_encrypted_snapshot_or_an_ami_with_one_is_never_made_public(account):
     groups = ec2.describe_snapshot_attribute(SnapshotId=encrypted, Attribute="createVolumePermission")
     assert groups["CreateVolumePermissions"] == []
 
-    # Sharing with an account is not refused.
+    # Sharing with an account is not refused for a customer managed key (the AWS managed key
+    # of the test above is: test_the_aws_managed_key_is_never_shared_with_another_account).
+    key = account.client("kms").create_key()["KeyMetadata"]["Arn"]
+    volume = ec2.create_volume(AvailabilityZone=f"{region}a", Size=1, Encrypted=True, KmsKeyId=key)["VolumeId"]
+    with_key = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.delete_volume(VolumeId=volume)
+    keyed = register(ec2, "enc-image-cmk", with_key)
+    with aws_error("UnsupportedOperation", "Encrypted snapshots can't be shared publicly"):
+        ec2.modify_image_attribute(ImageId=keyed, LaunchPermission={"Add": [{"Group": "all"}]})
     ec2.modify_snapshot_attribute(
-        SnapshotId=encrypted, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
+        SnapshotId=with_key, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
     )
-    ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
-    perms = ec2.describe_image_attribute(ImageId=image, Attribute="launchPermission")["LaunchPermissions"]
+    ec2.modify_image_attribute(ImageId=keyed, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    perms = ec2.describe_image_attribute(ImageId=keyed, Attribute="launchPermission")["LaunchPermissions"]
     assert perms == [{"UserId": "111122223333"}]
 
     # An unencrypted image and its snapshot are still made public.
@@ -212,6 +220,60 @@ def test_an_encrypted_snapshot_or_an_ami_with_one_is_never_made_public(account):
     )
     ec2.modify_image_attribute(ImageId=public, LaunchPermission={"Add": [{"Group": "all"}]})
     assert ec2.describe_images(ImageIds=[public])["Images"][0]["Public"] is True
+
+
+def test_the_aws_managed_key_is_never_shared_with_another_account(account):
+    """EBS User Guide ("Share an Amazon EBS snapshot"): snapshots encrypted with the default AWS
+    managed key cannot be shared; nor can an AMI with one (codes and texts as users report them).
+    A customer managed key made the account's default is shared; a copy made without KmsKeyId
+    is encrypted with the AWS managed key of its Region (CopyImage: "If this parameter is not
+    specified, your Amazon Web Services managed KMS key for Amazon EBS is used"), so it cannot be
+    shared even when its source could; with KmsKeyId it can."""
+    ec2, west = account.ec2(), account.ec2("us-west-2")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+    managed = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.delete_volume(VolumeId=volume)
+    key_of_alias = account.client("kms").describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["Arn"]
+    assert ec2.describe_snapshots(SnapshotIds=[managed])["Snapshots"][0]["KmsKeyId"] == key_of_alias
+    image = register(ec2, "managed-key-image", managed)
+
+    with aws_error("OperationNotPermitted", "Encrypted snapshots with EBS default key cannot be shared"):
+        ec2.modify_snapshot_attribute(
+            SnapshotId=managed, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
+        )
+    with aws_error("InvalidParameter", "Snapshots encrypted with the AWS Managed CMK can't be shared"):
+        ec2.modify_image_attribute(ImageId=image, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    org = "arn:aws:organizations::111122223333:organization/o-abcdefghij"
+    with aws_error("InvalidParameter"):
+        ec2.modify_image_attribute(
+            ImageId=image, Attribute="launchPermission", OperationType="add", OrganizationArns=[org]
+        )
+    assert ec2.describe_image_attribute(ImageId=image, Attribute="launchPermission")["LaunchPermissions"] == []
+    assert ec2.describe_snapshot_attribute(SnapshotId=managed, Attribute="createVolumePermission")[
+        "CreateVolumePermissions"
+    ] == []
+
+    # A customer managed key made the account's default: what it encrypts is shared.
+    cmk = account.client("kms").create_key()["KeyMetadata"]["Arn"]
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=cmk)
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+    keyed = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2.delete_volume(VolumeId=volume)
+    assert ec2.describe_snapshots(SnapshotIds=[keyed])["Snapshots"][0]["KmsKeyId"] == cmk
+    source = register(ec2, "cmk-image", keyed)
+    ec2.modify_image_attribute(ImageId=source, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+
+    # Its copy to another Region without a key is encrypted with that Region's AWS managed key.
+    copy = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="cmk-image-copy")["ImageId"]
+    with aws_error("InvalidParameter", "Snapshots encrypted with the AWS Managed CMK can't be shared"):
+        west.modify_image_attribute(ImageId=copy, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    west_key = account.client("kms", "us-west-2").create_key()["KeyMetadata"]["Arn"]
+    keyed_copy = west.copy_image(
+        SourceImageId=source, SourceRegion="us-east-1", Name="cmk-image-copy-2", Encrypted=True, KmsKeyId=west_key
+    )["ImageId"]
+    west.modify_image_attribute(ImageId=keyed_copy, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    # Removing a share is never refused.
+    west.modify_image_attribute(ImageId=keyed_copy, LaunchPermission={"Remove": [{"UserId": "111122223333"}]})
 
 
 def test_snapshot_block_public_access_refuses_new_public_sharing(account):

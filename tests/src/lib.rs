@@ -1004,6 +1004,16 @@ pub mod fixtures {
 
     /// A 1 GiB snapshot (CreateVolume + CreateSnapshot), tagged at creation.
     pub async fn snapshot(ec2: &Client, tags: &[(&str, &str)]) -> String {
+        volume_snapshot(ec2, tags, false).await
+    }
+
+    /// [`snapshot`] of an encrypted volume: encrypted with the account's default EBS key (the
+    /// AWS managed `aws/ebs` unless the account changed it).
+    pub async fn encrypted_snapshot(ec2: &Client, tags: &[(&str, &str)]) -> String {
+        volume_snapshot(ec2, tags, true).await
+    }
+
+    async fn volume_snapshot(ec2: &Client, tags: &[(&str, &str)], encrypted: bool) -> String {
         let region = ec2
             .config()
             .region()
@@ -1013,6 +1023,7 @@ pub mod fixtures {
             .create_volume()
             .availability_zone(format!("{region}a"))
             .size(1)
+            .encrypted(encrypted)
             .send()
             .await
             .unwrap_or_else(|e| panic!("create volume: {e:?}"));

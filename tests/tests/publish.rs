@@ -546,20 +546,6 @@ async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_fini
 async fn an_encrypted_image_is_refused_public_before_anything_changes() {
     let w = World::with_claims(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
     let ec2 = w.ec2(EAST);
-    let volume = ec2
-        .create_volume()
-        .availability_zone(format!("{EAST}a"))
-        .size(1)
-        .encrypted(true)
-        .send()
-        .await
-        .expect("encrypted volume");
-    let snap = ec2
-        .create_snapshot()
-        .volume_id(volume.volume_id().unwrap_or_default())
-        .send()
-        .await
-        .expect("snapshot");
     let tags = [
         ("ami-pipeline:managed", "true"),
         ("ami-pipeline:family", "web"),
@@ -568,13 +554,8 @@ async fn an_encrypted_image_is_refused_public_before_anything_changes() {
         ("create_timestamp", "1795435200"),
         ("publish:public", "true"),
     ];
-    let src = fixtures::register(
-        &ec2,
-        "web-encrypted",
-        snap.snapshot_id().unwrap_or_default(),
-        &tags,
-    )
-    .await;
+    let snap = fixtures::encrypted_snapshot(&ec2, &tags).await;
+    let src = fixtures::register(&ec2, "web-encrypted", &snap, &tags).await;
     assert!(w.image(EAST, &src).await.encrypted);
     let err = w
         .try_run(json!({"image_id": src}))
@@ -602,6 +583,46 @@ async fn an_encrypted_image_is_refused_public_before_anything_changes() {
     );
     assert!(!w.image(EAST, &src).await.public);
     assert!(w.copies(WEST, &src).await.is_empty());
+}
+
+/// EC2 shares nothing encrypted with the AWS managed key for EBS (`aws/ebs`, what encrypts an
+/// image built without `KMS_KEY_ARN` in an account that encrypts by default, and every copy made
+/// without a key) with another account. Before, the region failed with EC2's bare
+/// OperationNotPermitted; now the failure names the image, who it was not shared with, why, and
+/// what to do, and nothing was shared.
+#[tokio::test]
+async fn an_image_encrypted_with_the_aws_managed_key_is_not_shared_and_says_why() {
+    let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let ec2 = w.ec2(EAST);
+    let tags = [
+        ("ami-pipeline:managed", "true"),
+        ("ami-pipeline:family", "web"),
+        ("ami-pipeline:generation", "0"),
+        ("create_date", "20261122T120000Z"),
+        ("create_timestamp", "1795435200"),
+    ];
+    let snap = fixtures::encrypted_snapshot(&ec2, &tags).await;
+    let src = fixtures::register(&ec2, "web-managed-key", &snap, &tags).await;
+    let out = w.run(w.ready_event(&src)).await;
+    let r = result(&out);
+    let east = &r.regions[EAST];
+    assert_eq!(east.outcome, "failed", "{r:#?}");
+    let detail = east.detail.as_deref().unwrap_or_default();
+    for part in [
+        &src,
+        PARTNER,
+        "aws/ebs",
+        "KMS_KEY_ARN",
+        "OperationNotPermitted",
+    ] {
+        assert!(detail.contains(part), "{part} not in {detail}");
+    }
+    assert!(w.launch(EAST, &src).await.is_empty());
+    assert!(w.volume(EAST, &snap).await.is_empty());
+    assert_eq!(r.announced, Some("image.publish-partial"), "{r:#?}");
+    let partial = w.messages("image.publish-partial").await;
+    assert_eq!(partial.len(), 1, "{partial:#?}");
+    assert!(partial[0].to_string().contains("aws/ebs"), "{partial:#?}");
 }
 
 /// Block public access for snapshots: "users can no longer request public sharing for

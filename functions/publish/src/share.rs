@@ -48,6 +48,27 @@ pub(crate) async fn share_region(
     }
 }
 
+/// EC2's refusal to share an encrypted image or snapshot with other accounts, organizations or
+/// OUs (`code`: ModifyImageAttribute answers InvalidParameter, ModifySnapshotAttribute
+/// OperationNotPermitted) said in full: the AWS managed key for EBS (`aws/ebs`), which encrypts
+/// what has no customer managed key (create-image without `KMS_KEY_ARN`, and every copy to
+/// another Region, which CopyImage encrypts with that Region's AWS managed key when no key is
+/// given), is never shared with another account. Any other error is passed on as it is.
+fn aws_managed_key_refusal(e: AwsError, image: &Image, to: &Grants, code: &str) -> GrantError {
+    if !image.encrypted || !e.has_code(code) {
+        return GrantError::Aws(e);
+    }
+    GrantError::NotApplied(format!(
+        "{}: not shared with {}: its snapshots are encrypted, and EC2 shares nothing encrypted \
+         with the AWS managed key for EBS (aws/ebs) with another account; encrypt the image \
+         with a customer managed key the accounts may use (create-image's KMS_KEY_ARN; a copy \
+         to another Region is encrypted with that Region's aws/ebs key unless the account's \
+         default EBS key there is a customer managed one) and publish again: {e}",
+        image.id,
+        json!(to)
+    ))
+}
+
 /// Who may launch `image_id`, read back.
 /// Why a region's grants could not be put in place (or removed) and verified.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +126,11 @@ pub(crate) async fn share_checked(
             let current = volume_grants(rc, snap).await?;
             let missing = volume.missing_from(&current);
             if !missing.is_empty() {
-                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing).await?;
+                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
+                    .await
+                    .map_err(|e| {
+                        aws_managed_key_refusal(e, image, &missing, "OperationNotPermitted")
+                    })?;
             }
             let after = volume_grants(rc, snap).await?;
             let still = volume.missing_from(&after);
@@ -128,7 +153,9 @@ pub(crate) async fn share_checked(
         ..missing.clone()
     };
     if !principals.is_empty() {
-        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &principals).await?;
+        ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Add, &principals)
+            .await
+            .map_err(|e| aws_managed_key_refusal(e, image, &principals, "InvalidParameter"))?;
         rep.granted = principals;
     }
     if missing.public {

@@ -733,7 +733,9 @@ def modify_image_attribute(self: Any) -> ActionResult:
     """API_ModifyImageAttribute: launch permissions (both forms) refused with
     OperationNotPermitted while image block public access is ``block-new-sharing`` and the
     change would make a private image public, with UnsupportedOperation when the image to make
-    public has an encrypted volume, and with ResourceLimitExceeded past the account's quota of
+    public has an encrypted volume, with InvalidParameter when an account, organization or OU
+    is added to an image with a snapshot encrypted with the AWS managed key for EBS, and with
+    ResourceLimitExceeded past the account's quota of
     public images in the Region (``_check_public_image_quota``); Description and ImdsSupport are
     applied."""
     image_id = self._get_param("ImageId")
@@ -773,6 +775,13 @@ def modify_image_attribute(self: Any) -> ActionResult:
             from .snapshots import ENCRYPTED_NOT_PUBLIC
 
             raise client_error("UnsupportedOperation", ENCRYPTED_NOT_PUBLIC)
+        if any(p.get("Group") != "all" for p in to_add):
+            from .snapshots import AWS_MANAGED_KEY_IMAGE, encrypted_with_aws_managed_key
+
+            for e in _ebs(image):
+                snapshot = backend.snapshots.get(e.get("SnapshotId") or "")
+                if snapshot is not None and encrypted_with_aws_managed_key(backend, snapshot):
+                    raise client_error("InvalidParameter", AWS_MANAGED_KEY_IMAGE)
         if any(p.get("Group") == "all" for p in to_add) and not image.is_public:
             _check_public_image_quota(backend, self.current_account)
         if to_add or to_remove:

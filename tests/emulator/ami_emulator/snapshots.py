@@ -104,6 +104,33 @@ class EmulatorSnapshot(Snapshot):
         return f"{pct}%"
 
 
+# EC2 shares nothing encrypted with the account's AWS managed key for EBS (alias/aws/ebs) with
+# another account: "You can't share snapshots that are encrypted with the default AWS managed
+# key" (EBS User Guide, "Share an Amazon EBS snapshot"). The codes and texts are the ones users
+# report: ModifySnapshotAttribute "OperationNotPermitted: Encrypted snapshots with EBS default
+# key cannot be shared" (hashicorp/packer#7499), ModifyImageAttribute "InvalidParameter:
+# Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot."
+# (DataDog/stratus-red-team#109, hashicorp/packer#7410).
+AWS_MANAGED_KEY_SNAPSHOT = "Encrypted snapshots with EBS default key cannot be shared"
+AWS_MANAGED_KEY_IMAGE = "Snapshots encrypted with the AWS Managed CMK can't be shared. Specify another snapshot."
+
+
+def encrypted_with_aws_managed_key(ec2_backend: Any, snapshot: Any) -> bool:
+    """Whether ``snapshot`` is encrypted with the AWS managed key for EBS of its account and
+    Region (the key of ``alias/aws/ebs``, which EBS uses when no key is given and the account's
+    default key was not changed to a customer managed one)."""
+    key_id = getattr(snapshot, "kms_key_id", None)
+    if not getattr(snapshot, "encrypted", False) or not key_id:
+        return False
+    from moto.kms import kms_backends
+
+    kms = kms_backends[ec2_backend.account_id][ec2_backend.region_name]
+    if not kms.alias_exists("alias/aws/ebs"):
+        return False
+    managed = kms.describe_key("alias/aws/ebs")
+    return key_id in (managed.arn, managed.id)
+
+
 def new_snapshot(
     ec2_backend: Any,
     size_gib: int,
@@ -331,6 +358,8 @@ def response_modify_snapshot_attribute(self: Any) -> ActionResult:
             # ModifyImageAttribute answers for an AMI with encrypted snapshots (reported by
             # Packer users, opendevstack/ods-core#1062).
             raise client_error("UnsupportedOperation", ENCRYPTED_NOT_PUBLIC)
+        if add_users and encrypted_with_aws_managed_key(backend, snapshot):
+            raise client_error("OperationNotPermitted", AWS_MANAGED_KEY_SNAPSHOT)
         snapshot.create_volume_permission_userids.update(add_users)
         snapshot.create_volume_permission_groups.update(add_groups)
         snapshot.create_volume_permission_userids.difference_update(remove_users)
@@ -338,9 +367,26 @@ def response_modify_snapshot_attribute(self: Any) -> ActionResult:
     return EmptyResult()
 
 
+def _create_snapshot_with_the_volumes_key(original: Any) -> Any:
+    """CreateSnapshot: "Snapshots that are taken from encrypted volumes are automatically
+    encrypted" (EC2 API reference), with the volume's KMS key, which DescribeSnapshots then
+    shows as KmsKeyId; moto kept only the flag."""
+
+    def create_snapshot(self: Any, volume_id: str, description: str, *args: Any, **kwargs: Any) -> Any:
+        snapshot = original(self, volume_id, description, *args, **kwargs)
+        volume = self.get_volume(volume_id)
+        if getattr(volume, "encrypted", False) and not getattr(snapshot, "kms_key_id", None):
+            snapshot.kms_key_id = getattr(volume, "kms_key_id", None)
+        return snapshot
+
+    return create_snapshot
+
+
 def install() -> None:
     from moto.ec2.models import EC2Backend
     from moto.ec2.responses import EC2Response
+
+    EC2Backend.create_snapshot = _create_snapshot_with_the_volumes_key(EC2Backend.create_snapshot)  # type: ignore[method-assign]
 
     EC2Backend.delete_snapshot = backend_delete_snapshot  # type: ignore[method-assign]
     EC2Response.describe_snapshots = response_describe_snapshots  # type: ignore[method-assign]
