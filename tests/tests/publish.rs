@@ -29,9 +29,23 @@ async fn world(env: &[(&str, &str)]) -> World {
     World::new(env).await
 }
 
+/// The tags of a managed, stamped source image, with `extra`.
+fn source_tags<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut tags = vec![
+        ("ami-pipeline:managed", "true"),
+        ("ami-pipeline:family", "web"),
+        ("ami-pipeline:generation", "0"),
+        ("create_date", "20261122T120000Z"),
+        ("create_timestamp", "1795435200"),
+    ];
+    tags.extend_from_slice(extra);
+    tags
+}
+
 /// This file's helpers on the world.
 trait Helpers {
     async fn source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String);
+    async fn encrypted_source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String);
     async fn try_run(&self, event: Value) -> Result<Output, InvocationError>;
     async fn run(&self, event: Value) -> Output;
     fn ready_event(&self, image: &str) -> Value;
@@ -47,15 +61,15 @@ trait Helpers {
 impl Helpers for World {
     /// A managed, stamped source image in us-east-1 with extra tags; returns (image, snapshot).
     async fn source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String) {
-        let mut tags = vec![
-            ("ami-pipeline:managed", "true"),
-            ("ami-pipeline:family", "web"),
-            ("ami-pipeline:generation", "0"),
-            ("create_date", "20261122T120000Z"),
-            ("create_timestamp", "1795435200"),
-        ];
-        tags.extend_from_slice(extra);
-        fixtures::image(&self.ec2(EAST), name, &tags).await
+        fixtures::image(&self.ec2(EAST), name, &source_tags(extra)).await
+    }
+
+    /// [`Helpers::source`] with its snapshot encrypted with the account's default EBS key (the
+    /// AWS managed `aws/ebs`).
+    async fn encrypted_source(&self, name: &str, extra: &[(&str, &str)]) -> (String, String) {
+        let (ec2, tags) = (self.ec2(EAST), source_tags(extra));
+        let snap = fixtures::encrypted_snapshot(&ec2, &tags).await;
+        (fixtures::register(&ec2, name, &snap, &tags).await, snap)
     }
 
     async fn try_run(&self, event: Value) -> Result<Output, InvocationError> {
@@ -546,16 +560,9 @@ async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_fini
 async fn an_encrypted_image_is_refused_public_before_anything_changes() {
     let w = World::with_claims(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
     let ec2 = w.ec2(EAST);
-    let tags = [
-        ("ami-pipeline:managed", "true"),
-        ("ami-pipeline:family", "web"),
-        ("ami-pipeline:generation", "0"),
-        ("create_date", "20261122T120000Z"),
-        ("create_timestamp", "1795435200"),
-        ("publish:public", "true"),
-    ];
-    let snap = fixtures::encrypted_snapshot(&ec2, &tags).await;
-    let src = fixtures::register(&ec2, "web-encrypted", &snap, &tags).await;
+    let (src, _) = w
+        .encrypted_source("web-encrypted", &[("publish:public", "true")])
+        .await;
     assert!(w.image(EAST, &src).await.encrypted);
     let err = w
         .try_run(json!({"image_id": src}))
@@ -593,16 +600,7 @@ async fn an_encrypted_image_is_refused_public_before_anything_changes() {
 #[tokio::test]
 async fn an_image_encrypted_with_the_aws_managed_key_is_not_shared_and_says_why() {
     let w = World::with_claims(&[("SHARE_ACCOUNTS", PARTNER)]).await;
-    let ec2 = w.ec2(EAST);
-    let tags = [
-        ("ami-pipeline:managed", "true"),
-        ("ami-pipeline:family", "web"),
-        ("ami-pipeline:generation", "0"),
-        ("create_date", "20261122T120000Z"),
-        ("create_timestamp", "1795435200"),
-    ];
-    let snap = fixtures::encrypted_snapshot(&ec2, &tags).await;
-    let src = fixtures::register(&ec2, "web-managed-key", &snap, &tags).await;
+    let (src, snap) = w.encrypted_source("web-managed-key", &[]).await;
     let out = w.run(w.ready_event(&src)).await;
     let r = result(&out);
     let east = &r.regions[EAST];
