@@ -623,6 +623,73 @@ async fn an_image_encrypted_with_the_aws_managed_key_is_not_shared_and_says_why(
     assert!(partial[0].to_string().contains("aws/ebs"), "{partial:#?}");
 }
 
+/// The way out of the test above for copies: with `COPY_KMS_KEYS`, the copy of an encrypted
+/// image is encrypted with its region's customer managed key (CopyImage `Encrypted` +
+/// `KmsKeyId`) and shared. Without it, the copy got the region's AWS managed key and could not
+/// be shared with any account.
+#[tokio::test]
+async fn a_copy_of_an_encrypted_image_takes_its_regions_key_and_is_shared() {
+    let acct = support::TestAccount::new().await;
+    let kms = |region: &'static str| {
+        aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&acct.sdk)
+                .region(aws_sdk_kms::config::Region::new(region))
+                .build(),
+        )
+    };
+    let mut keys = Vec::new();
+    for region in [EAST, WEST] {
+        let key = kms(region).create_key().send().await.expect("create key");
+        keys.push(
+            key.key_metadata()
+                .map(|m| m.arn().unwrap_or_default().to_owned())
+                .unwrap_or_default(),
+        );
+    }
+    let (east_key, west_key) = (keys[0].clone(), keys[1].clone());
+    let w = World::in_account(
+        acct,
+        &[
+            ("PUBLISH_REGIONS", WEST),
+            ("SHARE_ACCOUNTS", PARTNER),
+            ("COPY_KMS_KEYS", &west_key),
+        ],
+    )
+    .await;
+    // The source is encrypted with a customer managed key too (the account's default in EAST).
+    w.ec2(EAST)
+        .modify_ebs_default_kms_key_id()
+        .kms_key_id(&east_key)
+        .send()
+        .await
+        .expect("default key");
+    let (src, _) = w.encrypted_source("web-cmk", &[]).await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).status, "copying", "{first:#?}");
+    let done = schedule_until_published(&w, &src).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    let copies = w.copies(WEST, &src).await;
+    assert_eq!(copies.len(), 1);
+    let copy = w.image(WEST, &copies[0].id).await;
+    assert!(copy.encrypted);
+    let snaps = w
+        .ec2(WEST)
+        .describe_snapshots()
+        .set_snapshot_ids(Some(copy.snapshot_ids.clone()))
+        .send()
+        .await
+        .expect("copy's snapshots");
+    for snap in snaps.snapshots() {
+        assert_eq!(snap.kms_key_id(), Some(west_key.as_str()), "{snap:?}");
+    }
+    let want = Grants {
+        accounts: [PARTNER.to_owned()].into(),
+        ..Grants::default()
+    };
+    assert_eq!(w.launch(WEST, &copy.id).await, want);
+    assert_eq!(w.launch(EAST, &src).await, want);
+}
+
 /// Block public access for snapshots: "users can no longer request public sharing for
 /// snapshots in that Region", and publish makes an image's snapshots public with it. Before,
 /// only the AMI setting was read, so a public publish failed at ModifySnapshotAttribute in that

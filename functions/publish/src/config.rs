@@ -5,6 +5,7 @@ use shared::claim::Claims;
 use shared::config::{CommonConfig, ConfigError, Reader};
 use shared::plan::ids;
 use shared::plan::publish::{self as plan, Defaults, PublicMode};
+use std::collections::BTreeMap;
 
 /// Settings of publish, from the environment (names as in `template.yaml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,11 @@ pub struct Config {
     pub source_regions: Vec<String>,
     /// Copies in flight per destination region (`COPY_CONCURRENCY`).
     pub copy_concurrency: usize,
+    /// The customer managed KMS key each destination region's copies of an encrypted image are
+    /// encrypted with (`COPY_KMS_KEYS`: key ARNs, the region of each naming its destination).
+    /// A region without one gets its default EBS key, by default the AWS managed `aws/ebs`,
+    /// which EC2 never shares with another account.
+    pub copy_kms_keys: BTreeMap<String, String>,
     /// Where announcements are claimed so that each is sent once (`STATE_BUCKET`; unset: no
     /// claims).
     pub claims: Claims,
@@ -37,6 +43,7 @@ impl Config {
             "PUBLIC",
             "DEPRECATE_AFTER_DAYS",
             "COPY_CONCURRENCY",
+            "COPY_KMS_KEYS",
             "STATE_BUCKET",
         ]);
         v
@@ -74,6 +81,27 @@ impl Config {
         }
         let source_regions = r.regions("SOURCE_REGIONS");
         let copy_concurrency = r.int_in("COPY_CONCURRENCY", 20, 1, 50) as usize;
+        let mut copy_kms_keys = BTreeMap::new();
+        for arn in r.list("COPY_KMS_KEYS") {
+            if let Some(why) = ids::kms_key_problem(&arn, None) {
+                r.problem(format!("COPY_KMS_KEYS: {why}"));
+                continue;
+            }
+            // A valid key ARN names its region (arn:<partition>:kms:<region>:...).
+            let region = arn.split(':').nth(3).unwrap_or_default().to_owned();
+            if let Some(Err(why)) = r
+                .home_region()
+                .map(|home| ids::check_region(&region, &home))
+            {
+                r.problem(format!("COPY_KMS_KEYS: {arn:?}: {why}"));
+                continue;
+            }
+            if let Some(other) = copy_kms_keys.insert(region.clone(), arn.clone()) {
+                r.problem(format!(
+                    "COPY_KMS_KEYS: two keys for {region} ({other:?} and {arn:?}); a region's copies are encrypted with one"
+                ));
+            }
+        }
         let claims = Claims {
             bucket: r.optional("STATE_BUCKET"),
         };
@@ -83,6 +111,7 @@ impl Config {
             defaults,
             source_regions,
             copy_concurrency,
+            copy_kms_keys,
             claims,
         })
     }
@@ -152,6 +181,36 @@ mod tests {
         assert_eq!(ok.defaults.public, PublicMode::Never);
         assert!(ok.defaults.regions.is_empty());
         assert_eq!(ok.copy_concurrency, 20);
+    }
+
+    #[test]
+    fn copy_keys_are_key_arns_one_per_region_of_the_partition() {
+        const EAST: &str =
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        const WEST: &str =
+            "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let ok = Config::from_lookup(&lookup(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("AWS_REGION", "us-east-1"),
+            ("COPY_KMS_KEYS", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab, arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"),
+        ]))
+        .expect("valid");
+        assert_eq!(ok.copy_kms_keys.len(), 2);
+        assert_eq!(ok.copy_kms_keys["us-east-1"], EAST);
+        assert_eq!(ok.copy_kms_keys["us-west-2"], WEST);
+        let err = Config::from_lookup(&lookup(&[
+            ("TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:t"),
+            ("AWS_REGION", "us-east-1"),
+            ("COPY_KMS_KEYS", "alias/aws/ebs,arn:aws:kms:us-west-2:123456789012:key/a,arn:aws:kms:us-west-2:123456789012:key/b,arn:aws-cn:kms:cn-north-1:123456789012:key/c"),
+        ]))
+        .expect_err("invalid");
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(
+            err.problems[0].contains("\"alias/aws/ebs\" is not a KMS key ARN"),
+            "{err}"
+        );
+        assert!(err.problems[1].contains("two keys for us-west-2"), "{err}");
+        assert!(err.problems[2].contains("partition aws-cn"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use shared::model::{Image, Select, Tags};
 use shared::plan::lineage::MANAGED;
 use shared::plan::publish::{self as plan, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
 use shared::plan::stamp::{self, Facts, ImageRef, Parent};
+use std::collections::BTreeMap;
 use tracing::info;
 
 /// A region's report, and its copy once available and stamped.
@@ -57,7 +58,8 @@ pub(crate) async fn advance_copy(
                     None,
                 ));
             }
-            Ok((start_copy(&rc, source, home, region).await, None))
+            let keys = &deps.config.copy_kms_keys;
+            Ok((start_copy(&rc, source, home, region, keys).await, None))
         }
         CopyStep::Wait { reason } => {
             let mut rep = waiting(reason);
@@ -105,8 +107,17 @@ pub(crate) async fn advance_copy(
 }
 
 /// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
-/// ClientToken). Throttling leaves it waiting for the next run; another refusal fails the region.
-async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> RegionReport {
+/// ClientToken). An encrypted image's copy is encrypted with the region's key in `keys`
+/// (`COPY_KMS_KEYS`), else with the region's default EBS key (CopyImage without one).
+/// Throttling leaves it waiting for the next run; another refusal fails the region.
+async fn start_copy(
+    rc: &Clients,
+    source: &Image,
+    home: &str,
+    region: &str,
+    keys: &BTreeMap<String, String>,
+) -> RegionReport {
+    let key = source.encrypted.then(|| keys.get(region)).flatten();
     let token = plan::client_token(
         home,
         &source.id,
@@ -129,6 +140,7 @@ async fn start_copy(rc: &Clients, source: &Image, home: &str, region: &str) -> R
             name: &source.name,
             client_token: &token,
             tags: &tags,
+            kms_key_id: key.map(String::as_str),
         },
     )
     .await

@@ -61,9 +61,9 @@ fn aws_managed_key_refusal(e: AwsError, image: &Image, to: &Grants, code: &str) 
     GrantError::NotApplied(format!(
         "{}: not shared with {}: its snapshots are encrypted, and EC2 shares nothing encrypted \
          with the AWS managed key for EBS (aws/ebs) with another account; encrypt the image \
-         with a customer managed key the accounts may use (create-image's KMS_KEY_ARN; a copy \
-         to another Region is encrypted with that Region's aws/ebs key unless the account's \
-         default EBS key there is a customer managed one) and publish again: {e}",
+         with a customer managed key the accounts may use (create-image's KMS_KEY_ARN; for a \
+         copy, its Region's key in publish's COPY_KMS_KEYS, else it gets the Region's default \
+         EBS key) and publish again: {e}",
         image.id,
         json!(to)
     ))

@@ -919,6 +919,10 @@ pub struct CopyRequest<'a> {
     /// Tags on the new image and its snapshots, on top of the source's user tags
     /// (`CopyImageTags`).
     pub tags: &'a Tags,
+    /// Encrypt the copy's snapshots with this KMS key of the destination region (`Encrypted`
+    /// true, `KmsKeyId`); None: as the source (an encrypted source's copy gets the
+    /// destination's default EBS key).
+    pub kms_key_id: Option<&'a str>,
 }
 
 /// CopyImage into the client's region, with the source's tags and `req.tags` on the copy and
@@ -931,6 +935,8 @@ pub async fn copy_image(ec2: &Client, req: CopyRequest<'_>) -> Result<String, Aw
         .name(req.name)
         .client_token(req.client_token)
         .copy_image_tags(true)
+        .set_encrypted(req.kms_key_id.map(|_| true))
+        .set_kms_key_id(req.kms_key_id.map(str::to_owned))
         .tag_specifications(tag_spec(ResourceType::Image, req.tags))
         .tag_specifications(tag_spec(ResourceType::Snapshot, req.tags))
         .send()
