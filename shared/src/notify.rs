@@ -169,8 +169,8 @@ impl Message {
         }
     }
 
-    /// The JSON body, shrunk under [`MAX_MESSAGE_BYTES`] by dropping problems past the first
-    /// ones and truncating the error text.
+    /// The JSON body, shrunk under [`MAX_MESSAGE_BYTES`] by dropping decisions and problems past
+    /// the first ones, then the lineage and the publication, and last truncating the error text.
     pub fn to_json(&self) -> String {
         let mut m = self.clone();
         m.dedup_key = self.dedup_key();
@@ -187,11 +187,6 @@ impl Message {
                 let keep = m.problems.len() / 2;
                 m.problems_omitted += m.problems.len() - keep;
                 m.problems.truncate(keep);
-            } else if let Some(e) = m.error.as_mut().filter(|e| e.chars().count() > 2) {
-                // Half plus "…" is shorter only above two characters; at two ("t…") the
-                // next field is cut instead.
-                let cut: String = e.chars().take(e.chars().count() / 2).collect();
-                *e = format!("{cut}…");
             } else if !m.lineage.is_empty() {
                 m.lineage.clear();
             } else if m
@@ -202,6 +197,11 @@ impl Message {
                 m.publication = Some(serde_json::json!({
                     "omitted": "too large for SNS; the function's output has it in full"
                 }));
+            } else if let Some(e) = m.error.as_mut().filter(|e| e.chars().count() > 2) {
+                // The error, the reason of a failure, is cut last. Half plus "…" is shorter
+                // only above two characters; at two ("t…") the bare message is sent.
+                let cut: String = e.chars().take(e.chars().count() / 2).collect();
+                *e = format!("{cut}…");
             } else {
                 let bare = Message {
                     version: m.version,
@@ -362,7 +362,8 @@ mod tests {
 
     /// Found by review: with an error and a field past the limit that is not the error, the
     /// error was halved down to two characters ("t…", whose half plus "…" is itself) and then
-    /// again, forever, and the message was never sent.
+    /// again, forever, and the message was never sent. The error is the reason of a failure:
+    /// the lineage goes first, and the error is kept whole.
     #[test]
     fn an_error_beside_a_large_field_still_gives_a_message_under_the_limit() {
         let now = Utc
@@ -382,6 +383,16 @@ mod tests {
         assert!(text.len() <= MAX_MESSAGE_BYTES);
         let body: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(body["image_id"], "ami-1");
+        assert_eq!(body["error"], "the registration failed");
+        assert!(body.get("lineage").is_none(), "{body}");
+        // An error too large on its own is cut, and the message still ends.
+        let huge = Message {
+            error: Some("x".repeat(400 * 1024)),
+            ..m.clone()
+        };
+        let text = huge.to_json();
+        assert!(text.len() <= MAX_MESSAGE_BYTES);
+        let body: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert!(
             body["error"].as_str().is_some_and(|e| e.ends_with('…')),
             "{}",

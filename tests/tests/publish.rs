@@ -623,6 +623,23 @@ async fn an_image_encrypted_with_the_aws_managed_key_is_not_shared_and_says_why(
     assert!(partial[0].to_string().contains("aws/ebs"), "{partial:#?}");
 }
 
+/// The same through ModifyImageAttribute (InvalidParameter): an organization has no
+/// create-volume form, so the image's launch permission is the first refused call.
+#[tokio::test]
+async fn an_image_encrypted_with_the_aws_managed_key_is_not_shared_with_an_organization() {
+    const ORG: &str = "arn:aws:organizations::123456789012:organization/o-exampleorg1";
+    let w = World::with_claims(&[("SHARE_ORGANIZATIONS", ORG)]).await;
+    let (src, _) = w.encrypted_source("web-managed-key-org", &[]).await;
+    let out = w.run(w.ready_event(&src)).await;
+    let east = &result(&out).regions[EAST];
+    assert_eq!(east.outcome, "failed", "{out:#?}");
+    let detail = east.detail.as_deref().unwrap_or_default();
+    for part in [&src, ORG, "aws/ebs", "KMS_KEY_ARN", "InvalidParameter"] {
+        assert!(detail.contains(part), "{part} not in {detail}");
+    }
+    assert!(w.launch(EAST, &src).await.is_empty());
+}
+
 /// The way out of the test above for copies: with `COPY_KMS_KEYS`, the copy of an encrypted
 /// image is encrypted with its region's customer managed key (CopyImage `Encrypted` +
 /// `KmsKeyId`) and shared. Without it, the copy got the region's AWS managed key and could not
@@ -756,7 +773,7 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
     // eu-west-1 refuses exactly this copy (matched by its deterministic ClientToken).
     w.acct.inject_fault(json!({"service": "ec2", "action": "CopyImage", "status": 400,
         "code": "OperationNotPermitted", "message": "Copying to this Region is not permitted for this account.",
-        "resource": plan::client_token(EAST, &src, EU, 0)}));
+        "resource": plan::client_token(EAST, &src, EU, 0, None)}));
 
     let first = w.run(w.ready_event(&src)).await;
     assert_eq!(result(&first).regions[EU].outcome, "failed");

@@ -123,6 +123,7 @@ async fn start_copy(
         &source.id,
         region,
         plan::copy_attempt(&source.tags, region),
+        key.map(String::as_str),
     );
     // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
     // ami-pipeline:managed only as part of a create action (template.yaml,

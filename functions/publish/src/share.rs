@@ -9,7 +9,7 @@ use shared::aws::clients::Clients;
 use shared::aws::ec2::{self, Change};
 use shared::error::AwsError;
 use shared::model::Image;
-use shared::plan::publish::{Grants, Policy};
+use shared::plan::publish::{Grants, PUBLISH_SOURCE, Policy};
 
 /// Deprecation, snapshot permissions, then launch permissions for one region's image, each read
 /// back. Never fails the invocation: a failure is that region's outcome.
@@ -49,27 +49,35 @@ pub(crate) async fn share_region(
 }
 
 /// EC2's refusal to share an encrypted image or snapshot with other accounts, organizations or
-/// OUs (`code`: ModifyImageAttribute answers InvalidParameter, ModifySnapshotAttribute
-/// OperationNotPermitted) said in full: the AWS managed key for EBS (`aws/ebs`), which encrypts
-/// what has no customer managed key (create-image without `KMS_KEY_ARN`, and every copy to
-/// another Region, which CopyImage encrypts with that Region's AWS managed key when no key is
-/// given), is never shared with another account. Any other error is passed on as it is.
+/// OUs because of its key, said in full: what the AWS managed key for EBS (`aws/ebs`)
+/// encrypts is never shared with another account. That key encrypts what has no customer
+/// managed key: an image built without create-image's `KMS_KEY_ARN` in an account that
+/// encrypts by default, and a copy made without publish's `COPY_KMS_KEYS` key for its region
+/// (CopyImage uses the region's default EBS key, `aws/ebs` unless the account changed it).
+/// Recognised by `code` (ModifyImageAttribute answers InvalidParameter, ModifySnapshotAttribute
+/// OperationNotPermitted) and EC2's own words for it; any other error is passed on as it is.
 fn aws_managed_key_refusal(e: AwsError, image: &Image, to: &Grants, code: &str) -> GrantError {
-    if !image.encrypted || !e.has_code(code) {
+    let about_the_key = ["EBS default key", "AWS Managed CMK"]
+        .iter()
+        .any(|words| e.message.contains(words));
+    if !image.encrypted || !e.has_code(code) || !about_the_key {
         return GrantError::Aws(e);
     }
+    let way_out = if image.tags.contains_key(PUBLISH_SOURCE) {
+        "set publish's COPY_KMS_KEYS to a customer managed key of this region that the accounts \
+         may use, then deregister this copy: the next run copies the image again with the key"
+    } else {
+        "build the image with a customer managed key the accounts may use (create-image's \
+         KMS_KEY_ARN)"
+    };
     GrantError::NotApplied(format!(
-        "{}: not shared with {}: its snapshots are encrypted, and EC2 shares nothing encrypted \
-         with the AWS managed key for EBS (aws/ebs) with another account; encrypt the image \
-         with a customer managed key the accounts may use (create-image's KMS_KEY_ARN; for a \
-         copy, its Region's key in publish's COPY_KMS_KEYS, else it gets the Region's default \
-         EBS key) and publish again: {e}",
+        "{}: not shared with {}: its snapshots are encrypted with the AWS managed key for EBS \
+         (aws/ebs), which EC2 never shares with another account; {way_out}: {e}",
         image.id,
         json!(to)
     ))
 }
 
-/// Who may launch `image_id`, read back.
 /// Why a region's grants could not be put in place (or removed) and verified.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum GrantError {
@@ -84,6 +92,7 @@ pub(crate) enum GrantError {
     NotApplied(String),
 }
 
+/// Who may launch `image_id`, read back.
 pub(crate) async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, GrantError> {
     ec2::launch_permissions(&rc.ec2, image_id)
         .await
@@ -99,6 +108,9 @@ pub(crate) async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Gra
         .map_err(GrantError::from)
 }
 
+/// Puts `policy`'s grants on `image` in its region (the deprecation time first, then the
+/// snapshots' create-volume permissions, then the launch permissions, `all` in a call of its
+/// own) and reads them back; records in `rep` what it granted.
 pub(crate) async fn share_checked(
     rc: &Clients,
     image: &Image,

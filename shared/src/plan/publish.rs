@@ -334,14 +334,27 @@ pub fn override_tags(overrides: &Overrides) -> Result<Tags, Vec<String>> {
     if p.is_empty() { Ok(out) } else { Err(p) }
 }
 
-/// The CopyImage idempotency token of `source` (in `home`) copied to `destination`: the same
-/// request always carries the same token, so a retried call returns the first copy.
-pub fn client_token(home: &str, source: &str, destination: &str, attempt: u32) -> String {
-    let seed = if attempt == 0 {
+/// The CopyImage idempotency token of `source` (in `home`) copied to `destination`, encrypted
+/// with `key` when given: the same request always carries the same token, so a retried call
+/// returns the first copy, and another request (another attempt, or a key set since: EC2
+/// answers IdempotentParameterMismatch for a token reused with other parameters) another one.
+/// Without a key, the tokens are the ones copies were always made with.
+pub fn client_token(
+    home: &str,
+    source: &str,
+    destination: &str,
+    attempt: u32,
+    key: Option<&str>,
+) -> String {
+    let mut seed = if attempt == 0 {
         format!("ami-pipeline/publish/{home}/{source}/{destination}")
     } else {
         format!("ami-pipeline/publish/{home}/{source}/{destination}/{attempt}")
     };
+    if let Some(key) = key {
+        seed.push_str("/key=");
+        seed.push_str(key);
+    }
     let digest = Sha256::digest(seed);
     format!("publish-{}", &hex::encode(digest)[..40])
 }
@@ -1032,11 +1045,16 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_and_distinct() {
-        let a = client_token("us-east-1", "ami-1", "eu-west-1", 0);
-        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1", 0));
-        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2", 0));
+        let a = client_token("us-east-1", "ami-1", "eu-west-1", 0, None);
+        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1", 0, None));
+        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2", 0, None));
+        let key = "arn:aws:kms:eu-west-1:123456789012:key/k";
+        assert_ne!(
+            a,
+            client_token("us-east-1", "ami-1", "eu-west-1", 0, Some(key))
+        );
         // After a failed copy was deregistered, the next attempt has a token of its own.
-        assert_ne!(a, client_token("us-east-1", "ami-1", "eu-west-1", 1));
+        assert_ne!(a, client_token("us-east-1", "ami-1", "eu-west-1", 1, None));
         let mut tags = Tags::new();
         assert_eq!(copy_attempt(&tags, "eu-west-1"), 0);
         for region in ["eu-west-1", "us-west-2", "eu-west-1"] {
