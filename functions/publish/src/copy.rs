@@ -107,8 +107,7 @@ pub(crate) async fn advance_copy(
 }
 
 /// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
-/// ClientToken). An encrypted image's copy is encrypted with the region's key in `keys`
-/// (`COPY_KMS_KEYS`), else with the region's default EBS key (CopyImage without one).
+/// ClientToken), encrypted with the region's key in `keys` when [`plan::copy_key`] says so.
 /// Throttling leaves it waiting for the next run; another refusal fails the region.
 async fn start_copy(
     rc: &Clients,
@@ -117,13 +116,13 @@ async fn start_copy(
     region: &str,
     keys: &BTreeMap<String, String>,
 ) -> RegionReport {
-    let key = source.encrypted.then(|| keys.get(region)).flatten();
+    let key = plan::copy_key(source, keys, region);
     let token = plan::client_token(
         home,
         &source.id,
         region,
         plan::copy_attempt(&source.tags, region),
-        key.map(String::as_str),
+        key,
     );
     // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
     // ami-pipeline:managed only as part of a create action (template.yaml,
@@ -141,7 +140,7 @@ async fn start_copy(
             name: &source.name,
             client_token: &token,
             tags: &tags,
-            kms_key_id: key.map(String::as_str),
+            kms_key_id: key,
         },
     )
     .await

@@ -21,7 +21,7 @@ use super::tags::{IMPORT_TASK, MANAGED, READY_AT};
 use crate::model::{Image, Tags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use super::retention::PUBLISH_STATE;
 
@@ -357,6 +357,22 @@ pub fn client_token(
     }
     let digest = Sha256::digest(seed);
     format!("publish-{}", &hex::encode(digest)[..40])
+}
+
+/// The KMS key the copy of `source` into `region` is encrypted with: the region's key in
+/// `keys` (publish's `COPY_KMS_KEYS`) for an encrypted source; None (CopyImage's default: an
+/// unencrypted source stays unencrypted, an encrypted one gets the region's default EBS key)
+/// otherwise. An unencrypted image's copy is never encrypted by this: encrypted, it could no
+/// longer be made public.
+pub fn copy_key<'a>(
+    source: &Image,
+    keys: &'a BTreeMap<String, String>,
+    region: &str,
+) -> Option<&'a str> {
+    source
+        .encrypted
+        .then(|| keys.get(region).map(String::as_str))
+        .flatten()
 }
 
 /// How many copies to `region` failed and were deregistered (the source's
@@ -1041,6 +1057,26 @@ mod tests {
             .err()
             .unwrap_or_default();
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn only_an_encrypted_images_copy_takes_its_regions_key() {
+        let keys = BTreeMap::from([(
+            "eu-west-1".to_owned(),
+            "arn:aws:kms:eu-west-1:123456789012:key/k".to_owned(),
+        )]);
+        let mut image = Image {
+            id: "ami-1".into(),
+            encrypted: true,
+            ..Image::default()
+        };
+        assert_eq!(
+            copy_key(&image, &keys, "eu-west-1"),
+            Some("arn:aws:kms:eu-west-1:123456789012:key/k")
+        );
+        assert_eq!(copy_key(&image, &keys, "us-west-2"), None);
+        image.encrypted = false;
+        assert_eq!(copy_key(&image, &keys, "eu-west-1"), None);
     }
 
     #[test]
