@@ -7,10 +7,17 @@
 * ``ami_emulator.fast_http`` (request headers), ``ami_emulator.fast_serialize`` (the value each
   response member is given, and the XML text), the keep-alive handler's cached Date header:
   a server in this process answers a boto3 workload while every fast answer is compared with the
-  slow one for the very same input."""
+  slow one for the very same input.
+* ``ami_emulator.direct_dispatch`` (EC2 requests without Flask): the same workload, from the same
+  state and seed, through a server with it and one without gives the same answers."""
 
 from __future__ import annotations
 
+import io
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any, Iterator
 
 import pytest
@@ -358,3 +365,186 @@ def test_fast_paths_answer_a_boto3_workload_as_the_slow_ones(checked_server: tup
         ec2.delete_snapshot(SnapshotId=snapshots[0])
     assert differences == []
     assert counts["headers"] >= 20 and counts["values"] >= 200 and counts["xml"] >= 20 and counts["dates"] >= 20, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# EC2 Query requests without Flask (ami_emulator.direct_dispatch): the same answers as through it
+# ---------------------------------------------------------------------------------------------
+
+# Random or time-dependent parts of an answer: the resource ids moto draws, request ids, times.
+_IDS = re.compile(rb"\b(?:ami|snap|vol|i|r|eni|subnet|vpc|sg|lt|igw|rtb|acl|dopt|key|import-snap|import-ami)-[0-9a-f]{8,17}\b")
+_REQUEST_IDS = re.compile(rb"(<requestId>|<RequestId>|<RequestID>)[^<]*")
+_TIMES = re.compile(rb"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
+
+
+ACCOUNT = "210987654322"
+
+
+def _normalized(records: list[tuple[str, str, list[tuple[str, str]], bytes]], account: str) -> list[Any]:
+    """The answers with every random id replaced by its order of first appearance in the whole
+    exchange (the same seed gives the same ids; this keeps a difference readable), request ids
+    and times blanked, and the account id named."""
+    seen: dict[bytes, bytes] = {}
+
+    def ids(text: bytes) -> bytes:
+        return _IDS.sub(lambda m: seen.setdefault(m.group(0), b"ID%d" % len(seen)), text)
+
+    out = []
+    for action, status, headers, body in records:
+        if action == "AssumeRole":  # STS (through Flask either way): fresh random credentials
+            continue
+        body = ids(_TIMES.sub(b"TIME", _REQUEST_IDS.sub(rb"\1RID", body))).replace(account.encode(), b"ACCOUNT")
+        kept = sorted(
+            (name.lower(), ids(value.encode()).replace(account.encode(), b"ACCOUNT"))
+            for name, value in headers
+            if name.lower() not in ("x-amzn-requestid", "x-amz-request-id", "date")
+        )
+        out.append((action, status, kept, body))
+    return out
+
+
+def _recorded(app: Any, records: list[Any]) -> Any:
+    """``app`` with each answer's action, status, headers and body appended to ``records`` (or
+    the exception it raised)."""
+    from urllib.parse import parse_qs
+
+    def recording(environ: dict[str, Any], start_response: Any) -> Any:
+        seen: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seen["status"], seen["headers"] = status, list(headers)
+            return start_response(status, headers, exc_info)
+
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(raw)
+        action = parse_qs(raw.decode("utf-8", "replace")).get("Action", [environ.get("PATH_INFO", "")])[0]
+        try:
+            iterable = app(environ, capture)
+        except Exception as e:  # the server answers 500; the exception is what is compared
+            records.append((action, "raised", [], f"{type(e).__name__}: {e}".encode()))
+            raise
+        try:
+            body = b"".join(iterable)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close:
+                close()
+        records.append((action, seen["status"], seen["headers"], body))
+        return [body]
+
+    return recording
+
+
+def _ec2_workload(endpoint: str, account_id: str) -> None:
+    """Reads, writes and refusals of the calls the functions make, plus raw requests boto3 would
+    not send (an unknown action, a malformed parameter, a CORS request)."""
+    ec2 = Account(endpoint, account_id).ec2()
+    loose = Account(endpoint, account_id).client("ec2", validate=False)
+    snapshots = [make_snapshot(ec2, 1) for _ in range(3)]
+    images = [register(ec2, f"direct-{n}", s) for n, s in enumerate(snapshots)]
+    ec2.create_tags(Resources=images + snapshots, Tags=[{"Key": "family", "Value": "web & <api>"}])
+    ec2.modify_image_attribute(ImageId=images[0], LaunchPermission={"Add": [{"UserId": "123456789012"}]})
+    ec2.enable_image_deprecation(ImageId=images[1], DeprecateAt="2031-01-01T00:00:00Z")
+    ec2.describe_images(Owners=["self"])
+    ec2.describe_images(Filters=[{"Name": "tag:family", "Values": ["web & <api>"]}], MaxResults=6)
+    ec2.describe_image_attribute(ImageId=images[0], Attribute="launchPermission")
+    ec2.describe_snapshots(OwnerIds=["self"])
+    ec2.describe_image_references(ImageIds=images, IncludeAllResourceTypes=True)
+    with aws_error("InvalidAMIID.NotFound"):
+        ec2.describe_images(ImageIds=["ami-0123456789abcdef0"])
+    with aws_error("InvalidParameterValue"):
+        loose.describe_image_attribute(ImageId=images[0], Attribute="noSuchAttribute")
+    with aws_error("InvalidSnapshot.InUse"):
+        ec2.delete_snapshot(SnapshotId=snapshots[0])
+    ec2.deregister_image(ImageId=images[2], DeleteAssociatedSnapshots=True)
+    with aws_error("InvalidAMIID.Unavailable"):
+        ec2.deregister_image(ImageId=images[2])
+    form = {"Action": "NoSuchAction", "Version": "2016-11-15"}
+    assert _post(endpoint, form, {}) == _post(endpoint, form, {"Origin": "https://example.com"}) >= 400
+
+
+def _post(endpoint: str, form: dict[str, str], headers: dict[str, str], path: str = "/") -> int:
+    request = urllib.request.Request(
+        endpoint + path,
+        data=urllib.parse.urlencode(form).encode(),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20261202/us-east-1/ec2/aws4_request, "
+            "SignedHeaders=host, Signature=00",
+            **headers,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request) as response:  # noqa: S310 (loopback only)
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_ec2_requests_without_flask_are_answered_as_through_it() -> None:
+    """The same boto3 workload, from the same state and random seed, through a server with
+    ``DirectDispatch`` and one without: every answer, status, headers and body, is the same once
+    request ids and times are blanked; and the direct path did serve the EC2 requests (no Flask
+    request context was pushed for them)."""
+    import threading
+
+    import flask
+    from moto.moto_api._internal import mock_random
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    from ami_emulator import apply_extensions
+    from ami_emulator.control import ControlMiddleware
+    from ami_emulator.direct_dispatch import DirectDispatch
+    from ami_emulator.faults import FaultMiddleware
+    from ami_emulator.keep_alive import KeepAliveRequestHandler
+
+    apply_extensions()
+    dispatcher = DomainDispatcherApplication(create_backend_app)
+    pushed = {"count": 0}
+    original_push = flask.ctx.RequestContext.push
+
+    def counting_push(self: Any) -> None:
+        pushed["count"] += 1
+        original_push(self)
+
+    exchanges = {}
+    flask.ctx.RequestContext.push = counting_push  # type: ignore[method-assign]
+    try:
+        # The first exchange of a fresh process draws its ids in another order (backends are made
+        # lazily, with random ids of their own), so it only warms up.
+        for name, app in (("warm-up", dispatcher), ("flask", dispatcher), ("direct", DirectDispatch(dispatcher))):
+            records: list[Any] = []
+            server = make_server(
+                "127.0.0.1",
+                0,
+                ControlMiddleware(FaultMiddleware(_recorded(app, records), dispatcher)),
+                threaded=True,
+                request_handler=KeepAliveRequestHandler,
+            )
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                endpoint = f"http://127.0.0.1:{server.server_port}"
+                # Both exchanges start from the same state (this process's moto and the
+                # emulator's own settings, reset) with the same random draws.
+                assert _post(endpoint, {}, {}, "/moto-api/reset") == 200
+                mock_random.seed(1717)
+                records.clear()
+                before = pushed["count"]
+                _ec2_workload(endpoint, ACCOUNT)
+                exchanges[name] = (_normalized(records, ACCOUNT), pushed["count"] - before)
+            finally:
+                server.shutdown()
+                server.server_close()
+    finally:
+        flask.ctx.RequestContext.push = original_push  # type: ignore[method-assign]
+    (flask_answers, flask_pushes), (direct_answers, direct_pushes) = exchanges["flask"], exchanges["direct"]
+    assert len(flask_answers) == len(direct_answers) >= 20
+    for through_flask, direct in zip(flask_answers, direct_answers):
+        assert direct == through_flask
+    # Through Flask, every request pushed a context; directly, only the two STS AssumeRole calls
+    # and the CORS request did.
+    assert (flask_pushes, direct_pushes) == (len(flask_answers) + 2, 3), (flask_pushes, direct_pushes, len(flask_answers))
+    assert direct_pushes == 3

@@ -1,13 +1,14 @@
 """``python -m ami_emulator --host 127.0.0.1 --port PORT``: moto's server plus the extensions.
 
 Mirrors ``moto.server.main`` (werkzeug ``run_simple`` with moto's ``DomainDispatcherApplication``
-and ``MotoRequestHandler``, threaded) with four differences: the extensions are applied first,
+and ``MotoRequestHandler``, threaded) with five differences: the extensions are applied first,
 the app is wrapped in ``FaultMiddleware`` (per-account fault injection and request counts) and
 ``ControlMiddleware`` (the ``/ami-pipeline-emulator/`` routes), the EC2/S3/STS/EBS backends
 are loaded before the port is bound, so the first request is fast and a successful TCP connect
 means the emulator is ready, and connections are persistent as AWS's are
 (``keep_alive.KeepAliveRequestHandler``; ``--connection close`` serves as werkzeug does, one
-connection per request).
+connection per request), and EC2's Query requests reach moto's ``EC2Response`` without the Flask
+app around it (``direct_dispatch``; ``--dispatch flask`` serves every request through Flask).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         default="keep-alive",
         help="keep-alive: HTTP/1.1 persistent connections (default); close: one per request",
     )
+    parser.add_argument(
+        "--dispatch",
+        choices=("direct", "flask"),
+        default="direct",
+        help="direct: EC2 Query requests reach moto without Flask (default); flask: every request through moto's Flask apps",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import apply_extensions
     from .common import default_config
     from .control import ControlMiddleware
+    from .direct_dispatch import DirectDispatch
     from .faults import FaultMiddleware
     from .keep_alive import KeepAliveRequestHandler
 
@@ -64,12 +72,16 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, _exit)
     signal.signal(signal.SIGTERM, _exit)
+    app = DirectDispatch(dispatcher) if args.dispatch == "direct" else dispatcher
     handler = KeepAliveRequestHandler if args.connection == "keep-alive" else MotoRequestHandler
-    print(f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection})", flush=True)
+    print(
+        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch})",
+        flush=True,
+    )
     run_simple(
         args.host,
         args.port,
-        ControlMiddleware(FaultMiddleware(dispatcher)),
+        ControlMiddleware(FaultMiddleware(app, dispatcher)),
         threaded=True,
         use_reloader=False,
         request_handler=handler,

@@ -1,0 +1,79 @@
+"""Speed: EC2 Query requests handed to moto's ``EC2Response`` without the Flask app around it.
+
+moto's server routes every request through a Flask app per service (``create_backend_app`` in
+``moto/moto_server/werkzeug_app.py``): Flask pushes an app and a request context, matches the URL
+map, builds its request object (in debug mode, with ``debughelpers`` wrapped around the form
+parser), calls moto's view (``convert_to_flask_response``: ``normalize_request``, the request
+recorder, then ``EC2Response.dispatch(request, request.raw_url, dict(request.headers))``), makes a
+``flask.Response`` of the ``(status, headers, body)`` it returns, and runs its after-request
+handlers (flask-cors). For EC2, a Query-protocol service whose every action is a form-encoded
+``POST /`` (botocore's ``ec2`` model: ``"protocol": "ec2"``, ``requestUri": "/"``), the URL map
+has one answer, and measured under ``scripts/bench-cleanup compare`` Flask's part was about a
+quarter of the server's time per call.
+
+``DirectDispatch`` serves exactly those requests the way the view does, minus Flask: the same
+request class as moto's Flask app (moto's ``Request`` with ``from_wsgi_server``), the same
+recorder call, the same ``EC2Response.dispatch`` with the same arguments, the same
+``flask.Response`` built from its answer, plus the one header flask-cors adds to an answer when
+the request carries no ``Origin`` (``Access-Control-Allow-Origin: *``: moto enables CORS for every
+origin, and flask-cors' ``always_send`` sends the wildcard). Everything else goes to the Flask app
+as before: other services, other methods or paths, a request with an ``Origin`` header (a CORS
+request, whose headers depend on it), and every request when moto's ``DISABLE_GLOBAL_CORS`` is
+set (the Flask path then adds no header). An exception raised by moto propagates as it does
+through Flask in debug mode (the server answers 500).
+
+``tests/emulator/test_fast_paths.py`` runs one boto3 workload through a server with this path and
+one without, and compares every answer (status, headers, body) with the random ids, dates and
+accounts normalized. ``AMI_EMULATOR_DISPATCH=flask`` (``--dispatch flask``) serves every request
+through Flask, for comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.core.request import Request
+
+CORS_HEADER = ("Access-Control-Allow-Origin", "*")
+
+
+class DirectRequest(Request):
+    """moto's request class as its Flask app sets it (``BackendRequest``), minus Flask's mixin."""
+
+    from_wsgi_server = True
+
+
+def _direct(environ: dict[str, Any]) -> bool:
+    return environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/" and "HTTP_ORIGIN" not in environ
+
+
+class DirectDispatch:
+    """WSGI app: ``dispatcher`` (moto's ``DomainDispatcherApplication``) with EC2's Query
+    requests served without Flask."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        from flask import Response
+        from moto.ec2.responses import EC2Response
+        from moto.moto_server.werkzeug_app import DISABLE_GLOBAL_CORS
+
+        self.dispatcher = dispatcher
+        self._ec2 = EC2Response
+        self._response = Response
+        self._cors = not DISABLE_GLOBAL_CORS
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        app = self.dispatcher.get_application(environ)
+        if not self._cors or getattr(app, "service", None) != "ec2" or not _direct(environ):
+            return app(environ, start_response)
+        from moto.moto_api import recorder
+
+        request = DirectRequest(environ)
+        recorder._record_request(request)
+        result = self._ec2.dispatch(request, request.raw_url, dict(request.headers))
+        if len(result) == 3:
+            status, headers, content = result
+        else:
+            status, headers, content = 200, {}, result
+        response = self._response(response=content, status=status, headers=headers)
+        response.headers.add(*CORS_HEADER)
+        return response(environ, start_response)
