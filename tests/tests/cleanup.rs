@@ -583,6 +583,65 @@ async fn a_shared_snapshot_survives_and_orphans_are_swept() {
     assert!(w.exists(EAST, &other).await);
 }
 
+/// Found by review: an orphan whose DeleteSnapshot answered "in use" was retried (0.5, 1 and
+/// 2 s later) while it held its call slot, without a pacer token for the retries, and the
+/// orphans were deleted one after another: with one slot, every other orphan waited 3.5 s
+/// behind it, and past the deadline was deferred. Now each attempt takes its own turn and gives
+/// the slot back while it waits, and the orphans are swept side by side: with one slot and two
+/// seconds left, the free orphans go while the busy one waits, and its retry that would start
+/// past the deadline is not made.
+#[tokio::test]
+async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile() {
+    use shared::runner::Function;
+    const LEFT: Duration = Duration::from_secs(2);
+    let w = one_run_world(&[("CLEANUP_CONCURRENCY", "1")]).await;
+    let ec2 = w.ec2(EAST);
+    let mut orphans = Vec::new();
+    for _ in 0..3 {
+        let snap = fixtures::snapshot(&ec2, &[("ami-pipeline:managed", "true")]).await;
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/snapshot-start-time",
+            Some(json!({"region": EAST, "snapshot_id": snap,
+                        "start_time": (Utc::now() - Days::days(20)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)})),
+        );
+        orphans.push(snap);
+    }
+    let busy = orphans[0].clone();
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DeleteSnapshot",
+        "status": 400, "code": "InvalidSnapshot.InUse", "resource": busy,
+        "message": format!("The snapshot {busy} is currently in use by ami-0123456789abcdef0")}));
+    w.acct.reset_requests();
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
+    let event =
+        shared::runner::parse_payload(&json!({"dry_run": false}).to_string()).expect("event");
+    let r = w
+        .deps
+        .invoke(&event, Utc::now(), deadline)
+        .await
+        .expect("the run reports");
+    let swept: Vec<&str> = r.orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
+    assert_eq!(swept.len(), 3, "{swept:?}");
+    assert_eq!(
+        step_result(&r, &busy, "delete-snapshot"),
+        &StepResult::LeftInUse
+    );
+    assert!(w.snapshot_exists(EAST, &busy).await);
+    for free in &orphans[1..] {
+        assert_eq!(step_result(&r, free, "delete-snapshot"), &StepResult::Done);
+        assert!(!w.snapshot_exists(EAST, free).await, "{free}");
+    }
+    // The busy orphan: its first call and the retries that could start in the two seconds
+    // (0.5 and 1.5 s after it), not the one 3.5 s after it.
+    let calls = w.acct.requests();
+    let busy_calls = calls["ec2:DeleteSnapshot"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(2);
+    assert!((2..=3).contains(&busy_calls), "{calls}");
+}
+
 /// A disabled image still holds its snapshot and can be enabled again, but DescribeImages
 /// leaves disabled images out unless asked (`IncludeDisabled`). Before, cleanup did not list
 /// them, so a stale disabled image's snapshot was planned as an orphan (refused `InUse` for a

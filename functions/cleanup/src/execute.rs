@@ -25,12 +25,33 @@ use tracing::warn;
 /// How often a snapshot still "in use" right after its image was deregistered is retried.
 pub(crate) const IN_USE_RETRIES: u32 = 3;
 
-/// DeleteSnapshot of an orphan, retrying "in use" a few times.
-pub(crate) async fn delete_snapshot(c: &Clients, snapshot: &str) -> StepResult {
+/// Orphans whose deletion is under way at once (each holds a call slot only during a call).
+const ORPHANS_IN_FLIGHT: usize = 64;
+
+/// DeleteSnapshot of an orphan, retrying "in use" a few times. Every attempt is a call of its
+/// own: it takes its own turn (the pacer's token, then a call slot), and the slot is given back
+/// while the attempt waits to be retried. Deferred when the deadline leaves no room for the
+/// first attempt; left in use when it leaves none for a retry.
+pub(crate) async fn delete_orphan(
+    deps: &Deps,
+    c: &Clients,
+    region: &str,
+    snapshot: &str,
+    deadline: &Deadline,
+) -> StepResult {
     let mut pause = Duration::from_millis(500);
     let mut attempt = 0;
     loop {
-        match ec2::delete_snapshot(&c.ec2, snapshot).await {
+        let Some(turn) = deps.turn(region, "DeleteSnapshot", deadline).await else {
+            break if attempt == 0 {
+                StepResult::Deferred
+            } else {
+                StepResult::LeftInUse
+            };
+        };
+        let result = ec2::delete_snapshot(&c.ec2, snapshot).await;
+        drop(turn);
+        match result {
             Ok(()) => break StepResult::Done,
             Err(e) if e.is_not_found() => break StepResult::AlreadyGone,
             Err(e) if e.has_code("InvalidSnapshot.InUse") => {
@@ -81,19 +102,23 @@ pub(crate) async fn execute(
             result,
         });
     }
-    for o in &plan.orphans {
-        let c = clients.get(&o.region);
-        let result = match deps.turn(&o.region, "DeleteSnapshot", &deadline).await {
-            Some(_turn) => delete_snapshot(&c, &o.snapshot_id).await,
-            None => StepResult::Deferred,
-        };
-        steps.push(Step {
-            region: o.region.to_string(),
-            resource: o.snapshot_id.clone(),
-            action: "delete-snapshot",
-            result,
-        });
-    }
+    // The orphans are deleted side by side, in the plan's order in the report. More are in
+    // flight than there are call slots: one waiting to retry has given its slot back, and the
+    // slots and the pacer bound the calls.
+    let swept: Vec<Step> = stream::iter(&plan.orphans)
+        .map(|o| async move {
+            let c = clients.get(&o.region);
+            Step {
+                region: o.region.to_string(),
+                resource: o.snapshot_id.clone(),
+                action: "delete-snapshot",
+                result: delete_orphan(deps, &c, &o.region, &o.snapshot_id, &deadline).await,
+            }
+        })
+        .buffered(ORPHANS_IN_FLIGHT)
+        .collect()
+        .await;
+    steps.extend(swept);
     steps
 }
 
