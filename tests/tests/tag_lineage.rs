@@ -309,6 +309,7 @@ async fn children_of_a_root_with_several_descendants() {
     assert_eq!(out["command"], "children");
     assert_eq!(out["descendants"], 4, "{out}");
     assert_eq!(out["truncated"], false);
+    assert_eq!(out["unsearched"], 0);
     assert_eq!(out["regions"], json!([EAST, WEST]));
     let tree = &out["tree"];
     assert_eq!(tree["image_id"], root.as_str());
@@ -334,6 +335,60 @@ async fn children_of_a_root_with_several_descendants() {
     // Asking with one region only finds what lives there.
     let east_only = w.run(json!({"children": root, "regions": [EAST]})).await;
     assert_eq!(east_only["descendants"], 2, "{east_only}");
+}
+
+/// Found by review: the queries had no deadline: a tree over many regions and generations could
+/// time the Lambda out with no answer at all. With two seconds left and the first search held
+/// for three, `children` answers with the generation it found and names the image it did not
+/// search; `ancestors`, with its first ancestor's read held as long, stops before the root.
+#[tokio::test]
+async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
+    use shared::runner::Function;
+    const LEFT: Duration = Duration::from_secs(2);
+    let w = world().await;
+    let (root, copy, _, child) = three_generations(&w).await;
+    let deadline = || shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
+    let query = |event: Value| shared::runner::parse_payload(&event.to_string()).expect("event");
+
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
+        "resource": "tag:source_image", "delay_seconds": 3.0, "count": 1}));
+    let out = w
+        .deps
+        .invoke(&query(json!({"children": root})), Utc::now(), deadline())
+        .await
+        .expect("children answers");
+    let out = serde_json::to_value(out).expect("output serializes");
+    assert_eq!(out["descendants"], 1, "{out}");
+    assert_eq!(
+        out["tree"]["children"][0]["image_id"],
+        copy.as_str(),
+        "{out}"
+    );
+    assert_eq!(out["truncated"], true, "{out}");
+    assert_eq!(out["unsearched"], 1, "{out}");
+
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
+        "resource": copy, "delay_seconds": 3.0, "count": 1}));
+    let out = w
+        .deps
+        .invoke(
+            &query(json!({"ancestors": child, "region": WEST})),
+            Utc::now(),
+            deadline(),
+        )
+        .await
+        .expect("ancestors answers");
+    let out = serde_json::to_value(out).expect("output serializes");
+    assert_eq!(out["stopped"], "deadline", "{out}");
+    let chain: Vec<&str> = out["ancestors"]
+        .as_array()
+        .expect("ancestors")
+        .iter()
+        .filter_map(|a| a["image_id"].as_str())
+        .collect();
+    assert_eq!(chain, vec![copy.as_str()], "{out}");
 }
 
 #[tokio::test]

@@ -158,15 +158,17 @@ pub async fn handle(
             info!(%reason, "ignored");
             Ok(Output::Ignored { reason })
         }
-        Command::Ancestors { image_id, region } => ancestors(deps, &image_id, region.as_deref())
-            .await
-            .map(Output::Ancestors)
-            .map_err(partial),
+        Command::Ancestors { image_id, region } => {
+            ancestors(deps, &image_id, region.as_deref(), deadline)
+                .await
+                .map(Output::Ancestors)
+                .map_err(partial)
+        }
         Command::Children {
             image_id,
             region,
             regions,
-        } => children(deps, &image_id, region.as_deref(), regions)
+        } => children(deps, &image_id, region.as_deref(), regions, deadline)
             .await
             .map(Output::Children)
             .map_err(partial),

@@ -124,7 +124,8 @@ pub struct AncestorsReport {
     /// Parent first, root last.
     pub ancestors: Vec<Entry>,
     /// Why the walk ended: `root`, `gap` (a deregistered ancestor with nothing recorded past
-    /// it), `cycle` or `depth-limit`.
+    /// it), `cycle`, `depth-limit`, or `deadline` (the invocation's end came before the next
+    /// ancestor was read: ask again with a longer timeout).
     pub stopped: &'static str,
 }
 
@@ -148,8 +149,11 @@ pub struct ChildrenReport {
     pub descendants: usize,
     /// Regions searched.
     pub regions: Vec<String>,
-    /// The depth limit cut the tree, or a cycle was seen.
+    /// The depth limit cut the tree, a cycle was seen, or the deadline came.
     pub truncated: bool,
+    /// Images of the tree whose own children were not looked for: the invocation's end came
+    /// first (ask again with a longer timeout or fewer regions). 0 when the search finished.
+    pub unsearched: usize,
 }
 
 /// What an invocation did.

@@ -1,11 +1,14 @@
 //! The read-only questions: an image's ancestors (across regions) and its children (a tree).
+//! Both stop at the invocation's deadline with what they found and say so, rather than letting
+//! the Lambda time out with no answer.
 
 use crate::config::Deps;
 use crate::handler::clients_for;
 use crate::output::{AncestorsReport, ChildrenReport, Entry, Node};
 use shared::aws::ec2;
+use shared::deadline::Deadline;
 use shared::error::AwsError;
-use shared::model::Select;
+use shared::model::{Image, Select};
 use shared::plan::ancestry::{Next, Walk};
 use shared::plan::lineage::{self};
 use shared::plan::stamp::{self, ImageRef};
@@ -15,6 +18,7 @@ pub(crate) async fn ancestors(
     deps: &Deps,
     image_id: &str,
     region: Option<&str>,
+    deadline: Deadline,
 ) -> Result<AncestorsReport, AwsError> {
     let c = clients_for(deps, region);
     let start = ec2::describe_image(&c.ec2, image_id).await?;
@@ -36,6 +40,9 @@ pub(crate) async fn ancestors(
             Next::Visit(at) => at,
             Next::Stop(why) => break why,
         };
+        if !deadline.may_start() {
+            break "deadline";
+        }
         let pc = clients_for(deps, Some(&at.region));
         match ec2::describe_image(&pc.ec2, &at.image_id).await? {
             Some(img) if img.state != "deregistered" => {
@@ -62,6 +69,7 @@ pub(crate) async fn children(
     image_id: &str,
     region: Option<&str>,
     regions: Option<Vec<String>>,
+    deadline: Deadline,
 ) -> Result<ChildrenReport, AwsError> {
     let c = clients_for(deps, region);
     let mut search: Vec<String> = regions.unwrap_or_else(|| deps.config.regions.clone());
@@ -78,6 +86,8 @@ pub(crate) async fn children(
     let mut seen = BTreeSet::from([(c.region.clone(), image_id.to_owned())]);
     let mut truncated = false;
     let mut descendants = 0;
+    // Images whose children were not looked for: the deadline came first.
+    let mut unsearched = 0;
     // Breadth-first: collect each node's children, then nest them bottom-up.
     let mut found: BTreeMap<(String, String), Vec<Entry>> = BTreeMap::new();
     let mut frontier = vec![(c.region.clone(), image_id.to_owned())];
@@ -91,28 +101,19 @@ pub(crate) async fn children(
         }
         let mut next = Vec::new();
         for (node_region, node_id) in frontier {
+            if unsearched > 0 || !deadline.may_start() {
+                unsearched += 1;
+                continue;
+            }
             let mut kids = Vec::new();
-            for r in &search {
-                let rc = clients_for(deps, Some(r));
-                let images = ec2::describe_own_images(
-                    &rc.ec2,
-                    &[Select::tag(lineage::SOURCE_IMAGE, [node_id.as_str()])],
-                )
-                .await?;
-                for img in images {
-                    let points_here = stamp::tagged_parent(&img.tags, r)
-                        .is_some_and(|p| p.region == node_region && p.image_id == node_id);
-                    if !points_here {
-                        continue;
-                    }
-                    if !seen.insert((r.clone(), img.id.clone())) {
-                        truncated = true;
-                        continue;
-                    }
-                    descendants += 1;
-                    next.push((r.clone(), img.id.clone()));
-                    kids.push(Entry::of(&img, r));
+            for (r, img) in tagged_children(deps, &search, &node_region, &node_id).await? {
+                if !seen.insert((r.clone(), img.id.clone())) {
+                    truncated = true;
+                    continue;
                 }
+                descendants += 1;
+                next.push((r.clone(), img.id.clone()));
+                kids.push(Entry::of(&img, &r));
             }
             kids.sort_by(|a, b| {
                 (&a.create_date, &a.region, &a.image_id).cmp(&(
@@ -124,6 +125,11 @@ pub(crate) async fn children(
             found.insert((node_region, node_id), kids);
         }
         frontier = next;
+        if unsearched > 0 {
+            // The images found at this level are not searched either.
+            unsearched += frontier.len();
+            frontier.clear();
+        }
     }
     fn build(entry: Entry, found: &mut BTreeMap<(String, String), Vec<Entry>>) -> Node {
         let kids = found
@@ -138,6 +144,34 @@ pub(crate) async fn children(
         tree: build(root_entry, &mut found),
         descendants,
         regions: search,
-        truncated,
+        truncated: truncated || unsearched > 0,
+        unsearched,
     })
+}
+
+/// The images in `search` whose lineage tags name `node_id` in `node_region` as their parent,
+/// with their regions.
+async fn tagged_children(
+    deps: &Deps,
+    search: &[String],
+    node_region: &str,
+    node_id: &str,
+) -> Result<Vec<(String, Image)>, AwsError> {
+    let mut out = Vec::new();
+    for r in search {
+        let rc = clients_for(deps, Some(r));
+        let images =
+            ec2::describe_own_images(&rc.ec2, &[Select::tag(lineage::SOURCE_IMAGE, [node_id])])
+                .await?;
+        out.extend(
+            images
+                .into_iter()
+                .filter(|img| {
+                    stamp::tagged_parent(&img.tags, r)
+                        .is_some_and(|p| p.region == node_region && p.image_id == node_id)
+                })
+                .map(|img| (r.clone(), img)),
+        );
+    }
+    Ok(out)
 }
