@@ -383,3 +383,42 @@ def test_launch_template_max_results_between_1_and_200(account):
     with aws_error("InvalidParameterValue", "for parameter maxResults is invalid"):
         ec2.describe_launch_templates(MaxResults=201)
     assert ec2.describe_launch_templates(MaxResults=200)["LaunchTemplates"] == []
+
+
+def test_an_action_ec2_does_not_have_is_invalid_action(account):
+    """EC2 answers an Action its API does not have with HTTP 400 ``InvalidAction`` "The action X
+    is not valid for this web service." (moto failed with a 500). The request is signed with
+    botocore's SigV4 as the account, and botocore's own EC2 parser reads the error."""
+    import urllib.error
+    import urllib.request
+
+    import boto3
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.parsers import create_parser
+
+    ec2 = account.ec2()
+    request = AWSRequest(
+        method="POST",
+        url=account.endpoint + "/",
+        data="Action=DescribeNoSuchThings&Version=2016-11-15",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+    )
+    credentials = boto3.Session(**account._creds).get_credentials()
+    SigV4Auth(credentials, "ec2", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (loopback only)
+            urllib.request.Request(prepared.url, data=prepared.body.encode(), headers=dict(prepared.headers))
+        ) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    assert status == 400, body
+    parsed = create_parser("ec2").parse({"status_code": status, "headers": {}, "body": body}, None)
+    assert parsed["Error"] == {
+        "Code": "InvalidAction",
+        "Message": "The action DescribeNoSuchThings is not valid for this web service.",
+    }
+    # A known action still reaches moto.
+    assert ec2.describe_images(Owners=["self"])["Images"] == []

@@ -1,7 +1,7 @@
 """Parameter rules of the EC2 API reference that moto does not enforce: the ``api_rules`` gate.
 
 Every EC2 request (service ``ec2``, an ``Action`` the botocore model knows) is checked here
-before moto sees it (see ``gates``). A request that breaks a rule is answered with EC2's error,
+before moto sees it (see ``gates``); an ``Action`` the model does not know is ``InvalidAction``. A request that breaks a rule is answered with EC2's error,
 HTTP 400, in EC2's error XML (``faults.error_response``), and never reaches moto: nothing is
 created. The reference is the botocore EC2 model (``botocore/data/ec2/2016-11-15/service-2.json``:
 each member's documentation text, ``required``, ``enum``, ``min``/``max``/``pattern``) and the
@@ -37,6 +37,7 @@ name uniqueness (``images``), MaxResults ranges the reference does not state (th
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from typing import Any, Callable
@@ -649,10 +650,21 @@ def check(action: str, params: dict[str, list[str]]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _operation_names() -> frozenset[str]:
+    return frozenset(_model().operation_names)
+
+
 def api_rules_gate(ctx: gates.RequestContext) -> Response | None:
-    """The ``api_rules`` gate: EC2 requests that break a rule get EC2's error instead of moto."""
+    """The ``api_rules`` gate: EC2 requests that break a rule get EC2's error instead of moto.
+
+    An ``Action`` the EC2 model does not name is EC2's ``InvalidAction`` (HTTP 400; "The action
+    X is not valid for this web service.", the text EC2 answers, e.g. boto/boto#1282; the code is
+    in the API reference's common client errors); moto failed on it with a 500."""
     if ctx.service != "ec2" or not ctx.action:
         return None
+    if ctx.action not in _operation_names():
+        return error_response("ec2", ctx.method, 400, "InvalidAction", f"The action {ctx.action} is not valid for this web service.")
     try:
         check(ctx.action, ctx.params())
     except Refused as refusal:
