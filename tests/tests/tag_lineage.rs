@@ -475,6 +475,88 @@ async fn a_conflict_is_reported_and_nothing_changes_until_forced() {
     );
 }
 
+/// EC2 keeps 50 tags on a resource. An image (and its snapshot) with 48 tags of a team's own has
+/// no room for its lineage: before, CreateTags failed with `TagLimitExceeded` and the event
+/// failed on every retry with EC2's bare message. Now nothing is written, the report and an
+/// `image.lineage-conflict` message name each resource, its tags and the keys it lacks, a
+/// manual stamp is refused with `TagLimitExceeded`, and once tags are removed the next event
+/// stamps it.
+#[tokio::test]
+async fn lineage_that_does_not_fit_beside_the_tags_is_reported_and_nothing_is_written() {
+    let w = world().await;
+    let ec2 = w.ec2(EAST);
+    let team: Vec<(String, String)> = (0..48)
+        .map(|n| (format!("team:key-{n:02}"), format!("v{n}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = team.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (image, snap) = fixtures::image(&ec2, "crowded", &pairs).await;
+    let before = fixtures::tags_of(&ec2, &image).await;
+    let snap_before = fixtures::tags_of(&ec2, &snap).await;
+    w.acct.drain(&w.queue).await;
+
+    let out = w.available(EAST, &image).await;
+    assert_eq!(out["outcome"], "no-room", "{out}");
+    let rooms = out["no_room"].as_array().expect("no_room").clone();
+    let resources: Vec<&str> = rooms
+        .iter()
+        .filter_map(|r| r["resource"].as_str())
+        .collect();
+    assert!(resources.contains(&image.as_str()), "{out}");
+    for room in &rooms {
+        assert_eq!(room["has"], 48, "{room}");
+    }
+    let detail = out["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&image)
+            && detail.contains("has 48 tags")
+            && detail.contains("remove at least"),
+        "{detail}"
+    );
+    assert_eq!(
+        fixtures::tags_of(&ec2, &image).await,
+        before,
+        "nothing written"
+    );
+    assert_eq!(fixtures::tags_of(&ec2, &snap).await, snap_before);
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["event_type"], "image.lineage-conflict");
+    assert_eq!(msgs[0]["image_id"], image.as_str());
+    assert!(
+        msgs[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at most 50 tags"),
+        "{}",
+        msgs[0]
+    );
+
+    let err = w
+        .try_run(json!({"image_id": image}))
+        .await
+        .expect_err("a manual stamp is refused");
+    assert_eq!(err.error_type(), "TagLimitExceeded");
+    assert!(err.to_string().contains(&image), "{err}");
+
+    // Room made on both: the next event stamps them.
+    for resource in [&image, &snap] {
+        ec2.delete_tags()
+            .resources(resource.as_str())
+            .set_tags(Some(
+                team[..6]
+                    .iter()
+                    .map(|(k, _)| aws_sdk_ec2::types::Tag::builder().key(k).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .expect("delete six tags");
+    }
+    let out = w.available(EAST, &image).await;
+    assert_eq!(out["outcome"], "stamped", "{out}");
+    assert!(fixtures::tags_of(&ec2, &image).await["create_date"].is_string());
+}
+
 #[tokio::test]
 async fn manual_tag_contract_computes_the_other_date() {
     let w = world().await;

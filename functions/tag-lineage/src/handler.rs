@@ -202,6 +202,10 @@ pub(crate) fn refuse_manual(r: &StampReport) -> Result<(), InvocationError> {
                     .join("; ")
             ),
         }),
+        StampOutcome::NoRoom => Err(InvocationError::Refused {
+            error_type: "TagLimitExceeded",
+            message: crate::stamp::no_room_text(&r.image_id, &r.region, &r.no_room),
+        }),
         StampOutcome::NotVisible => Err(InvocationError::Refused {
             error_type: "ImageNotFound",
             message: format!(

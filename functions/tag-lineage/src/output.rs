@@ -4,7 +4,7 @@ use crate::event::Trigger;
 use serde::Serialize;
 use shared::model::{Image, Tags};
 use shared::plan::lineage::{CREATE_DATE, FAMILY, GENERATION, SOURCE_INSTANCE, SOURCE_URI};
-use shared::plan::stamp::{Conflict, ImageRef, Origin};
+use shared::plan::stamp::{Conflict, ImageRef, NoRoom, Origin};
 use std::collections::BTreeMap;
 
 /// What stamping one image came to (serialized as the strings the output has always carried).
@@ -17,6 +17,8 @@ pub enum StampOutcome {
     Unchanged,
     /// Lineage tags hold other values: nothing written.
     Conflict,
+    /// The lineage tags do not fit beside a resource's tags (EC2 keeps 50): nothing written.
+    NoRoom,
     /// The image is not listed (yet) in this account.
     NotVisible,
     /// The image is not available (pending or failed).
@@ -30,7 +32,7 @@ pub struct StampReport {
     pub image_id: String,
     /// Its region.
     pub region: String,
-    /// `stamped`, `unchanged`, `conflict`, `not-visible`, `not-available`.
+    /// `stamped`, `unchanged`, `conflict`, `no-room`, `not-visible`, `not-available`.
     pub outcome: StampOutcome,
     /// How the image came to be (when it was read).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,6 +43,9 @@ pub struct StampReport {
     /// Conflicting values (nothing was written).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+    /// Resources whose lineage tags would pass EC2's limit of tags (nothing was written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_room: Vec<NoRoom>,
     /// The image's lineage.
     #[serde(skip_serializing_if = "Tags::is_empty")]
     pub lineage: Tags,

@@ -14,7 +14,9 @@ use shared::model::Image;
 use shared::model::Tags;
 use shared::notify::{self, EventType, Message};
 use shared::plan::lineage::{self, FAMILY, READY_AT, SOURCE_URI};
-use shared::plan::stamp::{self, Assertion, Facts, ImageRef, Parent, StampPlan};
+use shared::plan::stamp::{
+    self, Assertion, Facts, ImageRef, MAX_TAGS_PER_RESOURCE, NoRoom, Parent, StampPlan,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -34,6 +36,7 @@ pub(crate) async fn stamp_one(
         origin: None,
         written: BTreeMap::new(),
         conflicts: Vec::new(),
+        no_room: Vec::new(),
         lineage: Tags::new(),
         ready_announced: false,
         detail: None,
@@ -69,11 +72,7 @@ pub(crate) async fn stamp_one(
     });
     report.origin = Some(plan.origin);
     report.lineage = plan.lineage.clone();
-    if !plan.conflicts.is_empty() {
-        report.outcome = StampOutcome::Conflict;
-        report.conflicts = plan.conflicts.clone();
-        warn!(image = %image.id, conflicts = ?plan.conflicts, "lineage conflict; nothing written");
-        let msg = conflict_message(&image, &c.region, &plan, now);
+    if let Some(msg) = refusal(&image, &c.region, &plan, now, &mut report) {
         notify::send(&deps.clients.sns, &deps.config.common.topic_arn, &msg).await?;
         return Ok(report);
     }
@@ -264,6 +263,62 @@ fn conflict_message(image: &Image, region: &str, plan: &StampPlan, now: DateTime
         lineage: plan.lineage.clone(),
         ..Message::new(EventType::LineageConflict, now, region)
     }
+}
+
+/// When the plan writes nothing because the lineage conflicts with tags already present or
+/// does not fit beside them: records that in `report`, logs it, and gives the
+/// `image.lineage-conflict` message to announce it.
+fn refusal(
+    image: &Image,
+    region: &str,
+    plan: &StampPlan,
+    now: DateTime<Utc>,
+    report: &mut StampReport,
+) -> Option<Message> {
+    if !plan.conflicts.is_empty() {
+        report.outcome = StampOutcome::Conflict;
+        report.conflicts = plan.conflicts.clone();
+        warn!(image = %image.id, conflicts = ?plan.conflicts, "lineage conflict; nothing written");
+        return Some(conflict_message(image, region, plan, now));
+    }
+    if plan.no_room.is_empty() {
+        return None;
+    }
+    report.outcome = StampOutcome::NoRoom;
+    report.no_room = plan.no_room.clone();
+    let why = no_room_text(&image.id, region, &plan.no_room);
+    warn!(image = %image.id, %why, "lineage does not fit; nothing written");
+    report.detail = Some(why.clone());
+    Some(Message {
+        image_id: Some(image.id.clone()),
+        image_name: Some(image.name.clone()),
+        family: image.tags.get(FAMILY).cloned(),
+        error: Some(why),
+        lineage: plan.lineage.clone(),
+        ..Message::new(EventType::LineageConflict, now, region)
+    })
+}
+
+/// Why the lineage of `image_id` is not written, and what to do: per resource, the tags it has
+/// and the keys it lacks.
+pub(crate) fn no_room_text(image_id: &str, region: &str, no_room: &[NoRoom]) -> String {
+    let each: Vec<String> = no_room
+        .iter()
+        .map(|r| {
+            format!(
+                "{} has {} tags and lacks {} lineage keys ({}): remove at least {} of its tags",
+                r.resource,
+                r.has,
+                r.adds.len(),
+                r.adds.join(", "),
+                r.to_remove()
+            )
+        })
+        .collect();
+    format!(
+        "the lineage of {image_id} in {region} was not written: EC2 keeps at most {MAX_TAGS_PER_RESOURCE} tags on a resource (aws: tags aside), and {}; then invoke {{\"image_id\": \"{image_id}\"}} or wait for the next event",
+        each.join("; ")
+    )
 }
 
 /// `image.ready`, with the lineage just stamped.

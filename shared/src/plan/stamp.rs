@@ -166,6 +166,30 @@ pub struct Conflict {
     pub inferred: String,
 }
 
+/// Tags EC2 keeps on one resource (CreateTags: "Each resource can have a maximum of 50 tags";
+/// keys with the `aws:` prefix do not count: "Tags with the aws: prefix do not count against
+/// your tags per resource limit", EC2 User Guide, "Tag restrictions").
+pub const MAX_TAGS_PER_RESOURCE: usize = 50;
+
+/// A resource whose lineage tags do not fit beside the tags it has: EC2 would refuse the write
+/// (`TagLimitExceeded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NoRoom {
+    /// The image or snapshot.
+    pub resource: String,
+    /// Tags it has (those that count against the limit).
+    pub has: usize,
+    /// Lineage keys it lacks.
+    pub adds: Vec<String>,
+}
+
+impl NoRoom {
+    /// How many of its tags must go before its lineage fits.
+    pub fn to_remove(&self) -> usize {
+        (self.has + self.adds.len()).saturating_sub(MAX_TAGS_PER_RESOURCE)
+    }
+}
+
 /// What to change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StampPlan {
@@ -177,6 +201,9 @@ pub struct StampPlan {
     pub writes: BTreeMap<String, Tags>,
     /// Values that differ; when not empty, nothing is written.
     pub conflicts: Vec<Conflict>,
+    /// Resources whose lineage tags would pass EC2's limit of tags per resource; when not
+    /// empty, nothing is written (a lineage written in part is one no query can trust).
+    pub no_room: Vec<NoRoom>,
 }
 
 impl StampPlan {
@@ -199,6 +226,7 @@ impl StampPlan {
     /// image (managed marker) that is not a copy, fully stamped, and not announced before.
     pub fn ready_to_announce(&self, image: &Image) -> bool {
         self.conflicts.is_empty()
+            && self.no_room.is_empty()
             && image.state == "available"
             && self.origin != Origin::Copy
             && image.source_image_id.is_none()
@@ -487,7 +515,12 @@ pub fn plan_stamp(facts: &Facts<'_>) -> StampPlan {
             writes.insert(snapshot.id.clone(), snap_writes);
         }
     }
-    if !conflicts.is_empty() {
+    let no_room = if conflicts.is_empty() {
+        over_limit(facts, &writes)
+    } else {
+        Vec::new()
+    };
+    if !conflicts.is_empty() || !no_room.is_empty() {
         writes.clear();
     }
     StampPlan {
@@ -495,7 +528,36 @@ pub fn plan_stamp(facts: &Facts<'_>) -> StampPlan {
         lineage,
         writes,
         conflicts,
+        no_room,
     }
+}
+
+/// The resources of `writes` whose tags, with the keys written, would pass
+/// [`MAX_TAGS_PER_RESOURCE`].
+fn over_limit(facts: &Facts<'_>, writes: &BTreeMap<String, Tags>) -> Vec<NoRoom> {
+    let held = |id: &str| -> Option<&Tags> {
+        if id == facts.image.id {
+            return Some(&facts.image.tags);
+        }
+        facts.snapshots.iter().find(|s| s.id == id).map(|s| &s.tags)
+    };
+    writes
+        .iter()
+        .filter_map(|(resource, new)| {
+            let tags = held(resource)?;
+            let has = tags.keys().filter(|k| !k.starts_with("aws:")).count();
+            let adds: Vec<String> = new
+                .keys()
+                .filter(|k| !tags.contains_key(*k))
+                .cloned()
+                .collect();
+            (has + adds.len() > MAX_TAGS_PER_RESOURCE).then(|| NoRoom {
+                resource: resource.clone(),
+                has,
+                adds,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -846,6 +908,56 @@ mod tests {
         assert!(plan.conflicts.is_empty());
         assert_eq!(plan.writes["ami-00000003"][SOURCE_IMAGE], "ami-0000000b");
         assert_eq!(plan.writes["snap-11111111"][SOURCE_IMAGE], "ami-0000000b");
+    }
+
+    /// EC2 keeps 50 tags per resource, `aws:` keys aside: lineage that does not fit beside a
+    /// resource's tags is not written at all (nor any other resource's), and the plan names
+    /// the resource, what it has and the keys it lacks; a tag that already holds its value
+    /// takes no room.
+    #[test]
+    fn lineage_that_does_not_fit_beside_a_resources_tags_is_not_written() {
+        let mut full: Vec<(String, String)> = (0..45)
+            .map(|n| (format!("team:key-{n:02}"), "v".to_string()))
+            .collect();
+        full.push(("aws:backup:source-resource".into(), "x".into()));
+        let pairs: Vec<(&str, &str)> = full.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let img = image("ami-00000005", &[]);
+        let snaps = [snap("snap-11111111", &pairs)];
+        let fits = plan_stamp(&facts(&img, &snaps));
+        let lacking = fits.writes["snap-11111111"].len();
+        assert!(fits.no_room.is_empty(), "{:?}", fits.no_room);
+
+        let mut crowded = full.clone();
+        for n in 45..(51 - lacking) {
+            crowded.push((format!("team:key-{n:02}"), "v".into()));
+        }
+        let pairs: Vec<(&str, &str)> = crowded
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let snaps = [snap("snap-11111111", &pairs)];
+        let plan = plan_stamp(&facts(&img, &snaps));
+        assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+        assert!(!plan.ready_to_announce(&img));
+        assert_eq!(plan.no_room.len(), 1, "{:?}", plan.no_room);
+        let room = &plan.no_room[0];
+        assert_eq!(room.resource, "snap-11111111");
+        assert_eq!(room.has, 51 - lacking);
+        assert_eq!(room.adds.len(), lacking);
+        assert_eq!(room.to_remove(), 1);
+        // One of the team's tags replaced by one of the lineage's keys with its value: exactly
+        // 50 tags once stamped, which fits.
+        let key = room.adds[0].clone();
+        let value = fits.writes["snap-11111111"][&key].clone();
+        let mut placed = crowded.clone();
+        placed.pop();
+        placed.push((key, value));
+        let pairs: Vec<(&str, &str)> = placed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let snaps = [snap("snap-11111111", &pairs)];
+        assert!(plan_stamp(&facts(&img, &snaps)).no_room.is_empty());
     }
 
     #[test]
