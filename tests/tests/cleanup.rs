@@ -587,13 +587,13 @@ async fn a_shared_snapshot_survives_and_orphans_are_swept() {
 /// 2 s later) while it held its call slot, without a pacer token for the retries, and the
 /// orphans were deleted one after another: with one slot, every other orphan waited 3.5 s
 /// behind it, and past the deadline was deferred. Now each attempt takes its own turn and gives
-/// the slot back while it waits, and the orphans are swept side by side: with one slot and two
-/// seconds left, the free orphans go while the busy one waits, and its retry that would start
-/// past the deadline is not made.
+/// the slot back while it waits, and the orphans are swept side by side: with one slot and three
+/// seconds left, the free orphans go while the busy one waits, and its retry that could not
+/// start before the deadline (2 s after the third call) is not waited for.
 #[tokio::test]
 async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile() {
     use shared::runner::Function;
-    const LEFT: Duration = Duration::from_secs(2);
+    const LEFT: Duration = Duration::from_secs(3);
     let w = one_run_world(&[("CLEANUP_CONCURRENCY", "1")]).await;
     let ec2 = w.ec2(EAST);
     let mut orphans = Vec::new();
@@ -607,7 +607,15 @@ async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile(
         );
         orphans.push(snap);
     }
-    let busy = orphans[0].clone();
+    // The busy orphan is the one swept first (a dry run shows the order), so the others can
+    // only be swept meanwhile if it gives its slot back while it waits.
+    let dry = w.run(json!({"dry_run": true}), Utc::now()).await;
+    let busy = dry
+        .orphans
+        .first()
+        .expect("three orphans")
+        .snapshot_id
+        .clone();
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DeleteSnapshot",
         "status": 400, "code": "InvalidSnapshot.InUse", "resource": busy,
@@ -623,16 +631,17 @@ async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile(
         .expect("the run reports");
     let swept: Vec<&str> = r.orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
     assert_eq!(swept.len(), 3, "{swept:?}");
+    assert_eq!(swept[0], busy, "the same order as the dry run");
     assert_eq!(
         step_result(&r, &busy, "delete-snapshot"),
         &StepResult::LeftInUse
     );
     assert!(w.snapshot_exists(EAST, &busy).await);
-    for free in &orphans[1..] {
+    for free in orphans.iter().filter(|o| **o != busy) {
         assert_eq!(step_result(&r, free, "delete-snapshot"), &StepResult::Done);
         assert!(!w.snapshot_exists(EAST, free).await, "{free}");
     }
-    // The busy orphan: its first call and the retries that could start in the two seconds
+    // The busy orphan: its first call and the retries that could start in the three seconds
     // (0.5 and 1.5 s after it), not the one 3.5 s after it.
     let calls = w.acct.requests();
     let busy_calls = calls["ec2:DeleteSnapshot"]

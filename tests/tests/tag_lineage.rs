@@ -338,9 +338,9 @@ async fn children_of_a_root_with_several_descendants() {
 }
 
 /// Found by review: the queries had no deadline: a tree over many regions and generations could
-/// time the Lambda out with no answer at all. With two seconds left and the first search held
-/// for three, `children` answers with the generation it found and names the image it did not
-/// search; `ancestors`, with its first ancestor's read held as long, stops before the root.
+/// time the Lambda out with no answer at all. With two seconds left and the root's first
+/// region's search held for three, `children` does not search its second region and says so;
+/// `ancestors`, with its first ancestor's read held as long, stops before the root.
 #[tokio::test]
 async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
     use shared::runner::Function;
@@ -359,14 +359,11 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
         .await
         .expect("children answers");
     let out = serde_json::to_value(out).expect("output serializes");
-    assert_eq!(out["descendants"], 1, "{out}");
-    assert_eq!(
-        out["tree"]["children"][0]["image_id"],
-        copy.as_str(),
-        "{out}"
-    );
+    // The copy lives in the second region, which was not searched.
+    assert_eq!(out["descendants"], 0, "{out}");
     assert_eq!(out["truncated"], true, "{out}");
     assert_eq!(out["unsearched"], 1, "{out}");
+    assert!(out["tree"]["children"].is_null(), "{out}");
 
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
@@ -389,6 +386,64 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
         .filter_map(|a| a["image_id"].as_str())
         .collect();
     assert_eq!(chain, vec![copy.as_str()], "{out}");
+}
+
+/// `children` searches the tree in the order it shows it (oldest first). When the deadline
+/// comes while the first of two siblings is searched, the second is not searched, nor are the
+/// children the first one has: both are counted, and what was found is in the tree.
+#[tokio::test]
+async fn children_counts_every_image_the_deadline_left_unsearched() {
+    use shared::runner::Function;
+    const LEFT: Duration = Duration::from_secs(2);
+    let w = world().await;
+    let east = w.ec2(EAST);
+    let (root, _) = fixtures::image(
+        &east,
+        "tree",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "tree"),
+        ],
+    )
+    .await;
+    assert_eq!(w.available(EAST, &root).await["outcome"], "stamped");
+    let older = fixtures::copy(&east, &root, EAST, "tree-copy").await;
+    assert_eq!(w.available(EAST, &older).await["outcome"], "stamped");
+    // The lineage's create_date has whole seconds: the second sibling is a second younger.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let instance = fixtures::instance(&east, &root).await;
+    let younger = fixtures::image_from_instance(&east, &instance, "tree-direct").await;
+    assert_eq!(w.available(EAST, &younger).await["outcome"], "stamped");
+    let instance = fixtures::instance(&east, &older).await;
+    let grandchild = fixtures::image_from_instance(&east, &instance, "tree-app").await;
+    assert_eq!(w.available(EAST, &grandchild).await["outcome"], "stamped");
+
+    // The older sibling's search is held past the deadline.
+    w.acct
+        .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
+        "resource": older, "delay_seconds": 3.0, "count": 1}));
+    let event =
+        shared::runner::parse_payload(&json!({"children": root, "regions": [EAST]}).to_string())
+            .expect("event");
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
+    let out = w
+        .deps
+        .invoke(&event, Utc::now(), deadline)
+        .await
+        .expect("children answers");
+    let out = serde_json::to_value(out).expect("output serializes");
+    assert_eq!(out["descendants"], 3, "{out}");
+    // The younger sibling, and the grandchild found under the older one.
+    assert_eq!(out["unsearched"], 2, "{out}");
+    assert_eq!(out["truncated"], true, "{out}");
+    let kids = out["tree"]["children"].as_array().expect("children");
+    assert_eq!(kids[0]["image_id"], older.as_str(), "{out}");
+    assert_eq!(
+        kids[0]["children"][0]["image_id"],
+        grandchild.as_str(),
+        "{out}"
+    );
+    assert_eq!(kids[1]["image_id"], younger.as_str(), "{out}");
 }
 
 #[tokio::test]

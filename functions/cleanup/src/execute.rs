@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 use shared::aws::clients::Clients;
 use shared::aws::clients::RegionalClients;
 use shared::aws::ec2;
-use shared::deadline::Deadline;
+use shared::deadline::{Deadline, SAFETY_MARGIN};
 use shared::error::AwsError;
 use shared::model::Tags;
 use shared::notify::{self, EventType, Message};
@@ -31,7 +31,8 @@ const ORPHANS_IN_FLIGHT: usize = 64;
 /// DeleteSnapshot of an orphan, retrying "in use" a few times. Every attempt is a call of its
 /// own: it takes its own turn (the pacer's token, then a call slot), and the slot is given back
 /// while the attempt waits to be retried. Deferred when the deadline leaves no room for the
-/// first attempt; left in use when it leaves none for a retry.
+/// first attempt; left in use when it leaves none for a retry (checked before the pause too, so
+/// a retry that could not start is not waited for).
 pub(crate) async fn delete_orphan(
     deps: &Deps,
     c: &Clients,
@@ -56,7 +57,8 @@ pub(crate) async fn delete_orphan(
             Err(e) if e.is_not_found() => break StepResult::AlreadyGone,
             Err(e) if e.has_code("InvalidSnapshot.InUse") => {
                 attempt += 1;
-                if attempt > IN_USE_RETRIES {
+                // A retry that could not start after its pause is not waited for.
+                if attempt > IN_USE_RETRIES || !deadline.has_left(pause + SAFETY_MARGIN) {
                     break StepResult::LeftInUse;
                 }
                 tokio::time::sleep(pause).await;

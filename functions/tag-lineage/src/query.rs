@@ -14,6 +14,8 @@ use shared::plan::lineage::{self};
 use shared::plan::stamp::{self, ImageRef};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The image's ancestors, parent first, read region to region from the lineage tags; stops at
+/// a root, a gap with nothing recorded past it, a cycle, the depth limit, or the deadline.
 pub(crate) async fn ancestors(
     deps: &Deps,
     image_id: &str,
@@ -64,6 +66,9 @@ pub(crate) async fn ancestors(
     })
 }
 
+/// The image's descendants as a tree, breadth-first over `regions` (the configured ones by
+/// default, with the image's own first), in the order the tree shows them (oldest first). When
+/// the deadline comes, the images left unsearched (wholly or in some regions) are counted.
 pub(crate) async fn children(
     deps: &Deps,
     image_id: &str,
@@ -105,14 +110,18 @@ pub(crate) async fn children(
                 unsearched += 1;
                 continue;
             }
+            let (tagged, complete) =
+                tagged_children(deps, &search, &node_region, &node_id, &deadline).await?;
+            if !complete {
+                unsearched += 1;
+            }
             let mut kids = Vec::new();
-            for (r, img) in tagged_children(deps, &search, &node_region, &node_id).await? {
+            for (r, img) in tagged {
                 if !seen.insert((r.clone(), img.id.clone())) {
                     truncated = true;
                     continue;
                 }
                 descendants += 1;
-                next.push((r.clone(), img.id.clone()));
                 kids.push(Entry::of(&img, &r));
             }
             kids.sort_by(|a, b| {
@@ -122,6 +131,7 @@ pub(crate) async fn children(
                     &b.image_id,
                 ))
             });
+            next.extend(kids.iter().map(|k| (k.region.clone(), k.image_id.clone())));
             found.insert((node_region, node_id), kids);
         }
         frontier = next;
@@ -150,15 +160,20 @@ pub(crate) async fn children(
 }
 
 /// The images in `search` whose lineage tags name `node_id` in `node_region` as their parent,
-/// with their regions.
+/// with their regions; and whether every region was searched (the deadline is checked before
+/// each one).
 async fn tagged_children(
     deps: &Deps,
     search: &[String],
     node_region: &str,
     node_id: &str,
-) -> Result<Vec<(String, Image)>, AwsError> {
+    deadline: &Deadline,
+) -> Result<(Vec<(String, Image)>, bool), AwsError> {
     let mut out = Vec::new();
     for r in search {
+        if !deadline.may_start() {
+            return Ok((out, false));
+        }
         let rc = clients_for(deps, Some(r));
         let images =
             ec2::describe_own_images(&rc.ec2, &[Select::tag(lineage::SOURCE_IMAGE, [node_id])])
@@ -173,5 +188,5 @@ async fn tagged_children(
                 .map(|img| (r.clone(), img)),
         );
     }
-    Ok(out)
+    Ok((out, true))
 }
