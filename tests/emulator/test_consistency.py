@@ -216,3 +216,40 @@ def test_lag_switched_off_shows_everything(account: Account) -> None:
 def test_bad_configuration_is_refused(account: Account, payload: dict[str, Any]) -> None:
     status, body = account.control("consistency", {"account_id": account.id, **payload})
     assert status == 400, body
+
+
+def test_permissions_granted_and_removed_are_read_back_after_the_lag(account: Account) -> None:
+    """Launch and create-volume permissions: a change is in force at once (the image is shared
+    from the call on), but DescribeImageAttribute / DescribeSnapshotAttribute list the
+    permissions as they were for the lag: first none, after a grant; then the grant, after its
+    removal."""
+    ec2 = account.ec2()
+    snapshot = make_snapshot(ec2)
+    image_id = register(ec2, "permissions-lag", snapshot)
+    _lag(account, LAG)
+
+    def launch() -> list[dict[str, str]]:
+        return ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+
+    def volume() -> list[dict[str, str]]:
+        return ec2.describe_snapshot_attribute(SnapshotId=snapshot, Attribute="createVolumePermission")[
+            "CreateVolumePermissions"
+        ]
+
+    shared = [{"UserId": "111122223333"}]
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": shared})
+    ec2.modify_snapshot_attribute(SnapshotId=snapshot, CreateVolumePermission={"Add": shared})
+    assert launch() == [] and volume() == []
+    # In force at once: the account sees the image as shared with it.
+    assert image_id in _image_ids(ec2, ExecutableUsers=["111122223333"])
+    wait_for(lambda: launch() == shared and volume() == shared, timeout=LAG + 5)
+
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Remove": shared})
+    ec2.modify_snapshot_attribute(SnapshotId=snapshot, CreateVolumePermission={"Remove": shared})
+    assert launch() == shared and volume() == shared
+    wait_for(lambda: launch() == [] and volume() == [], timeout=LAG + 5)
+
+    # Without the lag, reads are current at once.
+    _lag(account, 0)
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": shared})
+    assert launch() == shared

@@ -592,7 +592,6 @@ async fn a_shared_snapshot_survives_and_orphans_are_swept() {
 /// start before the deadline (2 s after the third call) is not waited for.
 #[tokio::test]
 async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile() {
-    use shared::runner::Function;
     const LEFT: Duration = Duration::from_secs(3);
     let w = one_run_world(&[("CLEANUP_CONCURRENCY", "1")]).await;
     let ec2 = w.ec2(EAST);
@@ -621,14 +620,7 @@ async fn an_orphan_in_use_waits_without_its_slot_and_others_are_swept_meanwhile(
         "status": 400, "code": "InvalidSnapshot.InUse", "resource": busy,
         "message": format!("The snapshot {busy} is currently in use by ami-0123456789abcdef0")}));
     w.acct.reset_requests();
-    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
-    let event =
-        shared::runner::parse_payload(&json!({"dry_run": false}).to_string()).expect("event");
-    let r = w
-        .deps
-        .invoke(&event, Utc::now(), deadline)
-        .await
-        .expect("the run reports");
+    let r = real_run_with_time_left(&w, LEFT).await;
     let swept: Vec<&str> = r.orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
     assert_eq!(swept.len(), 3, "{swept:?}");
     assert_eq!(swept[0], busy, "the same order as the dry run");
@@ -866,6 +858,19 @@ async fn one_run_world(extra: &[(&str, &str)]) -> World {
     ];
     env.extend_from_slice(extra);
     World::new(&env).await
+}
+
+/// A real run (`{"dry_run": false}`) whose invocation may start calls for `left` more (its
+/// deadline's safety margin comes after).
+async fn real_run_with_time_left(w: &World, left: Duration) -> Report {
+    use shared::runner::Function;
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + left);
+    let event =
+        shared::runner::parse_payload(&json!({"dry_run": false}).to_string()).expect("event");
+    w.deps
+        .invoke(&event, Utc::now(), deadline)
+        .await
+        .expect("the run reports what it did and left")
 }
 
 fn step_result<'a>(r: &'a Report, resource: &str, action: &str) -> &'a StepResult {
@@ -1366,7 +1371,6 @@ async fn every_concurrency_setting_finishes_the_run() {
 /// nothing is removed this run: the next schedule continues.
 #[tokio::test]
 async fn a_call_whose_slot_comes_past_the_deadline_is_not_made() {
-    use shared::runner::Function;
     // The run may start calls for LEFT (the deadline's 30 s safety margin comes after it); the
     // first launch-permission read is held for longer, and the rest wait for its slot.
     const LEFT: Duration = Duration::from_secs(20);
@@ -1386,15 +1390,8 @@ async fn a_call_whose_slot_comes_past_the_deadline_is_not_made() {
         .inject_fault(json!({"service": "ec2", "action": "DescribeImageAttribute",
         "delay_seconds": HELD.as_secs_f64()}));
     w.acct.reset_requests();
-    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
     let start = std::time::Instant::now();
-    let event =
-        shared::runner::parse_payload(&json!({"dry_run": false}).to_string()).expect("event");
-    let r = w
-        .deps
-        .invoke(&event, Utc::now(), deadline)
-        .await
-        .expect("the run reports what it left");
+    let r = real_run_with_time_left(&w, LEFT).await;
     assert!(
         start.elapsed() >= HELD,
         "the held read took {:?}: the rule did not fire",

@@ -551,6 +551,44 @@ async fn past_the_public_image_quota_the_other_shares_land_and_the_schedule_fini
     assert_eq!(w.messages("image.published").await.len(), 1);
 }
 
+/// EC2's reads are eventually consistent, DescribeImageAttribute and DescribeSnapshotAttribute
+/// included. Before, publish read each grant back once, right after making it: with the
+/// account's reads a few seconds behind (the emulator's lag), every share was reported as not
+/// applied and the image as partial. Now the read-back waits a few seconds for the grant, and
+/// the image is published in one run, announced once, with no partial.
+#[tokio::test]
+async fn grants_read_back_a_few_seconds_behind_still_publish_in_one_run() {
+    let w = world(&[("SHARE_ACCOUNTS", PARTNER)]).await;
+    let (src, src_snap) = w.source("web-lagging-reads", &[]).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": 2})),
+    );
+    let out = w.run(w.ready_event(&src)).await;
+    let r = result(&out);
+    assert_eq!(r.status, "published", "{r:#?}");
+    assert_eq!(r.regions[EAST].outcome, "published", "{r:#?}");
+    assert_eq!(r.announced, Some("image.published"), "{r:#?}");
+    // One drain: the queue is read once.
+    let sent: Vec<Value> = w.acct.drain(&w.queue).await;
+    let kinds: Vec<&str> = sent
+        .iter()
+        .filter_map(|m| m["event_type"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["image.published"], "{sent:?}");
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": 0})),
+    );
+    assert!(w.launch(EAST, &src).await.accounts.contains(PARTNER));
+    let volume = shared::aws::ec2::create_volume_permissions(&w.ec2(EAST), &src_snap)
+        .await
+        .expect("read");
+    assert!(volume.iter().any(|p| p == PARTNER), "{volume:?}");
+}
+
 /// EC2 makes neither an encrypted snapshot nor an AMI with encrypted volumes public (images
 /// are encrypted by `KMS_KEY_ARN` or the account's EBS encryption by default). Before, a public
 /// publish of such an image failed at ModifySnapshotAttribute in every region on every run,

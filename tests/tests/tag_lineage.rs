@@ -337,28 +337,34 @@ async fn children_of_a_root_with_several_descendants() {
     assert_eq!(east_only["descendants"], 2, "{east_only}");
 }
 
+/// A query answered by an invocation that may start calls for `left` more (its deadline's
+/// safety margin comes after).
+async fn query_with_time_left(w: &World, query: Value, left: Duration) -> Value {
+    use shared::runner::Function;
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + left);
+    let event = shared::runner::parse_payload(&query.to_string()).expect("event");
+    let out = w
+        .deps
+        .invoke(&event, Utc::now(), deadline)
+        .await
+        .expect("the query answers");
+    serde_json::to_value(out).expect("output serializes")
+}
+
 /// Found by review: the queries had no deadline: a tree over many regions and generations could
 /// time the Lambda out with no answer at all. With two seconds left and the root's first
 /// region's search held for three, `children` does not search its second region and says so;
 /// `ancestors`, with its first ancestor's read held as long, stops before the root.
 #[tokio::test]
 async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
-    use shared::runner::Function;
     const LEFT: Duration = Duration::from_secs(2);
     let w = world().await;
     let (root, copy, _, child) = three_generations(&w).await;
-    let deadline = || shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
-    let query = |event: Value| shared::runner::parse_payload(&event.to_string()).expect("event");
 
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
         "resource": "tag:source_image", "delay_seconds": 3.0, "count": 1}));
-    let out = w
-        .deps
-        .invoke(&query(json!({"children": root})), Utc::now(), deadline())
-        .await
-        .expect("children answers");
-    let out = serde_json::to_value(out).expect("output serializes");
+    let out = query_with_time_left(&w, json!({"children": root}), LEFT).await;
     // The copy lives in the second region, which was not searched.
     assert_eq!(out["descendants"], 0, "{out}");
     assert_eq!(out["truncated"], true, "{out}");
@@ -368,16 +374,7 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
         "resource": copy, "delay_seconds": 3.0, "count": 1}));
-    let out = w
-        .deps
-        .invoke(
-            &query(json!({"ancestors": child, "region": WEST})),
-            Utc::now(),
-            deadline(),
-        )
-        .await
-        .expect("ancestors answers");
-    let out = serde_json::to_value(out).expect("output serializes");
+    let out = query_with_time_left(&w, json!({"ancestors": child, "region": WEST}), LEFT).await;
     assert_eq!(out["stopped"], "deadline", "{out}");
     let chain: Vec<&str> = out["ancestors"]
         .as_array()
@@ -393,7 +390,6 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
 /// children the first one has: both are counted, and what was found is in the tree.
 #[tokio::test]
 async fn children_counts_every_image_the_deadline_left_unsearched() {
-    use shared::runner::Function;
     const LEFT: Duration = Duration::from_secs(2);
     let w = world().await;
     let east = w.ec2(EAST);
@@ -422,16 +418,7 @@ async fn children_counts_every_image_the_deadline_left_unsearched() {
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
         "resource": older, "delay_seconds": 3.0, "count": 1}));
-    let event =
-        shared::runner::parse_payload(&json!({"children": root, "regions": [EAST]}).to_string())
-            .expect("event");
-    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + LEFT);
-    let out = w
-        .deps
-        .invoke(&event, Utc::now(), deadline)
-        .await
-        .expect("children answers");
-    let out = serde_json::to_value(out).expect("output serializes");
+    let out = query_with_time_left(&w, json!({"children": root, "regions": [EAST]}), LEFT).await;
     assert_eq!(out["descendants"], 3, "{out}");
     // The younger sibling, and the grandchild found under the older one.
     assert_eq!(out["unsearched"], 2, "{out}");

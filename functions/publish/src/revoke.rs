@@ -5,7 +5,7 @@ use crate::event::{aws_failed, refused};
 use crate::handler::{clients_for, source_image};
 use crate::image::{REGION_CONCURRENCY, publication_message};
 use crate::output::{Output, RegionOutcome, RegionReport};
-use crate::share::{GrantError, launch_grants, volume_grants};
+use crate::share::{GrantError, launch_grants, read_back, volume_grants};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
@@ -178,7 +178,11 @@ pub(crate) async fn revoke_checked(
     if !remove.is_empty() {
         ec2::modify_launch_permission(&rc.ec2, &image.id, Change::Remove, &remove).await?;
     }
-    let after = launch_grants(rc, &image.id).await?;
+    let after = read_back(
+        || launch_grants(rc, &image.id),
+        |g| principals.common(g).is_empty(),
+    )
+    .await?;
     let left = principals.common(&after);
     if !left.is_empty() {
         return Err(GrantError::NotApplied(format!(
@@ -202,7 +206,7 @@ pub(crate) async fn revoke_checked(
         if !remove.is_empty() {
             ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Remove, &remove).await?;
         }
-        let after = volume_grants(rc, snap).await?;
+        let after = read_back(|| volume_grants(rc, snap), |g| volume.common(g).is_empty()).await?;
         if !volume.common(&after).is_empty() {
             return Err(GrantError::NotApplied(format!(
                 "snapshot {snap}: create-volume permission still holds {} after removing it",

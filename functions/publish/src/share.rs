@@ -1,4 +1,5 @@
-//! Share one region's image and snapshots (snapshots first), then read every grant back.
+//! Share one region's image and snapshots (snapshots first), then read every grant back (for a
+//! few seconds, as EC2's reads may not list a grant just made).
 
 use crate::config::Deps;
 use crate::handler::clients_for;
@@ -10,6 +11,8 @@ use shared::aws::ec2::{self, Change};
 use shared::error::AwsError;
 use shared::model::Image;
 use shared::plan::publish::{Grants, PUBLISH_SOURCE, Policy};
+use std::future::Future;
+use std::time::Duration;
 
 /// Deprecation, snapshot permissions, then launch permissions for one region's image, each read
 /// back. Never fails the invocation: a failure is that region's outcome.
@@ -92,6 +95,36 @@ pub(crate) enum GrantError {
     NotApplied(String),
 }
 
+/// How long a grant or removal just made is read back before it counts as not applied: EC2's
+/// reads are eventually consistent ("the result of an API command you run that creates or
+/// modifies resources might not be immediately available to all subsequent commands you run",
+/// EC2 developer guide, "Eventual consistency"), DescribeImageAttribute and
+/// DescribeSnapshotAttribute included.
+pub(crate) const READ_BACK_WAIT: Duration = Duration::from_secs(8);
+
+/// Reads grants with `read` until `settled` holds for them, with growing pauses for up to
+/// [`READ_BACK_WAIT`]; returns the last read.
+pub(crate) async fn read_back<F, Fut>(
+    read: F,
+    settled: impl Fn(&Grants) -> bool,
+) -> Result<Grants, GrantError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Grants, GrantError>>,
+{
+    let mut pause = Duration::from_millis(250);
+    let mut waited = Duration::ZERO;
+    loop {
+        let grants = read().await?;
+        if settled(&grants) || waited + pause > READ_BACK_WAIT {
+            return Ok(grants);
+        }
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause *= 2;
+    }
+}
+
 /// Who may launch `image_id`, read back.
 pub(crate) async fn launch_grants(rc: &Clients, image_id: &str) -> Result<Grants, GrantError> {
     ec2::launch_permissions(&rc.ec2, image_id)
@@ -106,6 +139,38 @@ pub(crate) async fn volume_grants(rc: &Clients, snapshot_id: &str) -> Result<Gra
         .await
         .map(|e| Grants::from_entries(&e))
         .map_err(GrantError::from)
+}
+
+/// The create-volume permissions `policy` gives, on each of `image`'s snapshots, read back.
+async fn share_snapshots(rc: &Clients, image: &Image, policy: &Policy) -> Result<(), GrantError> {
+    let volume = Grants::create_volume(policy);
+    if volume.is_empty() {
+        return Ok(());
+    }
+    for snap in &image.snapshot_ids {
+        let current = volume_grants(rc, snap).await?;
+        let missing = volume.missing_from(&current);
+        if !missing.is_empty() {
+            ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
+                .await
+                .map_err(|e| {
+                    aws_managed_key_refusal(e, image, &missing, "OperationNotPermitted")
+                })?;
+        }
+        let after = read_back(
+            || volume_grants(rc, snap),
+            |g| volume.missing_from(g).is_empty(),
+        )
+        .await?;
+        let still = volume.missing_from(&after);
+        if !still.is_empty() {
+            return Err(GrantError::NotApplied(format!(
+                "snapshot {snap}: create-volume permission still lacks {} after granting it",
+                json!(still)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Puts `policy`'s grants on `image` in its region (the deprecation time first, then the
@@ -132,28 +197,7 @@ pub(crate) async fn share_checked(
             }
         }
     }
-    let volume = Grants::create_volume(policy);
-    if !volume.is_empty() {
-        for snap in &image.snapshot_ids {
-            let current = volume_grants(rc, snap).await?;
-            let missing = volume.missing_from(&current);
-            if !missing.is_empty() {
-                ec2::modify_create_volume_permission(&rc.ec2, snap, Change::Add, &missing)
-                    .await
-                    .map_err(|e| {
-                        aws_managed_key_refusal(e, image, &missing, "OperationNotPermitted")
-                    })?;
-            }
-            let after = volume_grants(rc, snap).await?;
-            let still = volume.missing_from(&after);
-            if !still.is_empty() {
-                return Err(GrantError::NotApplied(format!(
-                    "snapshot {snap}: create-volume permission still lacks {} after granting it",
-                    json!(still)
-                )));
-            }
-        }
-    }
+    share_snapshots(rc, image, policy).await?;
     let launch = Grants::launch(policy);
     let current = launch_grants(rc, &image.id).await?;
     let missing = launch.missing_from(&current);
@@ -189,7 +233,11 @@ pub(crate) async fn share_checked(
             })?;
         rep.granted.public = true;
     }
-    let after = launch_grants(rc, &image.id).await?;
+    let after = read_back(
+        || launch_grants(rc, &image.id),
+        |g| launch.missing_from(g).is_empty(),
+    )
+    .await?;
     let still = launch.missing_from(&after);
     if !still.is_empty() {
         return Err(GrantError::NotApplied(format!(

@@ -18,7 +18,12 @@ lag after each change:
 * a tag change of an image or snapshot (CreateTags, DeleteTags, tags given at creation: every
   write of moto's tag store) is not seen by DescribeImages / DescribeSnapshots (``Tags`` and the
   ``tag:``/``tag-key``/``tag-value`` filters) nor by DescribeTags: they see the tags as they were
-  ``lag_seconds`` ago (a per-resource history of the tags before each change, with times).
+  ``lag_seconds`` ago (a per-resource history of the tags before each change, with times);
+* a permission change (ModifyImageAttribute's launch permissions, ModifySnapshotAttribute's
+  create-volume permissions) is not seen by DescribeImageAttribute ``launchPermission`` /
+  DescribeSnapshotAttribute ``createVolumePermission``: they list the permissions as they were
+  ``lag_seconds`` ago (the same kind of history). The change itself is in force at once: the
+  image is public, or shared, from the call on; only the reads lag.
 
 Everything else stays strongly consistent, as on AWS for the calls that change things: the
 duplicate-name check of RegisterImage/CopyImage, CreateTags/DeregisterImage/DeleteSnapshot on a
@@ -48,6 +53,7 @@ from . import control
 from .image_index import SnapshotIndexedImages
 
 HISTORY_ATTR = "_ami_emulator_tag_history"  # on the EC2 backend: wiped by POST /moto-api/reset
+PERMISSION_HISTORY_ATTR = "_ami_emulator_permission_history"  # likewise
 TRACKED_PREFIXES = ("ami-", "snap-")
 
 _LOCK = threading.Lock()
@@ -221,6 +227,81 @@ def _wrap_backend_describe_tags(original: Callable[..., Any]) -> Callable[..., A
 
 
 # ---------------------------------------------------------------------------------------------
+# Permission history (launch permissions of images, create-volume permissions of snapshots)
+# ---------------------------------------------------------------------------------------------
+
+
+def _permissions_now(backend: Any, resource_id: str) -> Any:
+    """The resource's permissions as DescribeImageAttribute / DescribeSnapshotAttribute list
+    them: the image's launch permissions, or the snapshot's create-volume permissions."""
+    if resource_id.startswith("ami-"):
+        image = backend.amis.get(resource_id)
+        return None if image is None else [dict(p) for p in image.launch_permissions]
+    snapshot = backend.snapshots.get(resource_id)
+    if snapshot is None:
+        return None
+    return [{"Group": g} for g in snapshot.create_volume_permission_groups] + [
+        {"UserId": u} for u in snapshot.create_volume_permission_userids
+    ]
+
+
+def _permissions_seen(backend: Any, resource_id: str, cutoff: float) -> Any:
+    """The resource's permissions as of ``cutoff``, or None when no change is newer."""
+    history = backend.__dict__.get(PERMISSION_HISTORY_ATTR)
+    if not history:
+        return None
+    with _LOCK:
+        entries = history.get(resource_id)
+        if not entries:
+            return None
+        while entries and entries[0][0] <= cutoff:
+            entries.pop(0)
+        if not entries:
+            del history[resource_id]
+            return None
+        return entries[0][1]
+
+
+def _wrap_permission_writer(original: Callable[[Any], Any], id_param: str) -> Callable[[Any], Any]:
+    """ModifyImageAttribute / ModifySnapshotAttribute of a lagged account: the permissions as
+    they were before the call are what the attribute reads see for the lag."""
+
+    @functools.wraps(original)
+    def handler(self: Any) -> Any:
+        if _LAGS and _LAGS.get(self.current_account):
+            resource_id = str(self._get_param(id_param) or "")
+            before = _permissions_now(self.ec2_backend, resource_id)
+            if before is not None:
+                now = time.monotonic()
+                with _LOCK:
+                    history = self.ec2_backend.__dict__.setdefault(PERMISSION_HISTORY_ATTR, {})
+                    history.setdefault(resource_id, []).append((now, before))
+        return original(self)
+
+    return handler
+
+
+def _wrap_permission_reader(
+    original: Callable[[Any], Any], id_param: str, attribute: str, member: str
+) -> Callable[[Any], Any]:
+    """DescribeImageAttribute ``launchPermission`` / DescribeSnapshotAttribute
+    ``createVolumePermission`` of a lagged account: the permissions as they were the lag ago."""
+
+    @functools.wraps(original)
+    def handler(self: Any) -> Any:
+        result = original(self)
+        lag = _LAGS.get(self.current_account) if _LAGS else None
+        if not lag or self._get_param("Attribute") != attribute or not isinstance(result, ActionResult):
+            return result
+        seen = _permissions_seen(self.ec2_backend, str(self._get_param(id_param) or ""), time.monotonic() - lag)
+        if seen is not None and isinstance(result.result, dict):
+            result.result[member] = seen
+        return result
+
+    return handler
+
+
+# ---------------------------------------------------------------------------------------------
 # Describe handlers
 # ---------------------------------------------------------------------------------------------
 
@@ -324,6 +405,16 @@ def install() -> None:
     TaggedEC2Resource.get_tags = _wrap_get_tags(TaggedEC2Resource.get_tags)  # type: ignore[method-assign]
     for name in ("describe_images", "describe_snapshots", "describe_tags"):
         setattr(EC2Response, name, _wrap_describe(getattr(EC2Response, name)))
+    EC2Response.modify_image_attribute = _wrap_permission_writer(EC2Response.modify_image_attribute, "ImageId")  # type: ignore[method-assign]
+    EC2Response.modify_snapshot_attribute = _wrap_permission_writer(  # type: ignore[method-assign]
+        EC2Response.modify_snapshot_attribute, "SnapshotId"
+    )
+    EC2Response.describe_image_attribute = _wrap_permission_reader(  # type: ignore[method-assign]
+        EC2Response.describe_image_attribute, "ImageId", "launchPermission", "LaunchPermissions"
+    )
+    EC2Response.describe_snapshot_attribute = _wrap_permission_reader(  # type: ignore[method-assign]
+        EC2Response.describe_snapshot_attribute, "SnapshotId", "createVolumePermission", "CreateVolumePermissions"
+    )
     control.register_route("consistency", ("GET", "POST"), handle_consistency)
     control.register_reset(reset)
     _installed = True
