@@ -593,6 +593,10 @@ impl TestAccount {
     }
 
     /// Uploads `body` with user metadata; returns (etag, version id).
+    ///
+    /// A large fixture (a GiB disk) gets minutes per attempt instead of the functions' 30 s:
+    /// the emulator is one Python process that the other tests of the binary use at the same
+    /// time, and the set-up upload is not what any test measures.
     pub async fn put(
         &self,
         bucket: &str,
@@ -600,6 +604,8 @@ impl TestAccount {
         body: Vec<u8>,
         metadata: &[(&str, &str)],
     ) -> (String, Option<String>) {
+        const LARGE: usize = 64 << 20;
+        let large = body.len() > LARGE;
         let mut req = self
             .clients
             .s3
@@ -610,10 +616,22 @@ impl TestAccount {
         for (k, v) in metadata {
             req = req.metadata(*k, *v);
         }
-        let out = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
+        let out = if large {
+            req.customize()
+                .config_override(
+                    aws_sdk_s3::config::Builder::default().timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(Duration::from_secs(300))
+                            .operation_timeout(Duration::from_secs(600))
+                            .build(),
+                    ),
+                )
+                .send()
+                .await
+        } else {
+            req.send().await
+        };
+        let out = out.unwrap_or_else(|e| panic!("put s3://{bucket}/{key}: {e:?}"));
         (
             out.e_tag().unwrap_or_default().trim_matches('"').to_owned(),
             out.version_id().map(str::to_owned),

@@ -153,10 +153,11 @@ def _remember_tags(backend: Any, resource_ids: Any) -> None:
                 history.setdefault(resource_id, []).append((now, before))
 
 
-def _tags_seen(backend: Any, resource_id: str, cutoff: float) -> dict[str, str] | None:
-    """The resource's tags as of ``cutoff``, or None when no change is newer (use the current
-    tags). Changes already older than the cutoff are dropped for good."""
-    history = backend.__dict__.get(HISTORY_ATTR)
+def _seen(backend: Any, history_attr: str, resource_id: str, cutoff: float) -> Any:
+    """What ``history_attr`` (a per-resource list of ``(time, state before a change)``) says the
+    resource was as of ``cutoff``, or None when no change is newer (use the current state).
+    Changes already older than the cutoff are dropped for good."""
+    history = backend.__dict__.get(history_attr)
     if not history:
         return None
     with _LOCK:
@@ -169,6 +170,12 @@ def _tags_seen(backend: Any, resource_id: str, cutoff: float) -> dict[str, str] 
             del history[resource_id]
             return None
         return entries[0][1]
+
+
+def _tags_seen(backend: Any, resource_id: str, cutoff: float) -> dict[str, str] | None:
+    """The resource's tags as of ``cutoff``, or None when no change is newer."""
+    seen: dict[str, str] | None = _seen(backend, HISTORY_ATTR, resource_id, cutoff)
+    return seen
 
 
 def _wrap_tag_writer(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -245,23 +252,6 @@ def _permissions_now(backend: Any, resource_id: str) -> Any:
     ]
 
 
-def _permissions_seen(backend: Any, resource_id: str, cutoff: float) -> Any:
-    """The resource's permissions as of ``cutoff``, or None when no change is newer."""
-    history = backend.__dict__.get(PERMISSION_HISTORY_ATTR)
-    if not history:
-        return None
-    with _LOCK:
-        entries = history.get(resource_id)
-        if not entries:
-            return None
-        while entries and entries[0][0] <= cutoff:
-            entries.pop(0)
-        if not entries:
-            del history[resource_id]
-            return None
-        return entries[0][1]
-
-
 def _wrap_permission_writer(original: Callable[[Any], Any], id_param: str) -> Callable[[Any], Any]:
     """ModifyImageAttribute / ModifySnapshotAttribute of a lagged account: the permissions as
     they were before the call are what the attribute reads see for the lag."""
@@ -293,7 +283,8 @@ def _wrap_permission_reader(
         lag = _LAGS.get(self.current_account) if _LAGS else None
         if not lag or self._get_param("Attribute") != attribute or not isinstance(result, ActionResult):
             return result
-        seen = _permissions_seen(self.ec2_backend, str(self._get_param(id_param) or ""), time.monotonic() - lag)
+        resource_id = str(self._get_param(id_param) or "")
+        seen = _seen(self.ec2_backend, PERMISSION_HISTORY_ATTR, resource_id, time.monotonic() - lag)
         if seen is not None and isinstance(result.result, dict):
             result.result[member] = seen
         return result
