@@ -352,9 +352,10 @@ async fn query_with_time_left(w: &World, query: Value, left: Duration) -> Value 
 }
 
 /// Found by review: the queries had no deadline: a tree over many regions and generations could
-/// time the Lambda out with no answer at all. With two seconds left and the root's first
-/// region's search held for three, `children` does not search its second region and says so;
-/// `ancestors`, with its first ancestor's read held as long, stops before the root.
+/// time the Lambda out with no answer at all. With two seconds left and the image's first
+/// search held for three, `children` still gives the image's own children (the least answer),
+/// but not their children, and says so; `ancestors`, with the parent's read held as long, stops
+/// before the root.
 #[tokio::test]
 async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
     const LEFT: Duration = Duration::from_secs(2);
@@ -365,11 +366,20 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
         "resource": "tag:source_image", "delay_seconds": 3.0, "count": 1}));
     let out = query_with_time_left(&w, json!({"children": root}), LEFT).await;
-    // The copy lives in the second region, which was not searched.
-    assert_eq!(out["descendants"], 0, "{out}");
+    // The image's own children are always looked for (in both regions); the copy's are not.
+    assert_eq!(out["descendants"], 1, "{out}");
+    assert_eq!(
+        out["tree"]["children"][0]["image_id"],
+        copy.as_str(),
+        "{out}"
+    );
     assert_eq!(out["truncated"], true, "{out}");
     assert_eq!(out["unsearched"], 1, "{out}");
-    assert!(out["tree"]["children"].is_null(), "{out}");
+
+    // With no time at all, the least answer still comes: the image's children.
+    let out = query_with_time_left(&w, json!({"children": root}), Duration::ZERO).await;
+    assert_eq!(out["descendants"], 1, "{out}");
+    assert_eq!(out["unsearched"], 1, "{out}");
 
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
@@ -386,8 +396,9 @@ async fn the_queries_answer_with_what_they_found_when_the_deadline_comes() {
 }
 
 /// `children` searches the tree in the order it shows it (oldest first). When the deadline
-/// comes while the first of two siblings is searched, the second is not searched, nor are the
-/// children the first one has: both are counted, and what was found is in the tree.
+/// comes while the first of two siblings is searched in its first region, its second region is
+/// not searched, nor is the second sibling, nor the children found under the first: all three
+/// are counted, and what was found is in the tree.
 #[tokio::test]
 async fn children_counts_every_image_the_deadline_left_unsearched() {
     const LEFT: Duration = Duration::from_secs(2);
@@ -418,10 +429,12 @@ async fn children_counts_every_image_the_deadline_left_unsearched() {
     w.acct
         .inject_fault(json!({"service": "ec2", "action": "DescribeImages",
         "resource": older, "delay_seconds": 3.0, "count": 1}));
-    let out = query_with_time_left(&w, json!({"children": root, "regions": [EAST]}), LEFT).await;
+    let out = query_with_time_left(&w, json!({"children": root}), LEFT).await;
+    assert_eq!(out["regions"], json!([EAST, WEST]), "{out}");
     assert_eq!(out["descendants"], 3, "{out}");
-    // The younger sibling, and the grandchild found under the older one.
-    assert_eq!(out["unsearched"], 2, "{out}");
+    // The older sibling (searched in its first region only), the younger one, and the
+    // grandchild found under the older one.
+    assert_eq!(out["unsearched"], 3, "{out}");
     assert_eq!(out["truncated"], true, "{out}");
     let kids = out["tree"]["children"].as_array().expect("children");
     assert_eq!(kids[0]["image_id"], older.as_str(), "{out}");

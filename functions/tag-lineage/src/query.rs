@@ -15,7 +15,8 @@ use shared::plan::stamp::{self, ImageRef};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The image's ancestors, parent first, read region to region from the lineage tags; stops at
-/// a root, a gap with nothing recorded past it, a cycle, the depth limit, or the deadline.
+/// a root, a gap with nothing recorded past it, a cycle, the depth limit, or the deadline (the
+/// parent is always read).
 pub(crate) async fn ancestors(
     deps: &Deps,
     image_id: &str,
@@ -42,7 +43,8 @@ pub(crate) async fn ancestors(
             Next::Visit(at) => at,
             Next::Stop(why) => break why,
         };
-        if !deadline.may_start() {
+        // The parent is always read: the least answer worth giving.
+        if !chain.is_empty() && !deadline.may_start() {
             break "deadline";
         }
         let pc = clients_for(deps, Some(&at.region));
@@ -67,8 +69,9 @@ pub(crate) async fn ancestors(
 }
 
 /// The image's descendants as a tree, breadth-first over `regions` (the configured ones by
-/// default, with the image's own first), in the order the tree shows them (oldest first). When
-/// the deadline comes, the images left unsearched (wholly or in some regions) are counted.
+/// default, with the image's own first), in the order the tree shows them (oldest first). The
+/// image's own children are always looked for; past the deadline, the images left unsearched
+/// (wholly or in some regions) are counted.
 pub(crate) async fn children(
     deps: &Deps,
     image_id: &str,
@@ -106,12 +109,14 @@ pub(crate) async fn children(
         }
         let mut next = Vec::new();
         for (node_region, node_id) in frontier {
-            if unsearched > 0 || !deadline.may_start() {
+            // The image asked about is always searched: the least answer worth giving.
+            let limit = (depth > 0).then_some(&deadline);
+            if unsearched > 0 || limit.is_some_and(|d| !d.may_start()) {
                 unsearched += 1;
                 continue;
             }
             let (tagged, complete) =
-                tagged_children(deps, &search, &node_region, &node_id, &deadline).await?;
+                tagged_children(deps, &search, &node_region, &node_id, limit).await?;
             if !complete {
                 unsearched += 1;
             }
@@ -141,15 +146,6 @@ pub(crate) async fn children(
             frontier.clear();
         }
     }
-    fn build(entry: Entry, found: &mut BTreeMap<(String, String), Vec<Entry>>) -> Node {
-        let kids = found
-            .remove(&(entry.region.clone(), entry.image_id.clone()))
-            .unwrap_or_default();
-        Node {
-            children: kids.into_iter().map(|k| build(k, found)).collect(),
-            entry,
-        }
-    }
     Ok(ChildrenReport {
         tree: build(root_entry, &mut found),
         descendants,
@@ -159,19 +155,30 @@ pub(crate) async fn children(
     })
 }
 
+/// The tree under `entry`, from each image's children found.
+fn build(entry: Entry, found: &mut BTreeMap<(String, String), Vec<Entry>>) -> Node {
+    let kids = found
+        .remove(&(entry.region.clone(), entry.image_id.clone()))
+        .unwrap_or_default();
+    Node {
+        children: kids.into_iter().map(|k| build(k, found)).collect(),
+        entry,
+    }
+}
+
 /// The images in `search` whose lineage tags name `node_id` in `node_region` as their parent,
-/// with their regions; and whether every region was searched (the deadline is checked before
-/// each one).
+/// with their regions; and whether every region was searched (the deadline, when given, is
+/// checked before each one).
 async fn tagged_children(
     deps: &Deps,
     search: &[String],
     node_region: &str,
     node_id: &str,
-    deadline: &Deadline,
+    deadline: Option<&Deadline>,
 ) -> Result<(Vec<(String, Image)>, bool), AwsError> {
     let mut out = Vec::new();
     for r in search {
-        if !deadline.may_start() {
+        if deadline.is_some_and(|d| !d.may_start()) {
             return Ok((out, false));
         }
         let rc = clients_for(deps, Some(r));
