@@ -166,9 +166,11 @@ pub struct Conflict {
     pub inferred: String,
 }
 
-/// Tags EC2 keeps on one resource (CreateTags: "Each resource can have a maximum of 50 tags";
-/// keys with the `aws:` prefix do not count: "Tags with the aws: prefix do not count against
-/// your tags per resource limit", EC2 User Guide, "Tag restrictions").
+/// Tags EC2 keeps on one resource (CreateTags: "Each resource can have a maximum of 50 tags").
+/// Keys with the `aws:` prefix, in any case, do not count (AWS's tag restrictions, the same
+/// text in every service's: "Don't use aws:, AWS:, or any upper or lowercase combination of
+/// such as a prefix ... Tags with this prefix do not count against your tags-per-resource
+/// limit").
 pub const MAX_TAGS_PER_RESOURCE: usize = 50;
 
 /// A resource whose lineage tags do not fit beside the tags it has: EC2 would refuse the write
@@ -532,6 +534,11 @@ pub fn plan_stamp(facts: &Facts<'_>) -> StampPlan {
     }
 }
 
+/// Whether `key` has AWS's reserved prefix (`aws:` in any case), which EC2 does not count.
+fn reserved_key(key: &str) -> bool {
+    key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:"))
+}
+
 /// The resources of `writes` whose tags, with the keys written, would pass
 /// [`MAX_TAGS_PER_RESOURCE`].
 fn over_limit(facts: &Facts<'_>, writes: &BTreeMap<String, Tags>) -> Vec<NoRoom> {
@@ -545,7 +552,7 @@ fn over_limit(facts: &Facts<'_>, writes: &BTreeMap<String, Tags>) -> Vec<NoRoom>
         .iter()
         .filter_map(|(resource, new)| {
             let tags = held(resource)?;
-            let has = tags.keys().filter(|k| !k.starts_with("aws:")).count();
+            let has = tags.keys().filter(|k| !reserved_key(k)).count();
             let adds: Vec<String> = new
                 .keys()
                 .filter(|k| !tags.contains_key(*k))
@@ -920,6 +927,7 @@ mod tests {
             .map(|n| (format!("team:key-{n:02}"), "v".to_string()))
             .collect();
         full.push(("aws:backup:source-resource".into(), "x".into()));
+        full.push(("AWS:Reserved".into(), "x".into()));
         let pairs: Vec<(&str, &str)> = full.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let img = image("ami-00000005", &[]);
         let snaps = [snap("snap-11111111", &pairs)];
