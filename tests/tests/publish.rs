@@ -811,7 +811,7 @@ async fn a_region_that_refuses_is_reported_and_retried_by_the_schedule() {
     // eu-west-1 refuses exactly this copy (matched by its deterministic ClientToken).
     w.acct.inject_fault(json!({"service": "ec2", "action": "CopyImage", "status": 400,
         "code": "OperationNotPermitted", "message": "Copying to this Region is not permitted for this account.",
-        "resource": plan::client_token(EAST, &src, EU, 0, None)}));
+        "resource": plan::client_token(EAST, &src, EU, plan::Attempt::First(0), None)}));
 
     let first = w.run(w.ready_event(&src)).await;
     assert_eq!(result(&first).regions[EU].outcome, "failed");
@@ -1431,18 +1431,28 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
         "/ami-pipeline-emulator/image-state",
         Some(json!({"region": EU, "image_id": dead, "state": "failed"})),
     );
-    // The schedule deregisters the failed copy and records the attempt on the source.
-    let failed = w.run(World::schedule()).await;
-    assert_eq!(advanced(&failed)[0].regions[EU].outcome, "failed");
-    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
-    assert_eq!(tags["ami-pipeline:publish-copy-attempt:eu-west-1"], "1");
-    // The next run starts a new copy (a new ClientToken), not the dead one's id again.
+    // The schedule reports the region failed, starts a new copy (a ClientToken of its own, not
+    // the dead one's id again) and only then deregisters the failed one. Nothing is counted on
+    // the source.
     w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
-    let again = w.run(World::schedule()).await;
-    let fresh = advanced(&again)[0].regions[EU].image_id.clone();
+    let failed = w.run(World::schedule()).await;
+    let rep = &advanced(&failed)[0].regions[EU];
+    assert_eq!(rep.outcome, "failed", "{failed:#?}");
+    assert_eq!(rep.image_id.as_deref(), Some(dead.as_str()));
+    let copies = w.copies(EU, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    let fresh = copies[0].id.clone();
+    assert_ne!(fresh, dead, "{rep:#?}");
+    let detail = rep.detail.as_deref().unwrap_or_default();
     assert!(
-        fresh.is_some() && fresh.as_deref() != Some(dead.as_str()),
-        "{again:#?}"
+        detail.contains(&format!("copying again as {fresh}")),
+        "{detail}"
+    );
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    let text = tags.to_string();
+    assert!(
+        !text.contains("publish-copy-attempt") && !text.contains("publish-replacing"),
+        "{tags}"
     );
     let done = w.run(World::schedule()).await;
     assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
@@ -1460,6 +1470,131 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
         copy.tags
     );
     assert_eq!(copy.tags["ami-pipeline:publish-source"], src);
+}
+
+/// Marks the one copy of `src` in each of `regions` failed (the emulator's image-state
+/// control); returns each region's failed copy.
+async fn fail_copies<'a>(w: &World, regions: &[&'a str], src: &str) -> BTreeMap<&'a str, String> {
+    let mut failed = BTreeMap::new();
+    for region in regions {
+        let copies = w.copies(region, src).await;
+        assert_eq!(copies.len(), 1, "{region}: {copies:#?}");
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/image-state",
+            Some(json!({"region": region, "image_id": copies[0].id, "state": "failed"})),
+        );
+        failed.insert(*region, copies[0].id.clone());
+    }
+    failed
+}
+
+#[tokio::test]
+async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_source() {
+    // A source with 43 tags of its own and 10 regions whose copies fail, twice. Before, each
+    // failed region added a copy-attempt key to the source: the 8th passed EC2's 50 tags, its
+    // CreateTags was refused with TagLimitExceeded, and that region's dead copy was never
+    // replaced. The second time, two schedule runs overlap.
+    let regions = &MANY_REGIONS[..10];
+    let w = world(&[("PUBLISH_REGIONS", &regions.join(","))]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let own: Vec<(String, String)> = (0..38)
+        .map(|i| (format!("team:label-{i:02}"), format!("value-{i}")))
+        .collect();
+    let own: Vec<(&str, &str)> = own.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (src, _) = w.source("web-failing-everywhere", &own).await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).status, "copying", "{first:#?}");
+    let dead = fail_copies(&w, regions, &src).await;
+    let run = w.run(World::schedule()).await;
+    let rep = &advanced(&run)[0];
+    assert_eq!(rep.status, "partial", "{rep:#?}");
+    let mut replacements = BTreeMap::new();
+    for region in regions {
+        let r = &rep.regions[*region];
+        assert_eq!(r.outcome, "failed", "{region}: {r:#?}");
+        let copies = w.copies(region, &src).await;
+        assert_eq!(copies.len(), 1, "{region}: {copies:#?}");
+        assert_ne!(copies[0].id, dead[region]);
+        assert_eq!(copies[0].state, "pending");
+        replacements.insert(*region, copies[0].id.clone());
+    }
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    let count = tags.as_object().map_or(0, |t| t.len());
+    assert!(count <= 50, "{count} tags: {tags}");
+    let text = tags.to_string();
+    assert!(
+        !text.contains("publish-copy-attempt") && !text.contains("publish-replacing"),
+        "{tags}"
+    );
+
+    // The replacements fail too; two schedule runs overlap. Each region gets one new copy:
+    // both runs derive its token from the same failed copy.
+    let dead = fail_copies(&w, regions, &src).await;
+    assert_eq!(dead, replacements);
+    let (a, b) = tokio::join!(w.try_run(World::schedule()), w.try_run(World::schedule()));
+    let mut outs = vec![];
+    for out in [a, b] {
+        let out = out.expect("an overlapping schedule run");
+        assert_eq!(advanced(&out)[0].status, "partial", "{out:#?}");
+        outs.push(out);
+    }
+    for region in regions {
+        let copies = w.copies(region, &src).await;
+        let reports: Vec<_> = outs
+            .iter()
+            .map(|o| &advanced(o)[0].regions[*region])
+            .collect();
+        assert_eq!(copies.len(), 1, "{region}: {copies:#?} {reports:#?}");
+        assert_ne!(copies[0].id, dead[region], "{region}");
+        assert_eq!(copies[0].state, "pending", "{region}");
+    }
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert!(!tags.to_string().contains("publish-replacing"), "{tags}");
+    assert_eq!(w.messages("image.publish-partial").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replacement_a_stopped_run_began_is_continued_by_the_next() {
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src, _) = w.source("web-stopped-replacement", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    let dead = fail_copies(&w, &[EU], &src).await[EU].clone();
+    // A run stopped between deregistering the failed copy and starting its replacement: the
+    // source holds the record, the region no copy.
+    let record = plan::replacing_tag(EU, &dead);
+    shared::aws::ec2::create_tags(&w.ec2(EAST), &[src.as_str()], &record)
+        .await
+        .expect("record");
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &dead)
+        .await
+        .expect("deregister");
+    assert!(w.copies(EU, &src).await.is_empty());
+    // The next run starts the replacement the record names (not the first copy's token, which
+    // would answer with the dead copy's id), and clears the record.
+    w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
+    let next = w.run(World::schedule()).await;
+    let rep = &advanced(&next)[0].regions[EU];
+    assert_eq!(rep.outcome, "copying", "{next:#?}");
+    let copies = w.copies(EU, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert_ne!(copies[0].id, dead);
+    assert_eq!(rep.image_id.as_deref(), Some(copies[0].id.as_str()));
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert!(!tags.to_string().contains("publish-replacing"), "{tags}");
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    // The copy does not keep the record it inherited from the source at CopyImage.
+    let copy = &w.copies(EU, &src).await[0];
+    assert!(
+        !copy
+            .tags
+            .keys()
+            .any(|k| k.starts_with(plan::REPLACING_PREFIX)),
+        "{:?}",
+        copy.tags
+    );
 }
 
 #[tokio::test]

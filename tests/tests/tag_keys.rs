@@ -298,7 +298,8 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
         "organizations": [ORG], "ous": [OU], "public": false, "deprecate_after_days": 30}),
     )
     .await;
-    // The copy fails: deregistered, the attempt and the failed region recorded on the source.
+    // The copy fails: replaced by a new copy, deregistered, the failed region recorded on the
+    // source.
     let west = acct.clients.for_region(WEST).ec2;
     let copies = |ec2: aws_sdk_ec2::Client| {
         let src = src.clone();
@@ -320,11 +321,10 @@ async fn publish_writes_exactly_the_keys_its_role_allows() {
         "/ami-pipeline-emulator/image-state",
         Some(json!({"region": WEST, "image_id": dead, "state": "failed"})),
     );
-    run(schedule.clone()).await;
-    // A new copy; its publish state lost (as if CopyImageTags had overwritten it), so publish
-    // writes it again when it stamps the copy; then shared, published, and a revoke recorded.
     acct.emulator_config(json!({"copy_delay_seconds": 0}));
     run(schedule.clone()).await;
+    // The new copy's publish state lost (as if CopyImageTags had overwritten it), so publish
+    // writes it again when it stamps the copy; then shared, published, and a revoke recorded.
     let fresh = copies(west.clone()).await[0].id.clone();
     west.delete_tags()
         .resources(&fresh)

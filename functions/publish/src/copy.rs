@@ -9,33 +9,45 @@ use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
 use shared::model::{Image, Select, Tags};
 use shared::plan::lineage::MANAGED;
-use shared::plan::publish::{self as plan, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
+use shared::plan::publish::{self as plan, Attempt, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
 use shared::plan::stamp::{self, Facts, ImageRef, Parent};
 use std::collections::BTreeMap;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A region's report, and its copy once available and stamped.
 pub(crate) type CopyProgress = (RegionReport, Option<Image>);
 
+/// What every region's copy of one run shares.
+pub(crate) struct Run<'a> {
+    pub(crate) deps: &'a Deps,
+    /// The source's region.
+    pub(crate) home: &'a str,
+    pub(crate) deadline: Deadline,
+    /// Held while a failed copy is replaced ([`replace_copy`]), one region at a time.
+    pub(crate) replacing: &'a tokio::sync::Mutex<()>,
+}
+
 /// Finds or starts the copy in `region`; returns the copy once it is available and stamped.
+/// A failed copy is replaced ([`replace_copy`]).
 pub(crate) async fn advance_copy(
-    deps: &Deps,
+    run: &Run<'_>,
     source: &Image,
-    home: &str,
     region: &str,
-    deadline: Deadline,
 ) -> Result<CopyProgress, AwsError> {
+    let (deps, home, deadline) = (run.deps, run.home, run.deadline);
     let rc = clients_for(deps, Some(region));
     let found = ec2::describe_own_images(
         &rc.ec2,
         &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
     )
     .await?;
-    let copy = found
-        .iter()
-        .find(|i| i.state == "available")
-        .or_else(|| found.first());
-    let in_flight = if copy.is_none() {
+    let picked = plan::pick_copy(&found);
+    // Failed copies besides the one acted on were replaced already: only left over.
+    for leftover in &picked.leftovers {
+        deregister_dead(&rc, leftover).await?;
+    }
+    let copy = picked.copy;
+    let in_flight = if copy.is_none_or(plan::is_dead) {
         ec2::describe_own_images(
             &rc.ec2,
             &[Select::tag_key(PUBLISH_SOURCE), Select::state(["pending"])],
@@ -45,23 +57,25 @@ pub(crate) async fn advance_copy(
     } else {
         0
     };
+    let replacing = plan::replacing(&source.tags, region);
+    if let (Some(failed), Some(live)) = (replacing, copy.filter(|c| !plan::is_dead(c))) {
+        // A replacement's record left by a run that stopped after starting it.
+        info!(image = %source.id, %region, copy = %live.id, "replacement record cleared");
+        clear_replacing(deps, source, home, region, failed).await;
+    }
+    let step = plan::copy_step(copy, in_flight, deps.config.copy_concurrency);
     let waiting = |detail: String| RegionReport {
         outcome: RegionOutcome::Waiting,
         detail: Some(detail),
         ..RegionReport::default()
     };
-    match plan::copy_step(copy, in_flight, deps.config.copy_concurrency) {
-        CopyStep::Start => {
-            if !deadline.may_start() {
-                return Ok((
-                    waiting("not started: the deadline is near; the next run starts it".into()),
-                    None,
-                ));
-            }
-            let keys = &deps.config.copy_kms_keys;
-            Ok((start_copy(&rc, source, home, region, keys).await, None))
-        }
-        CopyStep::Wait { reason } => {
+    match (step, copy) {
+        (CopyStep::Start, _) if !deadline.may_start() => Ok((
+            waiting("not started: the deadline is near; the next run starts it".into()),
+            None,
+        )),
+        (CopyStep::Start, _) => Ok((start_first(deps, &rc, source, home, replacing).await, None)),
+        (CopyStep::Wait { reason }, copy) => {
             let mut rep = waiting(reason);
             if let Some(c) = copy {
                 rep.outcome = RegionOutcome::Copying;
@@ -69,28 +83,16 @@ pub(crate) async fn advance_copy(
             }
             Ok((rep, None))
         }
-        CopyStep::Failed { reason } => {
-            let id = copy.map(|c| c.id.clone());
-            if let Some(id) = &id {
-                // The next attempt first, then the deregistration: a new ClientToken, so the
-                // next run's CopyImage starts a new copy instead of answering with this one.
-                let attempts = plan::next_copy_attempt(&source.tags, region);
-                let home_ec2 = &clients_for(deps, Some(home)).ec2;
-                ec2::create_tags(home_ec2, &[source.id.as_str()], &attempts).await?;
-                ec2::deregister_image(&rc.ec2, id).await?;
-            }
-            Ok((
-                RegionReport::failed(
-                    id,
-                    format!("{reason}; deregistered, copied again by the next run"),
-                ),
-                None,
-            ))
+        (CopyStep::Replace { reason }, Some(dead)) => {
+            let _one_at_a_time = run.replacing.lock().await;
+            let rep = replace_copy(deps, &rc, source, home, dead, reason, deadline).await?;
+            Ok((rep, None))
         }
-        CopyStep::Ready => {
-            let Some(copy) = copy else {
-                return Ok((RegionReport::failed(None, "copy vanished".into()), None));
-            };
+        (CopyStep::Failed { reason }, copy) => Ok((
+            RegionReport::failed(copy.map(|c| c.id.clone()), reason),
+            None,
+        )),
+        (CopyStep::Ready, Some(copy)) => {
             if let Some(conflict) = stamp_copy(&rc, copy, source, home).await? {
                 return Ok((RegionReport::failed(Some(copy.id.clone()), conflict), None));
             }
@@ -103,27 +105,131 @@ pub(crate) async fn advance_copy(
                 Some(copy.clone()),
             ))
         }
+        (CopyStep::Replace { .. } | CopyStep::Ready, None) => {
+            Ok((RegionReport::failed(None, "copy vanished".into()), None))
+        }
+    }
+}
+
+/// Starts the region's copy when none is there: the replacement a stopped run began
+/// (`replacing`: the failed copy it deregistered), else the region's first copy.
+async fn start_first(
+    deps: &Deps,
+    rc: &Clients,
+    source: &Image,
+    home: &str,
+    replacing: Option<&str>,
+) -> RegionReport {
+    let keys = &deps.config.copy_kms_keys;
+    let region = rc.region.as_str();
+    let Some(failed) = replacing else {
+        let first = Attempt::First(plan::copy_attempt(&source.tags, region));
+        return start_copy(rc, source, home, region, keys, first).await;
+    };
+    let rep = start_copy(rc, source, home, region, keys, Attempt::Replacing(failed)).await;
+    if rep.outcome == RegionOutcome::Copying {
+        info!(image = %source.id, %region, %failed, "stopped replacement continued");
+        clear_replacing(deps, source, home, region, failed).await;
+    }
+    rep
+}
+
+/// Replaces the failed copy `dead`. EC2 keeps an AMI name unique in a region, so `dead` must go
+/// before its replacement can start under the source's name: first the source records that
+/// `dead` is being replaced ([`plan::replacing_tag`]), then `dead` is deregistered, then the
+/// replacement is started with a ClientToken derived from `dead`'s id, and the record is
+/// deleted. A run that stops in between is continued by the next from the record
+/// ([`start_first`]); overlapping runs that find the same failed copy start one replacement
+/// between them. The region is reported failed either way: this run's copy failed.
+///
+/// Every copy started while the record is on the source inherits it (`CopyImageTags`), and
+/// loses it when stamped ([`plan::inherited_markers`]); a run replaces one copy at a time
+/// ([`Run::replacing`]), so a copy takes at most its own record and one other run's beside the
+/// source's tags.
+async fn replace_copy(
+    deps: &Deps,
+    rc: &Clients,
+    source: &Image,
+    home: &str,
+    dead: &Image,
+    reason: String,
+    deadline: Deadline,
+) -> Result<RegionReport, AwsError> {
+    let region = rc.region.as_str();
+    let failed = |detail: String| RegionReport::failed(Some(dead.id.clone()), detail);
+    if !deadline.may_start() {
+        return Ok(failed(format!(
+            "{reason}; replaced by the next run (the deadline is near)"
+        )));
+    }
+    let has = stamp::counted(&source.tags);
+    if plan::replacing(&source.tags, region).is_none() && has >= stamp::MAX_TAGS_PER_RESOURCE {
+        return Ok(failed(format!(
+            "{reason}; not replaced: source {} has {has} tags, and replacing a copy records it on the source for a moment (EC2 allows {}); remove a tag and the next run replaces it",
+            source.id,
+            stamp::MAX_TAGS_PER_RESOURCE
+        )));
+    }
+    let home_ec2 = &clients_for(deps, Some(home)).ec2;
+    let record = plan::replacing_tag(region, &dead.id);
+    ec2::create_tags(home_ec2, &[source.id.as_str()], &record).await?;
+    deregister_dead(rc, dead).await?;
+    let keys = &deps.config.copy_kms_keys;
+    let attempt = Attempt::Replacing(&dead.id);
+    let started = start_copy(rc, source, home, region, keys, attempt).await;
+    match (started.outcome, started.image_id) {
+        (RegionOutcome::Copying, Some(new)) => {
+            clear_replacing(deps, source, home, region, &dead.id).await;
+            info!(image = %source.id, %region, failed = %dead.id, copy = %new, "failed copy replaced");
+            Ok(failed(format!(
+                "{reason}; deregistered, copying again as {new}"
+            )))
+        }
+        (_, _) => Ok(failed(format!(
+            "{reason}; deregistered, not copied again yet ({}): the next run copies again",
+            started.detail.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Deletes the source's record that `failed` in `region` is being replaced, only while it
+/// still names `failed`. Best effort: a record left behind is cleared by the next run that
+/// finds the region's copy.
+async fn clear_replacing(deps: &Deps, source: &Image, home: &str, region: &str, failed: &str) {
+    let home_ec2 = &clients_for(deps, Some(home)).ec2;
+    let key = format!("{}{region}", plan::REPLACING_PREFIX);
+    if let Err(e) = ec2::delete_tag_if(home_ec2, &source.id, &key, failed).await {
+        warn!(image = %source.id, %region, error = %e, "replacement record not cleared; the next run clears it");
+    }
+}
+
+/// Deregisters a failed copy; one already gone (another run's) is no error: EC2 answers
+/// `InvalidAMIID.NotFound`, or `InvalidAMIID.Unavailable` for an image deregistered a moment ago.
+async fn deregister_dead(rc: &Clients, dead: &Image) -> Result<(), AwsError> {
+    match ec2::deregister_image(&rc.ec2, &dead.id).await {
+        Err(e)
+            if e.kind != ErrorKind::NotFound
+                && e.code.as_deref() != Some("InvalidAMIID.Unavailable") =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
     }
 }
 
 /// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
-/// ClientToken), encrypted with the region's key in `keys` when [`plan::copy_key`] says so.
-/// Throttling leaves it waiting for the next run; another refusal fails the region.
+/// ClientToken for `attempt`), encrypted with the region's key in `keys` when [`plan::copy_key`]
+/// says so. Throttling leaves it waiting for the next run; another refusal fails the region.
 async fn start_copy(
     rc: &Clients,
     source: &Image,
     home: &str,
     region: &str,
     keys: &BTreeMap<String, String>,
+    attempt: Attempt<'_>,
 ) -> RegionReport {
     let key = plan::copy_key(source, keys, region);
-    let token = plan::client_token(
-        home,
-        &source.id,
-        region,
-        plan::copy_attempt(&source.tags, region),
-        key,
-    );
+    let token = plan::client_token(home, &source.id, region, attempt, key);
     // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
     // ami-pipeline:managed only as part of a create action (template.yaml,
     // ManagedOnlyAtCreation), and the snapshots do not inherit the source's tags.

@@ -1,7 +1,7 @@
 //! Publish one image: mark it, advance its copies, share every region, announce once.
 
 use crate::config::Deps;
-use crate::copy::{CopyProgress, advance_copy};
+use crate::copy::{CopyProgress, Run, advance_copy};
 use crate::event::{Trigger, aws_failed, refused};
 use crate::handler::{clients_for, stamp_time};
 use crate::output::{ImageReport, RegionOutcome, RegionReport};
@@ -292,10 +292,19 @@ async fn advance_copies(
     home: &str,
     deadline: Deadline,
 ) -> (BTreeMap<String, RegionReport>, Vec<(String, Image)>) {
+    // One replacement of a failed copy at a time in a run: each puts a record on the source for
+    // a moment, which the copies started meanwhile inherit (crate::copy::replace_copy).
+    let replacing = tokio::sync::Mutex::new(());
     let copies: Vec<(String, Result<CopyProgress, AwsError>)> =
         stream::iter(policy.regions.iter().cloned())
             .map(|r| async {
-                let res = advance_copy(deps, source, home, &r, deadline).await;
+                let run = Run {
+                    deps,
+                    home,
+                    deadline,
+                    replacing: &replacing,
+                };
+                let res = advance_copy(&run, source, &r).await;
                 (r, res)
             })
             .buffer_unordered(REGION_CONCURRENCY)

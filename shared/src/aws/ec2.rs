@@ -747,6 +747,26 @@ pub async fn delete_tag_keys(
     Ok(())
 }
 
+/// DeleteTags of `key` on `resource_id` only while its value is `value` (DeleteTags: "Specify
+/// a tag key and an optional tag value to delete specific tags"): a newer value another writer
+/// put there stays.
+pub async fn delete_tag_if(
+    ec2: &Client,
+    resource_id: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), AwsError> {
+    ec2.delete_tags()
+        .resources(resource_id)
+        .tags(Tag::builder().key(key).value(value).build())
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:DeleteTags", resource_id, e).in_region(ec2.config().region())
+        })?;
+    Ok(())
+}
+
 /// DeregisterImage with `DeleteAssociatedSnapshots`: EC2 deletes the image's snapshots in the
 /// same call, skipping those another AMI uses. Returns each snapshot's result code
 /// (`success`, `skipped`, `missing-permissions`, `internal-error`, `client-error`).

@@ -35,6 +35,7 @@ pub const COPY: &str = "copy";
 pub use super::tags::publish as tags;
 pub use super::tags::{
     COPY_ATTEMPT_PREFIX, FAILED_REGIONS, FAILED_REGIONS_MORE_PREFIX, PUBLISH_SOURCE, PUBLISHED_AT,
+    REPLACING_PREFIX,
 };
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
@@ -334,22 +335,41 @@ pub fn override_tags(overrides: &Overrides) -> Result<Tags, Vec<String>> {
     if p.is_empty() { Ok(out) } else { Err(p) }
 }
 
+/// Which copy of a region a CopyImage request makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt<'a> {
+    /// The region's first copy. The number is what an earlier version of publish recorded in a
+    /// [`COPY_ATTEMPT_PREFIX`]`<region>` tag on the source after each failed copy ([`copy_attempt`];
+    /// 0 without one), so a source it left such a tag on does not get a dead copy's token again.
+    First(u32),
+    /// The replacement of the failed copy with this id.
+    Replacing(&'a str),
+}
+
 /// The CopyImage idempotency token of `source` (in `home`) copied to `destination`, encrypted
 /// with `key` when given: the same request always carries the same token, so a retried call
-/// returns the first copy, and another request (another attempt, or a key set since: EC2
+/// returns the first copy, and another request (a replacement, or a key set since: EC2
 /// answers IdempotentParameterMismatch for a token reused with other parameters) another one.
-/// Without a key, the tokens are the ones copies were always made with.
+/// Without a key, the first copy's token is the one copies were always made with.
+///
+/// A replacement's token derives from the failed copy's id (kept on the source in
+/// [`REPLACING_PREFIX`]`<region>` from before the failed copy is deregistered until the
+/// replacement is started): every run that finds the same failed copy asks for the same
+/// replacement, and no count kept on the source can be lost between overlapping runs or run
+/// out of the source's 50 tags.
 pub fn client_token(
     home: &str,
     source: &str,
     destination: &str,
-    attempt: u32,
+    attempt: Attempt<'_>,
     key: Option<&str>,
 ) -> String {
-    let mut seed = if attempt == 0 {
-        format!("ami-pipeline/publish/{home}/{source}/{destination}")
-    } else {
-        format!("ami-pipeline/publish/{home}/{source}/{destination}/{attempt}")
+    let mut seed = match attempt {
+        Attempt::First(0) => format!("ami-pipeline/publish/{home}/{source}/{destination}"),
+        Attempt::First(n) => format!("ami-pipeline/publish/{home}/{source}/{destination}/{n}"),
+        Attempt::Replacing(failed) => {
+            format!("ami-pipeline/publish/{home}/{source}/{destination}/replaces/{failed}")
+        }
     };
     if let Some(key) = key {
         seed.push_str("/key=");
@@ -375,8 +395,9 @@ pub fn copy_key<'a>(
         .flatten()
 }
 
-/// How many copies to `region` failed and were deregistered (the source's
-/// [`COPY_ATTEMPT_PREFIX`]`<region>` tag; 0 when absent or unreadable).
+/// The copy count an earlier version of publish recorded for `region` on the source (its
+/// [`COPY_ATTEMPT_PREFIX`]`<region>` tag; 0 when absent or unreadable). Publish no longer
+/// writes it: see [`Attempt`].
 pub fn copy_attempt(source_tags: &Tags, region: &str) -> u32 {
     source_tags
         .get(&format!("{COPY_ATTEMPT_PREFIX}{region}"))
@@ -384,12 +405,18 @@ pub fn copy_attempt(source_tags: &Tags, region: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// The tag that records one more failed copy to `region`.
-pub fn next_copy_attempt(source_tags: &Tags, region: &str) -> Tags {
-    Tags::from([(
-        format!("{COPY_ATTEMPT_PREFIX}{region}"),
-        (copy_attempt(source_tags, region) + 1).to_string(),
-    )])
+/// The failed copy whose replacement in `region` a run began ([`REPLACING_PREFIX`]`<region>`
+/// on the source), if any.
+pub fn replacing<'a>(source_tags: &'a Tags, region: &str) -> Option<&'a str> {
+    source_tags
+        .get(&format!("{REPLACING_PREFIX}{region}"))
+        .map(String::as_str)
+        .filter(|id| id.starts_with("ami-"))
+}
+
+/// The tag that says the failed copy `failed` in `region` is being replaced.
+pub fn replacing_tag(region: &str, failed: &str) -> Tags {
+    Tags::from([(format!("{REPLACING_PREFIX}{region}"), failed.to_owned())])
 }
 
 /// When a publish deprecates an image that has no deprecation time yet.
@@ -492,19 +519,61 @@ pub fn never_started(images: Vec<Image>, now: chrono::DateTime<chrono::Utc>) -> 
 
 /// The source's per-image markers a copy inherited through `CopyImageTags` and must not keep:
 /// `ready-at` (the copy was never announced), `import-task` (it was not imported), and
-/// publish's own record of the source's publication (failed regions, copy attempts). Only
-/// when the copy's value is the source's (a value of its own is left alone).
+/// publish's own record of the source's publication (failed regions, copy attempts,
+/// replacements in progress). Only when the copy's value is the source's (a value of its own is
+/// left alone), except a replacement's record, which the source has usually lost by then and
+/// which no copy ever needs.
 pub fn inherited_markers(copy: &Image, source: &Image) -> Vec<String> {
     copy.tags
         .iter()
         .filter(|(k, _)| {
             [READY_AT, IMPORT_TASK, FAILED_REGIONS].contains(&k.as_str())
                 || k.starts_with(COPY_ATTEMPT_PREFIX)
+                || k.starts_with(REPLACING_PREFIX)
                 || k.starts_with(FAILED_REGIONS_MORE_PREFIX)
         })
-        .filter(|(k, v)| source.tags.get(*k) == Some(*v))
+        .filter(|(k, v)| k.starts_with(REPLACING_PREFIX) || source.tags.get(*k) == Some(*v))
         .map(|(k, _)| k.clone())
         .collect()
+}
+
+/// The copy a region's step is decided on, among the images found there with the source's
+/// [`PUBLISH_SOURCE`] tag, and the failed copies that are only left over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked<'a> {
+    /// An available copy, else one pending, else the newest failed one (whose replacement the
+    /// step starts).
+    pub copy: Option<&'a Image>,
+    /// The other failed copies: each was replaced already (a run stopped between starting the
+    /// replacement and deregistering it), or an older one a lagging read still lists.
+    pub leftovers: Vec<&'a Image>,
+}
+
+/// Whether a copy will never become available (failed, or disabled by someone).
+pub fn is_dead(copy: &Image) -> bool {
+    !matches!(
+        copy.state.as_str(),
+        "available" | "pending" | "transient" | "deregistered"
+    )
+}
+
+/// Picks the copy to act on among `found` (see [`Picked`]). Deregistered images (a read that
+/// includes them) are neither. The newest failed copy is the one by creation date, then id:
+/// every run that reads the same copies picks the same one, so overlapping runs ask for the
+/// same replacement.
+pub fn pick_copy(found: &[Image]) -> Picked<'_> {
+    let live = found.iter().find(|i| i.state == "available").or_else(|| {
+        found
+            .iter()
+            .find(|i| !is_dead(i) && i.state != "deregistered")
+    });
+    let mut dead: Vec<&Image> = found.iter().filter(|i| is_dead(i)).collect();
+    dead.sort_by(|a, b| (&a.creation_date, &a.id).cmp(&(&b.creation_date, &b.id)));
+    let copy = live.or_else(|| dead.pop());
+    Picked {
+        copy,
+        leftovers: dead,
+    }
 }
 
 /// The next step of one target region.
@@ -518,7 +587,15 @@ pub enum CopyStep {
         /// Why.
         reason: String,
     },
-    /// The copy failed: deregister it (it is useless), report, and copy again next run.
+    /// The copy failed: record that it is being replaced ([`replacing_tag`]), deregister it
+    /// (its name is taken while it exists), start its replacement ([`Attempt::Replacing`]),
+    /// and report the region failed.
+    Replace {
+        /// EC2's reason.
+        reason: String,
+    },
+    /// The copy failed, and the region has its limit of copies in flight: report the region
+    /// failed and keep the failed copy, which a later run replaces.
     Failed {
         /// EC2's reason.
         reason: String,
@@ -527,11 +604,12 @@ pub enum CopyStep {
     Ready,
 }
 
-/// The next step for a target region, from the copy found there (if any) and how many of the
-/// pipeline's copies are already in flight to that region (`limit` at most).
+/// The next step for a target region, from the copy [`pick_copy`] found there (if any) and how
+/// many of the pipeline's copies are already in flight to that region (`limit` at most).
 pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopyStep {
+    let full = in_flight >= limit;
     match copy {
-        None if in_flight >= limit => CopyStep::Wait {
+        None if full => CopyStep::Wait {
             reason: format!(
                 "{in_flight} copies already in flight to this region (limit {limit}); started by a later run"
             ),
@@ -542,7 +620,13 @@ pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopySt
             "pending" | "transient" => CopyStep::Wait {
                 reason: format!("copy {} is {}", c.id, c.state),
             },
-            other => CopyStep::Failed {
+            other if full => CopyStep::Failed {
+                reason: format!(
+                    "copy {} is {other}; {in_flight} copies already in flight to this region (limit {limit}), replaced by a later run",
+                    c.id
+                ),
+            },
+            other => CopyStep::Replace {
                 reason: format!("copy {} is {other}", c.id),
             },
         },
@@ -1081,24 +1165,37 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_and_distinct() {
-        let a = client_token("us-east-1", "ami-1", "eu-west-1", 0, None);
-        assert_eq!(a, client_token("us-east-1", "ami-1", "eu-west-1", 0, None));
-        assert_ne!(a, client_token("us-east-1", "ami-1", "us-west-2", 0, None));
+        let first = Attempt::First(0);
+        let a = client_token("us-east-1", "ami-1", "eu-west-1", first, None);
+        assert_eq!(
+            a,
+            client_token("us-east-1", "ami-1", "eu-west-1", first, None)
+        );
+        assert_ne!(
+            a,
+            client_token("us-east-1", "ami-1", "us-west-2", first, None)
+        );
         let key = "arn:aws:kms:eu-west-1:123456789012:key/k";
         assert_ne!(
             a,
-            client_token("us-east-1", "ami-1", "eu-west-1", 0, Some(key))
+            client_token("us-east-1", "ami-1", "eu-west-1", first, Some(key))
         );
-        // After a failed copy was deregistered, the next attempt has a token of its own.
-        assert_ne!(a, client_token("us-east-1", "ami-1", "eu-west-1", 1, None));
-        let mut tags = Tags::new();
-        assert_eq!(copy_attempt(&tags, "eu-west-1"), 0);
-        for region in ["eu-west-1", "us-west-2", "eu-west-1"] {
-            tags.extend(next_copy_attempt(&tags, region));
-        }
-        assert_eq!(tags["ami-pipeline:publish-copy-attempt:eu-west-1"], "2");
+        // A failed copy's replacement has a token of its own, derived from the failed copy:
+        // the same for every run that replaces it, another for the next failed copy.
+        let token = |attempt| client_token("us-east-1", "ami-1", "eu-west-1", attempt, None);
+        let first = token(Attempt::Replacing("ami-dead1"));
+        assert_eq!(first, token(Attempt::Replacing("ami-dead1")));
+        assert_ne!(first, token(Attempt::Replacing("ami-dead2")));
+        assert_ne!(first, a);
+        assert!(first.len() <= 64);
+        // A source an earlier version recorded a failed attempt on keeps that token apart.
+        let tags = Tags::from([(
+            "ami-pipeline:publish-copy-attempt:eu-west-1".to_string(),
+            "2".to_string(),
+        )]);
         assert_eq!(copy_attempt(&tags, "eu-west-1"), 2);
-        assert_eq!(copy_attempt(&tags, "us-west-2"), 1);
+        assert_eq!(copy_attempt(&tags, "us-west-2"), 0);
+        assert_ne!(a, token(Attempt::First(copy_attempt(&tags, "eu-west-1"))));
         let source = Image {
             tags: Tags::from([
                 (READY_AT.to_string(), "2026-11-22T10:00:00Z".to_string()),
@@ -1146,8 +1243,22 @@ mod tests {
         assert_eq!(inherited_markers(&copy, &source), [IMPORT_TASK]);
         copy.tags.clear();
         assert!(inherited_markers(&copy, &source).is_empty());
-        assert_eq!(copy_attempt(&tags, "ap-south-1"), 0);
         assert!(a.len() <= 64);
+    }
+
+    #[test]
+    fn a_replacements_record_is_read_per_region_and_never_kept_by_a_copy() {
+        let record = replacing_tag("eu-west-1", "ami-dead");
+        assert_eq!(replacing(&record, "eu-west-1"), Some("ami-dead"));
+        assert_eq!(replacing(&record, "us-west-2"), None);
+        // A copy loses the record whether or not the source still has it.
+        let copy = Image {
+            tags: record.clone(),
+            ..Image::default()
+        };
+        let source = Image::default();
+        let key = format!("{REPLACING_PREFIX}eu-west-1");
+        assert_eq!(inherited_markers(&copy, &source), [key]);
     }
 
     #[test]
@@ -1165,9 +1276,61 @@ mod tests {
         ));
         assert_eq!(copy_step(Some(&img("available")), 99, 20), CopyStep::Ready);
         assert!(matches!(
-            copy_step(Some(&img("failed")), 0, 20),
-            CopyStep::Failed { .. }
+            copy_step(Some(&img("failed")), 19, 20),
+            CopyStep::Replace { .. }
         ));
+        // The replacement would pass the region's limit: the failed copy stays for later.
+        assert!(matches!(
+            copy_step(Some(&img("failed")), 20, 20),
+            CopyStep::Failed { reason } if reason.contains("replaced by a later run")
+        ));
+    }
+
+    #[test]
+    fn the_copy_picked_is_live_first_then_the_newest_failed_one() {
+        let img = |id: &str, state: &str, created: &str| Image {
+            id: id.into(),
+            state: state.into(),
+            creation_date: Some(created.into()),
+            ..Image::default()
+        };
+        let old = img("ami-old", "failed", "2026-11-01T00:00:00Z");
+        let new = img("ami-new", "failed", "2026-11-02T00:00:00Z");
+        let disabled = img("ami-off", "disabled", "2026-10-01T00:00:00Z");
+        let pending = img("ami-pending", "pending", "2026-11-03T00:00:00Z");
+        let available = img("ami-ok", "available", "2026-11-01T00:00:00Z");
+        let gone = img("ami-gone", "deregistered", "2026-11-09T00:00:00Z");
+        fn ids(p: &Picked<'_>) -> (Option<String>, String) {
+            let leftovers: Vec<&str> = p.leftovers.iter().map(|c| c.id.as_str()).collect();
+            (p.copy.map(|c| c.id.clone()), leftovers.join(" "))
+        }
+        // In any order the reads list them, the same pick.
+        let dead = [old.clone(), new.clone(), disabled.clone(), gone.clone()];
+        let mut reversed = dead.clone();
+        reversed.reverse();
+        for found in [&dead[..], &reversed[..]] {
+            assert_eq!(
+                ids(&pick_copy(found)),
+                (Some("ami-new".into()), "ami-off ami-old".into())
+            );
+        }
+        let with_live = [
+            old.clone(),
+            pending.clone(),
+            available.clone(),
+            gone.clone(),
+        ];
+        assert_eq!(
+            ids(&pick_copy(&with_live)),
+            (Some("ami-ok".into()), "ami-old".into())
+        );
+        assert_eq!(
+            ids(&pick_copy(&[new.clone(), pending.clone()])),
+            (Some("ami-pending".into()), "ami-new".into())
+        );
+        assert_eq!(ids(&pick_copy(&[gone])), (None, String::new()));
+        assert_eq!(ids(&pick_copy(&[])), (None, String::new()));
+        assert!(is_dead(&disabled) && !is_dead(&pending));
     }
 
     #[test]

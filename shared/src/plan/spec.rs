@@ -281,9 +281,8 @@ pub mod keys {
 pub use super::tags::{EXTRA_TAG_PREFIX, SPEC_TAG_PREFIX};
 /// Most extra tags per upload. EC2 allows 50 tags per resource: a published image carries up to
 /// 26 keys of the pipeline's own besides (registration, ready marker, publish's state, record and
-/// policy, cleanup's mark, protection), its copies one more at CopyImage, and room is kept for 3
-/// per-region copy attempts; the import task carries the spec besides (`plan::import` tests
-/// count both).
+/// policy, cleanup's mark, protection), its copies one more at CopyImage, and 3 are left spare;
+/// the import task carries the spec besides (`plan::import` tests count both).
 pub const MAX_EXTRA_TAGS: usize = 20;
 /// Largest root volume of any type, GiB (gp3 and io2; each type's own range:
 /// [`VolumeType::sizes`]).

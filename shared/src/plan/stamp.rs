@@ -539,6 +539,11 @@ fn reserved_key(key: &str) -> bool {
     key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:"))
 }
 
+/// How many of `tags` count against [`MAX_TAGS_PER_RESOURCE`].
+pub fn counted(tags: &Tags) -> usize {
+    tags.keys().filter(|k| !reserved_key(k)).count()
+}
+
 /// The resources of `writes` whose tags, with the keys written, would pass
 /// [`MAX_TAGS_PER_RESOURCE`].
 fn over_limit(facts: &Facts<'_>, writes: &BTreeMap<String, Tags>) -> Vec<NoRoom> {
@@ -552,7 +557,7 @@ fn over_limit(facts: &Facts<'_>, writes: &BTreeMap<String, Tags>) -> Vec<NoRoom>
         .iter()
         .filter_map(|(resource, new)| {
             let tags = held(resource)?;
-            let has = tags.keys().filter(|k| !reserved_key(k)).count();
+            let has = counted(tags);
             let adds: Vec<String> = new
                 .keys()
                 .filter(|k| !tags.contains_key(*k))

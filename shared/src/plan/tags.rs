@@ -81,11 +81,21 @@ pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
 pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
 /// The keys that carry on [`FAILED_REGIONS`]'s list: `ami-pipeline:publish-failed-regions:2`, …
 pub const FAILED_REGIONS_MORE_PREFIX: &str = "ami-pipeline:publish-failed-regions:";
-/// Source image, one key per region (`ami-pipeline:publish-copy-attempt:eu-west-1=1`): how many
-/// copies to that region failed and were deregistered; the next copy's ClientToken includes it,
-/// so a new copy starts instead of CopyImage answering with the dead one's id. One key per region:
-/// two regions failing in one run never overwrite each other's count.
+/// Source image, one key per region (`ami-pipeline:publish-copy-attempt:eu-west-1=1`), written
+/// by earlier versions of publish: how many copies to that region failed. Publish no longer
+/// writes it (a failed copy's replacement takes its token from the failed copy's id:
+/// `plan::publish::Attempt`, so a source with many failed regions cannot run out of its 50
+/// tags); it still reads it for a region's first copy, and removes it from copies.
 pub const COPY_ATTEMPT_PREFIX: &str = "ami-pipeline:publish-copy-attempt:";
+
+/// Source image, one key per region (`ami-pipeline:publish-replacing:eu-west-1=ami-…`), only
+/// while a failed copy there is being replaced: written before the failed copy is deregistered
+/// (EC2 keeps AMI names unique in a region, so it must go before its replacement is started),
+/// deleted once the replacement is started. The replacement's ClientToken derives from the
+/// failed copy's id, so a run that stopped in between is continued by the next one from this
+/// key, and overlapping runs ask for the same replacement. A few keys at most at any time: a
+/// source with many failing regions never runs out of its 50 tags.
+pub const REPLACING_PREFIX: &str = "ami-pipeline:publish-replacing:";
 
 /// Tag-key prefix of the spec on an import task.
 pub const SPEC_TAG_PREFIX: &str = "ami-pipeline:spec:";
@@ -164,11 +174,12 @@ pub const ALL: [&str; 37] = [
 ];
 
 /// Key prefixes: the spec and the user's extra tags on an import task; publish's copy attempts
-/// and the rest of a long failed-region list.
-pub const PREFIXES: [&str; 4] = [
+/// (earlier versions), replacements in progress, and the rest of a long failed-region list.
+pub const PREFIXES: [&str; 5] = [
     SPEC_TAG_PREFIX,
     EXTRA_TAG_PREFIX,
     COPY_ATTEMPT_PREFIX,
+    REPLACING_PREFIX,
     FAILED_REGIONS_MORE_PREFIX,
 ];
 
