@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -194,3 +195,53 @@ def test_a_plain_boto3_client_is_served_as_before(emulator: str) -> None:
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     for _ in range(3):
         assert ec2.describe_regions()["Regions"]
+
+
+def test_the_access_log_has_only_the_requests_not_answered_with_success_unless_all_are_asked() -> None:
+    """``keep_alive.errors_only`` (the server's default, ``--access-log errors``): werkzeug's line
+    for a 4xx answer, none for a 2xx; the handler as werkzeug has it logs both."""
+    import logging
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from ami_emulator.keep_alive import KeepAliveRequestHandler, errors_only
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        status = "200 OK" if environ["PATH_INFO"] == "/ok" else "400 Bad Request"
+        start_response(status, [("Content-Length", "0")])
+        return [b""]
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("werkzeug")
+    collect, level = Collect(), logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        for handler, expected in (
+            (errors_only(KeepAliveRequestHandler), ["/bad"]),
+            (KeepAliveRequestHandler, ["/ok", "/bad"]),
+        ):
+            lines.clear()
+            server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+                for path in ("/ok", "/bad"):
+                    conn.request("GET", path)
+                    conn.getresponse().read()
+                conn.close()
+            finally:
+                server.shutdown()
+                server.server_close()
+            logged = [p for p in ("/ok", "/bad") if any(f"GET {p} " in line for line in lines)]
+            assert logged == expected, (handler.__name__, lines)
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)

@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         default="direct",
         help="direct: EC2 Query requests reach moto without Flask (default); flask: every request through moto's Flask apps",
     )
+    parser.add_argument(
+        "--access-log",
+        choices=("errors", "all"),
+        default=os.environ.get("AMI_EMULATOR_ACCESS_LOG", "errors"),
+        help="errors: werkzeug's access log line only for requests not answered 1xx-3xx (default); all: every request",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     from .control import ControlMiddleware
     from .direct_dispatch import DirectDispatch
     from .faults import FaultMiddleware
-    from .keep_alive import KeepAliveRequestHandler
+    from .keep_alive import KeepAliveRequestHandler, errors_only
 
     default_config()  # fail fast on a malformed AMI_EMULATOR_*_DELAY_SECONDS
     apply_extensions()
@@ -74,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit)
     app = DirectDispatch(dispatcher) if args.dispatch == "direct" else dispatcher
     handler = KeepAliveRequestHandler if args.connection == "keep-alive" else MotoRequestHandler
+    if args.access_log == "errors":
+        handler = errors_only(handler)
     print(
-        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch})",
+        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, access log: {args.access_log})",
         flush=True,
     )
     run_simple(
