@@ -1431,9 +1431,8 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
         "/ami-pipeline-emulator/image-state",
         Some(json!({"region": EU, "image_id": dead, "state": "failed"})),
     );
-    // The schedule reports the region failed, starts a new copy (a ClientToken of its own, not
-    // the dead one's id again) and only then deregisters the failed one. Nothing is counted on
-    // the source.
+    // The schedule reports the region failed, deregisters the failed copy and starts a new one
+    // (a ClientToken of its own, not the dead one's id again). Nothing is left on the source.
     w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
     let failed = w.run(World::schedule()).await;
     let rep = &advanced(&failed)[0].regions[EU];
@@ -1520,8 +1519,6 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
         replacements.insert(*region, copies[0].id.clone());
     }
     let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
-    let count = tags.as_object().map_or(0, |t| t.len());
-    assert!(count <= 50, "{count} tags: {tags}");
     let text = tags.to_string();
     assert!(
         !text.contains("publish-copy-attempt") && !text.contains("publish-replacing"),
@@ -1536,7 +1533,10 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
     let mut outs = vec![];
     for out in [a, b] {
         let out = out.expect("an overlapping schedule run");
-        assert_eq!(advanced(&out)[0].status, "partial", "{out:#?}");
+        // A run that read the region between the other's deregistration and its CopyImage
+        // finds no copy there and waits for it.
+        let status = advanced(&out)[0].status;
+        assert!(status == "partial" || status == "copying", "{out:#?}");
         outs.push(out);
     }
     for region in regions {
@@ -1548,6 +1548,16 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
         assert_eq!(copies.len(), 1, "{region}: {copies:#?} {reports:#?}");
         assert_ne!(copies[0].id, dead[region], "{region}");
         assert_eq!(copies[0].state, "pending", "{region}");
+        // Every run that replaced the failed copy names the same replacement: the one there.
+        let named: Vec<&str> = reports
+            .iter()
+            .filter_map(|r| r.detail.as_deref()?.split("copying again as ").nth(1))
+            .collect();
+        assert!(!named.is_empty(), "{region}: {reports:#?}");
+        assert!(
+            named.iter().all(|id| *id == copies[0].id),
+            "{region}: {named:?}"
+        );
     }
     let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
     assert!(!tags.to_string().contains("publish-replacing"), "{tags}");

@@ -23,8 +23,9 @@ pub(crate) struct Run<'a> {
     /// The source's region.
     pub(crate) home: &'a str,
     pub(crate) deadline: Deadline,
-    /// Held while a failed copy is replaced ([`replace_copy`]), one region at a time.
-    pub(crate) replacing: &'a tokio::sync::Mutex<()>,
+    /// Held while a failed copy is replaced ([`replace_copy`]), one region at a time; counts
+    /// the records this run left on the source (replacements that did not start).
+    pub(crate) replacing: &'a tokio::sync::Mutex<usize>,
 }
 
 /// Finds or starts the copy in `region`; returns the copy once it is available and stamped.
@@ -42,7 +43,7 @@ pub(crate) async fn advance_copy(
     )
     .await?;
     let picked = plan::pick_copy(&found);
-    // Failed copies besides the one acted on were replaced already: only left over.
+    // Failed copies besides the one acted on: one replacement per region is enough.
     for leftover in &picked.leftovers {
         deregister_dead(&rc, leftover).await?;
     }
@@ -59,9 +60,11 @@ pub(crate) async fn advance_copy(
     };
     let replacing = plan::replacing(&source.tags, region);
     if let (Some(failed), Some(live)) = (replacing, copy.filter(|c| !plan::is_dead(c))) {
-        // A replacement's record left by a run that stopped after starting it.
-        info!(image = %source.id, %region, copy = %live.id, "replacement record cleared");
-        clear_replacing(deps, source, home, region, failed).await;
+        // A replacement's record left by a run that stopped after starting it. Not when the
+        // live copy is the one the record names (a read from before it failed).
+        if live.id != failed {
+            clear_replacing(deps, source, home, region, failed).await;
+        }
     }
     let step = plan::copy_step(copy, in_flight, deps.config.copy_concurrency);
     let waiting = |detail: String| RegionReport {
@@ -84,9 +87,7 @@ pub(crate) async fn advance_copy(
             Ok((rep, None))
         }
         (CopyStep::Replace { reason }, Some(dead)) => {
-            let _one_at_a_time = run.replacing.lock().await;
-            let rep = replace_copy(deps, &rc, source, home, dead, reason, deadline).await?;
-            Ok((rep, None))
+            Ok((replace_copy(run, &rc, source, dead, reason).await?, None))
         }
         (CopyStep::Failed { reason }, copy) => Ok((
             RegionReport::failed(copy.map(|c| c.id.clone()), reason),
@@ -142,35 +143,38 @@ async fn start_first(
 /// ([`start_first`]); overlapping runs that find the same failed copy start one replacement
 /// between them. The region is reported failed either way: this run's copy failed.
 ///
-/// Every copy started while the record is on the source inherits it (`CopyImageTags`), and
-/// loses it when stamped ([`plan::inherited_markers`]); a run replaces one copy at a time
-/// ([`Run::replacing`]), so a copy takes at most its own record and one other run's beside the
-/// source's tags.
+/// A run replaces one copy at a time ([`Run::replacing`]), and first reads the source and the
+/// region again ([`plan::replace_blocked`]): the copy must still be the region's failed copy,
+/// no record of another failed copy there may be overwritten, and the record plus the
+/// `publish-source` key the replacement adds must fit beside the source's tags (a copy
+/// inherits them all through `CopyImageTags`, records included, and loses the records when
+/// stamped: [`plan::inherited_markers`]).
 async fn replace_copy(
-    deps: &Deps,
+    run: &Run<'_>,
     rc: &Clients,
     source: &Image,
-    home: &str,
     dead: &Image,
     reason: String,
-    deadline: Deadline,
 ) -> Result<RegionReport, AwsError> {
-    let region = rc.region.as_str();
+    let (deps, home, region) = (run.deps, run.home, rc.region.as_str());
     let failed = |detail: String| RegionReport::failed(Some(dead.id.clone()), detail);
-    if !deadline.may_start() {
+    if !run.deadline.may_start() {
         return Ok(failed(format!(
             "{reason}; replaced by the next run (the deadline is near)"
         )));
     }
-    let has = stamp::counted(&source.tags);
-    if plan::replacing(&source.tags, region).is_none() && has >= stamp::MAX_TAGS_PER_RESOURCE {
-        return Ok(failed(format!(
-            "{reason}; not replaced: source {} has {has} tags, and replacing a copy records it on the source for a moment (EC2 allows {}); remove a tag and the next run replaces it",
-            source.id,
-            stamp::MAX_TAGS_PER_RESOURCE
-        )));
-    }
+    let mut outstanding = run.replacing.lock().await;
     let home_ec2 = &clients_for(deps, Some(home)).ec2;
+    let fresh = ec2::describe_own_image(home_ec2, &source.id).await?;
+    let tags = fresh.as_ref().map_or(&source.tags, |f| &f.tags);
+    let listed = ec2::describe_own_images(
+        &rc.ec2,
+        &[Select::tag(PUBLISH_SOURCE, [source.id.as_str()])],
+    )
+    .await?;
+    if let Some(why) = plan::replace_blocked(tags, &listed, &dead.id, region, *outstanding) {
+        return Ok(failed(format!("{reason}; {why}")));
+    }
     let record = plan::replacing_tag(region, &dead.id);
     ec2::create_tags(home_ec2, &[source.id.as_str()], &record).await?;
     deregister_dead(rc, dead).await?;
@@ -185,10 +189,13 @@ async fn replace_copy(
                 "{reason}; deregistered, copying again as {new}"
             )))
         }
-        (_, _) => Ok(failed(format!(
-            "{reason}; deregistered, not copied again yet ({}): the next run copies again",
-            started.detail.unwrap_or_default()
-        ))),
+        (_, _) => {
+            *outstanding += 1;
+            Ok(failed(format!(
+                "{reason}; deregistered, not copied again yet ({}): the next run copies again",
+                started.detail.unwrap_or_default()
+            )))
+        }
     }
 }
 
@@ -198,8 +205,11 @@ async fn replace_copy(
 async fn clear_replacing(deps: &Deps, source: &Image, home: &str, region: &str, failed: &str) {
     let home_ec2 = &clients_for(deps, Some(home)).ec2;
     let key = format!("{}{region}", plan::REPLACING_PREFIX);
-    if let Err(e) = ec2::delete_tag_if(home_ec2, &source.id, &key, failed).await {
-        warn!(image = %source.id, %region, error = %e, "replacement record not cleared; the next run clears it");
+    match ec2::delete_tag_if(home_ec2, &source.id, &key, failed).await {
+        Ok(()) => info!(image = %source.id, %region, %failed, "replacement record cleared"),
+        Err(e) => {
+            warn!(image = %source.id, %region, error = %e, "replacement record not cleared; the next run that finds the region's copy clears it");
+        }
     }
 }
 

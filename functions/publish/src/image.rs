@@ -294,7 +294,7 @@ async fn advance_copies(
 ) -> (BTreeMap<String, RegionReport>, Vec<(String, Image)>) {
     // One replacement of a failed copy at a time in a run: each puts a record on the source for
     // a moment, which the copies started meanwhile inherit (crate::copy::replace_copy).
-    let replacing = tokio::sync::Mutex::new(());
+    let replacing = tokio::sync::Mutex::new(0);
     let copies: Vec<(String, Result<CopyProgress, AwsError>)> =
         stream::iter(policy.regions.iter().cloned())
             .map(|r| async {

@@ -544,12 +544,13 @@ pub struct Picked<'a> {
     /// An available copy, else one pending, else the newest failed one (whose replacement the
     /// step starts).
     pub copy: Option<&'a Image>,
-    /// The other failed copies: each was replaced already (a run stopped between starting the
-    /// replacement and deregistering it), or an older one a lagging read still lists.
+    /// The other failed copies: older ones a lagging read still lists, or first copies started
+    /// under other tokens (a KMS key set since); one replacement per region is enough.
     pub leftovers: Vec<&'a Image>,
 }
 
-/// Whether a copy will never become available (failed, or disabled by someone).
+/// Whether a copy will never become available (failed, or any state other than pending,
+/// transient and available).
 pub fn is_dead(copy: &Image) -> bool {
     !matches!(
         copy.state.as_str(),
@@ -574,6 +575,43 @@ pub fn pick_copy(found: &[Image]) -> Picked<'_> {
         copy,
         leftovers: dead,
     }
+}
+
+/// Why the failed copy `dead` in `region` must not be replaced now, read again just before:
+/// `source_tags` (the source's), `listed` (the region's copies of it), `outstanding` (records
+/// this run left on the source that a lagging read may not show yet). Replacing puts a record
+/// on the source ([`replacing_tag`]) and the replacement inherits the source's tags plus
+/// [`PUBLISH_SOURCE`], so both must stay within EC2's 50 tags. `None`: replace it.
+pub fn replace_blocked(
+    source_tags: &Tags,
+    listed: &[Image],
+    dead: &str,
+    region: &str,
+    outstanding: usize,
+) -> Option<String> {
+    use super::stamp::{MAX_TAGS_PER_RESOURCE, counted};
+    let picked = pick_copy(listed).copy.map(|c| c.id.as_str());
+    if picked != Some(dead) {
+        return Some(format!(
+            "not replaced: the region's copies changed since they were read (now {}); the next run decides again",
+            picked.unwrap_or("none")
+        ));
+    }
+    let record = replacing(source_tags, region);
+    if let Some(other) = record.filter(|r| *r != dead) {
+        return Some(format!(
+            "not replaced: the source records the replacement of {other} here; the next run continues it"
+        ));
+    }
+    let has = counted(source_tags) + outstanding;
+    let needs = has + usize::from(record.is_none()) + 1;
+    if needs > MAX_TAGS_PER_RESOURCE {
+        return Some(format!(
+            "not replaced: the source has {has} tags, and replacing a copy records it on the source for a moment while the replacement adds one more (EC2 allows {MAX_TAGS_PER_RESOURCE}); remove {} tags and the next run replaces it",
+            needs - MAX_TAGS_PER_RESOURCE
+        ));
+    }
+    None
 }
 
 /// The next step of one target region.
@@ -1259,6 +1297,55 @@ mod tests {
         let source = Image::default();
         let key = format!("{REPLACING_PREFIX}eu-west-1");
         assert_eq!(inherited_markers(&copy, &source), [key]);
+    }
+
+    #[test]
+    fn a_failed_copy_is_replaced_only_as_read_again_and_within_the_tags() {
+        let img = |id: &str, state: &str| Image {
+            id: id.into(),
+            state: state.into(),
+            ..Image::default()
+        };
+        let dead = [img("ami-dead", "failed")];
+        let tags = |n: usize| -> Tags {
+            (0..n)
+                .map(|i| (format!("k{i}"), "v".to_string()))
+                .chain([("aws:cloudformation:stack-name".into(), "s".into())])
+                .collect()
+        };
+        assert_eq!(
+            replace_blocked(&tags(48), &dead, "ami-dead", "eu-west-1", 0),
+            None
+        );
+        // 48 + the record + the copy's publish-source: 50. One more does not fit, whether it is
+        // on the source or a record this run left that the read does not show yet.
+        for (n, outstanding) in [(49, 0), (48, 1)] {
+            let why = replace_blocked(&tags(n), &dead, "ami-dead", "eu-west-1", outstanding);
+            assert!(
+                why.is_some_and(|w| w.contains("remove 1 tags")),
+                "{n} {outstanding}"
+            );
+        }
+        // A record of this copy already there takes no new key.
+        let mut with_record = tags(48);
+        with_record.extend(replacing_tag("eu-west-1", "ami-dead"));
+        assert_eq!(
+            replace_blocked(&with_record, &dead, "ami-dead", "eu-west-1", 0),
+            None
+        );
+        // A record of another failed copy is continued, not overwritten.
+        let mut other = tags(1);
+        other.extend(replacing_tag("eu-west-1", "ami-older"));
+        let why = replace_blocked(&other, &dead, "ami-dead", "eu-west-1", 0);
+        assert!(why.is_some_and(|w| w.contains("ami-older")));
+        // The region changed since it was read: decided again next run.
+        for listed in [
+            vec![],
+            vec![img("ami-dead", "failed"), img("ami-new", "pending")],
+        ] {
+            let why = replace_blocked(&tags(1), &listed, "ami-dead", "eu-west-1", 0);
+            assert!(why.is_some_and(|w| w.contains("changed")), "{listed:?}");
+        }
     }
 
     #[test]

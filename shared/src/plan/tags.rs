@@ -93,8 +93,9 @@ pub const COPY_ATTEMPT_PREFIX: &str = "ami-pipeline:publish-copy-attempt:";
 /// (EC2 keeps AMI names unique in a region, so it must go before its replacement is started),
 /// deleted once the replacement is started. The replacement's ClientToken derives from the
 /// failed copy's id, so a run that stopped in between is continued by the next one from this
-/// key, and overlapping runs ask for the same replacement. A few keys at most at any time: a
-/// source with many failing regions never runs out of its 50 tags.
+/// key, and overlapping runs ask for the same replacement. Written only where it and the key the
+/// replacement adds fit beside the source's tags (`plan::publish::replace_blocked`): a source
+/// with many failing regions never passes its 50.
 pub const REPLACING_PREFIX: &str = "ami-pipeline:publish-replacing:";
 
 /// Tag-key prefix of the spec on an import task.
