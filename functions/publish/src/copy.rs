@@ -59,12 +59,9 @@ pub(crate) async fn advance_copy(
         0
     };
     let replacing = plan::replacing(&source.tags, region);
-    if let (Some(failed), Some(live)) = (replacing, copy.filter(|c| !plan::is_dead(c))) {
-        // A replacement's record left by a run that stopped after starting it. Not when the
-        // live copy is the one the record names (a read from before it failed).
-        if live.id != failed {
-            clear_replacing(deps, source, home, region, failed).await;
-        }
+    // A replacement's record left by a run that stopped after starting it.
+    if let Some(failed) = plan::stale_record(&source.tags, region, copy) {
+        clear_replacing(deps, source, home, region, failed).await;
     }
     let step = plan::copy_step(copy, in_flight, deps.config.copy_concurrency);
     let waiting = |detail: String| RegionReport {

@@ -414,6 +414,19 @@ pub fn replacing<'a>(source_tags: &'a Tags, region: &str) -> Option<&'a str> {
         .filter(|id| id.starts_with("ami-"))
 }
 
+/// The replacement record in `region` ([`replacing`]) that is only left over, given the copy
+/// [`pick_copy`] found there: a live copy other than the one the record names means its
+/// replacement started. Not when the live copy is the one named (a read from before it failed),
+/// nor when no live copy is listed (a stopped replacement, continued from the record).
+pub fn stale_record<'a>(
+    source_tags: &'a Tags,
+    region: &str,
+    copy: Option<&Image>,
+) -> Option<&'a str> {
+    let live = copy.filter(|c| !is_dead(c))?;
+    replacing(source_tags, region).filter(|failed| *failed != live.id)
+}
+
 /// The tag that says the failed copy `failed` in `region` is being replaced.
 pub fn replacing_tag(region: &str, failed: &str) -> Tags {
     Tags::from([(format!("{REPLACING_PREFIX}{region}"), failed.to_owned())])
@@ -1345,6 +1358,35 @@ mod tests {
         ] {
             let why = replace_blocked(&tags(1), &listed, "ami-dead", "eu-west-1", 0);
             assert!(why.is_some_and(|w| w.contains("changed")), "{listed:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_is_left_over_only_beside_a_live_copy_it_does_not_name() {
+        let img = |id: &str, state: &str| Image {
+            id: id.into(),
+            state: state.into(),
+            ..Image::default()
+        };
+        let record = replacing_tag("eu-west-1", "ami-dead");
+        let new = img("ami-new", "pending");
+        assert_eq!(
+            stale_record(&record, "eu-west-1", Some(&new)),
+            Some("ami-dead")
+        );
+        assert_eq!(stale_record(&record, "us-west-2", Some(&new)), None);
+        // The copy it names still listed as pending (a read from before it failed), the copy
+        // failed, or no copy listed: kept.
+        for copy in [
+            Some(img("ami-dead", "pending")),
+            Some(img("ami-x", "failed")),
+            None,
+        ] {
+            assert_eq!(
+                stale_record(&record, "eu-west-1", copy.as_ref()),
+                None,
+                "{copy:?}"
+            );
         }
     }
 
