@@ -1608,6 +1608,111 @@ async fn a_replacement_a_stopped_run_began_is_continued_by_the_next() {
 }
 
 #[tokio::test]
+async fn a_copy_someone_deregistered_is_made_again_not_answered_by_its_token() {
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src, _) = w.source("web-copy-taken-away", &[]).await;
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).regions[EU].outcome, "copying", "{first:#?}");
+    let gone = w.copies(EU, &src).await[0].id.clone();
+    // Someone deregisters the region's only copy while it is being made: no record on the
+    // source. The first copy's ClientToken answers the gone copy's id again (EC2 answers a
+    // retried token with the original result, and does nothing more); before, the region
+    // reported "copying" that id on every run and was never published.
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &gone)
+        .await
+        .expect("deregister");
+    assert!(w.copies(EU, &src).await.is_empty());
+    // Two overlapping schedule runs: both make it again as the same replacement.
+    w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
+    let (a, b) = tokio::join!(w.run(World::schedule()), w.run(World::schedule()));
+    let copies = w.copies(EU, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    let again = copies[0].id.clone();
+    assert_ne!(again, gone);
+    for out in [&a, &b] {
+        let rep = &advanced(out)[0].regions[EU];
+        assert_eq!(rep.outcome, "copying", "{out:#?}");
+        assert_eq!(rep.image_id.as_deref(), Some(again.as_str()), "{rep:#?}");
+        let detail = rep.detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains(&format!(
+                "copying again as {again}: EC2 answered with {gone}"
+            )),
+            "{detail}"
+        );
+    }
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    assert_eq!(w.messages("image.published").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replacement_someone_deregistered_too_is_made_again_in_turn() {
+    // The replacement's token then answers a gone copy too: the chain goes on to a copy that
+    // is there.
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src2, _) = w.source("web-copies-taken-away", &[]).await;
+    w.run(w.ready_event(&src2)).await;
+    let gone1 = w.copies(EU, &src2).await[0].id.clone();
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &gone1)
+        .await
+        .expect("deregister");
+    let second = w.run(World::schedule()).await;
+    let gone2 = advanced(&second)[0].regions[EU]
+        .image_id
+        .clone()
+        .expect("the replacement");
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &gone2)
+        .await
+        .expect("deregister");
+    let third = w.run(World::schedule()).await;
+    let rep = &advanced(&third)[0].regions[EU];
+    let copies = w.copies(EU, &src2).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert_eq!(
+        rep.image_id.as_deref(),
+        Some(copies[0].id.as_str()),
+        "{rep:#?}"
+    );
+    assert!(
+        rep.detail.as_deref().unwrap_or_default().contains(&format!(
+            "EC2 answered with {gone1}, then {gone2}, deregistered since"
+        )),
+        "{rep:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_just_started_and_not_readable_yet_is_not_made_twice() {
+    // EC2's reads lag behind its writes: the copy CopyImage just answered may not be found by
+    // its id yet. Publish then asks for its replacement, which EC2 refuses because the copy
+    // holds the source's name in the region: the copy is there, and it is the one reported.
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src, _) = w.source("web-copy-not-readable-yet", &[]).await;
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": 30})),
+    );
+    let first = w.run(w.ready_event(&src)).await;
+    let rep = &result(&first).regions[EU];
+    assert_eq!(rep.outcome, "copying", "{first:#?}");
+    let detail = rep.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("not readable yet"), "{detail}");
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/consistency",
+        Some(json!({"lag_seconds": 0})),
+    );
+    let copies = w.copies(EU, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert_eq!(rep.image_id.as_deref(), Some(copies[0].id.as_str()));
+}
+
+#[tokio::test]
 async fn an_image_ready_whose_event_was_lost_is_published_by_the_schedule() {
     let w = world(&[("PUBLISH_REGIONS", "us-west-2")]).await;
     // image.ready went out an hour ago, but its publish event failed into the DLQ: nothing

@@ -224,9 +224,11 @@ async fn deregister_dead(rc: &Clients, dead: &Image) -> Result<(), AwsError> {
     }
 }
 
-/// Starts the copy into `region` (CopyImage with the copy's tags and a deterministic
-/// ClientToken for `attempt`), encrypted with the region's key in `keys` when [`plan::copy_key`]
-/// says so. Throttling leaves it waiting for the next run; another refusal fails the region.
+/// Starts the copy into `region` for `attempt` ([`request_copy`]) and reads the copy EC2 answers
+/// back. A copy that is gone ([`plan::copy_gone`]: a retried token answers the id of a copy
+/// someone deregistered since) is made again as its replacement, up to
+/// [`plan::MAX_GONE_COPIES`] in a row. Throttling leaves the region waiting for the next run;
+/// another refusal fails it.
 async fn start_copy(
     rc: &Clients,
     source: &Image,
@@ -235,32 +237,58 @@ async fn start_copy(
     keys: &BTreeMap<String, String>,
     attempt: Attempt<'_>,
 ) -> RegionReport {
-    let key = plan::copy_key(source, keys, region);
-    let token = plan::client_token(home, &source.id, region, attempt, key);
-    // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
-    // ami-pipeline:managed only as part of a create action (template.yaml,
-    // ManagedOnlyAtCreation), and the snapshots do not inherit the source's tags.
-    let tags = Tags::from([
-        (PUBLISH_SOURCE.to_owned(), source.id.clone()),
-        (PUBLISH_STATE.to_owned(), COPY.to_owned()),
-        (MANAGED.to_owned(), "true".to_owned()),
-    ]);
-    match ec2::copy_image(
-        &rc.ec2,
-        CopyRequest {
-            source_image_id: &source.id,
-            source_region: home,
-            name: &source.name,
-            client_token: &token,
-            tags: &tags,
-            kms_key_id: key,
-        },
-    )
-    .await
-    {
+    let mut started = request_copy(rc, source, home, region, keys, attempt).await;
+    let mut gone: Vec<String> = Vec::new();
+    while let Ok(id) = &started {
+        let found = match ec2::describe_own_image(&rc.ec2, id).await {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(image = %source.id, %region, copy = %id, error = %e, "copy started but not read back; the next run reads it");
+                break;
+            }
+        };
+        if !plan::copy_gone(found.as_ref()) {
+            break;
+        }
+        if gone.len() + 1 >= plan::MAX_GONE_COPIES {
+            return RegionReport::failed(
+                Some(id.clone()),
+                format!(
+                    "EC2 answered the copy request with {id}, which is not there (deregistered), after {} other such copies ({}): someone keeps deregistering this source's copies here; the next run tries again",
+                    gone.len(),
+                    gone.join(", ")
+                ),
+            );
+        }
+        warn!(image = %source.id, %region, copy = %id, "EC2 answered with a copy that is not there (deregistered by someone else?); copying again as its replacement");
+        let again = request_copy(rc, source, home, region, keys, Attempt::Replacing(id)).await;
+        let id = id.clone();
+        match again {
+            Err(e) if e.code.as_deref() == Some("InvalidAMIName.Duplicate") => {
+                // The name is taken: the copy just answered is there, not readable yet.
+                return RegionReport {
+                    image_id: Some(id.clone()),
+                    outcome: RegionOutcome::Copying,
+                    detail: Some(format!(
+                        "copy {id} started, not readable yet (the source's name is in use here: {e}); the next run reads it again"
+                    )),
+                    ..RegionReport::default()
+                };
+            }
+            again => started = again,
+        }
+        gone.push(id);
+    }
+    match started {
         Ok(id) => {
             info!(image = %source.id, %region, copy = %id, "copy started");
             RegionReport {
+                detail: (!gone.is_empty()).then(|| {
+                    format!(
+                        "copying again as {id}: EC2 answered with {}, deregistered since",
+                        gone.join(", then ")
+                    )
+                }),
                 image_id: Some(id),
                 outcome: RegionOutcome::Copying,
                 ..RegionReport::default()
@@ -273,6 +301,41 @@ async fn start_copy(
         },
         Err(e) => RegionReport::failed(None, e.to_string()),
     }
+}
+
+/// One CopyImage into `region` with the copy's tags and a deterministic ClientToken for
+/// `attempt`, encrypted with the region's key in `keys` when [`plan::copy_key`] says so; the
+/// id EC2 answers.
+async fn request_copy(
+    rc: &Clients,
+    source: &Image,
+    home: &str,
+    region: &str,
+    keys: &BTreeMap<String, String>,
+    attempt: Attempt<'_>,
+) -> Result<String, AwsError> {
+    let key = plan::copy_key(source, keys, region);
+    let token = plan::client_token(home, &source.id, region, attempt, key);
+    // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
+    // ami-pipeline:managed only as part of a create action (template.yaml,
+    // ManagedOnlyAtCreation), and the snapshots do not inherit the source's tags.
+    let tags = Tags::from([
+        (PUBLISH_SOURCE.to_owned(), source.id.clone()),
+        (PUBLISH_STATE.to_owned(), COPY.to_owned()),
+        (MANAGED.to_owned(), "true".to_owned()),
+    ]);
+    ec2::copy_image(
+        &rc.ec2,
+        CopyRequest {
+            source_image_id: &source.id,
+            source_region: home,
+            name: &source.name,
+            client_token: &token,
+            tags: &tags,
+            kms_key_id: key,
+        },
+    )
+    .await
 }
 
 /// Stamps the copy's lineage in its region (snapshots first, the image last); `Some` names the

@@ -571,6 +571,24 @@ pub fn is_dead(copy: &Image) -> bool {
     )
 }
 
+/// How many copies in a row EC2 may answer a region's CopyImage with that are gone before the
+/// region is reported failed (see [`copy_gone`]): each is one CopyImage and one read, and a
+/// longer chain means someone keeps deregistering the copies.
+pub const MAX_GONE_COPIES: usize = 4;
+
+/// Whether the copy EC2 answered a CopyImage with is gone: not found by id, or deregistered
+/// (`found`: the image read back by its id). EC2 answers a request retried with the same
+/// ClientToken with the original result and does nothing more ("the retry succeeds without
+/// performing any further actions", EC2's idempotency guide), so once a region's only copy was
+/// deregistered by someone else, the region's first token answers that dead id every time. The
+/// copy is then made again with the token of a replacement of the gone one
+/// ([`Attempt::Replacing`]): overlapping runs ask for the same one. A copy just started that a
+/// lagging read does not show yet reads as gone too; its replacement is then refused because its
+/// name is taken (EC2 keeps an AMI name unique in a Region), which shows it is there.
+pub fn copy_gone(found: Option<&Image>) -> bool {
+    found.is_none_or(|i| i.state == "deregistered")
+}
+
 /// Picks the copy to act on among `found` (see [`Picked`]). Deregistered images (a read that
 /// includes them) are neither. The newest failed copy is the one by creation date, then id:
 /// every run that reads the same copies picks the same one, so overlapping runs ask for the
@@ -1460,6 +1478,28 @@ mod tests {
         assert_eq!(ids(&pick_copy(&[gone])), (None, String::new()));
         assert_eq!(ids(&pick_copy(&[])), (None, String::new()));
         assert!(is_dead(&disabled) && !is_dead(&pending));
+    }
+
+    #[test]
+    fn a_copy_is_gone_when_not_found_or_deregistered() {
+        let img = |state: &str| Image {
+            id: "ami-1".into(),
+            state: state.into(),
+            ..Image::default()
+        };
+        assert!(copy_gone(None));
+        assert!(copy_gone(Some(&img("deregistered"))));
+        // A failed copy is there: the region's listing finds it, and it is replaced as failed.
+        for state in [
+            "pending",
+            "available",
+            "transient",
+            "failed",
+            "error",
+            "disabled",
+        ] {
+            assert!(!copy_gone(Some(&img(state))), "{state}");
+        }
     }
 
     #[test]
