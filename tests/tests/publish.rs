@@ -1685,6 +1685,22 @@ async fn a_replacement_someone_deregistered_too_is_made_again_in_turn() {
 }
 
 #[tokio::test]
+async fn a_replacement_record_of_a_region_the_policy_left_is_cleared() {
+    // A run began replacing a failed copy in us-west-2, then the deployment stopped copying
+    // there: nothing continues that record, so the next run clears it (its tag is the source's).
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    let (src, _) = w.source("web-region-left", &[]).await;
+    let record = plan::replacing_tag(WEST, "ami-0123456789abcdef0");
+    shared::aws::ec2::create_tags(&w.ec2(EAST), &[src.as_str()], &record)
+        .await
+        .expect("record");
+    let first = w.run(w.ready_event(&src)).await;
+    assert_eq!(result(&first).regions[EU].outcome, "copying", "{first:#?}");
+    let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
+    assert!(!tags.to_string().contains("publish-replacing"), "{tags}");
+}
+
+#[tokio::test]
 async fn a_copy_just_started_and_not_readable_yet_is_not_made_twice() {
     // EC2's reads lag behind its writes: the copy CopyImage just answered may not be found by
     // its id yet. Publish then asks for its replacement, which EC2 refuses because the copy

@@ -198,8 +198,14 @@ async fn replace_copy(
 
 /// Deletes the source's record that `failed` in `region` is being replaced, only while it
 /// still names `failed`. Best effort: a record left behind is cleared by the next run that
-/// finds the region's copy.
-async fn clear_replacing(deps: &Deps, source: &Image, home: &str, region: &str, failed: &str) {
+/// finds the region's copy, or that no longer copies to the region.
+pub(crate) async fn clear_replacing(
+    deps: &Deps,
+    source: &Image,
+    home: &str,
+    region: &str,
+    failed: &str,
+) {
     let home_ec2 = &clients_for(deps, Some(home)).ec2;
     let key = format!("{}{region}", plan::REPLACING_PREFIX);
     match ec2::delete_tag_if(home_ec2, &source.id, &key, failed).await {
@@ -254,9 +260,10 @@ async fn start_copy(
             return RegionReport::failed(
                 Some(id.clone()),
                 format!(
-                    "EC2 answered the copy request with {id}, which is not there (deregistered), after {} other such copies ({}): someone keeps deregistering this source's copies here; the next run tries again",
+                    "EC2 answered the copy request with {id}, which is not there (deregistered), after {} other such copies ({}): this source's copies here failed and were replaced, or were deregistered, more often than one run follows; tag the source {}{region}={id} and the next run continues from it",
                     gone.len(),
-                    gone.join(", ")
+                    gone.join(", "),
+                    plan::REPLACING_PREFIX
                 ),
             );
         }

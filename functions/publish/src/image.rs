@@ -1,7 +1,7 @@
 //! Publish one image: mark it, advance its copies, share every region, announce once.
 
 use crate::config::Deps;
-use crate::copy::{CopyProgress, Run, advance_copy};
+use crate::copy::{CopyProgress, Run, advance_copy, clear_replacing};
 use crate::event::{Trigger, aws_failed, refused};
 use crate::handler::{clients_for, stamp_time};
 use crate::output::{ImageReport, RegionOutcome, RegionReport};
@@ -310,6 +310,9 @@ async fn advance_copies(
             .buffer_unordered(REGION_CONCURRENCY)
             .collect()
             .await;
+    for (region, failed) in plan::departed_records(&source.tags, &policy.regions) {
+        clear_replacing(deps, source, home, region, failed).await;
+    }
     let mut regions = BTreeMap::new();
     let mut ready: Vec<(String, Image)> = vec![(home.to_owned(), source.clone())];
     for (r, res) in copies {

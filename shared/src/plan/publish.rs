@@ -414,6 +414,23 @@ pub fn replacing<'a>(source_tags: &'a Tags, region: &str) -> Option<&'a str> {
         .filter(|id| id.starts_with("ami-"))
 }
 
+/// Replacement records on the source ([`REPLACING_PREFIX`]) of regions the policy no longer
+/// copies to, as `(region, value)`: no run continues them, so they are cleared. A region that
+/// comes back starts again from its first copy's token; the gone copies that token answers are
+/// made again in turn ([`copy_gone`]).
+pub fn departed_records<'a>(
+    source_tags: &'a Tags,
+    regions: &BTreeSet<String>,
+) -> Vec<(&'a str, &'a str)> {
+    source_tags
+        .iter()
+        .filter_map(|(key, value)| {
+            let region = key.strip_prefix(REPLACING_PREFIX)?;
+            (!regions.contains(region)).then_some((region, value.as_str()))
+        })
+        .collect()
+}
+
 /// The replacement record in `region` ([`replacing`]) that is only left over, given the copy
 /// [`pick_copy`] found there: a live copy other than the one the record names means its
 /// replacement started. Not when the live copy is the one named (a read from before it failed),
@@ -572,9 +589,12 @@ pub fn is_dead(copy: &Image) -> bool {
 }
 
 /// How many copies in a row EC2 may answer a region's CopyImage with that are gone before the
-/// region is reported failed (see [`copy_gone`]): each is one CopyImage and one read, and a
-/// longer chain means someone keeps deregistering the copies.
-pub const MAX_GONE_COPIES: usize = 4;
+/// region is reported failed (see [`copy_gone`]). Each is one CopyImage and one read. The chain
+/// is the region's history: each copy that failed was replaced by a copy whose token derives
+/// from it, so a region whose copies failed many times, and whose last copy someone then
+/// deregistered, walks that many links from the first copy's token (a replacement record on the
+/// source, [`REPLACING_PREFIX`], starts the walk at its failed copy instead).
+pub const MAX_GONE_COPIES: usize = 16;
 
 /// Whether the copy EC2 answered a CopyImage with is gone: not found by id, or deregistered
 /// (`found`: the image read back by its id). EC2 answers a request retried with the same
@@ -1313,6 +1333,23 @@ mod tests {
         copy.tags.clear();
         assert!(inherited_markers(&copy, &source).is_empty());
         assert!(a.len() <= 64);
+    }
+
+    #[test]
+    fn records_of_regions_the_policy_left_are_the_departed_ones() {
+        let mut tags = replacing_tag("eu-west-1", "ami-a");
+        tags.extend(replacing_tag("ap-south-1", "ami-b"));
+        tags.insert("team".into(), "x".into());
+        let regions: BTreeSet<String> = ["eu-west-1".to_owned(), "us-west-2".to_owned()].into();
+        assert_eq!(departed_records(&tags, &regions), [("ap-south-1", "ami-b")]);
+        assert!(
+            departed_records(
+                &tags,
+                &["ap-south-1".to_owned(), "eu-west-1".to_owned()].into()
+            )
+            .is_empty()
+        );
+        assert_eq!(departed_records(&tags, &BTreeSet::new()).len(), 2);
     }
 
     #[test]
