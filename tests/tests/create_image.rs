@@ -309,7 +309,8 @@ async fn vmdk_from_eventbridge_with_metadata_settings() {
         ("name", "web (arm) 1"),
         ("volume-size", "2"),
         ("volume-type", "gp2"),
-        ("description", "arm base image"),
+        // Not US-ASCII: S3 returns it as an RFC 2047 encoded-word, as the uploader sent it.
+        ("description", "=?UTF-8?B?YXJtIGJhc2UgaW1hZ2UgZ2VwcsO8ZnQ=?="),
         ("tags", "team=web&cost+center=a%26b"),
     ];
     w.acct.put(&w.bucket, key, vmdk, &meta).await;
@@ -339,7 +340,7 @@ async fn vmdk_from_eventbridge_with_metadata_settings() {
     let i = &raw.images()[0];
     assert_eq!(i.tpm_support().map(|t| t.as_str()), Some("v2.0"));
     assert_eq!(i.imds_support().map(|t| t.as_str()), Some("v2.0"));
-    assert_eq!(i.description(), Some("arm base image"));
+    assert_eq!(i.description(), Some("arm base image geprüft"));
     let ebs = i.block_device_mappings()[0].ebs().expect("ebs");
     assert_eq!(ebs.volume_size(), Some(2));
     assert_eq!(ebs.volume_type().map(|v| v.as_str()), Some("gp2"));

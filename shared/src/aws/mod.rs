@@ -4,5 +4,6 @@
 pub mod clients;
 pub mod ebs;
 pub mod ec2;
+pub mod rfc2047;
 pub mod s3;
 pub mod sns;

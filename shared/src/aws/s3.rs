@@ -1,5 +1,6 @@
 //! S3 gateway: HeadObject, ranged GetObject, listing, conditional writes, object tagging.
 
+use super::rfc2047;
 use crate::error::{AwsError, ErrorKind};
 use crate::model::{ObjectInfo, ObjectRef, Tags};
 use aws_sdk_s3::Client;
@@ -7,7 +8,8 @@ use aws_sdk_s3::types::{Tag, Tagging};
 use chrono::{DateTime, Utc};
 
 /// HeadObject: size, ETag, version and user metadata of the object (of its `version_id` when
-/// given).
+/// given). Metadata keys are lowercased, and values S3 returns as RFC 2047 encoded-words (every
+/// value that is not US-ASCII) are decoded ([`super::rfc2047`]).
 pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, AwsError> {
     let out = s3
         .head_object()
@@ -30,7 +32,7 @@ pub async fn head_object(s3: &Client, obj: &ObjectRef) -> Result<ObjectInfo, Aws
             .metadata()
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .map(|(k, v)| (k.to_ascii_lowercase(), rfc2047::decode(v).into_owned()))
                     .collect()
             })
             .unwrap_or_default(),
