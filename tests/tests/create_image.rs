@@ -310,7 +310,10 @@ async fn vmdk_from_eventbridge_with_metadata_settings() {
         ("volume-size", "2"),
         ("volume-type", "gp2"),
         // Not US-ASCII: S3 returns it as an RFC 2047 encoded-word, as the uploader sent it.
-        ("description", "=?UTF-8?B?YXJtIGJhc2UgaW1hZ2UgZ2VwcsO8ZnQ=?="),
+        (
+            "description",
+            "=?UTF-8?B?YXJtIGJhc2UgaW1hZ2UgZ2VwcsO8ZnQ=?=",
+        ),
         ("tags", "team=web&cost+center=a%26b"),
     ];
     w.acct.put(&w.bucket, key, vmdk, &meta).await;
