@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration as Days, Utc};
 use cleanup::{Deps, Report, StepResult};
 use serde_json::{Value, json};
 use shared::invocation::InvocationError;
+use shared::model::Tags;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::fixtures;
@@ -1224,6 +1225,52 @@ async fn a_rerun_keeps_the_deprecation_time_and_a_kept_image_is_undeprecated() {
         .expect("exists");
     assert_eq!(after.deprecation_time, None);
     assert!(!after.tags.contains_key("ami-pipeline:deprecated-by"));
+}
+
+#[tokio::test]
+async fn an_image_with_no_room_for_the_mark_fails_alone_and_the_others_are_deprecated() {
+    // The images to deprecate are marked in one CreateTags per region, which EC2 refuses as a
+    // whole (TagLimitExceeded) when one of them already holds 50 tags. Before, that one image
+    // kept every deprecation of its region from being made, on every run.
+    let w = world().await;
+    w.managed(EAST, "tl", "tl-new", 1).await;
+    w.managed(EAST, "tl", "tl-second", 2).await;
+    let (old, _) = w.managed(EAST, "tl", "tl-old", 100).await;
+    let (full, _) = w.managed(EAST, "tl", "tl-full", 110).await;
+    let (older, _) = w.managed(EAST, "tl", "tl-older", 120).await;
+    let more: Tags = (0..48)
+        .map(|i| (format!("team:label-{i:02}"), format!("v{i}")))
+        .collect();
+    shared::aws::ec2::create_tags(&w.ec2(EAST), &[full.as_str()], &more)
+        .await
+        .expect("48 more tags: 50 in all");
+    // The run reports the one failed step, naming the image and EC2's answer for it.
+    let err = w
+        .try_run(json!({"dry_run": false}), Utc::now())
+        .await
+        .expect_err("one step failed");
+    let text = err.to_string();
+    for part in [
+        "1 of 3 steps failed",
+        &format!("deprecate {full}"),
+        "TagLimitExceeded",
+    ] {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    for image in [&old, &older] {
+        let img = shared::aws::ec2::describe_own_image(&w.ec2(EAST), image)
+            .await
+            .expect("describe")
+            .expect("exists");
+        assert!(img.deprecation_time.is_some(), "{img:?}");
+        assert_eq!(img.tags["ami-pipeline:deprecated-by"], "cleanup");
+    }
+    let img = shared::aws::ec2::describe_own_image(&w.ec2(EAST), &full)
+        .await
+        .expect("describe")
+        .expect("exists");
+    // An unmarked deprecation is not made.
+    assert_eq!(img.deprecation_time, None, "{img:?}");
 }
 
 #[tokio::test]

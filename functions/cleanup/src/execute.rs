@@ -243,8 +243,12 @@ fn step(d: &Decision, action: &'static str, result: StepResult) -> Step {
 }
 
 /// Adds (`mark`) or removes the [`DEPRECATED_BY`] mark on `images`, one call per region and
-/// 1,000 images (CreateTags' and DeleteTags' limit). Returns the images whose call failed or
-/// was deferred, with that result.
+/// 1,000 images (CreateTags' and DeleteTags' limit). A call fails for all its images when one
+/// of them fails it (CreateTags on an image that already holds EC2's 50 tags answers
+/// `TagLimitExceeded`, on one deregistered since the listing `InvalidAMIID.NotFound`), so a
+/// failed call is made again image by image: only the image at fault fails, with EC2's answer
+/// for it, and the others go on. Returns the images whose call failed or was deferred, with
+/// that result.
 async fn tag_batches(
     deps: &Deps,
     clients: &RegionalClients,
@@ -256,33 +260,53 @@ async fn tag_batches(
     for d in images {
         by_region.entry(&d.region).or_default().push(&d.image_id);
     }
-    let action = if mark { "CreateTags" } else { "DeleteTags" };
     let mut failed = HashMap::new();
     for (region, ids) in by_region {
         for batch in ids.chunks(1000) {
-            let result = if let Some(_turn) = deps.turn(region, action, &deadline).await {
-                let ec2 = &clients.get(region).ec2;
-                let r = if mark {
-                    let tags = Tags::from([(
-                        DEPRECATED_BY.to_string(),
-                        DEPRECATED_BY_CLEANUP.to_string(),
-                    )]);
-                    ec2::create_tags(ec2, batch, &tags).await
-                } else {
-                    ec2::delete_tag_keys(ec2, batch, &[DEPRECATED_BY]).await
-                };
-                r.map_err(|e| StepResult::Failed(e.to_string()))
-            } else {
-                Err(StepResult::Deferred)
-            };
-            if let Err(r) = result {
-                for id in batch {
-                    failed.insert((region.to_string(), id.to_string()), r.clone());
+            let mut note = |ids: &[&str], r: &StepResult| {
+                for id in ids {
+                    failed.insert((region.to_string(), (*id).to_string()), r.clone());
                 }
+            };
+            match tag_call(deps, clients, region, batch, &deadline, mark).await {
+                Ok(()) => {}
+                Err(StepResult::Failed(_)) if batch.len() > 1 => {
+                    for id in batch {
+                        if let Err(r) =
+                            tag_call(deps, clients, region, &[id], &deadline, mark).await
+                        {
+                            note(&[id], &r);
+                        }
+                    }
+                }
+                Err(r) => note(batch, &r),
             }
         }
     }
     failed
+}
+
+/// One CreateTags (`mark`) or DeleteTags call of [`tag_batches`], in its turn.
+async fn tag_call(
+    deps: &Deps,
+    clients: &RegionalClients,
+    region: &str,
+    ids: &[&str],
+    deadline: &Deadline,
+    mark: bool,
+) -> Result<(), StepResult> {
+    let action = if mark { "CreateTags" } else { "DeleteTags" };
+    let Some(_turn) = deps.turn(region, action, deadline).await else {
+        return Err(StepResult::Deferred);
+    };
+    let ec2 = &clients.get(region).ec2;
+    let r = if mark {
+        let tags = Tags::from([(DEPRECATED_BY.to_string(), DEPRECATED_BY_CLEANUP.to_string())]);
+        ec2::create_tags(ec2, ids, &tags).await
+    } else {
+        ec2::delete_tag_keys(ec2, ids, &[DEPRECATED_BY]).await
+    };
+    r.map_err(|e| StepResult::Failed(e.to_string()))
 }
 
 /// One image's step: deprecate, undeprecate, or deregister with its snapshots (EC2 deletes
