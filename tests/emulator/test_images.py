@@ -141,6 +141,40 @@ def test_copy_image_lineage_tags_snapshots_and_idempotency(account):
         west.copy_image(SourceImageId="ami-0123456789abcdef0", SourceRegion="us-east-1", Name="missing-src")
 
 
+def test_copy_image_into_a_region_that_encrypts_by_default(account):
+    """EBS User Guide, "Copy an unencrypted snapshot (encryption by default enabled)": the copy
+    of an unencrypted snapshot is encrypted, with the default KMS key for EBS unless one is
+    named. So is CopyImage's copy of an unencrypted AMI; the source region is not affected."""
+    east, west = account.ec2("us-east-1"), account.ec2("us-west-2")
+    source = register(east, "plain-source", make_snapshot(east, 8))
+    assert west.enable_ebs_encryption_by_default()["EbsEncryptionByDefault"] is True
+    assert west.get_ebs_encryption_by_default()["EbsEncryptionByDefault"] is True
+    assert east.get_ebs_encryption_by_default()["EbsEncryptionByDefault"] is False
+
+    def snapshot_of(ec2, image_id):
+        (mapping,) = image(ec2, image_id)["BlockDeviceMappings"]
+        assert mapping["Ebs"]["Encrypted"] is True
+        return ec2.describe_snapshots(SnapshotIds=[mapping["Ebs"]["SnapshotId"]])["Snapshots"][0]
+
+    by_default = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="by-default")["ImageId"]
+    snapshot = snapshot_of(west, by_default)
+    assert snapshot["Encrypted"] is True
+    kms = account.client("kms", "us-west-2")
+    managed = kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]  # the default key for EBS
+    assert snapshot["KmsKeyId"] in (managed["Arn"], managed["KeyId"])
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    named = west.copy_image(
+        SourceImageId=source, SourceRegion="us-east-1", Name="named-key", Encrypted=True, KmsKeyId=key
+    )["ImageId"]
+    assert snapshot_of(west, named)["KmsKeyId"] == key
+    (mapping,) = image(east, source)["BlockDeviceMappings"]
+    assert mapping["Ebs"].get("Encrypted") is False
+    west.disable_ebs_encryption_by_default()
+    plain = west.copy_image(SourceImageId=source, SourceRegion="us-east-1", Name="plain")["ImageId"]
+    (mapping,) = image(west, plain)["BlockDeviceMappings"]
+    assert mapping["Ebs"]["Encrypted"] is False
+
+
 def test_copy_image_of_another_accounts_public_or_shared_image(account, other_account):
     """EC2 User Guide, "Copy an Amazon EC2 AMI": an AMI shared with you (public, or a launch
     permission for your account) can be copied when its snapshots are readable by you

@@ -596,8 +596,13 @@ def copy_image(self: Any) -> ActionResult:
             if ebs and ebs.get("SnapshotId"):
                 source_snapshot = source_backend.snapshots.get(ebs["SnapshotId"])
                 size = int(source_snapshot.volume_size) if source_snapshot else int(ebs.get("VolumeSize") or 1)
+                # EBS encryption by default in the destination encrypts the copy of an
+                # unencrypted snapshot too, with the default KMS key unless KmsKeyId names one
+                # (EBS User Guide, "Copy an unencrypted snapshot (encryption by default enabled)").
                 is_encrypted = bool(
-                    encrypted or (source_snapshot.encrypted if source_snapshot else ebs.get("Encrypted"))
+                    encrypted
+                    or getattr(dest, "ebs_encryption_by_default", False)
+                    or (source_snapshot.encrypted if source_snapshot else ebs.get("Encrypted"))
                 )
                 snapshot = new_snapshot(
                     dest,
