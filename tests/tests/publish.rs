@@ -745,6 +745,96 @@ async fn a_copy_of_an_encrypted_image_takes_its_regions_key_and_is_shared() {
     assert_eq!(w.launch(EAST, &src).await, want);
 }
 
+/// A region that encrypts EBS by default encrypts the copy of an unencrypted image too, with
+/// its default key for EBS (aws/ebs unless changed), which EC2 never shares with another
+/// account. Before, the copy was made that way and every share of it was refused, on every run,
+/// and the refusal's way out (`COPY_KMS_KEYS`) was ignored for an unencrypted image. Now the
+/// copy there is encrypted with the region's `COPY_KMS_KEYS` key, and shared.
+#[tokio::test]
+async fn a_copy_into_a_region_that_encrypts_by_default_takes_its_key_and_is_shared() {
+    let acct = support::TestAccount::new().await;
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&acct.sdk)
+            .region(aws_sdk_kms::config::Region::new(WEST))
+            .build(),
+    );
+    let key = kms.create_key().send().await.expect("create key");
+    let west_key = key
+        .key_metadata()
+        .map(|m| m.arn().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    let w = World::in_account(
+        acct,
+        &[
+            ("PUBLISH_REGIONS", WEST),
+            ("SHARE_ACCOUNTS", PARTNER),
+            ("COPY_KMS_KEYS", &west_key),
+        ],
+    )
+    .await;
+    w.ec2(WEST)
+        .enable_ebs_encryption_by_default()
+        .send()
+        .await
+        .expect("encryption by default");
+    let (src, _) = w.source("web-plain-to-encrypting-region", &[]).await;
+    assert!(!w.image(EAST, &src).await.encrypted);
+    w.run(w.ready_event(&src)).await;
+    let done = schedule_until_published(&w, &src).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    let copies = w.copies(WEST, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    let copy = w.image(WEST, &copies[0].id).await;
+    assert!(copy.encrypted);
+    let snaps = w
+        .ec2(WEST)
+        .describe_snapshots()
+        .set_snapshot_ids(Some(copy.snapshot_ids.clone()))
+        .send()
+        .await
+        .expect("copy's snapshots");
+    for snap in snaps.snapshots() {
+        assert_eq!(snap.kms_key_id(), Some(west_key.as_str()), "{snap:?}");
+    }
+    let want = Grants {
+        accounts: [PARTNER.to_owned()].into(),
+        ..Grants::default()
+    };
+    assert_eq!(w.launch(WEST, &copy.id).await, want);
+}
+
+/// A public publication makes no copy where the region encrypts EBS by default: the copy would
+/// be encrypted, and EC2 makes no encrypted image public. The region fails with the reason;
+/// the source's own region is published.
+#[tokio::test]
+async fn a_public_image_is_not_copied_into_a_region_that_encrypts_by_default() {
+    let w = world(&[("PUBLISH_REGIONS", WEST), ("PUBLIC", "opt-in")]).await;
+    w.ec2(WEST)
+        .enable_ebs_encryption_by_default()
+        .send()
+        .await
+        .expect("encryption by default");
+    let (src, _) = w
+        .source(
+            "web-public-encrypting-region",
+            &[("publish:public", "true")],
+        )
+        .await;
+    let out = w.run(w.ready_event(&src)).await;
+    let r = result(&out);
+    assert_eq!(r.status, "partial", "{r:#?}");
+    let west = &r.regions[WEST];
+    assert_eq!(west.outcome, "failed", "{r:#?}");
+    let detail = west.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("encrypts new EBS snapshots by default"),
+        "{detail}"
+    );
+    assert!(w.copies(WEST, &src).await.is_empty());
+    assert_eq!(r.regions[EAST].outcome, "published", "{r:#?}");
+    assert!(w.image(EAST, &src).await.public);
+}
+
 /// Block public access for snapshots: "users can no longer request public sharing for
 /// snapshots in that Region", and publish makes an image's snapshots public with it. Before,
 /// only the AMI setting was read, so a public publish failed at ModifySnapshotAttribute in that

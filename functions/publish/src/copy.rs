@@ -26,6 +26,9 @@ pub(crate) struct Run<'a> {
     /// Held while a failed copy is replaced ([`replace_copy`]), one region at a time; counts
     /// the records this run left on the source (replacements that did not start).
     pub(crate) replacing: &'a tokio::sync::Mutex<usize>,
+    /// The policy makes the image public (no copy is made that could not be:
+    /// [`plan::public_copy_refusal`]).
+    pub(crate) public: bool,
 }
 
 /// Finds or starts the copy in `region`; returns the copy once it is available and stamped.
@@ -74,7 +77,7 @@ pub(crate) async fn advance_copy(
             waiting("not started: the deadline is near; the next run starts it".into()),
             None,
         )),
-        (CopyStep::Start, _) => Ok((start_first(deps, &rc, source, home, replacing).await, None)),
+        (CopyStep::Start, _) => Ok((start_first(run, &rc, source, replacing).await, None)),
         (CopyStep::Wait { reason }, copy) => {
             let mut rep = waiting(reason);
             if let Some(c) = copy {
@@ -112,19 +115,18 @@ pub(crate) async fn advance_copy(
 /// Starts the region's copy when none is there: the replacement a stopped run began
 /// (`replacing`: the failed copy it deregistered), else the region's first copy.
 async fn start_first(
-    deps: &Deps,
+    run: &Run<'_>,
     rc: &Clients,
     source: &Image,
-    home: &str,
     replacing: Option<&str>,
 ) -> RegionReport {
-    let keys = &deps.config.copy_kms_keys;
+    let (deps, home) = (run.deps, run.home);
     let region = rc.region.as_str();
     let Some(failed) = replacing else {
         let first = Attempt::First(plan::copy_attempt(&source.tags, region));
-        return start_copy(rc, source, home, region, keys, first).await;
+        return start_copy(run, rc, source, first).await;
     };
-    let rep = start_copy(rc, source, home, region, keys, Attempt::Replacing(failed)).await;
+    let rep = start_copy(run, rc, source, Attempt::Replacing(failed)).await;
     if rep.outcome == RegionOutcome::Copying {
         info!(image = %source.id, %region, %failed, "stopped replacement continued");
         clear_replacing(deps, source, home, region, failed).await;
@@ -175,9 +177,7 @@ async fn replace_copy(
     let record = plan::replacing_tag(region, &dead.id);
     ec2::create_tags(home_ec2, &[source.id.as_str()], &record).await?;
     deregister_dead(rc, dead).await?;
-    let keys = &deps.config.copy_kms_keys;
-    let attempt = Attempt::Replacing(&dead.id);
-    let started = start_copy(rc, source, home, region, keys, attempt).await;
+    let started = start_copy(run, rc, source, Attempt::Replacing(&dead.id)).await;
     match (started.outcome, started.image_id) {
         (RegionOutcome::Copying, Some(new)) => {
             clear_replacing(deps, source, home, region, &dead.id).await;
@@ -236,14 +236,21 @@ async fn deregister_dead(rc: &Clients, dead: &Image) -> Result<(), AwsError> {
 /// [`plan::MAX_GONE_COPIES`] in a row. Throttling leaves the region waiting for the next run;
 /// another refusal fails it.
 async fn start_copy(
+    run: &Run<'_>,
     rc: &Clients,
     source: &Image,
-    home: &str,
-    region: &str,
-    keys: &BTreeMap<String, String>,
     attempt: Attempt<'_>,
 ) -> RegionReport {
-    let mut started = request_copy(rc, source, home, region, keys, attempt).await;
+    let region = rc.region.as_str();
+    let encrypts_by_default = match copy_encrypted_by_default(rc, source).await {
+        Ok(by_default) => by_default,
+        Err(rep) => return rep,
+    };
+    if let Some(why) = plan::public_copy_refusal(run.public, encrypts_by_default) {
+        return RegionReport::failed(None, why.to_owned());
+    }
+    let (home, keys) = (run.home, &run.deps.config.copy_kms_keys);
+    let mut started = request_copy(rc, source, home, keys, encrypts_by_default, attempt).await;
     let mut gone: Vec<String> = Vec::new();
     while let Ok(id) = &started {
         let found = match ec2::describe_own_image(&rc.ec2, id).await {
@@ -268,7 +275,8 @@ async fn start_copy(
             );
         }
         warn!(image = %source.id, %region, copy = %id, "EC2 answered with a copy that is not there (deregistered by someone else?); copying again as its replacement");
-        let again = request_copy(rc, source, home, region, keys, Attempt::Replacing(id)).await;
+        let replacing = Attempt::Replacing(id);
+        let again = request_copy(rc, source, home, keys, encrypts_by_default, replacing).await;
         let id = id.clone();
         match again {
             Err(e) if e.code.as_deref() == Some("InvalidAMIName.Duplicate") => {
@@ -310,18 +318,39 @@ async fn start_copy(
     }
 }
 
-/// One CopyImage into `region` with the copy's tags and a deterministic ClientToken for
+/// Whether the copy of `source` into `rc`'s region is encrypted whatever CopyImage asks: an
+/// unencrypted source's copy is where the region encrypts EBS by default
+/// (GetEbsEncryptionByDefault). An encrypted source's copy is encrypted anyway, so the region
+/// is not asked. A failed read is the region's report: waiting when throttled, else failed.
+async fn copy_encrypted_by_default(rc: &Clients, source: &Image) -> Result<bool, RegionReport> {
+    if source.encrypted {
+        return Ok(false);
+    }
+    ec2::ebs_encryption_by_default(&rc.ec2)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::Throttled => RegionReport {
+                outcome: RegionOutcome::Waiting,
+                detail: Some(format!("copy not started yet: {e}; the next run retries")),
+                ..RegionReport::default()
+            },
+            _ => RegionReport::failed(None, format!("copy not started: {e}")),
+        })
+}
+
+/// One CopyImage into `rc`'s region with the copy's tags and a deterministic ClientToken for
 /// `attempt`, encrypted with the region's key in `keys` when [`plan::copy_key`] says so; the
 /// id EC2 answers.
 async fn request_copy(
     rc: &Clients,
     source: &Image,
     home: &str,
-    region: &str,
     keys: &BTreeMap<String, String>,
+    encrypts_by_default: bool,
     attempt: Attempt<'_>,
 ) -> Result<String, AwsError> {
-    let key = plan::copy_key(source, keys, region);
+    let region = rc.region.as_str();
+    let key = plan::copy_key(source, keys, region, encrypts_by_default);
     let token = plan::client_token(home, &source.id, region, attempt, key);
     // The copy and its snapshots are the pipeline's, marked so at creation: IAM allows
     // ami-pipeline:managed only as part of a create action (template.yaml,

@@ -303,6 +303,7 @@ async fn advance_copies(
                     home,
                     deadline,
                     replacing: &replacing,
+                    public: policy.public,
                 };
                 let res = advance_copy(&run, source, &r).await;
                 (r, res)

@@ -1136,6 +1136,20 @@ pub async fn snapshot_block_public_access_state(ec2: &Client) -> Result<String, 
     Ok(out.state().map_or("unblocked", |s| s.as_str()).to_owned())
 }
 
+/// GetEbsEncryptionByDefault of the client's region: whether new EBS volumes and snapshot
+/// copies there are encrypted whatever the request says.
+pub async fn ebs_encryption_by_default(ec2: &Client) -> Result<bool, AwsError> {
+    let out = ec2
+        .get_ebs_encryption_by_default()
+        .send()
+        .await
+        .map_err(|e| {
+            AwsError::from_sdk("ec2:GetEbsEncryptionByDefault", "account", e)
+                .in_region(ec2.config().region())
+        })?;
+    Ok(out.ebs_encryption_by_default().unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

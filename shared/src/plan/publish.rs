@@ -380,19 +380,34 @@ pub fn client_token(
 }
 
 /// The KMS key the copy of `source` into `region` is encrypted with: the region's key in
-/// `keys` (publish's `COPY_KMS_KEYS`) for an encrypted source; None (CopyImage's default: an
-/// unencrypted source stays unencrypted, an encrypted one gets the region's default EBS key)
-/// otherwise. An unencrypted image's copy is never encrypted by this: encrypted, it could no
-/// longer be made public.
+/// `keys` (publish's `COPY_KMS_KEYS`) when the copy will be encrypted anyway, because the
+/// source is, or because the region encrypts new EBS snapshots by default
+/// (`encrypts_by_default`: GetEbsEncryptionByDefault; the copy of an unencrypted snapshot is
+/// then encrypted with the region's default key for EBS, `aws/ebs` unless the account changed
+/// it, which EC2 never shares with another account). None otherwise (CopyImage's default: an
+/// unencrypted source stays unencrypted): an unencrypted image's copy is never encrypted by
+/// this alone, since encrypted it could no longer be made public.
 pub fn copy_key<'a>(
     source: &Image,
     keys: &'a BTreeMap<String, String>,
     region: &str,
+    encrypts_by_default: bool,
 ) -> Option<&'a str> {
-    source
-        .encrypted
+    (source.encrypted || encrypts_by_default)
         .then(|| keys.get(region).map(String::as_str))
         .flatten()
+}
+
+/// Why a publication that makes the image `public` cannot copy an unencrypted image into a
+/// region that encrypts new EBS snapshots by default (`encrypts_by_default`): the region
+/// would encrypt the copy, and EC2 makes no encrypted image public. `None` when it can (not
+/// public, or the region does not encrypt by default; an encrypted source is refused for the
+/// whole publication: [`public_refusal`]).
+/// Checked before the copy is started, so no copy is made that could never be shared.
+pub fn public_copy_refusal(public: bool, encrypts_by_default: bool) -> Option<&'static str> {
+    (public && encrypts_by_default).then_some(
+        "not copied: public sharing was asked for, but this region encrypts new EBS snapshots by default (EBS encryption by default), so the copy would be encrypted, and EC2 makes no image with encrypted volumes public; turn encryption by default off in this region (DisableEbsEncryptionByDefault) or publish publicly without it",
+    )
 }
 
 /// The copy count an earlier version of publish recorded for `region` on the source (its
@@ -1233,7 +1248,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_encrypted_images_copy_takes_its_regions_key() {
+    fn a_copy_takes_its_regions_key_only_when_it_is_encrypted_anyway() {
         let keys = BTreeMap::from([(
             "eu-west-1".to_owned(),
             "arn:aws:kms:eu-west-1:123456789012:key/k".to_owned(),
@@ -1243,13 +1258,26 @@ mod tests {
             encrypted: true,
             ..Image::default()
         };
-        assert_eq!(
-            copy_key(&image, &keys, "eu-west-1"),
-            Some("arn:aws:kms:eu-west-1:123456789012:key/k")
-        );
-        assert_eq!(copy_key(&image, &keys, "us-west-2"), None);
+        let key = Some("arn:aws:kms:eu-west-1:123456789012:key/k");
+        assert_eq!(copy_key(&image, &keys, "eu-west-1", false), key);
+        assert_eq!(copy_key(&image, &keys, "eu-west-1", true), key);
+        assert_eq!(copy_key(&image, &keys, "us-west-2", true), None);
         image.encrypted = false;
-        assert_eq!(copy_key(&image, &keys, "eu-west-1"), None);
+        assert_eq!(copy_key(&image, &keys, "eu-west-1", false), None);
+        // A region that encrypts by default encrypts the copy anyway: with its key, not aws/ebs.
+        assert_eq!(copy_key(&image, &keys, "eu-west-1", true), key);
+        assert_eq!(copy_key(&image, &keys, "us-west-2", true), None);
+    }
+
+    #[test]
+    fn a_public_copy_into_a_region_that_encrypts_by_default_is_refused() {
+        assert!(
+            public_copy_refusal(true, true)
+                .is_some_and(|why| why.contains("encryption by default"))
+        );
+        assert_eq!(public_copy_refusal(true, false), None);
+        assert_eq!(public_copy_refusal(false, true), None);
+        assert_eq!(public_copy_refusal(false, false), None);
     }
 
     #[test]

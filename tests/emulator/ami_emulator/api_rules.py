@@ -111,6 +111,7 @@ PROJECT_OPERATIONS = frozenset(
         "DescribeInstances",
         "DescribeLaunchTemplates",
         "DescribeLaunchTemplateVersions",
+        "GetEbsEncryptionByDefault",
         "GetImageBlockPublicAccessState",
         "GetSnapshotBlockPublicAccessState",
     }
