@@ -894,8 +894,15 @@ fn decide_stage(
     }
 }
 
-/// The region's managed snapshots no image uses, unprotected, in the families in scope and
-/// older than the grace period.
+/// The least age of an orphan snapshot, whatever `GRACE_DAYS` says: create-image marks its
+/// snapshots managed when it starts them, so a snapshot no image uses yet may be one still
+/// being written (the fast path's, `pending`) or one whose registration create-image retries
+/// for up to [`crate::plan::import::GIVE_UP_REGISTERING_AFTER`] (6 days) after its import
+/// started. A sweep with `GRACE_DAYS=0` (removal in one run) would otherwise delete them.
+pub const ORPHAN_MIN_AGE_DAYS: i64 = 7;
+
+/// The region's managed snapshots no image uses, unprotected, not `pending`, in the families in
+/// scope and older than the grace period, and than [`ORPHAN_MIN_AGE_DAYS`].
 fn orphans_of(
     rf: &RegionFacts,
     users: &HashMap<&str, (usize, bool), FixedState>,
@@ -904,10 +911,13 @@ fn orphans_of(
     region: &Arc<str>,
     why: &Reasons,
 ) -> Vec<OrphanSnapshot> {
-    let grace = Duration::days(policy.grace_days);
+    let grace = Duration::days(policy.grace_days.max(ORPHAN_MIN_AGE_DAYS));
     let mut orphans = Vec::new();
     for s in &rf.managed_snapshots {
-        if users.contains_key(s.id.as_str()) || protected(&s.tags) {
+        if users.contains_key(s.id.as_str())
+            || protected(&s.tags)
+            || s.state.as_deref() == Some("pending")
+        {
             continue;
         }
         if let Some(f) = s.tags.get(FAMILY)
@@ -1045,6 +1055,47 @@ mod tests {
             images,
             ..RegionFacts::default()
         }
+    }
+
+    #[test]
+    fn an_orphan_is_a_week_old_at_least_and_not_being_written_whatever_the_grace() {
+        let snap = |id: &str, days: i64, state: &str| Snapshot {
+            id: id.into(),
+            state: Some(state.into()),
+            start_time: Some((now() - Duration::days(days)).to_rfc3339()),
+            tags: Tags::from([(MANAGED.to_string(), "true".to_string())]),
+            ..Snapshot::default()
+        };
+        let mut rf = region(vec![]);
+        rf.managed_snapshots = vec![
+            // Awaiting its registration (create-image retries for up to 6 days).
+            snap("snap-registering", 3, "completed"),
+            snap("snap-old", 8, "completed"),
+            snap("snap-failed", 8, "error"),
+            // A fast-path snapshot still being written.
+            snap("snap-writing", 20, "pending"),
+        ];
+        for grace in [0, 7] {
+            let p = plan(
+                &[rf.clone()],
+                &Policy {
+                    grace_days: grace,
+                    ..policy()
+                },
+                now(),
+            );
+            let ids: Vec<&str> = p.orphans.iter().map(|o| o.snapshot_id.as_str()).collect();
+            assert_eq!(ids, ["snap-old", "snap-failed"], "grace {grace}");
+        }
+        let p = plan(
+            &[rf],
+            &Policy {
+                grace_days: 10,
+                ..policy()
+            },
+            now(),
+        );
+        assert!(p.orphans.is_empty(), "{:?}", p.orphans);
     }
 
     fn action_of(p: &Plan, id: &str) -> Action {
