@@ -162,6 +162,9 @@ pub struct Image {
     pub name: String,
     /// `pending`, `available`, `failed`, `deregistered`, `disabled`, …
     pub state: String,
+    /// Why the image is in its state, as EC2 says (StateReason `Code: Message`): why a copy
+    /// failed, for one.
+    pub state_reason: Option<String>,
     /// CreationDate as reported.
     pub creation_date: Option<String>,
     /// Architecture (`x86_64`, `arm64`).

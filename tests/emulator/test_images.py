@@ -480,6 +480,20 @@ def test_image_state_control(account):
     assert status == 400 and "state must be one of" in json.dumps(body)
     status, _ = account.control("image-state", {"account_id": account.id, "image_id": "ami-00000000", "state": "failed"})
     assert status == 404
+    assert "StateReason" not in image(ec2, image_id)
+    # With the reason EC2 gives (botocore's StateReason: Code, Message), read back by boto3.
+    reason = {"code": "Client.InvalidKMSKey.InvalidState", "message": "The KMS key provided is in an incorrect state"}
+    status, body = account.control(
+        "image-state", {"account_id": account.id, "image_id": image_id, "state": "failed", "state_reason": reason}
+    )
+    assert status == 200, body
+    assert image(ec2, image_id)["StateReason"] == {"Code": reason["code"], "Message": reason["message"]}
+    account.control("image-state", {"account_id": account.id, "image_id": image_id, "state": "available"})
+    assert "StateReason" not in image(ec2, image_id)
+    status, body = account.control(
+        "image-state", {"account_id": account.id, "image_id": image_id, "state": "failed", "state_reason": "kms"}
+    )
+    assert status == 400 and "state_reason must be" in json.dumps(body)
 
 
 # ------------------------------------------------- what cleanup and lineage read from images

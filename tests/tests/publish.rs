@@ -1519,10 +1519,13 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     w.acct.control(
         "POST",
         "/ami-pipeline-emulator/image-state",
-        Some(json!({"region": EU, "image_id": dead, "state": "failed"})),
+        Some(json!({"region": EU, "image_id": dead, "state": "failed",
+                    "state_reason": {"code": "Client.InvalidKMSKey.InvalidState",
+                                     "message": "The KMS key provided is in an incorrect state"}})),
     );
-    // The schedule reports the region failed, deregisters the failed copy and starts a new one
-    // (a ClientToken of its own, not the dead one's id again). Nothing is left on the source.
+    // The schedule reports the region failed, with EC2's reason, deregisters the failed copy and
+    // starts a new one (a ClientToken of its own, not the dead one's id again). Nothing is left
+    // on the source.
     w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
     let failed = w.run(World::schedule()).await;
     let rep = &advanced(&failed)[0].regions[EU];
@@ -1535,6 +1538,12 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     let detail = rep.detail.as_deref().unwrap_or_default();
     assert!(
         detail.contains(&format!("copying again as {fresh}")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(&format!(
+            "copy {dead} is failed (Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state)"
+        )),
         "{detail}"
     );
     let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;

@@ -211,6 +211,15 @@ fn to_image(i: &aws_sdk_ec2::types::Image) -> Option<Image> {
         id: i.image_id()?.to_owned(),
         name: i.name().unwrap_or_default().to_owned(),
         state: i.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        state_reason: i.state_reason().and_then(|r| {
+            match (
+                r.code().filter(|c| !c.is_empty()),
+                r.message().filter(|m| !m.is_empty()),
+            ) {
+                (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+                (code, message) => code.or(message).map(str::to_owned),
+            }
+        }),
         creation_date: i.creation_date().map(str::to_owned),
         architecture: i.architecture().map(|a| a.as_str().to_owned()),
         boot_mode: i.boot_mode().map(|b| b.as_str().to_owned()),

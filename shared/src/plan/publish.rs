@@ -719,21 +719,29 @@ pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopySt
             ),
         },
         None => CopyStep::Start,
-        Some(c) => match c.state.as_str() {
-            "available" => CopyStep::Ready,
-            "pending" | "transient" => CopyStep::Wait {
-                reason: format!("copy {} is {}", c.id, c.state),
-            },
-            other if full => CopyStep::Failed {
-                reason: format!(
-                    "copy {} is {other}; {in_flight} copies already in flight to this region (limit {limit}), replaced by a later run",
-                    c.id
-                ),
-            },
-            other => CopyStep::Replace {
-                reason: format!("copy {} is {other}", c.id),
-            },
-        },
+        Some(c) => {
+            // EC2's word for why, when it gives one (a failed copy's StateReason).
+            let why = c
+                .state_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            match c.state.as_str() {
+                "available" => CopyStep::Ready,
+                "pending" | "transient" => CopyStep::Wait {
+                    reason: format!("copy {} is {}", c.id, c.state),
+                },
+                other if full => CopyStep::Failed {
+                    reason: format!(
+                        "copy {} is {other}{why}; {in_flight} copies already in flight to this region (limit {limit}), replaced by a later run",
+                        c.id
+                    ),
+                },
+                other => CopyStep::Replace {
+                    reason: format!("copy {} is {other}{why}", c.id),
+                },
+            }
+        }
     }
 }
 
@@ -1496,6 +1504,26 @@ mod tests {
             copy_step(Some(&img("failed")), 20, 20),
             CopyStep::Failed { reason } if reason.contains("replaced by a later run")
         ));
+        // EC2's reason for the state, when it gives one, is part of the step's.
+        let failed = Image {
+            state_reason: Some(
+                "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state"
+                    .into(),
+            ),
+            ..img("failed")
+        };
+        for limit in [20, 1] {
+            let reason = match copy_step(Some(&failed), 1, limit) {
+                CopyStep::Replace { reason } | CopyStep::Failed { reason } => reason,
+                other => panic!("{other:?}"),
+            };
+            assert!(
+                reason.starts_with(
+                    "copy ami-1 is failed (Client.InvalidKMSKey.InvalidState: The KMS key"
+                ),
+                "{reason}"
+            );
+        }
     }
 
     #[test]

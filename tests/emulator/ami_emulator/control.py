@@ -12,7 +12,7 @@ us-east-1.
   POST /ami-pipeline-emulator/config                  {"account_id", "import_delay_seconds"?, "copy_delay_seconds"?, "public_image_quota"?}
   POST /ami-pipeline-emulator/image-creation-date     {"account_id", "region", "image_id", "creation_date"}
                                                       or {"account_id", "region", "images": [{"image_id", "creation_date"}, ...]}
-  POST /ami-pipeline-emulator/image-state {"account_id", "region", "image_id", "state"}
+  POST /ami-pipeline-emulator/image-state {"account_id", "region", "image_id", "state", "state_reason"?}
   POST /ami-pipeline-emulator/image-last-launched-time {"account_id", "region", "image_id", "last_launched_time"}
   POST /ami-pipeline-emulator/snapshot-start-time     {"account_id", "region", "snapshot_id", "start_time"}
   POST   /ami-pipeline-emulator/faults                 {"account_id", "service", "action"?, "status"?, "code",
@@ -207,14 +207,27 @@ _SETTABLE_IMAGE_STATES = ("pending", "available", "failed", "error", "invalid", 
 
 
 def handle_image_state(request: Request) -> Response:
+    """Sets an image's state and, optionally, the ``StateReason`` DescribeImages reports with it
+    (``{"code", "message"}``, botocore's ``StateReason``: "The reason for the state change",
+    e.g. why a copy failed); a state set without one clears it."""
     payload = _body(request)
     state = str(_required(payload, "state"))
     if state not in _SETTABLE_IMAGE_STATES:
         raise ControlError(400, f"state must be one of {', '.join(_SETTABLE_IMAGE_STATES)}, not {state!r}")
+    reason = payload.get("state_reason")
+    if reason is not None and (
+        not isinstance(reason, dict)
+        or set(reason) - {"code", "message"}
+        or not all(isinstance(v, str) for v in reason.values())
+    ):
+        raise ControlError(400, 'state_reason must be {"code": "...", "message": "..."}')
     with LOCK:
         image = _image(payload)
         image.state = state
-    return _json(200, {"image_id": image.id, "state": state})
+        image.state_reason = (
+            None if reason is None else {"Code": reason.get("code", ""), "Message": reason.get("message", "")}
+        )
+    return _json(200, {"image_id": image.id, "state": state, "state_reason": reason})
 
 
 def handle_snapshot_start_time(request: Request) -> Response:
