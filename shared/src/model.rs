@@ -225,6 +225,8 @@ pub enum Select {
     TagKey(String),
     /// The resource's state is one of these.
     State(Vec<String>),
+    /// The image's name is this one (images only: DescribeImages' `name` filter).
+    Name(String),
 }
 
 impl Select {
@@ -241,6 +243,11 @@ impl Select {
     /// The state is one of `values`.
     pub fn state(values: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Select::State(values.into_iter().map(Into::into).collect())
+    }
+
+    /// The image's name is `name`.
+    pub fn name(name: &str) -> Self {
+        Select::Name(name.to_owned())
     }
 }
 

@@ -1274,6 +1274,27 @@ async fn an_image_with_no_room_for_the_mark_fails_alone_and_the_others_are_depre
 }
 
 #[tokio::test]
+async fn a_mark_refused_for_every_image_is_not_tried_again_image_by_image() {
+    // A denial is the same for every image: the batch fails as it is, one call, not one more
+    // per image (nor would a throttled one).
+    let w = world().await;
+    w.managed(EAST, "dn", "dn-new", 1).await;
+    w.managed(EAST, "dn", "dn-second", 2).await;
+    for n in 0..3 {
+        w.managed(EAST, "dn", &format!("dn-old-{n}"), 100 + n).await;
+    }
+    w.acct.inject_fault(json!({"service": "ec2", "action": "CreateTags", "status": 403,
+        "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}));
+    w.acct.reset_requests();
+    let err = w
+        .try_run(json!({"dry_run": false}), Utc::now())
+        .await
+        .expect_err("every deprecation failed");
+    assert!(err.to_string().contains("3 of 3 steps failed"), "{err}");
+    assert_eq!(w.acct.requests()["ec2:CreateTags"].as_u64(), Some(1));
+}
+
+#[tokio::test]
 async fn paced_removals_stay_below_the_bucket_where_unpaced_ones_are_throttled() {
     // The account's DeregisterImage bucket (the emulator's) is set to 18 tokens and 1 per
     // second; cleanup paces at API_BUDGET_PERCENT=20 of the documented 100 / 5: 1 per second

@@ -1784,6 +1784,60 @@ async fn a_replacement_someone_deregistered_too_is_made_again_in_turn() {
 }
 
 #[tokio::test]
+async fn a_copy_someone_disabled_or_a_name_another_image_took_is_reported_not_copied_again() {
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src, _) = w.source("web-copy-disabled", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    let copy = w.copies(EU, &src).await[0].id.clone();
+    // Disabled: the region's listing leaves it out, and the first copy's token answers its id,
+    // which reads as gone; the copy still holds the source's name.
+    w.ec2(EU)
+        .disable_image()
+        .image_id(&copy)
+        .send()
+        .await
+        .expect("disable");
+    let out = w.run(World::schedule()).await;
+    let rep = &advanced(&out)[0].regions[EU];
+    assert_eq!(rep.outcome, "failed", "{out:#?}");
+    assert_eq!(rep.image_id.as_deref(), Some(copy.as_str()));
+    let detail = rep.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("is disabled") && detail.contains("EnableImage"),
+        "{detail}"
+    );
+    let every = |w: &World| {
+        let ec2 = w.ec2(EU);
+        let src = src.clone();
+        async move {
+            shared::aws::ec2::describe_every_own_image(
+                &ec2,
+                &[shared::model::Select::tag(plan::PUBLISH_SOURCE, [src])],
+            )
+            .await
+            .expect("list")
+        }
+    };
+    assert_eq!(every(&w).await.len(), 1, "no second copy");
+    // Someone deregisters it and registers another image under the source's name: the region
+    // fails naming that image, and no copy is started.
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &copy)
+        .await
+        .expect("deregister");
+    let (other, _) = fixtures::image(&w.ec2(EU), "web-copy-disabled", &[]).await;
+    let out = w.run(World::schedule()).await;
+    let rep = &advanced(&out)[0].regions[EU];
+    assert_eq!(rep.outcome, "failed", "{out:#?}");
+    let detail = rep.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("held here by {other}")),
+        "{detail}"
+    );
+    assert!(every(&w).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_replacement_record_of_a_region_the_policy_left_is_cleared() {
     // A run began replacing a failed copy in us-west-2, then the deployment stopped copying
     // there: nothing continues that record, so the next run clears it (its tag is the source's).

@@ -246,8 +246,9 @@ fn step(d: &Decision, action: &'static str, result: StepResult) -> Step {
 /// 1,000 images (CreateTags' and DeleteTags' limit). A call fails for all its images when one
 /// of them fails it (CreateTags on an image that already holds EC2's 50 tags answers
 /// `TagLimitExceeded`, on one deregistered since the listing `InvalidAMIID.NotFound`), so a
-/// failed call is made again image by image: only the image at fault fails, with EC2's answer
-/// for it, and the others go on. Returns the images whose call failed or was deferred, with
+/// call refused for one image's sake ([`TagFailure::OneImage`]) is made again image by image:
+/// only the image at fault fails, with EC2's answer for it, and the others go on. Any other
+/// refusal (throttling, a denial) fails the batch as it is, not a thousand calls more. Returns the images whose call failed or was deferred, with
 /// that result.
 async fn tag_batches(
     deps: &Deps,
@@ -270,20 +271,42 @@ async fn tag_batches(
             };
             match tag_call(deps, clients, region, batch, &deadline, mark).await {
                 Ok(()) => {}
-                Err(StepResult::Failed(_)) if batch.len() > 1 => {
+                Err(TagFailure::OneImage(_)) if batch.len() > 1 => {
                     for id in batch {
                         if let Err(r) =
                             tag_call(deps, clients, region, &[id], &deadline, mark).await
                         {
-                            note(&[id], &r);
+                            note(&[id], &r.into());
                         }
                     }
                 }
-                Err(r) => note(batch, &r),
+                Err(r) => note(batch, &r.into()),
             }
         }
     }
     failed
+}
+
+/// Why a [`tag_call`] did not tag its images.
+enum TagFailure {
+    /// EC2 refused the call for what one of its images is: no room for another tag
+    /// (`TagLimitExceeded`), or gone since the listing (`InvalidAMIID.*`, `InvalidID`). The
+    /// others may be tagged one by one.
+    OneImage(String),
+    /// Anything else (throttled, denied, the service failing): the same for every image, so it
+    /// is not tried again image by image.
+    All(String),
+    /// No turn before the deadline.
+    Deferred,
+}
+
+impl From<TagFailure> for StepResult {
+    fn from(f: TagFailure) -> Self {
+        match f {
+            TagFailure::OneImage(e) | TagFailure::All(e) => StepResult::Failed(e),
+            TagFailure::Deferred => StepResult::Deferred,
+        }
+    }
 }
 
 /// One CreateTags (`mark`) or DeleteTags call of [`tag_batches`], in its turn.
@@ -294,10 +317,10 @@ async fn tag_call(
     ids: &[&str],
     deadline: &Deadline,
     mark: bool,
-) -> Result<(), StepResult> {
+) -> Result<(), TagFailure> {
     let action = if mark { "CreateTags" } else { "DeleteTags" };
     let Some(_turn) = deps.turn(region, action, deadline).await else {
-        return Err(StepResult::Deferred);
+        return Err(TagFailure::Deferred);
     };
     let ec2 = &clients.get(region).ec2;
     let r = if mark {
@@ -306,7 +329,19 @@ async fn tag_call(
     } else {
         ec2::delete_tag_keys(ec2, ids, &[DEPRECATED_BY]).await
     };
-    r.map_err(|e| StepResult::Failed(e.to_string()))
+    r.map_err(|e| {
+        let one_image = ["TagLimitExceeded", "InvalidID"]
+            .iter()
+            .any(|code| e.has_code(code))
+            || e.code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("InvalidAMIID."));
+        if one_image {
+            TagFailure::OneImage(e.to_string())
+        } else {
+            TagFailure::All(e.to_string())
+        }
+    })
 }
 
 /// One image's step: deprecate, undeprecate, or deregister with its snapshots (EC2 deletes

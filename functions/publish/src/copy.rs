@@ -162,6 +162,20 @@ async fn replace_copy(
             "{reason}; replaced by the next run (the deadline is near)"
         )));
     }
+    // A replacement that would be refused must not cost the failed copy and a record first.
+    match copy_encrypted_by_default(rc, source).await {
+        Err(rep) => {
+            return Ok(failed(format!(
+                "{reason}; {}",
+                rep.detail.unwrap_or_default()
+            )));
+        }
+        Ok(by_default) => {
+            if let Some(why) = plan::public_copy_refusal(run.public, by_default) {
+                return Ok(failed(format!("{reason}; {why}")));
+            }
+        }
+    }
     let mut outstanding = run.replacing.lock().await;
     let home_ec2 = &clients_for(deps, Some(home)).ec2;
     let fresh = ec2::describe_own_image(home_ec2, &source.id).await?;
@@ -241,7 +255,6 @@ async fn start_copy(
     source: &Image,
     attempt: Attempt<'_>,
 ) -> RegionReport {
-    let region = rc.region.as_str();
     let encrypts_by_default = match copy_encrypted_by_default(rc, source).await {
         Ok(by_default) => by_default,
         Err(rep) => return rep,
@@ -249,25 +262,73 @@ async fn start_copy(
     if let Some(why) = plan::public_copy_refusal(run.public, encrypts_by_default) {
         return RegionReport::failed(None, why.to_owned());
     }
-    let (home, keys) = (run.home, &run.deps.config.copy_kms_keys);
-    let mut started = request_copy(rc, source, home, keys, encrypts_by_default, attempt).await;
+    let copier = Copier {
+        rc,
+        source,
+        home: run.home,
+        keys: &run.deps.config.copy_kms_keys,
+        encrypts_by_default,
+    };
+    let started = copier.request(attempt).await;
+    follow_gone(run, &copier, started).await
+}
+
+/// What every CopyImage of one region's copy shares.
+struct Copier<'a> {
+    rc: &'a Clients,
+    source: &'a Image,
+    home: &'a str,
+    keys: &'a BTreeMap<String, String>,
+    encrypts_by_default: bool,
+}
+
+impl Copier<'_> {
+    async fn request(&self, attempt: Attempt<'_>) -> Result<String, AwsError> {
+        let (rc, source, home, keys) = (self.rc, self.source, self.home, self.keys);
+        request_copy(rc, source, home, keys, self.encrypts_by_default, attempt).await
+    }
+}
+
+/// The report of a started copy, read back by its id: a copy that is gone
+/// ([`plan::copy_gone`]) is made again as its replacement, up to [`plan::MAX_GONE_COPIES`] in a
+/// row and while the deadline allows; one that reads as gone while an image holds the source's
+/// name is that image's report instead ([`name_holder`]).
+async fn follow_gone(
+    run: &Run<'_>,
+    copier: &Copier<'_>,
+    mut started: Result<String, AwsError>,
+) -> RegionReport {
+    let (source, region) = (copier.source, copier.rc.region.as_str());
     let mut gone: Vec<String> = Vec::new();
+    let since = |gone: &[String]| {
+        (!gone.is_empty()).then(|| {
+            format!(
+                "EC2 answered with {}, deregistered since",
+                gone.join(", then ")
+            )
+        })
+    };
     while let Ok(id) = &started {
-        let found = match ec2::describe_own_image(&rc.ec2, id).await {
+        let found = match ec2::describe_own_image(&copier.rc.ec2, id).await {
             Ok(found) => found,
             Err(e) => {
                 warn!(image = %source.id, %region, copy = %id, error = %e, "copy started but not read back; the next run reads it");
                 break;
             }
         };
-        if !plan::copy_gone(found.as_ref()) {
-            break;
+        match found.as_ref() {
+            Some(copy) if plan::is_dead(copy) => return unlisted_dead_copy(copy),
+            found if !plan::copy_gone(found) => break,
+            _ => {}
         }
-        if gone.len() + 1 >= plan::MAX_GONE_COPIES {
+        if let Some(rep) = name_holder(copier, id).await {
+            return rep;
+        }
+        if gone.len() + 1 >= plan::MAX_GONE_COPIES || !run.deadline.may_start() {
             return RegionReport::failed(
                 Some(id.clone()),
                 format!(
-                    "EC2 answered the copy request with {id}, which is not there (deregistered), after {} other such copies ({}): this source's copies here failed and were replaced, or were deregistered, more often than one run follows; tag the source {}{region}={id} and the next run continues from it",
+                    "EC2 answered the copy request with {id}, which is not there (deregistered), after {} other such copies ({}): this source's copies here failed and were replaced, or were deregistered, more often than one run follows (or the deadline is near); tag the source {}{region}={id} and the next run continues from it",
                     gone.len(),
                     gone.join(", "),
                     plan::REPLACING_PREFIX
@@ -275,12 +336,12 @@ async fn start_copy(
             );
         }
         warn!(image = %source.id, %region, copy = %id, "EC2 answered with a copy that is not there (deregistered by someone else?); copying again as its replacement");
-        let replacing = Attempt::Replacing(id);
-        let again = request_copy(rc, source, home, keys, encrypts_by_default, replacing).await;
+        let again = copier.request(Attempt::Replacing(id)).await;
         let id = id.clone();
         match again {
             Err(e) if e.code.as_deref() == Some("InvalidAMIName.Duplicate") => {
-                // The name is taken: the copy just answered is there, not readable yet.
+                // The name is taken, by a holder not listed yet: most likely the copy just
+                // answered, not readable yet.
                 return RegionReport {
                     image_id: Some(id.clone()),
                     outcome: RegionOutcome::Copying,
@@ -294,16 +355,26 @@ async fn start_copy(
         }
         gone.push(id);
     }
+    started_report(source, region, started, since(&gone))
+}
+
+/// The region's report once the copy is started (`Ok`) or refused; `since` names the gone
+/// copies EC2 answered with first, if any.
+fn started_report(
+    source: &Image,
+    region: &str,
+    started: Result<String, AwsError>,
+    since: Option<String>,
+) -> RegionReport {
+    let after = since
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     match started {
         Ok(id) => {
             info!(image = %source.id, %region, copy = %id, "copy started");
             RegionReport {
-                detail: (!gone.is_empty()).then(|| {
-                    format!(
-                        "copying again as {id}: EC2 answered with {}, deregistered since",
-                        gone.join(", then ")
-                    )
-                }),
+                detail: since.map(|s| format!("copying again as {id}: {s}")),
                 image_id: Some(id),
                 outcome: RegionOutcome::Copying,
                 ..RegionReport::default()
@@ -311,11 +382,68 @@ async fn start_copy(
         }
         Err(e) if e.kind == ErrorKind::Throttled => RegionReport {
             outcome: RegionOutcome::Waiting,
-            detail: Some(format!("copy not started yet: {e}; the next run retries")),
+            detail: Some(format!(
+                "copy not started yet: {e}; the next run retries{after}"
+            )),
             ..RegionReport::default()
         },
-        Err(e) => RegionReport::failed(None, e.to_string()),
+        Err(e) => RegionReport::failed(None, format!("{e}{after}")),
     }
+}
+
+/// The report of a copy of this source that the region's listing left out and that will not
+/// become available (disabled, failed): nothing replaces what the listing does not show, so
+/// the region fails until someone enables or deregisters it.
+fn unlisted_dead_copy(copy: &Image) -> RegionReport {
+    let why = copy
+        .state_reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    RegionReport::failed(
+        Some(copy.id.clone()),
+        format!(
+            "copy {} is {}{why}, and not listed by its tag: enable it (EnableImage) or deregister it, and the next run goes on",
+            copy.id, copy.state
+        ),
+    )
+}
+
+/// When the copy `id` EC2 answered reads as gone, who holds the source's name in the region
+/// (EC2 keeps an AMI name unique in a Region, disabled images included): `None` when nobody
+/// does, or the read fails (the copy is then made again, and EC2's name check decides). Else
+/// the region's report from that image: a copy of this source (`id` itself, or one whose tag
+/// is not listed yet) is copying, or failed in its state; another image holds the name the
+/// copy needs.
+async fn name_holder(copier: &Copier<'_>, id: &str) -> Option<RegionReport> {
+    let source = copier.source;
+    let named = ec2::describe_every_own_image(&copier.rc.ec2, &[Select::name(&source.name)])
+        .await
+        .ok()?;
+    let holder = named.into_iter().find(|i| i.state != "deregistered")?;
+    let ours = holder.id == id
+        || holder.tags.get(PUBLISH_SOURCE).map(String::as_str) == Some(source.id.as_str());
+    if !ours {
+        return Some(RegionReport::failed(
+            None,
+            format!(
+                "not copied: the source's name {:?} is held here by {}, which is not a copy of {}: EC2 keeps an AMI name unique in a Region; deregister or rename it and the next run copies",
+                source.name, holder.id, source.id
+            ),
+        ));
+    }
+    if plan::is_dead(&holder) {
+        return Some(unlisted_dead_copy(&holder));
+    }
+    Some(RegionReport {
+        image_id: Some(holder.id.clone()),
+        outcome: RegionOutcome::Copying,
+        detail: Some(format!(
+            "copy {} is {}, not listed by its tag yet; the next run reads it again",
+            holder.id, holder.state
+        )),
+        ..RegionReport::default()
+    })
 }
 
 /// Whether the copy of `source` into `rc`'s region is encrypted whatever CopyImage asks: an

@@ -46,6 +46,7 @@ fn filters_named(select: &[Select], state_filter: &str) -> Vec<Filter> {
             Select::Tag(key, values) => tag_filter(key, values.iter().cloned()),
             Select::TagKey(key) => tag_key_filter(key),
             Select::State(values) => filter(state_filter, values.iter().cloned()),
+            Select::Name(name) => filter("name", [name.clone()]),
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! S3 user metadata as its uploader wrote it: RFC 2047 encoded-words decoded.
 //!
 //! HTTP header values are US-ASCII, so S3 carries a user-metadata value (`x-amz-meta-*`) that
-//! is not as RFC 2047 encoded-words: the value is decoded as RFC 2047 before it is stored, and
+//! is not US-ASCII as RFC 2047 encoded-words: the value is decoded as RFC 2047 before it is stored, and
 //! a stored value that is not US-ASCII is encoded as RFC 2047 when it is returned (S3 User
 //! Guide, "Working with object metadata", user-defined metadata), e.g. `Überprüft` comes back
 //! as `=?UTF-8?B?w5xiZXJwcsO8ZnQ=?=`. The SDKs do not decode it (botocore even refuses
@@ -14,15 +14,25 @@ use std::borrow::Cow;
 /// `raw` decoded when it is made only of RFC 2047 encoded-words (`=?charset?B|Q?text?=`, in
 /// UTF-8, US-ASCII or ISO-8859-1, separated by whitespace, which RFC 2047 section 6.2 drops
 /// between adjacent encoded-words); any other value, or one whose words do not decode to text,
-/// unchanged.
+/// unchanged. Adjacent words of one charset are joined before they are read as text: an
+/// encoder may split a character's bytes between two words.
 pub fn decode(raw: &str) -> Cow<'_, str> {
-    let mut words = raw.split_ascii_whitespace().peekable();
-    if words.peek().is_none() {
+    let mut runs: Vec<(Charset, Vec<u8>)> = Vec::new();
+    for word in raw.split_ascii_whitespace() {
+        let Some((charset, bytes)) = decode_word(word) else {
+            return Cow::Borrowed(raw);
+        };
+        match runs.last_mut() {
+            Some((last, run)) if *last == charset => run.extend(bytes),
+            _ => runs.push((charset, bytes)),
+        }
+    }
+    if runs.is_empty() {
         return Cow::Borrowed(raw);
     }
     let mut out = String::new();
-    for word in words {
-        match decode_word(word) {
+    for (charset, bytes) in runs {
+        match charset.text(bytes) {
             Some(text) => out.push_str(&text),
             None => return Cow::Borrowed(raw),
         }
@@ -30,14 +40,46 @@ pub fn decode(raw: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// One encoded-word (`=?charset?encoding?encoded-text?=`, RFC 2047 section 2), or `None`.
-fn decode_word(word: &str) -> Option<String> {
+/// The charsets read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charset {
+    Utf8,
+    Ascii,
+    Latin1,
+}
+
+impl Charset {
+    fn named(name: &str) -> Option<Self> {
+        // RFC 2231's language suffix (`UTF-8*en`) names the language only.
+        let name = name.split('*').next().unwrap_or(name);
+        [
+            ("UTF-8", Self::Utf8),
+            ("US-ASCII", Self::Ascii),
+            ("ISO-8859-1", Self::Latin1),
+        ]
+        .into_iter()
+        .find_map(|(n, c)| name.eq_ignore_ascii_case(n).then_some(c))
+    }
+
+    fn text(self, bytes: Vec<u8>) -> Option<String> {
+        match self {
+            Self::Utf8 => String::from_utf8(bytes).ok(),
+            Self::Ascii => bytes
+                .is_ascii()
+                .then(|| bytes.iter().map(|&b| char::from(b)).collect()),
+            Self::Latin1 => Some(bytes.iter().map(|&b| char::from(b)).collect()),
+        }
+    }
+}
+
+/// One encoded-word (`=?charset?encoding?encoded-text?=`, RFC 2047 section 2): its charset
+/// and bytes, or `None`.
+fn decode_word(word: &str) -> Option<(Charset, Vec<u8>)> {
     let inner = word.strip_prefix("=?")?.strip_suffix("?=")?;
     let mut parts = inner.splitn(3, '?');
     let (charset, encoding, text) = (parts.next()?, parts.next()?, parts.next()?);
-    // RFC 2231's language suffix (`UTF-8*en`) names the language only.
-    let charset = charset.split('*').next().unwrap_or(charset);
-    if text.contains('?') || text.contains(' ') {
+    let charset = Charset::named(charset)?;
+    if text.contains('?') {
         return None;
     }
     let bytes = match encoding {
@@ -45,14 +87,7 @@ fn decode_word(word: &str) -> Option<String> {
         "Q" | "q" => decode_q(text)?,
         _ => return None,
     };
-    if charset.eq_ignore_ascii_case("UTF-8") || charset.eq_ignore_ascii_case("US-ASCII") {
-        let text = String::from_utf8(bytes).ok()?;
-        (charset.eq_ignore_ascii_case("UTF-8") || text.is_ascii()).then_some(text)
-    } else if charset.eq_ignore_ascii_case("ISO-8859-1") {
-        Some(bytes.iter().map(|&b| char::from(b)).collect())
-    } else {
-        None
-    }
+    Some((charset, bytes))
 }
 
 /// The "Q" encoding (RFC 2047 section 4.2): `_` is a space, `=XX` a byte in hex.
@@ -89,6 +124,8 @@ mod tests {
         );
         assert_eq!(decode("=?ISO-8859-1?Q?fran=E7ais?="), "français");
         assert_eq!(decode("=?UTF-8*de?B?w5xiZXI=?="), "Über");
+        // A character's bytes split between two words ("Ü" is C3 9C).
+        assert_eq!(decode("=?UTF-8?Q?=C3?= =?UTF-8?Q?=9Cber?="), "Über");
         // Plain values, and values that only look encoded, stay as they are.
         for raw in [
             "web-server",

@@ -34,7 +34,8 @@
 //!    ([`cleared`]), so the caller may act on it before the other reads are done.
 //! 7. **Snapshots** of a deregistered image are deleted only when no other image uses them;
 //!    a snapshot shared with another image is left (the orphan sweep takes it once unused).
-//!    **Orphan sweep:** managed snapshots no image uses, older than `grace_days`, unprotected.
+//!    **Orphan sweep:** managed snapshots no image uses, not pending, older than `grace_days`
+//!    and than [`ORPHAN_MIN_AGE_DAYS`], unprotected.
 
 use crate::model::{Image, Snapshot};
 use crate::plan::lineage::{FAMILY, MANAGED, SOURCE_URI};
@@ -566,8 +567,8 @@ impl Reasons {
                 "deprecated by cleanup earlier and kept now: its deprecation is removed".into(),
             ),
             orphan: text(format!(
-                "managed snapshot used by no image, older than {} days",
-                policy.grace_days
+                "managed snapshot used by no image, not pending, older than {} days",
+                policy.grace_days.max(ORPHAN_MIN_AGE_DAYS)
             )),
         }
     }
