@@ -723,25 +723,11 @@ async fn a_copy_of_an_encrypted_image_takes_its_regions_key_and_is_shared() {
     assert_eq!(result(&first).status, "copying", "{first:#?}");
     let done = schedule_until_published(&w, &src).await;
     assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
-    let copies = w.copies(WEST, &src).await;
-    assert_eq!(copies.len(), 1);
-    let copy = w.image(WEST, &copies[0].id).await;
-    assert!(copy.encrypted);
-    let snaps = w
-        .ec2(WEST)
-        .describe_snapshots()
-        .set_snapshot_ids(Some(copy.snapshot_ids.clone()))
-        .send()
-        .await
-        .expect("copy's snapshots");
-    for snap in snaps.snapshots() {
-        assert_eq!(snap.kms_key_id(), Some(west_key.as_str()), "{snap:?}");
-    }
+    copy_encrypted_with_and_shared(&w, &src, &west_key).await;
     let want = Grants {
         accounts: [PARTNER.to_owned()].into(),
         ..Grants::default()
     };
-    assert_eq!(w.launch(WEST, &copy.id).await, want);
     assert_eq!(w.launch(EAST, &src).await, want);
 }
 
@@ -782,7 +768,13 @@ async fn a_copy_into_a_region_that_encrypts_by_default_takes_its_key_and_is_shar
     w.run(w.ready_event(&src)).await;
     let done = schedule_until_published(&w, &src).await;
     assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
-    let copies = w.copies(WEST, &src).await;
+    copy_encrypted_with_and_shared(&w, &src, &west_key).await;
+}
+
+/// The one copy of `src` in us-west-2: encrypted, every snapshot with `key`, shared with the
+/// partner account.
+async fn copy_encrypted_with_and_shared(w: &World, src: &str, key: &str) {
+    let copies = w.copies(WEST, src).await;
     assert_eq!(copies.len(), 1, "{copies:#?}");
     let copy = w.image(WEST, &copies[0].id).await;
     assert!(copy.encrypted);
@@ -794,7 +786,7 @@ async fn a_copy_into_a_region_that_encrypts_by_default_takes_its_key_and_is_shar
         .await
         .expect("copy's snapshots");
     for snap in snaps.snapshots() {
-        assert_eq!(snap.kms_key_id(), Some(west_key.as_str()), "{snap:?}");
+        assert_eq!(snap.kms_key_id(), Some(key), "{snap:?}");
     }
     let want = Grants {
         accounts: [PARTNER.to_owned()].into(),
