@@ -9,7 +9,9 @@ use shared::deadline::Deadline;
 use shared::error::{AwsError, ErrorKind};
 use shared::model::{Image, Select, Tags};
 use shared::plan::lineage::MANAGED;
-use shared::plan::publish::{self as plan, Attempt, COPY, CopyStep, PUBLISH_SOURCE, PUBLISH_STATE};
+use shared::plan::publish::{
+    self as plan, Attempt, COPY, CopyStep, NameHolder, PUBLISH_SOURCE, PUBLISH_STATE,
+};
 use shared::plan::stamp::{self, Facts, ImageRef, Parent};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
@@ -414,35 +416,30 @@ fn unlisted_dead_copy(copy: &Image) -> RegionReport {
 /// does, or the read fails (the copy is then made again, and EC2's name check decides). Else
 /// the region's report from that image: a copy of this source (`id` itself, or one whose tag
 /// is not listed yet) is copying, or failed in its state; another image holds the name the
-/// copy needs.
+/// copy needs ([`plan::name_holder`] decides which).
 async fn name_holder(copier: &Copier<'_>, id: &str) -> Option<RegionReport> {
     let source = copier.source;
     let named = ec2::describe_every_own_image(&copier.rc.ec2, &[Select::name(&source.name)])
         .await
         .ok()?;
-    let holder = named.into_iter().find(|i| i.state != "deregistered")?;
-    let ours = holder.id == id
-        || holder.tags.get(PUBLISH_SOURCE).map(String::as_str) == Some(source.id.as_str());
-    if !ours {
-        return Some(RegionReport::failed(
+    Some(match plan::name_holder(&named, id, &source.id)? {
+        NameHolder::Other(holder) => RegionReport::failed(
             None,
             format!(
                 "not copied: the source's name {:?} is held here by {}, which is not a copy of {}: EC2 keeps an AMI name unique in a Region; deregister or rename it and the next run copies",
                 source.name, holder.id, source.id
             ),
-        ));
-    }
-    if plan::is_dead(&holder) {
-        return Some(unlisted_dead_copy(&holder));
-    }
-    Some(RegionReport {
-        image_id: Some(holder.id.clone()),
-        outcome: RegionOutcome::Copying,
-        detail: Some(format!(
-            "copy {} is {}, not listed by its tag yet; the next run reads it again",
-            holder.id, holder.state
-        )),
-        ..RegionReport::default()
+        ),
+        NameHolder::DeadCopy(holder) => unlisted_dead_copy(holder),
+        NameHolder::LiveCopy(holder) => RegionReport {
+            image_id: Some(holder.id.clone()),
+            outcome: RegionOutcome::Copying,
+            detail: Some(format!(
+                "copy {} is {}, not listed by its tag yet; the next run reads it again",
+                holder.id, holder.state
+            )),
+            ..RegionReport::default()
+        },
     })
 }
 

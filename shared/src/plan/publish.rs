@@ -624,6 +624,33 @@ pub fn copy_gone(found: Option<&Image>) -> bool {
     found.is_none_or(|i| i.state == "deregistered")
 }
 
+/// Who holds the source's name in a region ([`name_holder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameHolder<'a> {
+    /// A copy of this source that will become available (not listed by its tag yet).
+    LiveCopy(&'a Image),
+    /// A copy of this source that will not (disabled, failed).
+    DeadCopy(&'a Image),
+    /// Another image: the copy cannot take the name while it holds it.
+    Other(&'a Image),
+}
+
+/// When the copy `answered` that EC2 answered a CopyImage with reads as gone, who among
+/// `named` (the region's images of the source's name, disabled ones included) holds the name
+/// the copy needs: EC2 keeps an AMI name unique in a Region. A copy of this source is
+/// `answered` itself or one tagged [`PUBLISH_SOURCE`]` = source`. `None` when nobody does: the
+/// copy is then made again as the gone one's replacement.
+pub fn name_holder<'a>(named: &'a [Image], answered: &str, source: &str) -> Option<NameHolder<'a>> {
+    let holder = named.iter().find(|i| i.state != "deregistered")?;
+    let ours = holder.id == answered
+        || holder.tags.get(PUBLISH_SOURCE).map(String::as_str) == Some(source);
+    Some(match (ours, is_dead(holder)) {
+        (false, _) => NameHolder::Other(holder),
+        (true, true) => NameHolder::DeadCopy(holder),
+        (true, false) => NameHolder::LiveCopy(holder),
+    })
+}
+
 /// Picks the copy to act on among `found` (see [`Picked`]). Deregistered images (a read that
 /// includes them) are neither. The newest failed copy is the one by creation date, then id:
 /// every run that reads the same copies picks the same one, so overlapping runs ask for the
@@ -1571,6 +1598,44 @@ mod tests {
         assert_eq!(ids(&pick_copy(&[gone])), (None, String::new()));
         assert_eq!(ids(&pick_copy(&[])), (None, String::new()));
         assert!(is_dead(&disabled) && !is_dead(&pending));
+    }
+
+    #[test]
+    fn the_name_holder_is_this_sources_copy_live_or_dead_or_another_image() {
+        let img = |id: &str, state: &str, source: Option<&str>| Image {
+            id: id.into(),
+            state: state.into(),
+            tags: source
+                .map(|s| Tags::from([(PUBLISH_SOURCE.to_owned(), s.to_owned())]))
+                .unwrap_or_default(),
+            ..Image::default()
+        };
+        let answered = img("ami-answered", "pending", None);
+        let tagged = img("ami-tagged", "available", Some("ami-src"));
+        let disabled = img("ami-answered", "disabled", None);
+        let other = img("ami-other", "available", Some("ami-another-source"));
+        let gone = img("ami-gone", "deregistered", None);
+        fn holder(named: &[Image]) -> Option<NameHolder<'_>> {
+            name_holder(named, "ami-answered", "ami-src")
+        }
+        assert_eq!(holder(&[]), None);
+        assert_eq!(holder(std::slice::from_ref(&gone)), None);
+        assert_eq!(
+            holder(&[gone.clone(), answered.clone()]),
+            Some(NameHolder::LiveCopy(&answered))
+        );
+        assert_eq!(
+            holder(std::slice::from_ref(&tagged)),
+            Some(NameHolder::LiveCopy(&tagged))
+        );
+        assert_eq!(
+            holder(std::slice::from_ref(&disabled)),
+            Some(NameHolder::DeadCopy(&disabled))
+        );
+        assert_eq!(
+            holder(std::slice::from_ref(&other)),
+            Some(NameHolder::Other(&other))
+        );
     }
 
     #[test]
