@@ -431,15 +431,23 @@ async fn name_holder(copier: &Copier<'_>, id: &str) -> Option<RegionReport> {
             ),
         ),
         NameHolder::DeadCopy(holder) => unlisted_dead_copy(holder),
-        NameHolder::LiveCopy(holder) => RegionReport {
-            image_id: Some(holder.id.clone()),
-            outcome: RegionOutcome::Copying,
-            detail: Some(format!(
-                "copy {} is {}, not listed by its tag yet; the next run reads it again",
-                holder.id, holder.state
-            )),
-            ..RegionReport::default()
-        },
+        NameHolder::LiveCopy(holder) => {
+            // Another run may have made `id`'s replacement already: say what EC2 answered.
+            let answered = if holder.id == id {
+                String::new()
+            } else {
+                format!(" (EC2 answered with {id}, deregistered since)")
+            };
+            RegionReport {
+                image_id: Some(holder.id.clone()),
+                outcome: RegionOutcome::Copying,
+                detail: Some(format!(
+                    "copy {} is {}{answered}, not listed by its tag yet; the next run reads it again",
+                    holder.id, holder.state
+                )),
+                ..RegionReport::default()
+            }
+        }
     })
 }
 
