@@ -1562,6 +1562,94 @@ async fn a_failed_copy_is_replaced_by_a_new_one_not_answered_by_its_token() {
     assert_eq!(copy.tags["ami-pipeline:publish-source"], src);
 }
 
+/// The copies that failed in a row before `copy` in its region, as publish recorded them.
+fn failed_copies(copy: &shared::model::Image) -> Option<&str> {
+    copy.tags.get(plan::FAILED_COPIES).map(String::as_str)
+}
+
+#[tokio::test]
+async fn a_copy_that_keeps_failing_is_replaced_later_each_time_then_left_for_a_person() {
+    // On AWS each replacement is a whole new copy of the snapshots: a cause that stays (a key
+    // the region cannot use) must not cost one on every schedule run.
+    let w = world(&[("PUBLISH_REGIONS", EU)]).await;
+    w.acct.emulator_config(json!({"copy_delay_seconds": 600}));
+    let (src, _) = w.source("web-failing-for-good", &[]).await;
+    w.run(w.ready_event(&src)).await;
+    let mut made = vec![w.copies(EU, &src).await[0].id.clone()];
+    // The first failed copy is replaced at once; the n-th in a row 15 min, 1 h, 4 h after it
+    // started. Each replacement counts the failed copies before it.
+    for (n, wait) in [(1, 0), (2, 15), (3, 60), (4, 240)] {
+        let dead = fail_copies(&w, &[EU], &src).await[EU].clone();
+        assert_eq!(&dead, made.last().expect("a copy"));
+        if wait > 0 {
+            // Not yet: the failed copy stays, and the region says when.
+            let early = Utc::now() - chrono::Duration::minutes(wait - 1);
+            w.acct.backdate_image(EU, &dead, early);
+            let out = w.run(World::schedule()).await;
+            let rep = &advanced(&out)[0].regions[EU];
+            assert_eq!(rep.outcome, "failed", "{out:#?}");
+            let detail = rep.detail.as_deref().unwrap_or_default();
+            assert!(
+                detail.contains(&format!(
+                    "{n} copies in a row have failed here, so it is replaced after"
+                )),
+                "{n}: {detail}"
+            );
+            let copies = w.copies(EU, &src).await;
+            assert_eq!(copies.len(), 1, "{copies:#?}");
+            assert_eq!(copies[0].id, dead);
+            w.acct
+                .backdate_image(EU, &dead, Utc::now() - chrono::Duration::minutes(wait + 1));
+        }
+        let out = w.run(World::schedule()).await;
+        let rep = &advanced(&out)[0].regions[EU];
+        assert_eq!(rep.outcome, "failed", "{out:#?}");
+        let copies = w.copies(EU, &src).await;
+        assert_eq!(copies.len(), 1, "{copies:#?}");
+        assert_ne!(copies[0].id, dead, "{n}: {rep:#?}");
+        let count = n.to_string();
+        assert_eq!(failed_copies(&copies[0]), Some(count.as_str()), "{n}");
+        made.push(copies[0].id.clone());
+    }
+    // The fifth failed copy in a row, however long ago it started: not replaced again. The
+    // region says what to do, run after run.
+    let last = fail_copies(&w, &[EU], &src).await[EU].clone();
+    w.acct
+        .backdate_image(EU, &last, Utc::now() - chrono::Duration::days(3));
+    for _ in 0..2 {
+        let out = w.run(World::schedule()).await;
+        let rep = &advanced(&out)[0].regions[EU];
+        assert_eq!(rep.outcome, "failed", "{out:#?}");
+        let detail = rep.detail.as_deref().unwrap_or_default();
+        assert!(
+            detail.contains(&format!(
+                "5 copies in a row have failed here, so it is not replaced again: fix the cause, then deregister {last}"
+            )),
+            "{detail}"
+        );
+        let copies = w.copies(EU, &src).await;
+        assert_eq!(copies.len(), 1, "{copies:#?}");
+        assert_eq!(copies[0].id, last);
+    }
+    assert_eq!(w.messages("image.publish-partial").await.len(), 1);
+    // A person fixed the cause and deregistered the failed copy: the next run copies again,
+    // from the first copy's token through the five gone copies it answers in turn, and the
+    // new copy counts no failure.
+    shared::aws::ec2::deregister_image(&w.ec2(EU), &last)
+        .await
+        .expect("deregister");
+    w.acct.emulator_config(json!({"copy_delay_seconds": 0}));
+    let again = w.run(World::schedule()).await;
+    let rep = &advanced(&again)[0].regions[EU];
+    assert_eq!(rep.outcome, "copying", "{again:#?}");
+    let copies = w.copies(EU, &src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert!(!made.contains(&copies[0].id), "{made:?} {copies:#?}");
+    assert_eq!(failed_copies(&copies[0]), None);
+    let done = w.run(World::schedule()).await;
+    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+}
+
 /// Marks the one copy of `src` in each of `regions` failed (the emulator's image-state
 /// control); returns each region's failed copy.
 async fn fail_copies<'a>(w: &World, regions: &[&'a str], src: &str) -> BTreeMap<&'a str, String> {
@@ -1607,6 +1695,7 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
         assert_eq!(copies.len(), 1, "{region}: {copies:#?}");
         assert_ne!(copies[0].id, dead[region]);
         assert_eq!(copies[0].state, "pending");
+        assert_eq!(failed_copies(&copies[0]), Some("1"), "{region}");
         replacements.insert(*region, copies[0].id.clone());
     }
     let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
@@ -1617,9 +1706,14 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
     );
 
     // The replacements fail too; two schedule runs overlap. Each region gets one new copy:
-    // both runs derive its token from the same failed copy.
+    // both runs derive its token from the same failed copy. (A second failure in a row is
+    // replaced 15 minutes after it started: they started 16 minutes ago.)
     let dead = fail_copies(&w, regions, &src).await;
     assert_eq!(dead, replacements);
+    for (region, id) in &dead {
+        w.acct
+            .backdate_image(region, id, Utc::now() - chrono::Duration::minutes(16));
+    }
     let (a, b) = tokio::join!(w.try_run(World::schedule()), w.try_run(World::schedule()));
     let mut outs = vec![];
     for out in [a, b] {
@@ -1639,6 +1733,7 @@ async fn copies_failing_in_many_regions_are_replaced_without_counting_on_the_sou
         assert_eq!(copies.len(), 1, "{region}: {copies:#?} {reports:#?}");
         assert_ne!(copies[0].id, dead[region], "{region}");
         assert_eq!(copies[0].state, "pending", "{region}");
+        assert_eq!(failed_copies(&copies[0]), Some("2"), "{region}");
         // Every run that replaced the failed copy names the same replacement: the one there.
         let named: Vec<&str> = reports
             .iter()

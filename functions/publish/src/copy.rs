@@ -68,7 +68,12 @@ pub(crate) async fn advance_copy(
     if let Some(failed) = plan::stale_record(&source.tags, region, copy) {
         clear_replacing(deps, source, home, region, failed).await;
     }
-    let step = plan::copy_step(copy, in_flight, deps.config.copy_concurrency);
+    let step = plan::copy_step(
+        copy,
+        in_flight,
+        deps.config.copy_concurrency,
+        chrono::Utc::now(),
+    );
     let waiting = |detail: String| RegionReport {
         outcome: RegionOutcome::Waiting,
         detail: Some(detail),
@@ -197,6 +202,7 @@ async fn replace_copy(
     match (started.outcome, started.image_id) {
         (RegionOutcome::Copying, Some(new)) => {
             clear_replacing(deps, source, home, region, &dead.id).await;
+            count_failed(rc, dead, &new).await;
             info!(image = %source.id, %region, failed = %dead.id, copy = %new, "failed copy replaced");
             Ok(failed(format!(
                 "{reason}; deregistered, copying again as {new}"
@@ -208,6 +214,33 @@ async fn replace_copy(
                 "{reason}; deregistered, not copied again yet ({}): the next run copies again",
                 started.detail.unwrap_or_default()
             )))
+        }
+    }
+}
+
+/// Marks the replacement `new` of the failed copy `dead` with the copies that failed in a row
+/// before it ([`plan::FAILED_COPIES`]), so that it is replaced later, and at most
+/// [`plan::MAX_FAILED_COPIES`] times in a row, should it fail too ([`plan::copy_step`]). Written
+/// after CopyImage rather than in its TagSpecifications: a run that starts the same replacement
+/// from a gone copy ([`follow_gone`]) cannot know the count, and the same ClientToken must carry
+/// the same request. An id just created may not have propagated yet (EC2's eventual
+/// consistency: `InvalidAMIID.NotFound`), so that refusal is retried a few times, for about
+/// 3.5 s. Best effort: without it, a failure of `new` counts as the first again.
+async fn count_failed(rc: &Clients, dead: &Image, new: &str) {
+    let failed = plan::failed_before(dead).saturating_add(1);
+    let count = Tags::from([(plan::FAILED_COPIES.to_owned(), failed.to_string())]);
+    let mut pause = std::time::Duration::from_millis(500);
+    for attempt in 1..=4 {
+        match ec2::create_tags(&rc.ec2, &[new], &count).await {
+            Ok(()) => return,
+            Err(e) if e.is_not_found() && attempt < 4 => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                warn!(region = %rc.region, copy = %new, failed = %dead.id, error = %e, "failed copies in a row not recorded on the replacement; should it fail too, it is replaced as a first failure");
+                return;
+            }
         }
     }
 }

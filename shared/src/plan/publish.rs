@@ -34,8 +34,8 @@ pub const COPY: &str = "copy";
 
 pub use super::tags::publish as tags;
 pub use super::tags::{
-    COPY_ATTEMPT_PREFIX, FAILED_REGIONS, FAILED_REGIONS_MORE_PREFIX, PUBLISH_SOURCE, PUBLISHED_AT,
-    REPLACING_PREFIX,
+    COPY_ATTEMPT_PREFIX, FAILED_COPIES, FAILED_REGIONS, FAILED_REGIONS_MORE_PREFIX, PUBLISH_SOURCE,
+    PUBLISHED_AT, REPLACING_PREFIX,
 };
 
 /// EC2 refuses a deprecation time more than 10 years ahead.
@@ -697,10 +697,11 @@ pub fn replace_blocked(
         ));
     }
     let has = counted(source_tags) + outstanding;
-    let needs = has + usize::from(record.is_none()) + 1;
+    // The replacement adds PUBLISH_SOURCE and FAILED_COPIES to what it inherits.
+    let needs = has + usize::from(record.is_none()) + 2;
     if needs > MAX_TAGS_PER_RESOURCE {
         return Some(format!(
-            "not replaced: the source has {has} tags, and replacing a copy records it on the source for a moment while the replacement adds one more (EC2 allows {MAX_TAGS_PER_RESOURCE}); remove {} tags and the next run replaces it",
+            "not replaced: the source has {has} tags, and replacing a copy records it on the source for a moment while the replacement adds two more (EC2 allows {MAX_TAGS_PER_RESOURCE}); remove {} tags and the next run replaces it",
             needs - MAX_TAGS_PER_RESOURCE
         ));
     }
@@ -736,8 +737,15 @@ pub enum CopyStep {
 }
 
 /// The next step for a target region, from the copy [`pick_copy`] found there (if any) and how
-/// many of the pipeline's copies are already in flight to that region (`limit` at most).
-pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopyStep {
+/// many of the pipeline's copies are already in flight to that region (`limit` at most). A
+/// failed copy is replaced at once the first time, later ones only after a wait that grows
+/// ([`replace_after`], against `now`), and none after [`MAX_FAILED_COPIES`] in a row.
+pub fn copy_step(
+    copy: Option<&Image>,
+    in_flight: usize,
+    limit: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> CopyStep {
     let full = in_flight >= limit;
     match copy {
         None if full => CopyStep::Wait {
@@ -758,18 +766,86 @@ pub fn copy_step(copy: Option<&Image>, in_flight: usize, limit: usize) -> CopySt
                 "pending" | "transient" => CopyStep::Wait {
                     reason: format!("copy {} is {}", c.id, c.state),
                 },
-                other if full => CopyStep::Failed {
-                    reason: format!(
-                        "copy {} is {other}{why}; {in_flight} copies already in flight to this region (limit {limit}), replaced by a later run",
-                        c.id
-                    ),
-                },
-                other => CopyStep::Replace {
-                    reason: format!("copy {} is {other}{why}", c.id),
-                },
+                other => dead_copy_step(c, &format!("copy {} is {other}{why}", c.id), full, now)
+                    .unwrap_or_else(|| CopyStep::Failed {
+                        reason: format!(
+                            "copy {} is {other}{why}; {in_flight} copies already in flight to this region (limit {limit}), replaced by a later run",
+                            c.id
+                        ),
+                    }),
             }
         }
     }
+}
+
+/// How many copies in a row may fail in a region before publish stops replacing them: each
+/// replacement is a whole new copy of the image's snapshots, and a cause that does not go away
+/// (a KMS key the region cannot use, a snapshot EC2 cannot read) would otherwise cost one on
+/// every schedule run.
+pub const MAX_FAILED_COPIES: u32 = 5;
+
+/// The wait before the second failed copy in a row is replaced, counted from when it started
+/// (its CreationDate); each further failure waits 4 times longer (15 min, 1 h, 4 h). The first
+/// failed copy is replaced at once.
+pub const REPLACE_BACKOFF_MINUTES: i64 = 15;
+
+/// How many copies of its source failed in a row in its region before `copy`
+/// ([`FAILED_COPIES`] on a replacement; 0 when absent or unreadable).
+pub fn failed_before(copy: &Image) -> u32 {
+    copy.tags
+        .get(FAILED_COPIES)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// When the failed copy `dead` may be replaced: at once when it is the first failed copy in a
+/// row (`None`), else [`REPLACE_BACKOFF_MINUTES`] × 4^(n − 2) after it started, for the n-th.
+/// `None` too when its CreationDate is missing or unreadable (the cap,
+/// [`MAX_FAILED_COPIES`], still holds).
+pub fn replace_after(dead: &Image) -> Option<chrono::DateTime<chrono::Utc>> {
+    let before = failed_before(dead);
+    if before == 0 {
+        return None;
+    }
+    let started = chrono::DateTime::parse_from_rfc3339(dead.creation_date.as_deref()?).ok()?;
+    let factor = 4_i64.checked_pow(before - 1)?;
+    let wait = chrono::Duration::try_minutes(REPLACE_BACKOFF_MINUTES.checked_mul(factor)?)?;
+    started.with_timezone(&chrono::Utc).checked_add_signed(wait)
+}
+
+/// The step for the copy `dead` that will never become available (`what`: its id, state and
+/// EC2's reason): not replaced once [`MAX_FAILED_COPIES`] failed in a row, nor before
+/// [`replace_after`]; `None` when it would be replaced but the region's copies in flight are at
+/// their limit (`full`).
+fn dead_copy_step(
+    dead: &Image,
+    what: &str,
+    full: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<CopyStep> {
+    let failed = failed_before(dead).saturating_add(1);
+    if failed >= MAX_FAILED_COPIES {
+        return Some(CopyStep::Failed {
+            reason: format!(
+                "{what}; {failed} copies in a row have failed here, so it is not replaced again: fix the cause, then deregister {} and the next run copies again",
+                dead.id
+            ),
+        });
+    }
+    if full {
+        return None;
+    }
+    Some(match replace_after(dead).filter(|at| *at > now) {
+        Some(at) => CopyStep::Failed {
+            reason: format!(
+                "{what}; {failed} copies in a row have failed here, so it is replaced after {} (each failure waits longer; after {MAX_FAILED_COPIES} in a row, none is replaced)",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        },
+        None => CopyStep::Replace {
+            reason: what.to_owned(),
+        },
+    })
 }
 
 /// Principals of a launch permission or a create-volume permission.
@@ -1445,12 +1521,13 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            replace_blocked(&tags(48), &dead, "ami-dead", "eu-west-1", 0),
+            replace_blocked(&tags(47), &dead, "ami-dead", "eu-west-1", 0),
             None
         );
-        // 48 + the record + the copy's publish-source: 50. One more does not fit, whether it is
-        // on the source or a record this run left that the read does not show yet.
-        for (n, outstanding) in [(49, 0), (48, 1)] {
+        // 47 + the record + the copy's publish-source and failed-copies count: 50. One more
+        // does not fit, whether it is on the source or a record this run left that the read
+        // does not show yet.
+        for (n, outstanding) in [(48, 0), (47, 1)] {
             let why = replace_blocked(&tags(n), &dead, "ami-dead", "eu-west-1", outstanding);
             assert!(
                 why.is_some_and(|w| w.contains("remove 1 tags")),
@@ -1458,7 +1535,7 @@ mod tests {
             );
         }
         // A record of this copy already there takes no new key.
-        let mut with_record = tags(48);
+        let mut with_record = tags(47);
         with_record.extend(replacing_tag("eu-west-1", "ami-dead"));
         assert_eq!(
             replace_blocked(&with_record, &dead, "ami-dead", "eu-west-1", 0),
@@ -1515,20 +1592,27 @@ mod tests {
             state: state.into(),
             ..Image::default()
         };
-        assert_eq!(copy_step(None, 0, 20), CopyStep::Start);
-        assert!(matches!(copy_step(None, 20, 20), CopyStep::Wait { .. }));
+        let now = chrono::Utc::now();
+        assert_eq!(copy_step(None, 0, 20, now), CopyStep::Start);
         assert!(matches!(
-            copy_step(Some(&img("pending")), 0, 20),
+            copy_step(None, 20, 20, now),
             CopyStep::Wait { .. }
         ));
-        assert_eq!(copy_step(Some(&img("available")), 99, 20), CopyStep::Ready);
         assert!(matches!(
-            copy_step(Some(&img("failed")), 19, 20),
+            copy_step(Some(&img("pending")), 0, 20, now),
+            CopyStep::Wait { .. }
+        ));
+        assert_eq!(
+            copy_step(Some(&img("available")), 99, 20, now),
+            CopyStep::Ready
+        );
+        assert!(matches!(
+            copy_step(Some(&img("failed")), 19, 20, now),
             CopyStep::Replace { .. }
         ));
         // The replacement would pass the region's limit: the failed copy stays for later.
         assert!(matches!(
-            copy_step(Some(&img("failed")), 20, 20),
+            copy_step(Some(&img("failed")), 20, 20, now),
             CopyStep::Failed { reason } if reason.contains("replaced by a later run")
         ));
         // EC2's reason for the state, when it gives one, is part of the step's.
@@ -1540,7 +1624,7 @@ mod tests {
             ..img("failed")
         };
         for limit in [20, 1] {
-            let reason = match copy_step(Some(&failed), 1, limit) {
+            let reason = match copy_step(Some(&failed), 1, limit, now) {
                 CopyStep::Replace { reason } | CopyStep::Failed { reason } => reason,
                 other => panic!("{other:?}"),
             };
@@ -1551,6 +1635,67 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    #[test]
+    fn failed_copies_in_a_row_are_replaced_later_each_time_then_not_at_all() {
+        use chrono::{Duration, TimeZone, Utc};
+        let started = Utc
+            .with_ymd_and_hms(2026, 12, 1, 10, 0, 0)
+            .single()
+            .expect("time");
+        let failed = |before: Option<&str>| Image {
+            id: "ami-dead".into(),
+            state: "failed".into(),
+            creation_date: Some("2026-12-01T10:00:00.000Z".into()),
+            tags: before
+                .map(|n| Tags::from([(FAILED_COPIES.to_owned(), n.to_owned())]))
+                .unwrap_or_default(),
+            ..Image::default()
+        };
+        let step = |copy: &Image, now| copy_step(Some(copy), 0, 20, now);
+        // The first failed copy in a row (no count, or one unreadable): replaced at once.
+        for first in [failed(None), failed(Some("x"))] {
+            assert_eq!(replace_after(&first), None);
+            assert!(matches!(step(&first, started), CopyStep::Replace { .. }));
+        }
+        // The n-th: 15 min, 1 h, 4 h after it started.
+        for (before, wait) in [("1", 15), ("2", 60), ("3", 240)] {
+            let copy = failed(Some(before));
+            let at = started + Duration::minutes(wait);
+            assert_eq!(replace_after(&copy), Some(at), "{before}");
+            match step(&copy, at - Duration::seconds(1)) {
+                CopyStep::Failed { reason } => assert!(
+                    reason.contains("replaced after")
+                        && reason.contains(&at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "{reason}"
+                ),
+                other => panic!("{before}: {other:?}"),
+            }
+            assert!(
+                matches!(step(&copy, at), CopyStep::Replace { .. }),
+                "{before}"
+            );
+        }
+        // The fifth in a row, however late: not replaced again, whatever the region's limit.
+        let last = failed(Some("4"));
+        for (in_flight, limit) in [(0, 20), (20, 20)] {
+            match copy_step(Some(&last), in_flight, limit, started + Duration::days(30)) {
+                CopyStep::Failed { reason } => assert!(
+                    reason.contains(
+                        "5 copies in a row have failed here, so it is not replaced again"
+                    ) && reason.contains("deregister ami-dead"),
+                    "{reason}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without a creation date the wait cannot be counted: replaced, under the cap.
+        let undated = Image {
+            creation_date: None,
+            ..failed(Some("2"))
+        };
+        assert!(matches!(step(&undated, started), CopyStep::Replace { .. }));
     }
 
     #[test]

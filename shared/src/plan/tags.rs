@@ -79,6 +79,11 @@ pub const PUBLISHED_AT: &str = "ami-pipeline:published-at";
 /// a tag value (256 characters: about 17 regions) goes on in [`FAILED_REGIONS_MORE_PREFIX`]`2`,
 /// `3`, … (`plan::publish::failed_region_tags`).
 pub const FAILED_REGIONS: &str = "ami-pipeline:publish-failed-regions";
+/// A failed copy's replacement (never a source): how many copies of its source failed in a row
+/// in its region before it (`1` on the first replacement). Written by publish right after the
+/// replacement starts; read when the replacement fails too, to back off and stop replacing
+/// (`plan::publish::copy_step`).
+pub const FAILED_COPIES: &str = "ami-pipeline:publish-failed-copies";
 /// The keys that carry on [`FAILED_REGIONS`]'s list: `ami-pipeline:publish-failed-regions:2`, …
 pub const FAILED_REGIONS_MORE_PREFIX: &str = "ami-pipeline:publish-failed-regions:";
 /// Source image, one key per region (`ami-pipeline:publish-copy-attempt:eu-west-1=1`), written
@@ -134,7 +139,7 @@ pub mod publish {
 }
 
 /// Every key (the spec and extra-tag prefixes are in [`PREFIXES`]).
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 38] = [
     SOURCE_IMAGE,
     SOURCE_INSTANCE,
     SOURCE_REGION,
@@ -165,6 +170,7 @@ pub const ALL: [&str; 37] = [
     PUBLISH_SOURCE,
     PUBLISHED_AT,
     FAILED_REGIONS,
+    FAILED_COPIES,
     publish::REGIONS,
     publish::ACCOUNTS,
     publish::ORGANIZATIONS,
