@@ -1027,6 +1027,91 @@ async fn both_triggers_of_an_upload_at_once_announce_it_once() {
     assert_eq!(ready.len(), 1, "{msgs:?}");
 }
 
+#[tokio::test]
+async fn an_upload_still_pending_at_image_registered_is_announced_by_its_available_event() {
+    // On AWS create-image's image.registered (sent right after RegisterImage) often reads the
+    // image still pending; EC2's "available" event follows within seconds. Before, that event
+    // left a fresh upload's image.ready to image.registered, which had already given up, and
+    // the announcement waited for the schedule (15 minutes at least). With claims, the first
+    // trigger to find it available announces it, once.
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
+    let ec2 = w.ec2(EAST);
+    let (image, _) = fixtures::image(
+        &ec2,
+        "web-pending",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-token", "tok-pending"),
+        ],
+    )
+    .await;
+    let state = |s: &str| {
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/image-state",
+            Some(json!({"region": EAST, "image_id": image, "state": s})),
+        );
+    };
+    state("pending");
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-pending"});
+    let sns = w.run(aws_events::sns(&w.topic, &registered)).await;
+    assert_eq!(sns["results"][0]["outcome"], "not-available", "{sns}");
+    assert_eq!(sns["results"][0]["ready_announced"], false, "{sns}");
+    state("available");
+    let avail = w.available(EAST, &image).await;
+    assert_eq!(avail["ready_announced"], true, "{avail}");
+    // A late duplicate of either trigger sends nothing more.
+    let (again, late) = tokio::join!(
+        w.run(aws_events::sns(&w.topic, &registered)),
+        w.available(EAST, &image)
+    );
+    assert_eq!(again["results"][0]["ready_announced"], false, "{again}");
+    assert_eq!(late["ready_announced"], false, "{late}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let ready = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .count();
+    assert_eq!(ready, 1, "{msgs:?}");
+}
+
+#[tokio::test]
+async fn with_claims_both_triggers_of_an_upload_at_once_announce_it_once() {
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
+    let ec2 = w.ec2(EAST);
+    let (image, _) = fixtures::image(
+        &ec2,
+        "web-both-claimed",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-token", "tok-both-claimed"),
+        ],
+    )
+    .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-both-claimed"});
+    let (sns, state) = tokio::join!(
+        w.run(aws_events::sns(&w.topic, &registered)),
+        w.available(EAST, &image)
+    );
+    let announced = [&sns["results"][0], &state]
+        .iter()
+        .filter(|r| r["ready_announced"] == true)
+        .count();
+    assert_eq!(announced, 1, "{sns} {state}");
+    let msgs = w.acct.drain(&w.queue).await;
+    let ready = msgs
+        .iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .count();
+    assert_eq!(ready, 1, "{msgs:?}");
+}
+
 /// The first snapshot of `image` in `ec2`'s region.
 async fn snapshot_of(ec2: &aws_sdk_ec2::Client, image: &str) -> String {
     ec2.describe_images()

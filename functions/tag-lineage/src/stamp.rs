@@ -84,7 +84,13 @@ pub(crate) async fn stamp_one(
         report.written = plan.writes.clone();
         info!(image = %image.id, origin = ?plan.origin, "lineage stamped");
     }
-    let deferred = trigger == Trigger::StateChange && stamp::leave_ready_to_registered(&image, now);
+    // With claims (STATE_BUCKET), whichever trigger claims first announces, once: no need to
+    // defer. Without, the "available" trigger leaves a fresh upload to image.registered, which
+    // on AWS often reads the image still pending (create-image announces right after
+    // RegisterImage) and leaves it to the schedule.
+    let deferred = trigger == Trigger::StateChange
+        && deps.config.claims.bucket.is_none()
+        && stamp::leave_ready_to_registered(&image, now);
     if plan.ready_to_announce(&image) && deferred {
         report.detail = Some(
             "image.ready is left to the image.registered trigger (a fresh upload); the schedule sends it if that one is lost"

@@ -259,6 +259,9 @@ pub async fn describe_own_image(ec2: &Client, image_id: &str) -> Result<Option<I
     describe_one_image(ec2, image_id, true).await
 }
 
+/// One image by id, deprecated and disabled ones included: "A disabled AMI does not appear in
+/// DescribeImages API calls by default" (DisableImage), ids asked for included, so without
+/// `IncludeDisabled` a disabled parent would read as gone and a disabled image as not there.
 async fn describe_one_image(
     ec2: &Client,
     image_id: &str,
@@ -267,7 +270,8 @@ async fn describe_one_image(
     let mut call = ec2
         .describe_images()
         .image_ids(image_id)
-        .include_deprecated(true);
+        .include_deprecated(true)
+        .include_disabled(true);
     if own {
         call = call.owners("self");
     }

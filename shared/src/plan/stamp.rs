@@ -239,7 +239,8 @@ impl StampPlan {
 
 /// For how long after an upload's registration the EventBridge "available" trigger leaves
 /// `image.ready` to the SNS `image.registered` one (both arrive for every upload, often at the
-/// same moment: two announcers would send it twice).
+/// same moment: two announcers would send it twice), in a deployment without claims (no
+/// `STATE_BUCKET`; with claims the first to claim announces, `shared::claim`).
 pub const REGISTERED_LEADS_SECONDS: i64 = 120;
 
 /// Whether a state-change trigger should leave the announcement of `image` to the
