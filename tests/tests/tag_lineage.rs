@@ -1079,6 +1079,41 @@ async fn an_upload_still_pending_at_image_registered_is_announced_by_its_availab
 }
 
 #[tokio::test]
+async fn an_image_that_turns_available_while_its_event_waits_is_stamped_and_announced() {
+    // image.registered reads the image pending; it becomes available a moment later, within
+    // VISIBILITY_WAIT_SECONDS: the same invocation stamps and announces it.
+    let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "8")]).await;
+    let ec2 = w.ec2(EAST);
+    let (image, _) = fixtures::image(
+        &ec2,
+        "web-settling",
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-token", "tok-settling"),
+        ],
+    )
+    .await;
+    let state = |s: &str| {
+        w.acct.control(
+            "POST",
+            "/ami-pipeline-emulator/image-state",
+            Some(json!({"region": EAST, "image_id": image, "state": s})),
+        );
+    };
+    state("pending");
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": "web-settling"});
+    let (sns, ()) = tokio::join!(w.run(aws_events::sns(&w.topic, &registered)), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state("available");
+    });
+    assert_eq!(sns["results"][0]["outcome"], "stamped", "{sns}");
+    assert_eq!(sns["results"][0]["ready_announced"], true, "{sns}");
+}
+
+#[tokio::test]
 async fn with_claims_both_triggers_of_an_upload_at_once_announce_it_once() {
     let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
     let ec2 = w.ec2(EAST);

@@ -236,19 +236,24 @@ pub(crate) fn clients_for<'a>(deps: &'a Deps, region: Option<&str>) -> Cow<'a, C
 }
 
 /// This account's image `image_id`, looked up again with growing pauses for up to the
-/// configured wait (EC2's DescribeImages is eventually consistent right after creation).
+/// configured wait (EC2's DescribeImages is eventually consistent right after creation), and
+/// for as long while it reads `pending` when `settling`: an "available" event's image whose
+/// read lags behind the event, or an `image.registered` one sent right after RegisterImage.
 pub(crate) async fn visible_image(
     deps: &Deps,
     c: &Clients,
     image_id: &str,
     deadline: Deadline,
+    settling: bool,
 ) -> Result<Option<Image>, AwsError> {
     let mut waited = Duration::ZERO;
     let mut pause = Duration::from_millis(500);
     loop {
         let found = ec2::describe_own_image(&c.ec2, image_id).await?;
-        if found.is_some() || waited + pause > deps.config.visibility_wait || !deadline.may_start()
-        {
+        let settled = found
+            .as_ref()
+            .is_some_and(|i| !(settling && i.state == "pending"));
+        if settled || waited + pause > deps.config.visibility_wait || !deadline.may_start() {
             return Ok(found);
         }
         tokio::time::sleep(pause).await;

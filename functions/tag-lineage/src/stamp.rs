@@ -41,7 +41,8 @@ pub(crate) async fn stamp_one(
         ready_announced: false,
         detail: None,
     };
-    let Some(image) = visible_image(deps, &c, &target.image_id, deadline).await? else {
+    let settling = matches!(trigger, Trigger::StateChange | Trigger::Registered);
+    let Some(image) = visible_image(deps, &c, &target.image_id, deadline, settling).await? else {
         info!(image = %target.image_id, region = %c.region, "not visible yet; left to the next event");
         report.outcome = StampOutcome::NotVisible;
         report.detail = Some(format!(
