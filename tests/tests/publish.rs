@@ -465,7 +465,9 @@ async fn with_eventual_consistency_a_duplicate_event_makes_no_second_copy_and_th
     tokio::time::sleep(Duration::from_secs(LAG_SECONDS) + Duration::from_millis(500)).await;
     assert_eq!(w.copies(WEST, &src).await.len(), 1, "one copy per region");
     let mut status = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3 * LAG_SECONDS);
+    // Each schedule run may wait out the lag verifying the shares (about 9 s each here, alone):
+    // room for a few, and for a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8 * LAG_SECONDS);
     while std::time::Instant::now() < deadline {
         let sched = w.run(World::schedule()).await;
         if let Some(r) = advanced(&sched).first() {
@@ -1758,8 +1760,8 @@ async fn a_replacement_a_stopped_run_began_is_continued_by_the_next() {
     w.run(w.ready_event(&src)).await;
     let dead = fail_copies(&w, &[EU], &src).await[EU].clone();
     // A run stopped between deregistering the failed copy and starting its replacement: the
-    // source holds the record, the region no copy.
-    let record = plan::replacing_tag(EU, &dead);
+    // source holds the record (with the failures in a row, one), the region no copy.
+    let record = plan::replacing_tag(EU, &dead, 1);
     shared::aws::ec2::create_tags(&w.ec2(EAST), &[src.as_str()], &record)
         .await
         .expect("record");
@@ -1777,6 +1779,8 @@ async fn a_replacement_a_stopped_run_began_is_continued_by_the_next() {
     assert_eq!(copies.len(), 1, "{copies:#?}");
     assert_ne!(copies[0].id, dead);
     assert_eq!(rep.image_id.as_deref(), Some(copies[0].id.as_str()));
+    // The count the record carried: should the replacement fail too, it waits.
+    assert_eq!(failed_copies(&copies[0]), Some("1"));
     let tags = fixtures::tags_of(&w.ec2(EAST), &src).await;
     assert!(!tags.to_string().contains("publish-replacing"), "{tags}");
     let done = w.run(World::schedule()).await;
@@ -1822,11 +1826,13 @@ async fn a_copy_someone_deregistered_is_made_again_not_answered_by_its_token() {
     let mut makers = 0;
     for out in [&a, &b] {
         let rep = &advanced(out)[0].regions[EU];
-        assert_eq!(rep.outcome, "copying", "{out:#?}");
         assert_eq!(rep.image_id.as_deref(), Some(again.as_str()), "{rep:#?}");
         let Some(detail) = rep.detail.as_deref() else {
-            continue; // listed by its tag: nothing to explain
+            // Listed by its tag, and available already (no copy delay): published.
+            assert_eq!(rep.outcome, "published", "{out:#?}");
+            continue;
         };
+        assert_eq!(rep.outcome, "copying", "{out:#?}");
         let found = detail.starts_with(&format!("copy {again} is "))
             && detail.contains(&format!(
                 "(EC2 answered with {gone}, deregistered since), not listed by its tag yet"
@@ -1835,8 +1841,13 @@ async fn a_copy_someone_deregistered_is_made_again_not_answered_by_its_token() {
         assert!(detail.contains(&made) || found, "{detail}");
     }
     assert!(makers >= 1, "{a:#?}\n{b:#?}");
-    let done = w.run(World::schedule()).await;
-    assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    if [&a, &b]
+        .iter()
+        .all(|o| advanced(o)[0].status != "published")
+    {
+        let done = w.run(World::schedule()).await;
+        assert_eq!(advanced(&done)[0].status, "published", "{done:#?}");
+    }
     assert_eq!(w.messages("image.published").await.len(), 1);
 }
 
@@ -1937,7 +1948,7 @@ async fn a_replacement_record_of_a_region_the_policy_left_is_cleared() {
     // there: nothing continues that record, so the next run clears it (its tag is the source's).
     let w = world(&[("PUBLISH_REGIONS", EU)]).await;
     let (src, _) = w.source("web-region-left", &[]).await;
-    let record = plan::replacing_tag(WEST, "ami-0123456789abcdef0");
+    let record = plan::replacing_tag(WEST, "ami-0123456789abcdef0", 0);
     shared::aws::ec2::create_tags(&w.ec2(EAST), &[src.as_str()], &record)
         .await
         .expect("record");

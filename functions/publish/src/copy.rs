@@ -63,10 +63,10 @@ pub(crate) async fn advance_copy(
     } else {
         0
     };
-    let replacing = plan::replacing(&source.tags, region);
+    let replacing = plan::replacing_record(&source.tags, region);
     // A replacement's record left by a run that stopped after starting it.
-    if let Some(failed) = plan::stale_record(&source.tags, region, copy) {
-        clear_replacing(deps, source, home, region, failed).await;
+    if let Some(stale) = plan::stale_record(&source.tags, region, copy) {
+        clear_replacing(deps, source, home, region, stale.value).await;
     }
     let step = plan::copy_step(
         copy,
@@ -120,23 +120,26 @@ pub(crate) async fn advance_copy(
 }
 
 /// Starts the region's copy when none is there: the replacement a stopped run began
-/// (`replacing`: the failed copy it deregistered), else the region's first copy.
+/// (`replacing`: the record of the failed copy it deregistered, with the failures in a row the
+/// replacement records), else the region's first copy.
 async fn start_first(
     run: &Run<'_>,
     rc: &Clients,
     source: &Image,
-    replacing: Option<&str>,
+    replacing: Option<plan::Record<'_>>,
 ) -> RegionReport {
     let (deps, home) = (run.deps, run.home);
     let region = rc.region.as_str();
-    let Some(failed) = replacing else {
+    let Some(record) = replacing else {
         let first = Attempt::First(plan::copy_attempt(&source.tags, region));
         return start_copy(run, rc, source, first).await;
     };
+    let failed = record.failed;
     let rep = start_copy(run, rc, source, Attempt::Replacing(failed)).await;
-    if rep.outcome == RegionOutcome::Copying {
+    if let (RegionOutcome::Copying, Some(new)) = (rep.outcome, rep.image_id.as_deref()) {
         info!(image = %source.id, %region, %failed, "stopped replacement continued");
-        clear_replacing(deps, source, home, region, failed).await;
+        clear_replacing(deps, source, home, region, record.value).await;
+        count_failed(rc, record.failures, failed, new).await;
     }
     rep
 }
@@ -152,9 +155,9 @@ async fn start_first(
 /// A run replaces one copy at a time ([`Run::replacing`]), and first reads the source and the
 /// region again ([`plan::replace_blocked`]): the copy must still be the region's failed copy,
 /// no record of another failed copy there may be overwritten, and the record plus the
-/// `publish-source` key the replacement adds must fit beside the source's tags (a copy
-/// inherits them all through `CopyImageTags`, records included, and loses the records when
-/// stamped: [`plan::inherited_markers`]).
+/// `publish-source` and `publish-failed-copies` keys the replacement adds must fit beside the
+/// source's tags (a copy inherits them all through `CopyImageTags`, records included, and loses
+/// the records when stamped: [`plan::inherited_markers`]).
 async fn replace_copy(
     run: &Run<'_>,
     rc: &Clients,
@@ -195,14 +198,16 @@ async fn replace_copy(
     if let Some(why) = plan::replace_blocked(tags, &listed, &dead.id, region, *outstanding) {
         return Ok(failed(format!("{reason}; {why}")));
     }
-    let record = plan::replacing_tag(region, &dead.id);
+    let failures = plan::failures_through(dead);
+    let record = plan::replacing_tag(region, &dead.id, failures);
     ec2::create_tags(home_ec2, &[source.id.as_str()], &record).await?;
     deregister_dead(rc, dead).await?;
     let started = start_copy(run, rc, source, Attempt::Replacing(&dead.id)).await;
     match (started.outcome, started.image_id) {
         (RegionOutcome::Copying, Some(new)) => {
-            clear_replacing(deps, source, home, region, &dead.id).await;
-            count_failed(rc, dead, &new).await;
+            let value = plan::record_value(&dead.id, failures);
+            clear_replacing(deps, source, home, region, &value).await;
+            count_failed(rc, failures, &dead.id, &new).await;
             info!(image = %source.id, %region, failed = %dead.id, copy = %new, "failed copy replaced");
             Ok(failed(format!(
                 "{reason}; deregistered, copying again as {new}"
@@ -219,46 +224,56 @@ async fn replace_copy(
 }
 
 /// Marks the replacement `new` of the failed copy `dead` with the copies that failed in a row
-/// before it ([`plan::FAILED_COPIES`]), so that it is replaced later, and at most
-/// [`plan::MAX_FAILED_COPIES`] times in a row, should it fail too ([`plan::copy_step`]). Written
+/// up to `dead` (`failures`, [`plan::FAILED_COPIES`]), so that it is replaced later, and not
+/// once [`plan::MAX_FAILED_COPIES`] copies failed in a row, should it fail too
+/// ([`plan::copy_step`]); nothing when `failures` is 0 (a disabled copy's replacement). Written
 /// after CopyImage rather than in its TagSpecifications: a run that starts the same replacement
 /// from a gone copy ([`follow_gone`]) cannot know the count, and the same ClientToken must carry
-/// the same request. An id just created may not have propagated yet (EC2's eventual
-/// consistency: `InvalidAMIID.NotFound`), so that refusal is retried a few times, for about
-/// 3.5 s. Best effort: without it, a failure of `new` counts as the first again.
-async fn count_failed(rc: &Clients, dead: &Image, new: &str) {
-    let failed = plan::failed_before(dead).saturating_add(1);
-    let count = Tags::from([(plan::FAILED_COPIES.to_owned(), failed.to_string())]);
+/// the same request. `new` is read first: a count already there as high is kept (EC2 may have
+/// answered a later replacement in the chain). An id just created may not have propagated yet
+/// (EC2's eventual consistency: `InvalidAMIID.NotFound`), and CreateTags may be throttled: both
+/// are retried a few times, for about 3.5 s. Best effort: without it, a failure of `new`
+/// counts as the first again.
+async fn count_failed(rc: &Clients, failures: u32, dead: &str, new: &str) {
+    if failures == 0 {
+        return;
+    }
+    if let Ok(Some(copy)) = ec2::describe_own_image(&rc.ec2, new).await
+        && plan::failed_before(&copy) >= failures
+    {
+        return;
+    }
+    let count = Tags::from([(plan::FAILED_COPIES.to_owned(), failures.to_string())]);
     let mut pause = std::time::Duration::from_millis(500);
     for attempt in 1..=4 {
         match ec2::create_tags(&rc.ec2, &[new], &count).await {
             Ok(()) => return,
-            Err(e) if e.is_not_found() && attempt < 4 => {
+            Err(e) if (e.is_not_found() || e.kind == ErrorKind::Throttled) && attempt < 4 => {
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
             Err(e) => {
-                warn!(region = %rc.region, copy = %new, failed = %dead.id, error = %e, "failed copies in a row not recorded on the replacement; should it fail too, it is replaced as a first failure");
+                warn!(region = %rc.region, copy = %new, failed = %dead, error = %e, "failed copies in a row not recorded on the replacement; should it fail too, it is replaced as a first failure");
                 return;
             }
         }
     }
 }
 
-/// Deletes the source's record that `failed` in `region` is being replaced, only while it
-/// still names `failed`. Best effort: a record left behind is cleared by the next run that
-/// finds the region's copy, or that no longer copies to the region.
+/// Deletes the source's replacement record in `region`, only while its value is still
+/// `record` ([`plan::Record::value`]). Best effort: a record left behind is cleared by the next
+/// run that finds the region's copy, or that no longer copies to the region.
 pub(crate) async fn clear_replacing(
     deps: &Deps,
     source: &Image,
     home: &str,
     region: &str,
-    failed: &str,
+    record: &str,
 ) {
     let home_ec2 = &clients_for(deps, Some(home)).ec2;
     let key = format!("{}{region}", plan::REPLACING_PREFIX);
-    match ec2::delete_tag_if(home_ec2, &source.id, &key, failed).await {
-        Ok(()) => info!(image = %source.id, %region, %failed, "replacement record cleared"),
+    match ec2::delete_tag_if(home_ec2, &source.id, &key, record).await {
+        Ok(()) => info!(image = %source.id, %region, %record, "replacement record cleared"),
         Err(e) => {
             warn!(image = %source.id, %region, error = %e, "replacement record not cleared; the next run that finds the region's copy clears it");
         }

@@ -420,13 +420,40 @@ pub fn copy_attempt(source_tags: &Tags, region: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// The failed copy whose replacement in `region` a run began ([`REPLACING_PREFIX`]`<region>`
-/// on the source), if any.
+/// A replacement record on the source ([`REPLACING_PREFIX`]`<region>`): its value is the
+/// failed copy's id, then `/` and the copies that failed in a row up to it when there were any
+/// ([`failures_through`]; `ami-0abc/2`), so that a run that continues a stopped replacement
+/// records the same count on it ([`FAILED_COPIES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The failed copy being replaced.
+    pub failed: &'a str,
+    /// The copies that failed in a row up to it; 0 when the record does not say (records of
+    /// earlier versions hold the id alone).
+    pub failures: u32,
+    /// The tag's value as written (DeleteTags compares it).
+    pub value: &'a str,
+}
+
+/// The record of the failed copy whose replacement in `region` a run began, if any.
+pub fn replacing_record<'a>(source_tags: &'a Tags, region: &str) -> Option<Record<'a>> {
+    let value = source_tags
+        .get(&format!("{REPLACING_PREFIX}{region}"))?
+        .as_str();
+    let (failed, failures) = match value.split_once('/') {
+        Some((id, n)) => (id, n.parse().unwrap_or(0)),
+        None => (value, 0),
+    };
+    failed.starts_with("ami-").then_some(Record {
+        failed,
+        failures,
+        value,
+    })
+}
+
+/// The failed copy whose replacement in `region` a run began ([`replacing_record`]), if any.
 pub fn replacing<'a>(source_tags: &'a Tags, region: &str) -> Option<&'a str> {
-    source_tags
-        .get(&format!("{REPLACING_PREFIX}{region}"))
-        .map(String::as_str)
-        .filter(|id| id.starts_with("ami-"))
+    replacing_record(source_tags, region).map(|r| r.failed)
 }
 
 /// Replacement records on the source ([`REPLACING_PREFIX`]) of regions the policy no longer
@@ -454,14 +481,27 @@ pub fn stale_record<'a>(
     source_tags: &'a Tags,
     region: &str,
     copy: Option<&Image>,
-) -> Option<&'a str> {
+) -> Option<Record<'a>> {
     let live = copy.filter(|c| !is_dead(c))?;
-    replacing(source_tags, region).filter(|failed| *failed != live.id)
+    replacing_record(source_tags, region).filter(|r| r.failed != live.id)
 }
 
-/// The tag that says the failed copy `failed` in `region` is being replaced.
-pub fn replacing_tag(region: &str, failed: &str) -> Tags {
-    Tags::from([(format!("{REPLACING_PREFIX}{region}"), failed.to_owned())])
+/// The value of the record that the failed copy `failed` is being replaced, after `failures`
+/// copies failed in a row up to it ([`Record`]).
+pub fn record_value(failed: &str, failures: u32) -> String {
+    if failures == 0 {
+        failed.to_owned()
+    } else {
+        format!("{failed}/{failures}")
+    }
+}
+
+/// The tag that says the failed copy `failed` in `region` is being replaced ([`Record`]).
+pub fn replacing_tag(region: &str, failed: &str, failures: u32) -> Tags {
+    Tags::from([(
+        format!("{REPLACING_PREFIX}{region}"),
+        record_value(failed, failures),
+    )])
 }
 
 /// When a publish deprecates an image that has no deprecation time yet.
@@ -674,7 +714,8 @@ pub fn pick_copy(found: &[Image]) -> Picked<'_> {
 /// `source_tags` (the source's), `listed` (the region's copies of it), `outstanding` (records
 /// this run left on the source that a lagging read may not show yet). Replacing puts a record
 /// on the source ([`replacing_tag`]) and the replacement inherits the source's tags plus
-/// [`PUBLISH_SOURCE`], so both must stay within EC2's 50 tags. `None`: replace it.
+/// [`PUBLISH_SOURCE`] and [`FAILED_COPIES`], so both must stay within EC2's 50 tags. `None`:
+/// replace it.
 pub fn replace_blocked(
     source_tags: &Tags,
     listed: &[Image],
@@ -790,12 +831,26 @@ pub const MAX_FAILED_COPIES: u32 = 5;
 pub const REPLACE_BACKOFF_MINUTES: i64 = 15;
 
 /// How many copies of its source failed in a row in its region before `copy`
-/// ([`FAILED_COPIES`] on a replacement; 0 when absent or unreadable).
+/// ([`FAILED_COPIES`] on a replacement; 0 when absent or unreadable). 0 for a disabled copy:
+/// it became available (someone disabled it since), which ended the run of failures.
 pub fn failed_before(copy: &Image) -> u32 {
+    if copy.state == "disabled" {
+        return 0;
+    }
     copy.tags
         .get(FAILED_COPIES)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// The copies that failed in a row up to and including the dead copy `dead`: what its
+/// replacement records ([`FAILED_COPIES`]). 0 for a disabled copy, which did not fail.
+pub fn failures_through(dead: &Image) -> u32 {
+    if dead.state == "disabled" {
+        0
+    } else {
+        failed_before(dead).saturating_add(1)
+    }
 }
 
 /// When the failed copy `dead` may be replaced: at once when it is the first failed copy in a
@@ -823,7 +878,7 @@ fn dead_copy_step(
     full: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<CopyStep> {
-    let failed = failed_before(dead).saturating_add(1);
+    let failed = failures_through(dead);
     if failed >= MAX_FAILED_COPIES {
         return Some(CopyStep::Failed {
             reason: format!(
@@ -1476,8 +1531,8 @@ mod tests {
 
     #[test]
     fn records_of_regions_the_policy_left_are_the_departed_ones() {
-        let mut tags = replacing_tag("eu-west-1", "ami-a");
-        tags.extend(replacing_tag("ap-south-1", "ami-b"));
+        let mut tags = replacing_tag("eu-west-1", "ami-a", 0);
+        tags.extend(replacing_tag("ap-south-1", "ami-b", 0));
         tags.insert("team".into(), "x".into());
         let regions: BTreeSet<String> = ["eu-west-1".to_owned(), "us-west-2".to_owned()].into();
         assert_eq!(departed_records(&tags, &regions), [("ap-south-1", "ami-b")]);
@@ -1493,9 +1548,24 @@ mod tests {
 
     #[test]
     fn a_replacements_record_is_read_per_region_and_never_kept_by_a_copy() {
-        let record = replacing_tag("eu-west-1", "ami-dead");
+        let record = replacing_tag("eu-west-1", "ami-dead", 0);
         assert_eq!(replacing(&record, "eu-west-1"), Some("ami-dead"));
         assert_eq!(replacing(&record, "us-west-2"), None);
+        // With the failures in a row up to the failed copy, for its replacement to record.
+        let counted = replacing_tag("eu-west-1", "ami-dead", 3);
+        assert_eq!(
+            replacing_record(&counted, "eu-west-1"),
+            Some(Record {
+                failed: "ami-dead",
+                failures: 3,
+                value: "ami-dead/3"
+            })
+        );
+        assert_eq!(replacing(&counted, "eu-west-1"), Some("ami-dead"));
+        assert_eq!(
+            replacing_record(&record, "eu-west-1").map(|r| (r.failures, r.value)),
+            Some((0, "ami-dead"))
+        );
         // A copy loses the record whether or not the source still has it.
         let copy = Image {
             tags: record.clone(),
@@ -1536,14 +1606,14 @@ mod tests {
         }
         // A record of this copy already there takes no new key.
         let mut with_record = tags(47);
-        with_record.extend(replacing_tag("eu-west-1", "ami-dead"));
+        with_record.extend(replacing_tag("eu-west-1", "ami-dead", 2));
         assert_eq!(
             replace_blocked(&with_record, &dead, "ami-dead", "eu-west-1", 0),
             None
         );
         // A record of another failed copy is continued, not overwritten.
         let mut other = tags(1);
-        other.extend(replacing_tag("eu-west-1", "ami-older"));
+        other.extend(replacing_tag("eu-west-1", "ami-older", 0));
         let why = replace_blocked(&other, &dead, "ami-dead", "eu-west-1", 0);
         assert!(why.is_some_and(|w| w.contains("ami-older")));
         // The region changed since it was read: decided again next run.
@@ -1563,11 +1633,12 @@ mod tests {
             state: state.into(),
             ..Image::default()
         };
-        let record = replacing_tag("eu-west-1", "ami-dead");
+        let record = replacing_tag("eu-west-1", "ami-dead", 1);
         let new = img("ami-new", "pending");
+        // The whole value, which DeleteTags compares.
         assert_eq!(
-            stale_record(&record, "eu-west-1", Some(&new)),
-            Some("ami-dead")
+            stale_record(&record, "eu-west-1", Some(&new)).map(|r| r.value),
+            Some("ami-dead/1")
         );
         assert_eq!(stale_record(&record, "us-west-2", Some(&new)), None);
         // The copy it names still listed as pending (a read from before it failed), the copy
@@ -1690,6 +1761,18 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // A copy someone disabled became available first: the failures before it do not run
+        // on, and its replacement counts none.
+        let disabled = Image {
+            state: "disabled".into(),
+            ..failed(Some("4"))
+        };
+        assert_eq!(
+            (failed_before(&disabled), failures_through(&disabled)),
+            (0, 0)
+        );
+        assert!(matches!(step(&disabled, started), CopyStep::Replace { .. }));
+        assert_eq!(failures_through(&failed(Some("2"))), 3);
         // Without a creation date the wait cannot be counted: replaced, under the cap.
         let undated = Image {
             creation_date: None,
