@@ -567,6 +567,12 @@ def test_describe_images_include_flags_and_filters_page_together(account):
     assert sorted(walk(Filters=tagged, IncludeDeprecated=False)) == sorted(set(managed) - {disabled})
     assert sorted(walk(Filters=tagged, IncludeDeprecated=True, IncludeDisabled=True)) == sorted(managed)
     assert walk(Filters=tagged + [{"Name": "state", "Values": ["disabled"]}], IncludeDisabled=True) == [disabled]
+    # Named by id too: a disabled AMI only with IncludeDisabled (DisableImage: "A disabled AMI
+    # does not appear in DescribeImages API calls by default").
+    assert ec2.describe_images(ImageIds=[disabled])["Images"] == []
+    assert [i["ImageId"] for i in ec2.describe_images(ImageIds=[disabled, public])["Images"]] == [public]
+    named = ec2.describe_images(ImageIds=[disabled], IncludeDisabled=True)["Images"]
+    assert [(i["ImageId"], i["State"]) for i in named] == [(disabled, "disabled")]
     private_available = walk(
         Filters=[
             {"Name": "tag-key", "Values": ["ami-pipeline:managed"]},

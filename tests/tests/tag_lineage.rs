@@ -335,6 +335,29 @@ async fn children_of_a_root_with_several_descendants() {
     // Asking with one region only finds what lives there.
     let east_only = w.run(json!({"children": root, "regions": [EAST]})).await;
     assert_eq!(east_only["descendants"], 2, "{east_only}");
+
+    // Disabled images are still in the tree, both ways (DescribeImages leaves a disabled AMI
+    // out unless asked: IncludeDisabled).
+    east.disable_image()
+        .image_id(&direct)
+        .send()
+        .await
+        .expect("disable");
+    let west = w.ec2(WEST);
+    west.disable_image()
+        .image_id(&copy)
+        .send()
+        .await
+        .expect("disable");
+    let with_disabled = w.run(json!({"children": root})).await;
+    assert_eq!(with_disabled["descendants"], 4, "{with_disabled}");
+    let up = w
+        .run(json!({"ancestors": grandchild, "region": WEST}))
+        .await;
+    assert_eq!(up["stopped"], "root", "{up}");
+    assert_eq!(up["ancestors"][0]["image_id"], copy.as_str(), "{up}");
+    assert_eq!(up["ancestors"][0]["state"], "disabled", "{up}");
+    assert_eq!(up["ancestors"][1]["image_id"], root.as_str(), "{up}");
 }
 
 /// A query answered by an invocation that may start calls for `left` more (its deadline's

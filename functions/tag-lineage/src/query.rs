@@ -182,9 +182,12 @@ async fn tagged_children(
             return Ok((out, false));
         }
         let rc = clients_for(deps, Some(r));
-        let images =
-            ec2::describe_own_images(&rc.ec2, &[Select::tag(lineage::SOURCE_IMAGE, [node_id])])
-                .await?;
+        // Disabled children too: they still exist (EnableImage brings them back).
+        let images = ec2::describe_every_own_image(
+            &rc.ec2,
+            &[Select::tag(lineage::SOURCE_IMAGE, [node_id])],
+        )
+        .await?;
         out.extend(
             images
                 .into_iter()

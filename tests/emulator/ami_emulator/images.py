@@ -507,9 +507,12 @@ def describe_images(self: Any) -> ActionResult:
             if missing:
                 raise InvalidAMIIdError(missing)
             images = [i for i in images if i.id in image_ids]
-        elif not include_disabled:
-            # "Default: No disabled AMIs are included in the response." Guess: not applied when
-            # the caller names the ids.
+        if not include_disabled:
+            # "Default: No disabled AMIs are included in the response" (IncludeDisabled), and
+            # "A disabled AMI does not appear in DescribeImages API calls by default"
+            # (DisableImage): ids the caller names included, so code that reads an image by id
+            # must ask for disabled ones. (Whether EC2 then answers an empty list or
+            # InvalidAMIID.NotFound is not documented; the empty list is the milder guess.)
             images = [i for i in images if i.state != "disabled"]
         if exec_users:
             wanted = {account if u == "self" else u for u in exec_users}
