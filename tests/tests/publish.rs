@@ -1569,6 +1569,19 @@ fn failed_copies(copy: &shared::model::Image) -> Option<&str> {
     copy.tags.get(plan::FAILED_COPIES).map(String::as_str)
 }
 
+/// One schedule run that reports `EU` failed with a detail that `says`, and leaves the failed
+/// copy `dead` the region's only copy.
+async fn failed_and_kept(w: &World, src: &str, dead: &str, says: &str) {
+    let out = w.run(World::schedule()).await;
+    let rep = &advanced(&out)[0].regions[EU];
+    assert_eq!(rep.outcome, "failed", "{out:#?}");
+    let detail = rep.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains(says), "{detail}");
+    let copies = w.copies(EU, src).await;
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    assert_eq!(copies[0].id, dead);
+}
+
 #[tokio::test]
 async fn a_copy_that_keeps_failing_is_replaced_later_each_time_then_left_for_a_person() {
     // On AWS each replacement is a whole new copy of the snapshots: a cause that stays (a key
@@ -1587,19 +1600,8 @@ async fn a_copy_that_keeps_failing_is_replaced_later_each_time_then_left_for_a_p
             // Not yet: the failed copy stays, and the region says when.
             let early = Utc::now() - chrono::Duration::minutes(wait - 1);
             w.acct.backdate_image(EU, &dead, early);
-            let out = w.run(World::schedule()).await;
-            let rep = &advanced(&out)[0].regions[EU];
-            assert_eq!(rep.outcome, "failed", "{out:#?}");
-            let detail = rep.detail.as_deref().unwrap_or_default();
-            assert!(
-                detail.contains(&format!(
-                    "{n} copies in a row have failed here, so it is replaced after"
-                )),
-                "{n}: {detail}"
-            );
-            let copies = w.copies(EU, &src).await;
-            assert_eq!(copies.len(), 1, "{copies:#?}");
-            assert_eq!(copies[0].id, dead);
+            let says = format!("{n} copies in a row have failed here, so it is replaced after");
+            failed_and_kept(&w, &src, &dead, &says).await;
             w.acct
                 .backdate_image(EU, &dead, Utc::now() - chrono::Duration::minutes(wait + 1));
         }
@@ -1618,20 +1620,11 @@ async fn a_copy_that_keeps_failing_is_replaced_later_each_time_then_left_for_a_p
     let last = fail_copies(&w, &[EU], &src).await[EU].clone();
     w.acct
         .backdate_image(EU, &last, Utc::now() - chrono::Duration::days(3));
+    let says = format!(
+        "5 copies in a row have failed here, so it is not replaced again: fix the cause, then deregister {last}"
+    );
     for _ in 0..2 {
-        let out = w.run(World::schedule()).await;
-        let rep = &advanced(&out)[0].regions[EU];
-        assert_eq!(rep.outcome, "failed", "{out:#?}");
-        let detail = rep.detail.as_deref().unwrap_or_default();
-        assert!(
-            detail.contains(&format!(
-                "5 copies in a row have failed here, so it is not replaced again: fix the cause, then deregister {last}"
-            )),
-            "{detail}"
-        );
-        let copies = w.copies(EU, &src).await;
-        assert_eq!(copies.len(), 1, "{copies:#?}");
-        assert_eq!(copies[0].id, last);
+        failed_and_kept(&w, &src, &last, &says).await;
     }
     assert_eq!(w.messages("image.publish-partial").await.len(), 1);
     // A person fixed the cause and deregistered the failed copy: the next run copies again,

@@ -1050,6 +1050,43 @@ async fn both_triggers_of_an_upload_at_once_announce_it_once() {
     assert_eq!(ready.len(), 1, "{msgs:?}");
 }
 
+/// A fresh pipeline upload's image in `EAST` (managed, a family, an import task and a source
+/// token, as create-image registers it) and its `image.registered` message.
+async fn fresh_upload(w: &World, name: &str) -> (String, Value) {
+    let token = format!("tok-{name}");
+    let (image, _) = fixtures::image(
+        &w.ec2(EAST),
+        name,
+        &[
+            ("ami-pipeline:managed", "true"),
+            ("ami-pipeline:family", "web"),
+            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
+            ("ami-pipeline:source-token", token.as_str()),
+        ],
+    )
+    .await;
+    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
+        "region": EAST, "image_id": image, "image_name": name});
+    (image, registered)
+}
+
+/// How many `image.ready` messages reached the world's queue since it was last drained.
+async fn ready_sent(w: &World) -> usize {
+    let msgs = w.acct.drain(&w.queue).await;
+    msgs.iter()
+        .filter(|m| m["event_type"] == "image.ready")
+        .count()
+}
+
+/// Sets `image`'s state in `EAST` (the emulator's image-state control).
+fn set_state(w: &World, image: &str, state: &str) {
+    w.acct.control(
+        "POST",
+        "/ami-pipeline-emulator/image-state",
+        Some(json!({"region": EAST, "image_id": image, "state": state})),
+    );
+}
+
 #[tokio::test]
 async fn an_upload_still_pending_at_image_registered_is_announced_by_its_available_event() {
     // On AWS create-image's image.registered (sent right after RegisterImage) often reads the
@@ -1058,28 +1095,9 @@ async fn an_upload_still_pending_at_image_registered_is_announced_by_its_availab
     // the announcement waited for the schedule (15 minutes at least). With claims, the first
     // trigger to find it available announces it, once.
     let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
-    let ec2 = w.ec2(EAST);
-    let (image, _) = fixtures::image(
-        &ec2,
-        "web-pending",
-        &[
-            ("ami-pipeline:managed", "true"),
-            ("ami-pipeline:family", "web"),
-            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
-            ("ami-pipeline:source-token", "tok-pending"),
-        ],
-    )
-    .await;
-    let state = |s: &str| {
-        w.acct.control(
-            "POST",
-            "/ami-pipeline-emulator/image-state",
-            Some(json!({"region": EAST, "image_id": image, "state": s})),
-        );
-    };
+    let (image, registered) = fresh_upload(&w, "web-pending").await;
+    let state = |s: &str| set_state(&w, &image, s);
     state("pending");
-    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
-        "region": EAST, "image_id": image, "image_name": "web-pending"});
     let sns = w.run(aws_events::sns(&w.topic, &registered)).await;
     assert_eq!(sns["results"][0]["outcome"], "not-available", "{sns}");
     assert_eq!(sns["results"][0]["ready_announced"], false, "{sns}");
@@ -1093,12 +1111,7 @@ async fn an_upload_still_pending_at_image_registered_is_announced_by_its_availab
     );
     assert_eq!(again["results"][0]["ready_announced"], false, "{again}");
     assert_eq!(late["ready_announced"], false, "{late}");
-    let msgs = w.acct.drain(&w.queue).await;
-    let ready = msgs
-        .iter()
-        .filter(|m| m["event_type"] == "image.ready")
-        .count();
-    assert_eq!(ready, 1, "{msgs:?}");
+    assert_eq!(ready_sent(&w).await, 1);
 }
 
 #[tokio::test]
@@ -1106,28 +1119,9 @@ async fn an_image_that_turns_available_while_its_event_waits_is_stamped_and_anno
     // image.registered reads the image pending; it becomes available a moment later, within
     // VISIBILITY_WAIT_SECONDS: the same invocation stamps and announces it.
     let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "8")]).await;
-    let ec2 = w.ec2(EAST);
-    let (image, _) = fixtures::image(
-        &ec2,
-        "web-settling",
-        &[
-            ("ami-pipeline:managed", "true"),
-            ("ami-pipeline:family", "web"),
-            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
-            ("ami-pipeline:source-token", "tok-settling"),
-        ],
-    )
-    .await;
-    let state = |s: &str| {
-        w.acct.control(
-            "POST",
-            "/ami-pipeline-emulator/image-state",
-            Some(json!({"region": EAST, "image_id": image, "state": s})),
-        );
-    };
+    let (image, registered) = fresh_upload(&w, "web-settling").await;
+    let state = |s: &str| set_state(&w, &image, s);
     state("pending");
-    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
-        "region": EAST, "image_id": image, "image_name": "web-settling"});
     let (sns, ()) = tokio::join!(w.run(aws_events::sns(&w.topic, &registered)), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         state("available");
@@ -1139,20 +1133,7 @@ async fn an_image_that_turns_available_while_its_event_waits_is_stamped_and_anno
 #[tokio::test]
 async fn with_claims_both_triggers_of_an_upload_at_once_announce_it_once() {
     let w = World::with_claims(&[("VISIBILITY_WAIT_SECONDS", "1")]).await;
-    let ec2 = w.ec2(EAST);
-    let (image, _) = fixtures::image(
-        &ec2,
-        "web-both-claimed",
-        &[
-            ("ami-pipeline:managed", "true"),
-            ("ami-pipeline:family", "web"),
-            ("ami-pipeline:import-task", "import-snap-0123456789abcdef0"),
-            ("ami-pipeline:source-token", "tok-both-claimed"),
-        ],
-    )
-    .await;
-    let registered = json!({"version": "1", "event_type": "image.registered", "time": "2026-11-22T12:00:00Z",
-        "region": EAST, "image_id": image, "image_name": "web-both-claimed"});
+    let (image, registered) = fresh_upload(&w, "web-both-claimed").await;
     let (sns, state) = tokio::join!(
         w.run(aws_events::sns(&w.topic, &registered)),
         w.available(EAST, &image)
@@ -1162,12 +1143,7 @@ async fn with_claims_both_triggers_of_an_upload_at_once_announce_it_once() {
         .filter(|r| r["ready_announced"] == true)
         .count();
     assert_eq!(announced, 1, "{sns} {state}");
-    let msgs = w.acct.drain(&w.queue).await;
-    let ready = msgs
-        .iter()
-        .filter(|m| m["event_type"] == "image.ready")
-        .count();
-    assert_eq!(ready, 1, "{msgs:?}");
+    assert_eq!(ready_sent(&w).await, 1);
 }
 
 /// The first snapshot of `image` in `ec2`'s region.
