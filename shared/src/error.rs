@@ -58,6 +58,9 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
             // EBS direct: the pending-snapshot quota (botocore ebs model,
             // ServiceQuotaExceededException); clears when snapshots complete.
             | "ServiceQuotaExceededException"
+            // EBS direct: "You have reached the limit for concurrent API requests" (botocore
+            // ebs model, StartSnapshot, HTTP 400); the SDK does not retry it.
+            | "ConcurrentLimitExceededException"
             | "ProvisionedThroughputExceededException" => Some(ErrorKind::Throttled),
             "AccessDenied"
             | "AccessDeniedException"
@@ -235,6 +238,12 @@ mod tests {
             ),
             (Some("ThrottlingException"), Some(400), ErrorKind::Throttled),
             (Some("SlowDown"), Some(503), ErrorKind::Throttled),
+            // EBS direct's concurrency limit comes as HTTP 400, not as a validation error.
+            (
+                Some("ConcurrentLimitExceededException"),
+                Some(400),
+                ErrorKind::Throttled,
+            ),
             (
                 Some("UnauthorizedOperation"),
                 Some(403),

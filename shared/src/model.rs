@@ -115,6 +115,9 @@ pub enum ImportStatus {
     Deleting,
     /// Failed or cancelled; `StatusMessage` says why.
     Deleted,
+    /// Failed: botocore's `SnapshotImported` waiter (ec2 waiters-2.json) fails on
+    /// `ImportSnapshotTasks[].SnapshotTaskDetail.Status == "error"`; `StatusMessage` says why.
+    Error,
     /// A status this code does not know; treated as still running.
     Unknown(String),
 }
@@ -127,6 +130,7 @@ impl ImportStatus {
             "completed" => ImportStatus::Completed,
             "deleting" => ImportStatus::Deleting,
             "deleted" => ImportStatus::Deleted,
+            "error" => ImportStatus::Error,
             other => ImportStatus::Unknown(other.to_owned()),
         }
     }

@@ -125,7 +125,9 @@ fn ingest_from_notification(records: Vec<events::ObjectEvent>) -> Result<Command
 }
 
 pub(crate) fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
-    let (created, other): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.created);
+    let (created, other): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.created && !is_folder_marker(r));
     Command::Ingest {
         items: created
             .into_iter()
@@ -136,9 +138,22 @@ pub(crate) fn ingest_from(records: Vec<events::ObjectEvent>) -> Command {
             .collect(),
         ignored: other
             .into_iter()
-            .map(|r| format!("{} ({}): not an upload", r.object, r.event_name))
+            .map(|r| {
+                let what = if r.created {
+                    "an empty folder marker (the S3 console's \"Create folder\"), not an upload"
+                } else {
+                    "not an upload"
+                };
+                format!("{} ({}): {what}", r.object, r.event_name)
+            })
             .collect(),
     }
+}
+
+/// An empty object whose key ends in `/`: the S3 console's "Create folder" makes one, and the
+/// bucket announces it like any object. Not an upload to validate (and mark rejected).
+fn is_folder_marker(r: &events::ObjectEvent) -> bool {
+    r.object.key.ends_with('/') && r.size.is_none_or(|s| s == 0)
 }
 
 /// A manual invoke's settings (every field but [`MANUAL_FIELDS`]) as metadata-style text
@@ -313,6 +328,37 @@ mod tests {
                 .unwrap_or_default();
             assert_eq!(got, want, "{text}");
         }
+    }
+
+    #[test]
+    fn folder_markers_are_ignored_with_a_reason_and_a_folder_with_content_is_not() {
+        let marker = |size: u64| {
+            json!({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"},
+                "object": {"key": "team/web/", "size": size}}}]})
+        };
+        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&marker(0)) else {
+            panic!("an ingest command");
+        };
+        assert!(items.is_empty());
+        assert_eq!(
+            ignored,
+            [
+                "s3://b/team/web/ (ObjectCreated:Put): an empty folder marker (the S3 console's \"Create folder\"), not an upload"
+            ]
+        );
+        // The same from EventBridge, whose keys are not form-encoded.
+        let bridge = json!({"version": "0", "id": "1", "detail-type": "Object Created", "source": "aws.s3",
+            "account": "123456789012", "time": "2026-11-22T12:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": {"bucket": {"name": "b"}, "object": {"key": "team/web/", "size": 0}}});
+        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&bridge) else {
+            panic!("an ingest command");
+        };
+        assert!(items.is_empty() && ignored.len() == 1, "{ignored:?}");
+        // Content under such a key is someone's upload: validated (and refused there).
+        let Ok(Command::Ingest { items, ignored }) = Command::from_event(&marker(4096)) else {
+            panic!("an ingest command");
+        };
+        assert_eq!((items.len(), ignored.len()), (1, 0));
     }
 
     #[test]

@@ -170,7 +170,7 @@ fn plan_task(
         .map(|t| t.with_timezone(&Utc));
     match &task.status {
         ImportStatus::Completed => plan_completed(task, image, object, started_at, now),
-        ImportStatus::Deleted | ImportStatus::Deleting => {
+        ImportStatus::Deleted | ImportStatus::Deleting | ImportStatus::Error => {
             let why = task
                 .status_message
                 .clone()
@@ -854,6 +854,19 @@ mod tests {
         let actions = plan_sweep(&completed, &with(fresh), policy(), now());
         assert!(
             matches!(&actions[0], SweepAction::Announce { .. }),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_task_in_error_is_reported_failed_not_waited_on() {
+        assert_eq!(ImportStatus::parse("error"), ImportStatus::Error);
+        let mut failed = task("t-error", ImportStatus::Error, &[]);
+        failed.status_message = Some("ClientError: Disk validation failed".into());
+        let actions = plan_sweep(&[failed], &BTreeMap::new(), policy(), now());
+        assert!(
+            matches!(&actions[0], SweepAction::ReportFailure { message, object: Some(o), .. }
+            if message == "import failed: ClientError: Disk validation failed" && o.key == "team/disk.raw"),
             "{actions:?}"
         );
     }
