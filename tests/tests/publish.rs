@@ -1889,7 +1889,7 @@ async fn a_copy_someone_disabled_or_a_name_another_image_took_is_reported_not_co
     w.run(w.ready_event(&src)).await;
     let copy = w.copies(EU, &src).await[0].id.clone();
     // Disabled: the region's listing leaves it out, and the first copy's token answers its id,
-    // which reads as gone; the copy still holds the source's name.
+    // which reads as disabled (a read by id asks IncludeDisabled): reported, not copied again.
     w.ec2(EU)
         .disable_image()
         .image_id(&copy)

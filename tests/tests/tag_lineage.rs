@@ -1070,12 +1070,14 @@ async fn fresh_upload(w: &World, name: &str) -> (String, Value) {
     (image, registered)
 }
 
-/// How many `image.ready` messages reached the world's queue since it was last drained.
-async fn ready_sent(w: &World) -> usize {
+/// Exactly one `image.ready` message reached the world's queue since it was last drained.
+async fn one_ready_sent(w: &World) {
     let msgs = w.acct.drain(&w.queue).await;
-    msgs.iter()
+    let ready = msgs
+        .iter()
         .filter(|m| m["event_type"] == "image.ready")
-        .count()
+        .count();
+    assert_eq!(ready, 1, "{msgs:?}");
 }
 
 /// Sets `image`'s state in `EAST` (the emulator's image-state control).
@@ -1111,7 +1113,7 @@ async fn an_upload_still_pending_at_image_registered_is_announced_by_its_availab
     );
     assert_eq!(again["results"][0]["ready_announced"], false, "{again}");
     assert_eq!(late["ready_announced"], false, "{late}");
-    assert_eq!(ready_sent(&w).await, 1);
+    one_ready_sent(&w).await;
 }
 
 #[tokio::test]
@@ -1143,7 +1145,7 @@ async fn with_claims_both_triggers_of_an_upload_at_once_announce_it_once() {
         .filter(|r| r["ready_announced"] == true)
         .count();
     assert_eq!(announced, 1, "{sns} {state}");
-    assert_eq!(ready_sent(&w).await, 1);
+    one_ready_sent(&w).await;
 }
 
 /// The first snapshot of `image` in `ec2`'s region.

@@ -114,7 +114,10 @@ fn ingest_from_notification(records: Vec<events::ObjectEvent>) -> Result<Command
         }
     }
     unique.reverse();
-    let uploads = unique.iter().filter(|r| r.created).count();
+    let uploads = unique
+        .iter()
+        .filter(|r| r.created && !is_folder_marker(r))
+        .count();
     if uploads > MAX_UPLOADS_PER_EVENT {
         return Err(InvocationError::InvalidEvent(format!(
             "the S3 notification names {uploads} distinct uploads; at most \

@@ -32,8 +32,8 @@ pub(crate) async fn ingest(
         Ok(outcome) => outcome,
         Err(e) if e.kind.is_transient() => {
             // Throttling or a service error past the SDK's retries: the invocation fails and
-            // Lambda runs the event again (AsyncMaxRetries, at most twice, about 1 and 2 minutes
-            // later), then keeps it in the dead-letter queue. EventBridge's own 24-hour
+            // Lambda runs the event again (AsyncMaxRetries, at most twice: about a minute later,
+            // then two minutes after that), then keeps it in the dead-letter queue. EventBridge's own 24-hour
             // RetryPolicy covers only its delivery to Lambda, not the function's errors. No
             // image.failed: the upload has not failed, and its retry announces what it makes.
             warn!(object = %uri, error = %e, "ingest stopped by a transient error; the event is retried");

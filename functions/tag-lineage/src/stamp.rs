@@ -87,8 +87,8 @@ pub(crate) async fn stamp_one(
     }
     // With claims (STATE_BUCKET), whichever trigger claims first announces, once: no need to
     // defer. Without, the "available" trigger leaves a fresh upload to image.registered, which
-    // on AWS often reads the image still pending (create-image announces right after
-    // RegisterImage) and leaves it to the schedule.
+    // on AWS may read the image still pending past VISIBILITY_WAIT_SECONDS (create-image
+    // announces right after RegisterImage) and leave it to the schedule.
     let deferred = trigger == Trigger::StateChange
         && deps.config.claims.bucket.is_none()
         && stamp::leave_ready_to_registered(&image, now);
