@@ -3,7 +3,9 @@
 * The snapshot -> images index of the ``amis`` store (``ami_emulator.image_index``):
   DeleteSnapshot's ``InvalidSnapshot.InUse`` and DeregisterImage's ``skipped`` answer as the scan
   over every image did, through every way an image enters or leaves the store.
-* ``ami_emulator.fast_dispatch``: moto's "is the action a method of the response class" test.
+* ``ami_emulator.fast_dispatch``: moto's "is the action a method of the response class" test,
+  the request id put in a body only when the body has the tag, and random strings drawn with one
+  call; the IAM gate's global context made once per second.
 * ``ami_emulator.fast_http`` (request headers), ``ami_emulator.fast_serialize`` (the value each
   response member is given, and the XML text), the keep-alive handler's cached Date header:
   a server in this process answers a boto3 workload while every fast answer is compared with the
@@ -151,6 +153,81 @@ def test_dispatch_method_names_answer_as_moto_lists_them() -> None:
     assert "describe_image_references" in listed  # an extension's handler
     for name in dir(EC2Response) + ["no_such_action", "mro", "__class__", ""]:
         assert (name in names) == (name in listed), name
+
+
+_ENRICH_BODIES = [
+    '<DescribeImagesResponse xmlns="x"><requestId>abc</requestId><imagesSet/></DescribeImagesResponse>',
+    "<R><ResponseMetadata><RequestId>old-id</RequestId></ResponseMetadata></R>",
+    "<R><RequestId></RequestId><RequestId>two</RequestId></R>",
+    "<RequestId>\nacross lines\n</RequestId>",
+    "<RequestId>no end",
+    "",
+    b"<RequestId>bytes</RequestId>",
+    {"json": "body"},
+    None,
+]
+
+
+@pytest.mark.parametrize("body", _ENRICH_BODIES, ids=range(len(_ENRICH_BODIES)))
+@pytest.mark.parametrize("headers", [{}, {"status": 404, "x": "y"}])
+def test_request_ids_are_put_in_bodies_as_moto_puts_them(body: Any, headers: dict[str, Any]) -> None:
+    """``fast_dispatch.request_id_in_body``: the same headers and body as moto's
+    ``_enrich_response`` for bodies with and without ``<RequestId>``, from the same random state."""
+    from moto.core import responses
+    from moto.moto_api._internal import mock_random
+
+    from ami_emulator import apply_extensions, fast_dispatch
+
+    apply_extensions()
+    original = responses.BaseResponse._enrich_response.__wrapped__  # moto's, under the patch
+    fast = fast_dispatch.request_id_in_body(original)
+    mock_random.seed(17)
+    slow_headers, slow_body = original(dict(headers), body)
+    mock_random.seed(17)
+    fast_headers, fast_body = fast(dict(headers), body)
+    assert (fast_headers, fast_body) == (slow_headers, slow_body)
+    assert len(fast_headers["x-amzn-requestid"]) == 52
+
+
+def test_random_strings_keep_moto_s_pool_length_and_seeding() -> None:
+    """``fast_dispatch.random_string``: moto's pool (letters, digits unless asked without, lower
+    case when asked), its length, and a seed gives the same strings again."""
+    import string
+
+    from moto.moto_api._internal import mock_random
+
+    from ami_emulator import apply_extensions
+
+    apply_extensions()
+    drawn = [mock_random.get_random_string(length=52) for _ in range(400)]
+    assert all(len(s) == 52 and set(s) <= set(string.ascii_letters + string.digits) for s in drawn)
+    assert set("".join(drawn)) == set(string.ascii_letters + string.digits)  # 20,800 draws of 62
+    assert set(mock_random.get_random_string(length=500, include_digits=False)) <= set(string.ascii_letters)
+    assert mock_random.get_random_string(length=300, lower_case=True).islower()
+    assert mock_random.get_random_string() and len(mock_random.get_random_string()) == 20
+    mock_random.seed(5)
+    first = [mock_random.get_random_string(length=8) for _ in range(3)]
+    mock_random.seed(5)
+    assert [mock_random.get_random_string(length=8) for _ in range(3)] == first
+
+
+def test_the_iam_global_context_is_fresh_per_call_and_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``iam._global_context``: made once per (account, role, region, second), a new dict each
+    call (callers merge into it), the time keys of the current second."""
+    from ami_emulator import iam
+
+    now = [1_800_000_000.9]
+    monkeypatch.setattr(iam.time, "time", lambda: now[0])
+    principal = iam.Principal("111122223333", "arn:aws:iam::111122223333:role/R", "AKIA")
+    first = iam._global_context(principal, "eu-west-1")
+    assert first["aws:epochtime"] == ("1800000000",) and first["aws:currenttime"] == ("2027-01-15T08:00:00Z",)
+    assert first["aws:requestedregion"] == ("eu-west-1",) and first["aws:principalarn"] == (principal.role_arn,)
+    first["ec2:region"] = ("x",)
+    again = iam._global_context(principal, "eu-west-1")
+    assert "ec2:region" not in again and again == {k: v for k, v in first.items() if k != "ec2:region"}
+    assert iam._global_context(principal, "us-east-1")["aws:requestedregion"] == ("us-east-1",)
+    now[0] += 1
+    assert iam._global_context(principal, "eu-west-1")["aws:epochtime"] == ("1800000001",)
 
 
 # ---------------------------------------------------------------------------------------------

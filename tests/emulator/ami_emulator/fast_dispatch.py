@@ -8,6 +8,14 @@ server runs (profiled in a cleanup benchmark: together about a sixth of the serv
   (``backends.list_of_moto_modules``: ``os.listdir`` plus an ``isdir`` per entry) and then tries
   every service's URL pattern. Its answer depends on the host name alone (the directory and the
   patterns are fixed), so it is memoized per host here.
+* ``BaseResponse._enrich_response`` runs a regular expression over every answer's whole body to
+  put the request id between ``<RequestId>`` and ``</RequestId>``; EC2's answers spell it
+  ``<requestId>``, so for them (a DescribeImages of thousands of images included) it scanned the
+  body for nothing. It is now skipped when the body has no ``<RequestId>`` at all, the one case
+  where the expression cannot match (``request_id_in_body``).
+* ``MotoRandom.get_random_string`` (every request id, 52 characters, and many resource ids)
+  drew one ``choice`` per character; ``random_string`` draws them with one ``choices`` call from
+  the same generator (seeded ids stay reproducible) and the same pool.
 * ``BaseResponse.call_action`` (``moto/core/responses.py``) asks whether the action is a method
   of the response class with ``action in method_names_from_class(cls)``, which builds the list of
   every function member of the class (``inspect.getmembers``: hundreds of ``getattr`` calls for
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import string
 import threading
 from typing import Any, Callable, Iterator
 
@@ -58,6 +67,32 @@ def method_names_from_class(clazz: Any) -> FunctionNames:
     return FunctionNames(clazz)
 
 
+def request_id_in_body(original: Callable[[dict[str, str], Any], tuple[dict[str, str], Any]]) -> Callable[[dict[str, str], Any], tuple[dict[str, str], Any]]:
+    """``_enrich_response`` that leaves a text body without ``<RequestId>`` as it is, with the
+    request id still made and put in the headers (the expression needs that tag to match)."""
+
+    @functools.wraps(original)
+    def enrich(headers: dict[str, str], body: Any) -> tuple[dict[str, str], Any]:
+        if isinstance(body, str) and "<RequestId>" not in body:
+            from moto.core import responses
+
+            if "status" in headers:
+                headers["status"] = str(headers["status"])
+            responses.gen_amzn_requestid_long(headers)
+            return headers, body
+        return original(headers, body)
+
+    return enrich
+
+
+def random_string(self: Any, length: int = 20, include_digits: bool = True, lower_case: bool = False) -> str:
+    """``MotoRandom.get_random_string``: ``length`` characters drawn uniformly from ASCII letters
+    (and digits), from the same seeded generator, with one call."""
+    pool = string.ascii_letters + string.digits if include_digits else string.ascii_letters
+    text = "".join(self.choices(pool, k=length))
+    return text.lower() if lower_case else text
+
+
 def _memoize_backend_for_host(original: Callable[[Any, str | None], Any]) -> Callable[[Any, str | None], Any]:
     memo: dict[str | None, Any] = {}
     lock = threading.Lock()
@@ -87,7 +122,13 @@ def install() -> None:
     import moto.core.responses as responses
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
+    from moto.moto_api._internal.moto_random import MotoRandom
+
     responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+    responses.BaseResponse._enrich_response = staticmethod(  # type: ignore[method-assign]
+        request_id_in_body(responses.BaseResponse._enrich_response)
+    )
+    MotoRandom.get_random_string = random_string  # type: ignore[method-assign]
     DomainDispatcherApplication.get_backend_for_host = _memoize_backend_for_host(  # type: ignore[method-assign]
         DomainDispatcherApplication.get_backend_for_host
     )
