@@ -31,6 +31,11 @@ impl Deadline {
         self.0.saturating_duration_since(Instant::now()) > SAFETY_MARGIN
     }
 
+    /// How long is left (zero once past).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
     /// Whether more than `d` is left.
     pub fn has_left(&self, d: Duration) -> bool {
         self.0.saturating_duration_since(Instant::now()) > d

@@ -491,3 +491,38 @@ def test_iam_start_snapshot_with_tags_needs_ec2_create_tags(account):
     _assert_error(response, "AccessDeniedException", 403, "DEPENDENCY_ACCESS_DENIED", "ec2:CreateTags")
     status, body = control_call(account.endpoint, f"iam/denials?account_id={account.id}", method="GET")
     assert body["denials"][-1]["request"] == "ebs:StartSnapshot" and body["denials"][-1]["action"] == "ec2:CreateTags", body
+
+
+# ============================================================================ sealing takes time
+
+
+def test_a_snapshot_seals_after_complete_snapshot_and_takes_no_block_meanwhile(account):
+    """CompleteSnapshot "seals and completes the snapshot"; AWS does it asynchronously and answers
+    Status ``pending`` meanwhile (its Status enum: completed | pending | error). With the account's
+    ``seal_delay_seconds`` the snapshot stays ``pending`` (DescribeSnapshots too) for that long,
+    refuses blocks ("You cannot write new blocks to a snapshot after it has been completed"),
+    answers a second CompleteSnapshot ``pending``, and is ``completed`` after it."""
+    import time
+
+    status, body = control_call(account.endpoint, "config", {"account_id": account.id, "seal_delay_seconds": 1.5})
+    assert status == 200 and body["seal_delay_seconds"] == 1.5, body
+    ebs = _ebs(account)
+    snapshot_id = ebs.start_snapshot(VolumeSize=1, Timeout=10)["SnapshotId"]
+    blocks = {0: _block(1), 3: _block(2)}
+    for index, data in blocks.items():
+        _put(ebs, snapshot_id, index, data)
+    complete = {"SnapshotId": snapshot_id, "ChangedBlocksCount": 2, "Checksum": _linear(blocks),
+                "ChecksumAlgorithm": "SHA256", "ChecksumAggregationMethod": "LINEAR"}
+    assert ebs.complete_snapshot(**complete)["Status"] == "pending"
+    assert _state(account, snapshot_id)["State"] == "pending"
+    _assert_error(_error(lambda: _put(ebs, snapshot_id, 5, _block(3))), "ValidationException", 400,
+                  "INVALID_SNAPSHOT_ID", "being completed")
+    assert ebs.complete_snapshot(**complete)["Status"] == "pending"
+    time.sleep(1.6)
+    assert _state(account, snapshot_id)["State"] == "completed"
+    assert ebs.complete_snapshot(**complete)["Status"] == "completed"
+    listed = ebs.list_snapshot_blocks(SnapshotId=snapshot_id)["Blocks"]
+    assert [b["BlockIndex"] for b in listed] == [0, 3]
+    status, body = control_call(account.endpoint, "config", {"account_id": account.id, "seal_delay_seconds": None})
+    assert status == 200 and body["seal_delay_seconds"] == 0.0, body
+    assert _written(account, {0: _block(4)})  # completed at once again

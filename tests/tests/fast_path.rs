@@ -1637,3 +1637,93 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
     assert_eq!(registered.len(), 1, "{msgs:#?}");
     assert_eq!(registered[0]["upload_method"], "ebs-direct");
 }
+
+/// CompleteSnapshot accepted, and the snapshot still sealing when the invocation's time is up
+/// (AWS seals asynchronously: the emulator's `seal_delay_seconds`): the wait stops within the
+/// deadline, the invocation fails transiently (no image.failed) saying CompleteSnapshot was
+/// accepted, and the redelivered event (or the sweep) writes no block again (the snapshot takes
+/// none: the emulator refuses them) but waits for it to seal and registers it, once.
+async fn sealing_outlasts_the_invocation(next: Next) {
+    let w = world_with_claims().await;
+    let raw = noisy_disk(16, 7);
+    let key = "sealing/disk.raw";
+    w.acct.put(&w.bucket, key, raw.clone(), &[]).await;
+    w.acct.reset_requests();
+    w.acct.emulator_config(json!({"seal_delay_seconds": 20}));
+    let started = std::time::Instant::now();
+    let deadline = shared::deadline::Deadline::after(shared::deadline::SAFETY_MARGIN + GRACE);
+    let err = create_image::handle(ingest_of(&w, key), &w.deps, chrono::Utc::now(), deadline)
+        .await
+        .expect_err("the snapshot is still sealing when the time is up");
+    assert!(
+        started.elapsed() < GRACE + std::time::Duration::from_secs(5),
+        "the wait kept to the deadline: {:?}",
+        started.elapsed()
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("CompleteSnapshot was accepted and is recorded in s3://")
+            && text.contains("s3://")
+            && text.contains(key),
+        "{text}"
+    );
+    assert!(
+        of_type(&w.acct.drain(&w.queue).await, "image.failed").is_empty(),
+        "still sealing is not a failure"
+    );
+    let written = blocks_put(&w);
+    assert_eq!(
+        written,
+        nonzero_blocks(&raw),
+        "every block written before the stop"
+    );
+    let pending =
+        ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["pending"])])
+            .await
+            .expect("snapshots");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let snapshot_id = pending[0].id.clone();
+
+    let out = match next {
+        Next::Redelivery => create_image::handle(
+            ingest_of(&w, key),
+            &w.deps,
+            chrono::Utc::now(),
+            support::deadline(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the redelivered event fails: {e}")),
+        Next::Sweep => {
+            let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+            let steps = steps_of(&out, "continue");
+            assert_eq!(steps.len(), 1, "{out:?}");
+            assert!(
+                steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
+                "{:?}",
+                steps[0]
+            );
+            out
+        }
+    };
+    if let Next::Redelivery = next {
+        let (_, snap, transfer) = registered(&out);
+        assert_eq!(snap, snapshot_id);
+        assert_eq!(transfer.blocks_written, 0, "{transfer:?}");
+        assert_eq!(transfer.blocks_resumed, written, "{transfer:?}");
+    }
+    assert_eq!(blocks_put(&w), written, "no block written again");
+    one_image_of(&w, &snapshot_id, &raw).await;
+    let again = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+    assert!(steps_of(&again, "continue").is_empty(), "{again:?}");
+    w.acct.emulator_config(json!({"seal_delay_seconds": null}));
+}
+
+#[tokio::test]
+async fn a_snapshot_still_sealing_at_the_deadline_is_registered_by_the_redelivered_event() {
+    sealing_outlasts_the_invocation(Next::Redelivery).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_still_sealing_at_the_deadline_is_registered_by_the_sweep() {
+    sealing_outlasts_the_invocation(Next::Sweep).await;
+}

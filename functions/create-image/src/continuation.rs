@@ -112,10 +112,15 @@ async fn continue_one(
         progress.forget(&was.token).await;
         return step(
             format!(
-                "refused: {} changed since the write began (ETag {:?}, version {:?} then; {now_is} now): snapshot deleted, never completed",
+                "refused: {} changed since the write began (ETag {:?}, version {:?} then; {now_is} now): snapshot deleted, {}",
                 latest.uri(),
                 was.etag,
-                was.version_id
+                was.version_id,
+                if was.completed_at.is_some() {
+                    "not registered (its CompleteSnapshot was accepted)"
+                } else {
+                    "never completed"
+                }
             ),
             false,
         );

@@ -19,8 +19,12 @@
 //!    zeros), and written when it is (`KMS_KEY_ARN`, or the account's encryption by default:
 //!    StartSnapshot's answer says which).
 //! 4. **Complete**: CompleteSnapshot with `ChangedBlocksCount` and the LINEAR aggregate
-//!    (base64 SHA-256 of the per-block digests in ascending index order); wait for `completed`
-//!    (DescribeSnapshots); register through the import path's naming rules; `image.registered`.
+//!    (base64 SHA-256 of the per-block digests in ascending index order); record in the
+//!    checkpoint that it was accepted; wait for `completed` (DescribeSnapshots: AWS seals
+//!    asynchronously), at most [`COMPLETE_WAIT`] and never past the Lambda deadline's
+//!    [`SAFETY_MARGIN`] (still sealing: a transient failure, and the next delivery or the sweep
+//!    only waits and registers: the snapshot takes no more blocks); register through the import
+//!    path's naming rules; `image.registered`.
 //!
 //! **Memory** per upload, at most: 8 parts × 8 MiB read ahead (64 MiB) + the decoder (32 MiB
 //! of partial blocks, 33 ready blocks = 16.5 MiB, the part being decoded 8 MiB) + 16 blocks in
@@ -211,6 +215,8 @@ enum WriteError {
 struct Start {
     written: LinearChecksum,
     offset: u64,
+    /// CompleteSnapshot was accepted already: nothing to write, only the wait.
+    completed: bool,
 }
 
 /// Writes the snapshot (or finds it written), completes it and registers the AMI; or (inner
@@ -250,6 +256,10 @@ pub(crate) async fn run(
     }
     let snapshot_id = if let Some(s) = earlier.iter().find(|s| state_is(s, "completed")) {
         info!(object = %up.object, snapshot_id = %s.id, "snapshot already written by an earlier event");
+        if let Some(p) = deps.progress() {
+            // The one that wrote it may have stopped while it sealed, its checkpoint kept.
+            p.forget(up.token).await;
+        }
         transfer.reused = true;
         s.id.clone()
     } else {
@@ -349,6 +359,10 @@ async fn write_leased(
                         ..e
                     });
                 }
+            }
+            if let Some(p) = &progress {
+                // Completed while this one gave up waiting for it, say: nothing to continue.
+                p.forget(up.token).await;
             }
             info!(object = %up.object, snapshot_id = %id, "snapshot completed by a concurrent duplicate event");
             transfer.reused = true;
@@ -471,11 +485,20 @@ async fn write_and_complete(
         resume_offset: 0,
         overrides: up.overrides.clone(),
         saved_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        completed_at: None,
     };
     let start = match &progress {
         Some(p) => resume_point(p, &header, probe).await?,
         None => Start::default(),
     };
+    if start.completed {
+        // CompleteSnapshot was accepted by an earlier invocation: the snapshot takes no more
+        // blocks ("You cannot write new blocks to a snapshot after it has been completed").
+        let count = start.written.changed_blocks_count();
+        transfer.blocks_resumed = count;
+        info!(object = %up.object, snapshot_id, blocks = count, "CompleteSnapshot was accepted before; waiting for the snapshot to seal");
+        return sealed(deps, up, snapshot_id, transfer, deadline, true).await;
+    }
     if let Some(p) = &progress
         && start.written.changed_blocks_count() == 0
     {
@@ -489,18 +512,29 @@ async fn write_and_complete(
     match write(deps, up, probe, snapshot_id, transfer, deadline, start).await {
         Ok(linear) => {
             let count = i32::try_from(linear.changed_blocks_count()).unwrap_or(i32::MAX);
-            let aws = |e| WriteError::Aws(e);
             ebs::complete_snapshot(&c.ebs, snapshot_id, count, &linear.aggregate_base64())
                 .await
-                .map_err(aws)?;
-            ec2::wait_snapshot_completed(&c.ec2, snapshot_id, COMPLETE_WAIT)
-                .await
-                .map_err(aws)?;
+                .map_err(WriteError::Aws)?;
+            // Recorded before the wait: an invocation stopped while the snapshot seals leaves the
+            // next one the wait, not blocks to write into a sealing snapshot. Unrecorded (no
+            // state bucket, or the save failed), the wait is not cut short by the deadline: the
+            // next delivery would write blocks the snapshot refuses.
+            let mut recorded = false;
             if let Some(p) = &progress {
-                p.forget(up.token).await;
+                header.completed_at =
+                    Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                let cp = Checkpoint {
+                    header,
+                    written: linear,
+                };
+                match p.save(&cp).await {
+                    Ok(()) => recorded = true,
+                    Err(e) => {
+                        warn!(snapshot_id, error = %e, "could not record that CompleteSnapshot was accepted; waiting for the snapshot to seal");
+                    }
+                }
             }
-            info!(object = %up.object, snapshot_id, blocks = count, bytes = transfer.bytes_read, resumed = transfer.blocks_resumed, "snapshot completed");
-            Ok(())
+            sealed(deps, up, snapshot_id, transfer, deadline, recorded).await
         }
         Err(WriteError::Stopped {
             resume_offset,
@@ -523,9 +557,50 @@ async fn write_and_complete(
     }
 }
 
+/// Waits (at most [`COMPLETE_WAIT`]; when the checkpoint `recorded` the completion, also within
+/// the invocation's deadline) for the snapshot whose CompleteSnapshot was accepted to be
+/// `completed`, then forgets its checkpoint. Still sealing when the time is up: a transient error
+/// (the checkpoint says it was completed, so a redelivered event or the sweep only waits again
+/// and registers).
+async fn sealed(
+    deps: &Deps,
+    up: &Upload<'_>,
+    snapshot_id: &str,
+    transfer: &Transfer,
+    deadline: Deadline,
+    recorded: bool,
+) -> Result<(), WriteError> {
+    let wait = if recorded {
+        COMPLETE_WAIT.min(deadline.remaining().saturating_sub(SAFETY_MARGIN))
+    } else {
+        COMPLETE_WAIT
+    };
+    let progress = deps.progress();
+    if let Err(e) = ec2::wait_snapshot_completed(&deps.clients.ec2, snapshot_id, wait).await {
+        let next = match progress.as_ref().filter(|_| recorded) {
+            Some(p) => format!(
+                "CompleteSnapshot was accepted and is recorded in {}: a redelivered event or the sweep waits for it and registers",
+                p.checkpoint_object(up.token).uri()
+            ),
+            None => "CompleteSnapshot was accepted; no checkpoint records it".to_owned(),
+        };
+        return Err(WriteError::Aws(AwsError {
+            message: format!("{} (object {}); {next}", e.message, up.object.uri()),
+            ..e
+        }));
+    }
+    if let Some(p) = &progress {
+        p.forget(up.token).await;
+    }
+    info!(object = %up.object, snapshot_id, blocks = transfer.blocks_written + transfer.blocks_resumed, bytes = transfer.bytes_read, resumed = transfer.blocks_resumed, "snapshot completed");
+    Ok(())
+}
+
 /// Where this write starts: the checkpoint of this snapshot, when it was written from this very
 /// object (same ETag and version, same length); nothing otherwise. A checkpoint of this snapshot
-/// from another object means blocks of other content may be in it: refused.
+/// from another object means blocks of other content may be in it: refused. A checkpoint that
+/// says CompleteSnapshot was accepted is taken as it is (`completed`): the snapshot is sealed
+/// with the blocks it lists, and nothing is read or written again.
 async fn resume_point(
     p: &Progress<'_>,
     header: &Header,
@@ -538,6 +613,13 @@ async fn resume_point(
     if was.snapshot_id != header.snapshot_id {
         // Another snapshot of this upload (an earlier one, gone): not this write's.
         return Ok(Start::default());
+    }
+    if was.completed_at.is_some() {
+        return Ok(Start {
+            written: cp.written,
+            offset: 0,
+            completed: true,
+        });
     }
     if was.etag != header.etag
         || was.version_id != header.version_id
@@ -557,6 +639,7 @@ async fn resume_point(
     Ok(Start {
         written: cp.written,
         offset,
+        completed: false,
     })
 }
 

@@ -12,8 +12,10 @@
 //!
 //! **When.** Saved when the write starts (so that a crashed invocation leaves one for the sweep)
 //! and when it stops near the Lambda deadline, after every PutSnapshotBlock in flight has
-//! answered (so every block it lists is written, and every block written is listed); deleted
-//! once the snapshot is completed, or refused.
+//! answered (so every block it lists is written, and every block written is listed); saved again
+//! with `completed_at` once CompleteSnapshot is accepted (AWS seals the snapshot asynchronously
+//! and it takes no block after that, so an invocation that stops while it seals leaves the next
+//! one only the wait and the registration); deleted once the snapshot is completed, or refused.
 //!
 //! **How a write continues (the simplest sound design).** Raw and VHD fixed disks are the
 //! file's first bytes: their decoder has no state at a block boundary, and a stop happens at a
@@ -80,6 +82,10 @@ pub(crate) struct Header {
     pub overrides: BTreeMap<String, String>,
     /// When it was saved.
     pub saved_at: String,
+    /// When CompleteSnapshot was accepted (the snapshot seals asynchronously and takes no more
+    /// blocks): whoever continues only waits for `completed` and registers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
 }
 
 /// A checkpoint: the header and the blocks written.
@@ -275,6 +281,7 @@ mod tests {
                 resume_offset: 8 << 20,
                 overrides: BTreeMap::new(),
                 saved_at: "2026-12-01T00:00:00Z".into(),
+                completed_at: None,
             },
             written,
         };

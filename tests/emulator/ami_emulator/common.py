@@ -72,6 +72,9 @@ def default_config() -> dict[str, float]:
     return {
         "import_delay_seconds": _env_float(ENV_IMPORT_DELAY, DEFAULT_IMPORT_DELAY),
         "copy_delay_seconds": _env_float(ENV_COPY_DELAY, DEFAULT_COPY_DELAY),
+        # EBS direct: seconds a snapshot stays pending after CompleteSnapshot ("seals and
+        # completes": AWS seals asynchronously, CompleteSnapshot answers Status pending).
+        "seal_delay_seconds": 0.0,
         "public_image_quota": DEFAULT_PUBLIC_IMAGE_QUOTA,
     }
 

@@ -9,7 +9,7 @@ us-east-1.
 
   GET  /ami-pipeline-emulator/health
   GET  /ami-pipeline-emulator/config?account_id=...
-  POST /ami-pipeline-emulator/config                  {"account_id", "import_delay_seconds"?, "copy_delay_seconds"?, "public_image_quota"?}
+  POST /ami-pipeline-emulator/config                  {"account_id", "import_delay_seconds"?, "copy_delay_seconds"?, "seal_delay_seconds"?, "public_image_quota"?}
   POST /ami-pipeline-emulator/image-creation-date     {"account_id", "region", "image_id", "creation_date"}
                                                       or {"account_id", "region", "images": [{"image_id", "creation_date"}, ...]}
   POST /ami-pipeline-emulator/image-state {"account_id", "region", "image_id", "state", "state_reason"?}
@@ -129,10 +129,10 @@ def handle_config(request: Request) -> Response:
     payload = _body(request)
     account = _account(payload)
     updates: dict[str, float | None] = {}
-    for name in ("import_delay_seconds", "copy_delay_seconds", "public_image_quota"):
+    for name in ("import_delay_seconds", "copy_delay_seconds", "seal_delay_seconds", "public_image_quota"):
         if name in payload:
             updates[name] = _delay(payload[name], name)
-    unknown = set(payload) - {"account_id", "import_delay_seconds", "copy_delay_seconds", "public_image_quota"}
+    unknown = set(payload) - {"account_id", "import_delay_seconds", "copy_delay_seconds", "seal_delay_seconds", "public_image_quota"}
     if unknown:
         raise ControlError(400, f"unknown fields: {sorted(unknown)}")
     return _json(200, {"account_id": account, **update_account_config(account, updates)})

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs
 from werkzeug.wrappers import Request, Response
 
 from . import control
-from .common import LOCK, ec2_backend_for, iso_millis, utcnow
+from .common import LOCK, account_config, ec2_backend_for, iso_millis, utcnow
 from .snapshots import EmulatorSnapshot
 
 # -- constants (botocore ebs model unless said otherwise) ------------------------------------------
@@ -137,7 +137,9 @@ class EbsDirectSnapshot(EmulatorSnapshot):
     """A snapshot started by StartSnapshot: a moto EC2 snapshot (``VolumeId`` ``vol-ffffffff``,
     like every snapshot not taken from a volume) that holds its written blocks.
 
-    Status: ``pending`` until CompleteSnapshot (then ``completed``), or ``error`` once Timeout
+    Status: ``pending`` until CompleteSnapshot, then ``completed`` (after the account's
+    ``seal_delay_seconds``: AWS seals asynchronously, and while it seals the snapshot is still
+    ``pending`` and takes no block), or ``error`` once Timeout
     minutes passed since the start or the last written block (StartSnapshotRequest.Timeout: "the
     snapshot is automatically cancelled if: No blocks are written to the snapshot. The snapshot
     is not completed after writing the last block of data."), computed lazily.
@@ -150,6 +152,7 @@ class EbsDirectSnapshot(EmulatorSnapshot):
                  kms_key_id: str | None, timeout_minutes: int, parent_id: str | None) -> None:
         self._initialised = False
         self.sealed = False
+        self.sealing_until: _dt.datetime | None = None
         self.timeout_minutes = timeout_minutes
         self.parent_id = parent_id
         self.blocks: dict[int, bytes | None] = {}
@@ -165,6 +168,8 @@ class EbsDirectSnapshot(EmulatorSnapshot):
     def status(self) -> str:
         if self.sealed:
             return "completed"
+        if self.sealing_until is not None:
+            return "completed" if utcnow() >= self.sealing_until else "pending"
         if self._explicit_status not in (None, "pending"):
             return self._explicit_status
         if utcnow() >= self.last_activity + _dt.timedelta(minutes=self.timeout_minutes):
@@ -215,6 +220,7 @@ def _adopt(backend: Any, snapshot: Any) -> EbsDirectSnapshot:
     view = EbsDirectSnapshot.__new__(EbsDirectSnapshot)
     view.__dict__.update(snapshot.__dict__)
     view.sealed = True
+    view.sealing_until = None
     view._explicit_status = None
     view.blocks, view.digests = {}, {}
     view.parent_id, view.timeout_minutes, view.write_progress = None, DEFAULT_TIMEOUT, None
@@ -447,6 +453,11 @@ def put_snapshot_block(account: str, region: str, snapshot_id: str, raw_index: s
     with LOCK:
         snapshot = _snapshot(ec2_backend_for(account, region), snapshot_id)
         status = snapshot.status
+        if status == "pending" and snapshot.sealing_until is not None:
+            # CompleteSnapshot: "You cannot write new blocks to a snapshot after it has been
+            # completed." (the error AWS answers while it seals is not documented)
+            raise validation(f"The snapshot '{snapshot_id}' is being completed; blocks can no longer be written to it.",
+                             "INVALID_SNAPSHOT_ID")
         if status != "pending":
             # PutSnapshotBlock: "The target snapshot must be in the pending state."
             raise validation(f"The snapshot '{snapshot_id}' is in the {status} state; blocks can be written only to a pending snapshot.",
@@ -498,6 +509,8 @@ def complete_snapshot(account: str, region: str, snapshot_id: str, headers: Any)
         status = snapshot.status
         if status == "completed":
             return {"Status": "completed"}
+        if snapshot.sealing_until is not None:
+            return {"Status": "pending"}  # accepted before, still sealing
         if status != "pending":
             raise validation(f"The snapshot '{snapshot_id}' is in the {status} state and cannot be completed.", "INVALID_SNAPSHOT_ID")
         written = len(snapshot.digests)
@@ -506,8 +519,12 @@ def complete_snapshot(account: str, region: str, snapshot_id: str, headers: Any)
             raise validation(f"ChangedBlocksCount {count} does not match the number of blocks written to the snapshot ({written}).")
         if expected is not None and base64.b64encode(expected).decode() != linear_checksum(snapshot.digests):
             raise validation("The aggregated checksum does not match the checksums of the blocks written to the snapshot.")
-        snapshot.status = "completed"
-    return {"Status": "completed"}
+        delay = account_config(account)["seal_delay_seconds"]
+        if delay <= 0:
+            snapshot.status = "completed"
+            return {"Status": "completed"}
+        snapshot.sealing_until = utcnow() + _dt.timedelta(seconds=delay)
+    return {"Status": "pending"}
 
 
 def _readable(backend: Any, snapshot_id: str) -> EbsDirectSnapshot:
