@@ -401,6 +401,7 @@ def test_config_endpoint_is_per_account_and_validated(account, other_account):
         "import_delay_seconds": 7.0,
         "copy_delay_seconds": 3.0,
         "public_image_quota": 5.0,
+        "seal_delay_seconds": 0.0,
     }
     status, other = other_account.control("config?account_id=" + other_account.id, method="GET")
     assert status == 200 and other["copy_delay_seconds"] == 0.0
