@@ -1171,6 +1171,33 @@ enum Next {
     Sweep,
 }
 
+/// Continues the stopped write of `key` (`next`): the redelivered event's output, or the
+/// sweep's, whose one `continue` step must name `snapshot_id` and have registered it.
+async fn continue_stopped(w: &World, key: &str, snapshot_id: &str, next: Next) -> Output {
+    match next {
+        Next::Redelivery => create_image::handle(
+            ingest_of(w, key),
+            &w.deps,
+            chrono::Utc::now(),
+            support::deadline(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the redelivered event fails: {e}")),
+        Next::Sweep => {
+            let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
+            let steps = steps_of(&out, "continue");
+            assert_eq!(steps.len(), 1, "{out:?}");
+            assert_eq!(steps[0].task_id, snapshot_id);
+            assert!(
+                steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
+                "{:?}",
+                steps[0]
+            );
+            out
+        }
+    }
+}
+
 /// Uploads `raw` as `format` (qemu-img), stops the write part way by the deadline, continues it
 /// (`next`), and proves: one completed snapshot (the emulator checked the LINEAR aggregate and
 /// the block count at CompleteSnapshot), content equal to the raw disk, every block written
@@ -1191,28 +1218,7 @@ async fn stop_and_continue(format: &str, next: Next, want_format: &str) {
     let total = nonzero_blocks(&raw);
     assert!(0 < first && first < total, "part way: {first} of {total}");
 
-    let out = match next {
-        Next::Redelivery => create_image::handle(
-            ingest_of(&w, &key),
-            &w.deps,
-            chrono::Utc::now(),
-            support::deadline(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the redelivered event fails: {e}")),
-        Next::Sweep => {
-            let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
-            let steps = steps_of(&out, "continue");
-            assert_eq!(steps.len(), 1, "{out:?}");
-            assert_eq!(steps[0].task_id, snapshot_id);
-            assert!(
-                steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
-                "{:?}",
-                steps[0]
-            );
-            out
-        }
-    };
+    let out = continue_stopped(&w, &key, &snapshot_id, next).await;
     if let Next::Redelivery = next {
         let (_, snap, transfer) = registered(&out);
         assert_eq!(snap, snapshot_id);
@@ -1684,27 +1690,7 @@ async fn sealing_outlasts_the_invocation(next: Next) {
     assert_eq!(pending.len(), 1, "{pending:?}");
     let snapshot_id = pending[0].id.clone();
 
-    let out = match next {
-        Next::Redelivery => create_image::handle(
-            ingest_of(&w, key),
-            &w.deps,
-            chrono::Utc::now(),
-            support::deadline(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the redelivered event fails: {e}")),
-        Next::Sweep => {
-            let out = w.invoke(&json!({"sweep": true})).await.expect("sweep");
-            let steps = steps_of(&out, "continue");
-            assert_eq!(steps.len(), 1, "{out:?}");
-            assert!(
-                steps[0].result.contains("\"outcome\":\"registered\"") && !steps[0].failed,
-                "{:?}",
-                steps[0]
-            );
-            out
-        }
-    };
+    let out = continue_stopped(&w, key, &snapshot_id, next).await;
     if let Next::Redelivery = next {
         let (_, snap, transfer) = registered(&out);
         assert_eq!(snap, snapshot_id);
