@@ -93,7 +93,7 @@ impl Claims {
         };
         match s3::put_if(s3, &obj, body(), Condition::Absent).await {
             Ok(etag) => return Ok(Claim::Won { etag: Some(etag) }),
-            Err(e) if lost_race(&e) => {}
+            Err(e) if s3::lost_race(&e) => {}
             Err(e) => return Err(e),
         }
         // The claim's age by the `claimed_at` it carries, on the callers' clock (the same clock
@@ -128,7 +128,8 @@ impl Claims {
             }
             // Another taker won, or this one's write took effect and its answer was lost (the
             // SDK's retry then fails the If-Match it changed): the claim says which.
-            Err(e) if lost_race(&e) || e.is_not_found() => match s3::get_object(s3, &obj).await {
+            Err(e) if s3::lost_race(&e) || e.is_not_found() => match s3::get_object(s3, &obj).await
+            {
                 Ok((bytes, etag)) if holder_of(&bytes).as_deref() == Some(holder.as_str()) => {
                     Ok(Claim::Won {
                         etag: Some(format!("\"{etag}\"")),
@@ -179,7 +180,7 @@ impl Claims {
             .into_bytes();
         match s3::put_if(s3, &obj, body, Condition::Absent).await {
             Ok(_) => Ok(()),
-            Err(e) if lost_race(&e) => Ok(()),
+            Err(e) if s3::lost_race(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -251,7 +252,7 @@ impl Claims {
         for _ in 0..2 {
             match s3::put_if(s3, &obj, verdict.as_bytes().to_vec(), Condition::Absent).await {
                 Ok(_) => return Ok(verdict.to_owned()),
-                Err(e) if lost_race(&e) => {}
+                Err(e) if s3::lost_race(&e) => {}
                 Err(e) => return Err(e),
             }
             match s3::get_object(s3, &obj).await {
@@ -394,9 +395,4 @@ fn holder_token() -> String {
     h.write_u32(std::process::id());
     h.write_i64(Utc::now().timestamp_nanos_opt().unwrap_or_default());
     format!("{:016x}", h.finish())
-}
-
-/// A conditional write that lost to another writer.
-fn lost_race(e: &AwsError) -> bool {
-    e.has_code("PreconditionFailed") || e.has_code("ConditionalRequestConflict")
 }

@@ -25,12 +25,18 @@ pub enum ErrorKind {
     InvalidInput,
     /// Anything else: service errors, timeouts, dropped connections, unparseable answers.
     Other,
+    /// Not an AWS answer: the invocation stopped its work near the Lambda deadline, with its
+    /// progress saved (a checkpoint) for the next delivery or the scheduled sweep to continue.
+    Stopped,
 }
 
 impl ErrorKind {
     /// Whether a later attempt of the same call may succeed without any change by a person.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Other)
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Other | ErrorKind::Stopped
+        )
     }
 }
 
@@ -316,6 +322,8 @@ mod tests {
         );
         assert!(!ErrorKind::AccessDenied.is_transient());
         assert!(ErrorKind::Throttled.is_transient());
+        assert!(ErrorKind::Stopped.is_transient());
+        assert!(!ErrorKind::InvalidInput.is_transient());
     }
 
     #[test]

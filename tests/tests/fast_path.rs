@@ -766,6 +766,7 @@ async fn a_completed_snapshot_never_registered_is_registered_by_the_sweep() {
         .await
         .expect_err("the registration stopped");
     w.acct.clear_faults();
+    a_crash_leaves_no_deferral_record(&w).await;
     let completed =
         ec2::describe_own_snapshots_filtered(&w.acct.clients.ec2, &[Select::state(["completed"])])
             .await
@@ -1636,7 +1637,8 @@ async fn the_sweep_sends_an_announcement_whose_sender_stopped_after_claiming_it(
     w.acct.reset_requests();
     sweep_at(&w, later).await.expect("second sweep");
     let counts = w.acct.requests();
-    assert_eq!(counts["s3:ListObjectsV2"].as_u64(), Some(1), "{counts}");
+    // One listing of the announcement records, one of the deferral records (deferred.rs).
+    assert_eq!(counts["s3:ListObjectsV2"].as_u64(), Some(2), "{counts}");
     assert_eq!(counts["s3:HeadObject"].as_u64().unwrap_or(0), 0, "{counts}");
     let msgs = w.acct.drain(&w.queue).await;
     let registered = of_type(&msgs, "image.registered");
@@ -1712,4 +1714,230 @@ async fn a_snapshot_still_sealing_at_the_deadline_is_registered_by_the_redeliver
 #[tokio::test]
 async fn a_snapshot_still_sealing_at_the_deadline_is_registered_by_the_sweep() {
     sealing_outlasts_the_invocation(Next::Sweep).await;
+}
+
+/// The emulator answers EBS direct's StartSnapshot `500 InternalServerException` (past the SDK's
+/// retries) until the faults are cleared: every fast-path ingest stops on a transient error.
+/// Returns the state bucket. (Not a fault on the upload's reads: a fault matches every request
+/// that holds its resource text, and the claims' keys hold the upload's. Not a throttling error:
+/// the SDK's adaptive retry would slow the test's shared clients down for minutes.)
+fn ebs_unavailable(w: &World) -> String {
+    w.acct.inject_fault(
+        json!({"service": "ebs", "action": "StartSnapshot", "status": 500,
+        "code": "InternalServerException", "message": "An internal error occurred.",
+        "count": 10_000}),
+    );
+    support::roles::state_bucket_name(&w.acct.account_id)
+}
+
+/// The records of uploads stopped by a transient error (create-image deferred.rs), parsed.
+async fn deferred_records(w: &World, state: &str) -> Vec<Value> {
+    let keys = shared::aws::s3::list_keys(&w.acct.clients.s3, state, "deferred/")
+        .await
+        .expect("list the state bucket");
+    let mut out = Vec::new();
+    for key in keys {
+        let obj = shared::model::ObjectRef {
+            bucket: state.to_owned(),
+            key,
+            version_id: None,
+        };
+        let (bytes, _) = shared::aws::s3::get_object(&w.acct.clients.s3, &obj)
+            .await
+            .expect("read a record");
+        out.push(serde_json::from_slice(&bytes).expect("a record is JSON"));
+    }
+    out
+}
+
+/// The fault `InvocationCrashed` stands for a crash, but the ingest sees an error it takes for a
+/// transient one and records the upload for the sweep (deferred.rs); a crashed process writes
+/// nothing, so the record is deleted, and the test sees what a crash leaves.
+async fn a_crash_leaves_no_deferral_record(w: &World) {
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    let keys = shared::aws::s3::list_keys(&w.acct.clients.s3, &state, "deferred/")
+        .await
+        .expect("list the state bucket");
+    assert_eq!(keys.len(), 1, "the stop was recorded: {keys:?}");
+    for key in keys {
+        let obj = shared::model::ObjectRef {
+            bucket: state.clone(),
+            key,
+            version_id: None,
+        };
+        shared::aws::s3::delete_object(&w.acct.clients.s3, &obj)
+            .await
+            .expect("delete the record");
+    }
+}
+
+/// A scheduled sweep `hours` from now (the give-up goes by the first stop's age).
+async fn sweep_hours_later(w: &World, hours: i64) -> Output {
+    let at = chrono::Utc::now() + chrono::Duration::hours(hours);
+    create_image::handle(
+        create_image::Command::Sweep,
+        &w.deps,
+        at,
+        support::deadline(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the sweep failed: {e}"))
+}
+
+/// A transient error that outlasts the event and Lambda's two retries (three deliveries) used to
+/// leave the upload in the dead-letter queue, unreported: it is now recorded, a sweep while the
+/// cause lasts counts one more stop (and does not fail), and the first sweep after it clears
+/// makes the image (one image, one image.registered, the record deleted).
+#[tokio::test]
+async fn an_upload_stopped_past_its_retries_by_a_transient_error_is_taken_up_by_the_sweep() {
+    let w = world_with_claims().await;
+    let key = "stopped/disk.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    for delivery in 0..3 {
+        let err = w
+            .invoke(&manual(&w.bucket, key))
+            .await
+            .expect_err("StartSnapshot is refused");
+        assert!(
+            err.to_string().contains("InternalServerException"),
+            "delivery {delivery}: {err}"
+        );
+    }
+    assert!(
+        of_type(&w.acct.drain(&w.queue).await, "image.failed").is_empty(),
+        "a transient stop is not a failure"
+    );
+    let records = deferred_records(&w, &state).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["key"], key);
+    assert_eq!(records[0]["stops"], 3, "{records:?}");
+    assert!(
+        records[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("InternalServerException"))
+    );
+
+    let out = sweep_hours_later(&w, 1).await;
+    let steps = steps_of(&out, "retry");
+    assert_eq!(steps.len(), 1, "{out:?}");
+    assert!(
+        steps[0]
+            .result
+            .starts_with("stopped by a transient error again (4 time(s)")
+            && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    let records = deferred_records(&w, &state).await;
+    assert_eq!(records[0]["stops"], 4, "{records:?}");
+    assert!(
+        records[0].get("taken_until").is_none(),
+        "the hold is given back: {records:?}"
+    );
+
+    w.acct.clear_faults();
+    let out = sweep_hours_later(&w, 2).await;
+    let steps = steps_of(&out, "retry");
+    assert_eq!(steps.len(), 1, "{out:?}");
+    assert!(
+        steps[0].result.contains("4 time(s)")
+            && steps[0].result.contains("\"outcome\":\"registered\"")
+            && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    assert!(deferred_records(&w, &state).await.is_empty());
+    assert!(steps_of(&sweep_hours_later(&w, 3).await, "retry").is_empty());
+}
+
+/// An upload still stopped a day after its first stop is given up: of two overlapping sweeps one
+/// takes the record, ingests once more, and sends one image.failed naming the stops and the last
+/// error; the record is deleted, nothing is made, and a later sweep does nothing.
+#[tokio::test]
+async fn an_upload_still_stopped_a_day_later_is_reported_once_and_forgotten() {
+    let w = world_with_claims().await;
+    let key = "stopped/late.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("StartSnapshot is refused");
+    assert_eq!(deferred_records(&w, &state).await.len(), 1);
+    let (a, b) = tokio::join!(sweep_hours_later(&w, 25), sweep_hours_later(&w, 25));
+    let retried: Vec<_> = [a, b]
+        .into_iter()
+        .flat_map(|out| out.sweep.steps)
+        .filter(|s| s.action == create_image::StepAction::Retry)
+        .collect();
+    assert_eq!(retried.len(), 1, "one sweep holds the record: {retried:?}");
+    assert!(
+        retried[0].result.starts_with("given up") && !retried[0].failed,
+        "{retried:?}"
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    let failed = of_type(&msgs, "image.failed");
+    assert_eq!(failed.len(), 1, "{msgs:#?}");
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("given up")
+            && error.contains("2 time(s)")
+            && error.contains("InternalServerException"),
+        "{error}"
+    );
+    assert!(deferred_records(&w, &state).await.is_empty());
+    assert!(steps_of(&sweep_hours_later(&w, 26).await, "retry").is_empty());
+    assert!(w.acct.drain(&w.queue).await.is_empty());
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert!(images.is_empty(), "{images:?}");
+    w.acct.clear_faults();
+}
+
+/// An upload that a later delivery (a Lambda retry, a redrive) made after its stop is not given
+/// up a day later: the sweep's ingest finds the image, and the record is deleted unreported.
+#[tokio::test]
+async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
+    let w = world_with_claims().await;
+    let key = "stopped/redriven.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("StartSnapshot is refused");
+    w.acct.clear_faults();
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect("the redelivery");
+    assert_eq!(
+        deferred_records(&w, &state).await.len(),
+        1,
+        "left for the sweep"
+    );
+    let out = sweep_hours_later(&w, 25).await;
+    let steps = steps_of(&out, "retry");
+    assert_eq!(steps.len(), 1, "{out:?}");
+    assert!(
+        !steps[0].result.contains("given up")
+            && steps[0].result.contains("ingested again")
+            && !steps[0].failed,
+        "{:?}",
+        steps[0]
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(deferred_records(&w, &state).await.is_empty());
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
 }

@@ -6,35 +6,47 @@
 //! later, then two minutes after that), then keeps it in the dead-letter queue. A cause that
 //! outlasts those minutes would leave the upload there, unreported and undone. So each such stop
 //! is also recorded in the state bucket, `deferred/<digest of the object's URI and version>`
-//! (JSON: the object, the manual invoke's settings, when it first and last stopped, how many
-//! times, the last error), and every scheduled sweep ingests each recorded upload again:
+//! (JSON: the object, the invoke's settings, when it first and last stopped, how many times, the
+//! last error), and every scheduled sweep takes each record up, least recently tried first:
 //!
-//! - the ingest concludes (registered, import started, already imported, rejected, superseded,
-//!   failed for good and reported): the record is deleted;
-//! - it stops on a transient error again: the ingest updates the record (one more stop), and the
-//!   next sweep tries again;
-//! - the first stop is [`GIVE_UP_AFTER`] old: the upload is reported `image.failed` (claimed, so
-//!   once however many sweeps overlap) with the count, the span and the last error, and the
-//!   record deleted. Ingesting it again later (a manual invoke, or the dead-letter queue's
-//!   redrive) is safe: every step is idempotent.
+//! - it takes the record for [`TAKE`] (a conditional write of `taken_until`: of overlapping
+//!   sweeps exactly one has it; the others pass it by);
+//! - it ingests the upload again. Concluded (registered, import started or in progress, already
+//!   imported, superseded by a newer version, rejected or failed for good and reported): the
+//!   record is deleted;
+//! - stopped on a transient error again: one more stop is counted, and the next sweep tries
+//!   again — unless the first stop is [`GIVE_UP_AFTER`] old: then the upload is reported
+//!   `image.failed` (claimed, under the record's first stop: once however many sweeps come, while
+//!   the state bucket answers) with the count, the span and the last error, and the record is
+//!   deleted. Ingesting it later (a manual invoke, the dead-letter queue's redrive) is safe: every
+//!   step is idempotent.
 //!
-//! Overlapping sweeps may ingest the same upload at once: the ingest's ClientTokens and
-//! announcement claims make that one snapshot, one image and one announcement. A Lambda retry
-//! that succeeds leaves its record for the next sweep, whose ingest finds the work done
-//! (`already-imported` or the same import task) and deletes it. Without a state bucket nothing
-//! is recorded (the dead-letter queue is the only trace). **Size bound**: one record of at most a
-//! few KiB per upload stopped (an S3 key is at most 1,024 bytes, the error is cut to 1,000
-//! characters); the bucket's lifecycle expires the prefix after 7 days, long after the give-up.
+//! The give-up comes only after an ingest that stopped again, so an upload that a Lambda retry or
+//! a redrive concluded meanwhile is found done (`already-imported`, the same import task) and its
+//! record deleted, not reported. Records are written conditionally (`If-None-Match` /
+//! `If-Match`): a stop noted by the event's own retry while a sweep holds the record is counted,
+//! and the sweep, whose write then loses, leaves the record for the next sweep. A record is
+//! never written blind: when it cannot be read, the stop is not recorded (the event's retries
+//! still run) rather than resetting its first stop. Without a state bucket nothing is recorded
+//! (the dead-letter queue is the only trace).
+//!
+//! **Bounds**: the sweep takes the records concurrently (`CONCURRENCY`) and stops starting new
+//! ones near its deadline (those are counted as deferred, and come first next time, since a
+//! record's LastModified is its last try). One record of at most a few KiB per upload stopped
+//! (an S3 key is at most 1,024 bytes, the error is cut to 1,000 characters); the bucket's
+//! lifecycle expires the prefix after 7 days, long after the give-up.
 
 use crate::config::Deps;
 use crate::event::IngestItem;
 use crate::ingest::{failed_message, ingest_classified};
 use crate::output::{IngestOutcome, StepAction, StepReport};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
-use shared::aws::s3;
+use shared::aws::s3::{self, Condition};
+use shared::claim::Sent;
 use shared::deadline::Deadline;
-use shared::error::AwsError;
+use shared::error::{AwsError, ErrorKind};
 use shared::model::ObjectRef;
 use shared::notify::Message;
 use std::collections::BTreeMap;
@@ -43,11 +55,17 @@ use tracing::{info, warn};
 /// The state bucket's prefix of the records.
 pub(crate) const PREFIX: &str = "deferred/";
 
-/// How long after its first transient stop an upload is given up and reported.
+/// How long after its first transient stop an upload still stopped is given up and reported.
 pub const GIVE_UP_AFTER: chrono::Duration = chrono::Duration::hours(24);
+
+/// How long a sweep holds a record it took: Lambda's longest invocation.
+pub(crate) const TAKE: chrono::Duration = chrono::Duration::minutes(15);
 
 /// Longest error text kept in a record.
 const ERROR_CHARS: usize = 1_000;
+
+/// How many times [`note`] reads and writes a record that other writers keep changing.
+const NOTE_ATTEMPTS: usize = 3;
 
 /// One upload stopped by transient errors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +76,7 @@ pub(crate) struct Record {
     pub key: String,
     /// Its version, when the event named one.
     pub version_id: Option<String>,
-    /// Settings a manual invoke gave.
+    /// Settings a manual invoke gave (the last stop's).
     pub overrides: BTreeMap<String, String>,
     /// When it first stopped (RFC 3339).
     pub first_stopped_at: String,
@@ -68,9 +86,48 @@ pub(crate) struct Record {
     pub stops: u32,
     /// The last error.
     pub error: String,
+    /// Until when a sweep that took the record holds it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_until: Option<String>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Record {
+    /// The first stop of `item`'s ingest, at `now`, on `error`.
+    fn new(item: &IngestItem, now: DateTime<Utc>, error: &str) -> Self {
+        Record {
+            bucket: item.object.bucket.clone(),
+            key: item.object.key.clone(),
+            version_id: item.object.version_id.clone(),
+            overrides: item.overrides.clone(),
+            first_stopped_at: rfc3339(now),
+            last_stopped_at: rfc3339(now),
+            stops: 1,
+            error: error.chars().take(ERROR_CHARS).collect(),
+            taken_until: None,
+        }
+    }
+
+    /// One more stop, with the settings of the ingest that stopped (a sweep's hold is kept).
+    fn stopped_again(self, item: &IngestItem, now: DateTime<Utc>, error: &str) -> Self {
+        Record {
+            overrides: item.overrides.clone(),
+            last_stopped_at: rfc3339(now),
+            stops: self.stops.saturating_add(1),
+            error: error.chars().take(ERROR_CHARS).collect(),
+            ..self
+        }
+    }
+
     fn item(&self) -> IngestItem {
         IngestItem {
             object: ObjectRef {
@@ -82,10 +139,16 @@ impl Record {
         }
     }
 
-    fn first_stopped(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(&self.first_stopped_at)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+    /// Whether a sweep holds the record at `now`.
+    fn taken(&self, now: DateTime<Utc>) -> bool {
+        self.taken_until
+            .as_deref()
+            .and_then(parse)
+            .is_some_and(|until| until > now)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -98,62 +161,61 @@ fn record_object(state_bucket: &str, object: &ObjectRef) -> ObjectRef {
     }
 }
 
-/// Reads a record; None when there is none or it cannot be read as one.
-async fn load(deps: &Deps, obj: &ObjectRef) -> Result<Option<Record>, AwsError> {
+/// A record as read: its content (None when it cannot be read as one) and its ETag, quoted as
+/// `If-Match` takes it.
+type Found = (Option<Record>, String);
+
+/// Reads a record; None when there is none.
+async fn load(deps: &Deps, obj: &ObjectRef) -> Result<Option<Found>, AwsError> {
     match s3::get_object(&deps.clients.s3, obj).await {
-        Ok((bytes, _)) => Ok(serde_json::from_slice(&bytes).ok()),
+        Ok((bytes, etag)) => Ok(Some((
+            serde_json::from_slice(&bytes).ok(),
+            format!("\"{etag}\""),
+        ))),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Records that `item`'s ingest stopped on `error` (transient) at `now`: a new record, or one
-/// more stop on the upload's record. Best effort: without it the event's own retries still run.
-pub(crate) async fn note(deps: &Deps, item: &IngestItem, error: &AwsError, now: DateTime<Utc>) {
+/// Records that `item`'s ingest stopped on a transient `error` at `now`: a new record, or one
+/// more stop on the upload's record. Conditional, never blind: a record that cannot be read is
+/// not overwritten. Best effort: without it the event's own retries still run.
+pub(crate) async fn note(deps: &Deps, item: &IngestItem, error: &str, now: DateTime<Utc>) {
     let Some(state) = deps.config.claims.bucket.as_deref() else {
         return;
     };
     let obj = record_object(state, &item.object);
-    let at = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let earlier = match load(deps, &obj).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(record = %obj.uri(), error = %e, "could not read the upload's deferral record; writing a new one");
-            None
-        }
-    };
-    let text: String = error.to_string().chars().take(ERROR_CHARS).collect();
-    let record = match earlier {
-        Some(r) => Record {
-            last_stopped_at: at,
-            stops: r.stops.saturating_add(1),
-            error: text,
-            ..r
-        },
-        None => Record {
-            bucket: item.object.bucket.clone(),
-            key: item.object.key.clone(),
-            version_id: item.object.version_id.clone(),
-            overrides: item.overrides.clone(),
-            first_stopped_at: at.clone(),
-            last_stopped_at: at,
-            stops: 1,
-            error: text,
-        },
-    };
-    let body = serde_json::to_vec(&record).unwrap_or_default();
-    match s3::put_object(&deps.clients.s3, &obj, body).await {
-        Ok(()) => {
-            info!(object = %item.object, record = %obj.uri(), stops = record.stops, "upload stopped by a transient error recorded for the scheduled sweep")
-        }
-        Err(e) => {
-            warn!(object = %item.object, record = %obj.uri(), error = %e, "could not record the stopped upload; only the event's retries take it up again")
+    for _ in 0..NOTE_ATTEMPTS {
+        let (record, etag) = match load(deps, &obj).await {
+            Ok(None) => (Record::new(item, now, error), None),
+            Ok(Some((Some(r), etag))) => (r.stopped_again(item, now, error), Some(etag)),
+            // Not a record (damaged): replaced, conditionally.
+            Ok(Some((None, etag))) => (Record::new(item, now, error), Some(etag)),
+            Err(e) => {
+                warn!(object = %item.object, record = %obj.uri(), error = %e, "could not read the upload's deferral record; the stop is not recorded (the event's retries still run)");
+                return;
+            }
+        };
+        let condition = etag.as_deref().map_or(Condition::Absent, Condition::Is);
+        match s3::put_if(&deps.clients.s3, &obj, record.body(), condition).await {
+            Ok(_) => {
+                info!(object = %item.object, record = %obj.uri(), stops = record.stops, "upload stopped by a transient error recorded for the scheduled sweep");
+                return;
+            }
+            // Written or deleted meanwhile: read it again.
+            Err(e) if s3::lost_race(&e) || e.is_not_found() => {}
+            Err(e) => {
+                warn!(object = %item.object, record = %obj.uri(), error = %e, "could not record the stopped upload; only the event's retries take it up again");
+                return;
+            }
         }
     }
+    warn!(object = %item.object, record = %obj.uri(), "could not record the stopped upload: the record kept changing; only the event's retries take it up again");
 }
 
-/// The scheduled sweep's part: each recorded upload ingested again, or given up and reported.
-/// Returns one step per record acted on, and how many the deadline left for the next run.
+/// The scheduled sweep's part: each recorded upload taken up, least recently tried first,
+/// `concurrency` at a time. Returns one step per record acted on, and how many the deadline left
+/// for the next run.
 pub(crate) async fn retry(
     deps: &Deps,
     now: DateTime<Utc>,
@@ -162,28 +224,64 @@ pub(crate) async fn retry(
     let Some(state) = deps.config.claims.bucket.as_deref() else {
         return Ok((Vec::new(), 0));
     };
-    let keys = s3::list_keys(&deps.clients.s3, state, PREFIX).await?;
-    let mut steps = Vec::new();
-    let mut later = 0;
-    for key in keys {
-        if !deadline.may_start() {
-            later += 1;
-            continue;
-        }
-        let obj = ObjectRef {
-            bucket: state.to_owned(),
-            key,
-            version_id: None,
-        };
-        if let Some(step) = retry_one(deps, &obj, now, deadline).await {
-            steps.push(step);
-        }
-    }
-    Ok((steps, later))
+    let mut listed = s3::list(&deps.clients.s3, state, PREFIX).await?;
+    listed.sort_by_key(|(_, last_modified)| *last_modified);
+    let outcomes: Vec<Option<Option<StepReport>>> = stream::iter(listed)
+        .map(|(key, _)| async move {
+            if !deadline.may_start() {
+                return None;
+            }
+            let obj = ObjectRef {
+                bucket: state.to_owned(),
+                key,
+                version_id: None,
+            };
+            Some(retry_one(deps, &obj, now, deadline).await)
+        })
+        .buffer_unordered(deps.config.concurrency)
+        .collect()
+        .await;
+    let later = outcomes.iter().filter(|o| o.is_none()).count();
+    Ok((outcomes.into_iter().flatten().flatten().collect(), later))
 }
 
-/// One record: given up (reported, deleted), or ingested again (deleted unless it stopped on a
-/// transient error again). None when the record is gone (another sweep concluded it).
+/// Takes a record for [`TAKE`] at `now`: the record and the ETag of the taken one. None when
+/// there is nothing to take: gone (another sweep concluded it), held by another sweep, or
+/// taken by another first. A record that cannot be read as one is deleted.
+async fn take(
+    deps: &Deps,
+    obj: &ObjectRef,
+    now: DateTime<Utc>,
+) -> Result<Option<(Record, String)>, AwsError> {
+    let c = &deps.clients;
+    let (record, etag) = match load(deps, obj).await? {
+        Some((Some(r), etag)) => (r, etag),
+        Some((None, etag)) => {
+            warn!(record = %obj.uri(), "deleting a deferral record that cannot be read as one");
+            if let Err(e) = s3::delete_if(&c.s3, obj, &etag).await {
+                warn!(record = %obj.uri(), error = %e, "could not delete it");
+            }
+            return Ok(None);
+        }
+        None => return Ok(None),
+    };
+    if record.taken(now) {
+        return Ok(None);
+    }
+    let taken = Record {
+        taken_until: Some(rfc3339(now + TAKE)),
+        ..record.clone()
+    };
+    match s3::put_if(&c.s3, obj, taken.body(), Condition::Is(&etag)).await {
+        Ok(etag) => Ok(Some((record, etag))),
+        Err(e) if s3::lost_race(&e) || e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// One record: taken, its upload ingested again, then deleted (concluded), counted (stopped
+/// again) or reported and deleted (stopped again a day after its first stop). None when there is
+/// nothing to do (gone, or held by another sweep).
 async fn retry_one(
     deps: &Deps,
     obj: &ObjectRef,
@@ -197,68 +295,121 @@ async fn retry_one(
         result,
         failed,
     };
-    let record = match load(deps, obj).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            // Gone (another sweep concluded it), or not a record: nothing to retry.
-            if let Err(e) = s3::delete_object(&c.s3, obj).await {
-                warn!(record = %obj.uri(), error = %e, "could not delete an unreadable deferral record");
-            }
-            return None;
-        }
+    let (record, etag) = match take(deps, obj, now).await {
+        Ok(Some(taken)) => taken,
+        Ok(None) => return None,
         Err(e) => return Some(step(obj.uri(), e.to_string(), true)),
     };
     let item = record.item();
     let uri = item.object.uri();
-    let first = record.first_stopped().unwrap_or(now);
-    if now - first >= GIVE_UP_AFTER {
-        let error = format!(
-            "given up: the upload was stopped by a transient error {} time(s) from {} to {} (the event's retries and every scheduled sweep since); the last: {}. Upload it again, or invoke create-image with {{\"bucket\", \"key\"}}, once the cause is fixed",
-            record.stops, record.first_stopped_at, record.last_stopped_at, record.error
-        );
-        let msg = Message {
-            source_uri: Some(uri.clone()),
-            error: Some(error.clone()),
-            dedup_detail: Some(shared::claim::digest(&format!(
-                "deferred {} {}",
-                obj.key, record.first_stopped_at
-            ))),
-            ..failed_message(deps, now)
-        };
-        if let Err(e) = deps
-            .config
-            .claims
-            .report_once(&c.s3, &c.sns, &deps.config.common.topic_arn, &msg, now)
-            .await
-        {
-            // Kept: the next sweep reports it.
-            return Some(step(
-                uri,
-                format!("could not report the upload given up: {e}"),
-                true,
-            ));
-        }
-        warn!(object = %uri, stops = record.stops, "upload given up after transient errors; reported");
-        if let Err(e) = s3::delete_object(&c.s3, obj).await {
-            warn!(record = %obj.uri(), error = %e, "could not delete the deferral record; the report is claimed, so it is not sent again");
-        }
-        return Some(step(uri, error, false));
-    }
     info!(object = %uri, stops = record.stops, "ingesting an upload stopped by a transient error again");
     // Boxed: the ingest's future is large, and the sweep's already holds it (debug builds'
     // stacks).
-    let (outcome, transient) = Box::pin(ingest_classified(deps, item, now, deadline)).await;
-    if !transient && let Err(e) = s3::delete_object(&c.s3, obj).await {
-        warn!(record = %obj.uri(), error = %e, "could not delete the deferral record; the next sweep ingests the upload again (idempotent)");
-    }
-    let failed = matches!(outcome, IngestOutcome::Error { .. });
+    let (outcome, stop) = Box::pin(ingest_classified(deps, &item, now, deadline)).await;
     let text = serde_json::to_string(&outcome).unwrap_or_else(|e| e.to_string());
+    // Concluded, or stopped near the deadline with a checkpoint, which the sweep's continuation
+    // takes from here (crate::continuation).
+    if stop.is_none_or(|kind| kind == ErrorKind::Stopped) {
+        if let Err(e) = s3::delete_if(&c.s3, obj, &etag).await {
+            // Lost: a retry of the event stopped meanwhile and counted it; the next sweep
+            // takes it up.
+            warn!(record = %obj.uri(), error = %e, "the deferral record was not deleted; the next sweep ingests the upload again (idempotent)");
+        }
+        return Some(step(
+            uri,
+            format!(
+                "stopped by a transient error {} time(s) since {}; ingested again: {text}",
+                record.stops, record.first_stopped_at
+            ),
+            stop.is_none() && matches!(outcome, IngestOutcome::Error { .. }),
+        ));
+    }
+    let error = match &outcome {
+        IngestOutcome::Error { error, .. } => error.as_str(),
+        _ => "",
+    };
+    let again = Record {
+        taken_until: None,
+        ..record.stopped_again(&item, now, error)
+    };
+    let first = parse(&again.first_stopped_at).unwrap_or(now);
+    if now - first >= GIVE_UP_AFTER {
+        return Some(give_up(deps, obj, &etag, &again, now).await);
+    }
+    // Not a failure of the sweep: the record keeps it, and the give-up reports it.
+    match s3::put_if(&c.s3, obj, again.body(), Condition::Is(&etag)).await {
+        Ok(_) => {}
+        Err(e) if s3::lost_race(&e) || e.is_not_found() => {}
+        Err(e) => {
+            warn!(record = %obj.uri(), error = %e, "could not count the stop; the hold expires and the next sweep tries again")
+        }
+    }
+    warn!(object = %uri, stops = again.stops, error, "upload stopped by a transient error again; the next sweep tries again");
     Some(step(
         uri,
         format!(
-            "stopped by a transient error {} time(s) since {}; ingested again: {text}",
-            record.stops, record.first_stopped_at
+            "stopped by a transient error again ({} time(s) since {}; given up {} hours after the first): {error}",
+            again.stops,
+            again.first_stopped_at,
+            GIVE_UP_AFTER.num_hours()
         ),
-        failed,
+        false,
     ))
+}
+
+/// Reports an upload still stopped [`GIVE_UP_AFTER`] after its first stop (claimed under that
+/// stop: once), and deletes its record once the report is sent (by this sweep or an earlier
+/// one). Held by another invocation's claim, or not sent: the record stays, and the next sweep
+/// reports it (or finds it reported).
+async fn give_up(
+    deps: &Deps,
+    obj: &ObjectRef,
+    etag: &str,
+    record: &Record,
+    now: DateTime<Utc>,
+) -> StepReport {
+    let c = &deps.clients;
+    let uri = record.item().object.uri();
+    let step = |result: String, failed: bool| StepReport {
+        task_id: uri.clone(),
+        action: StepAction::Retry,
+        result,
+        failed,
+    };
+    let error = format!(
+        "given up: the upload was stopped by a transient error {} time(s) from {} to {} (the event's retries and every scheduled sweep since); the last: {}. Upload it again, or invoke create-image with {{\"bucket\", \"key\"}}, once the cause is fixed",
+        record.stops, record.first_stopped_at, record.last_stopped_at, record.error
+    );
+    let msg = Message {
+        source_uri: Some(uri.clone()),
+        error: Some(error.clone()),
+        dedup_detail: Some(shared::claim::digest(&format!(
+            "deferred {} {}",
+            obj.key, record.first_stopped_at
+        ))),
+        ..failed_message(deps, now)
+    };
+    match deps
+        .config
+        .claims
+        .report_once(&c.s3, &c.sns, &deps.config.common.topic_arn, &msg, now)
+        .await
+    {
+        Ok(Sent::Now | Sent::Before) => {}
+        Ok(Sent::ByAnother) => {
+            return step(
+                format!(
+                    "{error} (being reported by another invocation; the record stays until it is)"
+                ),
+                false,
+            );
+        }
+        // Kept: the next sweep reports it.
+        Err(e) => return step(format!("could not report the upload given up: {e}"), true),
+    }
+    warn!(object = %uri, stops = record.stops, "upload given up after transient errors; reported");
+    if let Err(e) = s3::delete_if(&c.s3, obj, etag).await {
+        warn!(record = %obj.uri(), error = %e, "could not delete the deferral record; the report is claimed, so the next sweep does not send it again");
+    }
+    step(error, false)
 }

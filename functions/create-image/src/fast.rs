@@ -450,7 +450,7 @@ fn deadline_error(
         region: deps.clients.region.clone().into(),
         operation: "ebs:PutSnapshotBlock",
         resource: format!("{snapshot_id} from {}", up.object.uri()),
-        kind: ErrorKind::Other,
+        kind: ErrorKind::Stopped,
         code: None,
         message: format!(
             "the Lambda deadline is near after {} bytes read (object of {size} bytes); {next}",

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use shared::aws::clients::Clients;
 use shared::aws::{ec2, s3};
 use shared::deadline::Deadline;
-use shared::error::AwsError;
+use shared::error::{AwsError, ErrorKind};
 use shared::model::{DiskFormat, ObjectInfo, ObjectRef, Select};
 use shared::notify::{self, EventType, Message};
 use shared::plan::import;
@@ -21,26 +21,51 @@ use shared::plan::{disk, lineage, naming, retention};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
+/// Ingests one upload. A stop on a transient error is also recorded in the state bucket, for
+/// the scheduled sweep to take up again when the cause outlasts the event's retries
+/// ([`crate::deferred`]).
 pub(crate) async fn ingest(
     deps: &Deps,
     item: IngestItem,
     now: DateTime<Utc>,
     deadline: Deadline,
 ) -> IngestOutcome {
+    let (outcome, stop) = ingest_classified(deps, &item, now, deadline).await;
+    // A stop near the deadline is not recorded: its checkpoint is (crate::continuation).
+    if stop.is_some_and(|kind| kind != ErrorKind::Stopped)
+        && let IngestOutcome::Error { error, .. } = &outcome
+    {
+        crate::deferred::note(deps, &item, error, now).await;
+    }
+    outcome
+}
+
+/// [`ingest`] without the record, and the kind of the transient error it stopped on, if it did.
+pub(crate) async fn ingest_classified(
+    deps: &Deps,
+    item: &IngestItem,
+    now: DateTime<Utc>,
+    deadline: Deadline,
+) -> (IngestOutcome, Option<ErrorKind>) {
     let uri = item.object.uri();
-    match try_ingest(deps, &item, now, deadline).await {
-        Ok(outcome) => outcome,
+    match try_ingest(deps, item, now, deadline).await {
+        Ok(outcome) => (outcome, None),
         Err(e) if e.kind.is_transient() => {
             // Throttling or a service error past the SDK's retries: the invocation fails and
             // Lambda runs the event again (AsyncMaxRetries, at most twice: about a minute later,
             // then two minutes after that), then keeps it in the dead-letter queue. EventBridge's own 24-hour
             // RetryPolicy covers only its delivery to Lambda, not the function's errors. No
             // image.failed: the upload has not failed, and its retry announces what it makes.
+            // The scheduled sweep takes it up too when the cause outlasts those retries, and
+            // reports it after a day (crate::deferred).
             warn!(object = %uri, error = %e, "ingest stopped by a transient error; the event is retried");
-            IngestOutcome::Error {
-                object: uri,
-                error: e.to_string(),
-            }
+            (
+                IngestOutcome::Error {
+                    object: uri,
+                    error: e.to_string(),
+                },
+                Some(e.kind),
+            )
         }
         Err(e) => {
             warn!(object = %uri, error = %e, "ingest failed");
@@ -64,10 +89,13 @@ pub(crate) async fn ingest(
             {
                 warn!(object = %uri, error = %sns_err, "could not report the failure on SNS");
             }
-            IngestOutcome::Error {
-                object: uri,
-                error: e.to_string(),
-            }
+            (
+                IngestOutcome::Error {
+                    object: uri,
+                    error: e.to_string(),
+                },
+                None,
+            )
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - **Sweep** (schedule, and after every ingest): plan with
 //!   [`shared::plan::import::plan_sweep`] over the pipeline's import tasks, then register
 //!   completed imports (`image.registered`), report failed ones (`image.failed`), warn once
-//!   about slow ones — with bounded concurrency, stopping near the deadline.
+//!   about slow ones — with bounded concurrency, stopping near the deadline. The scheduled
+//!   sweep also finishes the fast path's loose ends and ingests again the uploads a transient
+//!   error stopped (recorded in the state bucket, given up and reported after a day).
 //!
 //! Infrastructure failures (access denied, throttling past retries, service errors) are
 //! collected across the whole run and fail the invocation once at the end, naming each.
@@ -19,6 +21,7 @@ mod abandoned;
 mod announce;
 mod config;
 mod continuation;
+mod deferred;
 mod event;
 mod fast;
 mod handler;
@@ -29,6 +32,7 @@ mod register;
 mod sweep;
 
 pub use config::{Config, DEFAULT_VARS, Deps};
+pub use deferred::GIVE_UP_AFTER;
 pub use event::{Command, IngestItem};
 pub use handler::handle;
 pub use output::{IngestOutcome, Output, StepAction, StepReport, SweepReport, Transfer};

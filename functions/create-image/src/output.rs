@@ -121,6 +121,9 @@ pub enum StepAction {
     /// Continue the write of a pending fast-path snapshot from its checkpoint, or refuse it
     /// when its object changed (the `task_id` is the snapshot's id).
     Continue,
+    /// Ingest again an upload stopped by a transient error (`crate::deferred`), or give it up
+    /// and report it (the `task_id` is the object's URI).
+    Retry,
     /// Nothing to do yet.
     Skip,
 }
@@ -136,6 +139,7 @@ impl StepAction {
             StepAction::WarnStale => "warn-stale",
             StepAction::Resume => "resume",
             StepAction::Continue => "continue",
+            StepAction::Retry => "retry",
             StepAction::Skip => "skip",
         }
     }

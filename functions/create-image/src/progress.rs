@@ -204,7 +204,7 @@ impl Progress<'_> {
         };
         match s3::put_if(self.s3, &obj, body(), Condition::Absent).await {
             Ok(etag) => return Ok(Lease::Won(etag)),
-            Err(e) if lost_race(&e) => {}
+            Err(e) if s3::lost_race(&e) => {}
             Err(e) => return Err(e),
         }
         let (bytes, etag) = match s3::get_object(self.s3, &obj).await {
@@ -226,7 +226,7 @@ impl Progress<'_> {
                 info!(lease = %obj.uri(), "expired lease taken over");
                 Ok(Lease::Won(etag))
             }
-            Err(e) if lost_race(&e) || e.is_not_found() => Ok(Lease::Held(until)),
+            Err(e) if s3::lost_race(&e) || e.is_not_found() => Ok(Lease::Held(until)),
             Err(e) => Err(e),
         }
     }
@@ -252,11 +252,6 @@ impl Progress<'_> {
             warn!(lease = %obj.uri(), error = %e, "could not release the lease; it expires");
         }
     }
-}
-
-/// A conditional write that lost to another writer.
-fn lost_race(e: &AwsError) -> bool {
-    e.has_code("PreconditionFailed") || e.has_code("ConditionalRequestConflict")
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! ends: ingest again the uploads whose snapshot ended in error with no event left to retry them
 //! ([`crate::abandoned`]), send the `image.registered` never recorded as sent
 //! ([`crate::announce::repair_recent`]), and continue the pending writes that stopped near a
-//! deadline with a checkpoint ([`crate::continuation`]).
+//! deadline with a checkpoint ([`crate::continuation`]), and ingest again the uploads a
+//! transient error stopped ([`crate::deferred`]).
 
 use crate::abandoned;
 use crate::announce::{self, registered_message};
@@ -139,6 +140,18 @@ async fn loose_ends(
         Err(e) => steps.push(StepReport {
             task_id: "-".into(),
             action: StepAction::Continue,
+            result: e.to_string(),
+            failed: true,
+        }),
+    }
+    match crate::deferred::retry(deps, now, deadline).await {
+        Ok((retried, later)) => {
+            steps.extend(retried);
+            deferred += later;
+        }
+        Err(e) => steps.push(StepReport {
+            task_id: "-".into(),
+            action: StepAction::Retry,
             result: e.to_string(),
             failed: true,
         }),

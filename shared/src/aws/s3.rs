@@ -119,7 +119,20 @@ pub async fn put_object(s3: &Client, obj: &ObjectRef, body: Vec<u8>) -> Result<(
 /// ListObjectsV2 over every page: the keys of `bucket` that begin with `prefix` (the IAM
 /// action is `s3:ListBucket`, named so in errors).
 pub async fn list_keys(s3: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, AwsError> {
-    let mut keys = Vec::new();
+    Ok(list(s3, bucket, prefix)
+        .await?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// [`list_keys`] with each object's LastModified (None when S3 gives none).
+pub async fn list(
+    s3: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, Option<DateTime<Utc>>)>, AwsError> {
+    let mut objects = Vec::new();
     let mut pages = s3
         .list_objects_v2()
         .bucket(bucket)
@@ -131,13 +144,14 @@ pub async fn list_keys(s3: &Client, bucket: &str, prefix: &str) -> Result<Vec<St
             AwsError::from_sdk("s3:ListBucket", format!("s3://{bucket}/{prefix}"), e)
                 .in_region(s3.config().region())
         })?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
+        objects.extend(page.contents().iter().filter_map(|o| {
+            let when = o
+                .last_modified()
+                .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+            Some((o.key()?.to_owned(), when))
+        }));
     }
-    Ok(keys)
+    Ok(objects)
 }
 
 /// DeleteObject (a key that does not exist is no error: S3 answers 204 either way).
@@ -234,6 +248,12 @@ pub async fn put_if(
         AwsError::from_sdk("s3:PutObject", obj.uri(), e).in_region(s3.config().region())
     })?;
     Ok(out.e_tag().unwrap_or_default().to_owned())
+}
+
+/// Whether a conditional write ([`put_if`], [`delete_if`]) lost to another writer: 412
+/// `PreconditionFailed`, or 409 `ConditionalRequestConflict` while another is in flight.
+pub fn lost_race(e: &AwsError) -> bool {
+    e.has_code("PreconditionFailed") || e.has_code("ConditionalRequestConflict")
 }
 
 /// DeleteObject `If-Match: <etag>`: deletes the object only while it is the one with this ETag.
