@@ -111,51 +111,37 @@ async fn loose_ends(
 ) -> (Vec<StepReport>, usize) {
     let mut steps = Vec::new();
     let mut deferred = 0;
-    match abandoned::resume(deps, tasks, now, deadline).await {
-        Ok((resumed, later)) => {
-            steps.extend(resumed);
-            deferred += later;
-        }
-        Err(e) => steps.push(StepReport {
-            task_id: "-".into(),
-            action: StepAction::Resume,
-            result: e.to_string(),
-            failed: true,
-        }),
-    }
-    match announce::repair_recent(deps, now, deadline).await {
-        Ok(repaired) => steps.extend(repaired),
-        Err(e) => steps.push(StepReport {
-            task_id: "-".into(),
-            action: StepAction::Announce,
-            result: e.to_string(),
-            failed: true,
-        }),
-    }
-    match continuation::continue_pending(deps, now, deadline).await {
-        Ok((continued, later)) => {
-            steps.extend(continued);
-            deferred += later;
-        }
-        Err(e) => steps.push(StepReport {
-            task_id: "-".into(),
-            action: StepAction::Continue,
-            result: e.to_string(),
-            failed: true,
-        }),
-    }
-    match crate::deferred::retry(deps, now, deadline).await {
-        Ok((retried, later)) => {
-            steps.extend(retried);
-            deferred += later;
-        }
-        Err(e) => steps.push(StepReport {
-            task_id: "-".into(),
-            action: StepAction::Retry,
-            result: e.to_string(),
-            failed: true,
-        }),
-    }
+    let mut gather =
+        |action: StepAction, part: Result<(Vec<StepReport>, usize), AwsError>| match part {
+            Ok((done, later)) => {
+                steps.extend(done);
+                deferred += later;
+            }
+            Err(e) => steps.push(StepReport {
+                task_id: "-".into(),
+                action,
+                result: e.to_string(),
+                failed: true,
+            }),
+        };
+    gather(
+        StepAction::Resume,
+        abandoned::resume(deps, tasks, now, deadline).await,
+    );
+    gather(
+        StepAction::Announce,
+        announce::repair_recent(deps, now, deadline)
+            .await
+            .map(|repaired| (repaired, 0)),
+    );
+    gather(
+        StepAction::Continue,
+        continuation::continue_pending(deps, now, deadline).await,
+    );
+    gather(
+        StepAction::Retry,
+        crate::deferred::retry(deps, now, deadline).await,
+    );
     (steps, deferred)
 }
 
