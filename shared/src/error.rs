@@ -26,7 +26,8 @@ pub enum ErrorKind {
     /// Anything else: service errors, timeouts, dropped connections, unparseable answers.
     Other,
     /// Not an AWS answer: the invocation stopped its work near the Lambda deadline, with its
-    /// progress saved (a checkpoint) for the next delivery or the scheduled sweep to continue.
+    /// progress saved (a checkpoint, given a state bucket) for the next delivery or the scheduled
+    /// sweep to continue.
     Stopped,
 }
 

@@ -1902,8 +1902,27 @@ async fn an_upload_still_stopped_a_day_later_is_reported_once_and_forgotten() {
     w.acct.clear_faults();
 }
 
-/// An upload that a later delivery (a Lambda retry, a redrive) made after its stop is not given
-/// up a day later: the sweep's ingest finds the image, and the record is deleted unreported.
+/// A later delivery (a Lambda retry, a redrive) that makes the upload deletes its record: the
+/// sweep has nothing to take up (the owner may delete the object once it is registered).
+#[tokio::test]
+async fn a_later_delivery_that_makes_the_upload_deletes_its_record() {
+    let w = world_with_claims().await;
+    let key = "stopped/retried.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("StartSnapshot is refused");
+    assert_eq!(deferred_records(&w, &state).await.len(), 1);
+    w.acct.clear_faults();
+    w.invoke(&manual(&w.bucket, key)).await.expect("the retry");
+    assert!(deferred_records(&w, &state).await.is_empty());
+    assert!(steps_of(&sweep_hours_later(&w, 1).await, "retry").is_empty());
+}
+
+/// An upload that a later delivery made, but whose record that delivery could not delete, is
+/// not given up a day later: the sweep ingests it again first, finds the image, and deletes the
+/// record unreported.
 #[tokio::test]
 async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
     let w = world_with_claims().await;
@@ -1914,9 +1933,15 @@ async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
         .await
         .expect_err("StartSnapshot is refused");
     w.acct.clear_faults();
+    w.acct.inject_fault(
+        json!({"service": "s3", "action": "DeleteObject", "resource": "deferred/",
+        "status": 500, "code": "InternalError",
+        "message": "We encountered an internal error. Please try again.", "count": 10_000}),
+    );
     w.invoke(&manual(&w.bucket, key))
         .await
         .expect("the redelivery");
+    w.acct.clear_faults();
     assert_eq!(
         deferred_records(&w, &state).await.len(),
         1,
@@ -1940,4 +1965,53 @@ async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
         .await
         .expect("images");
     assert_eq!(images.len(), 1, "{images:?}");
+}
+
+/// A sweep killed while it holds a record (out of memory, out of time) counts as a stop once its
+/// hold runs out, so a record that kills every sweep is still given up a day later, without
+/// another ingest.
+#[tokio::test]
+async fn a_record_whose_sweep_was_killed_is_given_up_a_day_later() {
+    let w = world_with_claims().await;
+    let key = "stopped/killer.raw";
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    w.invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("StartSnapshot is refused");
+    // A sweep took it an hour later and was killed: the record says so, nothing else does.
+    let keys = shared::aws::s3::list_keys(&w.acct.clients.s3, &state, "deferred/")
+        .await
+        .expect("list");
+    let obj = shared::model::ObjectRef {
+        bucket: state.clone(),
+        key: keys[0].clone(),
+        version_id: None,
+    };
+    let mut record = deferred_records(&w, &state).await.remove(0);
+    let until = chrono::Utc::now() + chrono::Duration::minutes(75);
+    record["taken_until"] = json!(until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    shared::aws::s3::put_object(&w.acct.clients.s3, &obj, record.to_string().into_bytes())
+        .await
+        .expect("write the record");
+    w.acct.reset_requests();
+    let out = sweep_hours_later(&w, 25).await;
+    let steps = steps_of(&out, "retry");
+    assert_eq!(steps.len(), 1, "{out:?}");
+    assert!(
+        steps[0].result.starts_with("given up")
+            && steps[0].result.contains("2 time(s)")
+            && steps[0].result.contains("stopped without concluding it"),
+        "{:?}",
+        steps[0]
+    );
+    assert!(
+        w.acct.requests().get("ebs:StartSnapshot").is_none(),
+        "not ingested again: {}",
+        w.acct.requests()
+    );
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.failed").len(), 1, "{msgs:#?}");
+    assert!(deferred_records(&w, &state).await.is_empty());
+    w.acct.clear_faults();
 }

@@ -30,8 +30,13 @@
 //! still run) rather than resetting its first stop. Without a state bucket nothing is recorded
 //! (the dead-letter queue is the only trace).
 //!
-//! **Bounds**: the sweep takes the records concurrently (`CONCURRENCY`) and stops starting new
-//! ones near its deadline (those are counted as deferred, and come first next time, since a
+//! An ingest that concludes deletes the upload's record itself, so a Lambda retry that makes the
+//! image leaves nothing for the sweep (whose ingest would report an object deleted since as
+//! missing). A sweep killed while it holds a record (out of memory or time) counts a stop when
+//! the hold runs out; one a day after the first stop is given up without another ingest.
+//!
+//! **Bounds**: the sweep takes the records one at a time (each may be a fast-path write) and
+//! stops starting new ones near its deadline (those are counted as deferred, and come first next time, since a
 //! record's LastModified is its last try). One record of at most a few KiB per upload stopped
 //! (an S3 key is at most 1,024 bytes, the error is cut to 1,000 characters); the bucket's
 //! lifecycle expires the prefix after 7 days, long after the give-up.
@@ -41,7 +46,6 @@ use crate::event::IngestItem;
 use crate::ingest::{failed_message, ingest_classified};
 use crate::output::{IngestOutcome, StepAction, StepReport};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use shared::aws::s3::{self, Condition};
 use shared::claim::Sent;
@@ -60,6 +64,9 @@ pub const GIVE_UP_AFTER: chrono::Duration = chrono::Duration::hours(24);
 
 /// How long a sweep holds a record it took: Lambda's longest invocation.
 pub(crate) const TAKE: chrono::Duration = chrono::Duration::minutes(15);
+
+/// The last error of a record whose sweep stopped without concluding it.
+const ABANDONED: &str = "the scheduled sweep that took it up stopped without concluding it";
 
 /// Longest error text kept in a record.
 const ERROR_CHARS: usize = 1_000;
@@ -213,8 +220,8 @@ pub(crate) async fn note(deps: &Deps, item: &IngestItem, error: &str, now: DateT
     warn!(object = %item.object, record = %obj.uri(), "could not record the stopped upload: the record kept changing; only the event's retries take it up again");
 }
 
-/// The scheduled sweep's part: each recorded upload taken up, least recently tried first,
-/// `concurrency` at a time. Returns one step per record acted on, and how many the deadline left
+/// The scheduled sweep's part: each recorded upload taken up, least recently tried first, one
+/// at a time. Returns one step per record acted on, and how many the deadline left
 /// for the next run.
 pub(crate) async fn retry(
     deps: &Deps,
@@ -226,23 +233,23 @@ pub(crate) async fn retry(
     };
     let mut listed = s3::list(&deps.clients.s3, state, PREFIX).await?;
     listed.sort_by_key(|(_, last_modified)| *last_modified);
-    let outcomes: Vec<Option<Option<StepReport>>> = stream::iter(listed)
-        .map(|(key, _)| async move {
-            if !deadline.may_start() {
-                return None;
-            }
-            let obj = ObjectRef {
-                bucket: state.to_owned(),
-                key,
-                version_id: None,
-            };
-            Some(retry_one(deps, &obj, now, deadline).await)
-        })
-        .buffer_unordered(deps.config.concurrency)
-        .collect()
-        .await;
-    let later = outcomes.iter().filter(|o| o.is_none()).count();
-    Ok((outcomes.into_iter().flatten().flatten().collect(), later))
+    let mut steps = Vec::new();
+    let mut later = 0;
+    // One at a time, as the continuation's: each may be a fast-path write, which holds up to
+    // ~130 MiB (crate::fast), and the function may have 512 MiB.
+    for (key, _) in listed {
+        if !deadline.may_start() {
+            later += 1;
+            continue;
+        }
+        let obj = ObjectRef {
+            bucket: state.to_owned(),
+            key,
+            version_id: None,
+        };
+        steps.extend(retry_one(deps, &obj, now, deadline).await);
+    }
+    Ok((steps, later))
 }
 
 /// Takes a record for [`TAKE`] at `now`: the record and the ETag of the taken one. None when
@@ -268,6 +275,17 @@ async fn take(
     if record.taken(now) {
         return Ok(None);
     }
+    // Held, and the hold ran out: the sweep that took it stopped without a word (killed: out of
+    // memory or time). Counted as a stop, so that a record that kills every sweep is given up.
+    let record = match &record.taken_until {
+        Some(until) => Record {
+            last_stopped_at: until.clone(),
+            stops: record.stops.saturating_add(1),
+            error: format!("{ABANDONED} (taken until {until})"),
+            ..record
+        },
+        None => record,
+    };
     let taken = Record {
         taken_until: Some(rfc3339(now + TAKE)),
         ..record.clone()
@@ -302,6 +320,10 @@ async fn retry_one(
     };
     let item = record.item();
     let uri = item.object.uri();
+    if record.error.starts_with(ABANDONED) && past_give_up(&record, now) {
+        // Ingesting it again would likely stop this sweep the same way.
+        return Some(give_up(deps, obj, &etag, &record, now).await);
+    }
     info!(object = %uri, stops = record.stops, "ingesting an upload stopped by a transient error again");
     // Boxed: the ingest's future is large, and the sweep's already holds it (debug builds'
     // stacks).
@@ -332,8 +354,7 @@ async fn retry_one(
         taken_until: None,
         ..record.stopped_again(&item, now, error)
     };
-    let first = parse(&again.first_stopped_at).unwrap_or(now);
-    if now - first >= GIVE_UP_AFTER {
+    if past_give_up(&again, now) {
         return Some(give_up(deps, obj, &etag, &again, now).await);
     }
     // Not a failure of the sweep: the record keeps it, and the give-up reports it.
@@ -355,6 +376,26 @@ async fn retry_one(
         ),
         false,
     ))
+}
+
+/// Whether `record`'s first stop is [`GIVE_UP_AFTER`] old at `now`.
+fn past_give_up(record: &Record, now: DateTime<Utc>) -> bool {
+    now - parse(&record.first_stopped_at).unwrap_or(now) >= GIVE_UP_AFTER
+}
+
+/// Deletes `item`'s record once an ingest of it concluded (made, found made, refused, reported):
+/// a delivery that concludes before the sweep takes the record up leaves nothing to take (the
+/// sweep's ingest would find the work done, but not an object deleted since: it would be
+/// reported missing). Best effort, and one DeleteObject per ingest with a state bucket; a record
+/// left is concluded by the sweep.
+pub(crate) async fn forget(deps: &Deps, item: &IngestItem) {
+    let Some(state) = deps.config.claims.bucket.as_deref() else {
+        return;
+    };
+    let obj = record_object(state, &item.object);
+    if let Err(e) = s3::delete_object(&deps.clients.s3, &obj).await {
+        warn!(object = %item.object, record = %obj.uri(), error = %e, "could not delete the upload's deferral record; the scheduled sweep concludes it");
+    }
 }
 
 /// Reports an upload still stopped [`GIVE_UP_AFTER`] after its first stop (claimed under that

@@ -31,11 +31,15 @@ pub(crate) async fn ingest(
     deadline: Deadline,
 ) -> IngestOutcome {
     let (outcome, stop) = ingest_classified(deps, &item, now, deadline).await;
-    // A stop near the deadline is not recorded: its checkpoint is (crate::continuation).
-    if stop.is_some_and(|kind| kind != ErrorKind::Stopped)
-        && let IngestOutcome::Error { error, .. } = &outcome
-    {
-        crate::deferred::note(deps, &item, error, now).await;
+    match (stop, &outcome) {
+        // Concluded.
+        (None, _) => crate::deferred::forget(deps, &item).await,
+        // A stop near the deadline is not recorded: its checkpoint is (crate::continuation).
+        (Some(ErrorKind::Stopped), _) => {}
+        (Some(_), IngestOutcome::Error { error, .. }) => {
+            crate::deferred::note(deps, &item, error, now).await;
+        }
+        (Some(_), _) => {}
     }
     outcome
 }
@@ -58,7 +62,7 @@ pub(crate) async fn ingest_classified(
             // image.failed: the upload has not failed, and its retry announces what it makes.
             // The scheduled sweep takes it up too when the cause outlasts those retries, and
             // reports it after a day (crate::deferred).
-            warn!(object = %uri, error = %e, "ingest stopped by a transient error; the event is retried");
+            warn!(object = %uri, error = %e, "ingest stopped by a transient error; the event's retry or the scheduled sweep takes it up again");
             (
                 IngestOutcome::Error {
                     object: uri,
