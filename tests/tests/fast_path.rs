@@ -1679,6 +1679,11 @@ async fn sealing_outlasts_the_invocation(next: Next) {
         of_type(&w.acct.drain(&w.queue).await, "image.failed").is_empty(),
         "still sealing is not a failure"
     );
+    let state = support::roles::state_bucket_name(&w.acct.account_id);
+    assert!(
+        deferred_records(&w, &state).await.is_empty(),
+        "a stop at the deadline is not recorded for the retry: its checkpoint is"
+    );
     let written = blocks_put(&w);
     assert_eq!(
         written,
@@ -1771,6 +1776,25 @@ async fn a_crash_leaves_no_deferral_record(w: &World) {
     }
 }
 
+/// A world whose upload `key` (a raw disk) was stopped once by EBS direct's 500s, which go on
+/// ([`ebs_unavailable`]): its record written. Returns the world and the state bucket.
+async fn stopped_once(key: &str) -> (World, String) {
+    let w = world_with_claims().await;
+    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
+    let state = ebs_unavailable(&w);
+    let err = w
+        .invoke(&manual(&w.bucket, key))
+        .await
+        .expect_err("StartSnapshot is refused");
+    assert!(err.to_string().contains("InternalServerException"), "{err}");
+    assert_eq!(
+        deferred_records(&w, &state).await.len(),
+        1,
+        "the stop is recorded"
+    );
+    (w, state)
+}
+
 /// A scheduled sweep `hours` from now (the give-up goes by the first stop's age).
 async fn sweep_hours_later(w: &World, hours: i64) -> Output {
     let at = chrono::Utc::now() + chrono::Duration::hours(hours);
@@ -1790,11 +1814,9 @@ async fn sweep_hours_later(w: &World, hours: i64) -> Output {
 /// makes the image (one image, one image.registered, the record deleted).
 #[tokio::test]
 async fn an_upload_stopped_past_its_retries_by_a_transient_error_is_taken_up_by_the_sweep() {
-    let w = world_with_claims().await;
     let key = "stopped/disk.raw";
-    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
-    let state = ebs_unavailable(&w);
-    for delivery in 0..3 {
+    let (w, state) = stopped_once(key).await;
+    for delivery in 1..3 {
         let err = w
             .invoke(&manual(&w.bucket, key))
             .await
@@ -1863,14 +1885,8 @@ async fn an_upload_stopped_past_its_retries_by_a_transient_error_is_taken_up_by_
 /// error; the record is deleted, nothing is made, and a later sweep does nothing.
 #[tokio::test]
 async fn an_upload_still_stopped_a_day_later_is_reported_once_and_forgotten() {
-    let w = world_with_claims().await;
     let key = "stopped/late.raw";
-    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
-    let state = ebs_unavailable(&w);
-    w.invoke(&manual(&w.bucket, key))
-        .await
-        .expect_err("StartSnapshot is refused");
-    assert_eq!(deferred_records(&w, &state).await.len(), 1);
+    let (w, state) = stopped_once(key).await;
     let (a, b) = tokio::join!(sweep_hours_later(&w, 25), sweep_hours_later(&w, 25));
     let retried: Vec<_> = [a, b]
         .into_iter()
@@ -1906,14 +1922,8 @@ async fn an_upload_still_stopped_a_day_later_is_reported_once_and_forgotten() {
 /// sweep has nothing to take up (the owner may delete the object once it is registered).
 #[tokio::test]
 async fn a_later_delivery_that_makes_the_upload_deletes_its_record() {
-    let w = world_with_claims().await;
     let key = "stopped/retried.raw";
-    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
-    let state = ebs_unavailable(&w);
-    w.invoke(&manual(&w.bucket, key))
-        .await
-        .expect_err("StartSnapshot is refused");
-    assert_eq!(deferred_records(&w, &state).await.len(), 1);
+    let (w, state) = stopped_once(key).await;
     w.acct.clear_faults();
     w.invoke(&manual(&w.bucket, key)).await.expect("the retry");
     assert!(deferred_records(&w, &state).await.is_empty());
@@ -1925,13 +1935,8 @@ async fn a_later_delivery_that_makes_the_upload_deletes_its_record() {
 /// record unreported.
 #[tokio::test]
 async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
-    let w = world_with_claims().await;
     let key = "stopped/redriven.raw";
-    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
-    let state = ebs_unavailable(&w);
-    w.invoke(&manual(&w.bucket, key))
-        .await
-        .expect_err("StartSnapshot is refused");
+    let (w, state) = stopped_once(key).await;
     w.acct.clear_faults();
     w.acct.inject_fault(
         json!({"service": "s3", "action": "DeleteObject", "resource": "deferred/",
@@ -1972,13 +1977,8 @@ async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
 /// another ingest.
 #[tokio::test]
 async fn a_record_whose_sweep_was_killed_is_given_up_a_day_later() {
-    let w = world_with_claims().await;
     let key = "stopped/killer.raw";
-    w.acct.put(&w.bucket, key, disks::raw_disk(2), &[]).await;
-    let state = ebs_unavailable(&w);
-    w.invoke(&manual(&w.bucket, key))
-        .await
-        .expect_err("StartSnapshot is refused");
+    let (w, state) = stopped_once(key).await;
     // A sweep took it an hour later and was killed: the record says so, nothing else does.
     let keys = shared::aws::s3::list_keys(&w.acct.clients.s3, &state, "deferred/")
         .await

@@ -584,7 +584,14 @@ async fn sealed(
             ),
             None => "CompleteSnapshot was accepted; no checkpoint records it".to_owned(),
         };
+        // A wait that ran out with the accepted CompleteSnapshot in a checkpoint is a stop at
+        // the deadline (not recorded for the sweep's retry: the continuation takes it up).
+        let kind = match e.kind {
+            ErrorKind::Stopped if !(recorded && progress.is_some()) => ErrorKind::Other,
+            kind => kind,
+        };
         return Err(WriteError::Aws(AwsError {
+            kind,
             message: format!("{} (object {}); {next}", e.message, up.object.uri()),
             ..e
         }));

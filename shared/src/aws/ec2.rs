@@ -889,7 +889,8 @@ pub async fn delete_snapshot(ec2: &Client, snapshot_id: &str) -> Result<(), AwsE
 
 /// Waits until the snapshot is `completed`, at most `max` (DescribeSnapshots, as the SDK's
 /// `SnapshotCompleted` waiter polls it: success on `completed`, failure on `error`); fails when
-/// the snapshot ends in `error` or the time runs out. `InvalidSnapshot.NotFound` counts as "not
+/// the snapshot ends in `error` (`Other`) or the time runs out (`Stopped`: the wait gave up,
+/// not the snapshot). `InvalidSnapshot.NotFound` counts as "not
 /// visible yet", not as a failure: the caller has just created the snapshot, and "if you run a
 /// command to modify or describe the resource that you just created, its ID might not have
 /// propagated throughout the system, and you will get an error responding that the resource
@@ -926,11 +927,14 @@ pub async fn wait_snapshot_completed(
             _ => {}
         }
         if started.elapsed() + pause > max {
-            return Err(failed(format!(
-                "waited {} s for the snapshot to be completed; it is {}",
-                max.as_secs(),
-                state.as_deref().unwrap_or("not listed yet")
-            )));
+            return Err(AwsError {
+                kind: crate::error::ErrorKind::Stopped,
+                ..failed(format!(
+                    "waited {} s for the snapshot to be completed; it is {}",
+                    max.as_secs(),
+                    state.as_deref().unwrap_or("not listed yet")
+                ))
+            });
         }
         tokio::time::sleep(pause).await;
         // The SDK's waiter backs off up to 120 s; a fast-path snapshot completes within
