@@ -1795,6 +1795,19 @@ async fn stopped_once(key: &str) -> (World, String) {
     (w, state)
 }
 
+/// The upload was made once, whatever stopped it before: one image, one image.registered, no
+/// image.failed (the messages are drained), and no deferral record left.
+async fn made_once(w: &World, state: &str) {
+    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
+        .await
+        .expect("images");
+    assert_eq!(images.len(), 1, "{images:?}");
+    let msgs = w.acct.drain(&w.queue).await;
+    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
+    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
+    assert!(deferred_records(w, state).await.is_empty());
+}
+
 /// A scheduled sweep `hours` from now (the give-up goes by the first stop's age).
 async fn sweep_hours_later(w: &World, hours: i64) -> Output {
     let at = chrono::Utc::now() + chrono::Duration::hours(hours);
@@ -1869,14 +1882,7 @@ async fn an_upload_stopped_past_its_retries_by_a_transient_error_is_taken_up_by_
         "{:?}",
         steps[0]
     );
-    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
-        .await
-        .expect("images");
-    assert_eq!(images.len(), 1, "{images:?}");
-    let msgs = w.acct.drain(&w.queue).await;
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
-    assert!(deferred_records(&w, &state).await.is_empty());
+    made_once(&w, &state).await;
     assert!(steps_of(&sweep_hours_later(&w, 3).await, "retry").is_empty());
 }
 
@@ -1926,7 +1932,7 @@ async fn a_later_delivery_that_makes_the_upload_deletes_its_record() {
     let (w, state) = stopped_once(key).await;
     w.acct.clear_faults();
     w.invoke(&manual(&w.bucket, key)).await.expect("the retry");
-    assert!(deferred_records(&w, &state).await.is_empty());
+    made_once(&w, &state).await;
     assert!(steps_of(&sweep_hours_later(&w, 1).await, "retry").is_empty());
 }
 
@@ -1962,14 +1968,7 @@ async fn an_upload_made_by_a_later_delivery_is_not_given_up() {
         "{:?}",
         steps[0]
     );
-    let msgs = w.acct.drain(&w.queue).await;
-    assert!(of_type(&msgs, "image.failed").is_empty(), "{msgs:#?}");
-    assert_eq!(of_type(&msgs, "image.registered").len(), 1, "{msgs:#?}");
-    assert!(deferred_records(&w, &state).await.is_empty());
-    let images = ec2::describe_own_images(&w.acct.clients.ec2, &[])
-        .await
-        .expect("images");
-    assert_eq!(images.len(), 1, "{images:?}");
+    made_once(&w, &state).await;
 }
 
 /// A sweep killed while it holds a record (out of memory, out of time) counts as a stop once its
