@@ -155,6 +155,144 @@ def test_dispatch_method_names_answer_as_moto_lists_them() -> None:
         assert (name in names) == (name in listed), name
 
 
+def test_action_names_become_method_names_as_moto_converts_them() -> None:
+    """``fast_dispatch.snake_case``: moto's ``camelcase_to_underscores`` answer for every
+    operation of the services the emulator serves, odd strings, and each again (the kept
+    answer)."""
+    import botocore.session
+    from moto.core.utils import camelcase_to_underscores
+
+    from ami_emulator import apply_extensions, fast_dispatch
+
+    apply_extensions()
+    import moto.core.responses as responses
+
+    assert responses.camelcase_to_underscores is not camelcase_to_underscores  # installed
+    converted = fast_dispatch.snake_case(camelcase_to_underscores)
+    session = botocore.session.get_session()
+    names = [op for service in ("ec2", "s3", "sns", "sqs", "sts", "iam", "ebs") for op in session.get_service_model(service).operation_names]
+    names += ["", "A", "aB", "ABC", "IDs", "describeImages", "Describe_Images", "Ünïcode", "x" * 300]
+    assert len(names) > 900
+    for _ in range(2):
+        for name in names:
+            assert converted(name) == camelcase_to_underscores(name), name
+            assert responses.camelcase_to_underscores(name) == camelcase_to_underscores(name), name
+
+
+def test_member_values_are_picked_from_dicts_and_objects_as_moto_picks_them() -> None:
+    """``fast_serialize.get_value``'s lookups on a plain dict (``in``) and on an object without
+    ``__getitem__`` (``getattr``), against moto's picker, for every member of EC2 outputs: every
+    name moto tries present at once (its first name must win), each alone, none, a None value,
+    and a dict subclass and a mapping object (moto's own lookup)."""
+    from moto.core.serialize import AttributePickerContext, EC2Serializer, XFormedAttributePicker
+    from moto.core.utils import get_service_model
+
+    from ami_emulator import fast_serialize
+
+    class Mapping:
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data = data
+
+        def __getitem__(self, key: str) -> Any:
+            return self.data[key]
+
+    class Sub(dict):  # type: ignore[type-arg]
+        pass
+
+    model = get_service_model("ec2")
+    checked = 0
+    for operation in ("DescribeImageAttribute", "DeregisterImage", "DescribeImages", "DescribeSnapshots"):
+        op = model.operation_model(operation)
+        serializer = EC2Serializer(op, value_picker=XFormedAttributePicker())
+        shape = op.output_shape
+        for key, member in shape.members.items():
+            context = AttributePickerContext(
+                obj={}, key=key, shape=member, operation_model=op, service_model=model, key_path=""
+            )
+            names = list(dict.fromkeys(serializer._value_picker.get_possible_keys(context)))
+            values: list[Any] = [{n: f"v{i}" for i, n in enumerate(names)}, {}, {names[0]: None}]
+            values += [{n: n} for n in names] + [Sub({n: n}) for n in names] + [Mapping({n: n}) for n in names]
+            obj = type("Obj", (), {})()
+            for i, n in enumerate(names):
+                setattr(obj, n, f"a{i}")
+            values += [obj, type("Empty", (), {})()]
+            for value in values:
+                fast = fast_serialize.get_value(serializer, value, key, member)
+                slow = fast_serialize._original_get_value(serializer, value, key, member)
+                assert fast == slow, (operation, key, value)
+                checked += 1
+    assert checked > 100
+
+
+_ROOT_URL_ENVIRONS = [
+    {},
+    {"HTTP_HOST": "127.0.0.1:5000"},
+    {"HTTP_HOST": "ec2.eu-west-1.amazonaws.com"},
+    {"HTTP_HOST": "localhost:443", "wsgi.url_scheme": "https"},
+    {"HTTP_HOST": "xn--bcher-kva.example:80"},
+    {"HTTP_HOST": "h\u00fcst:1"},
+    {"HTTP_HOST": "host", "SCRIPT_NAME": "/mounted/app"},
+    {"HTTP_HOST": "host", "SCRIPT_NAME": "/a b/%2F/\u00e9"},
+    {"SERVER_NAME": "10.0.0.1", "SERVER_PORT": "8080"},
+    {"SERVER_NAME": "10.0.0.1", "SERVER_PORT": "443", "wsgi.url_scheme": "https"},
+]
+
+
+@pytest.mark.parametrize("extra", _ROOT_URL_ENVIRONS, ids=range(len(_ROOT_URL_ENVIRONS)))
+def test_direct_requests_have_werkzeug_s_root_url_and_moto_s_raw_url(extra: dict[str, str]) -> None:
+    """``DirectRequest.root_url`` (kept per scheme, host and root path) is werkzeug's, and so is
+    every URL moto builds on it, on the first request and on one that finds it kept."""
+    from moto.core.request import Request as MotoRequest
+    from werkzeug.test import EnvironBuilder
+
+    from ami_emulator.direct_dispatch import DirectRequest
+
+    base = EnvironBuilder(method="POST", path="/", query_string="Action=X&a=%2F").get_environ()
+    environ = {**base, **extra}
+    if "HTTP_HOST" not in extra and "SERVER_NAME" in extra:
+        environ.pop("HTTP_HOST", None)
+    for _ in range(2):
+        direct, plain = DirectRequest(dict(environ)), MotoRequest(dict(environ))
+        assert (direct.root_url, direct.url_root, direct.raw_url, direct.url, direct.host_url) == (
+            plain.root_url,
+            plain.url_root,
+            plain.raw_url,
+            plain.url,
+            plain.host_url,
+        )
+
+
+def test_direct_requests_hand_moto_the_headers_the_view_does() -> None:
+    """``dict(request.headers.items())`` (``DirectDispatch``) is the ``dict(request.headers)``
+    moto's Flask view passes: the same names, values and order, with S3 metadata names kept as
+    sent, empty and repeated headers, and the content headers."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.test import EnvironBuilder
+
+    from ami_emulator.direct_dispatch import DirectRequest
+
+    headers = [
+        ("Content-Type", "application/x-www-form-urlencoded; charset=utf-8"),
+        ("X-Amz-Meta-My_Key", "under"),
+        ("x-amz-meta-other-key", "dash"),
+        ("X-Amz-Date", "20261203T000000Z"),
+        ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIA/20261203/us-east-1/ec2/aws4_request"),
+        ("X-Empty", ""),
+        ("X-Twice", "one"),
+        ("X-Twice", "two"),
+    ]
+    for extra in ({}, {"CONTENT_TYPE": ""}, {"CONTENT_LENGTH": ""}, {"HTTP_CONTENT_TYPE": "odd"}):
+        environ = {**EnvironBuilder(method="POST", path="/", headers=headers, data=b"Action=X").get_environ(), **extra}
+        # The preserved spelling of underscored S3 metadata names, as moto's handler records it.
+        environ["moto.preserved_header_names"] = {"HTTP_X_AMZ_META_MY_KEY": "X-Amz-Meta-My_Key"}
+        assert MotoRequestHandler  # the handler that records them on a real server
+        request = DirectRequest(environ)
+        view = dict(request.headers)
+        direct = dict(request.headers.items())
+        assert list(direct.items()) == list(view.items()), extra
+        assert direct["X-Amz-Meta-My_Key"] == "under"
+
+
 _ENRICH_BODIES = [
     '<DescribeImagesResponse xmlns="x"><requestId>abc</requestId><imagesSet/></DescribeImagesResponse>',
     "<R><ResponseMetadata><RequestId>old-id</RequestId></ResponseMetadata></R>",

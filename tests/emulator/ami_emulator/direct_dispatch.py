@@ -37,14 +37,38 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from moto.core.request import Request
+from werkzeug.sansio.utils import get_current_url
+from werkzeug.utils import cached_property
 
 CORS_HEADER = ("Access-Control-Allow-Origin", "*")
 
 
+# (scheme, host, root path) -> werkzeug's root URL for them. Host names are a few per service
+# and region; the bound keeps a flood of odd Host headers from growing it without end.
+_ROOT_URLS: dict[tuple[str, str, str], str] = {}
+ROOT_URLS_KEPT = 4096
+
+
 class DirectRequest(Request):
-    """moto's request class as its Flask app sets it (``BackendRequest``), minus Flask's mixin."""
+    """moto's request class as its Flask app sets it (``BackendRequest``), minus Flask's mixin.
+
+    Speed: ``root_url`` (which moto's ``raw_url`` reads for every request, through
+    ``url_root``) is werkzeug's ``get_current_url(scheme, host, root_path)``, a pure function
+    of its three arguments that quotes and then un-quotes them (``uri_to_iri``); its answer is
+    kept per argument triple. ``host`` is still werkzeug's own (its ``trusted_hosts`` check
+    runs for every request)."""
 
     from_wsgi_server = True
+
+    @cached_property
+    def root_url(self) -> str:
+        key = (self.scheme, self.host, self.root_path)
+        url = _ROOT_URLS.get(key)
+        if url is None:
+            url = get_current_url(*key)
+            if len(_ROOT_URLS) < ROOT_URLS_KEPT:
+                _ROOT_URLS[key] = url
+        return url
 
 
 def _direct(environ: dict[str, Any]) -> bool:
@@ -81,7 +105,10 @@ class DirectDispatch:
         request = DirectRequest(environ)
         recorder._record_request(request)
         try:
-            result = self._ec2.dispatch(request, request.raw_url, dict(request.headers))
+            # dict(request.headers.items()) is the view's dict(request.headers): each header
+            # is yielded once (one environ key each), with the value a lookup by its name
+            # gives; without the second pass of a lookup per name.
+            result = self._ec2.dispatch(request, request.raw_url, dict(request.headers.items()))
         except ClientError as exc:  # as convert_to_flask_response answers it
             result = 400, {}, exc.response["Error"]["Message"]
         if len(result) == 3:

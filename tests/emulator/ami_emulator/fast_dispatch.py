@@ -22,6 +22,10 @@ server runs (profiled in a cleanup benchmark: together about a sixth of the serv
   ``EC2Response``). ``method_names_from_class`` here returns a view that answers ``in`` for one
   name the way membership in that list is decided — ``inspect.isfunction(getattr(cls, name))`` —
   and still iterates as the list, so any other use sees the same names.
+* ``BaseResponse.call_action`` turns the action's name into the method's with
+  ``camelcase_to_underscores`` (``moto/core/utils.py``), a character-by-character loop and a
+  pure function of its argument; ``snake_case`` keeps its answers per name (action names are
+  a few hundred per service).
 """
 
 from __future__ import annotations
@@ -115,6 +119,29 @@ def _memoize_backend_for_host(original: Callable[[Any, str | None], Any]) -> Cal
 _installed = False
 
 
+# Names converted by ``snake_case``: action names are a few hundred per service; the bound only
+# guards against a client that sends endless made-up actions.
+NAMES_KEPT = 8192
+
+
+def snake_case(convert: Callable[[str], str]) -> Callable[[str], str]:
+    """``convert`` (moto's ``camelcase_to_underscores``) with its answer kept per string."""
+    kept: dict[str, str] = {}
+
+    @functools.wraps(convert)
+    def converted(argument: str) -> str:
+        if type(argument) is not str:
+            return convert(argument)
+        answer = kept.get(argument)
+        if answer is None:
+            answer = convert(argument)
+            if len(kept) < NAMES_KEPT:
+                kept[argument] = answer
+        return answer
+
+    return converted
+
+
 def install() -> None:
     global _installed
     if _installed:
@@ -125,6 +152,7 @@ def install() -> None:
     from moto.moto_api._internal.moto_random import MotoRandom
 
     responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
+    responses.camelcase_to_underscores = snake_case(responses.camelcase_to_underscores)  # type: ignore[assignment]
     responses.BaseResponse._enrich_response = staticmethod(  # type: ignore[method-assign]
         request_id_in_body(responses.BaseResponse._enrich_response)
     )

@@ -54,9 +54,10 @@ from moto.core.utils import get_value as _lookup
 
 _original_get_value: Callable[..., Any] = ResponseSerializer.get_value
 
-# (type, Meta, key, shape, parent) -> names to try. Bounded by the model's shapes times the
+# (type, Meta, key, shape, parent) -> (names to try, whether none has a dot: a dotted name is a
+# path that moto's ``get_value`` walks). Bounded by the model's shapes times the
 # object types that meet them; the cap only guards against something unforeseen.
-_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
+_names: dict[tuple[Any, ...], tuple[tuple[str, ...], bool]] = {}
 # (id of a transformer table, its size, key) -> (the table, the paths that may apply to key)
 _transforms: dict[tuple[int, int, str], tuple[dict[str, Any], tuple[str, ...]]] = {}
 _MEMO_CAP = 100_000
@@ -79,8 +80,8 @@ def get_value(self: ResponseSerializer, value: Any, key: str, shape: Any) -> Any
     if meta is not None and meta is not getattr(cls, "Meta", None):
         return _original_get_value(self, value, key, shape)
     memo_key = (cls, meta, key, shape, getattr(shape, "parent", None))
-    names = _names.get(memo_key)
-    if names is None:
+    entry = _names.get(memo_key)
+    if entry is None:
         context = AttributePickerContext(
             obj=value,
             key=key,
@@ -89,13 +90,29 @@ def get_value(self: ResponseSerializer, value: Any, key: str, shape: Any) -> Any
             service_model=self.operation_model.service_model,
             key_path=".".join(self.path),
         )
-        names = _kept(_names, memo_key, tuple(picker.get_possible_keys(context)))
-    for name in names:
-        found = _lookup(value, name, MISSING)
-        if found is not MISSING:
-            break
+        names = tuple(picker.get_possible_keys(context))
+        entry = _kept(_names, memo_key, (names, all(isinstance(n, str) and "." not in n for n in names)))
+    names, flat = entry
+    found = None
+    if flat and cls is dict:
+        # moto's lookup of a plain name on a dict is ``obj[name]`` with KeyError as "missing".
+        for name in names:
+            if name in value:
+                found = value[name]
+                break
+    elif flat and not hasattr(value, "__getitem__"):
+        # ... and on an object without ``__getitem__``, ``getattr(obj, name, missing)``.
+        for name in names:
+            attr = getattr(value, name, MISSING)
+            if attr is not MISSING:
+                found = attr
+                break
     else:
-        found = None
+        for name in names:
+            attr = _lookup(value, name, MISSING)
+            if attr is not MISSING:
+                found = attr
+                break
     table = picker.response_transformers
     if not table:
         return found
