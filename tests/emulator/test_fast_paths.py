@@ -224,6 +224,171 @@ def test_member_values_are_picked_from_dicts_and_objects_as_moto_picks_them() ->
     assert checked > 100
 
 
+_ANSWERS: list[tuple[Any, Any, Any]] = [
+    (200, {"server": "amazon.com", "x-amzn-requestid": "r1"}, "<R>é</R>"),
+    (200, {}, b"<R/>"),
+    (400, {"status": "400", "server": "amazon.com"}, "<Response><Errors/></Response>"),
+    (500, {"Access-Control-Allow-Origin": "https://x"}, ""),
+    (200, {"access-control-allow-origin": ""}, "empty origin"),
+    (201, {"Server": "a", "server": "b"}, "two spellings"),
+    (511, {}, "the last named code"),
+    (599, {}, "no name: delegated"),
+    (204, {}, ""),
+    (304, {"x": "y"}, ""),
+    (200, {"Content-Type": "text/xml"}, "<R/>"),
+    (200, {"content-length": "3"}, "abc"),
+    (200, {"Location": "/a b"}, "moved"),
+    (200, {"x-int": 5}, "int value"),
+    (200, {"x-list": ["a", "b"]}, "list value"),
+    (200, {"x": "a\r\nb"}, "newline: refused by werkzeug"),
+    ("200 OK", {}, "status text"),
+    (200, [("x", "y")], "header list"),
+    (200, {}, bytearray(b"bytes-like")),
+    (200, {}, ["an", "iterable"]),
+]
+
+
+@pytest.mark.parametrize("answer", _ANSWERS, ids=range(len(_ANSWERS)))
+def test_plain_answers_are_sent_as_flask_s_response_sends_them(answer: tuple[Any, Any, Any]) -> None:
+    """``direct_dispatch.plain_answer``: for each answer it takes, the status line, the header list
+    and the body ``flask.Response`` plus the CORS header gives ``start_response``; the others it
+    leaves to the Response (None)."""
+    import copy
+
+    from flask import Response
+    from werkzeug.test import EnvironBuilder
+
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    from ami_emulator.direct_dispatch import CORS_HEADER, plain_answer
+
+    status, headers, content = answer
+    plain = plain_answer(status, copy.deepcopy(headers), content)
+    try:
+        response = Response(response=content, status=status, headers=copy.deepcopy(headers))
+        if not response.headers.get(CORS_HEADER[0]):
+            response.headers.add(*CORS_HEADER)
+        sent: list[Any] = []
+        body = b"".join(response(EnvironBuilder(method="POST").get_environ(), lambda s, h, e=None: sent.append((s, h))))
+    except ValueError:
+        assert plain is None  # werkzeug refuses it; so must the fast path
+        return
+    if plain is None:
+        # Only answers outside the plain shape are left to the Response.
+        plainly = type(status) is int and type(headers) is dict and type(content) in (str, bytes)
+        assert not plainly or status in (204, 304) or status not in HTTP_STATUS_CODES or any(
+            k.lower() in ("content-type", "content-length", "location") or type(v) is not str or "\n" in v
+            for k, v in headers.items()
+        ), answer
+        return
+    assert [(plain[0], plain[1])] == sent
+    assert plain[2] == body
+
+
+def test_the_account_of_a_key_is_looked_up_once_per_request_and_only_in_it() -> None:
+    """``faults.account_lookup_kept_per_request``: inside a request, moto's lookup of the key the
+    attribution looked up gets the attribution's answer without walking the IAM backends again;
+    another key, and any lookup after the request (answered or failed), walks them."""
+    from werkzeug.test import EnvironBuilder
+
+    from ami_emulator import faults
+
+    walks: list[str] = []
+
+    def walk(key: str) -> str:
+        walks.append(key)
+        return {"AKIAKEPT000000000000": "111122223333", "AKIAOTHER00000000000": "444455556666"}.get(key, "123456789012")
+
+    kept = faults.account_lookup_kept_per_request(walk)
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # moto's get_current_account, while serving: the same key, then another one.
+        seen.append((kept("AKIAKEPT000000000000"), kept("AKIAOTHER00000000000"), list(walks)))
+        if environ.get("HTTP_X_FAIL"):
+            raise RuntimeError("app failed")
+        start_response("200 OK", [])
+        return [b""]
+
+    import moto.iam.models as iam_models
+
+    saved = iam_models.get_account_id_from
+    iam_models.get_account_id_from = kept  # what the attribution calls, as installed
+    try:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        middleware = faults.FaultMiddleware(app, DomainDispatcherApplication(create_backend_app))
+        auth = "AWS4-HMAC-SHA256 Credential=AKIAKEPT000000000000/20261203/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x"
+        for fail in (False, True):
+            walks.clear()
+            headers = {"Authorization": auth, **({"X-Fail": "1"} if fail else {})}
+            environ = EnvironBuilder(method="POST", path="/", headers=headers, data="Action=DescribeImages").get_environ()
+            try:
+                middleware(environ, lambda s, h, e=None: None)
+            except RuntimeError:
+                assert fail
+            # Attribution walked once for AKIAKEPT000000000000; moto's lookup of it did not; AKIAOTHER00000000000 walked.
+            assert seen[-1] == ("111122223333", "444455556666", ["AKIAKEPT000000000000", "AKIAOTHER00000000000"])
+            assert faults._request_scope.account is None
+            assert kept("AKIAKEPT000000000000") == "111122223333" and walks[-1] == "AKIAKEPT000000000000"  # after: walks
+    finally:
+        iam_models.get_account_id_from = saved
+
+
+_ATTRIBUTED = [
+    ("POST", "application/x-www-form-urlencoded; charset=utf-8", "", b"Action=DescribeImages&ImageId.1=ami-1&Empty="),
+    ("POST", "application/x-www-form-urlencoded", "Action=FromQuery&X=1", b"Action=DescribeImages&X=2"),
+    ("POST", "application/x-www-form-urlencoded", "", b""),
+    ("POST", "text/plain; x-www-form-urlencoded", "", b"Action=DescribeImages"),
+    ("POST", "application/x-amz-json-1.0", "", b'{"a": 1}'),
+    ("GET", "application/x-www-form-urlencoded", "Action=DescribeImages&Version=2016-11-15", b""),
+    ("POST", "application/x-www-form-urlencoded", "", "Action=DescribeImages&Name=\u00e9%20%ZZ".encode()),
+]
+
+
+@pytest.mark.parametrize("request_parts", _ATTRIBUTED, ids=range(len(_ATTRIBUTED)))
+def test_the_gates_read_the_parameters_and_body_the_attribution_read(request_parts: tuple[str, str, str, bytes]) -> None:
+    """The attribution hands the gates the form it read for the Action only when
+    ``RequestContext.params`` would read the same, and the body read without a request object is
+    ``werkzeug.Request.get_data``'s: both against a fresh context reading them itself."""
+    import io
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from ami_emulator import faults, gates
+
+    method, content_type, query, body = request_parts
+    auth = "AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE000000000/20261203/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x"
+
+    def environ() -> dict[str, Any]:
+        built = EnvironBuilder(
+            method=method, path="/", query_string=query, headers={"Authorization": auth, "Content-Type": content_type}, data=body
+        ).get_environ()
+        return built
+
+    middleware = faults.FaultMiddleware(lambda e, s: [], DomainDispatcherApplication(create_backend_app))
+    ctx = middleware._attribute(environ())
+    fresh = gates.RequestContext(environ(), ctx.account, ctx.service, ctx.action)
+    assert ctx.params() == fresh.params()
+    assert ctx.body() == fresh.body() == body
+    for framing in ({}, {"CONTENT_LENGTH": "3"}, {"CONTENT_LENGTH": ""}, {"wsgi.input_terminated": True}):
+        plain = {**environ(), **framing}
+        plain["wsgi.input"] = io.BytesIO(body)
+        other = {**plain, "wsgi.input": io.BytesIO(body)}
+
+        def outcome(read: Any) -> Any:
+            try:
+                return read()
+            except Exception as e:  # noqa: BLE001 - a short body: both must fail the same way
+                return type(e)
+
+        fast = outcome(lambda: gates.read_body(plain))
+        assert fast == outcome(lambda: Request(other, populate_request=False).get_data(cache=False, parse_form_data=False))
+        assert fast is not None
+
+
 _ROOT_URL_ENVIRONS = [
     {},
     {"HTTP_HOST": "127.0.0.1:5000"},

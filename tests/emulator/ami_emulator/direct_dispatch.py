@@ -33,10 +33,12 @@ through Flask, for comparison.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from botocore.exceptions import ClientError
 from moto.core.request import Request
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.utils import cached_property
 
@@ -82,6 +84,52 @@ def _direct(environ: dict[str, Any]) -> bool:
     )
 
 
+# Headers whose presence changes what werkzeug's Response sends (its own Content-Type and
+# Content-Length, the Location fix-ups of ``get_wsgi_headers``) or how the body is framed.
+_SHAPING_HEADERS = frozenset(("content-type", "content-length", "location", "content-location", "transfer-encoding"))
+_NEWLINE = re.compile(r"[\r\n]")
+
+
+def plain_answer(status: Any, headers: Any, content: Any) -> tuple[str, list[tuple[str, str]], bytes] | None:
+    """Speed: what ``flask.Response(response=content, status=status, headers=headers)`` plus the
+    CORS header sends to ``start_response`` and as its body, for the plain answers moto's EC2
+    handler gives — or None, and the Response object makes it.
+
+    Plain means: a status code werkzeug names, from 200 to 599 but 204 and 304 (no body rules),
+    a str or bytes body, and a dict of str names and values without a newline (werkzeug refuses
+    those) and without a header that shapes the answer (``_SHAPING_HEADERS``). werkzeug then sends
+    the status as ``"<code> <NAME IN CAPITALS>"`` and the headers in the dict's order, then
+    ``Content-Type: text/html; charset=utf-8`` (Flask's default mimetype), then
+    ``Content-Length`` of the UTF-8 body, then the CORS header unless one is set and non-empty
+    (``DirectDispatch``); the body is the one encoded item. ``tests/emulator/test_fast_paths.py``
+    compares this with the Response path for both plain and other answers."""
+    if type(status) is not int or not 200 <= status < 600 or status in (204, 304) or status not in HTTP_STATUS_CODES:
+        return None
+    if type(content) is str:
+        data = content.encode()
+    elif type(content) is bytes:
+        data = content
+    else:
+        return None
+    if type(headers) is not dict:
+        return None
+    cors = True
+    for name, value in headers.items():
+        if type(name) is not str or type(value) is not str or _NEWLINE.search(value):
+            return None
+        lower = name.lower()
+        if lower in _SHAPING_HEADERS:
+            return None
+        if lower == "access-control-allow-origin" and value:
+            cors = False
+    header_list = list(headers.items())
+    header_list.append(("Content-Type", "text/html; charset=utf-8"))
+    header_list.append(("Content-Length", str(len(data))))
+    if cors:
+        header_list.append(CORS_HEADER)
+    return f"{status} {HTTP_STATUS_CODES[status].upper()}", header_list, data
+
+
 class DirectDispatch:
     """WSGI app: ``dispatcher`` (moto's ``DomainDispatcherApplication``) with EC2's Query
     requests served without Flask."""
@@ -115,6 +163,11 @@ class DirectDispatch:
             status, headers, content = result
         else:
             status, headers, content = 200, {}, result
+        plain = plain_answer(status, headers, content)
+        if plain is not None:
+            status_line, header_list, data = plain
+            start_response(status_line, header_list)
+            return [data]
         response = self._response(response=content, status=status, headers=headers)
         if not response.headers.get(CORS_HEADER[0]):  # flask-cors leaves one already set
             response.headers.add(*CORS_HEADER)

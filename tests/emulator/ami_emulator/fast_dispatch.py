@@ -26,6 +26,10 @@ server runs (profiled in a cleanup benchmark: together about a sixth of the serv
   ``camelcase_to_underscores`` (``moto/core/utils.py``), a character-by-character loop and a
   pure function of its argument; ``snake_case`` keeps its answers per name (action names are
   a few hundred per service).
+* ``BaseResponse.get_current_account`` looks the request's access key up in every account's
+  IAM backend (``get_account_id_from``) after the emulator's own attribution did the same for
+  the same request; the second lookup takes the first one's answer
+  (``faults.account_lookup_kept_per_request``).
 """
 
 from __future__ import annotations
@@ -153,6 +157,11 @@ def install() -> None:
 
     responses.method_names_from_class = method_names_from_class  # type: ignore[assignment]
     responses.camelcase_to_underscores = snake_case(responses.camelcase_to_underscores)  # type: ignore[assignment]
+    import moto.iam.models as iam_models
+
+    from .faults import account_lookup_kept_per_request
+
+    iam_models.get_account_id_from = account_lookup_kept_per_request(iam_models.get_account_id_from)  # type: ignore[assignment]
     responses.BaseResponse._enrich_response = staticmethod(  # type: ignore[method-assign]
         request_id_in_body(responses.BaseResponse._enrich_response)
     )

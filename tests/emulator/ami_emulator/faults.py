@@ -318,13 +318,24 @@ def _fire(
 
 def request_account(environ: dict[str, Any]) -> str:
     """The account moto would serve this request from (``BaseResponse.get_current_account``)."""
+    return _attributed_account(environ)[0]
+
+
+# The access key of the request this server thread is attributing or serving, and the account
+# moto's ``get_account_id_from`` named for it (see ``account_lookup_kept_per_request``).
+_request_scope = threading.local()
+
+
+def _attributed_account(environ: dict[str, Any]) -> tuple[str, tuple[str, Any] | None]:
+    """``request_account``'s answer, and (access key, ``get_account_id_from``'s answer) when the
+    key came from the ``Authorization`` header: the key moto's ``get_access_key`` reads first."""
     import os
 
     if "MOTO_ACCOUNT_ID" in os.environ:
-        return os.environ["MOTO_ACCOUNT_ID"]
+        return os.environ["MOTO_ACCOUNT_ID"], None
     header = environ.get("HTTP_X_MOTO_ACCOUNT_ID")
     if header:
-        return str(header)
+        return str(header), None
     from moto.core.responses import BaseResponse
     from moto.iam.models import get_account_id_from
 
@@ -337,7 +348,28 @@ def request_account(environ: dict[str, Any]) -> str:
         query_key = parse_qs(environ.get("QUERY_STRING", "")).get("AWSAccessKeyId")
         if query_key:
             access_key = query_key[0]
-    return str(get_account_id_from(access_key) or DEFAULT_ACCOUNT)
+    found = get_account_id_from(access_key)
+    return str(found or DEFAULT_ACCOUNT), ((access_key, found) if match else None)
+
+
+def account_lookup_kept_per_request(lookup: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Speed: moto's ``get_account_id_from`` (``moto/iam/models.py``), which walks every
+    account's IAM backend in every partition for the access key, answered once per request.
+
+    The request's attribution (``FaultMiddleware``) looks the Authorization header's key up
+    first; moto's ``get_current_account`` then looks the same key up again in the same thread
+    while serving it. That second lookup is given the first one's answer: the request is
+    attributed to one account, at its arrival, by both. Any other key, any other thread, and
+    any lookup outside a request (the scope is cleared when the app returns) take moto's walk."""
+
+    @functools.wraps(lookup)
+    def kept(access_key: str) -> Any:
+        entry = getattr(_request_scope, "account", None)
+        if entry is not None and entry[0] == access_key:
+            return entry[1]
+        return lookup(access_key)
+
+    return kept
 
 
 def _wsgi_text(value: str) -> str:
@@ -350,7 +382,7 @@ def _wsgi_text(value: str) -> str:
 
 def _buffer_body(environ: dict[str, Any]) -> bytes:
     """Read the whole body and put it back as a fresh stream for moto."""
-    data = Request(environ, populate_request=False).get_data(cache=False, parse_form_data=False)
+    data = gates.read_body(environ)
     environ["wsgi.input"] = io.BytesIO(data)
     return data
 
@@ -489,18 +521,24 @@ def _request_protocol(service: str, content_type: str) -> str | None:
         return None
 
 
-def other_action(service: str, environ: dict[str, Any], body: bytes) -> str | None:
+def other_action(
+    service: str, environ: dict[str, Any], body: bytes, forms: list[dict[str, list[str]]] | None = None
+) -> str | None:
     """Operation name of a non-S3 request, as moto's botocore-model router names it.
 
     For the RPC protocols the router's answer is a parameter, read here directly (it runs for
     every request, see ``request_counts``): Query/EC2 (``QueryRouter``) the ``Action`` parameter
     of query string or form body, JSON (``JSONRouter``) the operation part of ``X-Amz-Target``.
     REST protocols (method + path) go through the router itself. If nothing matches: the raw
-    ``Action`` parameter, else the ``X-Amz-Target`` operation, else None.
+    ``Action`` parameter, else the ``X-Amz-Target`` operation, else None. ``forms``, when given,
+    receives the parameter map read for the ``Action`` (a new dict no one else holds).
     """
 
     def param_action() -> str | None:
-        action = _form(environ, body).get("Action")
+        form = _form(environ, body)
+        if forms is not None:
+            forms.append(form)
+        action = form.get("Action")
         return action[0] if action and action[0] else None
 
     def target_action() -> str | None:
@@ -628,7 +666,9 @@ class FaultMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
-        if not path.startswith(("/moto-api", CONTROL_PREFIX)):
+        if path.startswith(("/moto-api", CONTROL_PREFIX)):
+            return self.app(environ, start_response)
+        try:
             try:
                 ctx = self._attribute(environ)
                 response = gates.run(ctx)
@@ -639,7 +679,9 @@ class FaultMiddleware:
                 if gates.served_first(response):
                     self._serve_and_discard(environ)
                 return response(environ, start_response)
-        return self.app(environ, start_response)
+            return self.app(environ, start_response)
+        finally:
+            _request_scope.account = None
 
     def _serve_and_discard(self, environ: dict[str, Any]) -> None:
         """Let moto serve the request (its side effect happens) and drop its answer: the status
@@ -686,10 +728,13 @@ class FaultMiddleware:
 
     def _attribute(self, environ: dict[str, Any]) -> gates.RequestContext:
         """Attribute the request to (account, service, action) and count it."""
-        account = request_account(environ)
+        _request_scope.account = None
+        account, looked_up = _attributed_account(environ)
+        _request_scope.account = looked_up
         service: str | None = None
         action: str | None = None
         body: bytes | None = None
+        forms: list[dict[str, list[str]]] = []
         try:
             # moto sniffs the body of unsigned requests to find their service; signed ones are
             # routed by the credential scope, so an S3 upload is not read here (no copy).
@@ -700,10 +745,20 @@ class FaultMiddleware:
             elif service is not None:
                 if body is None:
                     body = _buffer_body(environ)
-                action = other_action(service, environ, body)
+                action = other_action(service, environ, body, forms)
         finally:
             request_counts.record(account, service, action)
-        return gates.RequestContext(environ, account, service, action, _body=body)
+        # Speed: a form POST's parameter map, read above for the Action, is the one the gates'
+        # ``params()`` would read again (the query string's, then the form body's, each with
+        # blank values kept: ``_form`` and ``RequestContext.params`` read the same).
+        shared = (
+            forms[0]
+            if forms
+            and str(environ.get("REQUEST_METHOD", "GET")).upper() == "POST"
+            and str(environ.get("CONTENT_TYPE", "")).startswith("application/x-www-form-urlencoded")
+            else None
+        )
+        return gates.RequestContext(environ, account, service, action, _body=body, _params=shared)
 
 
 def fault_gate(ctx: gates.RequestContext) -> Response | None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import get_input_stream
 
 ORDER = ("rate_limits", "api_rules", "iam", "faults")
 
@@ -93,7 +94,7 @@ class RequestContext:
         if self._body is None:
             import io
 
-            data = Request(self.environ, populate_request=False).get_data(cache=False, parse_form_data=False)
+            data = read_body(self.environ)
             self.environ["wsgi.input"] = io.BytesIO(data)
             self._body = data
         return self._body
@@ -111,6 +112,13 @@ class RequestContext:
     def param(self, name: str) -> str | None:
         values = self.params().get(name)
         return values[0] if values else None
+
+
+def read_body(environ: dict[str, Any]) -> bytes:
+    """The request body, read as ``werkzeug.Request(environ).get_data(cache=False,
+    parse_form_data=False)`` reads it (``Request.stream``: ``get_input_stream`` with the class's
+    ``max_content_length``), without making the request object."""
+    return get_input_stream(environ, max_content_length=Request.max_content_length).read()
 
 
 # Attribute on a gate's Response: moto serves the request first, then this answer replaces moto's.
