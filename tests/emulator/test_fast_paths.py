@@ -235,7 +235,8 @@ _ANSWERS: list[tuple[Any, Any, Any]] = [
     (599, {}, "no name: delegated"),
     (204, {}, ""),
     (304, {"x": "y"}, ""),
-    (200, {"Content-Type": "text/xml"}, "<R/>"),
+    (200, {"Content-Type": "text/xml", "server": "amazon.com", "x-amzn-requestid": "r"}, "<R/>"),
+    (200, {"server": "amazon.com", "content-type": "text/xml", "Content-Type": "a/b"}, "two types"),
     (200, {"content-length": "3"}, "abc"),
     (200, {"Location": "/a b"}, "moved"),
     (200, {"x-int": 5}, "int value"),
@@ -264,6 +265,8 @@ def test_plain_answers_are_sent_as_flask_s_response_sends_them(answer: tuple[Any
 
     status, headers, content = answer
     plain = plain_answer(status, copy.deepcopy(headers), content)
+    if headers == {"Content-Type": "text/xml", "server": "amazon.com", "x-amzn-requestid": "r"}:
+        assert plain is not None  # the shape of moto's EC2 answers takes the fast path
     try:
         response = Response(response=content, status=status, headers=copy.deepcopy(headers))
         if not response.headers.get(CORS_HEADER[0]):
@@ -277,7 +280,7 @@ def test_plain_answers_are_sent_as_flask_s_response_sends_them(answer: tuple[Any
         # Only answers outside the plain shape are left to the Response.
         plainly = type(status) is int and type(headers) is dict and type(content) in (str, bytes)
         assert not plainly or status in (204, 304) or status not in HTTP_STATUS_CODES or any(
-            k.lower() in ("content-type", "content-length", "location") or type(v) is not str or "\n" in v
+            k.lower() in ("content-length", "location") or type(v) is not str or "\n" in v
             for k, v in headers.items()
         ), answer
         return

@@ -84,9 +84,9 @@ def _direct(environ: dict[str, Any]) -> bool:
     )
 
 
-# Headers whose presence changes what werkzeug's Response sends (its own Content-Type and
-# Content-Length, the Location fix-ups of ``get_wsgi_headers``) or how the body is framed.
-_SHAPING_HEADERS = frozenset(("content-type", "content-length", "location", "content-location", "transfer-encoding"))
+# Headers whose presence changes what werkzeug's Response sends (its own Content-Length, the
+# Location fix-ups of ``get_wsgi_headers``) or how the body is framed.
+_SHAPING_HEADERS = frozenset(("content-length", "location", "content-location", "transfer-encoding"))
 _NEWLINE = re.compile(r"[\r\n]")
 
 
@@ -98,9 +98,10 @@ def plain_answer(status: Any, headers: Any, content: Any) -> tuple[str, list[tup
     Plain means: a status code werkzeug names, from 200 to 599 but 204 and 304 (no body rules),
     a str or bytes body, and a dict of str names and values without a newline (werkzeug refuses
     those) and without a header that shapes the answer (``_SHAPING_HEADERS``). werkzeug then sends
-    the status as ``"<code> <NAME IN CAPITALS>"`` and the headers in the dict's order, then
-    ``Content-Type: text/html; charset=utf-8`` (Flask's default mimetype), then
-    ``Content-Length`` of the UTF-8 body, then the CORS header unless one is set and non-empty
+    the status as ``"<code> <NAME IN CAPITALS>"`` and the headers in the dict's order (moto's EC2
+    answers carry ``Content-Type: text/xml``), then ``Content-Type: text/html; charset=utf-8``
+    (Flask's default mimetype) only when the dict has no Content-Type, then ``Content-Length``
+    of the UTF-8 body, then the CORS header unless one is set and non-empty
     (``DirectDispatch``); the body is the one encoded item. ``tests/emulator/test_fast_paths.py``
     compares this with the Response path for both plain and other answers."""
     if type(status) is not int or not 200 <= status < 600 or status in (204, 304) or status not in HTTP_STATUS_CODES:
@@ -114,16 +115,20 @@ def plain_answer(status: Any, headers: Any, content: Any) -> tuple[str, list[tup
     if type(headers) is not dict:
         return None
     cors = True
+    typed = False
     for name, value in headers.items():
         if type(name) is not str or type(value) is not str or _NEWLINE.search(value):
             return None
         lower = name.lower()
         if lower in _SHAPING_HEADERS:
             return None
-        if lower == "access-control-allow-origin" and value:
+        if lower == "content-type":
+            typed = True
+        elif lower == "access-control-allow-origin" and value:
             cors = False
     header_list = list(headers.items())
-    header_list.append(("Content-Type", "text/html; charset=utf-8"))
+    if not typed:
+        header_list.append(("Content-Type", "text/html; charset=utf-8"))
     header_list.append(("Content-Length", str(len(data))))
     if cors:
         header_list.append(CORS_HEADER)
