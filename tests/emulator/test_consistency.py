@@ -133,6 +133,8 @@ def test_tag_overwritten_and_deleted_show_the_previous_value(account: Account) -
     assert _described_tags(ec2, image_id) == {"stage": "old", "keep": "1"}
 
     wait_for(lambda: _image_ids(ec2, Filters=_tag_filter("stage", "new")) == {image_id}, timeout=5 * LAG, interval=0.05)
+    # The deletion was written after the overwrite, so it may become visible a moment later.
+    wait_for(lambda: _image_ids(ec2, Filters=[{"Name": "tag-key", "Values": ["keep"]}]) == set(), timeout=5 * LAG, interval=0.05)
     assert tags_of(ec2.describe_images(ImageIds=[image_id])["Images"][0]) == {"stage": "new"}
     assert _image_ids(ec2, Filters=[{"Name": "tag-key", "Values": ["keep"]}]) == set()
     assert _described_tags(ec2, image_id) == {"stage": "new"}
@@ -156,7 +158,8 @@ def test_snapshots_lag_too(account: Account) -> None:
     assert _described_tags(ec2, old) == {}
 
     wait_for(lambda: _snapshot_ids(ec2) == {old, new}, timeout=5 * LAG, interval=0.05)
-    assert _snapshot_ids(ec2, Filters=_tag_filter("k", "v")) == {old, new}
+    # The tag on `old` was written after `new` was created, so it may become visible a moment later.
+    wait_for(lambda: _snapshot_ids(ec2, Filters=_tag_filter("k", "v")) == {old, new}, timeout=5 * LAG, interval=0.05)
     assert tags_of(ec2.describe_snapshots(SnapshotIds=[new])["Snapshots"][0]) == {"k": "v"}
     ec2.delete_tags(Resources=[old], Tags=[{"Key": "k"}])
     assert _snapshot_ids(ec2, Filters=_tag_filter("k", "v")) == {old, new}
@@ -171,7 +174,7 @@ def test_copy_image_and_its_snapshot_lag(account: Account) -> None:
     assert _image_ids(ec2) == {source}
     wait_for(lambda: copy_id in _image_ids(ec2), timeout=5 * LAG, interval=0.05)
     copied_snapshot = ec2.describe_images(ImageIds=[copy_id])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
-    assert copied_snapshot in _snapshot_ids(ec2)
+    wait_for(lambda: copied_snapshot in _snapshot_ids(ec2), timeout=5 * LAG, interval=0.05)
 
 
 def test_imported_and_ebs_started_snapshots_lag(account: Account) -> None:
