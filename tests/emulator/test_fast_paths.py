@@ -516,6 +516,69 @@ def test_random_strings_keep_moto_s_pool_length_and_seeding() -> None:
     assert [mock_random.get_random_string(length=8) for _ in range(3)] == first
 
 
+def test_backend_lookups_create_and_register_as_moto_does_until_a_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast_dispatch.backends_kept``: a dict answers an account's backend without moto's
+    creation step only once moto's own lookup has created the account and registered the dict;
+    a new account, and every account after ``reset``, goes through moto's lookup again, and the
+    dicts are emptied and registered again as moto's own."""
+    from moto.core.base_backend import BackendDict, BaseBackend
+
+    from ami_emulator import fast_dispatch
+
+    # moto's own lookup and reset (apply_extensions, run by other tests, installs the kept ones)
+    getitem = getattr(BackendDict.__getitem__, "__wrapped__", BackendDict.__getitem__)
+    reset = BackendDict.reset.__func__  # type: ignore[attr-defined]
+    reset = getattr(reset, "__wrapped__", reset)
+    monkeypatch.setattr(BackendDict, "_instances", [])  # only this test's dicts are reset
+
+    class Plain(BackendDict):  # type: ignore[type-arg]
+        pass
+
+    Plain.__getitem__ = getitem  # type: ignore[method-assign]
+    Plain.reset = classmethod(reset)  # type: ignore[method-assign, assignment]
+
+    class Kept(Plain):
+        pass
+
+    fast_dispatch.backends_kept(Kept)
+    created: dict[str, list[str]] = {"kept": [], "plain": []}
+    create = BackendDict._create_account_specific_backend
+
+    def counting(label: str) -> Any:
+        def _create(self: Any, account_id: str) -> None:
+            created[label].append(account_id)
+            create(self, account_id)
+
+        return _create
+
+    monkeypatch.setattr(Kept, "_create_account_specific_backend", counting("kept"))
+    monkeypatch.setattr(Plain, "_create_account_specific_backend", counting("plain"))
+    kept, plain = Kept(BaseBackend, "ec2"), Plain(BaseBackend, "ec2")
+    assert not BackendDict._instances
+    firsts = {}
+    for label, d in (("kept", kept), ("plain", plain)):
+        first = firsts[label] = d["111122223333"]
+        assert d in BackendDict._instances and first.account_id == "111122223333"
+        assert d["111122223333"] is first and d["111122223333"] is first
+        other = d["444455556666"]
+        assert other is not first and other.account_id == "444455556666"
+        assert sorted(d) == ["111122223333", "444455556666"]
+    assert created["plain"] == ["111122223333"] * 3 + ["444455556666"]  # moto: every lookup
+    assert created["kept"] == ["111122223333", "444455556666"]  # kept: the first of each account
+
+    Kept.reset()  # moto's reset: every registered dict emptied, none registered
+    assert BackendDict._instances == [] and len(kept) == 0 and len(plain) == 0
+    # An account put in a dict without moto's lookup: the lookup still registers the dict.
+    for d in (kept, plain):
+        dict.__setitem__(d, "777788889999", firsts["plain"])
+        assert d["777788889999"] is firsts["plain"] and d in BackendDict._instances
+    dict.__delitem__(kept, "777788889999")
+    again = kept["111122223333"]
+    assert again is not firsts["kept"] and kept in BackendDict._instances
+    assert created["kept"][-1] == "111122223333" and kept["111122223333"] is again
+    assert created["kept"] == ["111122223333", "444455556666", "777788889999", "111122223333"]
+
+
 def test_the_iam_global_context_is_fresh_per_call_and_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     """``iam._global_context``: made once per (account, role, region, second), a new dict each
     call (callers merge into it), the time keys of the current second."""

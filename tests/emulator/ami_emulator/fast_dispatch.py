@@ -1,6 +1,6 @@
 """Speed: moto's per-request dispatch work that does not depend on the request.
 
-Two steps of moto 5.2.5's request path did work per request whose answer never changes while the
+Steps of moto 5.2.5's request path did work per request whose answer never changes while the
 server runs (profiled in a cleanup benchmark: together about a sixth of the server's time):
 
 * ``DomainDispatcherApplication.get_backend_for_host`` (``moto/moto_server/werkzeug_app.py``),
@@ -30,6 +30,14 @@ server runs (profiled in a cleanup benchmark: together about a sixth of the serv
   IAM backend (``get_account_id_from``) after the emulator's own attribution did the same for
   the same request; the second lookup takes the first one's answer
   (``faults.account_lookup_kept_per_request``).
+* ``BackendDict.__getitem__`` (``moto/core/base_backend.py``), the lookup of a service's
+  backend for an account (several per request: the handler, the IAM gate, moto's IAM visit
+  record), takes moto's global backend lock, builds a list of every account's id and scans the
+  list of every BackendDict in use, comparing with ``__eq__``, on every call, to create the
+  account's backend the first time and register the dict for ``reset``. Once that call has
+  returned for a dict and the account is in it, both are done; ``backends_kept`` answers the
+  next lookups from the dict itself until moto's ``reset`` forgets them
+  (``BackendDict.reset`` clears every registered dict and the list).
 """
 
 from __future__ import annotations
@@ -120,6 +128,42 @@ def _memoize_backend_for_host(original: Callable[[Any, str | None], Any]) -> Cal
     return get_backend_for_host
 
 
+# Set on a BackendDict once moto's own __getitem__ has returned for it: the dict is then in
+# BackendDict._instances (only BackendDict.reset takes it out, and the wrapped reset clears this
+# mark first).
+_REGISTERED = "_ami_emulator_registered"
+
+
+def backends_kept(backend_dict: Any) -> None:
+    """Installs on moto's ``BackendDict`` class the account lookup that skips moto's creation
+    and registration steps once both are done (see the module docstring)."""
+    from moto.core.base_backend import backend_lock
+
+    original_getitem = backend_dict.__getitem__
+    original_reset = backend_dict.reset.__func__
+
+    def __getitem__(self: Any, account_id: str) -> Any:
+        if self.__dict__.get(_REGISTERED):
+            try:
+                return dict.__getitem__(self, account_id)
+            except KeyError:
+                pass
+        answer = original_getitem(self, account_id)
+        self.__dict__[_REGISTERED] = True
+        return answer
+
+    def reset(cls: Any) -> None:
+        with backend_lock:
+            for registered in list(backend_dict._instances):
+                registered.__dict__.pop(_REGISTERED, None)
+            original_reset(cls)
+
+    functools.update_wrapper(__getitem__, original_getitem)
+    functools.update_wrapper(reset, original_reset)
+    backend_dict.__getitem__ = __getitem__
+    backend_dict.reset = classmethod(reset)
+
+
 _installed = False
 
 
@@ -166,6 +210,9 @@ def install() -> None:
         request_id_in_body(responses.BaseResponse._enrich_response)
     )
     MotoRandom.get_random_string = random_string  # type: ignore[method-assign]
+    from moto.core.base_backend import BackendDict
+
+    backends_kept(BackendDict)
     DomainDispatcherApplication.get_backend_for_host = _memoize_backend_for_host(  # type: ignore[method-assign]
         DomainDispatcherApplication.get_backend_for_host
     )
