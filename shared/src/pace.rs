@@ -103,40 +103,61 @@ impl Pacer {
     /// and without taking a token, when the token would come after `deadline`'s safety margin:
     /// the caller defers the call to the next run.
     pub async fn acquire(&self, region: &str, action: &str, deadline: &Deadline) -> bool {
-        let Some(limit) = self.limit(action) else {
-            return deadline.may_start();
-        };
-        let wait = {
-            let Ok(mut buckets) = self.buckets.lock() else {
-                return deadline.may_start();
-            };
-            let now = Instant::now();
-            let key = (region.to_owned(), documented(action).0);
-            let b = buckets.entry(key).or_insert(Bucket {
-                tokens: limit.burst,
-                at: now,
-                limit,
-            });
-            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-            b.tokens = (b.tokens + elapsed * b.limit.refill).min(b.limit.burst);
-            b.at = now;
-            // Tokens below zero are reservations of callers already waiting.
-            let wait = if b.tokens >= 1.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64((1.0 - b.tokens) / b.limit.refill.max(f64::MIN_POSITIVE))
-            };
-            if !deadline.has_left(wait + SAFETY_MARGIN) {
-                return false;
+        match self.reserve(region, action, Instant::now(), deadline.remaining()) {
+            Grant::Unpaced => deadline.may_start(),
+            Grant::TooLate => false,
+            Grant::Wait(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                true
             }
-            b.tokens -= 1.0;
-            wait
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
         }
-        true
     }
+
+    /// The bucket arithmetic of [`Pacer::acquire`] at `now`, with `left` until the deadline:
+    /// takes the token (a reservation, when it is still to come) and says how long to wait for
+    /// it, or takes nothing when it would come within the deadline's safety margin. The clock
+    /// is a parameter so that the arithmetic is tested on exact instants.
+    fn reserve(&self, region: &str, action: &str, now: Instant, left: Duration) -> Grant {
+        let Some(limit) = self.limit(action) else {
+            return Grant::Unpaced;
+        };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Grant::Unpaced;
+        };
+        let key = (region.to_owned(), documented(action).0);
+        let b = buckets.entry(key).or_insert(Bucket {
+            tokens: limit.burst,
+            at: now,
+            limit,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * b.limit.refill).min(b.limit.burst);
+        b.at = now;
+        // Tokens below zero are reservations of callers already waiting.
+        let wait = if b.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - b.tokens) / b.limit.refill.max(f64::MIN_POSITIVE))
+        };
+        if left <= wait + SAFETY_MARGIN {
+            return Grant::TooLate;
+        }
+        b.tokens -= 1.0;
+        Grant::Wait(wait)
+    }
+}
+
+/// What [`Pacer::reserve`] decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Grant {
+    /// The token is taken; the call may go after this long.
+    Wait(Duration),
+    /// The token would come within the deadline's safety margin: nothing was taken.
+    TooLate,
+    /// Pacing is off for this call (percent 0, or the buckets are unusable after a panic).
+    Unpaced,
 }
 
 #[cfg(test)]
@@ -175,35 +196,120 @@ mod tests {
         assert_eq!(Pacer::new(1).limit("mutating").map(|l| l.burst), Some(1.0));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn calls_beyond_the_burst_wait_for_the_refill_rate() {
-        let p = Pacer::new(20); // DeregisterImage: burst 10 (half of 20), 1 per second.
-        let deadline = Deadline::after(Duration::from_secs(3600));
-        let start = Instant::now();
-        for _ in 0..10 {
-            assert!(p.acquire("r", "DeregisterImage", &deadline).await);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// The wait of a granted token (the test fails on any other grant).
+    fn waited(grant: Grant) -> Duration {
+        match grant {
+            Grant::Wait(d) => d,
+            other => panic!("expected a token, got {other:?}"),
         }
-        assert_eq!(start.elapsed(), Duration::ZERO, "the burst is free");
-        for _ in 0..4 {
-            assert!(p.acquire("r", "DeregisterImage", &deadline).await);
-        }
-        // Four more tokens at 1 per second.
-        assert_eq!(start.elapsed().as_secs(), 4);
-        // Another region has its own bucket.
-        assert!(p.acquire("s", "DeregisterImage", &deadline).await);
-        assert_eq!(start.elapsed().as_secs(), 4);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_token_after_the_deadline_is_not_taken() {
+    #[test]
+    fn calls_beyond_the_burst_wait_for_the_refill_rate() {
+        let p = Pacer::new(20); // DeregisterImage: burst 10 (half of 20), 1 per second.
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(
+                p.reserve("r", "DeregisterImage", t0, DAY),
+                Grant::Wait(Duration::ZERO)
+            );
+        }
+        // A caller that waits for each token before asking for the next: 1 s apart.
+        let mut t = t0;
+        for _ in 0..4 {
+            t += waited(p.reserve("r", "DeregisterImage", t, DAY));
+        }
+        assert_eq!(t - t0, Duration::from_secs(4));
+        // Another region has its own bucket, and so has another EC2 bucket.
+        assert_eq!(
+            p.reserve("s", "DeregisterImage", t, DAY),
+            Grant::Wait(Duration::ZERO)
+        );
+        assert_eq!(
+            p.reserve("r", "DeleteSnapshot", t, DAY),
+            Grant::Wait(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn callers_at_the_same_instant_reserve_successive_tokens() {
+        let p = Pacer::new(20); // DeregisterImage: burst 10, 1 per second.
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            waited(p.reserve("r", "DeregisterImage", t0, DAY));
+        }
+        let waits: Vec<u64> = (0..3)
+            .map(|_| waited(p.reserve("r", "DeregisterImage", t0, DAY)).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 3]);
+        // The refill pays the reservations first: 3 s later the next caller still waits 1 s.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            waited(p.reserve("r", "DeregisterImage", later, DAY)).as_secs(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_token_after_the_deadline_is_not_taken() {
         let p = Pacer::new(10); // DeregisterImage: burst 5, 0.5 per second.
-        let deadline = Deadline::after(SAFETY_MARGIN + Duration::from_secs(5));
+        let t0 = Instant::now();
+        let left_at = |t: Instant| (SAFETY_MARGIN + Duration::from_secs(5)) - (t - t0);
         for _ in 0..5 {
-            assert!(p.acquire("r", "DeregisterImage", &deadline).await);
+            waited(p.reserve("r", "DeregisterImage", t0, left_at(t0)));
         }
         // Each next token is 2 s away: two still fit before the margin, the third does not.
-        assert!(p.acquire("r", "DeregisterImage", &deadline).await);
-        assert!(p.acquire("r", "DeregisterImage", &deadline).await);
-        assert!(!p.acquire("r", "DeregisterImage", &deadline).await);
+        let mut t = t0;
+        for _ in 0..2 {
+            t += waited(p.reserve("r", "DeregisterImage", t, left_at(t)));
+        }
+        assert_eq!(t - t0, Duration::from_secs(4));
+        assert_eq!(
+            p.reserve("r", "DeregisterImage", t, left_at(t)),
+            Grant::TooLate
+        );
+        // The refused call took no token: with time to spare, the next one is still 2 s away.
+        assert_eq!(
+            waited(p.reserve("r", "DeregisterImage", t, DAY)).as_secs(),
+            2
+        );
+    }
+
+    #[test]
+    fn without_pacing_nothing_is_counted() {
+        let p = Pacer::new(0);
+        assert_eq!(
+            p.reserve("r", "DeregisterImage", Instant::now(), DAY),
+            Grant::Unpaced
+        );
+    }
+
+    #[tokio::test]
+    async fn acquire_sleeps_for_its_token_and_defers_past_the_deadline() {
+        // DeregisterImage at 1000 %: burst 500, 50 tokens per second (one every 20 ms).
+        let p = Pacer::new(1000);
+        let deadline = Deadline::after(DAY);
+        let start = Instant::now();
+        for _ in 0..502 {
+            assert!(p.acquire("r", "DeregisterImage", &deadline).await);
+        }
+        // 502 tokens from a bucket of 500 that refills 50 per second, created after `start`:
+        // the last two were waited for, 40 ms of refill at the least.
+        assert!(
+            start.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            start.elapsed()
+        );
+        // Within the safety margin nothing may start, paced or not.
+        let late = Deadline::after(SAFETY_MARGIN);
+        assert!(!p.acquire("r", "DeregisterImage", &late).await);
+        assert!(!Pacer::new(0).acquire("r", "DeregisterImage", &late).await);
+        assert!(
+            Pacer::new(0)
+                .acquire("r", "DeregisterImage", &deadline)
+                .await
+        );
     }
 }
