@@ -20,12 +20,13 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from conftest import Account
 from emu_helpers import aws_error, make_snapshot, register
+from test_iam import allow, doc, restrict
 
 
 def _mapping(*snapshots: str) -> list[dict[str, Any]]:
@@ -897,7 +898,7 @@ def _ec2_workload(endpoint: str, account_id: str) -> None:
         assert _post(endpoint, form, {"Access-Control-Request-Private-Network": "true"}) == plain
 
 
-def _post(endpoint: str, form: dict[str, str], headers: dict[str, str], path: str = "/") -> int:
+def _post(endpoint: str, form: dict[str, str] | list[tuple[str, str]], headers: dict[str, str], path: str = "/") -> int:
     request = urllib.request.Request(
         endpoint + path,
         data=urllib.parse.urlencode(form).encode(),
@@ -915,23 +916,52 @@ def _post(endpoint: str, form: dict[str, str], headers: dict[str, str], path: st
         return int(e.code)
 
 
+def _exchange(app: Any, dispatcher: Any, workload: Callable[[str, str], None]) -> list[Any]:
+    """The normalized answers of ``workload`` run against a server of ``app`` (behind the
+    emulator's middleware and keep-alive handler), from moto's reset state and random seed."""
+    import threading
+
+    from moto.moto_api._internal import mock_random
+    from werkzeug.serving import make_server
+
+    from ami_emulator.control import ControlMiddleware
+    from ami_emulator.faults import FaultMiddleware
+    from ami_emulator.keep_alive import KeepAliveRequestHandler
+
+    records: list[Any] = []
+    server = make_server(
+        "127.0.0.1",
+        0,
+        ControlMiddleware(FaultMiddleware(_recorded(app, records), dispatcher)),
+        threaded=True,
+        request_handler=KeepAliveRequestHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        # Every exchange starts from the same state (this process's moto and the emulator's own
+        # settings, reset) with the same random draws.
+        assert _post(endpoint, {}, {}, "/moto-api/reset") == 200
+        mock_random.seed(1717)
+        records.clear()
+        workload(endpoint, ACCOUNT)
+        return _normalized(records)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_ec2_requests_without_flask_are_answered_as_through_it() -> None:
     """The same boto3 workload, from the same state and random seed, through a server with
     ``DirectDispatch`` and one without: every answer, status, headers and body, is the same once
     times are blanked; and the direct path did serve the EC2 requests (no Flask
     request context was pushed for them)."""
-    import threading
-
     import flask
-    from moto.moto_api._internal import mock_random
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
 
     from ami_emulator import apply_extensions
-    from ami_emulator.control import ControlMiddleware
     from ami_emulator.direct_dispatch import DirectDispatch
-    from ami_emulator.faults import FaultMiddleware
-    from ami_emulator.keep_alive import KeepAliveRequestHandler
 
     apply_extensions()
     dispatcher = DomainDispatcherApplication(create_backend_app)
@@ -948,36 +978,228 @@ def test_ec2_requests_without_flask_are_answered_as_through_it() -> None:
         # The first exchange of a fresh process draws its ids in another order (backends are made
         # lazily, with random ids of their own), so it only warms up.
         for name, app in (("warm-up", dispatcher), ("flask", dispatcher), ("direct", DirectDispatch(dispatcher))):
-            records: list[Any] = []
-            server = make_server(
-                "127.0.0.1",
-                0,
-                ControlMiddleware(FaultMiddleware(_recorded(app, records), dispatcher)),
-                threaded=True,
-                request_handler=KeepAliveRequestHandler,
-            )
-            thread = threading.Thread(target=server.serve_forever, daemon=True)
-            thread.start()
-            try:
-                endpoint = f"http://127.0.0.1:{server.server_port}"
-                # Both exchanges start from the same state (this process's moto and the
-                # emulator's own settings, reset) with the same random draws.
-                assert _post(endpoint, {}, {}, "/moto-api/reset") == 200
-                mock_random.seed(1717)
-                records.clear()
-                before = pushed["count"]
-                _ec2_workload(endpoint, ACCOUNT)
-                exchanges[name] = (_normalized(records), pushed["count"] - before)
-            finally:
-                server.shutdown()
-                server.server_close()
+            before = pushed["count"]
+            answers = _exchange(app, dispatcher, _ec2_workload)
+            exchanges[name] = (answers, pushed["count"] - before)
     finally:
         flask.ctx.RequestContext.push = original_push  # type: ignore[method-assign]
     (flask_answers, flask_pushes), (direct_answers, direct_pushes) = exchanges["flask"], exchanges["direct"]
     assert len(flask_answers) == len(direct_answers) >= 20
     for through_flask, direct in zip(flask_answers, direct_answers):
         assert direct == through_flask
-    # Through Flask, every request the app served pushed a context: the answers compared and the
-    # two STS AssumeRole calls (the unknown actions are refused by the api_rules gate before the
-    # app). Directly, only AssumeRole and the two CORS requests did.
-    assert (flask_pushes, direct_pushes) == (len(flask_answers) + 2, 4), (flask_pushes, direct_pushes, len(flask_answers))
+    # Through Flask, every request the app served pushed a context: the answers compared, the
+    # two STS AssumeRole calls and moto's reset before the workload (the unknown actions are
+    # refused by the api_rules gate before the app). Directly, only AssumeRole, the two CORS
+    # requests and the reset did.
+    assert (flask_pushes, direct_pushes) == (len(flask_answers) + 3, 5), (flask_pushes, direct_pushes, len(flask_answers))
+
+
+# ---------------------------------------------------------------------------------------------
+# A cleanup's per-image calls set up and answered without moto's generic layers (fast_lane)
+# ---------------------------------------------------------------------------------------------
+
+_FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+# Requests the lane serves: (body, extra environ).
+_LANE_SERVED: list[tuple[str, dict[str, str]]] = [
+    ("Action=DescribeImageAttribute&Version=2016-11-15&ImageId=ami-0123456789abcdef0&Attribute=launchPermission", {}),
+    ("Version=2016-11-15&Attribute=description&Action=DescribeImageAttribute&ImageId=ami-1&DryRun=true", {}),
+    ("Action=DescribeImageAttribute&Version=2016-11-15&ImageId=ami%2D1%20x&Attribute=", {}),
+    ("Action=DescribeImageAttribute&ImageId=ami-1", {"CONTENT_TYPE": "Application/X-WWW-Form-Urlencoded"}),
+    ("Action=DeregisterImage&Version=2016-11-15&ImageId=ami-1&DeleteAssociatedSnapshots=true", {}),
+    ("Action=DeregisterImage&Version=2016-11-15&ImageId=ami-1&DeleteAssociatedSnapshots=false&DryRun=false", {}),
+    ("Action=DeregisterImage&Version=2016-11-15&ImageId=ami-1", {"HTTP_USER_AGENT": "aws-sdk-rust/1.3 os/linux region/eu-west-1"}),
+    ("Action=DeleteSnapshot&Version=2016-11-15&SnapshotId=snap-1", {}),
+    ("Action=DeleteSnapshot&SnapshotId=snap-%C3%A9", {}),  # ASCII on the wire
+    ("Action=DeleteSnapshot&Version=2016-11-15&SnapshotId=snap-1", {"HTTP_HOST": "ec2.ap-southeast-2.amazonaws.com"}),
+]
+# Requests it leaves to moto, each for one reason.
+_LANE_REFUSED: list[tuple[str, dict[str, str]]] = [
+    ("Action=DescribeImages&Version=2016-11-15&Owner.1=self", {}),  # another action
+    ("Action=DescribeImageAttribute&ImageId=ami-1&ImageId=ami-2&Attribute=description", {}),  # twice
+    ("Action=DeregisterImage&ImageId=ami-1&Filter.1.Name=x", {}),  # not a member
+    ("Action=DeregisterImage&ImageId=ami-1&DeleteAssociatedSnapshots=True", {}),  # not true/false
+    ("Action=DeregisterImage&ImageId=ami-1&DeleteAssociatedSnapshots=1", {}),
+    ("Action=DeleteSnapshot&SnapshotId=snap-\u00e9", {}),  # not ASCII
+    ("Action=DeleteSnapshot&SnapshotId=snap-1", {"QUERY_STRING": "Action=DeleteSnapshot"}),
+    ("Action=DeleteSnapshot&SnapshotId=snap-1", {"HTTP_CONTENT_ENCODING": "identity"}),
+    ("Action=DeleteSnapshot&SnapshotId=snap-1", {"CONTENT_TYPE": "application/json"}),
+    ("Action=DeleteSnapshot&SnapshotId=snap-1", {"REQUEST_METHOD": "PUT"}),
+    ("", {}),
+]
+
+
+def _lane_environ(body: str, extra: dict[str, str]) -> dict[str, Any]:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from werkzeug.test import EnvironBuilder
+
+    data = body.encode("utf-8")
+    signed = AWSRequest(method="POST", url="http://localhost:5000/", data=data, headers={"Content-Type": _FORM_TYPE})
+    SigV4Auth(Credentials("AKIAIOSFODNN7EXAMPLE", "secret"), "ec2", "us-east-1").add_auth(signed)
+    environ = EnvironBuilder(method="POST", path="/", base_url="http://localhost:5000", headers=dict(signed.headers), data=data).get_environ()
+    environ["SERVER_SOFTWARE"] = "Werkzeug/3.1"
+    environ.update(extra)
+    return environ
+
+
+def _response_state(response: Any) -> dict[str, Any]:
+    """A response object's attributes, the request-bound ones by what they hold."""
+    state = dict(vars(response))
+    state.pop("serialized", None)  # the lane's own serializer for the request
+    state["normalized_request"] = type(state["normalized_request"]).__name__
+    state["headers"] = list(state["headers"].items())
+    state["form_data"] = (type(state["form_data"]).__name__, list(state["form_data"].items(multi=True)))
+    state["params"] = list(state["params"].items())  # the order too
+    return state
+
+
+@pytest.mark.parametrize("body, extra", _LANE_SERVED + _LANE_REFUSED, ids=range(len(_LANE_SERVED + _LANE_REFUSED)))
+def test_the_lane_sets_up_a_response_as_setup_class_does(body: str, extra: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """For each request the lane serves, the response object it sets up has every attribute
+    moto's ``setup_class`` gives it, equal, and the caller's visit is recorded with IAM alike;
+    every other request is left to moto untouched (its body still unread, nothing recorded)."""
+    import moto.iam.models
+    from moto.ec2.responses import EC2Response
+
+    from ami_emulator import apply_extensions, fast_lane
+    from ami_emulator.direct_dispatch import DirectRequest
+
+    apply_extensions()
+    visits: list[dict[str, Any]] = []
+    monkeypatch.setattr(fast_lane, "mark_account_as_visited", lambda **kwargs: visits.append(kwargs))
+    monkeypatch.setattr(moto.iam.models, "mark_account_as_visited", lambda **kwargs: visits.append(kwargs))
+    served = (body, extra) in _LANE_SERVED
+    lane_environ = _lane_environ(body, extra)
+    lane_request = DirectRequest(lane_environ)
+    lane = fast_lane.set_up(EC2Response, lane_request, lane_environ, lane_request.raw_url)
+    if not served:
+        assert lane is None
+        assert lane_environ["wsgi.input"].tell() == 0
+        assert visits == []
+        return
+    assert lane is not None
+    moto_environ = _lane_environ(body, extra)
+    moto_request = DirectRequest(moto_environ)
+    moto = EC2Response()
+    moto.setup_class(moto_request, moto_request.raw_url, dict(moto_request.headers.items()))
+    assert _response_state(lane) == _response_state(moto)
+    assert len(visits) == 2 and visits[0] == visits[1], visits
+
+
+def _lane_workload(endpoint: str, account_id: str) -> None:
+    """The lane's three actions in every outcome the cleanup and aws-amicleaner meet: launch
+    permissions of each kind and none, other attributes, snapshot results of each code, dry
+    runs, unknown, malformed and protected images, snapshots in use and gone, a role without
+    DeleteSnapshot on a snapshot; plus a form the lane leaves to moto."""
+    owner = Account(endpoint, account_id)
+    ec2 = owner.ec2()
+    loose = owner.client("ec2", validate=False)
+    snapshots = [make_snapshot(ec2, 1) for _ in range(6)]
+    alone = register(ec2, "lane-alone", snapshots[0], Description='web & <api> "quoted"')
+    pair = ec2.register_image(Name="lane-pair", RootDeviceName="/dev/xvda", BlockDeviceMappings=_mapping(snapshots[1], snapshots[2]))["ImageId"]
+    sharer = register(ec2, "lane-sharer", snapshots[2])
+    protected = register(ec2, "lane-protected", snapshots[3])
+    ec2.modify_image_attribute(
+        ImageId=alone,
+        LaunchPermission={
+            "Add": [
+                {"UserId": "123456789012"},
+                {"Group": "all"},
+                {"OrganizationArn": "arn:aws:organizations::123456789012:organization/o-abcdefghij"},
+                {"OrganizationalUnitArn": "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefghij"},
+            ]
+        },
+    )
+    for image_id in (alone, pair):
+        ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+    for attribute in ("description", "bootMode", "imdsSupport", "lastLaunchedTime", "deregistrationProtection", "productCodes"):
+        ec2.describe_image_attribute(ImageId=alone, Attribute=attribute)
+    for code, call in (
+        ("DryRunOperation", lambda: ec2.describe_image_attribute(ImageId=alone, Attribute="launchPermission", DryRun=True)),
+        ("InvalidAMIID.NotFound", lambda: ec2.describe_image_attribute(ImageId="ami-0123456789abcdef0", Attribute="launchPermission")),
+        ("AuthFailure", lambda: ec2.describe_image_attribute(ImageId=alone, Attribute="blockDeviceMapping")),
+        ("InvalidParameterValue", lambda: loose.describe_image_attribute(ImageId=alone, Attribute="noSuchAttribute")),
+        ("DryRunOperation", lambda: ec2.deregister_image(ImageId=alone, DryRun=True)),
+        ("DryRunOperation", lambda: ec2.delete_snapshot(SnapshotId=snapshots[5], DryRun=True)),
+    ):
+        with aws_error(code):
+            call()
+    ec2.enable_image_deregistration_protection(ImageId=protected)
+    with aws_error("OperationNotPermitted"):
+        ec2.deregister_image(ImageId=protected, DeleteAssociatedSnapshots=True)
+    assert [r["ReturnCode"] for r in ec2.deregister_image(ImageId=pair, DeleteAssociatedSnapshots=True)["DeleteSnapshotResults"]] == ["success", "skipped"]
+    with aws_error("InvalidSnapshot.InUse"):
+        ec2.delete_snapshot(SnapshotId=snapshots[2])
+    ec2.deregister_image(ImageId=sharer, DeleteAssociatedSnapshots=False)
+    ec2.delete_snapshot(SnapshotId=snapshots[2])
+    with aws_error("InvalidSnapshot.NotFound"):
+        ec2.delete_snapshot(SnapshotId=snapshots[2])
+    with aws_error("InvalidAMIID.Unavailable"):
+        ec2.deregister_image(ImageId=pair)
+    with aws_error("InvalidAMIID.Malformed"):
+        loose.deregister_image(ImageId="not-an-image")
+    # A role that may deregister but delete only the snapshots tagged managed.
+    ec2.create_tags(Resources=[snapshots[4]], Tags=[{"Key": "managed", "Value": "true"}])
+    both = ec2.register_image(Name="lane-role", RootDeviceName="/dev/xvda", BlockDeviceMappings=_mapping(snapshots[4], snapshots[5]))["ImageId"]
+    role = restrict(
+        owner,
+        "lane-cleaner",
+        doc(
+            allow(["ec2:DeregisterImage", "ec2:DescribeImageAttribute"], "*"),
+            allow("ec2:DeleteSnapshot", "*", {"StringEquals": {"aws:ResourceTag/managed": "true"}}),
+        ),
+    ).ec2()
+    role.describe_image_attribute(ImageId=both, Attribute="launchPermission")
+    with aws_error("UnauthorizedOperation"):
+        role.delete_snapshot(SnapshotId=snapshots[5])
+    results = role.deregister_image(ImageId=both, DeleteAssociatedSnapshots=True)["DeleteSnapshotResults"]
+    assert [r["ReturnCode"] for r in results] == ["success", "missing-permissions"]
+    # A form the lane leaves to moto (the parameter twice).
+    _post(endpoint, [("Action", "DeleteSnapshot"), ("Version", "2016-11-15"), ("SnapshotId", snapshots[5]), ("SnapshotId", "snap-1")], {})
+
+
+def test_the_lane_answers_its_calls_as_moto_does() -> None:
+    """The lane's workload, from the same state and random seed, through a server with the lane
+    and one without: every answer, status, headers and body, is the same once times are
+    blanked; and the lane did set up its requests and write the successful answers."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from ami_emulator import apply_extensions, fast_lane
+    from ami_emulator.direct_dispatch import DirectDispatch
+
+    apply_extensions()
+    dispatcher = DomainDispatcherApplication(create_backend_app)
+    used = {"set up": 0, "written": 0}
+    original_set_up, original_xml = fast_lane.set_up, fast_lane._xml
+
+    def counting_set_up(*args: Any) -> Any:
+        response = original_set_up(*args)
+        used["set up"] += response is not None
+        return response
+
+    def counting_xml(*args: Any) -> Any:
+        body = original_xml(*args)
+        used["written"] += body is not None
+        return body
+
+    exchanges = {}
+    fast_lane.set_up, fast_lane._xml = counting_set_up, counting_xml  # type: ignore[assignment]
+    try:
+        for name, lane in (("warm-up", False), ("moto", False), ("lane", True)):
+            before = dict(used)
+            answers = _exchange(DirectDispatch(dispatcher, lane=lane), dispatcher, _lane_workload)
+            exchanges[name] = (answers, {k: used[k] - before[k] for k in used})
+    finally:
+        fast_lane.set_up, fast_lane._xml = original_set_up, original_xml  # type: ignore[assignment]
+    (moto_answers, moto_use), (lane_answers, lane_use) = exchanges["moto"], exchanges["lane"]
+    assert len(moto_answers) == len(lane_answers) >= 30
+    for through_moto, through_lane in zip(moto_answers, lane_answers):
+        assert through_lane == through_moto
+    assert moto_use == {"set up": 0, "written": 0}
+    # Of the workload's 26 requests of the three actions, the lane set up the 23 that reached
+    # the app in the plain form (the api_rules gate refuses the unknown attribute and the IAM
+    # gate the role's DeleteSnapshot first; the doubled parameter goes to moto), and wrote every
+    # one of the 13 that succeeded (attribute values, launch permissions, product codes and
+    # snapshot results included).
+    assert lane_use == {"set up": 23, "written": 13}, lane_use

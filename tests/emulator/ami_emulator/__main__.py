@@ -8,7 +8,9 @@ are loaded before the port is bound, so the first request is fast and a successf
 means the emulator is ready, and connections are persistent as AWS's are
 (``keep_alive.KeepAliveRequestHandler``; ``--connection close`` serves as werkzeug does, one
 connection per request), and EC2's Query requests reach moto's ``EC2Response`` without the Flask
-app around it (``direct_dispatch``; ``--dispatch flask`` serves every request through Flask).
+app around it (``direct_dispatch``; ``--dispatch flask`` serves every request through Flask),
+the per-image calls of a cleanup among them without moto's generic request parsing and response
+serialization (``fast_lane``; ``--lane off`` serves them through moto's).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=("direct", "flask"),
         default="direct",
         help="direct: EC2 Query requests reach moto without Flask (default); flask: every request through moto's Flask apps",
+    )
+    parser.add_argument(
+        "--lane",
+        choices=("on", "off"),
+        default=os.environ.get("AMI_EMULATOR_LANE", "on"),
+        help="on: DescribeImageAttribute, DeregisterImage and DeleteSnapshot set up and answered by ami_emulator.fast_lane (default); off: by moto",
     )
     parser.add_argument(
         "--access-log",
@@ -78,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, _exit)
     signal.signal(signal.SIGTERM, _exit)
-    app = DirectDispatch(dispatcher) if args.dispatch == "direct" else dispatcher
+    app = DirectDispatch(dispatcher, lane=args.lane == "on") if args.dispatch == "direct" else dispatcher
     handler = KeepAliveRequestHandler if args.connection == "keep-alive" else MotoRequestHandler
     if args.access_log == "errors":
         handler = errors_only(handler)
     print(
-        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, access log: {args.access_log})",
+        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, lane: {args.lane}, access log: {args.access_log})",
         flush=True,
     )
     run_simple(

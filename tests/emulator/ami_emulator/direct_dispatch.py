@@ -42,6 +42,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.utils import cached_property
 
+from . import fast_lane
+
 CORS_HEADER = ("Access-Control-Allow-Origin", "*")
 
 
@@ -139,7 +141,7 @@ class DirectDispatch:
     """WSGI app: ``dispatcher`` (moto's ``DomainDispatcherApplication``) with EC2's Query
     requests served without Flask."""
 
-    def __init__(self, dispatcher: Any) -> None:
+    def __init__(self, dispatcher: Any, lane: bool | None = None) -> None:
         from flask import Response
         from moto.ec2.responses import EC2Response
         from moto.moto_server.werkzeug_app import DISABLE_GLOBAL_CORS
@@ -148,6 +150,9 @@ class DirectDispatch:
         self._ec2 = EC2Response
         self._response = Response
         self._cors = not DISABLE_GLOBAL_CORS
+        # The per-image calls of a cleanup set up and answered by ``fast_lane`` (default: on
+        # unless AMI_EMULATOR_LANE=off).
+        self._lane = fast_lane.enabled() if lane is None else lane
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         app = self.dispatcher.get_application(environ)
@@ -158,10 +163,14 @@ class DirectDispatch:
         request = DirectRequest(environ)
         recorder._record_request(request)
         try:
-            # dict(request.headers.items()) is the view's dict(request.headers): each header
-            # is yielded once (one environ key each), with the value a lookup by its name
-            # gives; without the second pass of a lookup per name.
-            result = self._ec2.dispatch(request, request.raw_url, dict(request.headers.items()))
+            lane = fast_lane.set_up(self._ec2, request, environ, request.raw_url) if self._lane else None
+            if lane is not None:
+                result = lane.call_action()
+            else:
+                # dict(request.headers.items()) is the view's dict(request.headers): each header
+                # is yielded once (one environ key each), with the value a lookup by its name
+                # gives; without the second pass of a lookup per name.
+                result = self._ec2.dispatch(request, request.raw_url, dict(request.headers.items()))
         except ClientError as exc:  # as convert_to_flask_response answers it
             result = 400, {}, exc.response["Error"]["Message"]
         if len(result) == 3:
