@@ -1203,3 +1203,30 @@ def test_the_lane_answers_its_calls_as_moto_does() -> None:
     # one of the 13 that succeeded (attribute values, launch permissions, product codes and
     # snapshot results included).
     assert lane_use == {"set up": 23, "written": 13}, lane_use
+
+
+_UNWRITTEN = [
+    {"ImageId": 7},  # a number in a string member
+    {"ImageId": None},
+    {"ImageId": ""},
+    {"ImageId": "ami-1", "Extra": "x"},  # not a member
+    {"image_id": "ami-1"},  # another spelling moto's picker would find
+    {"ImageId": "ami-1", "LaunchPermissions": ({"UserId": "1"},)},  # a tuple, not a list
+    {"ImageId": "ami-1", "LaunchPermissions": ["all"]},  # entries that are not structures
+    {"ImageId": "ami-1", "LastLaunchedTime": {"Value": __import__("datetime").datetime(2026, 1, 1)}},
+    {"ImageId": "ami-1", "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {}}]},  # nested
+    ["ami-1"],
+]
+
+
+@pytest.mark.parametrize("result", _UNWRITTEN, ids=range(len(_UNWRITTEN)))
+def test_the_lane_leaves_results_it_cannot_write_to_moto(result: Any) -> None:
+    """A DescribeImageAttribute result the lane does not write exactly as moto would is left
+    to moto's serializer (``_xml`` answers None), while the same result made plain is written."""
+    from ami_emulator import fast_lane
+
+    op = fast_lane._operation("DescribeImageAttribute")
+    assert fast_lane._xml(op, result, frozenset()) is None
+    assert fast_lane._xml(op, {"ImageId": "ami-1", "LaunchPermissions": [{"UserId": "1"}]}, frozenset()) is not None
+    # A member a response transformer names is left to moto too.
+    assert fast_lane._xml(op, {"ImageId": "ami-1"}, frozenset({"ImageId"})) is None

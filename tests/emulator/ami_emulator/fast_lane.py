@@ -40,10 +40,12 @@ only of strings, booleans, integers, flat structures of those and lists of them 
 It is written as ``EC2Serializer`` writes it: the ``<?xml ...?>`` declaration, a
 ``<{Operation}Response>`` element in the API version's namespace, each member present in the
 shape's order under its ``locationName``, list entries as ``<item>``, an empty list as a short
-empty element, text escaped as ``xml.sax.saxutils.escape`` does, then ``requestId``
+empty element, a structure with no member present likewise, text escaped as
+``xml.sax.saxutils.escape`` does, then ``requestId``
 (``request-id``, as moto's serializer context has it), with ``Content-Type: text/xml`` and the
 response headers. A result with anything else — another key, a ``None``, an empty string,
-another value type, a member a response transformer may rewrite — goes to moto's serializer;
+a value of another type than its member's shape (a number in a string member, a date), a
+member a response transformer may rewrite — goes to moto's serializer;
 so does every error.
 
 ``tests/emulator/test_fast_paths.py`` checks both halves against moto: the attributes
@@ -247,6 +249,11 @@ def _xml(op: _Operation, result: Any, transformers: frozenset[str]) -> str | Non
     return "".join(parts)
 
 
+# The Python type of a value the lane writes for each scalar shape type (any other pairing, a
+# number in a string member say, is left to moto's serializer).
+_SCALAR_TYPES: dict[str, type] = {"string": str, "boolean": bool, "integer": int, "long": int}
+
+
 def _scalar(value: Any) -> str | None:
     kind = type(value)
     if kind is bool:
@@ -289,7 +296,7 @@ def _structure(parts: list[str], shape: Any, value: Any, transformers: frozenset
             if not _element(parts, tag, member, item, transformers):
                 return False
         else:
-            text = _scalar(item)
+            text = _scalar(item) if _SCALAR_TYPES.get(member.type_name) is type(item) else None
             if text is None:
                 return False
             parts.append(f"<{tag}>{text}</{tag}>")
