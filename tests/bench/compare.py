@@ -22,7 +22,7 @@ For each size N (default 1500 and 10000):
    defers work is followed by another, planned 17 minutes later on the handler's clock: a
    deprecation takes effect 16 minutes after the run that made it).
 4. For each tool: wall time, AWS calls by operation (the emulator's request counter, reset before
-   each run), peak RSS of the tool's process (GNU time's maximum resident set size), wrong deletions and missed removals from the ground truth and the final
+   each run) and the emulator's CPU per call of each, peak RSS of the tool's process (GNU time's maximum resident set size), wrong deletions and missed removals from the ground truth and the final
    DescribeImages / DescribeSnapshots of each account, and the ratio of the walls.
 
 ``--rate-limited`` switches the emulator's EC2 throttling on for account B (the default table of
@@ -443,6 +443,9 @@ class ToolRun:
     budget_floor_s: float = 0.0  # the floor at the share of the limits our run was given
     floor_detail: list[str] = dataclasses.field(default_factory=list)
     emulator_cpu_s: float | None = None  # the emulator's CPU time while the tool's processes ran
+    # The emulator's CPU time serving the tool's requests, by "service:action" (its request
+    # counter: each request's server thread CPU, from its request line to its answer).
+    cpu_by_op: Counter = dataclasses.field(default_factory=Counter)
 
 
 def emulator_cpu_s() -> float | None:
@@ -514,8 +517,15 @@ def spawn(argv: list[str], env: dict[str, str], log_path: str) -> tuple[int, flo
     return code, wall, peak[0] / 1024.0
 
 
-def requests_of(account: str) -> Counter:
-    return Counter(control("GET", f"/ami-pipeline-emulator/requests?account_id={account}")["requests"])
+def _per_call(tool: ToolRun, op: str) -> str:
+    n = tool.requests.get(op, 0)
+    return f"{1000 * tool.cpu_by_op.get(op, 0.0) / n:.3f}" if n and op in tool.cpu_by_op else "-"
+
+
+def requests_of(account: str) -> tuple[Counter, Counter]:
+    """The account's request counts and the emulator's CPU seconds for them, by operation."""
+    counts = control("GET", f"/ami-pipeline-emulator/requests?account_id={account}")
+    return Counter(counts["requests"]), Counter(counts.get("cpu_seconds") or {})
 
 
 def run_amicleaner(amicleaner: str, built: Built, workdir: str) -> ToolRun:
@@ -543,7 +553,7 @@ def run_amicleaner(amicleaner: str, built: Built, workdir: str) -> ToolRun:
     cpu = emulator_cpu_s()
     code, wall, rss = spawn(argv, env, log)
     _add_cpu(result, cpu)
-    result.requests = requests_of(built.account)
+    result.requests, result.cpu_by_op = requests_of(built.account)
     result.wall_s = result.process_wall_s = wall
     result.peak_rss_mib = rss
     if code != 0:
@@ -612,6 +622,8 @@ def run_ours(
         result.wall_s += figures["wall_s"]
         requests = Counter(figures["requests"] or {})
         result.requests += requests
+        # The bench cleared the account's counter as the invocation began: this run's CPU.
+        result.cpu_by_op += requests_of(built.account)[1]
         decisions = figures["decisions"]
         steps = figures["steps"]
         settings = figures.get("env") or {}
@@ -718,6 +730,11 @@ def print_results(fixture: Fixture, truth: Truth, tools: list[tuple[ToolRun, Sco
     ops = sorted(set().union(*(t.requests.keys() for t, _ in tools)))
     for op in ops:
         row(f"  {op}", [t.requests.get(op, 0) for t, _ in tools])
+    if any(t.cpu_by_op for t, _ in tools):
+        row("emulator CPU serving the calls (s)", [f"{sum(t.cpu_by_op.values()):.2f}" for t, _ in tools])
+        row("  per call, by operation (ms):", ["" for _ in tools])
+        for op in ops:
+            row(f"    {op}", [_per_call(t, op) for t, _ in tools])
     row("images removed", [s.removed for _, s in tools])
     row("wrong deletions: images", [len(s.wrong_images) for _, s in tools])
     row("wrong deletions: snapshots", [len(s.wrong_snapshots) for _, s in tools])

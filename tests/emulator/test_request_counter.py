@@ -5,6 +5,7 @@ moto serves it from: each page of a paginated call, each retry, faulted requests
 from __future__ import annotations
 
 import random
+import time
 import urllib.request
 from typing import Any
 
@@ -19,6 +20,16 @@ STANDARD_RETRY_5 = Config(retries={"max_attempts": 5, "mode": "standard"})
 
 
 def _counts(account: Account, account_id: str | None = None) -> dict[str, Any]:
+    """The account's counts (the server CPU beside them checked for shape and taken out; see
+    ``_cpu``)."""
+    body = _counts_and_cpu(account, account_id)
+    cpu = body.pop("cpu_seconds")
+    assert set(cpu) <= set(body["requests"]) and all(seconds >= 0 for seconds in cpu.values()), body
+    assert abs(body.pop("cpu_total_seconds") - sum(cpu.values())) < 1e-5
+    return body
+
+
+def _counts_and_cpu(account: Account, account_id: str | None = None) -> dict[str, Any]:
     account_id = account_id or account.id
     status, body = account.control(f"requests?account_id={account_id}", method="GET")
     assert status == 200, body
@@ -225,3 +236,28 @@ def test_moto_reset_clears_counts(emulator, account, other_account):
     again.ec2().describe_images(Owners=["self"])
     assert _counts(again)["requests"] == {"ec2:DescribeImages": 1}
     assert _counts(again, "123456789012")["requests"] == {"sts:AssumeRole": 1}
+
+
+def test_the_server_cpu_of_each_request_goes_to_its_account_and_action(account, other_account):
+    """Each request's server CPU time is added to its account and action: some for every action
+    called, never more than the client waited for its answers (the server works on a request
+    only between its arrival and its answer), nothing for another account, and cleared with the
+    counts."""
+    _clear(account)
+    _clear(other_account)
+    ec2 = account.ec2()
+    make_snapshot(ec2, 1)
+    waited = 0.0
+    for _ in range(20):
+        start = time.perf_counter()
+        ec2.describe_images(Owners=["self"])
+        ec2.describe_snapshots(OwnerIds=["self"])
+        waited += time.perf_counter() - start
+    body = _counts_and_cpu(account)
+    cpu = body["cpu_seconds"]
+    assert set(cpu) == set(body["requests"]) == {"ec2:CreateVolume", "ec2:CreateSnapshot", "ec2:DeleteVolume", "ec2:DescribeImages", "ec2:DescribeSnapshots"}
+    assert all(seconds > 0 for seconds in cpu.values()), cpu
+    assert cpu["ec2:DescribeImages"] + cpu["ec2:DescribeSnapshots"] <= waited, (cpu, waited)
+    assert _counts_and_cpu(other_account)["cpu_seconds"] == {}
+    _clear(account)
+    assert _counts_and_cpu(account)["cpu_seconds"] == {}

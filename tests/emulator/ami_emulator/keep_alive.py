@@ -41,6 +41,8 @@ from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.exceptions import InternalServerError
 from werkzeug.wsgi import LimitedStream
 
+from . import request_counts
+
 # Unread request body drained at most: beyond this the connection is closed instead (a client
 # that sent a large body the app refused early gets the answer, then a closed connection).
 MAX_DRAIN_BYTES = 64 * 1024 * 1024
@@ -94,6 +96,15 @@ class KeepAliveRequestHandler(MotoRequestHandler):
         # stays open, Nagle's algorithm would hold it back until the client's delayed ACK
         # (~40 ms per request). With one connection per request the close flushed it.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        # The server CPU of each request, for its account's request counts (request_counts).
+        request_counts.begin_request()
+        start = time.thread_time()
+        try:
+            super().handle_one_request()
+        finally:
+            request_counts.end_request(time.thread_time() - start)
 
     def date_time_string(self, timestamp: float | None = None) -> str:
         # The Date header has a resolution of one second (RFC 9110 section 5.6.7): formatted
