@@ -245,3 +245,157 @@ def test_the_access_log_has_only_the_requests_not_answered_with_success_unless_a
     finally:
         logger.removeHandler(collect)
         logger.setLevel(level)
+
+
+# Requests for the plain path's comparison with http.server's and werkzeug's own parsing: each
+# with whether it takes the plain path. The target, method, version and header block of each
+# second group request leaves the plain path for one reason (its comment).
+_H = b"Host: emulator.test\r\n"
+_PARSING_CASES: list[tuple[bool, bytes]] = [
+    (True, b"POST / HTTP/1.1\r\n" + _H + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\nAction=Test"),
+    (True, b"GET /ami-pipeline-emulator/requests?account_id=1&a=b/c HTTP/1.1\r\n" + _H + b"\r\n"),
+    (True, b"GET /?x= HTTP/1.1\r\n" + _H + b"X-Dup: a\r\nX-Other: 1\r\nx-dup: b\r\n\r\n"),
+    (True, b"POST /two-types HTTP/1.1\r\n" + _H + b"Content-Type: text/plain\r\nContent-Type: text/xml\r\nContent-Length: 2\r\n\r\nhi"),
+    (True, b"GET /close HTTP/1.1\r\n" + _H + b"Connection: close\r\n\r\n"),
+    (True, b"GET /Close HTTP/1.1\r\n" + _H + b"Connection: Close\r\n\r\n"),
+    (True, b"GET /keep HTTP/1.1\r\n" + _H + b"Connection: Keep-Alive\r\nconnection: close\r\n\r\n"),
+    (True, b"GET /spaces HTTP/1.1\r\n" + _H + b"X-Pad: \t  value with spaces  \r\nX-Empty:\r\nX-Blank:   \r\n\r\n"),
+    (True, b"GET /bare-lf HTTP/1.1\r\nHost: emulator.test\nX-A: 1\n\n"),
+    (True, b"HEAD /head HTTP/1.1\r\n" + _H + b"\r\n"),
+    (True, b"DELETE /x;p=1,2:3@4!$&'()*+ HTTP/1.1\r\n" + _H + b"Content-Length:  3  \r\n\r\nabc"),
+    (True, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+    # 100 Continue
+    (False, b"POST /expect HTTP/1.1\r\n" + _H + b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\nbody"),
+    # chunked body
+    (False, b"POST /chunked HTTP/1.1\r\n" + _H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    # underscores: werkzeug drops the field, moto keeps x-amz-meta-* ones
+    (False, b"GET /under HTTP/1.1\r\n" + _H + b"X_Under: 1\r\nX-Amz-Meta-My_Key: v\r\n\r\n"),
+    # framing errors: two lengths, a length that is not a number
+    (False, b"POST /two-lengths HTTP/1.1\r\n" + _H + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nx"),
+    (False, b"POST /bad-length HTTP/1.1\r\n" + _H + b"Content-Length: 1x\r\n\r\nx"),
+    # targets http.server, urlsplit or unquote change
+    (False, b"GET //double/slash HTTP/1.1\r\n" + _H + b"\r\n"),
+    (False, b"GET /a%20b%2F?q=%41 HTTP/1.1\r\n" + _H + b"\r\n"),
+    (False, b"GET /frag?x=1#part HTTP/1.1\r\n" + _H + b"\r\n"),
+    (False, b"GET http://other.test/absolute HTTP/1.1\r\n" + _H + b"\r\n"),
+    (False, b"GET /tab\tin HTTP/1.1\r\n" + _H + b"\r\n"),
+    # other request lines: HTTP/1.0, a lower-case method, two spaces
+    (False, b"GET /old HTTP/1.0\r\n" + _H + b"\r\n"),
+    (False, b"get /lower HTTP/1.1\r\n" + _H + b"\r\n"),
+    (False, b"GET  /two-spaces HTTP/1.1\r\n" + _H + b"\r\n"),
+    # header blocks the email parser reads: a folded line, a byte outside US-ASCII, a line
+    # without a colon, a bare CR, a multipart type
+    (False, b"GET /folded HTTP/1.1\r\n" + _H + b"X-Long: one\r\n two\r\n\r\n"),
+    (False, b"GET /latin HTTP/1.1\r\n" + _H + b"X-Name: caf\xe9\r\n\r\n"),
+    (False, b"GET /no-colon HTTP/1.1\r\n" + _H + b"just words\r\n\r\n"),
+    (False, b"GET /bare-cr HTTP/1.1\r\n" + _H + b"X-A: 1\r2\r\n\r\n"),
+    (False, b"POST /multi HTTP/1.1\r\n" + _H + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 0\r\n\r\n"),
+    # http.client's limits: 100 header lines, 65,536 bytes a line (both answered 431)
+    (False, b"GET /many HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n"),
+    (False, b"GET /long HTTP/1.1\r\n" + _H + b"X-Long: " + b"a" * 66000 + b"\r\n\r\n"),
+]
+
+
+def _parsing_server(plain: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """A keep-alive server with the plain path on or off whose handler and app record what each
+    request was parsed into (everything but the objects and the client's port)."""
+    import sys as _sys
+
+    from werkzeug.serving import make_server
+
+    from ami_emulator.keep_alive import KeepAliveRequestHandler
+
+    seen: list[dict[str, Any]] = []
+
+    class Recording(KeepAliveRequestHandler):
+        plain_requests = plain
+
+        def parse_request(self) -> bool:
+            self.__dict__.pop("headers", None)  # a failed parse would show the last request's
+            ok = super().parse_request()
+            headers = getattr(self, "headers", None)
+            seen.append(
+                {
+                    "ok": ok,
+                    "plain": self._plain is not None,
+                    "command": self.command,
+                    "path": getattr(self, "path", None),
+                    "version": self.request_version,
+                    "requestline": self.requestline,
+                    "close": self.close_connection,
+                    "headers": None if headers is None else (type(headers), list(headers.raw_items()), headers.get_payload(), [type(d) for d in headers.defects]),
+                }
+            )
+            return ok
+
+        def handle_one_request(self) -> None:
+            super().handle_one_request()
+            seen.append({"close after": self.close_connection})
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read()
+        assert environ["wsgi.errors"] is _sys.stderr
+        seen.append(
+            {
+                "environ": {
+                    k: v for k, v in environ.items() if k not in ("wsgi.input", "werkzeug.socket", "wsgi.errors", "REMOTE_PORT", "SERVER_PORT")
+                },
+                "input": type(environ["wsgi.input"]).__name__,
+                "socket": type(environ["werkzeug.socket"]).__name__,
+                "body": body,
+            }
+        )
+        answer = b"read %d bytes" % len(body)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    return make_server("127.0.0.1", 0, app, threaded=True, request_handler=Recording), seen
+
+
+def test_plain_requests_are_parsed_as_http_server_werkzeug_and_moto_parse_them() -> None:
+    """``KeepAliveRequestHandler.parse_request``'s plain path against the general one (the same
+    handler with ``plain_requests = False``): for each request of ``_PARSING_CASES``, the same
+    handler state (command, path, version, request line, the ``HTTPMessage`` with its payload and
+    defects, ``close_connection`` before and after), the same environ (every key, the body the app
+    reads) and the same answer (status, headers but the date, body); and exactly the first group
+    took the plain path."""
+    import re as _re
+    import threading
+
+    observed: dict[bool, list[Any]] = {}
+    for plain in (True, False):
+        server, seen = _parsing_server(plain)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            results = []
+            for _, raw in _PARSING_CASES:
+                seen.clear()
+                with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+                    sock.sendall(raw)
+                    resp = http.client.HTTPResponse(sock, method=raw.split(b" ", 1)[0].decode())
+                    resp.begin()
+                    headers = [(k, _re.sub(r"\d\d:\d\d:\d\d", "T", v) if k == "Date" else v) for k, v in resp.getheaders()]
+                    answer = (resp.status, resp.reason, headers, resp.read())
+                    # The server's end of the connection closes once it has read the end of
+                    # input (or closed after its answer): its records are complete then.
+                    sock.shutdown(socket.SHUT_WR)
+                    while not _closed(sock):
+                        pass
+                results.append((list(seen), answer))
+            observed[plain] = results
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    took_plain = [[s["plain"] for s in seen if "plain" in s] for seen, _ in observed[True]]
+    assert took_plain == [[expected] for expected, _ in _PARSING_CASES]
+    assert not any(s.get("plain") for seen, _ in observed[False] for s in seen)
+    for (expected, raw), with_plain, general in zip(_PARSING_CASES, observed[True], observed[False]):
+        strip = lambda seen: [{k: v for k, v in s.items() if k != "plain"} for s in seen]  # noqa: E731
+        assert strip(with_plain[0]) == strip(general[0]), raw[:60]
+        assert with_plain[1] == general[1], raw[:60]
+    # The plain requests were answered by the app, with their bodies.
+    answered = [answer for (expected, _), (_, answer) in zip(_PARSING_CASES, observed[True]) if expected]
+    assert [a[0] for a in answered] == [200] * len(answered)
+    assert answered[0][3] == b"read 11 bytes"

@@ -10,7 +10,9 @@ means the emulator is ready, and connections are persistent as AWS's are
 connection per request), and EC2's Query requests reach moto's ``EC2Response`` without the Flask
 app around it (``direct_dispatch``; ``--dispatch flask`` serves every request through Flask),
 the per-image calls of a cleanup among them without moto's generic request parsing and response
-serialization (``fast_lane``; ``--lane off`` serves them through moto's).
+serialization (``fast_lane``; ``--lane off`` serves them through moto's), and the plain requests
+SDKs send are parsed without http.server's general header handling
+(``KeepAliveRequestHandler.parse_request``; ``--plain-requests off`` parses every request with it).
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
         help="on: DescribeImageAttribute, DeregisterImage and DeleteSnapshot set up and answered by ami_emulator.fast_lane (default); off: by moto",
     )
     parser.add_argument(
+        "--plain-requests",
+        choices=("on", "off"),
+        default=os.environ.get("AMI_EMULATOR_PLAIN_REQUESTS", "on"),
+        help="on: plain requests on a persistent connection parsed by keep_alive's plain path (default); off: every request by http.server and werkzeug",
+    )
+    parser.add_argument(
         "--access-log",
         choices=("errors", "all"),
         default=os.environ.get("AMI_EMULATOR_ACCESS_LOG", "errors"),
@@ -88,10 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit)
     app = DirectDispatch(dispatcher, lane=args.lane == "on") if args.dispatch == "direct" else dispatcher
     handler = KeepAliveRequestHandler if args.connection == "keep-alive" else MotoRequestHandler
+    if args.connection == "keep-alive" and args.plain_requests == "off":
+        handler = type("GeneralKeepAliveRequestHandler", (KeepAliveRequestHandler,), {"plain_requests": False})
     if args.access_log == "errors":
         handler = errors_only(handler)
     print(
-        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, lane: {args.lane}, access log: {args.access_log})",
+        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, lane: {args.lane}, plain requests: {args.plain_requests}, access log: {args.access_log})",
         flush=True,
     )
     run_simple(

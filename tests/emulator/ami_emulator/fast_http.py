@@ -24,10 +24,15 @@ import http.client
 import re
 from typing import Any
 
-# A field name as the email package's feed parser recognises one (headerRE: printable US-ASCII
-# but the colon) and HTTP's token rule (no separators), so a line it treats any other way (a
-# defect, a continuation, a Unix From line) never takes the fast path.
-_FIELD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:")
+# One plain line: a field name as the email package's feed parser recognises one (headerRE:
+# printable US-ASCII but the colon) and HTTP's token rule (no separators), so a line it treats
+# any other way (a defect, a continuation, a Unix From line) is not one; then the value the email
+# package stores (the text after the colon without its leading spaces and tabs, and without the
+# line's CRLF or LF), with no CR or LF in it, so a line with a bare CR (which the email parser
+# splits) is not one either.
+_LINE_TEXT = r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*)\r?\n"
+_LINE = re.compile(_LINE_TEXT)
+_BLOCK = re.compile(f"(?:{_LINE_TEXT})*")
 
 # Content types whose (empty) body the email parser parses as MIME parts or a message, with
 # defects and a payload of its own.
@@ -51,21 +56,34 @@ def _plain(lines: list[bytes], _class: type) -> Any:
     decide. ``lines`` ends with its terminator (a blank line, or b"" at the end of input)."""
     if _class is not http.client.HTTPMessage:
         return None  # another class may take another policy from the parser
+    fields = plain_fields(lines)
+    return None if fields is None else message_of(fields)
+
+
+def plain_fields(lines: list[bytes]) -> list[tuple[str, str]] | None:
+    """The ``(name, value)`` pairs of a block of plain ``Name: value`` lines, in order, each value
+    trimmed as the email package stores it; None for any block the email parser must read.
+    ``lines`` ends with its terminator (a blank line, or b"" at the end of input)."""
     if not lines or lines[-1] not in (b"\r\n", b"\n"):
         return None  # no blank line: the parser sees a truncated block
-    message = _class()
-    for raw in lines[:-1]:
-        match = _FIELD.match(raw)
-        if match is None or not raw.isascii():
-            return None
-        line = raw.decode("ascii")
-        if "\r" in line[:-2] or not line.endswith("\n"):
-            return None  # a bare CR inside a line splits it for the email parser
-        name_end = match.end() - 1
-        value = line[name_end + 1 :].lstrip(" \t").rstrip("\r\n")
-        if name_end == 12 and line[:12].lower() == "content-type" and value.lstrip().lower().startswith(_STRUCTURED):
+    block = b"".join(lines[:-1])
+    if not block.isascii():
+        return None
+    text = block.decode("ascii")
+    if _BLOCK.fullmatch(text) is None:
+        return None
+    fields = _LINE.findall(text)
+    for name, value in fields:
+        if len(name) == 12 and name.lower() == "content-type" and value.lstrip().lower().startswith(_STRUCTURED):
             return None  # the parser reads a multipart or message/* body after the block
-        message.set_raw(line[:name_end], value)
+    return fields
+
+
+def message_of(fields: list[tuple[str, str]]) -> http.client.HTTPMessage:
+    """The ``HTTPMessage`` the email parser builds for the plain block ``fields`` came from."""
+    message = http.client.HTTPMessage()
+    for name, value in fields:
+        message.set_raw(name, value)
     message.set_payload("")
     return message
 
