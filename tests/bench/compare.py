@@ -3,7 +3,7 @@
 Run by ``scripts/bench-cleanup compare`` (which starts the emulator, builds ``bench_cleanup`` and
 prepares aws-amicleaner's virtualenv), with the emulator venv's Python (boto3 1.44.5)::
 
-    compare.py --bench-bin PATH --amicleaner PATH [--seed S] [--rate-limited] [N ...]
+    compare.py --bench-bin PATH --amicleaner PATH [--seed S] [--rate-limited] [--repeat K] [N ...]
 
 For each size N (default 1500 and 10000):
 
@@ -783,7 +783,8 @@ def compare(
     rate_limited: bool,
     workdir: str,
     ours_env: dict[str, str],
-) -> None:
+) -> tuple[float, float]:
+    """One comparison (the module docstring's steps); returns the walls (amicleaner, ours)."""
     now = datetime.now(timezone.utc)
     fixture = make_fixture(n, seed, now)
     truth = ground_truth(fixture, now)
@@ -816,6 +817,29 @@ def compare(
     print("\n  where aws-amicleaner's options cannot say our policy:")
     for m in AMICLEANER_MISMATCHES:
         print(f"    - {m}")
+    return amic.wall_s, ours.wall_s
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def repeat_summary(n: int, walls: list[tuple[float, float]]) -> str:
+    """The line printed after ``--repeat`` comparisons of one size: each tool's wall and the
+    ratio (amicleaner / ours), as the median and the range over the runs. A run where ours has
+    no wall (it failed before timing) gives no ratio."""
+    amic = [a for a, _ in walls]
+    ours = [o for _, o in walls]
+    ratios = [a / o for a, o in walls if o > 0]
+    parts = [
+        f"aws-amicleaner wall median {_median(amic):.1f} s ({min(amic):.1f}-{max(amic):.1f})",
+        f"ours {_median(ours):.1f} s ({min(ours):.1f}-{max(ours):.1f})",
+    ]
+    if ratios:
+        parts.append(f"ratio median {_median(ratios):.2f}x ({min(ratios):.2f}x-{max(ratios):.2f}x)")
+    return f"{n} images, {len(walls)} comparisons: " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -832,9 +856,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a setting of our function over the bench's policy (e.g. API_BUDGET_PERCENT=100); repeatable",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K comparisons of each size, each on an emulator reset before it (moto's reset), then the median and range (default 1)",
+    )
     args = p.parse_args(argv)
     if any(n < 1 for n in args.sizes):
         p.error("sizes must be >= 1")
+    if not 1 <= args.repeat <= 20:
+        p.error("--repeat must be 1 to 20")
     ours_env: dict[str, str] = {}
     for item in args.ours_env:
         name, sep, value = item.partition("=")
@@ -851,10 +884,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"API_BUDGET_PERCENT={budget!r}: expected whole percent")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     workdir = tempfile.mkdtemp(prefix="ami-bench-compare-")
-    for n in args.sizes:
-        sub = os.path.join(workdir, str(n))
-        os.makedirs(sub)
-        compare(n, seed, args.bench_bin, args.amicleaner, args.rate_limited, sub, ours_env)
+    summaries = []
+    for i, n in enumerate(args.sizes):
+        walls = []
+        for k in range(args.repeat):
+            if i or k:
+                # Every comparison on an emptied emulator: the accounts of the ones before it
+                # would otherwise stay in its heap, and its garbage collector walks them all.
+                control("POST", "/moto-api/reset")
+            sub = os.path.join(workdir, str(n) if args.repeat == 1 else f"{n}-{k + 1}")
+            os.makedirs(sub)
+            walls.append(compare(n, seed, args.bench_bin, args.amicleaner, args.rate_limited, sub, ours_env))
+        if args.repeat > 1:
+            summaries.append(repeat_summary(n, walls))
+    if summaries:
+        print()
+        for line in summaries:
+            print(line)
     return 0
 
 

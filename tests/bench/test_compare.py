@@ -183,3 +183,15 @@ def test_emulator_cpu_is_read_from_proc_of_the_pid_given(monkeypatch: pytest.Mon
     assert after is not None and after - before >= 0.2, (before, after)
     monkeypatch.setenv("AMI_BENCH_EMULATOR_PID", "999999999")
     assert compare.emulator_cpu_s() is None
+
+
+def test_repeat_summary_gives_each_wall_and_the_ratio_as_median_and_range() -> None:
+    walls = [(6.0, 3.0), (5.0, 2.0), (4.0, 4.0)]
+    assert compare.repeat_summary(1500, walls) == (
+        "1500 images, 3 comparisons: aws-amicleaner wall median 5.0 s (4.0-6.0); "
+        "ours 3.0 s (2.0-4.0); ratio median 2.00x (1.00x-2.50x)"
+    )
+    # An even count: the middle two averaged; each ratio is of its own run's walls.
+    assert compare.repeat_summary(10, [(3.0, 1.0), (4.0, 1.0)]).endswith("ratio median 3.50x (3.00x-4.00x)")
+    # A run of ours that failed before it was timed gives no ratio.
+    assert compare.repeat_summary(10, [(3.0, 0.0)]).endswith("ours 0.0 s (0.0-0.0)")
