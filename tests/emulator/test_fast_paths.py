@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import datetime, timezone
+
 import io
 import re
 import urllib.error
@@ -769,6 +772,10 @@ def checked_server() -> Iterator[tuple[str, dict[str, int], list[str]]]:
             return fast
 
     saved = (http.client.parse_headers, moto_serialize.ResponseSerializer.get_value, moto_serialize.xmltodict)
+    # Lists written directly put text xmltodict cannot take in the body; they are compared with
+    # moto's whole answers by test_lists_written_directly_answer_as_moto_does instead.
+    lists = fast_serialize.LISTS
+    fast_serialize.LISTS = False
     http.client.parse_headers = headers
     moto_serialize.ResponseSerializer.get_value = value  # type: ignore[method-assign]
     moto_serialize.xmltodict = CheckedXml()  # type: ignore[assignment]
@@ -782,6 +789,7 @@ def checked_server() -> Iterator[tuple[str, dict[str, int], list[str]]]:
         server.shutdown()
         server.server_close()
         http.client.parse_headers, moto_serialize.ResponseSerializer.get_value, moto_serialize.xmltodict = saved
+        fast_serialize.LISTS = lists
 
 
 def test_fast_paths_answer_a_boto3_workload_as_the_slow_ones(checked_server: tuple[str, dict[str, int], list[str]]) -> None:
@@ -992,6 +1000,143 @@ def test_ec2_requests_without_flask_are_answered_as_through_it() -> None:
     # refused by the api_rules gate before the app). Directly, only AssumeRole, the two CORS
     # requests and the reset did.
     assert (flask_pushes, direct_pushes) == (len(flask_answers) + 3, 5), (flask_pushes, direct_pushes, len(flask_answers))
+
+
+def _list_workload(endpoint: str, account_id: str) -> None:
+    """``_ec2_workload`` and answers made of lists of structures in other shapes: instances
+    (reservations, groups, mappings, tags and none, timestamps), volumes with attachments, launch template
+    versions, security groups (nested permission lists), tags, regions and zones, empty lists,
+    and an image whose mappings and tags are all there is to it."""
+    _ec2_workload(endpoint, account_id)
+    ec2 = Account(endpoint, account_id).ec2()
+    snapshot = make_snapshot(ec2, 1)
+    image = register(ec2, "lists-0", snapshot)
+    ec2.create_tags(Resources=[image], Tags=[{"Key": f"k{n}", "Value": "v & <w>" if n % 2 else ""} for n in range(4)])
+    run = ec2.run_instances(
+        ImageId=image, MinCount=2, MaxCount=2, InstanceType="t3.micro",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "role", "Value": "web"}]}],
+    )
+    untagged = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")["Instances"][0]["InstanceId"]
+    ec2.describe_instances()
+    ec2.describe_instances(InstanceIds=[run["Instances"][0]["InstanceId"], untagged])
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=2)["VolumeId"]
+    ec2.describe_volumes()
+    ec2.describe_volumes(VolumeIds=[volume])
+    ec2.create_launch_template(LaunchTemplateName="lists", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
+    ec2.describe_launch_template_versions(LaunchTemplateName="lists")
+    group = ec2.create_security_group(GroupName="lists", Description="lists")["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "10.0.0.0/8", "Description": "a & b"}]}],
+    )
+    ec2.describe_security_groups(GroupIds=[group])
+    ec2.describe_tags()
+    ec2.describe_regions()
+    ec2.describe_availability_zones()
+    ec2.describe_images(ImageIds=[image])
+    ec2.describe_images(Filters=[{"Name": "name", "Values": ["no-such-image"]}])
+    ec2.describe_snapshots(SnapshotIds=[snapshot])
+    ec2.describe_image_references(ImageIds=[image], IncludeAllResourceTypes=True)
+
+
+def test_lists_written_directly_answer_as_moto_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast_serialize._serialize_type_list``: the same boto3 workload, from the same state and
+    random seed, with EC2's lists of structures written directly and with every list through
+    moto's serializer: every answer, status, headers and body, is the same once times are
+    blanked; and the direct path wrote the lists of the describes (images, instances, volumes,
+    snapshots, tags, groups...)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from ami_emulator import apply_extensions, fast_serialize
+    from ami_emulator.direct_dispatch import DirectDispatch
+
+    apply_extensions()
+    dispatcher = DomainDispatcherApplication(create_backend_app)
+    app = DirectDispatch(dispatcher)
+    written: Counter[str] = Counter()
+    structure = fast_serialize._structure
+
+    def counting(self: Any, parts: list[str], value: Any, shape: Any, tag: str, in_list: bool) -> None:
+        if in_list:
+            written[shape.name] += 1
+        structure(self, parts, value, shape, tag, in_list)
+
+    monkeypatch.setattr(fast_serialize, "_structure", counting)
+    answers = {}
+    for name, lists in (("warm-up", False), ("moto", False), ("direct", True)):
+        monkeypatch.setattr(fast_serialize, "LISTS", lists)
+        written.clear()
+        answers[name] = _exchange(app, dispatcher, _list_workload)
+    assert len(answers["moto"]) == len(answers["direct"]) >= 40
+    # RunInstances' client token is a uuid4 of Python's own random, not moto's seeded one.
+    token = re.compile(rb"<clientToken>[0-9a-f-]{36}</clientToken>")
+    for through_moto, direct in zip(answers["moto"], answers["direct"]):
+        blank = lambda answer: (*answer[:3], token.sub(b"<clientToken/>", answer[3]))  # noqa: E731
+        assert blank(direct) == blank(through_moto)
+    for shape in ("Image", "BlockDeviceMapping", "Tag", "Reservation", "Instance", "Volume", "Snapshot", "TagDescription", "SecurityGroup", "IpPermission", "Region"):
+        assert written[shape] > 0, (shape, written)
+
+
+class _Picked:
+    """An object moto's value picker reads by attribute (as it reads its models)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+_NOW = datetime(2026, 12, 3, 12, 0, 0, 123000, tzinfo=timezone.utc)
+# DescribeImages results with values at the edges of moto's serializer: None entries, entries
+# with nothing to write, empty and all-empty lists, booleans given as text or numbers, numbers
+# as text, text to escape, empty text, timestamps, the CreationDate transformer, nested
+# structures empty and not, objects beside dicts.
+_LIST_EDGES: list[Any] = [
+    [],
+    [None],
+    [None, {}, {"ImageId": None}],
+    [{"ImageId": ""}, {"ImageId": "ami-1 & <2>", "Name": "\u00e9\u00e8"}],
+    [{"Public": "True"}, {"Public": "false"}, {"Public": 1}, {"Public": True}, {"EnaSupport": "TRUE"}],
+    [{"BlockDeviceMappings": []}, {"BlockDeviceMappings": [None, {}]}, {"BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {}}]}],
+    [{"BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": "08", "DeleteOnTermination": "true", "Iops": 3000.0}}]}],
+    [{"Tags": [{"Key": "k", "Value": ""}, {"Key": "", "Value": "v"}, {}]}, {"ProductCodes": [{"ProductCodeId": "x"}]}],
+    [{"StateReason": {}}, {"StateReason": {"Code": "c", "Message": "m & n"}}],
+    [{"CreationDate": _NOW}, {"CreationDate": "2025-01-02T03:04:05.123Z"}],
+    [{"ScanResults": {"FindingScanDate": _NOW}}, {"ImageWatermarks": [{"SourceImageCreationTime": _NOW}]}],
+    [_Picked(id="ami-1", name="n", public=True, tags=[{"Key": "a", "Value": "b"}], creation_date="2025-01-02T03:04:05.000Z")],
+]
+
+
+@pytest.mark.parametrize("images", _LIST_EDGES)
+def test_lists_written_directly_match_moto_at_the_edges(images: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DescribeImages answer of each edge list, through EC2's serializer with the lists
+    written directly and with moto's: the same body."""
+    from moto.core.responses import ActionContext, ActionResult
+    from moto.core.serialize import EC2Serializer
+    from moto.core.utils import get_service_model
+    from moto.ec2.responses import EC2Response
+
+    from ami_emulator import apply_extensions, fast_serialize
+
+    apply_extensions()
+    operation = get_service_model("ec2").operation_model("DescribeImages")
+    context = ActionContext(operation.service_model, operation, EC2Serializer, EC2Response())
+    calls = []
+    structure = fast_serialize._structure
+
+    def counting(self: Any, parts: list[str], value: Any, shape: Any, tag: str, in_list: bool) -> None:
+        calls.append(shape.name)
+        structure(self, parts, value, shape, tag, in_list)
+
+    monkeypatch.setattr(fast_serialize, "_structure", counting)
+    bodies = []
+    for lists in (False, True):
+        monkeypatch.setattr(fast_serialize, "LISTS", lists)
+        status, headers, body = ActionResult({"Images": images}).execute_result(context)
+        bodies.append((status, body if isinstance(body, str) else body.decode()))
+    moto_answer, direct = bodies
+    assert direct == moto_answer
+    assert "imagesSet" in direct[1]
+    # Only the direct run wrote lists, one call for each image at least.
+    assert calls.count("Image") == len(images)
 
 
 # ---------------------------------------------------------------------------------------------

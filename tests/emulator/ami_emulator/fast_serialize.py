@@ -32,6 +32,14 @@ xmltodict's own value conversion and name check (the latter once per distinct na
 comment key, an ``@xmlns`` map, an iterable other than a list or tuple, pretty printing, a second
 root — is handed to xmltodict itself. It is installed only over the xmltodict release it was
 written against (``XMLTODICT_VERSION``).
+
+With it, EC2's lists of structures (the images of a DescribeImages page, their mappings and tags,
+instances, volumes, snapshots...) are written as XML as moto's serializer walks them
+(``_serialize_type_list``): the same member values from ``get_value`` on the same key path, the
+same conversions, and the text ``unparse`` would give moto's dicts; the list's element then holds
+that text. A shape with anything else in it (a map, a float, a blob, an XML attribute or
+namespace, a flattened list, two members under one name) and a pretty-printed answer are
+moto's. ``LISTS = False`` serializes every list as moto does (for comparison).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ import xmltodict
 from moto.core.serialize import (
     DEFAULT_ALIAS_PROVIDERS,
     AttributePickerContext,
+    BaseXMLSerializer,
+    EC2Serializer,
     ResponseSerializer,
     XFormedAttributePicker,
 )
@@ -168,7 +178,25 @@ def unparse(input_dict: Any, output: Any = None, encoding: str = "utf-8", full_d
             raise _Delegate
         return "".join(writer.out)
     except _Delegate:
+        if _holds_raw(input_dict):
+            # Text written ahead for xmltodict would be escaped as a value: never a wrong answer.
+            raise RuntimeError("fast_serialize: an answer with pre-written XML cannot go to xmltodict")
         return _unparse(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+
+
+class _Raw(str):
+    """The XML of a list's entries, written ahead by ``_serialize_type_list`` (see there):
+    the writer puts it between the list's tags as it is."""
+
+
+def _holds_raw(value: Any) -> bool:
+    if isinstance(value, _Raw):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_raw(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_raw(v) for v in value)
+    return False
 
 
 def _check_name(name: Any, kind: str) -> None:
@@ -199,6 +227,13 @@ class _Writer:
         if single_root and depth == 0 and len(value) > 1:
             raise _Delegate  # xmltodict's "document with multiple roots" error
         out = self.out
+        if type(value) is list and len(value) == 1 and type(value[0]) is _Raw:
+            # What the loop below writes for a dict of complete child elements.
+            if self.pending:
+                out.append(">")
+                self.pending = False
+            out.append(f"<{key}>{value[0]}</{key}>")
+            return
         for v in value:
             if v is None:
                 v = {}
@@ -247,6 +282,142 @@ class _Writer:
                 out.append(f"</{key}>")
 
 
+# -- Lists of structures written as XML directly ---------------------------------------------
+
+_original_serialize_type_list = BaseXMLSerializer._serialize_type_list
+
+# Scalar shape types written here, as moto's EC2 serializer converts them (``str``, its boolean
+# test, ``int``, its timestamp serializer); any other type in a structure takes moto's path.
+_SCALARS = frozenset(("string", "boolean", "integer", "long", "timestamp"))
+
+# False: every list through moto's ``_serialize_type_list`` (for comparison).
+LISTS = True
+
+# id(shape) -> (shape, whether its values can be written here); shapes are the cached model's.
+_simple: dict[int, tuple[Any, bool]] = {}
+
+
+def _writable(shape: Any, seen: frozenset[int] = frozenset()) -> bool:
+    """Whether every value of ``shape`` can be written here: structures, lists that are not
+    flattened and the scalars above, none an XML attribute or namespace, no two members of a
+    structure under one name."""
+    kept = _simple.get(id(shape))
+    if kept is not None and kept[0] is shape:
+        return kept[1]
+    if id(shape) in seen:
+        return False  # a recursive shape: left to moto
+    seen = seen | {id(shape)}
+    serialization = shape.serialization
+    ok = not serialization.get("xmlAttribute") and not serialization.get("xmlNamespace")
+    if ok and shape.type_name == "structure":
+        names = [m.serialization.get("name", k) for k, m in shape.members.items()]
+        ok = len(set(names)) == len(names) and all(_writable(m, seen) for m in shape.members.values())
+    elif ok and shape.type_name == "list":
+        ok = not shape.is_flattened and _writable(shape.member, seen)
+    elif ok:
+        ok = shape.type_name in _SCALARS
+    _kept(_simple, id(shape), (shape, ok))
+    return ok
+
+
+def _serialize_type_list(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+    """``BaseXMLSerializer._serialize_type_list`` for EC2's answers: a list whose entries are
+    structures (an image, its block device mappings, its tags) is written as XML here, with the
+    same member values (``get_value`` on the same key path), the same conversions and the same
+    text as moto's dicts through ``unparse`` would give; the list's element then holds that
+    text (``_Raw``). Any other list, and any list when the answer is pretty-printed, is moto's."""
+    member = shape.member
+    if (
+        not LISTS
+        or self.pretty_print
+        or not _fast_unparse_installed
+        or member.type_name != "structure"
+        or not _writable(shape)
+    ):
+        return _original_serialize_type_list(self, serialized, value, shape, key)
+    parts: list[str] = []
+    tag = member.serialization.get("name", "member")
+    for item in value:
+        self.path.append(member.name)
+        try:
+            _structure(self, parts, item, member, tag, True)
+        finally:
+            self.path.pop()
+    name = shape.serialization.get("name", key)
+    serialized[name] = _Raw("".join(parts)) if parts else ""
+
+
+def _structure(self: Any, parts: list[str], value: Any, shape: Any, tag: str, in_list: bool) -> None:
+    """Appends ``<tag>`` with ``value``'s members (moto's ``_serialize_type_structure`` into a
+    dict, then the writer): nothing for None; in a list, nothing when no member has a value
+    (moto drops an empty entry); elsewhere ``<tag/>`` then."""
+    if value is None:
+        return
+    start = len(parts)
+    parts.append(f"<{tag}>")
+    for member_key, member_shape in shape.members.items():
+        member_shape.parent = shape
+        member_value = self.get_value(value, member_key, member_shape)
+        if member_value is None:
+            continue
+        self.path.append(member_key)
+        try:
+            _member(self, parts, member_value, member_shape, member_key)
+        finally:
+            self.path.pop()
+    if len(parts) == start + 1:
+        if in_list:
+            del parts[start:]
+        else:
+            parts[start] = f"<{tag}/>"
+        return
+    parts.append(f"</{tag}>")
+
+
+def _member(self: Any, parts: list[str], value: Any, shape: Any, key: str) -> None:
+    name = shape.serialization.get("name", key)
+    kind = shape.type_name
+    if kind == "structure":
+        _structure(self, parts, value, shape, name, False)
+        return
+    if kind == "list":
+        member = shape.member
+        tag = member.serialization.get("name", "member")
+        start = len(parts)
+        parts.append(f"<{name}>")
+        for item in value:
+            self.path.append(member.name)
+            try:
+                if member.type_name == "structure":
+                    _structure(self, parts, item, member, tag, True)
+                else:
+                    _scalar_element(self, parts, item, member, tag)
+            finally:
+                self.path.pop()
+        if len(parts) == start + 1:
+            parts[start] = f"<{name}/>"  # moto's "" for an empty list
+        else:
+            parts.append(f"</{name}>")
+        return
+    _scalar_element(self, parts, value, shape, name)
+
+
+def _scalar_element(self: Any, parts: list[str], value: Any, shape: Any, tag: str) -> None:
+    kind = shape.type_name
+    if kind == "boolean":
+        text = "true" if (value is True or str(value).lower() == "true") else "false"
+    elif kind in ("integer", "long"):
+        text = str(int(value))
+    elif kind == "timestamp":
+        wrapper: dict[str, Any] = {}
+        self._timestamp_serializer.serialize(wrapper, value, shape, "timestamp")
+        stamp = wrapper["timestamp"]
+        text = "" if stamp is None else _convert(stamp)
+    else:
+        text = str(value)
+    parts.append(f"<{tag}>{escape(text)}</{tag}>" if text else f"<{tag}/>")
+
+
 class _FastXmlToDict:
     """What ``moto.core.serialize`` reads of the ``xmltodict`` module, with the fast ``unparse``."""
 
@@ -257,13 +428,16 @@ class _FastXmlToDict:
 
 
 _installed = False
+_fast_unparse_installed = False
 
 
 def install() -> None:
-    global _installed
+    global _installed, _fast_unparse_installed
     if _installed:
         return
     ResponseSerializer.get_value = get_value  # type: ignore[method-assign]
     if importlib.metadata.version("xmltodict") == XMLTODICT_VERSION:
         moto_serialize.xmltodict = _FastXmlToDict()  # type: ignore[assignment]
+        _fast_unparse_installed = True
+        EC2Serializer._serialize_type_list = _serialize_type_list  # type: ignore[method-assign]
     _installed = True
