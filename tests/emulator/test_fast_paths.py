@@ -1077,6 +1077,19 @@ def test_lists_written_directly_answer_as_moto_does(monkeypatch: pytest.MonkeyPa
         assert written[shape] > 0, (shape, written)
 
 
+@pytest.mark.parametrize("kwargs", [{"pretty": True}, {"short_empty_elements": False}, {"full_document": True, "comment_key": "//"}])
+def test_an_answer_with_lists_written_ahead_is_never_handed_to_xmltodict(kwargs: dict[str, Any]) -> None:
+    """``unparse`` hands what its writer does not cover to xmltodict, which would escape text
+    written ahead as a value: such an answer raises instead, whichever way it would be handed
+    over; the same body without it still goes to xmltodict."""
+    from ami_emulator import fast_serialize
+
+    options = {"full_document": False, "short_empty_elements": True, **kwargs}
+    with pytest.raises(RuntimeError, match="pre-written XML"):
+        fast_serialize.unparse({"r": {"imagesSet": fast_serialize._Raw("<item><imageId>a</imageId></item>")}}, **options)
+    assert "imagesSet" in fast_serialize.unparse({"r": {"imagesSet": {"item": [{"imageId": "a"}]}}}, **options)
+
+
 class _Picked:
     """An object moto's value picker reads by attribute (as it reads its models)."""
 

@@ -161,7 +161,7 @@ def unparse(input_dict: Any, output: Any = None, encoding: str = "utf-8", full_d
             short_empty_elements: bool = False, comment_key: str = "#comment", **kwargs: Any) -> Any:
     """``xmltodict.unparse`` for moto's calls (see the module docstring); the same text."""
     if output is not None or encoding != "utf-8" or not short_empty_elements or comment_key != "#comment" or kwargs.keys() - {"pretty"} or kwargs.get("pretty"):
-        return _unparse(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+        return _delegated(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
     try:
         writer = _Writer()
         if full_document:
@@ -178,10 +178,16 @@ def unparse(input_dict: Any, output: Any = None, encoding: str = "utf-8", full_d
             raise _Delegate
         return "".join(writer.out)
     except _Delegate:
-        if _holds_raw(input_dict):
-            # Text written ahead for xmltodict would be escaped as a value: never a wrong answer.
-            raise RuntimeError("fast_serialize: an answer with pre-written XML cannot go to xmltodict")
-        return _unparse(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+        return _delegated(input_dict, output, encoding, full_document, short_empty_elements, comment_key, **kwargs)
+
+
+def _delegated(input_dict: Any, *args: Any, **kwargs: Any) -> Any:
+    """xmltodict's own ``unparse``, for anything the fast writer does not cover."""
+    if _holds_raw(input_dict):
+        # Text written ahead (``_Raw``) would be escaped by xmltodict as a value: an error, never
+        # a wrong answer.
+        raise RuntimeError("fast_serialize: an answer with pre-written XML cannot go to xmltodict")
+    return _unparse(input_dict, *args, **kwargs)
 
 
 class _Raw(str):
