@@ -40,6 +40,8 @@ start_emulator() {
     for _ in $(seq 1 240); do
         if python3 -c "import urllib.request,sys; urllib.request.urlopen('$AWS_ENDPOINT_URL/ami-pipeline-emulator/health', timeout=2)" 2>/dev/null; then
             log "emulator ready at $AWS_ENDPOINT_URL (log: $EMULATOR_LOG)"
+            # Its settings (connection, dispatch, lanes, CPU), as its first line gives them.
+            grep -m 1 '^ami_emulator: serving on' "$EMULATOR_LOG" || true
             return 0
         fi
         kill -0 "$EMULATOR_PID" 2>/dev/null || { tail -n 30 "$EMULATOR_LOG" >&2; die "the emulator exited"; }

@@ -1,7 +1,7 @@
 """``python -m ami_emulator --host 127.0.0.1 --port PORT``: moto's server plus the extensions.
 
 Mirrors ``moto.server.main`` (werkzeug ``run_simple`` with moto's ``DomainDispatcherApplication``
-and ``MotoRequestHandler``, threaded) with five differences: the extensions are applied first,
+and ``MotoRequestHandler``, threaded) with these differences: the extensions are applied first,
 the app is wrapped in ``FaultMiddleware`` (per-account fault injection and request counts) and
 ``ControlMiddleware`` (the ``/ami-pipeline-emulator/`` routes), the EC2/S3/STS/EBS backends
 are loaded before the port is bound, so the first request is fast and a successful TCP connect
@@ -13,6 +13,7 @@ the per-image calls of a cleanup among them without moto's generic request parsi
 serialization (``fast_lane``; ``--lane off`` serves them through moto's), and the plain requests
 SDKs send are parsed without http.server's general header handling
 (``KeepAliveRequestHandler.parse_request``; ``--plain-requests off`` parses every request with it).
+The server's threads are kept on one CPU (``affinity``; ``--cpu off`` leaves them to the kernel).
 """
 
 from __future__ import annotations
@@ -59,12 +60,23 @@ def main(argv: list[str] | None = None) -> None:
         help="on: plain requests on a persistent connection parsed by keep_alive's plain path (default); off: every request by http.server and werkzeug",
     )
     parser.add_argument(
+        "--cpu",
+        default=os.environ.get("AMI_EMULATOR_CPU", "auto"),
+        help="auto: every thread on the CPU the server starts on, with two or more allowed (default); off: threads moved freely by the kernel; N: on CPU N",
+    )
+    parser.add_argument(
         "--access-log",
         choices=("errors", "all"),
         default=os.environ.get("AMI_EMULATOR_ACCESS_LOG", "errors"),
         help="errors: werkzeug's access log line only for requests not answered 1xx-3xx (default); all: every request",
     )
     args = parser.parse_args(argv)
+    from . import affinity
+
+    try:
+        cpu, cpu_text = affinity.choose(args.cpu)
+    except affinity.AffinityError as exc:
+        parser.error(str(exc))
 
     os.environ.setdefault("MOTO_PORT", str(args.port))
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -100,8 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         handler = type("GeneralKeepAliveRequestHandler", (KeepAliveRequestHandler,), {"plain_requests": False})
     if args.access_log == "errors":
         handler = errors_only(handler)
+    # Last before serving: the threads running now are pinned, and each handler thread inherits
+    # the accepting thread's CPUs.
+    affinity.pin(cpu)
     print(
-        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, lane: {args.lane}, plain requests: {args.plain_requests}, access log: {args.access_log})",
+        f"ami_emulator: serving on http://{args.host}:{args.port} (connection: {args.connection}, dispatch: {args.dispatch}, lane: {args.lane}, plain requests: {args.plain_requests}, cpu: {cpu_text}, access log: {args.access_log})",
         flush=True,
     )
     run_simple(
