@@ -195,3 +195,26 @@ def test_repeat_summary_gives_each_wall_and_the_ratio_as_median_and_range() -> N
     assert compare.repeat_summary(10, [(3.0, 1.0), (4.0, 1.0)]).endswith("ratio median 3.50x (3.00x-4.00x)")
     # A run of ours that failed before it was timed gives no ratio.
     assert compare.repeat_summary(10, [(3.0, 0.0)]).endswith("ours 0.0 s (0.0-0.0)")
+
+
+def test_cpu_lists_are_read_in_the_kernels_format() -> None:
+    assert compare.cpu_list("0") == {0}
+    assert compare.cpu_list("0-2,5\n") == {0, 1, 2, 5}
+    assert compare.cpu_list("1,3-4") == {1, 3, 4}
+
+
+def test_tools_run_off_the_emulators_one_cpu_when_others_remain() -> None:
+    # The emulator kept on one CPU: the tools get every other CPU the harness may use.
+    assert compare.tool_cpus({1}, {0, 1}) == {0}
+    assert compare.tool_cpus({0}, {0, 1, 2, 3}) == {1, 2, 3}
+    assert compare.tool_cpus({3}, {0, 1}) == {0, 1}  # not among the harness's: nothing taken away
+    # Nothing to keep apart: the emulator free (AMI_EMULATOR_CPU=off) or only its CPU left.
+    assert compare.tool_cpus({0, 1}, {0, 1}) is None
+    assert compare.tool_cpus({0}, {0}) is None
+
+
+def test_the_emulators_cpus_are_read_from_proc_of_the_pid_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMI_BENCH_EMULATOR_PID", str(os.getpid()))
+    assert compare.emulator_cpus() == os.sched_getaffinity(0)
+    monkeypatch.delenv("AMI_BENCH_EMULATOR_PID")
+    assert compare.emulator_cpus() is None
