@@ -6,10 +6,10 @@ requests in flight (our functions keep up to ``CLEANUP_CONCURRENCY`` EC2 calls i
 would against AWS), the GIL passes from thread to thread at every socket read and write, and the
 kernel wakes the next thread on whichever CPU is idle. Each such hand-over to another CPU starts
 that thread on cold caches. Measured on the 2-CPU machine of the cleanup benchmark
-(``scripts/bench-cleanup compare``, 1,500 images, four requests in flight): the server spent
-0.69 ms of CPU per DescribeImageAttribute free to use both CPUs and 0.55 ms with its threads on
-one, about what the same call costs when only one request is ever in flight (0.57 ms). A client
-sending one request at a time saw no difference. So the server's threads are kept on one CPU,
+(``scripts/bench-cleanup compare``, 1,500 images, four requests in flight, five comparisons):
+the server spent 0.63-0.73 ms of CPU per DescribeImageAttribute free to use both CPUs and
+0.53-0.58 ms with its threads on one, about what the same call costs when only one request is
+ever in flight (0.56-0.59 ms). A client sending one request at a time gains nothing. So the server's threads are kept on one CPU,
 which costs nothing the GIL did not already cost; the other CPUs stay free for the clients.
 
 Settings:
