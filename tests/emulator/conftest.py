@@ -97,14 +97,19 @@ def emulator() -> Iterator[str]:
     try:
         yield base
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+        stop_server(proc)
         log.close()
+
+
+def stop_server(proc: subprocess.Popen[Any]) -> None:
+    """Stops a server started through ``serve``: SIGTERM, then SIGKILL after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
 
 
 _used_accounts: set[str] = set()

@@ -1,13 +1,12 @@
 """The server's CPU setting (``ami_emulator/affinity.py``, ``AMI_EMULATOR_CPU`` / ``--cpu``): each
 case starts ``serve`` with one setting, keeps four boto3 clients' requests in flight (so the
-server has a handler thread per connection besides the threads it started with), then reads the
-CPUs every thread of the server process may run on from ``/proc/<pid>/task/*/status``."""
+server has a handler thread per connection besides the threads it started with), then asks the
+kernel which CPUs each thread of the server process (``/proc/<pid>/task``) may run on."""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from conftest import SERVE, STARTUP_TIMEOUT, _free_port
+from conftest import SERVE, STARTUP_TIMEOUT, _free_port, stop_server
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="CPU affinity is read from Linux's /proc"
@@ -29,26 +28,14 @@ pytestmark = pytest.mark.skipif(
 CLIENTS = 4
 
 
-def _cpu_list(text: str) -> set[int]:
-    """``0-2,5`` -> {0, 1, 2, 5} (the kernel's list format)."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        low, _, high = part.partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    return cpus
-
-
 def _thread_cpus(pid: int) -> dict[int, set[int]]:
-    """Thread id -> the CPUs it may run on, for every thread of process ``pid``."""
+    """Thread id -> the CPUs it may run on (the kernel's answer), for every thread of ``pid``."""
     found: dict[int, set[int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            status = (task / "status").read_text()
-        except OSError:
+            found[int(task.name)] = os.sched_getaffinity(int(task.name))
+        except ProcessLookupError:
             continue  # a thread that ended meanwhile
-        match = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M)
-        assert match, status
-        found[int(task.name)] = _cpu_list(match.group(1))
     return found
 
 
@@ -80,16 +67,6 @@ def _ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
 def _busy_server_threads(setting: str | None) -> tuple[dict[int, set[int]], str]:
     """Every server thread's CPUs while four clients' connections are open, and the startup line."""
     proc, base, log = _serve(setting)
@@ -114,7 +91,7 @@ def _busy_server_threads(setting: str | None) -> tuple[dict[int, set[int]], str]
         line = next(ln for ln in log.read_text().splitlines() if ln.startswith("ami_emulator: serving on"))
         return threads, line
     finally:
-        _stop(proc)
+        stop_server(proc)
         log.unlink(missing_ok=True)
 
 
@@ -168,5 +145,5 @@ def test_a_setting_that_cannot_be_applied_stops_the_server_with_the_reason(setti
         assert message in text, text
         assert "serving on" not in text
     finally:
-        _stop(proc)
+        stop_server(proc)
         log.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ that thread on cold caches. Measured on the 2-CPU machine of the cleanup benchma
 (``scripts/bench-cleanup compare``, 1,500 images, four requests in flight, five comparisons):
 the server spent 0.63-0.73 ms of CPU per DescribeImageAttribute free to use both CPUs and
 0.53-0.58 ms with its threads on one, about what the same call costs when only one request is
-ever in flight (0.56-0.59 ms). A client sending one request at a time gains nothing. So the server's threads are kept on one CPU,
+ever in flight (0.56-0.59 ms, three comparisons). A client sending one request at a time gains nothing. So the server's threads are kept on one CPU,
 which costs nothing the GIL did not already cost; the other CPUs stay free for the clients.
 
 Settings:
