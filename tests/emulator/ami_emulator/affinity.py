@@ -9,15 +9,17 @@ that thread on cold caches. Measured on the 2-CPU machine of the cleanup benchma
 (``scripts/bench-cleanup compare``, 1,500 images, four requests in flight, five comparisons):
 the server spent 0.63-0.73 ms of CPU per DescribeImageAttribute free to use both CPUs and
 0.53-0.58 ms with its threads on one, about what the same call costs when only one request is
-ever in flight (0.56-0.59 ms, three comparisons). A client sending one request at a time gains nothing. So the server's threads are kept on one CPU,
-which costs nothing the GIL did not already cost; the other CPUs stay free for the clients.
+ever in flight (0.56-0.59 ms, three comparisons). A client sending one request at a time gains
+nothing. So the server's threads are kept on one CPU, which costs nothing the GIL did not
+already cost; the other CPUs stay free for the clients.
 
 Settings:
 
 * ``auto`` (default): with two CPUs or more allowed, every thread of the process (those running
-  now and, by inheritance, each one started later) is kept on the CPU the process is running on
-  as it starts (the kernel placed it there, so emulators started side by side spread out). With
-  one CPU allowed, or where the platform has no ``sched_setaffinity``, nothing changes.
+  now and, by inheritance, each one started later) is kept on the CPU the kernel had the process
+  running on as it started. With one CPU allowed, or where the platform has no
+  ``sched_setaffinity``, nothing changes. Several emulators on one machine may so share a CPU:
+  give each its own with ``N``, or use ``off``.
 * ``off``: nothing changes; the kernel moves the threads freely.
 * ``N``: CPU number ``N``, which must be among the CPUs the process may use.
 """
