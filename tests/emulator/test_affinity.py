@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -147,3 +148,23 @@ def test_a_setting_that_cannot_be_applied_stops_the_server_with_the_reason(setti
     finally:
         stop_server(proc)
         log.unlink(missing_ok=True)
+
+
+def test_auto_reads_the_cpu_the_thread_runs_on() -> None:
+    """``auto``'s choice comes from field 39 of ``/proc/thread-self/stat``: a thread held on each
+    allowed CPU in turn must read back that CPU (a wrong field would read another number, and
+    ``choose`` would fall back to the lowest CPU without a word)."""
+    from ami_emulator import affinity
+
+    seen: dict[int, int | None] = {}
+
+    def on(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        time.sleep(0.01)  # let the kernel move it there
+        seen[cpu] = affinity._current_cpu()
+
+    for cpu in sorted(os.sched_getaffinity(0)):
+        worker = threading.Thread(target=on, args=(cpu,))
+        worker.start()
+        worker.join()
+    assert seen and all(read == cpu for cpu, read in seen.items()), seen
